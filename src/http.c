@@ -1,0 +1,338 @@
+/* http.c: the HTTP front: one libmicrohttpd daemon per worker, driven by its event loop. */
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+#include <microhttpd.h>
+
+#include "http.h"
+#include "json.h"
+#include "log.h"
+#include "url.h"
+
+enum { REQ_NEW, REQ_BODY, REQ_DISPATCHED, REQ_ANSWERED };
+
+struct http_front {
+    struct MHD_Daemon *daemon;
+    loop *lp;
+    int epoll_fd;
+    http_dispatch_fn *dispatch;
+    void *dispatch_ud;
+    size_t max_body_bytes;
+    size_t in_flight;
+    http_request *pending;      /* dispatched, unanswered */
+    int quiesced_fd;            /* listening socket handed back by MHD_quiesce_daemon, or -1 */
+};
+
+static void http_mhd_log(void *cls, const char *fmt, va_list ap) {
+    char msg[1024];
+    (void)cls;
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    size_t n = strlen(msg);
+    while (n && (msg[n - 1] == '\n' || msg[n - 1] == '\r')) msg[--n] = '\0';
+    log_msg(LOG_WARN, "http: %s", msg);
+}
+
+static void http_client_text(struct MHD_Connection *conn, char *out, size_t len) {
+    const union MHD_ConnectionInfo *ci = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+    snprintf(out, len, "-");
+    if (!ci || !ci->client_addr) return;
+    const struct sockaddr *sa = ci->client_addr;
+    if (sa->sa_family == AF_INET)
+        inet_ntop(AF_INET, &((const struct sockaddr_in *)(const void *)sa)->sin_addr, out, (socklen_t)len);
+    else if (sa->sa_family == AF_INET6)
+        inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)(const void *)sa)->sin6_addr, out, (socklen_t)len);
+}
+
+/* Called by libmicrohttpd with the raw request target, before headers are parsed; the
+ * returned pointer becomes the request's context. */
+static void *http_on_uri(void *cls, const char *uri, struct MHD_Connection *conn) {
+    http_request *req = calloc(1, sizeof *req);
+    (void)cls;
+    if (!req) return NULL;
+    req->front = cls;
+    req->conn = conn;
+    req->target = strdup(uri ? uri : "");
+    req->upstream_ms = -1;
+    req->start_ms = loop_now_ms();
+    http_client_text(conn, req->client, sizeof req->client);
+    return req;
+}
+
+static void http_pending_unlink(http_front *f, http_request *req) {
+    if (req->prev) req->prev->next = req->next;
+    else if (f->pending == req) f->pending = req->next;
+    if (req->next) req->next->prev = req->prev;
+    req->prev = req->next = NULL;
+}
+
+static void http_on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
+                              enum MHD_RequestTerminationCode toe) {
+    http_front *f = cls;
+    http_request *req = *con_cls;
+    (void)conn;
+    if (!req) return;
+    *con_cls = NULL;
+    if (req->state == REQ_DISPATCHED) {
+        /* Only reachable when the daemon stops under a request: never leave it linked. */
+        http_pending_unlink(f, req);
+        f->in_flight--;
+    }
+    if (req->method && (req->status || toe == MHD_REQUEST_TERMINATED_COMPLETED_OK)) {
+        log_access_entry e = {
+            .client = req->client, .method = req->method, .path = req->path ? req->path : "-",
+            .status = req->status, .bytes = req->bytes,
+            .duration_ms = (double)(loop_now_ms() - req->start_ms), .upstream_ms = req->upstream_ms,
+        };
+        log_access(&e);
+    }
+    if (req->response) MHD_destroy_response(req->response);
+    free(req->target);
+    free(req->path);
+    free(req->body);
+    free(req);
+}
+
+int http_response_header(struct MHD_Response *resp, const char *name, const char *value) {
+    if (!*name || strpbrk(name, "\r\n:\t ") || strpbrk(value, "\r\n")) return -1;
+    return MHD_add_response_header(resp, name, value) == MHD_YES ? 0 : -1;
+}
+
+struct MHD_Response *http_response_bytes(const char *body, size_t len, const char *content_type) {
+    struct MHD_Response *resp = MHD_create_response_from_buffer(len, (void *)(uintptr_t)body,
+                                                                  MHD_RESPMEM_MUST_COPY);
+    if (!resp) return NULL;
+    MHD_add_response_header(resp, "X-Content-Type-Options", "nosniff");
+    if (content_type) MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, content_type);
+    return resp;
+}
+
+struct MHD_Response *http_response_error(const char *message, size_t *len) {
+    char body[600];
+    size_t o = (size_t)snprintf(body, sizeof body, "{\"error\":\"");
+    o = json_escape(body, o, sizeof body - 3, message);
+    memcpy(body + o, "\"}", 3);
+    o += 2;
+    struct MHD_Response *resp = http_response_bytes(body, o, "application/json");
+    if (resp) MHD_add_response_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL, "no-store");
+    *len = o;
+    return resp;
+}
+
+void http_request_fail(http_request *req, int status, const char *message) {
+    size_t len = 0;
+    struct MHD_Response *resp = http_response_error(message, &len);
+    http_request_respond(req, status, resp, len);
+}
+
+void http_request_fail_allow(http_request *req, const char *allow) {
+    size_t len = 0;
+    struct MHD_Response *resp = http_response_error("method not allowed", &len);
+    if (resp) MHD_add_response_header(resp, MHD_HTTP_HEADER_ALLOW, allow);
+    http_request_respond(req, 405, resp, len);
+}
+
+void http_request_respond(http_request *req, int status, struct MHD_Response *resp,
+                          unsigned long long bytes) {
+    http_front *f = req->front;
+    if (req->state == REQ_ANSWERED) {
+        if (resp) MHD_destroy_response(resp);
+        return;
+    }
+    if (req->state == REQ_DISPATCHED) {
+        http_pending_unlink(f, req);
+        f->in_flight--;
+    }
+    if (!resp) {
+        resp = MHD_create_response_from_buffer(0, NULL, MHD_RESPMEM_PERSISTENT);
+        bytes = 0;
+    }
+    req->state = REQ_ANSWERED;
+    req->status = status;
+    req->bytes = bytes;
+    req->response = resp;
+    if (req->suspended) {
+        req->suspended = 0;
+        MHD_resume_connection(req->conn);
+    }
+}
+
+/* Queues the stored response on the connection. */
+static enum MHD_Result http_queue(http_request *req) {
+    if (!req->response) return MHD_NO;
+    enum MHD_Result r = MHD_queue_response(req->conn, (unsigned int)req->status, req->response);
+    MHD_destroy_response(req->response);
+    req->response = NULL;
+    return r;
+}
+
+/* Splits the raw target into the decoded path and the raw query. Returns 0 or -1. */
+static int http_parse_target(http_request *req) {
+    const char *t = req->target;
+    const char *q = strchr(t, '?');
+    size_t plen = q ? (size_t)(q - t) : strlen(t);
+    req->query = q ? q + 1 : "";
+    req->query_len = strlen(req->query);
+    req->path = malloc(plen + 1);
+    if (!req->path) return -1;
+    if (plen == 0 || t[0] != '/') return -1;
+    return url_decode_path(t, plen, req->path, plen + 1, NULL) == URL_OK ? 0 : -1;
+}
+
+static enum MHD_Result http_on_request(void *cls, struct MHD_Connection *conn, const char *url,
+                                       const char *method, const char *version, const char *upload_data,
+                                       size_t *upload_data_size, void **con_cls) {
+    http_front *f = cls;
+    http_request *req = *con_cls;
+    (void)url;
+    (void)version;
+    if (!req) return MHD_NO;    /* out of memory in http_on_uri: drop the connection */
+    switch (req->state) {
+    case REQ_NEW: {
+        req->method = method;
+        req->conn = conn;
+        if (!req->target || http_parse_target(req) < 0) {
+            http_request_fail(req, 400, "malformed request path");
+            return http_queue(req);
+        }
+        const char *cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
+        if (cl && strtoull(cl, NULL, 10) > f->max_body_bytes) {
+            http_request_fail(req, 413, "request body too large");
+            return http_queue(req);
+        }
+        req->state = REQ_BODY;
+        return MHD_YES;
+    }
+    case REQ_BODY:
+        if (*upload_data_size) {
+            size_t n = *upload_data_size;
+            *upload_data_size = 0;
+            if (req->body_len + n > f->max_body_bytes) {
+                http_request_fail(req, 413, "request body too large");
+                return http_queue(req);
+            }
+            char *b = realloc(req->body, req->body_len + n + 1);
+            if (!b) return MHD_NO;
+            memcpy(b + req->body_len, upload_data, n);
+            req->body = b;
+            req->body_len += n;
+            b[req->body_len] = '\0';
+            return MHD_YES;
+        }
+        req->state = REQ_DISPATCHED;
+        req->next = f->pending;
+        if (f->pending) f->pending->prev = req;
+        f->pending = req;
+        f->in_flight++;
+        f->dispatch(f->dispatch_ud, req);
+        if (req->state == REQ_ANSWERED) return http_queue(req);
+        req->suspended = 1;
+        MHD_suspend_connection(conn);
+        return MHD_YES;
+    case REQ_ANSWERED:
+        if (req->response) return http_queue(req);
+        return MHD_YES;
+    default:
+        return MHD_YES;
+    }
+}
+
+static void http_on_epoll(void *ud, int fd, unsigned events) {
+    (void)ud;
+    (void)fd;
+    (void)events;   /* http_run() follows every loop wake-up */
+}
+
+http_front *http_create(loop *lp, const http_options *opts, http_dispatch_fn *dispatch, void *ud,
+                        char *err, size_t errlen) {
+    http_front *f = calloc(1, sizeof *f);
+    if (!f) {
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    f->lp = lp;
+    f->dispatch = dispatch;
+    f->dispatch_ud = ud;
+    f->max_body_bytes = opts->max_body_bytes;
+    f->quiesced_fd = -1;
+    f->daemon = MHD_start_daemon(
+        MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG | MHD_USE_TURBO,
+        0, NULL, NULL, http_on_request, f,
+        MHD_OPTION_EXTERNAL_LOGGER, http_mhd_log, f,
+        MHD_OPTION_LISTEN_SOCKET, (MHD_socket)opts->listen_fd,
+        MHD_OPTION_URI_LOG_CALLBACK, http_on_uri, f,
+        MHD_OPTION_NOTIFY_COMPLETED, http_on_completed, f,
+        MHD_OPTION_CONNECTION_LIMIT, (unsigned int)opts->max_connections,
+        MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int)opts->idle_timeout_s,
+        MHD_OPTION_SIGPIPE_HANDLED_BY_APP, (int)1,
+        MHD_OPTION_END);
+    if (!f->daemon) {
+        snprintf(err, errlen, "libmicrohttpd failed to start (see the log)");
+        goto fail;
+    }
+    const union MHD_DaemonInfo *di = MHD_get_daemon_info(f->daemon, MHD_DAEMON_INFO_EPOLL_FD);
+    if (!di || loop_watch(lp, di->epoll_fd, LOOP_READ, http_on_epoll, f) < 0) {
+        snprintf(err, errlen, "cannot watch the libmicrohttpd epoll descriptor");
+        goto fail;
+    }
+    f->epoll_fd = di->epoll_fd;
+    return f;
+fail:
+    if (f->daemon) MHD_stop_daemon(f->daemon);
+    free(f);
+    return NULL;
+}
+
+void http_run(http_front *f) {
+    MHD_run(f->daemon);
+}
+
+long http_timeout_ms(http_front *f) {
+    MHD_UNSIGNED_LONG_LONG t;
+    if (MHD_get_timeout(f->daemon, &t) != MHD_YES) return -1;
+    return t > 0x7fffffffULL ? 0x7fffffffL : (long)t;
+}
+
+void http_quiesce(http_front *f) {
+    if (f->quiesced_fd < 0) f->quiesced_fd = MHD_quiesce_daemon(f->daemon);
+}
+
+size_t http_in_flight(const http_front *f) {
+    return f->in_flight;
+}
+
+void http_free(http_front *f) {
+    if (!f) return;
+    while (f->pending) http_request_fail(f->pending, 503, "server shutting down");
+    MHD_run(f->daemon);
+    loop_watch(f->lp, f->epoll_fd, 0, NULL, NULL);
+    MHD_stop_daemon(f->daemon);
+    if (f->quiesced_fd >= 0) close(f->quiesced_fd);
+    free(f);
+}
+
+const char *http_request_header(const http_request *req, const char *name) {
+    return MHD_lookup_connection_value(req->conn, MHD_HEADER_KIND, name);
+}
+
+typedef struct http_header_iter {
+    http_header_fn *fn;
+    void *ud;
+} http_header_iter;
+
+static enum MHD_Result http_header_cb(void *cls, enum MHD_ValueKind kind, const char *key, const char *value) {
+    http_header_iter *it = cls;
+    (void)kind;
+    it->fn(it->ud, key, value ? value : "");
+    return MHD_YES;
+}
+
+void http_request_each_header(const http_request *req, http_header_fn *fn, void *ud) {
+    http_header_iter it = { fn, ud };
+    MHD_get_connection_values(req->conn, MHD_HEADER_KIND, http_header_cb, &it);
+}

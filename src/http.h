@@ -1,0 +1,99 @@
+/* http.h: the HTTP front: one libmicrohttpd daemon per worker, driven by its event loop. */
+#ifndef TOKEND_HTTP_H
+#define TOKEND_HTTP_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "loop.h"
+
+struct MHD_Connection;
+struct MHD_Response;
+
+typedef struct http_front http_front;
+
+/* One request. The dispatcher reads the fields and answers with http_request_respond(),
+ * at once or later (the connection is suspended until then). */
+typedef struct http_request {
+    struct MHD_Connection *conn;
+    http_front *front;
+    char *target;               /* raw request target as received ("/a%20b?x=1") */
+    const char *method;         /* valid for the request's lifetime */
+    char *path;                 /* %-decoded path */
+    const char *query;          /* raw query string after '?', "" if none */
+    size_t query_len;
+    char client[64];            /* client address text */
+    char *body;                 /* request body (NUL-terminated), NULL when empty */
+    size_t body_len;
+    uint64_t start_ms;
+    double upstream_ms;         /* time waited on the upstream, -1 when none */
+    void *user;                 /* the dispatcher's per-request state */
+    /* private to http.c */
+    int state;
+    int status;
+    unsigned long long bytes;
+    struct MHD_Response *response;
+    int suspended;
+    struct http_request *prev, *next;   /* list of dispatched, unanswered requests */
+} http_request;
+
+typedef void http_dispatch_fn(void *ud, http_request *req);
+
+typedef struct http_options {
+    int listen_fd;                  /* bound, listening, non-blocking socket (ownership taken) */
+    unsigned int max_connections;
+    unsigned int idle_timeout_s;
+    size_t max_body_bytes;
+} http_options;
+
+/* Starts a daemon on opts->listen_fd, registered in lp. dispatch(ud, req) is called once
+ * per complete request. Returns NULL with err set on failure. */
+http_front *http_create(loop *lp, const http_options *opts, http_dispatch_fn *dispatch, void *ud,
+                        char *err, size_t errlen);
+
+/* Lets libmicrohttpd do its work; call after every loop wake-up. */
+void http_run(http_front *f);
+
+/* Milliseconds until libmicrohttpd needs to run again, -1 for no deadline. */
+long http_timeout_ms(http_front *f);
+
+/* Stops accepting new connections; requests on open connections go on. */
+void http_quiesce(http_front *f);
+
+/* Requests dispatched but not yet answered. */
+size_t http_in_flight(const http_front *f);
+
+/* Stops the daemon and closes the listening socket; requests still in flight are
+ * answered 503 first. NULL is allowed. */
+void http_free(http_front *f);
+
+/* Answers req with status and resp (ownership taken; NULL sends an empty body); bytes is
+ * the body size for the access log. Resumes the connection when it was suspended. */
+void http_request_respond(http_request *req, int status, struct MHD_Response *resp,
+                          unsigned long long bytes);
+
+/* Looks up a request header (case-insensitive); NULL when absent. */
+const char *http_request_header(const http_request *req, const char *name);
+
+/* Calls fn for every request header, in arrival order. */
+typedef void http_header_fn(void *ud, const char *name, const char *value);
+void http_request_each_header(const http_request *req, http_header_fn *fn, void *ud);
+
+/* Builds a response with a copy of body; NULL when out of memory. Adds the headers every
+ * response carries (X-Content-Type-Options: nosniff) and content_type when not NULL. */
+struct MHD_Response *http_response_bytes(const char *body, size_t len, const char *content_type);
+
+/* Adds a header; returns -1 when the name or value holds characters a header cannot carry. */
+int http_response_header(struct MHD_Response *resp, const char *name, const char *value);
+
+/* Builds the JSON error response {"error": message} (Cache-Control: no-store); *len gets
+ * the body size. NULL when out of memory. */
+struct MHD_Response *http_response_error(const char *message, size_t *len);
+
+/* Answers with a JSON error {"error": message}. */
+void http_request_fail(http_request *req, int status, const char *message);
+
+/* Answers 405 with the Allow header listing the methods allowed ("GET, HEAD"). */
+void http_request_fail_allow(http_request *req, const char *allow);
+
+#endif

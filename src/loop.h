@@ -1,0 +1,46 @@
+/* loop.h: one epoll event loop per worker thread: file descriptor watches and timers. */
+#ifndef TOKEND_LOOP_H
+#define TOKEND_LOOP_H
+
+#include <stdint.h>
+
+#define LOOP_READ 1u
+#define LOOP_WRITE 2u
+
+typedef struct loop loop;
+typedef void loop_fd_fn(void *ud, int fd, unsigned events);
+typedef void loop_timer_fn(void *ud);
+
+/* A timer owned by the caller (no allocation); zero-initialise before first use. */
+typedef struct loop_timer {
+    uint64_t due_ms;
+    size_t heap_index;          /* 0 = not armed, else 1-based index in the heap */
+    loop_timer_fn *fn;
+    void *ud;
+} loop_timer;
+
+/* Creates a loop. Returns NULL when out of memory or file descriptors. */
+loop *loop_create(void);
+void loop_free(loop *lp);
+
+/* Watches fd for LOOP_READ and/or LOOP_WRITE (level-triggered), replacing any earlier
+ * watch of fd. events == 0 removes the watch. Returns 0, or -1 with errno set. */
+int loop_watch(loop *lp, int fd, unsigned events, loop_fd_fn *fn, void *ud);
+
+/* Arms t to call fn(ud) once, after_ms from now; re-arming moves it. Returns 0 or -1 (no memory). */
+int loop_timer_start(loop *lp, loop_timer *t, long after_ms, loop_timer_fn *fn, void *ud);
+/* Disarms t if armed. */
+void loop_timer_stop(loop *lp, loop_timer *t);
+
+/* Waits for events up to max_wait_ms (-1: until the next timer or event), dispatches
+ * them and the due timers. Returns the number of events dispatched, or -1 on a fatal
+ * epoll error. */
+int loop_run_once(loop *lp, long max_wait_ms);
+
+/* Wakes a loop blocked in loop_run_once. Safe from signal handlers and other threads. */
+void loop_wake(loop *lp);
+
+/* Monotonic milliseconds. */
+uint64_t loop_now_ms(void);
+
+#endif

@@ -1,0 +1,43 @@
+/* router.h: the route table: exact paths and :name segments, per method. */
+#ifndef TOKEND_ROUTER_H
+#define TOKEND_ROUTER_H
+
+#include <stddef.h>
+
+#define ROUTER_MAX_PARAMS 16
+
+#define ROUTER_FOUND 0
+#define ROUTER_NOT_FOUND 1
+#define ROUTER_METHOD_NOT_ALLOWED 2
+
+typedef struct router router;
+
+typedef struct router_param {
+    const char *name;       /* owned by the router */
+    const char *value;      /* points into the matched path (not NUL-terminated) */
+    size_t value_len;
+} router_param;
+
+typedef struct router_result {
+    int handler;            /* the value given to router_add */
+    size_t nparams;
+    router_param params[ROUTER_MAX_PARAMS];
+} router_result;
+
+router *router_create(void);
+
+/* Frees the table; release(ud, handler) is called for every route's handler. */
+void router_free(router *r, void (*release)(void *ud, int handler), void *ud);
+
+/* Adds a route. method is an upper-case token ("GET"); pattern starts with '/' and its
+ * segments are literal or ":name". Returns 0, or -1 with err set (bad method or pattern,
+ * duplicate route, too many parameters, out of memory). */
+int router_add(router *r, const char *method, const char *pattern, int handler, char *err, size_t errlen);
+
+/* Matches a decoded path. A GET route also answers HEAD. Returns ROUTER_FOUND (m filled),
+ * ROUTER_METHOD_NOT_ALLOWED (allow gets "GET, POST"), or ROUTER_NOT_FOUND. Literal
+ * segments win over parameters at the same place. */
+int router_match(const router *r, const char *method, const char *path, router_result *m,
+                 char *allow, size_t allowlen);
+
+#endif

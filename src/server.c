@@ -1,0 +1,345 @@
+/* server.c: the server's lifecycle: listening sockets, worker threads, start and stop. */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <netdb.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+#include <curl/curl.h>
+
+#include "http.h"
+#include "log.h"
+#include "loop.h"
+#include "luahost.h"
+#include "tokend.h"
+#include "upstream.h"
+#include "url.h"
+
+#define SERVER_MAX_WORKERS 256
+#define SERVER_DRAIN_MS 10000
+
+typedef struct server_worker {
+    tokend_server *srv;
+    int id;
+    loop *lp;
+    upstream *up;
+    host *lua;
+    http_front *http;
+    host_info info;
+    pthread_t thread;
+    int started;
+} server_worker;
+
+struct tokend_server {
+    tokend_config cfg;          /* strings below are owned copies */
+    url_endpoints endpoints;
+    int port;
+    int nworkers;
+    server_worker *workers;
+    atomic_int stopping;
+};
+
+static pthread_once_t server_curl_once = PTHREAD_ONCE_INIT;
+static CURLcode server_curl_status = CURLE_OK;
+
+static void server_curl_init(void) {
+    server_curl_status = curl_global_init(CURL_GLOBAL_DEFAULT);
+}
+
+void tokend_config_init(tokend_config *cfg) {
+    memset(cfg, 0, sizeof *cfg);
+    cfg->host = "127.0.0.1";
+    cfg->port = 8000;
+    cfg->script = "scripts/routes.lua";
+    cfg->public_dir = "public";
+    cfg->streaming_url = "https://streaming.assemblyai.com";
+    cfg->upstream_timeout_ms = 10000;
+    cfg->connect_timeout_ms = 5000;
+    cfg->max_connections = 10000;
+    cfg->idle_timeout_s = 60;
+    cfg->max_body_bytes = 65536;
+    cfg->lua_memory_bytes = (size_t)64 << 20;
+    cfg->lua_instruction_limit = 10000000L;
+    cfg->log_level = TOKEND_LOG_INFO;
+}
+
+void tokend_set_log_sink(tokend_log_fn *sink, void *ud) {
+    log_set_sink(sink, ud);
+}
+
+static char *server_dup(const char *s) {
+    return s ? strdup(s) : NULL;
+}
+
+static void server_free_strings(tokend_config *c) {
+    if (c->api_key) explicit_bzero((char *)c->api_key, strlen(c->api_key));
+    free((char *)c->host);
+    free((char *)c->script);
+    free((char *)c->public_dir);
+    free((char *)c->api_key);
+    free((char *)c->streaming_url);
+    free((char *)c->ca_file);
+}
+
+/* Binds a listening socket. reuse_port shares the port between workers. Returns the fd
+ * or -1 with err set; *port gets the bound port. */
+static int server_listen(const char *hostname, int *port, int reuse_port, char *err, size_t errlen) {
+    struct addrinfo hints, *res = NULL;
+    char portstr[16];
+    int fd = -1, one = 1;
+    memset(&hints, 0, sizeof hints);
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
+    snprintf(portstr, sizeof portstr, "%d", *port);
+    int gai = getaddrinfo(hostname, portstr, &hints, &res);
+    if (gai != 0) {
+        snprintf(err, errlen, "cannot resolve host \"%s\": %s", hostname, gai_strerror(gai));
+        return -1;
+    }
+    fd = socket(res->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) goto fail;
+    if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) < 0) goto fail;
+    if (reuse_port && setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) < 0) goto fail;
+    if (bind(fd, res->ai_addr, res->ai_addrlen) < 0) goto fail;
+    if (listen(fd, 4096) < 0) goto fail;
+    struct sockaddr_storage ss;
+    socklen_t sl = sizeof ss;
+    if (getsockname(fd, (struct sockaddr *)&ss, &sl) == 0) {
+        char serv[16];
+        if (getnameinfo((struct sockaddr *)&ss, sl, NULL, 0, serv, sizeof serv, NI_NUMERICSERV) == 0)
+            *port = atoi(serv);
+    }
+    freeaddrinfo(res);
+    return fd;
+fail:
+    snprintf(err, errlen, "cannot listen on %s:%s: %s", hostname, portstr, strerror(errno));
+    if (fd >= 0) close(fd);
+    freeaddrinfo(res);
+    return -1;
+}
+
+/* Checks that no other process holds the port (SO_REUSEPORT would let two servers share
+ * it silently). Returns 0 or -1 with err set. */
+static int server_port_free(const char *hostname, int port, char *err, size_t errlen) {
+    int fd = server_listen(hostname, &port, 0, err, errlen);
+    if (fd < 0) return -1;
+    close(fd);
+    return 0;
+}
+
+static int server_check_config(const tokend_config *c, char *err, size_t errlen) {
+    if (c->port < 0 || c->port > 65535) {
+        snprintf(err, errlen, "port %d is out of range 0..65535", c->port);
+        return -1;
+    }
+    if (c->workers < 0 || c->workers > SERVER_MAX_WORKERS) {
+        snprintf(err, errlen, "workers %d is out of range 0..%d", c->workers, SERVER_MAX_WORKERS);
+        return -1;
+    }
+    if (!c->host || !*c->host || !c->script || !*c->script || !c->public_dir) {
+        snprintf(err, errlen, "host, script and public folder must be set");
+        return -1;
+    }
+    if (c->ca_file && *c->ca_file && access(c->ca_file, R_OK) != 0) {
+        snprintf(err, errlen, "CA bundle \"%s\": %s", c->ca_file, strerror(errno));
+        return -1;
+    }
+    return 0;
+}
+
+/* Creates a worker's loop, upstream client and Lua host (not its HTTP front). */
+static int server_worker_init(tokend_server *srv, server_worker *w, int id, char *err, size_t errlen) {
+    w->srv = srv;
+    w->id = id;
+    w->lp = loop_create();
+    if (!w->lp) {
+        snprintf(err, errlen, "cannot create an event loop: %s", strerror(errno));
+        return -1;
+    }
+    upstream_options uo = {
+        .token_url = srv->endpoints.token_url, .api_key = srv->cfg.api_key, .ca_file = srv->cfg.ca_file,
+        .timeout_ms = srv->cfg.upstream_timeout_ms, .connect_timeout_ms = srv->cfg.connect_timeout_ms,
+    };
+    w->up = upstream_create(w->lp, &uo, err, errlen);
+    if (!w->up) return -1;
+    w->info = (host_info){
+        .host = srv->cfg.host, .port = srv->port, .script = srv->cfg.script, .public_dir = srv->cfg.public_dir,
+        .streaming_url = srv->endpoints.base, .token_url = srv->endpoints.token_url,
+        .websocket_url = srv->endpoints.websocket_url, .workers = srv->nworkers, .worker = id + 1,
+        .api_key_configured = srv->cfg.api_key && *srv->cfg.api_key,
+    };
+    host_options ho = {
+        .script = srv->cfg.script, .memory_limit = srv->cfg.lua_memory_bytes,
+        .instruction_limit = srv->cfg.lua_instruction_limit, .up = w->up, .info = &w->info,
+    };
+    return host_create(&ho, &w->lua, err, errlen);
+}
+
+static void server_worker_free(server_worker *w) {
+    upstream_free(w->up);       /* cancels calls in flight: no callback reaches the host */
+    host_free(w->lua);
+    http_free(w->http);         /* answers what is left 503 */
+    loop_free(w->lp);
+}
+
+static int server_copy_config(tokend_server *srv, const tokend_config *cfg) {
+    srv->cfg = *cfg;
+    srv->cfg.host = server_dup(cfg->host);
+    srv->cfg.script = server_dup(cfg->script);
+    srv->cfg.public_dir = server_dup(cfg->public_dir);
+    srv->cfg.api_key = cfg->api_key && *cfg->api_key ? server_dup(cfg->api_key) : NULL;
+    srv->cfg.streaming_url = server_dup(cfg->streaming_url ? cfg->streaming_url : "https://streaming.assemblyai.com");
+    srv->cfg.ca_file = cfg->ca_file && *cfg->ca_file ? server_dup(cfg->ca_file) : NULL;
+    return srv->cfg.host && srv->cfg.script && srv->cfg.public_dir && srv->cfg.streaming_url &&
+           (!cfg->api_key || !*cfg->api_key || srv->cfg.api_key) &&
+           (!cfg->ca_file || !*cfg->ca_file || srv->cfg.ca_file) ? 0 : -1;
+}
+
+int tokend_server_create(const tokend_config *cfg, tokend_server **out, char *err, size_t errlen) {
+    tokend_server *srv = NULL;
+    *out = NULL;
+    pthread_once(&server_curl_once, server_curl_init);
+    if (server_curl_status != CURLE_OK) {
+        snprintf(err, errlen, "libcurl failed to initialise: %s", curl_easy_strerror(server_curl_status));
+        return TOKEND_ERR;
+    }
+    if (server_check_config(cfg, err, errlen) < 0) return TOKEND_ERR;
+    srv = calloc(1, sizeof *srv);
+    if (!srv || server_copy_config(srv, cfg) < 0) {
+        snprintf(err, errlen, "out of memory");
+        goto fail;
+    }
+    log_configure(srv->cfg.log_level, srv->cfg.log_json);
+    log_set_secret(srv->cfg.api_key);
+    if (url_streaming_endpoints(srv->cfg.streaming_url, &srv->endpoints, err, errlen) != URL_OK) goto fail;
+    long cores = sysconf(_SC_NPROCESSORS_ONLN);
+    srv->nworkers = cfg->workers > 0 ? cfg->workers : (int)(cores > 0 ? (cores < SERVER_MAX_WORKERS ? cores : SERVER_MAX_WORKERS) : 1);
+    srv->workers = calloc((size_t)srv->nworkers, sizeof *srv->workers);
+    if (!srv->workers) {
+        snprintf(err, errlen, "out of memory");
+        goto fail;
+    }
+    srv->port = cfg->port;
+    if (srv->port != 0 && server_port_free(srv->cfg.host, srv->port, err, errlen) < 0) goto fail;
+    for (int i = 0; i < srv->nworkers; i++) {
+        server_worker *w = &srv->workers[i];
+        int fd = server_listen(srv->cfg.host, &srv->port, 1, err, errlen);
+        if (fd < 0) goto fail;
+        if (server_worker_init(srv, w, i, err, errlen) < 0) {
+            close(fd);
+            goto fail;
+        }
+        unsigned int per_worker = cfg->max_connections / (unsigned int)srv->nworkers;
+        http_options ho = {
+            .listen_fd = fd, .max_connections = per_worker ? per_worker : 1,
+            .idle_timeout_s = cfg->idle_timeout_s, .max_body_bytes = cfg->max_body_bytes,
+        };
+        w->http = http_create(w->lp, &ho, host_dispatch, w->lua, err, errlen);
+        if (!w->http) {
+            close(fd);
+            goto fail;
+        }
+    }
+    *out = srv;
+    return TOKEND_OK;
+fail:
+    tokend_server_free(srv);
+    return TOKEND_ERR;
+}
+
+static void *server_worker_main(void *arg) {
+    server_worker *w = arg;
+    tokend_server *srv = w->srv;
+    while (!atomic_load(&srv->stopping)) {
+        if (loop_run_once(w->lp, http_timeout_ms(w->http)) < 0) {
+            log_msg(LOG_ERROR, "worker %d: event loop failed: %s", w->id + 1, strerror(errno));
+            break;
+        }
+        http_run(w->http);
+    }
+    /* Drain: stop accepting, let requests in flight finish within SERVER_DRAIN_MS. */
+    http_quiesce(w->http);
+    uint64_t deadline = loop_now_ms() + SERVER_DRAIN_MS;
+    while (http_in_flight(w->http) > 0 && loop_now_ms() < deadline) {
+        long wait = http_timeout_ms(w->http);
+        if (wait < 0 || wait > 100) wait = 100;
+        loop_run_once(w->lp, wait);
+        http_run(w->http);
+    }
+    if (http_in_flight(w->http) > 0)
+        log_msg(LOG_WARN, "worker %d: %zu requests still running after the drain time", w->id + 1,
+                http_in_flight(w->http));
+    return NULL;
+}
+
+int tokend_server_run(tokend_server *srv, char *err, size_t errlen) {
+    sigset_t all, old;
+    int rc = TOKEND_OK;
+    /* Workers block every signal: the host's thread handles them, SIGPIPE stays pending. */
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, &old);
+    for (int i = 0; i < srv->nworkers; i++) {
+        server_worker *w = &srv->workers[i];
+        int e = pthread_create(&w->thread, NULL, server_worker_main, w);
+        if (e != 0) {
+            snprintf(err, errlen, "cannot start worker %d: %s", i + 1, strerror(e));
+            tokend_server_stop(srv);
+            rc = TOKEND_ERR;
+            break;
+        }
+        w->started = 1;
+    }
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    for (int i = 0; i < srv->nworkers; i++) {
+        if (srv->workers[i].started) pthread_join(srv->workers[i].thread, NULL);
+        srv->workers[i].started = 0;
+    }
+    return rc;
+}
+
+void tokend_server_stop(tokend_server *srv) {
+    atomic_store(&srv->stopping, 1);
+    for (int i = 0; i < srv->nworkers; i++)
+        if (srv->workers[i].lp) loop_wake(srv->workers[i].lp);
+}
+
+int tokend_server_port(const tokend_server *srv) {
+    return srv->port;
+}
+
+void tokend_server_free(tokend_server *srv) {
+    if (!srv) return;
+    for (int i = 0; srv->workers && i < srv->nworkers; i++) server_worker_free(&srv->workers[i]);
+    free(srv->workers);
+    server_free_strings(&srv->cfg);
+    free(srv);
+}
+
+int tokend_script_check(const tokend_config *cfg, char *err, size_t errlen) {
+    tokend_server srv;
+    server_worker w;
+    int rc = TOKEND_ERR;
+    memset(&srv, 0, sizeof srv);
+    memset(&w, 0, sizeof w);
+    pthread_once(&server_curl_once, server_curl_init);
+    if (server_check_config(cfg, err, errlen) < 0) return TOKEND_ERR;
+    if (server_copy_config(&srv, cfg) < 0) {
+        snprintf(err, errlen, "out of memory");
+        goto out;
+    }
+    if (url_streaming_endpoints(srv.cfg.streaming_url, &srv.endpoints, err, errlen) != URL_OK) goto out;
+    srv.nworkers = 1;
+    srv.port = cfg->port;
+    if (server_worker_init(&srv, &w, 0, err, errlen) < 0) goto out;
+    rc = TOKEND_OK;
+out:
+    server_worker_free(&w);
+    server_free_strings(&srv.cfg);
+    return rc;
+}

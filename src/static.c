@@ -1,0 +1,214 @@
+/* static.c: static file serving confined to mounted folders. */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <microhttpd.h>
+
+#include "static.h"
+
+typedef struct static_mount_entry {
+    char *prefix;       /* "/" or "/assets" (no trailing slash) */
+    size_t prefix_len;
+    char *root;         /* realpath of the folder */
+    size_t root_len;
+} static_mount_entry;
+
+struct static_mounts {
+    static_mount_entry *v;
+    size_t len;
+};
+
+static_mounts *static_create(void) {
+    return calloc(1, sizeof(static_mounts));
+}
+
+void static_free(static_mounts *m) {
+    if (!m) return;
+    for (size_t i = 0; i < m->len; i++) {
+        free(m->v[i].prefix);
+        free(m->v[i].root);
+    }
+    free(m->v);
+    free(m);
+}
+
+int static_mount(static_mounts *m, const char *prefix, const char *dir, char *err, size_t errlen) {
+    char *root = NULL, *pfx = NULL;
+    struct stat st;
+    if (prefix[0] != '/' || strstr(prefix, "//") || strchr(prefix, '?')) {
+        snprintf(err, errlen, "static prefix \"%s\" must start with / and hold no // or ?", prefix);
+        goto fail;
+    }
+    root = realpath(dir, NULL);
+    if (!root || stat(root, &st) < 0 || !S_ISDIR(st.st_mode)) {
+        snprintf(err, errlen, "static folder \"%s\": %s", dir, root ? "not a folder" : strerror(errno));
+        goto fail;
+    }
+    size_t plen = strlen(prefix);
+    while (plen > 1 && prefix[plen - 1] == '/') plen--;
+    pfx = strndup(prefix, plen);
+    static_mount_entry *v = realloc(m->v, (m->len + 1) * sizeof *v);
+    if (!pfx || !v) {
+        if (v) m->v = v;
+        snprintf(err, errlen, "out of memory");
+        goto fail;
+    }
+    m->v = v;
+    m->v[m->len++] = (static_mount_entry){ pfx, plen, root, strlen(root) };
+    return 0;
+fail:
+    free(root);
+    free(pfx);
+    return -1;
+}
+
+/* Returns the longest mount covering path and the rest of the path after its prefix. */
+static const static_mount_entry *static_find(const static_mounts *m, const char *path, const char **rest) {
+    const static_mount_entry *best = NULL;
+    for (size_t i = 0; i < m->len; i++) {
+        const static_mount_entry *e = &m->v[i];
+        int covers = e->prefix_len == 1 ||
+            (strncmp(path, e->prefix, e->prefix_len) == 0 &&
+             (path[e->prefix_len] == '\0' || path[e->prefix_len] == '/'));
+        if (covers && (!best || e->prefix_len > best->prefix_len)) best = e;
+    }
+    if (best && rest) *rest = best->prefix_len == 1 ? path : path + best->prefix_len;
+    return best;
+}
+
+int static_covers(const static_mounts *m, const char *path) {
+    return static_find(m, path, NULL) != NULL;
+}
+
+int static_clean_path(const char *rel, char *out, size_t outcap) {
+    size_t o = 0;
+    const char *p = rel;
+    if (outcap == 0) return STATIC_BAD_PATH;
+    out[0] = '\0';
+    if (strchr(rel, '\\')) return STATIC_BAD_PATH;
+    while (*p) {
+        while (*p == '/') p++;
+        if (!*p) break;
+        const char *seg = p;
+        while (*p && *p != '/') p++;
+        size_t n = (size_t)(p - seg);
+        if ((n == 1 && seg[0] == '.') || (n == 2 && seg[0] == '.' && seg[1] == '.')) return STATIC_BAD_PATH;
+        if (seg[0] == '.') return STATIC_HIDDEN;
+        if (o + n + 2 > outcap) return STATIC_BAD_PATH;
+        if (o) out[o++] = '/';
+        memcpy(out + o, seg, n);
+        o += n;
+    }
+    out[o] = '\0';
+    return STATIC_OK;
+}
+
+static const struct { const char *ext, *type; } static_types[] = {
+    { "html", "text/html; charset=utf-8" }, { "htm", "text/html; charset=utf-8" },
+    { "css", "text/css; charset=utf-8" }, { "js", "text/javascript; charset=utf-8" },
+    { "mjs", "text/javascript; charset=utf-8" }, { "json", "application/json" },
+    { "map", "application/json" }, { "txt", "text/plain; charset=utf-8" },
+    { "md", "text/markdown; charset=utf-8" }, { "xml", "application/xml" },
+    { "svg", "image/svg+xml" }, { "png", "image/png" }, { "jpg", "image/jpeg" },
+    { "jpeg", "image/jpeg" }, { "gif", "image/gif" }, { "webp", "image/webp" },
+    { "ico", "image/x-icon" }, { "wasm", "application/wasm" }, { "wav", "audio/wav" },
+    { "mp3", "audio/mpeg" }, { "ogg", "audio/ogg" }, { "webm", "video/webm" },
+    { "woff", "font/woff" }, { "woff2", "font/woff2" }, { "pdf", "application/pdf" },
+    { "webmanifest", "application/manifest+json" },
+};
+
+const char *static_mime_type(const char *name) {
+    const char *dot = strrchr(name, '.');
+    const char *slash = strrchr(name, '/');
+    if (dot && (!slash || dot > slash)) {
+        for (size_t i = 0; i < sizeof static_types / sizeof static_types[0]; i++)
+            if (strcasecmp(dot + 1, static_types[i].ext) == 0) return static_types[i].type;
+    }
+    return "application/octet-stream";
+}
+
+static void static_redirect_slash(http_request *req) {
+    char loc[PATH_MAX + 2];
+    struct MHD_Response *resp = http_response_bytes("", 0, NULL);
+    /* The raw target keeps the client's own escaping; insert the slash before any query. */
+    size_t plen = strcspn(req->target, "?");
+    snprintf(loc, sizeof loc, "%.*s/%s%s", (int)plen, req->target, req->query_len ? "?" : "", req->query);
+    if (resp) MHD_add_response_header(resp, MHD_HTTP_HEADER_LOCATION, loc);
+    http_request_respond(req, 301, resp, 0);
+}
+
+int static_serve(const static_mounts *m, http_request *req) {
+    const char *rest = NULL;
+    const static_mount_entry *e = static_find(m, req->path, &rest);
+    char clean[PATH_MAX], full[PATH_MAX + 16];
+    char *real = NULL;
+    int fd = -1;
+    struct stat st;
+    if (!e) return 0;
+    if (strcmp(req->method, "GET") != 0 && strcmp(req->method, "HEAD") != 0) {
+        http_request_fail_allow(req, "GET, HEAD");
+        goto out;
+    }
+    int rc = static_clean_path(rest, clean, sizeof clean);
+    if (rc != STATIC_OK) {
+        if (rc == STATIC_HIDDEN) http_request_fail(req, 404, "not found");
+        else http_request_fail(req, 400, "bad path");
+        goto out;
+    }
+    int n = snprintf(full, sizeof full, "%s/%s", e->root, clean);
+    if (n < 0 || (size_t)n >= sizeof full) {
+        http_request_fail(req, 400, "bad path");
+        goto out;
+    }
+    real = realpath(full, NULL);
+    if (!real || strncmp(real, e->root, e->root_len) != 0 ||
+        (real[e->root_len] != '\0' && real[e->root_len] != '/')) {
+        http_request_fail(req, 404, "not found");   /* missing, or a link leading outside the root */
+        goto out;
+    }
+    fd = open(real, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
+    if (fd < 0 || fstat(fd, &st) < 0) {
+        http_request_fail(req, errno == EACCES ? 403 : 404, errno == EACCES ? "forbidden" : "not found");
+        goto out;
+    }
+    if (S_ISDIR(st.st_mode)) {
+        size_t plen = strlen(req->path);
+        if (plen == 0 || req->path[plen - 1] != '/') {
+            static_redirect_slash(req);
+            goto out;
+        }
+        int dfd = openat(fd, "index.html", O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
+        close(fd);
+        fd = dfd;
+        if (fd < 0 || fstat(fd, &st) < 0) {
+            http_request_fail(req, 404, "not found");
+            goto out;
+        }
+        snprintf(full, sizeof full, "index.html");
+    }
+    if (!S_ISREG(st.st_mode)) {
+        http_request_fail(req, 404, "not found");
+        goto out;
+    }
+    struct MHD_Response *resp = MHD_create_response_from_fd((uint64_t)st.st_size, fd);
+    if (!resp) {
+        http_request_fail(req, 500, "out of memory");
+        goto out;
+    }
+    fd = -1;    /* owned by the response now */
+    MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, static_mime_type(full));
+    MHD_add_response_header(resp, "X-Content-Type-Options", "nosniff");
+    MHD_add_response_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL, "no-cache");
+    http_request_respond(req, 200, resp, (unsigned long long)st.st_size);
+out:
+    if (fd >= 0) close(fd);
+    free(real);
+    return 1;
+}

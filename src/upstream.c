@@ -1,0 +1,403 @@
+/* upstream.c: the AssemblyAI token client: non-blocking libcurl transfers on a worker's loop. */
+#define _GNU_SOURCE
+#include <ctype.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+#include <curl/curl.h>
+
+#include "json.h"
+#include "log.h"
+#include "upstream.h"
+
+#define UPSTREAM_BODY_MAX (64 * 1024)
+
+struct upstream_call {
+    upstream *up;
+    CURL *easy;
+    upstream_done_fn *done;
+    void *ud;
+    char *body;
+    size_t body_len;
+    int body_too_big;
+    long retry_after;
+    uint64_t start_ms;
+    long expires_in_s;
+    char errbuf[CURL_ERROR_SIZE];
+    upstream_call *prev, *next;     /* active list, or free list (next only) */
+};
+
+struct upstream {
+    loop *lp;
+    CURLM *multi;
+    CURLSH *share;
+    loop_timer timer;
+    char *token_url;
+    char *key;
+    char *ca_file;
+    struct curl_slist *headers;     /* holds "Authorization: <key>" */
+    long timeout_ms, connect_timeout_ms;
+    upstream_call *active;
+    upstream_call *idle;            /* finished calls kept with their easy handle for reuse */
+    long connections_opened;
+};
+
+int upstream_has_key(const upstream *up) {
+    return up->key != NULL;
+}
+
+long upstream_connections_opened(const upstream *up) {
+    return up->connections_opened;
+}
+
+static void upstream_drain(upstream *up);
+
+static void upstream_on_fd(void *ud, int fd, unsigned events) {
+    upstream *up = ud;
+    int flags = 0, running = 0;
+    if (events & LOOP_READ) flags |= CURL_CSELECT_IN;
+    if (events & LOOP_WRITE) flags |= CURL_CSELECT_OUT;
+    curl_multi_socket_action(up->multi, fd, flags, &running);
+    upstream_drain(up);
+}
+
+static int upstream_on_socket(CURL *easy, curl_socket_t s, int what, void *userp, void *socketp) {
+    upstream *up = userp;
+    unsigned ev = 0;
+    (void)easy;
+    (void)socketp;
+    if (what == CURL_POLL_IN || what == CURL_POLL_INOUT) ev |= LOOP_READ;
+    if (what == CURL_POLL_OUT || what == CURL_POLL_INOUT) ev |= LOOP_WRITE;
+    if (loop_watch(up->lp, s, ev, upstream_on_fd, up) < 0 && ev) {
+        log_msg(LOG_ERROR, "upstream: cannot watch socket %d", (int)s);
+        return -1;
+    }
+    return 0;
+}
+
+static void upstream_on_timeout(void *ud) {
+    upstream *up = ud;
+    int running = 0;
+    curl_multi_socket_action(up->multi, CURL_SOCKET_TIMEOUT, 0, &running);
+    upstream_drain(up);
+}
+
+static int upstream_on_timer_change(CURLM *multi, long timeout_ms, void *userp) {
+    upstream *up = userp;
+    (void)multi;
+    if (timeout_ms < 0) loop_timer_stop(up->lp, &up->timer);
+    else if (loop_timer_start(up->lp, &up->timer, timeout_ms, upstream_on_timeout, up) < 0) return -1;
+    return 0;
+}
+
+static size_t upstream_on_body(char *data, size_t size, size_t nmemb, void *ud) {
+    upstream_call *c = ud;
+    size_t n = size * nmemb;
+    if (c->body_len + n > UPSTREAM_BODY_MAX) {
+        c->body_too_big = 1;
+        return 0;
+    }
+    char *b = realloc(c->body, c->body_len + n + 1);
+    if (!b) return 0;
+    memcpy(b + c->body_len, data, n);
+    c->body = b;
+    c->body_len += n;
+    b[c->body_len] = '\0';
+    return n;
+}
+
+static size_t upstream_on_header(char *data, size_t size, size_t nmemb, void *ud) {
+    upstream_call *c = ud;
+    size_t n = size * nmemb;
+    if (n > 12 && strncasecmp(data, "retry-after:", 12) == 0) {
+        char v[64];
+        size_t vl = n - 12 < sizeof v - 1 ? n - 12 : sizeof v - 1;
+        memcpy(v, data + 12, vl);
+        v[vl] = '\0';
+        char *p = v;
+        while (*p == ' ' || *p == '\t') p++;
+        p[strcspn(p, "\r\n")] = '\0';
+        if (isdigit((unsigned char)*p)) {
+            c->retry_after = strtol(p, NULL, 10);
+        } else {
+            time_t when = curl_getdate(p, NULL);
+            time_t now = time(NULL);
+            if (when > 0) c->retry_after = when > now ? (long)(when - now) : 0;
+        }
+    }
+    return n;
+}
+
+/* Creates a call with its easy handle and the options that never change. */
+static upstream_call *upstream_call_new(upstream *up) {
+    upstream_call *c = calloc(1, sizeof *c);
+    if (!c) return NULL;
+    c->up = up;
+    c->easy = curl_easy_init();
+    if (!c->easy) {
+        free(c);
+        return NULL;
+    }
+    CURL *e = c->easy;
+    curl_easy_setopt(e, CURLOPT_PRIVATE, c);
+    curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, up->timeout_ms);
+    curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, up->connect_timeout_ms);
+    curl_easy_setopt(e, CURLOPT_HTTPHEADER, up->headers);
+    curl_easy_setopt(e, CURLOPT_USERAGENT, "tokend/" TOKEND_VERSION);
+    curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, upstream_on_body);
+    curl_easy_setopt(e, CURLOPT_WRITEDATA, c);
+    curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, upstream_on_header);
+    curl_easy_setopt(e, CURLOPT_HEADERDATA, c);
+    curl_easy_setopt(e, CURLOPT_ERRORBUFFER, c->errbuf);
+    curl_easy_setopt(e, CURLOPT_SHARE, up->share);
+    curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 0L);
+    curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
+    curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, 1L);
+    curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, 2L);
+    curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
+    if (up->ca_file) curl_easy_setopt(e, CURLOPT_CAINFO, up->ca_file);
+    return c;
+}
+
+static void upstream_call_free(upstream_call *c) {
+    curl_easy_cleanup(c->easy);
+    free(c->body);
+    free(c);
+}
+
+static void upstream_unlink(upstream *up, upstream_call *c) {
+    if (c->prev) c->prev->next = c->next;
+    else up->active = c->next;
+    if (c->next) c->next->prev = c->prev;
+    c->prev = c->next = NULL;
+}
+
+/* Puts a finished or cancelled call back in the idle pool. */
+static void upstream_release(upstream *up, upstream_call *c) {
+    free(c->body);
+    c->body = NULL;
+    c->body_len = 0;
+    c->done = NULL;
+    c->ud = NULL;
+    c->next = up->idle;
+    up->idle = c;
+}
+
+upstream *upstream_create(loop *lp, const upstream_options *opts, char *err, size_t errlen) {
+    upstream *up = calloc(1, sizeof *up);
+    char *auth = NULL;
+    if (!up) goto nomem;
+    up->lp = lp;
+    up->timeout_ms = opts->timeout_ms > 0 ? opts->timeout_ms : 10000;
+    up->connect_timeout_ms = opts->connect_timeout_ms > 0 ? opts->connect_timeout_ms : 5000;
+    up->token_url = strdup(opts->token_url);
+    if (!up->token_url) goto nomem;
+    if (opts->ca_file && *opts->ca_file && !(up->ca_file = strdup(opts->ca_file))) goto nomem;
+    if (opts->api_key && *opts->api_key) {
+        for (const char *p = opts->api_key; *p; p++) {
+            if ((unsigned char)*p < 0x20 || *p == 0x7f) {
+                snprintf(err, errlen, "the API key contains a control character or line break");
+                goto fail;
+            }
+        }
+        if (!(up->key = strdup(opts->api_key))) goto nomem;
+        size_t n = strlen(up->key) + sizeof "Authorization: ";
+        if (!(auth = malloc(n))) goto nomem;
+        snprintf(auth, n, "Authorization: %s", up->key);
+        up->headers = curl_slist_append(NULL, auth);
+        explicit_bzero(auth, n);
+        free(auth);
+        if (!up->headers) goto nomem;
+    }
+    up->headers = curl_slist_append(up->headers, "Accept: application/json");
+    up->multi = curl_multi_init();
+    up->share = curl_share_init();
+    if (!up->headers || !up->multi || !up->share) goto nomem;
+    curl_share_setopt(up->share, CURLSHOPT_SHARE, CURL_LOCK_DATA_SSL_SESSION);
+    curl_share_setopt(up->share, CURLSHOPT_SHARE, CURL_LOCK_DATA_DNS);
+    curl_multi_setopt(up->multi, CURLMOPT_SOCKETFUNCTION, upstream_on_socket);
+    curl_multi_setopt(up->multi, CURLMOPT_SOCKETDATA, up);
+    curl_multi_setopt(up->multi, CURLMOPT_TIMERFUNCTION, upstream_on_timer_change);
+    curl_multi_setopt(up->multi, CURLMOPT_TIMERDATA, up);
+    curl_multi_setopt(up->multi, CURLMOPT_MAXCONNECTS, 4096L);
+    return up;
+nomem:
+    snprintf(err, errlen, "out of memory");
+fail:
+    upstream_free(up);
+    return NULL;
+}
+
+void upstream_free(upstream *up) {
+    if (!up) return;
+    while (up->active) {
+        upstream_call *c = up->active;
+        upstream_unlink(up, c);
+        curl_multi_remove_handle(up->multi, c->easy);
+        upstream_call_free(c);
+    }
+    while (up->idle) {
+        upstream_call *c = up->idle;
+        up->idle = c->next;
+        upstream_call_free(c);
+    }
+    loop_timer_stop(up->lp, &up->timer);
+    if (up->multi) curl_multi_cleanup(up->multi);
+    if (up->share) curl_share_cleanup(up->share);
+    if (up->headers) {
+        /* The first entry holds the key: wipe it before freeing. */
+        explicit_bzero(up->headers->data, strlen(up->headers->data));
+        curl_slist_free_all(up->headers);
+    }
+    if (up->key) {
+        explicit_bzero(up->key, strlen(up->key));
+        free(up->key);
+    }
+    free(up->token_url);
+    free(up->ca_file);
+    free(up);
+}
+
+upstream_call *upstream_mint(upstream *up, long expires_in_s, long max_session_s,
+                             upstream_done_fn *done, void *ud) {
+    char url[1024];
+    upstream_call *c = up->idle;
+    if (c) up->idle = c->next;
+    else if (!(c = upstream_call_new(up))) return NULL;
+    if (max_session_s > 0)
+        snprintf(url, sizeof url, "%s?expires_in_seconds=%ld&max_session_duration_seconds=%ld",
+                 up->token_url, expires_in_s, max_session_s);
+    else
+        snprintf(url, sizeof url, "%s?expires_in_seconds=%ld", up->token_url, expires_in_s);
+    curl_easy_setopt(c->easy, CURLOPT_URL, url);
+    c->done = done;
+    c->ud = ud;
+    c->retry_after = -1;
+    c->body_too_big = 0;
+    c->errbuf[0] = '\0';
+    c->expires_in_s = expires_in_s;
+    c->start_ms = loop_now_ms();
+    if (curl_multi_add_handle(up->multi, c->easy) != CURLM_OK) {
+        upstream_release(up, c);
+        return NULL;
+    }
+    c->prev = NULL;
+    c->next = up->active;
+    if (up->active) up->active->prev = c;
+    up->active = c;
+    return c;
+}
+
+void upstream_cancel(upstream_call *c) {
+    upstream *up = c->up;
+    upstream_unlink(up, c);
+    curl_multi_remove_handle(up->multi, c->easy);
+    upstream_release(up, c);
+}
+
+static const char *upstream_tls_or_connect(int code) {
+    switch (code) {
+    case CURLE_COULDNT_RESOLVE_HOST: case CURLE_COULDNT_CONNECT: case CURLE_COULDNT_RESOLVE_PROXY:
+        return "connect";
+    case CURLE_PEER_FAILED_VERIFICATION: case CURLE_SSL_CONNECT_ERROR: case CURLE_SSL_CERTPROBLEM:
+    case CURLE_SSL_CIPHER: case CURLE_SSL_CACERT_BADFILE: case CURLE_SSL_ISSUER_ERROR:
+    case CURLE_SSL_PINNEDPUBKEYNOTMATCH: case CURLE_SSL_INVALIDCERTSTATUS: case CURLE_SSL_ENGINE_NOTFOUND:
+    case CURLE_SSL_ENGINE_SETFAILED: case CURLE_SSL_SHUTDOWN_FAILED: case CURLE_SSL_CRL_BADFILE:
+    case CURLE_USE_SSL_FAILED:
+        return "tls";
+    default:
+        return "network";
+    }
+}
+
+void upstream_classify(int curl_code, const char *curl_error, long http_status, const char *body,
+                       size_t body_len, long retry_after, long timeout_ms, const char *key,
+                       upstream_result *r, char *token, size_t token_cap, char *errbuf, size_t errlen) {
+    char msg[700], said[JSON_ERROR_MAX + 8];
+    json_token_reply *reply = malloc(sizeof *reply);
+    memset(r, 0, sizeof *r);
+    r->retry_after = retry_after;
+    r->http_status = curl_code == CURLE_OK ? (int)http_status : 0;
+    msg[0] = said[0] = '\0';
+    int parsed = reply && body && json_parse_token_reply(body, body_len, reply) == 0;
+    if (curl_code == CURLE_OPERATION_TIMEDOUT) {
+        r->kind = "timeout";
+        snprintf(msg, sizeof msg, "the upstream did not answer within %ld ms", timeout_ms);
+    } else if (curl_code == CURLE_WRITE_ERROR) {
+        r->kind = "bad_response";
+        snprintf(msg, sizeof msg, "the upstream reply is larger than %d KiB", UPSTREAM_BODY_MAX / 1024);
+    } else if (curl_code != CURLE_OK) {
+        r->kind = upstream_tls_or_connect(curl_code);
+        snprintf(msg, sizeof msg, "%s talking to the upstream: %s",
+                 strcmp(r->kind, "tls") == 0 ? "TLS failure" : strcmp(r->kind, "connect") == 0 ? "cannot connect" : "network failure",
+                 curl_error && *curl_error ? curl_error : curl_easy_strerror((CURLcode)curl_code));
+    } else {
+        if (parsed && reply->has_error && reply->error[0]) snprintf(said, sizeof said, ": %s", reply->error);
+        if (http_status == 200 && parsed && reply->has_token) {
+            if (strlen(reply->token) >= token_cap) {
+                r->kind = "bad_response";
+                snprintf(msg, sizeof msg, "the upstream token is too long");
+            } else {
+                memcpy(token, reply->token, strlen(reply->token) + 1);
+                r->token = token;
+                r->expires_in_seconds = reply->has_expires ? reply->expires_in_seconds : 0;
+            }
+        } else if (http_status == 200) {
+            r->kind = "bad_response";
+            snprintf(msg, sizeof msg, parsed ? "the upstream answered 200 without a token"
+                                             : "the upstream answered 200 with a body that is not JSON");
+        } else if (http_status == 401 || http_status == 403) {
+            r->kind = "unauthorized";
+            snprintf(msg, sizeof msg, "the upstream refused the API key (HTTP %ld)%s", http_status, said);
+        } else if (http_status == 429) {
+            r->kind = "rate_limited";
+            snprintf(msg, sizeof msg, "the upstream is rate limiting this key (HTTP 429)%s", said);
+        } else if (http_status == 400) {
+            r->kind = "bad_request";
+            snprintf(msg, sizeof msg, "the upstream rejected the request (HTTP 400)%s", said);
+        } else if (http_status >= 500) {
+            r->kind = "upstream_error";
+            snprintf(msg, sizeof msg, "the upstream failed (HTTP %ld)%s", http_status, said);
+        } else {
+            r->kind = "bad_response";
+            snprintf(msg, sizeof msg, "unexpected upstream answer (HTTP %ld)%s", http_status, said);
+        }
+    }
+    if (!r->token) {
+        log_scrub(errbuf, errlen, msg, key);
+        r->error = errbuf;
+    }
+    free(reply);
+}
+
+static void upstream_drain(upstream *up) {
+    CURLMsg *msg;
+    int left;
+    char token[JSON_TOKEN_MAX], errbuf[800];
+    while ((msg = curl_multi_info_read(up->multi, &left))) {
+        if (msg->msg != CURLMSG_DONE) continue;
+        CURL *easy = msg->easy_handle;
+        CURLcode code = msg->data.result;
+        upstream_call *c = NULL;
+        long status = 0, connects = 0;
+        curl_easy_getinfo(easy, CURLINFO_PRIVATE, (char **)&c);
+        curl_easy_getinfo(easy, CURLINFO_RESPONSE_CODE, &status);
+        curl_easy_getinfo(easy, CURLINFO_NUM_CONNECTS, &connects);
+        up->connections_opened += connects;
+        upstream_unlink(up, c);
+        curl_multi_remove_handle(up->multi, easy);
+        upstream_result r;
+        upstream_classify(code, c->errbuf, status, c->body, c->body_len, c->retry_after, up->timeout_ms,
+                          up->key, &r, token, sizeof token, errbuf, sizeof errbuf);
+        if (r.token && r.expires_in_seconds <= 0) r.expires_in_seconds = c->expires_in_s;
+        r.elapsed_ms = (double)(loop_now_ms() - c->start_ms);
+        upstream_done_fn *done = c->done;
+        void *ud = c->ud;
+        upstream_release(up, c);
+        done(ud, &r);
+        explicit_bzero(token, sizeof token);
+    }
+}

@@ -1,0 +1,117 @@
+/* url.c: percent-decoding, query-string parsing and the AssemblyAI endpoint URLs. */
+#include <ctype.h>
+#include <stdio.h>
+#include <string.h>
+#include <strings.h>
+
+#include "url.h"
+
+static int url_hexval(int c) {
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+    return -1;
+}
+
+/* Decodes in[0..inlen) into out; plus_is_space maps '+' to ' '. Returns the decoded
+ * length or a URL_ERR_* code. Does not NUL-terminate. allow_nul permits %00. */
+static long url_unescape(const char *in, size_t inlen, char *out, size_t outcap,
+                         int plus_is_space, int allow_nul) {
+    size_t o = 0;
+    for (size_t i = 0; i < inlen; i++) {
+        int c = (unsigned char)in[i];
+        if (c == '%') {
+            if (i + 2 >= inlen) return URL_ERR_MALFORMED;
+            int hi = url_hexval((unsigned char)in[i + 1]), lo = url_hexval((unsigned char)in[i + 2]);
+            if (hi < 0 || lo < 0) return URL_ERR_MALFORMED;
+            c = hi * 16 + lo;
+            i += 2;
+        } else if (c == '+' && plus_is_space) {
+            c = ' ';
+        }
+        if (c == 0 && !allow_nul) return URL_ERR_MALFORMED;
+        if (o >= outcap) return URL_ERR_TOO_LONG;
+        out[o++] = (char)c;
+    }
+    return (long)o;
+}
+
+int url_decode_path(const char *in, size_t inlen, char *out, size_t outcap, size_t *outlen) {
+    if (outcap == 0) return URL_ERR_TOO_LONG;
+    long n = url_unescape(in, inlen, out, outcap - 1, 0, 0);
+    if (n < 0) return (int)n;
+    out[n] = '\0';
+    if (outlen) *outlen = (size_t)n;
+    return URL_OK;
+}
+
+int url_parse_query(const char *q, size_t qlen, char *scratch, size_t max_args,
+                    url_query_fn *fn, void *ud) {
+    size_t count = 0, i = 0, o = 0;
+    while (i < qlen) {
+        size_t end = i;
+        while (end < qlen && q[end] != '&') end++;
+        if (end > i) {
+            if (++count > max_args) return URL_ERR_TOO_MANY;
+            size_t eq = i;
+            while (eq < end && q[eq] != '=') eq++;
+            char *name = scratch + o;
+            long nlen = url_unescape(q + i, eq - i, name, eq - i, 1, 1);
+            if (nlen < 0) return URL_ERR_MALFORMED;
+            name[nlen] = '\0';
+            o += (size_t)nlen + 1;
+            char *value = scratch + o;
+            long vlen = 0;
+            if (eq < end) {
+                vlen = url_unescape(q + eq + 1, end - eq - 1, value, end - eq - 1, 1, 1);
+                if (vlen < 0) return URL_ERR_MALFORMED;
+            }
+            value[vlen] = '\0';
+            o += (size_t)vlen + 1;
+            if (fn && fn(ud, name, (size_t)nlen, value, (size_t)vlen) != 0) break;
+        }
+        i = end + 1;
+    }
+    return (int)count;
+}
+
+int url_streaming_endpoints(const char *base, url_endpoints *out, char *err, size_t errlen) {
+    const char *rest, *ws_scheme;
+    memset(out, 0, sizeof *out);
+    if (!base || !*base) {
+        snprintf(err, errlen, "the streaming URL is empty");
+        return URL_ERR_MALFORMED;
+    }
+    if (strncasecmp(base, "https://", 8) == 0) { rest = base + 8; ws_scheme = "wss"; }
+    else if (strncasecmp(base, "http://", 7) == 0) { rest = base + 7; ws_scheme = "ws"; }
+    else {
+        snprintf(err, errlen, "the streaming URL \"%s\" must start with https:// or http://", base);
+        return URL_ERR_MALFORMED;
+    }
+    size_t len = strlen(rest);
+    while (len && rest[len - 1] == '/') len--;
+    size_t hostlen = strcspn(rest, "/");
+    if (hostlen > len) hostlen = len;
+    if (hostlen == 0) {
+        snprintf(err, errlen, "the streaming URL \"%s\" has no host", base);
+        return URL_ERR_MALFORMED;
+    }
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)rest[i];
+        if (c <= ' ' || c == 0x7f || c == '?' || c == '#' || (c == '@' && i < hostlen) || c == '\\') {
+            snprintf(err, errlen, "the streaming URL \"%s\" may not contain spaces, a query, a fragment or user info", base);
+            return URL_ERR_MALFORMED;
+        }
+    }
+    if (len + 8 >= sizeof out->base) {
+        snprintf(err, errlen, "the streaming URL is too long");
+        return URL_ERR_MALFORMED;
+    }
+    int scheme_len = ws_scheme[2] ? 5 : 4;  /* "https" or "http" */
+    snprintf(out->base, sizeof out->base, "%.*s://%.*s", scheme_len, ws_scheme[2] ? "https" : "http",
+             (int)len, rest);
+    for (char *p = out->base; *p && *p != ':'; p++) *p = (char)tolower((unsigned char)*p);
+    snprintf(out->token_url, sizeof out->token_url, "%s/v3/token", out->base);
+    snprintf(out->websocket_url, sizeof out->websocket_url, "%s://%.*s/v3/ws", ws_scheme, (int)len, rest);
+    return URL_OK;
+}

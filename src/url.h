@@ -1,0 +1,39 @@
+/* url.h: percent-decoding, query-string parsing and the AssemblyAI endpoint URLs. */
+#ifndef TOKEND_URL_H
+#define TOKEND_URL_H
+
+#include <stddef.h>
+
+#define URL_OK 0
+#define URL_ERR_MALFORMED (-1)   /* bad %-escape, NUL byte or bad syntax */
+#define URL_ERR_TOO_MANY (-2)    /* more query arguments than allowed */
+#define URL_ERR_TOO_LONG (-3)    /* does not fit the output */
+
+/* Decodes the %-escapes of a URL path into out (outcap bytes, NUL-terminated).
+ * '+' is kept as is. Fails with URL_ERR_MALFORMED on a bad escape or an encoded or raw
+ * NUL byte, URL_ERR_TOO_LONG when out is too small. */
+int url_decode_path(const char *in, size_t inlen, char *out, size_t outcap, size_t *outlen);
+
+/* Called for each query argument with decoded name and value (each NUL-terminated,
+ * possibly containing NUL bytes, lengths given). Returns 0 to go on. */
+typedef int url_query_fn(void *ud, const char *name, size_t nlen, const char *value, size_t vlen);
+
+/* Parses "a=1&b=two+words&c" into decoded pairs ('+' is a space, a missing '=' gives "").
+ * scratch must hold at least qlen + 2 bytes. Returns the number of arguments,
+ * URL_ERR_MALFORMED on a bad escape, URL_ERR_TOO_MANY past max_args. */
+int url_parse_query(const char *q, size_t qlen, char *scratch, size_t max_args,
+                    url_query_fn *fn, void *ud);
+
+/* The two endpoints derived from ASSEMBLYAI_STREAMING_URL. */
+typedef struct url_endpoints {
+    char base[512];          /* normalised base, without trailing slash */
+    char token_url[600];     /* <base>/v3/token */
+    char websocket_url[600]; /* ws[s]://<host>[:port][/prefix]/v3/ws */
+} url_endpoints;
+
+/* Derives the endpoints from an http:// or https:// base URL (optional port and path
+ * prefix; no query, fragment or user info). Returns URL_OK, or URL_ERR_MALFORMED with a
+ * reason in err. */
+int url_streaming_endpoints(const char *base, url_endpoints *out, char *err, size_t errlen);
+
+#endif
