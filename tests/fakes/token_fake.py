@@ -1,0 +1,212 @@
+#!/usr/bin/env python3
+"""A fake of AssemblyAI's temporary-token endpoint (GET /v3/token), for tokend's tests.
+
+It behaves like the documented API (../shared/FIELD-NOTES.md): the raw key in
+Authorization (no "Bearer"), expires_in_seconds 1..600, max_session_duration_seconds
+60..10800, 200 {"token", "expires_in_seconds"}, JSON error bodies, HTTP/1.1 keep-alive.
+Tokens are JWT-like and signed with HMAC-SHA256 over --secret, so the streaming fake can
+check that a token came from here, is unexpired and is used once.
+
+Faults are switched at start (--fault, --latency-ms) or at run time:
+  POST /__control {"fault": "...", "latency_ms": N, "retry_after": S}
+  GET  /__stats   -> {"requests", "connections", "tokens", "last_query", "last_authorization", ...}
+Faults: ok, 401, 401-echo (echoes the presented key), 403, 429 (Retry-After), 500, 503,
+        malformed (truncated JSON), notoken (200 without token), html (200 text/html),
+        hang (never answers), reset (TCP reset), flaky-500 (every other request 500).
+It prints "listening <scheme>://127.0.0.1:<port>" once ready.
+"""
+import argparse
+import asyncio
+import base64
+import hashlib
+import hmac
+import json
+import socket
+import ssl
+import struct
+import sys
+import time
+import urllib.parse
+import uuid
+
+
+def b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+class Fake:
+    def __init__(self, key, secret, fault, latency_ms, retry_after):
+        self.key = key
+        self.secret = secret.encode()
+        self.fault = fault
+        self.latency_ms = latency_ms
+        self.retry_after = retry_after
+        self.requests = 0
+        self.connections = 0
+        self.tokens = 0
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self.last_query = None
+        self.last_authorization = None
+        self.flaky = 0
+
+    def mint(self, expires, max_session):
+        now = int(time.time())
+        header = b64url(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
+        payload = b64url(json.dumps({"jti": str(uuid.uuid4()), "iat": now, "exp": now + expires,
+                                     "max_session_duration_seconds": max_session}).encode())
+        sig = b64url(hmac.new(self.secret, f"{header}.{payload}".encode(), hashlib.sha256).digest())
+        self.tokens += 1
+        return f"{header}.{payload}.{sig}"
+
+    def answer(self, method, target, headers):
+        """Returns (status, extra_headers, body_bytes) or a fault keyword."""
+        url = urllib.parse.urlsplit(target)
+        if url.path == "/__stats":
+            return 200, {}, json.dumps({
+                "requests": self.requests, "connections": self.connections, "tokens": self.tokens,
+                "last_query": self.last_query, "last_authorization": self.last_authorization,
+                "max_in_flight": self.max_in_flight, "fault": self.fault}).encode()
+        if url.path != "/v3/token":
+            return 404, {}, json.dumps({"error": "Not found"}).encode()
+        if method != "GET":
+            return 405, {}, json.dumps({"error": "Method not allowed"}).encode()
+        self.requests += 1
+        query = dict(urllib.parse.parse_qsl(url.query, keep_blank_values=True))
+        self.last_query = query
+        auth = headers.get("authorization")
+        self.last_authorization = auth
+        fault = self.fault
+        if fault == "flaky-500":
+            self.flaky += 1
+            fault = "500" if self.flaky % 2 == 1 else "ok"
+        if fault in ("hang", "reset"):
+            return fault
+        if fault == "401-echo":
+            return 401, {}, json.dumps({"error": f"Invalid API key: {auth}"}).encode()
+        if fault in ("401", "403"):
+            return int(fault), {}, json.dumps({"error": "Invalid API key"}).encode()
+        if fault == "429":
+            return 429, {"Retry-After": str(self.retry_after)}, json.dumps(
+                {"error": "Too many requests", "code": "rate_limited"}).encode()
+        if fault in ("500", "503"):
+            return int(fault), {}, json.dumps({"error": "Internal server error"}).encode()
+        if auth is None or auth != self.key:
+            return 401, {}, json.dumps({"error": "Invalid API key"}).encode()
+        try:
+            expires = int(query["expires_in_seconds"])
+        except (KeyError, ValueError):
+            return 400, {}, json.dumps({"error": "expires_in_seconds is required and must be an integer",
+                                        "code": "invalid_parameter"}).encode()
+        if not 1 <= expires <= 600:
+            return 400, {}, json.dumps({"error": "expires_in_seconds must be between 1 and 600",
+                                        "code": "invalid_parameter"}).encode()
+        max_session = 10800
+        if "max_session_duration_seconds" in query:
+            try:
+                max_session = int(query["max_session_duration_seconds"])
+            except ValueError:
+                max_session = -1
+            if not 60 <= max_session <= 10800:
+                return 400, {}, json.dumps({"error": "max_session_duration_seconds must be between 60 and 10800",
+                                            "code": "invalid_parameter"}).encode()
+        if fault == "malformed":
+            return 200, {}, b'{"token": "abc'
+        if fault == "notoken":
+            return 200, {}, json.dumps({"expires_in_seconds": expires}).encode()
+        if fault == "html":
+            return 200, {"Content-Type": "text/html"}, b"<html>oops</html>"
+        return 200, {}, json.dumps({"token": self.mint(expires, max_session), "expires_in_seconds": expires}).encode()
+
+    def control(self, body):
+        cfg = json.loads(body or b"{}")
+        self.fault = cfg.get("fault", self.fault)
+        self.latency_ms = cfg.get("latency_ms", self.latency_ms)
+        self.retry_after = cfg.get("retry_after", self.retry_after)
+        return 200, {}, b'{"ok":true}'
+
+    async def handle(self, reader, writer):
+        self.connections += 1
+        try:
+            while True:
+                line = await reader.readline()
+                if not line:
+                    return
+                try:
+                    method, target, _ = line.decode("latin-1").split(" ", 2)
+                except ValueError:
+                    return
+                headers = {}
+                while True:
+                    h = await reader.readline()
+                    if h in (b"\r\n", b"\n", b""):
+                        break
+                    name, _, value = h.decode("latin-1").partition(":")
+                    headers[name.strip().lower()] = value.strip()
+                body = b""
+                if "content-length" in headers:
+                    body = await reader.readexactly(int(headers["content-length"]))
+                if target.startswith("/__control"):
+                    result = self.control(body)
+                else:
+                    self.in_flight += 1
+                    self.max_in_flight = max(self.max_in_flight, self.in_flight)
+                    try:
+                        if self.latency_ms and not target.startswith("/__"):
+                            await asyncio.sleep(self.latency_ms / 1000)
+                        result = self.answer(method, target, headers)
+                    finally:
+                        self.in_flight -= 1
+                if result == "hang":
+                    await reader.read()     # until the client gives up
+                    return
+                if result == "reset":
+                    sock = writer.get_extra_info("socket")
+                    if sock is not None:
+                        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                    writer.transport.abort()
+                    return
+                status, extra, payload = result
+                head = [f"HTTP/1.1 {status} {'OK' if status == 200 else 'Error'}",
+                        f"Content-Length: {len(payload)}"]
+                if "Content-Type" not in extra:
+                    head.append("Content-Type: application/json")
+                head += [f"{k}: {v}" for k, v in extra.items()]
+                writer.write(("\r\n".join(head) + "\r\n\r\n").encode() + payload)
+                await writer.drain()
+                if headers.get("connection", "").lower() == "close":
+                    return
+        except (ConnectionError, asyncio.IncompleteReadError, ssl.SSLError):
+            return
+        finally:
+            writer.close()
+
+
+async def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--port", type=int, default=0)
+    ap.add_argument("--key", default="test-key")
+    ap.add_argument("--secret", default="fake-signing-secret")
+    ap.add_argument("--fault", default="ok")
+    ap.add_argument("--latency-ms", type=int, default=0)
+    ap.add_argument("--retry-after", type=int, default=7)
+    ap.add_argument("--tls-cert")
+    ap.add_argument("--tls-key")
+    args = ap.parse_args()
+    fake = Fake(args.key, args.secret, args.fault, args.latency_ms, args.retry_after)
+    ctx = None
+    if args.tls_cert:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(args.tls_cert, args.tls_key)
+    server = await asyncio.start_server(fake.handle, "127.0.0.1", args.port, ssl=ctx, backlog=4096)
+    port = server.sockets[0].getsockname()[1]
+    print(f"listening {'https' if ctx else 'http'}://127.0.0.1:{port}", flush=True)
+    async with server:
+        await server.serve_forever()
+
+
+if __name__ == "__main__":
+    try:
+        asyncio.run(main())
+    except KeyboardInterrupt:
+        sys.exit(0)

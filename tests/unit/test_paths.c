@@ -1,0 +1,102 @@
+/* test_paths.c: static path cleaning, MIME types and route matching, as tables. */
+#include "check.h"
+#include "router.h"
+#include "static.h"
+
+static void test_clean_path(void) {
+    static const struct { const char *in; int rc; const char *out; } cases[] = {
+        { "/", STATIC_OK, "" },
+        { "", STATIC_OK, "" },
+        { "/index.html", STATIC_OK, "index.html" },
+        { "//a///b/", STATIC_OK, "a/b" },
+        { "/a/b/c.js", STATIC_OK, "a/b/c.js" },
+        { "/..", STATIC_BAD_PATH, "" },
+        { "/a/../b", STATIC_BAD_PATH, "" },
+        { "/a/./b", STATIC_BAD_PATH, "" },
+        { "/..\\x", STATIC_BAD_PATH, "" },
+        { "/a\\b", STATIC_BAD_PATH, "" },
+        { "/.env", STATIC_HIDDEN, "" },
+        { "/.git/config", STATIC_HIDDEN, "" },
+        { "/a/.hidden/b", STATIC_HIDDEN, "" },
+        { "/a..b/c", STATIC_OK, "a..b/c" },
+        { "/...", STATIC_HIDDEN, "" },
+        { "/%2e%2e", STATIC_OK, "%2e%2e" },     /* already decoded once: a literal name */
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char out[64];
+        int rc = static_clean_path(cases[i].in, out, sizeof out);
+        CHECK(rc == cases[i].rc, "clean \"%s\": rc %d, want %d", cases[i].in, rc, cases[i].rc);
+        if (rc == STATIC_OK) CHECK_STR(out, cases[i].out, cases[i].in);
+    }
+    char tiny[4];
+    CHECK(static_clean_path("/abcdef", tiny, sizeof tiny) == STATIC_BAD_PATH, "too long for the buffer");
+}
+
+static void test_mime(void) {
+    static const struct { const char *name, *type; } cases[] = {
+        { "index.html", "text/html; charset=utf-8" }, { "app.JS", "text/javascript; charset=utf-8" },
+        { "worklet.mjs", "text/javascript; charset=utf-8" }, { "a.css", "text/css; charset=utf-8" },
+        { "x.png", "image/png" }, { "noext", "application/octet-stream" },
+        { "dir.v1/file", "application/octet-stream" }, { "a.wasm", "application/wasm" },
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
+        CHECK_STR(static_mime_type(cases[i].name), cases[i].type, cases[i].name);
+}
+
+static void test_router(void) {
+    router *r = router_create();
+    char err[200];
+    CHECK(router_add(r, "GET", "/token", 1, err, sizeof err) == 0, "%s", err);
+    CHECK(router_add(r, "GET", "/users/:id", 2, err, sizeof err) == 0, "%s", err);
+    CHECK(router_add(r, "GET", "/users/me", 3, err, sizeof err) == 0, "%s", err);
+    CHECK(router_add(r, "POST", "/users/:id/keys/:key", 4, err, sizeof err) == 0, "%s", err);
+    CHECK(router_add(r, "DELETE", "/token", 5, err, sizeof err) == 0, "%s", err);
+    static const struct { const char *pattern, *method, *err; } bad[] = {
+        { "token", "GET", "must start with /" }, { "/a//b", "GET", "empty segment" },
+        { "/a/:", "GET", "without a name" }, { "/token", "GET", "already defined" },
+        { "/x", "get", "bad HTTP method" }, { "/x", "", "bad HTTP method" },
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        err[0] = '\0';
+        CHECK(router_add(r, bad[i].method, bad[i].pattern, 9, err, sizeof err) < 0 && strstr(err, bad[i].err),
+              "%s %s: error \"%s\" should mention \"%s\"", bad[i].method, bad[i].pattern, err, bad[i].err);
+    }
+    static const struct { const char *method, *path; int rc, handler; const char *params, *allow; } cases[] = {
+        { "GET", "/token", ROUTER_FOUND, 1, "", "" },
+        { "HEAD", "/token", ROUTER_FOUND, 1, "", "" },
+        { "GET", "/token/", ROUTER_FOUND, 1, "", "" },
+        { "POST", "/token", ROUTER_METHOD_NOT_ALLOWED, 0, "", "GET, DELETE" },
+        { "GET", "/users/42", ROUTER_FOUND, 2, "id=42;", "" },
+        { "GET", "/users/me", ROUTER_FOUND, 3, "", "" },
+        { "POST", "/users/7/keys/abc", ROUTER_FOUND, 4, "id=7;key=abc;", "" },
+        { "GET", "/users", ROUTER_NOT_FOUND, 0, "", "" },
+        { "GET", "/users/42/x", ROUTER_NOT_FOUND, 0, "", "" },
+        { "GET", "/users//", ROUTER_NOT_FOUND, 0, "", "" },
+        { "GET", "/tokens", ROUTER_NOT_FOUND, 0, "", "" },
+        { "GET", "/", ROUTER_NOT_FOUND, 0, "", "" },
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        router_result m;
+        char allow[64], params[128] = "";
+        int rc = router_match(r, cases[i].method, cases[i].path, &m, allow, sizeof allow);
+        CHECK(rc == cases[i].rc, "%s %s: rc %d, want %d", cases[i].method, cases[i].path, rc, cases[i].rc);
+        if (rc == ROUTER_FOUND) {
+            CHECK(m.handler == cases[i].handler, "%s %s: handler %d", cases[i].method, cases[i].path, m.handler);
+            for (size_t p = 0; p < m.nparams; p++) {
+                size_t o = strlen(params);
+                snprintf(params + o, sizeof params - o, "%s=%.*s;", m.params[p].name,
+                         (int)m.params[p].value_len, m.params[p].value);
+            }
+            CHECK_STR(params, cases[i].params, cases[i].path);
+        }
+        if (rc == ROUTER_METHOD_NOT_ALLOWED) CHECK_STR(allow, cases[i].allow, cases[i].path);
+    }
+    router_free(r, NULL, NULL);
+}
+
+int main(void) {
+    test_clean_path();
+    test_mime();
+    test_router();
+    return check_report("paths");
+}

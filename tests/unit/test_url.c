@@ -1,0 +1,100 @@
+/* test_url.c: percent-decoding, query parsing and endpoint URLs, as tables. */
+#include <stdlib.h>
+
+#include "check.h"
+#include "url.h"
+
+static void test_decode_path(void) {
+    static const struct { const char *in; int rc; const char *out; } cases[] = {
+        { "/", URL_OK, "/" },
+        { "/a%20b", URL_OK, "/a b" },
+        { "/a+b", URL_OK, "/a+b" },
+        { "/%2e%2E/x", URL_OK, "/../x" },
+        { "/%252e", URL_OK, "/%2e" },
+        { "/%C3%A9", URL_OK, "/\xC3\xA9" },
+        { "/a%00b", URL_ERR_MALFORMED, "" },
+        { "/a%0", URL_ERR_MALFORMED, "" },
+        { "/a%", URL_ERR_MALFORMED, "" },
+        { "/a%zz", URL_ERR_MALFORMED, "" },
+        { "/%5c", URL_OK, "/\\" },
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char out[64];
+        size_t n = 0;
+        int rc = url_decode_path(cases[i].in, strlen(cases[i].in), out, sizeof out, &n);
+        CHECK(rc == cases[i].rc, "decode %s: rc %d, want %d", cases[i].in, rc, cases[i].rc);
+        if (rc == URL_OK) CHECK_STR(out, cases[i].out, cases[i].in);
+    }
+    char small[4];
+    CHECK(url_decode_path("/abcdef", 7, small, sizeof small, NULL) == URL_ERR_TOO_LONG, "too long");
+}
+
+typedef struct seen { char buf[256]; } seen;
+
+static int collect(void *ud, const char *name, size_t nlen, const char *value, size_t vlen) {
+    seen *s = ud;
+    size_t o = strlen(s->buf);
+    snprintf(s->buf + o, sizeof s->buf - o, "[%.*s=%.*s]", (int)nlen, name, (int)vlen, value);
+    return 0;
+}
+
+static void test_query(void) {
+    static const struct { const char *in; size_t max; int rc; const char *out; } cases[] = {
+        { "", 10, 0, "" },
+        { "a=1", 10, 1, "[a=1]" },
+        { "a=1&b=two+words", 10, 2, "[a=1][b=two words]" },
+        { "flag&x=", 10, 2, "[flag=][x=]" },
+        { "&&a=1&&", 10, 1, "[a=1]" },
+        { "k%3D=v%26w", 10, 1, "[k==v&w]" },
+        { "a=%ZZ", 10, URL_ERR_MALFORMED, "" },
+        { "a=1&b=2&c=3", 2, URL_ERR_TOO_MANY, "[a=1][b=2]" },
+        { "expires_in_seconds=30", 10, 1, "[expires_in_seconds=30]" },
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        seen s = { "" };
+        size_t n = strlen(cases[i].in);
+        char *scratch = malloc(n + 2);
+        int rc = url_parse_query(cases[i].in, n, scratch, cases[i].max, collect, &s);
+        CHECK(rc == cases[i].rc, "query \"%s\": rc %d, want %d", cases[i].in, rc, cases[i].rc);
+        if (rc >= 0 || rc == URL_ERR_TOO_MANY) CHECK_STR(s.buf, cases[i].out, cases[i].in);
+        free(scratch);
+    }
+}
+
+static void test_endpoints(void) {
+    static const struct { const char *base; int rc; const char *token, *ws; } cases[] = {
+        { "https://streaming.assemblyai.com", URL_OK,
+          "https://streaming.assemblyai.com/v3/token", "wss://streaming.assemblyai.com/v3/ws" },
+        { "https://streaming.eu.assemblyai.com/", URL_OK,
+          "https://streaming.eu.assemblyai.com/v3/token", "wss://streaming.eu.assemblyai.com/v3/ws" },
+        { "http://127.0.0.1:9301", URL_OK, "http://127.0.0.1:9301/v3/token", "ws://127.0.0.1:9301/v3/ws" },
+        { "HTTP://localhost:8080/prefix//", URL_OK,
+          "http://localhost:8080/prefix/v3/token", "ws://localhost:8080/prefix/v3/ws" },
+        { "ftp://example.com", URL_ERR_MALFORMED, "", "" },
+        { "streaming.assemblyai.com", URL_ERR_MALFORMED, "", "" },
+        { "https://", URL_ERR_MALFORMED, "", "" },
+        { "https://user:pw@host", URL_ERR_MALFORMED, "", "" },
+        { "https://host/?x=1", URL_ERR_MALFORMED, "", "" },
+        { "https://host/a b", URL_ERR_MALFORMED, "", "" },
+        { "", URL_ERR_MALFORMED, "", "" },
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        url_endpoints e;
+        char err[256] = "";
+        int rc = url_streaming_endpoints(cases[i].base, &e, err, sizeof err);
+        CHECK(rc == cases[i].rc, "endpoints \"%s\": rc %d (%s)", cases[i].base, rc, err);
+        if (rc == URL_OK) {
+            CHECK_STR(e.token_url, cases[i].token, cases[i].base);
+            CHECK_STR(e.websocket_url, cases[i].ws, cases[i].base);
+        } else {
+            CHECK(err[0] != '\0', "an error message for \"%s\"", cases[i].base);
+        }
+    }
+}
+
+int main(void) {
+    test_decode_path();
+    test_query();
+    test_endpoints();
+    return check_report("url");
+}
