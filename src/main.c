@@ -183,7 +183,11 @@ int main(int argc, char **argv) {
     }
     key = main_take_key(values[S_API_KEY]);
     values[S_API_KEY] = NULL;
-    unsetenv("ASSEMBLYAI_API_KEY");     /* the key lives only in tokend's memory from here on */
+    /* The key lives only in tokend's memory from here on: wipe it where the kernel shows
+     * the initial environment (/proc/PID/environ), then drop the variable. */
+    char *in_env = getenv("ASSEMBLYAI_API_KEY");
+    if (in_env) explicit_bzero(in_env, strlen(in_env));
+    unsetenv("ASSEMBLYAI_API_KEY");
 
     tokend_config_init(&cfg);
     if (numbers[S_PORT] >= 0) cfg.port = (int)numbers[S_PORT];
