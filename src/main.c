@@ -169,6 +169,7 @@ int main(int argc, char **argv) {
     for (int i = 0; i < S_COUNT; i++) {
         const struct main_setting *s = &main_settings[i];
         values[i] = flag_values[i] ? flag_values[i] : config_lookup(env, s->env);
+        if (!flag_values[i] && values[i] && !*values[i]) values[i] = NULL;   /* NAME= means unset */
         numbers[i] = -1;
         if (values[i] && s->min <= s->max && main_parse_long(values[i], s->min, s->max, &numbers[i]) < 0) {
             fprintf(stderr, "tokend: %s%s must be an integer between %ld and %ld (got \"%s\")\n",

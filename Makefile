@@ -1,0 +1,47 @@
+# tokend: two commands. `make run` sets up and starts the server; `make test` sets up and
+# runs every test. Missing Debian packages are installed with apt-get (through sudo when
+# not root).
+BUILD ?= build
+ARGS ?=
+JOBS := $(shell nproc 2>/dev/null || echo 2)
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+# Build and run: compiler, CMake, the four libraries, and the CA store for upstream TLS.
+RUN_PACKAGES = gcc make cmake pkg-config liblua5.4-dev libmicrohttpd-dev libcurl4-openssl-dev \
+               lua-cjson-dev ca-certificates
+# Tests: the fakes are Python (standard library only); the test CA is made with openssl.
+TEST_PACKAGES = $(RUN_PACKAGES) python3 openssl lua5.4 curl
+
+.PHONY: all build run test deps-run deps-test clean
+
+all: build
+
+define install_missing
+	@missing=""; for p in $(1); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  $(SUDO) apt-get update -qq && \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+endef
+
+deps-run:
+	$(call install_missing,$(RUN_PACKAGES))
+
+deps-test:
+	$(call install_missing,$(TEST_PACKAGES))
+
+build: deps-run
+	cmake -S . -B $(BUILD) -DTOKEND_WERROR=ON
+	cmake --build $(BUILD) -j$(JOBS)
+
+run: build
+	$(BUILD)/tokend $(ARGS)
+
+test: deps-test build
+	cd $(BUILD) && ctest --output-on-failure
+
+clean:
+	rm -rf $(BUILD)

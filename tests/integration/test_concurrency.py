@@ -1,0 +1,50 @@
+"""Many /token requests in flight at once: none waits behind another's upstream call."""
+import threading
+import time
+import unittest
+
+from harness import TokendTestCase, request
+
+IN_FLIGHT = 200
+LATENCY_MS = 500
+
+
+class Concurrency(TokendTestCase):
+    def run_burst(self, t):
+        results = [None] * IN_FLIGHT
+        barrier = threading.Barrier(IN_FLIGHT + 1)
+
+        def one(i):
+            barrier.wait()
+            results[i] = request(t.port, "/token", timeout=30).status
+
+        threads = [threading.Thread(target=one, args=(i,)) for i in range(IN_FLIGHT)]
+        for th in threads:
+            th.start()
+        barrier.wait()
+        started = time.time()
+        for th in threads:
+            th.join()
+        return time.time() - started, results
+
+    def check(self, workers):
+        fake = self.fake(latency_ms=LATENCY_MS)
+        t = self.tokend(fake=fake, workers=workers)
+        elapsed, results = self.run_burst(t)
+        self.assertEqual(results, [200] * IN_FLIGHT)
+        # Serially this would take 200 x 0.5 s = 100 s. Concurrently, about 0.5 s; the bound
+        # leaves room for a loaded CI machine, not for serialisation.
+        self.assertLess(elapsed, 3.0, f"{IN_FLIGHT} requests took {elapsed:.2f}s")
+        self.assertGreaterEqual(elapsed, LATENCY_MS / 1000 * 0.9)
+        self.assertGreaterEqual(fake.stats()["max_in_flight"], IN_FLIGHT // 2,
+                                "the upstream saw the requests at the same time")
+
+    def test_one_worker(self):
+        self.check(1)
+
+    def test_default_workers(self):
+        self.check(None)
+
+
+if __name__ == "__main__":
+    unittest.main()

@@ -1,0 +1,124 @@
+"""Flags, environment and .env: a table of command lines and what tokend does with them."""
+import os
+import unittest
+
+from harness import CANARY_KEY, SRC, TokendTestCase, free_port
+
+SCRIPT = os.path.join(SRC, "scripts", "routes.lua")
+
+# arguments, extra environment, exit code, text expected on stderr (or stdout for 0)
+RUNS = [
+    (["--version"], {}, 0, "tokend 0.1.0"),
+    (["--help"], {}, 0, "--env-file"),
+    (["--bogus"], {}, 2, "unknown option: --bogus"),
+    (["--port"], {}, 2, "option needs a value"),
+    (["extra"], {}, 2, "unexpected argument"),
+    (["--port", "http"], {}, 2, "--port must be an integer between 0 and 65535"),
+    (["--port", "70000"], {}, 2, "--port must be an integer between 0 and 65535"),
+    (["--workers", "-1"], {}, 2, "--workers must be an integer"),
+    ([], {"PORT": "eighty"}, 2, "PORT must be an integer"),
+    (["--log-level", "loud"], {}, 2, "log level must be debug, info, warn or error"),
+    (["--log-format", "xml"], {}, 2, "log format must be text or json"),
+    (["--env-file", "/nonexistent/.env"], {}, 2, "/nonexistent/.env"),
+    (["--check", "--script", SCRIPT, "--public", os.path.join(SRC, "public")], {}, 0, "routes.lua: ok"),
+    (["--check", "--script", "missing.lua"], {}, 1, "cannot open missing.lua"),
+    (["--script", "missing.lua", "--port", "0"], {}, 1, "cannot open missing.lua"),
+    (["--public", "/nonexistent-dir", "--port", "0", "--script", SCRIPT], {}, 1, "/nonexistent-dir"),
+    (["--port", "0", "--script", SCRIPT], {"ASSEMBLYAI_STREAMING_URL": "ftp://x"}, 1, "must start with https:// or http://"),
+    (["--port", "0", "--script", SCRIPT], {"CURL_CA_BUNDLE": "/nonexistent.pem"}, 1, "/nonexistent.pem"),
+    (["--port", "0", "--host", "not a host!", "--script", SCRIPT], {}, 1, "cannot resolve host"),
+]
+
+
+class CommandLine(TokendTestCase):
+    def test_runs(self):
+        for args, env, code, text in RUNS:
+            with self.subTest(args=args, env=env):
+                p = self.run_tokend(args, env)
+                self.assertEqual(p.returncode, code, p.stderr)
+                self.assertIn(text, p.stdout if code == 0 else p.stderr)
+
+    def test_check_reports_file_and_line(self):
+        for text, where in [('local x = \nreturn (', ":2:"), ('local tokend = require "tokend"\n\nerror("at load")', ":3: at load"),
+                            ('require "tokend".route("GET", "/a//b", print)', ":1: route path")]:
+            script = self.write("bad.lua", text)
+            p = self.run_tokend(["--check", "--script", script])
+            self.assertEqual(p.returncode, 1)
+            self.assertIn("bad.lua" + where, p.stderr)
+            p = self.run_tokend(["--script", script, "--port", "0"])
+            self.assertEqual(p.returncode, 1, "the server refuses to start with a broken script")
+            self.assertIn("bad.lua" + where, p.stderr)
+
+    def test_bytecode_scripts_are_refused(self):
+        import subprocess
+        src = self.write("s.lua", "return 1")
+        out = os.path.join(self.workdir, "s.luac")
+        if subprocess.run(["luac5.4", "-o", out, src]).returncode != 0:
+            self.skipTest("luac5.4 not installed")
+        p = self.run_tokend(["--check", "--script", out])
+        self.assertEqual(p.returncode, 1)
+        self.assertIn("binary chunk", p.stderr)
+
+
+class Settings(TokendTestCase):
+    def test_env_file_in_working_folder(self):
+        fake = self.fake()
+        self.write(".env", f"# settings\nASSEMBLYAI_API_KEY={CANARY_KEY}\nASSEMBLYAI_STREAMING_URL={fake.url}\n")
+        t = self.tokend(key=None)
+        self.assertEqual(t.get("/token").status, 200)
+
+    def test_real_environment_wins_over_env_file(self):
+        port = free_port()
+        self.write(".env", f"PORT={free_port()}\nASSEMBLYAI_API_KEY=wrong-key\n")
+        fake = self.fake()
+        t = self.tokend(fake=fake, port=None, env={"PORT": str(port)})
+        self.assertEqual(t.port, port)
+        self.assertEqual(t.get("/token").status, 200, "the environment's key, not .env's")
+
+    def test_flag_wins_over_environment(self):
+        port = free_port()
+        t = self.tokend(key=None, port=port, env={"PORT": "1"})
+        self.assertEqual(t.port, port)
+
+    def test_explicit_env_file_and_unknown_names(self):
+        fake = self.fake()
+        path = self.write("conf/prod.env", f"ASSEMBLYAI_API_KEY='{CANARY_KEY}'\nASSEMBLYAI_STREAMING_URL={fake.url}\nASSEMBLYAI_APIKEY=typo\n")
+        t = self.tokend(key=None, args=["--env-file", path])
+        self.assertEqual(t.get("/token").status, 200)
+        self.assertIn("sets ASSEMBLYAI_APIKEY, which tokend does not use", t.log)
+
+    def test_malformed_env_file(self):
+        self.write(".env", "GOOD=1\nthis is not a setting\n")
+        p = self.run_tokend(["--port", "0"])
+        self.assertEqual(p.returncode, 2)
+        self.assertIn(".env: line 2: expected NAME=value", p.stderr)
+
+    def test_default_host_and_port_printed(self):
+        t = self.tokend(key=None, port=None, env={"PORT": str(free_port())})
+        self.assertRegex(t.stdout_lines[0], r"^tokend listening on http://127\.0\.0\.1:\d+$")
+
+    def test_port_in_use(self):
+        first = self.tokend(key=None, workers=2)
+        p = self.run_tokend(["--port", str(first.port), "--script", SCRIPT])
+        self.assertEqual(p.returncode, 1)
+        self.assertIn("Address already in use", p.stderr)
+
+    def test_json_logs(self):
+        import json
+        t = self.tokend(key=None, args=["--log-format", "json"])
+        t.get("/")
+        t.stop()
+        lines = [json.loads(l) for l in t.log.splitlines() if l.strip()]
+        access = [l for l in lines if l.get("type") == "access"]
+        self.assertEqual(access[0]["path"], "/")
+        self.assertEqual(access[0]["status"], 200)
+
+    def test_query_values_are_not_logged(self):
+        t = self.tokend(key=None)
+        t.get("/token?secret_value=hunter2")
+        self.assertNotIn("hunter2", t.log)
+        self.assertIn("GET /token 503", t.log)
+
+
+if __name__ == "__main__":
+    unittest.main()
