@@ -12,7 +12,7 @@ RUN_PACKAGES = gcc make cmake pkg-config liblua5.4-dev libmicrohttpd-dev libcurl
 # Tests: the fakes are Python (standard library only); the test CA is made with openssl.
 TEST_PACKAGES = $(RUN_PACKAGES) python3 openssl lua5.4 curl
 
-.PHONY: all build run test deps-run deps-test clean
+.PHONY: all build run test test-sanitize deps-run deps-test clean
 
 all: build
 
@@ -43,5 +43,12 @@ run: build
 test: deps-test build
 	cd $(BUILD) && ctest --output-on-failure
 
+# The same tests against a build with AddressSanitizer and UndefinedBehaviorSanitizer.
+test-sanitize: deps-test
+	cmake -S . -B $(BUILD)-sanitize -DTOKEND_WERROR=ON -DTOKEND_SANITIZE=ON -DCMAKE_BUILD_TYPE=Debug
+	cmake --build $(BUILD)-sanitize -j$(JOBS)
+	cd $(BUILD)-sanitize && ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
+	  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 ctest --output-on-failure
+
 clean:
-	rm -rf $(BUILD)
+	rm -rf $(BUILD) $(BUILD)-sanitize

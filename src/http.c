@@ -180,8 +180,10 @@ static int http_parse_target(http_request *req) {
     req->query_len = strlen(req->query);
     req->path = malloc(plen + 1);
     if (!req->path) return -1;
-    if (plen == 0 || t[0] != '/') return -1;
-    return url_decode_path(t, plen, req->path, plen + 1, NULL) == URL_OK ? 0 : -1;
+    if (plen > 0 && t[0] == '/' && url_decode_path(t, plen, req->path, plen + 1, NULL) == URL_OK) return 0;
+    memcpy(req->path, t, plen);     /* refused: the access log shows what was sent */
+    req->path[plen] = '\0';
+    return -1;
 }
 
 static enum MHD_Result http_on_request(void *cls, struct MHD_Connection *conn, const char *url,

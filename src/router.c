@@ -158,6 +158,7 @@ int router_match(const router *r, const char *method, const char *path, router_r
     router_result tmp;
     size_t alen = 0;
     int head = strcmp(method, "HEAD") == 0;
+    memset(m, 0, sizeof *m);
     if (allowlen) allow[0] = '\0';
     for (size_t i = 0; i < r->len; i++) {
         const router_route *rt = &r->routes[i];

@@ -34,7 +34,8 @@ void router_free(router *r, void (*release)(void *ud, int handler), void *ud);
  * duplicate route, too many parameters, out of memory). */
 int router_add(router *r, const char *method, const char *pattern, int handler, char *err, size_t errlen);
 
-/* Matches a decoded path. A GET route also answers HEAD. Returns ROUTER_FOUND (m filled),
+/* Matches a decoded path. A GET route also answers HEAD. m is always initialised (no
+ * params unless found). Returns ROUTER_FOUND (m filled),
  * ROUTER_METHOD_NOT_ALLOWED (allow gets "GET, POST"), or ROUTER_NOT_FOUND. Literal
  * segments win over parameters at the same place. */
 int router_match(const router *r, const char *method, const char *path, router_result *m,

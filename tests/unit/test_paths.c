@@ -78,6 +78,7 @@ static void test_router(void) {
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         router_result m;
         char allow[64], params[128] = "";
+        memset(&m, 0xA5, sizeof m);     /* whatever the caller's stack held */
         int rc = router_match(r, cases[i].method, cases[i].path, &m, allow, sizeof allow);
         CHECK(rc == cases[i].rc, "%s %s: rc %d, want %d", cases[i].method, cases[i].path, rc, cases[i].rc);
         if (rc == ROUTER_FOUND) {
@@ -90,6 +91,7 @@ static void test_router(void) {
             CHECK_STR(params, cases[i].params, cases[i].path);
         }
         if (rc == ROUTER_METHOD_NOT_ALLOWED) CHECK_STR(allow, cases[i].allow, cases[i].path);
+        if (rc != ROUTER_FOUND) CHECK(m.nparams == 0, "%s %s: no params when not found", cases[i].method, cases[i].path);
     }
     router_free(r, NULL, NULL);
 }
