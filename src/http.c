@@ -35,7 +35,10 @@ static void http_mhd_log(void *cls, const char *fmt, va_list ap) {
     vsnprintf(msg, sizeof msg, fmt, ap);
     size_t n = strlen(msg);
     while (n && (msg[n - 1] == '\n' || msg[n - 1] == '\r')) msg[--n] = '\0';
-    log_msg(LOG_WARN, "http: %s", msg);
+    /* What a client caused (oversized or malformed requests) is not the operator's problem. */
+    int client_caused = strstr(msg, "Error processing request") || strstr(msg, "HTTP request") ||
+                        strstr(msg, "Connection reset") || strstr(msg, "Failed to receive");
+    log_msg(client_caused ? LOG_DEBUG : LOG_WARN, "http: %s", msg);
 }
 
 static void http_client_text(struct MHD_Connection *conn, char *out, size_t len) {
