@@ -9,10 +9,12 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # Build and run: compiler, CMake, the four libraries, and the CA store for upstream TLS.
 RUN_PACKAGES = gcc make cmake pkg-config liblua5.4-dev libmicrohttpd-dev libcurl4-openssl-dev \
                lua-cjson-dev ca-certificates
-# Tests: the fakes are Python (standard library only); the test CA is made with openssl.
-TEST_PACKAGES = $(RUN_PACKAGES) python3 openssl lua5.4 curl
+# Tests: the fakes are Python (standard library only); the test CA is made with openssl;
+# the browser test runs Debian's Chromium with espeak-ng speech (converted by sox) as the
+# microphone, driven by playwright-core from npm.
+TEST_PACKAGES = $(RUN_PACKAGES) python3 openssl lua5.4 curl chromium espeak-ng sox
 
-.PHONY: all build run test test-sanitize deps-run deps-test clean
+.PHONY: all build run test test-sanitize deps-run deps-test deps-node clean
 
 all: build
 
@@ -32,6 +34,16 @@ deps-run:
 
 deps-test:
 	$(call install_missing,$(TEST_PACKAGES))
+	@command -v node >/dev/null && command -v npm >/dev/null || { \
+	  echo "installing Debian packages: nodejs npm"; \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nodejs npm; }
+	@$(MAKE) --no-print-directory deps-node
+
+# The browser test's npm packages, at the versions pinned in its lockfile.
+deps-node: tests/browser/node_modules/.package-lock.json
+
+tests/browser/node_modules/.package-lock.json: tests/browser/package-lock.json tests/browser/package.json
+	cd tests/browser && npm ci --no-audit --no-fund --loglevel=error
 
 build: deps-run
 	cmake -S . -B $(BUILD) -DTOKEND_WERROR=ON
