@@ -89,8 +89,10 @@ async function openPage(options = {}) {
 
 test('speech becomes tentative, then final text; Stop ends the session', async () => {
   await post(streaming.port, '/__control', { mode: 'ok' });
-  const { page, context, problems } = await openPage();
-  await page.getByRole('button', { name: 'Start' }).click();
+  const { page, context, problems } = await openPage({ permissions: ['microphone', 'clipboard-read', 'clipboard-write'] });
+  await page.keyboard.press('Tab');                      // keyboard only: Start is the first control
+  assert.equal(await page.evaluate(() => document.activeElement.id), 'start');
+  await page.keyboard.press('Enter');
   // The turn in progress, styled as tentative.
   const partial = page.locator('#transcript .turn.partial');
   await partial.first().waitFor({ timeout: 15000 });
@@ -103,6 +105,7 @@ test('speech becomes tentative, then final text; Stop ends the session', async (
   assert.match(await page.locator('#session-id').textContent(), /^[0-9a-f-]{36}$/);
   assert.ok(await page.locator('#level').evaluate((m) => m.value >= 0));
   assert.equal(await page.getByRole('button', { name: 'Copy transcript' }).isEnabled(), true);
+  assert.equal(await page.locator('#transcript').getAttribute('aria-live'), 'polite');
 
   await page.getByRole('button', { name: 'Stop' }).click();
   await page.locator('#status', { hasText: 'Session ended' }).waitFor({ timeout: 5000 });
@@ -125,7 +128,46 @@ test('speech becomes tentative, then final text; Stop ends the session', async (
   assert.equal(s.closedWith, 1000);
   const released = await page.evaluate(() => document.body.dataset.state);
   assert.equal(released, 'idle');
+  await page.getByRole('button', { name: 'Copy transcript' }).click();
+  assert.equal(await page.evaluate(() => navigator.clipboard.readText()), 'Hello world, this is tokend speaking.');
   assert.deepEqual(problems, []);
+  await context.close();
+});
+
+test('readable on a phone: nothing overflows sideways', async () => {
+  const { page, context } = await openPage({ viewport: { width: 375, height: 700 }, isMobile: true, hasTouch: true });
+  const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+  assert.ok(overflow <= 0, `the page is ${overflow}px wider than the phone`);
+  const box = await page.getByRole('button', { name: 'Start' }).boundingBox();
+  assert.ok(box.height >= 40, 'touch-sized buttons');
+  await page.screenshot({ path: path.join(OUT, 'page-phone.png') });
+  await context.close();
+});
+
+for (const [name, words] of [['NotAllowedError', /Microphone access was denied/], ['NotFoundError', /No microphone was found/]]) {
+  test(`microphone failure ${name} is explained`, async () => {
+    const { page, context } = await openPage();
+    await page.evaluate((errName) => {
+      navigator.mediaDevices.getUserMedia = () => Promise.reject(new DOMException('test', errName));
+    }, name);
+    await page.getByRole('button', { name: 'Start' }).click();
+    await page.locator('#error').waitFor({ state: 'visible', timeout: 5000 });
+    assert.match(await page.locator('#error').textContent(), words);
+    assert.equal(await page.getByRole('button', { name: 'Start' }).isEnabled(), true);
+    await context.close();
+  });
+}
+
+test('a dropped network is explained and the page stays usable', async () => {
+  await post(streaming.port, '/__control', { mode: 'ok' });
+  const { page, context } = await openPage();
+  await page.getByRole('button', { name: 'Start' }).click();
+  await page.locator('body[data-state="live"]').waitFor({ timeout: 10000 });
+  await context.setOffline(true);
+  await page.locator('#error').waitFor({ state: 'visible', timeout: 5000 });
+  assert.match(await page.locator('#error').textContent(), /network connection was lost/);
+  assert.equal(await page.evaluate(() => document.body.dataset.state), 'idle');
+  await context.setOffline(false);
   await context.close();
 });
 
@@ -145,7 +187,9 @@ test('a failing /token shows the server\'s error and the page stays usable', asy
   }
 });
 
-for (const [code, words] of [[1008, /refused the session token/], [3009, /Too many sessions/], [3005, /had an error/]]) {
+for (const [code, words] of [[1008, /refused the session token/], [3005, /had an error/], [3006, /could not understand/],
+  [3007, /too fast or in chunks of the wrong size/], [3008, /maximum duration/], [3009, /Too many sessions/],
+  [4999, /connection to the streaming service was lost \(code 4999\) \(forced by the test/]]) {
   test(`a ${code} close is explained in plain words`, async () => {
     await post(streaming.port, '/__control', { mode: `close-${code}` });
     try {
