@@ -42,8 +42,14 @@ typedef struct tokend_config {
     long upstream_timeout_ms;       /* whole upstream call deadline; default 10000 */
     long connect_timeout_ms;        /* upstream connect deadline; default 5000 */
     unsigned int max_connections;   /* open client connections in total; default 10000 */
+    unsigned int max_connections_per_ip; /* open connections from one address; 0 = no limit; default 64 */
     unsigned int idle_timeout_s;    /* idle client connection timeout; default 60 */
+    unsigned int request_timeout_s; /* a request must arrive whole within this; default 30 */
+    size_t max_header_bytes;        /* request line and headers; default 16384 (then 414/431) */
     size_t max_body_bytes;          /* request body limit; default 65536 */
+    unsigned int max_query_args;    /* query arguments per request; default 64 */
+    const char *trusted_proxies;    /* addresses/CIDRs whose X-Forwarded-For is believed; default none */
+    size_t rate_limit_clients;      /* clients the rate limiters track at most; default 100000 */
     size_t lua_memory_bytes;        /* memory cap of each Lua state; default 64 MiB */
     long lua_instruction_limit;     /* VM instructions one request may run; default 10 million */
     int log_level;                  /* TOKEND_LOG_*; default TOKEND_LOG_INFO */

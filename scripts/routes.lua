@@ -8,12 +8,22 @@ local DEFAULT_EXPIRES_IN = 60
 local MIN_EXPIRES_IN = 1
 local MAX_EXPIRES_IN = 600
 
+-- Abuse policy. Each client address may mint TOKENS_PER_MINUTE tokens a minute, in bursts
+-- of up to TOKEN_BURST; past that it gets 429 with Retry-After. Pages on other origins may
+-- ask for tokens only when listed here (the page's own origin always may; "*" allows all).
+local TOKENS_PER_MINUTE = 10
+local TOKEN_BURST = 5
+local ALLOWED_ORIGINS = { "http://localhost:*", "http://127.0.0.1:*", "http://[::1]:*" }
+
 -- What a failed token request tells the client, by failure kind (see the README).
 local STATUS_FOR_FAILURE = {
   no_key = 503,          -- ASSEMBLYAI_API_KEY is not set
   rate_limited = 503,    -- the upstream said 429; Retry-After is passed on
   timeout = 504,         -- the upstream did not answer in time
 }                        -- anything else (refused key, 5xx, garbage, network): 502
+
+local token_bucket = tokend.limiter{ name = "token", rate = TOKENS_PER_MINUTE, per = 60, burst = TOKEN_BURST }
+local origins = tokend.origins(ALLOWED_ORIGINS)
 
 local function expires_in(req)
   local asked = tonumber(req.query.expires_in_seconds)
@@ -22,21 +32,38 @@ local function expires_in(req)
   return math.max(MIN_EXPIRES_IN, math.min(MAX_EXPIRES_IN, asked))
 end
 
+-- Token answers are never cached; cross-origin answers carry their CORS headers.
+local function no_store(cors, extra)
+  local headers = { ["Cache-Control"] = "no-store" }
+  for name, value in pairs(cors or {}) do headers[name] = value end
+  for name, value in pairs(extra or {}) do headers[name] = value end
+  return headers
+end
+
+tokend.route("OPTIONS", "/token", function(req)
+  return origins:preflight(req, "GET")
+end)
+
 tokend.route("GET", "/token", function(req)
+  local cors, refused = origins:check(req)
+  if not cors then return 403, { error = refused }, no_store() end
+  local allowed, retry_after = token_bucket:take(req.client)
+  if not allowed then
+    return 429, { error = "too many token requests; retry later" }, no_store(cors, { ["Retry-After"] = retry_after })
+  end
   local token, info, _, failure = tokend.generate_temp_token(expires_in(req))
   if not token then
-    local headers = { ["Cache-Control"] = "no-store" }
-    if failure.retry_after then headers["Retry-After"] = tostring(failure.retry_after) end
     local message = failure.kind == "no_key"
       and "no AssemblyAI API key is configured on the server (ASSEMBLYAI_API_KEY)"
       or "could not get a streaming token from AssemblyAI"
-    return STATUS_FOR_FAILURE[failure.kind] or 502, { error = message }, headers
+    return STATUS_FOR_FAILURE[failure.kind] or 502, { error = message },
+      no_store(cors, { ["Retry-After"] = failure.retry_after })
   end
   return 200, {
     token = token,
     expires_in_seconds = info.expires_in_seconds,
     websocket_url = tokend.config.websocket_url,
-  }, { ["Cache-Control"] = "no-store" }
+  }, no_store(cors)
 end)
 
 -- Everything else comes from the public folder; "/" gives index.html.

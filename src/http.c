@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/socket.h>
 #include <unistd.h>
 #include <microhttpd.h>
@@ -13,6 +14,7 @@
 #include "http.h"
 #include "json.h"
 #include "log.h"
+#include "policy.h"
 #include "url.h"
 
 enum { REQ_NEW, REQ_BODY, REQ_DISPATCHED, REQ_ANSWERED };
@@ -27,7 +29,22 @@ struct http_front {
     size_t in_flight;
     http_request *pending;      /* dispatched, unanswered */
     int quiesced_fd;            /* listening socket handed back by MHD_quiesce_daemon, or -1 */
+    policy_proxies *proxies;
+    policy_conns *conns;
+    uint64_t request_timeout_ms;
+    struct http_conn *conns_list;   /* open connections, for the request deadline */
+    loop_timer deadline_timer;
 };
+
+/* One open connection: waiting while a request is being received. */
+typedef struct http_conn {
+    struct http_conn *prev, *next;
+    int fd;
+    int waiting;                /* 1 from accept or the last response until a request is whole */
+    int cut;                    /* already shut down for missing the deadline */
+    uint64_t since_ms;
+    char peer[64];
+} http_conn;
 
 static void http_mhd_log(void *cls, const char *fmt, va_list ap) {
     char msg[1024];
@@ -41,11 +58,9 @@ static void http_mhd_log(void *cls, const char *fmt, va_list ap) {
     log_msg(client_caused ? LOG_DEBUG : LOG_WARN, "http: %s", msg);
 }
 
-static void http_client_text(struct MHD_Connection *conn, char *out, size_t len) {
-    const union MHD_ConnectionInfo *ci = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+static void http_addr_text(const struct sockaddr *sa, char *out, size_t len) {
     snprintf(out, len, "-");
-    if (!ci || !ci->client_addr) return;
-    const struct sockaddr *sa = ci->client_addr;
+    if (!sa) return;
     if (sa->sa_family == AF_INET)
         inet_ntop(AF_INET, &((const struct sockaddr_in *)(const void *)sa)->sin_addr, out, (socklen_t)len);
     else if (sa->sa_family == AF_INET6)
@@ -63,8 +78,78 @@ static void *http_on_uri(void *cls, const char *uri, struct MHD_Connection *conn
     req->target = strdup(uri ? uri : "");
     req->upstream_ms = -1;
     req->start_ms = loop_now_ms();
-    http_client_text(conn, req->client, sizeof req->client);
+    const union MHD_ConnectionInfo *ci = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+    http_addr_text(ci ? ci->client_addr : NULL, req->peer, sizeof req->peer);
+    memcpy(req->client, req->peer, sizeof req->client);
     return req;
+}
+
+static http_conn *http_conn_of(struct MHD_Connection *conn) {
+    const union MHD_ConnectionInfo *ci = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+    return ci ? ci->socket_context : NULL;
+}
+
+/* Marks the connection as between requests (waiting) or done receiving one. */
+static void http_conn_waiting(struct MHD_Connection *conn, int waiting) {
+    http_conn *c = http_conn_of(conn);
+    if (!c) return;
+    c->waiting = waiting;
+    c->since_ms = loop_now_ms();
+}
+
+/* Refuses a connection from an address that already holds its share. */
+static enum MHD_Result http_on_accept(void *cls, const struct sockaddr *addr, socklen_t addrlen) {
+    http_front *f = cls;
+    char text[64];
+    (void)addrlen;
+    http_addr_text(addr, text, sizeof text);
+    /* Behind a proxy every connection comes from it: trusted proxies are not limited. */
+    if (policy_conns_allowed(f->conns, text) || policy_proxy_trusted(f->proxies, text)) return MHD_YES;
+    log_msg(LOG_DEBUG, "http: refused a connection from %s: too many open connections from it", text);
+    return MHD_NO;
+}
+
+static void http_on_connection(void *cls, struct MHD_Connection *conn, void **socket_context,
+                               enum MHD_ConnectionNotificationCode toe) {
+    http_front *f = cls;
+    http_conn *c = *socket_context;
+    if (toe == MHD_CONNECTION_NOTIFY_STARTED) {
+        c = calloc(1, sizeof *c);
+        if (!c) return;
+        const union MHD_ConnectionInfo *ci = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+        http_addr_text(ci ? ci->client_addr : NULL, c->peer, sizeof c->peer);
+        ci = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+        c->fd = ci ? ci->connect_fd : -1;
+        c->waiting = 1;
+        c->since_ms = loop_now_ms();
+        c->next = f->conns_list;
+        if (f->conns_list) f->conns_list->prev = c;
+        f->conns_list = c;
+        policy_conns_opened(f->conns, c->peer);
+        *socket_context = c;
+    } else if (c) {
+        policy_conns_closed(f->conns, c->peer);
+        if (c->prev) c->prev->next = c->next;
+        else f->conns_list = c->next;
+        if (c->next) c->next->prev = c->prev;
+        free(c);
+        *socket_context = NULL;
+    }
+}
+
+/* Cuts connections that did not deliver a whole request in time (slow or idle clients). */
+static void http_on_deadline(void *ud) {
+    http_front *f = ud;
+    uint64_t now = loop_now_ms();
+    for (http_conn *c = f->conns_list; c; c = c->next) {
+        if (c->waiting && !c->cut && c->fd >= 0 && now - c->since_ms > f->request_timeout_ms) {
+            log_msg(LOG_DEBUG, "http: closing a connection from %s: no complete request within %llu ms",
+                    c->peer, (unsigned long long)f->request_timeout_ms);
+            shutdown(c->fd, SHUT_RDWR);
+            c->cut = 1;
+        }
+    }
+    loop_timer_start(f->lp, &f->deadline_timer, 1000, http_on_deadline, f);
 }
 
 static void http_pending_unlink(http_front *f, http_request *req) {
@@ -78,7 +163,7 @@ static void http_on_completed(void *cls, struct MHD_Connection *conn, void **con
                               enum MHD_RequestTerminationCode toe) {
     http_front *f = cls;
     http_request *req = *con_cls;
-    (void)conn;
+    http_conn_waiting(conn, 1);     /* the next request's clock starts now */
     if (!req) return;
     *con_cls = NULL;
     if (req->state == REQ_DISPATCHED) {
@@ -189,6 +274,29 @@ static int http_parse_target(http_request *req) {
     return -1;
 }
 
+typedef struct http_xff {
+    char buf[1024];
+    size_t len;
+} http_xff;
+
+static enum MHD_Result http_collect_xff(void *cls, enum MHD_ValueKind kind, const char *key, const char *value) {
+    http_xff *x = cls;
+    (void)kind;
+    if (strcasecmp(key, "X-Forwarded-For") == 0 && value) {
+        int n = snprintf(x->buf + x->len, sizeof x->buf - x->len, "%s%s", x->len ? ", " : "", value);
+        if (n > 0) x->len = x->len + (size_t)n < sizeof x->buf ? x->len + (size_t)n : sizeof x->buf - 1;
+    }
+    return MHD_YES;
+}
+
+/* Sets req->client: the peer, or the client a trusted proxy names in X-Forwarded-For. */
+static void http_resolve_client(http_front *f, http_request *req) {
+    if (!policy_proxy_trusted(f->proxies, req->peer)) return;
+    http_xff x = { "", 0 };
+    MHD_get_connection_values(req->conn, MHD_HEADER_KIND, http_collect_xff, &x);
+    policy_client_address(f->proxies, req->peer, x.len ? x.buf : NULL, req->client, sizeof req->client);
+}
+
 static enum MHD_Result http_on_request(void *cls, struct MHD_Connection *conn, const char *url,
                                        const char *method, const char *version, const char *upload_data,
                                        size_t *upload_data_size, void **con_cls) {
@@ -201,6 +309,7 @@ static enum MHD_Result http_on_request(void *cls, struct MHD_Connection *conn, c
     case REQ_NEW: {
         req->method = method;
         req->conn = conn;
+        http_resolve_client(f, req);
         if (!req->target || http_parse_target(req) < 0) {
             http_request_fail(req, 400, "malformed request path");
             return http_queue(req);
@@ -230,6 +339,7 @@ static enum MHD_Result http_on_request(void *cls, struct MHD_Connection *conn, c
             return MHD_YES;
         }
         req->state = REQ_DISPATCHED;
+        http_conn_waiting(conn, 0);
         req->next = f->pending;
         if (f->pending) f->pending->prev = req;
         f->pending = req;
@@ -265,13 +375,19 @@ http_front *http_create(loop *lp, const http_options *opts, http_dispatch_fn *di
     f->dispatch_ud = ud;
     f->max_body_bytes = opts->max_body_bytes;
     f->quiesced_fd = -1;
+    f->proxies = opts->proxies;
+    f->conns = opts->conns;
+    f->request_timeout_ms = (uint64_t)opts->request_timeout_s * 1000u;
+    size_t memory = (opts->max_header_bytes ? opts->max_header_bytes : 16384) + 4096;
     f->daemon = MHD_start_daemon(
         MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG | MHD_USE_TURBO,
-        0, NULL, NULL, http_on_request, f,
+        0, http_on_accept, f, http_on_request, f,
         MHD_OPTION_EXTERNAL_LOGGER, http_mhd_log, f,
         MHD_OPTION_LISTEN_SOCKET, (MHD_socket)opts->listen_fd,
         MHD_OPTION_URI_LOG_CALLBACK, http_on_uri, f,
         MHD_OPTION_NOTIFY_COMPLETED, http_on_completed, f,
+        MHD_OPTION_NOTIFY_CONNECTION, http_on_connection, f,
+        MHD_OPTION_CONNECTION_MEMORY_LIMIT, memory,
         MHD_OPTION_CONNECTION_LIMIT, (unsigned int)opts->max_connections,
         MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int)opts->idle_timeout_s,
         MHD_OPTION_SIGPIPE_HANDLED_BY_APP, (int)1,
@@ -286,6 +402,7 @@ http_front *http_create(loop *lp, const http_options *opts, http_dispatch_fn *di
         goto fail;
     }
     f->epoll_fd = di->epoll_fd;
+    if (f->request_timeout_ms) loop_timer_start(lp, &f->deadline_timer, 1000, http_on_deadline, f);
     return f;
 fail:
     if (f->daemon) MHD_stop_daemon(f->daemon);
@@ -316,6 +433,7 @@ void http_free(http_front *f) {
     while (f->pending) http_request_fail(f->pending, 503, "server shutting down");
     MHD_run(f->daemon);
     loop_watch(f->lp, f->epoll_fd, 0, NULL, NULL);
+    loop_timer_stop(f->lp, &f->deadline_timer);
     MHD_stop_daemon(f->daemon);
     if (f->quiesced_fd >= 0) close(f->quiesced_fd);
     free(f);

@@ -22,7 +22,8 @@ typedef struct http_request {
     char *path;                 /* %-decoded path */
     const char *query;          /* raw query string after '?', "" if none */
     size_t query_len;
-    char client[64];            /* client address text */
+    char peer[64];              /* address of the connected socket's peer */
+    char client[64];            /* the client: peer, or from X-Forwarded-For behind a trusted proxy */
     char *body;                 /* request body (NUL-terminated), NULL when empty */
     size_t body_len;
     uint64_t start_ms;
@@ -39,11 +40,18 @@ typedef struct http_request {
 
 typedef void http_dispatch_fn(void *ud, http_request *req);
 
+struct policy_proxies;
+struct policy_conns;
+
 typedef struct http_options {
     int listen_fd;                  /* bound, listening, non-blocking socket (ownership taken) */
-    unsigned int max_connections;
+    unsigned int max_connections;   /* this daemon's share */
     unsigned int idle_timeout_s;
+    unsigned int request_timeout_s; /* headers and body must arrive within this; 0 = none */
+    size_t max_header_bytes;
     size_t max_body_bytes;
+    struct policy_proxies *proxies; /* borrowed; X-Forwarded-For is believed from these */
+    struct policy_conns *conns;     /* borrowed; per-address connection counts */
 } http_options;
 
 /* Starts a daemon on opts->listen_fd, registered in lp. dispatch(ud, req) is called once

@@ -7,7 +7,9 @@
 #include <lauxlib.h>
 
 #include "log.h"
+#include "loop.h"
 #include "luaapi.h"
+#include "policy.h"
 
 #define LAPI_HOST(L) ((host *)lua_touserdata((L), lua_upvalueindex(1)))
 
@@ -157,12 +159,201 @@ static void lapi_push_config(lua_State *L, const host_info *in) {
     lua_setmetatable(L, -2);
 }
 
+/* ---- rate limiters ---- */
+
+#define LAPI_LIMITER "tokend.limiter"
+#define LAPI_ORIGINS "tokend.origins"
+
+typedef struct lapi_limiter {
+    policy_buckets *buckets;
+    int id;
+} lapi_limiter;
+
+static double lapi_number_field(lua_State *L, int t, const char *name, double dflt) {
+    lua_getfield(L, t, name);
+    double v = dflt;
+    if (!lua_isnil(L, -1)) {
+        if (!lua_isnumber(L, -1)) luaL_error(L, "limiter option %s must be a number", name);
+        v = lua_tonumber(L, -1);
+    }
+    lua_pop(L, 1);
+    return v;
+}
+
+/* tokend.limiter{name = "token", rate = 10, per = 60, burst = 5}: a token bucket per client,
+ * shared by every worker (the same name gives the same buckets). */
+static int lapi_limiter_new(lua_State *L) {
+    host *h = LAPI_HOST(L);
+    char err[200];
+    luaL_checktype(L, 1, LUA_TTABLE);
+    lapi_check_loading(L, h, "limiter");
+    lua_getfield(L, 1, "name");
+    const char *name = lua_tostring(L, -1);
+    luaL_argcheck(L, name != NULL, 1, "name (a string) is required");
+    double rate = lapi_number_field(L, 1, "rate", -1);
+    double per = lapi_number_field(L, 1, "per", 60);
+    double burst = lapi_number_field(L, 1, "burst", rate);
+    int id = policy_limiter(host_buckets(h), name, rate, per, burst, err, sizeof err);
+    if (id < 0) return luaL_error(L, "%s", err);
+    lapi_limiter *lim = lua_newuserdatauv(L, sizeof *lim, 0);
+    lim->buckets = host_buckets(h);
+    lim->id = id;
+    luaL_setmetatable(L, LAPI_LIMITER);
+    return 1;
+}
+
+/* limiter:take(key) -> true | false, retry_after_seconds */
+static int lapi_limiter_take(lua_State *L) {
+    lapi_limiter *lim = luaL_checkudata(L, 1, LAPI_LIMITER);
+    const char *key = luaL_checkstring(L, 2);
+    long retry = 0;
+    if (policy_take(lim->buckets, lim->id, key, loop_now_ms(), &retry)) {
+        lua_pushboolean(L, 1);
+        return 1;
+    }
+    lua_pushboolean(L, 0);
+    lua_pushinteger(L, retry);
+    return 2;
+}
+
+/* ---- origin allow-lists ---- */
+
+typedef struct lapi_origins {
+    policy_origins *list;
+} lapi_origins;
+
+static int lapi_origins_gc(lua_State *L) {
+    lapi_origins *o = luaL_checkudata(L, 1, LAPI_ORIGINS);
+    policy_origins_free(o->list);
+    o->list = NULL;
+    return 0;
+}
+
+/* tokend.origins{"https://app.example.com", "http://localhost:*"}: who may call from a page. */
+static int lapi_origins_new(lua_State *L) {
+    const char *pats[64];
+    char err[300];
+    luaL_checktype(L, 1, LUA_TTABLE);
+    lua_Integer n = luaL_len(L, 1);
+    luaL_argcheck(L, n <= 64, 1, "at most 64 origins");
+    for (lua_Integer i = 1; i <= n; i++) {
+        lua_geti(L, 1, i);
+        pats[i - 1] = lua_tostring(L, -1);
+        if (!pats[i - 1]) return luaL_error(L, "origin %d is not a string", (int)i);
+        lua_pop(L, 1);      /* the string stays alive: the table holds it */
+    }
+    lapi_origins *o = lua_newuserdatauv(L, sizeof *o, 0);
+    o->list = NULL;
+    luaL_setmetatable(L, LAPI_ORIGINS);
+    if (policy_origins_parse(pats, (size_t)n, &o->list, err, sizeof err) < 0) return luaL_error(L, "%s", err);
+    return 1;
+}
+
+/* Reads req.headers[name] of the req table at idx; NULL when absent. */
+static const char *lapi_req_header(lua_State *L, int idx, const char *name) {
+    const char *v = NULL;
+    if (lua_getfield(L, idx, "headers") == LUA_TTABLE) {
+        lua_getfield(L, -1, name);
+        v = lua_tostring(L, -1);
+        lua_pop(L, 1);      /* the headers table keeps the string alive */
+    }
+    lua_pop(L, 1);
+    return v;
+}
+
+/* Classifies req's Origin; leaves nothing on the stack. */
+static int lapi_origin_of(lua_State *L, lapi_origins *o, const char **origin) {
+    luaL_checktype(L, 2, LUA_TTABLE);
+    *origin = lapi_req_header(L, 2, "origin");
+    return policy_origin_check(o->list, *origin, lapi_req_header(L, 2, "host"), "http");
+}
+
+/* origins:check(req) -> headers (CORS headers to add, maybe none) | nil, err */
+static int lapi_origins_check(lua_State *L) {
+    lapi_origins *o = luaL_checkudata(L, 1, LAPI_ORIGINS);
+    const char *origin;
+    int verdict = lapi_origin_of(L, o, &origin);
+    if (verdict == POLICY_ORIGIN_DENIED) {
+        lua_pushnil(L);
+        lua_pushliteral(L, "this origin may not request tokens");
+        return 2;
+    }
+    lua_createtable(L, 0, 2);
+    if (verdict == POLICY_ORIGIN_ALLOWED) {
+        lua_pushstring(L, origin);
+        lua_setfield(L, -2, "Access-Control-Allow-Origin");
+        lua_pushliteral(L, "Origin");
+        lua_setfield(L, -2, "Vary");
+    }
+    return 1;
+}
+
+/* origins:preflight(req, "GET") -> status, body, headers: the answer to a CORS OPTIONS. */
+static int lapi_origins_preflight(lua_State *L) {
+    lapi_origins *o = luaL_checkudata(L, 1, LAPI_ORIGINS);
+    const char *methods = luaL_optstring(L, 3, "GET");
+    const char *origin;
+    int verdict = lapi_origin_of(L, o, &origin);
+    const char *asked = lapi_req_header(L, 2, "access-control-request-method");
+    int method_ok = asked && *asked && strstr(methods, asked) != NULL;
+    if (verdict == POLICY_ORIGIN_DENIED || verdict == POLICY_ORIGIN_NONE || !method_ok) {
+        lua_pushinteger(L, 403);
+        lua_createtable(L, 0, 1);
+        lua_pushstring(L, verdict == POLICY_ORIGIN_DENIED ? "this origin may not request tokens"
+                          : "not a valid CORS preflight request");
+        lua_setfield(L, -2, "error");
+        lua_createtable(L, 0, 1);
+        lua_pushliteral(L, "Origin");
+        lua_setfield(L, -2, "Vary");
+        return 3;
+    }
+    lua_pushinteger(L, 204);
+    lua_pushnil(L);
+    lua_createtable(L, 0, 5);
+    lua_pushstring(L, origin);
+    lua_setfield(L, -2, "Access-Control-Allow-Origin");
+    lua_pushstring(L, methods);
+    lua_setfield(L, -2, "Access-Control-Allow-Methods");
+    const char *want = lapi_req_header(L, 2, "access-control-request-headers");
+    if (want) {
+        lua_pushstring(L, want);
+        lua_setfield(L, -2, "Access-Control-Allow-Headers");
+    }
+    lua_pushliteral(L, "600");
+    lua_setfield(L, -2, "Access-Control-Max-Age");
+    lua_pushliteral(L, "Origin");
+    lua_setfield(L, -2, "Vary");
+    return 3;
+}
+
+static void lapi_new_class(lua_State *L, const char *name, const luaL_Reg *methods, lua_CFunction gc) {
+    luaL_newmetatable(L, name);
+    lua_newtable(L);
+    luaL_setfuncs(L, methods, 0);
+    lua_setfield(L, -2, "__index");
+    if (gc) {
+        lua_pushcfunction(L, gc);
+        lua_setfield(L, -2, "__gc");
+    }
+    lua_pushboolean(L, 0);
+    lua_setfield(L, -2, "__metatable");
+    lua_pop(L, 1);
+}
+
 int lapi_push_module(lua_State *L, host *h) {
+    static const luaL_Reg limiter_methods[] = { { "take", lapi_limiter_take }, { NULL, NULL } };
+    static const luaL_Reg origins_methods[] = {
+        { "check", lapi_origins_check }, { "preflight", lapi_origins_preflight }, { NULL, NULL },
+    };
+    lapi_new_class(L, LAPI_LIMITER, limiter_methods, NULL);
+    lapi_new_class(L, LAPI_ORIGINS, origins_methods, lapi_origins_gc);
     static const luaL_Reg fns[] = {
         { "route", lapi_route },
         { "static", lapi_static },
         { "before", lapi_before },
         { "generate_temp_token", lapi_generate_temp_token },
+        { "limiter", lapi_limiter_new },
+        { "origins", lapi_origins_new },
         { NULL, NULL },
     };
     static const char *const levels[] = { "debug", "info", "warn", "error" };

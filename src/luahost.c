@@ -30,6 +30,7 @@ struct host {
     router *routes;
     static_mounts *statics;
     upstream *up;
+    policy_buckets *buckets;
     const host_info *info;
     int befores_ref;        /* registry: array of before hooks */
     size_t nbefores;
@@ -133,9 +134,77 @@ static void host_preload(lua_State *L, const char *name, lua_CFunction fn, host 
     lua_pop(L, 1);
 }
 
+/* load(chunk [, name [, mode [, env]]]) that refuses binary chunks whatever mode says. */
+static int host_load_text(lua_State *L) {
+    lua_settop(L, 4);
+    lua_pushliteral(L, "t");
+    lua_replace(L, 3);
+    lua_pushvalue(L, lua_upvalueindex(1));
+    lua_insert(L, 1);
+    lua_call(L, 4, LUA_MULTRET);
+    return lua_gettop(L);
+}
+
+/* loadfile(name [, mode [, env]]) and dofile(name), text only. */
+static int host_loadfile_text(lua_State *L) {
+    const char *name = luaL_optstring(L, 1, NULL);
+    int env = !lua_isnone(L, 3) ? 3 : 0;
+    if (luaL_loadfilex(L, name, "t") != LUA_OK) {
+        luaL_pushfail(L);
+        lua_insert(L, -2);
+        return 2;
+    }
+    if (env) {
+        lua_pushvalue(L, env);
+        if (!lua_setupvalue(L, -2, 1)) lua_pop(L, 1);
+    }
+    return 1;
+}
+
+static int host_dofile_text(lua_State *L) {
+    const char *name = luaL_optstring(L, 1, NULL);
+    lua_settop(L, 1);
+    if (luaL_loadfilex(L, name, "t") != LUA_OK) return lua_error(L);
+    lua_call(L, 0, LUA_MULTRET);
+    return lua_gettop(L) - 1;
+}
+
+/* package.searchers[2] replacement: Lua modules on package.path, as text only. */
+static int host_search_text(lua_State *L) {
+    const char *name = luaL_checkstring(L, 1);
+    lua_getglobal(L, "package");
+    lua_getfield(L, -1, "searchpath");
+    lua_pushstring(L, name);
+    lua_getfield(L, -3, "path");
+    lua_call(L, 2, 2);
+    if (lua_isnil(L, -2)) return 1;     /* the message of where it looked */
+    const char *file = lua_tostring(L, -2);
+    if (luaL_loadfilex(L, file, "t") != LUA_OK)
+        return luaL_error(L, "error loading module '%s' from file '%s':\n\t%s", name, file, lua_tostring(L, -1));
+    lua_pushstring(L, file);
+    return 2;
+}
+
+/* Makes every way a script loads Lua code refuse precompiled bytecode. */
+static void host_text_only(lua_State *L) {
+    lua_getglobal(L, "load");
+    lua_pushcclosure(L, host_load_text, 1);
+    lua_setglobal(L, "load");
+    lua_pushcfunction(L, host_loadfile_text);
+    lua_setglobal(L, "loadfile");
+    lua_pushcfunction(L, host_dofile_text);
+    lua_setglobal(L, "dofile");
+    lua_getglobal(L, "package");
+    lua_getfield(L, -1, "searchers");
+    lua_pushcfunction(L, host_search_text);
+    lua_rawseti(L, -2, 2);
+    lua_pop(L, 2);
+}
+
 static int host_init_state(lua_State *L) {
     host *h = lua_touserdata(L, 1);
     luaL_openlibs(L);
+    host_text_only(L);
     host_preload(L, "cjson", luaopen_cjson, NULL);
     host_preload(L, "cjson.safe", luaopen_cjson_safe, NULL);
     host_preload(L, "tokend", host_open_tokend, h);
@@ -177,6 +246,7 @@ int host_create(const host_options *o, host **out, char *err, size_t errlen) {
     h->instruction_limit = o->instruction_limit > 0 ? o->instruction_limit : 10000000L;
     h->max_query_args = o->max_query_args ? o->max_query_args : 64;
     h->up = o->up;
+    h->buckets = o->buckets;
     h->info = o->info;
     h->befores_ref = h->runner_ref = h->encode_ref = LUA_NOREF;
     h->routes = router_create();
@@ -242,6 +312,7 @@ int host_loading(const host *h) { return h->loading; }
 router *host_router(host *h) { return h->routes; }
 static_mounts *host_statics(host *h) { return h->statics; }
 upstream *host_upstream(host *h) { return h->up; }
+policy_buckets *host_buckets(host *h) { return h->buckets; }
 const host_info *host_get_info(const host *h) { return h->info; }
 size_t host_running(const host *h) { return h->running; }
 
@@ -269,9 +340,7 @@ static void host_request_done(host_request *hr) {
 /* Answers a request that no handler answered: 405, a static file, or 404. */
 static void host_answer_unhandled(host *h, http_request *req, int route_status, const char *allow) {
     if (route_status == ROUTER_METHOD_NOT_ALLOWED) {
-        char full[128];
-        snprintf(full, sizeof full, "%s%s", allow, strstr(allow, "GET") ? ", HEAD" : "");
-        http_request_fail_allow(req, full);
+        http_request_fail_allow(req, allow);
     } else if (!static_serve(h->statics, req)) {
         http_request_fail(req, 404, "not found");
     }
@@ -336,8 +405,10 @@ static void host_push_request_table(lua_State *L, host_request *hr) {
     lua_setfield(L, -2, "method");
     lua_pushstring(L, req->path);
     lua_setfield(L, -2, "path");
-    lua_pushstring(L, req->client);
+    lua_pushstring(L, req->peer);
     lua_setfield(L, -2, "remote_addr");
+    lua_pushstring(L, req->client);
+    lua_setfield(L, -2, "client");
     lua_pushlstring(L, req->body ? req->body : "", req->body_len);
     lua_setfield(L, -2, "body");
 

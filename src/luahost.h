@@ -5,6 +5,7 @@
 #include <stddef.h>
 
 #include "http.h"
+#include "policy.h"
 #include "router.h"
 #include "static.h"
 #include "upstream.h"
@@ -33,6 +34,7 @@ typedef struct host_options {
     size_t max_query_args;
     upstream *up;                   /* borrowed */
     const host_info *info;          /* borrowed; must outlive the host */
+    policy_buckets *buckets;        /* borrowed: the rate limiters all workers share */
 } host_options;
 
 /* Creates a Lua state, opens the standard libraries, cjson and tokend, and runs the
@@ -54,6 +56,7 @@ int host_loading(const host *h);
 router *host_router(host *h);
 static_mounts *host_statics(host *h);
 upstream *host_upstream(host *h);
+policy_buckets *host_buckets(host *h);
 const host_info *host_get_info(const host *h);
 /* Appends fn (at stack index idx) to the before hooks. */
 void host_add_before(host *h, lua_State *L, int idx);

@@ -40,14 +40,18 @@ static void main_usage(FILE *to) {
         "  --upstream-timeout-ms N  deadline of a token request (env TOKEND_UPSTREAM_TIMEOUT_MS; default 10000)\n"
         "  --log-level LEVEL      debug, info, warn or error (env TOKEND_LOG_LEVEL; default info)\n"
         "  --log-format FORMAT    text or json (env TOKEND_LOG_FORMAT; default text)\n"
+        "  --trusted-proxies LIST addresses/CIDRs whose X-Forwarded-For is believed\n"
+        "                         (env TOKEND_TRUSTED_PROXIES; default none)\n"
         "  --check                load the script, report errors as file:line, exit 0 or 1\n"
         "  --version              print the version\n"
         "  --help                 print this help\n"
         "\n"
         "Environment (or .env): ASSEMBLYAI_API_KEY, ASSEMBLYAI_STREAMING_URL (default\n"
         "https://streaming.assemblyai.com), CURL_CA_BUNDLE, TOKEND_MAX_BODY_BYTES,\n"
-        "TOKEND_MAX_CONNECTIONS, TOKEND_IDLE_TIMEOUT_S, TOKEND_LUA_MEMORY_MB,\n"
-        "TOKEND_LUA_INSTRUCTIONS. The real environment wins over .env; flags win over both.\n");
+        "TOKEND_MAX_HEADER_BYTES, TOKEND_MAX_QUERY_ARGS, TOKEND_MAX_CONNECTIONS,\n"
+        "TOKEND_MAX_CONNECTIONS_PER_IP, TOKEND_IDLE_TIMEOUT_S, TOKEND_REQUEST_TIMEOUT_S,\n"
+        "TOKEND_RATE_LIMIT_CLIENTS, TOKEND_LUA_MEMORY_MB, TOKEND_LUA_INSTRUCTIONS.\n"
+        "The real environment wins over .env; flags win over both.\n");
 }
 
 /* Parses a whole decimal integer in [min, max]. Returns 0 or -1. */
@@ -62,7 +66,8 @@ static int main_parse_long(const char *s, long min, long max, long *out) {
 
 /* Every setting: its flag (NULL when env-only), environment name, and where it lands. */
 enum { S_PORT, S_HOST, S_SCRIPT, S_PUBLIC, S_WORKERS, S_UPSTREAM_TIMEOUT, S_LOG_LEVEL, S_LOG_FORMAT,
-       S_STREAMING_URL, S_CA_BUNDLE, S_MAX_BODY, S_MAX_CONN, S_IDLE, S_LUA_MEM, S_LUA_INS, S_API_KEY, S_COUNT };
+       S_TRUSTED_PROXIES, S_STREAMING_URL, S_CA_BUNDLE, S_MAX_BODY, S_MAX_CONN, S_MAX_CONN_IP, S_IDLE,
+       S_REQUEST_TIMEOUT, S_MAX_HEADER, S_MAX_QUERY, S_RATE_CLIENTS, S_LUA_MEM, S_LUA_INS, S_API_KEY, S_COUNT };
 
 static const struct main_setting {
     const char *flag, *env;
@@ -76,11 +81,17 @@ static const struct main_setting {
     [S_UPSTREAM_TIMEOUT] = { "upstream-timeout-ms", "TOKEND_UPSTREAM_TIMEOUT_MS", 100, 600000 },
     [S_LOG_LEVEL] = { "log-level", "TOKEND_LOG_LEVEL", 1, 0 },
     [S_LOG_FORMAT] = { "log-format", "TOKEND_LOG_FORMAT", 1, 0 },
+    [S_TRUSTED_PROXIES] = { "trusted-proxies", "TOKEND_TRUSTED_PROXIES", 1, 0 },
     [S_STREAMING_URL] = { NULL, "ASSEMBLYAI_STREAMING_URL", 1, 0 },
     [S_CA_BUNDLE] = { NULL, "CURL_CA_BUNDLE", 1, 0 },
     [S_MAX_BODY] = { NULL, "TOKEND_MAX_BODY_BYTES", 0, 1L << 30 },
     [S_MAX_CONN] = { NULL, "TOKEND_MAX_CONNECTIONS", 1, 1000000 },
+    [S_MAX_CONN_IP] = { NULL, "TOKEND_MAX_CONNECTIONS_PER_IP", 0, 1000000 },
     [S_IDLE] = { NULL, "TOKEND_IDLE_TIMEOUT_S", 0, 86400 },
+    [S_REQUEST_TIMEOUT] = { NULL, "TOKEND_REQUEST_TIMEOUT_S", 0, 86400 },
+    [S_MAX_HEADER] = { NULL, "TOKEND_MAX_HEADER_BYTES", 1024, 1L << 20 },
+    [S_MAX_QUERY] = { NULL, "TOKEND_MAX_QUERY_ARGS", 1, 10000 },
+    [S_RATE_CLIENTS] = { NULL, "TOKEND_RATE_LIMIT_CLIENTS", 100, 100000000 },
     [S_LUA_MEM] = { NULL, "TOKEND_LUA_MEMORY_MB", 1, 65536 },
     [S_LUA_INS] = { NULL, "TOKEND_LUA_INSTRUCTIONS", 10000, 1L << 40 },
     [S_API_KEY] = { NULL, "ASSEMBLYAI_API_KEY", 1, 0 },
@@ -125,6 +136,7 @@ int main(int argc, char **argv) {
         { "env-file", required_argument, 0, 'e' }, { "workers", required_argument, 0, 'w' },
         { "upstream-timeout-ms", required_argument, 0, 't' }, { "log-level", required_argument, 0, 'l' },
         { "log-format", required_argument, 0, 'f' }, { "check", no_argument, 0, 'c' },
+        { "trusted-proxies", required_argument, 0, 'T' },
         { "version", no_argument, 0, 'V' }, { "help", no_argument, 0, 'h' }, { 0, 0, 0, 0 },
     };
     int opt;
@@ -139,6 +151,7 @@ int main(int argc, char **argv) {
         case 't': flag_values[S_UPSTREAM_TIMEOUT] = optarg; break;
         case 'l': flag_values[S_LOG_LEVEL] = optarg; break;
         case 'f': flag_values[S_LOG_FORMAT] = optarg; break;
+        case 'T': flag_values[S_TRUSTED_PROXIES] = optarg; break;
         case 'e': env_file = optarg; break;
         case 'c': check = 1; break;
         case 'V': printf("tokend %s\n", TOKEND_VERSION); return 0;
@@ -201,7 +214,13 @@ int main(int argc, char **argv) {
     if (values[S_CA_BUNDLE]) cfg.ca_file = values[S_CA_BUNDLE];
     if (numbers[S_MAX_BODY] >= 0) cfg.max_body_bytes = (size_t)numbers[S_MAX_BODY];
     if (numbers[S_MAX_CONN] >= 0) cfg.max_connections = (unsigned int)numbers[S_MAX_CONN];
+    if (numbers[S_MAX_CONN_IP] >= 0) cfg.max_connections_per_ip = (unsigned int)numbers[S_MAX_CONN_IP];
     if (numbers[S_IDLE] >= 0) cfg.idle_timeout_s = (unsigned int)numbers[S_IDLE];
+    if (numbers[S_REQUEST_TIMEOUT] >= 0) cfg.request_timeout_s = (unsigned int)numbers[S_REQUEST_TIMEOUT];
+    if (numbers[S_MAX_HEADER] >= 0) cfg.max_header_bytes = (size_t)numbers[S_MAX_HEADER];
+    if (numbers[S_MAX_QUERY] >= 0) cfg.max_query_args = (unsigned int)numbers[S_MAX_QUERY];
+    if (numbers[S_RATE_CLIENTS] >= 0) cfg.rate_limit_clients = (size_t)numbers[S_RATE_CLIENTS];
+    if (values[S_TRUSTED_PROXIES]) cfg.trusted_proxies = values[S_TRUSTED_PROXIES];
     if (numbers[S_LUA_MEM] >= 0) cfg.lua_memory_bytes = (size_t)numbers[S_LUA_MEM] << 20;
     if (numbers[S_LUA_INS] >= 0) cfg.lua_instruction_limit = numbers[S_LUA_INS];
     cfg.api_key = key;

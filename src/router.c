@@ -171,7 +171,8 @@ int router_match(const router *r, const char *method, const char *path, router_r
                 m->handler = rt->handler;
             }
         } else if (allowlen && !strstr(allow, rt->method)) {
-            int n = snprintf(allow + alen, allowlen - alen, "%s%s", alen ? ", " : "", rt->method);
+            int get = strcmp(rt->method, "GET") == 0;   /* a GET route answers HEAD too */
+            int n = snprintf(allow + alen, allowlen - alen, "%s%s%s", alen ? ", " : "", rt->method, get ? ", HEAD" : "");
             if (n > 0 && (size_t)n < allowlen - alen) alen += (size_t)n;
         }
     }

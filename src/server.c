@@ -16,6 +16,7 @@
 #include "log.h"
 #include "loop.h"
 #include "luahost.h"
+#include "policy.h"
 #include "tokend.h"
 #include "upstream.h"
 #include "url.h"
@@ -42,6 +43,9 @@ struct tokend_server {
     int nworkers;
     server_worker *workers;
     atomic_int stopping;
+    policy_buckets *buckets;        /* shared by every worker's scripts */
+    policy_conns *conns;            /* open connections per client address, all workers */
+    policy_proxies *proxies;
 };
 
 static pthread_once_t server_curl_once = PTHREAD_ONCE_INIT;
@@ -61,8 +65,13 @@ void tokend_config_init(tokend_config *cfg) {
     cfg->upstream_timeout_ms = 10000;
     cfg->connect_timeout_ms = 5000;
     cfg->max_connections = 10000;
+    cfg->max_connections_per_ip = 64;
     cfg->idle_timeout_s = 60;
+    cfg->request_timeout_s = 30;
+    cfg->max_header_bytes = 16384;
     cfg->max_body_bytes = 65536;
+    cfg->max_query_args = 64;
+    cfg->rate_limit_clients = 100000;
     cfg->lua_memory_bytes = (size_t)64 << 20;
     cfg->lua_instruction_limit = 10000000L;
     cfg->log_level = TOKEND_LOG_INFO;
@@ -84,6 +93,7 @@ static void server_free_strings(tokend_config *c) {
     free((char *)c->api_key);
     free((char *)c->streaming_url);
     free((char *)c->ca_file);
+    free((char *)c->trusted_proxies);
 }
 
 /* Binds a listening socket. reuse_port shares the port between workers. Returns the fd
@@ -153,6 +163,24 @@ static int server_check_config(const tokend_config *c, char *err, size_t errlen)
     return 0;
 }
 
+/* Creates the abuse-control state the workers share. Returns 0 or -1 with err set. */
+static int server_policy_init(tokend_server *srv, char *err, size_t errlen) {
+    if (policy_proxies_parse(srv->cfg.trusted_proxies, &srv->proxies, err, errlen) < 0) return -1;
+    srv->buckets = policy_buckets_create(srv->cfg.rate_limit_clients);
+    srv->conns = policy_conns_create(srv->cfg.max_connections_per_ip);
+    if (!srv->buckets || !srv->conns) {
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    return 0;
+}
+
+static void server_policy_free(tokend_server *srv) {
+    policy_buckets_free(srv->buckets);
+    policy_conns_free(srv->conns);
+    policy_proxies_free(srv->proxies);
+}
+
 /* Creates a worker's loop, upstream client and Lua host (not its HTTP front). */
 static int server_worker_init(tokend_server *srv, server_worker *w, int id, char *err, size_t errlen) {
     w->srv = srv;
@@ -176,7 +204,8 @@ static int server_worker_init(tokend_server *srv, server_worker *w, int id, char
     };
     host_options ho = {
         .script = srv->cfg.script, .memory_limit = srv->cfg.lua_memory_bytes,
-        .instruction_limit = srv->cfg.lua_instruction_limit, .up = w->up, .info = &w->info,
+        .instruction_limit = srv->cfg.lua_instruction_limit, .max_query_args = srv->cfg.max_query_args,
+        .up = w->up, .info = &w->info, .buckets = srv->buckets,
     };
     return host_create(&ho, &w->lua, err, errlen);
 }
@@ -196,7 +225,9 @@ static int server_copy_config(tokend_server *srv, const tokend_config *cfg) {
     srv->cfg.api_key = cfg->api_key && *cfg->api_key ? server_dup(cfg->api_key) : NULL;
     srv->cfg.streaming_url = server_dup(cfg->streaming_url ? cfg->streaming_url : "https://streaming.assemblyai.com");
     srv->cfg.ca_file = cfg->ca_file && *cfg->ca_file ? server_dup(cfg->ca_file) : NULL;
+    srv->cfg.trusted_proxies = server_dup(cfg->trusted_proxies ? cfg->trusted_proxies : "");
     return srv->cfg.host && srv->cfg.script && srv->cfg.public_dir && srv->cfg.streaming_url &&
+           srv->cfg.trusted_proxies &&
            (!cfg->api_key || !*cfg->api_key || srv->cfg.api_key) &&
            (!cfg->ca_file || !*cfg->ca_file || srv->cfg.ca_file) ? 0 : -1;
 }
@@ -218,6 +249,7 @@ int tokend_server_create(const tokend_config *cfg, tokend_server **out, char *er
     log_configure(srv->cfg.log_level, srv->cfg.log_json);
     log_set_secret(srv->cfg.api_key);
     if (url_streaming_endpoints(srv->cfg.streaming_url, &srv->endpoints, err, errlen) != URL_OK) goto fail;
+    if (server_policy_init(srv, err, errlen) < 0) goto fail;
     long cores = sysconf(_SC_NPROCESSORS_ONLN);
     srv->nworkers = cfg->workers > 0 ? cfg->workers : (int)(cores > 0 ? (cores < SERVER_MAX_WORKERS ? cores : SERVER_MAX_WORKERS) : 1);
     srv->workers = calloc((size_t)srv->nworkers, sizeof *srv->workers);
@@ -238,7 +270,9 @@ int tokend_server_create(const tokend_config *cfg, tokend_server **out, char *er
         unsigned int per_worker = cfg->max_connections / (unsigned int)srv->nworkers;
         http_options ho = {
             .listen_fd = fd, .max_connections = per_worker ? per_worker : 1,
-            .idle_timeout_s = cfg->idle_timeout_s, .max_body_bytes = cfg->max_body_bytes,
+            .idle_timeout_s = cfg->idle_timeout_s, .request_timeout_s = cfg->request_timeout_s,
+            .max_header_bytes = cfg->max_header_bytes, .max_body_bytes = cfg->max_body_bytes,
+            .proxies = srv->proxies, .conns = srv->conns,
         };
         w->http = http_create(w->lp, &ho, host_dispatch, w->lua, err, errlen);
         if (!w->http) {
@@ -317,6 +351,7 @@ void tokend_server_free(tokend_server *srv) {
     if (!srv) return;
     for (int i = 0; srv->workers && i < srv->nworkers; i++) server_worker_free(&srv->workers[i]);
     free(srv->workers);
+    server_policy_free(srv);
     server_free_strings(&srv->cfg);
     free(srv);
 }
@@ -336,10 +371,12 @@ int tokend_script_check(const tokend_config *cfg, char *err, size_t errlen) {
     if (url_streaming_endpoints(srv.cfg.streaming_url, &srv.endpoints, err, errlen) != URL_OK) goto out;
     srv.nworkers = 1;
     srv.port = cfg->port;
+    if (server_policy_init(&srv, err, errlen) < 0) goto out;
     if (server_worker_init(&srv, &w, 0, err, errlen) < 0) goto out;
     rc = TOKEND_OK;
 out:
     server_worker_free(&w);
+    server_policy_free(&srv);
     server_free_strings(&srv.cfg);
     return rc;
 }

@@ -23,6 +23,25 @@ FAKE = os.path.join(SRC, "tests", "fakes", "token_fake.py")
 CANARY_KEY = "canary-KEY-3f9a7c21d0e84b6f"
 
 
+def default_script(folder, **constants):
+    """Writes scripts/routes.lua into folder with some of its named constants changed
+    (DEFAULT_EXPIRES_IN=45, ...) and returns its path: behaviour changes by script."""
+    import re
+    with open(os.path.join(SRC, "scripts", "routes.lua")) as f:
+        text = f.read()
+    for name, value in constants.items():
+        text, n = re.subn(rf"local {name} = [^\n]*", f"local {name} = {value}", text)
+        assert n == 1, f"routes.lua has no constant {name}"
+    path = os.path.join(folder, f"routes-{len(os.listdir(folder))}.lua")
+    with open(path, "w") as f:
+        f.write(text)
+    return path
+
+
+# Most tests mint far more tokens a minute than the default abuse policy allows one client.
+UNLIMITED = {"TOKENS_PER_MINUTE": 1000000, "TOKEN_BURST": 1000000}
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -158,7 +177,7 @@ class Tokend:
         if fake:
             self.env["ASSEMBLYAI_STREAMING_URL"] = fake.url
         self.env.update(env or {})
-        cmd = [BIN, "--script", script or os.path.join(SRC, "scripts", "routes.lua"),
+        cmd = [BIN, "--script", script or default_script(workdir, **UNLIMITED),
                "--public", public or os.path.join(SRC, "public")]
         if port is not None:
             cmd += ["--port", str(port)]

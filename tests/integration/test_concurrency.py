@@ -29,7 +29,7 @@ class Concurrency(TokendTestCase):
 
     def check(self, workers):
         fake = self.fake(latency_ms=LATENCY_MS)
-        t = self.tokend(fake=fake, workers=workers)
+        t = self.tokend(fake=fake, workers=workers, env={"TOKEND_MAX_CONNECTIONS_PER_IP": "0"})
         elapsed, results = self.run_burst(t)
         self.assertEqual(results, [200] * IN_FLIGHT)
         # Serially this would take 200 x 0.5 s = 100 s. Concurrently, about 0.5 s; the bound

@@ -65,7 +65,7 @@ static void test_router(void) {
         { "GET", "/token", ROUTER_FOUND, 1, "", "" },
         { "HEAD", "/token", ROUTER_FOUND, 1, "", "" },
         { "GET", "/token/", ROUTER_FOUND, 1, "", "" },
-        { "POST", "/token", ROUTER_METHOD_NOT_ALLOWED, 0, "", "GET, DELETE" },
+        { "POST", "/token", ROUTER_METHOD_NOT_ALLOWED, 0, "", "GET, HEAD, DELETE" },
         { "GET", "/users/42", ROUTER_FOUND, 2, "id=42;", "" },
         { "GET", "/users/me", ROUTER_FOUND, 3, "", "" },
         { "POST", "/users/7/keys/abc", ROUTER_FOUND, 4, "id=7;key=abc;", "" },
