@@ -4,6 +4,7 @@
 BUILD ?= build
 ARGS ?=
 JOBS := $(shell nproc 2>/dev/null || echo 2)
+SHELL := /bin/bash
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 # Build and run: compiler, CMake, the four libraries, and the CA store for upstream TLS.
@@ -13,8 +14,12 @@ RUN_PACKAGES = gcc make cmake pkg-config liblua5.4-dev libmicrohttpd-dev libcurl
 # the browser test runs Debian's Chromium with espeak-ng speech (converted by sox) as the
 # microphone, driven by playwright-core from npm.
 TEST_PACKAGES = $(RUN_PACKAGES) python3 openssl lua5.4 curl chromium espeak-ng sox
+# Fuzzing: clang with libFuzzer and the sanitizer runtimes.
+FUZZ_PACKAGES = $(RUN_PACKAGES) clang libclang-rt-14-dev
+FUZZ_TARGETS = path query headers envfile upstream
+FUZZ_SECONDS ?= 20
 
-.PHONY: all build run test test-sanitize deps-run deps-test deps-node clean
+.PHONY: all build run test test-sanitize fuzz deps-run deps-test deps-node deps-fuzz clean
 
 all: build
 
@@ -62,5 +67,21 @@ test-sanitize: deps-test
 	cd $(BUILD)-sanitize && ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
 	  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 ctest --output-on-failure
 
+deps-fuzz:
+	$(call install_missing,$(FUZZ_PACKAGES))
+
+# Each libFuzzer target for FUZZ_SECONDS, from the seed corpus in tests/fuzz/corpus (copied:
+# what the fuzzer finds stays in the build folder).
+fuzz: deps-fuzz
+	CC=clang cmake -S . -B $(BUILD)-fuzz -DTOKEND_FUZZ=ON -DCMAKE_BUILD_TYPE=RelWithDebInfo
+	cmake --build $(BUILD)-fuzz -j$(JOBS)
+	@set -e; for t in $(FUZZ_TARGETS); do \
+	  mkdir -p $(BUILD)-fuzz/corpus/$$t && cp tests/fuzz/corpus/$$t/* $(BUILD)-fuzz/corpus/$$t/; \
+	  echo "fuzzing $$t for $(FUZZ_SECONDS) s"; \
+	  $(BUILD)-fuzz/tests/fuzz/fuzz_$$t -max_total_time=$(FUZZ_SECONDS) -max_len=4096 -print_final_stats=1 \
+	    -artifact_prefix=$(BUILD)-fuzz/crash-$$t- $(BUILD)-fuzz/corpus/$$t 2>&1 | grep -E "^(stat::number_of_executed_units|==|SUMMARY|Done)" ; \
+	  test $${PIPESTATUS[0]} -eq 0; \
+	done
+
 clean:
-	rm -rf $(BUILD) $(BUILD)-sanitize
+	rm -rf $(BUILD) $(BUILD)-sanitize $(BUILD)-fuzz

@@ -413,7 +413,7 @@ static void host_push_request_table(lua_State *L, host_request *hr) {
     lua_setfield(L, -2, "body");
 
     lua_newtable(L);
-    char *scratch = lua_newuserdatauv(L, req->query_len + 2, 0);
+    char *scratch = lua_newuserdatauv(L, URL_QUERY_SCRATCH(req->query_len), 0);
     lua_insert(L, -2);
     int n = url_parse_query(req->query, req->query_len, scratch, hr->h->max_query_args, host_add_query_arg, L);
     if (n < 0) hr->bad_query = n;

@@ -18,8 +18,12 @@ int url_decode_path(const char *in, size_t inlen, char *out, size_t outcap, size
  * possibly containing NUL bytes, lengths given). Returns 0 to go on. */
 typedef int url_query_fn(void *ud, const char *name, size_t nlen, const char *value, size_t vlen);
 
+/* Scratch bytes url_parse_query needs for a query of qlen bytes: every argument takes its
+ * decoded name and value plus two terminators, and "a&b&c" has one argument per 2 bytes. */
+#define URL_QUERY_SCRATCH(qlen) (2 * (qlen) + 2)
+
 /* Parses "a=1&b=two+words&c" into decoded pairs ('+' is a space, a missing '=' gives "").
- * scratch must hold at least qlen + 2 bytes. Returns the number of arguments,
+ * scratch must hold URL_QUERY_SCRATCH(qlen) bytes. Returns the number of arguments,
  * URL_ERR_MALFORMED on a bad escape, URL_ERR_TOO_MANY past max_args. */
 int url_parse_query(const char *q, size_t qlen, char *scratch, size_t max_args,
                     url_query_fn *fn, void *ud);
