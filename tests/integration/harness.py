@@ -207,6 +207,14 @@ class Tokend:
     def get(self, path, **kw):
         return request(self.port, path, **kw)
 
+    def wait_log(self, needle, timeout=5):
+        """Returns the log once it holds needle (lines are written when a request completes,
+        which can be just after the client has its answer); the log as it is after timeout."""
+        deadline = time.time() + timeout
+        while needle not in self.log and time.time() < deadline:
+            time.sleep(0.02)
+        return self.log
+
     def wait(self, timeout=15):
         try:
             return self.proc.wait(timeout)

@@ -117,7 +117,7 @@ class Settings(TokendTestCase):
         t = self.tokend(key=None)
         t.get("/token?secret_value=hunter2")
         self.assertNotIn("hunter2", t.log)
-        self.assertIn("GET /token 503", t.log)
+        self.assertIn("GET /token 503", t.wait_log("GET /token 503"))
 
 
 if __name__ == "__main__":

@@ -81,7 +81,7 @@ class TokenRoute(TokendTestCase):
         t = self.tokend(fake=fake)    # system CA store: the test CA is unknown
         r = t.get("/token")
         self.assertEqual(r.status, 502)
-        self.assertIn("TLS failure", t.log)
+        self.assertIn("TLS failure", t.wait_log("TLS failure"))
         self.assertEqual(fake.stats()["requests"], 0, "no request went over an unverified connection")
 
     def test_client_gone_while_upstream_works(self):

@@ -161,9 +161,9 @@ class LuaApi(TokendTestCase):
                 self.assertEqual(r.status, 500, r)
                 self.assertEqual(r.json(), {"error": "internal server error"})
                 self.assertNotIn(b"kaboom", r.body)
-                self.assertIn(logged, self.t.log)
-        self.assertIn("stack traceback", self.t.log)
-        self.assertRegex(self.t.log, r"routes\.lua:\d+: kaboom")
+                self.assertIn(logged, self.t.wait_log(logged))
+        self.assertIn("stack traceback", self.t.wait_log("stack traceback"))
+        self.assertRegex(self.t.wait_log("stack traceback"), r"routes\.lua:\d+: kaboom")
         self.assertEqual(self.t.get("/hello/still").status, 200, "the server keeps serving")
 
     def test_before_hook_runs_for_routes_and_static(self):
@@ -176,7 +176,7 @@ class LuaApi(TokendTestCase):
 
     def test_log_and_bodies(self):
         self.assertEqual(self.t.get("/log").status, 204)
-        self.assertRegex(self.t.log, r"warn\s+from lua 42 nil")
+        self.assertRegex(self.t.wait_log("from lua 42"), r"warn\s+from lua 42 nil")
         self.assertEqual(self.t.get("/array").json(), [1, 2, 3])
         r = self.t.get("/typed")
         self.assertEqual(r.headers["content-type"], "text/html")

@@ -34,7 +34,7 @@ class UpstreamFaults(TokendTestCase):
                 self.assertIn("error", r.json())
                 self.assertEqual(r.headers.get("retry-after"), retry_after)
                 self.assertEqual(r.headers["cache-control"], "no-store")
-                self.assertIn(logged, t.log)
+                self.assertIn(logged, t.wait_log(logged))
         fake.control(fault="ok")
         self.assertEqual(t.get("/token").status, 200, "the server keeps serving after faults")
         self.assertNotIn(CANARY_KEY, t.log)
@@ -44,13 +44,13 @@ class UpstreamFaults(TokendTestCase):
         t = self.tokend(fake=fake)
         r = t.get("/token")
         self.assertEqual(r.status, 502)
-        self.assertIn("refused the API key", t.log)
+        self.assertIn("refused the API key", t.wait_log("refused the API key"))
 
     def test_connection_refused(self):
         t = self.tokend(env={"ASSEMBLYAI_STREAMING_URL": f"http://127.0.0.1:{free_port()}"})
         r = t.get("/token")
         self.assertEqual(r.status, 502)
-        self.assertIn("cannot connect", t.log)
+        self.assertIn("cannot connect", t.wait_log("cannot connect"))
 
     def test_slow_upstream_does_not_hold_other_requests(self):
         fake = self.fake(fault="hang")
