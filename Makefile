@@ -19,7 +19,7 @@ FUZZ_PACKAGES = $(RUN_PACKAGES) clang libclang-rt-14-dev
 FUZZ_TARGETS = path query headers envfile upstream
 FUZZ_SECONDS ?= 20
 
-.PHONY: all build run test test-sanitize fuzz deps-run deps-test deps-node deps-fuzz clean
+.PHONY: all build run test test-sanitize fuzz bench deps-run deps-test deps-node deps-fuzz clean
 
 all: build
 
@@ -66,6 +66,11 @@ test-sanitize: deps-test
 	cmake --build $(BUILD)-sanitize -j$(JOBS)
 	cd $(BUILD)-sanitize && ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
 	  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 ctest --output-on-failure
+
+# Side by side with nginx + Lua and the Express seed (see bench/run for options: BENCH_ARGS).
+bench: build
+	$(call install_missing,wrk iproute2 nodejs)
+	bench/run $(BENCH_ARGS)
 
 deps-fuzz:
 	$(call install_missing,$(FUZZ_PACKAGES))

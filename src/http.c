@@ -378,7 +378,7 @@ http_front *http_create(loop *lp, const http_options *opts, http_dispatch_fn *di
     f->proxies = opts->proxies;
     f->conns = opts->conns;
     f->request_timeout_ms = (uint64_t)opts->request_timeout_s * 1000u;
-    size_t memory = opts->max_header_bytes ? opts->max_header_bytes : 16384;
+    size_t memory = opts->max_header_bytes ? opts->max_header_bytes : 8192;
     f->daemon = MHD_start_daemon(
         MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG | MHD_USE_TURBO,
         0, http_on_accept, f, http_on_request, f,

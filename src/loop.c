@@ -70,6 +70,7 @@ int loop_watch(loop *lp, int fd, unsigned events, loop_fd_fn *fn, void *ud) {
     if (fd < 0) { errno = EBADF; return -1; }
     if (loop_grow_slots(lp, fd) < 0) { errno = ENOMEM; return -1; }
     loop_watch_slot *slot = &lp->slots[fd];
+    if (slot->events == events && slot->fn == fn && slot->ud == ud) return 0;     /* nothing changes */
     struct epoll_event ev = { .events = 0, .data.fd = fd };
     if (events & LOOP_READ) ev.events |= EPOLLIN;
     if (events & LOOP_WRITE) ev.events |= EPOLLOUT;

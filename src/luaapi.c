@@ -159,6 +159,18 @@ static void lapi_push_config(lua_State *L, const host_info *in) {
     lua_setmetatable(L, -2);
 }
 
+/* tokend.stats(): process-wide counters kept in C. */
+static int lapi_stats(lua_State *L) {
+    long opened, calls;
+    upstream_totals(&opened, &calls);
+    lua_createtable(L, 0, 2);
+    lua_pushinteger(L, opened);
+    lua_setfield(L, -2, "upstream_connections_opened");
+    lua_pushinteger(L, calls);
+    lua_setfield(L, -2, "upstream_calls");
+    return 1;
+}
+
 /* ---- rate limiters ---- */
 
 #define LAPI_LIMITER "tokend.limiter"
@@ -354,6 +366,7 @@ int lapi_push_module(lua_State *L, host *h) {
         { "generate_temp_token", lapi_generate_temp_token },
         { "limiter", lapi_limiter_new },
         { "origins", lapi_origins_new },
+        { "stats", lapi_stats },
         { NULL, NULL },
     };
     static const char *const levels[] = { "debug", "info", "warn", "error" };

@@ -68,7 +68,7 @@ void tokend_config_init(tokend_config *cfg) {
     cfg->max_connections_per_ip = 64;
     cfg->idle_timeout_s = 60;
     cfg->request_timeout_s = 30;
-    cfg->max_header_bytes = 16384;
+    cfg->max_header_bytes = 8192;
     cfg->max_body_bytes = 65536;
     cfg->max_query_args = 64;
     cfg->rate_limit_clients = 100000;

@@ -6,6 +6,7 @@
 #include <string.h>
 #include <strings.h>
 #include <time.h>
+#include <stdatomic.h>
 #include <curl/curl.h>
 
 #include "json.h"
@@ -13,6 +14,10 @@
 #include "upstream.h"
 
 #define UPSTREAM_BODY_MAX (64 * 1024)
+
+/* Connections opened to the upstream by every worker of the process. */
+static atomic_long upstream_opened_total;
+static atomic_long upstream_calls_total;
 
 struct upstream_call {
     upstream *up;
@@ -50,6 +55,11 @@ int upstream_has_key(const upstream *up) {
 
 long upstream_connections_opened(const upstream *up) {
     return up->connections_opened;
+}
+
+void upstream_totals(long *connections_opened, long *calls) {
+    *connections_opened = atomic_load(&upstream_opened_total);
+    *calls = atomic_load(&upstream_calls_total);
 }
 
 static void upstream_drain(upstream *up);
@@ -158,6 +168,9 @@ static upstream_call *upstream_call_new(upstream *up) {
     curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, 1L);
     curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, 2L);
     curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
+    /* Token replies are well under 1 KiB: curl's default 16 KiB receive buffer per handle
+     * would cost megabytes at thousands of calls in flight. */
+    curl_easy_setopt(e, CURLOPT_BUFFERSIZE, 4096L);
     if (up->ca_file) curl_easy_setopt(e, CURLOPT_CAINFO, up->ca_file);
     return c;
 }
@@ -387,6 +400,8 @@ static void upstream_drain(upstream *up) {
         curl_easy_getinfo(easy, CURLINFO_RESPONSE_CODE, &status);
         curl_easy_getinfo(easy, CURLINFO_NUM_CONNECTS, &connects);
         up->connections_opened += connects;
+        atomic_fetch_add(&upstream_opened_total, connects);
+        atomic_fetch_add(&upstream_calls_total, 1);
         upstream_unlink(up, c);
         curl_multi_remove_handle(up->multi, easy);
         upstream_result r;

@@ -47,8 +47,11 @@ upstream_call *upstream_mint(upstream *up, long expires_in_s, long max_session_s
 /* Cancels a call in flight; its callback will not be called. */
 void upstream_cancel(upstream_call *call);
 
-/* Upstream connections opened so far (for keep-alive accounting). */
+/* Upstream connections opened so far by this client (for keep-alive accounting). */
 long upstream_connections_opened(const upstream *up);
+
+/* Connections opened and calls finished by every client of the process. */
+void upstream_totals(long *connections_opened, long *calls);
 
 /* Maps a finished transfer to a result: curl code, HTTP status, body, Retry-After.
  * Pure; exposed for tests. key is scrubbed from the error text. errbuf gets the message. */
