@@ -54,6 +54,8 @@ typedef struct tokend_config {
     long lua_instruction_limit;     /* VM instructions one request may run; default 10 million */
     int log_level;                  /* TOKEND_LOG_*; default TOKEND_LOG_INFO */
     int log_json;                   /* 1 = JSON lines; default 0 = text */
+    unsigned int drain_timeout_s;   /* on stop, how long requests in flight may finish; default 10 */
+    int watch_script;               /* 1 = reload when the script file changes; default 0 */
 } tokend_config;
 
 typedef struct tokend_server tokend_server;
@@ -72,6 +74,11 @@ int tokend_server_run(tokend_server *srv, char *err, size_t errlen);
 
 /* Asks a running server to stop. Safe from a signal handler or another thread. */
 void tokend_server_stop(tokend_server *srv);
+
+/* Asks a running server to reload its script: every worker loads it into a fresh Lua
+ * state; requests in flight finish on the old one; if the script fails to load, the old
+ * one keeps serving and the log says why. Safe from a signal handler or another thread. */
+void tokend_server_reload(tokend_server *srv);
 
 /* Returns the TCP port the server listens on (useful after port 0). */
 int tokend_server_port(const tokend_server *srv);

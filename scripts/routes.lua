@@ -15,6 +15,9 @@ local TOKENS_PER_MINUTE = 10
 local TOKEN_BURST = 5
 local ALLOWED_ORIGINS = { "http://localhost:*", "http://127.0.0.1:*", "http://[::1]:*" }
 
+-- Operations. /metrics (Prometheus text) answers only these client addresses.
+local METRICS_CLIENTS = { ["127.0.0.1"] = true, ["::1"] = true }
+
 -- What a failed token request tells the client, by failure kind (see the README).
 local STATUS_FOR_FAILURE = {
   no_key = 503,          -- ASSEMBLYAI_API_KEY is not set
@@ -64,6 +67,16 @@ tokend.route("GET", "/token", function(req)
     expires_in_seconds = info.expires_in_seconds,
     websocket_url = tokend.config.websocket_url,
   }, no_store(cors)
+end)
+
+-- Liveness for load balancers and systemd, and counters for Prometheus.
+tokend.route("GET", "/healthz", function()
+  return 200, { status = "ok", api_key_configured = tokend.config.api_key_configured }, no_store()
+end)
+
+tokend.route("GET", "/metrics", function(req)
+  if not METRICS_CLIENTS[req.client] then return 404, { error = "not found" } end
+  return 200, tokend.metrics(), no_store(nil, { ["Content-Type"] = "text/plain; version=0.0.4" })
 end)
 
 -- Everything else comes from the public folder; "/" gives index.html.

@@ -14,6 +14,7 @@
 #include "http.h"
 #include "json.h"
 #include "log.h"
+#include "metrics.h"
 #include "policy.h"
 #include "url.h"
 
@@ -78,6 +79,7 @@ static void *http_on_uri(void *cls, const char *uri, struct MHD_Connection *conn
     req->target = strdup(uri ? uri : "");
     req->upstream_ms = -1;
     req->start_ms = loop_now_ms();
+    snprintf(req->route, sizeof req->route, "none");
     const union MHD_ConnectionInfo *ci = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
     http_addr_text(ci ? ci->client_addr : NULL, req->peer, sizeof req->peer);
     memcpy(req->client, req->peer, sizeof req->client);
@@ -170,7 +172,9 @@ static void http_on_completed(void *cls, struct MHD_Connection *conn, void **con
         /* Only reachable when the daemon stops under a request: never leave it linked. */
         http_pending_unlink(f, req);
         f->in_flight--;
+        metrics_in_flight(-1);
     }
+    if (req->status) metrics_request(req->route, req->status);
     if (req->method && (req->status || toe == MHD_REQUEST_TERMINATED_COMPLETED_OK)) {
         log_access_entry e = {
             .client = req->client, .method = req->method, .path = req->path ? req->path : "-",
@@ -235,6 +239,7 @@ void http_request_respond(http_request *req, int status, struct MHD_Response *re
     if (req->state == REQ_DISPATCHED) {
         http_pending_unlink(f, req);
         f->in_flight--;
+        metrics_in_flight(-1);
     }
     if (!resp) {
         resp = MHD_create_response_from_buffer(0, NULL, MHD_RESPMEM_PERSISTENT);
@@ -344,6 +349,7 @@ static enum MHD_Result http_on_request(void *cls, struct MHD_Connection *conn, c
         if (f->pending) f->pending->prev = req;
         f->pending = req;
         f->in_flight++;
+        metrics_in_flight(1);
         f->dispatch(f->dispatch_ud, req);
         if (req->state == REQ_ANSWERED) return http_queue(req);
         req->suspended = 1;

@@ -29,6 +29,7 @@ typedef struct http_request {
     uint64_t start_ms;
     double upstream_ms;         /* time waited on the upstream, -1 when none */
     void *user;                 /* the dispatcher's per-request state */
+    char route[48];             /* metrics label: the route's pattern, "static" or "none" */
     /* private to http.c */
     int state;
     int status;

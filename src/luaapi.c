@@ -9,6 +9,7 @@
 #include "log.h"
 #include "loop.h"
 #include "luaapi.h"
+#include "metrics.h"
 #include "policy.h"
 
 #define LAPI_HOST(L) ((host *)lua_touserdata((L), lua_upvalueindex(1)))
@@ -81,6 +82,7 @@ static int lapi_generate_temp_token(lua_State *L) {
         lua_pop(L, 1);
     }
     if (!upstream_has_key(host_upstream(h))) {
+        metrics_upstream("no_key", -1);
         lua_pushnil(L);
         lua_pushliteral(L, "no AssemblyAI API key is configured (set ASSEMBLYAI_API_KEY in the environment or in .env)");
         lua_pushnil(L);
@@ -168,6 +170,22 @@ static int lapi_stats(lua_State *L) {
     lua_setfield(L, -2, "upstream_connections_opened");
     lua_pushinteger(L, calls);
     lua_setfield(L, -2, "upstream_calls");
+    return 1;
+}
+
+static int lapi_metrics_write(void *ud, const char *text, size_t len) {
+    luaL_addlstring(ud, text, len);
+    return 0;
+}
+
+/* tokend.metrics(): every counter in the Prometheus text format. */
+static int lapi_metrics(lua_State *L) {
+    long opened, calls;
+    luaL_Buffer b;
+    upstream_totals(&opened, &calls);
+    luaL_buffinit(L, &b);
+    metrics_render(lapi_metrics_write, &b, opened);
+    luaL_pushresult(&b);
     return 1;
 }
 
@@ -367,6 +385,7 @@ int lapi_push_module(lua_State *L, host *h) {
         { "limiter", lapi_limiter_new },
         { "origins", lapi_origins_new },
         { "stats", lapi_stats },
+        { "metrics", lapi_metrics },
         { NULL, NULL },
     };
     static const char *const levels[] = { "debug", "info", "warn", "error" };

@@ -344,7 +344,9 @@ static void host_request_done(host_request *hr) {
 static void host_answer_unhandled(host *h, http_request *req, int route_status, const char *allow) {
     if (route_status == ROUTER_METHOD_NOT_ALLOWED) {
         http_request_fail_allow(req, allow);
-    } else if (!static_serve(h->statics, req)) {
+    } else if (static_serve(h->statics, req)) {
+        snprintf(req->route, sizeof req->route, "static");
+    } else {
         http_request_fail(req, 404, "not found");
     }
 }
@@ -601,6 +603,7 @@ void host_dispatch(void *ud, http_request *req) {
     hr->route_status = found;
     snprintf(hr->allow, sizeof hr->allow, "%s", allow);
     hr->handler_ref = found == ROUTER_FOUND ? match.handler : LUA_NOREF;
+    if (found == ROUTER_FOUND) snprintf(req->route, sizeof req->route, "%s", match.pattern);
     hr->match = match;
     hr->budget.limit = h->instruction_limit;
     if (host_protected(h->L, host_start, hr, 0) != LUA_OK) {

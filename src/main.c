@@ -20,7 +20,10 @@ static tokend_server *main_server;
 static volatile sig_atomic_t main_stop_requests;
 
 static void main_on_signal(int sig) {
-    (void)sig;
+    if (sig == SIGHUP) {
+        if (main_server) tokend_server_reload(main_server);
+        return;
+    }
     if (++main_stop_requests > 1) _exit(1);     /* a second Ctrl-C does not wait for the drain */
     if (main_server) tokend_server_stop(main_server);
 }
@@ -42,6 +45,7 @@ static void main_usage(FILE *to) {
         "  --log-format FORMAT    text or json (env TOKEND_LOG_FORMAT; default text)\n"
         "  --trusted-proxies LIST addresses/CIDRs whose X-Forwarded-For is believed\n"
         "                         (env TOKEND_TRUSTED_PROXIES; default none)\n"
+        "  --watch                reload the script when its file changes (development)\n"
         "  --check                load the script, report errors as file:line, exit 0 or 1\n"
         "  --version              print the version\n"
         "  --help                 print this help\n"
@@ -50,7 +54,8 @@ static void main_usage(FILE *to) {
         "https://streaming.assemblyai.com), CURL_CA_BUNDLE, TOKEND_MAX_BODY_BYTES,\n"
         "TOKEND_MAX_HEADER_BYTES, TOKEND_MAX_QUERY_ARGS, TOKEND_MAX_CONNECTIONS,\n"
         "TOKEND_MAX_CONNECTIONS_PER_IP, TOKEND_IDLE_TIMEOUT_S, TOKEND_REQUEST_TIMEOUT_S,\n"
-        "TOKEND_RATE_LIMIT_CLIENTS, TOKEND_LUA_MEMORY_MB, TOKEND_LUA_INSTRUCTIONS.\n"
+        "TOKEND_RATE_LIMIT_CLIENTS, TOKEND_LUA_MEMORY_MB, TOKEND_LUA_INSTRUCTIONS,\n"
+        "TOKEND_DRAIN_TIMEOUT_S. SIGHUP reloads the script; SIGTERM and SIGINT stop gracefully.\n"
         "The real environment wins over .env; flags win over both.\n");
 }
 
@@ -67,7 +72,8 @@ static int main_parse_long(const char *s, long min, long max, long *out) {
 /* Every setting: its flag (NULL when env-only), environment name, and where it lands. */
 enum { S_PORT, S_HOST, S_SCRIPT, S_PUBLIC, S_WORKERS, S_UPSTREAM_TIMEOUT, S_LOG_LEVEL, S_LOG_FORMAT,
        S_TRUSTED_PROXIES, S_STREAMING_URL, S_CA_BUNDLE, S_MAX_BODY, S_MAX_CONN, S_MAX_CONN_IP, S_IDLE,
-       S_REQUEST_TIMEOUT, S_MAX_HEADER, S_MAX_QUERY, S_RATE_CLIENTS, S_LUA_MEM, S_LUA_INS, S_API_KEY, S_COUNT };
+       S_REQUEST_TIMEOUT, S_MAX_HEADER, S_MAX_QUERY, S_RATE_CLIENTS, S_LUA_MEM, S_LUA_INS, S_DRAIN,
+       S_API_KEY, S_COUNT };
 
 static const struct main_setting {
     const char *flag, *env;
@@ -94,6 +100,7 @@ static const struct main_setting {
     [S_RATE_CLIENTS] = { NULL, "TOKEND_RATE_LIMIT_CLIENTS", 100, 100000000 },
     [S_LUA_MEM] = { NULL, "TOKEND_LUA_MEMORY_MB", 1, 65536 },
     [S_LUA_INS] = { NULL, "TOKEND_LUA_INSTRUCTIONS", 10000, 1L << 40 },
+    [S_DRAIN] = { NULL, "TOKEND_DRAIN_TIMEOUT_S", 0, 3600 },
     [S_API_KEY] = { NULL, "ASSEMBLYAI_API_KEY", 1, 0 },
 };
 
@@ -124,7 +131,7 @@ static int main_known_setting(const char *name) {
 int main(int argc, char **argv) {
     const char *flag_values[S_COUNT] = { 0 };
     const char *env_file = NULL;
-    int check = 0, rc = 1;
+    int check = 0, watch = 0, rc = 1;
     char err[4096];
     config_env *env = NULL;
     char *key = NULL;
@@ -136,7 +143,7 @@ int main(int argc, char **argv) {
         { "env-file", required_argument, 0, 'e' }, { "workers", required_argument, 0, 'w' },
         { "upstream-timeout-ms", required_argument, 0, 't' }, { "log-level", required_argument, 0, 'l' },
         { "log-format", required_argument, 0, 'f' }, { "check", no_argument, 0, 'c' },
-        { "trusted-proxies", required_argument, 0, 'T' },
+        { "trusted-proxies", required_argument, 0, 'T' }, { "watch", no_argument, 0, 'W' },
         { "version", no_argument, 0, 'V' }, { "help", no_argument, 0, 'h' }, { 0, 0, 0, 0 },
     };
     int opt;
@@ -154,6 +161,7 @@ int main(int argc, char **argv) {
         case 'T': flag_values[S_TRUSTED_PROXIES] = optarg; break;
         case 'e': env_file = optarg; break;
         case 'c': check = 1; break;
+        case 'W': watch = 1; break;
         case 'V': printf("tokend %s\n", TOKEND_VERSION); return 0;
         case 'h': main_usage(stdout); return 0;
         default:
@@ -223,6 +231,8 @@ int main(int argc, char **argv) {
     if (values[S_TRUSTED_PROXIES]) cfg.trusted_proxies = values[S_TRUSTED_PROXIES];
     if (numbers[S_LUA_MEM] >= 0) cfg.lua_memory_bytes = (size_t)numbers[S_LUA_MEM] << 20;
     if (numbers[S_LUA_INS] >= 0) cfg.lua_instruction_limit = numbers[S_LUA_INS];
+    if (numbers[S_DRAIN] >= 0) cfg.drain_timeout_s = (unsigned int)numbers[S_DRAIN];
+    cfg.watch_script = watch;
     cfg.api_key = key;
     if (values[S_LOG_LEVEL]) {
         cfg.log_level = log_level_from_name(values[S_LOG_LEVEL]);
@@ -267,6 +277,7 @@ int main(int argc, char **argv) {
     sigemptyset(&sa.sa_mask);
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGHUP, &sa, NULL);
     const char *shown = strchr(cfg.host, ':') ? "[%s]" : "%s";
     char hostpart[300];
     snprintf(hostpart, sizeof hostpart, shown, cfg.host);

@@ -88,8 +88,13 @@ int policy_limiter(policy_buckets *b, const char *name, double rate, double per_
     for (int i = 0; i < b->nlimiters; i++) {
         policy_limiter_def *d = &b->limiters[i];
         if (strcmp(d->name, name) != 0) continue;
-        if (d->rate == rate && d->per_s == per_s && d->burst == burst) id = i;
-        else snprintf(err, errlen, "limiter \"%s\" already exists with other values", name);
+        /* The same name again (another worker, or a reloaded script): the latest values
+         * apply from now on, the buckets and what clients used of them stay. */
+        d->rate = rate;
+        d->per_s = per_s;
+        d->burst = burst;
+        d->per_ms = rate / (per_s * 1000.0);
+        id = i;
         goto out;
     }
     if (b->nlimiters == POLICY_MAX_LIMITERS) {

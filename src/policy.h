@@ -16,8 +16,8 @@ void policy_buckets_free(policy_buckets *b);
 
 /* Finds or creates the limiter called name: rate tokens every per_s seconds, holding at
  * most burst. Every worker's script asks for it by the same name and gets the same
- * limiter. Returns its id (>= 0), or -1 with err set when the values are out of range or
- * name exists with other values. */
+ * limiter; a later definition (a reloaded script) updates its values. Returns its id
+ * (>= 0), or -1 with err set when the values are out of range or there are too many. */
 int policy_limiter(policy_buckets *b, const char *name, double rate, double per_s, double burst,
                    char *err, size_t errlen);
 

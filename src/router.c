@@ -169,6 +169,7 @@ int router_match(const router *r, const char *method, const char *path, router_r
                 best = rt;
                 *m = tmp;
                 m->handler = rt->handler;
+                m->pattern = rt->pattern;
             }
         } else if (allowlen && !strstr(allow, rt->method)) {
             int get = strcmp(rt->method, "GET") == 0;   /* a GET route answers HEAD too */

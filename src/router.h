@@ -20,6 +20,7 @@ typedef struct router_param {
 
 typedef struct router_result {
     int handler;            /* the value given to router_add */
+    const char *pattern;    /* the route's path pattern, owned by the router */
     size_t nparams;
     router_param params[ROUTER_MAX_PARAMS];
 } router_result;

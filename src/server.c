@@ -9,12 +9,14 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 #include <curl/curl.h>
 
 #include "http.h"
 #include "log.h"
 #include "loop.h"
+#include "metrics.h"
 #include "luahost.h"
 #include "policy.h"
 #include "tokend.h"
@@ -22,7 +24,13 @@
 #include "url.h"
 
 #define SERVER_MAX_WORKERS 256
-#define SERVER_DRAIN_MS 10000
+#define SERVER_WATCH_MS 500         /* how often --watch looks at the script */
+
+/* A Lua host replaced by a reload, kept until its last request is answered. */
+typedef struct server_retired {
+    struct server_retired *next;
+    host *lua;
+} server_retired;
 
 typedef struct server_worker {
     tokend_server *srv;
@@ -34,6 +42,11 @@ typedef struct server_worker {
     host_info info;
     pthread_t thread;
     int started;
+    int reload_seen;            /* the reload generation this worker has loaded */
+    server_retired *retired;
+    loop_timer watch_timer;     /* worker 1 under --watch */
+    struct timespec script_mtime;
+    off_t script_size;
 } server_worker;
 
 struct tokend_server {
@@ -43,6 +56,7 @@ struct tokend_server {
     int nworkers;
     server_worker *workers;
     atomic_int stopping;
+    atomic_int reload_gen;
     policy_buckets *buckets;        /* shared by every worker's scripts */
     policy_conns *conns;            /* open connections per client address, all workers */
     policy_proxies *proxies;
@@ -75,6 +89,7 @@ void tokend_config_init(tokend_config *cfg) {
     cfg->lua_memory_bytes = (size_t)64 << 20;
     cfg->lua_instruction_limit = 10000000L;
     cfg->log_level = TOKEND_LOG_INFO;
+    cfg->drain_timeout_s = 10;
 }
 
 void tokend_set_log_sink(tokend_log_fn *sink, void *ud) {
@@ -181,6 +196,76 @@ static void server_policy_free(tokend_server *srv) {
     policy_proxies_free(srv->proxies);
 }
 
+/* Loads the script into a new Lua host for worker w. Returns 0 or -1 with err set. */
+static int server_worker_load(server_worker *w, host **out, char *err, size_t errlen) {
+    tokend_server *srv = w->srv;
+    host_options ho = {
+        .script = srv->cfg.script, .memory_limit = srv->cfg.lua_memory_bytes,
+        .instruction_limit = srv->cfg.lua_instruction_limit, .max_query_args = srv->cfg.max_query_args,
+        .up = w->up, .info = &w->info, .buckets = srv->buckets,
+    };
+    return host_create(&ho, out, err, errlen);
+}
+
+/* The HTTP front's dispatcher: the worker's current Lua host answers. */
+static void server_worker_dispatch(void *ud, http_request *req) {
+    server_worker *w = ud;
+    host_dispatch(w->lua, req);
+}
+
+/* Swaps in a freshly loaded script; the old host retires until its requests are done. */
+static void server_worker_reload(server_worker *w) {
+    char err[4096];
+    host *fresh = NULL;
+    if (server_worker_load(w, &fresh, err, sizeof err) < 0) {
+        metrics_reload(0);
+        if (w->id == 0) log_msg(LOG_ERROR, "reload failed, the previous script keeps serving: %s", err);
+        return;
+    }
+    server_retired *r = malloc(sizeof *r);
+    if (!r) {
+        host_free(fresh);
+        metrics_reload(0);
+        if (w->id == 0) log_msg(LOG_ERROR, "reload failed: out of memory");
+        return;
+    }
+    r->lua = w->lua;
+    r->next = w->retired;
+    w->retired = r;
+    w->lua = fresh;
+    metrics_reload(1);
+    if (w->id == 0) log_msg(LOG_INFO, "reloaded %s", w->srv->cfg.script);
+}
+
+/* Frees the retired hosts whose requests have all been answered (all == 1: every one). */
+static void server_worker_reap(server_worker *w, int all) {
+    for (server_retired **pp = &w->retired; *pp;) {
+        server_retired *r = *pp;
+        if (all || host_running(r->lua) == 0) {
+            *pp = r->next;
+            host_free(r->lua);
+            free(r);
+        } else {
+            pp = &r->next;
+        }
+    }
+}
+
+/* --watch: reloads every worker when the script's modification time or size changes. */
+static void server_on_watch(void *ud) {
+    server_worker *w = ud;
+    struct stat st;
+    if (stat(w->srv->cfg.script, &st) == 0 &&
+        (st.st_mtim.tv_sec != w->script_mtime.tv_sec || st.st_mtim.tv_nsec != w->script_mtime.tv_nsec ||
+         st.st_size != w->script_size)) {
+        w->script_mtime = st.st_mtim;
+        w->script_size = st.st_size;
+        log_msg(LOG_INFO, "%s changed", w->srv->cfg.script);
+        tokend_server_reload(w->srv);
+    }
+    loop_timer_start(w->lp, &w->watch_timer, SERVER_WATCH_MS, server_on_watch, w);
+}
+
 /* Creates a worker's loop, upstream client and Lua host (not its HTTP front). */
 static int server_worker_init(tokend_server *srv, server_worker *w, int id, char *err, size_t errlen) {
     w->srv = srv;
@@ -202,16 +287,13 @@ static int server_worker_init(tokend_server *srv, server_worker *w, int id, char
         .websocket_url = srv->endpoints.websocket_url, .workers = srv->nworkers, .worker = id + 1,
         .api_key_configured = srv->cfg.api_key && *srv->cfg.api_key,
     };
-    host_options ho = {
-        .script = srv->cfg.script, .memory_limit = srv->cfg.lua_memory_bytes,
-        .instruction_limit = srv->cfg.lua_instruction_limit, .max_query_args = srv->cfg.max_query_args,
-        .up = w->up, .info = &w->info, .buckets = srv->buckets,
-    };
-    return host_create(&ho, &w->lua, err, errlen);
+    return server_worker_load(w, &w->lua, err, errlen);
 }
 
 static void server_worker_free(server_worker *w) {
+    if (w->lp) loop_timer_stop(w->lp, &w->watch_timer);
     upstream_free(w->up);       /* cancels calls in flight: no callback reaches the host */
+    server_worker_reap(w, 1);
     host_free(w->lua);
     http_free(w->http);         /* answers what is left 503 */
     loop_free(w->lp);
@@ -274,11 +356,20 @@ int tokend_server_create(const tokend_config *cfg, tokend_server **out, char *er
             .max_header_bytes = cfg->max_header_bytes, .max_body_bytes = cfg->max_body_bytes,
             .proxies = srv->proxies, .conns = srv->conns,
         };
-        w->http = http_create(w->lp, &ho, host_dispatch, w->lua, err, errlen);
+        w->http = http_create(w->lp, &ho, server_worker_dispatch, w, err, errlen);
         if (!w->http) {
             close(fd);
             goto fail;
         }
+    }
+    if (srv->cfg.watch_script) {
+        struct stat st;
+        server_worker *w = &srv->workers[0];
+        if (stat(srv->cfg.script, &st) == 0) {
+            w->script_mtime = st.st_mtim;
+            w->script_size = st.st_size;
+        }
+        loop_timer_start(w->lp, &w->watch_timer, SERVER_WATCH_MS, server_on_watch, w);
     }
     *out = srv;
     return TOKEND_OK;
@@ -296,10 +387,16 @@ static void *server_worker_main(void *arg) {
             break;
         }
         http_run(w->http);
+        int gen = atomic_load(&srv->reload_gen);
+        if (gen != w->reload_seen) {
+            w->reload_seen = gen;
+            server_worker_reload(w);
+        }
+        if (w->retired) server_worker_reap(w, 0);
     }
-    /* Drain: stop accepting, let requests in flight finish within SERVER_DRAIN_MS. */
+    /* Drain: stop accepting, let requests in flight finish within the drain time. */
     http_quiesce(w->http);
-    uint64_t deadline = loop_now_ms() + SERVER_DRAIN_MS;
+    uint64_t deadline = loop_now_ms() + (uint64_t)srv->cfg.drain_timeout_s * 1000u;
     while (http_in_flight(w->http) > 0 && loop_now_ms() < deadline) {
         long wait = http_timeout_ms(w->http);
         if (wait < 0 || wait > 100) wait = 100;
@@ -335,6 +432,12 @@ int tokend_server_run(tokend_server *srv, char *err, size_t errlen) {
         srv->workers[i].started = 0;
     }
     return rc;
+}
+
+void tokend_server_reload(tokend_server *srv) {
+    atomic_fetch_add(&srv->reload_gen, 1);
+    for (int i = 0; i < srv->nworkers; i++)
+        if (srv->workers[i].lp) loop_wake(srv->workers[i].lp);
 }
 
 void tokend_server_stop(tokend_server *srv) {

@@ -6,11 +6,13 @@
 #include <string.h>
 #include <strings.h>
 #include <time.h>
+#include <stdint.h>
 #include <stdatomic.h>
 #include <curl/curl.h>
 
 #include "json.h"
 #include "log.h"
+#include "metrics.h"
 #include "upstream.h"
 
 #define UPSTREAM_BODY_MAX (64 * 1024)
@@ -30,9 +32,14 @@ struct upstream_call {
     long retry_after;
     uint64_t start_ms;
     long expires_in_s;
+    int attempts;                   /* transfers started for this call */
+    loop_timer retry_timer;         /* armed while waiting to retry */
     char errbuf[CURL_ERROR_SIZE];
     upstream_call *prev, *next;     /* active list, or free list (next only) */
 };
+
+#define UPSTREAM_RETRY_MIN_MS 100     /* back-off before the one retry of a 5xx: 100..300 ms */
+#define UPSTREAM_RETRY_JITTER_MS 200
 
 struct upstream {
     loop *lp;
@@ -47,6 +54,7 @@ struct upstream {
     upstream_call *active;
     upstream_call *idle;            /* finished calls kept with their easy handle for reuse */
     long connections_opened;
+    unsigned int seed;              /* for the retry jitter */
 };
 
 int upstream_has_key(const upstream *up) {
@@ -204,6 +212,7 @@ upstream *upstream_create(loop *lp, const upstream_options *opts, char *err, siz
     char *auth = NULL;
     if (!up) goto nomem;
     up->lp = lp;
+    up->seed = (unsigned int)loop_now_ms() ^ (unsigned int)(uintptr_t)up;
     up->timeout_ms = opts->timeout_ms > 0 ? opts->timeout_ms : 10000;
     up->connect_timeout_ms = opts->connect_timeout_ms > 0 ? opts->connect_timeout_ms : 5000;
     up->token_url = strdup(opts->token_url);
@@ -249,6 +258,7 @@ void upstream_free(upstream *up) {
     while (up->active) {
         upstream_call *c = up->active;
         upstream_unlink(up, c);
+        loop_timer_stop(up->lp, &c->retry_timer);
         curl_multi_remove_handle(up->multi, c->easy);
         upstream_call_free(c);
     }
@@ -274,6 +284,19 @@ void upstream_free(upstream *up) {
     free(up);
 }
 
+/* Starts (or restarts) the transfer of c with timeout_ms left. Returns 0 or -1. */
+static int upstream_start(upstream *up, upstream_call *c, long timeout_ms) {
+    free(c->body);
+    c->body = NULL;
+    c->body_len = 0;
+    c->retry_after = -1;
+    c->body_too_big = 0;
+    c->errbuf[0] = '\0';
+    c->attempts++;
+    curl_easy_setopt(c->easy, CURLOPT_TIMEOUT_MS, timeout_ms > 1 ? timeout_ms : 1L);
+    return curl_multi_add_handle(up->multi, c->easy) == CURLM_OK ? 0 : -1;
+}
+
 upstream_call *upstream_mint(upstream *up, long expires_in_s, long max_session_s,
                              upstream_done_fn *done, void *ud) {
     char url[1024];
@@ -288,12 +311,10 @@ upstream_call *upstream_mint(upstream *up, long expires_in_s, long max_session_s
     curl_easy_setopt(c->easy, CURLOPT_URL, url);
     c->done = done;
     c->ud = ud;
-    c->retry_after = -1;
-    c->body_too_big = 0;
-    c->errbuf[0] = '\0';
+    c->attempts = 0;
     c->expires_in_s = expires_in_s;
     c->start_ms = loop_now_ms();
-    if (curl_multi_add_handle(up->multi, c->easy) != CURLM_OK) {
+    if (upstream_start(up, c, up->timeout_ms) < 0) {
         upstream_release(up, c);
         return NULL;
     }
@@ -304,9 +325,35 @@ upstream_call *upstream_mint(upstream *up, long expires_in_s, long max_session_s
     return c;
 }
 
+/* The back-off of a retry is over: send the request again with the time that is left. */
+static void upstream_on_retry(void *ud) {
+    upstream_call *c = ud;
+    upstream *up = c->up;
+    long left = up->timeout_ms - (long)(loop_now_ms() - c->start_ms);
+    if (upstream_start(up, c, left) < 0) {
+        /* Cannot even start: report the 5xx we had as the outcome. */
+        upstream_result r;
+        char errbuf[200];
+        memset(&r, 0, sizeof r);
+        snprintf(errbuf, sizeof errbuf, "the upstream failed and the retry could not start");
+        r.error = errbuf;
+        r.kind = "upstream_error";
+        r.retry_after = -1;
+        r.elapsed_ms = (double)(loop_now_ms() - c->start_ms);
+        r.attempts = c->attempts;
+        metrics_upstream(r.token ? NULL : r.kind, r.elapsed_ms);
+        upstream_done_fn *done = c->done;
+        void *cud = c->ud;
+        upstream_unlink(up, c);
+        upstream_release(up, c);
+        done(cud, &r);
+    }
+}
+
 void upstream_cancel(upstream_call *c) {
     upstream *up = c->up;
     upstream_unlink(up, c);
+    loop_timer_stop(up->lp, &c->retry_timer);
     curl_multi_remove_handle(up->multi, c->easy);
     upstream_release(up, c);
 }
@@ -401,14 +448,24 @@ static void upstream_drain(upstream *up) {
         curl_easy_getinfo(easy, CURLINFO_NUM_CONNECTS, &connects);
         up->connections_opened += connects;
         atomic_fetch_add(&upstream_opened_total, connects);
+        curl_multi_remove_handle(up->multi, easy);
+        /* A 5xx is retried once, after a jittered back-off, if the deadline leaves room. */
+        long backoff = UPSTREAM_RETRY_MIN_MS + (long)(rand_r(&up->seed) % (UPSTREAM_RETRY_JITTER_MS + 1));
+        long left = up->timeout_ms - (long)(loop_now_ms() - c->start_ms);
+        if (code == CURLE_OK && status >= 500 && c->attempts == 1 && left > backoff + 100) {
+            log_msg(LOG_WARN, "upstream answered HTTP %ld; retrying once in %ld ms", status, backoff);
+            loop_timer_start(up->lp, &c->retry_timer, backoff, upstream_on_retry, c);
+            continue;
+        }
         atomic_fetch_add(&upstream_calls_total, 1);
         upstream_unlink(up, c);
-        curl_multi_remove_handle(up->multi, easy);
         upstream_result r;
         upstream_classify(code, c->errbuf, status, c->body, c->body_len, c->retry_after, up->timeout_ms,
                           up->key, &r, token, sizeof token, errbuf, sizeof errbuf);
         if (r.token && r.expires_in_seconds <= 0) r.expires_in_seconds = c->expires_in_s;
         r.elapsed_ms = (double)(loop_now_ms() - c->start_ms);
+        r.attempts = c->attempts;
+        metrics_upstream(r.token ? NULL : r.kind, r.elapsed_ms);
         upstream_done_fn *done = c->done;
         void *ud = c->ud;
         upstream_release(up, c);

@@ -24,7 +24,8 @@ typedef struct upstream_result {
                                    "rate_limited", "bad_request", "upstream_error", "bad_response" */
     int http_status;            /* upstream HTTP status, 0 when none was received */
     long retry_after;           /* seconds from Retry-After, -1 when absent */
-    double elapsed_ms;
+    double elapsed_ms;          /* from the first attempt to the outcome */
+    int attempts;               /* transfers made: 2 when a 5xx was retried */
 } upstream_result;
 
 typedef void upstream_done_fn(void *ud, const upstream_result *r);
@@ -38,8 +39,9 @@ void upstream_free(upstream *up);
 /* Returns 1 when an API key is configured. */
 int upstream_has_key(const upstream *up);
 
-/* Starts a token request. done(ud, result) is called exactly once from the loop, never
- * from inside this call. max_session_s <= 0 leaves the upstream default. Returns the call
+/* Starts a token request. An upstream 5xx is retried once after a jittered back-off of
+ * 100..300 ms when the deadline leaves room. done(ud, result) is called exactly once from
+ * the loop, never from inside this call. max_session_s <= 0 leaves the upstream default. Returns the call
  * or NULL when out of memory. */
 upstream_call *upstream_mint(upstream *up, long expires_in_s, long max_session_s,
                              upstream_done_fn *done, void *ud);

@@ -1,0 +1,27 @@
+/* metrics.h: process-wide counters for /metrics: requests by route and status, tokens,
+ * upstream latency and errors, requests in flight, reloads. Thread-safe. */
+#ifndef TOKEND_METRICS_H
+#define TOKEND_METRICS_H
+
+#include <stddef.h>
+
+/* Counts an answered request under its route label ("/token", "static", "none"). */
+void metrics_request(const char *route, int status);
+
+/* Moves the requests-in-flight gauge by delta (+1 when dispatched, -1 when answered). */
+void metrics_in_flight(int delta);
+
+/* Counts an upstream outcome: kind NULL for a minted token, else the failure kind;
+ * elapsed_ms < 0 when no upstream call was made (it stays out of the histogram). */
+void metrics_upstream(const char *kind, double elapsed_ms);
+
+/* Counts a script reload (ok 1) or a failed one (ok 0). */
+void metrics_reload(int ok);
+
+/* Appends text to an output; returns 0 to go on. */
+typedef int metrics_write_fn(void *ud, const char *text, size_t len);
+
+/* Writes every metric in the Prometheus text format (version 0.0.4). */
+void metrics_render(metrics_write_fn *write, void *ud, long upstream_connections_opened);
+
+#endif
