@@ -13,13 +13,13 @@ RUN_PACKAGES = gcc make cmake pkg-config liblua5.4-dev libmicrohttpd-dev libcurl
 # Tests: the fakes are Python (standard library only); the test CA is made with openssl;
 # the browser test runs Debian's Chromium with espeak-ng speech (converted by sox) as the
 # microphone, driven by playwright-core from npm.
-TEST_PACKAGES = $(RUN_PACKAGES) python3 openssl lua5.4 curl chromium espeak-ng sox
+TEST_PACKAGES = $(RUN_PACKAGES) python3 openssl lua5.4 curl chromium espeak-ng sox wrk valgrind
 # Fuzzing: clang with libFuzzer and the sanitizer runtimes.
 FUZZ_PACKAGES = $(RUN_PACKAGES) clang libclang-rt-14-dev
 FUZZ_TARGETS = path query headers envfile upstream
 FUZZ_SECONDS ?= 20
 
-.PHONY: all build run test test-sanitize fuzz bench deps-run deps-test deps-node deps-fuzz clean
+.PHONY: all build run test test-sanitize test-valgrind fuzz bench deps-run deps-test deps-node deps-fuzz clean
 
 all: build
 
@@ -71,6 +71,14 @@ test-sanitize: deps-test
 bench: build
 	$(call install_missing,wrk iproute2 nodejs)
 	bench/run $(BENCH_ARGS)
+
+# Integration suites with tokend under valgrind memcheck: any memory error or definite leak
+# makes tokend exit 99, which fails the test that started it.
+VALGRIND_SUITES = test_core test_lua_api test_static test_operations
+test-valgrind: deps-test build
+	cd tests/integration && TOKEND_BIN=$(CURDIR)/$(BUILD)/tokend TOKEND_TEST_TMP=$(CURDIR)/$(BUILD)/test-tmp \
+	  TOKEND_WRAPPER="valgrind -q --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite --show-leak-kinds=definite" \
+	  python3 -m unittest $(VALGRIND_SUITES)
 
 deps-fuzz:
 	$(call install_missing,$(FUZZ_PACKAGES))

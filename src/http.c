@@ -264,15 +264,17 @@ static enum MHD_Result http_queue(http_request *req) {
     return r;
 }
 
-/* Splits the raw target into the decoded path and the raw query. Returns 0 or -1. */
+/* Splits the raw target into the decoded path and the raw query. Returns 0, -1 for a
+ * malformed path, or -2 when out of memory. */
 static int http_parse_target(http_request *req) {
     const char *t = req->target;
+    if (!t) return -2;
     const char *q = strchr(t, '?');
     size_t plen = q ? (size_t)(q - t) : strlen(t);
     req->query = q ? q + 1 : "";
     req->query_len = strlen(req->query);
     req->path = malloc(plen + 1);
-    if (!req->path) return -1;
+    if (!req->path) return -2;
     if (plen > 0 && t[0] == '/' && url_decode_path(t, plen, req->path, plen + 1, NULL) == URL_OK) return 0;
     memcpy(req->path, t, plen);     /* refused: the access log shows what was sent */
     req->path[plen] = '\0';
@@ -315,8 +317,10 @@ static enum MHD_Result http_on_request(void *cls, struct MHD_Connection *conn, c
         req->method = method;
         req->conn = conn;
         http_resolve_client(f, req);
-        if (!req->target || http_parse_target(req) < 0) {
-            http_request_fail(req, 400, "malformed request path");
+        int parsed = http_parse_target(req);
+        if (parsed < 0) {
+            if (parsed == -2) http_request_fail(req, 503, "out of memory");
+            else http_request_fail(req, 400, "malformed request path");
             return http_queue(req);
         }
         const char *cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
@@ -356,8 +360,9 @@ static enum MHD_Result http_on_request(void *cls, struct MHD_Connection *conn, c
         MHD_suspend_connection(conn);
         return MHD_YES;
     case REQ_ANSWERED:
-        if (req->response) return http_queue(req);
-        return MHD_YES;
+        /* Resumed with its answer; without one (no memory to build it), close rather than
+         * leave the client waiting forever. */
+        return http_queue(req);
     default:
         return MHD_YES;
     }

@@ -7,6 +7,7 @@ import http.client
 import json
 import os
 import select
+import shlex
 import shutil
 import signal
 import socket
@@ -186,11 +187,15 @@ class Tokend:
         cmd += list(args)
         self.stderr_path = os.path.join(workdir, f"tokend-{time.time_ns()}.log")
         self.stderr = open(self.stderr_path, "wb")
-        self.proc = subprocess.Popen(cmd, cwd=workdir, env=self.env, stdout=subprocess.PIPE, stderr=self.stderr)
+        # TOKEND_WRAPPER runs tokend under a tool, e.g. "valgrind --error-exitcode=99 ...".
+        wrapper = shlex.split(os.environ.get("TOKEND_WRAPPER", ""))
+        self.started = time.time()
+        self.proc = subprocess.Popen(wrapper + cmd, cwd=workdir, env=self.env, stdout=subprocess.PIPE,
+                                     stderr=self.stderr)
         self.stdout_lines = []
         self.port = None
         if expect_start:
-            line = read_line(self.proc, 15)
+            line = read_line(self.proc, 60 if wrapper else 15)
             if not line or "listening on http://" not in line:
                 self.stop(check=False)
                 raise RuntimeError(f"tokend did not start: {line!r}\n{self.log}")
@@ -237,6 +242,8 @@ class Tokend:
         output = self.log + "\n".join(self.stdout_lines)
         if check:
             assert CANARY_KEY not in output, "the API key leaked into tokend's output"
+            if os.environ.get("TOKEND_WRAPPER") and self.proc.returncode == 99:
+                raise AssertionError(f"the wrapper found memory errors:\n{self.log[-6000:]}")
         return self.proc.returncode
 
 

@@ -188,3 +188,25 @@ class AccessLog(TokendTestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class SystemdUnit(TokendTestCase):
+    def test_unit_file_verifies_and_its_command_line_works(self):
+        import shutil
+        import subprocess
+        from harness import BIN, SRC
+        with open(os.path.join(SRC, "dist", "tokend.service")) as f:
+            unit = f.read()
+        self.assertIn("ExecReload=/bin/kill -HUP $MAINPID", unit)
+        exec_start = re.search(r"^ExecStart=(.*)$", unit, re.M).group(1).split()
+        # The unit's own flags, with the installed paths mapped to this checkout.
+        args = [a.replace("/usr/local/share/tokend", SRC) for a in exec_start[1:]]
+        env_file = self.write("tokend.env", "ASSEMBLYAI_API_KEY=x\n")
+        args[args.index("--env-file") + 1] = env_file
+        p = self.run_tokend(args + ["--check"])
+        self.assertEqual(p.returncode, 0, p.stderr)
+        if not shutil.which("systemd-analyze"):
+            self.skipTest("systemd-analyze is not installed")
+        local = self.write("tokend.service", unit.replace("/usr/local/bin/tokend", BIN))
+        p = subprocess.run(["systemd-analyze", "verify", local], capture_output=True, text=True)
+        self.assertEqual(p.returncode, 0, p.stderr)
