@@ -13,7 +13,7 @@ RUN_PACKAGES = gcc make cmake pkg-config liblua5.4-dev libmicrohttpd-dev libcurl
 # Tests: the fakes are Python (standard library only); the test CA is made with openssl;
 # the browser test runs Debian's Chromium with espeak-ng speech (converted by sox) as the
 # microphone, driven by playwright-core from npm.
-TEST_PACKAGES = $(RUN_PACKAGES) python3 openssl lua5.4 curl chromium espeak-ng sox wrk valgrind
+TEST_PACKAGES = $(RUN_PACKAGES) python3 openssl lua5.4 curl chromium espeak-ng sox wrk valgrind luarocks
 # Fuzzing: clang with libFuzzer and the sanitizer runtimes.
 FUZZ_PACKAGES = $(RUN_PACKAGES) clang libclang-rt-14-dev
 FUZZ_TARGETS = path query headers envfile upstream

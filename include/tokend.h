@@ -16,6 +16,13 @@ extern "C" {
 
 #define TOKEND_VERSION "0.1.0"
 
+/* Marks the functions libtokend exports; everything else in the library is hidden. */
+#if defined(__GNUC__)
+#define TOKEND_API __attribute__((visibility("default")))
+#else
+#define TOKEND_API
+#endif
+
 #define TOKEND_OK 0
 #define TOKEND_ERR (-1)
 
@@ -61,37 +68,93 @@ typedef struct tokend_config {
 typedef struct tokend_server tokend_server;
 
 /* Fills cfg with the defaults listed above. */
-void tokend_config_init(tokend_config *cfg);
+TOKEND_API void tokend_config_init(tokend_config *cfg);
 
 /* Creates a server: validates cfg, binds the listening socket and loads the script in
  * every worker. On failure returns TOKEND_ERR, *out is NULL and err holds a message
  * (for a script error, "file:line: message"). */
-int tokend_server_create(const tokend_config *cfg, tokend_server **out, char *err, size_t errlen);
+TOKEND_API int tokend_server_create(const tokend_config *cfg, tokend_server **out, char *err, size_t errlen);
 
 /* Runs the workers until tokend_server_stop(); blocks the calling thread.
  * Returns TOKEND_OK after a clean stop, TOKEND_ERR if a worker could not start. */
-int tokend_server_run(tokend_server *srv, char *err, size_t errlen);
+TOKEND_API int tokend_server_run(tokend_server *srv, char *err, size_t errlen);
 
 /* Asks a running server to stop. Safe from a signal handler or another thread. */
-void tokend_server_stop(tokend_server *srv);
+TOKEND_API void tokend_server_stop(tokend_server *srv);
 
 /* Asks a running server to reload its script: every worker loads it into a fresh Lua
  * state; requests in flight finish on the old one; if the script fails to load, the old
  * one keeps serving and the log says why. Safe from a signal handler or another thread. */
-void tokend_server_reload(tokend_server *srv);
+TOKEND_API void tokend_server_reload(tokend_server *srv);
+
+/* ---- driving the server from the host's own event loop (cfg.workers must be 1) ----
+ * Instead of tokend_server_run(): poll tokend_server_fd() for readability with a timeout
+ * of at most tokend_server_timeout_ms(), then call tokend_server_step(srv, 0). */
+
+/* A descriptor that becomes readable when the server has work; -1 unless workers == 1. */
+TOKEND_API int tokend_server_fd(const tokend_server *srv);
+
+/* Milliseconds until tokend_server_step() must run at the latest; -1 for no deadline. */
+TOKEND_API long tokend_server_timeout_ms(tokend_server *srv);
+
+/* Does the server's pending work, waiting up to timeout_ms for some (0: do not wait).
+ * Returns TOKEND_OK, or TOKEND_ERR with err set when the loop failed or workers != 1. */
+TOKEND_API int tokend_server_step(tokend_server *srv, long timeout_ms, char *err, size_t errlen);
+
+/* ---- routes written in C ---- */
+
+typedef struct tokend_request tokend_request;     /* valid during the handler call only */
+typedef struct tokend_response tokend_response;
+
+/* Answers req through resp. Called on the worker's thread; must not block. */
+typedef void tokend_route_fn(void *ud, const tokend_request *req, tokend_response *resp);
+
+/* Request fields; strings live until the handler returns; NULL when absent. */
+TOKEND_API const char *tokend_request_method(const tokend_request *req);
+TOKEND_API const char *tokend_request_path(const tokend_request *req);
+TOKEND_API const char *tokend_request_client(const tokend_request *req);
+TOKEND_API const char *tokend_request_header(const tokend_request *req, const char *lowercase_name);
+TOKEND_API const char *tokend_request_query(const tokend_request *req, const char *name);
+TOKEND_API const char *tokend_request_param(const tokend_request *req, const char *name);
+TOKEND_API const char *tokend_request_body(const tokend_request *req, size_t *len);
+
+/* Sets the answer: status 100..599, a Content-Type (NULL: text/plain) and a body that is
+ * copied. Returns TOKEND_OK, or TOKEND_ERR for a bad status or no memory. A handler that
+ * sets nothing answers 500. */
+TOKEND_API int tokend_response_set(tokend_response *resp, int status, const char *content_type,
+                        const char *body, size_t len);
+
+/* Adds a response header (copied). Returns TOKEND_ERR for line breaks or too many headers. */
+TOKEND_API int tokend_response_header(tokend_response *resp, const char *name, const char *value);
+
+/* Adds a route answered by fn(ud, ...) in every worker, next to the script's routes (and
+ * kept across reloads). Call after tokend_server_create() and before running. Returns
+ * TOKEND_OK, or TOKEND_ERR with err set (bad method or path, route already defined). */
+TOKEND_API int tokend_server_route(tokend_server *srv, const char *method, const char *path,
+                        tokend_route_fn *fn, void *ud, char *err, size_t errlen);
+
+/* ---- minting without a server ---- */
+
+/* Asks AssemblyAI for a temporary token with cfg's key, streaming URL, CA file and
+ * deadlines, blocking the caller. expires_in_s 1..600; max_session_s 60..10800 or 0 for
+ * the default. On success writes the token (NUL-terminated) and *expires_out and returns
+ * TOKEND_OK; otherwise TOKEND_ERR, err holds a message without the key and
+ * *upstream_status the upstream's HTTP status (0 when none). */
+TOKEND_API int tokend_mint(const tokend_config *cfg, long expires_in_s, long max_session_s, char *token,
+                size_t token_cap, long *expires_out, int *upstream_status, char *err, size_t errlen);
 
 /* Returns the TCP port the server listens on (useful after port 0). */
-int tokend_server_port(const tokend_server *srv);
+TOKEND_API int tokend_server_port(const tokend_server *srv);
 
 /* Loads the script of cfg in a fresh Lua state without binding a port, to check it.
  * Returns TOKEND_OK, or TOKEND_ERR with "file:line: message" (and a traceback) in err. */
-int tokend_script_check(const tokend_config *cfg, char *err, size_t errlen);
+TOKEND_API int tokend_script_check(const tokend_config *cfg, char *err, size_t errlen);
 
 /* Releases a stopped (or never run) server. NULL is allowed. */
-void tokend_server_free(tokend_server *srv);
+TOKEND_API void tokend_server_free(tokend_server *srv);
 
 /* Sends log lines to sink instead of stderr (NULL restores stderr). Process-wide. */
-void tokend_set_log_sink(tokend_log_fn *sink, void *ud);
+TOKEND_API void tokend_set_log_sink(tokend_log_fn *sink, void *ud);
 
 #ifdef __cplusplus
 }

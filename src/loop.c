@@ -156,14 +156,21 @@ static void loop_run_timers(loop *lp) {
     }
 }
 
+int loop_fd(const loop *lp) {
+    return lp->epfd;
+}
+
+long loop_next_timeout_ms(const loop *lp) {
+    if (!lp->heap_len) return -1;
+    uint64_t now = loop_now_ms(), due = lp->heap[1]->due_ms;
+    return due > now ? (long)(due - now) : 0;
+}
+
 int loop_run_once(loop *lp, long max_wait_ms) {
     struct epoll_event evs[256];
     long wait = max_wait_ms;
-    if (lp->heap_len) {
-        uint64_t now = loop_now_ms(), due = lp->heap[1]->due_ms;
-        long until = due > now ? (long)(due - now) : 0;
-        if (wait < 0 || until < wait) wait = until;
-    }
+    long until = loop_next_timeout_ms(lp);
+    if (until >= 0 && (wait < 0 || until < wait)) wait = until;
     int n = epoll_wait(lp->epfd, evs, 256, wait > 0x7fffffffL ? 0x7fffffff : (int)wait);
     if (n < 0) {
         if (errno != EINTR) return -1;

@@ -37,6 +37,12 @@ void loop_timer_stop(loop *lp, loop_timer *t);
  * epoll error. */
 int loop_run_once(loop *lp, long max_wait_ms);
 
+/* The epoll descriptor: readable when the loop has something to do (for a host's poll). */
+int loop_fd(const loop *lp);
+
+/* Milliseconds until the next timer is due (0 if overdue), or -1 when none is armed. */
+long loop_next_timeout_ms(const loop *lp);
+
 /* Wakes a loop blocked in loop_run_once. Safe from signal handlers and other threads. */
 void loop_wake(loop *lp);
 

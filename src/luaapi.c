@@ -1,6 +1,8 @@
 /* luaapi.c: the `tokend` Lua module that scripts require. */
+#define _GNU_SOURCE
 #include <ctype.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include <lua.h>
@@ -354,6 +356,120 @@ static int lapi_origins_preflight(lua_State *L) {
     lua_pushliteral(L, "Origin");
     lua_setfield(L, -2, "Vary");
     return 3;
+}
+
+/* ---- routes written in C ---- */
+
+#define LAPI_C_HEADERS 16
+
+struct tokend_request {
+    lua_State *L;
+    int idx;            /* the req table */
+};
+
+struct tokend_response {
+    int status;
+    char *content_type;
+    char *body;
+    size_t len;
+    int nheaders;
+    char *names[LAPI_C_HEADERS], *values[LAPI_C_HEADERS];
+};
+
+/* Reads req[field] (or req[table][field]) as a string kept alive by the table. */
+static const char *lapi_req_string(const tokend_request *req, const char *table, const char *field, size_t *len) {
+    lua_State *L = req->L;
+    const char *v = NULL;
+    int top = lua_gettop(L);
+    if (table) {
+        if (lua_getfield(L, req->idx, table) != LUA_TTABLE) goto out;
+        lua_getfield(L, -1, field);
+    } else {
+        lua_getfield(L, req->idx, field);
+    }
+    if (lua_type(L, -1) == LUA_TSTRING) v = lua_tolstring(L, -1, len);
+out:
+    lua_settop(L, top);
+    return v;
+}
+
+const char *tokend_request_method(const tokend_request *req) { return lapi_req_string(req, NULL, "method", NULL); }
+const char *tokend_request_path(const tokend_request *req) { return lapi_req_string(req, NULL, "path", NULL); }
+const char *tokend_request_client(const tokend_request *req) { return lapi_req_string(req, NULL, "client", NULL); }
+const char *tokend_request_header(const tokend_request *req, const char *name) { return lapi_req_string(req, "headers", name, NULL); }
+const char *tokend_request_query(const tokend_request *req, const char *name) { return lapi_req_string(req, "query", name, NULL); }
+const char *tokend_request_param(const tokend_request *req, const char *name) { return lapi_req_string(req, "params", name, NULL); }
+const char *tokend_request_body(const tokend_request *req, size_t *len) { return lapi_req_string(req, NULL, "body", len); }
+
+int tokend_response_set(tokend_response *resp, int status, const char *content_type, const char *body, size_t len) {
+    if (status < 100 || status > 599) return TOKEND_ERR;
+    char *b = malloc(len + 1), *t = strdup(content_type ? content_type : "text/plain; charset=utf-8");
+    if (!b || !t) {
+        free(b);
+        free(t);
+        return TOKEND_ERR;
+    }
+    if (len) memcpy(b, body, len);
+    free(resp->body);
+    free(resp->content_type);
+    resp->status = status;
+    resp->body = b;
+    resp->len = len;
+    resp->content_type = t;
+    return TOKEND_OK;
+}
+
+int tokend_response_header(tokend_response *resp, const char *name, const char *value) {
+    if (resp->nheaders == LAPI_C_HEADERS || strpbrk(name, "\r\n:") || strpbrk(value, "\r\n")) return TOKEND_ERR;
+    char *n = strdup(name), *v = strdup(value);
+    if (!n || !v) {
+        free(n);
+        free(v);
+        return TOKEND_ERR;
+    }
+    resp->names[resp->nheaders] = n;
+    resp->values[resp->nheaders++] = v;
+    return TOKEND_OK;
+}
+
+static void lapi_response_free(tokend_response *resp) {
+    free(resp->body);
+    free(resp->content_type);
+    for (int i = 0; i < resp->nheaders; i++) {
+        free(resp->names[i]);
+        free(resp->values[i]);
+    }
+}
+
+/* The Lua side of a C route: handler(req) -> status, body, headers. */
+static int lapi_c_route_call(lua_State *L) {
+    host_c_route *r = lua_touserdata(L, lua_upvalueindex(1));
+    tokend_request req = { L, 1 };
+    tokend_response resp;
+    memset(&resp, 0, sizeof resp);
+    luaL_checktype(L, 1, LUA_TTABLE);
+    lua_checkstack(L, 8);
+    r->fn(r->ud, &req, &resp);
+    if (!resp.status) {
+        lapi_response_free(&resp);
+        return luaL_error(L, "the C route %s %s set no response", r->method, r->path);
+    }
+    lua_pushinteger(L, resp.status);
+    lua_pushlstring(L, resp.body ? resp.body : "", resp.len);
+    lua_createtable(L, 0, resp.nheaders + 1);
+    lua_pushstring(L, resp.content_type);
+    lua_setfield(L, -2, "Content-Type");
+    for (int i = 0; i < resp.nheaders; i++) {
+        lua_pushstring(L, resp.values[i]);
+        lua_setfield(L, -2, resp.names[i]);
+    }
+    lapi_response_free(&resp);
+    return 3;
+}
+
+void lapi_push_c_route(lua_State *L, host_c_route *r) {
+    lua_pushlightuserdata(L, r);
+    lua_pushcclosure(L, lapi_c_route_call, 1);
 }
 
 static void lapi_new_class(lua_State *L, const char *name, const luaL_Reg *methods, lua_CFunction gc) {

@@ -11,8 +11,10 @@
 #include <lua-cjson.h>
 #include <microhttpd.h>
 
+#include "json.h"
 #include "log.h"
 #include "luaapi.h"
+#include "metrics.h"
 #include "luahost.h"
 #include "url.h"
 
@@ -38,6 +40,8 @@ struct host {
     int encode_ref;         /* registry: cjson.encode */
     size_t running;
     struct host_request *live;  /* requests whose handler has not finished */
+    int attached;               /* runs on an application's state (the Lua module) */
+    upstream *sync_up;          /* attached: mints blocking outside requests */
 };
 
 /* Instructions a piece of Lua code may still run; counted by the hook. */
@@ -201,6 +205,24 @@ static void host_text_only(lua_State *L) {
     lua_pop(L, 2);
 }
 
+/* Registers what every host keeps in the registry: the coroutine body, the before hooks
+ * and a private cjson encoder (protected; argument 1 is the host). */
+static int host_init_refs(lua_State *L) {
+    host *h = lua_touserdata(L, 1);
+    if (luaL_loadbufferx(L, host_runner_source, sizeof host_runner_source - 1, "=tokend", "t") != LUA_OK)
+        return lua_error(L);
+    lua_call(L, 0, 1);
+    h->runner_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    lua_newtable(L);
+    h->befores_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    lua_pushcfunction(L, luaopen_cjson);
+    lua_call(L, 0, 1);
+    lua_getfield(L, -1, "encode");
+    h->encode_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    lua_pop(L, 1);
+    return 0;
+}
+
 static int host_init_state(lua_State *L) {
     host *h = lua_touserdata(L, 1);
     luaL_openlibs(L);
@@ -219,17 +241,7 @@ static int host_init_state(lua_State *L) {
     lua_setfield(L, slash ? -3 : -2, "path");
     lua_settop(L, 1);
 
-    if (luaL_loadbufferx(L, host_runner_source, sizeof host_runner_source - 1, "=tokend", "t") != LUA_OK)
-        return lua_error(L);
-    lua_call(L, 0, 1);
-    h->runner_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-    lua_newtable(L);
-    h->befores_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-    luaL_requiref(L, "cjson", luaopen_cjson, 0);
-    lua_getfield(L, -1, "encode");
-    h->encode_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-    lua_pop(L, 1);
-    return 0;
+    return host_init_refs(L);
 }
 
 static int host_traceback(lua_State *L) {
@@ -277,6 +289,8 @@ int host_create(const host_options *o, host **out, char *err, size_t errlen) {
         goto fail;
     }
     lua_settop(L, 0);
+    for (size_t i = 0; i < o->n_c_routes; i++)
+        if (host_add_c_route(h, o->c_routes[i], err, errlen) < 0) goto fail;
     lua_gc(L, LUA_GCCOLLECT);
     /* A request's coroutine and tables die young: the generational collector frees them
      * early instead of letting the heap double between incremental cycles. */
@@ -290,9 +304,36 @@ fail:
     return -1;
 }
 
+typedef struct host_c_route_add {
+    host *h;
+    host_c_route *r;
+    char *err;
+    size_t errlen;
+    int rc;
+} host_c_route_add;
+
+static int host_add_c_route_protected(lua_State *L) {
+    host_c_route_add *a = lua_touserdata(L, 1);
+    lapi_push_c_route(L, a->r);
+    int ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    a->rc = router_add(a->h->routes, a->r->method, a->r->path, ref, a->err, a->errlen);
+    if (a->rc < 0) luaL_unref(L, LUA_REGISTRYINDEX, ref);
+    return 0;
+}
+
+int host_add_c_route(host *h, host_c_route *r, char *err, size_t errlen) {
+    host_c_route_add a = { h, r, err, errlen, -1 };
+    if (host_protected(h->L, host_add_c_route_protected, &a, 0) != LUA_OK) {
+        snprintf(err, errlen, "cannot add route %s %s: %s", r->method, r->path, host_error_text(h->L, -1));
+        lua_pop(h->L, 1);
+        return -1;
+    }
+    return a.rc;
+}
+
 static void host_release_ref(void *ud, int ref) {
-    (void)ud;
-    (void)ref;  /* the registry goes with lua_close */
+    host *h = ud;
+    if (h->attached) luaL_unref(h->L, LUA_REGISTRYINDEX, ref);  /* an owned state goes whole */
 }
 
 void host_free(host *h) {
@@ -301,12 +342,57 @@ void host_free(host *h) {
         struct host_request *hr = h->live;
         h->live = hr->next;
         if (hr->resp) MHD_destroy_response(hr->resp);
+        if (h->attached) luaL_unref(h->L, LUA_REGISTRYINDEX, hr->co_ref);
         free(hr);
     }
-    if (h->L) lua_close(h->L);
-    router_free(h->routes, host_release_ref, NULL);
+    if (h->attached) {
+        luaL_unref(h->L, LUA_REGISTRYINDEX, h->runner_ref);
+        luaL_unref(h->L, LUA_REGISTRYINDEX, h->befores_ref);
+        luaL_unref(h->L, LUA_REGISTRYINDEX, h->encode_ref);
+    } else if (h->L) {
+        lua_close(h->L);
+    }
+    router_free(h->routes, host_release_ref, h);
     static_free(h->statics);
     free(h);
+}
+
+int host_attach(lua_State *L, const host_options *o, host **out, char *err, size_t errlen) {
+    host *h = calloc(1, sizeof *h);
+    *out = NULL;
+    if (!h || !(h->routes = router_create()) || !(h->statics = static_create())) {
+        snprintf(err, errlen, "out of memory");
+        goto fail;
+    }
+    h->L = L;
+    h->attached = 1;
+    h->loading = 1;         /* routes may be added until the server starts */
+    h->instruction_limit = o->instruction_limit > 0 ? o->instruction_limit : 10000000L;
+    h->max_query_args = o->max_query_args ? o->max_query_args : 64;
+    h->up = h->sync_up = o->up;
+    h->buckets = o->buckets;
+    h->info = o->info;
+    h->befores_ref = h->runner_ref = h->encode_ref = LUA_NOREF;
+    if (host_protected(L, host_init_refs, h, 0) != LUA_OK) {
+        snprintf(err, errlen, "cannot set up tokend: %s", host_error_text(L, -1));
+        lua_pop(L, 1);
+        goto fail;
+    }
+    *out = h;
+    return 0;
+fail:
+    if (h) {
+        router_free(h->routes, NULL, NULL);
+        static_free(h->statics);
+        free(h);
+    }
+    return -1;
+}
+
+void host_serve_with(host *h, upstream *up, const host_info *info) {
+    h->up = up ? up : h->sync_up;
+    if (info) h->info = info;
+    h->loading = up ? 0 : 1;
 }
 
 /* ---- accessors for luaapi.c ---- */
@@ -443,6 +529,7 @@ static int host_start(lua_State *L) {
     host *h = hr->h;
     lua_State *co = lua_newthread(L);
     *(host_request **)lua_getextraspace(co) = hr;
+    lua_sethook(co, host_count_hook, LUA_MASKCOUNT, HOST_HOOK_STEP);
     hr->co_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     hr->co = co;
     lua_rawgeti(L, LUA_REGISTRYINDEX, h->runner_ref);
@@ -683,7 +770,22 @@ static void host_on_token(void *ud, const upstream_result *r) {
 
 int host_await_token(host *h, lua_State *L, long expires_in_s, long max_session_s) {
     host_request *hr = *(host_request **)lua_getextraspace(L);
-    if (!hr || hr->co != L || !lua_isyieldable(L))
+    int in_request = hr && hr->co == L && hr->h == h;
+    if (!in_request && h->attached && h->sync_up) {
+        /* The Lua module outside a request: the application waits for the answer. */
+        char token[JSON_TOKEN_MAX], errbuf[800];
+        upstream_result r;
+        host_token_outcome t = { NULL, &r };
+        upstream_mint_sync(h->sync_up, expires_in_s, max_session_s, &r, token, sizeof token, errbuf, sizeof errbuf);
+        metrics_upstream(r.token ? NULL : r.kind, r.elapsed_ms);
+        int top = lua_gettop(L);
+        lua_pushcfunction(L, host_push_token_results);
+        lua_pushlightuserdata(L, &t);
+        lua_call(L, 1, LUA_MULTRET);
+        explicit_bzero(token, sizeof token);
+        return lua_gettop(L) - top;
+    }
+    if (!in_request || !lua_isyieldable(L))
         return luaL_error(L, "tokend.generate_temp_token must be called from a request handler "
                              "(not while the script loads, nor inside a coroutine of its own)");
     hr->call = upstream_mint(h->up, expires_in_s, max_session_s, host_on_token, hr);

@@ -1,5 +1,6 @@
 /* server.c: the server's lifecycle: listening sockets, worker threads, start and stop. */
 #define _GNU_SOURCE
+#include <ctype.h>
 #include <errno.h>
 #include <netdb.h>
 #include <pthread.h>
@@ -19,6 +20,7 @@
 #include "metrics.h"
 #include "luahost.h"
 #include "policy.h"
+#include "server.h"
 #include "tokend.h"
 #include "upstream.h"
 #include "url.h"
@@ -57,6 +59,9 @@ struct tokend_server {
     server_worker *workers;
     atomic_int stopping;
     atomic_int reload_gen;
+    host_c_route **c_routes;        /* routes in C, re-added on every reload */
+    size_t n_c_routes;
+    host *attached;                 /* the Lua module's host, or NULL */
     policy_buckets *buckets;        /* shared by every worker's scripts */
     policy_conns *conns;            /* open connections per client address, all workers */
     policy_proxies *proxies;
@@ -203,6 +208,7 @@ static int server_worker_load(server_worker *w, host **out, char *err, size_t er
         .script = srv->cfg.script, .memory_limit = srv->cfg.lua_memory_bytes,
         .instruction_limit = srv->cfg.lua_instruction_limit, .max_query_args = srv->cfg.max_query_args,
         .up = w->up, .info = &w->info, .buckets = srv->buckets,
+        .c_routes = srv->c_routes, .n_c_routes = srv->n_c_routes,
     };
     return host_create(&ho, out, err, errlen);
 }
@@ -217,6 +223,10 @@ static void server_worker_dispatch(void *ud, http_request *req) {
 static void server_worker_reload(server_worker *w) {
     char err[4096];
     host *fresh = NULL;
+    if (w->srv->attached) {
+        log_msg(LOG_WARN, "reload ignored: an embedded server's routes belong to its application");
+        return;
+    }
     if (server_worker_load(w, &fresh, err, sizeof err) < 0) {
         metrics_reload(0);
         if (w->id == 0) log_msg(LOG_ERROR, "reload failed, the previous script keeps serving: %s", err);
@@ -287,6 +297,11 @@ static int server_worker_init(tokend_server *srv, server_worker *w, int id, char
         .websocket_url = srv->endpoints.websocket_url, .workers = srv->nworkers, .worker = id + 1,
         .api_key_configured = srv->cfg.api_key && *srv->cfg.api_key,
     };
+    if (srv->attached) {
+        w->lua = srv->attached;
+        host_serve_with(w->lua, w->up, &w->info);
+        return 0;
+    }
     return server_worker_load(w, &w->lua, err, errlen);
 }
 
@@ -294,6 +309,10 @@ static void server_worker_free(server_worker *w) {
     if (w->lp) loop_timer_stop(w->lp, &w->watch_timer);
     upstream_free(w->up);       /* cancels calls in flight: no callback reaches the host */
     server_worker_reap(w, 1);
+    if (w->srv && w->srv->attached && w->lua == w->srv->attached) {
+        host_serve_with(w->lua, NULL, NULL);    /* the module's: back to blocking mode */
+        w->lua = NULL;
+    }
     host_free(w->lua);
     http_free(w->http);         /* answers what is left 503 */
     loop_free(w->lp);
@@ -315,6 +334,14 @@ static int server_copy_config(tokend_server *srv, const tokend_config *cfg) {
 }
 
 int tokend_server_create(const tokend_config *cfg, tokend_server **out, char *err, size_t errlen) {
+    return server_create_attached(cfg, NULL, out, err, errlen);
+}
+
+int server_stopping(const tokend_server *srv) {
+    return atomic_load(&srv->stopping);
+}
+
+int server_create_attached(const tokend_config *cfg, host *attached, tokend_server **out, char *err, size_t errlen) {
     tokend_server *srv = NULL;
     *out = NULL;
     pthread_once(&server_curl_once, server_curl_init);
@@ -328,12 +355,14 @@ int tokend_server_create(const tokend_config *cfg, tokend_server **out, char *er
         snprintf(err, errlen, "out of memory");
         goto fail;
     }
+    srv->attached = attached;
+    if (attached) srv->cfg.workers = 1;
     log_configure(srv->cfg.log_level, srv->cfg.log_json);
     log_set_secret(srv->cfg.api_key);
     if (url_streaming_endpoints(srv->cfg.streaming_url, &srv->endpoints, err, errlen) != URL_OK) goto fail;
     if (server_policy_init(srv, err, errlen) < 0) goto fail;
     long cores = sysconf(_SC_NPROCESSORS_ONLN);
-    srv->nworkers = cfg->workers > 0 ? cfg->workers : (int)(cores > 0 ? (cores < SERVER_MAX_WORKERS ? cores : SERVER_MAX_WORKERS) : 1);
+    srv->nworkers = srv->cfg.workers > 0 ? srv->cfg.workers : (int)(cores > 0 ? (cores < SERVER_MAX_WORKERS ? cores : SERVER_MAX_WORKERS) : 1);
     srv->workers = calloc((size_t)srv->nworkers, sizeof *srv->workers);
     if (!srv->workers) {
         snprintf(err, errlen, "out of memory");
@@ -378,35 +407,91 @@ fail:
     return TOKEND_ERR;
 }
 
+/* One turn of a worker's loop: wait up to max_wait_ms, do what is due, then reloads and
+ * the reaping of retired hosts. Returns 0, or -1 when the loop failed. */
+static int server_worker_turn(server_worker *w, long max_wait_ms) {
+    tokend_server *srv = w->srv;
+    long wait = http_timeout_ms(w->http);
+    if (max_wait_ms >= 0 && (wait < 0 || wait > max_wait_ms)) wait = max_wait_ms;
+    if (loop_run_once(w->lp, wait) < 0) return -1;
+    http_run(w->http);
+    int gen = atomic_load(&srv->reload_gen);
+    if (gen != w->reload_seen) {
+        w->reload_seen = gen;
+        server_worker_reload(w);
+    }
+    if (w->retired) server_worker_reap(w, 0);
+    return 0;
+}
+
 static void *server_worker_main(void *arg) {
     server_worker *w = arg;
     tokend_server *srv = w->srv;
     while (!atomic_load(&srv->stopping)) {
-        if (loop_run_once(w->lp, http_timeout_ms(w->http)) < 0) {
+        if (server_worker_turn(w, -1) < 0) {
             log_msg(LOG_ERROR, "worker %d: event loop failed: %s", w->id + 1, strerror(errno));
             break;
         }
-        http_run(w->http);
-        int gen = atomic_load(&srv->reload_gen);
-        if (gen != w->reload_seen) {
-            w->reload_seen = gen;
-            server_worker_reload(w);
-        }
-        if (w->retired) server_worker_reap(w, 0);
     }
     /* Drain: stop accepting, let requests in flight finish within the drain time. */
     http_quiesce(w->http);
     uint64_t deadline = loop_now_ms() + (uint64_t)srv->cfg.drain_timeout_s * 1000u;
-    while (http_in_flight(w->http) > 0 && loop_now_ms() < deadline) {
-        long wait = http_timeout_ms(w->http);
-        if (wait < 0 || wait > 100) wait = 100;
-        loop_run_once(w->lp, wait);
-        http_run(w->http);
-    }
+    while (http_in_flight(w->http) > 0 && loop_now_ms() < deadline) server_worker_turn(w, 100);
     if (http_in_flight(w->http) > 0)
         log_msg(LOG_WARN, "worker %d: %zu requests still running after the drain time", w->id + 1,
                 http_in_flight(w->http));
     return NULL;
+}
+
+int tokend_server_route(tokend_server *srv, const char *method, const char *path,
+                        tokend_route_fn *fn, void *ud, char *err, size_t errlen) {
+    host_c_route *r = calloc(1, sizeof *r);
+    host_c_route **v = realloc(srv->c_routes, (srv->n_c_routes + 1) * sizeof *v);
+    if (v) srv->c_routes = v;
+    if (!r || !v || !method || !path || !fn || strlen(method) >= sizeof r->method || !(r->path = strdup(path))) {
+        snprintf(err, errlen, !r || !v ? "out of memory" : "bad route arguments");
+        goto fail;
+    }
+    for (size_t i = 0; method[i]; i++) r->method[i] = (char)toupper((unsigned char)method[i]);
+    r->fn = fn;
+    r->ud = ud;
+    for (int i = 0; i < srv->nworkers; i++) {
+        if (host_add_c_route(srv->workers[i].lua, r, err, errlen) < 0) {
+            if (i == 0) goto fail;      /* bad route: no worker has it */
+            snprintf(err + strlen(err), errlen - strlen(err), " (worker %d)", i + 1);
+            return TOKEND_ERR;
+        }
+    }
+    srv->c_routes[srv->n_c_routes++] = r;
+    return TOKEND_OK;
+fail:
+    if (r) free(r->path);
+    free(r);
+    return TOKEND_ERR;
+}
+
+int tokend_server_fd(const tokend_server *srv) {
+    return srv->nworkers == 1 ? loop_fd(srv->workers[0].lp) : -1;
+}
+
+long tokend_server_timeout_ms(tokend_server *srv) {
+    if (srv->nworkers != 1) return -1;
+    server_worker *w = &srv->workers[0];
+    long a = http_timeout_ms(w->http), b = loop_next_timeout_ms(w->lp);
+    if (a < 0) return b;
+    return b < 0 || a < b ? a : b;
+}
+
+int tokend_server_step(tokend_server *srv, long timeout_ms, char *err, size_t errlen) {
+    if (srv->nworkers != 1) {
+        snprintf(err, errlen, "stepping needs a server with exactly one worker");
+        return TOKEND_ERR;
+    }
+    if (server_worker_turn(&srv->workers[0], timeout_ms < 0 ? 0 : timeout_ms) < 0) {
+        snprintf(err, errlen, "event loop failed: %s", strerror(errno));
+        return TOKEND_ERR;
+    }
+    return TOKEND_OK;
 }
 
 int tokend_server_run(tokend_server *srv, char *err, size_t errlen) {
@@ -454,9 +539,49 @@ void tokend_server_free(tokend_server *srv) {
     if (!srv) return;
     for (int i = 0; srv->workers && i < srv->nworkers; i++) server_worker_free(&srv->workers[i]);
     free(srv->workers);
+    for (size_t i = 0; i < srv->n_c_routes; i++) {
+        free(srv->c_routes[i]->path);
+        free(srv->c_routes[i]);
+    }
+    free(srv->c_routes);
     server_policy_free(srv);
     server_free_strings(&srv->cfg);
     free(srv);
+}
+
+int tokend_mint(const tokend_config *cfg, long expires_in_s, long max_session_s, char *token,
+                size_t token_cap, long *expires_out, int *upstream_status, char *err, size_t errlen) {
+    url_endpoints endpoints;
+    upstream *up = NULL;
+    upstream_result r;
+    char errbuf[800];
+    int rc = TOKEND_ERR;
+    if (upstream_status) *upstream_status = 0;
+    pthread_once(&server_curl_once, server_curl_init);
+    if (expires_in_s < 1 || expires_in_s > 600 || (max_session_s && (max_session_s < 60 || max_session_s > 10800))) {
+        snprintf(err, errlen, "expires_in_seconds must be 1..600 and max_session_duration_seconds 60..10800");
+        return TOKEND_ERR;
+    }
+    if (!cfg->api_key || !*cfg->api_key) {
+        snprintf(err, errlen, "no AssemblyAI API key is configured (ASSEMBLYAI_API_KEY)");
+        return TOKEND_ERR;
+    }
+    if (url_streaming_endpoints(cfg->streaming_url ? cfg->streaming_url : "https://streaming.assemblyai.com",
+                                &endpoints, err, errlen) != URL_OK) return TOKEND_ERR;
+    upstream_options uo = {
+        .token_url = endpoints.token_url, .api_key = cfg->api_key, .ca_file = cfg->ca_file,
+        .timeout_ms = cfg->upstream_timeout_ms, .connect_timeout_ms = cfg->connect_timeout_ms,
+    };
+    if (!(up = upstream_create(NULL, &uo, err, errlen))) return TOKEND_ERR;
+    if (upstream_mint_sync(up, expires_in_s, max_session_s, &r, token, token_cap, errbuf, sizeof errbuf) == 0) {
+        if (expires_out) *expires_out = r.expires_in_seconds;
+        rc = TOKEND_OK;
+    } else {
+        snprintf(err, errlen, "%s", r.error);
+        if (upstream_status) *upstream_status = r.http_status;
+    }
+    upstream_free(up);
+    return rc;
 }
 
 int tokend_script_check(const tokend_config *cfg, char *err, size_t errlen) {

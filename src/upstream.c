@@ -267,7 +267,7 @@ void upstream_free(upstream *up) {
         up->idle = c->next;
         upstream_call_free(c);
     }
-    loop_timer_stop(up->lp, &up->timer);
+    if (up->lp) loop_timer_stop(up->lp, &up->timer);
     if (up->multi) curl_multi_cleanup(up->multi);
     if (up->share) curl_share_cleanup(up->share);
     if (up->headers) {
@@ -282,6 +282,17 @@ void upstream_free(upstream *up) {
     free(up->token_url);
     free(up->ca_file);
     free(up);
+}
+
+/* Points c's handle at the token endpoint with the query for these values. */
+static void upstream_set_url(upstream *up, upstream_call *c, long expires_in_s, long max_session_s) {
+    char url[1024];
+    if (max_session_s > 0)
+        snprintf(url, sizeof url, "%s?expires_in_seconds=%ld&max_session_duration_seconds=%ld",
+                 up->token_url, expires_in_s, max_session_s);
+    else
+        snprintf(url, sizeof url, "%s?expires_in_seconds=%ld", up->token_url, expires_in_s);
+    curl_easy_setopt(c->easy, CURLOPT_URL, url);
 }
 
 /* Starts (or restarts) the transfer of c with timeout_ms left. Returns 0 or -1. */
@@ -299,16 +310,10 @@ static int upstream_start(upstream *up, upstream_call *c, long timeout_ms) {
 
 upstream_call *upstream_mint(upstream *up, long expires_in_s, long max_session_s,
                              upstream_done_fn *done, void *ud) {
-    char url[1024];
     upstream_call *c = up->idle;
     if (c) up->idle = c->next;
     else if (!(c = upstream_call_new(up))) return NULL;
-    if (max_session_s > 0)
-        snprintf(url, sizeof url, "%s?expires_in_seconds=%ld&max_session_duration_seconds=%ld",
-                 up->token_url, expires_in_s, max_session_s);
-    else
-        snprintf(url, sizeof url, "%s?expires_in_seconds=%ld", up->token_url, expires_in_s);
-    curl_easy_setopt(c->easy, CURLOPT_URL, url);
+    upstream_set_url(up, c, expires_in_s, max_session_s);
     c->done = done;
     c->ud = ud;
     c->attempts = 0;
@@ -431,6 +436,48 @@ void upstream_classify(int curl_code, const char *curl_error, long http_status, 
         r->error = errbuf;
     }
     free(reply);
+}
+
+int upstream_mint_sync(upstream *up, long expires_in_s, long max_session_s, upstream_result *r,
+                       char *token, size_t token_cap, char *errbuf, size_t errlen) {
+    upstream_call *c = upstream_call_new(up);
+    if (!c) {
+        memset(r, 0, sizeof *r);
+        snprintf(errbuf, errlen, "out of memory starting the token request");
+        r->error = errbuf;
+        r->kind = "network";
+        r->retry_after = -1;
+        return -1;
+    }
+    upstream_set_url(up, c, expires_in_s, max_session_s);
+    uint64_t start = loop_now_ms();
+    long status = 0;
+    CURLcode code;
+    for (;;) {
+        long left = up->timeout_ms - (long)(loop_now_ms() - start);
+        free(c->body);
+        c->body = NULL;
+        c->body_len = 0;
+        c->retry_after = -1;
+        c->errbuf[0] = '\0';
+        c->attempts++;
+        curl_easy_setopt(c->easy, CURLOPT_TIMEOUT_MS, left > 1 ? left : 1L);
+        code = curl_easy_perform(c->easy);
+        status = 0;
+        curl_easy_getinfo(c->easy, CURLINFO_RESPONSE_CODE, &status);
+        long backoff = UPSTREAM_RETRY_MIN_MS + (long)(rand_r(&up->seed) % (UPSTREAM_RETRY_JITTER_MS + 1));
+        left = up->timeout_ms - (long)(loop_now_ms() - start);
+        if (!(code == CURLE_OK && status >= 500 && c->attempts == 1 && left > backoff + 100)) break;
+        struct timespec ts = { backoff / 1000, (backoff % 1000) * 1000000L };
+        nanosleep(&ts, NULL);
+    }
+    upstream_classify(code, c->errbuf, status, c->body, c->body_len, c->retry_after, up->timeout_ms, up->key,
+                      r, token, token_cap, errbuf, errlen);
+    if (r->token && r->expires_in_seconds <= 0) r->expires_in_seconds = expires_in_s;
+    r->elapsed_ms = (double)(loop_now_ms() - start);
+    r->attempts = c->attempts;
+    upstream_call_free(c);
+    return r->token ? 0 : -1;
 }
 
 static void upstream_drain(upstream *up) {

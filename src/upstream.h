@@ -30,7 +30,8 @@ typedef struct upstream_result {
 
 typedef void upstream_done_fn(void *ud, const upstream_result *r);
 
-/* Creates a client bound to lp. Returns NULL with err set on failure. */
+/* Creates a client bound to lp (NULL for a client used only by upstream_mint_sync).
+ * Returns NULL with err set on failure. */
 upstream *upstream_create(loop *lp, const upstream_options *opts, char *err, size_t errlen);
 
 /* Cancels every call in flight (their callbacks are not called) and frees. NULL allowed. */
@@ -45,6 +46,12 @@ int upstream_has_key(const upstream *up);
  * or NULL when out of memory. */
 upstream_call *upstream_mint(upstream *up, long expires_in_s, long max_session_s,
                              upstream_done_fn *done, void *ud);
+
+/* Asks for a token and blocks until the outcome (same retry and deadline as
+ * upstream_mint). Works without a loop (lp may be NULL at creation). Fills r (strings in
+ * token and errbuf) and returns 0 on success, -1 otherwise. */
+int upstream_mint_sync(upstream *up, long expires_in_s, long max_session_s, upstream_result *r,
+                       char *token, size_t token_cap, char *errbuf, size_t errlen);
 
 /* Cancels a call in flight; its callback will not be called. */
 void upstream_cancel(upstream_call *call);

@@ -1,0 +1,287 @@
+/* luamodule.c: tokend.so, the module for stock Lua 5.4 interpreters: the scripts' API on
+ * the application's own state, blocking token requests, and an embedded server. */
+#define _GNU_SOURCE
+#include <pthread.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <lua.h>
+#include <lauxlib.h>
+#include <curl/curl.h>
+
+#include "luaapi.h"
+#include "luahost.h"
+#include "policy.h"
+#include "server.h"
+#include "url.h"
+
+#define LUAMOD_STATE "tokend.module"
+#define LUAMOD_SERVER "tokend.server"
+
+/* What one require of the module owns; freed when the Lua state closes. */
+typedef struct luamod_state {
+    host *h;
+    upstream *sync_up;
+    policy_buckets *buckets;
+    url_endpoints endpoints;
+    host_info info;
+    char *key, *ca_file;
+    long timeout_ms;
+    struct luamod_server *serving;
+} luamod_state;
+
+typedef struct luamod_server {
+    tokend_server *srv;
+    luamod_state *mod;
+} luamod_server;
+
+static void luamod_curl_init(void) {
+    curl_global_init(CURL_GLOBAL_DEFAULT);
+}
+
+static volatile sig_atomic_t luamod_interrupted;
+static void luamod_on_signal(int sig) {
+    (void)sig;
+    luamod_interrupted = 1;
+}
+
+static void luamod_server_close(luamod_server *s) {
+    if (!s->srv) return;
+    tokend_server_free(s->srv);
+    s->srv = NULL;
+    if (s->mod) s->mod->serving = NULL;
+}
+
+static int luamod_state_gc(lua_State *L) {
+    luamod_state *m = luaL_checkudata(L, 1, LUAMOD_STATE);
+    if (m->serving) luamod_server_close(m->serving);
+    host_free(m->h);
+    upstream_free(m->sync_up);
+    policy_buckets_free(m->buckets);
+    if (m->key) explicit_bzero(m->key, strlen(m->key));
+    free(m->key);
+    free(m->ca_file);
+    m->h = NULL;
+    m->sync_up = NULL;
+    m->buckets = NULL;
+    m->key = m->ca_file = NULL;
+    return 0;
+}
+
+static luamod_server *luamod_check_server(lua_State *L) {
+    luamod_server *s = luaL_checkudata(L, 1, LUAMOD_SERVER);
+    if (!s->srv) luaL_error(L, "the server is closed");
+    return s;
+}
+
+static int luamod_server_gc(lua_State *L) {
+    luamod_server_close(luaL_checkudata(L, 1, LUAMOD_SERVER));
+    return 0;
+}
+
+static int luamod_server_fd(lua_State *L) {
+    lua_pushinteger(L, tokend_server_fd(luamod_check_server(L)->srv));
+    return 1;
+}
+
+static int luamod_server_port(lua_State *L) {
+    lua_pushinteger(L, tokend_server_port(luamod_check_server(L)->srv));
+    return 1;
+}
+
+static int luamod_server_timeout(lua_State *L) {
+    long t = tokend_server_timeout_ms(luamod_check_server(L)->srv);
+    if (t < 0) lua_pushnil(L);
+    else lua_pushinteger(L, t);
+    return 1;
+}
+
+/* server:step([timeout_ms]) -> true | nil, err */
+static int luamod_server_step(lua_State *L) {
+    luamod_server *s = luamod_check_server(L);
+    char err[256];
+    if (tokend_server_step(s->srv, (long)luaL_optinteger(L, 2, 0), err, sizeof err) != TOKEND_OK) {
+        luaL_pushfail(L);
+        lua_pushstring(L, err);
+        return 2;
+    }
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+static int luamod_server_stop(lua_State *L) {
+    tokend_server_stop(luamod_check_server(L)->srv);
+    return 0;
+}
+
+/* server:run(): serves on this thread until server:stop(), SIGINT or SIGTERM. */
+static int luamod_server_run(lua_State *L) {
+    luamod_server *s = luamod_check_server(L);
+    struct sigaction sa, old_int, old_term;
+    char err[256];
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = luamod_on_signal;
+    sigemptyset(&sa.sa_mask);
+    luamod_interrupted = 0;
+    sigaction(SIGINT, &sa, &old_int);
+    sigaction(SIGTERM, &sa, &old_term);
+    int rc = TOKEND_OK;
+    while (s->srv && !server_stopping(s->srv) && !luamod_interrupted && rc == TOKEND_OK)
+        rc = tokend_server_step(s->srv, 500, err, sizeof err);
+    sigaction(SIGINT, &old_int, NULL);
+    sigaction(SIGTERM, &old_term, NULL);
+    if (rc != TOKEND_OK) {
+        luaL_pushfail(L);
+        lua_pushstring(L, err);
+        return 2;
+    }
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+static int luamod_server_close_lua(lua_State *L) {
+    luamod_server_close(luaL_checkudata(L, 1, LUAMOD_SERVER));
+    return 0;
+}
+
+static const char *luamod_opt_string(lua_State *L, const char *name, const char *dflt) {
+    lua_getfield(L, 1, name);
+    const char *v = lua_isnil(L, -1) ? dflt : luaL_checkstring(L, -1);
+    lua_pop(L, 1);     /* the options table keeps it alive */
+    return v;
+}
+
+/* tokend.server{port = 8000, host = "127.0.0.1", script = nil, public = nil} -> server | nil, err */
+static int luamod_server_new(lua_State *L) {
+    luamod_state *m = luaL_checkudata(L, lua_upvalueindex(1), LUAMOD_STATE);
+    char err[1024];
+    luaL_checktype(L, 1, LUA_TTABLE);
+    if (m->serving) return luaL_error(L, "this tokend module is already serving (one server at a time)");
+    lua_getfield(L, 1, "port");
+    lua_Integer port = luaL_optinteger(L, -1, 8000);
+    lua_pop(L, 1);
+    luaL_argcheck(L, port >= 0 && port <= 65535, 1, "port must be 0..65535");
+    const char *hostname = luamod_opt_string(L, "host", "127.0.0.1");
+    const char *script = luamod_opt_string(L, "script", NULL);
+    const char *public_dir = luamod_opt_string(L, "public", NULL);
+    if (script) {       /* the script's routes join the application's, in this state */
+        if (luaL_loadfilex(L, script, "t") != LUA_OK) return lua_error(L);
+        lua_call(L, 0, 0);
+    }
+    if (public_dir) {   /* the public folder is the fallback, after every route */
+        lua_getfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
+        lua_getfield(L, -1, "tokend");
+        lua_getfield(L, -1, "static");
+        lua_pushliteral(L, "/");
+        lua_pushstring(L, public_dir);
+        lua_call(L, 2, 0);
+        lua_pop(L, 2);
+    }
+    tokend_config cfg;
+    tokend_config_init(&cfg);
+    cfg.port = (int)port;
+    cfg.host = hostname;
+    cfg.script = "(embedded)";
+    cfg.public_dir = public_dir ? public_dir : "";
+    cfg.api_key = m->key;
+    cfg.streaming_url = m->endpoints.base;
+    cfg.ca_file = m->ca_file;
+    cfg.upstream_timeout_ms = m->timeout_ms;
+    cfg.workers = 1;
+    luamod_server *s = lua_newuserdatauv(L, sizeof *s, 0);
+    s->srv = NULL;
+    s->mod = m;
+    luaL_setmetatable(L, LUAMOD_SERVER);
+    if (server_create_attached(&cfg, m->h, &s->srv, err, sizeof err) != TOKEND_OK) {
+        luaL_pushfail(L);
+        lua_pushstring(L, err);
+        return 2;
+    }
+    m->serving = s;
+    return 1;
+}
+
+/* tokend.serve{...}: tokend.server{...}, then run until stopped; returns true or nil, err. */
+static int luamod_serve(lua_State *L) {
+    lua_pushvalue(L, lua_upvalueindex(1));
+    lua_pushcclosure(L, luamod_server_new, 1);
+    lua_pushvalue(L, 1);
+    lua_call(L, 1, 2);
+    if (lua_isnil(L, -2)) return 2;
+    lua_pop(L, 1);
+    lua_insert(L, 1);
+    lua_settop(L, 1);
+    int n = luamod_server_run(L);
+    lua_pushcfunction(L, luamod_server_close_lua);
+    lua_pushvalue(L, 1);
+    lua_call(L, 1, 0);
+    return n;
+}
+
+static char *luamod_env(const char *name) {
+    const char *v = getenv(name);
+    return v && *v ? strdup(v) : NULL;
+}
+
+TOKEND_API int luaopen_tokend(lua_State *L) {
+    static pthread_once_t once = PTHREAD_ONCE_INIT;
+    static const luaL_Reg server_methods[] = {
+        { "fd", luamod_server_fd }, { "timeout", luamod_server_timeout }, { "step", luamod_server_step },
+        { "run", luamod_server_run }, { "stop", luamod_server_stop }, { "port", luamod_server_port },
+        { "close", luamod_server_close_lua }, { NULL, NULL },
+    };
+    char err[512];
+    pthread_once(&once, luamod_curl_init);
+    luaL_newmetatable(L, LUAMOD_STATE);
+    lua_pushcfunction(L, luamod_state_gc);
+    lua_setfield(L, -2, "__gc");
+    lua_pop(L, 1);
+    if (luaL_newmetatable(L, LUAMOD_SERVER)) {
+        lua_newtable(L);
+        luaL_setfuncs(L, server_methods, 0);
+        lua_setfield(L, -2, "__index");
+        lua_pushcfunction(L, luamod_server_gc);
+        lua_setfield(L, -2, "__gc");
+    }
+    lua_pop(L, 1);
+
+    luamod_state *m = lua_newuserdatauv(L, sizeof *m, 0);
+    memset(m, 0, sizeof *m);
+    luaL_setmetatable(L, LUAMOD_STATE);
+    lua_pushvalue(L, -1);
+    luaL_ref(L, LUA_REGISTRYINDEX);     /* lives as long as the state */
+
+    /* Settings from the environment; the key stays in C memory, never in Lua. */
+    m->key = luamod_env("ASSEMBLYAI_API_KEY");
+    m->ca_file = luamod_env("CURL_CA_BUNDLE");
+    const char *url = getenv("ASSEMBLYAI_STREAMING_URL");
+    const char *timeout = getenv("TOKEND_UPSTREAM_TIMEOUT_MS");
+    m->timeout_ms = timeout ? atol(timeout) : 10000;
+    if (m->timeout_ms <= 0) m->timeout_ms = 10000;
+    if (url_streaming_endpoints(url && *url ? url : "https://streaming.assemblyai.com", &m->endpoints, err, sizeof err) != URL_OK)
+        return luaL_error(L, "tokend: ASSEMBLYAI_STREAMING_URL: %s", err);
+    upstream_options uo = {
+        .token_url = m->endpoints.token_url, .api_key = m->key, .ca_file = m->ca_file,
+        .timeout_ms = m->timeout_ms, .connect_timeout_ms = 5000,
+    };
+    if (!(m->sync_up = upstream_create(NULL, &uo, err, sizeof err))) return luaL_error(L, "tokend: %s", err);
+    if (!(m->buckets = policy_buckets_create(100000))) return luaL_error(L, "tokend: out of memory");
+    m->info = (host_info){
+        .host = "", .port = 0, .script = "(embedded)", .public_dir = "",
+        .streaming_url = m->endpoints.base, .token_url = m->endpoints.token_url,
+        .websocket_url = m->endpoints.websocket_url, .workers = 1, .worker = 1,
+        .api_key_configured = m->key != NULL,
+    };
+    host_options ho = { .up = m->sync_up, .info = &m->info, .buckets = m->buckets };
+    if (host_attach(L, &ho, &m->h, err, sizeof err) < 0) return luaL_error(L, "tokend: %s", err);
+
+    lapi_push_module(L, m->h);
+    lua_pushvalue(L, -2);
+    lua_pushcclosure(L, luamod_server_new, 1);
+    lua_setfield(L, -2, "server");
+    lua_pushvalue(L, -2);
+    lua_pushcclosure(L, luamod_serve, 1);
+    lua_setfield(L, -2, "serve");
+    return 1;
+}
