@@ -131,3 +131,37 @@ class Rockspec(TokendTestCase):
         out = subprocess.run(["lua5.4", "-e", 'print(require("tokend").version)'], env=env,
                              capture_output=True, text=True)
         self.assertEqual(out.stdout.strip(), "0.1.0", out.stderr)
+
+
+@unittest.skipIf(SANITIZED, "the plain build runs this test")
+class Serve(TokendTestCase):
+    def test_serve_runs_until_sigterm(self):
+        prefix = os.path.join(BUILD, "test-install")
+        if not os.path.exists(prefix):
+            subprocess.run(["cmake", "--install", BUILD, "--prefix", prefix], check=True, capture_output=True)
+        self.write("site/index.html", "served by tokend.serve")
+        code = ('local tokend = require "tokend"\n'
+                'tokend.route("GET", "/who", function() return 200, "lua app" end)\n'
+                'io.stdout:write("ready\\n"); io.stdout:flush()\n'
+                'print(tokend.serve{ port = tonumber(arg[1]), public = arg[2] })\n')
+        script = self.write("serve.lua", code)
+        from harness import free_port
+        port = free_port()
+        env = {**os.environ, "LUA_CPATH": os.path.join(prefix, "lib", "lua", "5.4", "?.so")}
+        p = subprocess.Popen(["lua5.4", script, str(port), os.path.join(self.workdir, "site")], env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        self.addCleanup(lambda: (p.poll() is None and p.kill(), p.wait()))
+        self.assertEqual(read_line(p, 10), "ready")
+        import time
+        for _ in range(50):
+            try:
+                r = request(port, "/who")
+                break
+            except OSError:
+                time.sleep(0.1)
+        self.assertEqual(r.body, b"lua app")
+        self.assertEqual(request(port, "/").body, b"served by tokend.serve")
+        p.send_signal(signal.SIGTERM)
+        out, err = p.communicate(timeout=10)
+        self.assertEqual(p.returncode, 0, err)
+        self.assertEqual(out.decode().strip(), "true")
