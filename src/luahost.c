@@ -603,7 +603,7 @@ static int host_build_response(lua_State *L) {
                                   luaL_typename(L, -2), luaL_typename(L, -1));
             const char *name = lua_tostring(L, -2), *value = lua_tostring(L, -1);
             if (http_response_header(hr->resp, name, value) < 0)
-                return luaL_error(L, "response header \"%s\" has a bad name or value", name);
+                return luaL_error(L, "response header \"%s\" has a bad name or value (or no memory was left)", name);
             if (strcasecmp(name, "Content-Type") == 0) custom_type = 1;
             lua_pop(L, 1);
         }

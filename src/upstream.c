@@ -34,11 +34,13 @@ struct upstream_call {
     long expires_in_s;
     int attempts;                   /* transfers started for this call */
     loop_timer retry_timer;         /* armed while waiting to retry */
+    loop_timer watchdog;            /* our own deadline, in case curl loses its timeout */
     char errbuf[CURL_ERROR_SIZE];
     upstream_call *prev, *next;     /* active list, or free list (next only) */
 };
 
 #define UPSTREAM_RETRY_MIN_MS 100     /* back-off before the one retry of a 5xx: 100..300 ms */
+#define UPSTREAM_WATCHDOG_SLACK_MS 1000   /* past the deadline, the watchdog ends the call */
 #define UPSTREAM_RETRY_JITTER_MS 200
 
 struct upstream {
@@ -71,6 +73,7 @@ void upstream_totals(long *connections_opened, long *calls) {
 }
 
 static void upstream_drain(upstream *up);
+static void upstream_on_watchdog(void *ud);
 
 static void upstream_on_fd(void *ud, int fd, unsigned events) {
     upstream *up = ud;
@@ -106,7 +109,10 @@ static int upstream_on_timer_change(CURLM *multi, long timeout_ms, void *userp) 
     upstream *up = userp;
     (void)multi;
     if (timeout_ms < 0) loop_timer_stop(up->lp, &up->timer);
-    else if (loop_timer_start(up->lp, &up->timer, timeout_ms, upstream_on_timeout, up) < 0) return -1;
+    else if (loop_timer_start(up->lp, &up->timer, timeout_ms, upstream_on_timeout, up) < 0) {
+        log_msg(LOG_ERROR, "upstream: cannot arm curl's timer");
+        return -1;
+    }
     return 0;
 }
 
@@ -259,6 +265,7 @@ void upstream_free(upstream *up) {
         upstream_call *c = up->active;
         upstream_unlink(up, c);
         loop_timer_stop(up->lp, &c->retry_timer);
+        loop_timer_stop(up->lp, &c->watchdog);
         curl_multi_remove_handle(up->multi, c->easy);
         upstream_call_free(c);
     }
@@ -327,7 +334,33 @@ upstream_call *upstream_mint(upstream *up, long expires_in_s, long max_session_s
     c->next = up->active;
     if (up->active) up->active->prev = c;
     up->active = c;
+    loop_timer_start(up->lp, &c->watchdog, up->timeout_ms + UPSTREAM_WATCHDOG_SLACK_MS, upstream_on_watchdog, c);
     return c;
+}
+
+/* Reports a call that never got an outcome from curl as a timeout. Its handle is not
+ * reused: curl's state for it cannot be trusted. */
+static void upstream_on_watchdog(void *ud) {
+    upstream_call *c = ud;
+    upstream *up = c->up;
+    upstream_result r;
+    char errbuf[200];
+    log_msg(LOG_WARN, "upstream: a token request outlived its %ld ms deadline; cancelled", up->timeout_ms);
+    upstream_unlink(up, c);
+    loop_timer_stop(up->lp, &c->retry_timer);
+    curl_multi_remove_handle(up->multi, c->easy);
+    memset(&r, 0, sizeof r);
+    snprintf(errbuf, sizeof errbuf, "the upstream did not answer within %ld ms", up->timeout_ms);
+    r.error = errbuf;
+    r.kind = "timeout";
+    r.retry_after = -1;
+    r.elapsed_ms = (double)(loop_now_ms() - c->start_ms);
+    r.attempts = c->attempts;
+    metrics_upstream(r.kind, r.elapsed_ms);
+    upstream_done_fn *done = c->done;
+    void *cud = c->ud;
+    upstream_call_free(c);
+    done(cud, &r);
 }
 
 /* The back-off of a retry is over: send the request again with the time that is left. */
@@ -349,6 +382,7 @@ static void upstream_on_retry(void *ud) {
         metrics_upstream(r.token ? NULL : r.kind, r.elapsed_ms);
         upstream_done_fn *done = c->done;
         void *cud = c->ud;
+        loop_timer_stop(up->lp, &c->watchdog);
         upstream_unlink(up, c);
         upstream_release(up, c);
         done(cud, &r);
@@ -359,6 +393,7 @@ void upstream_cancel(upstream_call *c) {
     upstream *up = c->up;
     upstream_unlink(up, c);
     loop_timer_stop(up->lp, &c->retry_timer);
+    loop_timer_stop(up->lp, &c->watchdog);
     curl_multi_remove_handle(up->multi, c->easy);
     upstream_release(up, c);
 }
@@ -505,6 +540,7 @@ static void upstream_drain(upstream *up) {
             continue;
         }
         atomic_fetch_add(&upstream_calls_total, 1);
+        loop_timer_stop(up->lp, &c->watchdog);
         upstream_unlink(up, c);
         upstream_result r;
         upstream_classify(code, c->errbuf, status, c->body, c->body_len, c->retry_after, up->timeout_ms,
