@@ -3,12 +3,15 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <unistd.h>
+#include <linux/openat2.h>
 #include <microhttpd.h>
 
 #include "static.h"
@@ -18,6 +21,7 @@ typedef struct static_mount_entry {
     size_t prefix_len;
     char *root;         /* realpath of the folder */
     size_t root_len;
+    int root_fd;        /* the folder, for openat2 lookups confined beneath it */
 } static_mount_entry;
 
 struct static_mounts {
@@ -34,6 +38,7 @@ void static_free(static_mounts *m) {
     for (size_t i = 0; i < m->len; i++) {
         free(m->v[i].prefix);
         free(m->v[i].root);
+        if (m->v[i].root_fd >= 0) close(m->v[i].root_fd);
     }
     free(m->v);
     free(m);
@@ -61,7 +66,8 @@ int static_mount(static_mounts *m, const char *prefix, const char *dir, char *er
         goto fail;
     }
     m->v = v;
-    m->v[m->len++] = (static_mount_entry){ pfx, plen, root, strlen(root) };
+    m->v[m->len++] = (static_mount_entry){ pfx, plen, root, strlen(root),
+                                            open(root, O_PATH | O_DIRECTORY | O_CLOEXEC) };
     return 0;
 fail:
     free(root);
@@ -144,11 +150,37 @@ static void static_redirect_slash(http_request *req) {
     http_request_respond(req, 301, resp, 0);
 }
 
+/* Opens clean (relative to the mount) for reading without leaving the root: one openat2
+ * call with RESOLVE_BENEATH where the kernel has it; otherwise, and for absolute links
+ * that the kernel refuses, a realpath check. full gets a name for the MIME type. Returns
+ * the descriptor or -errno (-EXDEV: the path leads outside the root). */
+static int static_open_beneath(const static_mount_entry *e, const char *clean, char *full, size_t fullcap) {
+    static atomic_int no_openat2;   /* set once when the kernel lacks openat2 */
+    int n = snprintf(full, fullcap, "%s/%s", e->root, clean);
+    if (n < 0 || (size_t)n >= fullcap) return -ENAMETOOLONG;
+    if (!no_openat2 && e->root_fd >= 0) {
+        struct open_how how = { .flags = O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK,
+                                .resolve = RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS };
+        long fd = syscall(SYS_openat2, e->root_fd, *clean ? clean : ".", &how, sizeof how);
+        if (fd >= 0) return (int)fd;
+        if (errno == ENOSYS) no_openat2 = 1;
+        else if (errno != EXDEV && errno != ELOOP) return -errno;
+    }
+    char *real = realpath(full, NULL);
+    int rc;
+    if (!real) rc = -errno;
+    else if (strncmp(real, e->root, e->root_len) != 0 || (real[e->root_len] != '\0' && real[e->root_len] != '/'))
+        rc = -EXDEV;
+    else if ((rc = open(real, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK)) < 0)
+        rc = -errno;
+    free(real);
+    return rc;
+}
+
 int static_serve(const static_mounts *m, http_request *req) {
     const char *rest = NULL;
     const static_mount_entry *e = static_find(m, req->path, &rest);
     char clean[PATH_MAX], full[PATH_MAX + 16];
-    char *real = NULL;
     int fd = -1;
     struct stat st;
     if (!e) return 0;
@@ -162,20 +194,16 @@ int static_serve(const static_mounts *m, http_request *req) {
         else http_request_fail(req, 400, "bad path");
         goto out;
     }
-    int n = snprintf(full, sizeof full, "%s/%s", e->root, clean);
-    if (n < 0 || (size_t)n >= sizeof full) {
-        http_request_fail(req, 400, "bad path");
+    fd = static_open_beneath(e, clean, full, sizeof full);
+    if (fd < 0) {
+        int missing = fd == -ENOENT || fd == -ENOTDIR || fd == -EXDEV || fd == -ELOOP || fd == -ENAMETOOLONG;
+        if (fd == -EACCES) http_request_fail(req, 403, "forbidden");
+        else if (missing) http_request_fail(req, 404, "not found");   /* or a link leading outside */
+        else http_request_fail(req, 400, "bad path");
         goto out;
     }
-    real = realpath(full, NULL);
-    if (!real || strncmp(real, e->root, e->root_len) != 0 ||
-        (real[e->root_len] != '\0' && real[e->root_len] != '/')) {
-        http_request_fail(req, 404, "not found");   /* missing, or a link leading outside the root */
-        goto out;
-    }
-    fd = open(real, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
-    if (fd < 0 || fstat(fd, &st) < 0) {
-        http_request_fail(req, errno == EACCES ? 403 : 404, errno == EACCES ? "forbidden" : "not found");
+    if (fstat(fd, &st) < 0) {
+        http_request_fail(req, 404, "not found");
         goto out;
     }
     if (S_ISDIR(st.st_mode)) {
@@ -209,6 +237,5 @@ int static_serve(const static_mounts *m, http_request *req) {
     http_request_respond(req, 200, resp, (unsigned long long)st.st_size);
 out:
     if (fd >= 0) close(fd);
-    free(real);
     return 1;
 }
