@@ -311,12 +311,13 @@ int policy_proxies_parse(const char *spec, policy_proxies **out, char *err, size
     for (const char *s = spec ? spec : ""; *s;) {
         while (*s == ',' || *s == ' ' || *s == '\t') s++;
         if (!*s) break;
+        const char *start = s;
         size_t n = strcspn(s, ", \t");
         char item[80];
-        if (n >= sizeof item) goto bad_long;
-        memcpy(item, s, n);
-        item[n] = '\0';
         s += n;
+        if (n >= sizeof item) goto bad_long;
+        memcpy(item, start, n);
+        item[n] = '\0';
         policy_net net = { 0 };
         char *slash = strchr(item, '/');
         if (slash) *slash = '\0';
@@ -335,10 +336,9 @@ int policy_proxies_parse(const char *spec, policy_proxies **out, char *err, size
         p->nets[p->len++] = net;
         continue;
     bad:
-        if (slash) *slash = '/';
     bad_long:
         snprintf(err, errlen, "trusted proxy \"%.*s\" is not an IP address or CIDR network", (int)(n < 60 ? n : 60),
-                 s - n);
+                 start);
         policy_proxies_free(p);
         return -1;
     }

@@ -79,7 +79,8 @@ static void test_proxies(void) {
         CHECK_STR(out, cases[i].client, cases[i].xff ? cases[i].xff : "(none)");
     }
     policy_proxies_free(p);
-    static const char *bad[] = { "localhost", "10.0.0.0/33", "1.2.3", "::1/129", "10.0.0.0/" };
+    static const char *bad[] = { "localhost", "10.0.0.0/33", "1.2.3", "::1/129", "10.0.0.0/",
+                                 "10.0.0.1, aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa" };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         err[0] = '\0';
         CHECK(policy_proxies_parse(bad[i], &p, err, sizeof err) < 0 && strstr(err, "not an IP address"), "%s: %s", bad[i], err);
