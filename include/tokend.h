@@ -2,8 +2,9 @@
  *
  * tokend mints short-lived AssemblyAI Universal-Streaming tokens for browsers and
  * serves a scripted HTTP front (routes, policies, static files) written in Lua 5.4.
- * Every function returns TOKEND_OK or TOKEND_ERR and writes a message into the
- * caller's error buffer; the library never prints to stdout or exits.
+ * Functions that can fail return TOKEND_OK or TOKEND_ERR and write a message into the
+ * caller's error buffer; the library never prints to stdout or exits (log lines go to
+ * stderr, or to the sink set with tokend_set_log_sink()).
  */
 #ifndef TOKEND_H
 #define TOKEND_H
