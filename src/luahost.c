@@ -41,6 +41,7 @@ struct host {
     size_t running;
     struct host_request *live;  /* requests whose handler has not finished */
     int attached;               /* runs on an application's state (the Lua module) */
+    int requests_ref;           /* attached: registry table, coroutine -> its request */
     upstream *sync_up;          /* attached: mints blocking outside requests */
 };
 
@@ -220,6 +221,10 @@ static int host_init_refs(lua_State *L) {
     lua_getfield(L, -1, "encode");
     h->encode_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     lua_pop(L, 1);
+    if (h->attached) {
+        lua_newtable(L);
+        h->requests_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    }
     return 0;
 }
 
@@ -349,6 +354,7 @@ void host_free(host *h) {
         luaL_unref(h->L, LUA_REGISTRYINDEX, h->runner_ref);
         luaL_unref(h->L, LUA_REGISTRYINDEX, h->befores_ref);
         luaL_unref(h->L, LUA_REGISTRYINDEX, h->encode_ref);
+        luaL_unref(h->L, LUA_REGISTRYINDEX, h->requests_ref);
     } else if (h->L) {
         lua_close(h->L);
     }
@@ -372,7 +378,7 @@ int host_attach(lua_State *L, const host_options *o, host **out, char *err, size
     h->up = h->sync_up = o->up;
     h->buckets = o->buckets;
     h->info = o->info;
-    h->befores_ref = h->runner_ref = h->encode_ref = LUA_NOREF;
+    h->befores_ref = h->runner_ref = h->encode_ref = h->requests_ref = LUA_NOREF;
     if (host_protected(L, host_init_refs, h, 0) != LUA_OK) {
         snprintf(err, errlen, "cannot set up tokend: %s", host_error_text(L, -1));
         lua_pop(L, 1);
@@ -417,6 +423,13 @@ void host_add_before(host *h, lua_State *L, int idx) {
 
 static void host_request_done(host_request *hr) {
     host *h = hr->h;
+    if (h->attached && hr->co_ref != LUA_NOREF) {
+        lua_rawgeti(h->L, LUA_REGISTRYINDEX, h->requests_ref);
+        lua_rawgeti(h->L, LUA_REGISTRYINDEX, hr->co_ref);
+        lua_pushnil(h->L);
+        lua_rawset(h->L, -3);
+        lua_pop(h->L, 1);
+    }
     if (hr->prev) hr->prev->next = hr->next;
     else h->live = hr->next;
     if (hr->next) hr->next->prev = hr->prev;
@@ -530,6 +543,13 @@ static int host_start(lua_State *L) {
     lua_State *co = lua_newthread(L);
     *(host_request **)lua_getextraspace(co) = hr;
     lua_sethook(co, host_count_hook, LUA_MASKCOUNT, HOST_HOOK_STEP);
+    if (h->attached) {      /* an application's threads may carry anything in their extra space */
+        lua_rawgeti(L, LUA_REGISTRYINDEX, h->requests_ref);
+        lua_pushvalue(L, -2);
+        lua_pushlightuserdata(L, hr);
+        lua_rawset(L, -3);
+        lua_pop(L, 1);
+    }
     hr->co_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     hr->co = co;
     lua_rawgeti(L, LUA_REGISTRYINDEX, h->runner_ref);
@@ -768,9 +788,23 @@ static void host_on_token(void *ud, const upstream_result *r) {
     host_resume(hr, n);
 }
 
+/* The request whose coroutine L is, or NULL. */
+static host_request *host_request_of(host *h, lua_State *L) {
+    if (!h->attached) {
+        host_request *hr = *(host_request **)lua_getextraspace(L);   /* zeroed in our own state */
+        return hr && hr->co == L ? hr : NULL;
+    }
+    lua_rawgeti(L, LUA_REGISTRYINDEX, h->requests_ref);
+    lua_pushthread(L);
+    lua_rawget(L, -2);
+    host_request *hr = lua_touserdata(L, -1);
+    lua_pop(L, 2);
+    return hr;
+}
+
 int host_await_token(host *h, lua_State *L, long expires_in_s, long max_session_s) {
-    host_request *hr = *(host_request **)lua_getextraspace(L);
-    int in_request = hr && hr->co == L && hr->h == h;
+    host_request *hr = host_request_of(h, L);
+    int in_request = hr != NULL;
     if (!in_request && h->attached && h->sync_up) {
         /* The Lua module outside a request: the application waits for the answer. */
         char token[JSON_TOKEN_MAX], errbuf[800];

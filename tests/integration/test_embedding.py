@@ -102,13 +102,16 @@ class Embedding(TokendTestCase):
                 'local t, err, status, failure = tokend.generate_temp_token(10)\n'
                 'print(t, status, failure.kind, type(err))\n'
                 'print(pcall(tokend.generate_temp_token, 0))\n'
-                'print(tokend.config.api_key, tokend.config.api_key_configured)\n')
+                'print(tokend.config.api_key, tokend.config.api_key_configured)\n'
+                'local co = coroutine.wrap(function() return select(3, tokend.generate_temp_token(10)) end)\n'
+                'print("in an application coroutine", co())\n')
         out = subprocess.run(["lua5.4", "-e", code], env=env, capture_output=True, text=True, timeout=20)
         self.assertEqual(out.returncode, 0, out.stderr)
         lines = out.stdout.splitlines()
         self.assertEqual(lines[0], "nil\t401\tunauthorized\tstring")
         self.assertIn("between 1 and 600", lines[1])
         self.assertEqual(lines[2], "nil\ttrue")
+        self.assertEqual(lines[3], "in an application coroutine\t401", "blocks there too, no yield, no crash")
 
 
 if __name__ == "__main__":
