@@ -103,7 +103,7 @@ class Embedding(TokendTestCase):
                 'print(t, status, failure.kind, type(err))\n'
                 'print(pcall(tokend.generate_temp_token, 0))\n'
                 'print(tokend.config.api_key, tokend.config.api_key_configured)\n'
-                'local co = coroutine.wrap(function() return select(3, tokend.generate_temp_token(10)) end)\n'
+                'local co = coroutine.wrap(function() return (select(3, tokend.generate_temp_token(10))) end)\n'
                 'print("in an application coroutine", co())\n')
         out = subprocess.run(["lua5.4", "-e", code], env=env, capture_output=True, text=True, timeout=20)
         self.assertEqual(out.returncode, 0, out.stderr)
