@@ -97,17 +97,22 @@ static int luamod_server_timeout(lua_State *L) {
     return 1;
 }
 
-/* server:step([timeout_ms]) -> true | nil, err */
-static int luamod_server_step(lua_State *L) {
-    luamod_server *s = luamod_check_server(L);
-    char err[256];
-    if (tokend_server_step(s->srv, (long)luaL_optinteger(L, 2, 0), err, sizeof err) != TOKEND_OK) {
+/* Returns true, or nil and err, as Lua functions report runtime failures. */
+static int luamod_result(lua_State *L, int rc, const char *err) {
+    if (rc != TOKEND_OK) {
         luaL_pushfail(L);
         lua_pushstring(L, err);
         return 2;
     }
     lua_pushboolean(L, 1);
     return 1;
+}
+
+/* server:step([timeout_ms]) -> true | nil, err */
+static int luamod_server_step(lua_State *L) {
+    luamod_server *s = luamod_check_server(L);
+    char err[256];
+    return luamod_result(L, tokend_server_step(s->srv, (long)luaL_optinteger(L, 2, 0), err, sizeof err), err);
 }
 
 static int luamod_server_stop(lua_State *L) {
@@ -127,17 +132,12 @@ static int luamod_server_run(lua_State *L) {
     sigaction(SIGINT, &sa, &old_int);
     sigaction(SIGTERM, &sa, &old_term);
     int rc = TOKEND_OK;
+    err[0] = '\0';
     while (s->srv && !server_stopping(s->srv) && !luamod_interrupted && rc == TOKEND_OK)
         rc = tokend_server_step(s->srv, 500, err, sizeof err);
     sigaction(SIGINT, &old_int, NULL);
     sigaction(SIGTERM, &old_term, NULL);
-    if (rc != TOKEND_OK) {
-        luaL_pushfail(L);
-        lua_pushstring(L, err);
-        return 2;
-    }
-    lua_pushboolean(L, 1);
-    return 1;
+    return luamod_result(L, rc, err);
 }
 
 static int luamod_server_close_lua(lua_State *L) {
