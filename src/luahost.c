@@ -731,15 +731,10 @@ void host_dispatch(void *ud, http_request *req) {
 
 /* ---- awaiting the upstream ---- */
 
-typedef struct host_token_outcome {
-    host_request *hr;
-    const upstream_result *r;
-} host_token_outcome;
-
-/* Pushes generate_temp_token's results for an upstream outcome (protected). */
+/* Pushes generate_temp_token's results for an upstream outcome (protected; argument 1 is
+ * the upstream_result). */
 static int host_push_token_results(lua_State *L) {
-    host_token_outcome *t = lua_touserdata(L, 1);
-    const upstream_result *r = t->r;
+    const upstream_result *r = lua_touserdata(L, 1);
     lua_settop(L, 0);
     if (r->token) {
         lua_pushstring(L, r->token);
@@ -765,14 +760,13 @@ static int host_push_token_results(lua_State *L) {
 static void host_on_token(void *ud, const upstream_result *r) {
     host_request *hr = ud;
     lua_State *L = hr->h->L;
-    host_token_outcome t = { hr, r };
     hr->call = NULL;
     hr->req->upstream_ms = (hr->req->upstream_ms < 0 ? 0 : hr->req->upstream_ms) + r->elapsed_ms;
     if (r->token) log_msg(LOG_DEBUG, "token minted in %.1f ms", r->elapsed_ms);
     else log_msg(LOG_WARN, "%s %s: token request failed (%s): %s", hr->req->method, hr->req->path, r->kind, r->error);
     int top = lua_gettop(L);
     lua_pushcfunction(L, host_push_token_results);
-    lua_pushlightuserdata(L, &t);
+    lua_pushlightuserdata(L, (void *)r);
     if (lua_pcall(L, 1, LUA_MULTRET, 0) != LUA_OK) {
         lua_settop(L, top);
         host_fail(hr, "out of memory while returning the token");
@@ -809,12 +803,11 @@ int host_await_token(host *h, lua_State *L, long expires_in_s, long max_session_
         /* The Lua module outside a request: the application waits for the answer. */
         char token[JSON_TOKEN_MAX], errbuf[800];
         upstream_result r;
-        host_token_outcome t = { NULL, &r };
         upstream_mint_sync(h->sync_up, expires_in_s, max_session_s, &r, token, sizeof token, errbuf, sizeof errbuf);
         metrics_upstream(r.token ? NULL : r.kind, r.elapsed_ms);
         int top = lua_gettop(L);
         lua_pushcfunction(L, host_push_token_results);
-        lua_pushlightuserdata(L, &t);
+        lua_pushlightuserdata(L, &r);
         lua_call(L, 1, LUA_MULTRET);
         explicit_bzero(token, sizeof token);
         return lua_gettop(L) - top;

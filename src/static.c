@@ -89,10 +89,6 @@ static const static_mount_entry *static_find(const static_mounts *m, const char 
     return best;
 }
 
-int static_covers(const static_mounts *m, const char *path) {
-    return static_find(m, path, NULL) != NULL;
-}
-
 int static_clean_path(const char *rel, char *out, size_t outcap) {
     size_t o = 0;
     const char *p = rel;

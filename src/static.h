@@ -20,9 +20,6 @@ void static_free(static_mounts *m);
  * folder, out of memory). */
 int static_mount(static_mounts *m, const char *prefix, const char *dir, char *err, size_t errlen);
 
-/* Returns 1 when some mount covers path. */
-int static_covers(const static_mounts *m, const char *path);
-
 /* Cleans a decoded path relative to a mount: drops empty segments, refuses "." and ".."
  * (STATIC_BAD_PATH), backslashes and NUL (STATIC_BAD_PATH), and dot-names
  * (STATIC_HIDDEN). Writes "a/b/c" (no leading slash, "" for the root) into out. */

@@ -55,16 +55,11 @@ struct upstream {
     long timeout_ms, connect_timeout_ms;
     upstream_call *active;
     upstream_call *idle;            /* finished calls kept with their easy handle for reuse */
-    long connections_opened;
     unsigned int seed;              /* for the retry jitter */
 };
 
 int upstream_has_key(const upstream *up) {
     return up->key != NULL;
-}
-
-long upstream_connections_opened(const upstream *up) {
-    return up->connections_opened;
 }
 
 void upstream_totals(long *connections_opened, long *calls) {
@@ -389,15 +384,6 @@ static void upstream_on_retry(void *ud) {
     }
 }
 
-void upstream_cancel(upstream_call *c) {
-    upstream *up = c->up;
-    upstream_unlink(up, c);
-    loop_timer_stop(up->lp, &c->retry_timer);
-    loop_timer_stop(up->lp, &c->watchdog);
-    curl_multi_remove_handle(up->multi, c->easy);
-    upstream_release(up, c);
-}
-
 static const char *upstream_tls_or_connect(int code) {
     switch (code) {
     case CURLE_COULDNT_RESOLVE_HOST: case CURLE_COULDNT_CONNECT: case CURLE_COULDNT_RESOLVE_PROXY:
@@ -528,7 +514,6 @@ static void upstream_drain(upstream *up) {
         curl_easy_getinfo(easy, CURLINFO_PRIVATE, (char **)&c);
         curl_easy_getinfo(easy, CURLINFO_RESPONSE_CODE, &status);
         curl_easy_getinfo(easy, CURLINFO_NUM_CONNECTS, &connects);
-        up->connections_opened += connects;
         atomic_fetch_add(&upstream_opened_total, connects);
         curl_multi_remove_handle(up->multi, easy);
         /* A 5xx is retried once, after a jittered back-off, if the deadline leaves room. */

@@ -53,12 +53,6 @@ upstream_call *upstream_mint(upstream *up, long expires_in_s, long max_session_s
 int upstream_mint_sync(upstream *up, long expires_in_s, long max_session_s, upstream_result *r,
                        char *token, size_t token_cap, char *errbuf, size_t errlen);
 
-/* Cancels a call in flight; its callback will not be called. */
-void upstream_cancel(upstream_call *call);
-
-/* Upstream connections opened so far by this client (for keep-alive accounting). */
-long upstream_connections_opened(const upstream *up);
-
 /* Connections opened and calls finished by every client of the process. */
 void upstream_totals(long *connections_opened, long *calls);
 
