@@ -31,6 +31,8 @@ uint64_t loop_now_ms(void) {
     return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
 }
 
+static int loop_grow_slots(loop *lp, int fd);
+
 loop *loop_create(void) {
     loop *lp = calloc(1, sizeof *lp);
     if (!lp) return NULL;
@@ -39,6 +41,9 @@ loop *loop_create(void) {
     if (lp->epfd < 0 || lp->wakefd < 0) goto fail;
     struct epoll_event ev = { .events = EPOLLIN, .data.fd = -1 };
     if (epoll_ctl(lp->epfd, EPOLL_CTL_ADD, lp->wakefd, &ev) < 0) goto fail;
+    /* Room for the first thousand descriptors now, so that watching a socket rarely has
+     * to allocate while serving. */
+    if (loop_grow_slots(lp, 1023) < 0) goto fail;
     return lp;
 fail:
     loop_free(lp);

@@ -86,10 +86,11 @@ static int upstream_on_socket(CURL *easy, curl_socket_t s, int what, void *userp
     (void)socketp;
     if (what == CURL_POLL_IN || what == CURL_POLL_INOUT) ev |= LOOP_READ;
     if (what == CURL_POLL_OUT || what == CURL_POLL_INOUT) ev |= LOOP_WRITE;
-    if (loop_watch(up->lp, s, ev, upstream_on_fd, up) < 0 && ev) {
+    /* Never answer -1: libcurl would mark the whole multi handle dead, and this worker
+     * could not mint again. A transfer whose socket is not watched stalls, and its
+     * watchdog answers it. */
+    if (loop_watch(up->lp, s, ev, upstream_on_fd, up) < 0 && ev)
         log_msg(LOG_ERROR, "upstream: cannot watch socket %d", (int)s);
-        return -1;
-    }
     return 0;
 }
 
@@ -104,10 +105,8 @@ static int upstream_on_timer_change(CURLM *multi, long timeout_ms, void *userp) 
     upstream *up = userp;
     (void)multi;
     if (timeout_ms < 0) loop_timer_stop(up->lp, &up->timer);
-    else if (loop_timer_start(up->lp, &up->timer, timeout_ms, upstream_on_timeout, up) < 0) {
-        log_msg(LOG_ERROR, "upstream: cannot arm curl's timer");
-        return -1;
-    }
+    else if (loop_timer_start(up->lp, &up->timer, timeout_ms, upstream_on_timeout, up) < 0)
+        log_msg(LOG_ERROR, "upstream: cannot arm curl's timer");     /* not -1: see upstream_on_socket */
     return 0;
 }
 
