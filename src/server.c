@@ -497,8 +497,15 @@ int tokend_server_step(tokend_server *srv, long timeout_ms, char *err, size_t er
 int tokend_server_run(tokend_server *srv, char *err, size_t errlen) {
     sigset_t all, old;
     int rc = TOKEND_OK;
-    /* Workers block every signal: the host's thread handles them, SIGPIPE stays pending. */
+    /* Workers block the asynchronous signals: the host's thread handles them, SIGPIPE stays
+     * pending. Faults (SIGSEGV, SIGFPE, SIGBUS, SIGILL, SIGABRT) stay deliverable so that
+     * crash handlers and debuggers see them where they happen. */
     sigfillset(&all);
+    sigdelset(&all, SIGSEGV);
+    sigdelset(&all, SIGFPE);
+    sigdelset(&all, SIGBUS);
+    sigdelset(&all, SIGILL);
+    sigdelset(&all, SIGABRT);
     pthread_sigmask(SIG_BLOCK, &all, &old);
     for (int i = 0; i < srv->nworkers; i++) {
         server_worker *w = &srv->workers[i];
