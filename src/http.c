@@ -195,12 +195,15 @@ int http_response_header(struct MHD_Response *resp, const char *name, const char
     return MHD_add_response_header(resp, name, value) == MHD_YES ? 0 : -1;
 }
 
+void http_response_defaults(struct MHD_Response *resp, const char *content_type) {
+    MHD_add_response_header(resp, "X-Content-Type-Options", "nosniff");
+    if (content_type) MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, content_type);
+}
+
 struct MHD_Response *http_response_bytes(const char *body, size_t len, const char *content_type) {
     struct MHD_Response *resp = MHD_create_response_from_buffer(len, (void *)(uintptr_t)body,
                                                                   MHD_RESPMEM_MUST_COPY);
-    if (!resp) return NULL;
-    MHD_add_response_header(resp, "X-Content-Type-Options", "nosniff");
-    if (content_type) MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, content_type);
+    if (resp) http_response_defaults(resp, content_type);
     return resp;
 }
 

@@ -88,6 +88,10 @@ const char *http_request_header(const http_request *req, const char *name);
 typedef void http_header_fn(void *ud, const char *name, const char *value);
 void http_request_each_header(const http_request *req, http_header_fn *fn, void *ud);
 
+/* Adds the headers every response carries (X-Content-Type-Options: nosniff) and
+ * content_type when not NULL. */
+void http_response_defaults(struct MHD_Response *resp, const char *content_type);
+
 /* Builds a response with a copy of body; NULL when out of memory. Adds the headers every
  * response carries (X-Content-Type-Options: nosniff) and content_type when not NULL. */
 struct MHD_Response *http_response_bytes(const char *body, size_t len, const char *content_type);

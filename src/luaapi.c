@@ -281,16 +281,32 @@ static int lapi_origins_new(lua_State *L) {
     return 1;
 }
 
+struct tokend_request {
+    lua_State *L;
+    int idx;            /* the req table */
+};
+
+/* Reads req[field] (or req[table][field]) as a string kept alive by the table. */
+static const char *lapi_req_string(const tokend_request *req, const char *table, const char *field, size_t *len) {
+    lua_State *L = req->L;
+    const char *v = NULL;
+    int top = lua_gettop(L);
+    if (table) {
+        if (lua_getfield(L, req->idx, table) != LUA_TTABLE) goto out;
+        lua_getfield(L, -1, field);
+    } else {
+        lua_getfield(L, req->idx, field);
+    }
+    if (lua_type(L, -1) == LUA_TSTRING) v = lua_tolstring(L, -1, len);
+out:
+    lua_settop(L, top);
+    return v;
+}
+
 /* Reads req.headers[name] of the req table at idx; NULL when absent. */
 static const char *lapi_req_header(lua_State *L, int idx, const char *name) {
-    const char *v = NULL;
-    if (lua_getfield(L, idx, "headers") == LUA_TTABLE) {
-        lua_getfield(L, -1, name);
-        v = lua_tostring(L, -1);
-        lua_pop(L, 1);      /* the headers table keeps the string alive */
-    }
-    lua_pop(L, 1);
-    return v;
+    tokend_request req = { L, idx };
+    return lapi_req_string(&req, "headers", name, NULL);
 }
 
 /* Classifies req's Origin; leaves nothing on the stack. */
@@ -362,10 +378,6 @@ static int lapi_origins_preflight(lua_State *L) {
 
 #define LAPI_C_HEADERS 16
 
-struct tokend_request {
-    lua_State *L;
-    int idx;            /* the req table */
-};
 
 struct tokend_response {
     int status;
@@ -376,22 +388,6 @@ struct tokend_response {
     char *names[LAPI_C_HEADERS], *values[LAPI_C_HEADERS];
 };
 
-/* Reads req[field] (or req[table][field]) as a string kept alive by the table. */
-static const char *lapi_req_string(const tokend_request *req, const char *table, const char *field, size_t *len) {
-    lua_State *L = req->L;
-    const char *v = NULL;
-    int top = lua_gettop(L);
-    if (table) {
-        if (lua_getfield(L, req->idx, table) != LUA_TTABLE) goto out;
-        lua_getfield(L, -1, field);
-    } else {
-        lua_getfield(L, req->idx, field);
-    }
-    if (lua_type(L, -1) == LUA_TSTRING) v = lua_tolstring(L, -1, len);
-out:
-    lua_settop(L, top);
-    return v;
-}
 
 const char *tokend_request_method(const tokend_request *req) { return lapi_req_string(req, NULL, "method", NULL); }
 const char *tokend_request_path(const tokend_request *req) { return lapi_req_string(req, NULL, "path", NULL); }

@@ -227,8 +227,7 @@ int static_serve(const static_mounts *m, http_request *req) {
         goto out;
     }
     fd = -1;    /* owned by the response now */
-    MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, static_mime_type(full));
-    MHD_add_response_header(resp, "X-Content-Type-Options", "nosniff");
+    http_response_defaults(resp, static_mime_type(full));
     MHD_add_response_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL, "no-cache");
     http_request_respond(req, 200, resp, (unsigned long long)st.st_size);
 out:

@@ -334,27 +334,39 @@ upstream_call *upstream_mint(upstream *up, long expires_in_s, long max_session_s
 
 /* Reports a call that never got an outcome from curl as a timeout. Its handle is not
  * reused: curl's state for it cannot be trusted. */
-static void upstream_on_watchdog(void *ud) {
-    upstream_call *c = ud;
-    upstream *up = c->up;
+/* Ends call c with a failure tokend produced itself (no transfer outcome): unlinks it,
+ * stops its timers, takes its handle out of the multi, counts it and calls back. discard
+ * frees the easy handle instead of pooling it (curl's state for it is suspect). */
+static void upstream_fail(upstream *up, upstream_call *c, const char *kind, const char *message, int discard) {
     upstream_result r;
     char errbuf[200];
-    log_msg(LOG_WARN, "upstream: a token request outlived its %ld ms deadline; cancelled", up->timeout_ms);
     upstream_unlink(up, c);
     loop_timer_stop(up->lp, &c->retry_timer);
-    curl_multi_remove_handle(up->multi, c->easy);
+    loop_timer_stop(up->lp, &c->watchdog);
+    curl_multi_remove_handle(up->multi, c->easy);   /* CURLM_OK when already out */
     memset(&r, 0, sizeof r);
-    snprintf(errbuf, sizeof errbuf, "the upstream did not answer within %ld ms", up->timeout_ms);
+    snprintf(errbuf, sizeof errbuf, "%s", message);
     r.error = errbuf;
-    r.kind = "timeout";
+    r.kind = kind;
     r.retry_after = -1;
     r.elapsed_ms = (double)(loop_now_ms() - c->start_ms);
     r.attempts = c->attempts;
     metrics_upstream(r.kind, r.elapsed_ms);
     upstream_done_fn *done = c->done;
     void *cud = c->ud;
-    upstream_call_free(c);
+    if (discard) upstream_call_free(c);
+    else upstream_release(up, c);
     done(cud, &r);
+}
+
+/* Reports a call that never got an outcome from curl as a timeout. */
+static void upstream_on_watchdog(void *ud) {
+    upstream_call *c = ud;
+    upstream *up = c->up;
+    char message[100];
+    log_msg(LOG_WARN, "upstream: a token request outlived its %ld ms deadline; cancelled", up->timeout_ms);
+    snprintf(message, sizeof message, "the upstream did not answer within %ld ms", up->timeout_ms);
+    upstream_fail(up, c, "timeout", message, 1);
 }
 
 /* The back-off of a retry is over: send the request again with the time that is left. */
@@ -362,25 +374,8 @@ static void upstream_on_retry(void *ud) {
     upstream_call *c = ud;
     upstream *up = c->up;
     long left = up->timeout_ms - (long)(loop_now_ms() - c->start_ms);
-    if (upstream_start(up, c, left) < 0) {
-        /* Cannot even start: report the 5xx we had as the outcome. */
-        upstream_result r;
-        char errbuf[200];
-        memset(&r, 0, sizeof r);
-        snprintf(errbuf, sizeof errbuf, "the upstream failed and the retry could not start");
-        r.error = errbuf;
-        r.kind = "upstream_error";
-        r.retry_after = -1;
-        r.elapsed_ms = (double)(loop_now_ms() - c->start_ms);
-        r.attempts = c->attempts;
-        metrics_upstream(r.token ? NULL : r.kind, r.elapsed_ms);
-        upstream_done_fn *done = c->done;
-        void *cud = c->ud;
-        loop_timer_stop(up->lp, &c->watchdog);
-        upstream_unlink(up, c);
-        upstream_release(up, c);
-        done(cud, &r);
-    }
+    if (upstream_start(up, c, left) < 0)    /* cannot even start: the 5xx we had is the outcome */
+        upstream_fail(up, c, "upstream_error", "the upstream failed and the retry could not start", 0);
 }
 
 static const char *upstream_tls_or_connect(int code) {
