@@ -13,7 +13,8 @@
 typedef struct loop_watch_slot {
     loop_fd_fn *fn;
     void *ud;
-    unsigned events;
+    unsigned events;            /* registered with epoll */
+    int parked;                 /* registered, but its events are not wanted now */
 } loop_watch_slot;
 
 struct loop {
@@ -75,7 +76,10 @@ int loop_watch(loop *lp, int fd, unsigned events, loop_fd_fn *fn, void *ud) {
     if (fd < 0) { errno = EBADF; return -1; }
     if (loop_grow_slots(lp, fd) < 0) { errno = ENOMEM; return -1; }
     loop_watch_slot *slot = &lp->slots[fd];
-    if (slot->events == events && slot->fn == fn && slot->ud == ud) return 0;     /* nothing changes */
+    if (slot->events == events && slot->fn == fn && slot->ud == ud) {     /* nothing changes */
+        slot->parked = 0;
+        return 0;
+    }
     struct epoll_event ev = { .events = 0, .data.fd = fd };
     if (events & LOOP_READ) ev.events |= EPOLLIN;
     if (events & LOOP_WRITE) ev.events |= EPOLLOUT;
@@ -92,7 +96,12 @@ int loop_watch(loop *lp, int fd, unsigned events, loop_fd_fn *fn, void *ud) {
     slot->events = events;
     slot->fn = events ? fn : NULL;
     slot->ud = events ? ud : NULL;
+    slot->parked = 0;
     return 0;
+}
+
+void loop_park(loop *lp, int fd) {
+    if (fd >= 0 && fd < lp->nslots && lp->slots[fd].events) lp->slots[fd].parked = 1;
 }
 
 /* Heap helpers: keep heap[i]->heap_index == i. */
@@ -190,6 +199,10 @@ int loop_run_once(loop *lp, long max_wait_ms) {
             continue;
         }
         if (fd >= lp->nslots || !lp->slots[fd].fn) continue;
+        if (lp->slots[fd].parked) {     /* something happened on an idle socket: stop watching */
+            loop_watch(lp, fd, 0, NULL, NULL);
+            continue;
+        }
         unsigned what = 0;
         if (evs[i].events & (EPOLLIN | EPOLLHUP | EPOLLERR)) what |= LOOP_READ;
         if (evs[i].events & (EPOLLOUT | EPOLLHUP | EPOLLERR)) what |= LOOP_WRITE;

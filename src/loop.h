@@ -27,6 +27,13 @@ void loop_free(loop *lp);
  * watch of fd. events == 0 removes the watch. Returns 0, or -1 with errno set. */
 int loop_watch(loop *lp, int fd, unsigned events, loop_fd_fn *fn, void *ud);
 
+/* Parks a watched fd: its events are no longer dispatched, but it stays registered with
+ * the kernel, so that watching it again with the same events, function and data costs no
+ * system call (a keep-alive socket between two uses). The first event on a parked fd
+ * removes the watch. Only for an fd whose owner removes the watch before closing it:
+ * a parked fd closed behind the loop's back and reused would look watched but not be. */
+void loop_park(loop *lp, int fd);
+
 /* Arms t to call fn(ud) once, after_ms from now; re-arming moves it. Returns 0 or -1 (no memory). */
 int loop_timer_start(loop *lp, loop_timer *t, long after_ms, loop_timer_fn *fn, void *ud);
 /* Disarms t if armed. */

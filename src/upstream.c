@@ -8,6 +8,8 @@
 #include <time.h>
 #include <stdint.h>
 #include <stdatomic.h>
+#include <sys/socket.h>
+#include <unistd.h>
 #include <curl/curl.h>
 
 #include "json.h"
@@ -56,6 +58,8 @@ struct upstream {
     upstream_call *active;
     upstream_call *idle;            /* finished calls kept with their easy handle for reuse */
     unsigned int seed;              /* for the retry jitter */
+    unsigned char *conn_fds;        /* conn_fds[fd]: fd is a connection socket curl opened through us */
+    int nconn_fds;
 };
 
 int upstream_has_key(const upstream *up) {
@@ -79,11 +83,22 @@ static void upstream_on_fd(void *ud, int fd, unsigned events) {
     upstream_drain(up);
 }
 
+/* Whether fd is a connection socket that curl closes through upstream_on_close_socket. */
+static int upstream_is_conn_fd(const upstream *up, int fd) {
+    return fd >= 0 && fd < up->nconn_fds && up->conn_fds[fd];
+}
+
 static int upstream_on_socket(CURL *easy, curl_socket_t s, int what, void *userp, void *socketp) {
     upstream *up = userp;
     unsigned ev = 0;
     (void)easy;
     (void)socketp;
+    /* A keep-alive connection going idle stays registered with the kernel (parked), so its
+     * next request needs no epoll_ctl; its close goes through upstream_on_close_socket. */
+    if (what == CURL_POLL_REMOVE && upstream_is_conn_fd(up, s)) {
+        loop_park(up->lp, s);
+        return 0;
+    }
     if (what == CURL_POLL_IN || what == CURL_POLL_INOUT) ev |= LOOP_READ;
     if (what == CURL_POLL_OUT || what == CURL_POLL_INOUT) ev |= LOOP_WRITE;
     /* Never answer -1: libcurl would mark the whole multi handle dead, and this worker
@@ -92,6 +107,32 @@ static int upstream_on_socket(CURL *easy, curl_socket_t s, int what, void *userp
     if (loop_watch(up->lp, s, ev, upstream_on_fd, up) < 0 && ev)
         log_msg(LOG_ERROR, "upstream: cannot watch socket %d", (int)s);
     return 0;
+}
+
+/* curl's connection sockets are opened here, so that we know which ones we may park. */
+static curl_socket_t upstream_on_open_socket(void *ud, curlsocktype purpose, struct curl_sockaddr *a) {
+    upstream *up = ud;
+    (void)purpose;
+    int fd = socket(a->family, a->socktype | SOCK_CLOEXEC, a->protocol);
+    if (fd < 0) return CURL_SOCKET_BAD;
+    if (fd >= up->nconn_fds) {
+        int n = up->nconn_fds ? up->nconn_fds : 256;
+        while (n <= fd) n *= 2;
+        unsigned char *v = realloc(up->conn_fds, (size_t)n);
+        if (!v) return fd;      /* not parkable: watched and unwatched as curl asks */
+        memset(v + up->nconn_fds, 0, (size_t)(n - up->nconn_fds));
+        up->conn_fds = v;
+        up->nconn_fds = n;
+    }
+    up->conn_fds[fd] = 1;
+    return fd;
+}
+
+static int upstream_on_close_socket(void *ud, curl_socket_t s) {
+    upstream *up = ud;
+    if (s >= 0 && s < up->nconn_fds) up->conn_fds[s] = 0;
+    loop_watch(up->lp, s, 0, NULL, NULL);
+    return close(s);
 }
 
 static void upstream_on_timeout(void *ud) {
@@ -176,6 +217,10 @@ static upstream_call *upstream_call_new(upstream *up) {
     curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, 1L);
     curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, 2L);
     curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
+    curl_easy_setopt(e, CURLOPT_OPENSOCKETFUNCTION, upstream_on_open_socket);
+    curl_easy_setopt(e, CURLOPT_OPENSOCKETDATA, up);
+    curl_easy_setopt(e, CURLOPT_CLOSESOCKETFUNCTION, upstream_on_close_socket);
+    curl_easy_setopt(e, CURLOPT_CLOSESOCKETDATA, up);
     /* Token replies are well under 1 KiB: curl's default 16 KiB receive buffer per handle
      * would cost megabytes at thousands of calls in flight. */
     curl_easy_setopt(e, CURLOPT_BUFFERSIZE, 4096L);
@@ -282,6 +327,7 @@ void upstream_free(upstream *up) {
     }
     free(up->token_url);
     free(up->ca_file);
+    free(up->conn_fds);
     free(up);
 }
 
