@@ -100,6 +100,10 @@ int loop_watch(loop *lp, int fd, unsigned events, loop_fd_fn *fn, void *ud) {
     return 0;
 }
 
+void loop_forget(loop *lp, int fd) {
+    if (fd >= 0 && fd < lp->nslots) memset(&lp->slots[fd], 0, sizeof lp->slots[fd]);
+}
+
 void loop_park(loop *lp, int fd) {
     if (fd >= 0 && fd < lp->nslots && lp->slots[fd].events) lp->slots[fd].parked = 1;
 }

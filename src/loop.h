@@ -34,6 +34,10 @@ int loop_watch(loop *lp, int fd, unsigned events, loop_fd_fn *fn, void *ud);
  * a parked fd closed behind the loop's back and reused would look watched but not be. */
 void loop_park(loop *lp, int fd);
 
+/* Forgets what the loop knew of fd without a system call: for a number the kernel just
+ * handed out again, whose earlier watch (if any) ended when its file was closed. */
+void loop_forget(loop *lp, int fd);
+
 /* Arms t to call fn(ud) once, after_ms from now; re-arming moves it. Returns 0 or -1 (no memory). */
 int loop_timer_start(loop *lp, loop_timer *t, long after_ms, loop_timer_fn *fn, void *ud);
 /* Disarms t if armed. */

@@ -19,6 +19,9 @@
 #include "url.h"
 
 #define HOST_HOOK_STEP 1000
+#define HOST_GC_PAUSE 150                /* percent: see host_create */
+#define HOST_POOLED_COROUTINES 4096     /* finished coroutines kept for the next requests */
+#define HOST_QUERY_STACK 1024           /* query scratch on the C stack up to this size */
 #define HOST_LOAD_BUDGET_FACTOR 10      /* the script's top level may run 10x a request's budget */
 
 extern int luaopen_cjson_safe(lua_State *L);
@@ -43,6 +46,8 @@ struct host {
     int attached;               /* runs on an application's state (the Lua module) */
     int requests_ref;           /* attached: registry table, coroutine -> its request */
     upstream *sync_up;          /* attached: mints blocking outside requests */
+    int *pooled;                /* registry refs of finished coroutines, ready for reuse */
+    size_t npooled;
 };
 
 /* Instructions a piece of Lua code may still run; counted by the hook. */
@@ -55,6 +60,7 @@ typedef struct host_request {
     http_request *req;
     lua_State *co;
     int co_ref;
+    int nargs;                  /* values host_start left on the coroutine */
     int handler_ref;            /* LUA_NOREF when no route matched */
     int route_status;           /* ROUTER_* */
     char allow[96];
@@ -297,9 +303,10 @@ int host_create(const host_options *o, host **out, char *err, size_t errlen) {
     for (size_t i = 0; i < o->n_c_routes; i++)
         if (host_add_c_route(h, o->c_routes[i], err, errlen) < 0) goto fail;
     lua_gc(L, LUA_GCCOLLECT);
-    /* A request's coroutine and tables die young: the generational collector frees them
-     * early instead of letting the heap double between incremental cycles. */
-    lua_gc(L, LUA_GCGEN, 0, 0);
+    /* Incremental, starting a cycle when the heap has grown by half: a request's tables
+     * live as long as its upstream call (100 ms or more), past several minor collections,
+     * so the generational collector kept promoting them and paying for major ones. */
+    lua_gc(L, LUA_GCINC, HOST_GC_PAUSE, 0);
     *out = h;
     return 0;
 nomem:
@@ -351,6 +358,7 @@ void host_free(host *h) {
         free(hr);
     }
     if (h->attached) {
+        for (size_t i = 0; i < h->npooled; i++) luaL_unref(h->L, LUA_REGISTRYINDEX, h->pooled[i]);
         luaL_unref(h->L, LUA_REGISTRYINDEX, h->runner_ref);
         luaL_unref(h->L, LUA_REGISTRYINDEX, h->befores_ref);
         luaL_unref(h->L, LUA_REGISTRYINDEX, h->encode_ref);
@@ -360,6 +368,7 @@ void host_free(host *h) {
     }
     router_free(h->routes, host_release_ref, h);
     static_free(h->statics);
+    free(h->pooled);
     free(h);
 }
 
@@ -421,6 +430,19 @@ void host_add_before(host *h, lua_State *L, int idx) {
 
 /* ---- requests ---- */
 
+/* Keeps a request's coroutine for a later request if it ran to its end (a fresh one costs
+ * a thread, a stack and garbage); drops it otherwise. */
+static void host_pool_coroutine(host *h, host_request *hr) {
+    if (lua_status(hr->co) == LUA_OK && h->npooled < HOST_POOLED_COROUTINES) {
+        if (!h->pooled && !(h->pooled = malloc(HOST_POOLED_COROUTINES * sizeof *h->pooled))) goto drop;
+        lua_settop(hr->co, 0);
+        h->pooled[h->npooled++] = hr->co_ref;
+        return;
+    }
+drop:
+    luaL_unref(h->L, LUA_REGISTRYINDEX, hr->co_ref);
+}
+
 static void host_request_done(host_request *hr) {
     host *h = hr->h;
     if (h->attached && hr->co_ref != LUA_NOREF) {
@@ -433,7 +455,7 @@ static void host_request_done(host_request *hr) {
     if (hr->prev) hr->prev->next = hr->next;
     else h->live = hr->next;
     if (hr->next) hr->next->prev = hr->prev;
-    if (hr->co_ref != LUA_NOREF) luaL_unref(h->L, LUA_REGISTRYINDEX, hr->co_ref);
+    if (hr->co_ref != LUA_NOREF) host_pool_coroutine(h, hr);
     if (hr->resp) MHD_destroy_response(hr->resp);
     h->running--;
     free(hr);
@@ -464,12 +486,13 @@ static int host_log_traceback(lua_State *L) {
     return 0;
 }
 
-static int host_lower_push(lua_State *L, const char *s) {
-    luaL_Buffer b;
-    luaL_buffinit(L, &b);
-    for (; *s; s++) luaL_addchar(&b, (char)tolower((unsigned char)*s));
-    luaL_pushresult(&b);
-    return 1;
+static void host_lower_push(lua_State *L, const char *s) {
+    char small[64] = "";
+    size_t n = strlen(s);
+    char *low = n <= sizeof small ? small : lua_newuserdatauv(L, n, 0);
+    for (size_t i = 0; i < n; i++) low[i] = (char)tolower((unsigned char)s[i]);
+    lua_pushlstring(L, low, n);
+    if (low != small) lua_remove(L, -2);
 }
 
 static void host_add_header(void *ud, const char *name, const char *value) {
@@ -516,13 +539,14 @@ static void host_push_request_table(lua_State *L, host_request *hr) {
     lua_pushlstring(L, req->body ? req->body : "", req->body_len);
     lua_setfield(L, -2, "body");
 
+    char stack_scratch[HOST_QUERY_STACK];
+    size_t need = URL_QUERY_SCRATCH(req->query_len);
+    char *scratch = need <= sizeof stack_scratch ? stack_scratch : lua_newuserdatauv(L, need, 0);
     lua_newtable(L);
-    char *scratch = lua_newuserdatauv(L, URL_QUERY_SCRATCH(req->query_len), 0);
-    lua_insert(L, -2);
     int n = url_parse_query(req->query, req->query_len, scratch, hr->h->max_query_args, host_add_query_arg, L);
     if (n < 0) hr->bad_query = n;
-    lua_setfield(L, -3, "query");
-    lua_pop(L, 1);
+    lua_setfield(L, -2 - (scratch != stack_scratch), "query");
+    if (scratch != stack_scratch) lua_pop(L, 1);
 
     lua_newtable(L);
     http_request_each_header(req, host_add_header, L);
@@ -536,13 +560,24 @@ static void host_push_request_table(lua_State *L, host_request *hr) {
     lua_setfield(L, -2, "params");
 }
 
-/* Creates the request's coroutine and pushes (runner, befores, handler, req) onto it. */
+/* Takes a pooled coroutine or creates one, and pushes onto it the handler and req, or
+ * (runner, befores, handler, req) when before hooks run first. */
 static int host_start(lua_State *L) {
     host_request *hr = lua_touserdata(L, 1);
     host *h = hr->h;
-    lua_State *co = lua_newthread(L);
+    lua_State *co;
+    if (h->npooled) {
+        lua_rawgeti(L, LUA_REGISTRYINDEX, h->pooled[h->npooled - 1]);
+        co = lua_tothread(L, -1);
+        hr->co_ref = h->pooled[--h->npooled];
+    } else {
+        co = lua_newthread(L);
+        lua_sethook(co, host_count_hook, LUA_MASKCOUNT, HOST_HOOK_STEP);
+        lua_pushvalue(L, -1);
+        hr->co_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    }
+    hr->co = co;
     *(host_request **)lua_getextraspace(co) = hr;
-    lua_sethook(co, host_count_hook, LUA_MASKCOUNT, HOST_HOOK_STEP);
     if (h->attached) {      /* an application's threads may carry anything in their extra space */
         lua_rawgeti(L, LUA_REGISTRYINDEX, h->requests_ref);
         lua_pushvalue(L, -2);
@@ -550,14 +585,17 @@ static int host_start(lua_State *L) {
         lua_rawset(L, -3);
         lua_pop(L, 1);
     }
-    hr->co_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-    hr->co = co;
-    lua_rawgeti(L, LUA_REGISTRYINDEX, h->runner_ref);
-    lua_rawgeti(L, LUA_REGISTRYINDEX, h->befores_ref);
+    lua_pop(L, 1);
+    int direct = h->nbefores == 0 && hr->handler_ref != LUA_NOREF;
+    if (!direct) {
+        lua_rawgeti(L, LUA_REGISTRYINDEX, h->runner_ref);
+        lua_rawgeti(L, LUA_REGISTRYINDEX, h->befores_ref);
+    }
     if (hr->handler_ref != LUA_NOREF) lua_rawgeti(L, LUA_REGISTRYINDEX, hr->handler_ref);
     else lua_pushboolean(L, 0);
     host_push_request_table(L, hr);
-    lua_xmove(L, co, 4);
+    hr->nargs = direct ? 1 : 3;
+    lua_xmove(L, co, hr->nargs + 1);
     return 0;
 }
 
@@ -565,13 +603,16 @@ static int host_start(lua_State *L) {
 static void host_push_unescaped_json(lua_State *L, const char *s, size_t len) {
     luaL_Buffer b;
     luaL_buffinit(L, &b);
-    for (size_t i = 0; i < len; i++) {
-        if (s[i] == '\\' && i + 1 < len) {
-            if (s[i + 1] != '/') luaL_addchar(&b, '\\');
-            luaL_addchar(&b, s[++i]);
-        } else {
-            luaL_addchar(&b, s[i]);
+    const char *end = s + len;
+    for (;;) {
+        const char *esc = memchr(s, '\\', (size_t)(end - s));
+        if (!esc || esc + 1 == end) {
+            luaL_addlstring(&b, s, (size_t)(end - s));
+            break;
         }
+        luaL_addlstring(&b, s, (size_t)(esc - s) + (esc[1] != '/'));   /* keeps other escapes */
+        luaL_addchar(&b, esc[1]);
+        s = esc + 2;
     }
     luaL_pushresult(&b);
 }
@@ -726,7 +767,7 @@ void host_dispatch(void *ud, http_request *req) {
         host_request_done(hr);
         return;
     }
-    host_resume(hr, 3);
+    host_resume(hr, hr->nargs);
 }
 
 /* ---- awaiting the upstream ---- */

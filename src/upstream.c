@@ -23,8 +23,11 @@
 static atomic_long upstream_opened_total;
 static atomic_long upstream_calls_total;
 
+typedef struct upstream_shard upstream_shard;
+
 struct upstream_call {
     upstream *up;
+    upstream_shard *shard;          /* the multi handle running the transfer, NULL when out */
     CURL *easy;
     upstream_done_fn *done;
     void *ud;
@@ -45,11 +48,25 @@ struct upstream_call {
 #define UPSTREAM_WATCHDOG_SLACK_MS 1000   /* past the deadline, the watchdog ends the call */
 #define UPSTREAM_RETRY_JITTER_MS 200
 
+/* libcurl scans a multi handle's whole connection cache for every transfer (to find a
+ * free keep-alive connection, and again when the transfer leaves). With a thousand calls
+ * in flight that scan dominates, so calls are spread over several multi handles of at
+ * most UPSTREAM_SHARD_CALLS transfers each; they share DNS and TLS sessions. */
+#define UPSTREAM_SHARD_CALLS 64
+#define UPSTREAM_MAX_SHARDS 64
+
+struct upstream_shard {
+    upstream *up;
+    CURLM *multi;
+    loop_timer timer;               /* curl's timeout for this multi handle */
+    int transfers;                  /* easy handles in multi */
+};
+
 struct upstream {
     loop *lp;
-    CURLM *multi;
+    upstream_shard *shards[UPSTREAM_MAX_SHARDS];
+    int nshards;
     CURLSH *share;
-    loop_timer timer;
     char *token_url;
     char *key;
     char *ca_file;
@@ -58,7 +75,7 @@ struct upstream {
     upstream_call *active;
     upstream_call *idle;            /* finished calls kept with their easy handle for reuse */
     unsigned int seed;              /* for the retry jitter */
-    unsigned char *conn_fds;        /* conn_fds[fd]: fd is a connection socket curl opened through us */
+    unsigned char *conn_fds;        /* per fd: UPSTREAM_FD_OPENED, UPSTREAM_FD_PARKABLE or 0 */
     int nconn_fds;
 };
 
@@ -71,40 +88,51 @@ void upstream_totals(long *connections_opened, long *calls) {
     *calls = atomic_load(&upstream_calls_total);
 }
 
-static void upstream_drain(upstream *up);
+static void upstream_drain(upstream_shard *sh);
 static void upstream_on_watchdog(void *ud);
 
 static void upstream_on_fd(void *ud, int fd, unsigned events) {
-    upstream *up = ud;
+    upstream_shard *sh = ud;
     int flags = 0, running = 0;
     if (events & LOOP_READ) flags |= CURL_CSELECT_IN;
     if (events & LOOP_WRITE) flags |= CURL_CSELECT_OUT;
-    curl_multi_socket_action(up->multi, fd, flags, &running);
-    upstream_drain(up);
+    curl_multi_socket_action(sh->multi, fd, flags, &running);
+    upstream_drain(sh);
 }
 
-/* Whether fd is a connection socket that curl closes through upstream_on_close_socket. */
-static int upstream_is_conn_fd(const upstream *up, int fd) {
-    return fd >= 0 && fd < up->nconn_fds && up->conn_fds[fd];
+/* What tokend knows of a descriptor. A connection socket curl opened through
+ * upstream_on_open_socket is closed through upstream_on_close_socket once it is in use;
+ * before that (a connect attempt that lost or failed) curl closes it by itself. Reading
+ * only starts on a connected socket, so a socket watched for reading is a connection
+ * that will be closed through us: only such a socket may stay parked while idle. */
+#define UPSTREAM_FD_OPENED 1
+#define UPSTREAM_FD_PARKABLE 2
+
+static int upstream_fd_state(const upstream *up, int fd) {
+    return fd >= 0 && fd < up->nconn_fds ? up->conn_fds[fd] : 0;
 }
 
 static int upstream_on_socket(CURL *easy, curl_socket_t s, int what, void *userp, void *socketp) {
-    upstream *up = userp;
+    upstream_shard *sh = userp;
+    upstream *up = sh->up;
     unsigned ev = 0;
     (void)easy;
     (void)socketp;
     /* A keep-alive connection going idle stays registered with the kernel (parked), so its
      * next request needs no epoll_ctl; its close goes through upstream_on_close_socket. */
-    if (what == CURL_POLL_REMOVE && upstream_is_conn_fd(up, s)) {
+    int state = upstream_fd_state(up, s);
+    if (what == CURL_POLL_REMOVE && state == UPSTREAM_FD_PARKABLE) {
         loop_park(up->lp, s);
         return 0;
     }
+    if (state == UPSTREAM_FD_OPENED && (what == CURL_POLL_IN || what == CURL_POLL_INOUT))
+        up->conn_fds[s] = UPSTREAM_FD_PARKABLE;
     if (what == CURL_POLL_IN || what == CURL_POLL_INOUT) ev |= LOOP_READ;
     if (what == CURL_POLL_OUT || what == CURL_POLL_INOUT) ev |= LOOP_WRITE;
     /* Never answer -1: libcurl would mark the whole multi handle dead, and this worker
      * could not mint again. A transfer whose socket is not watched stalls, and its
      * watchdog answers it. */
-    if (loop_watch(up->lp, s, ev, upstream_on_fd, up) < 0 && ev)
+    if (loop_watch(up->lp, s, ev, upstream_on_fd, sh) < 0 && ev)
         log_msg(LOG_ERROR, "upstream: cannot watch socket %d", (int)s);
     return 0;
 }
@@ -115,6 +143,7 @@ static curl_socket_t upstream_on_open_socket(void *ud, curlsocktype purpose, str
     (void)purpose;
     int fd = socket(a->family, a->socktype | SOCK_CLOEXEC, a->protocol);
     if (fd < 0) return CURL_SOCKET_BAD;
+    if (up->lp) loop_forget(up->lp, fd);   /* a watch of an earlier socket with this number is gone */
     if (fd >= up->nconn_fds) {
         int n = up->nconn_fds ? up->nconn_fds : 256;
         while (n <= fd) n *= 2;
@@ -124,29 +153,29 @@ static curl_socket_t upstream_on_open_socket(void *ud, curlsocktype purpose, str
         up->conn_fds = v;
         up->nconn_fds = n;
     }
-    up->conn_fds[fd] = 1;
+    up->conn_fds[fd] = UPSTREAM_FD_OPENED;
     return fd;
 }
 
 static int upstream_on_close_socket(void *ud, curl_socket_t s) {
     upstream *up = ud;
     if (s >= 0 && s < up->nconn_fds) up->conn_fds[s] = 0;
-    loop_watch(up->lp, s, 0, NULL, NULL);
+    if (up->lp) loop_watch(up->lp, s, 0, NULL, NULL);     /* no loop: upstream_mint_sync */
     return close(s);
 }
 
 static void upstream_on_timeout(void *ud) {
-    upstream *up = ud;
+    upstream_shard *sh = ud;
     int running = 0;
-    curl_multi_socket_action(up->multi, CURL_SOCKET_TIMEOUT, 0, &running);
-    upstream_drain(up);
+    curl_multi_socket_action(sh->multi, CURL_SOCKET_TIMEOUT, 0, &running);
+    upstream_drain(sh);
 }
 
 static int upstream_on_timer_change(CURLM *multi, long timeout_ms, void *userp) {
-    upstream *up = userp;
+    upstream_shard *sh = userp;
     (void)multi;
-    if (timeout_ms < 0) loop_timer_stop(up->lp, &up->timer);
-    else if (loop_timer_start(up->lp, &up->timer, timeout_ms, upstream_on_timeout, up) < 0)
+    if (timeout_ms < 0) loop_timer_stop(sh->up->lp, &sh->timer);
+    else if (loop_timer_start(sh->up->lp, &sh->timer, timeout_ms, upstream_on_timeout, sh) < 0)
         log_msg(LOG_ERROR, "upstream: cannot arm curl's timer");     /* not -1: see upstream_on_socket */
     return 0;
 }
@@ -221,9 +250,9 @@ static upstream_call *upstream_call_new(upstream *up) {
     curl_easy_setopt(e, CURLOPT_OPENSOCKETDATA, up);
     curl_easy_setopt(e, CURLOPT_CLOSESOCKETFUNCTION, upstream_on_close_socket);
     curl_easy_setopt(e, CURLOPT_CLOSESOCKETDATA, up);
-    /* Token replies are well under 1 KiB: curl's default 16 KiB receive buffer per handle
-     * would cost megabytes at thousands of calls in flight. */
-    curl_easy_setopt(e, CURLOPT_BUFFERSIZE, 4096L);
+    /* Token replies are well under 1 KiB: curl's default 16 KiB receive buffer per call
+     * in flight would cost 32 MB at two thousand calls; 1 KiB is curl's smallest. */
+    curl_easy_setopt(e, CURLOPT_BUFFERSIZE, 1024L);
     if (up->ca_file) curl_easy_setopt(e, CURLOPT_CAINFO, up->ca_file);
     return c;
 }
@@ -250,6 +279,40 @@ static void upstream_release(upstream *up, upstream_call *c) {
     c->ud = NULL;
     c->next = up->idle;
     up->idle = c;
+}
+
+/* The multi handle for a new transfer: the first with room, so that calls keep landing on
+ * the same keep-alive connections; a new one when all are full; the least busy when the
+ * limit is reached. NULL when out of memory. */
+static upstream_shard *upstream_pick_shard(upstream *up) {
+    upstream_shard *least = NULL;
+    for (int i = 0; i < up->nshards; i++) {
+        upstream_shard *sh = up->shards[i];
+        if (sh->transfers < UPSTREAM_SHARD_CALLS) return sh;
+        if (!least || sh->transfers < least->transfers) least = sh;
+    }
+    if (up->nshards == UPSTREAM_MAX_SHARDS) return least;
+    upstream_shard *sh = calloc(1, sizeof *sh);
+    if (!sh || !(sh->multi = curl_multi_init())) {
+        free(sh);
+        return least;
+    }
+    sh->up = up;
+    curl_multi_setopt(sh->multi, CURLMOPT_SOCKETFUNCTION, upstream_on_socket);
+    curl_multi_setopt(sh->multi, CURLMOPT_SOCKETDATA, sh);
+    curl_multi_setopt(sh->multi, CURLMOPT_TIMERFUNCTION, upstream_on_timer_change);
+    curl_multi_setopt(sh->multi, CURLMOPT_TIMERDATA, sh);
+    curl_multi_setopt(sh->multi, CURLMOPT_MAXCONNECTS, (long)UPSTREAM_SHARD_CALLS * 4);
+    up->shards[up->nshards++] = sh;
+    return sh;
+}
+
+/* Takes c's easy handle out of its multi handle, if it is in one. */
+static void upstream_detach(upstream_call *c) {
+    if (!c->shard) return;
+    curl_multi_remove_handle(c->shard->multi, c->easy);
+    c->shard->transfers--;
+    c->shard = NULL;
 }
 
 upstream *upstream_create(loop *lp, const upstream_options *opts, char *err, size_t errlen) {
@@ -280,16 +343,10 @@ upstream *upstream_create(loop *lp, const upstream_options *opts, char *err, siz
         if (!up->headers) goto nomem;
     }
     up->headers = curl_slist_append(up->headers, "Accept: application/json");
-    up->multi = curl_multi_init();
     up->share = curl_share_init();
-    if (!up->headers || !up->multi || !up->share) goto nomem;
+    if (!up->headers || !up->share) goto nomem;
     curl_share_setopt(up->share, CURLSHOPT_SHARE, CURL_LOCK_DATA_SSL_SESSION);
     curl_share_setopt(up->share, CURLSHOPT_SHARE, CURL_LOCK_DATA_DNS);
-    curl_multi_setopt(up->multi, CURLMOPT_SOCKETFUNCTION, upstream_on_socket);
-    curl_multi_setopt(up->multi, CURLMOPT_SOCKETDATA, up);
-    curl_multi_setopt(up->multi, CURLMOPT_TIMERFUNCTION, upstream_on_timer_change);
-    curl_multi_setopt(up->multi, CURLMOPT_TIMERDATA, up);
-    curl_multi_setopt(up->multi, CURLMOPT_MAXCONNECTS, 4096L);
     return up;
 nomem:
     snprintf(err, errlen, "out of memory");
@@ -305,7 +362,7 @@ void upstream_free(upstream *up) {
         upstream_unlink(up, c);
         loop_timer_stop(up->lp, &c->retry_timer);
         loop_timer_stop(up->lp, &c->watchdog);
-        curl_multi_remove_handle(up->multi, c->easy);
+        upstream_detach(c);
         upstream_call_free(c);
     }
     while (up->idle) {
@@ -313,8 +370,11 @@ void upstream_free(upstream *up) {
         up->idle = c->next;
         upstream_call_free(c);
     }
-    if (up->lp) loop_timer_stop(up->lp, &up->timer);
-    if (up->multi) curl_multi_cleanup(up->multi);
+    for (int i = 0; i < up->nshards; i++) {
+        loop_timer_stop(up->lp, &up->shards[i]->timer);
+        curl_multi_cleanup(up->shards[i]->multi);
+        free(up->shards[i]);
+    }
     if (up->share) curl_share_cleanup(up->share);
     if (up->headers) {
         /* The first entry holds the key: wipe it before freeing. */
@@ -352,7 +412,11 @@ static int upstream_start(upstream *up, upstream_call *c, long timeout_ms) {
     c->errbuf[0] = '\0';
     c->attempts++;
     curl_easy_setopt(c->easy, CURLOPT_TIMEOUT_MS, timeout_ms > 1 ? timeout_ms : 1L);
-    return curl_multi_add_handle(up->multi, c->easy) == CURLM_OK ? 0 : -1;
+    upstream_shard *sh = upstream_pick_shard(up);
+    if (!sh || curl_multi_add_handle(sh->multi, c->easy) != CURLM_OK) return -1;
+    c->shard = sh;
+    sh->transfers++;
+    return 0;
 }
 
 upstream_call *upstream_mint(upstream *up, long expires_in_s, long max_session_s,
@@ -389,7 +453,7 @@ static void upstream_fail(upstream *up, upstream_call *c, const char *kind, cons
     upstream_unlink(up, c);
     loop_timer_stop(up->lp, &c->retry_timer);
     loop_timer_stop(up->lp, &c->watchdog);
-    curl_multi_remove_handle(up->multi, c->easy);   /* CURLM_OK when already out */
+    upstream_detach(c);
     memset(&r, 0, sizeof r);
     snprintf(errbuf, sizeof errbuf, "%s", message);
     r.error = errbuf;
@@ -443,12 +507,12 @@ void upstream_classify(int curl_code, const char *curl_error, long http_status, 
                        size_t body_len, long retry_after, long timeout_ms, const char *key,
                        upstream_result *r, char *token, size_t token_cap, char *errbuf, size_t errlen) {
     char msg[700], said[JSON_ERROR_MAX + 8];
-    json_token_reply *reply = malloc(sizeof *reply);
+    json_token_reply reply_space, *reply = &reply_space;     /* 8 KiB: a malloc would cost more */
     memset(r, 0, sizeof *r);
     r->retry_after = retry_after;
     r->http_status = curl_code == CURLE_OK ? (int)http_status : 0;
     msg[0] = said[0] = '\0';
-    int parsed = reply && body && json_parse_token_reply(body, body_len, reply) == 0;
+    int parsed = body && json_parse_token_reply(body, body_len, reply) == 0;
     if (curl_code == CURLE_OPERATION_TIMEDOUT) {
         r->kind = "timeout";
         snprintf(msg, sizeof msg, "the upstream did not answer within %ld ms", timeout_ms);
@@ -496,7 +560,6 @@ void upstream_classify(int curl_code, const char *curl_error, long http_status, 
         log_scrub(errbuf, errlen, msg, key);
         r->error = errbuf;
     }
-    free(reply);
 }
 
 int upstream_mint_sync(upstream *up, long expires_in_s, long max_session_s, upstream_result *r,
@@ -541,11 +604,12 @@ int upstream_mint_sync(upstream *up, long expires_in_s, long max_session_s, upst
     return r->token ? 0 : -1;
 }
 
-static void upstream_drain(upstream *up) {
+static void upstream_drain(upstream_shard *sh) {
+    upstream *up = sh->up;
     CURLMsg *msg;
     int left;
     char token[JSON_TOKEN_MAX], errbuf[800];
-    while ((msg = curl_multi_info_read(up->multi, &left))) {
+    while ((msg = curl_multi_info_read(sh->multi, &left))) {
         if (msg->msg != CURLMSG_DONE) continue;
         CURL *easy = msg->easy_handle;
         CURLcode code = msg->data.result;
@@ -555,7 +619,7 @@ static void upstream_drain(upstream *up) {
         curl_easy_getinfo(easy, CURLINFO_RESPONSE_CODE, &status);
         curl_easy_getinfo(easy, CURLINFO_NUM_CONNECTS, &connects);
         atomic_fetch_add(&upstream_opened_total, connects);
-        curl_multi_remove_handle(up->multi, easy);
+        upstream_detach(c);
         /* A 5xx is retried once, after a jittered back-off, if the deadline leaves room. */
         long backoff = UPSTREAM_RETRY_MIN_MS + (long)(rand_r(&up->seed) % (UPSTREAM_RETRY_JITTER_MS + 1));
         long left = up->timeout_ms - (long)(loop_now_ms() - c->start_ms);
