@@ -24,6 +24,8 @@ struct loop {
     int nslots;
     loop_timer **heap;          /* 1-based binary min-heap on due_ms */
     size_t heap_len, heap_cap;
+    uint64_t now_ms;            /* the time of this round of dispatching */
+    int dispatching;
 };
 
 uint64_t loop_now_ms(void) {
@@ -156,7 +158,9 @@ int loop_timer_start(loop *lp, loop_timer *t, long after_ms, loop_timer_fn *fn, 
         lp->heap = h;
         lp->heap_cap = cap;
     }
-    t->due_ms = loop_now_ms() + (uint64_t)(after_ms > 0 ? after_ms : 0);
+    /* While dispatching, the round's time: timers are milliseconds anyway, and a clock read
+     * per timer (several per upstream call) adds up. */
+    t->due_ms = (lp->dispatching ? lp->now_ms : loop_now_ms()) + (uint64_t)(after_ms > 0 ? after_ms : 0);
     t->fn = fn;
     t->ud = ud;
     lp->heap_len++;
@@ -166,7 +170,7 @@ int loop_timer_start(loop *lp, loop_timer *t, long after_ms, loop_timer_fn *fn, 
 }
 
 static void loop_run_timers(loop *lp) {
-    uint64_t now = loop_now_ms();
+    uint64_t now = lp->now_ms = loop_now_ms();
     while (lp->heap_len && lp->heap[1]->due_ms <= now) {
         loop_timer *t = lp->heap[1];
         loop_timer_stop(lp, t);
@@ -194,6 +198,8 @@ int loop_run_once(loop *lp, long max_wait_ms) {
         if (errno != EINTR) return -1;
         n = 0;
     }
+    lp->now_ms = loop_now_ms();
+    lp->dispatching = 1;
     for (int i = 0; i < n; i++) {
         int fd = evs[i].data.fd;
         if (fd == -1) {
@@ -213,6 +219,7 @@ int loop_run_once(loop *lp, long max_wait_ms) {
         lp->slots[fd].fn(lp->slots[fd].ud, fd, what);
     }
     loop_run_timers(lp);
+    lp->dispatching = 0;
     return n;
 }
 

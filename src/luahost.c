@@ -19,6 +19,8 @@
 #include "url.h"
 
 #define HOST_HOOK_STEP 1000
+#define HOST_SMALL_MAX 256               /* Lua blocks up to this size are recycled by the state */
+#define HOST_SMALL_STEP 16
 #define HOST_GC_PAUSE 150                /* percent: see host_create */
 #define HOST_POOLED_COROUTINES 4096     /* finished coroutines kept for the next requests */
 #define HOST_QUERY_STACK 1024           /* query scratch on the C stack up to this size */
@@ -26,9 +28,14 @@
 
 extern int luaopen_cjson_safe(lua_State *L);
 
+typedef struct host_block {
+    struct host_block *next;
+} host_block;
+
 struct host {
     lua_State *L;
     size_t mem, mem_limit;
+    host_block *free_blocks[HOST_SMALL_MAX / HOST_SMALL_STEP];  /* freed small blocks by size class */
     long instruction_limit;
     size_t max_query_args;
     int loading;
@@ -79,16 +86,67 @@ static _Thread_local host_budget *host_budget_now;
 
 /* ---- memory and instruction limits ---- */
 
+/* Small blocks (tables, strings, closures of a request) come and go by the thousand per
+ * second: a state keeps its freed ones in per-size lists, which costs less than malloc
+ * and free. Only this state's thread touches them. */
+static size_t host_size_class(size_t n) {
+    return (n + HOST_SMALL_STEP - 1) / HOST_SMALL_STEP - 1;
+}
+
+static void *host_block_get(host *h, size_t n) {
+    if (n > HOST_SMALL_MAX) return malloc(n);
+    host_block **list = &h->free_blocks[host_size_class(n)];
+    host_block *b = *list;
+    if (!b) return malloc((host_size_class(n) + 1) * HOST_SMALL_STEP);
+    *list = b->next;
+    return b;
+}
+
+static void host_block_put(host *h, void *p, size_t n) {
+    if (n > HOST_SMALL_MAX) {
+        free(p);
+        return;
+    }
+    host_block *b = p;
+    b->next = h->free_blocks[host_size_class(n)];
+    h->free_blocks[host_size_class(n)] = b;
+}
+
+static void host_blocks_free(host *h) {
+    for (size_t i = 0; i < HOST_SMALL_MAX / HOST_SMALL_STEP; i++) {
+        while (h->free_blocks[i]) {
+            host_block *b = h->free_blocks[i];
+            h->free_blocks[i] = b->next;
+            free(b);
+        }
+    }
+}
+
+/* lua_Alloc with the state's memory cap. Never fails a shrink (Lua relies on that). */
 static void *host_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
     host *h = ud;
     size_t old = ptr ? osize : 0;
+    void *p;
     if (nsize == 0) {
-        free(ptr);
+        if (ptr) host_block_put(h, ptr, old);
         h->mem -= old;
         return NULL;
     }
     if (nsize > old && h->mem + (nsize - old) > h->mem_limit) return NULL;
-    void *p = realloc(ptr, nsize);
+    if (old > HOST_SMALL_MAX && nsize > HOST_SMALL_MAX) {
+        p = realloc(ptr, nsize);
+        if (!p && nsize <= old) p = ptr;
+    } else if (old && old <= HOST_SMALL_MAX && nsize <= HOST_SMALL_MAX &&
+               host_size_class(old) == host_size_class(nsize)) {
+        p = ptr;
+    } else if ((p = host_block_get(h, nsize))) {
+        if (ptr) {
+            memcpy(p, ptr, old < nsize ? old : nsize);
+            host_block_put(h, ptr, old);
+        }
+    } else if (nsize <= old) {
+        p = ptr;        /* a large block kept for a small size: still big enough for its class */
+    }
     if (!p) return NULL;
     h->mem = h->mem - old + nsize;
     return p;
@@ -365,6 +423,7 @@ void host_free(host *h) {
         luaL_unref(h->L, LUA_REGISTRYINDEX, h->requests_ref);
     } else if (h->L) {
         lua_close(h->L);
+        host_blocks_free(h);
     }
     router_free(h->routes, host_release_ref, h);
     static_free(h->statics);
