@@ -234,7 +234,6 @@ static upstream_call *upstream_call_new(upstream *up) {
     curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, up->timeout_ms);
     curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, up->connect_timeout_ms);
     curl_easy_setopt(e, CURLOPT_HTTPHEADER, up->headers);
-    curl_easy_setopt(e, CURLOPT_USERAGENT, "tokend/" TOKEND_VERSION);
     curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, upstream_on_body);
     curl_easy_setopt(e, CURLOPT_WRITEDATA, c);
     curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, upstream_on_header);
@@ -342,9 +341,16 @@ upstream *upstream_create(loop *lp, const upstream_options *opts, char *err, siz
         free(auth);
         if (!up->headers) goto nomem;
     }
-    up->headers = curl_slist_append(up->headers, "Accept: application/json");
+    /* The user agent is in the fixed list rather than CURLOPT_USERAGENT, which curl would
+     * format anew for every request. */
+    static const char *const fixed[] = { "Accept: application/json", "User-Agent: tokend/" TOKEND_VERSION };
+    for (size_t i = 0; i < sizeof fixed / sizeof fixed[0]; i++) {
+        struct curl_slist *more = curl_slist_append(up->headers, fixed[i]);
+        if (!more) goto nomem;      /* up->headers (and the key in it) is freed by upstream_free */
+        up->headers = more;
+    }
     up->share = curl_share_init();
-    if (!up->headers || !up->share) goto nomem;
+    if (!up->share) goto nomem;
     curl_share_setopt(up->share, CURLSHOPT_SHARE, CURL_LOCK_DATA_SSL_SESSION);
     curl_share_setopt(up->share, CURLSHOPT_SHARE, CURL_LOCK_DATA_DNS);
     return up;

@@ -9,7 +9,8 @@ check that a token came from here, is unexpired and is used once.
 
 Faults are switched at start (--fault, --latency-ms) or at run time:
   POST /__control {"fault": "...", "latency_ms": N, "retry_after": S}
-  GET  /__stats   -> {"requests", "connections", "tokens", "last_query", "last_authorization", ...}
+  GET  /__stats   -> {"requests", "connections", "tokens", "last_query", "last_authorization",
+                      "last_user_agent", ...}
 Faults: ok, 401, 401-echo (echoes the presented key), 403, 429 (Retry-After), 500, 503,
         malformed (truncated JSON), notoken (200 without token), html (200 text/html),
         hang (never answers), reset (TCP reset), flaky-500 (every other request 500).
@@ -48,6 +49,7 @@ class Fake:
         self.max_in_flight = 0
         self.last_query = None
         self.last_authorization = None
+        self.last_user_agent = None
         self.flaky = 0
 
     def mint(self, expires, max_session):
@@ -66,6 +68,7 @@ class Fake:
             return 200, {}, json.dumps({
                 "requests": self.requests, "connections": self.connections, "tokens": self.tokens,
                 "last_query": self.last_query, "last_authorization": self.last_authorization,
+                "last_user_agent": self.last_user_agent,
                 "max_in_flight": self.max_in_flight, "fault": self.fault}).encode()
         if url.path != "/v3/token":
             return 404, {}, json.dumps({"error": "Not found"}).encode()
@@ -76,6 +79,7 @@ class Fake:
         self.last_query = query
         auth = headers.get("authorization")
         self.last_authorization = auth
+        self.last_user_agent = headers.get("user-agent")
         fault = self.fault
         if fault == "flaky-500":
             self.flaky += 1

@@ -25,6 +25,7 @@ class TokenRoute(TokendTestCase):
         self.assertNotIn(b"\\/", r.body, "slashes are not escaped")
         stats = fake.stats()
         self.assertEqual(stats["last_authorization"], CANARY_KEY, "the raw key, no Bearer")
+        self.assertRegex(stats["last_user_agent"], r"^tokend/\d+\.\d+")
         self.assertEqual(stats["last_query"], {"expires_in_seconds": "60"})
         self.assertNotEqual(t.get("/token").json()["token"], body["token"], "every request mints a new token")
 
