@@ -45,6 +45,19 @@ class Concurrency(TokendTestCase):
     def test_default_workers(self):
         self.check(None)
 
+    def test_a_second_burst_reuses_the_upstream_connections(self):
+        # 200 calls in flight on one worker span several curl multi handles (64 each); once
+        # the first burst has opened its connections, the same load opens none.
+        fake = self.fake(latency_ms=LATENCY_MS)
+        t = self.tokend(fake=fake, workers=1, env={"TOKEND_MAX_CONNECTIONS_PER_IP": "0"})
+        _, first = self.run_burst(t)
+        opened = fake.stats()["connections"]
+        _, second = self.run_burst(t)
+        self.assertEqual(first + second, [200] * (2 * IN_FLIGHT))
+        self.assertGreaterEqual(opened, IN_FLIGHT // 2, "the first burst ran its calls side by side")
+        # The stats query is a connection of its own.
+        self.assertEqual(fake.stats()["connections"] - opened - 1, 0, "the second burst opened upstream connections")
+
 
 if __name__ == "__main__":
     unittest.main()
