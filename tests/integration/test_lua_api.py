@@ -204,6 +204,39 @@ class ScriptChangesBehaviour(TokendTestCase):
         self.assertEqual(t.get("/").status, 404, "no static mount in this script")
 
 
+# No before hook: handlers run directly on their coroutine, which is reused once it ends.
+REUSE_SCRIPT = r'''
+local tokend = require "tokend"
+tokend.route("GET", "/who", function(req, ...)
+  return 200, { co = tostring(coroutine.running()), q = req.query.q, extra = select("#", ...) }
+end)
+tokend.route("GET", "/token-then-boom", function()
+  assert(tokend.generate_temp_token(60))
+  error("after the token")
+end)
+tokend.route("GET", "/yield", function() coroutine.yield() end)
+tokend.route("GET", "/loop", function() while true do end end)
+'''
+
+
+class ReusedCoroutines(TokendTestCase):
+    def test_a_reused_coroutine_starts_clean_and_keeps_its_limits(self):
+        t = self.tokend(fake=self.fake(), workers=1, script=self.write("routes.lua", REUSE_SCRIPT),
+                        env={"TOKEND_LUA_INSTRUCTIONS": "2000000"})
+        seen = set()
+        for i in range(20):
+            r = t.get(f"/who?q={i}")
+            self.assertEqual(r.status, 200, r)
+            self.assertEqual((r.json()["q"], r.json()["extra"]), (str(i), 0), "the handler gets req only")
+            seen.add(r.json()["co"])
+            for path in ["/loop", "/token-then-boom", "/yield"]:   # /loop runs on /who's coroutine
+                self.assertEqual(t.get(path).status, 500, path)
+        self.assertLess(len(seen), 20, "finished coroutines are reused")
+        self.assertIn("instruction limit exceeded", t.wait_log("instruction limit exceeded"))
+        self.assertIn("after the token", t.wait_log("after the token"))
+
+
+
 if __name__ == "__main__":
     unittest.main()
 
