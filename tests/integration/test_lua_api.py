@@ -207,8 +207,11 @@ class ScriptChangesBehaviour(TokendTestCase):
 # No before hook: handlers run directly on their coroutine, which is reused once it ends.
 REUSE_SCRIPT = r'''
 local tokend = require "tokend"
+local runs = setmetatable({}, { __mode = "k" })    -- coroutine -> handlers it ran
 tokend.route("GET", "/who", function(req, ...)
-  return 200, { co = tostring(coroutine.running()), q = req.query.q, extra = select("#", ...) }
+  local co = coroutine.running()
+  runs[co] = (runs[co] or 0) + 1
+  return 200, { runs = runs[co], q = req.query.q, extra = select("#", ...) }
 end)
 tokend.route("GET", "/token-then-boom", function()
   assert(tokend.generate_temp_token(60))
@@ -223,15 +226,17 @@ class ReusedCoroutines(TokendTestCase):
     def test_a_reused_coroutine_starts_clean_and_keeps_its_limits(self):
         t = self.tokend(fake=self.fake(), workers=1, script=self.write("routes.lua", REUSE_SCRIPT),
                         env={"TOKEND_LUA_INSTRUCTIONS": "2000000"})
-        seen = set()
-        for i in range(20):
+        runs = []
+        for i in range(10):
             r = t.get(f"/who?q={i}")
             self.assertEqual(r.status, 200, r)
             self.assertEqual((r.json()["q"], r.json()["extra"]), (str(i), 0), "the handler gets req only")
-            seen.add(r.json()["co"])
-            for path in ["/loop", "/token-then-boom", "/yield"]:   # /loop runs on /who's coroutine
-                self.assertEqual(t.get(path).status, 500, path)
-        self.assertLess(len(seen), 20, "finished coroutines are reused")
+            runs.append(r.json()["runs"])
+        self.assertEqual(runs, list(range(1, 11)), "one worker, one coroutine, reused")
+        for path in ["/loop", "/token-then-boom", "/yield"]:    # /loop runs on that coroutine
+            self.assertEqual(t.get(path).status, 500, path)
+            r = t.get("/who")
+            self.assertEqual((r.status, r.json()["runs"]), (200, 1), "a failed coroutine is not reused")
         self.assertIn("instruction limit exceeded", t.wait_log("instruction limit exceeded"))
         self.assertIn("after the token", t.wait_log("after the token"))
 
