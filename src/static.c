@@ -16,6 +16,10 @@
 
 #include "static.h"
 
+/* Files up to this size are read and sent with their headers in one write; larger ones go
+ * out with sendfile (libmicrohttpd's file responses), headers first. */
+#define STATIC_INLINE_MAX (16 * 1024)
+
 typedef struct static_mount_entry {
     char *prefix;       /* "/" or "/assets" (no trailing slash) */
     size_t prefix_len;
@@ -136,6 +140,22 @@ const char *static_mime_type(const char *name) {
     return "application/octet-stream";
 }
 
+/* A response for the open regular file fd of size bytes: its bytes in memory when it is
+ * small, else the file itself (the response then owns fd and *fd becomes -1). NULL when
+ * out of memory. */
+static struct MHD_Response *static_file_response(int *fd, off_t size) {
+    if (size <= STATIC_INLINE_MAX) {
+        char *buf = malloc(size ? (size_t)size : 1);
+        ssize_t got = buf ? pread(*fd, buf, (size_t)size, 0) : -1;
+        if (got == (ssize_t)size)
+            return MHD_create_response_from_buffer((size_t)size, buf, MHD_RESPMEM_MUST_FREE);
+        free(buf);      /* a short read (the file is changing) or no memory: stream it */
+    }
+    struct MHD_Response *resp = MHD_create_response_from_fd((uint64_t)size, *fd);
+    if (resp) *fd = -1;
+    return resp;
+}
+
 static void static_redirect_slash(http_request *req) {
     char loc[PATH_MAX + 2];
     struct MHD_Response *resp = http_response_bytes("", 0, NULL);
@@ -221,12 +241,11 @@ int static_serve(const static_mounts *m, http_request *req) {
         http_request_fail(req, 404, "not found");
         goto out;
     }
-    struct MHD_Response *resp = MHD_create_response_from_fd((uint64_t)st.st_size, fd);
+    struct MHD_Response *resp = static_file_response(&fd, st.st_size);
     if (!resp) {
         http_request_fail(req, 500, "out of memory");
         goto out;
     }
-    fd = -1;    /* owned by the response now */
     http_response_defaults(resp, static_mime_type(full));
     MHD_add_response_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL, "no-cache");
     http_request_respond(req, 200, resp, (unsigned long long)st.st_size);

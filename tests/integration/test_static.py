@@ -91,13 +91,17 @@ class StaticFiles(TokendTestCase):
         self.assertEqual(r.status, 405)
         self.assertEqual(set(r.headers["allow"].split(", ")), {"GET", "HEAD", "OPTIONS"})
 
-    def test_large_file(self):
-        data = os.urandom(3 * 1024 * 1024)
-        with open(os.path.join(self.workdir, "site", "big.bin"), "wb") as f:
-            f.write(data)
-        r = self.t.get("/big.bin")
-        self.assertEqual(r.status, 200)
-        self.assertEqual(r.body, data)
+    def test_file_sizes(self):
+        # Up to 16 KiB a file is read and sent with its headers; above, sendfile streams it.
+        for size in [0, 1, 16 * 1024 - 1, 16 * 1024, 16 * 1024 + 1, 3 * 1024 * 1024]:
+            with self.subTest(size=size):
+                data = os.urandom(size)
+                with open(os.path.join(self.workdir, "site", f"f{size}.bin"), "wb") as f:
+                    f.write(data)
+                r = self.t.get(f"/f{size}.bin")
+                self.assertEqual(r.status, 200)
+                self.assertEqual(r.headers["content-length"], str(size))
+                self.assertEqual(r.body, data)
 
 
 if __name__ == "__main__":
