@@ -58,9 +58,12 @@ class Soak(TokendTestCase):
         self.assertEqual(t.get("/token").status, 200)
         reloads = t.get("/metrics").body.decode()
         self.assertRegex(reloads, r'tokend_reloads_total\{result="ok"\} [1-9]')
-        # Memory stays flat: after the first seconds, growth is bounded.
-        warm, end = samples[3], max(samples[3:])
-        self.assertLess(end - warm, 16 * 1024, f"RSS grew from {warm} to {end} KiB: {samples}")
+        # Memory stays flat: after the first seconds, growth is bounded. Not under the address
+        # sanitizer, whose quarantine keeps up to 256 MB of freed memory by design (and fills
+        # at the pace of the process's frees); the plain build checks this.
+        if not os.environ.get("ASAN_OPTIONS"):
+            warm, end = samples[3], max(samples[3:])
+            self.assertLess(end - warm, 16 * 1024, f"RSS grew from {warm} to {end} KiB: {samples}")
 
 
 class AllocationFailures(TokendTestCase):
