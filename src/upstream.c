@@ -54,18 +54,24 @@ struct upstream_call {
  * most UPSTREAM_SHARD_CALLS transfers each; they share DNS and TLS sessions. */
 #define UPSTREAM_SHARD_CALLS 64
 #define UPSTREAM_MAX_SHARDS 64
+/* A multi handle other than the first that ran no transfer for two sweeps (30 to 60 s)
+ * is closed with its connections: after a burst, they would linger (and, once the server
+ * closes them, sit in CLOSE_WAIT) until the next burst. */
+#define UPSTREAM_SWEEP_MS 30000
 
 struct upstream_shard {
     upstream *up;
     CURLM *multi;
     loop_timer timer;               /* curl's timeout for this multi handle */
     int transfers;                  /* easy handles in multi */
+    int used;                       /* a transfer started since the last sweep */
 };
 
 struct upstream {
     loop *lp;
     upstream_shard *shards[UPSTREAM_MAX_SHARDS];
     int nshards;
+    loop_timer sweep;               /* armed while there is more than one shard */
     CURLSH *share;
     char *token_url;
     char *key;
@@ -90,6 +96,7 @@ void upstream_totals(long *connections_opened, long *calls) {
 
 static void upstream_drain(upstream_shard *sh);
 static void upstream_on_watchdog(void *ud);
+static void upstream_on_sweep(void *ud);
 
 static void upstream_on_fd(void *ud, int fd, unsigned events) {
     upstream_shard *sh = ud;
@@ -303,7 +310,31 @@ static upstream_shard *upstream_pick_shard(upstream *up) {
     curl_multi_setopt(sh->multi, CURLMOPT_TIMERDATA, sh);
     curl_multi_setopt(sh->multi, CURLMOPT_MAXCONNECTS, (long)UPSTREAM_SHARD_CALLS * 4);
     up->shards[up->nshards++] = sh;
+    if (up->nshards == 2) loop_timer_start(up->lp, &up->sweep, UPSTREAM_SWEEP_MS, upstream_on_sweep, up);
     return sh;
+}
+
+static void upstream_shard_free(upstream *up, upstream_shard *sh) {
+    loop_timer_stop(up->lp, &sh->timer);
+    curl_multi_cleanup(sh->multi);      /* closes its connections through upstream_on_close_socket */
+    free(sh);
+}
+
+/* Closes the multi handles (but the first) that stayed unused since the last sweep. */
+static void upstream_on_sweep(void *ud) {
+    upstream *up = ud;
+    int kept = 1;
+    for (int i = 1; i < up->nshards; i++) {
+        upstream_shard *sh = up->shards[i];
+        if (!sh->used && sh->transfers == 0) {
+            upstream_shard_free(up, sh);
+            continue;
+        }
+        sh->used = 0;
+        up->shards[kept++] = sh;
+    }
+    up->nshards = kept;
+    if (up->nshards > 1) loop_timer_start(up->lp, &up->sweep, UPSTREAM_SWEEP_MS, upstream_on_sweep, up);
 }
 
 /* Takes c's easy handle out of its multi handle, if it is in one. */
@@ -376,11 +407,8 @@ void upstream_free(upstream *up) {
         up->idle = c->next;
         upstream_call_free(c);
     }
-    for (int i = 0; i < up->nshards; i++) {
-        loop_timer_stop(up->lp, &up->shards[i]->timer);
-        curl_multi_cleanup(up->shards[i]->multi);
-        free(up->shards[i]);
-    }
+    for (int i = 0; i < up->nshards; i++) upstream_shard_free(up, up->shards[i]);
+    if (up->nshards) loop_timer_stop(up->lp, &up->sweep);
     if (up->share) curl_share_cleanup(up->share);
     if (up->headers) {
         /* The first entry holds the key: wipe it before freeing. */
@@ -422,6 +450,7 @@ static int upstream_start(upstream *up, upstream_call *c, long timeout_ms) {
     if (!sh || curl_multi_add_handle(sh->multi, c->easy) != CURLM_OK) return -1;
     c->shard = sh;
     sh->transfers++;
+    sh->used = 1;
     return 0;
 }
 
