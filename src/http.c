@@ -35,6 +35,7 @@ struct http_front {
     uint64_t request_timeout_ms;
     struct http_conn *conns_list;   /* open connections, for the request deadline */
     loop_timer deadline_timer;
+    int run_pending;            /* libmicrohttpd has work to do: its epoll fd was ready, or a resume */
 };
 
 /* One open connection: waiting while a request is being received. */
@@ -129,14 +130,18 @@ static void http_on_connection(void *cls, struct MHD_Connection *conn, void **so
         f->conns_list = c;
         policy_conns_opened(f->conns, c->peer);
         *socket_context = c;
-    } else if (c) {
-        policy_conns_closed(f->conns, c->peer);
-        if (c->prev) c->prev->next = c->next;
-        else f->conns_list = c->next;
-        if (c->next) c->next->prev = c->prev;
-        free(c);
-        *socket_context = NULL;
+        return;
     }
+    /* Closed. libmicrohttpd takes its listening socket back (after the connection limit)
+     * at the start of its next turn: make sure there is one. */
+    f->run_pending = 1;
+    if (!c) return;
+    policy_conns_closed(f->conns, c->peer);
+    if (c->prev) c->prev->next = c->next;
+    else f->conns_list = c->next;
+    if (c->next) c->next->prev = c->prev;
+    free(c);
+    *socket_context = NULL;
 }
 
 /* Cuts connections that did not deliver a whole request in time (slow or idle clients). */
@@ -255,6 +260,7 @@ void http_request_respond(http_request *req, int status, struct MHD_Response *re
     if (req->suspended) {
         req->suspended = 0;
         MHD_resume_connection(req->conn);
+        req->front->run_pending = 1;
     }
 }
 
@@ -372,9 +378,10 @@ static enum MHD_Result http_on_request(void *cls, struct MHD_Connection *conn, c
 }
 
 static void http_on_epoll(void *ud, int fd, unsigned events) {
-    (void)ud;
+    http_front *f = ud;
     (void)fd;
-    (void)events;   /* http_run() follows every loop wake-up */
+    (void)events;
+    f->run_pending = 1;
 }
 
 http_front *http_create(loop *lp, const http_options *opts, http_dispatch_fn *dispatch, void *ud,
@@ -425,11 +432,14 @@ fail:
 }
 
 void http_run(http_front *f) {
+    if (!f->run_pending && http_timeout_ms(f) != 0) return;     /* nothing to do: skip its epoll_wait */
+    f->run_pending = 0;
     MHD_run(f->daemon);
 }
 
 long http_timeout_ms(http_front *f) {
     MHD_UNSIGNED_LONG_LONG t;
+    if (f->run_pending) return 0;
     if (MHD_get_timeout(f->daemon, &t) != MHD_YES) return -1;
     return t > 0x7fffffffULL ? 0x7fffffffL : (long)t;
 }

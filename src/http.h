@@ -60,10 +60,12 @@ typedef struct http_options {
 http_front *http_create(loop *lp, const http_options *opts, http_dispatch_fn *dispatch, void *ud,
                         char *err, size_t errlen);
 
-/* Lets libmicrohttpd do its work; call after every loop wake-up. */
+/* Lets libmicrohttpd do its work, if it has any (its epoll descriptor was ready, a
+ * connection was resumed, or one of its timeouts is due); call after every loop wake-up. */
 void http_run(http_front *f);
 
-/* Milliseconds until libmicrohttpd needs to run again, -1 for no deadline. */
+/* Milliseconds until libmicrohttpd needs to run again: 0 when it has work now, -1 for no
+ * deadline. */
 long http_timeout_ms(http_front *f);
 
 /* Stops accepting new connections; requests on open connections go on. */

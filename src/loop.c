@@ -178,6 +178,12 @@ static void loop_run_timers(loop *lp) {
     }
 }
 
+void loop_run_due(loop *lp) {
+    lp->dispatching = 1;
+    loop_run_timers(lp);
+    lp->dispatching = 0;
+}
+
 int loop_fd(const loop *lp) {
     return lp->epfd;
 }

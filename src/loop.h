@@ -48,6 +48,9 @@ void loop_timer_stop(loop *lp, loop_timer *t);
  * epoll error. */
 int loop_run_once(loop *lp, long max_wait_ms);
 
+/* Runs the timers that are due, without waiting for events. */
+void loop_run_due(loop *lp);
+
 /* The epoll descriptor: readable when the loop has something to do (for a host's poll). */
 int loop_fd(const loop *lp);
 
