@@ -492,6 +492,9 @@ void host_add_before(host *h, lua_State *L, int idx) {
 /* Keeps a request's coroutine for a later request if it ran to its end (a fresh one costs
  * a thread, a stack and garbage); drops it otherwise. */
 static void host_pool_coroutine(host *h, host_request *hr) {
+    /* Whatever the coroutine does later (a script may have kept it and resume it), it is
+     * no longer this request's. */
+    *(host_request **)lua_getextraspace(hr->co) = NULL;
     if (lua_status(hr->co) == LUA_OK && h->npooled < HOST_POOLED_COROUTINES) {
         if (!h->pooled && !(h->pooled = malloc(HOST_POOLED_COROUTINES * sizeof *h->pooled))) goto drop;
         lua_settop(hr->co, 0);

@@ -219,6 +219,16 @@ tokend.route("GET", "/token-then-boom", function()
 end)
 tokend.route("GET", "/yield", function() coroutine.yield() end)
 tokend.route("GET", "/loop", function() while true do end end)
+local kept
+tokend.route("GET", "/keep", function()
+  kept = coroutine.running()
+  coroutine.yield()
+  return 200, { token = (tokend.generate_temp_token(60)) }
+end)
+tokend.route("GET", "/resume-kept", function()
+  local ok, err = coroutine.resume(kept)
+  return 200, { ok = ok, err = tostring(err) }
+end)
 '''
 
 
@@ -237,6 +247,12 @@ class ReusedCoroutines(TokendTestCase):
             self.assertEqual(t.get(path).status, 500, path)
             r = t.get("/who")
             self.assertEqual((r.status, r.json()["runs"]), (200, 1), "a failed coroutine is not reused")
+        # A script that kept an ended request's coroutine and resumes it is outside any
+        # request there.
+        self.assertEqual(t.get("/keep").status, 500)
+        r = t.get("/resume-kept").json()
+        self.assertFalse(r["ok"])
+        self.assertIn("must be called from a request handler", r["err"])
         self.assertIn("instruction limit exceeded", t.wait_log("instruction limit exceeded"))
         self.assertIn("after the token", t.wait_log("after the token"))
 
