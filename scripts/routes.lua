@@ -38,8 +38,8 @@ end
 -- Token answers are never cached; cross-origin answers carry their CORS headers.
 local function no_store(cors, extra)
   local headers = { ["Cache-Control"] = "no-store" }
-  for name, value in pairs(cors or {}) do headers[name] = value end
-  for name, value in pairs(extra or {}) do headers[name] = value end
+  if cors then for name, value in pairs(cors) do headers[name] = value end end
+  if extra then for name, value in pairs(extra) do headers[name] = value end end
   return headers
 end
 
