@@ -134,6 +134,8 @@ static int upstream_on_socket(CURL *easy, curl_socket_t s, int what, void *userp
     }
     if (state == UPSTREAM_FD_OPENED && (what == CURL_POLL_IN || what == CURL_POLL_INOUT))
         up->conn_fds[s] = UPSTREAM_FD_PARKABLE;
+    else if (state == UPSTREAM_FD_OPENED && what == CURL_POLL_REMOVE)
+        up->conn_fds[s] = 0;    /* a connect attempt that is over: curl may close it by itself */
     if (what == CURL_POLL_IN || what == CURL_POLL_INOUT) ev |= LOOP_READ;
     if (what == CURL_POLL_OUT || what == CURL_POLL_INOUT) ev |= LOOP_WRITE;
     /* Never answer -1: libcurl would mark the whole multi handle dead, and this worker
