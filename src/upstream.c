@@ -544,12 +544,12 @@ void upstream_classify(int curl_code, const char *curl_error, long http_status, 
                        size_t body_len, long retry_after, long timeout_ms, const char *key,
                        upstream_result *r, char *token, size_t token_cap, char *errbuf, size_t errlen) {
     char msg[700], said[JSON_ERROR_MAX + 8];
-    json_token_reply reply_space, *reply = &reply_space;     /* 8 KiB: a malloc would cost more */
+    json_token_reply reply;     /* 8 KiB on the stack: a malloc per call cost more */
     memset(r, 0, sizeof *r);
     r->retry_after = retry_after;
     r->http_status = curl_code == CURLE_OK ? (int)http_status : 0;
     msg[0] = said[0] = '\0';
-    int parsed = body && json_parse_token_reply(body, body_len, reply) == 0;
+    int parsed = body && json_parse_token_reply(body, body_len, &reply) == 0;
     if (curl_code == CURLE_OPERATION_TIMEDOUT) {
         r->kind = "timeout";
         snprintf(msg, sizeof msg, "the upstream did not answer within %ld ms", timeout_ms);
@@ -562,15 +562,15 @@ void upstream_classify(int curl_code, const char *curl_error, long http_status, 
                  strcmp(r->kind, "tls") == 0 ? "TLS failure" : strcmp(r->kind, "connect") == 0 ? "cannot connect" : "network failure",
                  curl_error && *curl_error ? curl_error : curl_easy_strerror((CURLcode)curl_code));
     } else {
-        if (parsed && reply->has_error && reply->error[0]) snprintf(said, sizeof said, ": %s", reply->error);
-        if (http_status == 200 && parsed && reply->has_token) {
-            if (strlen(reply->token) >= token_cap) {
+        if (parsed && reply.has_error && reply.error[0]) snprintf(said, sizeof said, ": %s", reply.error);
+        if (http_status == 200 && parsed && reply.has_token) {
+            if (strlen(reply.token) >= token_cap) {
                 r->kind = "bad_response";
                 snprintf(msg, sizeof msg, "the upstream token is too long");
             } else {
-                memcpy(token, reply->token, strlen(reply->token) + 1);
+                memcpy(token, reply.token, strlen(reply.token) + 1);
                 r->token = token;
-                r->expires_in_seconds = reply->has_expires ? reply->expires_in_seconds : 0;
+                r->expires_in_seconds = reply.has_expires ? reply.expires_in_seconds : 0;
             }
         } else if (http_status == 200) {
             r->kind = "bad_response";
