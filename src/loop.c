@@ -169,18 +169,14 @@ int loop_timer_start(loop *lp, loop_timer *t, long after_ms, loop_timer_fn *fn, 
     return 0;
 }
 
-static void loop_run_timers(loop *lp) {
+void loop_run_due(loop *lp) {
     uint64_t now = lp->now_ms = loop_now_ms();
+    lp->dispatching = 1;
     while (lp->heap_len && lp->heap[1]->due_ms <= now) {
         loop_timer *t = lp->heap[1];
         loop_timer_stop(lp, t);
         t->fn(t->ud);
     }
-}
-
-void loop_run_due(loop *lp) {
-    lp->dispatching = 1;
-    loop_run_timers(lp);
     lp->dispatching = 0;
 }
 
@@ -224,8 +220,7 @@ int loop_run_once(loop *lp, long max_wait_ms) {
         if (evs[i].events & (EPOLLOUT | EPOLLHUP | EPOLLERR)) what |= LOOP_WRITE;
         lp->slots[fd].fn(lp->slots[fd].ud, fd, what);
     }
-    loop_run_timers(lp);
-    lp->dispatching = 0;
+    loop_run_due(lp);
     return n;
 }
 
