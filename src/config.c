@@ -1,211 +1,148 @@
-/* config.c: the .env file parser and settings lookup (real environment first). */
+/* config.c: tokend's settings: one table of names, flags, variables, defaults, ranges and help. */
 #define _GNU_SOURCE
-#include <ctype.h>
 #include <errno.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "config.h"
+#include "log.h"
 
-#define CONFIG_ENV_MAX_FILE (1 << 20)
+#define CONFIG_FIELD(f) offsetof(tokend_config, f)
+#define CONFIG_TEXT 1, 0            /* the range of a setting that is not an integer */
 
-typedef struct config_entry {
-    char *name;
-    char *value;
-} config_entry;
-
-struct config_env {
-    config_entry *entries;
-    size_t len, cap;
+const config_setting config_settings[] = {
+    { "api_key", NULL, "ASSEMBLYAI_API_KEY", CONFIG_SECRET, NULL, CONFIG_TEXT, CONFIG_FIELD(api_key),
+      "your AssemblyAI key; without it /token answers 503" },
+    { "streaming_url", NULL, "ASSEMBLYAI_STREAMING_URL", CONFIG_STRING, "https://streaming.assemblyai.com",
+      CONFIG_TEXT, CONFIG_FIELD(streaming_url),
+      "region or fake: tokens from <url>/v3/token, the browser streams to wss://<host>/v3/ws" },
+    { "port", "port", "PORT", CONFIG_INT, "8000", 0, 65535, CONFIG_FIELD(port),
+      "TCP port; 0 picks a free one (printed at start)" },
+    { "host", "host", "HOST", CONFIG_STRING, "127.0.0.1", CONFIG_TEXT, CONFIG_FIELD(host),
+      "address to listen on (0.0.0.0 or :: for all)" },
+    { "script", "script", "TOKEND_SCRIPT", CONFIG_STRING, "scripts/routes.lua", CONFIG_TEXT, CONFIG_FIELD(script),
+      "the routes script" },
+    { "public", "public", "TOKEND_PUBLIC", CONFIG_STRING, "public", CONFIG_TEXT, CONFIG_FIELD(public_dir),
+      "static folder, given to the script as tokend.config.public" },
+    { "workers", "workers", "TOKEND_WORKERS", CONFIG_INT, "0", 0, 256, CONFIG_FIELD(workers),
+      "event loops, each with its own Lua state; 0 = one per core" },
+    { "upstream_timeout_ms", "upstream-timeout-ms", "TOKEND_UPSTREAM_TIMEOUT_MS", CONFIG_LONG, "10000", 100, 600000,
+      CONFIG_FIELD(upstream_timeout_ms), "deadline of one token request (then 504)" },
+    { "connect_timeout_ms", NULL, "TOKEND_CONNECT_TIMEOUT_MS", CONFIG_LONG, "5000", 100, 600000,
+      CONFIG_FIELD(connect_timeout_ms), "deadline of opening a connection to the upstream" },
+    { "log_level", "log-level", "TOKEND_LOG_LEVEL", CONFIG_LEVEL, "info", CONFIG_TEXT, CONFIG_FIELD(log_level),
+      "debug, info, warn or error" },
+    { "log_format", "log-format", "TOKEND_LOG_FORMAT", CONFIG_FORMAT, "text", CONFIG_TEXT, CONFIG_FIELD(log_json),
+      "text, or json for one JSON object per line" },
+    { "ca_bundle", NULL, "CURL_CA_BUNDLE", CONFIG_STRING, NULL, CONFIG_TEXT, CONFIG_FIELD(ca_file),
+      "CA file that verifies the upstream (default: the system store)" },
+    { "trusted_proxies", "trusted-proxies", "TOKEND_TRUSTED_PROXIES", CONFIG_STRING, NULL, CONFIG_TEXT,
+      CONFIG_FIELD(trusted_proxies), "addresses or CIDR networks whose X-Forwarded-For is believed" },
+    { "max_header_bytes", NULL, "TOKEND_MAX_HEADER_BYTES", CONFIG_SIZE, "8192", 1024, 1L << 20,
+      CONFIG_FIELD(max_header_bytes), "request line and headers; past it 414 or 431" },
+    { "max_body_bytes", NULL, "TOKEND_MAX_BODY_BYTES", CONFIG_SIZE, "65536", 0, 1L << 30,
+      CONFIG_FIELD(max_body_bytes), "larger request bodies get 413" },
+    { "max_query_args", NULL, "TOKEND_MAX_QUERY_ARGS", CONFIG_UINT, "64", 1, 10000, CONFIG_FIELD(max_query_args),
+      "more query arguments get 400" },
+    { "max_connections", NULL, "TOKEND_MAX_CONNECTIONS", CONFIG_UINT, "10000", 1, 1000000,
+      CONFIG_FIELD(max_connections), "open client connections, all workers together" },
+    { "max_connections_per_ip", NULL, "TOKEND_MAX_CONNECTIONS_PER_IP", CONFIG_UINT, "64", 0, 1000000,
+      CONFIG_FIELD(max_connections_per_ip), "open connections from one address (0 = no limit)" },
+    { "request_timeout_s", NULL, "TOKEND_REQUEST_TIMEOUT_S", CONFIG_UINT, "30", 0, 86400,
+      CONFIG_FIELD(request_timeout_s), "a request must arrive whole within this (0 = no limit)" },
+    { "idle_timeout_s", NULL, "TOKEND_IDLE_TIMEOUT_S", CONFIG_UINT, "60", 0, 86400, CONFIG_FIELD(idle_timeout_s),
+      "connections with no traffic are closed after this" },
+    { "rate_limit_clients", NULL, "TOKEND_RATE_LIMIT_CLIENTS", CONFIG_SIZE, "100000", 100, 100000000,
+      CONFIG_FIELD(rate_limit_clients), "clients the rate limiters track at most" },
+    { "lua_memory_mb", NULL, "TOKEND_LUA_MEMORY_MB", CONFIG_MIB, "64", 1, 65536, CONFIG_FIELD(lua_memory_bytes),
+      "memory cap of each worker's Lua state" },
+    { "lua_instructions", NULL, "TOKEND_LUA_INSTRUCTIONS", CONFIG_LONG, "10000000", 10000, 1L << 40,
+      CONFIG_FIELD(lua_instruction_limit), "Lua VM instructions one request may run" },
+    { "drain_timeout_s", NULL, "TOKEND_DRAIN_TIMEOUT_S", CONFIG_UINT, "10", 0, 3600, CONFIG_FIELD(drain_timeout_s),
+      "on SIGTERM/SIGINT, how long requests in flight may finish" },
+    { "watch", "watch", NULL, CONFIG_SWITCH, NULL, CONFIG_TEXT, CONFIG_FIELD(watch_script),
+      "reload the script when its file changes (development)" },
 };
+const size_t config_count = sizeof config_settings / sizeof config_settings[0];
 
-static int config_env_set(config_env *env, const char *name, size_t nlen, const char *value, size_t vlen) {
-    for (size_t i = 0; i < env->len; i++) {
-        if (strlen(env->entries[i].name) == nlen && memcmp(env->entries[i].name, name, nlen) == 0) {
-            char *v = strndup(value, vlen);
-            if (!v) return -1;
-            explicit_bzero(env->entries[i].value, strlen(env->entries[i].value));
-            free(env->entries[i].value);
-            env->entries[i].value = v;
-            return 0;
-        }
-    }
-    if (env->len == env->cap) {
-        size_t cap = env->cap ? env->cap * 2 : 8;
-        config_entry *e = realloc(env->entries, cap * sizeof *e);
-        if (!e) return -1;
-        env->entries = e;
-        env->cap = cap;
-    }
-    config_entry *e = &env->entries[env->len];
-    e->name = strndup(name, nlen);
-    e->value = strndup(value, vlen);
-    if (!e->name || !e->value) {
-        free(e->name);
-        free(e->value);
-        return -1;
-    }
-    env->len++;
+const config_setting *config_by_env(const char *env) {
+    for (size_t i = 0; i < config_count; i++)
+        if (config_settings[i].env && strcmp(config_settings[i].env, env) == 0) return &config_settings[i];
+    return NULL;
+}
+
+const config_setting *config_by_flag(const char *flag) {
+    for (size_t i = 0; i < config_count; i++)
+        if (config_settings[i].flag && strcmp(config_settings[i].flag, flag) == 0) return &config_settings[i];
+    return NULL;
+}
+
+const config_setting *config_by_name(const char *name) {
+    for (size_t i = 0; i < config_count; i++)
+        if (strcmp(config_settings[i].name, name) == 0) return &config_settings[i];
+    return NULL;
+}
+
+/* Parses a whole decimal integer in [min, max]. Returns 0 or -1. */
+static int config_parse_long(const char *s, long min, long max, long *out) {
+    char *end;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (!*s || *end || errno || v < min || v > max) return -1;
+    *out = v;
     return 0;
 }
 
-/* Parses one value starting at p (line ends at end). Writes the decoded value into out
- * (capacity >= end - p), sets *olen. Returns NULL on success or an error text. */
-static const char *config_parse_value(const char *p, const char *end, char *out, size_t *olen) {
-    size_t o = 0;
-    if (p < end && (*p == '"' || *p == '\'')) {
-        char q = *p++;
-        for (;;) {
-            if (p >= end) return q == '"' ? "unterminated double-quoted value" : "unterminated single-quoted value";
-            if (*p == q) { p++; break; }
-            if (q == '"' && *p == '\\' && p + 1 < end) {
-                p++;
-                switch (*p) {
-                case 'n': out[o++] = '\n'; break;
-                case 't': out[o++] = '\t'; break;
-                case 'r': out[o++] = '\r'; break;
-                default: out[o++] = *p; break;
-                }
-                p++;
-                continue;
-            }
-            out[o++] = *p++;
+int config_set(tokend_config *cfg, const config_setting *s, const char *value, int from_flag, char *err, size_t errlen) {
+    void *field = (char *)cfg + s->offset;
+    const char *shown = from_flag ? s->flag : s->env;
+    long n = 0;
+    switch (s->type) {
+    case CONFIG_STRING:
+    case CONFIG_SECRET:
+        *(const char **)field = value && *value ? value : NULL;
+        return 0;
+    case CONFIG_LEVEL:
+        if ((n = log_level_from_name(value)) < 0) {
+            snprintf(err, errlen, "log level must be debug, info, warn or error (got \"%s\")", value);
+            return -1;
         }
-        while (p < end && (*p == ' ' || *p == '\t')) p++;
-        if (p < end && *p != '#') return "unexpected text after the closing quote";
-    } else {
-        const char *start = p;
-        while (p < end && !(*p == '#' && (p == start || p[-1] == ' ' || p[-1] == '\t'))) out[o++] = *p++;
-        while (o && (out[o - 1] == ' ' || out[o - 1] == '\t')) o--;
-    }
-    *olen = o;
-    return NULL;
-}
-
-int config_env_parse(const char *text, size_t len, config_env **out, char *err, size_t errlen) {
-    int rc = -1;
-    char *buf = NULL;
-    config_env *env = calloc(1, sizeof *env);
-    *out = NULL;
-    if (!env || !(buf = malloc(len + 1))) {
-        snprintf(err, errlen, "out of memory");
-        goto out;
-    }
-    const char *p = text, *end = text + len;
-    if (len >= 3 && memcmp(p, "\xEF\xBB\xBF", 3) == 0) p += 3;  /* UTF-8 byte order mark */
-    for (int line = 1; p < end; line++) {
-        const char *eol = memchr(p, '\n', (size_t)(end - p));
-        if (!eol) eol = end;
-        const char *le = eol;
-        if (le > p && le[-1] == '\r') le--;
-        while (p < le && (*p == ' ' || *p == '\t')) p++;
-        if (p < le && *p != '#') {
-            if (le - p > 7 && memcmp(p, "export", 6) == 0 && (p[6] == ' ' || p[6] == '\t')) {
-                p += 7;
-                while (p < le && (*p == ' ' || *p == '\t')) p++;
-            }
-            const char *name = p;
-            while (p < le && (isalnum((unsigned char)*p) || *p == '_')) p++;
-            size_t nlen = (size_t)(p - name);
-            while (p < le && (*p == ' ' || *p == '\t')) p++;
-            if (nlen == 0 || isdigit((unsigned char)name[0]) || p >= le || *p != '=') {
-                snprintf(err, errlen, "line %d: expected NAME=value", line);
-                goto out;
-            }
-            p++;
-            while (p < le && (*p == ' ' || *p == '\t')) p++;
-            size_t vlen = 0;
-            const char *why = config_parse_value(p, le, buf, &vlen);
-            if (why) {
-                snprintf(err, errlen, "line %d: %s", line, why);
-                goto out;
-            }
-            if (memchr(buf, '\0', vlen)) {
-                snprintf(err, errlen, "line %d: NUL byte in value", line);
-                goto out;
-            }
-            if (config_env_set(env, name, nlen, buf, vlen) < 0) {
-                snprintf(err, errlen, "out of memory");
-                goto out;
-            }
+        *(int *)field = (int)n;
+        return 0;
+    case CONFIG_FORMAT:
+        if (strcmp(value, "json") != 0 && strcmp(value, "text") != 0) {
+            snprintf(err, errlen, "log format must be text or json (got \"%s\")", value);
+            return -1;
         }
-        p = eol + 1;
+        *(int *)field = strcmp(value, "json") == 0;
+        return 0;
+    case CONFIG_SWITCH:
+        *(int *)field = 1;
+        return 0;
+    default:
+        break;
     }
-    *out = env;
-    env = NULL;
-    rc = 0;
-out:
-    if (buf) {
-        explicit_bzero(buf, len + 1);
-        free(buf);
+    if (config_parse_long(value, s->min, s->max, &n) < 0) {
+        snprintf(err, errlen, "%s%s must be an integer between %ld and %ld (got \"%s\")", from_flag ? "--" : "",
+                 shown, s->min, s->max, value);
+        return -1;
     }
-    config_env_free(env);
-    return rc;
+    switch (s->type) {
+    case CONFIG_INT: *(int *)field = (int)n; break;
+    case CONFIG_UINT: *(unsigned int *)field = (unsigned int)n; break;
+    case CONFIG_LONG: *(long *)field = n; break;
+    case CONFIG_SIZE: *(size_t *)field = (size_t)n; break;
+    case CONFIG_MIB: *(size_t *)field = (size_t)n << 20; break;
+    default: break;
+    }
+    return 0;
 }
 
-int config_env_load(const char *path, config_env **out, char *err, size_t errlen) {
-    int rc = -1;
-    char *text = NULL;
-    size_t len = 0;
-    FILE *f = fopen(path, "rb");
-    *out = NULL;
-    if (!f) {
-        snprintf(err, errlen, "%s: %s", path, strerror(errno));
-        goto out;
-    }
-    text = malloc(CONFIG_ENV_MAX_FILE + 1);
-    if (!text) {
-        snprintf(err, errlen, "out of memory");
-        goto out;
-    }
-    len = fread(text, 1, CONFIG_ENV_MAX_FILE + 1, f);
-    if (ferror(f) || len > CONFIG_ENV_MAX_FILE) {
-        snprintf(err, errlen, "%s: %s", path, ferror(f) ? "read error" : "larger than 1 MiB");
-        goto out;
-    }
-    char perr[200];
-    if (config_env_parse(text, len, out, perr, sizeof perr) < 0) {
-        snprintf(err, errlen, "%s: %s", path, perr);
-        goto out;
-    }
-    rc = 0;
-out:
-    if (text) {
-        explicit_bzero(text, len);
-        free(text);
-    }
-    if (f) fclose(f);
-    return rc;
-}
-
-const char *config_env_get(const config_env *env, const char *name) {
-    if (!env) return NULL;
-    for (size_t i = 0; i < env->len; i++)
-        if (strcmp(env->entries[i].name, name) == 0) return env->entries[i].value;
-    return NULL;
-}
-
-const char *config_lookup(const config_env *env, const char *name) {
-    const char *v = getenv(name);
-    return v ? v : config_env_get(env, name);
-}
-
-size_t config_env_count(const config_env *env) {
-    return env ? env->len : 0;
-}
-
-const char *config_env_name(const config_env *env, size_t i) {
-    return env && i < env->len ? env->entries[i].name : NULL;
-}
-
-void config_env_free(config_env *env) {
-    if (!env) return;
-    for (size_t i = 0; i < env->len; i++) {
-        explicit_bzero(env->entries[i].value, strlen(env->entries[i].value));
-        free(env->entries[i].name);
-        free(env->entries[i].value);
-    }
-    free(env->entries);
-    free(env);
+void tokend_config_init(tokend_config *cfg) {
+    char err[200];
+    memset(cfg, 0, sizeof *cfg);
+    for (size_t i = 0; i < config_count; i++)
+        if (config_settings[i].dflt) config_set(cfg, &config_settings[i], config_settings[i].dflt, 0, err, sizeof err);
 }

@@ -1,31 +1,48 @@
-/* config.h: the .env file parser and settings lookup (real environment first). */
+/* config.h: tokend's settings: one table of names, flags, variables, defaults, ranges and help. */
 #ifndef TOKEND_CONFIG_H
 #define TOKEND_CONFIG_H
 
 #include <stddef.h>
 
-typedef struct config_env config_env;
+#include "tokend.h"
 
-/* Parses .env text: "NAME=value" lines, blank lines, "# comments", an optional
- * "export " prefix, values in single quotes (literal) or double quotes (\n \t \" \\
- * escapes), and unquoted values that end at " #". Later lines win. On error returns
- * -1 and err says "line N: why". */
-int config_env_parse(const char *text, size_t len, config_env **out, char *err, size_t errlen);
+/* How a setting's text becomes its field of tokend_config. */
+typedef enum config_type {
+    CONFIG_STRING,      /* const char * (an empty value counts as unset) */
+    CONFIG_SECRET,      /* const char *, never shown */
+    CONFIG_INT,         /* int */
+    CONFIG_UINT,        /* unsigned int */
+    CONFIG_LONG,        /* long */
+    CONFIG_SIZE,        /* size_t */
+    CONFIG_MIB,         /* size_t, given in MiB */
+    CONFIG_LEVEL,       /* int: debug, info, warn, error */
+    CONFIG_FORMAT,      /* int: text (0) or json (1) */
+    CONFIG_SWITCH,      /* int: a flag without a value, 1 when given */
+} config_type;
 
-/* Reads and parses a file. A missing file is an error (errno text in err). */
-int config_env_load(const char *path, config_env **out, char *err, size_t errlen);
+typedef struct config_setting {
+    const char *name;       /* its name in tokend.server{...}: "max_connections" */
+    const char *flag;       /* command-line option without "--", or NULL */
+    const char *env;        /* environment / .env variable, or NULL */
+    config_type type;
+    const char *dflt;       /* the default as text, NULL when there is none */
+    long min, max;          /* range of an integer setting */
+    size_t offset;          /* of its field in tokend_config */
+    const char *help;       /* one line */
+} config_setting;
 
-/* Returns the value of name in the parsed file, or NULL. */
-const char *config_env_get(const config_env *env, const char *name);
+/* Every setting, in the order --help, .env.example and the README list them. */
+extern const config_setting config_settings[];
+extern const size_t config_count;
 
-/* Returns getenv(name) when set, else the file's value (env may be NULL), else NULL. */
-const char *config_lookup(const config_env *env, const char *name);
+/* Finds a setting by environment variable, flag or name; NULL when there is none. */
+const config_setting *config_by_env(const char *env);
+const config_setting *config_by_flag(const char *flag);
+const config_setting *config_by_name(const char *name);
 
-/* Number of entries, and the name of entry i (for reporting unknown settings). */
-size_t config_env_count(const config_env *env);
-const char *config_env_name(const config_env *env, size_t i);
-
-/* Wipes the values (they may hold the API key) and frees. NULL is allowed. */
-void config_env_free(config_env *env);
+/* Sets s's field of cfg from its text. from_flag names the setting --flag in errors
+ * rather than by its variable. Strings are not copied. Returns 0, or -1 with err set
+ * ("PORT must be an integer between 0 and 65535 (got "x")"). */
+int config_set(tokend_config *cfg, const config_setting *s, const char *value, int from_flag, char *err, size_t errlen);
 
 #endif

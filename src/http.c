@@ -28,7 +28,7 @@ struct http_front {
     void *dispatch_ud;
     size_t max_body_bytes;
     size_t in_flight;
-    http_request *pending;      /* dispatched, unanswered */
+    struct http_exchange *pending;  /* dispatched, unanswered */
     int quiesced_fd;            /* listening socket handed back by MHD_quiesce_daemon, or -1 */
     policy_proxies *proxies;
     policy_conns *conns;
@@ -37,6 +37,24 @@ struct http_front {
     loop_timer deadline_timer;
     int run_pending;            /* libmicrohttpd has work to do: its epoll fd was ready, or a resume */
 };
+
+/* A request with what only the HTTP front sees of it. */
+typedef struct http_exchange {
+    http_request pub;                   /* first: an http_request * is an http_exchange * */
+    struct MHD_Connection *conn;
+    http_front *front;
+    char *target;
+    int state;
+    int status;
+    unsigned long long bytes;
+    struct MHD_Response *response;
+    int suspended;
+    struct http_exchange *prev, *next;  /* list of dispatched, unanswered requests */
+} http_exchange;
+
+#define HTTP_EXCHANGE(req) ((http_exchange *)(req))
+/* An http_response is a libmicrohttpd response under another name. */
+#define HTTP_MHD(resp) ((struct MHD_Response *)(resp))
 
 /* One open connection: waiting while a request is being received. */
 typedef struct http_conn {
@@ -72,19 +90,20 @@ static void http_addr_text(const struct sockaddr *sa, char *out, size_t len) {
 /* Called by libmicrohttpd with the raw request target, before headers are parsed; the
  * returned pointer becomes the request's context. */
 static void *http_on_uri(void *cls, const char *uri, struct MHD_Connection *conn) {
-    http_request *req = calloc(1, sizeof *req);
-    (void)cls;
-    if (!req) return NULL;
-    req->front = cls;
-    req->conn = conn;
-    req->target = strdup(uri ? uri : "");
+    http_exchange *x = calloc(1, sizeof *x);
+    if (!x) return NULL;
+    http_request *req = &x->pub;
+    x->front = cls;
+    x->conn = conn;
+    x->target = strdup(uri ? uri : "");
+    req->target = x->target;
     req->upstream_ms = -1;
     req->start_ms = loop_now_ms();
     snprintf(req->route, sizeof req->route, "none");
     const union MHD_ConnectionInfo *ci = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
     http_addr_text(ci ? ci->client_addr : NULL, req->peer, sizeof req->peer);
     memcpy(req->client, req->peer, sizeof req->client);
-    return req;
+    return x;
 }
 
 static http_conn *http_conn_of(struct MHD_Connection *conn) {
@@ -159,117 +178,134 @@ static void http_on_deadline(void *ud) {
     loop_timer_start(f->lp, &f->deadline_timer, 1000, http_on_deadline, f);
 }
 
-static void http_pending_unlink(http_front *f, http_request *req) {
-    if (req->prev) req->prev->next = req->next;
-    else if (f->pending == req) f->pending = req->next;
-    if (req->next) req->next->prev = req->prev;
-    req->prev = req->next = NULL;
+static void http_pending_unlink(http_front *f, http_exchange *x) {
+    if (x->prev) x->prev->next = x->next;
+    else if (f->pending == x) f->pending = x->next;
+    if (x->next) x->next->prev = x->prev;
+    x->prev = x->next = NULL;
 }
 
 static void http_on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
                               enum MHD_RequestTerminationCode toe) {
     http_front *f = cls;
-    http_request *req = *con_cls;
+    http_exchange *x = *con_cls;
     http_conn_waiting(conn, 1);     /* the next request's clock starts now */
-    if (!req) return;
+    if (!x) return;
+    http_request *req = &x->pub;
     *con_cls = NULL;
-    if (req->state == REQ_DISPATCHED) {
+    if (x->state == REQ_DISPATCHED) {
         /* Only reachable when the daemon stops under a request: never leave it linked. */
-        http_pending_unlink(f, req);
+        http_pending_unlink(f, x);
         f->in_flight--;
         metrics_in_flight(-1);
     }
-    if (req->status) metrics_request(req->route, req->status);
-    if (req->method && (req->status || toe == MHD_REQUEST_TERMINATED_COMPLETED_OK)) {
+    if (x->status) metrics_request(req->route, x->status);
+    if (req->method && (x->status || toe == MHD_REQUEST_TERMINATED_COMPLETED_OK)) {
         log_access_entry e = {
             .client = req->client, .method = req->method, .path = req->path ? req->path : "-",
-            .status = req->status, .bytes = req->bytes,
+            .status = x->status, .bytes = x->bytes,
             .duration_ms = (double)(loop_now_ms() - req->start_ms), .upstream_ms = req->upstream_ms,
         };
         log_access(&e);
     }
-    if (req->response) MHD_destroy_response(req->response);
-    free(req->target);
+    if (x->response) MHD_destroy_response(x->response);
+    free(x->target);
     free(req->path);
     free(req->body);
-    free(req);
+    free(x);
 }
 
-int http_response_header(struct MHD_Response *resp, const char *name, const char *value) {
+int http_response_header(http_response *resp, const char *name, const char *value) {
     if (!*name || strpbrk(name, "\r\n:\t ") || strpbrk(value, "\r\n")) return -1;
-    return MHD_add_response_header(resp, name, value) == MHD_YES ? 0 : -1;
+    return MHD_add_response_header(HTTP_MHD(resp), name, value) == MHD_YES ? 0 : -1;
 }
 
-void http_response_defaults(struct MHD_Response *resp, const char *content_type) {
+/* Adds the headers every response carries (X-Content-Type-Options: nosniff) and
+ * content_type when not NULL. */
+static http_response *http_response_defaults(struct MHD_Response *resp, const char *content_type) {
+    if (!resp) return NULL;
     MHD_add_response_header(resp, "X-Content-Type-Options", "nosniff");
     if (content_type) MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, content_type);
+    return (http_response *)resp;
 }
 
-struct MHD_Response *http_response_bytes(const char *body, size_t len, const char *content_type) {
-    struct MHD_Response *resp = MHD_create_response_from_buffer(len, (void *)(uintptr_t)body,
-                                                                  MHD_RESPMEM_MUST_COPY);
-    if (resp) http_response_defaults(resp, content_type);
-    return resp;
+http_response *http_response_bytes(const char *body, size_t len, const char *content_type) {
+    return http_response_defaults(MHD_create_response_from_buffer(len, (void *)(uintptr_t)body,
+                                                                  MHD_RESPMEM_MUST_COPY), content_type);
 }
 
-struct MHD_Response *http_response_error(const char *message, size_t *len) {
+http_response *http_response_take(char *body, size_t len, const char *content_type) {
+    struct MHD_Response *resp = MHD_create_response_from_buffer(len, body, MHD_RESPMEM_MUST_FREE);
+    if (!resp) free(body);
+    return http_response_defaults(resp, content_type);
+}
+
+http_response *http_response_file(int fd, uint64_t size, const char *content_type) {
+    return http_response_defaults(MHD_create_response_from_fd(size, fd), content_type);
+}
+
+void http_response_free(http_response *resp) {
+    if (resp) MHD_destroy_response(HTTP_MHD(resp));
+}
+
+http_response *http_response_error(const char *message, size_t *len) {
     char body[600];
     size_t o = (size_t)snprintf(body, sizeof body, "{\"error\":\"");
     o = json_escape(body, o, sizeof body - 3, message);
     memcpy(body + o, "\"}", 3);
     o += 2;
-    struct MHD_Response *resp = http_response_bytes(body, o, "application/json");
-    if (resp) MHD_add_response_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL, "no-store");
+    http_response *resp = http_response_bytes(body, o, "application/json");
+    if (resp) MHD_add_response_header(HTTP_MHD(resp), MHD_HTTP_HEADER_CACHE_CONTROL, "no-store");
     *len = o;
     return resp;
 }
 
 void http_request_fail(http_request *req, int status, const char *message) {
     size_t len = 0;
-    struct MHD_Response *resp = http_response_error(message, &len);
+    http_response *resp = http_response_error(message, &len);
     http_request_respond(req, status, resp, len);
 }
 
 void http_request_fail_allow(http_request *req, const char *allow) {
     size_t len = 0;
-    struct MHD_Response *resp = http_response_error("method not allowed", &len);
-    if (resp) MHD_add_response_header(resp, MHD_HTTP_HEADER_ALLOW, allow);
+    http_response *resp = http_response_error("method not allowed", &len);
+    if (resp) MHD_add_response_header(HTTP_MHD(resp), MHD_HTTP_HEADER_ALLOW, allow);
     http_request_respond(req, 405, resp, len);
 }
 
-void http_request_respond(http_request *req, int status, struct MHD_Response *resp,
-                          unsigned long long bytes) {
-    http_front *f = req->front;
-    if (req->state == REQ_ANSWERED) {
-        if (resp) MHD_destroy_response(resp);
+void http_request_respond(http_request *req, int status, http_response *resp, unsigned long long bytes) {
+    http_exchange *x = HTTP_EXCHANGE(req);
+    http_front *f = x->front;
+    if (x->state == REQ_ANSWERED) {
+        http_response_free(resp);
         return;
     }
-    if (req->state == REQ_DISPATCHED) {
-        http_pending_unlink(f, req);
+    if (x->state == REQ_DISPATCHED) {
+        http_pending_unlink(f, x);
         f->in_flight--;
         metrics_in_flight(-1);
     }
     if (!resp) {
-        resp = MHD_create_response_from_buffer(0, NULL, MHD_RESPMEM_PERSISTENT);
+        resp = (http_response *)MHD_create_response_from_buffer(0, NULL, MHD_RESPMEM_PERSISTENT);
         bytes = 0;
     }
-    req->state = REQ_ANSWERED;
-    req->status = status;
-    req->bytes = bytes;
-    req->response = resp;
-    if (req->suspended) {
-        req->suspended = 0;
-        MHD_resume_connection(req->conn);
-        req->front->run_pending = 1;
+    x->state = REQ_ANSWERED;
+    x->status = status;
+    x->bytes = bytes;
+    x->response = HTTP_MHD(resp);
+    if (x->suspended) {
+        x->suspended = 0;
+        MHD_resume_connection(x->conn);
+        f->run_pending = 1;
     }
 }
 
 /* Queues the stored response on the connection. */
-static enum MHD_Result http_queue(http_request *req) {
-    if (!req->response) return MHD_NO;
-    enum MHD_Result r = MHD_queue_response(req->conn, (unsigned int)req->status, req->response);
-    MHD_destroy_response(req->response);
-    req->response = NULL;
+static enum MHD_Result http_queue(http_exchange *x) {
+    if (!x->response) return MHD_NO;
+    enum MHD_Result r = MHD_queue_response(x->conn, (unsigned int)x->status, x->response);
+    MHD_destroy_response(x->response);
+    x->response = NULL;
     return r;
 }
 
@@ -306,10 +342,11 @@ static enum MHD_Result http_collect_xff(void *cls, enum MHD_ValueKind kind, cons
 }
 
 /* Sets req->client: the peer, or the client a trusted proxy names in X-Forwarded-For. */
-static void http_resolve_client(http_front *f, http_request *req) {
+static void http_resolve_client(http_front *f, http_exchange *ex) {
+    http_request *req = &ex->pub;
     if (!policy_proxy_trusted(f->proxies, req->peer)) return;
     http_xff x = { "", 0 };
-    MHD_get_connection_values(req->conn, MHD_HEADER_KIND, http_collect_xff, &x);
+    MHD_get_connection_values(ex->conn, MHD_HEADER_KIND, http_collect_xff, &x);
     policy_client_address(f->proxies, req->peer, x.len ? x.buf : NULL, req->client, sizeof req->client);
 }
 
@@ -317,27 +354,28 @@ static enum MHD_Result http_on_request(void *cls, struct MHD_Connection *conn, c
                                        const char *method, const char *version, const char *upload_data,
                                        size_t *upload_data_size, void **con_cls) {
     http_front *f = cls;
-    http_request *req = *con_cls;
+    http_exchange *x = *con_cls;
     (void)url;
     (void)version;
-    if (!req) return MHD_NO;    /* out of memory in http_on_uri: drop the connection */
-    switch (req->state) {
+    if (!x) return MHD_NO;      /* out of memory in http_on_uri: drop the connection */
+    http_request *req = &x->pub;
+    switch (x->state) {
     case REQ_NEW: {
         req->method = method;
-        req->conn = conn;
-        http_resolve_client(f, req);
+        x->conn = conn;
+        http_resolve_client(f, x);
         int parsed = http_parse_target(req);
         if (parsed < 0) {
             if (parsed == -2) http_request_fail(req, 503, "out of memory");
             else http_request_fail(req, 400, "malformed request path");
-            return http_queue(req);
+            return http_queue(x);
         }
         const char *cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
         if (cl && strtoull(cl, NULL, 10) > f->max_body_bytes) {
             http_request_fail(req, 413, "request body too large");
-            return http_queue(req);
+            return http_queue(x);
         }
-        req->state = REQ_BODY;
+        x->state = REQ_BODY;
         return MHD_YES;
     }
     case REQ_BODY:
@@ -346,7 +384,7 @@ static enum MHD_Result http_on_request(void *cls, struct MHD_Connection *conn, c
             *upload_data_size = 0;
             if (req->body_len + n > f->max_body_bytes) {
                 http_request_fail(req, 413, "request body too large");
-                return http_queue(req);
+                return http_queue(x);
             }
             char *b = realloc(req->body, req->body_len + n + 1);
             if (!b) return MHD_NO;
@@ -356,22 +394,22 @@ static enum MHD_Result http_on_request(void *cls, struct MHD_Connection *conn, c
             b[req->body_len] = '\0';
             return MHD_YES;
         }
-        req->state = REQ_DISPATCHED;
+        x->state = REQ_DISPATCHED;
         http_conn_waiting(conn, 0);
-        req->next = f->pending;
-        if (f->pending) f->pending->prev = req;
-        f->pending = req;
+        x->next = f->pending;
+        if (f->pending) f->pending->prev = x;
+        f->pending = x;
         f->in_flight++;
         metrics_in_flight(1);
         f->dispatch(f->dispatch_ud, req);
-        if (req->state == REQ_ANSWERED) return http_queue(req);
-        req->suspended = 1;
+        if (x->state == REQ_ANSWERED) return http_queue(x);
+        x->suspended = 1;
         MHD_suspend_connection(conn);
         return MHD_YES;
     case REQ_ANSWERED:
         /* Resumed with its answer; without one (no memory to build it), close rather than
          * leave the client waiting forever. */
-        return http_queue(req);
+        return http_queue(x);
     default:
         return MHD_YES;
     }
@@ -454,7 +492,7 @@ size_t http_in_flight(const http_front *f) {
 
 void http_free(http_front *f) {
     if (!f) return;
-    while (f->pending) http_request_fail(f->pending, 503, "server shutting down");
+    while (f->pending) http_request_fail(&f->pending->pub, 503, "server shutting down");
     MHD_run(f->daemon);
     loop_watch(f->lp, f->epoll_fd, 0, NULL, NULL);
     loop_timer_stop(f->lp, &f->deadline_timer);
@@ -464,7 +502,7 @@ void http_free(http_front *f) {
 }
 
 const char *http_request_header(const http_request *req, const char *name) {
-    return MHD_lookup_connection_value(req->conn, MHD_HEADER_KIND, name);
+    return MHD_lookup_connection_value(HTTP_EXCHANGE(req)->conn, MHD_HEADER_KIND, name);
 }
 
 typedef struct http_header_iter {
@@ -481,5 +519,5 @@ static enum MHD_Result http_header_cb(void *cls, enum MHD_ValueKind kind, const 
 
 void http_request_each_header(const http_request *req, http_header_fn *fn, void *ud) {
     http_header_iter it = { fn, ud };
-    MHD_get_connection_values(req->conn, MHD_HEADER_KIND, http_header_cb, &it);
+    MHD_get_connection_values(HTTP_EXCHANGE(req)->conn, MHD_HEADER_KIND, http_header_cb, &it);
 }

@@ -7,18 +7,14 @@
 
 #include "loop.h"
 
-struct MHD_Connection;
-struct MHD_Response;
-
 typedef struct http_front http_front;
+typedef struct http_response http_response;     /* an answer being built */
 
-/* One request. The dispatcher reads the fields and answers with http_request_respond(),
- * at once or later (the connection is suspended until then). */
+/* One request, as the dispatcher sees it. It answers with http_request_respond(), at once
+ * or later (the connection is suspended until then). Strings live as long as the request. */
 typedef struct http_request {
-    struct MHD_Connection *conn;
-    http_front *front;
-    char *target;               /* raw request target as received ("/a%20b?x=1") */
-    const char *method;         /* valid for the request's lifetime */
+    const char *target;         /* raw request target as received ("/a%20b?x=1") */
+    const char *method;
     char *path;                 /* %-decoded path */
     const char *query;          /* raw query string after '?', "" if none */
     size_t query_len;
@@ -27,16 +23,8 @@ typedef struct http_request {
     char *body;                 /* request body (NUL-terminated), NULL when empty */
     size_t body_len;
     uint64_t start_ms;
-    double upstream_ms;         /* time waited on the upstream, -1 when none */
-    void *user;                 /* the dispatcher's per-request state */
+    double upstream_ms;         /* time waited on outside calls, -1 when none */
     char route[48];             /* metrics label: the route's pattern, "static" or "none" */
-    /* private to http.c */
-    int state;
-    int status;
-    unsigned long long bytes;
-    struct MHD_Response *response;
-    int suspended;
-    struct http_request *prev, *next;   /* list of dispatched, unanswered requests */
 } http_request;
 
 typedef void http_dispatch_fn(void *ud, http_request *req);
@@ -80,8 +68,7 @@ void http_free(http_front *f);
 
 /* Answers req with status and resp (ownership taken; NULL sends an empty body); bytes is
  * the body size for the access log. Resumes the connection when it was suspended. */
-void http_request_respond(http_request *req, int status, struct MHD_Response *resp,
-                          unsigned long long bytes);
+void http_request_respond(http_request *req, int status, http_response *resp, unsigned long long bytes);
 
 /* Looks up a request header (case-insensitive); NULL when absent. */
 const char *http_request_header(const http_request *req, const char *name);
@@ -90,20 +77,28 @@ const char *http_request_header(const http_request *req, const char *name);
 typedef void http_header_fn(void *ud, const char *name, const char *value);
 void http_request_each_header(const http_request *req, http_header_fn *fn, void *ud);
 
-/* Adds the headers every response carries (X-Content-Type-Options: nosniff) and
- * content_type when not NULL. */
-void http_response_defaults(struct MHD_Response *resp, const char *content_type);
-
 /* Builds a response with a copy of body; NULL when out of memory. Adds the headers every
  * response carries (X-Content-Type-Options: nosniff) and content_type when not NULL. */
-struct MHD_Response *http_response_bytes(const char *body, size_t len, const char *content_type);
+http_response *http_response_bytes(const char *body, size_t len, const char *content_type);
+
+/* Builds a response that takes body (from malloc) and frees it when sent. NULL when out
+ * of memory (body is then freed). Adds the headers every response carries. */
+http_response *http_response_take(char *body, size_t len, const char *content_type);
+
+/* Builds a response that sends size bytes of the open file fd (sendfile where it can) and
+ * closes it; NULL when out of memory (fd stays the caller's). Adds the headers every
+ * response carries. */
+http_response *http_response_file(int fd, uint64_t size, const char *content_type);
 
 /* Adds a header; returns -1 when the name or value holds characters a header cannot carry. */
-int http_response_header(struct MHD_Response *resp, const char *name, const char *value);
+int http_response_header(http_response *resp, const char *name, const char *value);
+
+/* Frees a response that was not sent. NULL is allowed. */
+void http_response_free(http_response *resp);
 
 /* Builds the JSON error response {"error": message} (Cache-Control: no-store); *len gets
  * the body size. NULL when out of memory. */
-struct MHD_Response *http_response_error(const char *message, size_t *len);
+http_response *http_response_error(const char *message, size_t *len);
 
 /* Answers with a JSON error {"error": message}. */
 void http_request_fail(http_request *req, int status, const char *message);

@@ -224,6 +224,12 @@ int loop_run_once(loop *lp, long max_wait_ms) {
     return n;
 }
 
+int loop_run_until(loop *lp, const int *flag) {
+    while (!*flag)
+        if (loop_run_once(lp, -1) < 0) return -1;
+    return 0;
+}
+
 void loop_wake(loop *lp) {
     uint64_t one = 1;
     ssize_t w = write(lp->wakefd, &one, sizeof one);

@@ -48,6 +48,10 @@ void loop_timer_stop(loop *lp, loop_timer *t);
  * epoll error. */
 int loop_run_once(loop *lp, long max_wait_ms);
 
+/* Runs the loop until *flag becomes non-zero (set by a callback). Returns 0, or -1 on a
+ * fatal epoll error. */
+int loop_run_until(loop *lp, const int *flag);
+
 /* Runs the timers that are due, without waiting for events. */
 void loop_run_due(loop *lp);
 

@@ -1,8 +1,9 @@
 /* luamodule.c: tokend.so, the module for stock Lua 5.4 interpreters: the scripts' API on
- * the application's own state, blocking token requests, and an embedded server. */
+ * the application's own state, blocking calls outside requests, and an embedded server. */
 #define _GNU_SOURCE
 #include <pthread.h>
 #include <signal.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -10,10 +11,13 @@
 #include <lauxlib.h>
 #include <curl/curl.h>
 
-#include "luaapi.h"
-#include "luahost.h"
+#include "config.h"
+#include "fetch.h"
+#include "linit.h"
+#include "lhost.h"
 #include "policy.h"
 #include "server.h"
+#include "upstream.h"
 #include "url.h"
 
 #define LUAMOD_STATE "tokend.module"
@@ -21,13 +25,16 @@
 
 /* What one require of the module owns; freed when the Lua state closes. */
 typedef struct luamod_state {
-    host *h;
-    upstream *sync_up;
+    lhost *h;
+    tokend_config cfg;          /* the settings from the environment */
+    char *key;                  /* the API key, in C memory only */
+    loop *lp;                   /* the module's own world, for calls outside requests */
+    fetch *client;
+    upstream *up;
     policy_buckets *buckets;
     url_endpoints endpoints;
-    host_info info;
-    char *key, *ca_file;
-    long timeout_ms;
+    lhost_info info;
+    lhost_world world;
     struct luamod_server *serving;
 } luamod_state;
 
@@ -56,16 +63,14 @@ static void luamod_server_close(luamod_server *s) {
 static int luamod_state_gc(lua_State *L) {
     luamod_state *m = luaL_checkudata(L, 1, LUAMOD_STATE);
     if (m->serving) luamod_server_close(m->serving);
-    host_free(m->h);
-    upstream_free(m->sync_up);
+    lhost_free(m->h);
+    upstream_free(m->up);
+    fetch_free(m->client);
+    loop_free(m->lp);
     policy_buckets_free(m->buckets);
     if (m->key) explicit_bzero(m->key, strlen(m->key));
     free(m->key);
-    free(m->ca_file);
-    m->h = NULL;
-    m->sync_up = NULL;
-    m->buckets = NULL;
-    m->key = m->ca_file = NULL;
+    memset(m, 0, sizeof *m);
     return 0;
 }
 
@@ -152,17 +157,41 @@ static const char *luamod_opt_string(lua_State *L, const char *name, const char 
     return v;
 }
 
-/* tokend.server{port = 8000, host = "127.0.0.1", script = nil, public = nil} -> server | nil, err */
+/* Applies the options of tokend.server{...} to cfg: every setting by its name (port,
+ * host, trusted_proxies, log_format, max_connections, ...), but script and public, which
+ * the caller handles, and the key, which never passes through Lua. */
+static void luamod_apply_options(lua_State *L, tokend_config *cfg) {
+    char err[300];
+    lua_pushnil(L);
+    while (lua_next(L, 1)) {
+        const char *name = lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2) : NULL;
+        const config_setting *s = name ? config_by_name(name) : NULL;
+        if (name && (strcmp(name, "script") == 0 || strcmp(name, "public") == 0)) {
+            lua_pop(L, 1);
+            continue;
+        }
+        if (!s || s->type == CONFIG_SECRET)
+            luaL_error(L, "tokend.server: unknown option %s", name ? name : luaL_typename(L, -2));
+        if (s->type == CONFIG_SWITCH) {
+            if (lua_toboolean(L, -1)) config_set(cfg, s, "1", 0, err, sizeof err);
+        } else {
+            if (lua_type(L, -1) != LUA_TSTRING && lua_type(L, -1) != LUA_TNUMBER)
+                luaL_error(L, "tokend.server: option %s must be a string or a number", name);
+            if (config_set(cfg, s, lua_tostring(L, -1), 0, err, sizeof err) < 0)
+                luaL_error(L, "tokend.server: %s: %s", name, err);
+        }
+        lua_pop(L, 1);      /* the options table keeps the value alive */
+    }
+}
+
+/* tokend.server{port = 8000, host = "127.0.0.1", script = nil, public = nil, ...} -> server | nil, err */
 static int luamod_server_new(lua_State *L) {
     luamod_state *m = luaL_checkudata(L, lua_upvalueindex(1), LUAMOD_STATE);
     char err[1024];
     luaL_checktype(L, 1, LUA_TTABLE);
     if (m->serving) return luaL_error(L, "this tokend module is already serving (one server at a time)");
-    lua_getfield(L, 1, "port");
-    lua_Integer port = luaL_optinteger(L, -1, 8000);
-    lua_pop(L, 1);
-    luaL_argcheck(L, port >= 0 && port <= 65535, 1, "port must be 0..65535");
-    const char *hostname = luamod_opt_string(L, "host", "127.0.0.1");
+    tokend_config cfg = m->cfg;
+    luamod_apply_options(L, &cfg);
     const char *script = luamod_opt_string(L, "script", NULL);
     const char *public_dir = luamod_opt_string(L, "public", NULL);
     if (script) {       /* the script's routes join the application's, in this state */
@@ -178,16 +207,9 @@ static int luamod_server_new(lua_State *L) {
         lua_call(L, 2, 0);
         lua_pop(L, 2);
     }
-    tokend_config cfg;
-    tokend_config_init(&cfg);
-    cfg.port = (int)port;
-    cfg.host = hostname;
     cfg.script = "(embedded)";
     cfg.public_dir = public_dir ? public_dir : "";
     cfg.api_key = m->key;
-    cfg.streaming_url = m->endpoints.base;
-    cfg.ca_file = m->ca_file;
-    cfg.upstream_timeout_ms = m->timeout_ms;
     cfg.workers = 1;
     luamod_server *s = lua_newuserdatauv(L, sizeof *s, 0);
     s->srv = NULL;
@@ -219,9 +241,52 @@ static int luamod_serve(lua_State *L) {
     return n;
 }
 
-static char *luamod_env(const char *name) {
-    const char *v = getenv(name);
-    return v && *v ? strdup(v) : NULL;
+/* Reads the settings from the environment, as the server reads them (no .env: the
+ * application owns its environment). Returns 0, or -1 with err set. */
+static int luamod_settings(luamod_state *m, char *err, size_t errlen) {
+    tokend_config_init(&m->cfg);
+    for (size_t i = 0; i < config_count; i++) {
+        const config_setting *s = &config_settings[i];
+        const char *v = s->env ? getenv(s->env) : NULL;
+        if (!v || !*v) continue;
+        if (s->type == CONFIG_SECRET) {
+            if (!(m->key = strdup(v))) {
+                snprintf(err, errlen, "out of memory");
+                return -1;
+            }
+            continue;
+        }
+        if (config_set(&m->cfg, s, v, 0, err, errlen) < 0) return -1;
+    }
+    m->cfg.api_key = m->key;
+    return 0;
+}
+
+/* Builds the module's own world: a loop, its clients and the rate limiters' table. */
+static int luamod_world(luamod_state *m, char *err, size_t errlen) {
+    if (url_streaming_endpoints(m->cfg.streaming_url, &m->endpoints, err, errlen) != URL_OK) return -1;
+    fetch_options fo = { .ca_file = m->cfg.ca_file, .connect_timeout_ms = m->cfg.connect_timeout_ms };
+    upstream_options uo = {
+        .token_url = m->endpoints.token_url, .api_key = m->key, .timeout_ms = m->cfg.upstream_timeout_ms,
+    };
+    if (!(m->lp = loop_create())) {
+        snprintf(err, errlen, "cannot create an event loop");
+        return -1;
+    }
+    if (!(m->client = fetch_create(m->lp, &fo, err, errlen))) return -1;
+    if (!(m->up = upstream_create(m->client, &uo, err, errlen))) return -1;
+    if (!(m->buckets = policy_buckets_create(m->cfg.rate_limit_clients))) {
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    m->info = (lhost_info){
+        .host = "", .port = 0, .script = "(embedded)", .public_dir = "",
+        .streaming_url = m->endpoints.base, .token_url = m->endpoints.token_url,
+        .websocket_url = m->endpoints.websocket_url, .workers = 1, .worker = 1,
+        .api_key_configured = m->key != NULL,
+    };
+    m->world = (lhost_world){ .lp = m->lp, .up = m->up, .buckets = m->buckets, .info = &m->info };
+    return 0;
 }
 
 TOKEND_API int luaopen_tokend(lua_State *L) {
@@ -252,31 +317,15 @@ TOKEND_API int luaopen_tokend(lua_State *L) {
     lua_pushvalue(L, -1);
     luaL_ref(L, LUA_REGISTRYINDEX);     /* lives as long as the state */
 
-    /* Settings from the environment; the key stays in C memory, never in Lua. */
-    m->key = luamod_env("ASSEMBLYAI_API_KEY");
-    m->ca_file = luamod_env("CURL_CA_BUNDLE");
-    const char *url = getenv("ASSEMBLYAI_STREAMING_URL");
-    const char *timeout = getenv("TOKEND_UPSTREAM_TIMEOUT_MS");
-    m->timeout_ms = timeout ? atol(timeout) : 10000;
-    if (m->timeout_ms <= 0) m->timeout_ms = 10000;
-    if (url_streaming_endpoints(url && *url ? url : "https://streaming.assemblyai.com", &m->endpoints, err, sizeof err) != URL_OK)
-        return luaL_error(L, "tokend: ASSEMBLYAI_STREAMING_URL: %s", err);
-    upstream_options uo = {
-        .token_url = m->endpoints.token_url, .api_key = m->key, .ca_file = m->ca_file,
-        .timeout_ms = m->timeout_ms, .connect_timeout_ms = 5000,
+    if (luamod_settings(m, err, sizeof err) < 0 || luamod_world(m, err, sizeof err) < 0)
+        return luaL_error(L, "tokend: %s", err);
+    lhost_options ho = {
+        .instruction_limit = m->cfg.lua_instruction_limit, .max_query_args = m->cfg.max_query_args,
+        .world = &m->world,
     };
-    if (!(m->sync_up = upstream_create(NULL, &uo, err, sizeof err))) return luaL_error(L, "tokend: %s", err);
-    if (!(m->buckets = policy_buckets_create(100000))) return luaL_error(L, "tokend: out of memory");
-    m->info = (host_info){
-        .host = "", .port = 0, .script = "(embedded)", .public_dir = "",
-        .streaming_url = m->endpoints.base, .token_url = m->endpoints.token_url,
-        .websocket_url = m->endpoints.websocket_url, .workers = 1, .worker = 1,
-        .api_key_configured = m->key != NULL,
-    };
-    host_options ho = { .up = m->sync_up, .info = &m->info, .buckets = m->buckets };
-    if (host_attach(L, &ho, &m->h, err, sizeof err) < 0) return luaL_error(L, "tokend: %s", err);
+    if (lhost_attach(L, &ho, &m->h, err, sizeof err) < 0) return luaL_error(L, "tokend: %s", err);
 
-    lapi_push_module(L, m->h);
+    linit_push_module(L, m->h);
     lua_pushvalue(L, -2);
     lua_pushcclosure(L, luamod_server_new, 1);
     lua_setfield(L, -2, "server");

@@ -32,12 +32,7 @@ static atomic_ullong metrics_latency_buckets[METRICS_NBOUNDS + 1];
 static atomic_ullong metrics_latency_count;
 static atomic_ullong metrics_latency_sum_us;
 
-static const char *const metrics_kinds[] = {
-    "no_key", "unauthorized", "rate_limited", "bad_request", "upstream_error",
-    "bad_response", "timeout", "connect", "tls", "network",
-};
-#define METRICS_NKINDS (sizeof metrics_kinds / sizeof metrics_kinds[0])
-static atomic_ullong metrics_errors[METRICS_NKINDS];
+static atomic_ullong metrics_errors[FAILURE_COUNT];
 
 void metrics_request(const char *route, int status) {
     pthread_mutex_lock(&metrics_lock);
@@ -62,7 +57,7 @@ void metrics_in_flight(int delta) {
     atomic_fetch_add(&metrics_in_flight_now, delta);
 }
 
-void metrics_upstream(const char *kind, double elapsed_ms) {
+void metrics_upstream(failure_kind failure, double elapsed_ms) {
     if (elapsed_ms < 0) goto counted;   /* no upstream call was made (no key) */
     double s = elapsed_ms / 1000.0;
     size_t b = 0;
@@ -71,12 +66,8 @@ void metrics_upstream(const char *kind, double elapsed_ms) {
     atomic_fetch_add(&metrics_latency_count, 1);
     atomic_fetch_add(&metrics_latency_sum_us, (unsigned long long)(elapsed_ms * 1000.0));
 counted:
-    if (!kind) {
-        atomic_fetch_add(&metrics_tokens, 1);
-        return;
-    }
-    for (size_t i = 0; i < METRICS_NKINDS; i++)
-        if (strcmp(kind, metrics_kinds[i]) == 0) atomic_fetch_add(&metrics_errors[i], 1);
+    if (failure == FAILURE_NONE) atomic_fetch_add(&metrics_tokens, 1);
+    else if (failure < FAILURE_COUNT) atomic_fetch_add(&metrics_errors[failure], 1);
 }
 
 void metrics_reload(int ok) {
@@ -139,9 +130,9 @@ void metrics_render(metrics_write_fn *write, void *ud, long upstream_connections
                    (double)atomic_load(&metrics_latency_sum_us) / 1e6, atomic_load(&metrics_latency_count));
     metrics_printf(write, ud, "# HELP tokend_upstream_errors_total Failed token requests, by kind.\n"
                               "# TYPE tokend_upstream_errors_total counter\n");
-    for (size_t i = 0; i < METRICS_NKINDS; i++)
-        metrics_printf(write, ud, "tokend_upstream_errors_total{kind=\"%s\"} %llu\n", metrics_kinds[i],
-                       atomic_load(&metrics_errors[i]));
+    for (failure_kind k = FAILURE_NONE + 1; k < FAILURE_COUNT; k++)
+        metrics_printf(write, ud, "tokend_upstream_errors_total{kind=\"%s\"} %llu\n", failure_name(k),
+                       atomic_load(&metrics_errors[k]));
     metrics_printf(write, ud, "# HELP tokend_upstream_connections_opened_total Connections opened to the upstream.\n"
                               "# TYPE tokend_upstream_connections_opened_total counter\n"
                               "tokend_upstream_connections_opened_total %ld\n", upstream_connections_opened);

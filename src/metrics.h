@@ -5,15 +5,17 @@
 
 #include <stddef.h>
 
+#include "failure.h"
+
 /* Counts an answered request under its route label ("/token", "static", "none"). */
 void metrics_request(const char *route, int status);
 
 /* Moves the requests-in-flight gauge by delta (+1 when dispatched, -1 when answered). */
 void metrics_in_flight(int delta);
 
-/* Counts an upstream outcome: kind NULL for a minted token, else the failure kind;
+/* Counts a token request's outcome: FAILURE_NONE for a minted token, else its failure;
  * elapsed_ms < 0 when no upstream call was made (it stays out of the histogram). */
-void metrics_upstream(const char *kind, double elapsed_ms);
+void metrics_upstream(failure_kind failure, double elapsed_ms);
 
 /* Counts a script reload (ok 1) or a failed one (ok 0). */
 void metrics_reload(int ok);

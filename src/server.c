@@ -14,11 +14,14 @@
 #include <unistd.h>
 #include <curl/curl.h>
 
+#include "fetch.h"
 #include "http.h"
+#include "lcroutelib.h"
+#include "lhost.h"
+#include "linit.h"
 #include "log.h"
 #include "loop.h"
 #include "metrics.h"
-#include "luahost.h"
 #include "policy.h"
 #include "server.h"
 #include "tokend.h"
@@ -32,17 +35,19 @@
 /* A Lua host replaced by a reload, kept until its last request is answered. */
 typedef struct server_retired {
     struct server_retired *next;
-    host *lua;
+    lhost *lua;
 } server_retired;
 
 typedef struct server_worker {
     tokend_server *srv;
     int id;
     loop *lp;
+    fetch *client;              /* outgoing HTTP: token calls */
     upstream *up;
-    host *lua;
+    lhost *lua;
     http_front *http;
-    host_info info;
+    lhost_info info;
+    lhost_world world;
     pthread_t thread;
     int started;
     int reload_seen;            /* the reload generation this worker has loaded */
@@ -60,9 +65,9 @@ struct tokend_server {
     server_worker *workers;
     atomic_int stopping;
     atomic_int reload_gen;
-    host_c_route **c_routes;        /* routes in C, re-added on every reload */
+    lcroute **c_routes;             /* routes in C, re-added on every reload */
     size_t n_c_routes;
-    host *attached;                 /* the Lua module's host, or NULL */
+    lhost *attached;                /* the Lua module's host, or NULL */
     policy_buckets *buckets;        /* shared by every worker's scripts */
     policy_conns *conns;            /* open connections per client address, all workers */
     policy_proxies *proxies;
@@ -73,29 +78,6 @@ static CURLcode server_curl_status = CURLE_OK;
 
 static void server_curl_init(void) {
     server_curl_status = curl_global_init(CURL_GLOBAL_DEFAULT);
-}
-
-void tokend_config_init(tokend_config *cfg) {
-    memset(cfg, 0, sizeof *cfg);
-    cfg->host = "127.0.0.1";
-    cfg->port = 8000;
-    cfg->script = "scripts/routes.lua";
-    cfg->public_dir = "public";
-    cfg->streaming_url = "https://streaming.assemblyai.com";
-    cfg->upstream_timeout_ms = 10000;
-    cfg->connect_timeout_ms = 5000;
-    cfg->max_connections = 10000;
-    cfg->max_connections_per_ip = 64;
-    cfg->idle_timeout_s = 60;
-    cfg->request_timeout_s = 30;
-    cfg->max_header_bytes = 8192;
-    cfg->max_body_bytes = 65536;
-    cfg->max_query_args = 64;
-    cfg->rate_limit_clients = 100000;
-    cfg->lua_memory_bytes = (size_t)64 << 20;
-    cfg->lua_instruction_limit = 10000000L;
-    cfg->log_level = TOKEND_LOG_INFO;
-    cfg->drain_timeout_s = 10;
 }
 
 void tokend_set_log_sink(tokend_log_fn *sink, void *ud) {
@@ -173,8 +155,9 @@ static int server_check_config(const tokend_config *c, char *err, size_t errlen)
         snprintf(err, errlen, "workers %d is out of range 0..%d", c->workers, SERVER_MAX_WORKERS);
         return -1;
     }
-    if (!c->host || !*c->host || !c->script || !*c->script || !c->public_dir) {
-        snprintf(err, errlen, "host, script and public folder must be set");
+    if (!c->host || !*c->host || !c->script || !*c->script || !c->public_dir || !c->streaming_url) {
+        snprintf(err, errlen, "host, script, public folder and streaming URL must be set (tokend_config_init "
+                              "fills the defaults)");
         return -1;
     }
     if (c->ca_file && *c->ca_file && access(c->ca_file, R_OK) != 0) {
@@ -202,28 +185,36 @@ static void server_policy_free(tokend_server *srv) {
     policy_proxies_free(srv->proxies);
 }
 
-/* Loads the script into a new Lua host for worker w. Returns 0 or -1 with err set. */
-static int server_worker_load(server_worker *w, host **out, char *err, size_t errlen) {
+/* Loads the script into a new Lua host for worker w, with the routes written in C.
+ * Returns 0 or -1 with err set. */
+static int server_worker_load(server_worker *w, lhost **out, char *err, size_t errlen) {
     tokend_server *srv = w->srv;
-    host_options ho = {
+    lhost_options ho = {
         .script = srv->cfg.script, .memory_limit = srv->cfg.lua_memory_bytes,
         .instruction_limit = srv->cfg.lua_instruction_limit, .max_query_args = srv->cfg.max_query_args,
-        .up = w->up, .info = &w->info, .buckets = srv->buckets,
-        .c_routes = srv->c_routes, .n_c_routes = srv->n_c_routes,
+        .world = &w->world, .open_module = linit_push_module,
     };
-    return host_create(&ho, out, err, errlen);
+    if (lhost_create(&ho, out, err, errlen) < 0) return -1;
+    for (size_t i = 0; i < srv->n_c_routes; i++) {
+        if (lcroute_add(*out, srv->c_routes[i], err, errlen) < 0) {
+            lhost_free(*out);
+            *out = NULL;
+            return -1;
+        }
+    }
+    return 0;
 }
 
 /* The HTTP front's dispatcher: the worker's current Lua host answers. */
 static void server_worker_dispatch(void *ud, http_request *req) {
     server_worker *w = ud;
-    host_dispatch(w->lua, req);
+    lhost_dispatch(w->lua, req);
 }
 
 /* Swaps in a freshly loaded script; the old host retires until its requests are done. */
 static void server_worker_reload(server_worker *w) {
     char err[4096];
-    host *fresh = NULL;
+    lhost *fresh = NULL;
     if (w->srv->attached) {
         log_msg(LOG_WARN, "reload ignored: an embedded server's routes belong to its application");
         return;
@@ -235,7 +226,7 @@ static void server_worker_reload(server_worker *w) {
     }
     server_retired *r = malloc(sizeof *r);
     if (!r) {
-        host_free(fresh);
+        lhost_free(fresh);
         metrics_reload(0);
         if (w->id == 0) log_msg(LOG_ERROR, "reload failed: out of memory");
         return;
@@ -252,9 +243,9 @@ static void server_worker_reload(server_worker *w) {
 static void server_worker_reap(server_worker *w, int all) {
     for (server_retired **pp = &w->retired; *pp;) {
         server_retired *r = *pp;
-        if (all || host_running(r->lua) == 0) {
+        if (all || lhost_running(r->lua) == 0) {
             *pp = r->next;
-            host_free(r->lua);
+            lhost_free(r->lua);
             free(r);
         } else {
             pp = &r->next;
@@ -277,7 +268,7 @@ static void server_on_watch(void *ud) {
     loop_timer_start(w->lp, &w->watch_timer, SERVER_WATCH_MS, server_on_watch, w);
 }
 
-/* Creates a worker's loop, upstream client and Lua host (not its HTTP front). */
+/* Creates a worker's loop, clients and Lua host (not its HTTP front). */
 static int server_worker_init(tokend_server *srv, server_worker *w, int id, char *err, size_t errlen) {
     w->srv = srv;
     w->id = id;
@@ -286,21 +277,23 @@ static int server_worker_init(tokend_server *srv, server_worker *w, int id, char
         snprintf(err, errlen, "cannot create an event loop: %s", strerror(errno));
         return -1;
     }
+    fetch_options fo = { .ca_file = srv->cfg.ca_file, .connect_timeout_ms = srv->cfg.connect_timeout_ms };
     upstream_options uo = {
-        .token_url = srv->endpoints.token_url, .api_key = srv->cfg.api_key, .ca_file = srv->cfg.ca_file,
-        .timeout_ms = srv->cfg.upstream_timeout_ms, .connect_timeout_ms = srv->cfg.connect_timeout_ms,
+        .token_url = srv->endpoints.token_url, .api_key = srv->cfg.api_key,
+        .timeout_ms = srv->cfg.upstream_timeout_ms,
     };
-    w->up = upstream_create(w->lp, &uo, err, errlen);
-    if (!w->up) return -1;
-    w->info = (host_info){
+    if (!(w->client = fetch_create(w->lp, &fo, err, errlen))) return -1;
+    if (!(w->up = upstream_create(w->client, &uo, err, errlen))) return -1;
+    w->info = (lhost_info){
         .host = srv->cfg.host, .port = srv->port, .script = srv->cfg.script, .public_dir = srv->cfg.public_dir,
         .streaming_url = srv->endpoints.base, .token_url = srv->endpoints.token_url,
         .websocket_url = srv->endpoints.websocket_url, .workers = srv->nworkers, .worker = id + 1,
         .api_key_configured = srv->cfg.api_key && *srv->cfg.api_key,
     };
+    w->world = (lhost_world){ .lp = w->lp, .up = w->up, .buckets = srv->buckets, .info = &w->info };
     if (srv->attached) {
         w->lua = srv->attached;
-        host_serve_with(w->lua, w->up, &w->info);
+        lhost_serve(w->lua, &w->world);
         return 0;
     }
     return server_worker_load(w, &w->lua, err, errlen);
@@ -308,13 +301,14 @@ static int server_worker_init(tokend_server *srv, server_worker *w, int id, char
 
 static void server_worker_free(server_worker *w) {
     if (w->lp) loop_timer_stop(w->lp, &w->watch_timer);
-    upstream_free(w->up);       /* cancels calls in flight: no callback reaches the host */
-    server_worker_reap(w, 1);
+    server_worker_reap(w, 1);       /* cancels what the Lua hosts wait for */
     if (w->srv && w->srv->attached && w->lua == w->srv->attached) {
-        host_serve_with(w->lua, NULL, NULL);    /* the module's: back to blocking mode */
+        lhost_serve(w->lua, NULL);  /* the module's: back to its own world */
         w->lua = NULL;
     }
-    host_free(w->lua);
+    lhost_free(w->lua);
+    upstream_free(w->up);
+    fetch_free(w->client);
     http_free(w->http);         /* answers what is left 503 */
     loop_free(w->lp);
 }
@@ -325,11 +319,11 @@ static int server_copy_config(tokend_server *srv, const tokend_config *cfg) {
     srv->cfg.script = server_dup(cfg->script);
     srv->cfg.public_dir = server_dup(cfg->public_dir);
     srv->cfg.api_key = cfg->api_key && *cfg->api_key ? server_dup(cfg->api_key) : NULL;
-    srv->cfg.streaming_url = server_dup(cfg->streaming_url ? cfg->streaming_url : "https://streaming.assemblyai.com");
+    srv->cfg.streaming_url = server_dup(cfg->streaming_url);
     srv->cfg.ca_file = cfg->ca_file && *cfg->ca_file ? server_dup(cfg->ca_file) : NULL;
-    srv->cfg.trusted_proxies = server_dup(cfg->trusted_proxies ? cfg->trusted_proxies : "");
+    srv->cfg.trusted_proxies = server_dup(cfg->trusted_proxies);
     return srv->cfg.host && srv->cfg.script && srv->cfg.public_dir && srv->cfg.streaming_url &&
-           srv->cfg.trusted_proxies &&
+           (!cfg->trusted_proxies || srv->cfg.trusted_proxies) &&
            (!cfg->api_key || !*cfg->api_key || srv->cfg.api_key) &&
            (!cfg->ca_file || !*cfg->ca_file || srv->cfg.ca_file) ? 0 : -1;
 }
@@ -342,7 +336,7 @@ int server_stopping(const tokend_server *srv) {
     return atomic_load(&srv->stopping);
 }
 
-int server_create_attached(const tokend_config *cfg, host *attached, tokend_server **out, char *err, size_t errlen) {
+int server_create_attached(const tokend_config *cfg, lhost *attached, tokend_server **out, char *err, size_t errlen) {
     tokend_server *srv = NULL;
     *out = NULL;
     pthread_once(&server_curl_once, server_curl_init);
@@ -454,8 +448,8 @@ static void *server_worker_main(void *arg) {
 
 int tokend_server_route(tokend_server *srv, const char *method, const char *path,
                         tokend_route_fn *fn, void *ud, char *err, size_t errlen) {
-    host_c_route *r = calloc(1, sizeof *r);
-    host_c_route **v = realloc(srv->c_routes, (srv->n_c_routes + 1) * sizeof *v);
+    lcroute *r = calloc(1, sizeof *r);
+    lcroute **v = realloc(srv->c_routes, (srv->n_c_routes + 1) * sizeof *v);
     if (v) srv->c_routes = v;
     if (!r || !v || !method || !path || !fn || strlen(method) >= sizeof r->method || !(r->path = strdup(path))) {
         snprintf(err, errlen, !r || !v ? "out of memory" : "bad route arguments");
@@ -465,7 +459,7 @@ int tokend_server_route(tokend_server *srv, const char *method, const char *path
     r->fn = fn;
     r->ud = ud;
     for (int i = 0; i < srv->nworkers; i++) {
-        if (host_add_c_route(srv->workers[i].lua, r, err, errlen) < 0) {
+        if (lcroute_add(srv->workers[i].lua, r, err, errlen) < 0) {
             if (i == 0) goto fail;      /* bad route: no worker has it */
             snprintf(err + strlen(err), errlen - strlen(err), " (worker %d)", i + 1);
             return TOKEND_ERR;
@@ -565,13 +559,33 @@ void tokend_server_free(tokend_server *srv) {
     free(srv);
 }
 
+/* tokend_mint's outcome, copied out of the callback. */
+typedef struct server_minted {
+    char *token;
+    size_t token_cap;
+    long *expires_out;
+    int *upstream_status;
+    char *err;
+    size_t errlen;
+    int ok;
+} server_minted;
+
+static void server_on_minted(void *ud, const upstream_result *r) {
+    server_minted *m = ud;
+    if (r->token && strlen(r->token) < m->token_cap) {
+        memcpy(m->token, r->token, strlen(r->token) + 1);
+        if (m->expires_out) *m->expires_out = r->expires_in_seconds;
+        m->ok = 1;
+        return;
+    }
+    snprintf(m->err, m->errlen, "%s", r->token ? "the token does not fit the buffer" : r->error);
+    if (m->upstream_status) *m->upstream_status = r->http_status;
+}
+
 int tokend_mint(const tokend_config *cfg, long expires_in_s, long max_session_s, char *token,
                 size_t token_cap, long *expires_out, int *upstream_status, char *err, size_t errlen) {
     url_endpoints endpoints;
-    upstream *up = NULL;
-    upstream_result r;
-    char errbuf[800];
-    int rc = TOKEND_ERR;
+    server_minted m = { token, token_cap, expires_out, upstream_status, err, errlen, 0 };
     if (upstream_status) *upstream_status = 0;
     pthread_once(&server_curl_once, server_curl_init);
     if (expires_in_s < 1 || expires_in_s > 600 || (max_session_s && (max_session_s < 60 || max_session_s > 10800))) {
@@ -582,22 +596,14 @@ int tokend_mint(const tokend_config *cfg, long expires_in_s, long max_session_s,
         snprintf(err, errlen, "no AssemblyAI API key is configured (ASSEMBLYAI_API_KEY)");
         return TOKEND_ERR;
     }
-    if (url_streaming_endpoints(cfg->streaming_url ? cfg->streaming_url : "https://streaming.assemblyai.com",
-                                &endpoints, err, errlen) != URL_OK) return TOKEND_ERR;
+    if (url_streaming_endpoints(cfg->streaming_url, &endpoints, err, errlen) != URL_OK) return TOKEND_ERR;
+    fetch_options fo = { .ca_file = cfg->ca_file, .connect_timeout_ms = cfg->connect_timeout_ms };
     upstream_options uo = {
-        .token_url = endpoints.token_url, .api_key = cfg->api_key, .ca_file = cfg->ca_file,
-        .timeout_ms = cfg->upstream_timeout_ms, .connect_timeout_ms = cfg->connect_timeout_ms,
+        .token_url = endpoints.token_url, .api_key = cfg->api_key, .timeout_ms = cfg->upstream_timeout_ms,
     };
-    if (!(up = upstream_create(NULL, &uo, err, errlen))) return TOKEND_ERR;
-    if (upstream_mint_sync(up, expires_in_s, max_session_s, &r, token, token_cap, errbuf, sizeof errbuf) == 0) {
-        if (expires_out) *expires_out = r.expires_in_seconds;
-        rc = TOKEND_OK;
-    } else {
-        snprintf(err, errlen, "%s", r.error);
-        if (upstream_status) *upstream_status = r.http_status;
-    }
-    upstream_free(up);
-    return rc;
+    if (upstream_mint_blocking(&fo, &uo, expires_in_s, max_session_s, server_on_minted, &m, err, errlen) < 0)
+        return TOKEND_ERR;
+    return m.ok ? TOKEND_OK : TOKEND_ERR;
 }
 
 int tokend_script_check(const tokend_config *cfg, char *err, size_t errlen) {

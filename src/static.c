@@ -12,7 +12,6 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 #include <linux/openat2.h>
-#include <microhttpd.h>
 
 #include "static.h"
 
@@ -143,26 +142,25 @@ const char *static_mime_type(const char *name) {
 /* A response for the open regular file fd of size bytes: its bytes in memory when it is
  * small, else the file itself (the response then owns fd and *fd becomes -1). NULL when
  * out of memory. */
-static struct MHD_Response *static_file_response(int *fd, off_t size) {
+static http_response *static_file_response(int *fd, off_t size, const char *content_type) {
     if (size <= STATIC_INLINE_MAX) {
         char *buf = malloc(size ? (size_t)size : 1);
         ssize_t got = buf ? pread(*fd, buf, (size_t)size, 0) : -1;
-        if (got == (ssize_t)size)
-            return MHD_create_response_from_buffer((size_t)size, buf, MHD_RESPMEM_MUST_FREE);
+        if (got == (ssize_t)size) return http_response_take(buf, (size_t)size, content_type);
         free(buf);      /* a short read (the file is changing) or no memory: stream it */
     }
-    struct MHD_Response *resp = MHD_create_response_from_fd((uint64_t)size, *fd);
+    http_response *resp = http_response_file(*fd, (uint64_t)size, content_type);
     if (resp) *fd = -1;
     return resp;
 }
 
 static void static_redirect_slash(http_request *req) {
     char loc[PATH_MAX + 2];
-    struct MHD_Response *resp = http_response_bytes("", 0, NULL);
+    http_response *resp = http_response_bytes("", 0, NULL);
     /* The raw target keeps the client's own escaping; insert the slash before any query. */
     size_t plen = strcspn(req->target, "?");
     snprintf(loc, sizeof loc, "%.*s/%s%s", (int)plen, req->target, req->query_len ? "?" : "", req->query);
-    if (resp) MHD_add_response_header(resp, MHD_HTTP_HEADER_LOCATION, loc);
+    if (resp) http_response_header(resp, "Location", loc);
     http_request_respond(req, 301, resp, 0);
 }
 
@@ -241,13 +239,12 @@ int static_serve(const static_mounts *m, http_request *req) {
         http_request_fail(req, 404, "not found");
         goto out;
     }
-    struct MHD_Response *resp = static_file_response(&fd, st.st_size);
+    http_response *resp = static_file_response(&fd, st.st_size, static_mime_type(full));
     if (!resp) {
         http_request_fail(req, 500, "out of memory");
         goto out;
     }
-    http_response_defaults(resp, static_mime_type(full));
-    MHD_add_response_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL, "no-cache");
+    http_response_header(resp, "Cache-Control", "no-cache");
     http_request_respond(req, 200, resp, (unsigned long long)st.st_size);
 out:
     if (fd >= 0) close(fd);

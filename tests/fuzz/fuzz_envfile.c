@@ -3,17 +3,17 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "config.h"
+#include "envfile.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
-    config_env *env = NULL;
+    envfile *env = NULL;
     char err[200] = "";
-    if (config_env_parse((const char *)data, size, &env, err, sizeof err) == 0) {
-        for (size_t i = 0; i < config_env_count(env); i++) {
-            const char *name = config_env_name(env, i);
-            if (!name || !*name || !config_env_get(env, name)) abort();
+    if (envfile_parse((const char *)data, size, &env, err, sizeof err) == 0) {
+        for (size_t i = 0; i < envfile_count(env); i++) {
+            const char *name = envfile_name(env, i);
+            if (!name || !*name || !envfile_get(env, name)) abort();
         }
-        config_env_free(env);
+        envfile_free(env);
     } else if (strncmp(err, "line ", 5) != 0 && strcmp(err, "out of memory") != 0) {
         abort();
     }

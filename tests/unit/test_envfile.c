@@ -1,9 +1,9 @@
-/* test_config.c: the .env parser, as a table of file texts and the settings they give. */
+/* test_envfile.c: the .env parser, as a table of file texts and the settings they give. */
 #define _POSIX_C_SOURCE 200809L
 #include <stdlib.h>
 
 #include "check.h"
-#include "config.h"
+#include "envfile.h"
 
 static void test_env_parse(void) {
     static const struct { const char *text; int ok; const char *name, *value; const char *err; } cases[] = {
@@ -27,38 +27,38 @@ static void test_env_parse(void) {
         { "A='x' y\n", 0, NULL, NULL, "line 1: unexpected text after the closing quote" },
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
-        config_env *env = NULL;
+        envfile *env = NULL;
         char err[200] = "";
-        int rc = config_env_parse(cases[i].text, strlen(cases[i].text), &env, err, sizeof err);
+        int rc = envfile_parse(cases[i].text, strlen(cases[i].text), &env, err, sizeof err);
         CHECK((rc == 0) == cases[i].ok, "case %zu: rc %d (%s)", i, rc, err);
         if (rc == 0 && cases[i].name) {
-            const char *v = config_env_get(env, cases[i].name);
+            const char *v = envfile_get(env, cases[i].name);
             CHECK(v != NULL, "case %zu: %s is set", i, cases[i].name);
             if (v) CHECK_STR(v, cases[i].value, cases[i].text);
         }
         if (rc != 0) CHECK_STR(err, cases[i].err, cases[i].text);
-        config_env_free(env);
+        envfile_free(env);
     }
 }
 
 static void test_lookup_prefers_environment(void) {
-    config_env *env = NULL;
+    envfile *env = NULL;
     char err[100];
     const char *text = "TOKEND_TEST_SETTING=from-file\nTOKEND_TEST_ONLY_FILE=file\n";
-    CHECK(config_env_parse(text, strlen(text), &env, err, sizeof err) == 0, "%s", err);
+    CHECK(envfile_parse(text, strlen(text), &env, err, sizeof err) == 0, "%s", err);
     setenv("TOKEND_TEST_SETTING", "from-env", 1);
     unsetenv("TOKEND_TEST_ONLY_FILE");
-    CHECK_STR(config_lookup(env, "TOKEND_TEST_SETTING"), "from-env", "real environment wins");
-    CHECK_STR(config_lookup(env, "TOKEND_TEST_ONLY_FILE"), "file", "file fills the gaps");
-    CHECK(config_lookup(env, "TOKEND_TEST_NOWHERE") == NULL, "unset is NULL");
-    CHECK(config_env_count(env) == 2, "two entries");
-    config_env_free(env);
-    CHECK(config_env_load("/nonexistent/.env", &env, err, sizeof err) < 0 && strstr(err, "/nonexistent/.env"),
+    CHECK_STR(envfile_lookup(env, "TOKEND_TEST_SETTING"), "from-env", "real environment wins");
+    CHECK_STR(envfile_lookup(env, "TOKEND_TEST_ONLY_FILE"), "file", "file fills the gaps");
+    CHECK(envfile_lookup(env, "TOKEND_TEST_NOWHERE") == NULL, "unset is NULL");
+    CHECK(envfile_count(env) == 2, "two entries");
+    envfile_free(env);
+    CHECK(envfile_load("/nonexistent/.env", &env, err, sizeof err) < 0 && strstr(err, "/nonexistent/.env"),
           "missing file names itself: %s", err);
 }
 
 int main(void) {
     test_env_parse();
     test_lookup_prefers_environment();
-    return check_report("config");
+    return check_report("envfile");
 }

@@ -1,0 +1,211 @@
+/* envfile.c: the .env file parser: NAME=value lines, and lookups with the real environment first. */
+#define _GNU_SOURCE
+#include <ctype.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "envfile.h"
+
+#define ENVFILE_MAX_FILE (1 << 20)
+
+typedef struct envfile_entry {
+    char *name;
+    char *value;
+} envfile_entry;
+
+struct envfile {
+    envfile_entry *entries;
+    size_t len, cap;
+};
+
+static int envfile_set(envfile *env, const char *name, size_t nlen, const char *value, size_t vlen) {
+    for (size_t i = 0; i < env->len; i++) {
+        if (strlen(env->entries[i].name) == nlen && memcmp(env->entries[i].name, name, nlen) == 0) {
+            char *v = strndup(value, vlen);
+            if (!v) return -1;
+            explicit_bzero(env->entries[i].value, strlen(env->entries[i].value));
+            free(env->entries[i].value);
+            env->entries[i].value = v;
+            return 0;
+        }
+    }
+    if (env->len == env->cap) {
+        size_t cap = env->cap ? env->cap * 2 : 8;
+        envfile_entry *e = realloc(env->entries, cap * sizeof *e);
+        if (!e) return -1;
+        env->entries = e;
+        env->cap = cap;
+    }
+    envfile_entry *e = &env->entries[env->len];
+    e->name = strndup(name, nlen);
+    e->value = strndup(value, vlen);
+    if (!e->name || !e->value) {
+        free(e->name);
+        free(e->value);
+        return -1;
+    }
+    env->len++;
+    return 0;
+}
+
+/* Parses one value starting at p (line ends at end). Writes the decoded value into out
+ * (capacity >= end - p), sets *olen. Returns NULL on success or an error text. */
+static const char *envfile_parse_value(const char *p, const char *end, char *out, size_t *olen) {
+    size_t o = 0;
+    if (p < end && (*p == '"' || *p == '\'')) {
+        char q = *p++;
+        for (;;) {
+            if (p >= end) return q == '"' ? "unterminated double-quoted value" : "unterminated single-quoted value";
+            if (*p == q) { p++; break; }
+            if (q == '"' && *p == '\\' && p + 1 < end) {
+                p++;
+                switch (*p) {
+                case 'n': out[o++] = '\n'; break;
+                case 't': out[o++] = '\t'; break;
+                case 'r': out[o++] = '\r'; break;
+                default: out[o++] = *p; break;
+                }
+                p++;
+                continue;
+            }
+            out[o++] = *p++;
+        }
+        while (p < end && (*p == ' ' || *p == '\t')) p++;
+        if (p < end && *p != '#') return "unexpected text after the closing quote";
+    } else {
+        const char *start = p;
+        while (p < end && !(*p == '#' && (p == start || p[-1] == ' ' || p[-1] == '\t'))) out[o++] = *p++;
+        while (o && (out[o - 1] == ' ' || out[o - 1] == '\t')) o--;
+    }
+    *olen = o;
+    return NULL;
+}
+
+int envfile_parse(const char *text, size_t len, envfile **out, char *err, size_t errlen) {
+    int rc = -1;
+    char *buf = NULL;
+    envfile *env = calloc(1, sizeof *env);
+    *out = NULL;
+    if (!env || !(buf = malloc(len + 1))) {
+        snprintf(err, errlen, "out of memory");
+        goto out;
+    }
+    const char *p = text, *end = text + len;
+    if (len >= 3 && memcmp(p, "\xEF\xBB\xBF", 3) == 0) p += 3;  /* UTF-8 byte order mark */
+    for (int line = 1; p < end; line++) {
+        const char *eol = memchr(p, '\n', (size_t)(end - p));
+        if (!eol) eol = end;
+        const char *le = eol;
+        if (le > p && le[-1] == '\r') le--;
+        while (p < le && (*p == ' ' || *p == '\t')) p++;
+        if (p < le && *p != '#') {
+            if (le - p > 7 && memcmp(p, "export", 6) == 0 && (p[6] == ' ' || p[6] == '\t')) {
+                p += 7;
+                while (p < le && (*p == ' ' || *p == '\t')) p++;
+            }
+            const char *name = p;
+            while (p < le && (isalnum((unsigned char)*p) || *p == '_')) p++;
+            size_t nlen = (size_t)(p - name);
+            while (p < le && (*p == ' ' || *p == '\t')) p++;
+            if (nlen == 0 || isdigit((unsigned char)name[0]) || p >= le || *p != '=') {
+                snprintf(err, errlen, "line %d: expected NAME=value", line);
+                goto out;
+            }
+            p++;
+            while (p < le && (*p == ' ' || *p == '\t')) p++;
+            size_t vlen = 0;
+            const char *why = envfile_parse_value(p, le, buf, &vlen);
+            if (why) {
+                snprintf(err, errlen, "line %d: %s", line, why);
+                goto out;
+            }
+            if (memchr(buf, '\0', vlen)) {
+                snprintf(err, errlen, "line %d: NUL byte in value", line);
+                goto out;
+            }
+            if (envfile_set(env, name, nlen, buf, vlen) < 0) {
+                snprintf(err, errlen, "out of memory");
+                goto out;
+            }
+        }
+        p = eol + 1;
+    }
+    *out = env;
+    env = NULL;
+    rc = 0;
+out:
+    if (buf) {
+        explicit_bzero(buf, len + 1);
+        free(buf);
+    }
+    envfile_free(env);
+    return rc;
+}
+
+int envfile_load(const char *path, envfile **out, char *err, size_t errlen) {
+    int rc = -1;
+    char *text = NULL;
+    size_t len = 0;
+    FILE *f = fopen(path, "rb");
+    *out = NULL;
+    if (!f) {
+        snprintf(err, errlen, "%s: %s", path, strerror(errno));
+        goto out;
+    }
+    text = malloc(ENVFILE_MAX_FILE + 1);
+    if (!text) {
+        snprintf(err, errlen, "out of memory");
+        goto out;
+    }
+    len = fread(text, 1, ENVFILE_MAX_FILE + 1, f);
+    if (ferror(f) || len > ENVFILE_MAX_FILE) {
+        snprintf(err, errlen, "%s: %s", path, ferror(f) ? "read error" : "larger than 1 MiB");
+        goto out;
+    }
+    char perr[200];
+    if (envfile_parse(text, len, out, perr, sizeof perr) < 0) {
+        snprintf(err, errlen, "%s: %s", path, perr);
+        goto out;
+    }
+    rc = 0;
+out:
+    if (text) {
+        explicit_bzero(text, len);
+        free(text);
+    }
+    if (f) fclose(f);
+    return rc;
+}
+
+const char *envfile_get(const envfile *env, const char *name) {
+    if (!env) return NULL;
+    for (size_t i = 0; i < env->len; i++)
+        if (strcmp(env->entries[i].name, name) == 0) return env->entries[i].value;
+    return NULL;
+}
+
+const char *envfile_lookup(const envfile *env, const char *name) {
+    const char *v = getenv(name);
+    return v ? v : envfile_get(env, name);
+}
+
+size_t envfile_count(const envfile *env) {
+    return env ? env->len : 0;
+}
+
+const char *envfile_name(const envfile *env, size_t i) {
+    return env && i < env->len ? env->entries[i].name : NULL;
+}
+
+void envfile_free(envfile *env) {
+    if (!env) return;
+    for (size_t i = 0; i < env->len; i++) {
+        explicit_bzero(env->entries[i].value, strlen(env->entries[i].value));
+        free(env->entries[i].name);
+        free(env->entries[i].value);
+    }
+    free(env->entries);
+    free(env);
+}

@@ -1,0 +1,31 @@
+/* envfile.h: the .env file parser: NAME=value lines, and lookups with the real environment first. */
+#ifndef TOKEND_ENVFILE_H
+#define TOKEND_ENVFILE_H
+
+#include <stddef.h>
+
+typedef struct envfile envfile;
+
+/* Parses .env text: "NAME=value" lines, blank lines, "# comments", an optional
+ * "export " prefix, values in single quotes (literal) or double quotes (\n \t \" \\
+ * escapes), and unquoted values that end at " #". Later lines win. On error returns
+ * -1 and err says "line N: why". */
+int envfile_parse(const char *text, size_t len, envfile **out, char *err, size_t errlen);
+
+/* Reads and parses a file. A missing file is an error (errno text in err). */
+int envfile_load(const char *path, envfile **out, char *err, size_t errlen);
+
+/* Returns the value of name in the parsed file, or NULL. */
+const char *envfile_get(const envfile *env, const char *name);
+
+/* Returns getenv(name) when set, else the file's value (env may be NULL), else NULL. */
+const char *envfile_lookup(const envfile *env, const char *name);
+
+/* Number of entries, and the name of entry i (for reporting unknown settings). */
+size_t envfile_count(const envfile *env);
+const char *envfile_name(const envfile *env, size_t i);
+
+/* Wipes the values (they may hold the API key) and frees. NULL is allowed. */
+void envfile_free(envfile *env);
+
+#endif

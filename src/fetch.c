@@ -1,0 +1,574 @@
+/* fetch.c: outgoing HTTP requests from a worker's loop: non-blocking libcurl transfers. */
+#define _GNU_SOURCE
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
+#include <unistd.h>
+#include <curl/curl.h>
+
+#include "fetch.h"
+#include "log.h"
+
+#define FETCH_WATCHDOG_SLACK_MS 1000    /* past its deadline, the watchdog ends a call */
+#define FETCH_HEADERS_MAX (64 * 1024)   /* response header bytes kept; more fails the call */
+#define FETCH_KEEP_BUFFER (16 * 1024)   /* a pooled call keeps buffers up to this size */
+
+/* libcurl scans a multi handle's whole connection cache for every transfer (to find a
+ * free keep-alive connection, and again when the transfer leaves). With a thousand calls
+ * in flight that scan dominates, so calls are spread over several multi handles of at
+ * most FETCH_SHARD_CALLS transfers each; they share DNS and TLS sessions. */
+#define FETCH_SHARD_CALLS 64
+#define FETCH_MAX_SHARDS 64
+/* A multi handle other than the first that ran no transfer for two sweeps (30 to 60 s)
+ * is closed with its connections: after a burst, they would linger (and, once the server
+ * closes them, sit in CLOSE_WAIT) until the next burst. */
+#define FETCH_SWEEP_MS 30000
+
+/* Connections opened and calls finished by every client of the process. */
+static atomic_long fetch_opened_total;
+static atomic_long fetch_calls_total;
+
+typedef struct fetch_shard fetch_shard;
+
+/* A growable byte buffer. */
+typedef struct fetch_buf {
+    char *data;
+    size_t len, cap;
+} fetch_buf;
+
+struct fetch_call {
+    fetch *f;
+    fetch_shard *shard;             /* the multi handle running the transfer, NULL when out */
+    CURL *easy;
+    fetch_done_fn *done;
+    void *ud;
+    fetch_buf body, headers, sent;
+    size_t max_body;
+    int too_big;
+    uint64_t start_ms;
+    loop_timer watchdog;            /* our own deadline, in case curl loses its timeout */
+    char errbuf[CURL_ERROR_SIZE];
+    fetch_call *prev, *next;        /* active list, or idle list (next only) */
+};
+
+struct fetch_shard {
+    fetch *f;
+    CURLM *multi;
+    loop_timer timer;               /* curl's timeout for this multi handle */
+    int transfers;                  /* easy handles in multi */
+    int used;                       /* a transfer started since the last sweep */
+};
+
+struct fetch {
+    loop *lp;
+    fetch_shard *shards[FETCH_MAX_SHARDS];
+    int nshards;
+    loop_timer sweep;               /* armed while there is more than one shard */
+    CURLSH *share;
+    char *ca_file;
+    long connect_timeout_ms;
+    fetch_call *active;
+    fetch_call *idle;               /* finished calls kept with their easy handle for reuse */
+    unsigned char *conn_fds;        /* per fd: FETCH_FD_OPENED, FETCH_FD_PARKABLE or 0 */
+    int nconn_fds;
+};
+
+static void fetch_drain(fetch_shard *sh);
+static void fetch_on_watchdog(void *ud);
+static void fetch_on_sweep(void *ud);
+
+void fetch_totals(long *connections_opened, long *calls) {
+    *connections_opened = atomic_load(&fetch_opened_total);
+    *calls = atomic_load(&fetch_calls_total);
+}
+
+loop *fetch_loop(const fetch *f) {
+    return f->lp;
+}
+
+/* Appends n bytes; returns 0, or -1 when out of memory. */
+static int fetch_buf_add(fetch_buf *b, const char *data, size_t n) {
+    if (b->len + n + 1 > b->cap) {
+        size_t cap = b->cap ? b->cap : 256;
+        while (cap < b->len + n + 1) cap *= 2;
+        char *d = realloc(b->data, cap);
+        if (!d) return -1;
+        b->data = d;
+        b->cap = cap;
+    }
+    memcpy(b->data + b->len, data, n);
+    b->len += n;
+    b->data[b->len] = '\0';
+    return 0;
+}
+
+/* Empties a buffer, keeping its memory unless it grew past keep bytes. */
+static void fetch_buf_reset(fetch_buf *b, size_t keep) {
+    if (b->cap > keep) {
+        free(b->data);
+        b->data = NULL;
+        b->cap = 0;
+    }
+    b->len = 0;
+    if (b->data) b->data[0] = '\0';
+}
+
+/* ---- sockets and timers, on the worker's loop ---- */
+
+static void fetch_on_fd(void *ud, int fd, unsigned events) {
+    fetch_shard *sh = ud;
+    int flags = 0, running = 0;
+    if (events & LOOP_READ) flags |= CURL_CSELECT_IN;
+    if (events & LOOP_WRITE) flags |= CURL_CSELECT_OUT;
+    curl_multi_socket_action(sh->multi, fd, flags, &running);
+    fetch_drain(sh);
+}
+
+/* What the client knows of a descriptor. A connection socket curl opened through
+ * fetch_on_open_socket is closed through fetch_on_close_socket once it is in use; before
+ * that (a connect attempt that lost or failed) curl closes it by itself. Reading only
+ * starts on a connected socket, so a socket watched for reading is a connection that
+ * will be closed through us: only such a socket may stay parked while idle. */
+#define FETCH_FD_OPENED 1
+#define FETCH_FD_PARKABLE 2
+
+static int fetch_fd_state(const fetch *f, int fd) {
+    return fd >= 0 && fd < f->nconn_fds ? f->conn_fds[fd] : 0;
+}
+
+static int fetch_on_socket(CURL *easy, curl_socket_t s, int what, void *userp, void *socketp) {
+    fetch_shard *sh = userp;
+    fetch *f = sh->f;
+    unsigned ev = 0;
+    (void)easy;
+    (void)socketp;
+    /* A keep-alive connection going idle stays registered with the kernel (parked), so its
+     * next request needs no epoll_ctl; its close goes through fetch_on_close_socket. */
+    int state = fetch_fd_state(f, s);
+    if (what == CURL_POLL_REMOVE && state == FETCH_FD_PARKABLE) {
+        loop_park(f->lp, s);
+        return 0;
+    }
+    if (state == FETCH_FD_OPENED && (what == CURL_POLL_IN || what == CURL_POLL_INOUT))
+        f->conn_fds[s] = FETCH_FD_PARKABLE;
+    else if (state == FETCH_FD_OPENED && what == CURL_POLL_REMOVE)
+        f->conn_fds[s] = 0;     /* a connect attempt that is over: curl may close it by itself */
+    if (what == CURL_POLL_IN || what == CURL_POLL_INOUT) ev |= LOOP_READ;
+    if (what == CURL_POLL_OUT || what == CURL_POLL_INOUT) ev |= LOOP_WRITE;
+    /* Never answer -1: libcurl would mark the whole multi handle dead, and this worker
+     * could not call out again. A transfer whose socket is not watched stalls, and its
+     * watchdog answers it. */
+    if (loop_watch(f->lp, s, ev, fetch_on_fd, sh) < 0 && ev)
+        log_msg(LOG_ERROR, "fetch: cannot watch socket %d", (int)s);
+    return 0;
+}
+
+/* curl's connection sockets are opened here, so that we know which ones we may park. */
+static curl_socket_t fetch_on_open_socket(void *ud, curlsocktype purpose, struct curl_sockaddr *a) {
+    fetch *f = ud;
+    (void)purpose;
+    int fd = socket(a->family, a->socktype | SOCK_CLOEXEC, a->protocol);
+    if (fd < 0) return CURL_SOCKET_BAD;
+    loop_forget(f->lp, fd);     /* a watch of an earlier socket with this number is gone */
+    if (fd >= f->nconn_fds) {
+        int n = f->nconn_fds ? f->nconn_fds : 256;
+        while (n <= fd) n *= 2;
+        unsigned char *v = realloc(f->conn_fds, (size_t)n);
+        if (!v) return fd;      /* not parkable: watched and unwatched as curl asks */
+        memset(v + f->nconn_fds, 0, (size_t)(n - f->nconn_fds));
+        f->conn_fds = v;
+        f->nconn_fds = n;
+    }
+    f->conn_fds[fd] = FETCH_FD_OPENED;
+    return fd;
+}
+
+static int fetch_on_close_socket(void *ud, curl_socket_t s) {
+    fetch *f = ud;
+    if (s >= 0 && s < f->nconn_fds) f->conn_fds[s] = 0;
+    loop_watch(f->lp, s, 0, NULL, NULL);
+    return close(s);
+}
+
+static void fetch_on_timeout(void *ud) {
+    fetch_shard *sh = ud;
+    int running = 0;
+    curl_multi_socket_action(sh->multi, CURL_SOCKET_TIMEOUT, 0, &running);
+    fetch_drain(sh);
+}
+
+static int fetch_on_timer_change(CURLM *multi, long timeout_ms, void *userp) {
+    fetch_shard *sh = userp;
+    (void)multi;
+    if (timeout_ms < 0) loop_timer_stop(sh->f->lp, &sh->timer);
+    else if (loop_timer_start(sh->f->lp, &sh->timer, timeout_ms, fetch_on_timeout, sh) < 0)
+        log_msg(LOG_ERROR, "fetch: cannot arm curl's timer");     /* not -1: see fetch_on_socket */
+    return 0;
+}
+
+/* ---- the answer ---- */
+
+static size_t fetch_on_body(char *data, size_t size, size_t nmemb, void *ud) {
+    fetch_call *c = ud;
+    size_t n = size * nmemb;
+    if (c->body.len + n > c->max_body) {
+        c->too_big = 1;
+        return 0;
+    }
+    return fetch_buf_add(&c->body, data, n) == 0 ? n : 0;
+}
+
+/* Keeps the header lines of the last answer (a 1xx or a redirect that is not followed
+ * comes before it). */
+static size_t fetch_on_header(char *data, size_t size, size_t nmemb, void *ud) {
+    fetch_call *c = ud;
+    size_t n = size * nmemb;
+    if (n >= 5 && memcmp(data, "HTTP/", 5) == 0) {
+        c->headers.len = 0;
+        return n;
+    }
+    if (n <= 2) return n;       /* the blank line that ends them */
+    if (c->headers.len + n > FETCH_HEADERS_MAX) {
+        c->too_big = 1;
+        return 0;
+    }
+    return fetch_buf_add(&c->headers, data, n) == 0 ? n : 0;
+}
+
+int fetch_result_header(const fetch_result *r, const char *name, char *out, size_t outlen) {
+    size_t nlen = strlen(name);
+    const char *p = r->headers, *end = r->headers + r->headers_len;
+    while (p && p < end) {
+        const char *eol = memchr(p, '\n', (size_t)(end - p));
+        if (!eol) eol = end;
+        if ((size_t)(eol - p) > nlen && p[nlen] == ':' && strncasecmp(p, name, nlen) == 0) {
+            const char *v = p + nlen + 1, *ve = eol;
+            while (v < ve && (*v == ' ' || *v == '\t')) v++;
+            while (ve > v && (ve[-1] == '\r' || ve[-1] == ' ' || ve[-1] == '\t')) ve--;
+            size_t vl = (size_t)(ve - v) < outlen ? (size_t)(ve - v) : outlen - 1;
+            memcpy(out, v, vl);
+            out[vl] = '\0';
+            return 1;
+        }
+        p = eol + 1;
+    }
+    return 0;
+}
+
+failure_kind fetch_failure_of(int code) {
+    switch (code) {
+    case CURLE_OK:
+        return FAILURE_NONE;
+    case CURLE_OPERATION_TIMEDOUT:
+        return FAILURE_TIMEOUT;
+    case CURLE_COULDNT_RESOLVE_HOST: case CURLE_COULDNT_CONNECT: case CURLE_COULDNT_RESOLVE_PROXY:
+        return FAILURE_CONNECT;
+    case CURLE_PEER_FAILED_VERIFICATION: case CURLE_SSL_CONNECT_ERROR: case CURLE_SSL_CERTPROBLEM:
+    case CURLE_SSL_CIPHER: case CURLE_SSL_CACERT_BADFILE: case CURLE_SSL_ISSUER_ERROR:
+    case CURLE_SSL_PINNEDPUBKEYNOTMATCH: case CURLE_SSL_INVALIDCERTSTATUS: case CURLE_SSL_ENGINE_NOTFOUND:
+    case CURLE_SSL_ENGINE_SETFAILED: case CURLE_SSL_SHUTDOWN_FAILED: case CURLE_SSL_CRL_BADFILE:
+    case CURLE_USE_SSL_FAILED:
+        return FAILURE_TLS;
+    case CURLE_WRITE_ERROR: case CURLE_FILESIZE_EXCEEDED:
+        return FAILURE_TOO_LARGE;
+    default:
+        return FAILURE_NETWORK;
+    }
+}
+
+/* ---- calls ---- */
+
+/* Creates a call with its easy handle and the options that never change. */
+static fetch_call *fetch_call_new(fetch *f) {
+    fetch_call *c = calloc(1, sizeof *c);
+    if (!c) return NULL;
+    c->f = f;
+    c->easy = curl_easy_init();
+    if (!c->easy) {
+        free(c);
+        return NULL;
+    }
+    CURL *e = c->easy;
+    curl_easy_setopt(e, CURLOPT_PRIVATE, c);
+    curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, f->connect_timeout_ms);
+    curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, fetch_on_body);
+    curl_easy_setopt(e, CURLOPT_WRITEDATA, c);
+    curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, fetch_on_header);
+    curl_easy_setopt(e, CURLOPT_HEADERDATA, c);
+    curl_easy_setopt(e, CURLOPT_ERRORBUFFER, c->errbuf);
+    curl_easy_setopt(e, CURLOPT_SHARE, f->share);
+    curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 0L);
+    curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
+    curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, 1L);
+    curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, 2L);
+    curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
+    curl_easy_setopt(e, CURLOPT_OPENSOCKETFUNCTION, fetch_on_open_socket);
+    curl_easy_setopt(e, CURLOPT_OPENSOCKETDATA, f);
+    curl_easy_setopt(e, CURLOPT_CLOSESOCKETFUNCTION, fetch_on_close_socket);
+    curl_easy_setopt(e, CURLOPT_CLOSESOCKETDATA, f);
+    /* Token replies are well under 1 KiB: curl's default 16 KiB receive buffer per call
+     * in flight would cost 32 MB at two thousand calls; 1 KiB is curl's smallest. */
+    curl_easy_setopt(e, CURLOPT_BUFFERSIZE, 1024L);
+    if (f->ca_file) curl_easy_setopt(e, CURLOPT_CAINFO, f->ca_file);
+    return c;
+}
+
+static void fetch_call_free(fetch_call *c) {
+    curl_easy_cleanup(c->easy);
+    free(c->body.data);
+    free(c->headers.data);
+    free(c->sent.data);
+    free(c);
+}
+
+static void fetch_unlink(fetch *f, fetch_call *c) {
+    if (c->prev) c->prev->next = c->next;
+    else f->active = c->next;
+    if (c->next) c->next->prev = c->prev;
+    c->prev = c->next = NULL;
+}
+
+/* Puts a finished or cancelled call back in the idle pool. */
+static void fetch_release(fetch *f, fetch_call *c) {
+    fetch_buf_reset(&c->body, FETCH_KEEP_BUFFER);
+    fetch_buf_reset(&c->headers, FETCH_KEEP_BUFFER);
+    fetch_buf_reset(&c->sent, 0);
+    c->done = NULL;
+    c->ud = NULL;
+    c->next = f->idle;
+    f->idle = c;
+}
+
+/* The multi handle for a new transfer: the first with room, so that calls keep landing on
+ * the same keep-alive connections; a new one when all are full; the least busy when the
+ * limit is reached. NULL when out of memory. */
+static fetch_shard *fetch_pick_shard(fetch *f) {
+    fetch_shard *least = NULL;
+    for (int i = 0; i < f->nshards; i++) {
+        fetch_shard *sh = f->shards[i];
+        if (sh->transfers < FETCH_SHARD_CALLS) return sh;
+        if (!least || sh->transfers < least->transfers) least = sh;
+    }
+    if (f->nshards == FETCH_MAX_SHARDS) return least;
+    fetch_shard *sh = calloc(1, sizeof *sh);
+    if (!sh || !(sh->multi = curl_multi_init())) {
+        free(sh);
+        return least;
+    }
+    sh->f = f;
+    curl_multi_setopt(sh->multi, CURLMOPT_SOCKETFUNCTION, fetch_on_socket);
+    curl_multi_setopt(sh->multi, CURLMOPT_SOCKETDATA, sh);
+    curl_multi_setopt(sh->multi, CURLMOPT_TIMERFUNCTION, fetch_on_timer_change);
+    curl_multi_setopt(sh->multi, CURLMOPT_TIMERDATA, sh);
+    curl_multi_setopt(sh->multi, CURLMOPT_MAXCONNECTS, (long)FETCH_SHARD_CALLS * 4);
+    f->shards[f->nshards++] = sh;
+    if (f->nshards == 2) loop_timer_start(f->lp, &f->sweep, FETCH_SWEEP_MS, fetch_on_sweep, f);
+    return sh;
+}
+
+static void fetch_shard_free(fetch *f, fetch_shard *sh) {
+    loop_timer_stop(f->lp, &sh->timer);
+    curl_multi_cleanup(sh->multi);      /* closes its connections through fetch_on_close_socket */
+    free(sh);
+}
+
+/* Closes the multi handles (but the first) that stayed unused since the last sweep. */
+static void fetch_on_sweep(void *ud) {
+    fetch *f = ud;
+    int kept = 1;
+    for (int i = 1; i < f->nshards; i++) {
+        fetch_shard *sh = f->shards[i];
+        if (!sh->used && sh->transfers == 0) {
+            fetch_shard_free(f, sh);
+            continue;
+        }
+        sh->used = 0;
+        f->shards[kept++] = sh;
+    }
+    f->nshards = kept;
+    if (f->nshards > 1) loop_timer_start(f->lp, &f->sweep, FETCH_SWEEP_MS, fetch_on_sweep, f);
+}
+
+/* Takes c's easy handle out of its multi handle, if it is in one. */
+static void fetch_detach(fetch_call *c) {
+    if (!c->shard) return;
+    curl_multi_remove_handle(c->shard->multi, c->easy);
+    c->shard->transfers--;
+    c->shard = NULL;
+}
+
+fetch *fetch_create(loop *lp, const fetch_options *o, char *err, size_t errlen) {
+    fetch *f = calloc(1, sizeof *f);
+    if (!f) goto nomem;
+    f->lp = lp;
+    f->connect_timeout_ms = o->connect_timeout_ms;
+    if (o->ca_file && *o->ca_file && !(f->ca_file = strdup(o->ca_file))) goto nomem;
+    f->share = curl_share_init();
+    if (!f->share) goto nomem;
+    curl_share_setopt(f->share, CURLSHOPT_SHARE, CURL_LOCK_DATA_SSL_SESSION);
+    curl_share_setopt(f->share, CURLSHOPT_SHARE, CURL_LOCK_DATA_DNS);
+    return f;
+nomem:
+    snprintf(err, errlen, "out of memory");
+    fetch_free(f);
+    return NULL;
+}
+
+void fetch_free(fetch *f) {
+    if (!f) return;
+    while (f->active) {
+        fetch_call *c = f->active;
+        fetch_unlink(f, c);
+        loop_timer_stop(f->lp, &c->watchdog);
+        fetch_detach(c);
+        fetch_call_free(c);
+    }
+    while (f->idle) {
+        fetch_call *c = f->idle;
+        f->idle = c->next;
+        fetch_call_free(c);
+    }
+    for (int i = 0; i < f->nshards; i++) fetch_shard_free(f, f->shards[i]);
+    if (f->nshards) loop_timer_stop(f->lp, &f->sweep);
+    if (f->share) curl_share_cleanup(f->share);
+    free(f->ca_file);
+    free(f->conn_fds);
+    free(f);
+}
+
+/* Sets the method and the body of a request on c's handle (it may have served another
+ * method before). Returns 0, or -1 when out of memory. */
+static int fetch_set_method(fetch_call *c, const fetch_request *rq) {
+    CURL *e = c->easy;
+    const char *m = rq->method ? rq->method : "GET";
+    if (strcmp(m, "GET") == 0 && !rq->body) {
+        curl_easy_setopt(e, CURLOPT_HTTPGET, 1L);
+        curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, NULL);
+        return 0;
+    }
+    if (strcmp(m, "HEAD") == 0) {
+        curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, NULL);
+        curl_easy_setopt(e, CURLOPT_NOBODY, 1L);
+        return 0;
+    }
+    curl_easy_setopt(e, CURLOPT_NOBODY, 0L);
+    if (rq->body && fetch_buf_add(&c->sent, rq->body, rq->body_len) < 0) return -1;
+    curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)rq->body_len);
+    curl_easy_setopt(e, CURLOPT_POSTFIELDS, c->sent.data ? c->sent.data : "");
+    curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, strcmp(m, "POST") == 0 ? NULL : m);
+    return 0;
+}
+
+fetch_call *fetch_start(fetch *f, const fetch_request *rq, fetch_done_fn *done, void *ud) {
+    fetch_call *c = f->idle;
+    if (c) f->idle = c->next;
+    else if (!(c = fetch_call_new(f))) return NULL;
+    CURL *e = c->easy;
+    c->done = done;
+    c->ud = ud;
+    c->max_body = rq->max_body;
+    c->too_big = 0;
+    c->errbuf[0] = '\0';
+    c->start_ms = loop_now_ms();
+    curl_easy_setopt(e, CURLOPT_URL, rq->url);
+    curl_easy_setopt(e, CURLOPT_HTTPHEADER, (struct curl_slist *)rq->headers);
+    curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, rq->timeout_ms > 1 ? rq->timeout_ms : 1L);
+    curl_easy_setopt(e, CURLOPT_PROXY, rq->proxy ? rq->proxy : "");
+    fetch_shard *sh = NULL;
+    if (fetch_set_method(c, rq) < 0 || !(sh = fetch_pick_shard(f)) ||
+        curl_multi_add_handle(sh->multi, e) != CURLM_OK) {
+        fetch_release(f, c);
+        return NULL;
+    }
+    c->shard = sh;
+    sh->transfers++;
+    sh->used = 1;
+    c->prev = NULL;
+    c->next = f->active;
+    if (f->active) f->active->prev = c;
+    f->active = c;
+    loop_timer_start(f->lp, &c->watchdog, rq->timeout_ms + FETCH_WATCHDOG_SLACK_MS, fetch_on_watchdog, c);
+    return c;
+}
+
+/* Takes c out of the running calls: unlinked, its watchdog stopped, its handle out of
+ * its multi handle. */
+static void fetch_stop(fetch_call *c) {
+    fetch_unlink(c->f, c);
+    loop_timer_stop(c->f->lp, &c->watchdog);
+    fetch_detach(c);
+}
+
+void fetch_cancel(fetch_call *c) {
+    fetch_stop(c);
+    fetch_release(c->f, c);
+}
+
+/* Reports a call that never got an outcome from curl as a timeout. Its handle is not
+ * reused: curl's state for it cannot be trusted. */
+static void fetch_on_watchdog(void *ud) {
+    fetch_call *c = ud;
+    fetch_result r;
+    char message[100];
+    fetch_stop(c);
+    log_msg(LOG_WARN, "fetch: a call outlived its deadline by %d ms; cancelled", FETCH_WATCHDOG_SLACK_MS);
+    snprintf(message, sizeof message, "no answer within the deadline (the call was lost)");
+    memset(&r, 0, sizeof r);
+    r.failure = FAILURE_TIMEOUT;
+    r.curl_code = CURLE_OPERATION_TIMEDOUT;
+    r.error = message;
+    r.body = r.headers = "";
+    r.elapsed_ms = (double)(loop_now_ms() - c->start_ms);
+    fetch_done_fn *done = c->done;
+    void *cud = c->ud;
+    fetch_call_free(c);
+    done(cud, &r);
+}
+
+static void fetch_drain(fetch_shard *sh) {
+    fetch *f = sh->f;
+    CURLMsg *msg;
+    int left;
+    while ((msg = curl_multi_info_read(sh->multi, &left))) {
+        if (msg->msg != CURLMSG_DONE) continue;
+        CURL *easy = msg->easy_handle;
+        CURLcode code = msg->data.result;
+        fetch_call *c = NULL;
+        long status = 0, connects = 0;
+        curl_easy_getinfo(easy, CURLINFO_PRIVATE, (char **)&c);
+        curl_easy_getinfo(easy, CURLINFO_RESPONSE_CODE, &status);
+        curl_easy_getinfo(easy, CURLINFO_NUM_CONNECTS, &connects);
+        atomic_fetch_add(&fetch_opened_total, connects);
+        atomic_fetch_add(&fetch_calls_total, 1);
+        fetch_stop(c);
+        if (code == CURLE_WRITE_ERROR && c->too_big) code = CURLE_FILESIZE_EXCEEDED;
+        fetch_result r = {
+            .failure = fetch_failure_of(code), .curl_code = code,
+            .error = code == CURLE_OK ? "" : c->errbuf[0] ? c->errbuf : curl_easy_strerror(code),
+            .status = code == CURLE_OK ? status : 0,
+            .body = c->body.data ? c->body.data : "", .body_len = c->body.len,
+            .headers = c->headers.data ? c->headers.data : "", .headers_len = c->headers.len,
+            .elapsed_ms = (double)(loop_now_ms() - c->start_ms),
+        };
+        fetch_done_fn *done = c->done;
+        void *ud = c->ud;
+        done(ud, &r);
+        fetch_release(f, c);
+    }
+}
+
+fetch_headers *fetch_headers_add(fetch_headers *list, const char *line) {
+    struct curl_slist *more = curl_slist_append((struct curl_slist *)list, line);
+    if (!more) fetch_headers_free(list);
+    return (fetch_headers *)more;
+}
+
+void fetch_headers_free(fetch_headers *list) {
+    for (struct curl_slist *s = (struct curl_slist *)list; s; s = s->next) explicit_bzero(s->data, strlen(s->data));
+    curl_slist_free_all((struct curl_slist *)list);
+}

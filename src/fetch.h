@@ -1,0 +1,80 @@
+/* fetch.h: outgoing HTTP requests from a worker's loop: non-blocking libcurl transfers. */
+#ifndef TOKEND_FETCH_H
+#define TOKEND_FETCH_H
+
+#include <stddef.h>
+
+#include "failure.h"
+#include "loop.h"
+
+typedef struct fetch fetch;
+typedef struct fetch_call fetch_call;
+typedef struct fetch_headers fetch_headers;     /* a list of "Name: value" lines */
+
+typedef struct fetch_options {
+    const char *ca_file;        /* CA bundle for TLS; NULL = the system store */
+    long connect_timeout_ms;
+} fetch_options;
+
+/* One request. Strings are copied or used only during fetch_start, but for headers,
+ * which must live until the call ends. */
+typedef struct fetch_request {
+    const char *method;         /* NULL = GET */
+    const char *url;            /* http:// or https:// only */
+    const fetch_headers *headers;
+    const char *body;           /* sent as is (copied); NULL for none */
+    size_t body_len;
+    long timeout_ms;            /* the whole call, connect included */
+    size_t max_body;            /* a longer answer fails with FAILURE_TOO_LARGE */
+    const char *proxy;          /* NULL or "": none (the environment's proxies are never used) */
+} fetch_request;
+
+/* The outcome of a call; strings live until the callback returns. */
+typedef struct fetch_result {
+    failure_kind failure;       /* FAILURE_NONE when an HTTP answer arrived */
+    int curl_code;              /* libcurl's code, 0 when an answer arrived */
+    const char *error;          /* libcurl's message on failure, "" otherwise */
+    long status;                /* HTTP status; 0 without an answer */
+    const char *body;           /* NUL-terminated */
+    size_t body_len;
+    const char *headers;        /* the final answer's header lines, "Name: value\r\n" each */
+    size_t headers_len;
+    double elapsed_ms;
+} fetch_result;
+
+typedef void fetch_done_fn(void *ud, const fetch_result *r);
+
+/* Creates a client bound to lp. Returns NULL with err set on failure. */
+fetch *fetch_create(loop *lp, const fetch_options *o, char *err, size_t errlen);
+
+/* Cancels every call in flight (their callbacks are not called) and frees. NULL allowed. */
+void fetch_free(fetch *f);
+
+/* The loop the client runs on. */
+loop *fetch_loop(const fetch *f);
+
+/* Starts a call. done(ud, result) is called exactly once from the loop, never from inside
+ * this call. Returns NULL when out of memory. */
+fetch_call *fetch_start(fetch *f, const fetch_request *rq, fetch_done_fn *done, void *ud);
+
+/* Ends a call in flight without calling its callback. */
+void fetch_cancel(fetch_call *c);
+
+/* Appends a line to a header list (NULL starts one). Returns the list, or NULL when out
+ * of memory (the list given is then freed). */
+fetch_headers *fetch_headers_add(fetch_headers *list, const char *line);
+
+/* Frees a list, wiping its lines first (one may hold a secret). NULL is allowed. */
+void fetch_headers_free(fetch_headers *list);
+
+/* Finds a header of a result by name (case-insensitive); copies its value, trimmed, into
+ * out. Returns 1 when found. */
+int fetch_result_header(const fetch_result *r, const char *name, char *out, size_t outlen);
+
+/* The failure kind of a libcurl code (FAILURE_NONE for CURLE_OK). */
+failure_kind fetch_failure_of(int curl_code);
+
+/* Connections opened and calls finished by every client of the process. */
+void fetch_totals(long *connections_opened, long *calls);
+
+#endif

@@ -1,0 +1,765 @@
+/* lhost.c: the Lua host: a worker's Lua state and the life of each request on it, one coroutine each. */
+#define _GNU_SOURCE
+#include <ctype.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include <lua.h>
+#include <lauxlib.h>
+#include <lualib.h>
+#include <lua-cjson.h>
+
+#include "lhost.h"
+#include "log.h"
+#include "lstate.h"
+#include "router.h"
+#include "static.h"
+#include "url.h"
+
+#define LHOST_GC_PAUSE 150                /* percent: see lhost_create */
+#define LHOST_POOLED_COROUTINES 4096     /* finished coroutines kept for the next requests */
+#define LHOST_QUERY_STACK 1024           /* query scratch on the C stack up to this size */
+#define LHOST_LOAD_BUDGET_FACTOR 10      /* the script's top level may run 10x a request's budget */
+
+typedef struct lhost_request lhost_request;
+
+/* A call waiting on the outside world: a request's coroutine suspended until lhost_wake,
+ * or (the Lua module outside requests) a caller blocked on the module's own loop. */
+struct lhost_waiter {
+    lhost *h;
+    lhost_request *hr;          /* the request whose coroutine waits; NULL when blocking */
+    lua_State *L;               /* blocking: the caller's thread */
+    lhost_cancel_fn *cancel;
+    void *op;                   /* the operation waited for; NULL once woken */
+    uint64_t since_ms;
+    int woken;
+    int nres;                   /* blocking: results pushed onto L, or -1 when pushing failed */
+};
+
+struct lhost {
+    lua_State *L;
+    int owns_state;             /* 0: the application's state (the Lua module) */
+    long instruction_limit;
+    size_t max_query_args;
+    int loading;
+    router *routes;
+    static_mounts *statics;
+    const lhost_world *world;   /* where library calls run now */
+    const lhost_world *own_world;   /* attached: the module's own, for blocking calls */
+    lhost_waiter blocking;        /* attached: the one blocking call at a time */
+    int befores_ref;            /* registry: array of before hooks */
+    size_t nbefores;
+    int runner_ref;             /* registry: the coroutine body (befores, handler, req) */
+    int encode_ref;             /* registry: cjson.encode */
+    int requests_ref;           /* registry: coroutine -> its request (light userdata) */
+    size_t running;
+    lhost_request *live;        /* requests whose handler has not finished */
+    int *pooled;                /* registry refs of finished coroutines, ready for reuse */
+    size_t npooled;
+};
+
+struct lhost_request {
+    lhost *h;
+    http_request *req;
+    lua_State *co;
+    int co_ref;
+    int nargs;                  /* values lhost_start left on the coroutine */
+    int handler_ref;            /* LUA_NOREF when no route matched */
+    int route_status;           /* ROUTER_* */
+    char allow[96];
+    router_result match;
+    lhost_waiter wait;           /* the outside call being awaited, if any */
+    lstate_budget budget;
+    http_response *resp;        /* response under construction */
+    int status;
+    size_t bytes;
+    int bad_query;              /* URL_ERR_* when the query string was refused */
+    lhost_request *prev, *next; /* the host's live requests */
+};
+
+static void lhost_request_done(lhost_request *hr);
+static void lhost_set_request_of(lhost *h, lhost_request *hr);
+static void lhost_answer_unhandled(lhost *h, http_request *req, int route_status, const char *allow);
+
+/* Runs fn(ud) on L in protected mode with nresults results. Returns a Lua status; on
+ * error the message is left on the stack. */
+static int lhost_protected(lua_State *L, lua_CFunction fn, void *ud, int nresults) {
+    lua_pushcfunction(L, fn);
+    lua_pushlightuserdata(L, ud);
+    return lua_pcall(L, 1, nresults, 0);
+}
+
+static const char *lhost_error_text(lua_State *L, int idx) {
+    const char *msg = lua_tostring(L, idx);
+    return msg ? msg : "(error object is not a string)";
+}
+
+/* ---- state set-up ---- */
+
+static const char lhost_runner_source[] =
+    "return function(befores, handler, req)\n"
+    "  for i = 1, #befores do\n"
+    "    local status, body, headers = befores[i](req)\n"
+    "    if status ~= nil then return status, body, headers end\n"
+    "  end\n"
+    "  if handler then\n"
+    "    local status, body, headers = handler(req)\n"
+    "    return status, body, headers\n"
+    "  end\n"
+    "end\n";
+
+/* Registers what every host keeps in the registry: the coroutine body, the before hooks,
+ * a private cjson encoder and the table of waiting coroutines (protected; argument 1 is
+ * the host). */
+static int lhost_init_refs(lua_State *L) {
+    lhost *h = lua_touserdata(L, 1);
+    if (luaL_loadbufferx(L, lhost_runner_source, sizeof lhost_runner_source - 1, "=tokend", "t") != LUA_OK)
+        return lua_error(L);
+    lua_call(L, 0, 1);
+    h->runner_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    lua_newtable(L);
+    h->befores_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    lua_pushcfunction(L, luaopen_cjson);
+    lua_call(L, 0, 1);
+    lua_getfield(L, -1, "encode");
+    h->encode_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    lua_pop(L, 1);
+    lua_newtable(L);
+    h->requests_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    return 0;
+}
+
+/* require "tokend" in a host's own state. */
+static int lhost_require_module(lua_State *L) {
+    lhost *h = lua_touserdata(L, lua_upvalueindex(1));
+    lhost_open_fn *open = *(lhost_open_fn **)lua_touserdata(L, lua_upvalueindex(2));
+    return open(L, h);
+}
+
+/* Prepares the host's own state (protected; argument 1 is the host, 2 the options). */
+static int lhost_init_state(lua_State *L) {
+    lhost *h = lua_touserdata(L, 1);
+    const lhost_options *o = lua_touserdata(L, 2);
+    lua_getfield(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
+    lua_pushlightuserdata(L, h);
+    lhost_open_fn **open = lua_newuserdatauv(L, sizeof *open, 0);
+    *open = o->open_module;
+    lua_pushcclosure(L, lhost_require_module, 2);
+    lua_setfield(L, -2, "tokend");
+    lua_pop(L, 1);
+
+    /* Let scripts require modules that sit next to them. */
+    const char *slash = strrchr(o->script, '/');
+    lua_getglobal(L, "package");
+    if (slash) lua_pushlstring(L, o->script, (size_t)(slash - o->script));
+    else lua_pushliteral(L, ".");
+    lua_pushliteral(L, "/?.lua;");
+    lua_getfield(L, -3, "path");
+    lua_concat(L, 3);
+    lua_setfield(L, -2, "path");
+    lua_settop(L, 1);
+    return lhost_init_refs(L);
+}
+
+static int lhost_traceback(lua_State *L) {
+    luaL_traceback(L, L, lhost_error_text(L, 1), 1);
+    return 1;
+}
+
+/* The fields lhost_create and lhost_attach set alike. */
+static lhost *lhost_new(const lhost_options *o) {
+    lhost *h = calloc(1, sizeof *h);
+    if (!h) return NULL;
+    h->instruction_limit = o->instruction_limit;
+    h->max_query_args = o->max_query_args;
+    h->world = h->own_world = o->world;
+    h->befores_ref = h->runner_ref = h->encode_ref = h->requests_ref = LUA_NOREF;
+    h->routes = router_create();
+    h->statics = static_create();
+    if (!h->routes || !h->statics) {
+        router_free(h->routes, NULL, NULL);
+        static_free(h->statics);
+        free(h);
+        return NULL;
+    }
+    return h;
+}
+
+int lhost_create(const lhost_options *o, lhost **out, char *err, size_t errlen) {
+    lhost *h = lhost_new(o);
+    lstate_budget load = { 0, o->instruction_limit * LHOST_LOAD_BUDGET_FACTOR, 0 };
+    *out = NULL;
+    if (!h) {
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    h->owns_state = 1;
+    if (!(h->L = lstate_new(o->memory_limit, err, errlen))) goto fail;
+    lua_State *L = h->L;
+    lua_pushcfunction(L, lhost_init_state);
+    lua_pushlightuserdata(L, h);
+    lua_pushlightuserdata(L, (void *)o);
+    if (lua_pcall(L, 2, 0, 0) != LUA_OK) {
+        snprintf(err, errlen, "cannot set up Lua: %s", lhost_error_text(L, -1));
+        goto fail;
+    }
+    lua_pushcfunction(L, lhost_traceback);
+    if (luaL_loadfilex(L, o->script, "t") != LUA_OK) {
+        snprintf(err, errlen, "%s", lhost_error_text(L, -1));
+        goto fail;
+    }
+    h->loading = 1;
+    lstate_budget *outer = lstate_budget_enter(&load);
+    int rc = lua_pcall(L, 0, 0, -2);
+    lstate_budget_enter(outer);
+    h->loading = 0;
+    if (rc != LUA_OK) {
+        snprintf(err, errlen, "%s", lhost_error_text(L, -1));
+        goto fail;
+    }
+    lua_settop(L, 0);
+    lua_gc(L, LUA_GCCOLLECT);
+    /* Incremental, starting a cycle when the heap has grown by half: a request's tables
+     * live as long as its upstream call (100 ms or more), past several minor collections,
+     * so the generational collector kept promoting them and paying for major ones. */
+    lua_gc(L, LUA_GCINC, LHOST_GC_PAUSE, 0);
+    *out = h;
+    return 0;
+fail:
+    lhost_free(h);
+    return -1;
+}
+
+int lhost_attach(lua_State *L, const lhost_options *o, lhost **out, char *err, size_t errlen) {
+    lhost *h = lhost_new(o);
+    *out = NULL;
+    if (!h) {
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    h->L = L;
+    h->loading = 1;         /* routes may be added until the server starts */
+    if (lhost_protected(L, lhost_init_refs, h, 0) != LUA_OK) {
+        snprintf(err, errlen, "cannot set up tokend: %s", lhost_error_text(L, -1));
+        lua_pop(L, 1);
+        lhost_free(h);
+        return -1;
+    }
+    *out = h;
+    return 0;
+}
+
+static void lhost_release_ref(void *ud, int ref) {
+    lhost *h = ud;
+    if (!h->owns_state) luaL_unref(h->L, LUA_REGISTRYINDEX, ref);  /* an owned state goes whole */
+}
+
+/* Abandons the requests still running: what they wait for is cancelled, and their HTTP
+ * side is answered by the HTTP front's own shutdown. */
+static void lhost_drop_requests(lhost *h) {
+    while (h->live) {
+        lhost_request *hr = h->live;
+        h->live = hr->next;
+        if (hr->wait.op) hr->wait.cancel(hr->wait.op);
+        http_response_free(hr->resp);
+        if (!h->owns_state && hr->co_ref != LUA_NOREF) {
+            lua_rawgeti(h->L, LUA_REGISTRYINDEX, hr->co_ref);
+            lhost_set_request_of(h, NULL);
+            lua_pop(h->L, 1);
+            luaL_unref(h->L, LUA_REGISTRYINDEX, hr->co_ref);
+        }
+        free(hr);
+        h->running--;
+    }
+}
+
+void lhost_serve(lhost *h, const lhost_world *w) {
+    if (!w) lhost_drop_requests(h);     /* the world they wait in is going away */
+    h->world = w ? w : h->own_world;
+    h->loading = w ? 0 : 1;
+}
+
+void lhost_free(lhost *h) {
+    if (!h) return;
+    lhost_drop_requests(h);
+    if (h->owns_state) {
+        lstate_close(h->L);
+    } else if (h->L) {
+        for (size_t i = 0; i < h->npooled; i++) luaL_unref(h->L, LUA_REGISTRYINDEX, h->pooled[i]);
+        const int refs[] = { h->runner_ref, h->befores_ref, h->encode_ref, h->requests_ref };
+        for (size_t i = 0; i < sizeof refs / sizeof refs[0]; i++) luaL_unref(h->L, LUA_REGISTRYINDEX, refs[i]);
+    }
+    router_free(h->routes, lhost_release_ref, h);
+    static_free(h->statics);
+    free(h->pooled);
+    free(h);
+}
+
+/* ---- for the parts of the Lua API ---- */
+
+lua_State *lhost_state(const lhost *h) { return h->L; }
+int lhost_loading(const lhost *h) { return h->loading; }
+const lhost_world *lhost_world_of(const lhost *h) { return h->world; }
+size_t lhost_running(const lhost *h) { return h->running; }
+
+void lhost_check_loading(lua_State *L, const lhost *h, const char *fn) {
+    if (!h->loading) luaL_error(L, "tokend.%s can only be called while the script loads", fn);
+}
+
+int lhost_add_route(lhost *h, lua_State *L, const char *method, const char *path, int idx, char *err, size_t errlen) {
+    lua_pushvalue(L, idx);
+    int ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    if (router_add(h->routes, method, path, ref, err, errlen) < 0) {
+        luaL_unref(L, LUA_REGISTRYINDEX, ref);
+        return -1;
+    }
+    return 0;
+}
+
+int lhost_add_static(lhost *h, const char *prefix, const char *dir, char *err, size_t errlen) {
+    return static_mount(h->statics, prefix, dir, err, errlen);
+}
+
+void lhost_add_before(lhost *h, lua_State *L, int idx) {
+    idx = lua_absindex(L, idx);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, h->befores_ref);
+    lua_pushvalue(L, idx);
+    lua_rawseti(L, -2, (lua_Integer)++h->nbefores);
+    lua_pop(L, 1);
+}
+
+/* ---- requests ---- */
+
+/* Sets (hr) or clears (NULL) the request the coroutine on top of h->L's stack runs for. */
+static void lhost_set_request_of(lhost *h, lhost_request *hr) {
+    lua_State *L = h->L;
+    lua_rawgeti(L, LUA_REGISTRYINDEX, h->requests_ref);
+    lua_pushvalue(L, -2);
+    if (hr) lua_pushlightuserdata(L, hr);
+    else lua_pushnil(L);
+    lua_rawset(L, -3);
+    lua_pop(L, 1);
+}
+
+/* Keeps a request's coroutine for a later request if it ran to its end (a fresh one costs
+ * a thread, a stack and garbage); drops it otherwise. */
+static void lhost_pool_coroutine(lhost *h, lhost_request *hr) {
+    /* Whatever the coroutine does later (a script may have kept it and resume it), it is
+     * no longer this request's. */
+    lua_rawgeti(h->L, LUA_REGISTRYINDEX, hr->co_ref);
+    lhost_set_request_of(h, NULL);
+    lua_pop(h->L, 1);
+    if (lua_status(hr->co) == LUA_OK && h->npooled < LHOST_POOLED_COROUTINES) {
+        if (!h->pooled && !(h->pooled = malloc(LHOST_POOLED_COROUTINES * sizeof *h->pooled))) goto drop;
+        lua_settop(hr->co, 0);
+        h->pooled[h->npooled++] = hr->co_ref;
+        return;
+    }
+drop:
+    luaL_unref(h->L, LUA_REGISTRYINDEX, hr->co_ref);
+}
+
+static void lhost_request_done(lhost_request *hr) {
+    lhost *h = hr->h;
+    if (hr->prev) hr->prev->next = hr->next;
+    else h->live = hr->next;
+    if (hr->next) hr->next->prev = hr->prev;
+    if (hr->co_ref != LUA_NOREF) lhost_pool_coroutine(h, hr);
+    http_response_free(hr->resp);
+    h->running--;
+    free(hr);
+}
+
+/* Answers a request that no handler answered: 405, a static file, or 404. */
+static void lhost_answer_unhandled(lhost *h, http_request *req, int route_status, const char *allow) {
+    if (route_status == ROUTER_METHOD_NOT_ALLOWED) {
+        http_request_fail_allow(req, allow);
+    } else if (static_serve(h->statics, req)) {
+        snprintf(req->route, sizeof req->route, "static");
+    } else {
+        http_request_fail(req, 404, "not found");
+    }
+}
+
+static void lhost_fail(lhost_request *hr, const char *why) {
+    http_request *req = hr->req;
+    log_msg(LOG_ERROR, "%s %s: %s", req->method, req->path, why);
+    http_request_fail(req, 500, "internal server error");
+    lhost_request_done(hr);
+}
+
+static int lhost_log_traceback(lua_State *L) {
+    lhost_request *hr = lua_touserdata(L, 1);
+    luaL_traceback(L, hr->co, lhost_error_text(hr->co, -1), 0);
+    log_msg(LOG_ERROR, "%s %s: handler failed: %s", hr->req->method, hr->req->path, lua_tostring(L, -1));
+    return 0;
+}
+
+static void lhost_lower_push(lua_State *L, const char *s) {
+    char small[64] = "";
+    size_t n = strlen(s);
+    char *low = n <= sizeof small ? small : lua_newuserdatauv(L, n, 0);
+    for (size_t i = 0; i < n; i++) low[i] = (char)tolower((unsigned char)s[i]);
+    lua_pushlstring(L, low, n);
+    if (low != small) lua_remove(L, -2);
+}
+
+static void lhost_add_header(void *ud, const char *name, const char *value) {
+    lua_State *L = ud;
+    lhost_lower_push(L, name);
+    lua_pushvalue(L, -1);
+    if (lua_rawget(L, -3) == LUA_TSTRING) {
+        lua_pushstring(L, ", ");
+        lua_pushstring(L, value);
+        lua_concat(L, 3);
+    } else {
+        lua_pop(L, 1);
+        lua_pushstring(L, value);
+    }
+    lua_rawset(L, -3);
+}
+
+static int lhost_add_query_arg(void *ud, const char *name, size_t nlen, const char *value, size_t vlen) {
+    lua_State *L = ud;
+    lua_pushlstring(L, name, nlen);
+    if (lua_rawget(L, -2) != LUA_TNIL) {     /* the first value of a repeated name wins */
+        lua_pop(L, 1);
+        return 0;
+    }
+    lua_pop(L, 1);
+    lua_pushlstring(L, name, nlen);
+    lua_pushlstring(L, value, vlen);
+    lua_rawset(L, -3);
+    return 0;
+}
+
+/* Pushes the req table handlers receive. */
+static void lhost_push_request_table(lua_State *L, lhost_request *hr) {
+    http_request *req = hr->req;
+    lua_createtable(L, 0, 8);
+    lua_pushstring(L, req->method);
+    lua_setfield(L, -2, "method");
+    lua_pushstring(L, req->path);
+    lua_setfield(L, -2, "path");
+    lua_pushstring(L, req->peer);
+    lua_setfield(L, -2, "remote_addr");
+    lua_pushstring(L, req->client);
+    lua_setfield(L, -2, "client");
+    lua_pushlstring(L, req->body ? req->body : "", req->body_len);
+    lua_setfield(L, -2, "body");
+
+    char stack_scratch[LHOST_QUERY_STACK];
+    size_t need = URL_QUERY_SCRATCH(req->query_len);
+    char *scratch = need <= sizeof stack_scratch ? stack_scratch : lua_newuserdatauv(L, need, 0);
+    lua_newtable(L);
+    int n = url_parse_query(req->query, req->query_len, scratch, hr->h->max_query_args, lhost_add_query_arg, L);
+    if (n < 0) hr->bad_query = n;
+    lua_setfield(L, -2 - (scratch != stack_scratch), "query");
+    if (scratch != stack_scratch) lua_pop(L, 1);
+
+    lua_newtable(L);
+    http_request_each_header(req, lhost_add_header, L);
+    lua_setfield(L, -2, "headers");
+
+    lua_createtable(L, 0, (int)hr->match.nparams);
+    for (size_t i = 0; i < hr->match.nparams; i++) {
+        lua_pushlstring(L, hr->match.params[i].value, hr->match.params[i].value_len);
+        lua_setfield(L, -2, hr->match.params[i].name);
+    }
+    lua_setfield(L, -2, "params");
+}
+
+/* Takes a pooled coroutine or creates one, and pushes onto it the handler and req, or
+ * (runner, befores, handler, req) when before hooks run first. */
+static int lhost_start(lua_State *L) {
+    lhost_request *hr = lua_touserdata(L, 1);
+    lhost *h = hr->h;
+    lua_State *co;
+    if (h->npooled) {
+        lua_rawgeti(L, LUA_REGISTRYINDEX, h->pooled[h->npooled - 1]);
+        co = lua_tothread(L, -1);
+        hr->co_ref = h->pooled[--h->npooled];
+    } else {
+        co = lua_newthread(L);
+        lstate_limit_thread(co);
+        lua_pushvalue(L, -1);
+        hr->co_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    }
+    hr->co = co;
+    lhost_set_request_of(h, hr);
+    lua_pop(L, 1);
+    int direct = h->nbefores == 0 && hr->handler_ref != LUA_NOREF;
+    if (!direct) {
+        lua_rawgeti(L, LUA_REGISTRYINDEX, h->runner_ref);
+        lua_rawgeti(L, LUA_REGISTRYINDEX, h->befores_ref);
+    }
+    if (hr->handler_ref != LUA_NOREF) lua_rawgeti(L, LUA_REGISTRYINDEX, hr->handler_ref);
+    else lua_pushboolean(L, 0);
+    lhost_push_request_table(L, hr);
+    hr->nargs = direct ? 1 : 3;
+    lua_xmove(L, co, hr->nargs + 1);
+    return 0;
+}
+
+/* Removes "\/" escapes from cjson output: the slash needs none. */
+static void lhost_push_unescaped_json(lua_State *L, const char *s, size_t len) {
+    luaL_Buffer b;
+    luaL_buffinit(L, &b);
+    const char *end = s + len;
+    for (;;) {
+        const char *esc = memchr(s, '\\', (size_t)(end - s));
+        if (!esc || esc + 1 == end) {
+            luaL_addlstring(&b, s, (size_t)(end - s));
+            break;
+        }
+        luaL_addlstring(&b, s, (size_t)(esc - s) + (esc[1] != '/'));   /* keeps other escapes */
+        luaL_addchar(&b, esc[1]);
+        s = esc + 2;
+    }
+    luaL_pushresult(&b);
+}
+
+/* Builds the response from a handler's results (on the finished coroutine, protected):
+ * 1 = lhost_request, 2 = status, 3 = body, 4 = headers. */
+static int lhost_build_response(lua_State *L) {
+    lhost_request *hr = lua_touserdata(L, 1);
+    int isint = 0;
+    lua_Integer status = lua_tointegerx(L, 2, &isint);
+    const char *ctype = "text/plain; charset=utf-8";
+    size_t len = 0;
+    const char *body = "";
+    lua_settop(L, 4);
+    if (!isint || status < 100 || status > 599)
+        return luaL_error(L, "the handler returned an invalid HTTP status (%s); expected an integer 100..599",
+                          luaL_tolstring(L, 2, NULL));
+    switch (lua_type(L, 3)) {
+    case LUA_TNIL:
+        break;
+    case LUA_TSTRING:
+        body = lua_tolstring(L, 3, &len);
+        break;
+    case LUA_TTABLE: {
+        lua_rawgeti(L, LUA_REGISTRYINDEX, hr->h->encode_ref);
+        lua_pushvalue(L, 3);
+        lua_call(L, 1, 1);
+        const char *enc = lua_tolstring(L, -1, &len);
+        lhost_push_unescaped_json(L, enc, len);
+        body = lua_tolstring(L, -1, &len);
+        ctype = "application/json";
+        break;
+    }
+    default:
+        return luaL_error(L, "the handler returned a %s body; expected a string or a table", luaL_typename(L, 3));
+    }
+    if (!lua_isnil(L, 4) && !lua_istable(L, 4))
+        return luaL_error(L, "the handler returned %s headers; expected a table", luaL_typename(L, 4));
+    hr->resp = http_response_bytes(body, len, NULL);
+    if (!hr->resp) return luaL_error(L, "out of memory");
+    hr->status = (int)status;
+    hr->bytes = len;
+    int custom_type = 0;
+    if (lua_istable(L, 4)) {
+        lua_pushnil(L);
+        while (lua_next(L, 4)) {
+            if (lua_type(L, -2) != LUA_TSTRING || !(lua_type(L, -1) == LUA_TSTRING || lua_type(L, -1) == LUA_TNUMBER))
+                return luaL_error(L, "response headers must map names to strings (got %s = %s)",
+                                  luaL_typename(L, -2), luaL_typename(L, -1));
+            const char *name = lua_tostring(L, -2), *value = lua_tostring(L, -1);
+            if (http_response_header(hr->resp, name, value) < 0)
+                return luaL_error(L, "response header \"%s\" has a bad name or value (or no memory was left)", name);
+            if (strcasecmp(name, "Content-Type") == 0) custom_type = 1;
+            lua_pop(L, 1);
+        }
+    }
+    if (!custom_type) http_response_header(hr->resp, "Content-Type", ctype);
+    return 0;
+}
+
+/* Turns the finished coroutine's nres results into the answer. */
+static void lhost_finish(lhost_request *hr, int nres) {
+    lua_State *co = hr->co;
+    if (nres > 3) {
+        lua_pop(co, nres - 3);
+        nres = 3;
+    }
+    if (nres == 0 || lua_isnil(co, -nres)) {
+        if (hr->handler_ref != LUA_NOREF) {
+            lhost_fail(hr, "the handler returned no status");
+            return;
+        }
+        lhost_answer_unhandled(hr->h, hr->req, hr->route_status, hr->allow);
+        lhost_request_done(hr);
+        return;
+    }
+    lua_pushcfunction(co, lhost_build_response);
+    lua_pushlightuserdata(co, hr);
+    lua_rotate(co, -(nres + 2), 2);
+    if (lua_pcall(co, nres + 1, 0, 0) != LUA_OK) {
+        char why[600];
+        snprintf(why, sizeof why, "%s", lhost_error_text(co, -1));
+        lhost_fail(hr, why);
+        return;
+    }
+    http_request_respond(hr->req, hr->status, hr->resp, hr->bytes);
+    hr->resp = NULL;
+    lhost_request_done(hr);
+}
+
+/* Resumes the request's coroutine with nargs values on its stack. */
+static void lhost_resume(lhost_request *hr, int nargs) {
+    int nres = 0;
+    int rc = lstate_resume(hr->co, hr->h->L, nargs, &nres, &hr->budget);
+    if (rc == LUA_YIELD) {
+        if (hr->wait.op) return;   /* waiting on the outside world */
+        lhost_fail(hr, "the handler yielded outside a tokend call that waits");
+        return;
+    }
+    if (rc != LUA_OK) {
+        if (lhost_protected(hr->h->L, lhost_log_traceback, hr, 0) != LUA_OK) {
+            log_msg(LOG_ERROR, "%s %s: handler failed: %s", hr->req->method, hr->req->path,
+                    lhost_error_text(hr->co, -1));
+            lua_pop(hr->h->L, 1);
+        }
+        http_request_fail(hr->req, 500, "internal server error");
+        lhost_request_done(hr);
+        return;
+    }
+    lhost_finish(hr, nres);
+}
+
+void lhost_dispatch(void *ud, http_request *req) {
+    lhost *h = ud;
+    router_result match;
+    char allow[96];
+    int found = router_match(h->routes, req->method, req->path, &match, allow, sizeof allow);
+    if (found != ROUTER_FOUND && h->nbefores == 0) {
+        lhost_answer_unhandled(h, req, found, allow);
+        return;
+    }
+    lhost_request *hr = calloc(1, sizeof *hr);
+    if (!hr) {
+        http_request_fail(req, 503, "out of memory");
+        return;
+    }
+    h->running++;
+    hr->next = h->live;
+    if (h->live) h->live->prev = hr;
+    h->live = hr;
+    hr->h = h;
+    hr->req = req;
+    hr->co_ref = LUA_NOREF;
+    hr->route_status = found;
+    snprintf(hr->allow, sizeof hr->allow, "%s", allow);
+    hr->handler_ref = found == ROUTER_FOUND ? match.handler : LUA_NOREF;
+    if (found == ROUTER_FOUND) snprintf(req->route, sizeof req->route, "%s", match.pattern);
+    hr->match = match;
+    hr->budget.limit = h->instruction_limit;
+    hr->wait.h = h;
+    hr->wait.hr = hr;
+    if (lhost_protected(h->L, lhost_start, hr, 0) != LUA_OK) {
+        char why[600];
+        snprintf(why, sizeof why, "cannot start the handler: %s", lhost_error_text(h->L, -1));
+        lua_pop(h->L, 1);
+        lhost_fail(hr, why);
+        return;
+    }
+    if (hr->bad_query) {
+        http_request_fail(req, 400, hr->bad_query == URL_ERR_TOO_MANY ? "too many query arguments"
+                                                                       : "malformed query string");
+        lhost_request_done(hr);
+        return;
+    }
+    lhost_resume(hr, hr->nargs);
+}
+
+/* ---- waiting on the outside world ---- */
+
+/* The request whose coroutine L is, or NULL. */
+static lhost_request *lhost_request_of(lhost *h, lua_State *L) {
+    lua_rawgeti(L, LUA_REGISTRYINDEX, h->requests_ref);
+    lua_pushthread(L);
+    lua_rawget(L, -2);
+    lhost_request *hr = lua_touserdata(L, -1);
+    lua_pop(L, 2);
+    return hr;
+}
+
+lhost_waiter *lhost_wait_begin(lhost *h, lua_State *L, const char *fn, const lhost_world **world) {
+    lhost_request *hr = lhost_request_of(h, L);
+    if (hr && lua_isyieldable(L)) {
+        *world = h->world;
+        return &hr->wait;
+    }
+    if (!hr && !h->owns_state && !h->blocking.op) {
+        /* The Lua module outside a request: the application waits for the answer. */
+        memset(&h->blocking, 0, sizeof h->blocking);
+        h->blocking.h = h;
+        h->blocking.L = L;
+        *world = h->own_world;
+        return &h->blocking;
+    }
+    luaL_error(L, "%s must be called from a request handler (not while the script loads, nor inside a "
+                  "coroutine of its own or a callback from C)", fn);
+    return NULL;
+}
+
+int lhost_wait(lhost_waiter *w, lua_State *L, lhost_cancel_fn *cancel, void *op) {
+    w->cancel = cancel;
+    w->op = op;
+    w->woken = 0;
+    w->since_ms = loop_now_ms();
+    if (w->hr) return lua_yield(L, 0);
+    int top = lua_gettop(L);
+    if (loop_run_until(w->h->own_world->lp, &w->woken) < 0) {
+        cancel(op);
+        w->op = NULL;
+        return luaL_error(L, "tokend: the event loop failed while waiting");
+    }
+    if (w->nres < 0) return lua_error(L);      /* the push failed: its error is on top */
+    return lua_gettop(L) - top;
+}
+
+/* Calls push(L, ud) in protected mode (arguments: push, ud). */
+static int lhost_push_protected(lua_State *L) {
+    lhost_push_fn *push = (lhost_push_fn *)(uintptr_t)lua_touserdata(L, 1);
+    void *ud = lua_touserdata(L, 2);
+    lua_settop(L, 0);
+    return push(L, ud);
+}
+
+/* Runs push onto L protected; returns the number of values, or -1 with the error on top. */
+static int lhost_push_results(lua_State *L, lhost_push_fn *push, void *ud) {
+    int top = lua_gettop(L);
+    lua_pushcfunction(L, lhost_push_protected);
+    lua_pushlightuserdata(L, (void *)(uintptr_t)push);
+    lua_pushlightuserdata(L, ud);
+    if (lua_pcall(L, 2, LUA_MULTRET, 0) != LUA_OK) return -1;
+    return lua_gettop(L) - top;
+}
+
+void lhost_wake(lhost_waiter *w, lhost_push_fn *push, void *ud) {
+    lhost_request *hr = w->hr;
+    w->op = NULL;
+    w->woken = 1;
+    if (!hr) {
+        w->nres = lhost_push_results(w->L, push, ud);
+        return;
+    }
+    double waited = (double)(loop_now_ms() - w->since_ms);
+    hr->req->upstream_ms = (hr->req->upstream_ms < 0 ? 0 : hr->req->upstream_ms) + waited;
+    lua_State *L = hr->h->L;
+    int top = lua_gettop(L);
+    int n = lhost_push_results(L, push, ud);
+    if (n < 0 || !lua_checkstack(hr->co, n)) {
+        char why[600];
+        snprintf(why, sizeof why, "cannot return the results of a call: %s",
+                 n < 0 ? lhost_error_text(L, -1) : "out of memory");
+        lua_settop(L, top);
+        lhost_fail(hr, why);
+        return;
+    }
+    lua_xmove(L, hr->co, n);
+    lhost_resume(hr, n);
+}

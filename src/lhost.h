@@ -1,0 +1,124 @@
+/* lhost.h: the Lua host: a worker's Lua state and the life of each request on it, one coroutine each. */
+#ifndef TOKEND_LHOST_H
+#define TOKEND_LHOST_H
+
+#include <stddef.h>
+
+#include "http.h"
+#include "loop.h"
+#include "policy.h"
+#include "upstream.h"
+
+typedef struct lua_State lua_State;
+typedef struct lhost lhost;
+typedef struct lhost_waiter lhost_waiter;
+
+/* Read-only settings shown to scripts as tokend.config (never the key). */
+typedef struct lhost_info {
+    const char *host;
+    int port;
+    const char *script;
+    const char *public_dir;
+    const char *streaming_url;
+    const char *token_url;
+    const char *websocket_url;
+    int workers;
+    int worker;
+    int api_key_configured;
+} lhost_info;
+
+/* What a state's library calls reach: the worker's loop and clients, and the state all
+ * workers share. Borrowed by the host; it must outlive it. */
+typedef struct lhost_world {
+    loop *lp;
+    upstream *up;
+    policy_buckets *buckets;
+    const lhost_info *info;
+} lhost_world;
+
+/* Pushes the `tokend` module table for h onto L (raises on failure). */
+typedef int lhost_open_fn(lua_State *L, lhost *h);
+
+typedef struct lhost_options {
+    const char *script;             /* the routes script (lhost_create only) */
+    size_t memory_limit;            /* bytes the state may hold (lhost_create only) */
+    long instruction_limit;         /* VM instructions one request may run */
+    size_t max_query_args;
+    const lhost_world *world;       /* where library calls run */
+    lhost_open_fn *open_module;     /* require "tokend" (lhost_create only) */
+} lhost_options;
+
+/* Creates a state with its limits, makes `require "tokend"` give open_module's table and
+ * runs the script (its top level may run ten times a request's instruction budget). On
+ * failure returns -1 and err holds "file:line: message". */
+int lhost_create(const lhost_options *o, lhost **out, char *err, size_t errlen);
+
+/* Creates a host on an application's own state L (the Lua module): no script, no limits
+ * on the application's own code, its globals untouched. o->world is the module's own:
+ * outside requests, calls that wait on the outside world block on its loop. Routes may
+ * be added until lhost_serve(). Returns 0, or -1 with err set. */
+int lhost_attach(lua_State *L, const lhost_options *o, lhost **out, char *err, size_t errlen);
+
+/* Attached hosts: serve requests with a worker's world; NULL goes back to the module's
+ * own (and routes may be added again). */
+void lhost_serve(lhost *h, const lhost_world *w);
+
+/* Closes the state (not an application's). Calls still waiting are cancelled first;
+ * their requests are answered by the HTTP front's own shutdown. NULL is allowed. */
+void lhost_free(lhost *h);
+
+/* Answers one HTTP request: before hooks, routes, static files (an http_dispatch_fn). */
+void lhost_dispatch(void *h, http_request *req);
+
+/* Requests whose handler is still running or waiting. */
+size_t lhost_running(const lhost *h);
+
+/* ---- for the parts of the Lua API ---- */
+
+/* The state requests run on. */
+lua_State *lhost_state(const lhost *h);
+
+/* 1 while the script loads (routes, static mounts, hooks and limiters may be defined). */
+int lhost_loading(const lhost *h);
+
+/* The world library calls run in now. */
+const lhost_world *lhost_world_of(const lhost *h);
+
+/* Raises a Lua error naming fn unless the script is loading. */
+void lhost_check_loading(lua_State *L, const lhost *h, const char *fn);
+
+/* Adds a route answered by the function at stack index idx of L. method is upper case.
+ * Returns 0, or -1 with err set (bad method or path, a route defined twice). */
+int lhost_add_route(lhost *h, lua_State *L, const char *method, const char *path, int idx, char *err, size_t errlen);
+
+/* Serves the files under dir for paths under prefix. Returns 0, or -1 with err set. */
+int lhost_add_static(lhost *h, const char *prefix, const char *dir, char *err, size_t errlen);
+
+/* Appends the function at stack index idx to the before hooks. */
+void lhost_add_before(lhost *h, lua_State *L, int idx);
+
+/* ---- waiting on the outside world (the upstream, an HTTP server, Redis) ---- */
+
+/* Pushes the results of a finished wait onto L and returns their number (called in
+ * protected mode: it may raise). */
+typedef int lhost_push_fn(lua_State *L, void *ud);
+/* Cancels an operation whose waiter went away: its callback must not be called. */
+typedef void lhost_cancel_fn(void *op);
+
+/* Prepares a wait for the code running on L and tells where the operation must run
+ * (*world). Inside a request handler, the coroutine will yield; in the Lua module outside
+ * a request, the call blocks on the module's own loop. Elsewhere (the script loading, a
+ * coroutine of the script's own, a C callback such as a table.sort comparator) it raises
+ * an error naming fn. */
+lhost_waiter *lhost_wait_begin(lhost *h, lua_State *L, const char *fn, const lhost_world **world);
+
+/* Waits for the operation op started for w (cancel(op) if the wait is abandoned). Returns
+ * what the C function must return: lua_yield's value, or the number of results pushed
+ * once the call blocked to its end. */
+int lhost_wait(lhost_waiter *w, lua_State *L, lhost_cancel_fn *cancel, void *op);
+
+/* Ends a wait: push(L, ud) gives the results the waiting call returns. Called from the
+ * loop, once per wait, never from inside the call that started the operation. */
+void lhost_wake(lhost_waiter *w, lhost_push_fn *push, void *ud);
+
+#endif

@@ -1,0 +1,153 @@
+"""The shape of the code: what a reader of src/ and a user of libtokend can rely on.
+
+- no file of src/ includes a file that includes it back (directly or through others);
+- libmicrohttpd is used only by the HTTP front (src/http.c);
+- libtokend.a and libtokend.so export only tokend_* symbols, so a program may define its
+  own log_msg or url_decode_path and link against either;
+- the settings table (tokend --help) , .env.example and the README list the same settings.
+"""
+import os
+import re
+import subprocess
+import tempfile
+import unittest
+
+SRC = os.environ.get("TOKEND_SOURCE_DIR") or os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+BUILD = os.environ.get("TOKEND_BUILD_DIR") or os.path.join(SRC, "build")
+BIN = os.environ.get("TOKEND_BIN") or os.path.join(BUILD, "tokend")
+SANITIZED = bool(os.environ.get("ASAN_OPTIONS"))
+
+
+def module_includes():
+    """module -> the modules it includes (a module is x.c with x.h)."""
+    graph = {}
+    folder = os.path.join(SRC, "src")
+    for name in os.listdir(folder):
+        if not name.endswith((".c", ".h")):
+            continue
+        module = name[:-2]
+        with open(os.path.join(folder, name)) as f:
+            for inc in re.findall(r'^#include "([^"]+)\.h"', f.read(), re.M):
+                if inc != module and os.path.exists(os.path.join(folder, inc + ".h")):
+                    graph.setdefault(module, set()).add(inc)
+        graph.setdefault(module, set())
+    return graph
+
+
+def find_cycle(graph):
+    state, stack = {}, []
+
+    def visit(m):
+        state[m] = "open"
+        stack.append(m)
+        for n in sorted(graph.get(m, ())):
+            if state.get(n) == "open":
+                return stack[stack.index(n):] + [n]
+            if n not in state:
+                found = visit(n)
+                if found:
+                    return found
+        stack.pop()
+        state[m] = "done"
+        return None
+
+    for m in sorted(graph):
+        if m not in state:
+            found = visit(m)
+            if found:
+                return found
+    return None
+
+
+class Layout(unittest.TestCase):
+    def test_no_include_cycle(self):
+        cycle = find_cycle(module_includes())
+        self.assertIsNone(cycle, f"src/ has an include cycle: {' -> '.join(cycle or [])}")
+
+    def test_the_cycle_finder_finds_one(self):
+        self.assertEqual(find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}), ["a", "b", "c", "a"])
+        self.assertIsNone(find_cycle({"a": {"b"}, "b": set(), "c": {"a", "b"}}))
+
+    def test_libmicrohttpd_stays_behind_http_h(self):
+        folder = os.path.join(SRC, "src")
+        users = []
+        for name in sorted(os.listdir(folder)):
+            with open(os.path.join(folder, name)) as f:
+                text = f.read()
+            if re.search(r"<microhttpd\.h>|\bMHD_", text):
+                users.append(name)
+        self.assertEqual(users, ["http.c"])
+
+
+@unittest.skipIf(SANITIZED, "the plain build checks the libraries")
+class Symbols(unittest.TestCase):
+    def defined(self, args, path):
+        out = subprocess.run(["nm", *args, "--defined-only", path], capture_output=True, text=True, check=True).stdout
+        return {line.split()[-1] for line in out.splitlines() if re.match(r"^[0-9a-f]+ [A-TV-Z] ", line)}
+
+    def test_only_the_public_api_is_exported(self):
+        for args, lib in [(["-g"], "libtokend.a"), (["-D"], "libtokend.so")]:
+            with self.subTest(lib=lib):
+                names = self.defined(args, os.path.join(BUILD, lib))
+                self.assertTrue({"tokend_server_create", "tokend_mint"} <= names, names)
+                others = sorted(n for n in names if not n.startswith("tokend_") and not n.startswith("_"))
+                self.assertEqual(others, [], f"{lib} exports symbols outside the tokend_ prefix")
+
+    def test_a_program_may_define_the_core_s_internal_names(self):
+        program = r'''
+#include <stdio.h>
+#include <string.h>
+#include "tokend.h"
+/* Names the core uses inside: the program's own must win without a clash. */
+int log_msg(const char *s) { return (int)strlen(s); }
+int url_decode_path(int x) { return x + 1; }
+int main(void) {
+    tokend_config cfg;
+    tokend_config_init(&cfg);
+    printf("%d %d %d\n", log_msg("abc"), url_decode_path(41), cfg.port);
+    return 0;
+}
+'''
+        deps = subprocess.run(["pkg-config", "--libs", "lua5.4", "libmicrohttpd", "libcurl", "lua5.4-cjson"],
+                              capture_output=True, text=True, check=True).stdout.split()
+        with tempfile.TemporaryDirectory() as d:
+            src = os.path.join(d, "p.c")
+            with open(src, "w") as f:
+                f.write(program)
+            inc = "-I" + os.path.join(SRC, "include")
+            for kind, libs in [("static", [os.path.join(BUILD, "libtokend.a"), *deps, "-lm", "-lpthread"]),
+                               ("shared", ["-L" + BUILD, "-ltokend", "-Wl,-rpath," + BUILD])]:
+                with self.subTest(kind=kind):
+                    exe = os.path.join(d, kind)
+                    cc = subprocess.run(["cc", "-std=c11", inc, src, *libs, "-o", exe], capture_output=True, text=True)
+                    self.assertEqual(cc.returncode, 0, cc.stderr)
+                    out = subprocess.run([exe], capture_output=True, text=True, check=True).stdout
+                    self.assertEqual(out, "3 42 8000\n")
+
+
+class Settings(unittest.TestCase):
+    def table(self):
+        out = subprocess.run([BIN, "--help"], capture_output=True, text=True, check=True).stdout
+        env_part = out.split("Settings from the environment", 1)[1]
+        envs = set(re.findall(r"^  ([A-Z][A-Z0-9_]+) ", env_part, re.M))
+        flags = set(re.findall(r"^  --([a-z-]+)", out, re.M))
+        return envs, flags
+
+    def test_env_example_lists_every_setting(self):
+        envs, _ = self.table()
+        with open(os.path.join(SRC, ".env.example")) as f:
+            listed = set(re.findall(r"^#? ?([A-Z][A-Z0-9_]+)=", f.read(), re.M))
+        self.assertEqual(listed, envs)
+
+    def test_readme_lists_every_setting(self):
+        envs, flags = self.table()
+        with open(os.path.join(SRC, "README.md")) as f:
+            readme = f.read()
+        rows = re.findall(r"^\| (`--[^|]*`)? ?\| (`[A-Z][A-Z0-9_]+`)? ?\|", readme, re.M)
+        self.assertTrue(rows, "the README has a settings table")
+        self.assertEqual({r[1].strip("`") for r in rows if r[1]}, envs)
+        self.assertEqual({re.match(r"`--([a-z-]+)", r[0]).group(1) for r in rows if r[0]}, flags)
+
+
+if __name__ == "__main__":
+    unittest.main()
