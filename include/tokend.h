@@ -64,6 +64,10 @@ typedef struct tokend_config {
     int log_json;                   /* 1 = JSON lines; default 0 = text */
     unsigned int drain_timeout_s;   /* on stop, how long requests in flight may finish; default 10 */
     int watch_script;               /* 1 = reload when the script file changes; default 0 */
+    const char *allowed_hosts;      /* Host names served besides localhost and addresses
+                                       ("app.example.com, *.example.com", "*"); default none */
+    const char *upstream_proxy;     /* proxy for the token calls (the environment's
+                                       http_proxy is never used); default none */
 } tokend_config;
 
 typedef struct tokend_server tokend_server;

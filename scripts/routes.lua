@@ -15,7 +15,8 @@ local TOKENS_PER_MINUTE = 10
 local TOKEN_BURST = 5
 local ALLOWED_ORIGINS = { "http://localhost:*", "http://127.0.0.1:*", "http://[::1]:*" }
 
--- Operations. /metrics (Prometheus text) answers only these client addresses.
+-- Operations. /metrics (Prometheus text) answers only these client addresses, connected
+-- directly (a request that came through a proxy, with X-Forwarded-For, is refused).
 local METRICS_CLIENTS = { ["127.0.0.1"] = true, ["::1"] = true }
 
 -- What a failed token request tells the client, by failure kind (see the README).
@@ -75,7 +76,7 @@ tokend.route("GET", "/healthz", function()
 end)
 
 tokend.route("GET", "/metrics", function(req)
-  if not METRICS_CLIENTS[req.client] then return 404, { error = "not found" } end
+  if not METRICS_CLIENTS[req.client] or req.headers["x-forwarded-for"] then return 404, { error = "not found" } end
   return 200, tokend.metrics(), no_store(nil, { ["Content-Type"] = "text/plain; version=0.0.4" })
 end)
 

@@ -1,10 +1,11 @@
-/* envfile.c: the .env file parser: NAME=value lines, and lookups with the real environment first. */
+/* envfile.c: the .env file parser and the environment: lookups, and a variable forgotten. */
 #define _GNU_SOURCE
 #include <ctype.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "envfile.h"
 
@@ -208,4 +209,69 @@ void envfile_free(envfile *env) {
     }
     free(env->entries);
     free(env);
+}
+
+/* Reads the bounds of the process's initial environment block, which the kernel shows as
+ * /proc/self/environ (fields 50 and 51 of /proc/self/stat). Returns 0 or -1. */
+static int envfile_block(unsigned long *start, unsigned long *end) {
+    char buf[4096];
+    FILE *f = fopen("/proc/self/stat", "r");
+    if (!f) return -1;
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    char *p = strrchr(buf, ')');     /* the command name may hold spaces and parentheses */
+    if (!p) return -1;
+    p++;
+    for (int field = 3; field <= 51; field++) {
+        char *tok = strtok_r(field == 3 ? p : NULL, " ", &p);
+        if (!tok) return -1;
+        if (field == 50) *start = strtoul(tok, NULL, 10);
+        if (field == 51) *end = strtoul(tok, NULL, 10);
+    }
+    return *start && *end > *start ? 0 : -1;
+}
+
+int envfile_forget(const char *name) {
+    unsigned long start = 0, end = 0;
+    size_t nlen = strlen(name);
+    char *value = getenv(name);
+    if (!value) return 0;
+    explicit_bzero(value, strlen(value));
+    if (envfile_block(&start, &end) < 0) return unsetenv(name) == 0 ? 0 : -1;
+    /* Move every variable out of the initial block (setenv copies), then write the block
+     * anew without the entry: the kernel keeps showing the block, whole. */
+    size_t count = 0;
+    while (environ[count]) count++;
+    char **copies = calloc(count + 1, sizeof *copies);
+    if (!copies) return -1;
+    size_t kept = 0;
+    for (size_t i = 0; i < count; i++) {
+        if (strncmp(environ[i], name, nlen) == 0 && environ[i][nlen] == '=') continue;
+        if (!(copies[kept++] = strdup(environ[i]))) goto fail;
+    }
+    if (clearenv() != 0) goto fail;
+    for (size_t i = 0; i < kept; i++) {
+        char *eq = strchr(copies[i], '=');
+        if (!eq) continue;
+        *eq = '\0';
+        setenv(copies[i], eq + 1, 1);
+        *eq = '=';
+    }
+    char *block = (char *)start;
+    size_t o = 0, room = end - start;
+    for (size_t i = 0; i < kept; i++) {
+        size_t len = strlen(copies[i]) + 1;
+        if (o + len > room) break;
+        memcpy(block + o, copies[i], len);
+        o += len;
+    }
+    memset(block + o, 0, room - o);
+    for (size_t i = 0; i < kept; i++) free(copies[i]);
+    free(copies);
+    return 0;
+fail:
+    for (size_t i = 0; i < kept; i++) free(copies[i]);
+    free(copies);
+    return -1;
 }

@@ -1,4 +1,4 @@
-/* envfile.h: the .env file parser: NAME=value lines, and lookups with the real environment first. */
+/* envfile.h: the .env file parser and the environment: lookups, and a variable forgotten. */
 #ifndef TOKEND_ENVFILE_H
 #define TOKEND_ENVFILE_H
 
@@ -24,6 +24,11 @@ const char *envfile_lookup(const envfile *env, const char *name);
 /* Number of entries, and the name of entry i (for reporting unknown settings). */
 size_t envfile_count(const envfile *env);
 const char *envfile_name(const envfile *env, size_t i);
+
+/* Removes the variable name from the environment and from the initial environment block
+ * the kernel shows as /proc/PID/environ (the entry, not only its value; the block keeps
+ * its size, zero-filled at the end). Returns 0, or -1 when out of memory. */
+int envfile_forget(const char *name);
 
 /* Wipes the values (they may hold the API key) and frees. NULL is allowed. */
 void envfile_free(envfile *env);

@@ -15,8 +15,17 @@
 #include "json.h"
 #include "log.h"
 #include "metrics.h"
+#include "netaddr.h"
 #include "policy.h"
 #include "url.h"
+
+/* libmicrohttpd keeps a request's line, headers and its own records of them in one pool
+ * per connection; past it, it answers 414 or 431 itself (a bare page, see the README).
+ * The pool is the header limit plus this much, so that tokend answers every request
+ * within the limit, and refuses the ones past it with its own errors. */
+#define HTTP_POOL_RESERVE 4096
+#define HTTP_XFF_MAX 32             /* X-Forwarded-For header lines believed in one request */
+#define HTTP_TICK_MS 1000           /* the front's periodic work: request deadlines, log counts */
 
 enum { REQ_NEW, REQ_BODY, REQ_DISPATCHED, REQ_ANSWERED };
 
@@ -30,11 +39,14 @@ struct http_front {
     size_t in_flight;
     struct http_exchange *pending;  /* dispatched, unanswered */
     int quiesced_fd;            /* listening socket handed back by MHD_quiesce_daemon, or -1 */
-    policy_proxies *proxies;
+    netaddr_nets *proxies;
     policy_conns *conns;
+    policy_hosts *hosts;
+    size_t max_header_bytes;
+    size_t max_query_args;
     uint64_t request_timeout_ms;
     struct http_conn *conns_list;   /* open connections, for the request deadline */
-    loop_timer deadline_timer;
+    loop_timer tick_timer;
     int run_pending;            /* libmicrohttpd has work to do: its epoll fd was ready, or a resume */
 };
 
@@ -44,6 +56,7 @@ typedef struct http_exchange {
     struct MHD_Connection *conn;
     http_front *front;
     char *target;
+    size_t target_len;
     int state;
     int status;
     unsigned long long bytes;
@@ -66,25 +79,19 @@ typedef struct http_conn {
     char peer[64];
 } http_conn;
 
+/* libmicrohttpd's own messages: most are caused by clients (malformed or oversized
+ * requests, resets), which can repeat them at will, so they are throttled. */
 static void http_mhd_log(void *cls, const char *fmt, va_list ap) {
     char msg[1024];
     (void)cls;
     vsnprintf(msg, sizeof msg, fmt, ap);
     size_t n = strlen(msg);
     while (n && (msg[n - 1] == '\n' || msg[n - 1] == '\r')) msg[--n] = '\0';
-    /* What a client caused (oversized or malformed requests) is not the operator's problem. */
     int client_caused = strstr(msg, "Error processing request") || strstr(msg, "HTTP request") ||
-                        strstr(msg, "Connection reset") || strstr(msg, "Failed to receive");
-    log_msg(client_caused ? LOG_DEBUG : LOG_WARN, "http: %s", msg);
-}
-
-static void http_addr_text(const struct sockaddr *sa, char *out, size_t len) {
-    snprintf(out, len, "-");
-    if (!sa) return;
-    if (sa->sa_family == AF_INET)
-        inet_ntop(AF_INET, &((const struct sockaddr_in *)(const void *)sa)->sin_addr, out, (socklen_t)len);
-    else if (sa->sa_family == AF_INET6)
-        inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)(const void *)sa)->sin6_addr, out, (socklen_t)len);
+                        strstr(msg, "Connection reset") || strstr(msg, "Failed to receive") ||
+                        strstr(msg, "Failed to send") || strstr(msg, "Closing connection");
+    if (client_caused) log_throttled(LOG_DEBUG, "http (client)", "%s", msg);
+    else log_throttled(LOG_WARN, "http", "%s", msg);
 }
 
 /* Called by libmicrohttpd with the raw request target, before headers are parsed; the
@@ -96,12 +103,18 @@ static void *http_on_uri(void *cls, const char *uri, struct MHD_Connection *conn
     x->front = cls;
     x->conn = conn;
     x->target = strdup(uri ? uri : "");
+    x->target_len = uri ? strlen(uri) : 0;
     req->target = x->target;
+    /* tokend parses the query itself (req->query). libmicrohttpd would store every
+     * argument in the connection's pool, where a few hundred of them leave no room and
+     * the request stalls: end its copy of the query string where it looks next. */
+    char *args = uri ? strchr(uri, '?') : NULL;
+    if (args) args[1] = '\0';
     req->upstream_ms = -1;
     req->start_ms = loop_now_ms();
     snprintf(req->route, sizeof req->route, "none");
     const union MHD_ConnectionInfo *ci = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
-    http_addr_text(ci ? ci->client_addr : NULL, req->peer, sizeof req->peer);
+    netaddr_of_sockaddr(ci ? ci->client_addr : NULL, req->peer, sizeof req->peer);
     memcpy(req->client, req->peer, sizeof req->client);
     return x;
 }
@@ -122,12 +135,12 @@ static void http_conn_waiting(struct MHD_Connection *conn, int waiting) {
 /* Refuses a connection from an address that already holds its share. */
 static enum MHD_Result http_on_accept(void *cls, const struct sockaddr *addr, socklen_t addrlen) {
     http_front *f = cls;
-    char text[64];
+    char text[NETADDR_TEXT];
     (void)addrlen;
-    http_addr_text(addr, text, sizeof text);
+    netaddr_of_sockaddr(addr, text, sizeof text);
     /* Behind a proxy every connection comes from it: trusted proxies are not limited. */
-    if (policy_conns_allowed(f->conns, text) || policy_proxy_trusted(f->proxies, text)) return MHD_YES;
-    log_msg(LOG_DEBUG, "http: refused a connection from %s: too many open connections from it", text);
+    if (policy_conns_allowed(f->conns, text) || netaddr_nets_contain(f->proxies, text)) return MHD_YES;
+    log_throttled(LOG_DEBUG, "http (client)", "refused a connection from %s: too many open connections from it", text);
     return MHD_NO;
 }
 
@@ -139,7 +152,7 @@ static void http_on_connection(void *cls, struct MHD_Connection *conn, void **so
         c = calloc(1, sizeof *c);
         if (!c) return;
         const union MHD_ConnectionInfo *ci = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
-        http_addr_text(ci ? ci->client_addr : NULL, c->peer, sizeof c->peer);
+        netaddr_of_sockaddr(ci ? ci->client_addr : NULL, c->peer, sizeof c->peer);
         ci = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CONNECTION_FD);
         c->fd = ci ? ci->connect_fd : -1;
         c->waiting = 1;
@@ -163,19 +176,21 @@ static void http_on_connection(void *cls, struct MHD_Connection *conn, void **so
     *socket_context = NULL;
 }
 
-/* Cuts connections that did not deliver a whole request in time (slow or idle clients). */
-static void http_on_deadline(void *ud) {
+/* Once a second: cuts connections that did not deliver a whole request in time (slow or
+ * idle clients), and reports the counts of throttled log messages. */
+static void http_on_tick(void *ud) {
     http_front *f = ud;
     uint64_t now = loop_now_ms();
-    for (http_conn *c = f->conns_list; c; c = c->next) {
+    for (http_conn *c = f->request_timeout_ms ? f->conns_list : NULL; c; c = c->next) {
         if (c->waiting && !c->cut && c->fd >= 0 && now - c->since_ms > f->request_timeout_ms) {
-            log_msg(LOG_DEBUG, "http: closing a connection from %s: no complete request within %llu ms",
-                    c->peer, (unsigned long long)f->request_timeout_ms);
+            log_throttled(LOG_DEBUG, "http (client)", "closing a connection from %s: no complete request within %llu ms",
+                          c->peer, (unsigned long long)f->request_timeout_ms);
             shutdown(c->fd, SHUT_RDWR);
             c->cut = 1;
         }
     }
-    loop_timer_start(f->lp, &f->deadline_timer, 1000, http_on_deadline, f);
+    log_throttled_flush();
+    loop_timer_start(f->lp, &f->tick_timer, HTTP_TICK_MS, http_on_tick, f);
 }
 
 static void http_pending_unlink(http_front *f, http_exchange *x) {
@@ -326,28 +341,113 @@ static int http_parse_target(http_request *req) {
     return -1;
 }
 
+/* The X-Forwarded-For header lines of a request, in arrival order. */
 typedef struct http_xff {
-    char buf[1024];
-    size_t len;
+    const char *values[HTTP_XFF_MAX];
+    size_t n;
+    int too_many;
 } http_xff;
 
 static enum MHD_Result http_collect_xff(void *cls, enum MHD_ValueKind kind, const char *key, const char *value) {
     http_xff *x = cls;
     (void)kind;
-    if (strcasecmp(key, "X-Forwarded-For") == 0 && value) {
-        int n = snprintf(x->buf + x->len, sizeof x->buf - x->len, "%s%s", x->len ? ", " : "", value);
-        if (n > 0) x->len = x->len + (size_t)n < sizeof x->buf ? x->len + (size_t)n : sizeof x->buf - 1;
+    if (strcasecmp(key, "X-Forwarded-For") != 0) return MHD_YES;
+    if (x->n == HTTP_XFF_MAX) x->too_many = 1;
+    else x->values[x->n++] = value ? value : "";
+    return MHD_YES;
+}
+
+/* Sets req->client: the peer, or the client a trusted proxy names in X-Forwarded-For
+ * (all of it: every header line, however long). */
+static void http_resolve_client(http_front *f, http_exchange *ex) {
+    http_request *req = &ex->pub;
+    if (!netaddr_nets_contain(f->proxies, req->peer)) return;
+    http_xff x = { { 0 }, 0, 0 };
+    MHD_get_connection_values(ex->conn, MHD_HEADER_KIND, http_collect_xff, &x);
+    if (!x.too_many) netaddr_client(f->proxies, req->peer, x.values, x.n, req->client, sizeof req->client);
+}
+
+/* What the headers of a request tell about how its body is framed, and their size. */
+typedef struct http_framing {
+    size_t header_bytes;        /* "Name: value\r\n" of every header */
+    const char *length;         /* the first Content-Length */
+    int lengths_differ;         /* another Content-Length with another value */
+    const char *coding;         /* Transfer-Encoding ("" when there were two) */
+} http_framing;
+
+static enum MHD_Result http_collect_framing(void *cls, enum MHD_ValueKind kind, const char *key, const char *value) {
+    http_framing *fr = cls;
+    (void)kind;
+    value = value ? value : "";
+    fr->header_bytes += strlen(key) + strlen(value) + 4;
+    if (strcasecmp(key, "Content-Length") == 0) {
+        if (!fr->length) fr->length = value;
+        else if (strcmp(fr->length, value) != 0) fr->lengths_differ = 1;
+    } else if (strcasecmp(key, "Transfer-Encoding") == 0) {
+        fr->coding = fr->coding ? "" : value;     /* two of them: refused below */
     }
     return MHD_YES;
 }
 
-/* Sets req->client: the peer, or the client a trusted proxy names in X-Forwarded-For. */
-static void http_resolve_client(http_front *f, http_exchange *ex) {
-    http_request *req = &ex->pub;
-    if (!policy_proxy_trusted(f->proxies, req->peer)) return;
-    http_xff x = { "", 0 };
-    MHD_get_connection_values(ex->conn, MHD_HEADER_KIND, http_collect_xff, &x);
-    policy_client_address(f->proxies, req->peer, x.len ? x.buf : NULL, req->client, sizeof req->client);
+/* The arguments of a query string: its non-empty '&'-separated items. */
+static size_t http_count_args(const char *q, size_t len) {
+    size_t n = 0;
+    for (size_t i = 0; i < len; i++)
+        if (q[i] != '&' && (i == 0 || q[i - 1] == '&')) n++;
+    return n;
+}
+
+/* Answers with a JSON error and closes the connection after it: what follows the request
+ * on the connection cannot be trusted to be a request of its own. */
+static void http_request_fail_close(http_request *req, int status, const char *message) {
+    size_t len = 0;
+    http_response *resp = http_response_error(message, &len);
+    if (resp) MHD_add_response_header(HTTP_MHD(resp), MHD_HTTP_HEADER_CONNECTION, "close");
+    http_request_respond(req, status, resp, len);
+}
+
+/* Checks what must hold before a request is dispatched: its size, one unambiguous
+ * framing of its body (RFC 9112 6.3: a request with both Content-Length and
+ * Transfer-Encoding, or with Content-Lengths that differ, can be read two ways, and the
+ * bytes after it smuggled in as a request of their own), and its Host. Returns 0, or -1
+ * once it answered the request. */
+static int http_check_request(http_front *f, http_exchange *x) {
+    http_request *req = &x->pub;
+    http_framing fr = { 0, NULL, 0, NULL };
+    MHD_get_connection_values(x->conn, MHD_HEADER_KIND, http_collect_framing, &fr);
+    size_t line = strlen(req->method) + x->target_len + sizeof " HTTP/1.1\r\n";
+    if (x->target_len > f->max_header_bytes) {
+        http_request_fail_close(req, 414, "request target too long");
+        return -1;
+    }
+    if (line + fr.header_bytes > f->max_header_bytes) {
+        http_request_fail_close(req, 431, "request headers too large");
+        return -1;
+    }
+    if ((fr.coding && (fr.length || strcasecmp(fr.coding, "chunked") != 0)) || fr.lengths_differ) {
+        http_request_fail_close(req, 400, fr.lengths_differ ? "conflicting Content-Length headers"
+                                : fr.length ? "both Content-Length and Transfer-Encoding"
+                                : "unsupported Transfer-Encoding");
+        return -1;
+    }
+    if (fr.length && strtoull(fr.length, NULL, 10) > f->max_body_bytes) {
+        http_request_fail_close(req, 413, "request body too large");
+        return -1;
+    }
+    if (http_count_args(req->query, req->query_len) > f->max_query_args) {
+        http_request_fail(req, 400, "too many query arguments");
+        return -1;
+    }
+    int host = policy_host_check(f->hosts, MHD_lookup_connection_value(x->conn, MHD_HEADER_KIND, "Host"));
+    if (host == POLICY_HOST_MALFORMED) {
+        http_request_fail_close(req, 400, "malformed Host header");
+        return -1;
+    }
+    if (host == POLICY_HOST_DENIED) {
+        http_request_fail(req, 421, "this server does not answer for that host name (TOKEND_ALLOWED_HOSTS)");
+        return -1;
+    }
+    return 0;
 }
 
 static enum MHD_Result http_on_request(void *cls, struct MHD_Connection *conn, const char *url,
@@ -365,14 +465,10 @@ static enum MHD_Result http_on_request(void *cls, struct MHD_Connection *conn, c
         x->conn = conn;
         http_resolve_client(f, x);
         int parsed = http_parse_target(req);
+        if (parsed == -2) http_request_fail(req, 503, "out of memory");
+        if (parsed == -2 || http_check_request(f, x) < 0) return http_queue(x);
         if (parsed < 0) {
-            if (parsed == -2) http_request_fail(req, 503, "out of memory");
-            else http_request_fail(req, 400, "malformed request path");
-            return http_queue(x);
-        }
-        const char *cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
-        if (cl && strtoull(cl, NULL, 10) > f->max_body_bytes) {
-            http_request_fail(req, 413, "request body too large");
+            http_request_fail(req, 400, "malformed request path");
             return http_queue(x);
         }
         x->state = REQ_BODY;
@@ -436,8 +532,11 @@ http_front *http_create(loop *lp, const http_options *opts, http_dispatch_fn *di
     f->quiesced_fd = -1;
     f->proxies = opts->proxies;
     f->conns = opts->conns;
+    f->hosts = opts->hosts;
+    f->max_header_bytes = opts->max_header_bytes;
+    f->max_query_args = opts->max_query_args;
     f->request_timeout_ms = (uint64_t)opts->request_timeout_s * 1000u;
-    size_t memory = opts->max_header_bytes ? opts->max_header_bytes : 8192;
+    size_t memory = opts->max_header_bytes + HTTP_POOL_RESERVE;
     f->daemon = MHD_start_daemon(
         MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG | MHD_USE_TURBO,
         0, http_on_accept, f, http_on_request, f,
@@ -461,7 +560,7 @@ http_front *http_create(loop *lp, const http_options *opts, http_dispatch_fn *di
         goto fail;
     }
     f->epoll_fd = di->epoll_fd;
-    if (f->request_timeout_ms) loop_timer_start(lp, &f->deadline_timer, 1000, http_on_deadline, f);
+    loop_timer_start(lp, &f->tick_timer, HTTP_TICK_MS, http_on_tick, f);
     return f;
 fail:
     if (f->daemon) MHD_stop_daemon(f->daemon);
@@ -495,7 +594,7 @@ void http_free(http_front *f) {
     while (f->pending) http_request_fail(&f->pending->pub, 503, "server shutting down");
     MHD_run(f->daemon);
     loop_watch(f->lp, f->epoll_fd, 0, NULL, NULL);
-    loop_timer_stop(f->lp, &f->deadline_timer);
+    loop_timer_stop(f->lp, &f->tick_timer);
     MHD_stop_daemon(f->daemon);
     if (f->quiesced_fd >= 0) close(f->quiesced_fd);
     free(f);

@@ -29,18 +29,21 @@ typedef struct http_request {
 
 typedef void http_dispatch_fn(void *ud, http_request *req);
 
-struct policy_proxies;
+struct netaddr_nets;
 struct policy_conns;
+struct policy_hosts;
 
 typedef struct http_options {
     int listen_fd;                  /* bound, listening, non-blocking socket (ownership taken) */
     unsigned int max_connections;   /* this daemon's share */
     unsigned int idle_timeout_s;
     unsigned int request_timeout_s; /* headers and body must arrive within this; 0 = none */
-    size_t max_header_bytes;
+    size_t max_header_bytes;        /* request line and headers; past it 414 or 431 */
     size_t max_body_bytes;
-    struct policy_proxies *proxies; /* borrowed; X-Forwarded-For is believed from these */
+    size_t max_query_args;          /* more get 400 */
+    struct netaddr_nets *proxies;   /* borrowed; X-Forwarded-For is believed from these */
     struct policy_conns *conns;     /* borrowed; per-address connection counts */
+    struct policy_hosts *hosts;     /* borrowed; the Host names served */
 } http_options;
 
 /* Starts a daemon on opts->listen_fd, registered in lp. dispatch(ud, req) is called once

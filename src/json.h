@@ -5,7 +5,7 @@
 #include <stddef.h>
 
 #define JSON_TOKEN_MAX 8192
-#define JSON_ERROR_MAX 512
+#define JSON_ERROR_MAX 4096
 
 /* What tokend needs from a reply body: top-level "token", "expires_in_seconds", "error". */
 typedef struct json_token_reply {

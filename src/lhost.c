@@ -71,7 +71,7 @@ struct lhost_request {
     char allow[96];
     router_result match;
     lhost_waiter wait;           /* the outside call being awaited, if any */
-    lstate_budget budget;
+    lbudget budget;
     http_response *resp;        /* response under construction */
     int status;
     size_t bytes;
@@ -189,7 +189,7 @@ static lhost *lhost_new(const lhost_options *o) {
 
 int lhost_create(const lhost_options *o, lhost **out, char *err, size_t errlen) {
     lhost *h = lhost_new(o);
-    lstate_budget load = { 0, o->instruction_limit * LHOST_LOAD_BUDGET_FACTOR, 0 };
+    lbudget load = { 0, o->instruction_limit * LHOST_LOAD_BUDGET_FACTOR, 0 };
     *out = NULL;
     if (!h) {
         snprintf(err, errlen, "out of memory");
@@ -211,9 +211,9 @@ int lhost_create(const lhost_options *o, lhost **out, char *err, size_t errlen) 
         goto fail;
     }
     h->loading = 1;
-    lstate_budget *outer = lstate_budget_enter(&load);
+    lbudget *outer = lbudget_enter(&load);
     int rc = lua_pcall(L, 0, 0, -2);
-    lstate_budget_enter(outer);
+    lbudget_enter(outer);
     h->loading = 0;
     if (rc != LUA_OK) {
         snprintf(err, errlen, "%s", lhost_error_text(L, -1));
@@ -318,8 +318,9 @@ int lhost_add_route(lhost *h, lua_State *L, const char *method, const char *path
     return 0;
 }
 
-int lhost_add_static(lhost *h, const char *prefix, const char *dir, char *err, size_t errlen) {
-    return static_mount(h->statics, prefix, dir, err, errlen);
+int lhost_add_static(lhost *h, const char *prefix, const char *dir, const static_options *o, char *err,
+                     size_t errlen) {
+    return static_mount(h->statics, prefix, dir, o, err, errlen);
 }
 
 void lhost_add_before(lhost *h, lua_State *L, int idx) {
@@ -372,9 +373,14 @@ static void lhost_request_done(lhost_request *hr) {
     free(hr);
 }
 
-/* Answers a request that no handler answered: 405, a static file, or 404. */
+/* Answers a request that no handler answered: HEAD of a GET route (the route exists; its
+ * handler, which may mint a token, does not run for a HEAD), 405, a static file, or 404. */
 static void lhost_answer_unhandled(lhost *h, http_request *req, int route_status, const char *allow) {
-    if (route_status == ROUTER_METHOD_NOT_ALLOWED) {
+    if (route_status == ROUTER_FOUND) {
+        http_response *resp = http_response_bytes("", 0, NULL);
+        if (resp) http_response_header(resp, "Cache-Control", "no-store");
+        http_request_respond(req, 200, resp, 0);
+    } else if (route_status == ROUTER_METHOD_NOT_ALLOWED) {
         http_request_fail_allow(req, allow);
     } else if (static_serve(h->statics, req)) {
         snprintf(req->route, sizeof req->route, "static");
@@ -634,7 +640,9 @@ void lhost_dispatch(void *ud, http_request *req) {
     router_result match;
     char allow[96];
     int found = router_match(h->routes, req->method, req->path, &match, allow, sizeof allow);
-    if (found != ROUTER_FOUND && h->nbefores == 0) {
+    int runs_handler = found == ROUTER_FOUND && !match.head_of_get;
+    if (found == ROUTER_FOUND) snprintf(req->route, sizeof req->route, "%s", match.pattern);
+    if (!runs_handler && h->nbefores == 0) {
         lhost_answer_unhandled(h, req, found, allow);
         return;
     }
@@ -652,8 +660,7 @@ void lhost_dispatch(void *ud, http_request *req) {
     hr->co_ref = LUA_NOREF;
     hr->route_status = found;
     snprintf(hr->allow, sizeof hr->allow, "%s", allow);
-    hr->handler_ref = found == ROUTER_FOUND ? match.handler : LUA_NOREF;
-    if (found == ROUTER_FOUND) snprintf(req->route, sizeof req->route, "%s", match.pattern);
+    hr->handler_ref = runs_handler ? match.handler : LUA_NOREF;
     hr->match = match;
     hr->budget.limit = h->instruction_limit;
     hr->wait.h = h;

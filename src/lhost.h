@@ -7,6 +7,7 @@
 #include "http.h"
 #include "loop.h"
 #include "policy.h"
+#include "static.h"
 #include "upstream.h"
 
 typedef struct lua_State lua_State;
@@ -92,7 +93,8 @@ void lhost_check_loading(lua_State *L, const lhost *h, const char *fn);
 int lhost_add_route(lhost *h, lua_State *L, const char *method, const char *path, int idx, char *err, size_t errlen);
 
 /* Serves the files under dir for paths under prefix. Returns 0, or -1 with err set. */
-int lhost_add_static(lhost *h, const char *prefix, const char *dir, char *err, size_t errlen);
+int lhost_add_static(lhost *h, const char *prefix, const char *dir, const static_options *o, char *err,
+                     size_t errlen);
 
 /* Appends the function at stack index idx to the before hooks. */
 void lhost_add_before(lhost *h, lua_State *L, int idx);

@@ -1,9 +1,12 @@
 /* log.c: process-wide logging with levels, text or JSON lines, secret redaction. */
 #define _GNU_SOURCE
+#include <ctype.h>
 #include <stdarg.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <time.h>
 #include <unistd.h>
 #include <pthread.h>
@@ -12,16 +15,126 @@
 #include "log.h"
 
 #define LOG_LINE_MAX 8192
+#define LOG_FRAGMENT 8              /* this many characters of a secret in a row are redacted */
+#define LOG_GRAM_SLOTS 512          /* hash set of a secret's lower-cased 8-character pieces */
+#define LOG_THROTTLE_MS 1000        /* a throttled kind of message: one a second, then a count */
+#define LOG_THROTTLE_KINDS 16
 
 static int log_min_level = LOG_INFO;
 static int log_json = 0;
 static tokend_log_fn *log_sink = NULL;
 static void *log_sink_ud = NULL;
-static char *log_secret = NULL;
-static size_t log_secret_len = 0;
-static pthread_mutex_t log_secret_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_mutex_t log_lock = PTHREAD_MUTEX_INITIALIZER;   /* the secret and the throttles */
 
 static const char *const log_level_names[] = { "debug", "info", "warn", "error" };
+
+/* What redaction knows of a secret: the secret, lower-cased, and the set of its pieces
+ * of LOG_FRAGMENT characters (as 64-bit words), to find any such piece in a text. */
+typedef struct log_secret {
+    char *text;
+    size_t len;
+    uint64_t grams[LOG_GRAM_SLOTS];     /* 0 = empty slot */
+} log_secret;
+
+static log_secret log_registered;
+
+/* ---- redaction ---- */
+
+static uint64_t log_gram(const char *p) {
+    uint64_t g = 0;
+    for (int i = 0; i < LOG_FRAGMENT; i++) g = (g << 8) | (uint8_t)tolower((unsigned char)p[i]);
+    return g;           /* never 0, the empty slot: a C string has no NUL inside */
+}
+
+static size_t log_gram_slot(uint64_t g) {
+    return (size_t)((g * 0x9E3779B97F4A7C15ULL) >> 55) & (LOG_GRAM_SLOTS - 1);
+}
+
+static int log_gram_known(const log_secret *s, uint64_t g) {
+    for (size_t i = log_gram_slot(g);; i = (i + 1) & (LOG_GRAM_SLOTS - 1)) {
+        if (s->grams[i] == g) return 1;
+        if (!s->grams[i]) return 0;
+    }
+}
+
+/* Fills s for secret (NULL or "" for none). Returns 0, or -1 when out of memory. */
+static int log_secret_init(log_secret *s, const char *secret) {
+    memset(s, 0, sizeof *s);
+    if (!secret || !*secret) return 0;
+    s->len = strlen(secret);
+    if (!(s->text = strdup(secret))) return -1;
+    for (size_t i = 0; i + LOG_FRAGMENT <= s->len && i < LOG_GRAM_SLOTS / 2; i++) {
+        uint64_t g = log_gram(secret + i);
+        size_t j = log_gram_slot(g);
+        while (s->grams[j] && s->grams[j] != g) j = (j + 1) & (LOG_GRAM_SLOTS - 1);
+        s->grams[j] = g;
+    }
+    return 0;
+}
+
+static void log_secret_clear(log_secret *s) {
+    if (s->text) explicit_bzero(s->text, s->len);
+    free(s->text);
+    explicit_bzero(s, sizeof *s);
+}
+
+/* Length of the secret's text found at src (case-insensitive): a piece of LOG_FRAGMENT or
+ * more characters of it, or the whole of a shorter secret; 0 when there is none. */
+static size_t log_secret_at(const log_secret *s, const char *src, size_t left) {
+    if (!s->len) return 0;
+    if (s->len < LOG_FRAGMENT)
+        return left >= s->len && strncasecmp(src, s->text, s->len) == 0 ? s->len : 0;
+    if (left < LOG_FRAGMENT || !log_gram_known(s, log_gram(src))) return 0;
+    size_t n = LOG_FRAGMENT;
+    while (n < left && log_gram_known(s, log_gram(src + n - LOG_FRAGMENT + 1))) n++;
+    return n;
+}
+
+/* Copies src into dst with the secret's text replaced by "[redacted]". */
+static char *log_scrub_with(char *dst, size_t dstlen, const char *src, const log_secret *s) {
+    size_t o = 0, left = strlen(src);
+    if (dstlen == 0) return dst;
+    while (left && o + 1 < dstlen) {
+        size_t n = log_secret_at(s, src, left);
+        if (n) {
+            for (const char *r = "[redacted]"; *r && o + 1 < dstlen; r++) dst[o++] = *r;
+        } else {
+            dst[o++] = *src;
+            n = 1;
+        }
+        src += n;
+        left -= n;
+    }
+    dst[o] = '\0';
+    return dst;
+}
+
+char *log_scrub(char *dst, size_t dstlen, const char *src, const char *secret) {
+    log_secret s;
+    if (log_secret_init(&s, secret) < 0) {      /* no memory to scrub with: keep nothing */
+        if (dstlen) snprintf(dst, dstlen, "[redacted]");
+        return dst;
+    }
+    log_scrub_with(dst, dstlen, src, &s);
+    log_secret_clear(&s);
+    return dst;
+}
+
+char *log_redact(char *dst, size_t dstlen, const char *src) {
+    pthread_mutex_lock(&log_lock);
+    log_scrub_with(dst, dstlen, src, &log_registered);
+    pthread_mutex_unlock(&log_lock);
+    return dst;
+}
+
+void log_set_secret(const char *secret) {
+    pthread_mutex_lock(&log_lock);
+    log_secret_clear(&log_registered);
+    log_secret_init(&log_registered, secret);
+    pthread_mutex_unlock(&log_lock);
+}
+
+/* ---- settings ---- */
 
 void log_configure(int level, int json) {
     if (level >= LOG_DEBUG && level <= LOG_ERROR) log_min_level = level;
@@ -31,21 +144,6 @@ void log_configure(int level, int json) {
 void log_set_sink(tokend_log_fn *sink, void *ud) {
     log_sink = sink;
     log_sink_ud = ud;
-}
-
-void log_set_secret(const char *secret) {
-    pthread_mutex_lock(&log_secret_lock);
-    if (log_secret) {
-        explicit_bzero(log_secret, log_secret_len);
-        free(log_secret);
-    }
-    log_secret = NULL;
-    log_secret_len = 0;
-    if (secret && *secret) {
-        log_secret = strdup(secret);
-        if (log_secret) log_secret_len = strlen(secret);
-    }
-    pthread_mutex_unlock(&log_secret_lock);
 }
 
 int log_enabled(int level) {
@@ -58,27 +156,18 @@ int log_level_from_name(const char *name) {
     return -1;
 }
 
-char *log_scrub(char *dst, size_t dstlen, const char *src, const char *secret) {
-    size_t o = 0, slen = secret ? strlen(secret) : 0;
-    if (dstlen == 0) return dst;
-    while (*src && o + 1 < dstlen) {
-        if (slen && strncmp(src, secret, slen) == 0) {
-            const char *r = "[redacted]";
-            while (*r && o + 1 < dstlen) dst[o++] = *r++;
-            src += slen;
-        } else {
-            dst[o++] = *src++;
-        }
-    }
-    dst[o] = '\0';
-    return dst;
-}
+/* ---- lines ---- */
 
-char *log_redact(char *dst, size_t dstlen, const char *src) {
-    pthread_mutex_lock(&log_secret_lock);
-    log_scrub(dst, dstlen, src, log_secret);
-    pthread_mutex_unlock(&log_secret_lock);
-    return dst;
+size_t log_escape(char *buf, size_t off, size_t cap, const char *s) {
+    for (; *s && off + 5 < cap; s++) {
+        unsigned char c = (unsigned char)*s;
+        if (c == '\n') off += (size_t)snprintf(buf + off, cap - off, "\\n");
+        else if (c == '\r') off += (size_t)snprintf(buf + off, cap - off, "\\r");
+        else if ((c < 0x20 && c != '\t') || c == 0x7f) off += (size_t)snprintf(buf + off, cap - off, "\\x%02x", c);
+        else buf[off++] = (char)c;
+    }
+    buf[off < cap ? off : cap - 1] = '\0';
+    return off;
 }
 
 static void log_timestamp(char *out, size_t len) {
@@ -104,13 +193,9 @@ static void log_emit(int level, const char *line) {
     (void)w;
 }
 
-void log_msg(int level, const char *fmt, ...) {
-    if (!log_enabled(level)) return;
-    char msg[LOG_LINE_MAX - 128], clean[LOG_LINE_MAX - 128], line[LOG_LINE_MAX], ts[40];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(msg, sizeof msg, fmt, ap);
-    va_end(ap);
+/* Writes one message line: redacted, with every control character escaped. */
+static void log_write(int level, const char *msg) {
+    char clean[LOG_LINE_MAX - 128], line[LOG_LINE_MAX], ts[40];
     log_redact(clean, sizeof clean, msg);
     log_timestamp(ts, sizeof ts);
     if (log_json) {
@@ -119,9 +204,90 @@ void log_msg(int level, const char *fmt, ...) {
         o = json_escape(line, o, sizeof line - 3, clean);
         memcpy(line + o, "\"}", 3);
     } else {
-        snprintf(line, sizeof line, "%s %-5s %s", ts, log_level_names[level], clean);
+        size_t o = (size_t)snprintf(line, sizeof line, "%s %-5s ", ts, log_level_names[level]);
+        log_escape(line, o, sizeof line, clean);
     }
     log_emit(level, line);
+}
+
+void log_msg(int level, const char *fmt, ...) {
+    if (!log_enabled(level)) return;
+    char msg[LOG_LINE_MAX - 128];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    log_write(level, msg);
+}
+
+/* ---- throttled messages ---- */
+
+/* A kind of message that outside events can repeat at will (a client resetting
+ * connections): the first of each second is written, the others counted. */
+typedef struct log_throttle {
+    const char *kind;           /* static text; NULL = free slot */
+    uint64_t window_ms;         /* start of the current second */
+    unsigned long suppressed;
+    int level;
+} log_throttle;
+
+static log_throttle log_throttles[LOG_THROTTLE_KINDS];
+
+static uint64_t log_now_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+/* Writes the count of a throttle's suppressed messages (log_lock held). */
+static void log_throttle_report(log_throttle *t) {
+    char msg[200];
+    if (!t->suppressed) return;
+    snprintf(msg, sizeof msg, "%s: %lu more like the last in the past second (not written one by one)",
+             t->kind, t->suppressed);
+    t->suppressed = 0;
+    pthread_mutex_unlock(&log_lock);
+    log_write(t->level, msg);
+    pthread_mutex_lock(&log_lock);
+}
+
+void log_throttled(int level, const char *kind, const char *fmt, ...) {
+    if (!log_enabled(level)) return;
+    uint64_t now = log_now_ms();
+    log_throttle *t = NULL;
+    pthread_mutex_lock(&log_lock);
+    for (size_t i = 0; i < LOG_THROTTLE_KINDS && !t; i++)
+        if (log_throttles[i].kind == kind || !log_throttles[i].kind) t = &log_throttles[i];
+    if (t && !t->kind) *t = (log_throttle){ kind, 0, 0, level };
+    if (t && now - t->window_ms < LOG_THROTTLE_MS) {
+        t->suppressed++;
+        pthread_mutex_unlock(&log_lock);
+        return;
+    }
+    if (t) {
+        log_throttle_report(t);
+        t->window_ms = now;
+    }
+    pthread_mutex_unlock(&log_lock);
+    char msg[LOG_LINE_MAX - 128];
+    int n = snprintf(msg, sizeof msg, "%s: ", kind);
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg + n, sizeof msg - (size_t)n, fmt, ap);
+    va_end(ap);
+    log_write(level, msg);
+}
+
+void log_throttled_flush(void) {
+    uint64_t now = log_now_ms();
+    pthread_mutex_lock(&log_lock);
+    for (size_t i = 0; i < LOG_THROTTLE_KINDS && log_throttles[i].kind; i++) {
+        if (now - log_throttles[i].window_ms >= LOG_THROTTLE_MS) {
+            log_throttle_report(&log_throttles[i]);
+            log_throttles[i].window_ms = now;
+        }
+    }
+    pthread_mutex_unlock(&log_lock);
 }
 
 void log_access(const log_access_entry *e) {
@@ -144,17 +310,19 @@ void log_access(const log_access_entry *e) {
     } else {
         if (e->upstream_ms >= 0) snprintf(up, sizeof up, "%.1fms", e->upstream_ms);
         else snprintf(up, sizeof up, "-");
-        /* Control characters in the path are escaped so a client cannot forge log lines. */
-        char safe[2048];
+        /* Every byte a client chose is escaped: spaces and control characters in the path
+         * as %XX (a path is a URL), the method like any text. */
+        char safe_path[2048], safe_method[64];
         size_t o = 0;
-        for (const char *p = path; *p && o + 5 < sizeof safe; p++) {
+        for (const char *p = path; *p && o + 5 < sizeof safe_path; p++) {
             unsigned char c = (unsigned char)*p;
-            if (c < 0x20 || c == 0x7f || c == ' ') o += (size_t)snprintf(safe + o, sizeof safe - o, "%%%02X", c);
-            else safe[o++] = (char)c;
+            if (c < 0x20 || c == 0x7f || c == ' ') o += (size_t)snprintf(safe_path + o, sizeof safe_path - o, "%%%02X", c);
+            else safe_path[o++] = (char)c;
         }
-        safe[o] = '\0';
+        safe_path[o] = '\0';
+        log_escape(safe_method, 0, sizeof safe_method, e->method);
         snprintf(line, sizeof line, "%s info  access %s %s %s %d %llu %.1fms upstream=%s",
-                 ts, e->client, e->method, safe, e->status, e->bytes, e->duration_ms, up);
+                 ts, e->client, safe_method, safe_path, e->status, e->bytes, e->duration_ms, up);
     }
     log_emit(LOG_INFO, line);
 }

@@ -34,8 +34,22 @@ void log_set_secret(const char *secret);
 /* Returns 1 when a message of this level would be written. */
 int log_enabled(int level);
 
-/* Writes one formatted message at level. Never fails visibly. */
+/* Writes one formatted message at level, redacted, control characters escaped. Never
+ * fails visibly. */
 void log_msg(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* Writes a message that outside events can repeat at will (kind: a static text such as
+ * "http"): the first of each second is written, the rest counted and reported as one
+ * line by the next one or by log_throttled_flush(). */
+void log_throttled(int level, const char *kind, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+
+/* Reports the counts of throttled messages whose second is over; call about once a second. */
+void log_throttled_flush(void);
+
+/* Appends s to buf[off..cap) with line breaks written as \n and \r and other control
+ * characters as \xNN, so that no text can start a log line of its own. Returns the new
+ * offset; buf stays NUL-terminated. */
+size_t log_escape(char *buf, size_t off, size_t cap, const char *s);
 
 /* Writes one access-log line (info level). */
 void log_access(const log_access_entry *e);
@@ -43,12 +57,13 @@ void log_access(const log_access_entry *e);
 /* Parses "debug", "info", "warn" or "error". Returns the level or -1. */
 int log_level_from_name(const char *name);
 
-/* Copies src into dst (size dstlen, always NUL-terminated) with every occurrence of
- * secret (NULL or "" for none) replaced by "[redacted]". Returns dst. */
+/* Copies src into dst (size dstlen, always NUL-terminated) with the secret (NULL or ""
+ * for none) replaced by "[redacted]" wherever 8 or more of its characters in a row appear,
+ * in any case (a shorter secret: wherever it appears whole). Scrub before truncating: a
+ * fragment cut short of 8 characters is kept. Returns dst. */
 char *log_scrub(char *dst, size_t dstlen, const char *src, const char *secret);
 
-/* Copies src into dst (size dstlen, always NUL-terminated) with the registered secret
- * replaced by "[redacted]". Returns dst. */
+/* log_scrub with the registered secret. Returns dst. */
 char *log_redact(char *dst, size_t dstlen, const char *src);
 
 #endif

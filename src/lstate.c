@@ -9,6 +9,7 @@
 #include <lualib.h>
 #include <lua-cjson.h>
 
+#include "lpattern.h"
 #include "lstate.h"
 
 #define LSTATE_HOOK_STEP 1000            /* instructions between two calls of the count hook */
@@ -27,9 +28,6 @@ typedef struct lstate_heap {
     size_t used, limit;
     lstate_block *free_blocks[LSTATE_CLASSES];
 } lstate_heap;
-
-/* The budget of the code running on this thread now (NULL: none). */
-static _Thread_local lstate_budget *lstate_budget_now;
 
 /* ---- memory ---- */
 
@@ -107,45 +105,32 @@ size_t lstate_memory(lua_State *L) {
 
 /* ---- the instruction budget ---- */
 
-lstate_budget *lstate_budget_enter(lstate_budget *b) {
-    lstate_budget *old = lstate_budget_now;
-    lstate_budget_now = b;
-    return old;
-}
-
-int lstate_budget_charge(long n) {
-    lstate_budget *b = lstate_budget_now;
-    if (!b) return 0;
-    if (!b->exhausted && (b->used += n) > b->limit) b->exhausted = 1;
-    return b->exhausted ? -1 : 0;
-}
-
 /* Once the budget is spent, the running code stops: a yieldable coroutine is suspended
  * and never resumed (no pcall can catch a yield); elsewhere (inside a C function that
  * called back into Lua, such as a table.sort comparator) an error is raised, which the
  * state's pcall and xpcall pass on instead of catching. */
 static void lstate_count_hook(lua_State *L, lua_Debug *ar) {
     (void)ar;
-    if (lstate_budget_charge(LSTATE_HOOK_STEP) == 0) return;
+    if (lbudget_charge(LSTATE_HOOK_STEP) == 0) return;
     if (lua_isyieldable(L)) {
         lua_yield(L, 0);
         return;
     }
-    luaL_error(L, LSTATE_BUDGET_ERROR " (%d instructions)", (int)lstate_budget_now->limit);
+    luaL_error(L, LBUDGET_ERROR " (%d instructions)", (int)lbudget_limit());
 }
 
 void lstate_limit_thread(lua_State *co) {
     lua_sethook(co, lstate_count_hook, LUA_MASKCOUNT, LSTATE_HOOK_STEP);
 }
 
-int lstate_resume(lua_State *co, lua_State *from, int nargs, int *nres, lstate_budget *b) {
-    lstate_budget *outer = lstate_budget_enter(b);
+int lstate_resume(lua_State *co, lua_State *from, int nargs, int *nres, lbudget *b) {
+    lbudget *outer = lbudget_enter(b);
     int rc = lua_resume(co, from, nargs, nres);
-    lstate_budget_enter(outer);
+    lbudget_enter(outer);
     if (rc == LUA_YIELD && b && b->exhausted) {
         lua_pop(co, *nres);
         *nres = 0;
-        lua_pushfstring(co, LSTATE_BUDGET_ERROR " (%d instructions)", (int)b->limit);
+        lua_pushfstring(co, LBUDGET_ERROR " (%d instructions)", (int)b->limit);
         rc = LUA_ERRRUN;
     }
     return rc;
@@ -154,7 +139,7 @@ int lstate_resume(lua_State *co, lua_State *from, int nargs, int *nres, lstate_b
 /* pcall and xpcall finish here: an error raised because the budget is spent goes on. */
 static int lstate_pcall_finish(lua_State *L, int status, lua_KContext extra) {
     if (status != LUA_OK && status != LUA_YIELD) {
-        if (lstate_budget_now && lstate_budget_now->exhausted) return lua_error(L);
+        if (lbudget_charge(0) < 0) return lua_error(L);     /* the budget is spent: no catching */
         lua_pushboolean(L, 0);
         lua_pushvalue(L, -2);
         return 2;
@@ -271,6 +256,9 @@ static int lstate_open(lua_State *L) {
     lua_pop(L, 2);
     lua_getfield(L, -1, "debug");
     lstate_replace(L, "sethook", lstate_no_sethook);
+    lua_pop(L, 1);
+    lua_getfield(L, -1, "string");
+    lpattern_open(L);
     lua_pop(L, 2);
     lstate_preload(L, "cjson", luaopen_cjson);
     lstate_preload(L, "cjson.safe", luaopen_cjson_safe);

@@ -267,7 +267,8 @@ static int luamod_world(luamod_state *m, char *err, size_t errlen) {
     if (url_streaming_endpoints(m->cfg.streaming_url, &m->endpoints, err, errlen) != URL_OK) return -1;
     fetch_options fo = { .ca_file = m->cfg.ca_file, .connect_timeout_ms = m->cfg.connect_timeout_ms };
     upstream_options uo = {
-        .token_url = m->endpoints.token_url, .api_key = m->key, .timeout_ms = m->cfg.upstream_timeout_ms,
+        .token_url = m->endpoints.token_url, .api_key = m->key, .proxy = m->cfg.upstream_proxy,
+        .timeout_ms = m->cfg.upstream_timeout_ms,
     };
     if (!(m->lp = loop_create())) {
         snprintf(err, errlen, "cannot create an event loop");

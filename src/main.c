@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/resource.h>
 #include <unistd.h>
 
@@ -147,26 +148,30 @@ int main(int argc, char **argv) {
                     env_file ? env_file : ".env", envfile_name(env, i));
     }
 
+    /* The key lives only in tokend's memory from here on: out of the environment and of
+     * the block the kernel shows as /proc/PID/environ (before any other setting points
+     * into the environment), and no core dump can hold it. */
+    key = main_take_key(envfile_lookup(env, "ASSEMBLYAI_API_KEY"));
+    if (envfile_forget("ASSEMBLYAI_API_KEY") < 0) {
+        fprintf(stderr, "tokend: out of memory\n");
+        goto out;
+    }
+    prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
+    struct rlimit no_core = { 0, 0 };
+    setrlimit(RLIMIT_CORE, &no_core);
+
     /* Every setting: its flag, else the real environment, else .env, else its default. */
     tokend_config_init(&cfg);
+    cfg.api_key = key;
     for (size_t i = 0; i < config_count; i++) {
         const config_setting *s = &config_settings[i];
         const char *value = flag_values[i] ? flag_values[i] : s->env ? envfile_lookup(env, s->env) : NULL;
-        if (!value || (!flag_values[i] && !*value)) continue;      /* NAME= means unset */
-        if (s->type == CONFIG_SECRET) {
-            key = main_take_key(value);
-            value = key;
-        }
+        if (s->type == CONFIG_SECRET || !value || (!flag_values[i] && !*value)) continue;  /* NAME= is unset */
         if (config_set(&cfg, s, value, flag_values[i] != NULL, err, sizeof err) < 0) {
             fprintf(stderr, "tokend: %s\n", err);
             goto out_usage;
         }
     }
-    /* The key lives only in tokend's memory from here on: wipe it where the kernel shows
-     * the initial environment (/proc/PID/environ), then drop the variable. */
-    char *in_env = getenv("ASSEMBLYAI_API_KEY");
-    if (in_env) explicit_bzero(in_env, strlen(in_env));
-    unsetenv("ASSEMBLYAI_API_KEY");
 
     if (check) {
         if (tokend_script_check(&cfg, err, sizeof err) != TOKEND_OK) {

@@ -1,5 +1,5 @@
-/* policy.c: abuse control: token buckets and connection counts shared by all workers,
- * client addresses behind trusted proxies, and Origin allow-lists. */
+/* policy.c: abuse control: token buckets and connection counts shared by all workers, and
+ * the Host and Origin allow-lists. */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <ctype.h>
@@ -10,6 +10,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "netaddr.h"
 #include "policy.h"
 
 #define POLICY_MAX_LIMITERS 32
@@ -152,24 +153,11 @@ static void policy_grow(policy_buckets *b) {
     b->nslots = n;
 }
 
-/* Writes the bucket key for a client: an IPv6 address counts per /64 network. */
-static void policy_bucket_key(const char *key, char *out, size_t outlen) {
-    unsigned char a6[16];
-    if (strchr(key, ':') && inet_pton(AF_INET6, key, a6) == 1) {
-        memset(a6 + 8, 0, 8);
-        if (inet_ntop(AF_INET6, a6, out, (socklen_t)outlen)) {
-            strncat(out, "/64", outlen - strlen(out) - 1);
-            return;
-        }
-    }
-    snprintf(out, outlen, "%s", key);
-}
-
 int policy_take(policy_buckets *b, int id, const char *key, uint64_t now_ms, long *retry_after_s) {
     char k[128];
     int allowed = 0;
     if (id < 0 || id >= b->nlimiters) return 0;
-    policy_bucket_key(key, k, sizeof k);
+    netaddr_key(key, k, sizeof k);
     uint64_t h = policy_hash(id, k);
     pthread_mutex_lock(&b->lock);
     const policy_limiter_def *d = &b->limiters[id];
@@ -248,16 +236,20 @@ void policy_conns_free(policy_conns *c) {
     free(c);
 }
 
-static policy_conn_entry **policy_conn_find(policy_conns *c, const char *addr) {
-    policy_conn_entry **pp = &c->slots[policy_hash(0, addr) & (POLICY_CONN_SLOTS - 1)];
-    while (*pp && strcmp((*pp)->addr, addr) != 0) pp = &(*pp)->next;
+/* The entry counting addr's connections (an IPv6 address counts as its /64 network, like
+ * the rate limits), or where it goes. key gets the counting key. */
+static policy_conn_entry **policy_conn_find(policy_conns *c, const char *addr, char *key, size_t keylen) {
+    netaddr_key(addr, key, keylen);
+    policy_conn_entry **pp = &c->slots[policy_hash(0, key) & (POLICY_CONN_SLOTS - 1)];
+    while (*pp && strcmp((*pp)->addr, key) != 0) pp = &(*pp)->next;
     return pp;
 }
 
 int policy_conns_allowed(policy_conns *c, const char *addr) {
     if (!c || !c->limit) return 1;
+    char key[NETADDR_TEXT];
     pthread_mutex_lock(&c->lock);
-    policy_conn_entry *e = *policy_conn_find(c, addr);
+    policy_conn_entry *e = *policy_conn_find(c, addr, key, sizeof key);
     int ok = !e || e->count < c->limit;
     pthread_mutex_unlock(&c->lock);
     return ok;
@@ -265,133 +257,25 @@ int policy_conns_allowed(policy_conns *c, const char *addr) {
 
 void policy_conns_opened(policy_conns *c, const char *addr) {
     if (!c || !c->limit) return;
+    char key[NETADDR_TEXT];
     pthread_mutex_lock(&c->lock);
-    policy_conn_entry **pp = policy_conn_find(c, addr);
-    if (!*pp && (*pp = calloc(1, sizeof **pp))) snprintf((*pp)->addr, sizeof (*pp)->addr, "%s", addr);
+    policy_conn_entry **pp = policy_conn_find(c, addr, key, sizeof key);
+    if (!*pp && (*pp = calloc(1, sizeof **pp))) snprintf((*pp)->addr, sizeof (*pp)->addr, "%s", key);
     if (*pp) (*pp)->count++;
     pthread_mutex_unlock(&c->lock);
 }
 
 void policy_conns_closed(policy_conns *c, const char *addr) {
     if (!c || !c->limit) return;
+    char key[NETADDR_TEXT];
     pthread_mutex_lock(&c->lock);
-    policy_conn_entry **pp = policy_conn_find(c, addr);
+    policy_conn_entry **pp = policy_conn_find(c, addr, key, sizeof key);
     if (*pp && --(*pp)->count == 0) {
         policy_conn_entry *e = *pp;
         *pp = e->next;
         free(e);
     }
     pthread_mutex_unlock(&c->lock);
-}
-
-/* ---- trusted proxies ---- */
-
-typedef struct policy_net {
-    int family;
-    unsigned char addr[16];
-    int bits;
-} policy_net;
-
-struct policy_proxies {
-    policy_net *nets;
-    size_t len;
-};
-
-/* Parses an IP address text into family/bytes. Returns 0 or -1. */
-static int policy_parse_ip(const char *s, int *family, unsigned char *out) {
-    if (inet_pton(AF_INET, s, out) == 1) { *family = AF_INET; return 0; }
-    if (inet_pton(AF_INET6, s, out) == 1) { *family = AF_INET6; return 0; }
-    return -1;
-}
-
-int policy_proxies_parse(const char *spec, policy_proxies **out, char *err, size_t errlen) {
-    policy_proxies *p = calloc(1, sizeof *p);
-    *out = NULL;
-    if (!p) goto nomem;
-    for (const char *s = spec ? spec : ""; *s;) {
-        while (*s == ',' || *s == ' ' || *s == '\t') s++;
-        if (!*s) break;
-        const char *start = s;
-        size_t n = strcspn(s, ", \t");
-        char item[80];
-        s += n;
-        if (n >= sizeof item) goto bad_long;
-        memcpy(item, start, n);
-        item[n] = '\0';
-        policy_net net = { 0 };
-        char *slash = strchr(item, '/');
-        if (slash) *slash = '\0';
-        if (policy_parse_ip(item, &net.family, net.addr) < 0) goto bad;
-        int max = net.family == AF_INET ? 32 : 128;
-        net.bits = max;
-        if (slash) {
-            char *end;
-            long bits = strtol(slash + 1, &end, 10);
-            if (!slash[1] || *end || bits < 0 || bits > max) goto bad;
-            net.bits = (int)bits;
-        }
-        policy_net *v = realloc(p->nets, (p->len + 1) * sizeof *v);
-        if (!v) goto nomem;
-        p->nets = v;
-        p->nets[p->len++] = net;
-        continue;
-    bad:
-    bad_long:
-        snprintf(err, errlen, "trusted proxy \"%.*s\" is not an IP address or CIDR network", (int)(n < 60 ? n : 60),
-                 start);
-        policy_proxies_free(p);
-        return -1;
-    }
-    *out = p;
-    return 0;
-nomem:
-    snprintf(err, errlen, "out of memory");
-    policy_proxies_free(p);
-    return -1;
-}
-
-void policy_proxies_free(policy_proxies *p) {
-    if (!p) return;
-    free(p->nets);
-    free(p);
-}
-
-int policy_proxy_trusted(const policy_proxies *p, const char *addr) {
-    int family;
-    unsigned char a[16];
-    if (!p || !p->len || policy_parse_ip(addr, &family, a) < 0) return 0;
-    for (size_t i = 0; i < p->len; i++) {
-        const policy_net *n = &p->nets[i];
-        if (n->family != family) continue;
-        int full = n->bits / 8, rest = n->bits % 8;
-        if (memcmp(a, n->addr, (size_t)full) != 0) continue;
-        if (rest && ((a[full] ^ n->addr[full]) & (0xFF << (8 - rest)) & 0xFF)) continue;
-        return 1;
-    }
-    return 0;
-}
-
-void policy_client_address(const policy_proxies *p, const char *remote, const char *xff, char *out, size_t outlen) {
-    snprintf(out, outlen, "%s", remote);
-    if (!xff || !policy_proxy_trusted(p, remote)) return;
-    size_t end = strlen(xff);
-    while (end > 0) {
-        size_t start = end;
-        while (start > 0 && xff[start - 1] != ',') start--;
-        size_t a = start, b = end;
-        while (a < b && (xff[a] == ' ' || xff[a] == '\t')) a++;
-        while (b > a && (xff[b - 1] == ' ' || xff[b - 1] == '\t')) b--;
-        char item[64];
-        int family;
-        unsigned char bytes[16];
-        if (b - a == 0 || b - a >= sizeof item) return;
-        memcpy(item, xff + a, b - a);
-        item[b - a] = '\0';
-        if (policy_parse_ip(item, &family, bytes) < 0) return;   /* malformed: keep the last good one */
-        snprintf(out, outlen, "%s", item);
-        if (!policy_proxy_trusted(p, item)) return;
-        end = start ? start - 1 : 0;
-    }
 }
 
 /* ---- origins ---- */
@@ -438,6 +322,19 @@ static int policy_split_origin(const char *s, char *scheme, size_t sl, char *hos
     return 0;
 }
 
+/* Returns 1 when a lower-case host name matches a pattern: the same name, or, for
+ * "*.example.com", a name ending in ".example.com". */
+static int policy_name_matches(const char *pattern, const char *name) {
+    if (strncmp(pattern, "*.", 2) != 0) return strcmp(pattern, name) == 0;
+    size_t nl = strlen(name), pl = strlen(pattern) - 1;     /* ".example.com" */
+    return nl > pl && strcmp(name + nl - pl, pattern + 1) == 0;
+}
+
+/* Returns 1 when a pattern is a valid host pattern: no '*' but a leading "*.". */
+static int policy_name_pattern_ok(const char *p) {
+    return !strchr(p, '*') || (strncmp(p, "*.", 2) == 0 && p[2] && !strchr(p + 2, '*'));
+}
+
 int policy_origins_parse(const char *const *patterns, size_t n, policy_origins **out, char *err, size_t errlen) {
     policy_origins *o = calloc(1, sizeof *o);
     *out = NULL;
@@ -453,7 +350,7 @@ int policy_origins_parse(const char *const *patterns, size_t n, policy_origins *
         }
         policy_origin_rule *r = &o->rules[o->len];
         if (policy_split_origin(patterns[i], r->scheme, sizeof r->scheme, r->host, sizeof r->host, r->port, sizeof r->port) < 0 ||
-            (strchr(r->host, '*') && (strncmp(r->host, "*.", 2) != 0 || strchr(r->host + 2, '*')))) {
+            !policy_name_pattern_ok(r->host)) {
             snprintf(err, errlen, "origin \"%s\" is not scheme://host[:port] (port may be *, host may start with *.)",
                      patterns[i]);
             policy_origins_free(o);
@@ -489,12 +386,100 @@ int policy_origin_check(const policy_origins *o, const char *origin, const char 
         const policy_origin_rule *r = &o->rules[i];
         if (strcmp(r->scheme, s) != 0) continue;
         if (strcmp(r->port, "*") != 0 && strcmp(r->port, p) != 0) continue;
-        if (strncmp(r->host, "*.", 2) == 0) {
-            size_t hl = strlen(h), rl = strlen(r->host) - 1;     /* ".example.com" */
-            if (hl > rl && strcmp(h + hl - rl, r->host + 1) == 0) return POLICY_ORIGIN_ALLOWED;
-        } else if (strcmp(r->host, h) == 0) {
-            return POLICY_ORIGIN_ALLOWED;
-        }
+        if (policy_name_matches(r->host, h)) return POLICY_ORIGIN_ALLOWED;
     }
     return POLICY_ORIGIN_DENIED;
+}
+
+/* ---- hosts ---- */
+
+#define POLICY_HOST_MAX 256
+
+struct policy_hosts {
+    int any;
+    char (*names)[POLICY_HOST_MAX];     /* lower case; "*.example.com" matches subdomains */
+    size_t len;
+};
+
+/* Splits a Host value into its lower-case name (without brackets or a trailing dot).
+ * Returns 0, or -1 when it is not "name[:port]" or "[v6][:port]". */
+static int policy_host_name(const char *host, char *name, size_t namelen) {
+    char url[POLICY_HOST_MAX + 16], scheme[8], port[8];
+    if (strlen(host) >= POLICY_HOST_MAX) return -1;
+    snprintf(url, sizeof url, "http://%s", host);
+    if (policy_split_origin(url, scheme, sizeof scheme, name, namelen, port, sizeof port) < 0 || strcmp(port, "*") == 0)
+        return -1;
+    size_t n = strlen(name);
+    if (name[0] == '[') {           /* [v6] */
+        memmove(name, name + 1, n - 2);
+        name[n - 2] = '\0';
+    } else if (n > 1 && name[n - 1] == '.') {
+        name[n - 1] = '\0';
+    }
+    return 0;
+}
+
+int policy_hosts_parse(const char *spec, const char *listen_host, policy_hosts **out, char *err, size_t errlen) {
+    policy_hosts *h = calloc(1, sizeof *h);
+    *out = NULL;
+    if (!h) goto nomem;
+    for (int pass = 0; pass < 2; pass++) {
+        const char *s = pass == 0 ? (spec ? spec : "") : (listen_host ? listen_host : "");
+        while (*s) {
+            while (*s == ',' || *s == ' ' || *s == '\t') s++;
+            if (!*s) break;
+            const char *start = s;
+            size_t n = strcspn(s, ", \t");
+            s += n;
+            if (n == 1 && *start == '*') {
+                h->any = 1;
+                continue;
+            }
+            char item[POLICY_HOST_MAX], name[POLICY_HOST_MAX];
+            if (n >= sizeof item) goto bad;
+            memcpy(item, start, n);
+            item[n] = '\0';
+            if (policy_host_name(item, name, sizeof name) < 0 || !policy_name_pattern_ok(name)) {
+                if (pass == 1) break;       /* a listen address that is no name: nothing to add */
+                goto bad;
+            }
+            void *v = realloc(h->names, (h->len + 1) * sizeof *h->names);
+            if (!v) goto nomem;
+            h->names = v;
+            snprintf(h->names[h->len++], POLICY_HOST_MAX, "%s", name);
+            continue;
+        bad:
+            snprintf(err, errlen, "allowed host \"%.*s\" is not a host name or *.domain", (int)(n < 80 ? n : 80), start);
+            policy_hosts_free(h);
+            return -1;
+        }
+    }
+    *out = h;
+    return 0;
+nomem:
+    snprintf(err, errlen, "out of memory");
+    policy_hosts_free(h);
+    return -1;
+}
+
+void policy_hosts_free(policy_hosts *h) {
+    if (!h) return;
+    free(h->names);
+    free(h);
+}
+
+int policy_host_check(const policy_hosts *h, const char *host) {
+    char name[POLICY_HOST_MAX];
+    unsigned char addr[16];
+    if (!host) return POLICY_HOST_ALLOWED;
+    if (policy_host_name(host, name, sizeof name) < 0) return POLICY_HOST_MALFORMED;
+    if (h && h->any) return POLICY_HOST_ALLOWED;
+    /* A page can only be rebound through a name: an address, or a name that always means
+     * this machine, is safe. */
+    if (inet_pton(AF_INET, name, addr) == 1 || inet_pton(AF_INET6, name, addr) == 1 ||
+        policy_name_matches("localhost", name) || policy_name_matches("*.localhost", name))
+        return POLICY_HOST_ALLOWED;
+    for (size_t i = 0; h && i < h->len; i++)
+        if (policy_name_matches(h->names[i], name)) return POLICY_HOST_ALLOWED;
+    return POLICY_HOST_DENIED;
 }

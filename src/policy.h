@@ -1,5 +1,5 @@
-/* policy.h: abuse control: token buckets and connection counts shared by all workers,
- * client addresses behind trusted proxies, and Origin allow-lists. */
+/* policy.h: abuse control: token buckets and connection counts shared by all workers, and
+ * the Host and Origin allow-lists. */
 #ifndef TOKEND_POLICY_H
 #define TOKEND_POLICY_H
 
@@ -21,7 +21,8 @@ void policy_buckets_free(policy_buckets *b);
 int policy_limiter(policy_buckets *b, const char *name, double rate, double per_s, double burst,
                    char *err, size_t errlen);
 
-/* Takes one token from key's bucket in limiter id. IPv6 keys count per /64 network.
+/* Takes one token from key's bucket in limiter id. IPv6 keys count per /64 network, an
+ * IPv4-mapped IPv6 address as its IPv4 address.
  * Returns 1 when allowed; 0 when refused, with *retry_after_s (whole seconds, >= 1) set.
  * When the table is full of active clients, new clients are refused too. */
 int policy_take(policy_buckets *b, int id, const char *key, uint64_t now_ms, long *retry_after_s);
@@ -33,7 +34,7 @@ size_t policy_buckets_size(policy_buckets *b);
 
 typedef struct policy_conns policy_conns;
 
-/* limit_per_addr 0 means no limit. */
+/* Counts by netaddr_key (an IPv6 address as its /64). limit_per_addr 0 means no limit. */
 policy_conns *policy_conns_create(unsigned int limit_per_addr);
 void policy_conns_free(policy_conns *c);
 /* Returns 1 when addr may open one more connection. */
@@ -41,22 +42,24 @@ int policy_conns_allowed(policy_conns *c, const char *addr);
 void policy_conns_opened(policy_conns *c, const char *addr);
 void policy_conns_closed(policy_conns *c, const char *addr);
 
-/* ---- trusted proxies and the client address ---- */
+/* ---- Host allow-lists (against DNS rebinding) ---- */
 
-typedef struct policy_proxies policy_proxies;
+typedef struct policy_hosts policy_hosts;
 
-/* Parses "127.0.0.1, 10.0.0.0/8, ::1, fd00::/8" (commas or spaces). "" gives an empty
- * list. Returns 0, or -1 with err naming the bad entry. */
-int policy_proxies_parse(const char *spec, policy_proxies **out, char *err, size_t errlen);
-void policy_proxies_free(policy_proxies *p);
+/* Parses the host names a request's Host may carry: "app.example.com", "*.example.com"
+ * (its subdomains) or "*" (any), separated by commas or spaces. Always allowed besides:
+ * localhost and *.localhost, IP addresses, and listen_host (the address tokend listens
+ * on, when it is a name). Returns 0, or -1 with err naming the bad entry. */
+int policy_hosts_parse(const char *spec, const char *listen_host, policy_hosts **out, char *err, size_t errlen);
+void policy_hosts_free(policy_hosts *h);
 
-/* Returns 1 when addr (an IP address text) is one of the proxies. */
-int policy_proxy_trusted(const policy_proxies *p, const char *addr);
+#define POLICY_HOST_ALLOWED 1
+#define POLICY_HOST_DENIED 0
+#define POLICY_HOST_MALFORMED (-1)
 
-/* Writes the client's address into out: remote itself unless remote is a trusted proxy;
- * then the right-most address of X-Forwarded-For (xff, may be NULL) that is not a trusted
- * proxy. A malformed entry stops the walk at the last good address. */
-void policy_client_address(const policy_proxies *p, const char *remote, const char *xff, char *out, size_t outlen);
+/* Classifies a request's Host header ("name[:port]", "[v6]:port"); NULL (an HTTP/1.0
+ * request without one) is allowed. */
+int policy_host_check(const policy_hosts *h, const char *host);
 
 /* ---- Origin allow-lists ---- */
 

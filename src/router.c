@@ -155,6 +155,7 @@ static int router_try(const router_route *rt, const char *path, router_result *m
 int router_match(const router *r, const char *method, const char *path, router_result *m,
                  char *allow, size_t allowlen) {
     const router_route *best = NULL;
+    int best_exact = 0;
     router_result tmp;
     size_t alen = 0;
     int head = strcmp(method, "HEAD") == 0;
@@ -163,13 +164,16 @@ int router_match(const router *r, const char *method, const char *path, router_r
     for (size_t i = 0; i < r->len; i++) {
         const router_route *rt = &r->routes[i];
         if (!router_try(rt, path, &tmp)) continue;
-        int same = strcmp(rt->method, method) == 0 || (head && strcmp(rt->method, "GET") == 0);
-        if (same) {
-            if (!best || rt->nliteral > best->nliteral) {
+        int exact = strcmp(rt->method, method) == 0;
+        if (exact || (head && strcmp(rt->method, "GET") == 0)) {
+            /* More literal segments win; at a tie, the route of the method itself. */
+            if (!best || rt->nliteral > best->nliteral || (rt->nliteral == best->nliteral && exact && !best_exact)) {
                 best = rt;
+                best_exact = exact;
                 *m = tmp;
                 m->handler = rt->handler;
                 m->pattern = rt->pattern;
+                m->head_of_get = !exact;
             }
         } else if (allowlen && !strstr(allow, rt->method)) {
             int get = strcmp(rt->method, "GET") == 0;   /* a GET route answers HEAD too */

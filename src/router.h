@@ -21,6 +21,7 @@ typedef struct router_param {
 typedef struct router_result {
     int handler;            /* the value given to router_add */
     const char *pattern;    /* the route's path pattern, owned by the router */
+    int head_of_get;        /* a HEAD request matched a GET route: its handler must not run */
     size_t nparams;
     router_param params[ROUTER_MAX_PARAMS];
 } router_result;
@@ -35,8 +36,8 @@ void router_free(router *r, void (*release)(void *ud, int handler), void *ud);
  * duplicate route, too many parameters, out of memory). */
 int router_add(router *r, const char *method, const char *pattern, int handler, char *err, size_t errlen);
 
-/* Matches a decoded path. A GET route also answers HEAD. m is always initialised (no
- * params unless found). Returns ROUTER_FOUND (m filled),
+/* Matches a decoded path. A GET route also answers HEAD (then m->head_of_get is set),
+ * unless a HEAD route matches as well. m is always initialised (no params unless found). Returns ROUTER_FOUND (m filled),
  * ROUTER_METHOD_NOT_ALLOWED (allow gets "GET, POST"), or ROUTER_NOT_FOUND. Literal
  * segments win over parameters at the same place. */
 int router_match(const router *r, const char *method, const char *path, router_result *m,

@@ -22,6 +22,7 @@
 #include "log.h"
 #include "loop.h"
 #include "metrics.h"
+#include "netaddr.h"
 #include "policy.h"
 #include "server.h"
 #include "tokend.h"
@@ -70,7 +71,8 @@ struct tokend_server {
     lhost *attached;                /* the Lua module's host, or NULL */
     policy_buckets *buckets;        /* shared by every worker's scripts */
     policy_conns *conns;            /* open connections per client address, all workers */
-    policy_proxies *proxies;
+    netaddr_nets *proxies;
+    policy_hosts *hosts;
 };
 
 static pthread_once_t server_curl_once = PTHREAD_ONCE_INIT;
@@ -97,6 +99,8 @@ static void server_free_strings(tokend_config *c) {
     free((char *)c->streaming_url);
     free((char *)c->ca_file);
     free((char *)c->trusted_proxies);
+    free((char *)c->allowed_hosts);
+    free((char *)c->upstream_proxy);
 }
 
 /* Binds a listening socket. reuse_port shares the port between workers. Returns the fd
@@ -169,7 +173,8 @@ static int server_check_config(const tokend_config *c, char *err, size_t errlen)
 
 /* Creates the abuse-control state the workers share. Returns 0 or -1 with err set. */
 static int server_policy_init(tokend_server *srv, char *err, size_t errlen) {
-    if (policy_proxies_parse(srv->cfg.trusted_proxies, &srv->proxies, err, errlen) < 0) return -1;
+    if (netaddr_nets_parse(srv->cfg.trusted_proxies, &srv->proxies, err, errlen) < 0) return -1;
+    if (policy_hosts_parse(srv->cfg.allowed_hosts, srv->cfg.host, &srv->hosts, err, errlen) < 0) return -1;
     srv->buckets = policy_buckets_create(srv->cfg.rate_limit_clients);
     srv->conns = policy_conns_create(srv->cfg.max_connections_per_ip);
     if (!srv->buckets || !srv->conns) {
@@ -182,7 +187,8 @@ static int server_policy_init(tokend_server *srv, char *err, size_t errlen) {
 static void server_policy_free(tokend_server *srv) {
     policy_buckets_free(srv->buckets);
     policy_conns_free(srv->conns);
-    policy_proxies_free(srv->proxies);
+    netaddr_nets_free(srv->proxies);
+    policy_hosts_free(srv->hosts);
 }
 
 /* Loads the script into a new Lua host for worker w, with the routes written in C.
@@ -279,7 +285,7 @@ static int server_worker_init(tokend_server *srv, server_worker *w, int id, char
     }
     fetch_options fo = { .ca_file = srv->cfg.ca_file, .connect_timeout_ms = srv->cfg.connect_timeout_ms };
     upstream_options uo = {
-        .token_url = srv->endpoints.token_url, .api_key = srv->cfg.api_key,
+        .token_url = srv->endpoints.token_url, .api_key = srv->cfg.api_key, .proxy = srv->cfg.upstream_proxy,
         .timeout_ms = srv->cfg.upstream_timeout_ms,
     };
     if (!(w->client = fetch_create(w->lp, &fo, err, errlen))) return -1;
@@ -322,8 +328,11 @@ static int server_copy_config(tokend_server *srv, const tokend_config *cfg) {
     srv->cfg.streaming_url = server_dup(cfg->streaming_url);
     srv->cfg.ca_file = cfg->ca_file && *cfg->ca_file ? server_dup(cfg->ca_file) : NULL;
     srv->cfg.trusted_proxies = server_dup(cfg->trusted_proxies);
+    srv->cfg.allowed_hosts = server_dup(cfg->allowed_hosts);
+    srv->cfg.upstream_proxy = server_dup(cfg->upstream_proxy);
     return srv->cfg.host && srv->cfg.script && srv->cfg.public_dir && srv->cfg.streaming_url &&
            (!cfg->trusted_proxies || srv->cfg.trusted_proxies) &&
+           (!cfg->allowed_hosts || srv->cfg.allowed_hosts) && (!cfg->upstream_proxy || srv->cfg.upstream_proxy) &&
            (!cfg->api_key || !*cfg->api_key || srv->cfg.api_key) &&
            (!cfg->ca_file || !*cfg->ca_file || srv->cfg.ca_file) ? 0 : -1;
 }
@@ -378,7 +387,8 @@ int server_create_attached(const tokend_config *cfg, lhost *attached, tokend_ser
             .listen_fd = fd, .max_connections = per_worker ? per_worker : 1,
             .idle_timeout_s = cfg->idle_timeout_s, .request_timeout_s = cfg->request_timeout_s,
             .max_header_bytes = cfg->max_header_bytes, .max_body_bytes = cfg->max_body_bytes,
-            .proxies = srv->proxies, .conns = srv->conns,
+            .max_query_args = cfg->max_query_args,
+            .proxies = srv->proxies, .conns = srv->conns, .hosts = srv->hosts,
         };
         w->http = http_create(w->lp, &ho, server_worker_dispatch, w, err, errlen);
         if (!w->http) {
@@ -599,7 +609,8 @@ int tokend_mint(const tokend_config *cfg, long expires_in_s, long max_session_s,
     if (url_streaming_endpoints(cfg->streaming_url, &endpoints, err, errlen) != URL_OK) return TOKEND_ERR;
     fetch_options fo = { .ca_file = cfg->ca_file, .connect_timeout_ms = cfg->connect_timeout_ms };
     upstream_options uo = {
-        .token_url = endpoints.token_url, .api_key = cfg->api_key, .timeout_ms = cfg->upstream_timeout_ms,
+        .token_url = endpoints.token_url, .api_key = cfg->api_key, .proxy = cfg->upstream_proxy,
+        .timeout_ms = cfg->upstream_timeout_ms,
     };
     if (upstream_mint_blocking(&fo, &uo, expires_in_s, max_session_s, server_on_minted, &m, err, errlen) < 0)
         return TOKEND_ERR;

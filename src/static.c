@@ -25,6 +25,7 @@ typedef struct static_mount_entry {
     char *root;         /* realpath of the folder */
     size_t root_len;
     int root_fd;        /* the folder, for openat2 lookups confined beneath it */
+    char *csp;          /* Content-Security-Policy of HTML files, or NULL */
 } static_mount_entry;
 
 struct static_mounts {
@@ -41,17 +42,23 @@ void static_free(static_mounts *m) {
     for (size_t i = 0; i < m->len; i++) {
         free(m->v[i].prefix);
         free(m->v[i].root);
+        free(m->v[i].csp);
         if (m->v[i].root_fd >= 0) close(m->v[i].root_fd);
     }
     free(m->v);
     free(m);
 }
 
-int static_mount(static_mounts *m, const char *prefix, const char *dir, char *err, size_t errlen) {
-    char *root = NULL, *pfx = NULL;
+int static_mount(static_mounts *m, const char *prefix, const char *dir, const static_options *o, char *err,
+                 size_t errlen) {
+    char *root = NULL, *pfx = NULL, *csp = NULL;
     struct stat st;
     if (prefix[0] != '/' || strstr(prefix, "//") || strchr(prefix, '?')) {
         snprintf(err, errlen, "static prefix \"%s\" must start with / and hold no // or ?", prefix);
+        goto fail;
+    }
+    if (o->csp && strpbrk(o->csp, "\r\n")) {
+        snprintf(err, errlen, "the content security policy holds a line break");
         goto fail;
     }
     root = realpath(dir, NULL);
@@ -62,19 +69,21 @@ int static_mount(static_mounts *m, const char *prefix, const char *dir, char *er
     size_t plen = strlen(prefix);
     while (plen > 1 && prefix[plen - 1] == '/') plen--;
     pfx = strndup(prefix, plen);
+    csp = o->csp ? strdup(o->csp) : NULL;
     static_mount_entry *v = realloc(m->v, (m->len + 1) * sizeof *v);
-    if (!pfx || !v) {
+    if (!pfx || !v || (o->csp && !csp)) {
         if (v) m->v = v;
         snprintf(err, errlen, "out of memory");
         goto fail;
     }
     m->v = v;
     m->v[m->len++] = (static_mount_entry){ pfx, plen, root, strlen(root),
-                                            open(root, O_PATH | O_DIRECTORY | O_CLOEXEC) };
+                                            open(root, O_PATH | O_DIRECTORY | O_CLOEXEC), csp };
     return 0;
 fail:
     free(root);
     free(pfx);
+    free(csp);
     return -1;
 }
 
@@ -106,7 +115,7 @@ int static_clean_path(const char *rel, char *out, size_t outcap) {
         size_t n = (size_t)(p - seg);
         if ((n == 1 && seg[0] == '.') || (n == 2 && seg[0] == '.' && seg[1] == '.')) return STATIC_BAD_PATH;
         if (seg[0] == '.') return STATIC_HIDDEN;
-        if (o + n + 2 > outcap) return STATIC_BAD_PATH;
+        if (o + n + 2 > outcap) return STATIC_TOO_LONG;
         if (o) out[o++] = '/';
         memcpy(out + o, seg, n);
         o += n;
@@ -157,9 +166,12 @@ static http_response *static_file_response(int *fd, off_t size, const char *cont
 static void static_redirect_slash(http_request *req) {
     char loc[PATH_MAX + 2];
     http_response *resp = http_response_bytes("", 0, NULL);
-    /* The raw target keeps the client's own escaping; insert the slash before any query. */
-    size_t plen = strcspn(req->target, "?");
-    snprintf(loc, sizeof loc, "%.*s/%s%s", (int)plen, req->target, req->query_len ? "?" : "", req->query);
+    /* The raw target keeps the client's own escaping; insert the slash before any query.
+     * Leading slashes collapse to one: "//sub/" would send the browser to the host "sub". */
+    const char *path = req->target;
+    while (path[0] == '/' && path[1] == '/') path++;
+    size_t plen = strcspn(path, "?");
+    snprintf(loc, sizeof loc, "%.*s/%s%s", (int)plen, path, req->query_len ? "?" : "", req->query);
     if (resp) http_response_header(resp, "Location", loc);
     http_request_respond(req, 301, resp, 0);
 }
@@ -204,7 +216,7 @@ int static_serve(const static_mounts *m, http_request *req) {
     }
     int rc = static_clean_path(rest, clean, sizeof clean);
     if (rc != STATIC_OK) {
-        if (rc == STATIC_HIDDEN) http_request_fail(req, 404, "not found");
+        if (rc == STATIC_HIDDEN || rc == STATIC_TOO_LONG) http_request_fail(req, 404, "not found");
         else http_request_fail(req, 400, "bad path");
         goto out;
     }
@@ -245,6 +257,8 @@ int static_serve(const static_mounts *m, http_request *req) {
         goto out;
     }
     http_response_header(resp, "Cache-Control", "no-cache");
+    if (e->csp && strncmp(static_mime_type(full), "text/html", 9) == 0)
+        http_response_header(resp, "Content-Security-Policy", e->csp);
     http_request_respond(req, 200, resp, (unsigned long long)st.st_size);
 out:
     if (fd >= 0) close(fd);

@@ -1,6 +1,7 @@
 /* upstream.c: the AssemblyAI token client: temporary tokens minted through a worker's fetch client. */
 #define _GNU_SOURCE
 #include <ctype.h>
+#include <errno.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -22,6 +23,7 @@
 #define UPSTREAM_RETRY_MIN_MS 100
 #define UPSTREAM_RETRY_JITTER_MS 200
 #define UPSTREAM_RETRY_MIN_LEFT_MS 100
+#define UPSTREAM_RETRY_AFTER_MAX 3600       /* a Retry-After passed on is 1..3600 s */
 
 struct upstream_call {
     upstream *up;
@@ -200,14 +202,23 @@ static void upstream_on_retry(void *ud) {
     upstream_finish(c, &r);
 }
 
-/* The seconds a Retry-After value asks for (delta-seconds or an HTTP date), or -1. */
+/* The seconds a Retry-After value asks for (delta-seconds or an HTTP date), clamped to
+ * 1..UPSTREAM_RETRY_AFTER_MAX; -1 when absent or not understood. */
 static long upstream_retry_after(const fetch_result *fr) {
-    char v[64];
+    char v[64], *end;
+    long s;
     if (!fetch_result_header(fr, "retry-after", v, sizeof v)) return -1;
-    if (isdigit((unsigned char)v[0])) return strtol(v, NULL, 10);
-    time_t when = curl_getdate(v, NULL), now = time(NULL);
-    if (when <= 0) return -1;
-    return when > now ? (long)(when - now) : 0;
+    if (isdigit((unsigned char)v[0])) {
+        errno = 0;
+        s = strtol(v, &end, 10);
+        if (*end) return -1;
+        if (errno == ERANGE) s = UPSTREAM_RETRY_AFTER_MAX;
+    } else {
+        time_t when = curl_getdate(v, NULL), now = time(NULL);
+        if (when <= 0) return -1;
+        s = when > now ? (long)(when - now) : 0;
+    }
+    return s < 1 ? 1 : s > UPSTREAM_RETRY_AFTER_MAX ? UPSTREAM_RETRY_AFTER_MAX : s;
 }
 
 static void upstream_on_transfer(void *ud, const fetch_result *fr) {
@@ -280,7 +291,7 @@ out:
 void upstream_classify(int curl_code, const char *curl_error, long http_status, const char *body,
                        size_t body_len, long retry_after, long timeout_ms, const char *key,
                        upstream_result *r, char *token, size_t token_cap, char *errbuf, size_t errlen) {
-    char msg[700], said[JSON_ERROR_MAX + 8];
+    char msg[700], said[JSON_ERROR_MAX + 8], scrubbed[JSON_ERROR_MAX];
     json_token_reply reply;     /* 8 KiB on the stack: a malloc per call cost more */
     memset(r, 0, sizeof *r);
     r->retry_after = retry_after;
@@ -314,7 +325,10 @@ void upstream_classify(int curl_code, const char *curl_error, long http_status, 
         break;
     }
     if (transport == FAILURE_NONE) {
-        if (parsed && reply.has_error && reply.error[0]) snprintf(said, sizeof said, ": %s", reply.error);
+        /* The upstream's own words may echo the key: scrubbed whole, before the message
+         * cuts them to fit. */
+        if (parsed && reply.has_error && reply.error[0])
+            snprintf(said, sizeof said, ": %s", log_scrub(scrubbed, sizeof scrubbed, reply.error, key));
         if (http_status == 200 && parsed && reply.has_token) {
             if (strlen(reply.token) >= token_cap) {
                 r->failure = FAILURE_BAD_RESPONSE;

@@ -11,7 +11,8 @@ Faults are switched at start (--fault, --latency-ms) or at run time:
   POST /__control {"fault": "...", "latency_ms": N, "retry_after": S}
   GET  /__stats   -> {"requests", "connections", "tokens", "last_query", "last_authorization",
                       "last_user_agent", ...}
-Faults: ok, 401, 401-echo (echoes the presented key), 403, 429 (Retry-After), 500, 503,
+Faults: ok, 401, 401-echo (echoes the presented key), 401-echo-late (the key after 500
+        characters of text), 401-echo-lower (the key in lower case), 403, 429 (Retry-After), 500, 503,
         malformed (truncated JSON), notoken (200 without token), html (200 text/html),
         hang (never answers), reset (TCP reset), flaky-500 (every other request 500).
 It prints "listening <scheme>://127.0.0.1:<port>" once ready.
@@ -88,6 +89,10 @@ class Fake:
             return fault
         if fault == "401-echo":
             return 401, {}, json.dumps({"error": f"Invalid API key: {auth}"}).encode()
+        if fault == "401-echo-late":
+            return 401, {}, json.dumps({"error": "x" * 500 + f" key {auth}"}).encode()
+        if fault == "401-echo-lower":
+            return 401, {}, json.dumps({"error": f"Invalid API key: {(auth or '').lower()}"}).encode()
         if fault in ("401", "403"):
             return int(fault), {}, json.dumps({"error": "Invalid API key"}).encode()
         if fault == "429":

@@ -90,7 +90,7 @@ class TokenRoute(TokendTestCase):
         t = self.tokend(fake=fake)
         for _ in range(5):
             s = socket.create_connection(("127.0.0.1", t.port))
-            s.sendall(b"GET /token HTTP/1.1\r\nHost: x\r\n\r\n")
+            s.sendall(b"GET /token HTTP/1.1\r\nHost: localhost\r\n\r\n")
             s.close()
         time.sleep(0.6)
         self.assertIsNone(t.proc.poll(), "tokend still runs")

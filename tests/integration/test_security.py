@@ -1,4 +1,5 @@
 """Attacks on a running tokend: each test fails if its defence is removed."""
+import json
 import os
 import socket
 import threading
@@ -158,7 +159,7 @@ class Limits(TokendTestCase):
         time.sleep(0.2)
         # Past the limit, tokend stops accepting: the next client waits in the backlog, unserved.
         extra = socket.create_connection(("127.0.0.1", t.port))
-        extra.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        extra.sendall(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
         extra.settimeout(1)
         with self.assertRaises(socket.timeout):
             extra.recv(100)
@@ -172,7 +173,7 @@ class Limits(TokendTestCase):
         t = self.tokend(key=None, env={"TOKEND_REQUEST_TIMEOUT_S": "1"})
         idle = socket.create_connection(("127.0.0.1", t.port))
         slow = socket.create_connection(("127.0.0.1", t.port))
-        slow.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n")
+        slow.sendall(b"GET / HTTP/1.1\r\nHost: localhost\r\n")
         started = time.time()
         cut = False
         while time.time() - started < 4 and not cut:
@@ -291,6 +292,337 @@ class KeyNeverLeaks(TokendTestCase):
         t.stop()
         self.assertIn("[redacted]", t.wait_log("[redacted]"))
         self.assertNotIn(CANARY_KEY, t.log)
+
+
+# ---- Regression tests for the attacker's findings (issue 11), as tables where they fit ----
+
+def raw_exchange(port, data, timeout=5, src=None, family=socket.AF_INET, host="127.0.0.1"):
+    """Sends raw bytes, reads until the server closes or goes quiet; returns (bytes, closed)."""
+    s = socket.socket(family, socket.SOCK_STREAM)
+    if src:
+        s.bind((src, 0))
+    s.settimeout(timeout)
+    s.connect((host, port))
+    s.sendall(data)
+    out, closed = b"", False
+    try:
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                closed = True
+                break
+            out += chunk
+            s.settimeout(0.5)       # the answer came: wait a little for anything after it
+    except socket.timeout:
+        pass
+    except ConnectionResetError:
+        closed = True
+    s.close()
+    return out, closed
+
+
+def responses(data):
+    """Splits raw bytes into (status, headers dict, body) of each HTTP/1.1 answer."""
+    out = []
+    while data.startswith(b"HTTP/1."):
+        head, _, rest = data.partition(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        headers = {}
+        for line in lines[1:]:
+            k, _, v = line.partition(":")
+            headers[k.strip().lower()] = v.strip()
+        n = int(headers.get("content-length", "0"))
+        out.append((int(lines[0].split()[1]), headers, rest[:n]))
+        data = rest[n:]
+    return out
+
+
+CLIENT_ECHO = r'''
+local tokend = require "tokend"
+tokend.route("GET", "/who", function(req)
+  return 200, { client = req.client, remote_addr = req.remote_addr }
+end)
+'''
+
+# Requests as sent on the wire, and the one answer each must get: status, and whether the
+# connection must be closed after it (request smuggling).
+RAW_REQUESTS = [
+    ("both Content-Length and Transfer-Encoding",
+     b"POST /token HTTP/1.1\r\nHost: localhost\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n"
+     b"0\r\n\r\nGET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n", 400, True),
+    ("two Content-Lengths that differ",
+     b"POST /token HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\nContent-Length: 44\r\n\r\n"
+     b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n", 400, True),
+    ("a Transfer-Encoding other than chunked",
+     b"POST /token HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n", 400, True),
+    ("a foreign Host (DNS rebinding)", b"GET /token HTTP/1.1\r\nHost: rebind.attacker.example:8000\r\n\r\n", 421, False),
+    ("a malformed Host", b"GET / HTTP/1.1\r\nHost: a b\r\n\r\n", 400, True),
+    ("localhost is served", b"GET /healthz HTTP/1.1\r\nHost: localhost:8000\r\n\r\n", 200, False),
+    ("a subdomain of localhost is served", b"GET /healthz HTTP/1.1\r\nHost: app.localhost\r\n\r\n", 200, False),
+    ("an address is served", b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1:8000\r\n\r\n", 200, False),
+    ("a URI of 7.9 KB within the limit", b"GET /" + b"a" * 7900 + b" HTTP/1.1\r\nHost: localhost\r\n\r\n", 404, False),
+    ("a URI past the limit", b"GET /" + b"a" * 8300 + b" HTTP/1.1\r\nHost: localhost\r\n\r\n", 414, True),
+    ("headers past the limit", b"GET / HTTP/1.1\r\nHost: localhost\r\nX-Pad: " + b"p" * 8300 + b"\r\n\r\n", 431, True),
+    ("150 query arguments", b"GET /index.html?" + b"&".join(b"a%d=1" % i for i in range(150)) +
+     b" HTTP/1.1\r\nHost: localhost\r\n\r\n", 400, False),
+    ("HEAD of a GET route mints nothing", b"HEAD /token HTTP/1.1\r\nHost: localhost\r\n\r\n", 200, False),
+]
+
+
+class Findings(TokendTestCase):
+    def test_raw_requests(self):
+        fake = self.fake()
+        t = self.tokend(fake=fake)
+        for name, data, status, closes in RAW_REQUESTS:
+            with self.subTest(name):
+                started = time.time()
+                out, closed = raw_exchange(t.port, data)
+                answers = responses(out)
+                self.assertEqual([a[0] for a in answers], [status], out[:300])
+                self.assertLess(time.time() - started, 3, "answered at once")
+                headers = answers[0][1]
+                self.assertEqual(headers.get("x-content-type-options"), "nosniff")
+                if status >= 400:
+                    self.assertEqual(headers.get("content-type"), "application/json")
+                if closes:
+                    self.assertTrue(closed, "the connection is closed after the refusal")
+        self.assertEqual(fake.stats()["requests"], 0, "no request above reached the upstream")
+
+    def test_forwarded_for_is_read_whole(self):
+        fake = self.fake()
+        t = self.tokend(fake=fake, script=default_script(self.workdir, TOKEN_BURST=1),
+                        env={"TOKEND_TRUSTED_PROXIES": "127.0.0.1"})
+        statuses = []
+        for i in range(4):
+            # The client pads the header with addresses of its choosing, a fresh one each
+            # time; the trusted proxy appends the real one.
+            pad = ", ".join(f"203.0.{i}.{k % 250}" for k in range(150))
+            statuses.append(t.get("/token", headers={"X-Forwarded-For": f"{pad}, 198.51.100.1"}).status)
+        self.assertEqual(statuses, [200, 429, 429, 429], "one client, one bucket, however long its header")
+        self.assertIn("access 198.51.100.1 GET /token 429", t.wait_log("access 198.51.100.1 GET /token 429"))
+        for xff in ["198.51.100.7, ", "198.51.100.7,, 127.0.0.1", "not-an-address"]:
+            r = t.get("/metrics", headers={"X-Forwarded-For": xff})
+            self.assertEqual(r.status, 404, f"{xff!r}: /metrics is not for proxied requests")
+
+    def test_dual_stack_clients_are_ipv4(self):
+        fake = self.fake()
+        script = self.write("routes.lua", CLIENT_ECHO + open(default_script(self.workdir, TOKEN_BURST=2)).read()
+                            .replace('local tokend = require "tokend"', "", 1))
+        t = self.tokend(fake=fake, script=script, args=["--host", "::"],
+                        env={"TOKEND_TRUSTED_PROXIES": "127.0.0.1"})
+        out, _ = raw_exchange(t.port, b"GET /who HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        self.assertEqual(json.loads(responses(out)[0][2]), {"client": "127.0.0.1", "remote_addr": "127.0.0.1"})
+        self.assertIn("access 127.0.0.1 GET /who", t.wait_log("access 127.0.0.1 GET /who"))
+        out, _ = raw_exchange(t.port, b"GET /who HTTP/1.1\r\nHost: localhost\r\nX-Forwarded-For: 198.51.100.4\r\n\r\n")
+        self.assertEqual(json.loads(responses(out)[0][2])["client"], "198.51.100.4", "127.0.0.1 is a trusted proxy")
+        out, _ = raw_exchange(t.port, b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        self.assertEqual(responses(out)[0][0], 200, "the metrics allow-list knows 127.0.0.1")
+        # Each IPv4 client has its own bucket (two a minute here): one spending its own
+        # does not lock out another, nor ::1.
+        token = b"GET /token HTTP/1.1\r\nHost: localhost\r\n\r\n"
+        first = [responses(raw_exchange(t.port, token, src="127.0.0.2")[0])[0][0] for _ in range(3)]
+        self.assertEqual(first, [200, 200, 429])
+        self.assertEqual(responses(raw_exchange(t.port, token, src="127.0.0.3")[0])[0][0], 200)
+        out, _ = raw_exchange(t.port, token, family=socket.AF_INET6, host="::1")
+        self.assertEqual(responses(out)[0][0], 200)
+
+    def test_the_instruction_budget_cannot_be_caught(self):
+        script = self.write("routes.lua", r'''
+local tokend = require "tokend"
+tokend.route("GET", "/pcall-loop", function()
+  while true do pcall(function() while true do end end) end
+end)
+tokend.route("GET", "/xpcall-loop", function()
+  while true do xpcall(function() while true do end end, function(e) return e end) end
+end)
+tokend.route("GET", "/coroutine-loop", function()
+  while true do coroutine.resume(coroutine.create(function() while true do end end)) end
+end)
+tokend.route("GET", "/sort-loop", function()
+  table.sort({ 3, 2, 1 }, function(a, b) while true do pcall(function() while true do end end) end end)
+end)
+tokend.route("GET", "/sethook", function()
+  local ok = pcall(debug.sethook)
+  while true do end
+end)
+tokend.route("GET", "/pattern", function()
+  return 200, tostring(string.find(string.rep("a", 30000), ".-.-.-.-b"))
+end)
+tokend.route("GET", "/gsub-pattern", function()
+  return 200, tostring((string.rep("a", 30000)):gsub("(.-)(.-)(.-)b", "%1"))
+end)
+tokend.route("GET", "/ok", function() return 200, "still serving" end)
+''')
+        t = self.tokend(key=None, script=script, env={"TOKEND_LUA_INSTRUCTIONS": "1000000"})
+        for path in ["/pcall-loop", "/xpcall-loop", "/coroutine-loop", "/sort-loop", "/sethook", "/pattern",
+                     "/gsub-pattern"]:
+            with self.subTest(path):
+                started = time.time()
+                r = t.get(path, timeout=10)
+                self.assertEqual(r.status, 500, r)
+                self.assertLess(time.time() - started, 3)
+                self.assertEqual(t.get("/ok").body, b"still serving")
+        self.assertIn("instruction limit exceeded", t.wait_log("instruction limit exceeded"))
+        started = time.time()
+        self.assertEqual(t.stop(), 0)
+        self.assertLess(time.time() - started, 5, "SIGTERM completes")
+
+    def test_the_key_is_scrubbed_in_pieces_and_any_case(self):
+        fake = self.fake()
+        script = self.write("routes.lua", 'local tokend = require "tokend"\n'
+                            'tokend.route("GET", "/err", function()\n'
+                            '  local _, err = tokend.generate_temp_token(60)\n'
+                            '  return 200, { err = err }\n'
+                            'end)\n')
+        t = self.tokend(fake=fake, script=script, args=["--log-level", "debug"])
+        pieces = {CANARY_KEY[i:i + 8].lower() for i in range(len(CANARY_KEY) - 7)}
+        for fault in ["401-echo", "401-echo-late", "401-echo-lower"]:
+            with self.subTest(fault):
+                fake.control(fault=fault)
+                err = t.get("/err").json()["err"]
+                self.assertIn("[redacted]", err)
+                self.assertFalse([p for p in pieces if p in err.lower()], err)
+        t.stop()
+        log = t.log.lower()
+        self.assertFalse([p for p in pieces if p in log], "no 8 characters of the key in the log")
+
+    def test_the_key_leaves_no_trace_in_the_process(self):
+        fake = self.fake()
+        t = self.tokend(fake=fake)
+        with open(f"/proc/{t.proc.pid}/environ", "rb") as f:
+            environ = f.read()
+        self.assertNotIn(b"ASSEMBLYAI_API_KEY", environ, "the entry is gone, not only its value")
+        self.assertNotIn(CANARY_KEY.encode(), environ)
+        with open(f"/proc/{t.proc.pid}/limits") as f:
+            self.assertRegex(f.read(), r"Max core file size\s+0\s+0", "no core dump")
+
+    def test_environment_proxies_are_ignored_and_the_setting_is_used(self):
+        fake = self.fake()
+        proxy = ForwardProxy(fake.port)
+        self.addCleanup(proxy.close)
+        env = {name: f"http://127.0.0.1:{proxy.port}" for name in
+               ["http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"]}
+        t = self.tokend(fake=fake, env=env)
+        self.assertEqual(t.get("/token").status, 200)
+        self.assertEqual(proxy.requests, [], "the key never goes to a proxy from the environment")
+        t2 = self.tokend(fake=fake, env={"TOKEND_UPSTREAM_PROXY": f"http://127.0.0.1:{proxy.port}"})
+        self.assertEqual(t2.get("/token").status, 200)
+        self.assertEqual(len(proxy.requests), 1, "TOKEND_UPSTREAM_PROXY carries the token call")
+        self.assertIn("/v3/token?expires_in_seconds=", proxy.requests[0])
+
+    def test_client_bytes_cannot_forge_log_lines(self):
+        t = self.tokend(key=None, args=["--log-level", "debug"])
+        for data in [b"G\x1b[31mET\rX / HTTP/1.1\r\nHost: localhost\r\n\r\n",
+                     b"GET /a\x01b HTTP/1.1\r\nHost: localhost\r\n\r\n",
+                     b"GET /%0d%0afake-line HTTP/1.1\r\nHost: localhost\r\n\r\n"]:
+            raw_exchange(t.port, data, timeout=2)
+        t.get("/")
+        t.stop()
+        for line in t.log.split("\n"):
+            self.assertNotRegex(line, r"[\x00-\x08\x0b-\x1f\x7f]", f"a raw control character: {line!r}")
+            self.assertFalse(line.startswith("fake-line"), line)
+
+    def test_a_reset_flood_is_summed_up_not_logged_one_by_one(self):
+        import struct
+        t = self.tokend(key=None, args=["--log-level", "debug"])
+        started = time.time()
+        n = 0
+        while time.time() - started < 2:
+            s = socket.create_connection(("127.0.0.1", t.port))
+            s.sendall(b"GET / HTTP/1.1\r\nHost: localhost\r\n")
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            s.close()
+            n += 1
+        time.sleep(1.2)
+        lines = [l for l in t.log.splitlines() if "http" in l and "access" not in l]
+        self.assertGreater(n, 200)
+        self.assertLess(len(lines), 30, f"{n} resets gave {len(lines)} lines")
+
+    def test_retry_after_is_clamped(self):
+        fake = self.fake(fault="429")
+        t = self.tokend(fake=fake)
+        for given, wanted in [("9223372036854775807", "3600"), ("0", "1"), ("120", "120"),
+                              ("Wed, 21 Oct 2015 07:28:00 GMT", "1"), ("soon", None)]:
+            with self.subTest(given):
+                fake.control(retry_after=given)
+                r = t.get("/token")
+                self.assertEqual(r.status, 503)
+                self.assertEqual(r.headers.get("retry-after"), wanted)
+
+    def test_no_scheme_relative_redirect(self):
+        os.makedirs(os.path.join(self.workdir, "site", "sub"))
+        self.write("site/sub/index.html", "sub")
+        t = self.tokend(key=None, public=os.path.join(self.workdir, "site"))
+        for path in ["//sub", "///sub", "/sub"]:
+            r = t.get(path)
+            self.assertEqual(r.status, 301, path)
+            self.assertFalse(r.headers["location"].startswith("//"), r.headers["location"])
+            self.assertEqual(r.headers["location"], "/sub/")
+
+    def test_head_mints_nothing(self):
+        fake = self.fake()
+        t = self.tokend(fake=fake)
+        r = t.get("/token", method="HEAD")
+        self.assertEqual((r.status, r.body), (200, b""))
+        self.assertEqual(fake.stats()["requests"], 0, "HEAD /token mints no token")
+        self.assertEqual(t.get("/healthz", method="HEAD").status, 200)
+
+    def test_the_page_has_a_content_security_policy(self):
+        fake = self.fake()
+        t = self.tokend(fake=fake)
+        csp = t.get("/").headers.get("content-security-policy", "")
+        self.assertIn("default-src 'self'", csp)
+        self.assertIn("frame-ancestors 'none'", csp)
+        self.assertIn(f"connect-src 'self' ws://127.0.0.1:{fake.port}", csp, "the streaming socket's origin")
+        self.assertNotIn("content-security-policy", t.get("/app.js").headers, "HTML only")
+
+
+class ForwardProxy:
+    """An HTTP forward proxy on loopback that records what it is asked and passes plain
+    requests to the token fake."""
+
+    def __init__(self, fake_port):
+        import threading
+        self.requests = []
+        self.fake_port = fake_port
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+        self.thread = threading.Thread(target=self.serve, daemon=True)
+        self.thread.start()
+
+    def serve(self):
+        while True:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                return
+            data = b""
+            while b"\r\n\r\n" not in data:
+                chunk = c.recv(4096)
+                if not chunk:
+                    break
+                data += chunk
+            line = data.split(b"\r\n", 1)[0].decode("latin-1")
+            self.requests.append(line)
+            target = line.split(" ")[1]
+            path = "/" + target.split("/", 3)[3] if target.startswith("http") else target
+            rest = data.split(b"\r\n", 1)[1]
+            upstream = socket.create_connection(("127.0.0.1", self.fake_port))
+            upstream.sendall(f"GET {path} HTTP/1.1\r\n".encode() + rest.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n", 1))
+            answer = b""
+            while True:
+                chunk = upstream.recv(65536)
+                if not chunk:
+                    break
+                answer += chunk
+            upstream.close()
+            c.sendall(answer.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n", 1))
+            c.close()
+
+    def close(self):
+        self.sock.close()
 
 
 if __name__ == "__main__":

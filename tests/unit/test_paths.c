@@ -29,7 +29,7 @@ static void test_clean_path(void) {
         if (rc == STATIC_OK) CHECK_STR(out, cases[i].out, cases[i].in);
     }
     char tiny[4];
-    CHECK(static_clean_path("/abcdef", tiny, sizeof tiny) == STATIC_BAD_PATH, "too long for the buffer");
+    CHECK(static_clean_path("/abcdef", tiny, sizeof tiny) == STATIC_TOO_LONG, "too long for the buffer");
 }
 
 static void test_mime(void) {

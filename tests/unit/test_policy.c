@@ -1,4 +1,4 @@
-/* test_policy.c: token buckets, connection counts, trusted proxies and origins, as tables. */
+/* test_policy.c: token buckets, connection counts, Host and Origin allow-lists, as tables. */
 #include <stdlib.h>
 
 #include "check.h"
@@ -26,6 +26,14 @@ static void test_buckets(void) {
     CHECK(policy_take(b, id, "2001:db8:1:2::1", t, &retry) == 1, "v6 first");
     for (int i = 0; i < 4; i++) policy_take(b, id, "2001:db8:1:2::1", t, &retry);
     CHECK(policy_take(b, id, "2001:db8:1:2:ffff::9", t, &retry) == 0, "same /64 shares the bucket");
+    /* Dual-stack sockets: IPv4 clients arrive as ::ffff:a.b.c.d, each its own bucket. */
+    policy_buckets *dual = policy_buckets_create(10);
+    int d = policy_limiter(dual, "token", 10, 60, 5, err, sizeof err);
+    for (int i = 0; i < 5; i++) CHECK(policy_take(dual, d, "::ffff:198.51.100.1", t, &retry) == 1, "mapped %d", i);
+    CHECK(policy_take(dual, d, "198.51.100.1", t, &retry) == 0, "the mapped address is the IPv4 client");
+    CHECK(policy_take(dual, d, "::ffff:198.51.100.2", t, &retry) == 1, "another IPv4 client is not in that bucket");
+    CHECK(policy_take(dual, d, "::1", t, &retry) == 1, "nor is ::1");
+    policy_buckets_free(dual);
     /* Full table (3 keys): a fourth active client is refused; once buckets refill, room returns. */
     CHECK(policy_buckets_size(b) == 3, "three keys, got %zu", policy_buckets_size(b));
     CHECK(policy_take(b, id, "9.9.9.9", t, &retry) == 0, "table full of active clients");
@@ -53,40 +61,65 @@ static void test_conns(void) {
     for (int i = 0; i < 100; i++) policy_conns_opened(unlimited, "1.1.1.1");
     CHECK(policy_conns_allowed(unlimited, "1.1.1.1"), "0 means no limit");
     policy_conns_free(unlimited);
+    /* IPv6 counts per /64 (one /64 holds 2^64 addresses); IPv4-mapped addresses as IPv4. */
+    policy_conns *v6 = policy_conns_create(2);
+    policy_conns_opened(v6, "2001:db8:1:2::1");
+    policy_conns_opened(v6, "2001:db8:1:2::2");
+    CHECK(!policy_conns_allowed(v6, "2001:db8:1:2:ffff::3"), "a third address of the same /64 is refused");
+    CHECK(policy_conns_allowed(v6, "2001:db8:1:3::1"), "another /64 is not");
+    policy_conns_closed(v6, "2001:db8:1:2::1");
+    CHECK(policy_conns_allowed(v6, "2001:db8:1:2::9"), "room again in the /64");
+    policy_conns_opened(v6, "::ffff:192.0.2.1");
+    policy_conns_opened(v6, "192.0.2.1");
+    CHECK(!policy_conns_allowed(v6, "192.0.2.1"), "a mapped address is the IPv4 address");
+    policy_conns_free(v6);
 }
 
-static void test_proxies(void) {
+static void test_hosts(void) {
     char err[200];
-    policy_proxies *p = NULL;
-    CHECK(policy_proxies_parse("127.0.0.1, 10.0.0.0/8 ::1,fd00::/8", &p, err, sizeof err) == 0, "%s", err);
-    static const struct { const char *remote, *xff, *client; } cases[] = {
-        { "203.0.113.9", "1.2.3.4", "203.0.113.9" },            /* not a proxy: XFF ignored */
-        { "127.0.0.1", NULL, "127.0.0.1" },
-        { "127.0.0.1", "198.51.100.7", "198.51.100.7" },
-        { "127.0.0.1", "6.6.6.6, 198.51.100.7", "198.51.100.7" },   /* right-most untrusted */
-        { "127.0.0.1", "198.51.100.7, 10.1.2.3", "198.51.100.7" },  /* skip trusted hops */
-        { "127.0.0.1", "10.0.0.1, 10.0.0.2", "10.0.0.1" },
-        { "127.0.0.1", "garbage, 198.51.100.7", "198.51.100.7" },
-        { "127.0.0.1", "198.51.100.7, garbage", "127.0.0.1" },
-        { "127.0.0.1", "", "127.0.0.1" },
-        { "127.0.0.1", " 2001:db8::5 ", "2001:db8::5" },
-        { "::1", "fd00::1, 2001:db8::7", "2001:db8::7" },
-        { "11.0.0.1", "1.1.1.1", "11.0.0.1" },
+    policy_hosts *h = NULL;
+    CHECK(policy_hosts_parse("app.example.com, *.example.org", "tokend.lan", &h, err, sizeof err) == 0, "%s", err);
+    static const struct { const char *host; int want; } cases[] = {
+        { NULL, POLICY_HOST_ALLOWED },                  /* HTTP/1.0 without Host */
+        { "localhost", POLICY_HOST_ALLOWED },
+        { "localhost:8000", POLICY_HOST_ALLOWED },
+        { "LOCALHOST:8000", POLICY_HOST_ALLOWED },
+        { "app.localhost:5173", POLICY_HOST_ALLOWED },
+        { "127.0.0.1:8000", POLICY_HOST_ALLOWED },
+        { "10.1.2.3", POLICY_HOST_ALLOWED },
+        { "[::1]:8000", POLICY_HOST_ALLOWED },
+        { "[2001:db8::1]", POLICY_HOST_ALLOWED },
+        { "tokend.lan:8000", POLICY_HOST_ALLOWED },     /* the listen host */
+        { "app.example.com", POLICY_HOST_ALLOWED },
+        { "app.example.com.", POLICY_HOST_ALLOWED },
+        { "a.b.example.org:443", POLICY_HOST_ALLOWED },
+        { "example.org", POLICY_HOST_DENIED },
+        { "rebind.attacker.example", POLICY_HOST_DENIED },
+        { "localhost.attacker.example", POLICY_HOST_DENIED },
+        { "127.0.0.1.nip.io:8000", POLICY_HOST_DENIED },
+        { "evil.com:8000", POLICY_HOST_DENIED },
+        { "", POLICY_HOST_MALFORMED },
+        { "a b", POLICY_HOST_MALFORMED },
+        { "user@localhost", POLICY_HOST_MALFORMED },
+        { "localhost:80/x", POLICY_HOST_MALFORMED },
+        { "localhost:", POLICY_HOST_MALFORMED },
+        { "[::1", POLICY_HOST_MALFORMED },
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
-        char out[64];
-        policy_client_address(p, cases[i].remote, cases[i].xff, out, sizeof out);
-        CHECK_STR(out, cases[i].client, cases[i].xff ? cases[i].xff : "(none)");
+        int got = policy_host_check(h, cases[i].host);
+        CHECK(got == cases[i].want, "host %s: got %d, want %d", cases[i].host ? cases[i].host : "(none)", got, cases[i].want);
     }
-    policy_proxies_free(p);
-    static const char *bad[] = { "localhost", "10.0.0.0/33", "1.2.3", "::1/129", "10.0.0.0/",
-                                 "10.0.0.1, aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa" };
-    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
-        err[0] = '\0';
-        CHECK(policy_proxies_parse(bad[i], &p, err, sizeof err) < 0 && strstr(err, "not an IP address"), "%s: %s", bad[i], err);
-    }
-    CHECK(policy_proxies_parse("", &p, err, sizeof err) == 0 && !policy_proxy_trusted(p, "127.0.0.1"), "empty list");
-    policy_proxies_free(p);
+    policy_hosts_free(h);
+    CHECK(policy_hosts_parse(NULL, "0.0.0.0", &h, err, sizeof err) == 0, "%s", err);
+    CHECK(policy_host_check(h, "app.example.com") == POLICY_HOST_DENIED, "default: names are refused");
+    CHECK(policy_host_check(h, "192.168.1.5:8000") == POLICY_HOST_ALLOWED, "default: addresses pass");
+    policy_hosts_free(h);
+    CHECK(policy_hosts_parse("*", "::", &h, err, sizeof err) == 0 && policy_host_check(h, "anything.test") == POLICY_HOST_ALLOWED,
+          "* allows any name");
+    policy_hosts_free(h);
+    static const char *bad[] = { "a/b", "*.*.x", "x*.com", "http://x" };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
+        CHECK(policy_hosts_parse(bad[i], NULL, &h, err, sizeof err) < 0 && strstr(err, "not a host name"), "%s: %s", bad[i], err);
 }
 
 static void test_origins(void) {
@@ -132,7 +165,7 @@ static void test_origins(void) {
 int main(void) {
     test_buckets();
     test_conns();
-    test_proxies();
+    test_hosts();
     test_origins();
     return check_report("policy");
 }
