@@ -291,7 +291,7 @@ out:
 void upstream_classify(int curl_code, const char *curl_error, long http_status, const char *body,
                        size_t body_len, long retry_after, long timeout_ms, const char *key,
                        upstream_result *r, char *token, size_t token_cap, char *errbuf, size_t errlen) {
-    char msg[700], said[JSON_ERROR_MAX + 8], scrubbed[JSON_ERROR_MAX];
+    char msg[JSON_ERROR_MAX + 256], said[JSON_ERROR_MAX + 8], scrubbed[JSON_ERROR_MAX];
     json_token_reply reply;     /* 8 KiB on the stack: a malloc per call cost more */
     memset(r, 0, sizeof *r);
     r->retry_after = retry_after;
