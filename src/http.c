@@ -62,6 +62,8 @@ typedef struct http_exchange {
     unsigned long long bytes;
     struct MHD_Response *response;
     int suspended;
+    log_field *log_fields;              /* added to the access line (keys and values owned) */
+    size_t nlog_fields;
     struct http_exchange *prev, *next;  /* list of dispatched, unanswered requests */
 } http_exchange;
 
@@ -220,9 +222,15 @@ static void http_on_completed(void *cls, struct MHD_Connection *conn, void **con
             .client = req->client, .method = req->method, .path = req->path ? req->path : "-",
             .status = x->status, .bytes = x->bytes,
             .duration_ms = (double)(loop_now_ms() - req->start_ms), .upstream_ms = req->upstream_ms,
+            .fields = x->log_fields, .nfields = x->nlog_fields,
         };
         log_access(&e);
     }
+    for (size_t i = 0; i < x->nlog_fields; i++) {
+        free((char *)x->log_fields[i].key);
+        free((char *)x->log_fields[i].value);
+    }
+    free(x->log_fields);
     if (x->response) MHD_destroy_response(x->response);
     free(x->target);
     free(req->path);
@@ -598,6 +606,20 @@ void http_free(http_front *f) {
     MHD_stop_daemon(f->daemon);
     if (f->quiesced_fd >= 0) close(f->quiesced_fd);
     free(f);
+}
+
+void http_request_log_field(http_request *req, const char *key, const char *value, int bare) {
+    http_exchange *x = HTTP_EXCHANGE(req);
+    log_field *v = realloc(x->log_fields, (x->nlog_fields + 1) * sizeof *v);
+    if (!v) return;
+    x->log_fields = v;
+    char *k = strdup(key), *val = strdup(value);
+    if (!k || !val) {
+        free(k);
+        free(val);
+        return;
+    }
+    v[x->nlog_fields++] = (log_field){ k, val, bare };
 }
 
 const char *http_request_header(const http_request *req, const char *name) {

@@ -76,6 +76,9 @@ void http_request_respond(http_request *req, int status, http_response *resp, un
 /* Looks up a request header (case-insensitive); NULL when absent. */
 const char *http_request_header(const http_request *req, const char *name);
 
+/* Adds key = value to the request's access-log line (copied; bare: a number or boolean). */
+void http_request_log_field(http_request *req, const char *key, const char *value, int bare);
+
 /* Calls fn for every request header, in arrival order. */
 typedef void http_header_fn(void *ud, const char *name, const char *value);
 void http_request_each_header(const http_request *req, http_header_fn *fn, void *ud);

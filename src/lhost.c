@@ -11,6 +11,7 @@
 #include <lualib.h>
 #include <lua-cjson.h>
 
+#include "cookie.h"
 #include "lhost.h"
 #include "log.h"
 #include "lstate.h"
@@ -22,14 +23,15 @@
 #define LHOST_POOLED_COROUTINES 4096     /* finished coroutines kept for the next requests */
 #define LHOST_QUERY_STACK 1024           /* query scratch on the C stack up to this size */
 #define LHOST_LOAD_BUDGET_FACTOR 10      /* the script's top level may run 10x a request's budget */
+#define LHOST_LOG_FIELDS 32              /* req.log fields written on the access line, at most */
 
-typedef struct lhost_request lhost_request;
+typedef struct lhost_task lhost_task;
 
-/* A call waiting on the outside world: a request's coroutine suspended until lhost_wake,
- * or (the Lua module outside requests) a caller blocked on the module's own loop. */
+/* A call waiting on the outside world: a task's coroutine suspended until lhost_wake, or
+ * (the Lua module outside requests) a caller blocked on the module's own loop. */
 struct lhost_waiter {
     lhost *h;
-    lhost_request *hr;          /* the request whose coroutine waits; NULL when blocking */
+    lhost_task *task;           /* the task whose coroutine waits; NULL when blocking */
     lua_State *L;               /* blocking: the caller's thread */
     lhost_cancel_fn *cancel;
     void *op;                   /* the operation waited for; NULL once woken */
@@ -38,49 +40,68 @@ struct lhost_waiter {
     int nres;                   /* blocking: results pushed onto L, or -1 when pushing failed */
 };
 
+/* Something to do when the host retires (lhost_on_retire). */
+typedef struct lhost_hook {
+    struct lhost_hook *next;
+    void (*fn)(void *ud);
+    void *ud;
+} lhost_hook;
+
 struct lhost {
     lua_State *L;
     int owns_state;             /* 0: the application's state (the Lua module) */
     long instruction_limit;
     size_t max_query_args;
     int loading;
+    int retired;
     router *routes;
     static_mounts *statics;
     const lhost_world *world;   /* where library calls run now */
     const lhost_world *own_world;   /* attached: the module's own, for blocking calls */
-    lhost_waiter blocking;        /* attached: the one blocking call at a time */
+    lhost_waiter blocking;      /* attached: the one blocking call at a time */
     int befores_ref;            /* registry: array of before hooks */
     size_t nbefores;
     int runner_ref;             /* registry: the coroutine body (befores, handler, req) */
     int encode_ref;             /* registry: cjson.encode */
-    int requests_ref;           /* registry: coroutine -> its request (light userdata) */
+    int tasks_ref;              /* registry: coroutine -> its task (light userdata) */
     size_t running;
-    lhost_request *live;        /* requests whose handler has not finished */
+    lhost_task *live;           /* tasks whose function has not finished */
+    lhost_hook *hooks;          /* run when the host retires */
     int *pooled;                /* registry refs of finished coroutines, ready for reuse */
     size_t npooled;
 };
 
-struct lhost_request {
+/* A Lua function running on a coroutine of its own: a request's handler (req set), or a
+ * function spawned by a part of the API (a timer's). */
+struct lhost_task {
     lhost *h;
-    http_request *req;
     lua_State *co;
     int co_ref;
     int nargs;                  /* values lhost_start left on the coroutine */
+    lhost_waiter wait;          /* the outside call being awaited, if any */
+    lbudget budget;
+    lhost_task *prev, *next;    /* the host's live tasks */
+    /* a request */
+    http_request *req;
+    int req_ref;                /* registry: its req table */
     int handler_ref;            /* LUA_NOREF when no route matched */
     int route_status;           /* ROUTER_* */
     char allow[96];
     router_result match;
-    lhost_waiter wait;           /* the outside call being awaited, if any */
-    lbudget budget;
     http_response *resp;        /* response under construction */
     int status;
     size_t bytes;
     int bad_query;              /* URL_ERR_* when the query string was refused */
-    lhost_request *prev, *next; /* the host's live requests */
+    /* a spawned function */
+    int fn_ref;
+    const char *what;           /* its name in the log */
+    lhost_task_done_fn *done;
+    void *done_ud;
+    int ok;                     /* it ran to its end */
 };
 
-static void lhost_request_done(lhost_request *hr);
-static void lhost_set_request_of(lhost *h, lhost_request *hr);
+static void lhost_task_done(lhost_task *t);
+static void lhost_set_task_of(lhost *h, lhost_task *t);
 static void lhost_answer_unhandled(lhost *h, http_request *req, int route_status, const char *allow);
 
 /* Runs fn(ud) on L in protected mode with nresults results. Returns a Lua status; on
@@ -111,7 +132,7 @@ static const char lhost_runner_source[] =
     "end\n";
 
 /* Registers what every host keeps in the registry: the coroutine body, the before hooks,
- * a private cjson encoder and the table of waiting coroutines (protected; argument 1 is
+ * a private cjson encoder and the table of running coroutines (protected; argument 1 is
  * the host). */
 static int lhost_init_refs(lua_State *L) {
     lhost *h = lua_touserdata(L, 1);
@@ -127,7 +148,7 @@ static int lhost_init_refs(lua_State *L) {
     h->encode_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     lua_pop(L, 1);
     lua_newtable(L);
-    h->requests_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    h->tasks_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     return 0;
 }
 
@@ -175,7 +196,7 @@ static lhost *lhost_new(const lhost_options *o) {
     h->instruction_limit = o->instruction_limit;
     h->max_query_args = o->max_query_args;
     h->world = h->own_world = o->world;
-    h->befores_ref = h->runner_ref = h->encode_ref = h->requests_ref = LUA_NOREF;
+    h->befores_ref = h->runner_ref = h->encode_ref = h->tasks_ref = LUA_NOREF;
     h->routes = router_create();
     h->statics = static_create();
     if (!h->routes || !h->statics) {
@@ -256,39 +277,67 @@ static void lhost_release_ref(void *ud, int ref) {
     if (!h->owns_state) luaL_unref(h->L, LUA_REGISTRYINDEX, ref);  /* an owned state goes whole */
 }
 
-/* Abandons the requests still running: what they wait for is cancelled, and their HTTP
- * side is answered by the HTTP front's own shutdown. */
-static void lhost_drop_requests(lhost *h) {
+/* Abandons the tasks still running: what they wait for is cancelled, their callbacks are
+ * not called, and a request's HTTP side is answered by the HTTP front's own shutdown. */
+static void lhost_drop_tasks(lhost *h) {
     while (h->live) {
-        lhost_request *hr = h->live;
-        h->live = hr->next;
-        if (hr->wait.op) hr->wait.cancel(hr->wait.op);
-        http_response_free(hr->resp);
-        if (!h->owns_state && hr->co_ref != LUA_NOREF) {
-            lua_rawgeti(h->L, LUA_REGISTRYINDEX, hr->co_ref);
-            lhost_set_request_of(h, NULL);
+        lhost_task *t = h->live;
+        h->live = t->next;
+        if (t->wait.op) t->wait.cancel(t->wait.op);
+        http_response_free(t->resp);
+        if (!h->owns_state && t->co_ref != LUA_NOREF) {
+            lua_rawgeti(h->L, LUA_REGISTRYINDEX, t->co_ref);
+            lhost_set_task_of(h, NULL);
             lua_pop(h->L, 1);
-            luaL_unref(h->L, LUA_REGISTRYINDEX, hr->co_ref);
+            luaL_unref(h->L, LUA_REGISTRYINDEX, t->co_ref);
+            luaL_unref(h->L, LUA_REGISTRYINDEX, t->req_ref);
         }
-        free(hr);
+        free(t);
         h->running--;
     }
 }
 
 void lhost_serve(lhost *h, const lhost_world *w) {
-    if (!w) lhost_drop_requests(h);     /* the world they wait in is going away */
+    if (!w) lhost_drop_tasks(h);    /* the world they wait in is going away */
     h->world = w ? w : h->own_world;
     h->loading = w ? 0 : 1;
 }
 
+void lhost_on_retire(lhost *h, void (*fn)(void *ud), void *ud) {
+    lhost_hook *k = malloc(sizeof *k);
+    if (!k) {
+        fn(ud);     /* no memory to remember it: as if retired at once */
+        return;
+    }
+    k->fn = fn;
+    k->ud = ud;
+    k->next = h->hooks;
+    h->hooks = k;
+}
+
+void lhost_retire(lhost *h) {
+    h->retired = 1;
+    while (h->hooks) {
+        lhost_hook *k = h->hooks;
+        h->hooks = k->next;
+        k->fn(k->ud);
+        free(k);
+    }
+}
+
+int lhost_retired(const lhost *h) {
+    return h->retired;
+}
+
 void lhost_free(lhost *h) {
     if (!h) return;
-    lhost_drop_requests(h);
+    lhost_retire(h);
+    lhost_drop_tasks(h);
     if (h->owns_state) {
         lstate_close(h->L);
     } else if (h->L) {
         for (size_t i = 0; i < h->npooled; i++) luaL_unref(h->L, LUA_REGISTRYINDEX, h->pooled[i]);
-        const int refs[] = { h->runner_ref, h->befores_ref, h->encode_ref, h->requests_ref };
+        const int refs[] = { h->runner_ref, h->befores_ref, h->encode_ref, h->tasks_ref };
         for (size_t i = 0; i < sizeof refs / sizeof refs[0]; i++) luaL_unref(h->L, LUA_REGISTRYINDEX, refs[i]);
     }
     router_free(h->routes, lhost_release_ref, h);
@@ -331,46 +380,119 @@ void lhost_add_before(lhost *h, lua_State *L, int idx) {
     lua_pop(L, 1);
 }
 
-/* ---- requests ---- */
+/* ---- tasks ---- */
 
-/* Sets (hr) or clears (NULL) the request the coroutine on top of h->L's stack runs for. */
-static void lhost_set_request_of(lhost *h, lhost_request *hr) {
+/* Sets (t) or clears (NULL) the task the coroutine on top of h->L's stack runs for. */
+static void lhost_set_task_of(lhost *h, lhost_task *t) {
     lua_State *L = h->L;
-    lua_rawgeti(L, LUA_REGISTRYINDEX, h->requests_ref);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, h->tasks_ref);
     lua_pushvalue(L, -2);
-    if (hr) lua_pushlightuserdata(L, hr);
+    if (t) lua_pushlightuserdata(L, t);
     else lua_pushnil(L);
     lua_rawset(L, -3);
     lua_pop(L, 1);
 }
 
-/* Keeps a request's coroutine for a later request if it ran to its end (a fresh one costs
- * a thread, a stack and garbage); drops it otherwise. */
-static void lhost_pool_coroutine(lhost *h, lhost_request *hr) {
+/* The task whose coroutine L is, or NULL. */
+static lhost_task *lhost_task_of(lhost *h, lua_State *L) {
+    lua_rawgeti(L, LUA_REGISTRYINDEX, h->tasks_ref);
+    lua_pushthread(L);
+    lua_rawget(L, -2);
+    lhost_task *t = lua_touserdata(L, -1);
+    lua_pop(L, 2);
+    return t;
+}
+
+/* A new task, linked in the host's live list. NULL when out of memory. */
+static lhost_task *lhost_task_new(lhost *h) {
+    lhost_task *t = calloc(1, sizeof *t);
+    if (!t) return NULL;
+    h->running++;
+    t->next = h->live;
+    if (h->live) h->live->prev = t;
+    h->live = t;
+    t->h = h;
+    t->co_ref = t->req_ref = t->handler_ref = t->fn_ref = LUA_NOREF;
+    t->budget.limit = h->instruction_limit;
+    t->wait.h = h;
+    t->wait.task = t;
+    return t;
+}
+
+/* Takes a pooled coroutine or creates one for t, leaving it on top of L's stack. */
+static lua_State *lhost_coroutine(lhost *h, lhost_task *t) {
+    lua_State *L = h->L, *co;
+    if (h->npooled) {
+        lua_rawgeti(L, LUA_REGISTRYINDEX, h->pooled[h->npooled - 1]);
+        co = lua_tothread(L, -1);
+        t->co_ref = h->pooled[--h->npooled];
+    } else {
+        co = lua_newthread(L);
+        lstate_limit_thread(co);
+        lua_pushvalue(L, -1);
+        t->co_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    }
+    t->co = co;
+    lhost_set_task_of(h, t);
+    return co;
+}
+
+/* Keeps a task's coroutine for a later task if it ran to its end (a fresh one costs a
+ * thread, a stack and garbage); drops it otherwise. */
+static void lhost_pool_coroutine(lhost *h, lhost_task *t) {
     /* Whatever the coroutine does later (a script may have kept it and resume it), it is
-     * no longer this request's. */
-    lua_rawgeti(h->L, LUA_REGISTRYINDEX, hr->co_ref);
-    lhost_set_request_of(h, NULL);
+     * no longer this task's. */
+    lua_rawgeti(h->L, LUA_REGISTRYINDEX, t->co_ref);
+    lhost_set_task_of(h, NULL);
     lua_pop(h->L, 1);
-    if (lua_status(hr->co) == LUA_OK && h->npooled < LHOST_POOLED_COROUTINES) {
+    if (lua_status(t->co) == LUA_OK && h->npooled < LHOST_POOLED_COROUTINES) {
         if (!h->pooled && !(h->pooled = malloc(LHOST_POOLED_COROUTINES * sizeof *h->pooled))) goto drop;
-        lua_settop(hr->co, 0);
-        h->pooled[h->npooled++] = hr->co_ref;
+        lua_settop(t->co, 0);
+        h->pooled[h->npooled++] = t->co_ref;
         return;
     }
 drop:
-    luaL_unref(h->L, LUA_REGISTRYINDEX, hr->co_ref);
+    luaL_unref(h->L, LUA_REGISTRYINDEX, t->co_ref);
 }
 
-static void lhost_request_done(lhost_request *hr) {
-    lhost *h = hr->h;
-    if (hr->prev) hr->prev->next = hr->next;
-    else h->live = hr->next;
-    if (hr->next) hr->next->prev = hr->prev;
-    if (hr->co_ref != LUA_NOREF) lhost_pool_coroutine(h, hr);
-    http_response_free(hr->resp);
+/* Writes the fields a handler put in req.log on the request's access line (protected;
+ * argument 1 is the task). */
+static int lhost_log_fields(lua_State *L) {
+    lhost_task *t = lua_touserdata(L, 1);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, t->req_ref);
+    if (lua_getfield(L, -1, "log") != LUA_TTABLE) return 0;
+    int n = 0;
+    lua_pushnil(L);
+    while (lua_next(L, -2) && n < LHOST_LOG_FIELDS) {
+        int type = lua_type(L, -1);
+        if (lua_type(L, -2) == LUA_TSTRING && (type == LUA_TSTRING || type == LUA_TNUMBER || type == LUA_TBOOLEAN)) {
+            const char *value = type == LUA_TBOOLEAN ? (lua_toboolean(L, -1) ? "true" : "false") : lua_tostring(L, -1);
+            http_request_log_field(t->req, lua_tostring(L, -2), value, type != LUA_TSTRING);
+            n++;
+        }
+        lua_pop(L, 1);
+    }
+    return 0;
+}
+
+/* Ends a task: unlinked, its coroutine pooled or dropped, its refs released; a request
+ * gets its req.log fields on its access line, a spawned function's callback is called. */
+static void lhost_task_done(lhost_task *t) {
+    lhost *h = t->h;
+    if (t->prev) t->prev->next = t->next;
+    else h->live = t->next;
+    if (t->next) t->next->prev = t->prev;
+    if (t->req && t->req_ref != LUA_NOREF && lhost_protected(h->L, lhost_log_fields, t, 0) != LUA_OK)
+        lua_pop(h->L, 1);
+    if (t->co_ref != LUA_NOREF) lhost_pool_coroutine(h, t);
+    luaL_unref(h->L, LUA_REGISTRYINDEX, t->req_ref);
+    http_response_free(t->resp);
     h->running--;
-    free(hr);
+    lhost_task_done_fn *done = t->done;
+    void *done_ud = t->done_ud;
+    int ok = t->ok;
+    free(t);
+    if (done) done(done_ud, ok);
 }
 
 /* Answers a request that no handler answered: HEAD of a GET route (the route exists; its
@@ -389,17 +511,24 @@ static void lhost_answer_unhandled(lhost *h, http_request *req, int route_status
     }
 }
 
-static void lhost_fail(lhost_request *hr, const char *why) {
-    http_request *req = hr->req;
-    log_msg(LOG_ERROR, "%s %s: %s", req->method, req->path, why);
-    http_request_fail(req, 500, "internal server error");
-    lhost_request_done(hr);
+/* Ends a task that failed: a request answers 500; why goes to the log. */
+static void lhost_fail(lhost_task *t, const char *why) {
+    if (t->req) {
+        log_msg(LOG_ERROR, "%s %s: %s", t->req->method, t->req->path, why);
+        http_request_fail(t->req, 500, "internal server error");
+    } else {
+        log_msg(LOG_ERROR, "%s: %s", t->what, why);
+    }
+    lhost_task_done(t);
 }
 
+/* Logs the error of a failed coroutine with its traceback (protected; argument 1 is the
+ * task). */
 static int lhost_log_traceback(lua_State *L) {
-    lhost_request *hr = lua_touserdata(L, 1);
-    luaL_traceback(L, hr->co, lhost_error_text(hr->co, -1), 0);
-    log_msg(LOG_ERROR, "%s %s: handler failed: %s", hr->req->method, hr->req->path, lua_tostring(L, -1));
+    lhost_task *t = lua_touserdata(L, 1);
+    luaL_traceback(L, t->co, lhost_error_text(t->co, -1), 0);
+    if (t->req) log_msg(LOG_ERROR, "%s %s: handler failed: %s", t->req->method, t->req->path, lua_tostring(L, -1));
+    else log_msg(LOG_ERROR, "%s failed: %s", t->what, lua_tostring(L, -1));
     return 0;
 }
 
@@ -427,10 +556,12 @@ static void lhost_add_header(void *ud, const char *name, const char *value) {
     lua_rawset(L, -3);
 }
 
-static int lhost_add_query_arg(void *ud, const char *name, size_t nlen, const char *value, size_t vlen) {
+/* Adds a name = value pair to the table on top, unless the name is there already (the
+ * first of a repeated query argument or cookie wins). */
+static int lhost_add_first(void *ud, const char *name, size_t nlen, const char *value, size_t vlen) {
     lua_State *L = ud;
     lua_pushlstring(L, name, nlen);
-    if (lua_rawget(L, -2) != LUA_TNIL) {     /* the first value of a repeated name wins */
+    if (lua_rawget(L, -2) != LUA_TNIL) {
         lua_pop(L, 1);
         return 0;
     }
@@ -442,9 +573,9 @@ static int lhost_add_query_arg(void *ud, const char *name, size_t nlen, const ch
 }
 
 /* Pushes the req table handlers receive. */
-static void lhost_push_request_table(lua_State *L, lhost_request *hr) {
-    http_request *req = hr->req;
-    lua_createtable(L, 0, 8);
+static void lhost_push_request_table(lua_State *L, lhost_task *t) {
+    http_request *req = t->req;
+    lua_createtable(L, 0, 10);
     lua_pushstring(L, req->method);
     lua_setfield(L, -2, "method");
     lua_pushstring(L, req->path);
@@ -460,52 +591,62 @@ static void lhost_push_request_table(lua_State *L, lhost_request *hr) {
     size_t need = URL_QUERY_SCRATCH(req->query_len);
     char *scratch = need <= sizeof stack_scratch ? stack_scratch : lua_newuserdatauv(L, need, 0);
     lua_newtable(L);
-    int n = url_parse_query(req->query, req->query_len, scratch, hr->h->max_query_args, lhost_add_query_arg, L);
-    if (n < 0) hr->bad_query = n;
+    int n = url_parse_query(req->query, req->query_len, scratch, t->h->max_query_args, lhost_add_first, L);
+    if (n < 0) t->bad_query = n;
     lua_setfield(L, -2 - (scratch != stack_scratch), "query");
     if (scratch != stack_scratch) lua_pop(L, 1);
 
     lua_newtable(L);
     http_request_each_header(req, lhost_add_header, L);
+    lua_getfield(L, -1, "cookie");
+    const char *cookies = lua_tostring(L, -1);
+    lua_newtable(L);
+    if (cookies) cookie_parse(cookies, lhost_add_first, L);
+    lua_setfield(L, -4, "cookies");
+    lua_pop(L, 1);
     lua_setfield(L, -2, "headers");
 
-    lua_createtable(L, 0, (int)hr->match.nparams);
-    for (size_t i = 0; i < hr->match.nparams; i++) {
-        lua_pushlstring(L, hr->match.params[i].value, hr->match.params[i].value_len);
-        lua_setfield(L, -2, hr->match.params[i].name);
+    lua_createtable(L, 0, (int)t->match.nparams);
+    for (size_t i = 0; i < t->match.nparams; i++) {
+        lua_pushlstring(L, t->match.params[i].value, t->match.params[i].value_len);
+        lua_setfield(L, -2, t->match.params[i].name);
     }
     lua_setfield(L, -2, "params");
+    lua_newtable(L);
+    lua_setfield(L, -2, "log");
 }
 
-/* Takes a pooled coroutine or creates one, and pushes onto it the handler and req, or
- * (runner, befores, handler, req) when before hooks run first. */
-static int lhost_start(lua_State *L) {
-    lhost_request *hr = lua_touserdata(L, 1);
-    lhost *h = hr->h;
-    lua_State *co;
-    if (h->npooled) {
-        lua_rawgeti(L, LUA_REGISTRYINDEX, h->pooled[h->npooled - 1]);
-        co = lua_tothread(L, -1);
-        hr->co_ref = h->pooled[--h->npooled];
-    } else {
-        co = lua_newthread(L);
-        lstate_limit_thread(co);
-        lua_pushvalue(L, -1);
-        hr->co_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-    }
-    hr->co = co;
-    lhost_set_request_of(h, hr);
+/* Takes a coroutine for a request and pushes onto it the handler and req, or (runner,
+ * befores, handler, req) when before hooks run first (protected; argument 1 is the task). */
+static int lhost_start_request(lua_State *L) {
+    lhost_task *t = lua_touserdata(L, 1);
+    lhost *h = t->h;
+    lua_State *co = lhost_coroutine(h, t);
     lua_pop(L, 1);
-    int direct = h->nbefores == 0 && hr->handler_ref != LUA_NOREF;
+    int direct = h->nbefores == 0 && t->handler_ref != LUA_NOREF;
     if (!direct) {
         lua_rawgeti(L, LUA_REGISTRYINDEX, h->runner_ref);
         lua_rawgeti(L, LUA_REGISTRYINDEX, h->befores_ref);
     }
-    if (hr->handler_ref != LUA_NOREF) lua_rawgeti(L, LUA_REGISTRYINDEX, hr->handler_ref);
+    if (t->handler_ref != LUA_NOREF) lua_rawgeti(L, LUA_REGISTRYINDEX, t->handler_ref);
     else lua_pushboolean(L, 0);
-    lhost_push_request_table(L, hr);
-    hr->nargs = direct ? 1 : 3;
-    lua_xmove(L, co, hr->nargs + 1);
+    lhost_push_request_table(L, t);
+    lua_pushvalue(L, -1);
+    t->req_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    t->nargs = direct ? 1 : 3;
+    lua_xmove(L, co, t->nargs + 1);
+    return 0;
+}
+
+/* Takes a coroutine for a spawned function and pushes the function onto it (protected;
+ * argument 1 is the task). */
+static int lhost_start_spawned(lua_State *L) {
+    lhost_task *t = lua_touserdata(L, 1);
+    lua_State *co = lhost_coroutine(t->h, t);
+    lua_pop(L, 1);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, t->fn_ref);
+    lua_xmove(L, co, 1);
+    t->nargs = 0;
     return 0;
 }
 
@@ -527,10 +668,19 @@ static void lhost_push_unescaped_json(lua_State *L, const char *s, size_t len) {
     luaL_pushresult(&b);
 }
 
+/* Adds the header name with the string or number on top of the stack. */
+static void lhost_add_response_header(lua_State *L, lhost_task *t, const char *name) {
+    if (lua_type(L, -1) != LUA_TSTRING && lua_type(L, -1) != LUA_TNUMBER)
+        luaL_error(L, "response header \"%s\" must be a string, a number or a list of them (got %s)", name,
+                   luaL_typename(L, -1));
+    if (http_response_header(t->resp, name, lua_tostring(L, -1)) < 0)
+        luaL_error(L, "response header \"%s\" has a bad name or value (or no memory was left)", name);
+}
+
 /* Builds the response from a handler's results (on the finished coroutine, protected):
- * 1 = lhost_request, 2 = status, 3 = body, 4 = headers. */
+ * 1 = task, 2 = status, 3 = body, 4 = headers. */
 static int lhost_build_response(lua_State *L) {
-    lhost_request *hr = lua_touserdata(L, 1);
+    lhost_task *t = lua_touserdata(L, 1);
     int isint = 0;
     lua_Integer status = lua_tointegerx(L, 2, &isint);
     const char *ctype = "text/plain; charset=utf-8";
@@ -547,7 +697,7 @@ static int lhost_build_response(lua_State *L) {
         body = lua_tolstring(L, 3, &len);
         break;
     case LUA_TTABLE: {
-        lua_rawgeti(L, LUA_REGISTRYINDEX, hr->h->encode_ref);
+        lua_rawgeti(L, LUA_REGISTRYINDEX, t->h->encode_ref);
         lua_pushvalue(L, 3);
         lua_call(L, 1, 1);
         const char *enc = lua_tolstring(L, -1, &len);
@@ -561,78 +711,92 @@ static int lhost_build_response(lua_State *L) {
     }
     if (!lua_isnil(L, 4) && !lua_istable(L, 4))
         return luaL_error(L, "the handler returned %s headers; expected a table", luaL_typename(L, 4));
-    hr->resp = http_response_bytes(body, len, NULL);
-    if (!hr->resp) return luaL_error(L, "out of memory");
-    hr->status = (int)status;
-    hr->bytes = len;
+    t->resp = http_response_bytes(body, len, NULL);
+    if (!t->resp) return luaL_error(L, "out of memory");
+    t->status = (int)status;
+    t->bytes = len;
     int custom_type = 0;
     if (lua_istable(L, 4)) {
         lua_pushnil(L);
         while (lua_next(L, 4)) {
-            if (lua_type(L, -2) != LUA_TSTRING || !(lua_type(L, -1) == LUA_TSTRING || lua_type(L, -1) == LUA_TNUMBER))
+            if (lua_type(L, -2) != LUA_TSTRING)
                 return luaL_error(L, "response headers must map names to strings (got %s = %s)",
                                   luaL_typename(L, -2), luaL_typename(L, -1));
-            const char *name = lua_tostring(L, -2), *value = lua_tostring(L, -1);
-            if (http_response_header(hr->resp, name, value) < 0)
-                return luaL_error(L, "response header \"%s\" has a bad name or value (or no memory was left)", name);
+            const char *name = lua_tostring(L, -2);
+            if (lua_istable(L, -1)) {       /* several headers of one name: Set-Cookie */
+                lua_Integer n = luaL_len(L, -1);
+                for (lua_Integer i = 1; i <= n; i++) {
+                    lua_geti(L, -1, i);
+                    lhost_add_response_header(L, t, name);
+                    lua_pop(L, 1);
+                }
+            } else {
+                lhost_add_response_header(L, t, name);
+            }
             if (strcasecmp(name, "Content-Type") == 0) custom_type = 1;
             lua_pop(L, 1);
         }
     }
-    if (!custom_type) http_response_header(hr->resp, "Content-Type", ctype);
+    if (!custom_type) http_response_header(t->resp, "Content-Type", ctype);
     return 0;
 }
 
-/* Turns the finished coroutine's nres results into the answer. */
-static void lhost_finish(lhost_request *hr, int nres) {
-    lua_State *co = hr->co;
+/* Turns the finished coroutine's nres results into the answer (or, for a spawned
+ * function, ends it). */
+static void lhost_finish(lhost_task *t, int nres) {
+    lua_State *co = t->co;
+    if (!t->req) {
+        t->ok = 1;
+        lhost_task_done(t);
+        return;
+    }
     if (nres > 3) {
         lua_pop(co, nres - 3);
         nres = 3;
     }
     if (nres == 0 || lua_isnil(co, -nres)) {
-        if (hr->handler_ref != LUA_NOREF) {
-            lhost_fail(hr, "the handler returned no status");
+        if (t->handler_ref != LUA_NOREF) {
+            lhost_fail(t, "the handler returned no status");
             return;
         }
-        lhost_answer_unhandled(hr->h, hr->req, hr->route_status, hr->allow);
-        lhost_request_done(hr);
+        lhost_answer_unhandled(t->h, t->req, t->route_status, t->allow);
+        lhost_task_done(t);
         return;
     }
     lua_pushcfunction(co, lhost_build_response);
-    lua_pushlightuserdata(co, hr);
+    lua_pushlightuserdata(co, t);
     lua_rotate(co, -(nres + 2), 2);
     if (lua_pcall(co, nres + 1, 0, 0) != LUA_OK) {
         char why[600];
         snprintf(why, sizeof why, "%s", lhost_error_text(co, -1));
-        lhost_fail(hr, why);
+        lhost_fail(t, why);
         return;
     }
-    http_request_respond(hr->req, hr->status, hr->resp, hr->bytes);
-    hr->resp = NULL;
-    lhost_request_done(hr);
+    http_request_respond(t->req, t->status, t->resp, t->bytes);
+    t->resp = NULL;
+    lhost_task_done(t);
 }
 
-/* Resumes the request's coroutine with nargs values on its stack. */
-static void lhost_resume(lhost_request *hr, int nargs) {
+/* Resumes the task's coroutine with nargs values on its stack. */
+static void lhost_resume(lhost_task *t, int nargs) {
     int nres = 0;
-    int rc = lstate_resume(hr->co, hr->h->L, nargs, &nres, &hr->budget);
+    int rc = lstate_resume(t->co, t->h->L, nargs, &nres, &t->budget);
     if (rc == LUA_YIELD) {
-        if (hr->wait.op) return;   /* waiting on the outside world */
-        lhost_fail(hr, "the handler yielded outside a tokend call that waits");
+        if (t->wait.op) return;     /* waiting on the outside world */
+        lhost_fail(t, t->req ? "the handler yielded outside a tokend call that waits"
+                             : "it yielded outside a tokend call that waits");
         return;
     }
     if (rc != LUA_OK) {
-        if (lhost_protected(hr->h->L, lhost_log_traceback, hr, 0) != LUA_OK) {
-            log_msg(LOG_ERROR, "%s %s: handler failed: %s", hr->req->method, hr->req->path,
-                    lhost_error_text(hr->co, -1));
-            lua_pop(hr->h->L, 1);
+        if (lhost_protected(t->h->L, lhost_log_traceback, t, 0) != LUA_OK) {
+            log_msg(LOG_ERROR, "%s: %s", t->req ? t->req->path : t->what, lhost_error_text(t->co, -1));
+            lua_pop(t->h->L, 1);
         }
-        http_request_fail(hr->req, 500, "internal server error");
-        lhost_request_done(hr);
+        if (t->req) http_request_fail(t->req, 500, "internal server error");
+        lhost_task_done(t);
         return;
     }
-    lhost_finish(hr, nres);
+    lhost_finish(t, nres);
 }
 
 void lhost_dispatch(void *ud, http_request *req) {
@@ -646,60 +810,69 @@ void lhost_dispatch(void *ud, http_request *req) {
         lhost_answer_unhandled(h, req, found, allow);
         return;
     }
-    lhost_request *hr = calloc(1, sizeof *hr);
-    if (!hr) {
+    lhost_task *t = lhost_task_new(h);
+    if (!t) {
         http_request_fail(req, 503, "out of memory");
         return;
     }
-    h->running++;
-    hr->next = h->live;
-    if (h->live) h->live->prev = hr;
-    h->live = hr;
-    hr->h = h;
-    hr->req = req;
-    hr->co_ref = LUA_NOREF;
-    hr->route_status = found;
-    snprintf(hr->allow, sizeof hr->allow, "%s", allow);
-    hr->handler_ref = runs_handler ? match.handler : LUA_NOREF;
-    hr->match = match;
-    hr->budget.limit = h->instruction_limit;
-    hr->wait.h = h;
-    hr->wait.hr = hr;
-    if (lhost_protected(h->L, lhost_start, hr, 0) != LUA_OK) {
+    t->req = req;
+    t->route_status = found;
+    snprintf(t->allow, sizeof t->allow, "%s", allow);
+    t->handler_ref = runs_handler ? match.handler : LUA_NOREF;
+    t->match = match;
+    if (lhost_protected(h->L, lhost_start_request, t, 0) != LUA_OK) {
         char why[600];
         snprintf(why, sizeof why, "cannot start the handler: %s", lhost_error_text(h->L, -1));
         lua_pop(h->L, 1);
-        lhost_fail(hr, why);
+        lhost_fail(t, why);
         return;
     }
-    if (hr->bad_query) {
-        http_request_fail(req, 400, hr->bad_query == URL_ERR_TOO_MANY ? "too many query arguments"
-                                                                       : "malformed query string");
-        lhost_request_done(hr);
+    if (t->bad_query) {
+        http_request_fail(req, 400, t->bad_query == URL_ERR_TOO_MANY ? "too many query arguments"
+                                                                      : "malformed query string");
+        lhost_task_done(t);
         return;
     }
-    lhost_resume(hr, hr->nargs);
+    lhost_resume(t, t->nargs);
+}
+
+int lhost_spawn(lhost *h, int fn_ref, const char *what, lhost_task_done_fn *done, void *ud) {
+    lhost_task *t = lhost_task_new(h);
+    if (!t) {
+        log_msg(LOG_ERROR, "%s: out of memory", what);
+        return -1;
+    }
+    t->fn_ref = fn_ref;
+    t->what = what;
+    if (lhost_protected(h->L, lhost_start_spawned, t, 0) != LUA_OK) {
+        char why[600];
+        snprintf(why, sizeof why, "cannot start: %s", lhost_error_text(h->L, -1));
+        lua_pop(h->L, 1);
+        t->done = NULL;     /* not started: the caller hears of it by the result */
+        lhost_fail(t, why);
+        return -1;
+    }
+    t->done = done;
+    t->done_ud = ud;
+    lhost_resume(t, t->nargs);
+    return 0;
+}
+
+void lhost_push_request(lhost *h, lua_State *L) {
+    lhost_task *t = lhost_task_of(h, L);
+    if (t && t->req_ref != LUA_NOREF) lua_rawgeti(L, LUA_REGISTRYINDEX, t->req_ref);
+    else lua_pushnil(L);
 }
 
 /* ---- waiting on the outside world ---- */
 
-/* The request whose coroutine L is, or NULL. */
-static lhost_request *lhost_request_of(lhost *h, lua_State *L) {
-    lua_rawgeti(L, LUA_REGISTRYINDEX, h->requests_ref);
-    lua_pushthread(L);
-    lua_rawget(L, -2);
-    lhost_request *hr = lua_touserdata(L, -1);
-    lua_pop(L, 2);
-    return hr;
-}
-
 lhost_waiter *lhost_wait_begin(lhost *h, lua_State *L, const char *fn, const lhost_world **world) {
-    lhost_request *hr = lhost_request_of(h, L);
-    if (hr && lua_isyieldable(L)) {
+    lhost_task *t = lhost_task_of(h, L);
+    if (t && lua_isyieldable(L)) {
         *world = h->world;
-        return &hr->wait;
+        return &t->wait;
     }
-    if (!hr && !h->owns_state && !h->blocking.op) {
+    if (!t && !h->owns_state && !h->blocking.op) {
         /* The Lua module outside a request: the application waits for the answer. */
         memset(&h->blocking, 0, sizeof h->blocking);
         h->blocking.h = h;
@@ -707,8 +880,8 @@ lhost_waiter *lhost_wait_begin(lhost *h, lua_State *L, const char *fn, const lho
         *world = h->own_world;
         return &h->blocking;
     }
-    luaL_error(L, "%s must be called from a request handler (not while the script loads, nor inside a "
-                  "coroutine of its own or a callback from C)", fn);
+    luaL_error(L, "%s must be called from a request handler or a timer (not while the script loads, nor "
+                  "inside a coroutine of its own or a callback from C)", fn);
     return NULL;
 }
 
@@ -717,7 +890,7 @@ int lhost_wait(lhost_waiter *w, lua_State *L, lhost_cancel_fn *cancel, void *op)
     w->op = op;
     w->woken = 0;
     w->since_ms = loop_now_ms();
-    if (w->hr) return lua_yield(L, 0);
+    if (w->task) return lua_yield(L, 0);
     int top = lua_gettop(L);
     if (loop_run_until(w->h->own_world->lp, &w->woken) < 0) {
         cancel(op);
@@ -747,26 +920,28 @@ static int lhost_push_results(lua_State *L, lhost_push_fn *push, void *ud) {
 }
 
 void lhost_wake(lhost_waiter *w, lhost_push_fn *push, void *ud) {
-    lhost_request *hr = w->hr;
+    lhost_task *t = w->task;
     w->op = NULL;
     w->woken = 1;
-    if (!hr) {
+    if (!t) {
         w->nres = lhost_push_results(w->L, push, ud);
         return;
     }
-    double waited = (double)(loop_now_ms() - w->since_ms);
-    hr->req->upstream_ms = (hr->req->upstream_ms < 0 ? 0 : hr->req->upstream_ms) + waited;
-    lua_State *L = hr->h->L;
+    if (t->req) {
+        double waited = (double)(loop_now_ms() - w->since_ms);
+        t->req->upstream_ms = (t->req->upstream_ms < 0 ? 0 : t->req->upstream_ms) + waited;
+    }
+    lua_State *L = t->h->L;
     int top = lua_gettop(L);
     int n = lhost_push_results(L, push, ud);
-    if (n < 0 || !lua_checkstack(hr->co, n)) {
+    if (n < 0 || !lua_checkstack(t->co, n)) {
         char why[600];
         snprintf(why, sizeof why, "cannot return the results of a call: %s",
                  n < 0 ? lhost_error_text(L, -1) : "out of memory");
         lua_settop(L, top);
-        lhost_fail(hr, why);
+        lhost_fail(t, why);
         return;
     }
-    lua_xmove(L, hr->co, n);
-    lhost_resume(hr, n);
+    lua_xmove(L, t->co, n);
+    lhost_resume(t, n);
 }

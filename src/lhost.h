@@ -71,8 +71,16 @@ void lhost_free(lhost *h);
 /* Answers one HTTP request: before hooks, routes, static files (an http_dispatch_fn). */
 void lhost_dispatch(void *h, http_request *req);
 
-/* Requests whose handler is still running or waiting. */
+/* Requests and tasks still running or waiting. */
 size_t lhost_running(const lhost *h);
+
+/* Registers fn(ud), called once when the host retires: a reload replaced it, or it is
+ * freed. The parts of the API stop what would run later (timers). */
+void lhost_on_retire(lhost *h, void (*fn)(void *ud), void *ud);
+
+/* Retires the host: its retire hooks run; what runs now finishes. */
+void lhost_retire(lhost *h);
+int lhost_retired(const lhost *h);
 
 /* ---- for the parts of the Lua API ---- */
 
@@ -98,6 +106,21 @@ int lhost_add_static(lhost *h, const char *prefix, const char *dir, const static
 
 /* Appends the function at stack index idx to the before hooks. */
 void lhost_add_before(lhost *h, lua_State *L, int idx);
+
+/* Pushes the req table of the request whose handler runs on L, or nil. */
+void lhost_push_request(lhost *h, lua_State *L);
+
+/* ---- tasks: Lua functions run outside requests (timers) ---- */
+
+/* Called once a spawned function ends: ok is 1 when it returned, 0 when it failed (the
+ * error and its traceback were logged). */
+typedef void lhost_task_done_fn(void *ud, int ok);
+
+/* Runs the function registered at fn_ref in the registry on a coroutine of its own, with
+ * a request's instruction budget; it may wait on the outside world like a handler. what
+ * names it in the log ("timer"). Returns 0, or -1 when it could not start (logged).
+ * done(ud, ok) is called when it ends, unless the host is freed first. */
+int lhost_spawn(lhost *h, int fn_ref, const char *what, lhost_task_done_fn *done, void *ud);
 
 /* ---- waiting on the outside world (the upstream, an HTTP server, Redis) ---- */
 

@@ -193,21 +193,77 @@ static void log_emit(int level, const char *line) {
     (void)w;
 }
 
-/* Writes one message line: redacted, with every control character escaped. */
-static void log_write(int level, const char *msg) {
+/* Writes a field's key as letters, digits, '_', '-' and '.' only. */
+static size_t log_key(char *buf, size_t off, size_t cap, const char *key) {
+    static const char *const reserved[] = { "time", "level", "type", "msg" };
+    for (size_t i = 0; i < sizeof reserved / sizeof reserved[0]; i++)
+        if (strcmp(key, reserved[i]) == 0) off += (size_t)snprintf(buf + off, cap > off ? cap - off : 0, "x_");
+    for (; *key && off + 1 < cap; key++) {
+        unsigned char c = (unsigned char)*key;
+        buf[off++] = isalnum(c) || c == '_' || c == '-' || c == '.' ? (char)c : '_';
+    }
+    return off;
+}
+
+/* Appends the fields: ,"key":"value" in JSON, or key=value (quoted when it holds a space,
+ * a quote or an '=') in text. Values are redacted. */
+static size_t log_append_fields(char *line, size_t o, size_t cap, const log_field *f, size_t n) {
+    char value[2048];
+    for (size_t i = 0; i < n && o + 16 < cap; i++) {
+        log_redact(value, sizeof value, f[i].value ? f[i].value : "");
+        if (log_json) {
+            o += (size_t)snprintf(line + o, cap - o, ",\"");
+            o = log_key(line, o, cap - 8, f[i].key);
+            o += (size_t)snprintf(line + o, cap - o, f[i].bare ? "\":" : "\":\"");
+            o = json_escape(line, o, cap - 4, value);
+            if (!f[i].bare) o += (size_t)snprintf(line + o, cap - o, "\"");
+        } else {
+            int quote = !*value || strpbrk(value, " \"=") != NULL;
+            line[o++] = ' ';
+            o = log_key(line, o, cap - 8, f[i].key);
+            line[o++] = '=';
+            if (quote) line[o++] = '"';
+            for (const char *v = value; *v && o + 8 < cap; v++) {
+                if (*v == '"' || *v == '\\') line[o++] = '\\';
+                char one[2] = { *v, 0 };
+                o = log_escape(line, o, cap - 4, one);
+            }
+            if (quote) line[o++] = '"';
+            line[o] = '\0';
+        }
+    }
+    return o < cap ? o : cap - 1;
+}
+
+/* Writes one line: type, the message redacted with every control character escaped,
+ * then the fields. */
+static void log_write_fields(int level, const char *type, const char *msg, const log_field *f, size_t n) {
     char clean[LOG_LINE_MAX - 128], line[LOG_LINE_MAX], ts[40];
     log_redact(clean, sizeof clean, msg);
     log_timestamp(ts, sizeof ts);
+    size_t o;
     if (log_json) {
-        size_t o = (size_t)snprintf(line, sizeof line, "{\"time\":\"%s\",\"level\":\"%s\",\"msg\":\"",
-                                    ts, log_level_names[level]);
+        o = (size_t)snprintf(line, sizeof line, "{\"time\":\"%s\",\"level\":\"%s\",\"type\":\"%s\",\"msg\":\"",
+                             ts, log_level_names[level], type);
         o = json_escape(line, o, sizeof line - 3, clean);
-        memcpy(line + o, "\"}", 3);
+        o += (size_t)snprintf(line + o, sizeof line - o, "\"");
+        o = log_append_fields(line, o, sizeof line - 2, f, n);
+        snprintf(line + o, sizeof line - o, "}");
     } else {
-        size_t o = (size_t)snprintf(line, sizeof line, "%s %-5s ", ts, log_level_names[level]);
-        log_escape(line, o, sizeof line, clean);
+        o = (size_t)snprintf(line, sizeof line, "%s %-5s ", ts, log_level_names[level]);
+        if (strcmp(type, "log") != 0) o += (size_t)snprintf(line + o, sizeof line - o, "%s ", type);
+        o = log_escape(line, o, sizeof line, clean);
+        log_append_fields(line, o, sizeof line, f, n);
     }
     log_emit(level, line);
+}
+
+static void log_write(int level, const char *msg) {
+    log_write_fields(level, "log", msg, NULL, 0);
+}
+
+void log_fields(int level, const char *type, const char *msg, const log_field *fields, size_t n) {
+    if (log_enabled(level)) log_write_fields(level, type, msg, fields, n);
 }
 
 void log_msg(int level, const char *fmt, ...) {
@@ -306,6 +362,7 @@ void log_access(const log_access_entry *e) {
             "\",\"status\":%d,\"bytes\":%llu,\"duration_ms\":%.3f", e->status, e->bytes, e->duration_ms);
         if (e->upstream_ms >= 0)
             o += (size_t)snprintf(line + o, sizeof line - o, ",\"upstream_ms\":%.3f", e->upstream_ms);
+        o = log_append_fields(line, o, sizeof line - 2, e->fields, e->nfields);
         snprintf(line + o, sizeof line - o, "}");
     } else {
         if (e->upstream_ms >= 0) snprintf(up, sizeof up, "%.1fms", e->upstream_ms);
@@ -321,8 +378,10 @@ void log_access(const log_access_entry *e) {
         }
         safe_path[o] = '\0';
         log_escape(safe_method, 0, sizeof safe_method, e->method);
-        snprintf(line, sizeof line, "%s info  access %s %s %s %d %llu %.1fms upstream=%s",
-                 ts, e->client, safe_method, safe_path, e->status, e->bytes, e->duration_ms, up);
+        int n = snprintf(line, sizeof line, "%s info  access %s %s %s %d %llu %.1fms upstream=%s",
+                         ts, e->client, safe_method, safe_path, e->status, e->bytes, e->duration_ms, up);
+        log_append_fields(line, n > 0 && (size_t)n < sizeof line ? (size_t)n : sizeof line - 1, sizeof line,
+                          e->fields, e->nfields);
     }
     log_emit(LOG_INFO, line);
 }

@@ -9,6 +9,14 @@
 enum { LOG_DEBUG = TOKEND_LOG_DEBUG, LOG_INFO = TOKEND_LOG_INFO,
        LOG_WARN = TOKEND_LOG_WARN, LOG_ERROR = TOKEND_LOG_ERROR };
 
+/* A key = value pair added to a line: a script's (tokend.log.info(msg, fields), req.log)
+ * or tokend's own (the audit of a mint). */
+typedef struct log_field {
+    const char *key;
+    const char *value;      /* text */
+    int bare;               /* 1: a number or boolean, written unquoted in JSON */
+} log_field;
+
 /* One finished request, as the access log records it. */
 typedef struct log_access_entry {
     const char *client;      /* client address text */
@@ -17,7 +25,9 @@ typedef struct log_access_entry {
     int status;
     unsigned long long bytes;     /* response body bytes */
     double duration_ms;      /* from request start to response queued */
-    double upstream_ms;      /* time spent waiting on the upstream, -1 if none */
+    double upstream_ms;      /* time spent waiting on outside calls, -1 if none */
+    const log_field *fields; /* the script's req.log, appended to the line */
+    size_t nfields;
 } log_access_entry;
 
 /* Sets the minimum level and the line format (0 text, 1 JSON lines). Thread-safe enough:
@@ -50,6 +60,11 @@ void log_throttled_flush(void);
  * characters as \xNN, so that no text can start a log line of its own. Returns the new
  * offset; buf stays NUL-terminated. */
 size_t log_escape(char *buf, size_t off, size_t cap, const char *s);
+
+/* Writes one line of type ("log", "audit") with msg and fields: JSON keys in JSON mode,
+ * key=value pairs in text mode. Keys are reduced to letters, digits, '_', '-' and '.';
+ * one that would take the place of the line's own (time, level, type, msg) gets "x_". */
+void log_fields(int level, const char *type, const char *msg, const log_field *fields, size_t n);
 
 /* Writes one access-log line (info level). */
 void log_access(const log_access_entry *e);

@@ -237,6 +237,7 @@ static void server_worker_reload(server_worker *w) {
         if (w->id == 0) log_msg(LOG_ERROR, "reload failed: out of memory");
         return;
     }
+    lhost_retire(w->lua);      /* its timers stop; its requests in flight finish */
     r->lua = w->lua;
     r->next = w->retired;
     w->retired = r;
