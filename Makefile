@@ -9,7 +9,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 # Build and run: compiler, CMake, the four libraries, and the CA store for upstream TLS.
 RUN_PACKAGES = gcc make cmake pkg-config liblua5.4-dev libmicrohttpd-dev libcurl4-openssl-dev \
-               lua-cjson-dev ca-certificates
+               lua-cjson-dev libssl-dev ca-certificates
 # Tests: the fakes are Python (standard library only); the test CA is made with openssl;
 # the browser test runs Debian's Chromium with espeak-ng speech (converted by sox) as the
 # microphone, driven by playwright-core from npm.

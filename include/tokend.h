@@ -68,6 +68,9 @@ typedef struct tokend_config {
                                        ("app.example.com, *.example.com", "*"); default none */
     const char *upstream_proxy;     /* proxy for the token calls (the environment's
                                        http_proxy is never used); default none */
+    const char *env_file;           /* a .env file scripts read with tokend.env after the
+                                       environment (the caller resolves settings from it);
+                                       default none */
 } tokend_config;
 
 typedef struct tokend_server tokend_server;

@@ -66,6 +66,8 @@ const config_setting config_settings[] = {
       CONFIG_FIELD(lua_instruction_limit), "Lua VM instructions one request may run" },
     { "drain_timeout_s", NULL, "TOKEND_DRAIN_TIMEOUT_S", CONFIG_UINT, "10", 0, 3600, CONFIG_FIELD(drain_timeout_s),
       "on SIGTERM/SIGINT, how long requests in flight may finish" },
+    { "env_file", "env-file", NULL, CONFIG_STRING, ".env when present", CONFIG_TEXT, CONFIG_FIELD(env_file),
+      "settings file; scripts read its other names with tokend.env" },
     { "watch", "watch", NULL, CONFIG_SWITCH, NULL, CONFIG_TEXT, CONFIG_FIELD(watch_script),
       "reload the script when its file changes (development)" },
 };
@@ -148,5 +150,6 @@ void tokend_config_init(tokend_config *cfg) {
     char err[200];
     memset(cfg, 0, sizeof *cfg);
     for (size_t i = 0; i < config_count; i++)
-        if (config_settings[i].dflt) config_set(cfg, &config_settings[i], config_settings[i].dflt, 0, err, sizeof err);
+        if (config_settings[i].dflt && config_settings[i].offset != offsetof(tokend_config, env_file))
+            config_set(cfg, &config_settings[i], config_settings[i].dflt, 0, err, sizeof err);
 }

@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <stdatomic.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -14,6 +15,7 @@
 typedef struct envfile_entry {
     char *name;
     char *value;
+    atomic_int read;        /* read through envfile_read */
 } envfile_entry;
 
 struct envfile {
@@ -42,6 +44,7 @@ static int envfile_set(envfile *env, const char *name, size_t nlen, const char *
     envfile_entry *e = &env->entries[env->len];
     e->name = strndup(name, nlen);
     e->value = strndup(value, vlen);
+    atomic_init(&e->read, 0);
     if (!e->name || !e->value) {
         free(e->name);
         free(e->value);
@@ -185,6 +188,28 @@ const char *envfile_get(const envfile *env, const char *name) {
     for (size_t i = 0; i < env->len; i++)
         if (strcmp(env->entries[i].name, name) == 0) return env->entries[i].value;
     return NULL;
+}
+
+const char *envfile_read(envfile *env, const char *name) {
+    for (size_t i = 0; env && i < env->len; i++) {
+        if (strcmp(env->entries[i].name, name) == 0) {
+            atomic_store(&env->entries[i].read, 1);
+            return env->entries[i].value;
+        }
+    }
+    return NULL;
+}
+
+void envfile_wipe(envfile *env, const char *name) {
+    for (size_t i = 0; env && i < env->len; i++) {
+        if (strcmp(env->entries[i].name, name) != 0) continue;
+        explicit_bzero(env->entries[i].value, strlen(env->entries[i].value));
+        env->entries[i].value[0] = '\0';
+    }
+}
+
+int envfile_was_read(envfile *env, size_t i) {
+    return env && i < env->len && atomic_load(&env->entries[i].read);
 }
 
 const char *envfile_lookup(const envfile *env, const char *name) {

@@ -18,6 +18,16 @@ int envfile_load(const char *path, envfile **out, char *err, size_t errlen);
 /* Returns the value of name in the parsed file, or NULL. */
 const char *envfile_get(const envfile *env, const char *name);
 
+/* Returns the file's value of name, or NULL, and remembers that it was read (safe from
+ * several threads: the server's scripts read through it). */
+const char *envfile_read(envfile *env, const char *name);
+
+/* Wipes the value of name (the key, once it is in C memory elsewhere): it reads as "". */
+void envfile_wipe(envfile *env, const char *name);
+
+/* 1 when entry i was read through envfile_read. */
+int envfile_was_read(envfile *env, size_t i);
+
 /* Returns getenv(name) when set, else the file's value (env may be NULL), else NULL. */
 const char *envfile_lookup(const envfile *env, const char *name);
 

@@ -297,8 +297,21 @@ static void lhost_drop_tasks(lhost *h) {
     }
 }
 
+/* Runs and forgets the retire hooks. */
+static void lhost_run_hooks(lhost *h) {
+    while (h->hooks) {
+        lhost_hook *k = h->hooks;
+        h->hooks = k->next;
+        k->fn(k->ud);
+        free(k);
+    }
+}
+
 void lhost_serve(lhost *h, const lhost_world *w) {
-    if (!w) lhost_drop_tasks(h);    /* the world they wait in is going away */
+    if (!w) {               /* the world they run in is going away */
+        lhost_run_hooks(h);
+        lhost_drop_tasks(h);
+    }
     h->world = w ? w : h->own_world;
     h->loading = w ? 0 : 1;
 }
@@ -317,12 +330,7 @@ void lhost_on_retire(lhost *h, void (*fn)(void *ud), void *ud) {
 
 void lhost_retire(lhost *h) {
     h->retired = 1;
-    while (h->hooks) {
-        lhost_hook *k = h->hooks;
-        h->hooks = k->next;
-        k->fn(k->ud);
-        free(k);
-    }
+    lhost_run_hooks(h);
 }
 
 int lhost_retired(const lhost *h) {

@@ -31,9 +31,13 @@ typedef struct lhost_info {
 /* What a state's library calls reach: the worker's loop and clients, and the state all
  * workers share. Borrowed by the host; it must outlive it. */
 typedef struct lhost_world {
+    int serves;                 /* 1: a server's worker; 0: the Lua module's own, outside a server */
     loop *lp;
+    fetch *client;              /* outgoing HTTP (tokend.http) */
     upstream *up;
-    policy_buckets *buckets;
+    policy_buckets *buckets;    /* the rate limiters' buckets, shared by all workers */
+    struct shdict_registry *shared;  /* tokend.shared's dictionaries, shared by all workers */
+    struct envfile *env;        /* the .env file tokend.env reads after the environment, or NULL */
     const lhost_info *info;
 } lhost_world;
 
@@ -61,7 +65,8 @@ int lhost_create(const lhost_options *o, lhost **out, char *err, size_t errlen);
 int lhost_attach(lua_State *L, const lhost_options *o, lhost **out, char *err, size_t errlen);
 
 /* Attached hosts: serve requests with a worker's world; NULL goes back to the module's
- * own (and routes may be added again). */
+ * own (routes may be added again; the retire hooks run, since what ran on the server
+ * stops). */
 void lhost_serve(lhost *h, const lhost_world *w);
 
 /* Closes the state (not an application's). Calls still waiting are cancelled first;

@@ -6,7 +6,13 @@
     X(lroutelib_open)       /* route, static, before */ \
     X(ltokenlib_open)       /* generate_temp_token */ \
     X(lpolicylib_open)      /* limiter, origins */ \
-    X(lopslib_open)         /* log, config, metrics, stats, version */
+    X(lopslib_open)         /* log, config, metrics, stats, version */ \
+    X(lcryptolib_open)      /* crypto */ \
+    X(lhttplib_open)        /* http */ \
+    X(lsharedlib_open)      /* shared */ \
+    X(ltimerlib_open)       /* timer */ \
+    X(lcookielib_open)      /* cookie */ \
+    X(ljwtlib_open)         /* jwt */
 
 #define LINIT_DECLARE(open) llib_open_fn open;
 LINIT_LIBS(LINIT_DECLARE)

@@ -1,4 +1,10 @@
 /* lopslib.c: tokend.log, tokend.config, tokend.metrics and tokend.stats: what operators see. */
+#define _GNU_SOURCE
+#include <string.h>
+#include <stdlib.h>
+#include <time.h>
+
+#include "envfile.h"
 #include "fetch.h"
 #include "llib.h"
 #include "log.h"
@@ -7,21 +13,63 @@
 
 static const char *const lops_levels[] = { "debug", "info", "warn", "error" };
 
-/* tokend.log.<level>(...): arguments joined by spaces, like print. */
+#define LOPS_LOG_FIELDS 32     /* fields of one log line, at most */
+
+/* tokend.log.<level>(...): arguments joined by spaces, like print; a table as the last
+ * argument holds fields, written as JSON keys or key=value pairs. */
 static int lops_log(lua_State *L) {
     int level = (int)lua_tointeger(L, lua_upvalueindex(1));
     int n = lua_gettop(L);
     if (!log_enabled(level)) return 0;
+    int fields = n > 0 && lua_type(L, n) == LUA_TTABLE && !luaL_getmetafield(L, n, "__tostring") ? n : 0;
     luaL_Buffer b;
     luaL_buffinit(L, &b);
-    for (int i = 1; i <= n; i++) {
+    for (int i = 1; i <= n - (fields != 0); i++) {
         if (i > 1) luaL_addchar(&b, ' ');
         luaL_tolstring(L, i, NULL);
         luaL_addvalue(&b);
     }
     luaL_pushresult(&b);
-    log_msg(level, "%s", lua_tostring(L, -1));
+    log_field f[LOPS_LOG_FIELDS];
+    size_t nf = 0;
+    if (fields) {
+        lua_pushnil(L);
+        while (lua_next(L, fields) && nf < LOPS_LOG_FIELDS) {
+            int type = lua_type(L, -1);
+            if (lua_type(L, -2) == LUA_TSTRING && (type == LUA_TSTRING || type == LUA_TNUMBER || type == LUA_TBOOLEAN)) {
+                /* the strings stay alive: the fields table holds them, booleans are literals */
+                f[nf].key = lua_tostring(L, -2);
+                f[nf].value = type == LUA_TBOOLEAN ? (lua_toboolean(L, -1) ? "true" : "false") : lua_tostring(L, -1);
+                f[nf++].bare = type != LUA_TSTRING;
+            }
+            lua_pop(L, 1);
+        }
+    }
+    log_fields(level, "log", lua_tostring(L, -1), f, nf);
     return 0;
+}
+
+/* tokend.now() -> seconds since the epoch, with milliseconds */
+static int lops_now(lua_State *L) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    lua_pushnumber(L, (lua_Number)ts.tv_sec + (lua_Number)(ts.tv_nsec / 1000000) / 1000.0);
+    return 1;
+}
+
+/* tokend.env(name) -> a setting from the environment or .env, or nil; never the key */
+static int lops_env(lua_State *L) {
+    lhost *h = LLIB_HOST(L);
+    const char *name = luaL_checkstring(L, 1);
+    if (strcmp(name, "ASSEMBLYAI_API_KEY") == 0)
+        return luaL_error(L, "tokend.env: the API key stays out of Lua (it lives in C memory only)");
+    const lhost_world *w = lhost_world_of(h);
+    const char *v = getenv(name);
+    const char *in_file = w->env ? envfile_read(w->env, name) : NULL;
+    if (!v || !*v) v = in_file;
+    if (v && *v) lua_pushstring(L, v);
+    else lua_pushnil(L);
+    return 1;
 }
 
 static int lops_readonly(lua_State *L) {
@@ -103,7 +151,9 @@ static int lops_metrics(lua_State *L) {
 }
 
 void lopslib_open(lua_State *L, lhost *h) {
-    static const luaL_Reg fns[] = { { "stats", lops_stats }, { "metrics", lops_metrics }, { NULL, NULL } };
+    static const luaL_Reg fns[] = {
+        { "stats", lops_stats }, { "metrics", lops_metrics }, { "now", lops_now }, { "env", lops_env }, { NULL, NULL },
+    };
     llib_register(L, h, fns);
     lua_createtable(L, 0, 4);
     for (int i = 0; i < 4; i++) {

@@ -1,6 +1,9 @@
 /* ltokenlib.c: tokend.generate_temp_token: temporary tokens for the script, and their outcome. */
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
+#include "crypto.h"
 #include "llib.h"
 #include "log.h"
 #include "ltokenlib.h"
@@ -11,10 +14,46 @@
 #define LTOKEN_SESSION_MIN 60           /* and for max_session_duration_seconds */
 #define LTOKEN_SESSION_MAX 10800
 
-int ltoken_push_outcome(lua_State *L, const upstream_result *r) {
-    metrics_upstream(r->failure, r->elapsed_ms);
+void ltoken_audit_capture(lua_State *L, lhost *h, long expires_in_s, long max_session_s, ltoken_audit *a) {
+    memset(a, 0, sizeof *a);
+    a->expires_in_s = expires_in_s;
+    a->max_session_s = max_session_s;
+    int top = lua_gettop(L);
+    lhost_push_request(h, L);
+    if (lua_istable(L, -1)) {
+        const char *v;
+        if ((v = llib_field_string(L, -1, NULL, "client", NULL))) snprintf(a->client, sizeof a->client, "%s", v);
+        if ((v = llib_field_string(L, -1, "headers", "origin", NULL))) snprintf(a->origin, sizeof a->origin, "%s", v);
+        if (lua_getfield(L, top + 1, "log") == LUA_TTABLE && lua_getfield(L, -1, "user") != LUA_TNIL &&
+            lua_isstring(L, -1))
+            snprintf(a->user, sizeof a->user, "%s", lua_tostring(L, -1));
+    }
+    lua_settop(L, top);
+}
+
+/* Writes the audit line of a token request: who asked, what for, and what came of it;
+ * of the token itself only the first 8 hex digits of its SHA-256. */
+static void ltoken_audit_write(const upstream_result *r, const ltoken_audit *a) {
+    char expires[24], session[24], hash[17] = "";
+    unsigned char digest[CRYPTO_MAX_DIGEST];
+    snprintf(expires, sizeof expires, "%ld", r->token ? r->expires_in_seconds : a->expires_in_s);
+    snprintf(session, sizeof session, "%ld", a->max_session_s);
+    if (r->token && crypto_digest("sha256", r->token, strlen(r->token), digest))
+        for (int i = 0; i < 4; i++) snprintf(hash + 2 * i, 3, "%02x", digest[i]);
+    log_field f[] = {
+        { "event", "token_minted", 0 }, { "client", a->client, 0 }, { "user", a->user, 0 },
+        { "origin", a->origin, 0 }, { "expires_in_seconds", expires, 1 },
+        { "max_session_duration_seconds", a->max_session_s ? session : "null", 1 },
+        { "outcome", r->token ? (a->pooled ? "pooled" : "minted") : r->kind, 0 }, { "token_sha256", hash, 0 },
+    };
+    log_fields(LOG_INFO, "audit", "token", f, sizeof f / sizeof f[0] - (r->token ? 0 : 1));
+}
+
+int ltoken_push_outcome(lua_State *L, const upstream_result *r, const ltoken_audit *a) {
+    if (!a || !a->pooled) metrics_upstream(r->failure, r->elapsed_ms);
     if (r->token) log_msg(LOG_DEBUG, "token minted in %.1f ms", r->elapsed_ms);
     else if (r->failure != FAILURE_NO_KEY) log_msg(LOG_WARN, "token request failed (%s): %s", r->kind, r->error);
+    if (a) ltoken_audit_write(r, a);
     if (r->token) {
         lua_pushstring(L, r->token);
         lua_createtable(L, 0, 1);
@@ -36,16 +75,30 @@ int ltoken_push_outcome(lua_State *L, const upstream_result *r) {
     return 4;
 }
 
+/* One token request in flight: its waiter and the audit context of its caller. */
+typedef struct ltoken_call {
+    lhost_waiter *w;
+    upstream_call *call;
+    const upstream_result *result;
+    ltoken_audit audit;
+} ltoken_call;
+
 static int ltoken_push_result(lua_State *L, void *ud) {
-    return ltoken_push_outcome(L, ud);
+    ltoken_call *c = ud;
+    return ltoken_push_outcome(L, c->result, &c->audit);
 }
 
 static void ltoken_on_result(void *ud, const upstream_result *r) {
-    lhost_wake(ud, ltoken_push_result, (void *)r);
+    ltoken_call *c = ud;
+    c->result = r;
+    lhost_wake(c->w, ltoken_push_result, c);
+    free(c);
 }
 
 static void ltoken_cancel(void *op) {
-    upstream_cancel(op);
+    ltoken_call *c = op;
+    upstream_cancel(c->call);
+    free(c);
 }
 
 void ltoken_check_args(lua_State *L, int idx, long *expires_in_s, long *max_session_s) {
@@ -82,14 +135,22 @@ static int ltoken_generate(lua_State *L) {
     const lhost_world *world;
     ltoken_check_args(L, 1, &expires, &max_session);
     lhost_waiter *w = lhost_wait_begin(h, L, "tokend.generate_temp_token", &world);
+    ltoken_audit audit;
+    ltoken_audit_capture(L, h, expires, max_session, &audit);
     if (!upstream_has_key(world->up)) {
         upstream_result r;
         upstream_no_key(&r);
-        return ltoken_push_outcome(L, &r);
+        return ltoken_push_outcome(L, &r, &audit);
     }
-    upstream_call *call = upstream_mint(world->up, expires, max_session, ltoken_on_result, w);
-    if (!call) return llib_fail(L, "out of memory starting the token request");
-    return lhost_wait(w, L, ltoken_cancel, call);
+    ltoken_call *c = malloc(sizeof *c);
+    if (!c) return llib_fail(L, "out of memory starting the token request");
+    c->w = w;
+    c->audit = audit;
+    if (!(c->call = upstream_mint(world->up, expires, max_session, ltoken_on_result, c))) {
+        free(c);
+        return llib_fail(L, "out of memory starting the token request");
+    }
+    return lhost_wait(w, L, ltoken_cancel, c);
 }
 
 void ltokenlib_open(lua_State *L, lhost *h) {

@@ -4,11 +4,26 @@
 
 #include <lua.h>
 
+#include "lhost.h"
 #include "upstream.h"
 
+/* Who asked for a token, for the audit line every token request writes. */
+typedef struct ltoken_audit {
+    char client[64];
+    char origin[256];
+    char user[128];             /* req.log.user, when the handler set it */
+    long expires_in_s;
+    long max_session_s;         /* 0: the upstream's default */
+    int pooled;                 /* handed out from a pool (minted and counted before) */
+} ltoken_audit;
+
+/* Fills a from the request whose handler runs on L (empty outside one). */
+void ltoken_audit_capture(lua_State *L, lhost *h, long expires_in_s, long max_session_s, ltoken_audit *a);
+
 /* Pushes what generate_temp_token returns for r, `token, info` or
- * `nil, err, upstream_status, failure`, and counts and logs it. Returns the number of values. */
-int ltoken_push_outcome(lua_State *L, const upstream_result *r);
+ * `nil, err, upstream_status, failure`; counts it, logs a failure, and writes the audit
+ * line when a is not NULL. Returns the number of values. */
+int ltoken_push_outcome(lua_State *L, const upstream_result *r, const ltoken_audit *a);
 
 /* Checks generate_temp_token's arguments at stack index idx (expires_in_seconds, then an
  * optional options table); raises on a bad one. */

@@ -17,6 +17,7 @@
 #include "lhost.h"
 #include "policy.h"
 #include "server.h"
+#include "shdict.h"
 #include "upstream.h"
 #include "url.h"
 
@@ -32,6 +33,7 @@ typedef struct luamod_state {
     fetch *client;
     upstream *up;
     policy_buckets *buckets;
+    shdict_registry *shared;
     url_endpoints endpoints;
     lhost_info info;
     lhost_world world;
@@ -68,6 +70,7 @@ static int luamod_state_gc(lua_State *L) {
     fetch_free(m->client);
     loop_free(m->lp);
     policy_buckets_free(m->buckets);
+    shdict_registry_free(m->shared);
     if (m->key) explicit_bzero(m->key, strlen(m->key));
     free(m->key);
     memset(m, 0, sizeof *m);
@@ -276,7 +279,7 @@ static int luamod_world(luamod_state *m, char *err, size_t errlen) {
     }
     if (!(m->client = fetch_create(m->lp, &fo, err, errlen))) return -1;
     if (!(m->up = upstream_create(m->client, &uo, err, errlen))) return -1;
-    if (!(m->buckets = policy_buckets_create(m->cfg.rate_limit_clients))) {
+    if (!(m->buckets = policy_buckets_create(m->cfg.rate_limit_clients)) || !(m->shared = shdict_registry_create())) {
         snprintf(err, errlen, "out of memory");
         return -1;
     }
@@ -286,7 +289,8 @@ static int luamod_world(luamod_state *m, char *err, size_t errlen) {
         .websocket_url = m->endpoints.websocket_url, .workers = 1, .worker = 1,
         .api_key_configured = m->key != NULL,
     };
-    m->world = (lhost_world){ .lp = m->lp, .up = m->up, .buckets = m->buckets, .info = &m->info };
+    m->world = (lhost_world){ .lp = m->lp, .client = m->client, .up = m->up, .buckets = m->buckets,
+                              .shared = m->shared, .info = &m->info };
     return 0;
 }
 

@@ -18,7 +18,7 @@
 #define EXIT_USAGE 2
 
 /* Options of the command line only (the settings' options come from the table). */
-enum { MAIN_OPT_ENV_FILE = 1000, MAIN_OPT_CHECK, MAIN_OPT_VERSION, MAIN_OPT_HELP, MAIN_OPT_SETTING };
+enum { MAIN_OPT_CHECK = 1000, MAIN_OPT_VERSION, MAIN_OPT_HELP, MAIN_OPT_SETTING };
 
 static tokend_server *main_server;
 static volatile sig_atomic_t main_stop_requests;
@@ -45,8 +45,7 @@ static void main_usage(FILE *to) {
         if (s->dflt) fprintf(to, "%sdefault %s", s->env ? "; " : " (", s->dflt);
         fprintf(to, "%s\n", s->env || s->dflt ? ")" : "");
     }
-    fprintf(to, "  %-30s %s\n  %-30s %s\n  %-30s %s\n  %-30s %s\n\n",
-            "--env-file FILE", "settings file (default .env when present)",
+    fprintf(to, "  %-30s %s\n  %-30s %s\n  %-30s %s\n\n",
             "--check", "load the script, report errors as file:line, exit 0 or 1",
             "--version", "print the version", "--help", "print this help");
     fprintf(to, "Settings from the environment or .env (flags win over the environment, which wins over .env):\n");
@@ -81,7 +80,7 @@ static char *main_take_key(const char *value) {
 /* Builds getopt's table: one option per setting with a flag, then the command line's own. */
 static struct option *main_options(void) {
     static const struct option own[] = {
-        { "env-file", required_argument, 0, MAIN_OPT_ENV_FILE }, { "check", no_argument, 0, MAIN_OPT_CHECK },
+        { "check", no_argument, 0, MAIN_OPT_CHECK },
         { "version", no_argument, 0, MAIN_OPT_VERSION }, { "help", no_argument, 0, MAIN_OPT_HELP },
     };
     size_t nown = sizeof own / sizeof own[0], n = 0;
@@ -115,7 +114,6 @@ int main(int argc, char **argv) {
     opterr = 0;
     while ((opt = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
         switch (opt) {
-        case MAIN_OPT_ENV_FILE: env_file = optarg; break;
         case MAIN_OPT_CHECK: check = 1; break;
         case MAIN_OPT_VERSION: printf("tokend %s\n", TOKEND_VERSION); rc = 0; goto out;
         case MAIN_OPT_HELP: main_usage(stdout); rc = 0; goto out;
@@ -136,16 +134,11 @@ int main(int argc, char **argv) {
         goto out_usage;
     }
 
-    if (env_file || access(".env", F_OK) == 0) {
-        if (envfile_load(env_file ? env_file : ".env", &env, err, sizeof err) < 0) {
-            fprintf(stderr, "tokend: %s\n", err);
-            goto out_usage;
-        }
-    }
-    for (size_t i = 0; i < envfile_count(env); i++) {
-        if (!config_by_env(envfile_name(env, i)))
-            fprintf(stderr, "tokend: note: %s sets %s, which tokend does not use\n",
-                    env_file ? env_file : ".env", envfile_name(env, i));
+    env_file = flag_values[config_by_flag("env-file") - config_settings];
+    if (!env_file && access(".env", F_OK) == 0) env_file = ".env";
+    if (env_file && envfile_load(env_file, &env, err, sizeof err) < 0) {
+        fprintf(stderr, "tokend: %s\n", err);
+        goto out_usage;
     }
 
     /* The key lives only in tokend's memory from here on: out of the environment and of
@@ -163,6 +156,7 @@ int main(int argc, char **argv) {
     /* Every setting: its flag, else the real environment, else .env, else its default. */
     tokend_config_init(&cfg);
     cfg.api_key = key;
+    cfg.env_file = env_file;
     for (size_t i = 0; i < config_count; i++) {
         const config_setting *s = &config_settings[i];
         const char *value = flag_values[i] ? flag_values[i] : s->env ? envfile_lookup(env, s->env) : NULL;

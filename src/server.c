@@ -14,6 +14,8 @@
 #include <unistd.h>
 #include <curl/curl.h>
 
+#include "config.h"
+#include "envfile.h"
 #include "fetch.h"
 #include "http.h"
 #include "lcroutelib.h"
@@ -25,6 +27,7 @@
 #include "netaddr.h"
 #include "policy.h"
 #include "server.h"
+#include "shdict.h"
 #include "tokend.h"
 #include "upstream.h"
 #include "url.h"
@@ -70,6 +73,8 @@ struct tokend_server {
     size_t n_c_routes;
     lhost *attached;                /* the Lua module's host, or NULL */
     policy_buckets *buckets;        /* shared by every worker's scripts */
+    shdict_registry *shared;        /* tokend.shared's dictionaries, idem */
+    envfile *env;                   /* the .env file tokend.env reads, or NULL */
     policy_conns *conns;            /* open connections per client address, all workers */
     netaddr_nets *proxies;
     policy_hosts *hosts;
@@ -101,6 +106,7 @@ static void server_free_strings(tokend_config *c) {
     free((char *)c->trusted_proxies);
     free((char *)c->allowed_hosts);
     free((char *)c->upstream_proxy);
+    free((char *)c->env_file);
 }
 
 /* Binds a listening socket. reuse_port shares the port between workers. Returns the fd
@@ -173,11 +179,16 @@ static int server_check_config(const tokend_config *c, char *err, size_t errlen)
 
 /* Creates the abuse-control state the workers share. Returns 0 or -1 with err set. */
 static int server_policy_init(tokend_server *srv, char *err, size_t errlen) {
+    if (srv->cfg.env_file) {
+        if (envfile_load(srv->cfg.env_file, &srv->env, err, errlen) < 0) return -1;
+        envfile_wipe(srv->env, "ASSEMBLYAI_API_KEY");   /* the server holds its own copy */
+    }
     if (netaddr_nets_parse(srv->cfg.trusted_proxies, &srv->proxies, err, errlen) < 0) return -1;
     if (policy_hosts_parse(srv->cfg.allowed_hosts, srv->cfg.host, &srv->hosts, err, errlen) < 0) return -1;
     srv->buckets = policy_buckets_create(srv->cfg.rate_limit_clients);
     srv->conns = policy_conns_create(srv->cfg.max_connections_per_ip);
-    if (!srv->buckets || !srv->conns) {
+    srv->shared = shdict_registry_create();
+    if (!srv->buckets || !srv->conns || !srv->shared) {
         snprintf(err, errlen, "out of memory");
         return -1;
     }
@@ -187,6 +198,8 @@ static int server_policy_init(tokend_server *srv, char *err, size_t errlen) {
 static void server_policy_free(tokend_server *srv) {
     policy_buckets_free(srv->buckets);
     policy_conns_free(srv->conns);
+    shdict_registry_free(srv->shared);
+    envfile_free(srv->env);
     netaddr_nets_free(srv->proxies);
     policy_hosts_free(srv->hosts);
 }
@@ -297,7 +310,8 @@ static int server_worker_init(tokend_server *srv, server_worker *w, int id, char
         .websocket_url = srv->endpoints.websocket_url, .workers = srv->nworkers, .worker = id + 1,
         .api_key_configured = srv->cfg.api_key && *srv->cfg.api_key,
     };
-    w->world = (lhost_world){ .lp = w->lp, .up = w->up, .buckets = srv->buckets, .info = &w->info };
+    w->world = (lhost_world){ .serves = 1, .lp = w->lp, .client = w->client, .up = w->up, .buckets = srv->buckets,
+                              .shared = srv->shared, .env = srv->env, .info = &w->info };
     if (srv->attached) {
         w->lua = srv->attached;
         lhost_serve(w->lua, &w->world);
@@ -331,11 +345,24 @@ static int server_copy_config(tokend_server *srv, const tokend_config *cfg) {
     srv->cfg.trusted_proxies = server_dup(cfg->trusted_proxies);
     srv->cfg.allowed_hosts = server_dup(cfg->allowed_hosts);
     srv->cfg.upstream_proxy = server_dup(cfg->upstream_proxy);
+    srv->cfg.env_file = server_dup(cfg->env_file);
     return srv->cfg.host && srv->cfg.script && srv->cfg.public_dir && srv->cfg.streaming_url &&
            (!cfg->trusted_proxies || srv->cfg.trusted_proxies) &&
            (!cfg->allowed_hosts || srv->cfg.allowed_hosts) && (!cfg->upstream_proxy || srv->cfg.upstream_proxy) &&
+           (!cfg->env_file || srv->cfg.env_file) &&
            (!cfg->api_key || !*cfg->api_key || srv->cfg.api_key) &&
            (!cfg->ca_file || !*cfg->ca_file || srv->cfg.ca_file) ? 0 : -1;
+}
+
+/* Notes the names of the .env file that are neither settings nor read by the script (a
+ * typo would otherwise go unnoticed). */
+static void server_report_unknown(tokend_server *srv) {
+    for (size_t i = 0; i < envfile_count(srv->env); i++) {
+        const char *name = envfile_name(srv->env, i);
+        if (!config_by_env(name) && !envfile_was_read(srv->env, i))
+            log_msg(LOG_INFO, "note: %s sets %s, which tokend does not use and the script does not read",
+                    srv->cfg.env_file, name);
+    }
 }
 
 int tokend_server_create(const tokend_config *cfg, tokend_server **out, char *err, size_t errlen) {
@@ -397,6 +424,7 @@ int server_create_attached(const tokend_config *cfg, lhost *attached, tokend_ser
             goto fail;
         }
     }
+    server_report_unknown(srv);
     if (srv->cfg.watch_script) {
         struct stat st;
         server_worker *w = &srv->workers[0];

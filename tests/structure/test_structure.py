@@ -108,7 +108,7 @@ int main(void) {
     return 0;
 }
 '''
-        deps = subprocess.run(["pkg-config", "--libs", "lua5.4", "libmicrohttpd", "libcurl", "lua5.4-cjson"],
+        deps = subprocess.run(["pkg-config", "--libs", "lua5.4", "libmicrohttpd", "libcurl", "lua5.4-cjson", "libcrypto"],
                               capture_output=True, text=True, check=True).stdout.split()
         with tempfile.TemporaryDirectory() as d:
             src = os.path.join(d, "p.c")
