@@ -322,6 +322,7 @@ typedef struct ljwt_jwks {
     char url[512];
     int keyset_ref;                     /* registry: the keys, LUA_NOREF before the first fetch */
     uint64_t fetched_ms;                /* when they were fetched */
+    uint64_t ttl_ms;                    /* jwks_ttl of the last call */
     uint64_t failed_ms;                 /* the last failed fetch, 0 when it worked */
     char error[300];
     fetch_call *fetching;
@@ -447,6 +448,69 @@ static void ljwt_wake_all(ljwt_jwks *j) {
     }
 }
 
+/* The dictionary all workers share: JWKS documents ("doc <url>", kept jwks_ttl) and the
+ * time of each URL's last fetch ("refetch <url>", kept LJWT_REFETCH_S). */
+static shdict *ljwt_shared(const lhost_world *w) {
+    char err[200];
+    return shdict_open(w->shared, LJWT_SHARED, 1024, err, sizeof err);
+}
+
+/* Gives the other workers a fetched document, and starts the refetch interval. */
+static void ljwt_share(ljwt_jwks *j, const char *body, size_t len, uint64_t now) {
+    shdict *d = ljwt_shared(lhost_world_of(j->cache->h));
+    char key[600];
+    if (!d || len > SHDICT_MAX_VALUE) return;
+    shdict_value doc = { SHDICT_STRING, (char *)body, len, 0 }, one = { SHDICT_NUMBER, NULL, 0, 1 };
+    snprintf(key, sizeof key, "doc %s", j->url);
+    shdict_set(d, key, strlen(key), &doc, j->ttl_ms, now);
+    snprintf(key, sizeof key, "refetch %s", j->url);
+    shdict_set(d, key, strlen(key), &one, LJWT_REFETCH_S * 1000, now);
+    snprintf(key, sizeof key, "failed %s", j->url);
+    shdict_delete(d, key, strlen(key));
+}
+
+/* Tells the other workers the last fetch failed, and why, for LJWT_FAILED_S. */
+static void ljwt_share_failure(ljwt_jwks *j, uint64_t now) {
+    shdict *d = ljwt_shared(lhost_world_of(j->cache->h));
+    char key[600];
+    shdict_value why = { SHDICT_STRING, j->error, strlen(j->error), 0 };
+    snprintf(key, sizeof key, "failed %s", j->url);
+    if (d) shdict_set(d, key, strlen(key), &why, LJWT_FAILED_S * 1000, now);
+}
+
+/* Learns of a fetch that failed lately in another worker. Returns 1 then. */
+static int ljwt_failed_elsewhere(ljwt_jwks *j, uint64_t now) {
+    shdict *d = ljwt_shared(lhost_world_of(j->cache->h));
+    char key[600];
+    shdict_value why;
+    snprintf(key, sizeof key, "failed %s", j->url);
+    if (!d || shdict_get(d, key, strlen(key), now, &why) < 0 || why.type != SHDICT_STRING) return 0;
+    snprintf(j->error, sizeof j->error, "%s", why.s);
+    free(why.s);
+    int64_t left = shdict_ttl(d, key, strlen(key), now);
+    j->failed_ms = now - (LJWT_FAILED_S * 1000 - (uint64_t)(left > 0 ? left : 0));
+    return 1;
+}
+
+/* Takes the document another worker fetched, if there is a fresh one. Returns 1 then. */
+static int ljwt_adopt(lua_State *L, ljwt_jwks *j, uint64_t now) {
+    shdict *d = ljwt_shared(lhost_world_of(j->cache->h));
+    char key[600];
+    shdict_value doc;
+    snprintf(key, sizeof key, "doc %s", j->url);
+    if (!d || shdict_get(d, key, strlen(key), now, &doc) < 0 || doc.type != SHDICT_STRING) return 0;
+    lua_pushcfunction(L, ljwt_store_keys);
+    lua_pushlightuserdata(L, j);
+    lua_pushlstring(L, doc.s, doc.len);
+    free(doc.s);
+    if (lua_pcall(L, 2, 0, 0) != LUA_OK) {
+        lua_pop(L, 1);
+        return 0;
+    }
+    j->fetched_ms = now;
+    return 1;
+}
+
 static void ljwt_on_fetched(void *ud, const fetch_result *r) {
     ljwt_jwks *j = ud;
     lua_State *L = j->cache->L;
@@ -467,9 +531,13 @@ static void ljwt_on_fetched(void *ud, const fetch_result *r) {
         } else {
             j->fetched_ms = now;
             j->failed_ms = 0;
+            ljwt_share(j, r->body, r->body_len, now);
         }
     }
-    if (j->failed_ms) log_msg(LOG_WARN, "jwt: %s: %s", j->url, j->error);
+    if (j->failed_ms) {
+        log_msg(LOG_WARN, "jwt: %s: %s", j->url, j->error);
+        ljwt_share_failure(j, now);
+    }
     ljwt_wake_all(j);
 }
 
@@ -528,8 +596,10 @@ static int ljwt_verify_jwks(lua_State *L, lhost *h, const ljwt_token *t, const c
     const lhost_world *world;
     ljwt_jwks *j = ljwt_jwks_of(L, h, url);
     uint64_t now = loop_now_ms();
-    uint64_t ttl_ms = (uint64_t)(ljwt_opt_seconds(L, "jwks_ttl", LJWT_JWKS_TTL_S) * 1000);
+    uint64_t ttl_ms = j->ttl_ms = (uint64_t)(ljwt_opt_seconds(L, "jwks_ttl", LJWT_JWKS_TTL_S) * 1000);
+    if ((j->keyset_ref == LUA_NOREF || now - j->fetched_ms >= ttl_ms) && !j->fetching) ljwt_adopt(L, j, now);
     int have = j->keyset_ref != LUA_NOREF;
+    if (!j->fetching && !(j->failed_ms && now - j->failed_ms < LJWT_FAILED_S * 1000)) ljwt_failed_elsewhere(j, now);
     int failed_lately = j->failed_ms && now - j->failed_ms < LJWT_FAILED_S * 1000;
     if (have && ljwt_knows_kid(L, j, t)) {
         if (now - j->fetched_ms >= ttl_ms && !failed_lately) ljwt_fetch(j, lhost_world_of(h));  /* renewed meanwhile */
@@ -537,9 +607,9 @@ static int ljwt_verify_jwks(lua_State *L, lhost *h, const ljwt_token *t, const c
     }
     if (failed_lately && !have) return llib_fail(L, "%s", j->error);
     if (have) {         /* an unknown kid: the provider may have rotated its keys */
-        char key[600], err[200];
+        char key[600];
         shdict_value one = { SHDICT_NUMBER, NULL, 0, 1 };
-        shdict *refetches = shdict_open(lhost_world_of(h)->shared, LJWT_SHARED, 1024, err, sizeof err);
+        shdict *refetches = ljwt_shared(lhost_world_of(h));
         snprintf(key, sizeof key, "refetch %s", url);
         if (failed_lately || !refetches ||
             shdict_add(refetches, key, strlen(key), &one, LJWT_REFETCH_S * 1000, now) == SHDICT_EXISTS)

@@ -1,0 +1,114 @@
+"""A fake application backend for tokend's tests of tokend.http.request and of the example
+policies, on loopback, serving many requests at once (asyncio in a thread of its own).
+
+    GET  /echo              -> {"method", "path", "headers", "body"}   (any method)
+    GET  /slow?ms=500       -> waits, then {"ok": true}
+    GET  /redirect          -> 302 to /echo (tokend must not follow it)
+    GET  /reset             -> TCP reset
+    GET  /hang              -> never answers
+    GET  /big?mb=100        -> a body of that many MiB
+    GET  /check             -> the answer set in .decisions for the Authorization header:
+                               {"allowed": bool, "user": ...}; counts in .checks
+    POST /login             -> 200 {"user": ...} for a password in .passwords, else 401
+    .connections, .requests count what came in.
+"""
+import asyncio
+import json
+import socket
+import struct
+import threading
+import urllib.parse
+
+
+class Backend:
+    def __init__(self):
+        self.connections = 0
+        self.requests = 0
+        self.checks = 0
+        self.decisions = {}         # Authorization header -> {"allowed": ..., "user": ...}
+        self.passwords = {}         # password -> user
+        self.loop = asyncio.new_event_loop()
+        ready = threading.Event()
+
+        def run():
+            asyncio.set_event_loop(self.loop)
+            self.server = self.loop.run_until_complete(
+                asyncio.start_server(self.handle, "127.0.0.1", 0, backlog=1024))
+            self.port = self.server.sockets[0].getsockname()[1]
+            ready.set()
+            self.loop.run_forever()
+
+        self.thread = threading.Thread(target=run, daemon=True)
+        self.thread.start()
+        ready.wait(10)
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def stop(self):
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+
+    async def handle(self, reader, writer):
+        self.connections += 1
+        try:
+            while True:
+                line = await reader.readline()
+                if not line:
+                    return
+                method, target, _ = line.decode("latin-1").split(" ", 2)
+                headers = {}
+                while True:
+                    h = await reader.readline()
+                    if h in (b"\r\n", b"\n", b""):
+                        break
+                    k, _, v = h.decode("latin-1").partition(":")
+                    headers[k.strip().lower()] = v.strip()
+                body = b""
+                if "content-length" in headers:
+                    body = await reader.readexactly(int(headers["content-length"]))
+                self.requests += 1
+                url = urllib.parse.urlsplit(target)
+                query = dict(urllib.parse.parse_qsl(url.query))
+                if url.path == "/hang":
+                    await reader.read()
+                    return
+                if url.path == "/reset":
+                    sock = writer.get_extra_info("socket")
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                    writer.transport.abort()
+                    return
+                if url.path == "/big":
+                    size = int(query.get("mb", "1")) * 1024 * 1024
+                    writer.write(f"HTTP/1.1 200 OK\r\nContent-Length: {size}\r\n\r\n".encode())
+                    chunk = b"x" * 65536
+                    sent = 0
+                    while sent < size:
+                        writer.write(chunk)
+                        sent += len(chunk)
+                        await writer.drain()
+                    continue
+                status, extra, payload = 200, {}, b""
+                if url.path == "/slow":
+                    await asyncio.sleep(int(query.get("ms", "500")) / 1000)
+                    payload = b'{"ok":true}'
+                elif url.path == "/redirect":
+                    status, extra = 302, {"Location": "/echo"}
+                elif url.path == "/check":
+                    self.checks += 1
+                    decision = self.decisions.get(headers.get("authorization", ""), {"allowed": False})
+                    payload = json.dumps(decision).encode()
+                elif url.path == "/login" and method == "POST":
+                    user = self.passwords.get(json.loads(body or b"{}").get("password"))
+                    status = 200 if user else 401
+                    payload = json.dumps({"user": user} if user else {"error": "wrong password"}).encode()
+                else:
+                    payload = json.dumps({"method": method, "path": url.path, "headers": headers,
+                                          "body": body.decode("latin-1")}).encode()
+                head = [f"HTTP/1.1 {status} X", f"Content-Length: {len(payload)}", "Content-Type: application/json",
+                        "X-Backend: fake", "Set-Cookie: a=1", "Set-Cookie: b=2"]
+                head += [f"{k}: {v}" for k, v in extra.items()]
+                writer.write(("\r\n".join(head) + "\r\n\r\n").encode() + payload)
+                await writer.drain()
+        except (ConnectionError, asyncio.IncompleteReadError, ValueError):
+            return
+        finally:
+            writer.close()
