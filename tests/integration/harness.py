@@ -24,19 +24,25 @@ FAKE = os.path.join(SRC, "tests", "fakes", "token_fake.py")
 CANARY_KEY = "canary-KEY-3f9a7c21d0e84b6f"
 
 
-def default_script(folder, **constants):
-    """Writes scripts/routes.lua into folder with some of its named constants changed
-    (DEFAULT_EXPIRES_IN=45, ...) and returns its path: behaviour changes by script."""
+def script_with(source, folder, **constants):
+    """Writes the script at source (relative to the repository) into folder with some of
+    its named constants changed (DEFAULT_EXPIRES_IN=45, ...) and returns its path:
+    behaviour changes by script."""
     import re
-    with open(os.path.join(SRC, "scripts", "routes.lua")) as f:
+    with open(os.path.join(SRC, source)) as f:
         text = f.read()
     for name, value in constants.items():
         text, n = re.subn(rf"local {name} = [^\n]*", f"local {name} = {value}", text)
-        assert n == 1, f"routes.lua has no constant {name}"
+        assert n == 1, f"{source} has no constant {name}"
     path = os.path.join(folder, f"routes-{len(os.listdir(folder))}.lua")
     with open(path, "w") as f:
         f.write(text)
     return path
+
+
+def default_script(folder, **constants):
+    """scripts/routes.lua with some named constants changed (see script_with)."""
+    return script_with(os.path.join("scripts", "routes.lua"), folder, **constants)
 
 
 # Most tests mint far more tokens a minute than the default abuse policy allows one client.

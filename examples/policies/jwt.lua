@@ -1,0 +1,46 @@
+-- examples/policies/jwt.lua: only users signed in with your identity provider get tokens.
+-- The page sends the user's ID token (or access token) as "Authorization: Bearer <JWT>";
+-- tokend checks it against the provider's JWKS, limits each user, and lets the user's plan
+-- decide how long a session may last.
+--
+-- Settings (environment or .env): JWKS_URL (https://idp.example.com/.well-known/jwks.json),
+-- JWT_ISSUER (the iss your provider writes), JWT_AUDIENCE (your client id).
+local tokend = require "tokend"
+
+local EXPIRES_IN = 60                        -- seconds to open the WebSocket with the token
+local TOKENS_PER_MINUTE = 10                -- per user, all workers (and machines, with Redis) together
+local TOKEN_BURST = 5
+local SESSION_SECONDS_BY_PLAN = { free = 300, pro = 3600 }   -- the "plan" claim; others: free
+local ALLOWED_ORIGINS = { "http://localhost:*", "http://127.0.0.1:*" }
+
+local VERIFY = {
+  jwks_url = assert(tokend.env("JWKS_URL"), "set JWKS_URL"),
+  issuer = assert(tokend.env("JWT_ISSUER"), "set JWT_ISSUER"),
+  audience = assert(tokend.env("JWT_AUDIENCE"), "set JWT_AUDIENCE"),
+}
+local per_user = tokend.limiter{ name = "jwt-user", rate = TOKENS_PER_MINUTE, per = 60, burst = TOKEN_BURST }
+local origins = tokend.origins(ALLOWED_ORIGINS)
+local NO_STORE = { ["Cache-Control"] = "no-store" }
+
+tokend.route("GET", "/token", function(req)
+  if not origins:check(req) then return 403, { error = "this origin may not request tokens" }, NO_STORE end
+  local bearer = (req.headers.authorization or ""):match("^Bearer%s+(%S+)$")
+  local claims, why = bearer and tokend.jwt.verify(bearer, VERIFY)
+  if not claims then
+    tokend.log.info("token refused", { reason = why or "no bearer token" })
+    return 401, { error = "sign in first" }, { ["WWW-Authenticate"] = 'Bearer realm="tokend"', ["Cache-Control"] = "no-store" }
+  end
+  req.log.user = claims.sub
+  local allowed, retry_after = per_user:take(claims.sub)
+  if not allowed then
+    return 429, { error = "too many sessions; retry later" }, { ["Retry-After"] = retry_after, ["Cache-Control"] = "no-store" }
+  end
+  local session = SESSION_SECONDS_BY_PLAN[claims.plan] or SESSION_SECONDS_BY_PLAN.free
+  local token, info, _, failure = tokend.generate_temp_token(EXPIRES_IN, { max_session_duration_seconds = session })
+  if not token then return failure.kind == "timeout" and 504 or 502, { error = "no token, try again" }, NO_STORE end
+  return 200, { token = token, expires_in_seconds = info.expires_in_seconds, max_session_duration_seconds = session,
+                websocket_url = tokend.config.websocket_url }, NO_STORE
+end)
+
+tokend.route("GET", "/healthz", function() return 200, { status = "ok" } end)
+tokend.static("/", tokend.config.public)

@@ -1,0 +1,162 @@
+"""The example policies in examples/policies/, each tried as a new user would: a routes
+script, its settings, and the requests a page and an attacker would send."""
+import http.client
+import json
+import os
+import sys
+import time
+import unittest
+
+from harness import SRC, TokendTestCase, make_ca, script_with
+
+sys.path.insert(0, os.path.join(SRC, "tests", "fakes"))
+from backend import Backend  # noqa: E402
+from idp import Idp, KeySet, hs256  # noqa: E402
+
+
+def policy(name):
+    return os.path.join("examples", "policies", name)
+
+
+class JwtPolicy(TokendTestCase):
+    @classmethod
+    def setUpClass(cls):
+        import tempfile
+        cls.folder = tempfile.mkdtemp(prefix="policy-jwt-", dir=os.environ.get("TOKEND_TEST_TMP"))
+        cls.keys = KeySet(cls.folder, kinds=("rsa",))
+        cls.ca = make_ca(cls.folder)
+
+    def setUp(self):
+        super().setUp()
+        self.idp = Idp({"keys": [self.keys.jwk("rsa", "k1")]}, self.ca)
+        self.addCleanup(self.idp.stop)
+        self.fake_ = self.fake()
+        self.t = self.tokend(fake=self.fake_, script=script_with(policy("jwt.lua"), self.workdir, TOKEN_BURST=2), env={
+            "JWKS_URL": self.idp.url, "JWT_ISSUER": "https://idp.test", "JWT_AUDIENCE": "my-app",
+            "CURL_CA_BUNDLE": self.ca[0]})
+
+    def bearer(self, **claims):
+        base = {"iss": "https://idp.test", "aud": "my-app", "sub": "alice", "exp": int(time.time()) + 300}
+        return {"Authorization": "Bearer " + self.keys.sign("rsa", "RS256", {**base, **claims}, kid="k1")}
+
+    def test_signed_in_users_get_tokens_by_plan(self):
+        r = self.t.get("/token", headers=self.bearer(plan="pro"))
+        self.assertEqual(r.status, 200, r)
+        self.assertEqual(r.json()["max_session_duration_seconds"], 3600)
+        self.assertEqual(self.fake_.stats()["last_query"]["max_session_duration_seconds"], "3600")
+        self.assertEqual(self.t.get("/token", headers=self.bearer(sub="bob")).json()["max_session_duration_seconds"], 300)
+        self.assertIn(" user=alice", self.t.wait_log("user=alice"))
+
+    def test_everyone_else_is_refused(self):
+        for headers in [{}, {"Authorization": "Bearer nonsense"}, self.bearer(aud="someone-else"),
+                        self.bearer(exp=int(time.time()) - 3600), {"Authorization": "Basic YTpi"}]:
+            r = self.t.get("/token", headers=headers)
+            self.assertEqual(r.status, 401, headers)
+            self.assertEqual(r.headers["www-authenticate"], 'Bearer realm="tokend"')
+        self.assertEqual(self.fake_.stats()["requests"], 0)
+
+    def test_each_user_has_a_limit_of_their_own(self):
+        alice, bob = self.bearer(), self.bearer(sub="bob")
+        self.assertEqual([self.t.get("/token", headers=alice).status for _ in range(3)], [200, 200, 429])
+        self.assertEqual(self.t.get("/token", headers=bob).status, 200, "bob is not limited by alice")
+
+
+class SessionCookiePolicy(TokendTestCase):
+    def setUp(self):
+        super().setUp()
+        self.backend = Backend()
+        self.backend.passwords = {"open sesame": "carol"}
+        self.addCleanup(self.backend.stop)
+        self.fake_ = self.fake()
+        self.t = self.tokend(fake=self.fake_, script=script_with(policy("session-cookie.lua"), self.workdir),
+                             env={"SESSION_SECRET": "0123456789abcdef0123456789abcdef", "AUTH_URL": self.backend.url})
+
+    def login(self, password):
+        conn = http.client.HTTPConnection("127.0.0.1", self.t.port)
+        conn.request("POST", "/login", body=json.dumps({"password": password}), headers={"Content-Type": "application/json"})
+        r = conn.getresponse()
+        r.read()
+        return r.status, r.headers.get("Set-Cookie")
+
+    def test_login_then_tokens(self):
+        self.assertEqual(self.login("wrong")[0], 401)
+        status, cookie = self.login("open sesame")
+        self.assertEqual(status, 204)
+        self.assertRegex(cookie, r"^tokend_session=carol\.\d+\.[\w-]+; Max-Age=43200; Path=/; HttpOnly; SameSite=Lax$")
+        value = cookie.split(";")[0]
+        self.assertEqual(self.t.get("/token").status, 401, "no cookie, no token")
+        r = self.t.get("/token", headers={"Cookie": value})
+        self.assertEqual(r.status, 200, r)
+        user, expiry, sig = value.split("=", 1)[1].split(".")
+        for forged in [f"tokend_session=mallory.{expiry}.{sig}", f"tokend_session=carol.{int(expiry) + 999}.{sig}",
+                       f"tokend_session=carol.{expiry}.{sig[:-2]}xx", "tokend_session=carol"]:
+            self.assertEqual(self.t.get("/token", headers={"Cookie": forged}).status, 401, forged)
+        self.assertEqual(self.fake_.stats()["requests"], 1)
+
+    def test_an_expired_cookie_is_refused(self):
+        import base64
+        import hashlib
+        import hmac
+        value = f"carol.{int(time.time()) - 10}"
+        sig = base64.urlsafe_b64encode(hmac.new(b"0123456789abcdef0123456789abcdef", value.encode(),
+                                                hashlib.sha256).digest()).rstrip(b"=").decode()
+        self.assertEqual(self.t.get("/token", headers={"Cookie": f"tokend_session={value}.{sig}"}).status, 401)
+        fresh = f"carol.{int(time.time()) + 100}"
+        sig = base64.urlsafe_b64encode(hmac.new(b"0123456789abcdef0123456789abcdef", fresh.encode(),
+                                                hashlib.sha256).digest()).rstrip(b"=").decode()
+        self.assertEqual(self.t.get("/token", headers={"Cookie": f"tokend_session={fresh}.{sig}"}).status, 200,
+                         "a cookie your own app signs works the same")
+
+
+class BackendCheckPolicy(TokendTestCase):
+    def setUp(self):
+        super().setUp()
+        self.backend = Backend()
+        self.backend.decisions = {"Bearer good": {"allowed": True, "user": "dave"},
+                                  "Bearer banned": {"allowed": False}}
+        self.addCleanup(self.backend.stop)
+        self.fake_ = self.fake()
+        self.t = self.tokend(fake=self.fake_, script=script_with(policy("backend-check.lua"), self.workdir),
+                             env={"AUTH_URL": self.backend.url + "/check"}, workers=2)
+
+    def test_the_backend_decides_and_is_asked_once_a_minute(self):
+        for _ in range(5):
+            self.assertEqual(self.t.get("/token", headers={"Authorization": "Bearer good"}).status, 200)
+        self.assertEqual(self.backend.checks, 1, "one question; the answer is cached for all workers")
+        self.assertEqual(self.t.get("/token", headers={"Authorization": "Bearer banned"}).status, 403)
+        self.assertEqual(self.t.get("/token").status, 403, "no credentials")
+        self.assertIn(" user=dave", self.t.wait_log("user=dave"))
+
+    def test_a_backend_that_is_down_gets_503(self):
+        t = self.tokend(fake=self.fake_, script=script_with(policy("backend-check.lua"), self.workdir),
+                        env={"AUTH_URL": "http://127.0.0.1:1/check"})
+        r = t.get("/token", headers={"Authorization": "Bearer good"})
+        self.assertEqual(r.status, 503)
+        self.assertEqual(r.headers["retry-after"], "5")
+
+
+class QuotaPolicy(TokendTestCase):
+    def test_a_daily_budget_of_streaming_seconds(self):
+        fake = self.fake()
+        t = self.tokend(fake=fake, script=script_with(policy("quota.lua"), self.workdir, DAILY_SECONDS=1500),
+                        env={"JWT_SECRET": "quota-secret"}, workers=2)
+        erin = {"Authorization": "Bearer " + hs256("quota-secret", {"sub": "erin", "exp": int(time.time()) + 60})}
+        granted = []
+        for _ in range(3):
+            r = t.get("/token", headers=erin)
+            self.assertEqual(r.status, 200, r)
+            granted.append(r.json()["max_session_duration_seconds"])
+        self.assertEqual(granted, [600, 600, 300], "the last one is clamped to what is left")
+        r = t.get("/token", headers=erin)
+        self.assertEqual(r.status, 429)
+        seconds_to_midnight = 86400 - int(time.time()) % 86400
+        self.assertAlmostEqual(int(r.headers["retry-after"]), seconds_to_midnight, delta=5)
+        frank = {"Authorization": "Bearer " + hs256("quota-secret", {"sub": "frank", "exp": int(time.time()) + 60})}
+        self.assertEqual(t.get("/token", headers=frank).status, 200, "another user has a budget of their own")
+        self.assertEqual(t.get("/token").status, 401)
+        wrong = {"Authorization": "Bearer " + hs256("not-the-secret", {"sub": "erin", "exp": int(time.time()) + 60})}
+        self.assertEqual(t.get("/token", headers=wrong).status, 401)
+
+
+if __name__ == "__main__":
+    unittest.main()
