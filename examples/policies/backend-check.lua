@@ -5,12 +5,12 @@
 --
 -- Settings: AUTH_URL (e.g. https://app.example.com/api/can-transcribe).
 local tokend = require "tokend"
+local answer = require "answer"
 local crypto = tokend.crypto
 
 local EXPIRES_IN = 60
 local CACHE_SECONDS = 60
 local AUTH_URL = assert(tokend.env("AUTH_URL"), "set AUTH_URL")
-local NO_STORE = { ["Cache-Control"] = "no-store" }
 local decisions = tokend.shared("backend-check", { capacity = 100000 })
 
 -- "allowed:<user>" or "denied", asking the backend when the cache has no answer; or nil, err.
@@ -23,9 +23,9 @@ local function decide(req)
   local res, err = tokend.http.request(AUTH_URL, { headers = {
     Authorization = req.headers.authorization, Cookie = req.headers.cookie }, timeout_ms = 2000 })
   if not res then return nil, err end
-  local answer = require("cjson.safe").decode(res.body)
-  if res.status ~= 200 or type(answer) ~= "table" then return nil, "the backend answered " .. res.status end
-  local decision = answer.allowed == true and ("allowed:" .. tostring(answer.user or "?")) or "denied"
+  local reply = require("cjson.safe").decode(res.body)
+  if res.status ~= 200 or type(reply) ~= "table" then return nil, "the backend answered " .. res.status end
+  local decision = reply.allowed == true and ("allowed:" .. tostring(reply.user or "?")) or "denied"
   decisions:set(key, decision, CACHE_SECONDS)
   return decision
 end
@@ -34,14 +34,11 @@ tokend.route("GET", "/token", function(req)
   local decision, err = decide(req)
   if not decision then
     tokend.log.warn("cannot ask the backend", { error = err })
-    return 503, { error = "try again later" }, { ["Retry-After"] = 5, ["Cache-Control"] = "no-store" }
+    return answer.refuse(503, "try again later", { ["Retry-After"] = 5 })
   end
-  if decision == "denied" then return 403, { error = "not allowed to transcribe" }, NO_STORE end
+  if decision == "denied" then return answer.refuse(403, "not allowed to transcribe") end
   req.log.user = decision:sub(#"allowed:" + 1)
-  local token, info, _, failure = tokend.generate_temp_token(EXPIRES_IN)
-  if not token then return failure.kind == "timeout" and 504 or 502, { error = "no token, try again" }, NO_STORE end
-  return 200, { token = token, expires_in_seconds = info.expires_in_seconds,
-                websocket_url = tokend.config.websocket_url }, NO_STORE
+  return answer.token(EXPIRES_IN)
 end)
 
 tokend.route("GET", "/healthz", function() return 200, { status = "ok" } end)

@@ -6,6 +6,7 @@
 -- Settings (environment or .env): JWKS_URL (https://idp.example.com/.well-known/jwks.json),
 -- JWT_ISSUER (the iss your provider writes), JWT_AUDIENCE (your client id).
 local tokend = require "tokend"
+local answer = require "answer"
 
 local EXPIRES_IN = 60                        -- seconds to open the WebSocket with the token
 local TOKENS_PER_MINUTE = 10                -- per user, all workers (and machines, with Redis) together
@@ -20,26 +21,21 @@ local VERIFY = {
 }
 local per_user = tokend.limiter{ name = "jwt-user", rate = TOKENS_PER_MINUTE, per = 60, burst = TOKEN_BURST }
 local origins = tokend.origins(ALLOWED_ORIGINS)
-local NO_STORE = { ["Cache-Control"] = "no-store" }
 
 tokend.route("GET", "/token", function(req)
-  if not origins:check(req) then return 403, { error = "this origin may not request tokens" }, NO_STORE end
+  if not origins:check(req) then return answer.refuse(403, "this origin may not request tokens") end
   local bearer = (req.headers.authorization or ""):match("^Bearer%s+(%S+)$")
   local claims, why = bearer and tokend.jwt.verify(bearer, VERIFY)
   if not claims then
     tokend.log.info("token refused", { reason = why or "no bearer token" })
-    return 401, { error = "sign in first" }, { ["WWW-Authenticate"] = 'Bearer realm="tokend"', ["Cache-Control"] = "no-store" }
+    return answer.refuse(401, "sign in first", { ["WWW-Authenticate"] = 'Bearer realm="tokend"' })
   end
   req.log.user = claims.sub
   local allowed, retry_after = per_user:take(claims.sub)
   if not allowed then
-    return 429, { error = "too many sessions; retry later" }, { ["Retry-After"] = retry_after, ["Cache-Control"] = "no-store" }
+    return answer.refuse(429, "too many sessions; retry later", { ["Retry-After"] = retry_after })
   end
-  local session = SESSION_SECONDS_BY_PLAN[claims.plan] or SESSION_SECONDS_BY_PLAN.free
-  local token, info, _, failure = tokend.generate_temp_token(EXPIRES_IN, { max_session_duration_seconds = session })
-  if not token then return failure.kind == "timeout" and 504 or 502, { error = "no token, try again" }, NO_STORE end
-  return 200, { token = token, expires_in_seconds = info.expires_in_seconds, max_session_duration_seconds = session,
-                websocket_url = tokend.config.websocket_url }, NO_STORE
+  return answer.token(EXPIRES_IN, SESSION_SECONDS_BY_PLAN[claims.plan] or SESSION_SECONDS_BY_PLAN.free)
 end)
 
 tokend.route("GET", "/healthz", function() return 200, { status = "ok" } end)

@@ -7,13 +7,13 @@
 --
 -- Settings: JWT_SECRET.
 local tokend = require "tokend"
+local answer = require "answer"
 
 local EXPIRES_IN = 60
 local DAILY_SECONDS = 3600                   -- of streaming per user per day
 local SESSION_SECONDS = 600                  -- what one token asks for at most
 local MIN_SESSION_SECONDS = 60               -- AssemblyAI's smallest max_session_duration_seconds
 local VERIFY = { secret = assert(tokend.env("JWT_SECRET"), "set JWT_SECRET") }
-local NO_STORE = { ["Cache-Control"] = "no-store" }
 local used = tokend.shared("quota", { capacity = 100000 })
 
 -- Reserves up to SESSION_SECONDS of user's budget for today; returns the seconds granted
@@ -36,20 +36,15 @@ end
 tokend.route("GET", "/token", function(req)
   local bearer = (req.headers.authorization or ""):match("^Bearer%s+(%S+)$")
   local claims = bearer and tokend.jwt.verify(bearer, VERIFY)
-  if not claims or type(claims.sub) ~= "string" then return 401, { error = "sign in first" }, NO_STORE end
+  if not claims or type(claims.sub) ~= "string" then return answer.refuse(401, "sign in first") end
   req.log.user = claims.sub
   local seconds, until_midnight = reserve(claims.sub)
   if seconds == 0 then
-    return 429, { error = "today's transcription time is used up" },
-      { ["Retry-After"] = until_midnight, ["Cache-Control"] = "no-store" }
+    return answer.refuse(429, "today's transcription time is used up", { ["Retry-After"] = until_midnight })
   end
-  local token, info, _, failure = tokend.generate_temp_token(EXPIRES_IN, { max_session_duration_seconds = seconds })
-  if not token then
-    used:incr(claims.sub .. ":" .. math.floor(tokend.now() / 86400), -seconds)  -- not used: give it back
-    return failure.kind == "timeout" and 504 or 502, { error = "no token, try again" }, NO_STORE
-  end
-  return 200, { token = token, expires_in_seconds = info.expires_in_seconds, max_session_duration_seconds = seconds,
-                websocket_url = tokend.config.websocket_url }, NO_STORE
+  local status, body, headers = answer.token(EXPIRES_IN, seconds)
+  if status ~= 200 then used:incr(claims.sub .. ":" .. math.floor(tokend.now() / 86400), -seconds) end  -- given back
+  return status, body, headers
 end)
 
 tokend.route("GET", "/healthz", function() return 200, { status = "ok" } end)

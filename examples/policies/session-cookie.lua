@@ -5,6 +5,7 @@
 --
 -- Settings: SESSION_SECRET (32 random bytes or more, e.g. `openssl rand -hex 32`), AUTH_URL.
 local tokend = require "tokend"
+local answer = require "answer"
 local crypto = tokend.crypto
 
 local EXPIRES_IN = 60
@@ -14,7 +15,6 @@ local SECURE_COOKIE = false                  -- true behind HTTPS (it should be 
 
 local SECRET = assert(tokend.env("SESSION_SECRET"), "set SESSION_SECRET")
 local AUTH_URL = assert(tokend.env("AUTH_URL"), "set AUTH_URL")
-local NO_STORE = { ["Cache-Control"] = "no-store" }
 
 local function sign(data) return crypto.base64url_encode(crypto.hmac_sha256(SECRET, data)) end
 
@@ -31,13 +31,13 @@ tokend.route("POST", "/login", function(req)
     method = "POST", body = req.body, headers = { ["Content-Type"] = "application/json" }, timeout_ms = 3000 })
   if not res then
     tokend.log.warn("login backend unreachable", { error = err })
-    return 503, { error = "try again later" }, NO_STORE
+    return answer.refuse(503, "try again later")
   end
-  local answer = require("cjson.safe").decode(res.body)
-  if res.status ~= 200 or type(answer) ~= "table" or type(answer.user) ~= "string" then
-    return 401, { error = "wrong credentials" }, NO_STORE
+  local reply = require("cjson.safe").decode(res.body)
+  if res.status ~= 200 or type(reply) ~= "table" or type(reply.user) ~= "string" then
+    return answer.refuse(401, "wrong credentials")
   end
-  local value = answer.user .. "." .. math.floor(tokend.now() + SESSION_HOURS * 3600)
+  local value = reply.user .. "." .. math.floor(tokend.now() + SESSION_HOURS * 3600)
   return 204, nil, { ["Cache-Control"] = "no-store", ["Set-Cookie"] = tokend.cookie(COOKIE, value .. "." .. sign(value),
     { max_age = SESSION_HOURS * 3600, secure = SECURE_COOKIE }) }
 end)
@@ -48,12 +48,9 @@ end)
 
 tokend.route("GET", "/token", function(req)
   local user = session_user(req)
-  if not user then return 401, { error = "sign in first" }, NO_STORE end
+  if not user then return answer.refuse(401, "sign in first") end
   req.log.user = user
-  local token, info, _, failure = tokend.generate_temp_token(EXPIRES_IN)
-  if not token then return failure.kind == "timeout" and 504 or 502, { error = "no token, try again" }, NO_STORE end
-  return 200, { token = token, expires_in_seconds = info.expires_in_seconds,
-                websocket_url = tokend.config.websocket_url }, NO_STORE
+  return answer.token(EXPIRES_IN)
 end)
 
 tokend.route("GET", "/healthz", function() return 200, { status = "ok" } end)

@@ -24,7 +24,7 @@ FAKE = os.path.join(SRC, "tests", "fakes", "token_fake.py")
 CANARY_KEY = "canary-KEY-3f9a7c21d0e84b6f"
 
 
-def script_with(source, folder, **constants):
+def script_with(source, folder, siblings=(), **constants):
     """Writes the script at source (relative to the repository) into folder with some of
     its named constants changed (DEFAULT_EXPIRES_IN=45, ...) and returns its path:
     behaviour changes by script."""
@@ -37,6 +37,8 @@ def script_with(source, folder, **constants):
     path = os.path.join(folder, f"routes-{len(os.listdir(folder))}.lua")
     with open(path, "w") as f:
         f.write(text)
+    for sibling in siblings:     # modules the script requires from its own folder
+        shutil.copy(os.path.join(SRC, os.path.dirname(source), sibling), folder)
     return path
 
 

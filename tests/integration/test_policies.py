@@ -18,6 +18,11 @@ def policy(name):
     return os.path.join("examples", "policies", name)
 
 
+def policy_script(name, folder, **constants):
+    """An example policy, with the module it requires next to it."""
+    return script_with(policy(name), folder, siblings=("answer.lua",), **constants)
+
+
 class JwtPolicy(TokendTestCase):
     @classmethod
     def setUpClass(cls):
@@ -31,7 +36,7 @@ class JwtPolicy(TokendTestCase):
         self.idp = Idp({"keys": [self.keys.jwk("rsa", "k1")]}, self.ca)
         self.addCleanup(self.idp.stop)
         self.fake_ = self.fake()
-        self.t = self.tokend(fake=self.fake_, script=script_with(policy("jwt.lua"), self.workdir, TOKEN_BURST=2), env={
+        self.t = self.tokend(fake=self.fake_, script=policy_script("jwt.lua", self.workdir, TOKEN_BURST=2), env={
             "JWKS_URL": self.idp.url, "JWT_ISSUER": "https://idp.test", "JWT_AUDIENCE": "my-app",
             "CURL_CA_BUNDLE": self.ca[0]})
 
@@ -68,7 +73,7 @@ class SessionCookiePolicy(TokendTestCase):
         self.backend.passwords = {"open sesame": "carol"}
         self.addCleanup(self.backend.stop)
         self.fake_ = self.fake()
-        self.t = self.tokend(fake=self.fake_, script=script_with(policy("session-cookie.lua"), self.workdir),
+        self.t = self.tokend(fake=self.fake_, script=policy_script("session-cookie.lua", self.workdir),
                              env={"SESSION_SECRET": "0123456789abcdef0123456789abcdef", "AUTH_URL": self.backend.url})
 
     def login(self, password):
@@ -116,7 +121,7 @@ class BackendCheckPolicy(TokendTestCase):
                                   "Bearer banned": {"allowed": False}}
         self.addCleanup(self.backend.stop)
         self.fake_ = self.fake()
-        self.t = self.tokend(fake=self.fake_, script=script_with(policy("backend-check.lua"), self.workdir),
+        self.t = self.tokend(fake=self.fake_, script=policy_script("backend-check.lua", self.workdir),
                              env={"AUTH_URL": self.backend.url + "/check"}, workers=2)
 
     def test_the_backend_decides_and_is_asked_once_a_minute(self):
@@ -128,7 +133,7 @@ class BackendCheckPolicy(TokendTestCase):
         self.assertIn(" user=dave", self.t.wait_log("user=dave"))
 
     def test_a_backend_that_is_down_gets_503(self):
-        t = self.tokend(fake=self.fake_, script=script_with(policy("backend-check.lua"), self.workdir),
+        t = self.tokend(fake=self.fake_, script=policy_script("backend-check.lua", self.workdir),
                         env={"AUTH_URL": "http://127.0.0.1:1/check"})
         r = t.get("/token", headers={"Authorization": "Bearer good"})
         self.assertEqual(r.status, 503)
@@ -138,7 +143,7 @@ class BackendCheckPolicy(TokendTestCase):
 class QuotaPolicy(TokendTestCase):
     def test_a_daily_budget_of_streaming_seconds(self):
         fake = self.fake()
-        t = self.tokend(fake=fake, script=script_with(policy("quota.lua"), self.workdir, DAILY_SECONDS=1500),
+        t = self.tokend(fake=fake, script=policy_script("quota.lua", self.workdir, DAILY_SECONDS=1500),
                         env={"JWT_SECRET": "quota-secret"}, workers=2)
         erin = {"Authorization": "Bearer " + hs256("quota-secret", {"sub": "erin", "exp": int(time.time()) + 60})}
         granted = []
