@@ -87,31 +87,22 @@ static int lops_config_pairs(lua_State *L) {
 
 /* Pushes the read-only tokend.config proxy. */
 static void lops_push_config(lua_State *L, const lhost_info *in) {
+    const struct { const char *name; const char *text; lua_Integer number; int boolean; } fields[] = {
+        { "host", in->host, 0, -1 }, { "port", NULL, in->port, -1 }, { "script", in->script, 0, -1 },
+        { "public", in->public_dir, 0, -1 }, { "streaming_url", in->streaming_url, 0, -1 },
+        { "token_url", in->token_url, 0, -1 }, { "websocket_url", in->websocket_url, 0, -1 },
+        { "workers", NULL, in->workers, -1 }, { "worker", NULL, in->worker, -1 },
+        { "api_key_configured", NULL, 0, in->api_key_configured }, { "version", TOKEND_VERSION, 0, -1 },
+    };
     lua_newtable(L);                          /* proxy */
     lua_createtable(L, 0, 4);                 /* its metatable */
-    lua_createtable(L, 0, 12);                /* the values */
-    lua_pushstring(L, in->host);
-    lua_setfield(L, -2, "host");
-    lua_pushinteger(L, in->port);
-    lua_setfield(L, -2, "port");
-    lua_pushstring(L, in->script);
-    lua_setfield(L, -2, "script");
-    lua_pushstring(L, in->public_dir);
-    lua_setfield(L, -2, "public");
-    lua_pushstring(L, in->streaming_url);
-    lua_setfield(L, -2, "streaming_url");
-    lua_pushstring(L, in->token_url);
-    lua_setfield(L, -2, "token_url");
-    lua_pushstring(L, in->websocket_url);
-    lua_setfield(L, -2, "websocket_url");
-    lua_pushinteger(L, in->workers);
-    lua_setfield(L, -2, "workers");
-    lua_pushinteger(L, in->worker);
-    lua_setfield(L, -2, "worker");
-    lua_pushboolean(L, in->api_key_configured);
-    lua_setfield(L, -2, "api_key_configured");
-    lua_pushliteral(L, TOKEND_VERSION);
-    lua_setfield(L, -2, "version");
+    lua_createtable(L, 0, (int)(sizeof fields / sizeof fields[0]));     /* the values */
+    for (size_t i = 0; i < sizeof fields / sizeof fields[0]; i++) {
+        if (fields[i].boolean >= 0) lua_pushboolean(L, fields[i].boolean);
+        else if (fields[i].text) lua_pushstring(L, fields[i].text);
+        else lua_pushinteger(L, fields[i].number);
+        lua_setfield(L, -2, fields[i].name);
+    }
     lua_setfield(L, -2, "__index");
     lua_pushcfunction(L, lops_readonly);
     lua_setfield(L, -2, "__newindex");
