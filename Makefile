@@ -7,13 +7,16 @@ JOBS := $(shell nproc 2>/dev/null || echo 2)
 SHELL := /bin/bash
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-# Build and run: compiler, CMake, the four libraries, and the CA store for upstream TLS.
+# Build and run: compiler, CMake, the libraries (Lua, HTTP server and client, JSON,
+# OpenSSL's libcrypto, hiredis), and the CA store for upstream TLS.
 RUN_PACKAGES = gcc make cmake pkg-config liblua5.4-dev libmicrohttpd-dev libcurl4-openssl-dev \
-               lua-cjson-dev libssl-dev ca-certificates
+               lua-cjson-dev libssl-dev libhiredis-dev ca-certificates
 # Tests: the fakes are Python (standard library only); the test CA is made with openssl;
 # the browser test runs Debian's Chromium with espeak-ng speech (converted by sox) as the
-# microphone, driven by playwright-core from npm.
-TEST_PACKAGES = $(RUN_PACKAGES) python3 openssl lua5.4 curl chromium espeak-ng sox wrk valgrind luarocks
+# microphone, driven by playwright-core from npm. Several instances share limits through
+# a real Redis, behind a real HAProxy.
+TEST_PACKAGES = $(RUN_PACKAGES) python3 openssl lua5.4 curl chromium espeak-ng sox wrk valgrind luarocks \
+                redis-server haproxy
 # Fuzzing: clang with libFuzzer and the sanitizer runtimes.
 FUZZ_PACKAGES = $(RUN_PACKAGES) clang libclang-rt-14-dev
 FUZZ_TARGETS = path query headers envfile upstream

@@ -71,6 +71,9 @@ typedef struct tokend_config {
     const char *env_file;           /* a .env file scripts read with tokend.env after the
                                        environment (the caller resolves settings from it);
                                        default none */
+    const char *redis_url;          /* redis://[user:password@]host:port[/db] or unix:///path;
+                                       NULL = no Redis; default none */
+    long redis_timeout_ms;          /* deadline of one Redis command; default 50 */
 } tokend_config;
 
 typedef struct tokend_server tokend_server;

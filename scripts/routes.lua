@@ -26,7 +26,13 @@ local STATUS_FOR_FAILURE = {
   timeout = 504,         -- the upstream did not answer in time
 }                        -- anything else (refused key, 5xx, garbage, network): 502
 
-local token_bucket = tokend.limiter{ name = "token", rate = TOKENS_PER_MINUTE, per = 60, burst = TOKEN_BURST }
+-- With TOKEND_REDIS_URL set, every instance counts in Redis: the limit holds for the
+-- client across all of them. Should Redis fail, each instance counts on its own until it
+-- is back (on_store_error = "local"; "allow" or "deny" are the other choices).
+local token_bucket = tokend.limiter{
+  name = "token", rate = TOKENS_PER_MINUTE, per = 60, burst = TOKEN_BURST,
+  store = tokend.config.redis and "redis" or "local", on_store_error = "local",
+}
 local origins = tokend.origins(ALLOWED_ORIGINS)
 
 local function expires_in(req)
@@ -70,9 +76,12 @@ tokend.route("GET", "/token", function(req)
   }, no_store(cors)
 end)
 
--- Liveness for load balancers and systemd, and counters for Prometheus.
+-- Liveness for load balancers and systemd, and counters for Prometheus. Redis, when
+-- configured, shows as "ok" or "down"; tokend serves either way (see on_store_error).
 tokend.route("GET", "/healthz", function()
-  return 200, { status = "ok", api_key_configured = tokend.config.api_key_configured }, no_store()
+  return 200, {
+    status = "ok", api_key_configured = tokend.config.api_key_configured, redis = tokend.redis.status(),
+  }, no_store()
 end)
 
 tokend.route("GET", "/metrics", function(req)

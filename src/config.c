@@ -44,6 +44,10 @@ const config_setting config_settings[] = {
       CONFIG_FIELD(allowed_hosts), "Host names served besides localhost and IP addresses (*.domain, or *)" },
     { "upstream_proxy", NULL, "TOKEND_UPSTREAM_PROXY", CONFIG_STRING, NULL, CONFIG_TEXT,
       CONFIG_FIELD(upstream_proxy), "proxy URL for the token calls (http_proxy and the like are ignored)" },
+    { "redis_url", NULL, "TOKEND_REDIS_URL", CONFIG_STRING, NULL, CONFIG_TEXT, CONFIG_FIELD(redis_url),
+      "redis://[user:password@]host:port[/db] or unix:///path: limits and dictionaries shared by instances" },
+    { "redis_timeout_ms", NULL, "TOKEND_REDIS_TIMEOUT_MS", CONFIG_LONG, "50", 1, 60000,
+      CONFIG_FIELD(redis_timeout_ms), "deadline of one Redis command (then the store's on-error policy)" },
     { "max_header_bytes", NULL, "TOKEND_MAX_HEADER_BYTES", CONFIG_SIZE, "8192", 1024, 1L << 20,
       CONFIG_FIELD(max_header_bytes), "request line and headers; past it 414 or 431" },
     { "max_body_bytes", NULL, "TOKEND_MAX_BODY_BYTES", CONFIG_SIZE, "65536", 0, 1L << 30,
@@ -152,4 +156,34 @@ void tokend_config_init(tokend_config *cfg) {
     for (size_t i = 0; i < config_count; i++)
         if (config_settings[i].dflt && config_settings[i].offset != offsetof(tokend_config, env_file))
             config_set(cfg, &config_settings[i], config_settings[i].dflt, 0, err, sizeof err);
+}
+
+/* The address of s's field in cfg, when it is a string. */
+static const char **config_string_field(tokend_config *cfg, const config_setting *s) {
+    if (s->type != CONFIG_STRING && s->type != CONFIG_SECRET) return NULL;
+    return (const char **)(void *)((char *)cfg + s->offset);
+}
+
+int config_copy(tokend_config *dst, const tokend_config *src) {
+    int rc = 0;
+    *dst = *src;
+    for (size_t i = 0; i < config_count; i++) {
+        const char **field = config_string_field(dst, &config_settings[i]);
+        if (!field) continue;
+        const char *text = *field;
+        *field = NULL;
+        if (text && *text && !(*field = strdup(text))) rc = -1;
+    }
+    if (rc < 0) config_free(dst);
+    return rc;
+}
+
+void config_free(tokend_config *c) {
+    for (size_t i = 0; i < config_count; i++) {
+        const char **field = config_string_field(c, &config_settings[i]);
+        if (!field || !*field) continue;
+        explicit_bzero((char *)*field, strlen(*field));
+        free((char *)*field);
+        *field = NULL;
+    }
 }

@@ -45,4 +45,11 @@ const config_setting *config_by_name(const char *name);
  * ("PORT must be an integer between 0 and 65535 (got "x")"). */
 int config_set(tokend_config *cfg, const config_setting *s, const char *value, int from_flag, char *err, size_t errlen);
 
+/* Makes dst a copy of src whose strings dst owns (an empty string becomes NULL).
+ * Returns 0, or -1 when out of memory (dst is then freed). */
+int config_copy(tokend_config *dst, const tokend_config *src);
+
+/* Wipes and frees the strings of a config made by config_copy. */
+void config_free(tokend_config *c);
+
 #endif

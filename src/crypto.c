@@ -27,6 +27,7 @@ struct crypto_key {
 };
 
 static const EVP_MD *crypto_md(const char *hash) {
+    if (strcmp(hash, "sha1") == 0) return EVP_sha1();
     if (strcmp(hash, "sha256") == 0) return EVP_sha256();
     if (strcmp(hash, "sha384") == 0) return EVP_sha384();
     if (strcmp(hash, "sha512") == 0) return EVP_sha512();
@@ -38,6 +39,16 @@ size_t crypto_digest(const char *hash, const void *data, size_t len, unsigned ch
     unsigned int n = 0;
     if (!md || EVP_Digest(data, len, out, &n, md, NULL) != 1) return 0;
     return n;
+}
+
+void crypto_hex(const void *in, size_t len, char *out) {
+    static const char digits[] = "0123456789abcdef";
+    const unsigned char *p = in;
+    for (size_t i = 0; i < len; i++) {
+        out[2 * i] = digits[p[i] >> 4];
+        out[2 * i + 1] = digits[p[i] & 15];
+    }
+    out[2 * len] = '\0';
 }
 
 size_t crypto_hmac(const char *hash, const void *key, size_t keylen, const void *data, size_t len,

@@ -7,11 +7,15 @@
 #define CRYPTO_MAX_DIGEST 64        /* SHA-512 */
 #define CRYPTO_MAX_SIGNATURE 1024   /* an RSA-8192 signature */
 
-/* The hash functions by name: "sha256", "sha384", "sha512". Each returns the digest's
+/* The hash functions by name: "sha1" (for names, such as a Redis script's), "sha256",
+ * "sha384", "sha512". Each returns the digest's
  * length, or 0 for an unknown name or an OpenSSL failure. */
 size_t crypto_digest(const char *hash, const void *data, size_t len, unsigned char out[CRYPTO_MAX_DIGEST]);
 size_t crypto_hmac(const char *hash, const void *key, size_t keylen, const void *data, size_t len,
                    unsigned char out[CRYPTO_MAX_DIGEST]);
+
+/* Writes len bytes as lower-case hexadecimal into out (room for 2 * len + 1). */
+void crypto_hex(const void *in, size_t len, char *out);
 
 /* Base64 (RFC 4648 section 4, padded) or base64url (section 5, unpadded). out must hold
  * crypto_base64_size(len) bytes; returns the length written (NUL-terminated). */

@@ -38,6 +38,7 @@ struct http_front {
     size_t max_body_bytes;
     size_t in_flight;
     struct http_exchange *pending;  /* dispatched, unanswered */
+    int closing;                    /* http_free is under way */
     int quiesced_fd;            /* listening socket handed back by MHD_quiesce_daemon, or -1 */
     netaddr_nets *proxies;
     policy_conns *conns;
@@ -505,7 +506,8 @@ static enum MHD_Result http_on_request(void *cls, struct MHD_Connection *conn, c
         f->pending = x;
         f->in_flight++;
         metrics_in_flight(1);
-        f->dispatch(f->dispatch_ud, req);
+        if (f->closing) http_request_fail(req, 503, "server shutting down");
+        else f->dispatch(f->dispatch_ud, req);
         if (x->state == REQ_ANSWERED) return http_queue(x);
         x->suspended = 1;
         MHD_suspend_connection(conn);
@@ -599,6 +601,7 @@ size_t http_in_flight(const http_front *f) {
 
 void http_free(http_front *f) {
     if (!f) return;
+    f->closing = 1;     /* what still arrives is not dispatched: the Lua host may be gone */
     while (f->pending) http_request_fail(&f->pending->pub, 503, "server shutting down");
     MHD_run(f->daemon);
     loop_watch(f->lp, f->epoll_fd, 0, NULL, NULL);

@@ -31,13 +31,8 @@ static int lcrypto_hmac_sha256(lua_State *L) {
 static int lcrypto_hex(lua_State *L) {
     size_t len;
     const unsigned char *s = (const unsigned char *)luaL_checklstring(L, 1, &len);
-    static const char digits[] = "0123456789abcdef";
     luaL_Buffer b;
-    char *out = luaL_buffinitsize(L, &b, len * 2);
-    for (size_t i = 0; i < len; i++) {
-        out[2 * i] = digits[s[i] >> 4];
-        out[2 * i + 1] = digits[s[i] & 15];
-    }
+    crypto_hex(s, len, luaL_buffinitsize(L, &b, len * 2 + 1));
     luaL_pushresultsize(&b, len * 2);
     return 1;
 }

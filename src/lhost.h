@@ -26,6 +26,7 @@ typedef struct lhost_info {
     int workers;
     int worker;
     int api_key_configured;
+    int redis_configured;
 } lhost_info;
 
 /* What a state's library calls reach: the worker's loop and clients, and the state all
@@ -38,6 +39,7 @@ typedef struct lhost_world {
     policy_buckets *buckets;    /* the rate limiters' buckets, shared by all workers */
     struct shdict_registry *shared;  /* tokend.shared's dictionaries, shared by all workers */
     struct envfile *env;        /* the .env file tokend.env reads after the environment, or NULL */
+    struct redis_client *redis; /* the worker's connection to Redis, or NULL when none is configured */
     const lhost_info *info;
 } lhost_world;
 

@@ -12,7 +12,8 @@
     X(lsharedlib_open)      /* shared */ \
     X(ltimerlib_open)       /* timer */ \
     X(lcookielib_open)      /* cookie */ \
-    X(ljwtlib_open)         /* jwt */
+    X(ljwtlib_open)         /* jwt */ \
+    X(lredislib_open)       /* redis */
 
 #define LINIT_DECLARE(open) llib_open_fn open;
 LINIT_LIBS(LINIT_DECLARE)

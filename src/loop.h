@@ -64,7 +64,8 @@ long loop_next_timeout_ms(const loop *lp);
 /* Wakes a loop blocked in loop_run_once. Safe from signal handlers and other threads. */
 void loop_wake(loop *lp);
 
-/* Monotonic milliseconds. */
+/* Monotonic milliseconds, and microseconds. */
 uint64_t loop_now_ms(void);
+uint64_t loop_now_us(void);
 
 #endif

@@ -92,7 +92,8 @@ static void lops_push_config(lua_State *L, const lhost_info *in) {
         { "public", in->public_dir, 0, -1 }, { "streaming_url", in->streaming_url, 0, -1 },
         { "token_url", in->token_url, 0, -1 }, { "websocket_url", in->websocket_url, 0, -1 },
         { "workers", NULL, in->workers, -1 }, { "worker", NULL, in->worker, -1 },
-        { "api_key_configured", NULL, 0, in->api_key_configured }, { "version", TOKEND_VERSION, 0, -1 },
+        { "api_key_configured", NULL, 0, in->api_key_configured }, { "redis", NULL, 0, in->redis_configured },
+        { "version", TOKEND_VERSION, 0, -1 },
     };
     lua_newtable(L);                          /* proxy */
     lua_createtable(L, 0, 4);                 /* its metatable */

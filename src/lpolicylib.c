@@ -1,24 +1,65 @@
-/* lpolicylib.c: tokend.limiter and tokend.origins: who may ask, and how often. */
+/* lpolicylib.c: tokend.limiter and tokend.origins: who may ask, and how often (here, or across instances in Redis). */
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdio.h>
 #include <string.h>
 
 #include "llib.h"
+#include "log.h"
 #include "loop.h"
+#include "lredislib.h"
+#include "metrics.h"
 
 #define LPOLICY_LIMITER "tokend.limiter"
 #define LPOLICY_ORIGINS "tokend.origins"
 #define LPOLICY_MAX_ORIGINS 64
 
+/* What a limiter with store = "redis" does when Redis cannot answer in time. */
+typedef enum lpolicy_on_error { LPOLICY_LOCAL, LPOLICY_ALLOW, LPOLICY_DENY } lpolicy_on_error;
+static const char *const lpolicy_on_error_names[] = { "local", "allow", "deny", NULL };
+
 typedef struct lpolicy_limiter {
-    policy_buckets *buckets;
+    lhost *h;                   /* of the state the limiter lives in */
+    policy_buckets *buckets;    /* this instance's own: the store, or the fallback */
     int id;
+    int redis;                  /* store = "redis" */
+    lpolicy_on_error on_error;
+    double per_ms, burst;
+    char name[64];
 } lpolicy_limiter;
+
+/* What a Redis take needs once the reply is in. */
+typedef struct lpolicy_take_ctx {
+    lpolicy_limiter lim;
+    char key[POLICY_KEY_SIZE];
+} lpolicy_take_ctx;
 
 typedef struct lpolicy_origins {
     policy_origins *list;
 } lpolicy_origins;
 
-/* tokend.limiter{name = "token", rate = 10, per = 60, burst = 5}: a token bucket per client,
- * shared by every worker (the same name gives the same buckets). */
+/* The token bucket in Redis, on Redis's clock: a hash {tokens, ms} per client that expires
+ * once it would be full again. ARGV: tokens per millisecond, burst. Returns
+ * {allowed (1/0), retry_after_seconds}. */
+static const char lpolicy_bucket_script[] =
+    "if redis.replicate_commands then redis.replicate_commands() end\n"
+    "local t = redis.call('TIME')\n"
+    "local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
+    "local per_ms, burst = tonumber(ARGV[1]), tonumber(ARGV[2])\n"
+    "local s = redis.call('HMGET', KEYS[1], 'tokens', 'ms')\n"
+    "local tokens, last = tonumber(s[1]), tonumber(s[2])\n"
+    "if not tokens or not last then tokens, last = burst, now end\n"
+    "if now > last then tokens = math.min(burst, tokens + (now - last) * per_ms) else now = last end\n"
+    "local allowed, retry = 0, 0\n"
+    "if tokens >= 1 then tokens, allowed = tokens - 1, 1\n"
+    "else retry = math.max(1, math.ceil((1 - tokens) / per_ms / 1000)) end\n"
+    "redis.call('HSET', KEYS[1], 'tokens', string.format('%.17g', tokens), 'ms', now)\n"
+    "redis.call('PEXPIRE', KEYS[1], math.ceil((burst - tokens) / per_ms) + 1000)\n"
+    "return {allowed, retry}\n";
+
+/* tokend.limiter{name = "token", rate = 10, per = 60, burst = 5[, store = "redis",
+ * on_store_error = "local"]}: a token bucket per client, shared by every worker (the same
+ * name gives the same buckets), or by every instance with store = "redis". */
 static int lpolicy_limiter_new(lua_State *L) {
     lhost *h = LLIB_HOST(L);
     char err[200];
@@ -30,28 +71,94 @@ static int lpolicy_limiter_new(lua_State *L) {
     double rate = llib_opt_number(L, 1, "rate", -1, "limiter");
     double per = llib_opt_number(L, 1, "per", 60, "limiter");
     double burst = llib_opt_number(L, 1, "burst", rate, "limiter");
-    policy_buckets *buckets = lhost_world_of(h)->buckets;
-    int id = policy_limiter(buckets, name, rate, per, burst, err, sizeof err);
+    lua_getfield(L, 1, "store");
+    const char *store = luaL_optstring(L, -1, "local");
+    luaL_argcheck(L, strcmp(store, "local") == 0 || strcmp(store, "redis") == 0, 1,
+                  "store must be \"local\" or \"redis\"");
+    lua_getfield(L, 1, "on_store_error");
+    const char *on_error = luaL_optstring(L, -1, "local");
+    int on_error_index = -1;
+    for (int i = 0; lpolicy_on_error_names[i]; i++)
+        if (strcmp(on_error, lpolicy_on_error_names[i]) == 0) on_error_index = i;
+    luaL_argcheck(L, on_error_index >= 0, 1, "on_store_error must be \"local\", \"allow\" or \"deny\"");
+    const lhost_world *world = lhost_world_of(h);
+    if (strcmp(store, "redis") == 0 && !world->info->redis_configured)
+        return luaL_error(L, "limiter \"%s\": store = \"redis\" needs TOKEND_REDIS_URL", name);
+    int id = policy_limiter(world->buckets, name, rate, per, burst, err, sizeof err);
     if (id < 0) return luaL_error(L, "%s", err);
     lpolicy_limiter *lim = lua_newuserdatauv(L, sizeof *lim, 0);
-    lim->buckets = buckets;
+    memset(lim, 0, sizeof *lim);
+    lim->h = h;
+    lim->buckets = world->buckets;
     lim->id = id;
+    lim->redis = strcmp(store, "redis") == 0;
+    lim->on_error = (lpolicy_on_error)on_error_index;
+    lim->per_ms = rate / (per * 1000.0);
+    lim->burst = burst;
+    snprintf(lim->name, sizeof lim->name, "%s", name);
     luaL_setmetatable(L, LPOLICY_LIMITER);
     return 1;
+}
+
+/* Pushes a take's result: true, or false and the seconds to wait. */
+static int lpolicy_push_take(lua_State *L, int allowed, long retry_after_s) {
+    lua_pushboolean(L, allowed);
+    if (allowed) return 1;
+    lua_pushinteger(L, retry_after_s);
+    return 2;
+}
+
+static int lpolicy_take_local(lua_State *L, const lpolicy_limiter *lim, const char *key) {
+    long retry = 0;
+    int allowed = policy_take(lim->buckets, lim->id, key, loop_now_ms(), &retry);
+    return lpolicy_push_take(L, allowed, retry);
+}
+
+/* Decides without Redis, by the limiter's on_store_error; warns at most once a minute. */
+static int lpolicy_take_fallback(lua_State *L, const lpolicy_take_ctx *c, const char *why) {
+    static _Atomic uint64_t last_warning_ms;
+    uint64_t now = loop_now_ms(), last = last_warning_ms;
+    const char *policy = lpolicy_on_error_names[c->lim.on_error];
+    if ((last == 0 || now - last >= 60000) && atomic_compare_exchange_strong(&last_warning_ms, &last, now))
+        log_msg(LOG_WARN, "limiter \"%s\": Redis failed (%s); deciding by on_store_error = \"%s\" (this warning "
+                          "comes at most once a minute; tokend_limiter_fallbacks_total counts each decision)",
+                c->lim.name, why, policy);
+    metrics_store_fallback(policy);
+    if (c->lim.on_error == LPOLICY_ALLOW) return lpolicy_push_take(L, 1, 0);
+    if (c->lim.on_error == LPOLICY_DENY) return lpolicy_push_take(L, 0, 1);
+    return lpolicy_take_local(L, &c->lim, c->key);
+}
+
+/* The Redis bucket's answer: {allowed, retry}, or a failure to fall back from. */
+static int lpolicy_push_redis_take(lua_State *L, const redis_reply *r, const char *err, void *ud) {
+    const lpolicy_take_ctx *c = ud;
+    size_t len;
+    if (!r) return lpolicy_take_fallback(L, c, err);
+    if (redis_reply_type(r) == REDIS_VALUE_ERROR) return lpolicy_take_fallback(L, c, redis_reply_string(r, &len));
+    const redis_reply *allowed = redis_reply_element(r, 0), *retry = redis_reply_element(r, 1);
+    if (redis_reply_type(r) != REDIS_VALUE_ARRAY || redis_reply_count(r) != 2 ||
+        redis_reply_type(allowed) != REDIS_VALUE_INTEGER || redis_reply_type(retry) != REDIS_VALUE_INTEGER)
+        return lpolicy_take_fallback(L, c, "a reply of the wrong shape");
+    long long wait = redis_reply_integer(retry);
+    return lpolicy_push_take(L, redis_reply_integer(allowed) == 1, wait < 1 ? 1 : wait > 86400 ? 86400 : (long)wait);
 }
 
 /* limiter:take(key) -> true | false, retry_after_seconds */
 static int lpolicy_limiter_take(lua_State *L) {
     lpolicy_limiter *lim = luaL_checkudata(L, 1, LPOLICY_LIMITER);
     const char *key = luaL_checkstring(L, 2);
-    long retry = 0;
-    if (policy_take(lim->buckets, lim->id, key, loop_now_ms(), &retry)) {
-        lua_pushboolean(L, 1);
-        return 1;
-    }
-    lua_pushboolean(L, 0);
-    lua_pushinteger(L, retry);
-    return 2;
+    lpolicy_take_ctx c;
+    char redis_key[POLICY_KEY_SIZE + 96], per_ms[32], burst[32];
+    if (!lim->redis) return lpolicy_take_local(L, lim, key);
+    c.lim = *lim;
+    policy_client_key(key, c.key);
+    snprintf(redis_key, sizeof redis_key, "tokend.limiter:%s:%s", lim->name, c.key);
+    lredis_number(lim->per_ms, per_ms);
+    lredis_number(lim->burst, burst);
+    const char *argv[] = { redis_key, per_ms, burst };
+    const size_t argvlen[] = { strlen(redis_key), strlen(per_ms), strlen(burst) };
+    return lredis_call(L, lim->h, "limiter:take", lpolicy_bucket_script, 1, 3, argv, argvlen,
+                       lpolicy_push_redis_take, &c, sizeof c);
 }
 
 static int lpolicy_origins_gc(lua_State *L) {

@@ -38,8 +38,7 @@ static void ltoken_audit_write(const upstream_result *r, const ltoken_audit *a) 
     unsigned char digest[CRYPTO_MAX_DIGEST];
     snprintf(expires, sizeof expires, "%ld", r->token ? r->expires_in_seconds : a->expires_in_s);
     snprintf(session, sizeof session, "%ld", a->max_session_s);
-    if (r->token && crypto_digest("sha256", r->token, strlen(r->token), digest))
-        for (int i = 0; i < 4; i++) snprintf(hash + 2 * i, 3, "%02x", digest[i]);
+    if (r->token && crypto_digest("sha256", r->token, strlen(r->token), digest)) crypto_hex(digest, 4, hash);
     log_field f[] = {
         { "event", "token_minted", 0 }, { "client", a->client, 0 }, { "user", a->user, 0 },
         { "origin", a->origin, 0 }, { "expires_in_seconds", expires, 1 },

@@ -15,7 +15,9 @@
 #include "fetch.h"
 #include "linit.h"
 #include "lhost.h"
+#include "log.h"
 #include "policy.h"
+#include "redis.h"
 #include "server.h"
 #include "shdict.h"
 #include "upstream.h"
@@ -23,6 +25,7 @@
 
 #define LUAMOD_STATE "tokend.module"
 #define LUAMOD_SERVER "tokend.server"
+#define LUAMOD_REDIS_CHECK_MS 2000      /* how long require "tokend" waits for Redis to answer */
 
 /* What one require of the module owns; freed when the Lua state closes. */
 typedef struct luamod_state {
@@ -32,6 +35,7 @@ typedef struct luamod_state {
     loop *lp;                   /* the module's own world, for calls outside requests */
     fetch *client;
     upstream *up;
+    redis_client *redis;        /* NULL without TOKEND_REDIS_URL */
     policy_buckets *buckets;
     shdict_registry *shared;
     url_endpoints endpoints;
@@ -66,6 +70,7 @@ static int luamod_state_gc(lua_State *L) {
     luamod_state *m = luaL_checkudata(L, 1, LUAMOD_STATE);
     if (m->serving) luamod_server_close(m->serving);
     lhost_free(m->h);
+    redis_free(m->redis);
     upstream_free(m->up);
     fetch_free(m->client);
     loop_free(m->lp);
@@ -283,14 +288,24 @@ static int luamod_world(luamod_state *m, char *err, size_t errlen) {
         snprintf(err, errlen, "out of memory");
         return -1;
     }
+    if (m->cfg.redis_url) {
+        redis_target t;
+        int rc = redis_open(m->cfg.redis_url, LUAMOD_REDIS_CHECK_MS, &t, err, errlen);
+        if (rc < 0) return -1;
+        if (rc > 0) log_msg(LOG_WARN, "%s; going on without Redis until it answers", err);
+        if (!(m->redis = redis_create(m->lp, &t, m->cfg.redis_timeout_ms))) {
+            snprintf(err, errlen, "out of memory");
+            return -1;
+        }
+    }
     m->info = (lhost_info){
         .host = "", .port = 0, .script = "(embedded)", .public_dir = "",
         .streaming_url = m->endpoints.base, .token_url = m->endpoints.token_url,
         .websocket_url = m->endpoints.websocket_url, .workers = 1, .worker = 1,
-        .api_key_configured = m->key != NULL,
+        .api_key_configured = m->key != NULL, .redis_configured = m->redis != NULL,
     };
     m->world = (lhost_world){ .lp = m->lp, .client = m->client, .up = m->up, .buckets = m->buckets,
-                              .shared = m->shared, .info = &m->info };
+                              .shared = m->shared, .redis = m->redis, .info = &m->info };
     return 0;
 }
 

@@ -1,5 +1,5 @@
 /* metrics.c: process-wide counters for /metrics: requests by route and status, tokens,
- * upstream latency and errors, requests in flight, reloads. Thread-safe. */
+ * upstream and Redis latency and errors, requests in flight, reloads. Thread-safe. */
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdatomic.h>
@@ -25,14 +25,52 @@ static atomic_long metrics_in_flight_now;
 static atomic_ullong metrics_tokens;
 static atomic_ullong metrics_reloads_ok, metrics_reloads_failed;
 
-/* Upstream latency histogram (seconds), like Prometheus client defaults around 100 ms. */
-static const double metrics_bounds[] = { 0.01, 0.025, 0.05, 0.1, 0.15, 0.25, 0.5, 1, 2.5, 5, 10 };
-#define METRICS_NBOUNDS (sizeof metrics_bounds / sizeof metrics_bounds[0])
-static atomic_ullong metrics_latency_buckets[METRICS_NBOUNDS + 1];
-static atomic_ullong metrics_latency_count;
-static atomic_ullong metrics_latency_sum_us;
+/* A latency histogram in seconds. */
+#define METRICS_MAX_BOUNDS 12
+typedef struct metrics_histogram {
+    const char *name;               /* tokend_..._seconds */
+    const char *help;
+    double bounds[METRICS_MAX_BOUNDS];      /* ascending, 0-terminated when shorter */
+    atomic_ullong buckets[METRICS_MAX_BOUNDS + 1];
+    atomic_ullong count;
+    atomic_ullong sum_us;
+} metrics_histogram;
+
+/* Upstream latency, like Prometheus client defaults around 100 ms. */
+static metrics_histogram metrics_upstream_latency = {
+    .name = "tokend_upstream_duration_seconds", .help = "Time from a token request to its outcome.",
+    .bounds = { 0.01, 0.025, 0.05, 0.1, 0.15, 0.25, 0.5, 1, 2.5, 5, 10 },
+};
+/* Redis command latency: sub-millisecond on a local network. */
+static metrics_histogram metrics_redis_latency = {
+    .name = "tokend_redis_command_duration_seconds",
+    .help = "Time from sending a Redis command to its reply or deadline.",
+    .bounds = { 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1 },
+};
 
 static atomic_ullong metrics_errors[FAILURE_COUNT];
+
+static const char *const metrics_redis_error_kinds[] = { "down", "timeout", "lost", "reply" };
+#define METRICS_REDIS_KINDS (sizeof metrics_redis_error_kinds / sizeof metrics_redis_error_kinds[0])
+static atomic_ullong metrics_redis_errors[METRICS_REDIS_KINDS];
+static const char *const metrics_fallback_policies[] = { "local", "allow", "deny" };
+#define METRICS_POLICIES (sizeof metrics_fallback_policies / sizeof metrics_fallback_policies[0])
+static atomic_ullong metrics_fallbacks[METRICS_POLICIES];
+
+static void metrics_observe(metrics_histogram *h, double elapsed_ms) {
+    double s = elapsed_ms / 1000.0;
+    size_t b = 0;
+    while (b < METRICS_MAX_BOUNDS && h->bounds[b] > 0 && s > h->bounds[b]) b++;
+    atomic_fetch_add(&h->buckets[b], 1);
+    atomic_fetch_add(&h->count, 1);
+    atomic_fetch_add(&h->sum_us, (unsigned long long)(elapsed_ms * 1000.0));
+}
+
+/* Counts name under kinds[i] when name is one of them. */
+static void metrics_count_kind(const char *const *kinds, atomic_ullong *counters, size_t n, const char *name) {
+    for (size_t i = 0; i < n; i++)
+        if (strcmp(kinds[i], name) == 0) atomic_fetch_add(&counters[i], 1);
+}
 
 void metrics_request(const char *route, int status) {
     pthread_mutex_lock(&metrics_lock);
@@ -58,16 +96,18 @@ void metrics_in_flight(int delta) {
 }
 
 void metrics_upstream(failure_kind failure, double elapsed_ms) {
-    if (elapsed_ms < 0) goto counted;   /* no upstream call was made (no key) */
-    double s = elapsed_ms / 1000.0;
-    size_t b = 0;
-    while (b < METRICS_NBOUNDS && s > metrics_bounds[b]) b++;
-    atomic_fetch_add(&metrics_latency_buckets[b], 1);
-    atomic_fetch_add(&metrics_latency_count, 1);
-    atomic_fetch_add(&metrics_latency_sum_us, (unsigned long long)(elapsed_ms * 1000.0));
-counted:
+    if (elapsed_ms >= 0) metrics_observe(&metrics_upstream_latency, elapsed_ms);  /* < 0: no call was made */
     if (failure == FAILURE_NONE) atomic_fetch_add(&metrics_tokens, 1);
     else if (failure < FAILURE_COUNT) atomic_fetch_add(&metrics_errors[failure], 1);
+}
+
+void metrics_redis(double elapsed_ms, const char *error_kind) {
+    if (elapsed_ms >= 0) metrics_observe(&metrics_redis_latency, elapsed_ms);
+    if (error_kind) metrics_count_kind(metrics_redis_error_kinds, metrics_redis_errors, METRICS_REDIS_KINDS, error_kind);
+}
+
+void metrics_store_fallback(const char *policy) {
+    metrics_count_kind(metrics_fallback_policies, metrics_fallbacks, METRICS_POLICIES, policy);
 }
 
 void metrics_reload(int ok) {
@@ -97,6 +137,30 @@ static void metrics_label(const char *in, char *out, size_t cap) {
     out[o] = '\0';
 }
 
+static void metrics_render_histogram(metrics_write_fn *write, void *ud, metrics_histogram *h) {
+    unsigned long long cumulative = 0;
+    metrics_printf(write, ud, "# HELP %s %s\n# TYPE %s histogram\n", h->name, h->help, h->name);
+    for (size_t b = 0; b <= METRICS_MAX_BOUNDS; b++) {
+        cumulative += atomic_load(&h->buckets[b]);
+        if (b < METRICS_MAX_BOUNDS && h->bounds[b] > 0)
+            metrics_printf(write, ud, "%s_bucket{le=\"%g\"} %llu\n", h->name, h->bounds[b], cumulative);
+        else {
+            metrics_printf(write, ud, "%s_bucket{le=\"+Inf\"} %llu\n", h->name, cumulative);
+            break;
+        }
+    }
+    metrics_printf(write, ud, "%s_sum %.6f\n%s_count %llu\n", h->name, (double)atomic_load(&h->sum_us) / 1e6, h->name,
+                   atomic_load(&h->count));
+}
+
+/* Writes a counter with one label, a series for each of its values. */
+static void metrics_render_kinds(metrics_write_fn *write, void *ud, const char *name, const char *help,
+                                 const char *label, const char *const *kinds, atomic_ullong *counters, size_t n) {
+    metrics_printf(write, ud, "# HELP %s %s\n# TYPE %s counter\n", name, help, name);
+    for (size_t i = 0; i < n; i++)
+        metrics_printf(write, ud, "%s{%s=\"%s\"} %llu\n", name, label, kinds[i], atomic_load(&counters[i]));
+}
+
 void metrics_render(metrics_write_fn *write, void *ud, long upstream_connections_opened) {
     metrics_printf(write, ud, "# HELP tokend_requests_total Requests answered, by route and status.\n"
                               "# TYPE tokend_requests_total counter\n");
@@ -116,23 +180,11 @@ void metrics_render(metrics_write_fn *write, void *ud, long upstream_connections
     metrics_printf(write, ud, "# HELP tokend_tokens_minted_total Temporary tokens minted.\n"
                               "# TYPE tokend_tokens_minted_total counter\ntokend_tokens_minted_total %llu\n",
                    atomic_load(&metrics_tokens));
-    metrics_printf(write, ud, "# HELP tokend_upstream_duration_seconds Time from a token request to its outcome.\n"
-                              "# TYPE tokend_upstream_duration_seconds histogram\n");
-    unsigned long long cumulative = 0;
-    for (size_t b = 0; b <= METRICS_NBOUNDS; b++) {
-        cumulative += atomic_load(&metrics_latency_buckets[b]);
-        if (b < METRICS_NBOUNDS)
-            metrics_printf(write, ud, "tokend_upstream_duration_seconds_bucket{le=\"%g\"} %llu\n", metrics_bounds[b], cumulative);
-        else
-            metrics_printf(write, ud, "tokend_upstream_duration_seconds_bucket{le=\"+Inf\"} %llu\n", cumulative);
-    }
-    metrics_printf(write, ud, "tokend_upstream_duration_seconds_sum %.6f\ntokend_upstream_duration_seconds_count %llu\n",
-                   (double)atomic_load(&metrics_latency_sum_us) / 1e6, atomic_load(&metrics_latency_count));
-    metrics_printf(write, ud, "# HELP tokend_upstream_errors_total Failed token requests, by kind.\n"
-                              "# TYPE tokend_upstream_errors_total counter\n");
-    for (failure_kind k = FAILURE_NONE + 1; k < FAILURE_COUNT; k++)
-        metrics_printf(write, ud, "tokend_upstream_errors_total{kind=\"%s\"} %llu\n", failure_name(k),
-                       atomic_load(&metrics_errors[k]));
+    metrics_render_histogram(write, ud, &metrics_upstream_latency);
+    const char *failures[FAILURE_COUNT];
+    for (failure_kind k = FAILURE_NONE; k < FAILURE_COUNT; k++) failures[k] = failure_name(k);
+    metrics_render_kinds(write, ud, "tokend_upstream_errors_total", "Failed token requests, by kind.", "kind",
+                         failures + 1, metrics_errors + 1, FAILURE_COUNT - 1);
     metrics_printf(write, ud, "# HELP tokend_upstream_connections_opened_total Connections opened to the upstream.\n"
                               "# TYPE tokend_upstream_connections_opened_total counter\n"
                               "tokend_upstream_connections_opened_total %ld\n", upstream_connections_opened);
@@ -140,4 +192,11 @@ void metrics_render(metrics_write_fn *write, void *ud, long upstream_connections
                               "# TYPE tokend_reloads_total counter\n"
                               "tokend_reloads_total{result=\"ok\"} %llu\ntokend_reloads_total{result=\"failed\"} %llu\n",
                    atomic_load(&metrics_reloads_ok), atomic_load(&metrics_reloads_failed));
+    metrics_render_histogram(write, ud, &metrics_redis_latency);
+    metrics_render_kinds(write, ud, "tokend_redis_errors_total",
+                         "Redis commands that failed: Redis down, no reply in time, connection lost, error reply.",
+                         "kind", metrics_redis_error_kinds, metrics_redis_errors, METRICS_REDIS_KINDS);
+    metrics_render_kinds(write, ud, "tokend_limiter_fallbacks_total",
+                         "Limiter decisions made without Redis, by on_store_error policy.", "policy",
+                         metrics_fallback_policies, metrics_fallbacks, METRICS_POLICIES);
 }

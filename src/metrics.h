@@ -1,5 +1,5 @@
 /* metrics.h: process-wide counters for /metrics: requests by route and status, tokens,
- * upstream latency and errors, requests in flight, reloads. Thread-safe. */
+ * upstream and Redis latency and errors, requests in flight, reloads. Thread-safe. */
 #ifndef TOKEND_METRICS_H
 #define TOKEND_METRICS_H
 
@@ -16,6 +16,13 @@ void metrics_in_flight(int delta);
 /* Counts a token request's outcome: FAILURE_NONE for a minted token, else its failure;
  * elapsed_ms < 0 when no upstream call was made (it stays out of the histogram). */
 void metrics_upstream(failure_kind failure, double elapsed_ms);
+
+/* Counts a Redis command: its latency (< 0: none, it was not sent) and, when it failed,
+ * why: "down", "timeout", "lost" or "reply" (an error reply). */
+void metrics_redis(double elapsed_ms, const char *error_kind);
+
+/* Counts a limiter decision made without Redis, by policy: "local", "allow" or "deny". */
+void metrics_store_fallback(const char *policy);
 
 /* Counts a script reload (ok 1) or a failed one (ok 0). */
 void metrics_reload(int ok);

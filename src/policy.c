@@ -10,6 +10,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "crypto.h"
 #include "netaddr.h"
 #include "policy.h"
 
@@ -153,11 +154,23 @@ static void policy_grow(policy_buckets *b) {
     b->nslots = n;
 }
 
+void policy_client_key(const char *key, char out[POLICY_KEY_SIZE]) {
+    size_t len = strlen(key);
+    unsigned char digest[CRYPTO_MAX_DIGEST];
+    if (len <= POLICY_KEY_MAX) {
+        netaddr_key(key, out, POLICY_KEY_SIZE);
+        return;
+    }
+    memcpy(out, "sha256:", 7);
+    if (crypto_digest("sha256", key, len, digest) == 32) crypto_hex(digest, 32, out + 7);
+    else snprintf(out, POLICY_KEY_SIZE, "%.*s", POLICY_KEY_MAX, key);     /* OpenSSL failed: cut */
+}
+
 int policy_take(policy_buckets *b, int id, const char *key, uint64_t now_ms, long *retry_after_s) {
-    char k[128];
+    char k[POLICY_KEY_SIZE];
     int allowed = 0;
     if (id < 0 || id >= b->nlimiters) return 0;
-    netaddr_key(key, k, sizeof k);
+    policy_client_key(key, k);
     uint64_t h = policy_hash(id, k);
     pthread_mutex_lock(&b->lock);
     const policy_limiter_def *d = &b->limiters[id];

@@ -21,8 +21,15 @@ void policy_buckets_free(policy_buckets *b);
 int policy_limiter(policy_buckets *b, const char *name, double rate, double per_s, double burst,
                    char *err, size_t errlen);
 
-/* Takes one token from key's bucket in limiter id. IPv6 keys count per /64 network, an
- * IPv4-mapped IPv6 address as its IPv4 address.
+#define POLICY_KEY_MAX 80       /* longer client keys are known by their SHA-256 */
+#define POLICY_KEY_SIZE 128
+
+/* Writes the name a limiter knows client key by: an IPv6 address as its /64 network, an
+ * IPv4-mapped address as its IPv4 address, a key longer than POLICY_KEY_MAX bytes as
+ * "sha256:<hex>", any other key as it is. */
+void policy_client_key(const char *key, char out[POLICY_KEY_SIZE]);
+
+/* Takes one token from key's bucket in limiter id (known by policy_client_key).
  * Returns 1 when allowed; 0 when refused, with *retry_after_s (whole seconds, >= 1) set.
  * When the table is full of active clients, new clients are refused too. */
 int policy_take(policy_buckets *b, int id, const char *key, uint64_t now_ms, long *retry_after_s);

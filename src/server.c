@@ -26,6 +26,7 @@
 #include "metrics.h"
 #include "netaddr.h"
 #include "policy.h"
+#include "redis.h"
 #include "server.h"
 #include "shdict.h"
 #include "tokend.h"
@@ -34,6 +35,7 @@
 
 #define SERVER_MAX_WORKERS 256
 #define SERVER_WATCH_MS 500         /* how often --watch looks at the script */
+#define SERVER_REDIS_CHECK_MS 2000  /* how long the start-up check waits for Redis */
 #define SERVER_EXTRA_TURNS 4        /* libmicrohttpd turns per loop wake-up, at most */
 
 /* A Lua host replaced by a reload, kept until its last request is answered. */
@@ -48,6 +50,7 @@ typedef struct server_worker {
     loop *lp;
     fetch *client;              /* outgoing HTTP: token calls */
     upstream *up;
+    redis_client *redis;        /* NULL without TOKEND_REDIS_URL */
     lhost *lua;
     http_front *http;
     lhost_info info;
@@ -78,6 +81,8 @@ struct tokend_server {
     policy_conns *conns;            /* open connections per client address, all workers */
     netaddr_nets *proxies;
     policy_hosts *hosts;
+    redis_target redis;             /* where Redis is, when cfg.redis_url is set */
+    int checking;                   /* tokend_script_check: no connections */
 };
 
 static pthread_once_t server_curl_once = PTHREAD_ONCE_INIT;
@@ -89,24 +94,6 @@ static void server_curl_init(void) {
 
 void tokend_set_log_sink(tokend_log_fn *sink, void *ud) {
     log_set_sink(sink, ud);
-}
-
-static char *server_dup(const char *s) {
-    return s ? strdup(s) : NULL;
-}
-
-static void server_free_strings(tokend_config *c) {
-    if (c->api_key) explicit_bzero((char *)c->api_key, strlen(c->api_key));
-    free((char *)c->host);
-    free((char *)c->script);
-    free((char *)c->public_dir);
-    free((char *)c->api_key);
-    free((char *)c->streaming_url);
-    free((char *)c->ca_file);
-    free((char *)c->trusted_proxies);
-    free((char *)c->allowed_hosts);
-    free((char *)c->upstream_proxy);
-    free((char *)c->env_file);
 }
 
 /* Binds a listening socket. reuse_port shares the port between workers. Returns the fd
@@ -191,6 +178,13 @@ static int server_policy_init(tokend_server *srv, char *err, size_t errlen) {
     if (!srv->buckets || !srv->conns || !srv->shared) {
         snprintf(err, errlen, "out of memory");
         return -1;
+    }
+    if (srv->cfg.redis_url) {
+        /* A wrong address or password fails the start; a Redis that does not answer in
+         * time is warned of: it may later, and the scripts' on-error policies apply. */
+        int rc = redis_open(srv->cfg.redis_url, srv->checking ? 0 : SERVER_REDIS_CHECK_MS, &srv->redis, err, errlen);
+        if (rc < 0) return -1;
+        if (rc > 0) log_msg(LOG_WARN, "%s; serving without Redis until it answers", err);
     }
     return 0;
 }
@@ -304,14 +298,21 @@ static int server_worker_init(tokend_server *srv, server_worker *w, int id, char
     };
     if (!(w->client = fetch_create(w->lp, &fo, err, errlen))) return -1;
     if (!(w->up = upstream_create(w->client, &uo, err, errlen))) return -1;
+    if (srv->cfg.redis_url && !srv->checking) {
+        if (!(w->redis = redis_create(w->lp, &srv->redis, srv->cfg.redis_timeout_ms))) {
+            snprintf(err, errlen, "out of memory");
+            return -1;
+        }
+        redis_wait_ready(w->redis, SERVER_REDIS_CHECK_MS / 2);     /* Redis answered the check: serve with it */
+    }
     w->info = (lhost_info){
         .host = srv->cfg.host, .port = srv->port, .script = srv->cfg.script, .public_dir = srv->cfg.public_dir,
         .streaming_url = srv->endpoints.base, .token_url = srv->endpoints.token_url,
         .websocket_url = srv->endpoints.websocket_url, .workers = srv->nworkers, .worker = id + 1,
-        .api_key_configured = srv->cfg.api_key && *srv->cfg.api_key,
+        .api_key_configured = srv->cfg.api_key && *srv->cfg.api_key, .redis_configured = srv->cfg.redis_url != NULL,
     };
     w->world = (lhost_world){ .serves = 1, .lp = w->lp, .client = w->client, .up = w->up, .buckets = srv->buckets,
-                              .shared = srv->shared, .env = srv->env, .info = &w->info };
+                              .shared = srv->shared, .env = srv->env, .redis = w->redis, .info = &w->info };
     if (srv->attached) {
         w->lua = srv->attached;
         lhost_serve(w->lua, &w->world);
@@ -328,30 +329,11 @@ static void server_worker_free(server_worker *w) {
         w->lua = NULL;
     }
     lhost_free(w->lua);
+    redis_free(w->redis);
     upstream_free(w->up);
     fetch_free(w->client);
     http_free(w->http);         /* answers what is left 503 */
     loop_free(w->lp);
-}
-
-static int server_copy_config(tokend_server *srv, const tokend_config *cfg) {
-    srv->cfg = *cfg;
-    srv->cfg.host = server_dup(cfg->host);
-    srv->cfg.script = server_dup(cfg->script);
-    srv->cfg.public_dir = server_dup(cfg->public_dir);
-    srv->cfg.api_key = cfg->api_key && *cfg->api_key ? server_dup(cfg->api_key) : NULL;
-    srv->cfg.streaming_url = server_dup(cfg->streaming_url);
-    srv->cfg.ca_file = cfg->ca_file && *cfg->ca_file ? server_dup(cfg->ca_file) : NULL;
-    srv->cfg.trusted_proxies = server_dup(cfg->trusted_proxies);
-    srv->cfg.allowed_hosts = server_dup(cfg->allowed_hosts);
-    srv->cfg.upstream_proxy = server_dup(cfg->upstream_proxy);
-    srv->cfg.env_file = server_dup(cfg->env_file);
-    return srv->cfg.host && srv->cfg.script && srv->cfg.public_dir && srv->cfg.streaming_url &&
-           (!cfg->trusted_proxies || srv->cfg.trusted_proxies) &&
-           (!cfg->allowed_hosts || srv->cfg.allowed_hosts) && (!cfg->upstream_proxy || srv->cfg.upstream_proxy) &&
-           (!cfg->env_file || srv->cfg.env_file) &&
-           (!cfg->api_key || !*cfg->api_key || srv->cfg.api_key) &&
-           (!cfg->ca_file || !*cfg->ca_file || srv->cfg.ca_file) ? 0 : -1;
 }
 
 /* Notes the names of the .env file that are neither settings nor read by the script (a
@@ -383,7 +365,7 @@ int server_create_attached(const tokend_config *cfg, lhost *attached, tokend_ser
     }
     if (server_check_config(cfg, err, errlen) < 0) return TOKEND_ERR;
     srv = calloc(1, sizeof *srv);
-    if (!srv || server_copy_config(srv, cfg) < 0) {
+    if (!srv || config_copy(&srv->cfg, cfg) < 0) {
         snprintf(err, errlen, "out of memory");
         goto fail;
     }
@@ -594,7 +576,7 @@ void tokend_server_free(tokend_server *srv) {
     }
     free(srv->c_routes);
     server_policy_free(srv);
-    server_free_strings(&srv->cfg);
+    config_free(&srv->cfg);
     free(srv);
 }
 
@@ -654,19 +636,20 @@ int tokend_script_check(const tokend_config *cfg, char *err, size_t errlen) {
     memset(&w, 0, sizeof w);
     pthread_once(&server_curl_once, server_curl_init);
     if (server_check_config(cfg, err, errlen) < 0) return TOKEND_ERR;
-    if (server_copy_config(&srv, cfg) < 0) {
+    if (config_copy(&srv.cfg, cfg) < 0) {
         snprintf(err, errlen, "out of memory");
         goto out;
     }
     if (url_streaming_endpoints(srv.cfg.streaming_url, &srv.endpoints, err, errlen) != URL_OK) goto out;
     srv.nworkers = 1;
     srv.port = cfg->port;
+    srv.checking = 1;
     if (server_policy_init(&srv, err, errlen) < 0) goto out;
     if (server_worker_init(&srv, &w, 0, err, errlen) < 0) goto out;
     rc = TOKEND_OK;
 out:
     server_worker_free(&w);
     server_policy_free(&srv);
-    server_free_strings(&srv.cfg);
+    config_free(&srv.cfg);
     return rc;
 }
