@@ -297,6 +297,7 @@ static int luamod_world(luamod_state *m, char *err, size_t errlen) {
             snprintf(err, errlen, "out of memory");
             return -1;
         }
+        if (rc == 0) redis_wait_ready(m->redis, LUAMOD_REDIS_CHECK_MS / 2);
     }
     m->info = (lhost_info){
         .host = "", .port = 0, .script = "(embedded)", .public_dir = "",

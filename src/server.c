@@ -83,6 +83,7 @@ struct tokend_server {
     policy_hosts *hosts;
     redis_target redis;             /* where Redis is, when cfg.redis_url is set */
     int checking;                   /* tokend_script_check: no connections */
+    int redis_answered;             /* to the check at start */
 };
 
 static pthread_once_t server_curl_once = PTHREAD_ONCE_INIT;
@@ -185,6 +186,7 @@ static int server_policy_init(tokend_server *srv, char *err, size_t errlen) {
         int rc = redis_open(srv->cfg.redis_url, srv->checking ? 0 : SERVER_REDIS_CHECK_MS, &srv->redis, err, errlen);
         if (rc < 0) return -1;
         if (rc > 0) log_msg(LOG_WARN, "%s; serving without Redis until it answers", err);
+        srv->redis_answered = rc == 0;
     }
     return 0;
 }
@@ -303,7 +305,7 @@ static int server_worker_init(tokend_server *srv, server_worker *w, int id, char
             snprintf(err, errlen, "out of memory");
             return -1;
         }
-        redis_wait_ready(w->redis, SERVER_REDIS_CHECK_MS / 2);     /* Redis answered the check: serve with it */
+        if (srv->redis_answered) redis_wait_ready(w->redis, SERVER_REDIS_CHECK_MS / 2);    /* serve with it at once */
     }
     w->info = (lhost_info){
         .host = srv->cfg.host, .port = srv->port, .script = srv->cfg.script, .public_dir = srv->cfg.public_dir,
