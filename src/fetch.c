@@ -61,6 +61,8 @@ struct fetch_shard {
     loop_timer timer;               /* curl's timeout for this multi handle */
     int transfers;                  /* easy handles in multi */
     int used;                       /* a transfer started since the last sweep */
+    int broken;                     /* curl's state for it cannot be trusted: retiring */
+    loop_timer retire;              /* the retirement, once the loop's round is over */
 };
 
 struct fetch {
@@ -119,13 +121,24 @@ static void fetch_buf_reset(fetch_buf *b, size_t keep) {
 
 /* ---- sockets and timers, on the worker's loop ---- */
 
+static void fetch_break_shard(fetch_shard *sh, const char *why);
+
+/* Runs curl on sh for a socket event or its timeout, then hands over what finished. */
+static void fetch_run(fetch_shard *sh, curl_socket_t fd, int flags) {
+    int running = 0;
+    if (sh->broken) return;
+    CURLMcode rc = curl_multi_socket_action(sh->multi, fd, flags, &running);
+    fetch_drain(sh);
+    /* Out of memory, libcurl 7.88 can leave a socket's bookkeeping destroyed but in place:
+     * the next event on that socket divides by zero inside curl_multi_socket_action. */
+    if (rc != CURLM_OK) fetch_break_shard(sh, curl_multi_strerror(rc));
+}
+
 static void fetch_on_fd(void *ud, int fd, unsigned events) {
-    fetch_shard *sh = ud;
-    int flags = 0, running = 0;
+    int flags = 0;
     if (events & LOOP_READ) flags |= CURL_CSELECT_IN;
     if (events & LOOP_WRITE) flags |= CURL_CSELECT_OUT;
-    curl_multi_socket_action(sh->multi, fd, flags, &running);
-    fetch_drain(sh);
+    fetch_run(ud, fd, flags);
 }
 
 /* What the client knows of a descriptor. A connection socket curl opened through
@@ -195,10 +208,7 @@ static int fetch_on_close_socket(void *ud, curl_socket_t s) {
 }
 
 static void fetch_on_timeout(void *ud) {
-    fetch_shard *sh = ud;
-    int running = 0;
-    curl_multi_socket_action(sh->multi, CURL_SOCKET_TIMEOUT, 0, &running);
-    fetch_drain(sh);
+    fetch_run(ud, CURL_SOCKET_TIMEOUT, 0);
 }
 
 static int fetch_on_timer_change(CURLM *multi, long timeout_ms, void *userp) {
@@ -351,6 +361,7 @@ static fetch_shard *fetch_pick_shard(fetch *f) {
     fetch_shard *least = NULL;
     for (int i = 0; i < f->nshards; i++) {
         fetch_shard *sh = f->shards[i];
+        if (sh->broken) continue;
         if (sh->transfers < FETCH_SHARD_CALLS) return sh;
         if (!least || sh->transfers < least->transfers) least = sh;
     }
@@ -373,6 +384,7 @@ static fetch_shard *fetch_pick_shard(fetch *f) {
 
 static void fetch_shard_free(fetch *f, fetch_shard *sh) {
     loop_timer_stop(f->lp, &sh->timer);
+    loop_timer_stop(f->lp, &sh->retire);
     curl_multi_cleanup(sh->multi);      /* closes its connections through fetch_on_close_socket */
     free(sh);
 }
@@ -383,7 +395,7 @@ static void fetch_on_sweep(void *ud) {
     int kept = 1;
     for (int i = 1; i < f->nshards; i++) {
         fetch_shard *sh = f->shards[i];
-        if (!sh->used && sh->transfers == 0) {
+        if (!sh->used && sh->transfers == 0 && !sh->broken) {
             fetch_shard_free(f, sh);
             continue;
         }
@@ -480,9 +492,10 @@ fetch_call *fetch_start(fetch *f, const fetch_request *rq, fetch_done_fn *done, 
     curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, rq->timeout_ms > 1 ? rq->timeout_ms : 1L);
     curl_easy_setopt(e, CURLOPT_PROXY, rq->proxy ? rq->proxy : "");
     fetch_shard *sh = NULL;
-    if (fetch_set_method(c, rq) < 0 || !(sh = fetch_pick_shard(f)) ||
-        curl_multi_add_handle(sh->multi, e) != CURLM_OK) {
+    CURLMcode rc = CURLM_OK;
+    if (fetch_set_method(c, rq) < 0 || !(sh = fetch_pick_shard(f)) || (rc = curl_multi_add_handle(sh->multi, e)) != CURLM_OK) {
         fetch_release(f, c);
+        if (rc != CURLM_OK) fetch_break_shard(sh, curl_multi_strerror(rc));
         return NULL;
     }
     c->shard = sh;
@@ -509,25 +522,60 @@ void fetch_cancel(fetch_call *c) {
     fetch_release(c->f, c);
 }
 
-/* Reports a call that never got an outcome from curl as a timeout. Its handle is not
- * reused: curl's state for it cannot be trusted. */
-static void fetch_on_watchdog(void *ud) {
-    fetch_call *c = ud;
+/* Ends a call that got no outcome from curl with failure and message. */
+static void fetch_fail(fetch_call *c, failure_kind failure, const char *message) {
     fetch_result r;
-    char message[100];
-    fetch_stop(c);
-    log_msg(LOG_WARN, "fetch: a call outlived its deadline by %d ms; cancelled", FETCH_WATCHDOG_SLACK_MS);
-    snprintf(message, sizeof message, "no answer within the deadline (the call was lost)");
     memset(&r, 0, sizeof r);
-    r.failure = FAILURE_TIMEOUT;
-    r.curl_code = CURLE_OPERATION_TIMEDOUT;
+    r.failure = failure;
+    r.curl_code = failure == FAILURE_TIMEOUT ? CURLE_OPERATION_TIMEDOUT : CURLE_RECV_ERROR;
     r.error = message;
     r.body = r.headers = "";
     r.elapsed_ms = (double)(loop_now_ms() - c->start_ms);
     fetch_done_fn *done = c->done;
-    void *cud = c->ud;
-    fetch_call_free(c);
-    done(cud, &r);
+    void *ud = c->ud;
+    fetch_stop(c);
+    fetch_call_free(c);         /* not reused: curl's state for it cannot be trusted */
+    done(ud, &r);
+}
+
+/* Retires a broken multi handle: the calls still on it fail, and it is closed. */
+static void fetch_on_retire(void *ud) {
+    fetch_shard *sh = ud;
+    fetch *f = sh->f;
+    int kept = 0;
+    for (int i = 0; i < f->nshards; i++)
+        if (f->shards[i] != sh) f->shards[kept++] = f->shards[i];
+    f->nshards = kept;
+    if (f->nshards < 2) loop_timer_stop(f->lp, &f->sweep);
+    for (fetch_call *c = f->active; c;) {
+        if (c->shard != sh) {
+            c = c->next;
+            continue;
+        }
+        fetch_fail(c, FAILURE_NETWORK, "the HTTP client was reset after an internal failure; try again");
+        c = f->active;          /* done may have started or cancelled calls: look again */
+    }
+    fetch_shard_free(f, sh);
+}
+
+/* Stops using a multi handle whose state curl may have corrupted (it lost a call, or a
+ * call of it failed): nothing more runs on it, new calls get a fresh one, and it is
+ * retired once the loop's round is over (other events of the round may name it). */
+static void fetch_break_shard(fetch_shard *sh, const char *why) {
+    if (sh->broken) return;
+    sh->broken = 1;
+    log_throttled(LOG_WARN, "fetch", "resetting an HTTP client whose state libcurl may have corrupted (%s)", why);
+    loop_timer_start(sh->f->lp, &sh->retire, 0, fetch_on_retire, sh);
+}
+
+/* Reports a call that never got an outcome from curl as a timeout: libcurl lost track
+ * of it, and its multi handle is retired. */
+static void fetch_on_watchdog(void *ud) {
+    fetch_call *c = ud;
+    fetch_shard *sh = c->shard;
+    log_throttled(LOG_WARN, "fetch", "a call outlived its deadline by %d ms: cancelled", FETCH_WATCHDOG_SLACK_MS);
+    fetch_fail(c, FAILURE_TIMEOUT, "no answer within the deadline (the call was lost)");
+    if (sh) fetch_break_shard(sh, "a call was lost");
 }
 
 static void fetch_drain(fetch_shard *sh) {
