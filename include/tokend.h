@@ -5,6 +5,10 @@
  * Functions that can fail return TOKEND_OK or TOKEND_ERR and write a message into the
  * caller's error buffer; the library never prints to stdout or exits (log lines go to
  * stderr, or to the sink set with tokend_set_log_sink()).
+ *
+ * Signals: the library changes no signal disposition. A program that embeds it must
+ * ignore SIGPIPE (signal(SIGPIPE, SIG_IGN)) before running a server or minting: a client
+ * or the upstream closing a connection mid-write would otherwise kill the process.
  */
 #ifndef TOKEND_H
 #define TOKEND_H
@@ -33,7 +37,9 @@ extern "C" {
 #define TOKEND_LOG_WARN 2
 #define TOKEND_LOG_ERROR 3
 
-/* Receives every log line (already redacted, without trailing newline). */
+/* Receives every log line (already redacted, without trailing newline). It is called
+ * from the server's worker threads, several at the same time: it must be thread-safe,
+ * must not block for long (the worker waits), and must not call back into tokend. */
 typedef void tokend_log_fn(void *ud, int level, const char *line);
 
 /* Settings of a server. Fill with tokend_config_init() and override fields.
@@ -135,7 +141,11 @@ TOKEND_API const char *tokend_request_body(const tokend_request *req, size_t *le
 TOKEND_API int tokend_response_set(tokend_response *resp, int status, const char *content_type,
                         const char *body, size_t len);
 
-/* Adds a response header (copied). Returns TOKEND_ERR for line breaks or too many headers. */
+/* Headers one response of a C route may carry, at most. */
+#define TOKEND_MAX_RESPONSE_HEADERS 16
+
+/* Adds a response header (copied). Returns TOKEND_ERR for a name or value with a line
+ * break (or a colon in the name), past TOKEND_MAX_RESPONSE_HEADERS, or without memory. */
 TOKEND_API int tokend_response_header(tokend_response *resp, const char *name, const char *value);
 
 /* Adds a route answered by fn(ud, ...) in every worker, next to the script's routes (and
@@ -164,7 +174,8 @@ TOKEND_API int tokend_script_check(const tokend_config *cfg, char *err, size_t e
 /* Releases a stopped (or never run) server. NULL is allowed. */
 TOKEND_API void tokend_server_free(tokend_server *srv);
 
-/* Sends log lines to sink instead of stderr (NULL restores stderr). Process-wide. */
+/* Sends log lines to sink instead of stderr (NULL restores stderr). Process-wide: set it
+ * before creating a server, not while one runs. */
 TOKEND_API void tokend_set_log_sink(tokend_log_fn *sink, void *ud);
 
 #ifdef __cplusplus

@@ -86,7 +86,7 @@ end)
 
 tokend.route("GET", "/metrics", function(req)
   if not METRICS_CLIENTS[req.client] or req.headers["x-forwarded-for"] then return 404, { error = "not found" } end
-  return 200, tokend.metrics(), no_store(nil, { ["Content-Type"] = "text/plain; version=0.0.4" })
+  return 200, tokend.metrics(), no_store(nil, { ["Content-Type"] = "text/plain; version=0.0.4; charset=utf-8" })
 end)
 
 -- Everything else comes from the public folder; "/" gives index.html.

@@ -1,5 +1,6 @@
 /* config.c: tokend's settings: one table of names, flags, variables, defaults, ranges and help. */
 #define _GNU_SOURCE
+#include <ctype.h>
 #include <errno.h>
 #include <stddef.h>
 #include <stdio.h>
@@ -95,12 +96,14 @@ const config_setting *config_by_name(const char *name) {
     return NULL;
 }
 
-/* Parses a whole decimal integer in [min, max]. Returns 0 or -1. */
+/* Parses a whole decimal integer in [min, max]: digits, after a '-' for a negative one;
+ * no spaces, no '+'. Returns 0 or -1. */
 static int config_parse_long(const char *s, long min, long max, long *out) {
     char *end;
     errno = 0;
+    if (!isdigit((unsigned char)s[s[0] == '-'])) return -1;
     long v = strtol(s, &end, 10);
-    if (!*s || *end || errno || v < min || v > max) return -1;
+    if (*end || errno || v < min || v > max) return -1;
     *out = v;
     return 0;
 }

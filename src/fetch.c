@@ -49,7 +49,7 @@ struct fetch_call {
     fetch_buf body, headers, sent;
     size_t max_body;
     int too_big;
-    uint64_t start_ms;
+    uint64_t start_us;
     loop_timer watchdog;            /* our own deadline, in case curl loses its timeout */
     char errbuf[CURL_ERROR_SIZE];
     fetch_call *prev, *next;        /* active list, or idle list (next only) */
@@ -486,7 +486,7 @@ fetch_call *fetch_start(fetch *f, const fetch_request *rq, fetch_done_fn *done, 
     c->max_body = rq->max_body;
     c->too_big = 0;
     c->errbuf[0] = '\0';
-    c->start_ms = loop_now_ms();
+    c->start_us = loop_now_us();
     curl_easy_setopt(e, CURLOPT_URL, rq->url);
     curl_easy_setopt(e, CURLOPT_HTTPHEADER, (struct curl_slist *)rq->headers);
     curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, rq->timeout_ms > 1 ? rq->timeout_ms : 1L);
@@ -530,7 +530,7 @@ static void fetch_fail(fetch_call *c, failure_kind failure, const char *message)
     r.curl_code = failure == FAILURE_TIMEOUT ? CURLE_OPERATION_TIMEDOUT : CURLE_RECV_ERROR;
     r.error = message;
     r.body = r.headers = "";
-    r.elapsed_ms = (double)(loop_now_ms() - c->start_ms);
+    r.elapsed_ms = (double)(loop_now_us() - c->start_us) / 1000.0;
     fetch_done_fn *done = c->done;
     void *ud = c->ud;
     fetch_stop(c);
@@ -601,7 +601,7 @@ static void fetch_drain(fetch_shard *sh) {
             .status = code == CURLE_OK ? status : 0,
             .body = c->body.data ? c->body.data : "", .body_len = c->body.len,
             .headers = c->headers.data ? c->headers.data : "", .headers_len = c->headers.len,
-            .elapsed_ms = (double)(loop_now_ms() - c->start_ms),
+            .elapsed_ms = (double)(loop_now_us() - c->start_us) / 1000.0,
         };
         fetch_done_fn *done = c->done;
         void *ud = c->ud;

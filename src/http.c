@@ -9,6 +9,7 @@
 #include <strings.h>
 #include <sys/socket.h>
 #include <unistd.h>
+#include <linux/tcp.h>
 #include <microhttpd.h>
 
 #include "http.h"
@@ -26,6 +27,9 @@
 #define HTTP_POOL_RESERVE 4096
 #define HTTP_XFF_MAX 32             /* X-Forwarded-For header lines believed in one request */
 #define HTTP_TICK_MS 1000           /* the front's periodic work: request deadlines, log counts */
+/* A larger response that does not complete is logged with the bytes the client's TCP
+ * acknowledged, not its whole length (a smaller one fits the socket buffers anyway). */
+#define HTTP_BYTES_TRACKED (16 * 1024)
 
 enum { REQ_NEW, REQ_BODY, REQ_DISPATCHED, REQ_ANSWERED };
 
@@ -61,6 +65,7 @@ typedef struct http_exchange {
     int state;
     int status;
     unsigned long long bytes;
+    long long acked_at_queue;           /* the connection's acknowledged bytes then, or -1 */
     struct MHD_Response *response;
     int suspended;
     log_field *log_fields;              /* added to the access line (keys and values owned) */
@@ -105,6 +110,7 @@ static void *http_on_uri(void *cls, const char *uri, struct MHD_Connection *conn
     http_request *req = &x->pub;
     x->front = cls;
     x->conn = conn;
+    x->acked_at_queue = -1;
     x->target = strdup(uri ? uri : "");
     x->target_len = uri ? strlen(uri) : 0;
     req->target = x->target;
@@ -114,7 +120,7 @@ static void *http_on_uri(void *cls, const char *uri, struct MHD_Connection *conn
     char *args = uri ? strchr(uri, '?') : NULL;
     if (args) args[1] = '\0';
     req->upstream_ms = -1;
-    req->start_ms = loop_now_ms();
+    req->start_us = loop_now_us();
     snprintf(req->route, sizeof req->route, "none");
     const union MHD_ConnectionInfo *ci = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
     netaddr_of_sockaddr(ci ? ci->client_addr : NULL, req->peer, sizeof req->peer);
@@ -203,6 +209,28 @@ static void http_pending_unlink(http_front *f, http_exchange *x) {
     x->prev = x->next = NULL;
 }
 
+/* The bytes the peer's TCP acknowledged on conn so far, or -1 when not known. */
+static long long http_tcp_acked(struct MHD_Connection *conn) {
+    const union MHD_ConnectionInfo *ci = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+    struct tcp_info ti;
+    socklen_t len = sizeof ti;
+    memset(&ti, 0, sizeof ti);
+    if (!ci || getsockopt(ci->connect_fd, IPPROTO_TCP, TCP_INFO, &ti, &len) != 0 ||
+        len < offsetof(struct tcp_info, tcpi_bytes_acked) + sizeof ti.tcpi_bytes_acked)
+        return -1;
+    return (long long)ti.tcpi_bytes_acked;
+}
+
+/* What the access log says was sent: the whole body when the response completed; for a
+ * larger one that did not, what the client acknowledged of it (headers included). */
+static unsigned long long http_bytes_sent(http_exchange *x, enum MHD_RequestTerminationCode toe) {
+    if (toe == MHD_REQUEST_TERMINATED_COMPLETED_OK || x->acked_at_queue < 0) return x->bytes;
+    long long now = http_tcp_acked(x->conn);
+    if (now < x->acked_at_queue) return 0;
+    unsigned long long sent = (unsigned long long)(now - x->acked_at_queue);
+    return sent < x->bytes ? sent : x->bytes;
+}
+
 static void http_on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
                               enum MHD_RequestTerminationCode toe) {
     http_front *f = cls;
@@ -221,8 +249,8 @@ static void http_on_completed(void *cls, struct MHD_Connection *conn, void **con
     if (req->method && (x->status || toe == MHD_REQUEST_TERMINATED_COMPLETED_OK)) {
         log_access_entry e = {
             .client = req->client, .method = req->method, .path = req->path ? req->path : "-",
-            .status = x->status, .bytes = x->bytes,
-            .duration_ms = (double)(loop_now_ms() - req->start_ms), .upstream_ms = req->upstream_ms,
+            .status = x->status, .bytes = http_bytes_sent(x, toe),
+            .duration_ms = (double)(loop_now_us() - req->start_us) / 1000.0, .upstream_ms = req->upstream_ms,
             .fields = x->log_fields, .nfields = x->nlog_fields,
         };
         log_access(&e);
@@ -327,6 +355,7 @@ void http_request_respond(http_request *req, int status, http_response *resp, un
 /* Queues the stored response on the connection. */
 static enum MHD_Result http_queue(http_exchange *x) {
     if (!x->response) return MHD_NO;
+    x->acked_at_queue = x->bytes > HTTP_BYTES_TRACKED ? http_tcp_acked(x->conn) : -1;
     enum MHD_Result r = MHD_queue_response(x->conn, (unsigned int)x->status, x->response);
     MHD_destroy_response(x->response);
     x->response = NULL;

@@ -22,7 +22,7 @@ typedef struct http_request {
     char client[64];            /* the client: peer, or from X-Forwarded-For behind a trusted proxy */
     char *body;                 /* request body (NUL-terminated), NULL when empty */
     size_t body_len;
-    uint64_t start_ms;
+    uint64_t start_us;          /* loop_now_us() when the request began */
     double upstream_ms;         /* time waited on outside calls, -1 when none */
     char route[48];             /* metrics label: the route's pattern, "static" or "none" */
 } http_request;

@@ -7,7 +7,6 @@
 #include "lcroutelib.h"
 #include "llib.h"
 
-#define LCROUTE_HEADERS 16          /* response headers a C route may set */
 
 struct tokend_request {
     lua_State *L;
@@ -20,7 +19,7 @@ struct tokend_response {
     char *body;
     size_t len;
     int nheaders;
-    char *names[LCROUTE_HEADERS], *values[LCROUTE_HEADERS];
+    char *names[TOKEND_MAX_RESPONSE_HEADERS], *values[TOKEND_MAX_RESPONSE_HEADERS];
 };
 
 const char *tokend_request_method(const tokend_request *req) { return llib_field_string(req->L, req->idx, NULL, "method", NULL); }
@@ -50,7 +49,7 @@ int tokend_response_set(tokend_response *resp, int status, const char *content_t
 }
 
 int tokend_response_header(tokend_response *resp, const char *name, const char *value) {
-    if (resp->nheaders == LCROUTE_HEADERS || strpbrk(name, "\r\n:") || strpbrk(value, "\r\n")) return TOKEND_ERR;
+    if (resp->nheaders == TOKEND_MAX_RESPONSE_HEADERS || strpbrk(name, "\r\n:") || strpbrk(value, "\r\n")) return TOKEND_ERR;
     char *n = strdup(name), *v = strdup(value);
     if (!n || !v) {
         free(n);

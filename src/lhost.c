@@ -35,7 +35,7 @@ struct lhost_waiter {
     lua_State *L;               /* blocking: the caller's thread */
     lhost_cancel_fn *cancel;
     void *op;                   /* the operation waited for; NULL once woken */
-    uint64_t since_ms;
+    uint64_t since_us;
     int woken;
     int nres;                   /* blocking: results pushed onto L, or -1 when pushing failed */
 };
@@ -616,8 +616,13 @@ static void lhost_push_request_table(lua_State *L, lhost_task *t) {
 
     lua_createtable(L, 0, (int)t->match.nparams);
     for (size_t i = 0; i < t->match.nparams; i++) {
-        lua_pushlstring(L, t->match.params[i].value, t->match.params[i].value_len);
-        lua_setfield(L, -2, t->match.params[i].name);
+        const router_param *pa = &t->match.params[i];
+        size_t len = 0;
+        luaL_Buffer b;
+        char *out = luaL_buffinitsize(L, &b, pa->value_len + 1);
+        if (url_decode_path(pa->value, pa->value_len, out, pa->value_len + 1, &len) != URL_OK) len = 0;
+        luaL_pushresultsize(&b, len);       /* the path decoded as a whole: its segments do too */
+        lua_setfield(L, -2, pa->name);
     }
     lua_setfield(L, -2, "params");
     lua_newtable(L);
@@ -811,7 +816,8 @@ void lhost_dispatch(void *ud, http_request *req) {
     lhost *h = ud;
     router_result match;
     char allow[96];
-    int found = router_match(h->routes, req->method, req->path, &match, allow, sizeof allow);
+    size_t raw_len = strcspn(req->target, "?");
+    int found = router_match(h->routes, req->method, req->target, raw_len, &match, allow, sizeof allow);
     int runs_handler = found == ROUTER_FOUND && !match.head_of_get;
     if (found == ROUTER_FOUND) snprintf(req->route, sizeof req->route, "%s", match.pattern);
     if (!runs_handler && h->nbefores == 0) {
@@ -897,7 +903,7 @@ int lhost_wait(lhost_waiter *w, lua_State *L, lhost_cancel_fn *cancel, void *op)
     w->cancel = cancel;
     w->op = op;
     w->woken = 0;
-    w->since_ms = loop_now_ms();
+    w->since_us = loop_now_us();
     if (w->task) return lua_yield(L, 0);
     int top = lua_gettop(L);
     if (loop_run_until(w->h->own_world->lp, &w->woken) < 0) {
@@ -936,7 +942,7 @@ void lhost_wake(lhost_waiter *w, lhost_push_fn *push, void *ud) {
         return;
     }
     if (t->req) {
-        double waited = (double)(loop_now_ms() - w->since_ms);
+        double waited = (double)(loop_now_us() - w->since_us) / 1000.0;
         t->req->upstream_ms = (t->req->upstream_ms < 0 ? 0 : t->req->upstream_ms) + waited;
     }
     lua_State *L = t->h->L;

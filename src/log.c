@@ -235,27 +235,37 @@ static size_t log_append_fields(char *line, size_t o, size_t cap, const log_fiel
     return o < cap ? o : cap - 1;
 }
 
+size_t log_format(char *line, size_t cap, int level, const char *type, const char *msg, const log_field *f, size_t n) {
+    char clean[LOG_LINE_MAX - 128], ts[40];
+    size_t o;
+    log_redact(clean, sizeof clean, msg);
+    log_timestamp(ts, sizeof ts);
+    if (log_json) {
+        o = (size_t)snprintf(line, cap, "{\"time\":\"%s\",\"level\":\"%s\",\"type\":\"%s\",\"msg\":\"", ts,
+                             log_level_names[level], type);
+        o = json_escape(line, o < cap ? o : cap - 1, cap - 3, clean);
+        o += (size_t)snprintf(line + o, cap - o, "\"");
+        o = log_append_fields(line, o, cap - 2, f, n);
+        o += (size_t)snprintf(line + o, cap - o, "}");
+    } else {
+        o = (size_t)snprintf(line, cap, "%s %-5s ", ts, log_level_names[level]);
+        if (strcmp(type, "log") != 0) o += (size_t)snprintf(line + o, cap - o, "%s ", type);
+        o = log_escape(line, o < cap ? o : cap - 1, cap, clean);
+        o = log_append_fields(line, o, cap, f, n);
+    }
+    return o < cap ? o : cap - 1;
+}
+
 /* Writes one line: type, the message redacted with every control character escaped,
  * then the fields. */
 static void log_write_fields(int level, const char *type, const char *msg, const log_field *f, size_t n) {
-    char clean[LOG_LINE_MAX - 128], line[LOG_LINE_MAX], ts[40];
-    log_redact(clean, sizeof clean, msg);
-    log_timestamp(ts, sizeof ts);
-    size_t o;
-    if (log_json) {
-        o = (size_t)snprintf(line, sizeof line, "{\"time\":\"%s\",\"level\":\"%s\",\"type\":\"%s\",\"msg\":\"",
-                             ts, log_level_names[level], type);
-        o = json_escape(line, o, sizeof line - 3, clean);
-        o += (size_t)snprintf(line + o, sizeof line - o, "\"");
-        o = log_append_fields(line, o, sizeof line - 2, f, n);
-        snprintf(line + o, sizeof line - o, "}");
-    } else {
-        o = (size_t)snprintf(line, sizeof line, "%s %-5s ", ts, log_level_names[level]);
-        if (strcmp(type, "log") != 0) o += (size_t)snprintf(line + o, sizeof line - o, "%s ", type);
-        o = log_escape(line, o, sizeof line, clean);
-        log_append_fields(line, o, sizeof line, f, n);
-    }
+    char line[LOG_LINE_MAX];
+    log_format(line, sizeof line, level, type, msg, f, n);
     log_emit(level, line);
+}
+
+int log_is_json(void) {
+    return log_json;
 }
 
 static void log_write(int level, const char *msg) {
@@ -365,7 +375,7 @@ void log_access(const log_access_entry *e) {
         o = log_append_fields(line, o, sizeof line - 2, e->fields, e->nfields);
         snprintf(line + o, sizeof line - o, "}");
     } else {
-        if (e->upstream_ms >= 0) snprintf(up, sizeof up, "%.1fms", e->upstream_ms);
+        if (e->upstream_ms >= 0) snprintf(up, sizeof up, "%.3fms", e->upstream_ms);
         else snprintf(up, sizeof up, "-");
         /* Every byte a client chose is escaped: spaces and control characters in the path
          * as %XX (a path is a URL), the method like any text. */
@@ -378,7 +388,7 @@ void log_access(const log_access_entry *e) {
         }
         safe_path[o] = '\0';
         log_escape(safe_method, 0, sizeof safe_method, e->method);
-        int n = snprintf(line, sizeof line, "%s info  access %s %s %s %d %llu %.1fms upstream=%s",
+        int n = snprintf(line, sizeof line, "%s info  access %s %s %s %d %llu %.3fms upstream=%s",
                          ts, e->client, safe_method, safe_path, e->status, e->bytes, e->duration_ms, up);
         log_append_fields(line, n > 0 && (size_t)n < sizeof line ? (size_t)n : sizeof line - 1, sizeof line,
                           e->fields, e->nfields);

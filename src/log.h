@@ -66,6 +66,14 @@ size_t log_escape(char *buf, size_t off, size_t cap, const char *s);
  * one that would take the place of the line's own (time, level, type, msg) gets "x_". */
 void log_fields(int level, const char *type, const char *msg, const log_field *fields, size_t n);
 
+/* Formats the line log_fields would write into line (cap bytes, NUL-terminated, no
+ * newline): for a line that goes elsewhere (tokend's start line, on stdout). Returns its
+ * length. */
+size_t log_format(char *line, size_t cap, int level, const char *type, const char *msg, const log_field *f, size_t n);
+
+/* 1 when lines are JSON objects. */
+int log_is_json(void);
+
 /* Writes one access-log line (info level). */
 void log_access(const log_access_entry *e);
 

@@ -76,18 +76,21 @@ static int lops_readonly(lua_State *L) {
     return luaL_error(L, "tokend.config is read-only");
 }
 
-static int lops_config_pairs(lua_State *L) {
-    lua_getglobal(L, "next");
-    lua_getmetatable(L, 1);
-    lua_getfield(L, -1, "__index");
-    lua_remove(L, -2);
-    lua_pushnil(L);
-    return 3;
-}
+/* One value of tokend.config. */
+typedef struct lops_config_field {
+    const char *name;
+    const char *text;           /* a string, or NULL */
+    lua_Integer number;
+    int boolean;                /* 0 or 1 for a boolean, -1 otherwise */
+} lops_config_field;
 
-/* Pushes the read-only tokend.config proxy. */
-static void lops_push_config(lua_State *L, const lhost_info *in) {
-    const struct { const char *name; const char *text; lua_Integer number; int boolean; } fields[] = {
+#define LOPS_CONFIG_FIELDS 12
+
+/* tokend.config's values for the world the host runs in now: the Lua module's own, or a
+ * server's once it serves (its real host and port). */
+static void lops_config_fields(lua_State *L, lops_config_field out[LOPS_CONFIG_FIELDS]) {
+    const lhost_info *in = lhost_world_of(lua_touserdata(L, lua_upvalueindex(1)))->info;
+    const lops_config_field fields[LOPS_CONFIG_FIELDS] = {
         { "host", in->host, 0, -1 }, { "port", NULL, in->port, -1 }, { "script", in->script, 0, -1 },
         { "public", in->public_dir, 0, -1 }, { "streaming_url", in->streaming_url, 0, -1 },
         { "token_url", in->token_url, 0, -1 }, { "websocket_url", in->websocket_url, 0, -1 },
@@ -95,20 +98,54 @@ static void lops_push_config(lua_State *L, const lhost_info *in) {
         { "api_key_configured", NULL, 0, in->api_key_configured }, { "redis", NULL, 0, in->redis_configured },
         { "version", TOKEND_VERSION, 0, -1 },
     };
-    lua_newtable(L);                          /* proxy */
-    lua_createtable(L, 0, 4);                 /* its metatable */
-    lua_createtable(L, 0, (int)(sizeof fields / sizeof fields[0]));     /* the values */
-    for (size_t i = 0; i < sizeof fields / sizeof fields[0]; i++) {
-        if (fields[i].boolean >= 0) lua_pushboolean(L, fields[i].boolean);
-        else if (fields[i].text) lua_pushstring(L, fields[i].text);
-        else lua_pushinteger(L, fields[i].number);
+    memcpy(out, fields, sizeof fields);
+}
+
+static void lops_config_push(lua_State *L, const lops_config_field *f) {
+    if (f->boolean >= 0) lua_pushboolean(L, f->boolean);
+    else if (f->text) lua_pushstring(L, f->text);
+    else lua_pushinteger(L, f->number);
+}
+
+/* tokend.config[key] (upvalue: the host) */
+static int lops_config_index(lua_State *L) {
+    lops_config_field fields[LOPS_CONFIG_FIELDS];
+    const char *key = lua_tostring(L, 2);
+    lops_config_fields(L, fields);
+    for (int i = 0; key && i < LOPS_CONFIG_FIELDS; i++)
+        if (strcmp(key, fields[i].name) == 0) {
+            lops_config_push(L, &fields[i]);
+            return 1;
+        }
+    return 0;
+}
+
+/* pairs(tokend.config) (upvalue: the host) */
+static int lops_config_pairs(lua_State *L) {
+    lops_config_field fields[LOPS_CONFIG_FIELDS];
+    lops_config_fields(L, fields);
+    lua_getglobal(L, "next");
+    lua_createtable(L, 0, LOPS_CONFIG_FIELDS);
+    for (int i = 0; i < LOPS_CONFIG_FIELDS; i++) {
+        lops_config_push(L, &fields[i]);
         lua_setfield(L, -2, fields[i].name);
     }
+    lua_pushnil(L);
+    return 3;
+}
+
+/* Pushes the read-only tokend.config proxy. */
+static void lops_push_config(lua_State *L, lhost *h) {
+    lua_newtable(L);                          /* proxy */
+    lua_createtable(L, 0, 4);                 /* its metatable */
+    lua_pushlightuserdata(L, h);
+    lua_pushcclosure(L, lops_config_index, 1);
     lua_setfield(L, -2, "__index");
+    lua_pushlightuserdata(L, h);
+    lua_pushcclosure(L, lops_config_pairs, 1);
+    lua_setfield(L, -2, "__pairs");
     lua_pushcfunction(L, lops_readonly);
     lua_setfield(L, -2, "__newindex");
-    lua_pushcfunction(L, lops_config_pairs);
-    lua_setfield(L, -2, "__pairs");
     lua_pushboolean(L, 0);
     lua_setfield(L, -2, "__metatable");
     lua_setmetatable(L, -2);
@@ -154,7 +191,7 @@ void lopslib_open(lua_State *L, lhost *h) {
         lua_setfield(L, -2, lops_levels[i]);
     }
     lua_setfield(L, -2, "log");
-    lops_push_config(L, lhost_world_of(h)->info);
+    lops_push_config(L, h);
     lua_setfield(L, -2, "config");
     lua_pushliteral(L, TOKEND_VERSION);
     lua_setfield(L, -2, "version");

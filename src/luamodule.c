@@ -12,6 +12,7 @@
 #include <curl/curl.h>
 
 #include "config.h"
+#include "envfile.h"
 #include "fetch.h"
 #include "linit.h"
 #include "lhost.h"
@@ -252,22 +253,24 @@ static int luamod_serve(lua_State *L) {
 /* Reads the settings from the environment, as the server reads them (no .env: the
  * application owns its environment). Returns 0, or -1 with err set. */
 static int luamod_settings(luamod_state *m, char *err, size_t errlen) {
+    const char *key = getenv("ASSEMBLYAI_API_KEY"), *keep = getenv("TOKEND_KEEP_KEY_IN_ENV");
     tokend_config_init(&m->cfg);
+    if (key && *key && !(m->key = strdup(key))) goto nomem;
+    /* The key leaves the process environment (os.getenv, /proc/PID/environ, children), as
+     * in the server, unless the application asks to keep it; first, before any setting
+     * points into the environment that this rewrites. */
+    if (!(keep && strcmp(keep, "1") == 0) && envfile_forget("ASSEMBLYAI_API_KEY") < 0) goto nomem;
     for (size_t i = 0; i < config_count; i++) {
         const config_setting *s = &config_settings[i];
         const char *v = s->env ? getenv(s->env) : NULL;
-        if (!v || !*v) continue;
-        if (s->type == CONFIG_SECRET) {
-            if (!(m->key = strdup(v))) {
-                snprintf(err, errlen, "out of memory");
-                return -1;
-            }
-            continue;
-        }
+        if (!v || !*v || s->type == CONFIG_SECRET) continue;
         if (config_set(&m->cfg, s, v, 0, err, errlen) < 0) return -1;
     }
     m->cfg.api_key = m->key;
     return 0;
+nomem:
+    snprintf(err, errlen, "out of memory");
+    return -1;
 }
 
 /* Builds the module's own world: a loop, its clients and the rate limiters' table. */

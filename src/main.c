@@ -1,6 +1,7 @@
 /* main.c: the tokend command line: flags, .env, signals; the only place that prints and exits. */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <stddef.h>
 #include <getopt.h>
 #include <signal.h>
 #include <stdio.h>
@@ -13,9 +14,13 @@
 #include "config.h"
 #include "envfile.h"
 #include "log.h"
+#include "notify.h"
 #include "tokend.h"
 
 #define EXIT_USAGE 2
+#ifndef TOKEND_DATADIR
+#define TOKEND_DATADIR "/usr/local/share/tokend"
+#endif
 
 /* Options of the command line only (the settings' options come from the table). */
 enum { MAIN_OPT_CHECK = 1000, MAIN_OPT_VERSION, MAIN_OPT_HELP, MAIN_OPT_SETTING };
@@ -29,6 +34,7 @@ static void main_on_signal(int sig) {
         return;
     }
     if (++main_stop_requests > 1) _exit(1);     /* a second Ctrl-C does not wait for the drain */
+    notify_send("STOPPING=1");
     if (main_server) tokend_server_stop(main_server);
 }
 
@@ -57,6 +63,74 @@ static void main_usage(FILE *to) {
         fputc('\n', to);
     }
     fprintf(to, "\nSIGHUP reloads the script; SIGTERM and SIGINT stop gracefully.\n");
+}
+
+/* Says what stopped tokend: a JSON line under --log-format json, else "tokend: msg". */
+static void main_fail(const char *msg) {
+    if (log_is_json()) log_fields(LOG_ERROR, "log", msg, NULL, 0);
+    else fprintf(stderr, "tokend: %s\n", msg);
+}
+
+/* A command-line mistake: the message, then the usage (a pointer to it in JSON). */
+static void main_fail_usage(const char *msg) {
+    char line[512];
+    snprintf(line, sizeof line, "%s%s", msg, log_is_json() ? " (tokend --help lists the options)" : "");
+    main_fail(line);
+    if (!log_is_json()) main_usage(stderr);
+}
+
+/* Writes one of tokend's own lines on stdout (the start line, --check's verdict): as a
+ * JSON object of this type under --log-format json, else as msg. */
+static void main_say(const char *type, const char *msg, const log_field *fields, size_t n) {
+    char line[4096];
+    if (log_is_json()) log_format(line, sizeof line, LOG_INFO, type, msg, fields, n);
+    printf("%s\n", log_is_json() ? line : msg);
+    fflush(stdout);
+}
+
+/* Whether the lines are JSON, as far as the command line and the environment tell
+ * before the settings are read (so that even their errors come out as JSON). */
+static int main_json_hint(int argc, char **argv, const envfile *env) {
+    const char *v = env ? envfile_lookup(env, "TOKEND_LOG_FORMAT") : getenv("TOKEND_LOG_FORMAT");
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--log-format") == 0 && i + 1 < argc) v = argv[i + 1];
+        else if (strncmp(argv[i], "--log-format=", 13) == 0) v = argv[i] + 13;
+    }
+    return v && strcmp(v, "json") == 0;
+}
+
+/* Without --script or --public (nor their variables) and without scripts/routes.lua or
+ * public/ in the working folder, the installed copies are used: <prefix>/share/tokend,
+ * found next to the binary (<prefix>/bin), else where this build installs them. */
+static void main_installed_defaults(tokend_config *cfg, int script_given, int public_given, char *script_buf,
+                                    char *public_buf, size_t buflen) {
+    char exe[4096], share[4200];
+    ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+    const char *roots[2] = { NULL, TOKEND_DATADIR };
+    if (n > 0) {
+        exe[n] = '\0';
+        char *slash = strrchr(exe, '/');
+        if (slash) *slash = '\0';
+        snprintf(share, sizeof share, "%s/../share/tokend", exe);
+        roots[0] = share;
+    }
+    for (int i = 0; i < 2; i++) {
+        if (!roots[i]) continue;
+        if (!script_given && access(cfg->script, F_OK) != 0) {
+            snprintf(script_buf, buflen, "%s/scripts/routes.lua", roots[i]);
+            if (access(script_buf, R_OK) == 0) {
+                cfg->script = script_buf;
+                log_msg(LOG_INFO, "no scripts/routes.lua here: using the installed %s", script_buf);
+            }
+        }
+        if (!public_given && access(cfg->public_dir, F_OK) != 0) {
+            snprintf(public_buf, buflen, "%s/public", roots[i]);
+            if (access(public_buf, R_OK | X_OK) == 0) {
+                cfg->public_dir = public_buf;
+                log_msg(LOG_INFO, "no public folder here: serving the installed %s", public_buf);
+            }
+        }
+    }
 }
 
 /* Raises the open-file limit to its maximum: each connection holds a descriptor. */
@@ -104,10 +178,13 @@ int main(int argc, char **argv) {
     char *key = NULL;
     tokend_config cfg;
 
+    char script_path[4300], public_path[4300];
+    int script_given = 0, public_given = 0;
     struct option *longopts = main_options();
     const char **flag_values = calloc(config_count, sizeof *flag_values);
+    log_configure(LOG_INFO, main_json_hint(argc, argv, NULL));
     if (!longopts || !flag_values) {
-        fprintf(stderr, "tokend: out of memory\n");
+        main_fail("out of memory");
         goto out;
     }
     int opt;
@@ -122,31 +199,31 @@ int main(int argc, char **argv) {
                 flag_values[opt - MAIN_OPT_SETTING] = optarg ? optarg : "1";
                 break;
             }
-            fprintf(stderr, "tokend: %s %s\n", optopt ? "option needs a value:" : "unknown option:",
-                    argv[optind - 1]);
-            main_usage(stderr);
+            snprintf(err, sizeof err, "%s %s", optopt ? "option needs a value:" : "unknown option:", argv[optind - 1]);
+            main_fail_usage(err);
             goto out_usage;
         }
     }
     if (optind < argc) {
-        fprintf(stderr, "tokend: unexpected argument \"%s\"\n", argv[optind]);
-        main_usage(stderr);
+        snprintf(err, sizeof err, "unexpected argument \"%s\"", argv[optind]);
+        main_fail_usage(err);
         goto out_usage;
     }
 
     env_file = flag_values[config_by_flag("env-file") - config_settings];
     if (!env_file && access(".env", F_OK) == 0) env_file = ".env";
     if (env_file && envfile_load(env_file, &env, err, sizeof err) < 0) {
-        fprintf(stderr, "tokend: %s\n", err);
+        main_fail(err);
         goto out_usage;
     }
+    log_configure(LOG_INFO, main_json_hint(argc, argv, env));
 
     /* The key lives only in tokend's memory from here on: out of the environment and of
      * the block the kernel shows as /proc/PID/environ (before any other setting points
      * into the environment), and no core dump can hold it. */
     key = main_take_key(envfile_lookup(env, "ASSEMBLYAI_API_KEY"));
     if (envfile_forget("ASSEMBLYAI_API_KEY") < 0) {
-        fprintf(stderr, "tokend: out of memory\n");
+        main_fail("out of memory");
         goto out;
     }
     prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
@@ -162,17 +239,23 @@ int main(int argc, char **argv) {
         const char *value = flag_values[i] ? flag_values[i] : s->env ? envfile_lookup(env, s->env) : NULL;
         if (s->type == CONFIG_SECRET || !value || (!flag_values[i] && !*value)) continue;  /* NAME= is unset */
         if (config_set(&cfg, s, value, flag_values[i] != NULL, err, sizeof err) < 0) {
-            fprintf(stderr, "tokend: %s\n", err);
+            main_fail(err);
             goto out_usage;
         }
+        script_given |= s->offset == offsetof(tokend_config, script);
+        public_given |= s->offset == offsetof(tokend_config, public_dir);
     }
+    log_configure(cfg.log_level, cfg.log_json);
+    main_installed_defaults(&cfg, script_given, public_given, script_path, public_path, sizeof script_path);
 
     if (check) {
         if (tokend_script_check(&cfg, err, sizeof err) != TOKEND_OK) {
-            fprintf(stderr, "%s\n", err);
+            if (log_is_json()) main_fail(err);
+            else fprintf(stderr, "%s\n", err);        /* file:line: message, as compilers write it */
             goto out;
         }
-        printf("%s: ok\n", cfg.script);
+        snprintf(err, sizeof err, "%s: ok", cfg.script);
+        main_say("check", err, NULL, 0);
         rc = 0;
         goto out;
     }
@@ -180,7 +263,7 @@ int main(int argc, char **argv) {
     signal(SIGPIPE, SIG_IGN);
     main_raise_nofile();
     if (tokend_server_create(&cfg, &main_server, err, sizeof err) != TOKEND_OK) {
-        fprintf(stderr, "tokend: %s\n", err);
+        main_fail(err);
         goto out;
     }
     if (key) {
@@ -199,10 +282,16 @@ int main(int argc, char **argv) {
     const char *shown = strchr(cfg.host, ':') ? "[%s]" : "%s";
     char hostpart[300];
     snprintf(hostpart, sizeof hostpart, shown, cfg.host);
-    printf("tokend listening on http://%s:%d\n", hostpart, tokend_server_port(main_server));
-    fflush(stdout);
+    char url[400], line[500];
+    snprintf(url, sizeof url, "http://%s:%d", hostpart, tokend_server_port(main_server));
+    snprintf(line, sizeof line, "tokend listening on %s", url);
+    log_field start[] = { { "url", url, 0 }, { "version", TOKEND_VERSION, 0 } };
+    main_say("start", line, start, 2);
+    if (notify_open() < 0) log_msg(LOG_WARN, "NOTIFY_SOCKET is set but cannot be used: systemd will not hear that tokend is ready");
+    snprintf(line, sizeof line, "READY=1\nSTATUS=listening on %s", url);
+    notify_send(line);
     if (tokend_server_run(main_server, err, sizeof err) != TOKEND_OK) {
-        fprintf(stderr, "tokend: %s\n", err);
+        main_fail(err);
         goto out;
     }
     log_msg(LOG_INFO, "stopped");
@@ -211,6 +300,7 @@ int main(int argc, char **argv) {
 out_usage:
     rc = EXIT_USAGE;
 out:
+    notify_close();
     tokend_server_free(main_server);
     main_server = NULL;
     if (key) {

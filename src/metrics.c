@@ -1,12 +1,16 @@
 /* metrics.c: process-wide counters for /metrics: requests by route and status, tokens,
  * upstream and Redis latency and errors, requests in flight, reloads. Thread-safe. */
+#include <dirent.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/resource.h>
+#include <unistd.h>
 
 #include "metrics.h"
+#include "tokend.h"
 
 #define METRICS_MAX_SERIES 512
 
@@ -161,6 +165,52 @@ static void metrics_render_kinds(metrics_write_fn *write, void *ud, const char *
         metrics_printf(write, ud, "%s{%s=\"%s\"} %llu\n", name, label, kinds[i], atomic_load(&counters[i]));
 }
 
+/* The process's own gauges, as Prometheus clients name them, from /proc/self. */
+static void metrics_render_process(metrics_write_fn *write, void *ud) {
+    unsigned long utime = 0, stime = 0, vsize = 0;
+    unsigned long long start = 0, boot = 0;
+    long rss = 0, ticks = sysconf(_SC_CLK_TCK), page = sysconf(_SC_PAGESIZE);
+    char buf[1024], line[256];
+    size_t fds = 0;
+    struct rlimit rl = { 0, 0 };
+    FILE *f = fopen("/proc/self/stat", "r");
+    if (f && fgets(buf, sizeof buf, f)) {
+        const char *p = strrchr(buf, ')');      /* the command name may hold spaces */
+        if (p && sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu %*d %*d %*d %*d %*d %*d %llu %lu %ld",
+                        &utime, &stime, &start, &vsize, &rss) != 5)
+            utime = stime = 0;
+    }
+    if (f) fclose(f);
+    if ((f = fopen("/proc/stat", "r"))) {
+        while (fgets(line, sizeof line, f))
+            if (sscanf(line, "btime %llu", &boot) == 1) break;
+        fclose(f);
+    }
+    DIR *d = opendir("/proc/self/fd");
+    for (struct dirent *e; d && (e = readdir(d));)
+        if (e->d_name[0] != '.') fds++;
+    if (d) closedir(d);
+    getrlimit(RLIMIT_NOFILE, &rl);
+    if (ticks <= 0) ticks = 100;
+    metrics_printf(write, ud, "# HELP process_cpu_seconds_total User and system CPU time spent.\n"
+                              "# TYPE process_cpu_seconds_total counter\nprocess_cpu_seconds_total %.2f\n",
+                   (double)(utime + stime) / (double)ticks);
+    metrics_printf(write, ud, "# HELP process_resident_memory_bytes Resident memory size.\n"
+                              "# TYPE process_resident_memory_bytes gauge\nprocess_resident_memory_bytes %lld\n",
+                   (long long)rss * page);
+    metrics_printf(write, ud, "# HELP process_virtual_memory_bytes Virtual memory size.\n"
+                              "# TYPE process_virtual_memory_bytes gauge\nprocess_virtual_memory_bytes %lu\n", vsize);
+    metrics_printf(write, ud, "# HELP process_open_fds Open file descriptors.\n"
+                              "# TYPE process_open_fds gauge\nprocess_open_fds %zu\n", fds ? fds - 1 : 0);     /* not opendir's own */
+    metrics_printf(write, ud, "# HELP process_max_fds The limit of open file descriptors.\n"
+                              "# TYPE process_max_fds gauge\nprocess_max_fds %llu\n", (unsigned long long)rl.rlim_cur);
+    metrics_printf(write, ud, "# HELP process_start_time_seconds Start time of the process since the Unix epoch.\n"
+                              "# TYPE process_start_time_seconds gauge\nprocess_start_time_seconds %.2f\n",
+                   (double)boot + (double)start / (double)ticks);
+    metrics_printf(write, ud, "# HELP tokend_build_info The version tokend was built as.\n"
+                              "# TYPE tokend_build_info gauge\ntokend_build_info{version=\"%s\"} 1\n", TOKEND_VERSION);
+}
+
 void metrics_render(metrics_write_fn *write, void *ud, long upstream_connections_opened) {
     metrics_printf(write, ud, "# HELP tokend_requests_total Requests answered, by route and status.\n"
                               "# TYPE tokend_requests_total counter\n");
@@ -199,4 +249,5 @@ void metrics_render(metrics_write_fn *write, void *ud, long upstream_connections
     metrics_render_kinds(write, ud, "tokend_limiter_fallbacks_total",
                          "Limiter decisions made without Redis, by on_store_error policy.", "policy",
                          metrics_fallback_policies, metrics_fallbacks, METRICS_POLICIES);
+    metrics_render_process(write, ud);
 }

@@ -12,6 +12,7 @@
 
 #include "log.h"
 #include "redis.h"
+#include "url.h"
 
 #define REDIS_BACKOFF_FIRST_MS 50
 #define REDIS_BACKOFF_MAX_MS 1000       /* Redis back: connected again within a second */
@@ -109,14 +110,9 @@ int redis_parse_url(const char *url, redis_target *t, char *err, size_t errlen) 
     }
     memcpy(t->host, p, hlen);
     t->port = 6379;
-    if (colon) {
-        char *e;
-        long port = strtol(colon + 1, &e, 10);
-        if (colon + 1 == end || e != end || port < 1 || port > 65535) {
-            snprintf(err, errlen, "the port must be 1..65535");
-            return -1;
-        }
-        t->port = (int)port;
+    if (colon && (t->port = url_parse_port(colon + 1, (size_t)(end - colon - 1))) < 0) {
+        snprintf(err, errlen, "the port must be 1..65535 (digits only)");
+        return -1;
     }
     if (*end == '/' && end[1]) {
         char *e;

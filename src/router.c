@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "router.h"
+#include "url.h"
 
 typedef struct router_segment {
     char *text;         /* literal text, or the parameter name */
@@ -126,18 +127,19 @@ fail:
     return -1;
 }
 
-/* Matches one route's segments against path; fills m's params. Returns 1 on a match. */
-static int router_try(const router_route *rt, const char *path, router_result *m) {
-    const char *p = path;
+/* Matches one route's segments against the raw path[0..len); fills m's params with raw
+ * segments. A literal segment matches the decoded request segment. Returns 1 on a match. */
+static int router_try(const router_route *rt, const char *path, size_t len, router_result *m) {
+    const char *p = path, *end = path + len;
     size_t i = 0;
     m->nparams = 0;
-    while (*p) {
+    while (p < end) {
         if (*p != '/') return 0;
         p++;
         const char *s = p;
-        while (*p && *p != '/') p++;
+        while (p < end && *p != '/') p++;
         size_t n = (size_t)(p - s);
-        if (n == 0 && !*p) break;   /* trailing slash */
+        if (n == 0 && p == end) break;   /* trailing slash */
         if (i >= rt->nsegs || n == 0) return 0;
         const router_segment *sg = &rt->segs[i++];
         if (sg->is_param) {
@@ -145,14 +147,18 @@ static int router_try(const router_route *rt, const char *path, router_result *m
             pa->name = sg->text;
             pa->value = s;
             pa->value_len = n;
-        } else if (n != sg->len || memcmp(s, sg->text, n) != 0) {
-            return 0;
+            continue;
         }
+        char seg[512];
+        size_t seglen = 0;
+        if (n >= sizeof seg || url_decode_path(s, n, seg, sizeof seg, &seglen) != URL_OK || seglen != sg->len ||
+            memcmp(seg, sg->text, seglen) != 0)
+            return 0;
     }
     return i == rt->nsegs;
 }
 
-int router_match(const router *r, const char *method, const char *path, router_result *m,
+int router_match(const router *r, const char *method, const char *path, size_t pathlen, router_result *m,
                  char *allow, size_t allowlen) {
     const router_route *best = NULL;
     int best_exact = 0;
@@ -163,7 +169,7 @@ int router_match(const router *r, const char *method, const char *path, router_r
     if (allowlen) allow[0] = '\0';
     for (size_t i = 0; i < r->len; i++) {
         const router_route *rt = &r->routes[i];
-        if (!router_try(rt, path, &tmp)) continue;
+        if (!router_try(rt, path, pathlen, &tmp)) continue;
         int exact = strcmp(rt->method, method) == 0;
         if (exact || (head && strcmp(rt->method, "GET") == 0)) {
             /* More literal segments win; at a tie, the route of the method itself. */

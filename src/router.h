@@ -14,7 +14,7 @@ typedef struct router router;
 
 typedef struct router_param {
     const char *name;       /* owned by the router */
-    const char *value;      /* points into the matched path (not NUL-terminated) */
+    const char *value;      /* the raw segment, in the matched path (not NUL-terminated) */
     size_t value_len;
 } router_param;
 
@@ -36,11 +36,14 @@ void router_free(router *r, void (*release)(void *ud, int handler), void *ud);
  * duplicate route, too many parameters, out of memory). */
 int router_add(router *r, const char *method, const char *pattern, int handler, char *err, size_t errlen);
 
-/* Matches a decoded path. A GET route also answers HEAD (then m->head_of_get is set),
- * unless a HEAD route matches as well. m is always initialised (no params unless found). Returns ROUTER_FOUND (m filled),
- * ROUTER_METHOD_NOT_ALLOWED (allow gets "GET, POST"), or ROUTER_NOT_FOUND. Literal
- * segments win over parameters at the same place. */
-int router_match(const router *r, const char *method, const char *path, router_result *m,
+/* Matches a path as received, path[0..pathlen) (%-escapes and all): split into segments
+ * at '/' first, then each decoded, so that an escaped "/" (%2F) stays inside its segment.
+ * A literal segment matches its decoded text; a parameter's value is the raw segment (its
+ * user decodes it). A GET route also answers HEAD (then m->head_of_get is set), unless a
+ * HEAD route matches as well. m is always initialised (no params unless found). Returns
+ * ROUTER_FOUND (m filled), ROUTER_METHOD_NOT_ALLOWED (allow gets "GET, POST"), or
+ * ROUTER_NOT_FOUND. Literal segments win over parameters at the same place. */
+int router_match(const router *r, const char *method, const char *path, size_t pathlen, router_result *m,
                  char *allow, size_t allowlen);
 
 #endif

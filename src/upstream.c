@@ -32,7 +32,7 @@ struct upstream_call {
     void *ud;
     char url[UPSTREAM_URL_MAX];
     long expires_in_s;
-    uint64_t start_ms;
+    uint64_t start_us;
     int attempts;                   /* transfers started for this call */
     loop_timer retry_timer;         /* armed while waiting to retry */
     upstream_call *prev, *next;     /* active list, or idle list (next only) */
@@ -163,7 +163,7 @@ upstream_call *upstream_mint(upstream *up, long expires_in_s, long max_session_s
     c->ud = ud;
     c->attempts = 0;
     c->expires_in_s = expires_in_s;
-    c->start_ms = loop_now_ms();
+    c->start_us = loop_now_us();
     c->prev = NULL;
     c->next = up->active;
     if (up->active) up->active->prev = c;
@@ -181,7 +181,7 @@ static void upstream_finish(upstream_call *c, upstream_result *r) {
     upstream_done_fn *done = c->done;
     void *ud = c->ud;
     if (r->token && r->expires_in_seconds <= 0) r->expires_in_seconds = c->expires_in_s;
-    r->elapsed_ms = (double)(loop_now_ms() - c->start_ms);
+    r->elapsed_ms = (double)(loop_now_us() - c->start_us) / 1000.0;
     r->attempts = c->attempts;
     upstream_release(up, c);
     done(ud, r);
@@ -191,7 +191,7 @@ static void upstream_finish(upstream_call *c, upstream_result *r) {
 static void upstream_on_retry(void *ud) {
     upstream_call *c = ud;
     upstream *up = c->up;
-    long left = up->timeout_ms - (long)(loop_now_ms() - c->start_ms);
+    long left = up->timeout_ms - (long)((loop_now_us() - c->start_us) / 1000);
     if (upstream_start(up, c, left) == 0) return;
     upstream_result r;      /* cannot even start: the 5xx we had is the outcome */
     memset(&r, 0, sizeof r);
@@ -227,7 +227,7 @@ static void upstream_on_transfer(void *ud, const fetch_result *fr) {
     char token[JSON_TOKEN_MAX], errbuf[800];
     c->transfer = NULL;
     long backoff = UPSTREAM_RETRY_MIN_MS + (long)(rand_r(&up->seed) % (UPSTREAM_RETRY_JITTER_MS + 1));
-    long left = up->timeout_ms - (long)(loop_now_ms() - c->start_ms);
+    long left = up->timeout_ms - (long)((loop_now_us() - c->start_us) / 1000);
     if (fr->failure == FAILURE_NONE && fr->status >= 500 && c->attempts == 1 &&
         left > backoff + UPSTREAM_RETRY_MIN_LEFT_MS) {
         log_msg(LOG_WARN, "upstream answered HTTP %ld; retrying once in %ld ms", fr->status, backoff);

@@ -3,6 +3,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <strings.h>
+#include <curl/curl.h>
 
 #include "url.h"
 
@@ -75,6 +76,44 @@ int url_parse_query(const char *q, size_t qlen, char *scratch, size_t max_args,
     return (int)count;
 }
 
+int url_parse_port(const char *s, size_t n) {
+    int port = 0;
+    if (n == 0 || n > 5) return -1;
+    for (size_t i = 0; i < n; i++) {
+        if (!isdigit((unsigned char)s[i])) return -1;
+        port = port * 10 + (s[i] - '0');
+    }
+    return port >= 1 && port <= 65535 ? port : -1;
+}
+
+/* Checks the host and port of base (rest: after the scheme; the authority is its first
+ * hostlen bytes) as strictly as a user would expect, then by libcurl's parser. Returns 0,
+ * or -1 with err set. */
+static int url_check_authority(const char *base, const char *rest, size_t hostlen, char *err, size_t errlen) {
+    const char *end = rest + hostlen, *port = NULL, *close = NULL;
+    CURLU *u = NULL;
+    CURLUcode code = CURLUE_OUT_OF_MEMORY;
+    int rc = -1;
+    if (rest[0] == '[' && (!(close = memchr(rest, ']', hostlen)) || (close + 1 != end && close[1] != ':'))) {
+        snprintf(err, errlen, "the streaming URL \"%s\" has a bad host", base);
+        goto out;
+    }
+    port = close ? (close + 1 < end ? close + 2 : NULL) : memchr(rest, ':', hostlen);
+    if (port && !close) port++;
+    if (port && url_parse_port(port, (size_t)(end - port)) < 0) {
+        snprintf(err, errlen, "the streaming URL \"%s\" has a bad port (1..65535, digits only)", base);
+        goto out;
+    }
+    if (!(u = curl_url()) || (code = curl_url_set(u, CURLUPART_URL, base, 0)) != CURLUE_OK) {
+        snprintf(err, errlen, "the streaming URL \"%s\" is not valid: %s", base, curl_url_strerror(code));
+        goto out;
+    }
+    rc = 0;
+out:
+    curl_url_cleanup(u);
+    return rc;
+}
+
 int url_streaming_endpoints(const char *base, url_endpoints *out, char *err, size_t errlen) {
     const char *rest, *ws_scheme;
     memset(out, 0, sizeof *out);
@@ -103,6 +142,7 @@ int url_streaming_endpoints(const char *base, url_endpoints *out, char *err, siz
             return URL_ERR_MALFORMED;
         }
     }
+    if (url_check_authority(base, rest, hostlen, err, errlen) < 0) return URL_ERR_MALFORMED;
     if (len + 8 >= sizeof out->base) {
         snprintf(err, errlen, "the streaming URL is too long");
         return URL_ERR_MALFORMED;

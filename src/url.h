@@ -28,6 +28,10 @@ typedef int url_query_fn(void *ud, const char *name, size_t nlen, const char *va
 int url_parse_query(const char *q, size_t qlen, char *scratch, size_t max_args,
                     url_query_fn *fn, void *ud);
 
+/* A port written in a URL: 1 to 5 digits, 1..65535 (no sign, no spaces). Returns it,
+ * or -1. */
+int url_parse_port(const char *s, size_t n);
+
 /* The two endpoints derived from ASSEMBLYAI_STREAMING_URL. */
 typedef struct url_endpoints {
     char base[512];          /* normalised base, without trailing slash */
@@ -36,8 +40,8 @@ typedef struct url_endpoints {
 } url_endpoints;
 
 /* Derives the endpoints from an http:// or https:// base URL (optional port and path
- * prefix; no query, fragment or user info). Returns URL_OK, or URL_ERR_MALFORMED with a
- * reason in err. */
+ * prefix; no query, fragment or user info), checked by libcurl's URL parser as the
+ * calls will use it. Returns URL_OK, or URL_ERR_MALFORMED with a reason in err. */
 int url_streaming_endpoints(const char *base, url_endpoints *out, char *err, size_t errlen);
 
 #endif

@@ -208,7 +208,8 @@ class Tokend:
                 self.stop(check=False)
                 raise RuntimeError(f"tokend did not start: {line!r}\n{self.log}")
             self.stdout_lines.append(line)
-            self.port = int(line.rsplit(":", 1)[1])
+            url = json.loads(line)["url"] if line.startswith("{") else line.rsplit(" ", 1)[1]
+            self.port = int(url.rsplit(":", 1)[1])
 
     @property
     def log(self):

@@ -6,6 +6,7 @@ import unittest
 from harness import CANARY_KEY, SRC, TokendTestCase, free_port
 
 SCRIPT = os.path.join(SRC, "scripts", "routes.lua")
+PUBLIC = os.path.join(SRC, "public")
 
 # arguments, extra environment, exit code, text expected on stderr (or stdout for 0)
 RUNS = [
@@ -28,6 +29,20 @@ RUNS = [
     (["--port", "0", "--script", SCRIPT], {"ASSEMBLYAI_STREAMING_URL": "ftp://x"}, 1, "must start with https:// or http://"),
     (["--port", "0", "--script", SCRIPT], {"CURL_CA_BUNDLE": "/nonexistent.pem"}, 1, "/nonexistent.pem"),
     (["--port", "0", "--host", "not a host!", "--script", SCRIPT], {}, 1, "cannot resolve host"),
+    # Numbers are digits: no sign, no spaces.
+    (["--port", "+80"], {}, 2, "--port must be an integer between 0 and 65535"),
+    ([], {"PORT": " 80"}, 2, "PORT must be an integer between 0 and 65535"),
+    ([], {"TOKEND_WORKERS": "2 "}, 2, "TOKEND_WORKERS must be an integer"),
+    # The streaming URL is checked at start, as libcurl will read it: never a 502 later.
+    (["--port", "0", "--script", SCRIPT], {"ASSEMBLYAI_STREAMING_URL": "http://127.0.0.1:abc"}, 1, "has a bad port"),
+    (["--port", "0", "--script", SCRIPT], {"ASSEMBLYAI_STREAMING_URL": "http://127.0.0.1:99999"}, 1, "has a bad port"),
+    (["--port", "0", "--script", SCRIPT], {"ASSEMBLYAI_STREAMING_URL": "http://127.0.0.1:"}, 1, "has a bad port"),
+    (["--port", "0", "--script", SCRIPT], {"ASSEMBLYAI_STREAMING_URL": "http://127.0.0.1:/v"}, 1, "has a bad port"),
+    (["--port", "0", "--script", SCRIPT], {"ASSEMBLYAI_STREAMING_URL": "http://127.0.0.1:+80"}, 1, "has a bad port"),
+    (["--port", "0", "--script", SCRIPT], {"ASSEMBLYAI_STREAMING_URL": "http://[zz]:80"}, 1, "Bad IPv6 address"),
+    (["--port", "0", "--script", SCRIPT], {"ASSEMBLYAI_STREAMING_URL": "http://[::1"}, 1, "has a bad host"),
+    (["--check", "--script", SCRIPT, "--public", PUBLIC], {"ASSEMBLYAI_STREAMING_URL": "http://[::1]:8080/prefix"}, 0, "routes.lua: ok"),
+    (["--check", "--script", SCRIPT, "--public", PUBLIC], {"ASSEMBLYAI_STREAMING_URL": "https://streaming.eu.assemblyai.com"}, 0, "ok"),
 ]
 
 

@@ -1,9 +1,14 @@
 """Embedding: install into a temporary prefix, then build and run the examples against the
 installed library and module, with the stock lua5.4 and a C compiler, as a new user would."""
+import json
 import os
+import re
 import shutil
 import signal
+import socket
 import subprocess
+import tempfile
+import time
 import unittest
 
 from harness import CANARY_KEY, SRC, TokendTestCase, read_line, request
@@ -12,7 +17,8 @@ BUILD = os.environ.get("TOKEND_BUILD_DIR") or os.path.join(SRC, "build")
 INSTALLED = [
     "bin/tokend", "include/tokend.h", "lib/libtokend.a", "lib/libtokend.so", "lib/pkgconfig/tokend.pc",
     "lib/lua/5.4/tokend.so", "share/tokend/scripts/routes.lua", "share/tokend/public/index.html",
-    "share/tokend/public/capture-worklet.js", "share/tokend/tokend.service", "share/doc/tokend/README.md",
+    "share/tokend/public/capture-worklet.js", "share/tokend/haproxy.cfg", "share/doc/tokend/README.md",
+    "lib/systemd/system/tokend.service", "lib/systemd/system/tokend@.service", "lib/pkgconfig/tokend-static.pc",
 ]
 
 
@@ -112,6 +118,217 @@ class Embedding(TokendTestCase):
         self.assertIn("between 1 and 600", lines[1])
         self.assertEqual(lines[2], "nil\ttrue")
         self.assertEqual(lines[3], "in an application coroutine\t401", "blocks there too, no yield, no crash")
+
+
+def read(path):
+    with open(path) as f:
+        return f.read()
+
+
+def install_into(folder):
+    """cmake --install into folder, readable by every user (the service test runs as nobody)."""
+    os.chmod(folder, 0o755)
+    subprocess.run(["cmake", "--install", BUILD, "--prefix", folder], check=True, capture_output=True)
+    return folder
+
+
+@unittest.skipIf(SANITIZED, "the plain build runs these tests")
+class AsInstalled(TokendTestCase):
+    """The installed binary, service unit and library, used as their documentation says."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.prefix = install_into(tempfile.mkdtemp(prefix="tokend-prefix-", dir="/tmp"))
+
+    @classmethod
+    def tearDownClass(cls):
+        shutil.rmtree(cls.prefix, ignore_errors=True)
+
+    def clean_env(self, **extra):
+        e = {k: v for k, v in os.environ.items()
+             if not k.startswith(("ASSEMBLYAI_", "TOKEND_", "LD_LIBRARY_PATH", "LUA_CPATH", "PKG_CONFIG"))}
+        e.update(extra)
+        return e
+
+    def test_the_binary_outside_the_source_folder_uses_the_installed_script_and_page(self):
+        fake = self.fake()
+        p = subprocess.Popen([os.path.join(self.prefix, "bin", "tokend"), "--port", "0"], cwd=self.workdir,
+                             env=self.clean_env(ASSEMBLYAI_API_KEY=CANARY_KEY, ASSEMBLYAI_STREAMING_URL=fake.url),
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        self.addCleanup(lambda: (p.poll() is None and p.kill(), p.wait()))
+        line = read_line(p, 15)
+        self.assertIsNotNone(line, p.stderr.read1().decode() if p.poll() is not None else "no start line")
+        port = int(line.rsplit(":", 1)[1])
+        self.assertEqual(request(port, "/token").status, 200)
+        self.assertIn(b"<title>", request(port, "/").body)
+        p.send_signal(signal.SIGTERM)
+        _, err = p.communicate(timeout=15)
+        self.assertIn(f"using the installed {self.prefix}/bin/../share/tokend/scripts/routes.lua", err.decode())
+        self.assertIn("serving the installed", err.decode())
+
+    def test_the_systemd_unit_as_systemd_runs_it(self):
+        units = os.path.join(self.prefix, "lib", "systemd", "system")
+        unit = read(os.path.join(units, "tokend.service"))
+        exec_start = re.search(r"^ExecStart=(.*)$", unit, re.M).group(1).split()
+        self.assertEqual(exec_start[0], os.path.join(self.prefix, "bin", "tokend"), "the prefix's paths are filled in")
+        self.assertIn("Type=notify\n", unit)
+        self.assertIn("LoadCredential=tokend.env:/etc/tokend/tokend.env\n", unit)
+        if shutil.which("systemd-analyze"):
+            instance = self.write("tokend@8123.service", read(os.path.join(units, "tokend@.service")))
+            for path in (os.path.join(units, "tokend.service"), instance):
+                v = subprocess.run(["systemd-analyze", "verify", path], capture_output=True, text=True)
+                self.assertEqual(v.returncode, 0, v.stderr)
+        if os.getuid() != 0:
+            self.skipTest("running as another user needs root")
+        # What systemd does for the unit: a copy of the root-only settings file in a folder
+        # only the service's (dynamic) user reads, $CREDENTIALS_DIRECTORY naming it, that
+        # user (here nobody), the working folder, and a socket for sd_notify.
+        fake = self.fake()
+        creds = tempfile.mkdtemp(prefix="creds-", dir="/tmp")
+        self.addCleanup(shutil.rmtree, creds, True)
+        with open(os.path.join(creds, "tokend.env"), "w") as f:
+            f.write(f"ASSEMBLYAI_API_KEY={CANARY_KEY}\nASSEMBLYAI_STREAMING_URL={fake.url}\nPORT=0\n")
+        os.chmod(os.path.join(creds, "tokend.env"), 0o400)
+        os.chown(os.path.join(creds, "tokend.env"), 65534, 65534)
+        os.chown(creds, 65534, 65534)
+        os.chmod(creds, 0o500)
+        notify_dir = tempfile.mkdtemp(prefix="notify-", dir="/tmp")
+        self.addCleanup(shutil.rmtree, notify_dir, True)
+        os.chmod(notify_dir, 0o777)
+        notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.addCleanup(notify.close)
+        notify.bind(os.path.join(notify_dir, "notify"))
+        os.chmod(os.path.join(notify_dir, "notify"), 0o777)
+        notify.settimeout(15)
+        args = [a.replace("${CREDENTIALS_DIRECTORY}", creds) for a in exec_start]
+        cwd = re.search(r"^WorkingDirectory=(.*)$", unit, re.M).group(1)
+        p = subprocess.Popen(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *args], cwd=cwd,
+                             env=self.clean_env(CREDENTIALS_DIRECTORY=creds,
+                                                NOTIFY_SOCKET=os.path.join(notify_dir, "notify")),
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        self.addCleanup(lambda: (p.poll() is None and p.kill(), p.wait()))
+        line = read_line(p, 15)
+        self.assertIsNotNone(line, p.stderr.read1().decode() if p.poll() is not None else "no start line")
+        ready = notify.recv(4096).decode()
+        self.assertTrue(ready.startswith("READY=1\n"), ready)
+        port = int(line.rsplit(":", 1)[1])
+        health = request(port, "/healthz").json()
+        self.assertTrue(health["api_key_configured"], "the key came from the credential")
+        self.assertEqual(request(port, "/token").status, 200)
+        p.send_signal(signal.SIGTERM)
+        self.assertEqual(notify.recv(4096).decode(), "STOPPING=1")
+        out, err = p.communicate(timeout=15)
+        self.assertEqual(p.returncode, 0, err.decode())
+        self.assertNotIn(CANARY_KEY, out.decode() + err.decode())
+        # The same settings file root-only and read directly, as the old unit did: refused.
+        denied = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", args[0],
+                                 "--env-file", "/etc/shadow", "--check"], capture_output=True, text=True)
+        self.assertNotEqual(denied.returncode, 0)
+        self.assertIn("Permission denied", denied.stderr)
+
+    def test_a_c_program_linked_as_the_readme_says(self):
+        pc = os.path.join(self.prefix, "lib", "pkgconfig")
+        env = self.clean_env(PKG_CONFIG_PATH=pc)
+        program = self.write("p.c", '#include <stdio.h>\n#include "tokend.h"\n'
+                                    'int main(void) { tokend_config c; tokend_config_init(&c); '
+                                    'printf("%d\\n", c.port); return 0; }\n')
+
+        def pkg(*args):
+            r = subprocess.run(["pkg-config", *args], env=env, capture_output=True, text=True)
+            self.assertEqual(r.returncode, 0, r.stderr)
+            return r.stdout.split()
+
+        libdir = pkg("--variable=libdir", "tokend")[0]
+        ways = {
+            "shared, with the library's folder as rpath": pkg("--cflags", "--libs", "tokend") + [f"-Wl,-rpath,{libdir}"],
+            "static libtokend": pkg("--cflags", "--libs", "tokend-static"),
+            "pkg-config --static": pkg("--cflags", "--static", "--libs", "tokend") + [f"-Wl,-rpath,{libdir}"],
+        }
+        for way, flags in ways.items():
+            with self.subTest(way=way):
+                exe = os.path.join(self.workdir, re.sub(r"\W+", "-", way))
+                cc = subprocess.run(["cc", "-std=c11", program, *flags, "-o", exe], env=env, capture_output=True,
+                                    text=True)
+                self.assertEqual(cc.returncode, 0, cc.stderr)
+                out = subprocess.run([exe], env=env, capture_output=True, text=True)
+                self.assertEqual((out.returncode, out.stdout), (0, "8000\n"), out.stderr)
+        # Without an rpath (nor ldconfig, nor LD_LIBRARY_PATH) the loader cannot find it: the
+        # README says which line to add.
+        exe = os.path.join(self.workdir, "plain")
+        subprocess.run(["cc", "-std=c11", program, *pkg("--cflags", "--libs", "tokend"), "-o", exe], env=env, check=True)
+        out = subprocess.run([exe], env=env, capture_output=True, text=True)
+        self.assertIn("libtokend.so.0: cannot open shared object file", out.stderr)
+        out = subprocess.run([exe], env={**env, "LD_LIBRARY_PATH": libdir}, capture_output=True, text=True)
+        self.assertEqual(out.stdout, "8000\n")
+
+
+@unittest.skipIf(SANITIZED, "the stock interpreter cannot load a sanitizer build")
+class ModuleMode(TokendTestCase):
+    def run_lua(self, code, **env):
+        prefix = os.path.join(BUILD, "test-install")
+        if not os.path.exists(prefix):
+            subprocess.run(["cmake", "--install", BUILD, "--prefix", prefix], check=True, capture_output=True)
+        e = {k: v for k, v in os.environ.items() if not k.startswith(("ASSEMBLYAI_", "TOKEND_"))}
+        e.update(LUA_CPATH=os.path.join(prefix, "lib", "lua", "5.4", "?.so"), **env)
+        return subprocess.run(["lua5.4", "-e", code], env=e, capture_output=True, text=True, timeout=30)
+
+    def test_the_key_leaves_the_environment_unless_kept(self):
+        code = ('local before = os.getenv("ASSEMBLYAI_API_KEY") ~= nil\n'
+                'local tokend = require "tokend"\n'
+                'local f = io.open("/proc/self/environ", "rb"); local block = f:read("a"); f:close()\n'
+                'print(before, os.getenv("ASSEMBLYAI_API_KEY") ~= nil, block:find("' + CANARY_KEY + '", 1, true) ~= nil,'
+                ' tokend.config.api_key_configured, os.getenv("OTHER"))\n')
+        out = self.run_lua(code, ASSEMBLYAI_API_KEY=CANARY_KEY, OTHER="kept")
+        self.assertEqual(out.stdout.strip(), "true\tfalse\tfalse\ttrue\tkept", out.stderr)
+        out = self.run_lua(code, ASSEMBLYAI_API_KEY=CANARY_KEY, OTHER="kept", TOKEND_KEEP_KEY_IN_ENV="1")
+        self.assertEqual(out.stdout.strip(), "true\ttrue\ttrue\ttrue\tkept", out.stderr)
+
+    def test_every_setting_is_an_option_of_server_by_the_documented_name(self):
+        from harness import BIN
+        help_text = subprocess.run([BIN, "--help"], capture_output=True, text=True, check=True).stdout
+        envs = re.findall(r"^  ([A-Z][A-Z0-9_]+) ", help_text.split("Settings from the environment", 1)[1], re.M)
+        flags = re.findall(r"^  --([a-z-]+)", help_text, re.M)
+        names = {re.sub(r"^(TOKEND_|ASSEMBLYAI_|CURL_)", "", e).lower() for e in envs if e != "ASSEMBLYAI_API_KEY"}
+        names |= {f.replace("-", "_") for f in flags if f not in ("check", "version", "help")}
+        code = ('local tokend = require "tokend"\n'
+                'print(select(2, pcall(tokend.server, { api_key = "x" })))\n'
+                'for name in os.getenv("NAMES"):gmatch("%S+") do\n'
+                '  local ok, err = pcall(tokend.server, { [name] = "not-a-value" })\n'
+                '  if not ok and err:find("unknown option") then print("unknown", name) end\n'
+                'end\n')
+        e = {k: v for k, v in os.environ.items() if not k.startswith(("ASSEMBLYAI_", "TOKEND_"))}
+        e.update(LUA_CPATH=os.path.join(BUILD, "?.so"), NAMES=" ".join(sorted(names)))
+        out = subprocess.run(["lua5.4", "-e", code], env=e, capture_output=True, text=True, timeout=30)
+        self.assertIn("unknown option api_key", out.stdout.splitlines()[0], "the key never passes through Lua")
+        self.assertEqual(out.stdout.splitlines()[1:], [], out.stderr)
+
+    def test_a_running_server_reports_its_real_host_and_port_and_takes_every_setting(self):
+        code = ('local tokend = require "tokend"\n'
+                'print("before", tokend.config.host, tokend.config.port)\n'
+                'tokend.route("GET", "/where", function(req)\n'
+                '  return 200, { host = tokend.config.host, port = tokend.config.port, client = req.client }\n'
+                'end)\n'
+                'local s = assert(tokend.server{ port = 0, host = "127.0.0.1", trusted_proxies = "127.0.0.1",\n'
+                '                                log_format = "json", max_query_args = 2 })\n'
+                'print("port", s:port()); io.stdout:flush()\n'
+                'local t = {}\n'
+                'for k, v in pairs(tokend.config) do t[k] = v end\n'
+                'print("pairs", t.port == s:port())\n'
+                'assert(s:run())\n')
+        e = {k: v for k, v in os.environ.items() if not k.startswith(("ASSEMBLYAI_", "TOKEND_"))}
+        e["LUA_CPATH"] = os.path.join(BUILD, "?.so")
+        p = subprocess.Popen(["lua5.4", "-e", code], env=e, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        self.addCleanup(lambda: (p.poll() is None and p.kill(), p.wait()))
+        self.assertEqual(read_line(p, 10), "before\t\t0")
+        port = int(read_line(p, 10).split("\t")[1])
+        self.assertEqual(read_line(p, 10), "pairs\ttrue")
+        r = request(port, "/where", headers={"X-Forwarded-For": "203.0.113.9"})
+        self.assertEqual(r.json(), {"host": "127.0.0.1", "port": port, "client": "203.0.113.9"})
+        self.assertEqual(request(port, "/where?a=1&b=2&c=3").status, 400, "max_query_args applies")
+        p.send_signal(signal.SIGTERM)
+        _, err = p.communicate(timeout=10)
+        access = [json.loads(line) for line in err.decode().splitlines() if '"access"' in line]
+        self.assertTrue(access, "log_format = json applies")
 
 
 if __name__ == "__main__":

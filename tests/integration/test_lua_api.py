@@ -99,6 +99,12 @@ class LuaApi(TokendTestCase):
         self.assertEqual((r.status, r.body), (200, b"hello ada"))
         self.assertEqual(r.headers["content-type"], "text/plain; charset=utf-8")
         self.assertEqual(self.t.get("/hello/%C3%A9").body, "hello é".encode())
+        # Segments are split before they are decoded: an escaped slash stays in its parameter.
+        r = self.t.get("/echo/u1/r%2F2", method="POST")
+        self.assertEqual((r.status, r.json()["params"]), (201, {"a": "u1", "b": "r/2"}))
+        self.assertEqual(r.json()["path"], "/echo/u1/r/2")
+        self.assertEqual(self.t.get("/hello/a%2Fb").body, b"hello a/b")
+        self.assertEqual(self.t.get("/hello%2Fada").status, 404)
 
     def test_request_fields(self):
         r = self.t.get("/echo/x/y%20z?q=1&w=two+words&q=2&flag", method="POST",

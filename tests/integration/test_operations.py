@@ -117,7 +117,7 @@ class HealthAndMetrics(TokendTestCase):
         t = self.tokend(key=None)
         r = t.get("/healthz")
         self.assertEqual(r.status, 200)
-        self.assertEqual(r.json(), {"status": "ok", "api_key_configured": False})
+        self.assertEqual(r.json(), {"status": "ok", "api_key_configured": False}, "no redis without TOKEND_REDIS_URL")
 
     def test_metrics_count_what_happened(self):
         fake = self.fake()
@@ -130,7 +130,7 @@ class HealthAndMetrics(TokendTestCase):
         t.get("/token")
         r = t.get("/metrics")
         self.assertEqual(r.status, 200)
-        self.assertEqual(r.headers["content-type"], "text/plain; version=0.0.4")
+        self.assertEqual(r.headers["content-type"], "text/plain; version=0.0.4; charset=utf-8")
         m = r.body.decode()
         self.assertEqual(metric(m, "tokend_requests_total", '{route="/token",status="200"}'), 3)
         self.assertEqual(metric(m, "tokend_requests_total", '{route="/token",status="502"}'), 1)
@@ -144,6 +144,20 @@ class HealthAndMetrics(TokendTestCase):
         self.assertGreaterEqual(metric(m, "tokend_upstream_connections_opened_total"), 1)
         r = t.get("/metrics", headers={"X-Forwarded-For": "203.0.113.5"})
         self.assertEqual(r.status, 404, "not for clients from elsewhere")
+
+    def test_process_gauges_and_build_info(self):
+        t = self.tokend()
+        m = t.get("/metrics").body.decode()
+        self.assertGreater(metric(m, "process_resident_memory_bytes"), 1 << 20)
+        self.assertGreater(metric(m, "process_virtual_memory_bytes"), metric(m, "process_resident_memory_bytes"))
+        self.assertGreaterEqual(metric(m, "process_cpu_seconds_total"), 0)
+        self.assertGreater(metric(m, "process_open_fds"), 3)
+        self.assertGreaterEqual(metric(m, "process_max_fds"), metric(m, "process_open_fds"))
+        self.assertLess(abs(metric(m, "process_start_time_seconds") - t.started), 5)
+        self.assertEqual(metric(m, "tokend_build_info", '{version="0.1.0"}'), 1)
+        for family in ["process_cpu_seconds_total counter", "process_resident_memory_bytes gauge",
+                       "tokend_build_info gauge"]:
+            self.assertIn(f"# TYPE {family}\n", m)
 
     def test_in_flight_gauge(self):
         fake = self.fake(latency_ms=500)
@@ -178,6 +192,64 @@ class AccessLog(TokendTestCase):
                                        "duration_ms", "upstream_ms"})
         self.assertEqual((access["method"], access["path"], access["status"]), ("GET", "/token", 200))
 
+    def test_json_everywhere(self):
+        """Under --log-format json every line is an object with a type: start-up notes, the
+        start line on stdout, access lines, the stop, and fatal errors."""
+        fake = self.fake()
+        self.write(".env", "ASSEMBLYAI_API_KEY=x\nNOT_A_SETTING=1\n")   # a start-up note
+        t = self.tokend(fake=fake, args=["--log-format", "json"])
+        start = json.loads(t.stdout_lines[0])
+        self.assertEqual((start["type"], start["url"]), ("start", f"http://127.0.0.1:{t.port}"))
+        t.get("/token")
+        self.assertEqual(t.stop(), 0)
+        lines = [json.loads(line) for line in t.log.splitlines()]
+        self.assertEqual({"log", "access", "audit"} - {line["type"] for line in lines}, set())
+        self.assertTrue(all({"time", "level", "type", "msg"} <= set(line) or line["type"] == "access"
+                            for line in lines), lines)
+        self.assertTrue(any("NOT_A_SETTING" in line.get("msg", "") for line in lines))
+        self.assertEqual(lines[-1]["msg"], "stopped")
+        for args, env in [(["--log-format", "json", "--port", "x"], {}), (["--bogus", "--log-format=json"], {}),
+                          (["--script", "missing.lua"], {"TOKEND_LOG_FORMAT": "json"})]:
+            p = self.run_tokend(args, env)
+            self.assertNotEqual(p.returncode, 0)
+            fatal = [json.loads(line) for line in p.stderr.splitlines()]
+            self.assertEqual(fatal[-1]["level"], "error", p.stderr)
+
+    def test_durations_keep_their_fraction_of_a_millisecond(self):
+        t = self.tokend(args=["--log-format", "json"])
+        for _ in range(5):
+            t.get("/healthz")
+        t.stop()
+        durations = [json.loads(line)["duration_ms"] for line in t.log.splitlines() if '"access"' in line]
+        self.assertEqual(len(durations), 5)
+        self.assertTrue(any(d != int(d) for d in durations), durations)
+        self.assertTrue(all(d < 100 for d in durations), durations)
+
+    def test_bytes_are_what_was_sent(self):
+        import socket
+        import struct
+        public = os.path.join(self.workdir, "site")
+        os.makedirs(public)
+        with open(os.path.join(public, "big.bin"), "wb") as f:
+            f.truncate(64 * 1024 * 1024)
+        t = self.tokend(public=public, args=["--log-format", "json"])
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        s.connect(("127.0.0.1", t.port))
+        s.sendall(b"GET /big.bin HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        got = 0
+        while got < 4096:
+            got += len(s.recv(4096 - got))
+        time.sleep(0.2)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        s.close()       # a reset after 4 KB of 64 MB
+        log = t.wait_log('"path":"/big.bin"')
+        sent = [json.loads(line)["bytes"] for line in log.splitlines() if '"/big.bin"' in line][0]
+        self.assertGreater(sent, 4096)
+        self.assertLess(sent, 1 << 20, "what the client acknowledged, not the file's size")
+        r = t.get("/big.bin", method="HEAD")
+        self.assertEqual(r.headers["content-length"], str(64 * 1024 * 1024))
+
     def test_log_level(self):
         t = self.tokend(key=None, args=["--log-level", "warn"])
         t.get("/")
@@ -188,25 +260,3 @@ class AccessLog(TokendTestCase):
 
 if __name__ == "__main__":
     unittest.main()
-
-
-class SystemdUnit(TokendTestCase):
-    def test_unit_file_verifies_and_its_command_line_works(self):
-        import shutil
-        import subprocess
-        from harness import BIN, SRC
-        with open(os.path.join(SRC, "dist", "tokend.service")) as f:
-            unit = f.read()
-        self.assertIn("ExecReload=/bin/kill -HUP $MAINPID", unit)
-        exec_start = re.search(r"^ExecStart=(.*)$", unit, re.M).group(1).split()
-        # The unit's own flags, with the installed paths mapped to this checkout.
-        args = [a.replace("/usr/local/share/tokend", SRC) for a in exec_start[1:]]
-        env_file = self.write("tokend.env", "ASSEMBLYAI_API_KEY=x\n")
-        args[args.index("--env-file") + 1] = env_file
-        p = self.run_tokend(args + ["--check"])
-        self.assertEqual(p.returncode, 0, p.stderr)
-        if not shutil.which("systemd-analyze"):
-            self.skipTest("systemd-analyze is not installed")
-        local = self.write("tokend.service", unit.replace("/usr/local/bin/tokend", BIN))
-        p = subprocess.run(["systemd-analyze", "verify", local], capture_output=True, text=True)
-        self.assertEqual(p.returncode, 0, p.stderr)

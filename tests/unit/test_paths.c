@@ -51,6 +51,8 @@ static void test_router(void) {
     CHECK(router_add(r, "GET", "/users/me", 3, err, sizeof err) == 0, "%s", err);
     CHECK(router_add(r, "POST", "/users/:id/keys/:key", 4, err, sizeof err) == 0, "%s", err);
     CHECK(router_add(r, "DELETE", "/token", 5, err, sizeof err) == 0, "%s", err);
+    CHECK(router_add(r, "GET", "/api/users/:user/rooms/:room", 6, err, sizeof err) == 0, "%s", err);
+    CHECK(router_add(r, "GET", "/hello world", 7, err, sizeof err) == 0, "%s", err);
     static const struct { const char *pattern, *method, *err; } bad[] = {
         { "token", "GET", "must start with /" }, { "/a//b", "GET", "empty segment" },
         { "/a/:", "GET", "without a name" }, { "/token", "GET", "already defined" },
@@ -74,12 +76,20 @@ static void test_router(void) {
         { "GET", "/users//", ROUTER_NOT_FOUND, 0, "", "" },
         { "GET", "/tokens", ROUTER_NOT_FOUND, 0, "", "" },
         { "GET", "/", ROUTER_NOT_FOUND, 0, "", "" },
+        /* Split first, then decoded: %2F stays in its segment; parameters are raw here. */
+        { "GET", "/api/users/u1/rooms/r%2F2", ROUTER_FOUND, 6, "user=u1;room=r%2F2;", "" },
+        { "GET", "/api/users/u%201/rooms/r", ROUTER_FOUND, 6, "user=u%201;room=r;", "" },
+        { "GET", "/api/users/u1%2Frooms/r", ROUTER_NOT_FOUND, 0, "", "" },
+        { "GET", "/users%2F42", ROUTER_NOT_FOUND, 0, "", "" },
+        { "GET", "/hello%20world", ROUTER_FOUND, 7, "", "" },
+        { "GET", "/t%6Fken", ROUTER_FOUND, 1, "", "" },
+        { "GET", "/token?x=1", ROUTER_FOUND, 1, "", "" },
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         router_result m;
         char allow[64], params[128] = "";
         memset(&m, 0xA5, sizeof m);     /* whatever the caller's stack held */
-        int rc = router_match(r, cases[i].method, cases[i].path, &m, allow, sizeof allow);
+        int rc = router_match(r, cases[i].method, cases[i].path, strcspn(cases[i].path, "?"), &m, allow, sizeof allow);
         CHECK(rc == cases[i].rc, "%s %s: rc %d, want %d", cases[i].method, cases[i].path, rc, cases[i].rc);
         if (rc == ROUTER_FOUND) {
             CHECK(m.handler == cases[i].handler, "%s %s: handler %d", cases[i].method, cases[i].path, m.handler);
