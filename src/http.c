@@ -292,8 +292,29 @@ http_response *http_response_take(char *body, size_t len, const char *content_ty
     return http_response_defaults(resp, content_type);
 }
 
-http_response *http_response_file(int fd, uint64_t size, const char *content_type) {
-    return http_response_defaults(MHD_create_response_from_fd(size, fd), content_type);
+http_response *http_response_file(int fd, uint64_t offset, uint64_t length, const char *content_type) {
+    return http_response_defaults(MHD_create_response_from_fd_at_offset64(length, fd, offset), content_type);
+}
+
+http_response *http_response_shared(const void *data, size_t len, void (*release)(void *ud), void *ud,
+                                    const char *content_type) {
+    struct MHD_Response *resp =
+        MHD_create_response_from_buffer_with_free_callback_cls(len, (void *)(uintptr_t)data, release, ud);
+    if (!resp) release(ud);
+    return http_response_defaults(resp, content_type);
+}
+
+/* The body of a response that has none to send (a 304): never read. */
+static ssize_t http_no_body(void *cls, uint64_t pos, char *buf, size_t max) {
+    (void)cls;
+    (void)pos;
+    (void)buf;
+    (void)max;
+    return MHD_CONTENT_READER_END_WITH_ERROR;
+}
+
+http_response *http_response_headers_only(uint64_t length) {
+    return http_response_defaults(MHD_create_response_from_callback(length, 4096, http_no_body, NULL, NULL), NULL);
 }
 
 void http_response_free(http_response *resp) {

@@ -91,10 +91,19 @@ http_response *http_response_bytes(const char *body, size_t len, const char *con
  * of memory (body is then freed). Adds the headers every response carries. */
 http_response *http_response_take(char *body, size_t len, const char *content_type);
 
-/* Builds a response that sends size bytes of the open file fd (sendfile where it can) and
- * closes it; NULL when out of memory (fd stays the caller's). Adds the headers every
- * response carries. */
-http_response *http_response_file(int fd, uint64_t size, const char *content_type);
+/* Builds a response that sends length bytes of the open file fd from offset (sendfile
+ * where it can) and closes it; NULL when out of memory (fd stays the caller's). Adds the
+ * headers every response carries. */
+http_response *http_response_file(int fd, uint64_t offset, uint64_t length, const char *content_type);
+
+/* Builds a response that sends len bytes at data without copying them; release(ud) is
+ * called once they are no longer needed (also when this fails: NULL, out of memory). */
+http_response *http_response_shared(const void *data, size_t len, void (*release)(void *ud), void *ud,
+                                    const char *content_type);
+
+/* Builds a response whose headers describe a body of length bytes that is not sent: the
+ * answer to a conditional request (304), whose Content-Length must be the full one's. */
+http_response *http_response_headers_only(uint64_t length);
 
 /* Adds a header; returns -1 when the name or value holds characters a header cannot carry. */
 int http_response_header(http_response *resp, const char *name, const char *value);

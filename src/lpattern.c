@@ -1,6 +1,7 @@
 /* lpattern.c: string.find, match, gmatch and gsub with Lua 5.4's patterns, counting their steps against the instruction budget. */
 #define _GNU_SOURCE
 #include <ctype.h>
+#include <setjmp.h>
 #include <string.h>
 
 #include <lua.h>
@@ -25,7 +26,9 @@
 typedef struct lpattern_state {
     const char *src_init, *src_end;     /* the subject */
     const char *p_end;                  /* end of the pattern */
-    lua_State *L;
+    lua_State *L;                       /* NULL for a search from C: errors jump to fail */
+    jmp_buf *fail;
+    long steps_left;                    /* a search from C: its own limit */
     int depth;                          /* matching calls left before "too complex" */
     int level;                          /* captures open or closed */
     long steps;                         /* steps not charged yet */
@@ -37,12 +40,18 @@ typedef struct lpattern_state {
 
 static const char *lpattern_match(lpattern_state *ms, const char *s, const char *p);
 
-/* Counts one step; every LPATTERN_CHARGE of them go to the budget. */
+/* Ends the search with an error: a Lua error, or, from C, a jump out of it. */
+static void lpattern_error(lpattern_state *ms, const char *fmt, int n) {
+    if (!ms->L) longjmp(*ms->fail, 1);
+    luaL_error(ms->L, fmt, n);
+}
+
+/* Counts one step; every LPATTERN_CHARGE of them go to the budget (from C: its limit). */
 static void lpattern_step(lpattern_state *ms) {
     if (++ms->steps < LPATTERN_CHARGE) return;
     ms->steps = 0;
-    if (lbudget_charge(LPATTERN_CHARGE) < 0)
-        luaL_error(ms->L, LBUDGET_ERROR " (in a string pattern search)");
+    if (!ms->L ? (ms->steps_left -= LPATTERN_CHARGE) < 0 : lbudget_charge(LPATTERN_CHARGE) < 0)
+        lpattern_error(ms, LBUDGET_ERROR " (in a string pattern search)", 0);
 }
 
 static void lpattern_prepare(lpattern_state *ms, lua_State *L, const char *s, size_t ls, const char *p, size_t lp) {
@@ -104,12 +113,12 @@ static int lpattern_in_set(int c, const char *p, const char *close) {
 static const char *lpattern_class_end(lpattern_state *ms, const char *p) {
     switch (*p++) {
     case LPATTERN_ESC:
-        if (p == ms->p_end) luaL_error(ms->L, "malformed pattern (ends with '%%')");
+        if (p == ms->p_end) lpattern_error(ms, "malformed pattern (ends with '%%')", 0);
         return p + 1;
     case '[':
         if (*p == '^') p++;
         do {        /* the first character after '[' or '[^' is in the set, even a ']' */
-            if (p == ms->p_end) luaL_error(ms->L, "malformed pattern (missing ']')");
+            if (p == ms->p_end) lpattern_error(ms, "malformed pattern (missing ']')", 0);
             if (*(p++) == LPATTERN_ESC && p < ms->p_end) p++;
         } while (*p != ']');
         return p + 1;
@@ -132,7 +141,7 @@ static int lpattern_single(lpattern_state *ms, const char *s, const char *p, con
 
 /* %bxy at p: a balanced run from x to y. */
 static const char *lpattern_balance(lpattern_state *ms, const char *s, const char *p) {
-    if (p >= ms->p_end - 1) luaL_error(ms->L, "malformed pattern (missing arguments to '%%b')");
+    if (p >= ms->p_end - 1) lpattern_error(ms, "malformed pattern (missing arguments to '%%b')", 0);
     if (s >= ms->src_end || *s != *p) return NULL;
     int open = *p, close = p[1], depth = 1;
     while (++s < ms->src_end) {
@@ -171,7 +180,7 @@ static const char *lpattern_min_expand(lpattern_state *ms, const char *s, const 
 }
 
 static const char *lpattern_open_capture(lpattern_state *ms, const char *s, const char *p, ptrdiff_t what) {
-    if (ms->level >= LPATTERN_MAX_CAPTURES) luaL_error(ms->L, "too many captures");
+    if (ms->level >= LPATTERN_MAX_CAPTURES) lpattern_error(ms, "too many captures", 0);
     ms->capture[ms->level].init = s;
     ms->capture[ms->level].len = what;
     ms->level++;
@@ -183,7 +192,7 @@ static const char *lpattern_open_capture(lpattern_state *ms, const char *s, cons
 static const char *lpattern_close_capture(lpattern_state *ms, const char *s, const char *p) {
     int l = ms->level - 1;
     while (l >= 0 && ms->capture[l].len != LPATTERN_UNFINISHED) l--;
-    if (l < 0) luaL_error(ms->L, "invalid pattern capture");
+    if (l < 0) lpattern_error(ms, "invalid pattern capture", 0);
     ms->capture[l].len = s - ms->capture[l].init;
     const char *res = lpattern_match(ms, s, p);
     if (!res) ms->capture[l].len = LPATTERN_UNFINISHED;
@@ -194,7 +203,7 @@ static const char *lpattern_close_capture(lpattern_state *ms, const char *s, con
 static const char *lpattern_back_reference(lpattern_state *ms, const char *s, int digit) {
     int l = digit - '1';
     if (l < 0 || l >= ms->level || ms->capture[l].len == LPATTERN_UNFINISHED)
-        luaL_error(ms->L, "invalid capture index %%%d", l + 1);
+        lpattern_error(ms, "invalid capture index %%%d", l + 1);
     size_t len = (size_t)ms->capture[l].len;
     if ((size_t)(ms->src_end - s) >= len && memcmp(ms->capture[l].init, s, len) == 0) return s + len;
     return NULL;
@@ -203,7 +212,7 @@ static const char *lpattern_back_reference(lpattern_state *ms, const char *s, in
 /* Matches the pattern from p against the subject from s; returns the end of the match or
  * NULL. Items that end the pattern's walk loop here rather than recursing. */
 static const char *lpattern_match(lpattern_state *ms, const char *s, const char *p) {
-    if (ms->depth-- == 0) luaL_error(ms->L, "pattern too complex");
+    if (ms->depth-- == 0) lpattern_error(ms, "pattern too complex", 0);
     for (;;) {
         lpattern_step(ms);
         if (p == ms->p_end) break;
@@ -227,7 +236,7 @@ static const char *lpattern_match(lpattern_state *ms, const char *s, const char 
         }
         if (*p == LPATTERN_ESC && p[1] == 'f') {
             p += 2;
-            if (*p != '[') luaL_error(ms->L, "missing '[' after '%%f' in pattern");
+            if (*p != '[') lpattern_error(ms, "missing '[' after '%%f' in pattern", 0);
             const char *ep = lpattern_class_end(ms, p);
             int before = s == ms->src_init ? '\0' : (unsigned char)s[-1];
             int here = s < ms->src_end ? (unsigned char)*s : '\0';
@@ -284,13 +293,13 @@ static const char *lpattern_match(lpattern_state *ms, const char *s, const char 
  * sets *cap and returns its length. Capture 0 of a pattern without captures is the match. */
 static ptrdiff_t lpattern_capture(lpattern_state *ms, int i, const char *s, const char *e, const char **cap) {
     if (i >= ms->level) {
-        if (i != 0) luaL_error(ms->L, "invalid capture index %%%d", i + 1);
+        if (i != 0) lpattern_error(ms, "invalid capture index %%%d", i + 1);
         *cap = s;
         return e - s;
     }
     ptrdiff_t len = ms->capture[i].len;
     *cap = ms->capture[i].init;
-    if (len == LPATTERN_UNFINISHED) luaL_error(ms->L, "unfinished capture");
+    if (len == LPATTERN_UNFINISHED) lpattern_error(ms, "unfinished capture", 0);
     if (len == LPATTERN_POSITION) lua_pushinteger(ms->L, (ms->capture[i].init - ms->src_init) + 1);
     return len;
 }
@@ -364,6 +373,34 @@ static int lpattern_find_or_match(lua_State *L, int find) {
     } while (from++ < ms.src_end && !anchor);
     luaL_pushfail(L);
     return 1;
+}
+
+/* lpattern_search's loop over the start positions, under its jump buffer. A match with a
+ * capture left open is an error, as string.find reports it. */
+static int lpattern_search_from(lpattern_state *ms, const char *s, const char *p, int anchor) {
+    const char *from = s;
+    do {
+        lpattern_restart(ms);
+        if (lpattern_match(ms, from, p)) {
+            for (int i = 0; i < ms->level; i++)
+                if (ms->capture[i].len == LPATTERN_UNFINISHED) lpattern_error(ms, "unfinished capture", 0);
+            return 1;
+        }
+    } while (from++ < ms->src_end && !anchor);
+    return 0;
+}
+
+int lpattern_search(const char *s, size_t ls, const char *p, size_t lp, long max_steps) {
+    jmp_buf fail;
+    lpattern_state ms;
+    int anchor = lp > 0 && *p == '^';
+    if (!lpattern_has_specials(p, lp)) return lp == 0 || memmem(s, ls, p, lp) != NULL;     /* as string.find */
+    memset(&ms, 0, sizeof ms);
+    lpattern_prepare(&ms, NULL, s, ls, p + anchor, lp - (size_t)anchor);
+    ms.fail = &fail;
+    ms.steps_left = max_steps;
+    if (setjmp(fail)) return -1;
+    return lpattern_search_from(&ms, s, p + anchor, anchor);
 }
 
 static int lpattern_find(lua_State *L) { return lpattern_find_or_match(L, 1); }

@@ -3,6 +3,7 @@
 #include <string.h>
 
 #include "llib.h"
+#include "lpattern.h"
 
 /* tokend.route(method, path, handler) */
 static int lroute_route(lua_State *L) {
@@ -33,16 +34,11 @@ static void lroute_push_default_csp(lua_State *L, const lhost_info *info) {
     luaL_pushresult(&b);
 }
 
-/* tokend.static(prefix, dir[, {csp = "..." | false}]) */
-static int lroute_static(lua_State *L) {
-    lhost *h = LLIB_HOST(L);
-    const char *prefix = luaL_checkstring(L, 1);
-    const char *dir = luaL_checkstring(L, 2);
-    static_options o = { NULL };
-    char err[512];
-    lhost_check_loading(L, h, "static");
-    if (!lua_isnoneornil(L, 3)) luaL_checktype(L, 3, LUA_TTABLE);
-    lua_settop(L, 3);
+/* Reads the options of tokend.static at stack index 3 into o (strings stay alive on the
+ * stack or in the options table); raises on a bad one. */
+static void lroute_static_options(lua_State *L, lhost *h, static_options *o) {
+    o->max_age = -1;
+    o->index = "index.html";
     if (lua_isnil(L, 3) || lua_getfield(L, 3, "csp") == LUA_TNIL) {
         lroute_push_default_csp(L, lhost_world_of(h)->info);
     } else if (lua_isboolean(L, -1) && !lua_toboolean(L, -1)) {
@@ -51,7 +47,47 @@ static int lroute_static(lua_State *L) {
         luaL_argcheck(L, lua_type(L, -1) == LUA_TSTRING, 3, "csp must be a string or false");
         lua_pushvalue(L, -1);
     }
-    o.csp = lua_tostring(L, -1);
+    o->csp = lua_tostring(L, -1);
+    if (lua_isnil(L, 3)) return;
+    if (lua_getfield(L, 3, "max_age") != LUA_TNIL) {
+        lua_Integer age = 0;
+        luaL_argcheck(L, lua_isinteger(L, -1) && (age = lua_tointeger(L, -1)) >= 0 && age <= 31536000, 3,
+                      "max_age must be whole seconds, 0..31536000");
+        o->max_age = (long)age;
+    }
+    if (lua_getfield(L, 3, "index") != LUA_TNIL) {
+        luaL_argcheck(L, lua_type(L, -1) == LUA_TSTRING || (lua_isboolean(L, -1) && !lua_toboolean(L, -1)), 3,
+                      "index must be a file name or false");
+        o->index = lua_tostring(L, -1);
+    }
+    if (lua_getfield(L, 3, "immutable") != LUA_TNIL) {
+        luaL_argcheck(L, lua_istable(L, -1), 3, "immutable must be a list of Lua patterns");
+        lua_Integer n = (lua_Integer)lua_rawlen(L, -1);
+        luaL_argcheck(L, n <= STATIC_MAX_IMMUTABLE, 3, "at most 32 immutable patterns");
+        for (lua_Integer i = 1; i <= n; i++) {
+            size_t len;
+            lua_rawgeti(L, -1, i);
+            const char *pat = lua_tolstring(L, -1, &len);
+            luaL_argcheck(L, lua_type(L, -1) == LUA_TSTRING, 3, "immutable patterns are strings");
+            if (lpattern_search("/", 1, pat, len, 100000) < 0) luaL_error(L, "immutable pattern \"%s\" is malformed", pat);
+            o->immutable[o->nimmutable++] = pat;
+            lua_pop(L, 1);      /* the list keeps it alive */
+        }
+    }
+}
+
+/* tokend.static(prefix, dir[, {csp = "..." | false, max_age = s, immutable = {...}, index = "..." | false}]) */
+static int lroute_static(lua_State *L) {
+    lhost *h = LLIB_HOST(L);
+    const char *prefix = luaL_checkstring(L, 1);
+    const char *dir = luaL_checkstring(L, 2);
+    static_options o;
+    char err[512];
+    memset(&o, 0, sizeof o);
+    lhost_check_loading(L, h, "static");
+    if (!lua_isnoneornil(L, 3)) luaL_checktype(L, 3, LUA_TTABLE);
+    lua_settop(L, 3);
+    lroute_static_options(L, h, &o);
     if (lhost_add_static(h, prefix, dir, &o, err, sizeof err) < 0) return luaL_error(L, "%s", err);
     return 0;
 }

@@ -24,6 +24,7 @@
 #include "log.h"
 #include "loop.h"
 #include "metrics.h"
+#include "mime.h"
 #include "netaddr.h"
 #include "policy.h"
 #include "redis.h"
@@ -171,6 +172,7 @@ static int server_policy_init(tokend_server *srv, char *err, size_t errlen) {
         if (envfile_load(srv->cfg.env_file, &srv->env, err, errlen) < 0) return -1;
         envfile_wipe(srv->env, "ASSEMBLYAI_API_KEY");   /* the server holds its own copy */
     }
+    mime_load(NULL);        /* /etc/mime.types, read once at start */
     if (netaddr_nets_parse(srv->cfg.trusted_proxies, &srv->proxies, err, errlen) < 0) return -1;
     if (policy_hosts_parse(srv->cfg.allowed_hosts, srv->cfg.host, &srv->hosts, err, errlen) < 0) return -1;
     srv->buckets = policy_buckets_create(srv->cfg.rate_limit_clients);

@@ -1,4 +1,4 @@
-/* static.c: static file serving confined to mounted folders. */
+/* static.c: static files from mounted folders, confined to them: validators, ranges, compression, caching policy. */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
@@ -13,11 +13,21 @@
 #include <unistd.h>
 #include <linux/openat2.h>
 
+#include "gzcache.h"
+#include "header.h"
+#include "lpattern.h"
+#include "mime.h"
 #include "static.h"
 
 /* Files up to this size are read and sent with their headers in one write; larger ones go
  * out with sendfile (libmicrohttpd's file responses), headers first. */
 #define STATIC_INLINE_MAX (16 * 1024)
+/* Compressed on the fly (once, then from gzcache): text types from 1 KiB (smaller ones
+ * fit a packet anyway) to 1 MiB (larger ones should ship a precompressed sibling). */
+#define STATIC_GZIP_MIN 1024
+#define STATIC_GZIP_MAX (1024 * 1024)
+#define STATIC_IMMUTABLE "public, max-age=31536000, immutable"
+#define STATIC_PATTERN_STEPS 100000     /* a search of an immutable pattern, at most */
 
 typedef struct static_mount_entry {
     char *prefix;       /* "/" or "/assets" (no trailing slash) */
@@ -26,7 +36,20 @@ typedef struct static_mount_entry {
     size_t root_len;
     int root_fd;        /* the folder, for openat2 lookups confined beneath it */
     char *csp;          /* Content-Security-Policy of HTML files, or NULL */
+    char cache_control[40];     /* for files that are not immutable */
+    char *immutable[STATIC_MAX_IMMUTABLE];
+    size_t nimmutable;
+    char *index;        /* or NULL */
 } static_mount_entry;
+
+/* What is sent for a request: the file, a precompressed sibling, or a gzip copy. */
+typedef struct static_rep {
+    int fd;                     /* the file or sibling to send; -1 for a gzip copy */
+    uint64_t size;              /* of what is sent */
+    const char *encoding;       /* NULL (identity), "br" or "gzip" */
+    gzcache_entry *gz;          /* the gzip copy, or NULL */
+    char etag[64];
+} static_rep;
 
 struct static_mounts {
     static_mount_entry *v;
@@ -37,22 +60,28 @@ static_mounts *static_create(void) {
     return calloc(1, sizeof(static_mounts));
 }
 
+/* Frees what a mount entry owns. */
+static void static_entry_clear(static_mount_entry *e) {
+    free(e->prefix);
+    free(e->root);
+    free(e->csp);
+    free(e->index);
+    for (size_t i = 0; i < e->nimmutable; i++) free(e->immutable[i]);
+    if (e->root_fd >= 0) close(e->root_fd);
+}
+
 void static_free(static_mounts *m) {
     if (!m) return;
-    for (size_t i = 0; i < m->len; i++) {
-        free(m->v[i].prefix);
-        free(m->v[i].root);
-        free(m->v[i].csp);
-        if (m->v[i].root_fd >= 0) close(m->v[i].root_fd);
-    }
+    for (size_t i = 0; i < m->len; i++) static_entry_clear(&m->v[i]);
     free(m->v);
     free(m);
 }
 
 int static_mount(static_mounts *m, const char *prefix, const char *dir, const static_options *o, char *err,
                  size_t errlen) {
-    char *root = NULL, *pfx = NULL, *csp = NULL;
+    static_mount_entry e = { .root_fd = -1 };
     struct stat st;
+    int nomem = 0;
     if (prefix[0] != '/' || strstr(prefix, "//") || strchr(prefix, '?')) {
         snprintf(err, errlen, "static prefix \"%s\" must start with / and hold no // or ?", prefix);
         goto fail;
@@ -61,29 +90,39 @@ int static_mount(static_mounts *m, const char *prefix, const char *dir, const st
         snprintf(err, errlen, "the content security policy holds a line break");
         goto fail;
     }
-    root = realpath(dir, NULL);
-    if (!root || stat(root, &st) < 0 || !S_ISDIR(st.st_mode)) {
-        snprintf(err, errlen, "static folder \"%s\": %s", dir, root ? "not a folder" : strerror(errno));
+    if (o->index && (!*o->index || strchr(o->index, '/') || o->index[0] == '.')) {
+        snprintf(err, errlen, "index \"%s\" must be a file name (no / and not hidden)", o->index);
+        goto fail;
+    }
+    if (o->nimmutable > STATIC_MAX_IMMUTABLE) {
+        snprintf(err, errlen, "at most %d immutable patterns", STATIC_MAX_IMMUTABLE);
+        goto fail;
+    }
+    e.root = realpath(dir, NULL);
+    if (!e.root || stat(e.root, &st) < 0 || !S_ISDIR(st.st_mode)) {
+        snprintf(err, errlen, "static folder \"%s\": %s", dir, e.root ? "not a folder" : strerror(errno));
         goto fail;
     }
     size_t plen = strlen(prefix);
     while (plen > 1 && prefix[plen - 1] == '/') plen--;
-    pfx = strndup(prefix, plen);
-    csp = o->csp ? strdup(o->csp) : NULL;
-    static_mount_entry *v = realloc(m->v, (m->len + 1) * sizeof *v);
-    if (!pfx || !v || (o->csp && !csp)) {
-        if (v) m->v = v;
+    e.prefix = strndup(prefix, plen);
+    e.prefix_len = plen;
+    e.root_len = strlen(e.root);
+    nomem |= !e.prefix || (o->csp && !(e.csp = strdup(o->csp))) || (o->index && !(e.index = strdup(o->index)));
+    for (size_t i = 0; i < o->nimmutable; i++) nomem |= !(e.immutable[e.nimmutable++] = strdup(o->immutable[i]));
+    if (o->max_age >= 0) snprintf(e.cache_control, sizeof e.cache_control, "max-age=%ld", o->max_age);
+    else snprintf(e.cache_control, sizeof e.cache_control, "no-cache");
+    static_mount_entry *v = nomem ? NULL : realloc(m->v, (m->len + 1) * sizeof *v);
+    if (!v) {
         snprintf(err, errlen, "out of memory");
         goto fail;
     }
+    e.root_fd = open(e.root, O_PATH | O_DIRECTORY | O_CLOEXEC);
     m->v = v;
-    m->v[m->len++] = (static_mount_entry){ pfx, plen, root, strlen(root),
-                                            open(root, O_PATH | O_DIRECTORY | O_CLOEXEC), csp };
+    m->v[m->len++] = e;
     return 0;
 fail:
-    free(root);
-    free(pfx);
-    free(csp);
+    static_entry_clear(&e);
     return -1;
 }
 
@@ -122,45 +161,6 @@ int static_clean_path(const char *rel, char *out, size_t outcap) {
     }
     out[o] = '\0';
     return STATIC_OK;
-}
-
-static const struct { const char *ext, *type; } static_types[] = {
-    { "html", "text/html; charset=utf-8" }, { "htm", "text/html; charset=utf-8" },
-    { "css", "text/css; charset=utf-8" }, { "js", "text/javascript; charset=utf-8" },
-    { "mjs", "text/javascript; charset=utf-8" }, { "json", "application/json" },
-    { "map", "application/json" }, { "txt", "text/plain; charset=utf-8" },
-    { "md", "text/markdown; charset=utf-8" }, { "xml", "application/xml" },
-    { "svg", "image/svg+xml" }, { "png", "image/png" }, { "jpg", "image/jpeg" },
-    { "jpeg", "image/jpeg" }, { "gif", "image/gif" }, { "webp", "image/webp" },
-    { "ico", "image/x-icon" }, { "wasm", "application/wasm" }, { "wav", "audio/wav" },
-    { "mp3", "audio/mpeg" }, { "ogg", "audio/ogg" }, { "webm", "video/webm" },
-    { "woff", "font/woff" }, { "woff2", "font/woff2" }, { "pdf", "application/pdf" },
-    { "webmanifest", "application/manifest+json" },
-};
-
-const char *static_mime_type(const char *name) {
-    const char *dot = strrchr(name, '.');
-    const char *slash = strrchr(name, '/');
-    if (dot && (!slash || dot > slash)) {
-        for (size_t i = 0; i < sizeof static_types / sizeof static_types[0]; i++)
-            if (strcasecmp(dot + 1, static_types[i].ext) == 0) return static_types[i].type;
-    }
-    return "application/octet-stream";
-}
-
-/* A response for the open regular file fd of size bytes: its bytes in memory when it is
- * small, else the file itself (the response then owns fd and *fd becomes -1). NULL when
- * out of memory. */
-static http_response *static_file_response(int *fd, off_t size, const char *content_type) {
-    if (size <= STATIC_INLINE_MAX) {
-        char *buf = malloc(size ? (size_t)size : 1);
-        ssize_t got = buf ? pread(*fd, buf, (size_t)size, 0) : -1;
-        if (got == (ssize_t)size) return http_response_take(buf, (size_t)size, content_type);
-        free(buf);      /* a short read (the file is changing) or no memory: stream it */
-    }
-    http_response *resp = http_response_file(*fd, (uint64_t)size, content_type);
-    if (resp) *fd = -1;
-    return resp;
 }
 
 static void static_redirect_slash(http_request *req) {
@@ -203,64 +203,220 @@ static int static_open_beneath(const static_mount_entry *e, const char *clean, c
     return rc;
 }
 
-int static_serve(const static_mounts *m, http_request *req) {
-    const char *rest = NULL;
-    const static_mount_entry *e = static_find(m, req->path, &rest);
-    char clean[PATH_MAX], full[PATH_MAX + 16];
-    int fd = -1;
+/* Opens a precompressed sibling of rel (suffix ".br" or ".gz") for rep when it is a regular
+ * file beneath the root that is not older than the file itself (a stale one is skipped).
+ * Returns 1 when rep now sends it. */
+static int static_open_sibling(const static_mount_entry *e, const char *rel, const struct stat *orig,
+                               const char *suffix, const char *encoding, static_rep *rep) {
+    char name[PATH_MAX], full[PATH_MAX + 16];
     struct stat st;
-    if (!e) return 0;
-    if (strcmp(req->method, "GET") != 0 && strcmp(req->method, "HEAD") != 0) {
-        http_request_fail_allow(req, "GET, HEAD");
-        goto out;
+    if ((size_t)snprintf(name, sizeof name, "%s%s", rel, suffix) >= sizeof name) return 0;
+    int fd = static_open_beneath(e, name, full, sizeof full);
+    if (fd < 0) return 0;
+    if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode) ||
+        (st.st_mtim.tv_sec < orig->st_mtim.tv_sec ||
+         (st.st_mtim.tv_sec == orig->st_mtim.tv_sec && st.st_mtim.tv_nsec < orig->st_mtim.tv_nsec))) {
+        close(fd);
+        return 0;
     }
-    int rc = static_clean_path(rest, clean, sizeof clean);
-    if (rc != STATIC_OK) {
-        if (rc == STATIC_HIDDEN || rc == STATIC_TOO_LONG) http_request_fail(req, 404, "not found");
-        else http_request_fail(req, 400, "bad path");
-        goto out;
+    rep->fd = fd;
+    rep->size = (uint64_t)st.st_size;
+    rep->encoding = encoding;
+    snprintf(rep->etag, sizeof rep->etag, "\"%llx-%llx-%s\"", (unsigned long long)st.st_size,
+             (unsigned long long)st.st_mtim.tv_sec * 1000000000ULL + (unsigned long long)st.st_mtim.tv_nsec, suffix + 1);
+    return 1;
+}
+
+/* Chooses what to send for the file fd (rel beneath the mount, of type type): a
+ * precompressed sibling or a gzip copy when Accept-Encoding prefers one (never for a Range
+ * request: ranges are of the file itself), else the file. Returns 1 when the answer
+ * depends on Accept-Encoding (Vary). */
+static int static_choose(const static_mount_entry *e, http_request *req, const char *rel, int fd,
+                         const struct stat *st, const char *type, static_rep *rep) {
+    const char *ae = http_request_header(req, "Accept-Encoding");
+    int compressible = mime_compressible(type), varies = compressible;
+    rep->fd = fd;
+    rep->size = (uint64_t)st->st_size;
+    snprintf(rep->etag, sizeof rep->etag, "\"%llx-%llx\"", (unsigned long long)st->st_size,
+             (unsigned long long)st->st_mtim.tv_sec * 1000000000ULL + (unsigned long long)st->st_mtim.tv_nsec);
+    if (!ae || (strcmp(req->method, "GET") == 0 && http_request_header(req, "Range"))) return varies;
+    int q_br = header_accepts(ae, "br"), q_gz = header_accepts(ae, "gzip"), q_id = header_accepts(ae, "identity");
+    static_rep alt = { .fd = -1 };
+    if (q_br > 0 && q_br >= q_gz && q_br >= q_id && static_open_sibling(e, rel, st, ".br", "br", &alt)) goto chosen;
+    if (q_gz > 0 && q_gz >= q_id && static_open_sibling(e, rel, st, ".gz", "gzip", &alt)) goto chosen;
+    if (q_gz > 0 && q_gz >= q_id && compressible && st->st_size >= STATIC_GZIP_MIN && st->st_size <= STATIC_GZIP_MAX) {
+        char key[PATH_MAX + 80];
+        snprintf(key, sizeof key, "%s/%s %s", e->root, rel, rep->etag);
+        size_t len;
+        if (!(alt.gz = gzcache_get(key, fd, (size_t)st->st_size))) return varies;   /* no gain: the file */
+        gzcache_data(alt.gz, &len);
+        alt.size = len;
+        alt.encoding = "gzip";
+        snprintf(alt.etag, sizeof alt.etag, "%.*s-gzip\"", (int)strlen(rep->etag) - 1, rep->etag);
+        goto chosen;
     }
-    fd = static_open_beneath(e, clean, full, sizeof full);
+    return varies;
+chosen:
+    *rep = alt;
+    close(fd);
+    return 1;
+}
+
+/* The Range to answer: HEADER_RANGE_NONE also when If-Range names another version. */
+static int static_range(http_request *req, const static_rep *rep, time_t mtime, uint64_t *first, uint64_t *last) {
+    const char *range = http_request_header(req, "Range"), *if_range = http_request_header(req, "If-Range");
+    time_t when;
+    if (!range || rep->encoding || strcmp(req->method, "GET") != 0) return HEADER_RANGE_NONE;
+    if (if_range) {
+        int same = if_range[0] == '"' ? header_etag_matches(if_range, rep->etag, 0)
+                 : header_date(if_range, &when) == 0 && when == mtime;
+        if (!same) return HEADER_RANGE_NONE;
+    }
+    return header_range(range, rep->size, first, last);
+}
+
+/* The preconditions of RFC 9110 13.2.2: 412 when If-Match or If-Unmodified-Since fails,
+ * 304 when If-None-Match or If-Modified-Since shows the client's copy is current, else 0. */
+static int static_preconditions(http_request *req, const static_rep *rep, time_t mtime) {
+    const char *im = http_request_header(req, "If-Match"), *ius = http_request_header(req, "If-Unmodified-Since");
+    const char *inm = http_request_header(req, "If-None-Match"), *ims = http_request_header(req, "If-Modified-Since");
+    time_t when;
+    if (im && !header_etag_matches(im, rep->etag, 0)) return 412;
+    if (!im && ius && header_date(ius, &when) == 0 && mtime > when) return 412;
+    if (inm) return header_etag_matches(inm, rep->etag, 1) ? 304 : 0;
+    if (ims && header_date(ims, &when) == 0 && mtime <= when) return 304;
+    return 0;
+}
+
+/* The body of rep from offset, length bytes: in memory when small, else by sendfile (the
+ * response then owns rep->fd, which becomes -1). NULL when out of memory. */
+static http_response *static_body(static_rep *rep, uint64_t offset, uint64_t length, const char *type) {
+    if (rep->gz) {
+        size_t len;
+        const void *data = gzcache_data(rep->gz, &len);
+        gzcache_entry *gz = rep->gz;
+        rep->gz = NULL;         /* the response releases it */
+        return http_response_shared(data, len, gzcache_release, gz, type);
+    }
+    if (length <= STATIC_INLINE_MAX) {
+        char *buf = malloc(length ? (size_t)length : 1);
+        ssize_t got = buf ? pread(rep->fd, buf, (size_t)length, (off_t)offset) : -1;
+        if (got == (ssize_t)length) return http_response_take(buf, (size_t)length, type);
+        free(buf);      /* a short read (the file is changing) or no memory: stream it */
+    }
+    http_response *resp = http_response_file(rep->fd, offset, length, type);
+    if (resp) rep->fd = -1;
+    return resp;
+}
+
+/* The Cache-Control of a file at path: immutable when a pattern of the mount matches. */
+static const char *static_cache_control(const static_mount_entry *e, const char *path) {
+    for (size_t i = 0; i < e->nimmutable; i++)
+        if (lpattern_search(path, strlen(path), e->immutable[i], strlen(e->immutable[i]), STATIC_PATTERN_STEPS) == 1)
+            return STATIC_IMMUTABLE;
+    return e->cache_control;
+}
+
+/* Opens the file a request names: the file, or a folder's index (rel then names it).
+ * Answers the request itself when it cannot (and returns -1). */
+static int static_open_file(const static_mount_entry *e, http_request *req, char *rel, size_t relcap, struct stat *st) {
+    char full[PATH_MAX + 16];
+    int fd = static_open_beneath(e, rel, full, sizeof full);
     if (fd < 0) {
         int missing = fd == -ENOENT || fd == -ENOTDIR || fd == -EXDEV || fd == -ELOOP || fd == -ENAMETOOLONG;
         if (fd == -EACCES) http_request_fail(req, 403, "forbidden");
         else if (missing) http_request_fail(req, 404, "not found");   /* or a link leading outside */
         else http_request_fail(req, 400, "bad path");
-        goto out;
+        return -1;
     }
-    if (fstat(fd, &st) < 0) {
-        http_request_fail(req, 404, "not found");
-        goto out;
-    }
-    if (S_ISDIR(st.st_mode)) {
+    if (fstat(fd, st) == 0 && S_ISDIR(st->st_mode)) {
         size_t plen = strlen(req->path);
+        close(fd);
         if (plen == 0 || req->path[plen - 1] != '/') {
             static_redirect_slash(req);
-            goto out;
+            return -1;
         }
-        int dfd = openat(fd, "index.html", O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
-        close(fd);
-        fd = dfd;
-        if (fd < 0 || fstat(fd, &st) < 0) {
+        size_t n = strlen(rel);
+        if (!e->index || (size_t)snprintf(rel + n, relcap - n, "%s%s", n ? "/" : "", e->index) >= relcap - n ||
+            (fd = static_open_beneath(e, rel, full, sizeof full)) < 0) {
             http_request_fail(req, 404, "not found");
-            goto out;
+            return -1;
         }
-        snprintf(full, sizeof full, "index.html");
     }
-    if (!S_ISREG(st.st_mode)) {
+    if (fstat(fd, st) < 0 || !S_ISREG(st->st_mode)) {
+        close(fd);
         http_request_fail(req, 404, "not found");
+        return -1;
+    }
+    return fd;
+}
+
+int static_serve(const static_mounts *m, http_request *req) {
+    const char *rest = NULL;
+    const static_mount_entry *e = static_find(m, req->path, &rest);
+    char rel[PATH_MAX], last_modified[32], range_text[96];
+    static_rep rep = { .fd = -1 };
+    struct stat st;
+    uint64_t first = 0, last = 0;
+    int status = 200;
+    http_response *resp = NULL;
+    if (!e) return 0;
+    if (strcmp(req->method, "GET") != 0 && strcmp(req->method, "HEAD") != 0) {
+        http_request_fail_allow(req, "GET, HEAD");
         goto out;
     }
-    http_response *resp = static_file_response(&fd, st.st_size, static_mime_type(full));
+    int rc = static_clean_path(rest, rel, sizeof rel);
+    if (rc != STATIC_OK) {
+        if (rc == STATIC_HIDDEN || rc == STATIC_TOO_LONG) http_request_fail(req, 404, "not found");
+        else http_request_fail(req, 400, "bad path");
+        goto out;
+    }
+    int fd = static_open_file(e, req, rel, sizeof rel, &st);
+    if (fd < 0) goto out;
+    const char *type = mime_type(rel);
+    int varies = static_choose(e, req, rel, fd, &st, type, &rep);
+    header_format_date(st.st_mtim.tv_sec, last_modified);
+    int pre = static_preconditions(req, &rep, st.st_mtim.tv_sec);
+    int range = pre ? HEADER_RANGE_NONE : static_range(req, &rep, st.st_mtim.tv_sec, &first, &last);
+    if (pre == 412) {
+        http_request_fail(req, 412, "precondition failed");
+        goto out;
+    }
+    if (range == HEADER_RANGE_UNSATISFIABLE) {
+        size_t len = 0;
+        resp = http_response_error("range not satisfiable", &len);
+        snprintf(range_text, sizeof range_text, "bytes */%llu", (unsigned long long)rep.size);
+        if (resp) http_response_header(resp, "Content-Range", range_text);
+        http_request_respond(req, 416, resp, len);
+        goto out;
+    }
+    if (pre == 304) {
+        status = 304;
+        resp = http_response_headers_only(rep.size);
+    } else if (range == HEADER_RANGE_ONE) {
+        status = 206;
+        resp = static_body(&rep, first, last - first + 1, type);
+        snprintf(range_text, sizeof range_text, "bytes %llu-%llu/%llu", (unsigned long long)first,
+                 (unsigned long long)last, (unsigned long long)rep.size);
+        if (resp) http_response_header(resp, "Content-Range", range_text);
+    } else {
+        resp = static_body(&rep, 0, rep.size, type);
+    }
     if (!resp) {
         http_request_fail(req, 500, "out of memory");
         goto out;
     }
-    http_response_header(resp, "Cache-Control", "no-cache");
-    if (e->csp && strncmp(static_mime_type(full), "text/html", 9) == 0)
-        http_response_header(resp, "Content-Security-Policy", e->csp);
-    http_request_respond(req, 200, resp, (unsigned long long)st.st_size);
+    http_response_header(resp, "ETag", rep.etag);
+    http_response_header(resp, "Last-Modified", last_modified);
+    http_response_header(resp, "Cache-Control", static_cache_control(e, req->path));
+    if (!rep.encoding) http_response_header(resp, "Accept-Ranges", "bytes");
+    if (rep.encoding) http_response_header(resp, "Content-Encoding", rep.encoding);
+    if (varies) http_response_header(resp, "Vary", "Accept-Encoding");
+    if (e->csp && strncmp(type, "text/html", 9) == 0) http_response_header(resp, "Content-Security-Policy", e->csp);
+    uint64_t sent = status == 304 || strcmp(req->method, "HEAD") == 0 ? 0 : status == 206 ? last - first + 1 : rep.size;
+    http_request_respond(req, status, resp, sent);
 out:
-    if (fd >= 0) close(fd);
+    if (rep.fd >= 0) close(rep.fd);
+    gzcache_release(rep.gz);
     return 1;
 }

@@ -1,4 +1,4 @@
-/* static.h: static file serving confined to mounted folders. */
+/* static.h: static files from mounted folders, confined to them: validators, ranges, compression, caching policy. */
 #ifndef TOKEND_STATIC_H
 #define TOKEND_STATIC_H
 
@@ -13,9 +13,16 @@
 
 typedef struct static_mounts static_mounts;
 
+#define STATIC_MAX_IMMUTABLE 32
+
 /* How a mount answers; strings are copied. */
 typedef struct static_options {
     const char *csp;            /* Content-Security-Policy of its HTML files; NULL = none */
+    long max_age;               /* Cache-Control: max-age=N; -1: no-cache (revalidate each time) */
+    const char *immutable[STATIC_MAX_IMMUTABLE];    /* Lua patterns of request paths cached for a
+                                                       year, unchanged (fingerprinted names) */
+    size_t nimmutable;
+    const char *index;          /* the file a folder answers with; NULL: none (404) */
 } static_options;
 
 static_mounts *static_create(void);
@@ -32,12 +39,11 @@ int static_mount(static_mounts *m, const char *prefix, const char *dir, const st
  * and what does not fit out (STATIC_TOO_LONG). Writes "a/b/c" (no leading slash, "" for the root) into out. */
 int static_clean_path(const char *rel, char *out, size_t outcap);
 
-/* Returns the Content-Type for a file name, by extension. */
-const char *static_mime_type(const char *name);
-
-/* Answers req from the mount covering its path: the file, index.html for a folder, a
- * redirect to add the trailing slash of a folder, 400/404/405 otherwise. Returns 1
- * when answered, 0 when no mount covers the path. */
+/* Answers req from the mount covering its path: the file (or the part Range asks for;
+ * 304 when the client's copy is current; a precompressed sibling or a gzip copy when
+ * Accept-Encoding allows), the index file of a folder, a redirect to add the trailing
+ * slash of a folder, 400/404/405/412/416 otherwise. Returns 1 when answered, 0 when no
+ * mount covers the path. */
 int static_serve(const static_mounts *m, http_request *req);
 
 #endif

@@ -47,6 +47,7 @@ static const char differential[] =
     "end\n"
     "local repls = { '<%0>', '%1-%1', '%%', 'z', { a = 'A', ab = false }, function(x) return x and #x end,\n"
     "  function() return nil end, '%9' }\n"
+    "function string.search(s, p) return string.find(s, p) ~= nil end\n"
     "local cases = 0\n"
     "for _ = 1, rounds do\n"
     "  local s, p = gen_subject(), gen_pattern()\n"
@@ -59,6 +60,7 @@ static const char differential[] =
     "    { 'match', function(f) return f.match(s, p, init) end },\n"
     "    { 'gmatch', function(f) return all(f.gmatch, s, p, init) end },\n"
     "    { 'gsub', function(f) return f.gsub(s, p, repl, maxn) end },\n"
+    "    { 'search from C', function(f) return f.search(s, p) end },\n"
     "  }\n"
     "  for _, c in ipairs(checks) do\n"
     "    cases = cases + 1\n"
@@ -71,11 +73,23 @@ static const char differential[] =
     "end\n"
     "return cases, nil\n";
 
+/* mine.search(s, p): lpattern_search from C, true or false, or an error like Lua's. */
+static int search_from_c(lua_State *L) {
+    size_t ls, lp;
+    const char *s = luaL_checklstring(L, 1, &ls), *p = luaL_checklstring(L, 2, &lp);
+    int rc = lpattern_search(s, ls, p, lp, 1000000);
+    if (rc < 0) return luaL_error(L, "malformed pattern");
+    lua_pushboolean(L, rc);
+    return 1;
+}
+
 static void test_same_as_lua(void) {
     lua_State *L = luaL_newstate();
     luaL_openlibs(L);
     lua_newtable(L);
     lpattern_open(L);
+    lua_pushcfunction(L, search_from_c);
+    lua_setfield(L, -2, "search");
     lua_setglobal(L, "mine");
     unsigned seed = (unsigned)time(NULL);
     CHECK(luaL_loadstring(L, differential) == LUA_OK, "%s", lua_tostring(L, -1));

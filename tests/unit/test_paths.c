@@ -1,6 +1,11 @@
 /* test_paths.c: static path cleaning, MIME types and route matching, as tables. */
+#define _GNU_SOURCE
+#include <stdlib.h>
+#include <unistd.h>
+
 #include "check.h"
 #include "router.h"
+#include "mime.h"
 #include "static.h"
 
 static void test_clean_path(void) {
@@ -33,14 +38,32 @@ static void test_clean_path(void) {
 }
 
 static void test_mime(void) {
+    /* A mime.types of the system's format, and the built-in table for what it lacks. */
+    char path[] = "/tmp/tokend-mime-XXXXXX";
+    int fd = mkstemp(path);
+    static const char types[] = "# comment\ntext/x-custom\t\tcst\napplication/x-foo  foo FOO2\nimage/png png\n"
+                                "text/javascript js mjs\nnot-a-type x\n\n";
+    CHECK(fd >= 0 && write(fd, types, sizeof types - 1) == (ssize_t)(sizeof types - 1), "temporary mime.types");
+    close(fd);
+    CHECK(mime_load(path) > 20, "loaded");
+    unlink(path);
     static const struct { const char *name, *type; } cases[] = {
+        { "a.cst", "text/x-custom; charset=utf-8" }, { "b.foo2", "application/x-foo" }, { "B.FOO", "application/x-foo" },
         { "index.html", "text/html; charset=utf-8" }, { "app.JS", "text/javascript; charset=utf-8" },
         { "worklet.mjs", "text/javascript; charset=utf-8" }, { "a.css", "text/css; charset=utf-8" },
-        { "x.png", "image/png" }, { "noext", "application/octet-stream" },
+        { "x.png", "image/png" }, { "noext", "application/octet-stream" }, { "a.x", "application/octet-stream" },
         { "dir.v1/file", "application/octet-stream" }, { "a.wasm", "application/wasm" },
+        { ".hidden", "application/octet-stream" }, { "a.", "application/octet-stream" },
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
-        CHECK_STR(static_mime_type(cases[i].name), cases[i].type, cases[i].name);
+        CHECK_STR(mime_type(cases[i].name), cases[i].type, cases[i].name);
+    static const struct { const char *type; int yes; } compress[] = {
+        { "text/html; charset=utf-8", 1 }, { "application/json", 1 }, { "image/svg+xml", 1 },
+        { "application/ld+json", 1 }, { "application/atom+xml", 1 }, { "application/wasm", 1 },
+        { "image/png", 0 }, { "font/woff2", 0 }, { "application/gzip", 0 }, { "video/webm", 0 },
+    };
+    for (size_t i = 0; i < sizeof compress / sizeof compress[0]; i++)
+        CHECK(mime_compressible(compress[i].type) == compress[i].yes, "%s", compress[i].type);
 }
 
 static void test_router(void) {
