@@ -59,7 +59,7 @@ typedef struct tokend_config {
     unsigned int max_connections_per_ip; /* open connections from one address; 0 = no limit; default 64 */
     unsigned int idle_timeout_s;    /* idle client connection timeout; default 60 */
     unsigned int request_timeout_s; /* a request must arrive whole within this; default 30 */
-    size_t max_header_bytes;        /* request line and headers; default 16384 (then 414/431) */
+    size_t max_header_bytes;        /* request line and headers; default 8192 (then 414/431) */
     size_t max_body_bytes;          /* request body limit; default 65536 */
     unsigned int max_query_args;    /* query arguments per request; default 64 */
     const char *trusted_proxies;    /* addresses/CIDRs whose X-Forwarded-For is believed; default none */

@@ -49,7 +49,7 @@ const config_setting config_settings[] = {
       "redis://[user:password@]host:port[/db] or unix:///path: limits and dictionaries shared by instances" },
     { "redis_timeout_ms", NULL, "TOKEND_REDIS_TIMEOUT_MS", CONFIG_LONG, "50", 1, 60000,
       CONFIG_FIELD(redis_timeout_ms), "deadline of one Redis command (then the store's on-error policy)" },
-    { "max_header_bytes", NULL, "TOKEND_MAX_HEADER_BYTES", CONFIG_SIZE, "16384", 1024, 1L << 20,
+    { "max_header_bytes", NULL, "TOKEND_MAX_HEADER_BYTES", CONFIG_SIZE, "8192", 1024, 1L << 20,
       CONFIG_FIELD(max_header_bytes), "request line and headers; past it 414 or 431" },
     { "max_body_bytes", NULL, "TOKEND_MAX_BODY_BYTES", CONFIG_SIZE, "65536", 0, 1L << 30,
       CONFIG_FIELD(max_body_bytes), "larger request bodies get 413" },

@@ -361,8 +361,8 @@ RAW_REQUESTS = [
     ("a subdomain of localhost is served", b"GET /healthz HTTP/1.1\r\nHost: app.localhost\r\n\r\n", 200, False),
     ("an address is served", b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1:8000\r\n\r\n", 200, False),
     ("a URI of 7.9 KB within the limit", b"GET /" + b"a" * 7900 + b" HTTP/1.1\r\nHost: localhost\r\n\r\n", 404, False),
-    ("a URI past the limit", b"GET /" + b"a" * 17000 + b" HTTP/1.1\r\nHost: localhost\r\n\r\n", 414, True),
-    ("headers past the limit", b"GET / HTTP/1.1\r\nHost: localhost\r\nX-Pad: " + b"p" * 17000 + b"\r\n\r\n", 431, True),
+    ("a URI past the limit", b"GET /" + b"a" * 8300 + b" HTTP/1.1\r\nHost: localhost\r\n\r\n", 414, True),
+    ("headers past the limit", b"GET / HTTP/1.1\r\nHost: localhost\r\nX-Pad: " + b"p" * 8300 + b"\r\n\r\n", 431, True),
     ("150 query arguments", b"GET /index.html?" + b"&".join(b"a%d=1" % i for i in range(150)) +
      b" HTTP/1.1\r\nHost: localhost\r\n\r\n", 400, False),
     ("HEAD of a GET route mints nothing", b"HEAD /token HTTP/1.1\r\nHost: localhost\r\n\r\n", 200, False),

@@ -164,7 +164,7 @@ class Representations(TokendTestCase):
 
     def test_conditional_requests(self):
         past, future = http_date(time.time() - 86400), http_date(time.time() + 86400)
-        many = ", ".join(f'"tag-{i}"' for i in range(600)) + ', {etag}'       # an 8 KB If-None-Match
+        many = ", ".join(f'"tag-{i}"' for i in range(800)) + ', {etag}'       # an 8 KB If-None-Match
         self.check([
             ({"If-None-Match": "{etag}"}, 304, {"etag": "{etag}", "cache-control": "no-cache",
                                                "content-length": str(len(DATA))}, b""),
@@ -281,6 +281,16 @@ class Representations(TokendTestCase):
             r = self.run_tokend(["--check", "--script", bad])
             self.assertEqual(r.returncode, 1, options)
             self.assertIn(error, r.stderr, options)
+
+
+class LargeHeaders(TokendTestCase):
+    def test_an_8_kb_list_of_tags_is_past_the_default_limit(self):
+        self.write("site/a.txt", "a")
+        t = self.tokend(key=None, public=os.path.join(self.workdir, "site"))
+        many = ", ".join(f'"tag-{i}"' for i in range(800))
+        self.assertGreater(len(many), 8192)
+        self.assertEqual(t.get("/a.txt", headers={"If-None-Match": many}).status, 431)
+        self.assertEqual(t.get("/a.txt").status, 200, "and the server goes on")
 
 
 class Favicon(TokendTestCase):
