@@ -38,6 +38,7 @@ typedef struct lhost_world {
     upstream *up;
     policy_buckets *buckets;    /* the rate limiters' buckets, shared by all workers */
     struct shdict_registry *shared;  /* tokend.shared's dictionaries, shared by all workers */
+    struct pool_registry *pools;     /* tokend.pool's pools, idem */
     struct envfile *env;        /* the .env file tokend.env reads after the environment, or NULL */
     struct redis_client *redis; /* the worker's connection to Redis, or NULL when none is configured */
     const lhost_info *info;

@@ -13,7 +13,8 @@
     X(ltimerlib_open)       /* timer */ \
     X(lcookielib_open)      /* cookie */ \
     X(ljwtlib_open)         /* jwt */ \
-    X(lredislib_open)       /* redis */
+    X(lredislib_open)       /* redis */ \
+    X(lpoollib_open)        /* pool */
 
 #define LINIT_DECLARE(open) llib_open_fn open;
 LINIT_LIBS(LINIT_DECLARE)

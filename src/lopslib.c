@@ -9,6 +9,7 @@
 #include "llib.h"
 #include "log.h"
 #include "metrics.h"
+#include "pool.h"
 #include "tokend.h"
 
 static const char *const lops_levels[] = { "debug", "info", "warn", "error" };
@@ -175,6 +176,7 @@ static int lops_metrics(lua_State *L) {
     fetch_totals(&opened, &calls);
     luaL_buffinit(L, &b);
     metrics_render(lops_metrics_write, &b, opened);
+    pool_metrics(lops_metrics_write, &b);
     luaL_pushresult(&b);
     return 1;
 }

@@ -51,13 +51,16 @@ static void ltoken_audit_write(const upstream_result *r, const ltoken_audit *a) 
 int ltoken_push_outcome(lua_State *L, const upstream_result *r, const ltoken_audit *a) {
     if (!a || !a->pooled) metrics_upstream(r->failure, r->elapsed_ms);
     if (r->token) log_msg(LOG_DEBUG, "token minted in %.1f ms", r->elapsed_ms);
-    else if (r->failure != FAILURE_NO_KEY) log_msg(LOG_WARN, "token request failed (%s): %s", r->kind, r->error);
+    else if (r->failure != FAILURE_NO_KEY && !(a && a->quiet))
+        log_msg(LOG_WARN, "token request failed (%s): %s", r->kind, r->error);
     if (a) ltoken_audit_write(r, a);
     if (r->token) {
         lua_pushstring(L, r->token);
-        lua_createtable(L, 0, 1);
+        lua_createtable(L, 0, 2);
         lua_pushinteger(L, r->expires_in_seconds);
         lua_setfield(L, -2, "expires_in_seconds");
+        lua_pushboolean(L, a && a->pooled);
+        lua_setfield(L, -2, "pooled");
         return 2;
     }
     lua_pushnil(L);
@@ -74,12 +77,15 @@ int ltoken_push_outcome(lua_State *L, const upstream_result *r, const ltoken_aud
     return 4;
 }
 
-/* One token request in flight: its waiter and the audit context of its caller. */
+/* One token request in flight: its waiter, the audit context of its caller, and who
+ * wants to see the outcome. */
 typedef struct ltoken_call {
     lhost_waiter *w;
     upstream_call *call;
     const upstream_result *result;
     ltoken_audit audit;
+    ltoken_observe_fn *observe;
+    void *observe_ud;
 } ltoken_call;
 
 static int ltoken_push_result(lua_State *L, void *ud) {
@@ -90,6 +96,7 @@ static int ltoken_push_result(lua_State *L, void *ud) {
 static void ltoken_on_result(void *ud, const upstream_result *r) {
     ltoken_call *c = ud;
     c->result = r;
+    if (c->observe) c->observe(c->observe_ud, r);
     lhost_wake(c->w, ltoken_push_result, c);
     free(c);
 }
@@ -127,29 +134,36 @@ void ltoken_check_args(lua_State *L, int idx, long *expires_in_s, long *max_sess
     *max_session_s = (long)max_session;
 }
 
-/* tokend.generate_temp_token(expires_in_seconds[, {max_session_duration_seconds = M}]) */
-static int ltoken_generate(lua_State *L) {
-    lhost *h = LLIB_HOST(L);
-    long expires, max_session;
+int ltoken_mint(lua_State *L, lhost *h, const char *fn, long expires, long max_session, ltoken_observe_fn *observe,
+                void *observe_ud) {
     const lhost_world *world;
-    ltoken_check_args(L, 1, &expires, &max_session);
-    lhost_waiter *w = lhost_wait_begin(h, L, "tokend.generate_temp_token", &world);
+    lhost_waiter *w = lhost_wait_begin(h, L, fn, &world);
     ltoken_audit audit;
     ltoken_audit_capture(L, h, expires, max_session, &audit);
     if (!upstream_has_key(world->up)) {
         upstream_result r;
         upstream_no_key(&r);
+        if (observe) observe(observe_ud, &r);
         return ltoken_push_outcome(L, &r, &audit);
     }
     ltoken_call *c = malloc(sizeof *c);
     if (!c) return llib_fail(L, "out of memory starting the token request");
     c->w = w;
     c->audit = audit;
+    c->observe = observe;
+    c->observe_ud = observe_ud;
     if (!(c->call = upstream_mint(world->up, expires, max_session, ltoken_on_result, c))) {
         free(c);
         return llib_fail(L, "out of memory starting the token request");
     }
     return lhost_wait(w, L, ltoken_cancel, c);
+}
+
+/* tokend.generate_temp_token(expires_in_seconds[, {max_session_duration_seconds = M}]) */
+static int ltoken_generate(lua_State *L) {
+    long expires, max_session;
+    ltoken_check_args(L, 1, &expires, &max_session);
+    return ltoken_mint(L, LLIB_HOST(L), "tokend.generate_temp_token", expires, max_session, NULL, NULL);
 }
 
 void ltokenlib_open(lua_State *L, lhost *h) {

@@ -15,6 +15,7 @@ typedef struct ltoken_audit {
     long expires_in_s;
     long max_session_s;         /* 0: the upstream's default */
     int pooled;                 /* handed out from a pool (minted and counted before) */
+    int quiet;                  /* a failure already logged (a pool's open breaker): no warning */
 } ltoken_audit;
 
 /* Fills a from the request whose handler runs on L (empty outside one). */
@@ -24,6 +25,15 @@ void ltoken_audit_capture(lua_State *L, lhost *h, long expires_in_s, long max_se
  * `nil, err, upstream_status, failure`; counts it, logs a failure, and writes the audit
  * line when a is not NULL. Returns the number of values. */
 int ltoken_push_outcome(lua_State *L, const upstream_result *r, const ltoken_audit *a);
+
+/* Sees the outcome of a mint before the Lua call returns it (a pool counts it). */
+typedef void ltoken_observe_fn(void *ud, const upstream_result *r);
+
+/* Mints a token for the code on L, which waits as for any outside call (fn names the Lua
+ * function in errors), and returns what generate_temp_token returns, with its audit line.
+ * observe (may be NULL) gets the outcome first. */
+int ltoken_mint(lua_State *L, lhost *h, const char *fn, long expires_in_s, long max_session_s,
+                ltoken_observe_fn *observe, void *observe_ud);
 
 /* Checks generate_temp_token's arguments at stack index idx (expires_in_seconds, then an
  * optional options table); raises on a bad one. */

@@ -18,6 +18,7 @@
 #include "lhost.h"
 #include "log.h"
 #include "policy.h"
+#include "pool.h"
 #include "redis.h"
 #include "server.h"
 #include "shdict.h"
@@ -39,6 +40,7 @@ typedef struct luamod_state {
     redis_client *redis;        /* NULL without TOKEND_REDIS_URL */
     policy_buckets *buckets;
     shdict_registry *shared;
+    pool_registry *pools;
     url_endpoints endpoints;
     lhost_info info;
     lhost_world world;
@@ -77,6 +79,7 @@ static int luamod_state_gc(lua_State *L) {
     loop_free(m->lp);
     policy_buckets_free(m->buckets);
     shdict_registry_free(m->shared);
+    pool_registry_free(m->pools);
     if (m->key) explicit_bzero(m->key, strlen(m->key));
     free(m->key);
     memset(m, 0, sizeof *m);
@@ -287,7 +290,8 @@ static int luamod_world(luamod_state *m, char *err, size_t errlen) {
     }
     if (!(m->client = fetch_create(m->lp, &fo, err, errlen))) return -1;
     if (!(m->up = upstream_create(m->client, &uo, err, errlen))) return -1;
-    if (!(m->buckets = policy_buckets_create(m->cfg.rate_limit_clients)) || !(m->shared = shdict_registry_create())) {
+    if (!(m->buckets = policy_buckets_create(m->cfg.rate_limit_clients)) || !(m->shared = shdict_registry_create()) ||
+        !(m->pools = pool_registry_create())) {
         snprintf(err, errlen, "out of memory");
         return -1;
     }
@@ -309,7 +313,7 @@ static int luamod_world(luamod_state *m, char *err, size_t errlen) {
         .api_key_configured = m->key != NULL, .redis_configured = m->redis != NULL,
     };
     m->world = (lhost_world){ .lp = m->lp, .client = m->client, .up = m->up, .buckets = m->buckets,
-                              .shared = m->shared, .redis = m->redis, .info = &m->info };
+                              .shared = m->shared, .pools = m->pools, .redis = m->redis, .info = &m->info };
     return 0;
 }
 

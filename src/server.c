@@ -27,6 +27,7 @@
 #include "mime.h"
 #include "netaddr.h"
 #include "policy.h"
+#include "pool.h"
 #include "redis.h"
 #include "server.h"
 #include "shdict.h"
@@ -78,6 +79,7 @@ struct tokend_server {
     lhost *attached;                /* the Lua module's host, or NULL */
     policy_buckets *buckets;        /* shared by every worker's scripts */
     shdict_registry *shared;        /* tokend.shared's dictionaries, idem */
+    pool_registry *pools;           /* tokend.pool's pools, idem */
     envfile *env;                   /* the .env file tokend.env reads, or NULL */
     policy_conns *conns;            /* open connections per client address, all workers */
     netaddr_nets *proxies;
@@ -178,7 +180,8 @@ static int server_policy_init(tokend_server *srv, char *err, size_t errlen) {
     srv->buckets = policy_buckets_create(srv->cfg.rate_limit_clients);
     srv->conns = policy_conns_create(srv->cfg.max_connections_per_ip);
     srv->shared = shdict_registry_create();
-    if (!srv->buckets || !srv->conns || !srv->shared) {
+    srv->pools = pool_registry_create();
+    if (!srv->buckets || !srv->conns || !srv->shared || !srv->pools) {
         snprintf(err, errlen, "out of memory");
         return -1;
     }
@@ -197,6 +200,7 @@ static void server_policy_free(tokend_server *srv) {
     policy_buckets_free(srv->buckets);
     policy_conns_free(srv->conns);
     shdict_registry_free(srv->shared);
+    pool_registry_free(srv->pools);
     envfile_free(srv->env);
     netaddr_nets_free(srv->proxies);
     policy_hosts_free(srv->hosts);
@@ -316,7 +320,8 @@ static int server_worker_init(tokend_server *srv, server_worker *w, int id, char
         .api_key_configured = srv->cfg.api_key && *srv->cfg.api_key, .redis_configured = srv->cfg.redis_url != NULL,
     };
     w->world = (lhost_world){ .serves = 1, .lp = w->lp, .client = w->client, .up = w->up, .buckets = srv->buckets,
-                              .shared = srv->shared, .env = srv->env, .redis = w->redis, .info = &w->info };
+                              .shared = srv->shared, .pools = srv->pools, .env = srv->env, .redis = w->redis,
+                              .info = &w->info };
     if (srv->attached) {
         w->lua = srv->attached;
         lhost_serve(w->lua, &w->world);

@@ -13,7 +13,8 @@ Faults are switched at start (--fault, --latency-ms) or at run time:
                       "last_user_agent", ...}
 Faults: ok, 401, 401-echo (echoes the presented key), 401-echo-late (the key after 500
         characters of text), 401-echo-lower (the key in lower case), 403, 429 (Retry-After), 500, 503,
-        malformed (truncated JSON), notoken (200 without token), html (200 text/html),
+        malformed (truncated JSON), notoken (200 without token), noexpiry (200 with a token but
+        no expires_in_seconds), html (200 text/html),
         hang (never answers), reset (TCP reset), flaky-500 (every other request 500).
 It prints "listening <scheme>://127.0.0.1:<port>" once ready.
 """
@@ -123,6 +124,8 @@ class Fake:
             return 200, {}, b'{"token": "abc'
         if fault == "notoken":
             return 200, {}, json.dumps({"expires_in_seconds": expires}).encode()
+        if fault == "noexpiry":
+            return 200, {}, json.dumps({"token": self.mint(expires, max_session)}).encode()
         if fault == "html":
             return 200, {"Content-Type": "text/html"}, b"<html>oops</html>"
         return 200, {}, json.dumps({"token": self.mint(expires, max_session), "expires_in_seconds": expires}).encode()
