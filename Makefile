@@ -70,9 +70,12 @@ test-sanitize: deps-test
 	cd $(BUILD)-sanitize && ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
 	  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 ctest --output-on-failure
 
-# Side by side with nginx + Lua and the Express seed (see bench/run for options: BENCH_ARGS).
+# Side by side with nginx + Lua and the Express seed, everything from this repository
+# (bench/) and Debian packages; see bench/run --help for options (BENCH_ARGS).
+BENCH_PACKAGES = wrk iproute2 curl openssl nodejs npm redis-server nginx-light libnginx-mod-http-lua \
+                 libnginx-mod-http-echo
 bench: build
-	$(call install_missing,wrk iproute2 nodejs)
+	$(call install_missing,$(BENCH_PACKAGES))
 	bench/run $(BENCH_ARGS)
 
 # The integration suites (all but the timing-bound concurrency and soak runs, and those

@@ -304,18 +304,6 @@ http_response *http_response_shared(const void *data, size_t len, void (*release
     return http_response_defaults(resp, content_type);
 }
 
-/* The body of a response that has none to send (a 304): never read. */
-static ssize_t http_no_body(void *cls, uint64_t pos, char *buf, size_t max) {
-    (void)cls;
-    (void)pos;
-    (void)buf;
-    (void)max;
-    return MHD_CONTENT_READER_END_WITH_ERROR;
-}
-
-http_response *http_response_headers_only(uint64_t length) {
-    return http_response_defaults(MHD_create_response_from_callback(length, 4096, http_no_body, NULL, NULL), NULL);
-}
 
 void http_response_free(http_response *resp) {
     if (resp) MHD_destroy_response(HTTP_MHD(resp));

@@ -101,9 +101,6 @@ http_response *http_response_file(int fd, uint64_t offset, uint64_t length, cons
 http_response *http_response_shared(const void *data, size_t len, void (*release)(void *ud), void *ud,
                                     const char *content_type);
 
-/* Builds a response whose headers describe a body of length bytes that is not sent: the
- * answer to a conditional request (304), whose Content-Length must be the full one's. */
-http_response *http_response_headers_only(uint64_t length);
 
 /* Adds a header; returns -1 when the name or value holds characters a header cannot carry. */
 int http_response_header(http_response *resp, const char *name, const char *value);

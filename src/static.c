@@ -329,7 +329,8 @@ static int static_open_file(const static_mount_entry *e, http_request *req, char
         else http_request_fail(req, 400, "bad path");
         return -1;
     }
-    if (fstat(fd, st) == 0 && S_ISDIR(st->st_mode)) {
+    int ok = fstat(fd, st) == 0;
+    if (ok && S_ISDIR(st->st_mode)) {
         size_t plen = strlen(req->path);
         close(fd);
         if (plen == 0 || req->path[plen - 1] != '/') {
@@ -342,8 +343,9 @@ static int static_open_file(const static_mount_entry *e, http_request *req, char
             http_request_fail(req, 404, "not found");
             return -1;
         }
+        ok = fstat(fd, st) == 0;
     }
-    if (fstat(fd, st) < 0 || !S_ISREG(st->st_mode)) {
+    if (!ok || !S_ISREG(st->st_mode)) {
         close(fd);
         http_request_fail(req, 404, "not found");
         return -1;
@@ -391,8 +393,11 @@ int static_serve(const static_mounts *m, http_request *req) {
         goto out;
     }
     if (pre == 304) {
+        /* No body; libmicrohttpd 0.9.75 writes a Content-Length all the same: 0, which
+         * caches do not take from a 304 (RFC 9111 3.2), where the full length would make
+         * clients that read bodies by it (wrk, older http_parser) wait for bytes. */
         status = 304;
-        resp = http_response_headers_only(rep.size);
+        resp = http_response_bytes("", 0, NULL);
     } else if (range == HEADER_RANGE_ONE) {
         status = 206;
         resp = static_body(&rep, first, last - first + 1, type);

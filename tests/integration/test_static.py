@@ -167,7 +167,7 @@ class Representations(TokendTestCase):
         many = ", ".join(f'"tag-{i}"' for i in range(800)) + ', {etag}'       # an 8 KB If-None-Match
         self.check([
             ({"If-None-Match": "{etag}"}, 304, {"etag": "{etag}", "cache-control": "no-cache",
-                                               "content-length": str(len(DATA))}, b""),
+                                               "content-length": "0"}, b""),
             ({"If-None-Match": "W/{etag}"}, 304, {}, b""),
             ({"If-None-Match": '"other", {etag}'}, 304, {}, b""),
             ({"If-None-Match": "*"}, 304, {}, b""),
