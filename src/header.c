@@ -112,12 +112,36 @@ static int header_month(const char *s) {
     return 0;
 }
 
+/* The digits at s[0..n) as a number, or -1. */
+static int header_digits(const char *s, int n) {
+    int v = 0;
+    for (int i = 0; i < n; i++) {
+        if (!isdigit((unsigned char)s[i])) return -1;
+        v = v * 10 + (s[i] - '0');
+    }
+    return v;
+}
+
+/* IMF-fixdate, what every current client sends: "Sun, 06 Nov 1994 08:49:37 GMT". */
+static int header_fixdate(const char *v, int *d, char mon[4], int *y, int *h, int *mi, int *s) {
+    if (strlen(v) != 29 || v[3] != ',' || v[4] != ' ' || v[7] != ' ' || v[11] != ' ' || v[16] != ' ' ||
+        v[19] != ':' || v[22] != ':' || v[25] != ' ' || strcmp(v + 26, "GMT") != 0)
+        return -1;
+    memcpy(mon, v + 8, 3);
+    mon[3] = '\0';
+    *d = header_digits(v + 5, 2);
+    *y = header_digits(v + 12, 4);
+    *h = header_digits(v + 17, 2);
+    *mi = header_digits(v + 20, 2);
+    *s = header_digits(v + 23, 2);
+    return 0;
+}
+
 int header_date(const char *value, time_t *t) {
     char mon[4] = "", day_name[16] = "", zone[4] = "";
     int d = 0, y = 0, h = 0, mi = 0, s = 0, n = 0;
     if (!value || strlen(value) > 64) return -1;
-    if (sscanf(value, "%3[A-Za-z], %2d %3s %4d %2d:%2d:%2d %3s%n", day_name, &d, mon, &y, &h, &mi, &s, zone, &n) == 8 &&
-        !value[n] && strcmp(zone, "GMT") == 0) {
+    if (header_fixdate(value, &d, mon, &y, &h, &mi, &s) == 0) {
         /* IMF-fixdate */
     } else if (sscanf(value, "%15[A-Za-z], %2d-%3s-%2d %2d:%2d:%2d %3s%n", day_name, &d, mon, &y, &h, &mi, &s, zone, &n) == 8 &&
                !value[n] && strcmp(zone, "GMT") == 0) {
@@ -135,10 +159,18 @@ int header_date(const char *value, time_t *t) {
 }
 
 void header_format_date(time_t t, char out[32]) {
+    static _Thread_local time_t last = -1;     /* a file's date, asked for again and again */
+    static _Thread_local char last_text[32];
     struct tm tm;
+    if (t == last) {
+        memcpy(out, last_text, 32);
+        return;
+    }
     gmtime_r(&t, &tm);
     snprintf(out, 32, "%s, %02d %s %04d %02d:%02d:%02d GMT", header_days[tm.tm_wday], tm.tm_mday,
              header_months[tm.tm_mon], tm.tm_year + 1900, tm.tm_hour, tm.tm_min, tm.tm_sec);
+    memcpy(last_text, out, 32);
+    last = t;
 }
 
 /* A qvalue ("1", "0.5", "0.125") in thousandths; -1 when it is not one. */

@@ -9,14 +9,26 @@
 //     - binary frames of 50..1000 ms of 16 kHz s16le, at about real-time pace: else 3007;
 //     - sends Begin, a Turn that grows word by word while the audio is not silence, an
 //       end-of-turn, the formatted Turn, and Termination after {"type":"Terminate"}.
-// Control: POST /__control {"mode": "ok" | "close-1008" | "close-3005" | "close-3009" | ...}
+//     - with speaker_labels=true, turns (and their words) carry speaker_label A, then B;
+//       with a multilingual speech_model and language_detection=true, language_code;
+//     - keyterms_prompt must be a JSON array of at most 100 strings of at most 50 characters.
+// Control: POST /__control {"mode": ...}: "ok"; "close-NNNN" (every session closes at once
+//          with an Error and code NNNN); "drop-after-turn" (the next session's connection
+//          breaks after its first turn, no close frame); "error-3005-after-turn" (an Error,
+//          then close 3005, after the first turn); "short-session" (Begin says the session
+//          ends in 33 s). The one-shot modes go back to "ok" once used.
 //          GET  /__stats -> {sessions: [...], rejected: [...]}
 import { createHmac, randomUUID, timingSafeEqual } from 'node:crypto';
 import http from 'node:http';
 import { WebSocketServer } from 'ws';
 
-const WORDS = ['hello', 'world', 'this', 'is', 'tokend', 'speaking'];
-const FORMATTED = 'Hello world, this is tokend speaking.';
+// The turns the fake hears in speech, in order: words, their formatted text, and the
+// language a multilingual model with language detection reports.
+const TURNS = [
+  { words: ['hello', 'world', 'this', 'is', 'tokend', 'speaking'], formatted: 'Hello world, this is tokend speaking.',
+    language: 'en' },
+  { words: ['y', 'ahora', 'en', 'español'], formatted: 'Y ahora en español.', language: 'es' },
+];
 const FRAMES_PER_WORD = 4;       // 200 ms of speech per word
 const SPEECH_RMS = 0.01;         // below this, a frame counts as silence
 const AHEAD_LIMIT_MS = 1500;     // audio may run at most this far ahead of the wall clock
@@ -113,22 +125,48 @@ export async function startStreamingFake({ tokenUpstream, secret = 'fake-signing
       closeWith(3006, `Invalid audio parameters: sample_rate=${q.get('sample_rate')} encoding=${q.get('encoding')}`);
       return;
     }
+    let keyterms = null;
+    if (q.has('keyterms_prompt')) {
+      try { keyterms = JSON.parse(q.get('keyterms_prompt')); } catch { keyterms = 'invalid'; }
+      if (!Array.isArray(keyterms) || keyterms.length > 100 || keyterms.some((t) => typeof t !== 'string' || t.length > 50)) {
+        state.rejected.push({ reason: 'bad keyterms_prompt' });
+        closeWith(3006, 'Invalid keyterms_prompt: a JSON array of at most 100 strings of at most 50 characters');
+        return;
+      }
+    }
+    const once = state.mode;
+    if (['drop-after-turn', 'error-3005-after-turn', 'short-session'].includes(once)) state.mode = 'ok';
     const s = {
       id: randomUUID(), sampleRate: Number(q.get('sample_rate')), encoding: q.get('encoding'),
       formatTurns: q.get('format_turns') === 'true', frames: 0, bytes: 0, minFrameBytes: Infinity,
       maxFrameBytes: 0, maxRms: 0, speechFrames: 0, startedAt: Date.now(), firstFrameAt: 0,
-      maxAheadMs: 0, terminated: false, closedWith: null, words: 0, messages: [],
+      maxAheadMs: 0, terminated: false, closedWith: null, words: 0, turn: 0, messages: [],
+      token: q.get('token'), speechModel: q.get('speech_model'), speakerLabels: q.get('speaker_labels') === 'true',
+      languageDetection: q.get('language_detection') === 'true', keyterms,
+      turnSettings: ['end_of_turn_confidence_threshold', 'min_turn_silence', 'max_turn_silence'].map((k) => q.get(k)),
+      mode: once,
     };
     state.sessions.push(s);
-    const send = (msg) => { s.messages.push(msg.type); ws.send(JSON.stringify(msg)); };
-    send({ type: 'Begin', id: s.id, expires_at: Math.floor(Date.now() / 1000) + 3600 });
-    let turnDone = false;
-    const turn = (extra) => send({
-      type: 'Turn', turn_order: 0, turn_is_formatted: false, end_of_turn: false,
-      end_of_turn_confidence: 0.5, transcript: WORDS.slice(0, s.words).join(' '),
-      words: WORDS.slice(0, s.words).map((text, i) => ({ text, start: i * 200, end: i * 200 + 180, confidence: 0.9, word_is_final: true })),
-      ...extra,
-    });
+    const send = (msg) => { s.messages.push(msg.type); if (ws.readyState === ws.OPEN) ws.send(JSON.stringify(msg)); };
+    const lifetime = once === 'short-session' ? 33 : 3600;
+    send({ type: 'Begin', id: s.id, expires_at: Math.floor(Date.now() / 1000) + lifetime });
+    let wordStarts = [];
+    const multilingual = s.speechModel === 'universal-streaming-multilingual' && s.languageDetection;
+    const turn = (extra) => {
+      const t = TURNS[s.turn];
+      const speaker = s.speakerLabels ? String.fromCharCode(65 + s.turn) : undefined;
+      const words = t.words.slice(0, s.words).map((text, i) => ({
+        text, start: wordStarts[i], end: wordStarts[i] + 180, confidence: 0.9, word_is_final: true,
+        ...(speaker ? { speaker_label: speaker } : {}),
+      }));
+      send({
+        type: 'Turn', turn_order: s.turn, turn_is_formatted: false, end_of_turn: false,
+        end_of_turn_confidence: 0.5, transcript: words.map((w) => w.text).join(' '), words,
+        ...(speaker ? { speaker_label: speaker } : {}),
+        ...(multilingual ? { language_code: t.language, language_confidence: 0.93 } : {}),
+        ...extra,
+      });
+    };
 
     ws.on('message', (data, isBinary) => {
       if (!isBinary) {
@@ -165,17 +203,27 @@ export async function startStreamingFake({ tokenUpstream, secret = 'fake-signing
       }
       const rms = frameRms(data);
       s.maxRms = Math.max(s.maxRms, rms);
-      if (rms < SPEECH_RMS || turnDone) return;
+      if (rms < SPEECH_RMS || s.turn >= TURNS.length) return;
       s.speechFrames += 1;
-      if (s.speechFrames % FRAMES_PER_WORD !== 0) return;
+      if (s.speechFrames % FRAMES_PER_WORD !== 1) return;
+      wordStarts.push(Math.round(((s.bytes - data.length) / 2 / s.sampleRate) * 1000));   // where this word began
       s.words += 1;
-      if (s.words < WORDS.length) {
+      if (s.words < TURNS[s.turn].words.length) {
         turn({});
         return;
       }
-      turnDone = true;
       turn({ end_of_turn: true, end_of_turn_confidence: 0.95 });
-      if (s.formatTurns) turn({ end_of_turn: true, turn_is_formatted: true, transcript: FORMATTED });
+      if (s.formatTurns) turn({ end_of_turn: true, turn_is_formatted: true, transcript: TURNS[s.turn].formatted });
+      s.turn += 1;
+      s.words = 0;
+      wordStarts = [];
+      if (s.mode === 'drop-after-turn') {
+        s.closedWith = 'dropped';
+        ws.terminate();                 // the network breaks: no close frame
+      } else if (s.mode === 'error-3005-after-turn') {
+        s.closedWith = 3005;
+        closeWith(3005, 'Internal error: the session was cancelled');
+      }
     });
     ws.on('close', (code) => { if (s.closedWith === null) s.closedWith = code; });
   }
