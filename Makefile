@@ -22,7 +22,7 @@ FUZZ_PACKAGES = $(RUN_PACKAGES) clang libclang-rt-14-dev
 FUZZ_TARGETS = path query headers envfile upstream static
 FUZZ_SECONDS ?= 20
 
-.PHONY: all build run test test-sanitize test-valgrind fuzz bench deps-run deps-test deps-node deps-fuzz clean
+.PHONY: all build run test test-sanitize test-valgrind fuzz bench deps-run deps-test deps-nodejs deps-node deps-fuzz clean
 
 all: build
 
@@ -42,10 +42,15 @@ deps-run:
 
 deps-test:
 	$(call install_missing,$(TEST_PACKAGES))
+	@$(MAKE) --no-print-directory deps-nodejs deps-node
+
+# Node.js and npm: Debian's, unless the machine has them already (NodeSource's nodejs
+# carries its own npm and conflicts with Debian's npm package).
+deps-nodejs:
 	@command -v node >/dev/null && command -v npm >/dev/null || { \
 	  echo "installing Debian packages: nodejs npm"; \
+	  $(SUDO) apt-get update -qq && \
 	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nodejs npm; }
-	@$(MAKE) --no-print-directory deps-node
 
 # The browser test's npm packages, at the versions pinned in its lockfile.
 deps-node: tests/browser/node_modules/.package-lock.json
@@ -72,10 +77,11 @@ test-sanitize: deps-test
 
 # Side by side with nginx + Lua and the Express seed, everything from this repository
 # (bench/) and Debian packages; see bench/run --help for options (BENCH_ARGS).
-BENCH_PACKAGES = wrk iproute2 curl openssl nodejs npm redis-server nginx-light libnginx-mod-http-lua \
+BENCH_PACKAGES = wrk iproute2 curl openssl redis-server nginx-light libnginx-mod-http-lua \
                  libnginx-mod-http-echo
 bench: build
 	$(call install_missing,$(BENCH_PACKAGES))
+	@$(MAKE) --no-print-directory deps-nodejs
 	bench/run $(BENCH_ARGS)
 
 # The integration suites (all but the timing-bound concurrency and soak runs, and those

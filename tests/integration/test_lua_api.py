@@ -1,9 +1,8 @@
 """The Lua API, through routes scripts written by the tests."""
 import os
-import re
 import unittest
 
-from harness import SRC, TokendTestCase, default_script
+from harness import TokendTestCase, default_script
 
 SCRIPT = r'''
 local tokend = require "tokend"
@@ -266,21 +265,3 @@ class ReusedCoroutines(TokendTestCase):
 
 if __name__ == "__main__":
     unittest.main()
-
-
-class ReadmeExample(TokendTestCase):
-    def test_the_complete_example_in_the_readme_runs(self):
-        with open(os.path.join(SRC, "README.md")) as f:
-            readme = f.read()
-        example = re.search(r"### A complete example\n\n```lua\n(.*?)```", readme, re.S).group(1)
-        fake = self.fake()
-        t = self.tokend(fake=fake, script=self.write("example.lua", example))
-        j = t.get("/token?expires_in_seconds=1000").json()
-        self.assertEqual(j["expires_in_seconds"], 300, "MAX_EXPIRES_IN of the example")
-        self.assertEqual(fake.stats()["last_query"]["max_session_duration_seconds"], "1800")
-        self.assertEqual(t.get("/rooms/42").json(), {"room": "42", "worker": 1})
-        self.assertEqual(t.get("/").status, 200)
-        fake.control(fault="hang")
-        t2 = self.tokend(fake=fake, script=os.path.join(self.workdir, "example.lua"),
-                         args=["--upstream-timeout-ms", "300"])
-        self.assertEqual(t2.get("/token").status, 504)

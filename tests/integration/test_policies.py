@@ -3,11 +3,13 @@ script, its settings, and the requests a page and an attacker would send."""
 import http.client
 import json
 import os
+import re
 import sys
 import time
 import unittest
 
 from harness import SRC, TokendTestCase, make_ca, script_with
+from servers import Redis
 
 sys.path.insert(0, os.path.join(SRC, "tests", "fakes"))
 from backend import Backend  # noqa: E402
@@ -161,6 +163,54 @@ class QuotaPolicy(TokendTestCase):
         self.assertEqual(t.get("/token").status, 401)
         wrong = {"Authorization": "Bearer " + hs256("not-the-secret", {"sub": "erin", "exp": int(time.time()) + 60})}
         self.assertEqual(t.get("/token", headers=wrong).status, 401)
+
+
+class ReadmeExample(TokendTestCase):
+    """The complete example in the README, run as it is printed, with the settings it names."""
+
+    def test_the_complete_example_in_the_readme_runs(self):
+        with open(os.path.join(SRC, "README.md")) as f:
+            example = re.search(r"### A complete example\n.*?```lua\n(.*?)```", f.read(), re.S).group(1)
+        keys = KeySet(self.workdir, kinds=("rsa",))
+        ca = make_ca(self.workdir)
+        idp = Idp({"keys": [keys.jwk("rsa", "k1")]}, ca)
+        self.addCleanup(idp.stop)
+        redis = Redis(self.workdir)
+        self.addCleanup(redis.stop)
+        fake = self.fake()
+        env = {"JWKS_URL": idp.url, "JWT_ISSUER": "https://idp.test", "CURL_CA_BUNDLE": ca[0],
+               "TOKEND_REDIS_URL": redis.url}
+        script = self.write("example.lua", example)
+        t = self.tokend(fake=fake, script=script, env=env)
+
+        def bearer(sub, **claims):
+            claims = {"iss": "https://idp.test", "aud": "my-app", "sub": sub, "exp": int(time.time()) + 300, **claims}
+            return {"Authorization": "Bearer " + keys.sign("rsa", "RS256", claims, kid="k1")}
+
+        for headers in [{}, bearer("alice", aud="another-app"), bearer("alice", iss="https://evil.test")]:
+            r = t.get("/token", headers=headers)
+            self.assertEqual((r.status, r.headers["www-authenticate"]), (401, "Bearer"), headers)
+        self.assertEqual(fake.stats()["requests"], 0, "no token for strangers")
+
+        r = t.get("/token", headers=bearer("alice"))
+        self.assertEqual(r.status, 200, r)
+        self.assertEqual(set(r.json()), {"token", "expires_in_seconds", "websocket_url"})
+        self.assertEqual(r.headers["cache-control"], "no-store")
+        self.assertEqual(fake.stats()["last_query"]["max_session_duration_seconds"], "1800")
+        self.assertIn(" user=alice", t.wait_log("user=alice"))
+
+        redis.command("SET", "tokend:revoked:bob", "yes")
+        self.assertEqual(t.get("/token", headers=bearer("bob")).status, 403, "revoked with redis-cli")
+
+        # burst = 5, counted in Redis: a second instance sees what the first took.
+        t2 = self.tokend(fake=fake, script=script, env=env)
+        self.assertEqual([t2.get("/token", headers=bearer("alice")).status for _ in range(5)], [200] * 4 + [429])
+        self.assertTrue(redis.command("KEYS", "tokend.limiter:*"), "the limit is kept in Redis")
+        self.assertEqual(t.get("/").status, 200)
+
+        fake.control(fault="hang")
+        t3 = self.tokend(fake=fake, script=script, env=env, args=["--upstream-timeout-ms", "300"])
+        self.assertEqual(t3.get("/token", headers=bearer("carol")).status, 504)
 
 
 if __name__ == "__main__":
