@@ -318,9 +318,8 @@ static fetch_call *fetch_call_new(fetch *f) {
     curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, 2L);
     curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
     /* Over HTTPS the upstream may offer HTTP/2 (ALPN): calls then share a connection as
-     * streams; a call waits for a connection being opened rather than opening its own. */
+     * streams (see fetch_start for the wait on a connection being opened). */
     curl_easy_setopt(e, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_2TLS);
-    curl_easy_setopt(e, CURLOPT_PIPEWAIT, 1L);
     curl_easy_setopt(e, CURLOPT_OPENSOCKETFUNCTION, fetch_on_open_socket);
     curl_easy_setopt(e, CURLOPT_OPENSOCKETDATA, f);
     curl_easy_setopt(e, CURLOPT_CLOSESOCKETFUNCTION, fetch_on_close_socket);
@@ -492,6 +491,10 @@ fetch_call *fetch_start(fetch *f, const fetch_request *rq, fetch_done_fn *done, 
     c->errbuf[0] = '\0';
     c->start_us = loop_now_us();
     curl_easy_setopt(e, CURLOPT_URL, rq->url);
+    /* An https call waits for a connection being opened to learn whether it multiplexes,
+     * rather than opening its own; plain http is HTTP/1.1 only, where waiting would serialise
+     * a burst behind one handshake and leave fewer kept-alive connections than it needs. */
+    curl_easy_setopt(e, CURLOPT_PIPEWAIT, strncasecmp(rq->url, "https:", 6) == 0 ? 1L : 0L);
     curl_easy_setopt(e, CURLOPT_HTTPHEADER, (struct curl_slist *)rq->headers);
     curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, rq->timeout_ms > 1 ? rq->timeout_ms : 1L);
     curl_easy_setopt(e, CURLOPT_PROXY, rq->proxy ? rq->proxy : "");

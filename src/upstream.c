@@ -311,17 +311,11 @@ void upstream_classify(int curl_code, const char *curl_error, long http_status, 
         r->failure = FAILURE_BAD_RESPONSE;
         snprintf(msg, sizeof msg, "the upstream reply is larger than %d KiB", UPSTREAM_BODY_MAX / 1024);
         break;
-    case FAILURE_TLS:
-        r->failure = FAILURE_TLS;
-        snprintf(msg, sizeof msg, "TLS failure talking to the upstream: %s", detail);
-        break;
-    case FAILURE_CONNECT:
-        r->failure = FAILURE_CONNECT;
-        snprintf(msg, sizeof msg, "cannot connect talking to the upstream: %s", detail);
-        break;
     default:
-        r->failure = FAILURE_NETWORK;
-        snprintf(msg, sizeof msg, "network failure talking to the upstream: %s", detail);
+        r->failure = transport == FAILURE_TLS || transport == FAILURE_CONNECT ? transport : FAILURE_NETWORK;
+        snprintf(msg, sizeof msg, "%s talking to the upstream: %s",
+                 r->failure == FAILURE_TLS ? "TLS failure"
+                 : r->failure == FAILURE_CONNECT ? "cannot connect" : "network failure", detail);
         break;
     }
     if (transport == FAILURE_NONE) {

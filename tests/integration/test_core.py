@@ -8,6 +8,10 @@ import unittest
 
 from harness import CANARY_KEY, TokendTestCase, make_ca, request
 
+# The default script's websocket_url carries the streaming options of a request that chose none.
+DEFAULT_STREAMING_QUERY = ("?speech_model=universal-streaming-english&end_of_turn_confidence_threshold=0.4"
+                           "&min_turn_silence=400&max_turn_silence=1280")
+
 
 class TokenRoute(TokendTestCase):
     def test_token_answer_and_upstream_request(self):
@@ -19,7 +23,7 @@ class TokenRoute(TokendTestCase):
         self.assertEqual(set(body), {"token", "expires_in_seconds", "websocket_url"})
         self.assertEqual(body["token"].count("."), 2, "a JWT-like token from the fake")
         self.assertEqual(body["expires_in_seconds"], 60)
-        self.assertEqual(body["websocket_url"], f"ws://127.0.0.1:{fake.port}/v3/ws")
+        self.assertEqual(body["websocket_url"], f"ws://127.0.0.1:{fake.port}/v3/ws" + DEFAULT_STREAMING_QUERY)
         self.assertEqual(r.headers["cache-control"], "no-store")
         self.assertEqual(r.headers["content-type"], "application/json")
         self.assertNotIn(b"\\/", r.body, "slashes are not escaped")
@@ -74,7 +78,7 @@ class TokenRoute(TokendTestCase):
         t = self.tokend(fake=fake, env={"CURL_CA_BUNDLE": ca[0]})
         r = t.get("/token")
         self.assertEqual(r.status, 200, t.log)
-        self.assertEqual(r.json()["websocket_url"], f"wss://127.0.0.1:{fake.port}/v3/ws")
+        self.assertEqual(r.json()["websocket_url"], f"wss://127.0.0.1:{fake.port}/v3/ws" + DEFAULT_STREAMING_QUERY)
 
     def test_https_upstream_is_verified(self):
         ca = make_ca(self.workdir)
