@@ -14,10 +14,10 @@ policies, on loopback, serving many requests at once (asyncio in a thread of its
 """
 import asyncio
 import json
-import socket
-import struct
 import threading
 import urllib.parse
+
+from httpwire import read_request, reset
 
 
 class Backend:
@@ -51,20 +51,10 @@ class Backend:
         self.connections += 1
         try:
             while True:
-                line = await reader.readline()
-                if not line:
+                request = await read_request(reader)
+                if request is None:
                     return
-                method, target, _ = line.decode("latin-1").split(" ", 2)
-                headers = {}
-                while True:
-                    h = await reader.readline()
-                    if h in (b"\r\n", b"\n", b""):
-                        break
-                    k, _, v = h.decode("latin-1").partition(":")
-                    headers[k.strip().lower()] = v.strip()
-                body = b""
-                if "content-length" in headers:
-                    body = await reader.readexactly(int(headers["content-length"]))
+                method, target, headers, body = request
                 self.requests += 1
                 url = urllib.parse.urlsplit(target)
                 query = dict(urllib.parse.parse_qsl(url.query))
@@ -72,9 +62,7 @@ class Backend:
                     await reader.read()
                     return
                 if url.path == "/reset":
-                    sock = writer.get_extra_info("socket")
-                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-                    writer.transport.abort()
+                    reset(writer)
                     return
                 if url.path == "/big":
                     size = int(query.get("mb", "1")) * 1024 * 1024

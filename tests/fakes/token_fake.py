@@ -24,13 +24,13 @@ import base64
 import hashlib
 import hmac
 import json
-import socket
 import ssl
-import struct
 import sys
 import time
 import urllib.parse
 import uuid
+
+from httpwire import read_request, reset
 
 
 def b64url(data: bytes) -> str:
@@ -141,23 +141,10 @@ class Fake:
         self.connections += 1
         try:
             while True:
-                line = await reader.readline()
-                if not line:
+                request = await read_request(reader)
+                if request is None:
                     return
-                try:
-                    method, target, _ = line.decode("latin-1").split(" ", 2)
-                except ValueError:
-                    return
-                headers = {}
-                while True:
-                    h = await reader.readline()
-                    if h in (b"\r\n", b"\n", b""):
-                        break
-                    name, _, value = h.decode("latin-1").partition(":")
-                    headers[name.strip().lower()] = value.strip()
-                body = b""
-                if "content-length" in headers:
-                    body = await reader.readexactly(int(headers["content-length"]))
+                method, target, headers, body = request
                 if target.startswith("/__control"):
                     result = self.control(body)
                 else:
@@ -173,10 +160,7 @@ class Fake:
                     await reader.read()     # until the client gives up
                     return
                 if result == "reset":
-                    sock = writer.get_extra_info("socket")
-                    if sock is not None:
-                        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-                    writer.transport.abort()
+                    reset(writer)
                     return
                 status, extra, payload = result
                 head = [f"HTTP/1.1 {status} {'OK' if status == 200 else 'Error'}",
