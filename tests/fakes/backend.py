@@ -17,7 +17,7 @@ import json
 import threading
 import urllib.parse
 
-from httpwire import read_request, reset
+from httpwire import requests, reset
 
 
 class Backend:
@@ -50,11 +50,7 @@ class Backend:
     async def handle(self, reader, writer):
         self.connections += 1
         try:
-            while True:
-                request = await read_request(reader)
-                if request is None:
-                    return
-                method, target, headers, body = request
+            async for method, target, headers, body in requests(reader):
                 self.requests += 1
                 url = urllib.parse.urlsplit(target)
                 query = dict(urllib.parse.parse_qsl(url.query))

@@ -1,11 +1,21 @@
-"""HTTP/1.1 on the wire for the fakes: read one request from a stream, reset a connection."""
+"""HTTP/1.1 on the wire for the fakes: the requests of a connection, a reset."""
 import socket
 import struct
 
 
+async def requests(reader):
+    """Yields the requests read from an asyncio stream, each as (method, target, headers
+    with lower-case names, body), until the end of the stream or a line that is not a
+    request line."""
+    while True:
+        request = await read_request(reader)
+        if request is None:
+            return
+        yield request
+
+
 async def read_request(reader):
-    """Reads one request from an asyncio stream: (method, target, headers with lower-case
-    names, body), or None at the end of the stream or on a request line that is not one."""
+    """Reads one request from an asyncio stream, or None (see requests)."""
     line = await reader.readline()
     if not line:
         return None

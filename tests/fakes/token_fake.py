@@ -30,7 +30,7 @@ import time
 import urllib.parse
 import uuid
 
-from httpwire import read_request, reset
+from httpwire import requests, reset
 
 
 def b64url(data: bytes) -> str:
@@ -140,11 +140,7 @@ class Fake:
     async def handle(self, reader, writer):
         self.connections += 1
         try:
-            while True:
-                request = await read_request(reader)
-                if request is None:
-                    return
-                method, target, headers, body = request
+            async for method, target, headers, body in requests(reader):
                 if target.startswith("/__control"):
                     result = self.control(body)
                 else:
