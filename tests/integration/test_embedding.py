@@ -18,6 +18,7 @@ INSTALLED = [
     "bin/tokend", "include/tokend.h", "lib/libtokend.a", "lib/libtokend.so", "lib/pkgconfig/tokend.pc",
     "lib/lua/5.4/tokend.so", "share/tokend/scripts/routes.lua", "share/tokend/public/index.html",
     "share/tokend/public/capture-worklet.js", "share/tokend/haproxy.cfg", "share/doc/tokend/README.md",
+    "share/doc/tokend/docs/embedding.md",
     "lib/systemd/system/tokend.service", "lib/systemd/system/tokend@.service", "lib/pkgconfig/tokend-static.pc",
 ]
 
@@ -253,7 +254,7 @@ class AsInstalled(TokendTestCase):
                 out = subprocess.run([exe], env=env, capture_output=True, text=True)
                 self.assertEqual((out.returncode, out.stdout), (0, "8000\n"), out.stderr)
         # Without an rpath (nor ldconfig, nor LD_LIBRARY_PATH) the loader cannot find it: the
-        # README says which line to add.
+        # docs/embedding.md says which line to add.
         exe = os.path.join(self.workdir, "plain")
         subprocess.run(["cc", "-std=c11", program, *pkg("--cflags", "--libs", "tokend"), "-o", exe], env=env, check=True)
         out = subprocess.run([exe], env=env, capture_output=True, text=True)
