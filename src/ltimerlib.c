@@ -79,8 +79,12 @@ static void ltimer_done(void *ud, int ok) {
 static void ltimer_fire(void *ud) {
     ltimer *t = ud;
     if (t->interval_ms) {       /* the next run on the schedule, whatever this one takes */
+        /* This run takes its slot even when the loop fired it a little early (its clock is
+         * read once per dispatch round), so that a slot never runs twice; missed slots are
+         * skipped, not caught up. */
         uint64_t now = loop_now_ms();
-        while (t->next_due_ms <= now) t->next_due_ms += t->interval_ms;
+        do t->next_due_ms += t->interval_ms;
+        while (t->next_due_ms <= now);
         ltimer_arm(t);
     } else {
         t->active = 0;
