@@ -20,6 +20,7 @@
 #define LJWT_FAILED_S 30                /* after a failed fetch, the next waits this long */
 #define LJWT_JWKS_MAX (256 * 1024)
 #define LJWT_MAX_KEYS 64
+#define LJWT_VERIFIED_SLOTS 256         /* signatures a key set remembers having verified */
 #define LJWT_KEYSET "tokend.jwt.keyset"
 #define LJWT_CACHE "tokend.jwt.jwks"
 #define LJWT_KEYS_CACHE "tokend.jwt.keys"   /* options table -> its parsed keys (weak) */
@@ -35,10 +36,19 @@ typedef struct ljwt_key {
     crypto_key *key;
 } ljwt_key;
 
-/* Parsed keys, a userdata (its __gc frees them). */
+/* A token whose signature a key of the set verified: the SHA-256 of its whole text. */
+typedef struct ljwt_verified {
+    unsigned char digest[32];
+    size_t key;                         /* the key's index + 1; 0: an empty slot */
+} ljwt_verified;
+
+/* Parsed keys, a userdata (its __gc frees them), and the tokens they verified lately (a
+ * client presents the same token on every /token call until it expires: its signature
+ * is checked once; its algorithm and claims on every call). */
 typedef struct ljwt_keyset {
     size_t n;
     ljwt_key keys[LJWT_MAX_KEYS];
+    ljwt_verified verified[LJWT_VERIFIED_SLOTS];
 } ljwt_keyset;
 
 static int ljwt_keyset_gc(lua_State *L) {
@@ -50,7 +60,7 @@ static int ljwt_keyset_gc(lua_State *L) {
 
 static ljwt_keyset *ljwt_keyset_new(lua_State *L) {
     ljwt_keyset *ks = lua_newuserdatauv(L, sizeof *ks, 0);
-    ks->n = 0;
+    memset(ks, 0, sizeof *ks);
     luaL_setmetatable(L, LJWT_KEYSET);
     return ks;
 }
@@ -158,6 +168,7 @@ typedef struct ljwt_token {
     size_t payload_len;
     unsigned char sig[CRYPTO_MAX_SIGNATURE];
     size_t sig_len;
+    size_t len;                         /* of text */
     char alg[16];
     char kid[128];
 } ljwt_token;
@@ -185,6 +196,7 @@ static const char *ljwt_split(lua_State *L, const char *text, size_t len, ljwt_t
     if (has_crit) return "the JWT header has critical extensions tokend does not know";
     if (kid && strlen(kid) >= sizeof t->kid) return "the JWT kid is too long";
     t->text = text;
+    t->len = len;
     t->signed_len = (size_t)(dot2 - text);
     t->payload = dot1 + 1;
     t->payload_len = (size_t)(dot2 - dot1 - 1);
@@ -251,7 +263,7 @@ static int ljwt_check_claims(lua_State *L, const ljwt_token *t) {
     double leeway = ljwt_opt_seconds(L, "leeway_seconds", LJWT_LEEWAY_S);
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
-    double now = (double)ts.tv_sec;
+    double now = (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
     lua_getfield(L, claims, "exp");
     if (lua_isnil(L, -1)) {
         lua_getfield(L, 2, "require_exp");
@@ -260,7 +272,7 @@ static int ljwt_check_claims(lua_State *L, const ljwt_token *t) {
         if (!optional) return llib_fail(L, "the token has no exp (expiry)");
     } else if (!lua_isnumber(L, -1)) {
         return llib_fail(L, "the token's exp is not a number");
-    } else if (now > lua_tonumber(L, -1) + leeway) {
+    } else if (now >= lua_tonumber(L, -1) + leeway) {      /* valid before exp (RFC 7519 4.1.4) */
         return llib_fail(L, "the token expired");
     }
     lua_getfield(L, claims, "nbf");
@@ -279,9 +291,10 @@ static int ljwt_check_claims(lua_State *L, const ljwt_token *t) {
     return 1;
 }
 
-/* Checks t's signature against the keys of ks (a kid selects among them) or the secret
- * of opts; pushes the claims or nil, err. */
-static int ljwt_check(lua_State *L, const ljwt_token *t, const ljwt_keyset *ks) {
+/* Checks t's signature against the keys of ks (a kid selects among them; a signature
+ * ks verified before is not checked again) or the secret of opts; pushes the claims or
+ * nil, err. */
+static int ljwt_check(lua_State *L, const ljwt_token *t, ljwt_keyset *ks) {
     size_t slen = 0;
     const char *secret = llib_field_string(L, 2, NULL, "secret", &slen);
     if (secret) {
@@ -292,6 +305,10 @@ static int ljwt_check(lua_State *L, const ljwt_token *t, const ljwt_keyset *ks) 
         return ljwt_check_claims(L, t);
     }
     int tried = 0;
+    unsigned char digest[CRYPTO_MAX_DIGEST];
+    ljwt_verified *seen = NULL;
+    if (ks && crypto_digest("sha256", t->text, t->len, digest) == sizeof seen->digest)
+        seen = &ks->verified[(digest[0] | (size_t)digest[1] << 8) % LJWT_VERIFIED_SLOTS];
     for (size_t i = 0; ks && i < ks->n; i++) {
         const ljwt_key *k = &ks->keys[i];
         if (t->kid[0] && k->kid[0] && strcmp(t->kid, k->kid) != 0) continue;
@@ -299,8 +316,15 @@ static int ljwt_check(lua_State *L, const ljwt_token *t, const ljwt_keyset *ks) 
         if (k->alg[0] && strcmp(k->alg, t->alg) != 0) continue;
         if (!crypto_jws_fits(t->alg, crypto_key_kind_of(k->key)) || !ljwt_alg_allowed(L, t->alg, 1)) continue;
         tried = 1;
-        if (crypto_jws_verify(t->alg, k->key, NULL, 0, t->text, t->signed_len, t->sig, t->sig_len))
+        if (seen && seen->key == i + 1 && memcmp(seen->digest, digest, sizeof seen->digest) == 0)
             return ljwt_check_claims(L, t);
+        if (crypto_jws_verify(t->alg, k->key, NULL, 0, t->text, t->signed_len, t->sig, t->sig_len)) {
+            if (seen) {
+                memcpy(seen->digest, digest, sizeof seen->digest);
+                seen->key = i + 1;
+            }
+            return ljwt_check_claims(L, t);
+        }
     }
     if (!tried) return llib_fail(L, "no key fits the token (alg %s%s%s)", t->alg, t->kid[0] ? ", kid " : "", t->kid);
     return llib_fail(L, "the token's signature is not valid");
@@ -671,7 +695,7 @@ static int ljwt_verify(lua_State *L) {
         lua_pushvalue(L, -2);
         lua_rawset(L, -4);
     }
-    const ljwt_keyset *ks = lua_touserdata(L, -1);
+    ljwt_keyset *ks = lua_touserdata(L, -1);
     return ljwt_check(L, &t, ks);
 }
 

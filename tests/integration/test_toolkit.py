@@ -180,6 +180,7 @@ local OPTS = {
   pem = { keys = read(tokend.env("RSA_PUB")) },
   set = { keys = read(tokend.env("JWKS_FILE")) },
   rs_only = { jwks_url = tokend.env("JWKS_URL"), algorithms = { "RS256" } },
+  strict = { jwks_url = tokend.env("JWKS_URL"), leeway_seconds = 0 },
 }
 tokend.route("POST", "/verify/:how", function(req)
   local claims, err = tokend.jwt.verify(req.body, OPTS[req.params.how])
@@ -270,6 +271,25 @@ class Jwt(TokendTestCase):
                 else:
                     self.assertNotIn("claims", j)
                     self.assertIn(needle, j["err"])
+
+    def test_a_signature_is_verified_once_and_the_rest_on_every_call(self):
+        # Each route below shares the JWKS URL, hence its key set and what it remembers; a
+        # request may land on either worker, so each token is verified on both first.
+        k = self.keys
+        now = int(time.time())
+        other_issuer = k.sign("rsa", "RS256", self.claims(iss="https://evil"), kid="rsa-1")
+        eddsa = k.sign("ed", "EdDSA", self.claims(), kid="ed-1")
+        expiring = k.sign("rsa", "RS256", self.claims(exp=now + 2), kid="rsa-1")
+        for _ in range(4):
+            self.assertIn("claims", self.verify("rs_only", other_issuer))
+            self.assertIn("claims", self.verify("jwks", eddsa))
+            self.assertIn("claims", self.verify("strict", expiring))
+        self.assertIn("issuer", self.verify("jwks", other_issuer)["err"], "claims are checked on every call")
+        self.assertIn("no key fits", self.verify("rs_only", eddsa)["err"], "so are the allowed algorithms")
+        forged = expiring[:expiring.rindex(".") + 1] + k.sign("rsa", "RS256", self.claims(), kid="rsa-1").rsplit(".", 1)[1]
+        self.assertIn("signature", self.verify("strict", forged)["err"], "another signature is checked")
+        time.sleep(max(0, now + 2.5 - time.time()))
+        self.assertIn("expired", self.verify("strict", expiring)["err"], "and so is the expiry")
 
     def test_unknown_kids_refetch_at_most_once_per_30_s(self):
         good = self.keys.sign("rsa", "RS256", self.claims(), kid="rsa-1")
