@@ -77,7 +77,7 @@ test-sanitize: deps-test
 
 # Side by side with nginx + Lua and the Express seed, everything from this repository
 # (bench/) and Debian packages; see bench/run --help for options (BENCH_ARGS).
-BENCH_PACKAGES = wrk iproute2 curl openssl redis-server nginx-light libnginx-mod-http-lua \
+BENCH_PACKAGES = wrk iproute2 procps python3 curl openssl redis-server nginx-light libnginx-mod-http-lua \
                  libnginx-mod-http-echo
 bench: build
 	$(call install_missing,$(BENCH_PACKAGES))
