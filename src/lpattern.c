@@ -72,7 +72,7 @@ static void lpattern_restart(lpattern_state *ms) {
  * anything else: itself). */
 static int lpattern_class(int c, int cl) {
     int in;
-    switch (tolower(cl)) {
+    switch (cl | 0x20) {        /* tolower for the ASCII letters below; no other byte maps onto them */
     case 'a': in = isalpha(c); break;
     case 'c': in = iscntrl(c); break;
     case 'd': in = isdigit(c); break;
@@ -85,7 +85,7 @@ static int lpattern_class(int c, int cl) {
     case 'x': in = isxdigit(c); break;
     default: return cl == c;
     }
-    return isupper(cl) ? !in : in != 0;
+    return cl <= 'Z' ? !in : in != 0;      /* cl is one of the letters above */
 }
 
 /* Whether c is in the set p ('[') .. close (its ']'). */
