@@ -225,6 +225,7 @@ static void upstream_on_transfer(void *ud, const fetch_result *fr) {
     upstream_call *c = ud;
     upstream *up = c->up;
     char token[JSON_TOKEN_MAX], errbuf[800];
+    token[0] = '\0';
     c->transfer = NULL;
     long backoff = UPSTREAM_RETRY_MIN_MS + (long)(rand_r(&up->seed) % (UPSTREAM_RETRY_JITTER_MS + 1));
     long left = up->timeout_ms - (long)((loop_now_us() - c->start_us) / 1000);
@@ -238,7 +239,7 @@ static void upstream_on_transfer(void *ud, const fetch_result *fr) {
     upstream_classify(fr->curl_code, fr->error, fr->status, fr->body, fr->body_len, upstream_retry_after(fr),
                       up->timeout_ms, up->key, &r, token, sizeof token, errbuf, sizeof errbuf);
     upstream_finish(c, &r);
-    explicit_bzero(token, sizeof token);
+    explicit_bzero(token, strnlen(token, sizeof token));     /* the token's bytes, not the whole buffer */
 }
 
 void upstream_no_key(upstream_result *r) {
