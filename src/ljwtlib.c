@@ -360,6 +360,7 @@ typedef struct ljwt_cache {
     lua_State *L;
     ljwt_jwks *first;
     int stopped;
+    shdict *shared;                     /* LJWT_SHARED once opened (see ljwt_shared) */
 } ljwt_cache;
 
 static int ljwt_verify_now(lua_State *L, const ljwt_token *t, int opts, ljwt_jwks *j);
@@ -397,7 +398,7 @@ static ljwt_jwks *ljwt_jwks_of(lua_State *L, lhost *h, const char *url) {
         lua_pop(L, 1);
         lua_newtable(L);
         c = lua_newuserdatauv(L, sizeof *c, 0);
-        *c = (ljwt_cache){ h, lhost_state(h), NULL, 0 };
+        *c = (ljwt_cache){ h, lhost_state(h), NULL, 0, NULL };
         lua_rawseti(L, -2, 0);
         lua_pushvalue(L, -1);
         lua_setfield(L, LUA_REGISTRYINDEX, LJWT_CACHE);
@@ -474,14 +475,17 @@ static void ljwt_wake_all(ljwt_jwks *j) {
 
 /* The dictionary all workers share: JWKS documents ("doc <url>", kept jwks_ttl) and the
  * time of each URL's last fetch ("refetch <url>", kept LJWT_REFETCH_S). */
-static shdict *ljwt_shared(const lhost_world *w) {
+static shdict *ljwt_shared(ljwt_cache *c) {
     char err[200];
-    return shdict_open(w->shared, LJWT_SHARED, 1024, err, sizeof err);
+    /* Opened once per state: every verification consults it, and opening takes the lock
+     * of the registry all workers share. NULL (out of memory) is tried again next time. */
+    if (!c->shared) c->shared = shdict_open(lhost_world_of(c->h)->shared, LJWT_SHARED, 1024, err, sizeof err);
+    return c->shared;
 }
 
 /* Gives the other workers a fetched document, and starts the refetch interval. */
 static void ljwt_share(ljwt_jwks *j, const char *body, size_t len, uint64_t now) {
-    shdict *d = ljwt_shared(lhost_world_of(j->cache->h));
+    shdict *d = ljwt_shared(j->cache);
     char key[600];
     if (!d || len > SHDICT_MAX_VALUE) return;
     shdict_value doc = { SHDICT_STRING, (char *)body, len, 0 }, one = { SHDICT_NUMBER, NULL, 0, 1 };
@@ -495,7 +499,7 @@ static void ljwt_share(ljwt_jwks *j, const char *body, size_t len, uint64_t now)
 
 /* Tells the other workers the last fetch failed, and why, for LJWT_FAILED_S. */
 static void ljwt_share_failure(ljwt_jwks *j, uint64_t now) {
-    shdict *d = ljwt_shared(lhost_world_of(j->cache->h));
+    shdict *d = ljwt_shared(j->cache);
     char key[600];
     shdict_value why = { SHDICT_STRING, j->error, strlen(j->error), 0 };
     snprintf(key, sizeof key, "failed %s", j->url);
@@ -504,7 +508,7 @@ static void ljwt_share_failure(ljwt_jwks *j, uint64_t now) {
 
 /* Learns of a fetch that failed lately in another worker. Returns 1 then. */
 static int ljwt_failed_elsewhere(ljwt_jwks *j, uint64_t now) {
-    shdict *d = ljwt_shared(lhost_world_of(j->cache->h));
+    shdict *d = ljwt_shared(j->cache);
     char key[600];
     shdict_value why;
     snprintf(key, sizeof key, "failed %s", j->url);
@@ -518,7 +522,7 @@ static int ljwt_failed_elsewhere(ljwt_jwks *j, uint64_t now) {
 
 /* Takes the document another worker fetched, if there is a fresh one. Returns 1 then. */
 static int ljwt_adopt(lua_State *L, ljwt_jwks *j, uint64_t now) {
-    shdict *d = ljwt_shared(lhost_world_of(j->cache->h));
+    shdict *d = ljwt_shared(j->cache);
     char key[600];
     shdict_value doc;
     snprintf(key, sizeof key, "doc %s", j->url);
@@ -633,7 +637,7 @@ static int ljwt_verify_jwks(lua_State *L, lhost *h, const ljwt_token *t, const c
     if (have) {         /* an unknown kid: the provider may have rotated its keys */
         char key[600];
         shdict_value one = { SHDICT_NUMBER, NULL, 0, 1 };
-        shdict *refetches = ljwt_shared(lhost_world_of(h));
+        shdict *refetches = ljwt_shared(j->cache);
         snprintf(key, sizeof key, "refetch %s", url);
         if (failed_lately || !refetches ||
             shdict_add(refetches, key, strlen(key), &one, LJWT_REFETCH_S * 1000, now) == SHDICT_EXISTS)
