@@ -1,7 +1,6 @@
 /* luamodule.c: tokend.so, the module for stock Lua 5.4 interpreters: the scripts' API on
  * the application's own state, blocking calls outside requests, and an embedded server. */
 #define _GNU_SOURCE
-#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -9,41 +8,25 @@
 
 #include <lua.h>
 #include <lauxlib.h>
-#include <curl/curl.h>
 
 #include "config.h"
 #include "envfile.h"
-#include "fetch.h"
 #include "linit.h"
 #include "lhost.h"
 #include "log.h"
-#include "policy.h"
-#include "pool.h"
-#include "redis.h"
 #include "server.h"
-#include "shdict.h"
-#include "upstream.h"
-#include "url.h"
+#include "worker.h"
 
 #define LUAMOD_STATE "tokend.module"
 #define LUAMOD_SERVER "tokend.server"
-#define LUAMOD_REDIS_CHECK_MS 2000      /* how long require "tokend" waits for Redis to answer */
 
 /* What one require of the module owns; freed when the Lua state closes. */
 typedef struct luamod_state {
     lhost *h;
     tokend_config cfg;          /* the settings from the environment */
     char *key;                  /* the API key, in C memory only */
-    loop *lp;                   /* the module's own world, for calls outside requests */
-    fetch *client;
-    upstream *up;
-    redis_client *redis;        /* NULL without TOKEND_REDIS_URL */
-    policy_buckets *buckets;
-    shdict_registry *shared;
-    pool_registry *pools;
-    url_endpoints endpoints;
-    lhost_info info;
-    lhost_world world;
+    worker_group *group;        /* the module's own world, for calls outside requests */
+    worker *own;
     struct luamod_server *serving;
 } luamod_state;
 
@@ -51,10 +34,6 @@ typedef struct luamod_server {
     tokend_server *srv;
     luamod_state *mod;
 } luamod_server;
-
-static void luamod_curl_init(void) {
-    curl_global_init(CURL_GLOBAL_DEFAULT);
-}
 
 static volatile sig_atomic_t luamod_interrupted;
 static void luamod_on_signal(int sig) {
@@ -73,13 +52,8 @@ static int luamod_state_gc(lua_State *L) {
     luamod_state *m = luaL_checkudata(L, 1, LUAMOD_STATE);
     if (m->serving) luamod_server_close(m->serving);
     lhost_free(m->h);
-    redis_free(m->redis);
-    upstream_free(m->up);
-    fetch_free(m->client);
-    loop_free(m->lp);
-    policy_buckets_free(m->buckets);
-    shdict_registry_free(m->shared);
-    pool_registry_free(m->pools);
+    worker_close(m->own);
+    worker_group_close(m->group);
     if (m->key) explicit_bzero(m->key, strlen(m->key));
     free(m->key);
     memset(m, 0, sizeof *m);
@@ -276,56 +250,25 @@ nomem:
     return -1;
 }
 
-/* Builds the module's own world: a loop, its clients and the rate limiters' table. */
+/* Builds the module's own world: what a server's workers share, and one worker without
+ * an HTTP front whose loop runs the calls made outside requests. */
 static int luamod_world(luamod_state *m, char *err, size_t errlen) {
-    if (url_streaming_endpoints(m->cfg.streaming_url, &m->endpoints, err, errlen) != URL_OK) return -1;
-    fetch_options fo = { .ca_file = m->cfg.ca_file, .connect_timeout_ms = m->cfg.connect_timeout_ms };
-    upstream_options uo = {
-        .token_url = m->endpoints.token_url, .api_key = m->key, .proxy = m->cfg.upstream_proxy,
-        .timeout_ms = m->cfg.upstream_timeout_ms,
-    };
-    if (!(m->lp = loop_create())) {
-        snprintf(err, errlen, "cannot create an event loop");
-        return -1;
-    }
-    if (!(m->client = fetch_create(m->lp, &fo, err, errlen))) return -1;
-    if (!(m->up = upstream_create(m->client, &uo, err, errlen))) return -1;
-    if (!(m->buckets = policy_buckets_create(m->cfg.rate_limit_clients)) || !(m->shared = shdict_registry_create()) ||
-        !(m->pools = pool_registry_create())) {
-        snprintf(err, errlen, "out of memory");
-        return -1;
-    }
-    if (m->cfg.redis_url) {
-        redis_target t;
-        int rc = redis_open(m->cfg.redis_url, LUAMOD_REDIS_CHECK_MS, &t, err, errlen);
-        if (rc < 0) return -1;
-        if (rc > 0) log_msg(LOG_WARN, "%s; going on without Redis until it answers", err);
-        if (!(m->redis = redis_create(m->lp, &t, m->cfg.redis_timeout_ms))) {
-            snprintf(err, errlen, "out of memory");
-            return -1;
-        }
-        if (rc == 0) redis_wait_ready(m->redis, LUAMOD_REDIS_CHECK_MS / 2);
-    }
-    m->info = (lhost_info){
-        .host = "", .port = 0, .script = "(embedded)", .public_dir = "",
-        .streaming_url = m->endpoints.base, .token_url = m->endpoints.token_url,
-        .websocket_url = m->endpoints.websocket_url, .workers = 1, .worker = 1,
-        .api_key_configured = m->key != NULL, .redis_configured = m->redis != NULL,
-    };
-    m->world = (lhost_world){ .lp = m->lp, .client = m->client, .up = m->up, .buckets = m->buckets,
-                              .shared = m->shared, .pools = m->pools, .redis = m->redis, .info = &m->info };
+    tokend_config cfg = m->cfg;
+    cfg.script = "(embedded)";
+    cfg.public_dir = "";
+    worker_options wo = { .workers = 1, .listen_fd = -1 };
+    if (!(m->group = worker_group_open(&cfg, WORKER_GROUP_SERVE, err, errlen))) return -1;
+    if (!(m->own = worker_open(m->group, &wo, err, errlen))) return -1;
     return 0;
 }
 
 TOKEND_API int luaopen_tokend(lua_State *L) {
-    static pthread_once_t once = PTHREAD_ONCE_INIT;
     static const luaL_Reg server_methods[] = {
         { "fd", luamod_server_fd }, { "timeout", luamod_server_timeout }, { "step", luamod_server_step },
         { "run", luamod_server_run }, { "stop", luamod_server_stop }, { "port", luamod_server_port },
         { "close", luamod_server_close_lua }, { NULL, NULL },
     };
     char err[512];
-    pthread_once(&once, luamod_curl_init);
     luaL_newmetatable(L, LUAMOD_STATE);
     lua_pushcfunction(L, luamod_state_gc);
     lua_setfield(L, -2, "__gc");
@@ -347,10 +290,8 @@ TOKEND_API int luaopen_tokend(lua_State *L) {
 
     if (luamod_settings(m, err, sizeof err) < 0 || luamod_world(m, err, sizeof err) < 0)
         return luaL_error(L, "tokend: %s", err);
-    lhost_options ho = {
-        .instruction_limit = m->cfg.lua_instruction_limit, .max_query_args = m->cfg.max_query_args,
-        .world = &m->world,
-    };
+    lhost_options ho;
+    worker_host_options(m->own, &ho);
     if (lhost_attach(L, &ho, &m->h, err, sizeof err) < 0) return luaL_error(L, "tokend: %s", err);
 
     linit_push_module(L, m->h);

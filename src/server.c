@@ -1,4 +1,4 @@
-/* server.c: the server's lifecycle: listening sockets, worker threads, start and stop. */
+/* server.c: the server's lifecycle: listening sockets, worker threads, start, reload and stop. */
 #define _GNU_SOURCE
 #include <ctype.h>
 #include <errno.h>
@@ -12,32 +12,22 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
-#include <curl/curl.h>
 
 #include "config.h"
 #include "envfile.h"
-#include "fetch.h"
 #include "http.h"
-#include "lcroutelib.h"
+#include "lcroute.h"
 #include "lhost.h"
 #include "linit.h"
 #include "log.h"
 #include "loop.h"
 #include "metrics.h"
-#include "mime.h"
-#include "netaddr.h"
-#include "policy.h"
-#include "pool.h"
-#include "redis.h"
 #include "server.h"
-#include "shdict.h"
 #include "tokend.h"
 #include "upstream.h"
-#include "url.h"
+#include "worker.h"
 
-#define SERVER_MAX_WORKERS 256
 #define SERVER_WATCH_MS 500         /* how often --watch looks at the script */
-#define SERVER_REDIS_CHECK_MS 2000  /* how long the start-up check waits for Redis */
 #define SERVER_EXTRA_TURNS 4        /* libmicrohttpd turns per loop wake-up, at most */
 
 /* A Lua host replaced by a reload, kept until its last request is answered. */
@@ -49,14 +39,8 @@ typedef struct server_retired {
 typedef struct server_worker {
     tokend_server *srv;
     int id;
-    loop *lp;
-    fetch *client;              /* outgoing HTTP: token calls */
-    upstream *up;
-    redis_client *redis;        /* NULL without TOKEND_REDIS_URL */
+    worker *w;                  /* its loop, HTTP front and clients */
     lhost *lua;
-    http_front *http;
-    lhost_info info;
-    lhost_world world;
     pthread_t thread;
     int started;
     int reload_seen;            /* the reload generation this worker has loaded */
@@ -67,34 +51,17 @@ typedef struct server_worker {
 } server_worker;
 
 struct tokend_server {
-    tokend_config cfg;          /* strings below are owned copies */
-    url_endpoints endpoints;
+    worker_group *group;        /* the settings and what the workers share */
+    const tokend_config *cfg;   /* the group's */
     int port;
     int nworkers;
     server_worker *workers;
     atomic_int stopping;
     atomic_int reload_gen;
-    lcroute **c_routes;             /* routes in C, re-added on every reload */
+    lcroute **c_routes;         /* routes in C, re-added on every reload */
     size_t n_c_routes;
-    lhost *attached;                /* the Lua module's host, or NULL */
-    policy_buckets *buckets;        /* shared by every worker's scripts */
-    shdict_registry *shared;        /* tokend.shared's dictionaries, idem */
-    pool_registry *pools;           /* tokend.pool's pools, idem */
-    envfile *env;                   /* the .env file tokend.env reads, or NULL */
-    policy_conns *conns;            /* open connections per client address, all workers */
-    netaddr_nets *proxies;
-    policy_hosts *hosts;
-    redis_target redis;             /* where Redis is, when cfg.redis_url is set */
-    int checking;                   /* tokend_script_check: no connections */
-    int redis_answered;             /* to the check at start */
+    lhost *attached;            /* the Lua module's host, or NULL */
 };
-
-static pthread_once_t server_curl_once = PTHREAD_ONCE_INIT;
-static CURLcode server_curl_status = CURLE_OK;
-
-static void server_curl_init(void) {
-    server_curl_status = curl_global_init(CURL_GLOBAL_DEFAULT);
-}
 
 void tokend_set_log_sink(tokend_log_fn *sink, void *ud) {
     log_set_sink(sink, ud);
@@ -147,74 +114,14 @@ static int server_port_free(const char *hostname, int port, char *err, size_t er
     return 0;
 }
 
-static int server_check_config(const tokend_config *c, char *err, size_t errlen) {
-    if (c->port < 0 || c->port > 65535) {
-        snprintf(err, errlen, "port %d is out of range 0..65535", c->port);
-        return -1;
-    }
-    if (c->workers < 0 || c->workers > SERVER_MAX_WORKERS) {
-        snprintf(err, errlen, "workers %d is out of range 0..%d", c->workers, SERVER_MAX_WORKERS);
-        return -1;
-    }
-    if (!c->host || !*c->host || !c->script || !*c->script || !c->public_dir || !c->streaming_url) {
-        snprintf(err, errlen, "host, script, public folder and streaming URL must be set (tokend_config_init "
-                              "fills the defaults)");
-        return -1;
-    }
-    if (c->ca_file && *c->ca_file && access(c->ca_file, R_OK) != 0) {
-        snprintf(err, errlen, "CA bundle \"%s\": %s", c->ca_file, strerror(errno));
-        return -1;
-    }
-    return 0;
-}
 
-/* Creates the abuse-control state the workers share. Returns 0 or -1 with err set. */
-static int server_policy_init(tokend_server *srv, char *err, size_t errlen) {
-    if (srv->cfg.env_file) {
-        if (envfile_load(srv->cfg.env_file, &srv->env, err, errlen) < 0) return -1;
-        envfile_wipe(srv->env, "ASSEMBLYAI_API_KEY");   /* the server holds its own copy */
-    }
-    mime_load(NULL);        /* /etc/mime.types, read once at start */
-    if (netaddr_nets_parse(srv->cfg.trusted_proxies, &srv->proxies, err, errlen) < 0) return -1;
-    if (policy_hosts_parse(srv->cfg.allowed_hosts, srv->cfg.host, &srv->hosts, err, errlen) < 0) return -1;
-    srv->buckets = policy_buckets_create(srv->cfg.rate_limit_clients);
-    srv->conns = policy_conns_create(srv->cfg.max_connections_per_ip);
-    srv->shared = shdict_registry_create();
-    srv->pools = pool_registry_create();
-    if (!srv->buckets || !srv->conns || !srv->shared || !srv->pools) {
-        snprintf(err, errlen, "out of memory");
-        return -1;
-    }
-    if (srv->cfg.redis_url) {
-        /* A wrong address or password fails the start; a Redis that does not answer in
-         * time is warned of: it may later, and the scripts' on-error policies apply. */
-        int rc = redis_open(srv->cfg.redis_url, srv->checking ? 0 : SERVER_REDIS_CHECK_MS, &srv->redis, err, errlen);
-        if (rc < 0) return -1;
-        if (rc > 0) log_msg(LOG_WARN, "%s; serving without Redis until it answers", err);
-        srv->redis_answered = rc == 0;
-    }
-    return 0;
-}
-
-static void server_policy_free(tokend_server *srv) {
-    policy_buckets_free(srv->buckets);
-    policy_conns_free(srv->conns);
-    shdict_registry_free(srv->shared);
-    pool_registry_free(srv->pools);
-    envfile_free(srv->env);
-    netaddr_nets_free(srv->proxies);
-    policy_hosts_free(srv->hosts);
-}
-
-/* Loads the script into a new Lua host for worker w, with the routes written in C.
+/* Loads the script into a new Lua host for worker sw, with the routes written in C.
  * Returns 0 or -1 with err set. */
-static int server_worker_load(server_worker *w, lhost **out, char *err, size_t errlen) {
-    tokend_server *srv = w->srv;
-    lhost_options ho = {
-        .script = srv->cfg.script, .memory_limit = srv->cfg.lua_memory_bytes,
-        .instruction_limit = srv->cfg.lua_instruction_limit, .max_query_args = srv->cfg.max_query_args,
-        .world = &w->world, .open_module = linit_push_module,
-    };
+static int server_worker_load(server_worker *sw, lhost **out, char *err, size_t errlen) {
+    tokend_server *srv = sw->srv;
+    lhost_options ho;
+    worker_host_options(sw->w, &ho);
+    ho.open_module = linit_push_module;
     if (lhost_create(&ho, out, err, errlen) < 0) return -1;
     for (size_t i = 0; i < srv->n_c_routes; i++) {
         if (lcroute_add(*out, srv->c_routes[i], err, errlen) < 0) {
@@ -226,10 +133,9 @@ static int server_worker_load(server_worker *w, lhost **out, char *err, size_t e
     return 0;
 }
 
-/* The HTTP front's dispatcher: the worker's current Lua host answers. */
 static void server_worker_dispatch(void *ud, http_request *req) {
-    server_worker *w = ud;
-    lhost_dispatch(w->lua, req);
+    server_worker *sw = ud;
+    lhost_dispatch(sw->lua, req);
 }
 
 /* Swaps in a freshly loaded script; the old host retires until its requests are done. */
@@ -258,7 +164,7 @@ static void server_worker_reload(server_worker *w) {
     w->retired = r;
     w->lua = fresh;
     metrics_reload(1);
-    if (w->id == 0) log_msg(LOG_INFO, "reloaded %s", w->srv->cfg.script);
+    if (w->id == 0) log_msg(LOG_INFO, "reloaded %s", w->srv->cfg->script);
 }
 
 /* Frees the retired hosts whose requests have all been answered (all == 1: every one). */
@@ -279,81 +185,67 @@ static void server_worker_reap(server_worker *w, int all) {
 static void server_on_watch(void *ud) {
     server_worker *w = ud;
     struct stat st;
-    if (stat(w->srv->cfg.script, &st) == 0 &&
+    if (stat(w->srv->cfg->script, &st) == 0 &&
         (st.st_mtim.tv_sec != w->script_mtime.tv_sec || st.st_mtim.tv_nsec != w->script_mtime.tv_nsec ||
          st.st_size != w->script_size)) {
         w->script_mtime = st.st_mtim;
         w->script_size = st.st_size;
-        log_msg(LOG_INFO, "%s changed", w->srv->cfg.script);
+        log_msg(LOG_INFO, "%s changed", w->srv->cfg->script);
         tokend_server_reload(w->srv);
     }
-    loop_timer_start(w->lp, &w->watch_timer, SERVER_WATCH_MS, server_on_watch, w);
+    loop_timer_start(worker_loop(w->w), &w->watch_timer, SERVER_WATCH_MS, server_on_watch, w);
 }
 
 /* Creates a worker's loop, clients and Lua host (not its HTTP front). */
-static int server_worker_init(tokend_server *srv, server_worker *w, int id, char *err, size_t errlen) {
-    w->srv = srv;
-    w->id = id;
-    w->lp = loop_create();
-    if (!w->lp) {
-        snprintf(err, errlen, "cannot create an event loop: %s", strerror(errno));
-        return -1;
-    }
-    fetch_options fo = { .ca_file = srv->cfg.ca_file, .connect_timeout_ms = srv->cfg.connect_timeout_ms };
-    upstream_options uo = {
-        .token_url = srv->endpoints.token_url, .api_key = srv->cfg.api_key, .proxy = srv->cfg.upstream_proxy,
-        .timeout_ms = srv->cfg.upstream_timeout_ms,
-    };
-    if (!(w->client = fetch_create(w->lp, &fo, err, errlen))) return -1;
-    if (!(w->up = upstream_create(w->client, &uo, err, errlen))) return -1;
-    if (srv->cfg.redis_url && !srv->checking) {
-        if (!(w->redis = redis_create(w->lp, &srv->redis, srv->cfg.redis_timeout_ms))) {
-            snprintf(err, errlen, "out of memory");
-            return -1;
-        }
-        if (srv->redis_answered) redis_wait_ready(w->redis, SERVER_REDIS_CHECK_MS / 2);    /* serve with it at once */
-    }
-    w->info = (lhost_info){
-        .host = srv->cfg.host, .port = srv->port, .script = srv->cfg.script, .public_dir = srv->cfg.public_dir,
-        .streaming_url = srv->endpoints.base, .token_url = srv->endpoints.token_url,
-        .websocket_url = srv->endpoints.websocket_url, .workers = srv->nworkers, .worker = id + 1,
-        .api_key_configured = srv->cfg.api_key && *srv->cfg.api_key, .redis_configured = srv->cfg.redis_url != NULL,
-    };
-    w->world = (lhost_world){ .serves = 1, .lp = w->lp, .client = w->client, .up = w->up, .buckets = srv->buckets,
-                              .shared = srv->shared, .pools = srv->pools, .env = srv->env, .redis = w->redis,
-                              .info = &w->info };
+
+/* Opens worker sw's world on its listening socket fd (taken) and loads its Lua host (or
+ * serves the attached one). Returns 0 or -1 with err set. */
+static int server_worker_init(tokend_server *srv, server_worker *sw, int id, int fd, char *err, size_t errlen) {
+    sw->srv = srv;
+    sw->id = id;
+    worker_options wo = { .id = id, .workers = srv->nworkers, .port = srv->port, .listen_fd = fd,
+                          .dispatch = server_worker_dispatch, .dispatch_ud = sw };
+    if (!(sw->w = worker_open(srv->group, &wo, err, errlen))) return -1;
     if (srv->attached) {
-        w->lua = srv->attached;
-        lhost_serve(w->lua, &w->world);
+        sw->lua = srv->attached;
+        lhost_serve(sw->lua, worker_world(sw->w));
         return 0;
     }
-    return server_worker_load(w, &w->lua, err, errlen);
+    return server_worker_load(sw, &sw->lua, err, errlen);
 }
 
-static void server_worker_free(server_worker *w) {
-    if (w->lp) loop_timer_stop(w->lp, &w->watch_timer);
-    server_worker_reap(w, 1);       /* cancels what the Lua hosts wait for */
-    if (w->srv && w->srv->attached && w->lua == w->srv->attached) {
-        lhost_serve(w->lua, NULL);  /* the module's: back to its own world */
-        w->lua = NULL;
+static void server_worker_free(server_worker *sw) {
+    if (sw->w) loop_timer_stop(worker_loop(sw->w), &sw->watch_timer);
+    server_worker_reap(sw, 1);      /* cancels what the Lua hosts wait for */
+    if (sw->srv && sw->srv->attached && sw->lua == sw->srv->attached) {
+        lhost_serve(sw->lua, NULL);     /* the module's: back to its own world */
+        sw->lua = NULL;
     }
-    lhost_free(w->lua);
-    redis_free(w->redis);
-    upstream_free(w->up);
-    fetch_free(w->client);
-    http_free(w->http);         /* answers what is left 503 */
-    loop_free(w->lp);
+    lhost_free(sw->lua);
+    worker_close(sw->w);
 }
 
 /* Notes the names of the .env file that are neither settings nor read by the script (a
  * typo would otherwise go unnoticed). */
 static void server_report_unknown(tokend_server *srv) {
-    for (size_t i = 0; i < envfile_count(srv->env); i++) {
-        const char *name = envfile_name(srv->env, i);
-        if (!config_by_env(name) && !envfile_was_read(srv->env, i))
+    envfile *env = worker_group_env(srv->group);
+    for (size_t i = 0; i < envfile_count(env); i++) {
+        const char *name = envfile_name(env, i);
+        if (!config_by_env(name) && !envfile_was_read(env, i))
             log_msg(LOG_INFO, "note: %s sets %s, which tokend does not use and the script does not read",
-                    srv->cfg.env_file, name);
+                    srv->cfg->env_file, name);
     }
+}
+
+/* --watch: worker 1 looks at the script's file every SERVER_WATCH_MS. */
+static void server_watch_script(tokend_server *srv) {
+    struct stat st;
+    server_worker *sw = &srv->workers[0];
+    if (stat(srv->cfg->script, &st) == 0) {
+        sw->script_mtime = st.st_mtim;
+        sw->script_size = st.st_size;
+    }
+    loop_timer_start(worker_loop(sw->w), &sw->watch_timer, SERVER_WATCH_MS, server_on_watch, sw);
 }
 
 int tokend_server_create(const tokend_config *cfg, tokend_server **out, char *err, size_t errlen) {
@@ -365,88 +257,52 @@ int server_stopping(const tokend_server *srv) {
 }
 
 int server_create_attached(const tokend_config *cfg, lhost *attached, tokend_server **out, char *err, size_t errlen) {
-    tokend_server *srv = NULL;
+    tokend_server *srv = calloc(1, sizeof *srv);
     *out = NULL;
-    pthread_once(&server_curl_once, server_curl_init);
-    if (server_curl_status != CURLE_OK) {
-        snprintf(err, errlen, "libcurl failed to initialise: %s", curl_easy_strerror(server_curl_status));
+    if (!srv) {
+        snprintf(err, errlen, "out of memory");
         return TOKEND_ERR;
     }
-    if (server_check_config(cfg, err, errlen) < 0) return TOKEND_ERR;
-    srv = calloc(1, sizeof *srv);
-    if (!srv || config_copy(&srv->cfg, cfg) < 0) {
-        snprintf(err, errlen, "out of memory");
-        goto fail;
-    }
+    tokend_config own = *cfg;
+    if (attached) own.workers = 1;
+    if (!(srv->group = worker_group_open(&own, WORKER_GROUP_SERVE, err, errlen))) goto fail;
+    srv->cfg = worker_group_config(srv->group);
     srv->attached = attached;
-    if (attached) srv->cfg.workers = 1;
-    log_configure(srv->cfg.log_level, srv->cfg.log_json);
-    log_set_secret(srv->cfg.api_key);
-    if (url_streaming_endpoints(srv->cfg.streaming_url, &srv->endpoints, err, errlen) != URL_OK) goto fail;
-    if (server_policy_init(srv, err, errlen) < 0) goto fail;
+    log_configure(srv->cfg->log_level, srv->cfg->log_json);
+    log_set_secret(srv->cfg->api_key);
     long cores = sysconf(_SC_NPROCESSORS_ONLN);
-    srv->nworkers = srv->cfg.workers > 0 ? srv->cfg.workers : (int)(cores > 0 ? (cores < SERVER_MAX_WORKERS ? cores : SERVER_MAX_WORKERS) : 1);
-    srv->workers = calloc((size_t)srv->nworkers, sizeof *srv->workers);
-    if (!srv->workers) {
+    srv->nworkers = srv->cfg->workers > 0 ? srv->cfg->workers : (int)(cores > 0 ? (cores < 256 ? cores : 256) : 1);
+    if (!(srv->workers = calloc((size_t)srv->nworkers, sizeof *srv->workers))) {
         snprintf(err, errlen, "out of memory");
         goto fail;
     }
     srv->port = cfg->port;
-    if (srv->port != 0 && server_port_free(srv->cfg.host, srv->port, err, errlen) < 0) goto fail;
+    if (srv->port != 0 && server_port_free(srv->cfg->host, srv->port, err, errlen) < 0) goto fail;
     for (int i = 0; i < srv->nworkers; i++) {
-        server_worker *w = &srv->workers[i];
-        int fd = server_listen(srv->cfg.host, &srv->port, 1, err, errlen);
-        if (fd < 0) goto fail;
-        if (server_worker_init(srv, w, i, err, errlen) < 0) {
-            close(fd);
-            goto fail;
-        }
-        unsigned int per_worker = cfg->max_connections / (unsigned int)srv->nworkers;
-        http_options ho = {
-            .listen_fd = fd, .max_connections = per_worker ? per_worker : 1,
-            .idle_timeout_s = cfg->idle_timeout_s, .request_timeout_s = cfg->request_timeout_s,
-            .max_header_bytes = cfg->max_header_bytes, .max_body_bytes = cfg->max_body_bytes,
-            .max_query_args = cfg->max_query_args,
-            .proxies = srv->proxies, .conns = srv->conns, .hosts = srv->hosts,
-        };
-        w->http = http_create(w->lp, &ho, server_worker_dispatch, w, err, errlen);
-        if (!w->http) {
-            close(fd);
-            goto fail;
-        }
+        int fd = server_listen(srv->cfg->host, &srv->port, 1, err, errlen);
+        if (fd < 0 || server_worker_init(srv, &srv->workers[i], i, fd, err, errlen) < 0) goto fail;
     }
     server_report_unknown(srv);
-    if (srv->cfg.watch_script) {
-        struct stat st;
-        server_worker *w = &srv->workers[0];
-        if (stat(srv->cfg.script, &st) == 0) {
-            w->script_mtime = st.st_mtim;
-            w->script_size = st.st_size;
-        }
-        loop_timer_start(w->lp, &w->watch_timer, SERVER_WATCH_MS, server_on_watch, w);
-    }
+    if (srv->cfg->watch_script) server_watch_script(srv);
     *out = srv;
     return TOKEND_OK;
 fail:
     tokend_server_free(srv);
     return TOKEND_ERR;
 }
-
-/* One turn of a worker's loop: wait up to max_wait_ms, do what is due, then reloads and
- * the reaping of retired hosts. Returns 0, or -1 when the loop failed. */
 static int server_worker_turn(server_worker *w, long max_wait_ms) {
     tokend_server *srv = w->srv;
-    long wait = http_timeout_ms(w->http);
+    long wait = http_timeout_ms(worker_http(w->w));
     if (max_wait_ms >= 0 && (wait < 0 || wait > max_wait_ms)) wait = max_wait_ms;
-    if (loop_run_once(w->lp, wait) < 0) return -1;
+    if (loop_run_once(worker_loop(w->w), wait) < 0) return -1;
     /* libmicrohttpd's turn, then the timers its handlers armed for now (curl starting a
      * call); again while it has work at once (a connection that sent its answer reads the
      * next request), without a wait in epoll between. Bounded: the loop's descriptors
      * get their turn. */
     for (int i = 0; i < SERVER_EXTRA_TURNS; i++) {
-        http_run(w->http);
-        loop_run_due(w->lp);
-        if (http_timeout_ms(w->http) != 0) break;
+        http_run(worker_http(w->w));
+        loop_run_due(worker_loop(w->w));
+        if (http_timeout_ms(worker_http(w->w)) != 0) break;
     }
     int gen = atomic_load(&srv->reload_gen);
     if (gen != w->reload_seen) {
@@ -467,12 +323,12 @@ static void *server_worker_main(void *arg) {
         }
     }
     /* Drain: stop accepting, let requests in flight finish within the drain time. */
-    http_quiesce(w->http);
-    uint64_t deadline = loop_now_ms() + (uint64_t)srv->cfg.drain_timeout_s * 1000u;
-    while (http_in_flight(w->http) > 0 && loop_now_ms() < deadline) server_worker_turn(w, 100);
-    if (http_in_flight(w->http) > 0)
+    http_quiesce(worker_http(w->w));
+    uint64_t deadline = loop_now_ms() + (uint64_t)srv->cfg->drain_timeout_s * 1000u;
+    while (http_in_flight(worker_http(w->w)) > 0 && loop_now_ms() < deadline) server_worker_turn(w, 100);
+    if (http_in_flight(worker_http(w->w)) > 0)
         log_msg(LOG_WARN, "worker %d: %zu requests still running after the drain time", w->id + 1,
-                http_in_flight(w->http));
+                http_in_flight(worker_http(w->w)));
     return NULL;
 }
 
@@ -504,13 +360,13 @@ fail:
 }
 
 int tokend_server_fd(const tokend_server *srv) {
-    return srv->nworkers == 1 ? loop_fd(srv->workers[0].lp) : -1;
+    return srv->nworkers == 1 ? loop_fd(worker_loop(srv->workers[0].w)) : -1;
 }
 
 long tokend_server_timeout_ms(tokend_server *srv) {
     if (srv->nworkers != 1) return -1;
     server_worker *w = &srv->workers[0];
-    long a = http_timeout_ms(w->http), b = loop_next_timeout_ms(w->lp);
+    long a = http_timeout_ms(worker_http(w->w)), b = loop_next_timeout_ms(worker_loop(w->w));
     if (a < 0) return b;
     return b < 0 || a < b ? a : b;
 }
@@ -562,13 +418,13 @@ int tokend_server_run(tokend_server *srv, char *err, size_t errlen) {
 void tokend_server_reload(tokend_server *srv) {
     atomic_fetch_add(&srv->reload_gen, 1);
     for (int i = 0; i < srv->nworkers; i++)
-        if (srv->workers[i].lp) loop_wake(srv->workers[i].lp);
+        if (srv->workers[i].w) loop_wake(worker_loop(srv->workers[i].w));
 }
 
 void tokend_server_stop(tokend_server *srv) {
     atomic_store(&srv->stopping, 1);
     for (int i = 0; i < srv->nworkers; i++)
-        if (srv->workers[i].lp) loop_wake(srv->workers[i].lp);
+        if (srv->workers[i].w) loop_wake(worker_loop(srv->workers[i].w));
 }
 
 int tokend_server_port(const tokend_server *srv) {
@@ -584,8 +440,7 @@ void tokend_server_free(tokend_server *srv) {
         free(srv->c_routes[i]);
     }
     free(srv->c_routes);
-    server_policy_free(srv);
-    config_free(&srv->cfg);
+    worker_group_close(srv->group);
     free(srv);
 }
 
@@ -598,10 +453,12 @@ typedef struct server_minted {
     char *err;
     size_t errlen;
     int ok;
+    int finished;
 } server_minted;
 
 static void server_on_minted(void *ud, const upstream_result *r) {
     server_minted *m = ud;
+    m->finished = 1;
     if (r->token && strlen(r->token) < m->token_cap) {
         memcpy(m->token, r->token, strlen(r->token) + 1);
         if (m->expires_out) *m->expires_out = r->expires_in_seconds;
@@ -614,10 +471,10 @@ static void server_on_minted(void *ud, const upstream_result *r) {
 
 int tokend_mint(const tokend_config *cfg, long expires_in_s, long max_session_s, char *token,
                 size_t token_cap, long *expires_out, int *upstream_status, char *err, size_t errlen) {
-    url_endpoints endpoints;
-    server_minted m = { token, token_cap, expires_out, upstream_status, err, errlen, 0 };
+    server_minted m = { token, token_cap, expires_out, upstream_status, err, errlen, 0, 0 };
+    worker_group *g = NULL;
+    worker *w = NULL;
     if (upstream_status) *upstream_status = 0;
-    pthread_once(&server_curl_once, server_curl_init);
     if (expires_in_s < 1 || expires_in_s > 600 || (max_session_s && (max_session_s < 60 || max_session_s > 10800))) {
         snprintf(err, errlen, "expires_in_seconds must be 1..600 and max_session_duration_seconds 60..10800");
         return TOKEND_ERR;
@@ -626,39 +483,36 @@ int tokend_mint(const tokend_config *cfg, long expires_in_s, long max_session_s,
         snprintf(err, errlen, "no AssemblyAI API key is configured (ASSEMBLYAI_API_KEY)");
         return TOKEND_ERR;
     }
-    if (url_streaming_endpoints(cfg->streaming_url, &endpoints, err, errlen) != URL_OK) return TOKEND_ERR;
-    fetch_options fo = { .ca_file = cfg->ca_file, .connect_timeout_ms = cfg->connect_timeout_ms };
-    upstream_options uo = {
-        .token_url = endpoints.token_url, .api_key = cfg->api_key, .proxy = cfg->upstream_proxy,
-        .timeout_ms = cfg->upstream_timeout_ms,
-    };
-    if (upstream_mint_blocking(&fo, &uo, expires_in_s, max_session_s, server_on_minted, &m, err, errlen) < 0)
-        return TOKEND_ERR;
+    worker_options wo = { .listen_fd = -1 };
+    if (!(g = worker_group_open(cfg, WORKER_GROUP_MINT, err, errlen)) || !(w = worker_open(g, &wo, err, errlen)))
+        goto out;
+    if (!upstream_mint(worker_world(w)->up, expires_in_s, max_session_s, server_on_minted, &m)) {
+        snprintf(err, errlen, "out of memory starting the token request");
+        goto out;
+    }
+    if (loop_run_until(worker_loop(w), &m.finished) < 0)
+        snprintf(err, errlen, "the event loop failed while waiting for the upstream");
+out:
+    worker_close(w);
+    worker_group_close(g);
     return m.ok ? TOKEND_OK : TOKEND_ERR;
 }
 
 int tokend_script_check(const tokend_config *cfg, char *err, size_t errlen) {
-    tokend_server srv;
-    server_worker w;
+    worker_group *g = NULL;
+    worker *w = NULL;
+    lhost *h = NULL;
+    lhost_options ho;
     int rc = TOKEND_ERR;
-    memset(&srv, 0, sizeof srv);
-    memset(&w, 0, sizeof w);
-    pthread_once(&server_curl_once, server_curl_init);
-    if (server_check_config(cfg, err, errlen) < 0) return TOKEND_ERR;
-    if (config_copy(&srv.cfg, cfg) < 0) {
-        snprintf(err, errlen, "out of memory");
+    worker_options wo = { .workers = 1, .port = cfg->port, .listen_fd = -1 };
+    if (!(g = worker_group_open(cfg, WORKER_GROUP_CHECK, err, errlen)) || !(w = worker_open(g, &wo, err, errlen)))
         goto out;
-    }
-    if (url_streaming_endpoints(srv.cfg.streaming_url, &srv.endpoints, err, errlen) != URL_OK) goto out;
-    srv.nworkers = 1;
-    srv.port = cfg->port;
-    srv.checking = 1;
-    if (server_policy_init(&srv, err, errlen) < 0) goto out;
-    if (server_worker_init(&srv, &w, 0, err, errlen) < 0) goto out;
-    rc = TOKEND_OK;
+    worker_host_options(w, &ho);
+    ho.open_module = linit_push_module;
+    if (lhost_create(&ho, &h, err, errlen) == 0) rc = TOKEND_OK;
 out:
-    server_worker_free(&w);
-    server_policy_free(&srv);
-    config_free(&srv.cfg);
+    lhost_free(h);
+    worker_close(w);
+    worker_group_close(g);
     return rc;
 }

@@ -251,44 +251,6 @@ void upstream_no_key(upstream_result *r) {
     r->elapsed_ms = -1;
 }
 
-/* upstream_mint_blocking's callback: passes the outcome on and ends the wait. */
-typedef struct upstream_blocking {
-    upstream_done_fn *done;
-    void *ud;
-    int finished;
-} upstream_blocking;
-
-static void upstream_on_blocking(void *ud, const upstream_result *r) {
-    upstream_blocking *b = ud;
-    b->finished = 1;
-    b->done(b->ud, r);
-}
-
-int upstream_mint_blocking(const fetch_options *fo, const upstream_options *uo, long expires_in_s,
-                           long max_session_s, upstream_done_fn *done, void *ud, char *err, size_t errlen) {
-    upstream_blocking b = { done, ud, 0 };
-    int rc = -1;
-    loop *lp = loop_create();
-    fetch *f = lp ? fetch_create(lp, fo, err, errlen) : NULL;
-    upstream *up = f ? upstream_create(f, uo, err, errlen) : NULL;
-    if (!lp) snprintf(err, errlen, "cannot create an event loop");
-    if (!up) goto out;
-    if (!upstream_mint(up, expires_in_s, max_session_s, upstream_on_blocking, &b)) {
-        snprintf(err, errlen, "out of memory starting the token request");
-        goto out;
-    }
-    if (loop_run_until(lp, &b.finished) < 0) {
-        snprintf(err, errlen, "the event loop failed while waiting for the upstream");
-        goto out;
-    }
-    rc = 0;
-out:
-    upstream_free(up);
-    fetch_free(f);
-    loop_free(lp);
-    return rc;
-}
-
 void upstream_classify(int curl_code, const char *curl_error, long http_status, const char *body,
                        size_t body_len, long retry_after, long timeout_ms, const char *key,
                        upstream_result *r, char *token, size_t token_cap, char *errbuf, size_t errlen) {

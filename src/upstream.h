@@ -52,12 +52,6 @@ void upstream_cancel(upstream_call *c);
 /* Fills r with the no_key outcome: what a mint without a key ends with. */
 void upstream_no_key(upstream_result *r);
 
-/* Mints one token with a client of its own on a private loop, blocking the caller (for
- * callers without a loop). Calls done before returning. Returns 0, or -1 when the client
- * could not be made (err set; done is not called). */
-int upstream_mint_blocking(const fetch_options *fo, const upstream_options *uo, long expires_in_s,
-                           long max_session_s, upstream_done_fn *done, void *ud, char *err, size_t errlen);
-
 /* Maps a finished transfer to a result: curl code, HTTP status, body, Retry-After.
  * Pure; exposed for tests. key is scrubbed from the error text. errbuf gets the message. */
 void upstream_classify(int curl_code, const char *curl_error, long http_status, const char *body,

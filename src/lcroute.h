@@ -1,6 +1,6 @@
-/* lcroutelib.h: routes written in C (tokend_server_route), answered through the Lua host. */
-#ifndef TOKEND_LCROUTELIB_H
-#define TOKEND_LCROUTELIB_H
+/* lcroute.h: routes written in C (tokend_server_route), answered through the Lua host. */
+#ifndef TOKEND_LCROUTE_H
+#define TOKEND_LCROUTE_H
 
 #include "lhost.h"
 #include "tokend.h"

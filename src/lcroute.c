@@ -1,10 +1,10 @@
-/* lcroutelib.c: routes written in C (tokend_server_route), answered through the Lua host. */
+/* lcroute.c: routes written in C (tokend_server_route), answered through the Lua host. */
 #define _GNU_SOURCE
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "lcroutelib.h"
+#include "lcroute.h"
 #include "llib.h"
 
 
