@@ -11,8 +11,8 @@
 #include <lualib.h>
 #include <lua-cjson.h>
 
-#include "cookie.h"
 #include "lhost.h"
+#include "lrequest.h"
 #include "log.h"
 #include "lstate.h"
 #include "router.h"
@@ -21,9 +21,7 @@
 
 #define LHOST_GC_PAUSE 150                /* percent: see lhost_create */
 #define LHOST_POOLED_COROUTINES 4096     /* finished coroutines kept for the next requests */
-#define LHOST_QUERY_STACK 1024           /* query scratch on the C stack up to this size */
 #define LHOST_LOAD_BUDGET_FACTOR 10      /* the script's top level may run 10x a request's budget */
-#define LHOST_LOG_FIELDS 32              /* req.log fields written on the access line, at most */
 
 typedef struct lhost_task lhost_task;
 
@@ -88,9 +86,7 @@ struct lhost_task {
     int route_status;           /* ROUTER_* */
     char allow[96];
     router_result match;
-    http_response *resp;        /* response under construction */
-    int status;
-    size_t bytes;
+    lrequest_answer answer;     /* the response under construction */
     int bad_query;              /* URL_ERR_* when the query string was refused */
     /* a spawned function */
     int fn_ref;
@@ -284,7 +280,7 @@ static void lhost_drop_tasks(lhost *h) {
         lhost_task *t = h->live;
         h->live = t->next;
         if (t->wait.op) t->wait.cancel(t->wait.op);
-        http_response_free(t->resp);
+        http_response_free(t->answer.resp);
         if (!h->owns_state && t->co_ref != LUA_NOREF) {
             lua_rawgeti(h->L, LUA_REGISTRYINDEX, t->co_ref);
             lhost_set_task_of(h, NULL);
@@ -463,26 +459,6 @@ drop:
     luaL_unref(h->L, LUA_REGISTRYINDEX, t->co_ref);
 }
 
-/* Writes the fields a handler put in req.log on the request's access line (protected;
- * argument 1 is the task). */
-static int lhost_log_fields(lua_State *L) {
-    lhost_task *t = lua_touserdata(L, 1);
-    lua_rawgeti(L, LUA_REGISTRYINDEX, t->req_ref);
-    if (lua_getfield(L, -1, "log") != LUA_TTABLE) return 0;
-    int n = 0;
-    lua_pushnil(L);
-    while (lua_next(L, -2) && n < LHOST_LOG_FIELDS) {
-        int type = lua_type(L, -1);
-        if (lua_type(L, -2) == LUA_TSTRING && (type == LUA_TSTRING || type == LUA_TNUMBER || type == LUA_TBOOLEAN)) {
-            const char *value = type == LUA_TBOOLEAN ? (lua_toboolean(L, -1) ? "true" : "false") : lua_tostring(L, -1);
-            http_request_log_field(t->req, lua_tostring(L, -2), value, type != LUA_TSTRING);
-            n++;
-        }
-        lua_pop(L, 1);
-    }
-    return 0;
-}
-
 /* Ends a task: unlinked, its coroutine pooled or dropped, its refs released; a request
  * gets its req.log fields on its access line, a spawned function's callback is called. */
 static void lhost_task_done(lhost_task *t) {
@@ -490,11 +466,15 @@ static void lhost_task_done(lhost_task *t) {
     if (t->prev) t->prev->next = t->next;
     else h->live = t->next;
     if (t->next) t->next->prev = t->prev;
-    if (t->req && t->req_ref != LUA_NOREF && lhost_protected(h->L, lhost_log_fields, t, 0) != LUA_OK)
-        lua_pop(h->L, 1);
+    if (t->req && t->req_ref != LUA_NOREF) {
+        lua_pushcfunction(h->L, lrequest_log_fields);
+        lua_pushlightuserdata(h->L, t->req);
+        lua_rawgeti(h->L, LUA_REGISTRYINDEX, t->req_ref);
+        if (lua_pcall(h->L, 2, 0, 0) != LUA_OK) lua_pop(h->L, 1);
+    }
     if (t->co_ref != LUA_NOREF) lhost_pool_coroutine(h, t);
     luaL_unref(h->L, LUA_REGISTRYINDEX, t->req_ref);
-    http_response_free(t->resp);
+    http_response_free(t->answer.resp);
     h->running--;
     lhost_task_done_fn *done = t->done;
     void *done_ud = t->done_ud;
@@ -540,95 +520,6 @@ static int lhost_log_traceback(lua_State *L) {
     return 0;
 }
 
-static void lhost_lower_push(lua_State *L, const char *s) {
-    char small[64] = "";
-    size_t n = strlen(s);
-    char *low = n <= sizeof small ? small : lua_newuserdatauv(L, n, 0);
-    for (size_t i = 0; i < n; i++) low[i] = (char)tolower((unsigned char)s[i]);
-    lua_pushlstring(L, low, n);
-    if (low != small) lua_remove(L, -2);
-}
-
-static void lhost_add_header(void *ud, const char *name, const char *value) {
-    lua_State *L = ud;
-    lhost_lower_push(L, name);
-    lua_pushvalue(L, -1);
-    if (lua_rawget(L, -3) == LUA_TSTRING) {
-        lua_pushstring(L, ", ");
-        lua_pushstring(L, value);
-        lua_concat(L, 3);
-    } else {
-        lua_pop(L, 1);
-        lua_pushstring(L, value);
-    }
-    lua_rawset(L, -3);
-}
-
-/* Adds a name = value pair to the table on top, unless the name is there already (the
- * first of a repeated query argument or cookie wins). */
-static int lhost_add_first(void *ud, const char *name, size_t nlen, const char *value, size_t vlen) {
-    lua_State *L = ud;
-    lua_pushlstring(L, name, nlen);
-    if (lua_rawget(L, -2) != LUA_TNIL) {
-        lua_pop(L, 1);
-        return 0;
-    }
-    lua_pop(L, 1);
-    lua_pushlstring(L, name, nlen);
-    lua_pushlstring(L, value, vlen);
-    lua_rawset(L, -3);
-    return 0;
-}
-
-/* Pushes the req table handlers receive. */
-static void lhost_push_request_table(lua_State *L, lhost_task *t) {
-    http_request *req = t->req;
-    lua_createtable(L, 0, 10);
-    lua_pushstring(L, req->method);
-    lua_setfield(L, -2, "method");
-    lua_pushstring(L, req->path);
-    lua_setfield(L, -2, "path");
-    lua_pushstring(L, req->peer);
-    lua_setfield(L, -2, "remote_addr");
-    lua_pushstring(L, req->client);
-    lua_setfield(L, -2, "client");
-    lua_pushlstring(L, req->body ? req->body : "", req->body_len);
-    lua_setfield(L, -2, "body");
-
-    char stack_scratch[LHOST_QUERY_STACK];
-    size_t need = URL_QUERY_SCRATCH(req->query_len);
-    char *scratch = need <= sizeof stack_scratch ? stack_scratch : lua_newuserdatauv(L, need, 0);
-    lua_newtable(L);
-    int n = url_parse_query(req->query, req->query_len, scratch, t->h->max_query_args, lhost_add_first, L);
-    if (n < 0) t->bad_query = n;
-    lua_setfield(L, -2 - (scratch != stack_scratch), "query");
-    if (scratch != stack_scratch) lua_pop(L, 1);
-
-    lua_newtable(L);
-    http_request_each_header(req, lhost_add_header, L);
-    lua_getfield(L, -1, "cookie");
-    const char *cookies = lua_tostring(L, -1);
-    lua_newtable(L);
-    if (cookies) cookie_parse(cookies, lhost_add_first, L);
-    lua_setfield(L, -4, "cookies");
-    lua_pop(L, 1);
-    lua_setfield(L, -2, "headers");
-
-    lua_createtable(L, 0, (int)t->match.nparams);
-    for (size_t i = 0; i < t->match.nparams; i++) {
-        const router_param *pa = &t->match.params[i];
-        size_t len = 0;
-        luaL_Buffer b;
-        char *out = luaL_buffinitsize(L, &b, pa->value_len + 1);
-        if (url_decode_path(pa->value, pa->value_len, out, pa->value_len + 1, &len) != URL_OK) len = 0;
-        luaL_pushresultsize(&b, len);       /* the path decoded as a whole: its segments do too */
-        lua_setfield(L, -2, pa->name);
-    }
-    lua_setfield(L, -2, "params");
-    lua_newtable(L);
-    lua_setfield(L, -2, "log");
-}
-
 /* Takes a coroutine for a request and pushes onto it the handler and req, or (runner,
  * befores, handler, req) when before hooks run first (protected; argument 1 is the task). */
 static int lhost_start_request(lua_State *L) {
@@ -643,7 +534,7 @@ static int lhost_start_request(lua_State *L) {
     }
     if (t->handler_ref != LUA_NOREF) lua_rawgeti(L, LUA_REGISTRYINDEX, t->handler_ref);
     else lua_pushboolean(L, 0);
-    lhost_push_request_table(L, t);
+    t->bad_query = lrequest_push(L, t->req, &t->match, h->max_query_args);
     lua_pushvalue(L, -1);
     t->req_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     t->nargs = direct ? 1 : 3;
@@ -660,97 +551,6 @@ static int lhost_start_spawned(lua_State *L) {
     lua_rawgeti(L, LUA_REGISTRYINDEX, t->fn_ref);
     lua_xmove(L, co, 1);
     t->nargs = 0;
-    return 0;
-}
-
-/* Removes "\/" escapes from cjson output: the slash needs none. */
-static void lhost_push_unescaped_json(lua_State *L, const char *s, size_t len) {
-    luaL_Buffer b;
-    luaL_buffinit(L, &b);
-    const char *end = s + len;
-    for (;;) {
-        const char *esc = memchr(s, '\\', (size_t)(end - s));
-        if (!esc || esc + 1 == end) {
-            luaL_addlstring(&b, s, (size_t)(end - s));
-            break;
-        }
-        luaL_addlstring(&b, s, (size_t)(esc - s) + (esc[1] != '/'));   /* keeps other escapes */
-        luaL_addchar(&b, esc[1]);
-        s = esc + 2;
-    }
-    luaL_pushresult(&b);
-}
-
-/* Adds the header name with the string or number on top of the stack. */
-static void lhost_add_response_header(lua_State *L, lhost_task *t, const char *name) {
-    if (lua_type(L, -1) != LUA_TSTRING && lua_type(L, -1) != LUA_TNUMBER)
-        luaL_error(L, "response header \"%s\" must be a string, a number or a list of them (got %s)", name,
-                   luaL_typename(L, -1));
-    if (http_response_header(t->resp, name, lua_tostring(L, -1)) < 0)
-        luaL_error(L, "response header \"%s\" has a bad name or value (or no memory was left)", name);
-}
-
-/* Builds the response from a handler's results (on the finished coroutine, protected):
- * 1 = task, 2 = status, 3 = body, 4 = headers. */
-static int lhost_build_response(lua_State *L) {
-    lhost_task *t = lua_touserdata(L, 1);
-    int isint = 0;
-    lua_Integer status = lua_tointegerx(L, 2, &isint);
-    const char *ctype = "text/plain; charset=utf-8";
-    size_t len = 0;
-    const char *body = "";
-    lua_settop(L, 4);
-    if (!isint || status < 100 || status > 599)
-        return luaL_error(L, "the handler returned an invalid HTTP status (%s); expected an integer 100..599",
-                          luaL_tolstring(L, 2, NULL));
-    switch (lua_type(L, 3)) {
-    case LUA_TNIL:
-        break;
-    case LUA_TSTRING:
-        body = lua_tolstring(L, 3, &len);
-        break;
-    case LUA_TTABLE: {
-        lua_rawgeti(L, LUA_REGISTRYINDEX, t->h->encode_ref);
-        lua_pushvalue(L, 3);
-        lua_call(L, 1, 1);
-        const char *enc = lua_tolstring(L, -1, &len);
-        lhost_push_unescaped_json(L, enc, len);
-        body = lua_tolstring(L, -1, &len);
-        ctype = "application/json";
-        break;
-    }
-    default:
-        return luaL_error(L, "the handler returned a %s body; expected a string or a table", luaL_typename(L, 3));
-    }
-    if (!lua_isnil(L, 4) && !lua_istable(L, 4))
-        return luaL_error(L, "the handler returned %s headers; expected a table", luaL_typename(L, 4));
-    t->resp = http_response_bytes(body, len, NULL);
-    if (!t->resp) return luaL_error(L, "out of memory");
-    t->status = (int)status;
-    t->bytes = len;
-    int custom_type = 0;
-    if (lua_istable(L, 4)) {
-        lua_pushnil(L);
-        while (lua_next(L, 4)) {
-            if (lua_type(L, -2) != LUA_TSTRING)
-                return luaL_error(L, "response headers must map names to strings (got %s = %s)",
-                                  luaL_typename(L, -2), luaL_typename(L, -1));
-            const char *name = lua_tostring(L, -2);
-            if (lua_istable(L, -1)) {       /* several headers of one name: Set-Cookie */
-                lua_Integer n = luaL_len(L, -1);
-                for (lua_Integer i = 1; i <= n; i++) {
-                    lua_geti(L, -1, i);
-                    lhost_add_response_header(L, t, name);
-                    lua_pop(L, 1);
-                }
-            } else {
-                lhost_add_response_header(L, t, name);
-            }
-            if (strcasecmp(name, "Content-Type") == 0) custom_type = 1;
-            lua_pop(L, 1);
-        }
-    }
-    if (!custom_type) http_response_header(t->resp, "Content-Type", ctype);
     return 0;
 }
 
@@ -776,8 +576,9 @@ static void lhost_finish(lhost_task *t, int nres) {
         lhost_task_done(t);
         return;
     }
-    lua_pushcfunction(co, lhost_build_response);
-    lua_pushlightuserdata(co, t);
+    lua_pushcfunction(co, lrequest_build_response);
+    t->answer.encode_ref = t->h->encode_ref;
+    lua_pushlightuserdata(co, &t->answer);
     lua_rotate(co, -(nres + 2), 2);
     if (lua_pcall(co, nres + 1, 0, 0) != LUA_OK) {
         char why[600];
@@ -785,8 +586,8 @@ static void lhost_finish(lhost_task *t, int nres) {
         lhost_fail(t, why);
         return;
     }
-    http_request_respond(t->req, t->status, t->resp, t->bytes);
-    t->resp = NULL;
+    http_request_respond(t->req, t->answer.status, t->answer.resp, t->answer.bytes);
+    t->answer.resp = NULL;
     lhost_task_done(t);
 }
 
