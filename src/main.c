@@ -170,104 +170,136 @@ static struct option *main_options(void) {
     return opts;
 }
 
-int main(int argc, char **argv) {
-    const char *env_file = NULL;
-    int check = 0, rc = 1;
-    char err[4096];
-    envfile *env = NULL;
-    char *key = NULL;
+/* What one run of tokend works with, step by step. */
+typedef struct main_run {
+    int argc;
+    char **argv;
+    struct option *longopts;
+    const char **flag_values;       /* per setting: its flag's value, or NULL */
+    int check;                      /* --check */
+    const char *env_file;
+    envfile *env;
+    char *key;                      /* the API key, in this process's memory only */
     tokend_config cfg;
-
     char script_path[4300], public_path[4300];
-    int script_given = 0, public_given = 0;
-    struct option *longopts = main_options();
-    const char **flag_values = calloc(config_count, sizeof *flag_values);
-    log_configure(LOG_INFO, main_json_hint(argc, argv, NULL));
-    if (!longopts || !flag_values) {
-        main_fail("out of memory");
-        goto out;
-    }
+    char err[4096];
+} main_run;
+
+#define MAIN_GO (-1)                /* a step's result: go on to the next step */
+
+/* Reads the command line into m->flag_values and m->check. Returns MAIN_GO, or the exit
+ * status (--help, --version, a usage error). */
+static int main_parse_flags(main_run *m) {
     int opt;
     opterr = 0;
-    while ((opt = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
+    while ((opt = getopt_long(m->argc, m->argv, "", m->longopts, NULL)) != -1) {
         switch (opt) {
-        case MAIN_OPT_CHECK: check = 1; break;
-        case MAIN_OPT_VERSION: printf("tokend %s\n", TOKEND_VERSION); rc = 0; goto out;
-        case MAIN_OPT_HELP: main_usage(stdout); rc = 0; goto out;
+        case MAIN_OPT_CHECK: m->check = 1; break;
+        case MAIN_OPT_VERSION: printf("tokend %s\n", TOKEND_VERSION); return 0;
+        case MAIN_OPT_HELP: main_usage(stdout); return 0;
         default:
             if (opt >= MAIN_OPT_SETTING && opt < MAIN_OPT_SETTING + (int)config_count) {
-                flag_values[opt - MAIN_OPT_SETTING] = optarg ? optarg : "1";
+                m->flag_values[opt - MAIN_OPT_SETTING] = optarg ? optarg : "1";
                 break;
             }
-            snprintf(err, sizeof err, "%s %s", optopt ? "option needs a value:" : "unknown option:", argv[optind - 1]);
-            main_fail_usage(err);
-            goto out_usage;
+            snprintf(m->err, sizeof m->err, "%s %s", optopt ? "option needs a value:" : "unknown option:",
+                     m->argv[optind - 1]);
+            main_fail_usage(m->err);
+            return EXIT_USAGE;
         }
     }
-    if (optind < argc) {
-        snprintf(err, sizeof err, "unexpected argument \"%s\"", argv[optind]);
-        main_fail_usage(err);
-        goto out_usage;
+    if (optind < m->argc) {
+        snprintf(m->err, sizeof m->err, "unexpected argument \"%s\"", m->argv[optind]);
+        main_fail_usage(m->err);
+        return EXIT_USAGE;
     }
+    return MAIN_GO;
+}
 
-    env_file = flag_values[config_by_flag("env-file") - config_settings];
-    if (!env_file && access(".env", F_OK) == 0) env_file = ".env";
-    if (env_file && envfile_load(env_file, &env, err, sizeof err) < 0) {
-        main_fail(err);
-        goto out_usage;
+/* Loads the settings file (--env-file, else ./.env when present), then takes the key into
+ * this process's memory only: out of the environment and of the block the kernel shows as
+ * /proc/PID/environ (before any other setting points into the environment), and no core
+ * dump can hold it. Returns MAIN_GO or the exit status. */
+static int main_load_env(main_run *m) {
+    m->env_file = m->flag_values[config_by_flag("env-file") - config_settings];
+    if (!m->env_file && access(".env", F_OK) == 0) m->env_file = ".env";
+    if (m->env_file && envfile_load(m->env_file, &m->env, m->err, sizeof m->err) < 0) {
+        main_fail(m->err);
+        return EXIT_USAGE;
     }
-    log_configure(LOG_INFO, main_json_hint(argc, argv, env));
-
-    /* The key lives only in tokend's memory from here on: out of the environment and of
-     * the block the kernel shows as /proc/PID/environ (before any other setting points
-     * into the environment), and no core dump can hold it. */
-    key = main_take_key(envfile_lookup(env, "ASSEMBLYAI_API_KEY"));
+    log_configure(LOG_INFO, main_json_hint(m->argc, m->argv, m->env));
+    m->key = main_take_key(envfile_lookup(m->env, "ASSEMBLYAI_API_KEY"));
     if (envfile_forget("ASSEMBLYAI_API_KEY") < 0) {
         main_fail("out of memory");
-        goto out;
+        return 1;
     }
     prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
     struct rlimit no_core = { 0, 0 };
     setrlimit(RLIMIT_CORE, &no_core);
+    return MAIN_GO;
+}
 
-    /* Every setting: its flag, else the real environment, else .env, else its default. */
-    tokend_config_init(&cfg);
-    cfg.api_key = key;
-    cfg.env_file = env_file;
+/* Every setting: its flag, else the real environment, else .env, else its default; then
+ * the installed script and page when the working folder has none. Returns MAIN_GO or the
+ * exit status (a bad value: 2). */
+static int main_resolve_settings(main_run *m) {
+    int script_given = 0, public_given = 0;
+    tokend_config_init(&m->cfg);
+    m->cfg.api_key = m->key;
+    m->cfg.env_file = m->env_file;
     for (size_t i = 0; i < config_count; i++) {
         const config_setting *s = &config_settings[i];
-        const char *value = flag_values[i] ? flag_values[i] : s->env ? envfile_lookup(env, s->env) : NULL;
-        if (s->type == CONFIG_SECRET || !value || (!flag_values[i] && !*value)) continue;  /* NAME= is unset */
-        if (config_set(&cfg, s, value, flag_values[i] != NULL, err, sizeof err) < 0) {
-            main_fail(err);
-            goto out_usage;
+        const char *flag = m->flag_values[i], *value = flag ? flag : s->env ? envfile_lookup(m->env, s->env) : NULL;
+        if (s->type == CONFIG_SECRET || !value || (!flag && !*value)) continue;    /* NAME= is unset */
+        if (config_set(&m->cfg, s, value, flag != NULL, m->err, sizeof m->err) < 0) {
+            main_fail(m->err);
+            return EXIT_USAGE;
         }
         script_given |= s->offset == offsetof(tokend_config, script);
         public_given |= s->offset == offsetof(tokend_config, public_dir);
     }
-    log_configure(cfg.log_level, cfg.log_json);
-    main_installed_defaults(&cfg, script_given, public_given, script_path, public_path, sizeof script_path);
+    log_configure(m->cfg.log_level, m->cfg.log_json);
+    main_installed_defaults(&m->cfg, script_given, public_given, m->script_path, m->public_path,
+                            sizeof m->script_path);
+    return MAIN_GO;
+}
 
-    if (check) {
-        if (tokend_script_check(&cfg, err, sizeof err) != TOKEND_OK) {
-            if (log_is_json()) main_fail(err);
-            else fprintf(stderr, "%s\n", err);        /* file:line: message, as compilers write it */
-            goto out;
-        }
-        snprintf(err, sizeof err, "%s: ok", cfg.script);
-        main_say("check", err, NULL, 0);
-        rc = 0;
-        goto out;
+/* --check: loads the script and says whether it is good. Returns the exit status. */
+static int main_check(main_run *m) {
+    if (tokend_script_check(&m->cfg, m->err, sizeof m->err) != TOKEND_OK) {
+        if (log_is_json()) main_fail(m->err);
+        else fprintf(stderr, "%s\n", m->err);        /* file:line: message, as compilers write it */
+        return 1;
     }
+    snprintf(m->err, sizeof m->err, "%s: ok", m->cfg.script);
+    main_say("check", m->err, NULL, 0);
+    return 0;
+}
 
+/* Says where tokend listens on host (stdout; systemd hears READY=1) once it is made. */
+static void main_announce(const char *host) {
+    const char *shown = strchr(host, ':') ? "[%s]" : "%s";
+    char hostpart[300], url[400], line[500];
+    snprintf(hostpart, sizeof hostpart, shown, host);
+    snprintf(url, sizeof url, "http://%s:%d", hostpart, tokend_server_port(main_server));
+    snprintf(line, sizeof line, "tokend listening on %s", url);
+    log_field start[] = { { "url", url, 0 }, { "version", TOKEND_VERSION, 0 } };
+    main_say("start", line, start, 2);
+    if (notify_open() < 0) log_msg(LOG_WARN, "NOTIFY_SOCKET is set but cannot be used: systemd will not hear that tokend is ready");
+    snprintf(line, sizeof line, "READY=1\nSTATUS=listening on %s", url);
+    notify_send(line);
+}
+
+/* Creates the server, answers signals and serves until stopped. Returns the exit status. */
+static int main_serve(main_run *m) {
     signal(SIGPIPE, SIG_IGN);
     main_raise_nofile();
-    if (tokend_server_create(&cfg, &main_server, err, sizeof err) != TOKEND_OK) {
-        main_fail(err);
-        goto out;
+    if (tokend_server_create(&m->cfg, &main_server, m->err, sizeof m->err) != TOKEND_OK) {
+        main_fail(m->err);
+        return 1;
     }
-    if (key) {
-        explicit_bzero(key, strlen(key));   /* the server holds its own copy */
+    if (m->key) {
+        explicit_bzero(m->key, strlen(m->key));     /* the server holds its own copy */
     } else {
         log_msg(LOG_WARN, "no AssemblyAI API key configured: set ASSEMBLYAI_API_KEY in the environment or "
                           "in .env; until then /token answers 503 (static files are served)");
@@ -279,36 +311,45 @@ int main(int argc, char **argv) {
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
     sigaction(SIGHUP, &sa, NULL);
-    const char *shown = strchr(cfg.host, ':') ? "[%s]" : "%s";
-    char hostpart[300];
-    snprintf(hostpart, sizeof hostpart, shown, cfg.host);
-    char url[400], line[500];
-    snprintf(url, sizeof url, "http://%s:%d", hostpart, tokend_server_port(main_server));
-    snprintf(line, sizeof line, "tokend listening on %s", url);
-    log_field start[] = { { "url", url, 0 }, { "version", TOKEND_VERSION, 0 } };
-    main_say("start", line, start, 2);
-    if (notify_open() < 0) log_msg(LOG_WARN, "NOTIFY_SOCKET is set but cannot be used: systemd will not hear that tokend is ready");
-    snprintf(line, sizeof line, "READY=1\nSTATUS=listening on %s", url);
-    notify_send(line);
-    if (tokend_server_run(main_server, err, sizeof err) != TOKEND_OK) {
-        main_fail(err);
-        goto out;
+    main_announce(m->cfg.host);
+    if (tokend_server_run(main_server, m->err, sizeof m->err) != TOKEND_OK) {
+        main_fail(m->err);
+        return 1;
     }
     log_msg(LOG_INFO, "stopped");
-    rc = 0;
-    goto out;
-out_usage:
-    rc = EXIT_USAGE;
-out:
+    return 0;
+}
+
+/* Runs the steps in order until one gives an exit status. */
+static int main_steps(main_run *m) {
+    int rc;
+    if (!m->longopts || !m->flag_values) {
+        main_fail("out of memory");
+        return 1;
+    }
+    if ((rc = main_parse_flags(m)) != MAIN_GO || (rc = main_load_env(m)) != MAIN_GO ||
+        (rc = main_resolve_settings(m)) != MAIN_GO)
+        return rc;
+    return m->check ? main_check(m) : main_serve(m);
+}
+
+int main(int argc, char **argv) {
+    static main_run m;      /* large buffers: not on the stack */
+    m.argc = argc;
+    m.argv = argv;
+    m.longopts = main_options();
+    m.flag_values = calloc(config_count, sizeof *m.flag_values);
+    log_configure(LOG_INFO, main_json_hint(argc, argv, NULL));
+    int rc = main_steps(&m);
     notify_close();
     tokend_server_free(main_server);
     main_server = NULL;
-    if (key) {
-        explicit_bzero(key, strlen(key));
-        free(key);
+    if (m.key) {
+        explicit_bzero(m.key, strlen(m.key));
+        free(m.key);
     }
-    envfile_free(env);
-    free(longopts);
-    free(flag_values);
+    envfile_free(m.env);
+    free(m.longopts);
+    free(m.flag_values);
     return rc;
 }
