@@ -12,6 +12,7 @@
 #include <lua-cjson.h>
 
 #include "lhost.h"
+#include "lpreload.h"
 #include "lrequest.h"
 #include "log.h"
 #include "lstate.h"
@@ -166,6 +167,7 @@ static int lhost_init_state(lua_State *L) {
     lua_pushcclosure(L, lhost_require_module, 2);
     lua_setfield(L, -2, "tokend");
     lua_pop(L, 1);
+    lpreload_open(L);
 
     /* Let scripts require modules that sit next to them. */
     const char *slash = strrchr(o->script, '/');

@@ -14,6 +14,7 @@
 #include "linit.h"
 #include "lhost.h"
 #include "log.h"
+#include "lpreload.h"
 #include "server.h"
 #include "worker.h"
 
@@ -294,6 +295,7 @@ TOKEND_API int luaopen_tokend(lua_State *L) {
     worker_host_options(m->own, &ho);
     if (lhost_attach(L, &ho, &m->h, err, sizeof err) < 0) return luaL_error(L, "tokend: %s", err);
 
+    lpreload_open(L);       /* require "tokend.streaming" and the other parts written in Lua */
     linit_push_module(L, m->h);
     lua_pushvalue(L, -2);
     lua_pushcclosure(L, luamod_server_new, 1);

@@ -295,6 +295,13 @@ static int server_worker_turn(server_worker *w, long max_wait_ms) {
     long wait = http_timeout_ms(worker_http(w->w));
     if (max_wait_ms >= 0 && (wait < 0 || wait > max_wait_ms)) wait = max_wait_ms;
     if (loop_run_once(worker_loop(w->w), wait) < 0) return -1;
+    /* A reload asked for (the wake-up that ended the wait) applies before the requests
+     * that arrived with it are read: they see the new script. */
+    int gen = atomic_load(&srv->reload_gen);
+    if (gen != w->reload_seen) {
+        w->reload_seen = gen;
+        server_worker_reload(w);
+    }
     /* libmicrohttpd's turn, then the timers its handlers armed for now (curl starting a
      * call); again while it has work at once (a connection that sent its answer reads the
      * next request), without a wait in epoll between. Bounded: the loop's descriptors
@@ -303,11 +310,6 @@ static int server_worker_turn(server_worker *w, long max_wait_ms) {
         http_run(worker_http(w->w));
         loop_run_due(worker_loop(w->w));
         if (http_timeout_ms(worker_http(w->w)) != 0) break;
-    }
-    int gen = atomic_load(&srv->reload_gen);
-    if (gen != w->reload_seen) {
-        w->reload_seen = gen;
-        server_worker_reload(w);
     }
     if (w->retired) server_worker_reap(w, 0);
     return 0;

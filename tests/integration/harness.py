@@ -24,10 +24,24 @@ FAKE = os.path.join(SRC, "tests", "fakes", "token_fake.py")
 CANARY_KEY = "canary-KEY-3f9a7c21d0e84b6f"
 
 
+# Most tests mint far more tokens a minute than the default abuse policy allows one client.
+# A script's named values (tokend.settings) are overridden by variables of their names.
+UNLIMITED = {"TOKENS_PER_MINUTE": 1000000, "TOKEN_BURST": 1000000}
+DEFAULT_SCRIPT = os.path.join(SRC, "scripts", "routes.lua")
+
+
+def copy_script(source, folder, siblings=()):
+    """Copies a script (relative to the repository) into folder, with the modules it
+    requires from its own folder; returns its path."""
+    path = os.path.join(folder, os.path.basename(source))
+    shutil.copy(os.path.join(SRC, source), path)
+    for sibling in siblings:
+        shutil.copy(os.path.join(SRC, os.path.dirname(source), sibling), folder)
+    return path
+
+
 def script_with(source, folder, siblings=(), **constants):
-    """Writes the script at source (relative to the repository) into folder with some of
-    its named constants changed (DEFAULT_EXPIRES_IN=45, ...) and returns its path:
-    behaviour changes by script."""
+    """The example policies' named constants rewritten (until they read tokend.settings)."""
     import re
     with open(os.path.join(SRC, source)) as f:
         text = f.read()
@@ -37,18 +51,9 @@ def script_with(source, folder, siblings=(), **constants):
     path = os.path.join(folder, f"routes-{len(os.listdir(folder))}.lua")
     with open(path, "w") as f:
         f.write(text)
-    for sibling in siblings:     # modules the script requires from its own folder
+    for sibling in siblings:
         shutil.copy(os.path.join(SRC, os.path.dirname(source), sibling), folder)
     return path
-
-
-def default_script(folder, **constants):
-    """scripts/routes.lua with some named constants changed (see script_with)."""
-    return script_with(os.path.join("scripts", "routes.lua"), folder, **constants)
-
-
-# Most tests mint far more tokens a minute than the default abuse policy allows one client.
-UNLIMITED = {"TOKENS_PER_MINUTE": 1000000, "TOKEN_BURST": 1000000}
 
 
 def free_port():
@@ -174,10 +179,11 @@ def _insecure():
 
 
 class Tokend:
-    """A tokend process. cwd is a fresh folder (so no developer .env is read)."""
+    """A tokend process. cwd is a fresh folder (so no developer .env is read). policy
+    overrides the script's named values (UNLIMITED by default; {} for the script's own)."""
 
     def __init__(self, workdir, fake=None, key=CANARY_KEY, args=(), env=None, script=None, public=None,
-                 workers=1, expect_start=True, port=0):
+                 workers=1, expect_start=True, port=0, policy=UNLIMITED):
         self.workdir = workdir
         self.env = {k: v for k, v in os.environ.items()
                     if not k.startswith(("ASSEMBLYAI_", "TOKEND_", "CURL_CA")) and k not in ("PORT", "HOST")}
@@ -185,8 +191,9 @@ class Tokend:
             self.env["ASSEMBLYAI_API_KEY"] = key
         if fake:
             self.env["ASSEMBLYAI_STREAMING_URL"] = fake.url
+        self.env.update({name: str(value) for name, value in (policy or {}).items()})
         self.env.update(env or {})
-        cmd = [BIN, "--script", script or default_script(workdir, **UNLIMITED),
+        cmd = [BIN, "--script", script or DEFAULT_SCRIPT,
                "--public", public or os.path.join(SRC, "public")]
         if port is not None:
             cmd += ["--port", str(port)]

@@ -2,7 +2,7 @@
 import os
 import unittest
 
-from harness import TokendTestCase, default_script
+from harness import TokendTestCase
 
 SCRIPT = r'''
 local tokend = require "tokend"
@@ -190,7 +190,7 @@ class LuaApi(TokendTestCase):
 class ScriptChangesBehaviour(TokendTestCase):
     def test_edited_expiry_policy_without_recompiling(self):
         fake = self.fake()
-        t = self.tokend(fake=fake, script=default_script(self.workdir, DEFAULT_EXPIRES_IN=45, MAX_EXPIRES_IN=90))
+        t = self.tokend(fake=fake, policy={"DEFAULT_EXPIRES_IN": 45, "MAX_EXPIRES_IN": 90})
         self.assertEqual(t.get("/token").json()["expires_in_seconds"], 45)
         self.assertEqual(t.get("/token?expires_in_seconds=500").json()["expires_in_seconds"], 90)
 

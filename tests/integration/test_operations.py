@@ -7,7 +7,7 @@ import threading
 import time
 import unittest
 
-from harness import TokendTestCase, default_script, request
+from harness import TokendTestCase, request
 
 
 def metric(text, name, labels=""):

@@ -6,7 +6,7 @@ import threading
 import time
 import unittest
 
-from harness import TokendTestCase, UNLIMITED, default_script
+from harness import TokendTestCase, UNLIMITED
 
 # A pool and a route that takes from it, with its parameters as named constants.
 POOL_SCRIPT = r"""
@@ -94,7 +94,7 @@ class Pool(PoolTestCase):
 
     def test_the_default_script_with_a_pool(self):
         fake = self.fake(latency_ms=300)
-        t = self.tokend(fake=fake, script=default_script(self.workdir, POOL_SIZE=3, **UNLIMITED))
+        t = self.tokend(fake=fake, policy={"POOL_SIZE": 3, **UNLIMITED})
         deadline = time.time() + 5
         while fake.stats()["tokens"] < 3 and time.time() < deadline:
             time.sleep(0.05)

@@ -6,9 +6,8 @@ import threading
 import time
 import unittest
 
-from harness import CANARY_KEY, SRC, TokendTestCase, default_script, request
+from harness import CANARY_KEY, DEFAULT_SCRIPT, SRC, TokendTestCase, request
 
-DEFAULT_SCRIPT = os.path.join(SRC, "scripts", "routes.lua")
 
 
 def closed_by_server(sock, within):
@@ -25,7 +24,7 @@ def closed_by_server(sock, within):
 class RateLimit(TokendTestCase):
     def test_default_policy_allows_a_burst_of_5_then_429(self):
         fake = self.fake()
-        t = self.tokend(fake=fake, script=DEFAULT_SCRIPT, workers=2)
+        t = self.tokend(fake=fake, policy={}, workers=2)
         statuses = [t.get("/token").status for _ in range(7)]
         self.assertEqual(statuses, [200] * 5 + [429] * 2)
         r = t.get("/token")
@@ -38,15 +37,14 @@ class RateLimit(TokendTestCase):
 
     def test_forwarded_for_is_ignored_unless_the_proxy_is_trusted(self):
         fake = self.fake()
-        t = self.tokend(fake=fake, script=default_script(self.workdir, TOKEN_BURST=1))
+        t = self.tokend(fake=fake, policy={"TOKEN_BURST": 1})
         self.assertEqual(t.get("/token", headers={"X-Forwarded-For": "198.51.100.1"}).status, 200)
         self.assertEqual(t.get("/token", headers={"X-Forwarded-For": "198.51.100.2"}).status, 429,
                          "a client cannot pick its own address")
 
     def test_trusted_proxy_gives_each_client_its_bucket(self):
         fake = self.fake()
-        t = self.tokend(fake=fake, script=default_script(self.workdir, TOKEN_BURST=1),
-                        env={"TOKEND_TRUSTED_PROXIES": "127.0.0.0/8"})
+        t = self.tokend(fake=fake, policy={"TOKEN_BURST": 1}, env={"TOKEND_TRUSTED_PROXIES": "127.0.0.0/8"})
         for client in ["198.51.100.1", "198.51.100.2"]:
             self.assertEqual(t.get("/token", headers={"X-Forwarded-For": f"6.6.6.6, {client}"}).status, 200)
         self.assertEqual(t.get("/token", headers={"X-Forwarded-For": "198.51.100.1"}).status, 429)
@@ -54,7 +52,7 @@ class RateLimit(TokendTestCase):
 
     def test_buckets_are_shared_by_workers(self):
         fake = self.fake()
-        t = self.tokend(fake=fake, script=default_script(self.workdir, TOKEN_BURST=10), workers=4)
+        t = self.tokend(fake=fake, policy={"TOKEN_BURST": 10}, workers=4)
         statuses = []
         lock = threading.Lock()
 
@@ -113,8 +111,7 @@ class Origins(TokendTestCase):
             self.assertNotIn("access-control-allow-origin", r.headers)
 
     def test_allow_list_is_configurable(self):
-        t = self.tokend(fake=self.fake_, script=default_script(
-            self.workdir, ALLOWED_ORIGINS='{ "https://app.example.com" }', TOKEN_BURST=100))
+        t = self.tokend(fake=self.fake_, policy={"ALLOWED_ORIGINS": "https://app.example.com", "TOKEN_BURST": 100})
         self.assertEqual(t.get("/token", headers={"Origin": "https://app.example.com"}).status, 200)
         self.assertEqual(t.get("/token", headers={"Origin": "http://localhost:3000"}).status, 403)
 
@@ -390,8 +387,7 @@ class Findings(TokendTestCase):
 
     def test_forwarded_for_is_read_whole(self):
         fake = self.fake()
-        t = self.tokend(fake=fake, script=default_script(self.workdir, TOKEN_BURST=1),
-                        env={"TOKEND_TRUSTED_PROXIES": "127.0.0.1"})
+        t = self.tokend(fake=fake, policy={"TOKEN_BURST": 1}, env={"TOKEND_TRUSTED_PROXIES": "127.0.0.1"})
         statuses = []
         for i in range(4):
             # The client pads the header with addresses of its choosing, a fresh one each
@@ -406,9 +402,9 @@ class Findings(TokendTestCase):
 
     def test_dual_stack_clients_are_ipv4(self):
         fake = self.fake()
-        script = self.write("routes.lua", CLIENT_ECHO + open(default_script(self.workdir, TOKEN_BURST=2)).read()
+        script = self.write("routes.lua", CLIENT_ECHO + open(DEFAULT_SCRIPT).read()
                             .replace('local tokend = require "tokend"', "", 1))
-        t = self.tokend(fake=fake, script=script, args=["--host", "::"],
+        t = self.tokend(fake=fake, script=script, policy={"TOKEN_BURST": 2}, args=["--host", "::"],
                         env={"TOKEND_TRUSTED_PROXIES": "127.0.0.1"})
         out, _ = raw_exchange(t.port, b"GET /who HTTP/1.1\r\nHost: localhost\r\n\r\n")
         self.assertEqual(json.loads(responses(out)[0][2]), {"client": "127.0.0.1", "remote_addr": "127.0.0.1"})

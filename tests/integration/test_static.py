@@ -5,7 +5,7 @@ import os
 import time
 import unittest
 
-from harness import TokendTestCase, request, script_with
+from harness import TokendTestCase, request
 
 # path as sent on the wire, expected status, expected body (None: any)
 CASES = [
