@@ -161,9 +161,9 @@ static int lpool_new(lua_State *L) {
             return luaL_error(L, "tokend.pool: name \"%s\" may hold letters, digits, '_', '-' and '.' only", name);
     pool_params params = {
         .size = lpool_opt(L, "size", -1, -1000000, 1000000),
-        .expires_in_s = lpool_opt(L, "expires_in_seconds", 600, 1, 600),
-        .min_remaining_s = lpool_opt(L, "min_remaining_seconds", 30, 0, 600),
-        .max_session_s = lpool_opt(L, "max_session_duration_seconds", 0, 60, 10800),
+        .expires_in_s = lpool_opt(L, "expires_in_seconds", UPSTREAM_EXPIRES_MAX, UPSTREAM_EXPIRES_MIN, UPSTREAM_EXPIRES_MAX),
+        .min_remaining_s = lpool_opt(L, "min_remaining_seconds", 30, 0, UPSTREAM_EXPIRES_MAX),
+        .max_session_s = lpool_opt(L, "max_session_duration_seconds", 0, UPSTREAM_SESSION_MIN, UPSTREAM_SESSION_MAX),
     };
     if (params.size == -1) return luaL_error(L, "tokend.pool: size is required");
     pool *p = pool_open(lhost_world_of(h)->pools, *name ? name : "default", &params, err, sizeof err);

@@ -1,6 +1,7 @@
 /* ltokenlib.c: tokend.generate_temp_token: temporary tokens for the script, and their outcome. */
 #include <stdio.h>
 #include <stdlib.h>
+#include <limits.h>
 #include <string.h>
 
 #include "crypto.h"
@@ -9,10 +10,6 @@
 #include "ltokenlib.h"
 #include "metrics.h"
 
-#define LTOKEN_EXPIRES_MIN 1            /* AssemblyAI's range for expires_in_seconds */
-#define LTOKEN_EXPIRES_MAX 600
-#define LTOKEN_SESSION_MIN 60           /* and for max_session_duration_seconds */
-#define LTOKEN_SESSION_MAX 10800
 
 void ltoken_audit_capture(lua_State *L, lhost *h, long expires_in_s, long max_session_s, ltoken_audit *a) {
     memset(a, 0, sizeof *a);
@@ -108,11 +105,12 @@ static void ltoken_cancel(void *op) {
     free(c);
 }
 
-void ltoken_check_args(lua_State *L, int idx, long *expires_in_s, long *max_session_s) {
+/* Checks generate_temp_token's arguments at stack index idx (expires_in_seconds, then an
+ * optional options table); raises on a bad one. */
+static void ltoken_check_args(lua_State *L, int idx, long *expires_in_s, long *max_session_s) {
+    char err[160];
     lua_Integer expires = luaL_checkinteger(L, idx);
     lua_Integer max_session = 0;
-    luaL_argcheck(L, expires >= LTOKEN_EXPIRES_MIN && expires <= LTOKEN_EXPIRES_MAX, idx,
-                  "expires_in_seconds must be between 1 and 600");
     int opts = idx + 1;
     if (!lua_isnoneornil(L, opts)) {
         luaL_checktype(L, opts, LUA_TTABLE);
@@ -123,14 +121,15 @@ void ltoken_check_args(lua_State *L, int idx, long *expires_in_s, long *max_sess
             lua_pop(L, 1);
         }
         lua_getfield(L, opts, "max_session_duration_seconds");
-        if (!lua_isnil(L, -1)) {
-            int isint = 0;
-            max_session = lua_tointegerx(L, -1, &isint);
-            luaL_argcheck(L, isint && max_session >= LTOKEN_SESSION_MIN && max_session <= LTOKEN_SESSION_MAX, opts,
-                          "max_session_duration_seconds must be an integer between 60 and 10800");
-        }
+        int isint = 1;
+        if (!lua_isnil(L, -1)) max_session = lua_tointegerx(L, -1, &isint);
+        if (!isint || (!lua_isnil(L, -1) && max_session == 0)) max_session = -1;   /* fails the check */
         lua_pop(L, 1);
     }
+    if (expires < LONG_MIN / 2 || expires > LONG_MAX / 2) expires = -1;
+    if (upstream_check_token_args((long)expires, 0, err, sizeof err) < 0) luaL_argerror(L, idx, err);
+    if (upstream_check_token_args(UPSTREAM_EXPIRES_MIN, (long)max_session, err, sizeof err) < 0)
+        luaL_argerror(L, opts, err);
     *expires_in_s = (long)expires;
     *max_session_s = (long)max_session;
 }

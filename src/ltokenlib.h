@@ -35,8 +35,4 @@ typedef void ltoken_observe_fn(void *ud, const upstream_result *r);
 int ltoken_mint(lua_State *L, lhost *h, const char *fn, long expires_in_s, long max_session_s,
                 ltoken_observe_fn *observe, void *observe_ud);
 
-/* Checks generate_temp_token's arguments at stack index idx (expires_in_seconds, then an
- * optional options table); raises on a bad one. */
-void ltoken_check_args(lua_State *L, int idx, long *expires_in_s, long *max_session_s);
-
 #endif

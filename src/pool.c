@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "pool.h"
+#include "upstream.h"
 
 #define POOL_MAX_POOLS 32
 #define POOL_MAX_NAME 64
@@ -104,12 +105,10 @@ void pool_registry_free(pool_registry *r) {
 static int pool_check(const pool_params *p, char *err, size_t errlen) {
     if (p->size < 1 || p->size > POOL_MAX_SIZE)
         snprintf(err, errlen, "size must be 1..%d (a pool of 0 is no pool: leave it out)", POOL_MAX_SIZE);
-    else if (p->expires_in_s < 1 || p->expires_in_s > 600)
-        snprintf(err, errlen, "expires_in_seconds must be 1..600");
     else if (p->min_remaining_s < 0 || p->min_remaining_s >= p->expires_in_s)
         snprintf(err, errlen, "min_remaining_seconds must be 0 or more and less than expires_in_seconds");
-    else if (p->max_session_s && (p->max_session_s < 60 || p->max_session_s > 10800))
-        snprintf(err, errlen, "max_session_duration_seconds must be 60..10800");
+    else if (upstream_check_token_args(p->expires_in_s, p->max_session_s, err, errlen) < 0)
+        return -1;
     else
         return 0;
     return -1;

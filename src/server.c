@@ -477,10 +477,7 @@ int tokend_mint(const tokend_config *cfg, long expires_in_s, long max_session_s,
     worker_group *g = NULL;
     worker *w = NULL;
     if (upstream_status) *upstream_status = 0;
-    if (expires_in_s < 1 || expires_in_s > 600 || (max_session_s && (max_session_s < 60 || max_session_s > 10800))) {
-        snprintf(err, errlen, "expires_in_seconds must be 1..600 and max_session_duration_seconds 60..10800");
-        return TOKEND_ERR;
-    }
+    if (upstream_check_token_args(expires_in_s, max_session_s, err, errlen) < 0) return TOKEND_ERR;
     if (!cfg->api_key || !*cfg->api_key) {
         snprintf(err, errlen, "no AssemblyAI API key is configured (ASSEMBLYAI_API_KEY)");
         return TOKEND_ERR;

@@ -251,6 +251,20 @@ void upstream_no_key(upstream_result *r) {
     r->elapsed_ms = -1;
 }
 
+int upstream_check_token_args(long expires_in_s, long max_session_s, char *err, size_t errlen) {
+    if (expires_in_s < UPSTREAM_EXPIRES_MIN || expires_in_s > UPSTREAM_EXPIRES_MAX) {
+        snprintf(err, errlen, "expires_in_seconds must be between %d and %d", UPSTREAM_EXPIRES_MIN,
+                 UPSTREAM_EXPIRES_MAX);
+        return -1;
+    }
+    if (max_session_s && (max_session_s < UPSTREAM_SESSION_MIN || max_session_s > UPSTREAM_SESSION_MAX)) {
+        snprintf(err, errlen, "max_session_duration_seconds must be an integer between %d and %d",
+                 UPSTREAM_SESSION_MIN, UPSTREAM_SESSION_MAX);
+        return -1;
+    }
+    return 0;
+}
+
 void upstream_classify(int curl_code, const char *curl_error, long http_status, const char *body,
                        size_t body_len, long retry_after, long timeout_ms, const char *key,
                        upstream_result *r, char *token, size_t token_cap, char *errbuf, size_t errlen) {

@@ -5,6 +5,12 @@
 #include "failure.h"
 #include "fetch.h"
 
+/* AssemblyAI's ranges for a temporary token (tokend.streaming.limits says the same in Lua). */
+#define UPSTREAM_EXPIRES_MIN 1          /* expires_in_seconds: the window to open the WebSocket */
+#define UPSTREAM_EXPIRES_MAX 600
+#define UPSTREAM_SESSION_MIN 60         /* max_session_duration_seconds */
+#define UPSTREAM_SESSION_MAX 10800
+
 typedef struct upstream upstream;
 typedef struct upstream_call upstream_call;
 
@@ -48,6 +54,10 @@ upstream_call *upstream_mint(upstream *up, long expires_in_s, long max_session_s
 
 /* Ends a call in flight without calling its callback. */
 void upstream_cancel(upstream_call *c);
+
+/* Checks a token's expires_in_seconds and max_session_duration_seconds (0: the upstream's
+ * default) against AssemblyAI's ranges. Returns 0, or -1 with err naming the one at fault. */
+int upstream_check_token_args(long expires_in_s, long max_session_s, char *err, size_t errlen);
 
 /* Fills r with the no_key outcome: what a mint without a key ends with. */
 void upstream_no_key(upstream_result *r);
