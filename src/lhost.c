@@ -314,6 +314,11 @@ void lhost_serve(lhost *h, const lhost_world *w) {
     h->loading = w ? 0 : 1;
 }
 
+void lhost_enter(lhost *h, const lhost_world *w) {
+    h->world = w;
+    h->loading = 1;
+}
+
 void lhost_on_retire(lhost *h, void (*fn)(void *ud), void *ud) {
     lhost_hook *k = malloc(sizeof *k);
     if (!k) {

@@ -72,6 +72,10 @@ int lhost_attach(lua_State *L, const lhost_options *o, lhost **out, char *err, s
  * stops). */
 void lhost_serve(lhost *h, const lhost_world *w);
 
+/* Attached hosts: enter a worker's world while routes are still being added (scripts
+ * see its settings); lhost_serve(h, w) then starts serving. */
+void lhost_enter(lhost *h, const lhost_world *w);
+
 /* Closes the state (not an application's). Calls still waiting are cancelled first;
  * their requests are answered by the HTTP front's own shutdown. NULL is allowed. */
 void lhost_free(lhost *h);

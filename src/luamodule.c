@@ -8,6 +8,7 @@
 
 #include <lua.h>
 #include <lauxlib.h>
+#include <lua-cjson.h>
 
 #include "config.h"
 #include "envfile.h"
@@ -171,6 +172,25 @@ static void luamod_apply_options(lua_State *L, tokend_config *cfg) {
     }
 }
 
+/* Adds what tokend.server{script = ..., public = ...} names to the application's routes
+ * (arguments: the script or nil, the public folder or nil): the script's routes join them,
+ * in this state, and the public folder is the fallback, after every route. */
+static int luamod_load_site(lua_State *L) {
+    if (!lua_isnil(L, 1)) {
+        if (luaL_loadfilex(L, lua_tostring(L, 1), "t") != LUA_OK) return lua_error(L);
+        lua_call(L, 0, 0);
+    }
+    if (!lua_isnil(L, 2)) {
+        lua_getfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
+        lua_getfield(L, -1, "tokend");
+        lua_getfield(L, -1, "static");
+        lua_pushliteral(L, "/");
+        lua_pushvalue(L, 2);
+        lua_call(L, 2, 0);
+    }
+    return 0;
+}
+
 /* tokend.server{port = 8000, host = "127.0.0.1", script = nil, public = nil, ...} -> server | nil, err */
 static int luamod_server_new(lua_State *L) {
     luamod_state *m = luaL_checkudata(L, lua_upvalueindex(1), LUAMOD_STATE);
@@ -181,20 +201,7 @@ static int luamod_server_new(lua_State *L) {
     luamod_apply_options(L, &cfg);
     const char *script = luamod_opt_string(L, "script", NULL);
     const char *public_dir = luamod_opt_string(L, "public", NULL);
-    if (script) {       /* the script's routes join the application's, in this state */
-        if (luaL_loadfilex(L, script, "t") != LUA_OK) return lua_error(L);
-        lua_call(L, 0, 0);
-    }
-    if (public_dir) {   /* the public folder is the fallback, after every route */
-        lua_getfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
-        lua_getfield(L, -1, "tokend");
-        lua_getfield(L, -1, "static");
-        lua_pushliteral(L, "/");
-        lua_pushstring(L, public_dir);
-        lua_call(L, 2, 0);
-        lua_pop(L, 2);
-    }
-    cfg.script = "(embedded)";
+    cfg.script = script ? script : "(embedded)";
     cfg.public_dir = public_dir ? public_dir : "";
     cfg.api_key = m->key;
     cfg.workers = 1;
@@ -202,12 +209,21 @@ static int luamod_server_new(lua_State *L) {
     s->srv = NULL;
     s->mod = m;
     luaL_setmetatable(L, LUAMOD_SERVER);
+    /* The server first: while its script loads, tokend.config is the server's. */
     if (server_create_attached(&cfg, m->h, &s->srv, err, sizeof err) != TOKEND_OK) {
         luaL_pushfail(L);
         lua_pushstring(L, err);
         return 2;
     }
     m->serving = s;
+    lua_pushcfunction(L, luamod_load_site);
+    lua_pushstring(L, script);
+    lua_pushstring(L, public_dir);
+    if (lua_pcall(L, 2, 0, 0) != LUA_OK) {
+        luamod_server_close(s);         /* the application's routes go back to its own world */
+        return lua_error(L);
+    }
+    lhost_serve(m->h, lhost_world_of(m->h));
     return 1;
 }
 
@@ -263,6 +279,23 @@ static int luamod_world(luamod_state *m, char *err, size_t errlen) {
     return 0;
 }
 
+extern int luaopen_cjson_safe(lua_State *L);
+
+/* Makes require "cjson" and "cjson.safe" give the lua-cjson tokend links, unless the
+ * application has its own: the parts of tokend written in Lua use it. */
+static void luamod_preload_cjson(lua_State *L) {
+    static const luaL_Reg libs[] = { { "cjson", luaopen_cjson }, { "cjson.safe", luaopen_cjson_safe }, { NULL, NULL } };
+    luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
+    for (const luaL_Reg *lib = libs; lib->name; lib++) {
+        if (lua_getfield(L, -1, lib->name) == LUA_TNIL) {
+            lua_pushcfunction(L, lib->func);
+            lua_setfield(L, -3, lib->name);
+        }
+        lua_pop(L, 1);
+    }
+    lua_pop(L, 1);
+}
+
 TOKEND_API int luaopen_tokend(lua_State *L) {
     static const luaL_Reg server_methods[] = {
         { "fd", luamod_server_fd }, { "timeout", luamod_server_timeout }, { "step", luamod_server_step },
@@ -295,6 +328,7 @@ TOKEND_API int luaopen_tokend(lua_State *L) {
     worker_host_options(m->own, &ho);
     if (lhost_attach(L, &ho, &m->h, err, sizeof err) < 0) return luaL_error(L, "tokend: %s", err);
 
+    luamod_preload_cjson(L);
     lpreload_open(L);       /* require "tokend.streaming" and the other parts written in Lua */
     linit_push_module(L, m->h);
     lua_pushvalue(L, -2);

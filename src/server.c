@@ -206,9 +206,9 @@ static int server_worker_init(tokend_server *srv, server_worker *sw, int id, int
     worker_options wo = { .id = id, .workers = srv->nworkers, .port = srv->port, .listen_fd = fd,
                           .dispatch = server_worker_dispatch, .dispatch_ud = sw };
     if (!(sw->w = worker_open(srv->group, &wo, err, errlen))) return -1;
-    if (srv->attached) {
+    if (srv->attached) {        /* the module's: in the server's world, still loading its routes */
         sw->lua = srv->attached;
-        lhost_serve(sw->lua, worker_world(sw->w));
+        lhost_enter(sw->lua, worker_world(sw->w));
         return 0;
     }
     return server_worker_load(sw, &sw->lua, err, errlen);

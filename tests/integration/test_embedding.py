@@ -331,12 +331,34 @@ class ModuleMode(TokendTestCase):
         access = [json.loads(line) for line in err.decode().splitlines() if '"access"' in line]
         self.assertTrue(access, "log_format = json applies")
 
+    def test_the_default_script_and_page_in_a_lua_application(self):
+        # A new user's first try: the shipped script, whose last line serves
+        # tokend.config.public, which is the server's while the script loads.
+        fake = self.fake()
+        app = self.write("app.lua", 'local tokend = require "tokend"\n'
+                         'local s = assert(tokend.server{ port = 0, script = arg[1], public = arg[2] })\n'
+                         'print("port", s:port()); io.stdout:flush()\n'
+                         'assert(s:run())\n')
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("ASSEMBLYAI_", "TOKEND_"))}
+        env.update(LUA_CPATH=os.path.join(BUILD, "?.so"), ASSEMBLYAI_API_KEY=CANARY_KEY,
+                   ASSEMBLYAI_STREAMING_URL=fake.url)
+        p = subprocess.Popen(["lua5.4", app, os.path.join(SRC, "scripts", "routes.lua"), os.path.join(SRC, "public")],
+                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        self.addCleanup(lambda: (p.poll() is None and p.kill(), p.wait()))
+        line = read_line(p, 15)
+        if line is None:
+            p.kill()
+            self.fail(f"the application did not start: {p.communicate()[1].decode()}")
+        port = int(line.split("\t")[1])
+        self.assertEqual(request(port, "/healthz").json()["status"], "ok")
+        self.assertIn(b"<title>", request(port, "/").body)
+        r = request(port, "/token")
+        self.assertEqual(r.status, 200, r)
+        self.assertTrue(r.json()["websocket_url"].startswith(fake.url.replace("http", "ws")))
+        p.send_signal(signal.SIGTERM)
+        p.communicate(timeout=10)
 
-if __name__ == "__main__":
-    unittest.main()
 
-
-@unittest.skipIf(SANITIZED, "the plain build runs this test")
 class Rockspec(TokendTestCase):
     def test_luarocks_make_builds_the_module(self):
         luarocks = shutil.which("luarocks")
