@@ -87,6 +87,12 @@ typedef struct tokend_server tokend_server;
 /* Fills cfg with the defaults listed above. */
 TOKEND_API void tokend_config_init(tokend_config *cfg);
 
+/* Checks cfg without starting anything: ranges, and the lists and URLs parsed as they
+ * will be used (the streaming URL, the Redis URL, trusted proxies, allowed hosts).
+ * Returns TOKEND_OK, or TOKEND_ERR with err naming the setting. tokend_server_create
+ * checks the same, and also what only a start can tell (files, addresses, Redis). */
+TOKEND_API int tokend_config_check(const tokend_config *cfg, char *err, size_t errlen);
+
 /* Creates a server: validates cfg, binds the listening socket and loads the script in
  * every worker. On failure returns TOKEND_ERR, *out is NULL and err holds a message
  * (for a script error, "file:line: message"). */

@@ -9,6 +9,10 @@
 
 #include "config.h"
 #include "log.h"
+#include "netaddr.h"
+#include "policy.h"
+#include "redis.h"
+#include "url.h"
 
 #define CONFIG_FIELD(f) offsetof(tokend_config, f)
 #define CONFIG_TEXT 1, 0            /* the range of a setting that is not an integer */
@@ -27,7 +31,7 @@ const config_setting config_settings[] = {
       "the routes script" },
     { "public", "public", "TOKEND_PUBLIC", CONFIG_STRING, "public", CONFIG_TEXT, CONFIG_FIELD(public_dir),
       "static folder, given to the script as tokend.config.public" },
-    { "workers", "workers", "TOKEND_WORKERS", CONFIG_INT, "0", 0, 256, CONFIG_FIELD(workers),
+    { "workers", "workers", "TOKEND_WORKERS", CONFIG_INT, "0", 0, CONFIG_MAX_WORKERS, CONFIG_FIELD(workers),
       "event loops, each with its own Lua state; 0 = one per core" },
     { "upstream_timeout_ms", "upstream-timeout-ms", "TOKEND_UPSTREAM_TIMEOUT_MS", CONFIG_LONG, "10000", 100, 600000,
       CONFIG_FIELD(upstream_timeout_ms), "deadline of one token request (then 504)" },
@@ -159,6 +163,48 @@ void tokend_config_init(tokend_config *cfg) {
     for (size_t i = 0; i < config_count; i++)
         if (config_settings[i].dflt && config_settings[i].offset != offsetof(tokend_config, env_file))
             config_set(cfg, &config_settings[i], config_settings[i].dflt, 0, err, sizeof err);
+}
+
+/* Checks the text of a setting that is a list or a URL: parsed as it will be used, and
+ * freed. Returns 0, or -1 with err naming the setting. */
+static int config_check_text(const tokend_config *c, char *err, size_t errlen) {
+    char why[600];
+    url_endpoints endpoints;
+    redis_target redis;
+    netaddr_nets *nets = NULL;
+    policy_hosts *hosts = NULL;
+    const char *name = NULL;
+    if (c->streaming_url && url_streaming_endpoints(c->streaming_url, &endpoints, why, sizeof why) != URL_OK)
+        name = "ASSEMBLYAI_STREAMING_URL";
+    else if (c->redis_url && redis_parse_url(c->redis_url, &redis, why, sizeof why) < 0)
+        name = "TOKEND_REDIS_URL";
+    else if (netaddr_nets_parse(c->trusted_proxies, &nets, why, sizeof why) < 0)
+        name = "TOKEND_TRUSTED_PROXIES";
+    else if (policy_hosts_parse(c->allowed_hosts, c->host, &hosts, why, sizeof why) < 0)
+        name = "TOKEND_ALLOWED_HOSTS";
+    netaddr_nets_free(nets);
+    policy_hosts_free(hosts);
+    explicit_bzero(&redis, sizeof redis);
+    if (!name) return 0;
+    snprintf(err, errlen, "%s: %s", name, why);
+    return -1;
+}
+
+int tokend_config_check(const tokend_config *c, char *err, size_t errlen) {
+    if (c->port < 0 || c->port > 65535) {
+        snprintf(err, errlen, "port %d is out of range 0..65535", c->port);
+        return TOKEND_ERR;
+    }
+    if (c->workers < 0 || c->workers > CONFIG_MAX_WORKERS) {
+        snprintf(err, errlen, "workers %d is out of range 0..%d", c->workers, CONFIG_MAX_WORKERS);
+        return TOKEND_ERR;
+    }
+    if (!c->host || !c->script || !c->public_dir || !c->streaming_url) {
+        snprintf(err, errlen, "host, script, public folder and streaming URL must be set (tokend_config_init "
+                              "fills the defaults)");
+        return TOKEND_ERR;
+    }
+    return config_check_text(c, err, errlen) < 0 ? TOKEND_ERR : TOKEND_OK;
 }
 
 /* The address of s's field in cfg, when it is a string. */

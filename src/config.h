@@ -31,6 +31,8 @@ typedef struct config_setting {
     const char *help;       /* one line */
 } config_setting;
 
+#define CONFIG_MAX_WORKERS 256
+
 /* Every setting, in the order --help, .env.example and the README list them. */
 extern const config_setting config_settings[];
 extern const size_t config_count;

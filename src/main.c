@@ -259,6 +259,10 @@ static int main_resolve_settings(main_run *m) {
         public_given |= s->offset == offsetof(tokend_config, public_dir);
     }
     log_configure(m->cfg.log_level, m->cfg.log_json);
+    if (tokend_config_check(&m->cfg, m->err, sizeof m->err) != TOKEND_OK) {
+        main_fail(m->err);
+        return EXIT_USAGE;
+    }
     main_installed_defaults(&m->cfg, script_given, public_given, m->script_path, m->public_path,
                             sizeof m->script_path);
     return MAIN_GO;

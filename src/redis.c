@@ -164,8 +164,10 @@ int redis_check(const redis_target *t, long timeout_ms, char *err, size_t errlen
     redisContext *rc = t->path[0] ? redisConnectUnixWithTimeout(t->path, tv) : redisConnectWithTimeout(t->host, t->port, tv);
     int rc_code = 0;
     if (!rc || rc->err) {
+        /* Refused, unreachable, not (yet) resolved, no socket yet: a Redis restarting, or
+         * starting after tokend. It may come: tokend reconnects. */
         snprintf(err, errlen, "cannot reach Redis at %s: %s", where, rc ? rc->errstr : "out of memory");
-        rc_code = rc && strstr(rc->errstr, "timed out") ? 1 : -1;     /* refused, no such host or socket */
+        rc_code = rc ? 1 : -1;
         goto out;
     }
     redisSetTimeout(rc, tv);
@@ -185,7 +187,11 @@ int redis_check(const redis_target *t, long timeout_ms, char *err, size_t errlen
             goto out;
         }
         if (r->type == REDIS_REPLY_ERROR) {
-            snprintf(err, errlen, "Redis at %s refused %s: %.200s", where, i < n ? argv[i][0] : "PING", r->str);
+            int auth = strstr(r->str, "NOAUTH") || strstr(r->str, "WRONGPASS") || strstr(r->str, "invalid password") ||
+                       (i < n && strcmp(argv[i][0], "AUTH") == 0);
+            snprintf(err, errlen, "Redis at %s refused %s: %.200s%s", where, i < n ? argv[i][0] : "PING", r->str,
+                     auth ? " (give the password as redis://:password@host:port, or redis://user:password@host:port)"
+                          : "");
             freeReplyObject(r);
             rc_code = -1;
             goto out;

@@ -271,7 +271,7 @@ int server_create_attached(const tokend_config *cfg, lhost *attached, tokend_ser
     log_configure(srv->cfg->log_level, srv->cfg->log_json);
     log_set_secret(srv->cfg->api_key);
     long cores = sysconf(_SC_NPROCESSORS_ONLN);
-    srv->nworkers = srv->cfg->workers > 0 ? srv->cfg->workers : (int)(cores > 0 ? (cores < 256 ? cores : 256) : 1);
+    srv->nworkers = srv->cfg->workers > 0 ? srv->cfg->workers : (int)(cores > 0 ? (cores < CONFIG_MAX_WORKERS ? cores : CONFIG_MAX_WORKERS) : 1);
     if (!(srv->workers = calloc((size_t)srv->nworkers, sizeof *srv->workers))) {
         snprintf(err, errlen, "out of memory");
         goto fail;

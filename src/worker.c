@@ -22,7 +22,6 @@
 #include "url.h"
 #include "worker.h"
 
-#define WORKER_MAX 256
 #define WORKER_REDIS_CHECK_MS 2000  /* how long the start-up check waits for Redis */
 
 struct worker_group {
@@ -58,21 +57,10 @@ static void worker_curl_init(void) {
     worker_curl_status = curl_global_init(CURL_GLOBAL_DEFAULT);
 }
 
-/* Checks what can be checked of cfg before anything is built. Returns 0, or -1 with err. */
+/* Checks cfg before anything is built: its values (tokend_config_check), then the CA
+ * file it names. Returns 0, or -1 with err. */
 static int worker_check_config(const tokend_config *c, char *err, size_t errlen) {
-    if (c->port < 0 || c->port > 65535) {
-        snprintf(err, errlen, "port %d is out of range 0..65535", c->port);
-        return -1;
-    }
-    if (c->workers < 0 || c->workers > WORKER_MAX) {
-        snprintf(err, errlen, "workers %d is out of range 0..%d", c->workers, WORKER_MAX);
-        return -1;
-    }
-    if (!c->host || !c->script || !c->public_dir || !c->streaming_url) {
-        snprintf(err, errlen, "host, script, public folder and streaming URL must be set (tokend_config_init "
-                              "fills the defaults)");
-        return -1;
-    }
+    if (tokend_config_check(c, err, errlen) != TOKEND_OK) return -1;
     if (c->ca_file && *c->ca_file && access(c->ca_file, R_OK) != 0) {
         snprintf(err, errlen, "CA bundle \"%s\": %s", c->ca_file, strerror(errno));
         return -1;
@@ -104,7 +92,9 @@ static int worker_group_share(worker_group *g, char *err, size_t errlen) {
         long check_ms = g->how == WORKER_GROUP_SERVE ? WORKER_REDIS_CHECK_MS : 0;
         int rc = redis_open(c->redis_url, check_ms, &g->redis, err, errlen);
         if (rc < 0) return -1;
-        if (rc > 0) log_msg(LOG_WARN, "%s; serving without Redis until it answers", err);
+        if (rc > 0)
+            log_msg(LOG_WARN, "%s; serving without Redis until it answers (each limiter's on_store_error applies)",
+                    err);
         g->redis_answered = rc == 0;
     }
     return 0;

@@ -48,12 +48,13 @@ class Redis:
     """redis-server on a free port, without persistence: stop() and start() are a restart
     that forgets everything, pause() and resume() a Redis that accepts and never answers."""
 
-    def __init__(self, folder, password=None):
+    def __init__(self, folder, password=None, port=None, start=True):
         self.folder = folder
         self.password = password
-        self.port = free_port()
+        self.port = port or free_port()
         self.proc = None
-        self.start()
+        if start:
+            self.start()
 
     @property
     def url(self):

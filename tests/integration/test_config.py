@@ -26,21 +26,24 @@ RUNS = [
     (["--check", "--script", "missing.lua"], {}, 1, "cannot open missing.lua"),
     (["--script", "missing.lua", "--port", "0"], {}, 1, "cannot open missing.lua"),
     (["--public", "/nonexistent-dir", "--port", "0", "--script", SCRIPT], {}, 1, "/nonexistent-dir"),
-    (["--port", "0", "--script", SCRIPT], {"ASSEMBLYAI_STREAMING_URL": "ftp://x"}, 1, "must start with https:// or http://"),
+    (["--port", "0", "--script", SCRIPT], {"ASSEMBLYAI_STREAMING_URL": "ftp://x"}, 2, "must start with https:// or http://"),
     (["--port", "0", "--script", SCRIPT], {"CURL_CA_BUNDLE": "/nonexistent.pem"}, 1, "/nonexistent.pem"),
+    (["--port", "0"], {"TOKEND_TRUSTED_PROXIES": "10.0.0.0/8, proxy.local"}, 2, "TOKEND_TRUSTED_PROXIES: trusted proxy"),
+    (["--port", "0"], {"TOKEND_ALLOWED_HOSTS": "app.example.com, bad/host"}, 2, "TOKEND_ALLOWED_HOSTS: allowed host"),
     (["--port", "0", "--host", "not a host!", "--script", SCRIPT], {}, 1, "cannot resolve host"),
     # Numbers are digits: no sign, no spaces.
     (["--port", "+80"], {}, 2, "--port must be an integer between 0 and 65535"),
     ([], {"PORT": " 80"}, 2, "PORT must be an integer between 0 and 65535"),
     ([], {"TOKEND_WORKERS": "2 "}, 2, "TOKEND_WORKERS must be an integer"),
-    # The streaming URL is checked at start, as libcurl will read it: never a 502 later.
-    (["--port", "0", "--script", SCRIPT], {"ASSEMBLYAI_STREAMING_URL": "http://127.0.0.1:abc"}, 1, "has a bad port"),
-    (["--port", "0", "--script", SCRIPT], {"ASSEMBLYAI_STREAMING_URL": "http://127.0.0.1:99999"}, 1, "has a bad port"),
-    (["--port", "0", "--script", SCRIPT], {"ASSEMBLYAI_STREAMING_URL": "http://127.0.0.1:"}, 1, "has a bad port"),
-    (["--port", "0", "--script", SCRIPT], {"ASSEMBLYAI_STREAMING_URL": "http://127.0.0.1:/v"}, 1, "has a bad port"),
-    (["--port", "0", "--script", SCRIPT], {"ASSEMBLYAI_STREAMING_URL": "http://127.0.0.1:+80"}, 1, "has a bad port"),
-    (["--port", "0", "--script", SCRIPT], {"ASSEMBLYAI_STREAMING_URL": "http://[zz]:80"}, 1, "Bad IPv6 address"),
-    (["--port", "0", "--script", SCRIPT], {"ASSEMBLYAI_STREAMING_URL": "http://[::1"}, 1, "has a bad host"),
+    # The streaming URL is checked at start, as libcurl will read it: never a 502 later. A
+    # malformed setting exits 2, like every bad value; one that only a start can refuse, 1.
+    (["--port", "0", "--script", SCRIPT], {"ASSEMBLYAI_STREAMING_URL": "http://127.0.0.1:abc"}, 2, "has a bad port"),
+    (["--port", "0", "--script", SCRIPT], {"ASSEMBLYAI_STREAMING_URL": "http://127.0.0.1:99999"}, 2, "has a bad port"),
+    (["--port", "0", "--script", SCRIPT], {"ASSEMBLYAI_STREAMING_URL": "http://127.0.0.1:"}, 2, "has a bad port"),
+    (["--port", "0", "--script", SCRIPT], {"ASSEMBLYAI_STREAMING_URL": "http://127.0.0.1:/v"}, 2, "has a bad port"),
+    (["--port", "0", "--script", SCRIPT], {"ASSEMBLYAI_STREAMING_URL": "http://127.0.0.1:+80"}, 2, "has a bad port"),
+    (["--port", "0", "--script", SCRIPT], {"ASSEMBLYAI_STREAMING_URL": "http://[zz]:80"}, 2, "Bad IPv6 address"),
+    (["--port", "0", "--script", SCRIPT], {"ASSEMBLYAI_STREAMING_URL": "http://[::1"}, 2, "has a bad host"),
     (["--check", "--script", SCRIPT, "--public", PUBLIC], {"ASSEMBLYAI_STREAMING_URL": "http://[::1]:8080/prefix"}, 0, "routes.lua: ok"),
     (["--check", "--script", SCRIPT, "--public", PUBLIC], {"ASSEMBLYAI_STREAMING_URL": "https://streaming.eu.assemblyai.com"}, 0, "ok"),
 ]

@@ -310,16 +310,18 @@ class RedisFailures(RedisTestCase):
 
 
 class BadSettings(TokendTestCase):
-    def test_wrong_url_or_password_stops_the_start(self):
+    def test_a_malformed_url_is_a_bad_setting(self):
+        for url, reason in [("http://127.0.0.1:6379", "must start with redis:// or unix://"),
+                            ("redis://", "no host"), ("redis://127.0.0.1:99999", "the port must be 1..65535")]:
+            r = self.run_tokend(["--port", "0"], env={"TOKEND_REDIS_URL": url})
+            self.assertEqual(r.returncode, 2, (url, r.stdout, r.stderr))
+            self.assertIn("TOKEND_REDIS_URL: ", r.stderr, url)
+            self.assertIn(reason, r.stderr, url)
+
+    def test_a_wrong_password_or_database_stops_the_start(self):
         redis = Redis(self.workdir, password="s3cret-pass")
         self.addCleanup(redis.stop)
         cases = [
-            ("http://127.0.0.1:6379", "must start with redis:// or unix://"),
-            ("redis://", "no host"),
-            ("redis://127.0.0.1:99999", "the port must be 1..65535"),
-            ("redis://127.0.0.1:1", "Connection refused"),
-            ("redis://no-such-host.invalid:6379", "cannot reach Redis at no-such-host.invalid:6379"),
-            ("unix:///nonexistent/redis.sock", "No such file or directory"),
             (f"redis://:wrong-pass@127.0.0.1:{redis.port}", "refused AUTH"),
             (f"redis://127.0.0.1:{redis.port}", "NOAUTH"),
             (f"redis://:s3cret-pass@127.0.0.1:{redis.port}/99", "refused SELECT"),
@@ -329,7 +331,33 @@ class BadSettings(TokendTestCase):
             self.assertEqual(r.returncode, 1, (url, r.stdout, r.stderr))
             self.assertIn("TOKEND_REDIS_URL", r.stderr, url)
             self.assertIn(reason, r.stderr, url)
+            if "SELECT" not in reason:
+                self.assertIn("redis://:password@host:port", r.stderr, "the message shows where the password goes")
             self.assertNotIn("pass", r.stderr.replace("password", ""), url)   # the password is never printed
+
+    def test_a_redis_that_is_not_there_yet_is_waited_for(self):
+        # A restart during a Redis outage, or Redis starting after tokend: tokend serves, says
+        # so, counts as each limiter's on_store_error says, and uses Redis once it comes.
+        redis = Redis(self.workdir, start=False)
+        self.addCleanup(redis.stop)
+        started = []
+        for url, reason in [(redis.url, "Connection refused"),
+                            ("redis://no-such-host.invalid:6379", "cannot reach Redis at no-such-host.invalid:6379"),
+                            (f"unix://{self.workdir}/no.sock", "No such file or directory")]:
+            t = self.tokend(fake=self.fake(), policy={}, env={"TOKEND_REDIS_URL": url})
+            self.assertIn(reason, t.log)
+            self.assertIn("serving without Redis until it answers", t.log)
+            self.assertEqual(t.get("/healthz").json()["redis"], "down")
+            self.assertEqual([t.get("/token").status for _ in range(6)], [200] * 5 + [429],
+                             "the default script's limiter counts locally meanwhile")
+            started.append(t)
+        redis.start()       # on the port the first one names
+        deadline = time.time() + 10
+        while started[0].get("/healthz").json()["redis"] != "ok" and time.time() < deadline:
+            time.sleep(0.05)
+        self.assertEqual(started[0].get("/healthz").json()["redis"], "ok")
+        self.assertEqual(started[0].get("/token").status, 200, "a fresh bucket, in Redis now")
+        self.assertIn(b"tokend.limiter:token:127.0.0.1", redis.command("KEYS", "tokend.limiter:*"))
 
     def test_the_right_password_and_database(self):
         redis = Redis(self.workdir, password="s3cret-pass")
