@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <stdatomic.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "envfile.h"
@@ -153,9 +154,16 @@ int envfile_load(const char *path, envfile **out, char *err, size_t errlen) {
     char *text = NULL;
     size_t len = 0;
     FILE *f = fopen(path, "rb");
+    struct stat st;
     *out = NULL;
     if (!f) {
-        snprintf(err, errlen, "%s: %s", path, strerror(errno));
+        int e = errno;
+        int dangling = e == ENOENT && lstat(path, &st) == 0 && S_ISLNK(st.st_mode);
+        snprintf(err, errlen, "%s: %s", path, dangling ? "a link to nothing (a settings file was expected)" : strerror(e));
+        goto out;
+    }
+    if (fstat(fileno(f), &st) == 0 && !S_ISREG(st.st_mode)) {
+        snprintf(err, errlen, "%s: %s, not a settings file", path, S_ISDIR(st.st_mode) ? "a folder" : "not a file");
         goto out;
     }
     text = malloc(ENVFILE_MAX_FILE + 1);

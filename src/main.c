@@ -9,6 +9,7 @@
 #include <string.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "config.h"
@@ -222,7 +223,8 @@ static int main_parse_flags(main_run *m) {
  * dump can hold it. Returns MAIN_GO or the exit status. */
 static int main_load_env(main_run *m) {
     m->env_file = m->flag_values[config_by_flag("env-file") - config_settings];
-    if (!m->env_file && access(".env", F_OK) == 0) m->env_file = ".env";
+    struct stat st;
+    if (!m->env_file && lstat(".env", &st) == 0) m->env_file = ".env";     /* a folder or a dead link too: said */
     if (m->env_file && envfile_load(m->env_file, &m->env, m->err, sizeof m->err) < 0) {
         main_fail(m->err);
         return EXIT_USAGE;

@@ -106,6 +106,18 @@ class Settings(TokendTestCase):
         self.assertEqual(t.get("/token").status, 200)
         self.assertIn("sets ASSEMBLYAI_APIKEY, which tokend does not use", t.log)
 
+    def test_an_env_file_that_is_no_file_is_named(self):
+        for make, said in [(lambda path: os.mkdir(path), "a folder, not a settings file"),
+                           (lambda path: os.symlink("/nonexistent/settings.env", path), "a link to nothing")]:
+            for args in ([], ["--env-file", "prod.env"]):
+                with self.subTest(said=said, args=args):
+                    path = os.path.join(self.workdir, args[1] if args else ".env")
+                    make(path)
+                    p = self.run_tokend(["--port", "0", *args])
+                    self.assertEqual(p.returncode, 2, p.stderr)
+                    self.assertIn(f"{args[1] if args else '.env'}: {said}", p.stderr)
+                    os.rmdir(path) if os.path.isdir(path) and not os.path.islink(path) else os.unlink(path)
+
     def test_malformed_env_file(self):
         self.write(".env", "GOOD=1\nthis is not a setting\n")
         p = self.run_tokend(["--port", "0"])
