@@ -98,7 +98,7 @@ tokend.route("GET", "/token", function(req)
       no_store(cors, { ["Retry-After"] = failure.retry_after })
   end
   return 200, { token = token, expires_in_seconds = info.expires_in_seconds, websocket_url = ws_url }, no_store(cors)
-end)
+end, { audit = true })     -- every answer leaves an audit line: the mint's, or why it was refused
 
 -- What the page may offer.
 tokend.route("GET", "/config", function()

@@ -11,6 +11,7 @@
 #include <lualib.h>
 #include <lua-cjson.h>
 
+#include "audit.h"
 #include "lhost.h"
 #include "lpreload.h"
 #include "lrequest.h"
@@ -89,6 +90,9 @@ struct lhost_task {
     router_result match;
     lrequest_answer answer;     /* the response under construction */
     int bad_query;              /* URL_ERR_* when the query string was refused */
+    int audit;                  /* an audited route: its answer leaves an audit line unless it minted */
+    int minted;                 /* the handler asked for a token (its mint wrote the audit line) */
+    int status;                 /* the status answered, once answered */
     /* a spawned function */
     int fn_ref;
     const char *what;           /* its name in the log */
@@ -368,10 +372,11 @@ void lhost_check_loading(lua_State *L, const lhost *h, const char *fn) {
     if (!h->loading) luaL_error(L, "tokend.%s can only be called while the script loads", fn);
 }
 
-int lhost_add_route(lhost *h, lua_State *L, const char *method, const char *path, int idx, char *err, size_t errlen) {
+int lhost_add_route(lhost *h, lua_State *L, const char *method, const char *path, int idx, int flags, char *err,
+                    size_t errlen) {
     lua_pushvalue(L, idx);
     int ref = luaL_ref(L, LUA_REGISTRYINDEX);
-    if (router_add(h->routes, method, path, ref, err, errlen) < 0) {
+    if (router_add(h->routes, method, path, ref, flags, err, errlen) < 0) {
         luaL_unref(L, LUA_REGISTRYINDEX, ref);
         return -1;
     }
@@ -466,6 +471,20 @@ drop:
     luaL_unref(h->L, LUA_REGISTRYINDEX, t->co_ref);
 }
 
+/* Writes the audit line of an audited route's request that was answered without a mint
+ * (refused by the script, or failed before it asked for a token). */
+static void lhost_audit_refusal(lhost_task *t) {
+    audit_who who;
+    memset(&who, 0, sizeof who);
+    snprintf(who.client, sizeof who.client, "%s", t->req->client);
+    if (t->req_ref != LUA_NOREF && lua_checkstack(t->h->L, 8)) {
+        lua_rawgeti(t->h->L, LUA_REGISTRYINDEX, t->req_ref);
+        lrequest_who(t->h->L, -1, &who);
+        lua_pop(t->h->L, 1);
+    }
+    audit_refusal(&who, t->status, t->status == 500 ? "internal server error" : t->answer.reason);
+}
+
 /* Ends a task: unlinked, its coroutine pooled or dropped, its refs released; a request
  * gets its req.log fields on its access line, a spawned function's callback is called. */
 static void lhost_task_done(lhost_task *t) {
@@ -473,6 +492,7 @@ static void lhost_task_done(lhost_task *t) {
     if (t->prev) t->prev->next = t->next;
     else h->live = t->next;
     if (t->next) t->next->prev = t->prev;
+    if (t->audit && !t->minted && t->status) lhost_audit_refusal(t);
     if (t->req && t->req_ref != LUA_NOREF) {
         lua_pushcfunction(h->L, lrequest_log_fields);
         lua_pushlightuserdata(h->L, t->req);
@@ -511,6 +531,7 @@ static void lhost_fail(lhost_task *t, const char *why) {
     if (t->req) {
         log_msg(LOG_ERROR, "%s %s: %s", t->req->method, t->req->path, why);
         http_request_fail(t->req, 500, "internal server error");
+        t->status = 500;
     } else {
         log_msg(LOG_ERROR, "%s: %s", t->what, why);
     }
@@ -594,6 +615,7 @@ static void lhost_finish(lhost_task *t, int nres) {
         return;
     }
     http_request_respond(t->req, t->answer.status, t->answer.resp, t->answer.bytes);
+    t->status = t->answer.status;
     t->answer.resp = NULL;
     lhost_task_done(t);
 }
@@ -613,7 +635,10 @@ static void lhost_resume(lhost_task *t, int nargs) {
             log_msg(LOG_ERROR, "%s: %s", t->req ? t->req->path : t->what, lhost_error_text(t->co, -1));
             lua_pop(t->h->L, 1);
         }
-        if (t->req) http_request_fail(t->req, 500, "internal server error");
+        if (t->req) {
+            http_request_fail(t->req, 500, "internal server error");
+            t->status = 500;
+        }
         lhost_task_done(t);
         return;
     }
@@ -641,6 +666,7 @@ void lhost_dispatch(void *ud, http_request *req) {
     t->route_status = found;
     snprintf(t->allow, sizeof t->allow, "%s", allow);
     t->handler_ref = runs_handler ? match.handler : LUA_NOREF;
+    t->audit = runs_handler && (match.flags & ROUTER_AUDIT);
     t->match = match;
     if (lhost_protected(h->L, lhost_start_request, t, 0) != LUA_OK) {
         char why[600];
@@ -678,6 +704,11 @@ int lhost_spawn(lhost *h, int fn_ref, const char *what, lhost_task_done_fn *done
     t->done_ud = ud;
     lhost_resume(t, t->nargs);
     return 0;
+}
+
+void lhost_request_minted(lhost *h, lua_State *L) {
+    lhost_task *t = lhost_task_of(h, L);
+    if (t && t->req) t->minted = 1;
 }
 
 void lhost_push_request(lhost *h, lua_State *L) {

@@ -108,9 +108,11 @@ const lhost_world *lhost_world_of(const lhost *h);
 /* Raises a Lua error naming fn unless the script is loading. */
 void lhost_check_loading(lua_State *L, const lhost *h, const char *fn);
 
-/* Adds a route answered by the function at stack index idx of L. method is upper case.
+/* Adds a route answered by the function at stack index idx of L, with ROUTER_* flags
+ * (ROUTER_AUDIT: an answer without a mint leaves an audit line). method is upper case.
  * Returns 0, or -1 with err set (bad method or path, a route defined twice). */
-int lhost_add_route(lhost *h, lua_State *L, const char *method, const char *path, int idx, char *err, size_t errlen);
+int lhost_add_route(lhost *h, lua_State *L, const char *method, const char *path, int idx, int flags, char *err,
+                    size_t errlen);
 
 /* Serves the files under dir for paths under prefix. Returns 0, or -1 with err set. */
 int lhost_add_static(lhost *h, const char *prefix, const char *dir, const static_options *o, char *err,
@@ -118,6 +120,10 @@ int lhost_add_static(lhost *h, const char *prefix, const char *dir, const static
 
 /* Appends the function at stack index idx to the before hooks. */
 void lhost_add_before(lhost *h, lua_State *L, int idx);
+
+/* Notes that the request whose handler runs on L asked for a token (its audit line is
+ * the mint's). Does nothing elsewhere. */
+void lhost_request_minted(lhost *h, lua_State *L);
 
 /* Pushes the req table of the request whose handler runs on L, or nil. */
 void lhost_push_request(lhost *h, lua_State *L);

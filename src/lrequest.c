@@ -148,6 +148,8 @@ int lrequest_build_response(lua_State *L) {
         body = lua_tolstring(L, 3, &len);
         break;
     case LUA_TTABLE: {
+        if (lua_getfield(L, 3, "error") == LUA_TSTRING) snprintf(a->reason, sizeof a->reason, "%s", lua_tostring(L, -1));
+        lua_pop(L, 1);
         lua_rawgeti(L, LUA_REGISTRYINDEX, a->encode_ref);
         lua_pushvalue(L, 3);
         lua_call(L, 1, 1);
@@ -207,4 +209,22 @@ int lrequest_log_fields(lua_State *L) {
         lua_pop(L, 1);
     }
     return 0;
+}
+
+/* Copies the string t[field] (t at idx, or t[table][field]) into out, "" when it is none. */
+static void lrequest_copy_field(lua_State *L, int idx, const char *table, const char *field, char *out, size_t cap) {
+    int top = lua_gettop(L);
+    out[0] = '\0';
+    if (table && lua_getfield(L, idx, table) != LUA_TTABLE) goto out;
+    int type = lua_getfield(L, table ? -1 : idx, field);
+    if (type == LUA_TSTRING || type == LUA_TNUMBER) snprintf(out, cap, "%s", lua_tostring(L, -1));
+out:
+    lua_settop(L, top);
+}
+
+void lrequest_who(lua_State *L, int idx, audit_who *who) {
+    idx = lua_absindex(L, idx);
+    lrequest_copy_field(L, idx, NULL, "client", who->client, sizeof who->client);
+    lrequest_copy_field(L, idx, "headers", "origin", who->origin, sizeof who->origin);
+    lrequest_copy_field(L, idx, "log", "user", who->user, sizeof who->user);
 }

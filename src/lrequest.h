@@ -4,6 +4,7 @@
 
 #include <stddef.h>
 
+#include "audit.h"
 #include "http.h"
 #include "router.h"
 
@@ -22,6 +23,7 @@ typedef struct lrequest_answer {
     http_response *resp;        /* the built response (the caller frees or sends it) */
     int status;
     size_t bytes;               /* the body's size, for the access log */
+    char reason[128];           /* the error a table body gave ({error = "..."}), or "" */
 } lrequest_answer;
 
 /* Builds the HTTP answer from a handler's results: a lua_CFunction to call protected,
@@ -34,5 +36,8 @@ int lrequest_build_response(lua_State *L);
  * lua_CFunction to call protected, with 1 = the http_request (light userdata) and 2 = its
  * req table. At most 32 string, number or boolean fields. */
 int lrequest_log_fields(lua_State *L);
+
+/* Fills who from the req table at stack index idx: client, headers.origin, log.user. */
+void lrequest_who(lua_State *L, int idx, audit_who *who);
 
 #endif

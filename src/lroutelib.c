@@ -4,8 +4,25 @@
 
 #include "llib.h"
 #include "lpattern.h"
+#include "router.h"
 
-/* tokend.route(method, path, handler) */
+/* The flags of tokend.route's options at stack index idx ({audit = true}); raises on an
+ * unknown option. */
+static int lroute_flags(lua_State *L, int idx) {
+    int flags = 0;
+    if (lua_isnoneornil(L, idx)) return 0;
+    luaL_checktype(L, idx, LUA_TTABLE);
+    lua_pushnil(L);
+    while (lua_next(L, idx)) {
+        const char *name = lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2) : NULL;
+        if (!name || strcmp(name, "audit") != 0) luaL_argerror(L, idx, "unknown option (audit is the only one)");
+        if (lua_toboolean(L, -1)) flags |= ROUTER_AUDIT;
+        lua_pop(L, 1);
+    }
+    return flags;
+}
+
+/* tokend.route(method, path, handler[, {audit = true}]) */
 static int lroute_route(lua_State *L) {
     lhost *h = LLIB_HOST(L);
     size_t mlen;
@@ -13,10 +30,11 @@ static int lroute_route(lua_State *L) {
     const char *path = luaL_checkstring(L, 2);
     char upper[16], err[256];
     luaL_checktype(L, 3, LUA_TFUNCTION);
+    int flags = lroute_flags(L, 4);
     lhost_check_loading(L, h, "route");
     luaL_argcheck(L, mlen > 0 && mlen < sizeof upper, 1, "not an HTTP method");
     for (size_t i = 0; i <= mlen; i++) upper[i] = (char)toupper((unsigned char)method[i]);
-    if (lhost_add_route(h, L, upper, path, 3, err, sizeof err) < 0) return luaL_error(L, "%s", err);
+    if (lhost_add_route(h, L, upper, path, 3, flags, err, sizeof err) < 0) return luaL_error(L, "%s", err);
     return 0;
 }
 

@@ -7,6 +7,7 @@
 #include "crypto.h"
 #include "llib.h"
 #include "log.h"
+#include "lrequest.h"
 #include "ltokenlib.h"
 #include "metrics.h"
 
@@ -15,35 +16,20 @@ void ltoken_audit_capture(lua_State *L, lhost *h, long expires_in_s, long max_se
     memset(a, 0, sizeof *a);
     a->expires_in_s = expires_in_s;
     a->max_session_s = max_session_s;
-    int top = lua_gettop(L);
+    lhost_request_minted(h, L);         /* an audited route's answer needs no line of its own */
     lhost_push_request(h, L);
-    if (lua_istable(L, -1)) {
-        const char *v;
-        if ((v = llib_field_string(L, -1, NULL, "client", NULL))) snprintf(a->client, sizeof a->client, "%s", v);
-        if ((v = llib_field_string(L, -1, "headers", "origin", NULL))) snprintf(a->origin, sizeof a->origin, "%s", v);
-        if (lua_getfield(L, top + 1, "log") == LUA_TTABLE && lua_getfield(L, -1, "user") != LUA_TNIL &&
-            lua_isstring(L, -1))
-            snprintf(a->user, sizeof a->user, "%s", lua_tostring(L, -1));
-    }
-    lua_settop(L, top);
+    if (lua_istable(L, -1)) lrequest_who(L, -1, &a->who);
+    lua_pop(L, 1);
 }
 
 /* Writes the audit line of a token request: who asked, what for, and what came of it;
  * of the token itself only the first 8 hex digits of its SHA-256. */
 static void ltoken_audit_write(const upstream_result *r, const ltoken_audit *a) {
-    char expires[24], session[24], hash[17] = "";
+    char hash[17] = "";
     unsigned char digest[CRYPTO_MAX_DIGEST];
-    if (!log_enabled(LOG_INFO)) return;
-    snprintf(expires, sizeof expires, "%ld", r->token ? r->expires_in_seconds : a->expires_in_s);
-    snprintf(session, sizeof session, "%ld", a->max_session_s);
     if (r->token && crypto_digest("sha256", r->token, strlen(r->token), digest)) crypto_hex(digest, 4, hash);
-    log_field f[] = {
-        { "event", "token_minted", 0 }, { "client", a->client, 0 }, { "user", a->user, 0 },
-        { "origin", a->origin, 0 }, { "expires_in_seconds", expires, 1 },
-        { "max_session_duration_seconds", a->max_session_s ? session : "null", 1 },
-        { "outcome", r->token ? (a->pooled ? "pooled" : "minted") : r->kind, 0 }, { "token_sha256", hash, 0 },
-    };
-    log_fields(LOG_INFO, "audit", "token", f, sizeof f / sizeof f[0] - (r->token ? 0 : 1));
+    audit_token(&a->who, r->token ? (a->pooled ? "pooled" : "minted") : r->kind,
+                r->token ? r->expires_in_seconds : a->expires_in_s, a->max_session_s, hash);
 }
 
 int ltoken_push_outcome(lua_State *L, const upstream_result *r, const ltoken_audit *a) {

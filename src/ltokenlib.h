@@ -4,14 +4,13 @@
 
 #include <lua.h>
 
+#include "audit.h"
 #include "lhost.h"
 #include "upstream.h"
 
 /* Who asked for a token, for the audit line every token request writes. */
 typedef struct ltoken_audit {
-    char client[64];
-    char origin[256];
-    char user[128];             /* req.log.user, when the handler set it */
+    audit_who who;              /* client, Origin, req.log.user */
     long expires_in_s;
     long max_session_s;         /* 0: the upstream's default */
     int pooled;                 /* handed out from a pool (minted and counted before) */

@@ -20,6 +20,7 @@ typedef struct router_route {
     size_t nsegs;
     size_t nliteral;    /* literal segments: more is more specific */
     int handler;
+    int flags;
 } router_route;
 
 struct router {
@@ -96,7 +97,7 @@ nomem:
     return -1;
 }
 
-int router_add(router *r, const char *method, const char *pattern, int handler, char *err, size_t errlen) {
+int router_add(router *r, const char *method, const char *pattern, int handler, int flags, char *err, size_t errlen) {
     router_route rt;
     memset(&rt, 0, sizeof rt);
     if (!router_valid_method(method)) {
@@ -119,6 +120,7 @@ int router_add(router *r, const char *method, const char *pattern, int handler, 
         goto fail;
     }
     rt.handler = handler;
+    rt.flags = flags;
     r->routes = v;
     r->routes[r->len++] = rt;
     return 0;
@@ -178,6 +180,7 @@ int router_match(const router *r, const char *method, const char *path, size_t p
                 best_exact = exact;
                 *m = tmp;
                 m->handler = rt->handler;
+                m->flags = rt->flags;
                 m->pattern = rt->pattern;
                 m->head_of_get = !exact;
             }

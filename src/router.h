@@ -18,8 +18,11 @@ typedef struct router_param {
     size_t value_len;
 } router_param;
 
+#define ROUTER_AUDIT 1           /* a route flag: every answer leaves an audit line (token routes) */
+
 typedef struct router_result {
     int handler;            /* the value given to router_add */
+    int flags;              /* ROUTER_* flags given to router_add */
     const char *pattern;    /* the route's path pattern, owned by the router */
     int head_of_get;        /* a HEAD request matched a GET route: its handler must not run */
     size_t nparams;
@@ -31,10 +34,10 @@ router *router_create(void);
 /* Frees the table; release(ud, handler) is called for every route's handler. */
 void router_free(router *r, void (*release)(void *ud, int handler), void *ud);
 
-/* Adds a route. method is an upper-case token ("GET"); pattern starts with '/' and its
- * segments are literal or ":name". Returns 0, or -1 with err set (bad method or pattern,
- * duplicate route, too many parameters, out of memory). */
-int router_add(router *r, const char *method, const char *pattern, int handler, char *err, size_t errlen);
+/* Adds a route with flags (ROUTER_AUDIT, or 0). method is an upper-case token ("GET");
+ * pattern starts with '/' and its segments are literal or ":name". Returns 0, or -1 with
+ * err set (bad method or pattern, duplicate route, too many parameters, out of memory). */
+int router_add(router *r, const char *method, const char *pattern, int handler, int flags, char *err, size_t errlen);
 
 /* Matches a path as received, path[0..pathlen) (%-escapes and all): split into segments
  * at '/' first, then each decoded, so that an escaped "/" (%2F) stays inside its segment.
