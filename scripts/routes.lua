@@ -106,12 +106,13 @@ tokend.route("GET", "/config", function()
 end)
 
 -- Liveness for load balancers and systemd (Redis, when configured: "ok" or "down"; tokend
--- serves either way), and counters for Prometheus.
+-- serves either way), left out of the access log but for errors (log = 100 would keep one
+-- in a hundred); and counters for Prometheus.
 tokend.route("GET", "/healthz", function()
   return 200, {
     status = "ok", api_key_configured = tokend.config.api_key_configured, redis = tokend.redis.status(),
   }, no_store()
-end)
+end, { log = false })
 
 tokend.route("GET", "/metrics", function(req)
   if not metrics_clients[req.client] or req.headers["x-forwarded-for"] then return 404, { error = "not found" } end

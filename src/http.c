@@ -53,6 +53,7 @@ struct http_front {
     struct http_conn *conns_list;   /* open connections, for the request deadline */
     loop_timer tick_timer;
     int run_pending;            /* libmicrohttpd has work to do: its epoll fd was ready, or a resume */
+    unsigned long log_sampled;  /* successes of sampled routes, for log_every */
 };
 
 /* A request with what only the HTTP front sees of it. */
@@ -120,6 +121,7 @@ static void *http_on_uri(void *cls, const char *uri, struct MHD_Connection *conn
     char *args = uri ? strchr(uri, '?') : NULL;
     if (args) args[1] = '\0';
     req->upstream_ms = -1;
+    req->log_every = 1;
     req->start_us = loop_now_us();
     snprintf(req->route, sizeof req->route, "none");
     const union MHD_ConnectionInfo *ci = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
@@ -231,6 +233,13 @@ static unsigned long long http_bytes_sent(http_exchange *x, enum MHD_RequestTerm
     return sent < x->bytes ? sent : x->bytes;
 }
 
+/* Whether a request's access line is written: always for an error, else as its route
+ * asks (every answer, none, or one in log_every). */
+static int http_log_wanted(http_front *f, const http_request *req, int status) {
+    if (req->log_every == 1 || status >= 400 || status == 0) return 1;
+    return req->log_every && ++f->log_sampled % req->log_every == 0;
+}
+
 static void http_on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
                               enum MHD_RequestTerminationCode toe) {
     http_front *f = cls;
@@ -246,7 +255,7 @@ static void http_on_completed(void *cls, struct MHD_Connection *conn, void **con
         metrics_in_flight(-1);
     }
     if (x->status) metrics_request(req->route, x->status);
-    if (req->method && (x->status || toe == MHD_REQUEST_TERMINATED_COMPLETED_OK)) {
+    if (req->method && (x->status || toe == MHD_REQUEST_TERMINATED_COMPLETED_OK) && http_log_wanted(f, req, x->status)) {
         log_access_entry e = {
             .client = req->client, .method = req->method, .path = req->path ? req->path : "-",
             .status = x->status, .bytes = http_bytes_sent(x, toe),

@@ -25,6 +25,7 @@ typedef struct http_request {
     uint64_t start_us;          /* loop_now_us() when the request began */
     double upstream_ms;         /* time waited on outside calls, -1 when none */
     char route[48];             /* metrics label: the route's pattern, "static" or "none" */
+    unsigned log_every;         /* access log: 1 every answer (default); 0 errors only; N one success in N */
 } http_request;
 
 typedef void http_dispatch_fn(void *ud, http_request *req);

@@ -109,7 +109,7 @@ static int lcroute_add_protected(lua_State *L) {
     lcroute_adding *a = lua_touserdata(L, 1);
     lua_pushlightuserdata(L, a->r);
     lua_pushcclosure(L, lcroute_call, 1);
-    a->rc = lhost_add_route(a->h, L, a->r->method, a->r->path, -1, 0, a->err, a->errlen);
+    a->rc = lhost_add_route(a->h, L, a->r->method, a->r->path, -1, NULL, a->err, a->errlen);
     return 0;
 }
 

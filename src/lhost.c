@@ -372,11 +372,11 @@ void lhost_check_loading(lua_State *L, const lhost *h, const char *fn) {
     if (!h->loading) luaL_error(L, "tokend.%s can only be called while the script loads", fn);
 }
 
-int lhost_add_route(lhost *h, lua_State *L, const char *method, const char *path, int idx, int flags, char *err,
-                    size_t errlen) {
+int lhost_add_route(lhost *h, lua_State *L, const char *method, const char *path, int idx, const router_opts *o,
+                    char *err, size_t errlen) {
     lua_pushvalue(L, idx);
     int ref = luaL_ref(L, LUA_REGISTRYINDEX);
-    if (router_add(h->routes, method, path, ref, flags, err, errlen) < 0) {
+    if (router_add(h->routes, method, path, ref, o, err, errlen) < 0) {
         luaL_unref(L, LUA_REGISTRYINDEX, ref);
         return -1;
     }
@@ -652,7 +652,10 @@ void lhost_dispatch(void *ud, http_request *req) {
     size_t raw_len = strcspn(req->target, "?");
     int found = router_match(h->routes, req->method, req->target, raw_len, &match, allow, sizeof allow);
     int runs_handler = found == ROUTER_FOUND && !match.head_of_get;
-    if (found == ROUTER_FOUND) snprintf(req->route, sizeof req->route, "%s", match.pattern);
+    if (found == ROUTER_FOUND) {
+        snprintf(req->route, sizeof req->route, "%s", match.pattern);
+        req->log_every = match.opts.log_every;
+    }
     if (!runs_handler && h->nbefores == 0) {
         lhost_answer_unhandled(h, req, found, allow);
         return;
@@ -666,7 +669,7 @@ void lhost_dispatch(void *ud, http_request *req) {
     t->route_status = found;
     snprintf(t->allow, sizeof t->allow, "%s", allow);
     t->handler_ref = runs_handler ? match.handler : LUA_NOREF;
-    t->audit = runs_handler && (match.flags & ROUTER_AUDIT);
+    t->audit = runs_handler && match.opts.audit;
     t->match = match;
     if (lhost_protected(h->L, lhost_start_request, t, 0) != LUA_OK) {
         char why[600];

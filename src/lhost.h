@@ -7,6 +7,7 @@
 #include "http.h"
 #include "loop.h"
 #include "policy.h"
+#include "router.h"
 #include "static.h"
 #include "upstream.h"
 
@@ -108,11 +109,11 @@ const lhost_world *lhost_world_of(const lhost *h);
 /* Raises a Lua error naming fn unless the script is loading. */
 void lhost_check_loading(lua_State *L, const lhost *h, const char *fn);
 
-/* Adds a route answered by the function at stack index idx of L, with ROUTER_* flags
- * (ROUTER_AUDIT: an answer without a mint leaves an audit line). method is upper case.
- * Returns 0, or -1 with err set (bad method or path, a route defined twice). */
-int lhost_add_route(lhost *h, lua_State *L, const char *method, const char *path, int idx, int flags, char *err,
-                    size_t errlen);
+/* Adds a route answered by the function at stack index idx of L, with options o (NULL:
+ * the defaults; see router_opts). method is upper case. Returns 0, or -1 with err set
+ * (bad method or path, a route defined twice). */
+int lhost_add_route(lhost *h, lua_State *L, const char *method, const char *path, int idx, const router_opts *o,
+                    char *err, size_t errlen);
 
 /* Serves the files under dir for paths under prefix. Returns 0, or -1 with err set. */
 int lhost_add_static(lhost *h, const char *prefix, const char *dir, const static_options *o, char *err,

@@ -6,23 +6,30 @@
 #include "lpattern.h"
 #include "router.h"
 
-/* The flags of tokend.route's options at stack index idx ({audit = true}); raises on an
- * unknown option. */
-static int lroute_flags(lua_State *L, int idx) {
-    int flags = 0;
-    if (lua_isnoneornil(L, idx)) return 0;
+/* Reads tokend.route's options at stack index idx ({audit = true, log = false | N}) into
+ * o; raises on an unknown or bad one. */
+static void lroute_options(lua_State *L, int idx, router_opts *o) {
+    *o = (router_opts){ 0, 1 };
+    if (lua_isnoneornil(L, idx)) return;
     luaL_checktype(L, idx, LUA_TTABLE);
     lua_pushnil(L);
     while (lua_next(L, idx)) {
-        const char *name = lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2) : NULL;
-        if (!name || strcmp(name, "audit") != 0) luaL_argerror(L, idx, "unknown option (audit is the only one)");
-        if (lua_toboolean(L, -1)) flags |= ROUTER_AUDIT;
+        const char *name = lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2) : "";
+        if (strcmp(name, "audit") == 0) {
+            o->audit = lua_toboolean(L, -1);
+        } else if (strcmp(name, "log") == 0) {
+            lua_Integer every = lua_isboolean(L, -1) ? lua_toboolean(L, -1) : lua_tointeger(L, -1);
+            luaL_argcheck(L, (lua_isboolean(L, -1) || lua_isinteger(L, -1)) && every >= 0 && every <= 1000000, idx,
+                          "log is true, false (errors only) or N (one success in N)");
+            o->log_every = (unsigned)every;
+        } else {
+            luaL_argerror(L, idx, "unknown option (audit and log are known)");
+        }
         lua_pop(L, 1);
     }
-    return flags;
 }
 
-/* tokend.route(method, path, handler[, {audit = true}]) */
+/* tokend.route(method, path, handler[, {audit = true, log = false | N}]) */
 static int lroute_route(lua_State *L) {
     lhost *h = LLIB_HOST(L);
     size_t mlen;
@@ -30,11 +37,12 @@ static int lroute_route(lua_State *L) {
     const char *path = luaL_checkstring(L, 2);
     char upper[16], err[256];
     luaL_checktype(L, 3, LUA_TFUNCTION);
-    int flags = lroute_flags(L, 4);
+    router_opts opts;
+    lroute_options(L, 4, &opts);
     lhost_check_loading(L, h, "route");
     luaL_argcheck(L, mlen > 0 && mlen < sizeof upper, 1, "not an HTTP method");
     for (size_t i = 0; i <= mlen; i++) upper[i] = (char)toupper((unsigned char)method[i]);
-    if (lhost_add_route(h, L, upper, path, 3, flags, err, sizeof err) < 0) return luaL_error(L, "%s", err);
+    if (lhost_add_route(h, L, upper, path, 3, &opts, err, sizeof err) < 0) return luaL_error(L, "%s", err);
     return 0;
 }
 

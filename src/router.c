@@ -20,7 +20,7 @@ typedef struct router_route {
     size_t nsegs;
     size_t nliteral;    /* literal segments: more is more specific */
     int handler;
-    int flags;
+    router_opts opts;
 } router_route;
 
 struct router {
@@ -97,7 +97,8 @@ nomem:
     return -1;
 }
 
-int router_add(router *r, const char *method, const char *pattern, int handler, int flags, char *err, size_t errlen) {
+int router_add(router *r, const char *method, const char *pattern, int handler, const router_opts *o, char *err,
+               size_t errlen) {
     router_route rt;
     memset(&rt, 0, sizeof rt);
     if (!router_valid_method(method)) {
@@ -120,7 +121,7 @@ int router_add(router *r, const char *method, const char *pattern, int handler, 
         goto fail;
     }
     rt.handler = handler;
-    rt.flags = flags;
+    rt.opts = o ? *o : (router_opts){ 0, 1 };
     r->routes = v;
     r->routes[r->len++] = rt;
     return 0;
@@ -180,7 +181,7 @@ int router_match(const router *r, const char *method, const char *path, size_t p
                 best_exact = exact;
                 *m = tmp;
                 m->handler = rt->handler;
-                m->flags = rt->flags;
+                m->opts = rt->opts;
                 m->pattern = rt->pattern;
                 m->head_of_get = !exact;
             }

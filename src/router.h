@@ -18,11 +18,15 @@ typedef struct router_param {
     size_t value_len;
 } router_param;
 
-#define ROUTER_AUDIT 1           /* a route flag: every answer leaves an audit line (token routes) */
+/* What a route asks of the host besides its handler (router_add copies it). */
+typedef struct router_opts {
+    int audit;              /* every answer leaves an audit line (token routes) */
+    unsigned log_every;     /* access log: 1 every answer; 0 only errors (>= 400); N one success in N */
+} router_opts;
 
 typedef struct router_result {
     int handler;            /* the value given to router_add */
-    int flags;              /* ROUTER_* flags given to router_add */
+    router_opts opts;       /* the route's options */
     const char *pattern;    /* the route's path pattern, owned by the router */
     int head_of_get;        /* a HEAD request matched a GET route: its handler must not run */
     size_t nparams;
@@ -34,10 +38,12 @@ router *router_create(void);
 /* Frees the table; release(ud, handler) is called for every route's handler. */
 void router_free(router *r, void (*release)(void *ud, int handler), void *ud);
 
-/* Adds a route with flags (ROUTER_AUDIT, or 0). method is an upper-case token ("GET");
- * pattern starts with '/' and its segments are literal or ":name". Returns 0, or -1 with
- * err set (bad method or pattern, duplicate route, too many parameters, out of memory). */
-int router_add(router *r, const char *method, const char *pattern, int handler, int flags, char *err, size_t errlen);
+/* Adds a route with options o (NULL: audit none, log every answer). method is an
+ * upper-case token ("GET"); pattern starts with '/' and its segments are literal or
+ * ":name". Returns 0, or -1 with err set (bad method or pattern, duplicate route, too many
+ * parameters, out of memory). */
+int router_add(router *r, const char *method, const char *pattern, int handler, const router_opts *o, char *err,
+               size_t errlen);
 
 /* Matches a path as received, path[0..pathlen) (%-escapes and all): split into segments
  * at '/' first, then each decoded, so that an escaped "/" (%2F) stays inside its segment.

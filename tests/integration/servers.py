@@ -120,11 +120,12 @@ class HAProxy:
     docs/deploy.md gives (dist/haproxy.cfg), on the test's own ports."""
 
     def __init__(self, folder, backends):
-        self.port = free_port()
+        self.port, self.stats_port = free_port(), free_port()
         with open(os.path.join(SRC, "dist", "haproxy.cfg")) as f:
             config = f.read()
-        config, n = re.subn(r"^    bind .*$", f"    bind 127.0.0.1:{self.port}", config, flags=re.M)
-        assert n == 1, "dist/haproxy.cfg has one bind line"
+        for given, port in (("8000", self.port), ("8404", self.stats_port)):
+            config, n = re.subn(rf"^    bind 127\.0\.0\.1:{given}$", f"    bind 127.0.0.1:{port}", config, flags=re.M)
+            assert n == 1, f"dist/haproxy.cfg binds 127.0.0.1:{given}"
         lines = [line for line in config.splitlines() if not line.startswith("    server ")]
         lines += [f"    server tokend{i} 127.0.0.1:{p} check" for i, p in enumerate(backends)]
         self.config = os.path.join(folder, "haproxy.cfg")
@@ -142,6 +143,18 @@ class HAProxy:
                     break
                 time.sleep(0.05)
         raise RuntimeError(f"haproxy did not start:\n{open(os.path.join(folder, 'haproxy.log')).read()}")
+
+    def servers(self):
+        """The state HAProxy's stats page gives each instance: name -> "UP", "DOWN", ..."""
+        import csv
+        import http.client
+        import io
+        conn = http.client.HTTPConnection("127.0.0.1", self.stats_port, timeout=5)
+        conn.request("GET", "/stats;csv")
+        text = conn.getresponse().read().decode().lstrip("# ")
+        conn.close()
+        return {row["svname"]: row["status"] for row in csv.DictReader(io.StringIO(text))
+                if row["pxname"] == "tokend" and row["svname"] not in ("BACKEND", "FRONTEND")}
 
     def stop(self):
         if self.proc.poll() is None:

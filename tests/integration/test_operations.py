@@ -218,7 +218,7 @@ class AccessLog(TokendTestCase):
     def test_durations_keep_their_fraction_of_a_millisecond(self):
         t = self.tokend(args=["--log-format", "json"])
         for _ in range(5):
-            t.get("/healthz")
+            t.get("/config")
         t.stop()
         durations = [json.loads(line)["duration_ms"] for line in t.log.splitlines() if '"access"' in line]
         self.assertEqual(len(durations), 5)
@@ -255,6 +255,32 @@ class AccessLog(TokendTestCase):
         t.stop()
         self.assertNotIn(" access ", t.log)
         self.assertIn("no AssemblyAI API key", t.log)
+
+    def test_a_route_may_be_left_out_or_sampled(self):
+        script = self.write("p.lua", """
+local tokend = require "tokend"
+tokend.route("GET", "/quiet", function(req) return tonumber(req.query.status) or 200 end, { log = false })
+tokend.route("GET", "/sampled", function() return 204 end, { log = 5 })
+""")
+        t = self.tokend(script=script)
+        for _ in range(10):
+            t.get("/quiet")
+            t.get("/sampled")
+        t.get("/quiet?status=503")
+        t.stop()
+        access = [line for line in t.log.splitlines() if " access " in line]
+        self.assertEqual(sum(" GET /quiet 200 " in line for line in access), 0, "left out")
+        self.assertEqual(sum(" GET /quiet 503 " in line for line in access), 1, "but for its errors")
+        self.assertEqual(sum(" GET /sampled 204 " in line for line in access), 2, "one in five")
+
+    def test_the_default_health_check_does_not_flood_the_log(self):
+        t = self.tokend(policy={})
+        for _ in range(20):
+            self.assertEqual(t.get("/healthz").status, 200)
+        t.get("/nowhere")
+        t.stop()
+        self.assertNotIn("GET /healthz", t.log)
+        self.assertIn("GET /nowhere 404", t.log)
 
 
 class Audit(TokendTestCase):

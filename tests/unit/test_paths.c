@@ -69,13 +69,13 @@ static void test_mime(void) {
 static void test_router(void) {
     router *r = router_create();
     char err[200];
-    CHECK(router_add(r, "GET", "/token", 1, 0, err, sizeof err) == 0, "%s", err);
-    CHECK(router_add(r, "GET", "/users/:id", 2, 0, err, sizeof err) == 0, "%s", err);
-    CHECK(router_add(r, "GET", "/users/me", 3, 0, err, sizeof err) == 0, "%s", err);
-    CHECK(router_add(r, "POST", "/users/:id/keys/:key", 4, 0, err, sizeof err) == 0, "%s", err);
-    CHECK(router_add(r, "DELETE", "/token", 5, 0, err, sizeof err) == 0, "%s", err);
-    CHECK(router_add(r, "GET", "/api/users/:user/rooms/:room", 6, 0, err, sizeof err) == 0, "%s", err);
-    CHECK(router_add(r, "GET", "/hello world", 7, 0, err, sizeof err) == 0, "%s", err);
+    CHECK(router_add(r, "GET", "/token", 1, NULL, err, sizeof err) == 0, "%s", err);
+    CHECK(router_add(r, "GET", "/users/:id", 2, NULL, err, sizeof err) == 0, "%s", err);
+    CHECK(router_add(r, "GET", "/users/me", 3, NULL, err, sizeof err) == 0, "%s", err);
+    CHECK(router_add(r, "POST", "/users/:id/keys/:key", 4, NULL, err, sizeof err) == 0, "%s", err);
+    CHECK(router_add(r, "DELETE", "/token", 5, NULL, err, sizeof err) == 0, "%s", err);
+    CHECK(router_add(r, "GET", "/api/users/:user/rooms/:room", 6, NULL, err, sizeof err) == 0, "%s", err);
+    CHECK(router_add(r, "GET", "/hello world", 7, NULL, err, sizeof err) == 0, "%s", err);
     static const struct { const char *pattern, *method, *err; } bad[] = {
         { "token", "GET", "must start with /" }, { "/a//b", "GET", "empty segment" },
         { "/a/:", "GET", "without a name" }, { "/token", "GET", "already defined" },
@@ -83,7 +83,7 @@ static void test_router(void) {
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         err[0] = '\0';
-        CHECK(router_add(r, bad[i].method, bad[i].pattern, 9, 0, err, sizeof err) < 0 && strstr(err, bad[i].err),
+        CHECK(router_add(r, bad[i].method, bad[i].pattern, 9, NULL, err, sizeof err) < 0 && strstr(err, bad[i].err),
               "%s %s: error \"%s\" should mention \"%s\"", bad[i].method, bad[i].pattern, err, bad[i].err);
     }
     static const struct { const char *method, *path; int rc, handler; const char *params, *allow; } cases[] = {
