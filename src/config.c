@@ -68,7 +68,7 @@ const config_setting config_settings[] = {
     { "idle_timeout_s", NULL, "TOKEND_IDLE_TIMEOUT_S", CONFIG_UINT, "60", 0, 86400, CONFIG_FIELD(idle_timeout_s),
       "connections with no traffic are closed after this" },
     { "rate_limit_clients", NULL, "TOKEND_RATE_LIMIT_CLIENTS", CONFIG_SIZE, "100000", 100, 100000000,
-      CONFIG_FIELD(rate_limit_clients), "clients the rate limiters track at most" },
+      CONFIG_FIELD(rate_limit_clients), "clients each rate limiter tracks at most (unless its max_keys says)" },
     { "lua_memory_mb", NULL, "TOKEND_LUA_MEMORY_MB", CONFIG_MIB, "64", 1, 65536, CONFIG_FIELD(lua_memory_bytes),
       "memory cap of each worker's Lua state" },
     { "lua_instructions", NULL, "TOKEND_LUA_INSTRUCTIONS", CONFIG_LONG, "10000000", 10000, 1L << 40,

@@ -25,6 +25,7 @@
 #define LJWT_CACHE "tokend.jwt.jwks"
 #define LJWT_KEYS_CACHE "tokend.jwt.keys"   /* options table -> its parsed keys (weak) */
 #define LJWT_SHARED "tokend.jwt"            /* the shared dictionary of refetch times */
+#define LJWT_SHARED_BYTES (8 * 1024 * 1024) /* its byte bound: JWKS documents are a few KiB */
 
 extern int luaopen_cjson_safe(lua_State *L);
 
@@ -479,7 +480,8 @@ static shdict *ljwt_shared(ljwt_cache *c) {
     char err[200];
     /* Opened once per state: every verification consults it, and opening takes the lock
      * of the registry all workers share. NULL (out of memory) is tried again next time. */
-    if (!c->shared) c->shared = shdict_open(lhost_world_of(c->h)->shared, LJWT_SHARED, 1024, err, sizeof err);
+    if (!c->shared) c->shared = shdict_open(lhost_world_of(c->h)->shared, LJWT_SHARED, 1024, LJWT_SHARED_BYTES, err,
+                                            sizeof err);
     return c->shared;
 }
 

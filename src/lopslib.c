@@ -10,6 +10,7 @@
 #include "log.h"
 #include "metrics.h"
 #include "pool.h"
+#include "shdict.h"
 #include "tokend.h"
 
 static const char *const lops_levels[] = { "debug", "info", "warn", "error" };
@@ -171,12 +172,15 @@ static int lops_metrics_write(void *ud, const char *text, size_t len) {
 
 /* tokend.metrics(): every counter in the Prometheus text format. */
 static int lops_metrics(lua_State *L) {
+    const lhost_world *world = lhost_world_of(LLIB_HOST(L));
     long opened, calls;
     luaL_Buffer b;
     fetch_totals(&opened, &calls);
     luaL_buffinit(L, &b);
     metrics_render(lops_metrics_write, &b, opened);
     pool_metrics(lops_metrics_write, &b);
+    policy_metrics(world->buckets, lops_metrics_write, &b);
+    shdict_metrics(world->shared, lops_metrics_write, &b);
     luaL_pushresult(&b);
     return 1;
 }

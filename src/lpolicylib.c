@@ -1,4 +1,5 @@
 /* lpolicylib.c: tokend.limiter and tokend.origins: who may ask, and how often (here, or across instances in Redis). */
+#include <math.h>
 #include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -57,9 +58,10 @@ static const char lpolicy_bucket_script[] =
     "redis.call('PEXPIRE', KEYS[1], math.ceil((burst - tokens) / per_ms) + 1000)\n"
     "return {allowed, retry}\n";
 
-/* tokend.limiter{name = "token", rate = 10, per = 60, burst = 5[, store = "redis",
+/* tokend.limiter{name = "token", rate = 10, per = 60, burst = 5[, max_keys = N][, store = "redis",
  * on_store_error = "local"]}: a token bucket per client, shared by every worker (the same
- * name gives the same buckets), or by every instance with store = "redis". */
+ * name gives the same buckets, at most max_keys clients, TOKEND_RATE_LIMIT_CLIENTS unless
+ * given), or by every instance with store = "redis". */
 static int lpolicy_limiter_new(lua_State *L) {
     lhost *h = LLIB_HOST(L);
     char err[200];
@@ -71,6 +73,9 @@ static int lpolicy_limiter_new(lua_State *L) {
     double rate = llib_opt_number(L, 1, "rate", -1, "limiter");
     double per = llib_opt_number(L, 1, "per", 60, "limiter");
     double burst = llib_opt_number(L, 1, "burst", rate, "limiter");
+    double max_keys = llib_opt_number(L, 1, "max_keys", 0, "limiter");
+    luaL_argcheck(L, max_keys == 0 || (max_keys >= 1 && max_keys <= 1e8 && max_keys == floor(max_keys)), 1,
+                  "max_keys must be a whole number of clients, 1..100000000");
     lua_getfield(L, 1, "store");
     const char *store = luaL_optstring(L, -1, "local");
     luaL_argcheck(L, strcmp(store, "local") == 0 || strcmp(store, "redis") == 0, 1,
@@ -84,7 +89,7 @@ static int lpolicy_limiter_new(lua_State *L) {
     const lhost_world *world = lhost_world_of(h);
     if (strcmp(store, "redis") == 0 && !world->info->redis_configured)
         return luaL_error(L, "limiter \"%s\": store = \"redis\" needs TOKEND_REDIS_URL", name);
-    int id = policy_limiter(world->buckets, name, rate, per, burst, err, sizeof err);
+    int id = policy_limiter(world->buckets, name, rate, per, burst, (size_t)max_keys, err, sizeof err);
     if (id < 0) return luaL_error(L, "%s", err);
     lpolicy_limiter *lim = lua_newuserdatauv(L, sizeof *lim, 0);
     memset(lim, 0, sizeof *lim);

@@ -11,6 +11,7 @@
 
 #define LSHARED_CLASS "tokend.shared"
 #define LSHARED_CAPACITY 10000          /* entries, unless the script says otherwise */
+#define LSHARED_MAX_BYTES (64.0 * 1024 * 1024)  /* bytes, likewise: what a worker's Lua state holds by default */
 #define LSHARED_MAX_NAME 64
 
 typedef struct lshared {
@@ -78,6 +79,7 @@ static void lshared_push(lua_State *L, const shdict_value *v) {
 /* What a store returns to Lua: true, or true, "evicted", or nil, err. */
 static int lshared_stored(lua_State *L, int rc) {
     if (rc == SHDICT_NO_MEMORY) return llib_fail(L, "out of memory");
+    if (rc == SHDICT_TOO_BIG) return llib_fail(L, "the entry is larger than the dictionary's max_bytes");
     lua_pushboolean(L, 1);
     if (rc != SHDICT_EVICTED) return 1;
     lua_pushliteral(L, "evicted");
@@ -305,7 +307,7 @@ static int lshared_incr(lua_State *L) {
     int rc = shdict_incr(u->dict, k, klen, by, has_init ? &init : NULL, ttl, loop_now_ms(), &out);
     if (rc == SHDICT_NOT_FOUND) return llib_fail(L, "not found");
     if (rc == SHDICT_NOT_NUMBER) return llib_fail(L, "not a number");
-    if (rc == SHDICT_NO_MEMORY) return llib_fail(L, "out of memory");
+    if (rc == SHDICT_NO_MEMORY || rc == SHDICT_TOO_BIG) return lshared_stored(L, rc);
     shdict_value v = { SHDICT_NUMBER, NULL, 0, out };
     lshared_push(L, &v);
     return 1;
@@ -342,7 +344,7 @@ static int lshared_ttl(lua_State *L) {
     return 1;
 }
 
-/* tokend.shared(name[, {capacity = N} | {store = "redis"}]) -> dict */
+/* tokend.shared(name[, {capacity = N, max_bytes = M} | {store = "redis"}]) -> dict */
 static int lshared_open(lua_State *L) {
     lhost *h = LLIB_HOST(L);
     const char *name = luaL_checkstring(L, 1);
@@ -350,10 +352,11 @@ static int lshared_open(lua_State *L) {
     char err[200];
     luaL_argcheck(L, strncmp(name, "tokend.", 7) != 0, 1, "names starting with \"tokend.\" are tokend's own");
     luaL_argcheck(L, *name && strlen(name) <= LSHARED_MAX_NAME, 1, "names are 1..64 bytes");
-    double capacity = LSHARED_CAPACITY;
+    double capacity = LSHARED_CAPACITY, max_bytes = LSHARED_MAX_BYTES;
     if (!lua_isnoneornil(L, 2)) {
         luaL_checktype(L, 2, LUA_TTABLE);
         capacity = llib_opt_number(L, 2, "capacity", LSHARED_CAPACITY, "tokend.shared");
+        max_bytes = llib_opt_number(L, 2, "max_bytes", LSHARED_MAX_BYTES, "tokend.shared");
         lua_getfield(L, 2, "store");
         store = luaL_optstring(L, -1, "local");
         luaL_argcheck(L, strcmp(store, "local") == 0 || strcmp(store, "redis") == 0, 2,
@@ -361,6 +364,8 @@ static int lshared_open(lua_State *L) {
     }
     luaL_argcheck(L, capacity >= 1 && capacity <= 1e8 && capacity == floor(capacity), 2,
                   "capacity must be a whole number of entries, 1..100000000");
+    luaL_argcheck(L, max_bytes >= SHDICT_MIN_BYTES && max_bytes <= (double)SHDICT_MAX_BYTES &&
+                     max_bytes == floor(max_bytes), 2, "max_bytes must be a whole number of bytes, 1024..2^40");
     const lhost_world *world = lhost_world_of(h);
     lshared *u = lua_newuserdatauv(L, sizeof *u, 0);
     memset(u, 0, sizeof *u);
@@ -372,7 +377,8 @@ static int lshared_open(lua_State *L) {
         snprintf(u->prefix, sizeof u->prefix, "tokend:%s:", name);
         return 1;
     }
-    if (!(u->dict = shdict_open(world->shared, name, (size_t)capacity, err, sizeof err)))
+    u->dict = shdict_open(world->shared, name, (size_t)capacity, (unsigned long long)max_bytes, err, sizeof err);
+    if (!u->dict)
         return luaL_error(L, "tokend.shared(\"%s\"): %s", name, err);
     return 1;
 }

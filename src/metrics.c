@@ -141,9 +141,20 @@ static void metrics_label(const char *in, char *out, size_t cap) {
     out[o] = '\0';
 }
 
+void metrics_family(metrics_write_fn *write, void *ud, const char *name, const char *type, const char *help) {
+    metrics_printf(write, ud, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
+}
+
+void metrics_sample(metrics_write_fn *write, void *ud, const char *name, const char *label, const char *value,
+                    unsigned long long v) {
+    char escaped[200];
+    metrics_label(value, escaped, sizeof escaped);
+    metrics_printf(write, ud, "%s{%s=\"%s\"} %llu\n", name, label, escaped, v);
+}
+
 static void metrics_render_histogram(metrics_write_fn *write, void *ud, metrics_histogram *h) {
     unsigned long long cumulative = 0;
-    metrics_printf(write, ud, "# HELP %s %s\n# TYPE %s histogram\n", h->name, h->help, h->name);
+    metrics_family(write, ud, h->name, "histogram", h->help);
     for (size_t b = 0; b <= METRICS_MAX_BOUNDS; b++) {
         cumulative += atomic_load(&h->buckets[b]);
         if (b < METRICS_MAX_BOUNDS && h->bounds[b] > 0)
@@ -160,7 +171,7 @@ static void metrics_render_histogram(metrics_write_fn *write, void *ud, metrics_
 /* Writes a counter with one label, a series for each of its values. */
 static void metrics_render_kinds(metrics_write_fn *write, void *ud, const char *name, const char *help,
                                  const char *label, const char *const *kinds, atomic_ullong *counters, size_t n) {
-    metrics_printf(write, ud, "# HELP %s %s\n# TYPE %s counter\n", name, help, name);
+    metrics_family(write, ud, name, "counter", help);
     for (size_t i = 0; i < n; i++)
         metrics_printf(write, ud, "%s{%s=\"%s\"} %llu\n", name, label, kinds[i], atomic_load(&counters[i]));
 }

@@ -30,6 +30,13 @@ void metrics_reload(int ok);
 /* Appends text to an output; returns 0 to go on. */
 typedef int metrics_write_fn(void *ud, const char *text, size_t len);
 
+/* Writes a metric family's HELP and TYPE lines (type: "counter", "gauge"). */
+void metrics_family(metrics_write_fn *write, void *ud, const char *name, const char *type, const char *help);
+
+/* Writes one sample of a family with one label: name{label="value"} v, value escaped. */
+void metrics_sample(metrics_write_fn *write, void *ud, const char *name, const char *label, const char *value,
+                    unsigned long long v);
+
 /* Writes every metric in the Prometheus text format (version 0.0.4). */
 void metrics_render(metrics_write_fn *write, void *ud, long upstream_connections_opened);
 

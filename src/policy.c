@@ -11,14 +11,17 @@
 #include <strings.h>
 
 #include "crypto.h"
+#include "hashtab.h"
+#include "list.h"
 #include "netaddr.h"
 #include "policy.h"
 
 #define POLICY_MAX_LIMITERS 32
+#define POLICY_EVICT_PROBE 8    /* the least recently used clients looked at for a full bucket */
 
-/* FNV-1a over a limiter id and a key. */
-static uint64_t policy_hash(int id, const char *key) {
-    uint64_t h = 1469598103934665603ULL ^ (uint64_t)(unsigned)id;
+/* FNV-1a over a key, for the connection counts (an entry per address with open connections). */
+static uint64_t policy_hash(const char *key) {
+    uint64_t h = 1469598103934665603ULL;
     for (; *key; key++) h = (h ^ (unsigned char)*key) * 1099511628211ULL;
     return h;
 }
@@ -26,11 +29,11 @@ static uint64_t policy_hash(int id, const char *key) {
 /* ---- token buckets ---- */
 
 typedef struct policy_entry {
-    struct policy_entry *next;
-    uint64_t hash;
-    int id;
+    hashtab_node node;      /* in its limiter's table */
+    list_node recency;      /* in its limiter's list, most recently used first */
     double tokens;
     uint64_t last_ms;
+    size_t klen;
     char key[];
 } policy_entry;
 
@@ -38,44 +41,69 @@ typedef struct policy_limiter_def {
     char name[64];
     double rate, per_s, burst;
     double per_ms;          /* tokens added per millisecond */
+    size_t max_keys;
+    hashtab *table;
+    list_node recency;
+    unsigned long long evicted;     /* clients forgotten while their bucket was not full */
+    unsigned long long visited;     /* entries looked at to make room */
 } policy_limiter_def;
 
 struct policy_buckets {
     pthread_mutex_t lock;
     policy_limiter_def limiters[POLICY_MAX_LIMITERS];
     int nlimiters;
-    policy_entry **slots;
-    size_t nslots, count, max_keys;
+    size_t default_max_keys;
 };
 
-policy_buckets *policy_buckets_create(size_t max_keys) {
+policy_buckets *policy_buckets_create(size_t default_max_keys) {
     policy_buckets *b = calloc(1, sizeof *b);
     if (!b) return NULL;
-    b->nslots = 1024;
-    b->slots = calloc(b->nslots, sizeof *b->slots);
-    if (!b->slots) {
-        free(b);
-        return NULL;
-    }
-    b->max_keys = max_keys ? max_keys : 100000;
+    b->default_max_keys = default_max_keys ? default_max_keys : 100000;
     pthread_mutex_init(&b->lock, NULL);
     return b;
 }
 
+static void policy_drop(policy_limiter_def *d, policy_entry *e) {
+    hashtab_remove(d->table, &e->node);
+    list_remove(&e->recency);
+    free(e);
+}
+
 void policy_buckets_free(policy_buckets *b) {
     if (!b) return;
-    for (size_t i = 0; i < b->nslots; i++) {
-        for (policy_entry *e = b->slots[i], *n; e; e = n) {
-            n = e->next;
-            free(e);
-        }
+    for (int i = 0; i < b->nlimiters; i++) {
+        policy_limiter_def *d = &b->limiters[i];
+        for (list_node *n; (n = list_first(&d->recency));) policy_drop(d, list_entry(n, policy_entry, recency));
+        hashtab_free(d->table);
     }
     pthread_mutex_destroy(&b->lock);
-    free(b->slots);
     free(b);
 }
 
-int policy_limiter(policy_buckets *b, const char *name, double rate, double per_s, double burst,
+/* Tokens the entry holds at now. */
+static double policy_refill(const policy_limiter_def *d, const policy_entry *e, uint64_t now_ms) {
+    double t = e->tokens + (double)(now_ms > e->last_ms ? now_ms - e->last_ms : 0) * d->per_ms;
+    return t > d->burst ? d->burst : t;
+}
+
+/* Forgets one client to make room, in constant time: among the POLICY_EVICT_PROBE least
+ * recently used, the first whose bucket is full again (it carries no information); else
+ * the least recently used, which gets a full burst should it come back. */
+static void policy_evict(policy_limiter_def *d, uint64_t now_ms) {
+    list_node *victim = list_last(&d->recency);
+    int probed = 0, full = 0;
+    for (list_node *n = victim; n && probed < POLICY_EVICT_PROBE && !full; n = list_prev(&d->recency, n), probed++) {
+        d->visited++;
+        if (policy_refill(d, list_entry(n, policy_entry, recency), now_ms) >= d->burst) {
+            victim = n;
+            full = 1;
+        }
+    }
+    if (!full) d->evicted++;
+    policy_drop(d, list_entry(victim, policy_entry, recency));
+}
+
+int policy_limiter(policy_buckets *b, const char *name, double rate, double per_s, double burst, size_t max_keys,
                    char *err, size_t errlen) {
     int id = -1;
     if (!(rate > 0 && rate <= 1e9 && per_s > 0 && per_s <= 86400 * 365 && burst >= 1 && burst <= 1e9)) {
@@ -87,71 +115,35 @@ int policy_limiter(policy_buckets *b, const char *name, double rate, double per_
         return -1;
     }
     pthread_mutex_lock(&b->lock);
-    for (int i = 0; i < b->nlimiters; i++) {
-        policy_limiter_def *d = &b->limiters[i];
-        if (strcmp(d->name, name) != 0) continue;
-        /* The same name again (another worker, or a reloaded script): the latest values
-         * apply from now on, the buckets and what clients used of them stay. */
-        d->rate = rate;
-        d->per_s = per_s;
-        d->burst = burst;
-        d->per_ms = rate / (per_s * 1000.0);
-        id = i;
-        goto out;
-    }
-    if (b->nlimiters == POLICY_MAX_LIMITERS) {
+    policy_limiter_def *d = NULL;
+    for (int i = 0; i < b->nlimiters && !d; i++)
+        if (strcmp(b->limiters[i].name, name) == 0) d = &b->limiters[i];
+    if (!d && b->nlimiters == POLICY_MAX_LIMITERS) {
         snprintf(err, errlen, "too many limiters (at most %d)", POLICY_MAX_LIMITERS);
         goto out;
     }
-    id = b->nlimiters++;
-    policy_limiter_def *d = &b->limiters[id];
-    snprintf(d->name, sizeof d->name, "%s", name);
+    if (!d) {
+        d = &b->limiters[b->nlimiters];
+        if (!(d->table = hashtab_create())) {
+            snprintf(err, errlen, "out of memory");
+            goto out;
+        }
+        snprintf(d->name, sizeof d->name, "%s", name);
+        list_init(&d->recency);
+        b->nlimiters++;
+    }
+    /* The same name again (another worker, or a reloaded script): the latest values apply
+     * from now on, the buckets and what clients used of them stay. */
     d->rate = rate;
     d->per_s = per_s;
     d->burst = burst;
     d->per_ms = rate / (per_s * 1000.0);
+    d->max_keys = max_keys ? max_keys : b->default_max_keys;
+    while (hashtab_count(d->table) > d->max_keys) policy_evict(d, 0);
+    id = (int)(d - b->limiters);
 out:
     pthread_mutex_unlock(&b->lock);
     return id;
-}
-
-/* Tokens the entry holds at now. */
-static double policy_refill(const policy_buckets *b, const policy_entry *e, uint64_t now_ms) {
-    const policy_limiter_def *d = &b->limiters[e->id];
-    double t = e->tokens + (double)(now_ms > e->last_ms ? now_ms - e->last_ms : 0) * d->per_ms;
-    return t > d->burst ? d->burst : t;
-}
-
-/* Drops the entries whose bucket has filled up again: they carry no information. */
-static void policy_sweep(policy_buckets *b, uint64_t now_ms) {
-    for (size_t i = 0; i < b->nslots; i++) {
-        for (policy_entry **pp = &b->slots[i]; *pp;) {
-            policy_entry *e = *pp;
-            if (policy_refill(b, e, now_ms) >= b->limiters[e->id].burst) {
-                *pp = e->next;
-                free(e);
-                b->count--;
-            } else {
-                pp = &e->next;
-            }
-        }
-    }
-}
-
-static void policy_grow(policy_buckets *b) {
-    size_t n = b->nslots * 2;
-    policy_entry **slots = calloc(n, sizeof *slots);
-    if (!slots) return;     /* longer chains, still correct */
-    for (size_t i = 0; i < b->nslots; i++) {
-        for (policy_entry *e = b->slots[i], *next; e; e = next) {
-            next = e->next;
-            e->next = slots[e->hash & (n - 1)];
-            slots[e->hash & (n - 1)] = e;
-        }
-    }
-    free(b->slots);
-    b->slots = slots;
-    b->nslots = n;
 }
 
 void policy_client_key(const char *key, char out[POLICY_KEY_SIZE]) {
@@ -166,32 +158,39 @@ void policy_client_key(const char *key, char out[POLICY_KEY_SIZE]) {
     else snprintf(out, POLICY_KEY_SIZE, "%.*s", POLICY_KEY_MAX, key);     /* OpenSSL failed: cut */
 }
 
+/* Whether a client's entry is the one for key. */
+static int policy_entry_is(const hashtab_node *n, const void *key, size_t len) {
+    const policy_entry *e = hashtab_entry(n, const policy_entry, node);
+    return e->klen == len && memcmp(e->key, key, len) == 0;
+}
+
 int policy_take(policy_buckets *b, int id, const char *key, uint64_t now_ms, long *retry_after_s) {
     char k[POLICY_KEY_SIZE];
     int allowed = 0;
-    if (id < 0 || id >= b->nlimiters) return 0;
     policy_client_key(key, k);
-    uint64_t h = policy_hash(id, k);
+    size_t klen = strlen(k);
     pthread_mutex_lock(&b->lock);
-    const policy_limiter_def *d = &b->limiters[id];
-    policy_entry *e = b->slots[h & (b->nslots - 1)];
-    while (e && !(e->hash == h && e->id == id && strcmp(e->key, k) == 0)) e = e->next;
-    if (!e) {
-        if (b->count >= b->max_keys) policy_sweep(b, now_ms);
-        if (b->count >= b->max_keys || !(e = malloc(sizeof *e + strlen(k) + 1))) {
-            *retry_after_s = 1;     /* full of active clients: refuse, do not forget anyone */
+    if (id < 0 || id >= b->nlimiters) goto out;
+    policy_limiter_def *d = &b->limiters[id];
+    uint64_t h = hashtab_hash(d->table, k, klen);
+    hashtab_node *found = hashtab_find(d->table, h, policy_entry_is, k, klen);
+    policy_entry *e = found ? hashtab_entry(found, policy_entry, node) : NULL;
+    if (e) {
+        list_move_front(&d->recency, &e->recency);
+    } else {
+        while (hashtab_count(d->table) >= d->max_keys) policy_evict(d, now_ms);
+        if (!(e = malloc(sizeof *e + klen + 1))) {
+            *retry_after_s = 1;     /* out of memory: refuse rather than not count */
             goto out;
         }
-        e->hash = h;
-        e->id = id;
         e->tokens = d->burst;
         e->last_ms = now_ms;
-        memcpy(e->key, k, strlen(k) + 1);
-        e->next = b->slots[h & (b->nslots - 1)];
-        b->slots[h & (b->nslots - 1)] = e;
-        if (++b->count > b->nslots) policy_grow(b);
+        e->klen = klen;
+        memcpy(e->key, k, klen + 1);
+        hashtab_insert(d->table, &e->node, h);
+        list_insert_after(&d->recency, &e->recency);
     }
-    e->tokens = policy_refill(b, e, now_ms);
+    e->tokens = policy_refill(d, e, now_ms);
     e->last_ms = now_ms;
     if (e->tokens >= 1.0) {
         e->tokens -= 1.0;
@@ -206,11 +205,40 @@ out:
     return allowed;
 }
 
-size_t policy_buckets_size(policy_buckets *b) {
+int policy_limiter_stats(policy_buckets *b, int id, policy_stats *out) {
+    int rc = -1;
     pthread_mutex_lock(&b->lock);
-    size_t n = b->count;
+    if (id >= 0 && id < b->nlimiters) {
+        const policy_limiter_def *d = &b->limiters[id];
+        out->keys = hashtab_count(d->table);
+        out->evicted = d->evicted;
+        out->visited = d->visited;
+        rc = 0;
+    }
     pthread_mutex_unlock(&b->lock);
-    return n;
+    return rc;
+}
+
+void policy_metrics(policy_buckets *b, metrics_write_fn *write, void *ud) {
+    static const char *const families[][3] = {
+        { "tokend_limiter_keys", "gauge", "Clients a local limiter tracks now." },
+        { "tokend_limiter_evictions_total", "counter",
+          "Clients a local limiter forgot to make room for new ones, before their bucket was full again." },
+    };
+    struct { char name[64]; unsigned long long v[2]; } seen[POLICY_MAX_LIMITERS];
+    int n;
+    /* Copied out first: write may raise a Lua error, which must not leave the lock held. */
+    pthread_mutex_lock(&b->lock);
+    for (n = 0; n < b->nlimiters; n++) {
+        memcpy(seen[n].name, b->limiters[n].name, sizeof seen[n].name);
+        seen[n].v[0] = hashtab_count(b->limiters[n].table);
+        seen[n].v[1] = b->limiters[n].evicted;
+    }
+    pthread_mutex_unlock(&b->lock);
+    for (size_t f = 0; f < sizeof families / sizeof families[0]; f++) {
+        metrics_family(write, ud, families[f][0], families[f][1], families[f][2]);
+        for (int i = 0; i < n; i++) metrics_sample(write, ud, families[f][0], "limiter", seen[i].name, seen[i].v[f]);
+    }
 }
 
 /* ---- connections per address ---- */
@@ -253,7 +281,7 @@ void policy_conns_free(policy_conns *c) {
  * the rate limits), or where it goes. key gets the counting key. */
 static policy_conn_entry **policy_conn_find(policy_conns *c, const char *addr, char *key, size_t keylen) {
     netaddr_key(addr, key, keylen);
-    policy_conn_entry **pp = &c->slots[policy_hash(0, key) & (POLICY_CONN_SLOTS - 1)];
+    policy_conn_entry **pp = &c->slots[policy_hash(key) & (POLICY_CONN_SLOTS - 1)];
     while (*pp && strcmp((*pp)->addr, key) != 0) pp = &(*pp)->next;
     return pp;
 }

@@ -6,19 +6,24 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "metrics.h"
+
 /* ---- token buckets, process-wide and thread-safe ---- */
 
 typedef struct policy_buckets policy_buckets;
 
-/* Creates the bucket table; it tracks at most max_keys clients across all limiters. */
-policy_buckets *policy_buckets_create(size_t max_keys);
+/* Creates the registry of limiters; each limiter tracks at most default_max_keys clients
+ * (0: 100000) unless it says otherwise. NULL when out of memory. */
+policy_buckets *policy_buckets_create(size_t default_max_keys);
 void policy_buckets_free(policy_buckets *b);
 
 /* Finds or creates the limiter called name: rate tokens every per_s seconds, holding at
- * most burst. Every worker's script asks for it by the same name and gets the same
- * limiter; a later definition (a reloaded script) updates its values. Returns its id
- * (>= 0), or -1 with err set when the values are out of range or there are too many. */
-int policy_limiter(policy_buckets *b, const char *name, double rate, double per_s, double burst,
+ * most burst, for at most max_keys clients (0: the registry's default) in a table of its
+ * own. Every worker's script asks for it by the same name and gets the same limiter; a
+ * later definition (a reloaded script) updates its values and keeps its clients (the least
+ * recently used go when max_keys shrank). Returns its id (>= 0), or -1 with err set when
+ * the values are out of range, there are too many limiters, or memory ran out. */
+int policy_limiter(policy_buckets *b, const char *name, double rate, double per_s, double burst, size_t max_keys,
                    char *err, size_t errlen);
 
 #define POLICY_KEY_MAX 80       /* longer client keys are known by their SHA-256 */
@@ -30,12 +35,25 @@ int policy_limiter(policy_buckets *b, const char *name, double rate, double per_
 void policy_client_key(const char *key, char out[POLICY_KEY_SIZE]);
 
 /* Takes one token from key's bucket in limiter id (known by policy_client_key).
- * Returns 1 when allowed; 0 when refused, with *retry_after_s (whole seconds, >= 1) set.
- * When the table is full of active clients, new clients are refused too. */
+ * Returns 1 when allowed; 0 when refused, with *retry_after_s (whole seconds, >= 1) set
+ * (also when memory runs out; an unknown id returns 0 alone). A new client in a full
+ * limiter makes room in constant time: a client whose bucket is full again among the few
+ * least recently used goes, or else the least recently used (it gets a full burst should
+ * it come back). */
 int policy_take(policy_buckets *b, int id, const char *key, uint64_t now_ms, long *retry_after_s);
 
-/* Clients tracked now (for tests and metrics). */
-size_t policy_buckets_size(policy_buckets *b);
+/* What a limiter holds and did. */
+typedef struct policy_stats {
+    size_t keys;                /* clients tracked now */
+    unsigned long long evicted; /* clients forgotten to make room while their bucket was not full */
+    unsigned long long visited; /* clients looked at to make room (a few per new client at most) */
+} policy_stats;
+
+/* Fills out for limiter id. Returns 0, or -1 for an unknown id. */
+int policy_limiter_stats(policy_buckets *b, int id, policy_stats *out);
+
+/* Writes tokend_limiter_keys and tokend_limiter_evictions_total for every limiter. */
+void policy_metrics(policy_buckets *b, metrics_write_fn *write, void *ud);
 
 /* ---- open connections per client address, process-wide and thread-safe ---- */
 

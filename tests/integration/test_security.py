@@ -1,6 +1,7 @@
 """Attacks on a running tokend: each test fails if its defence is removed."""
 import json
 import os
+import re
 import socket
 import threading
 import time
@@ -67,6 +68,103 @@ class RateLimit(TokendTestCase):
             th.join()
         self.assertEqual(statuses.count(200), 10, statuses)
         self.assertEqual(statuses.count(429), 20)
+
+
+# Two limiters, as an application with a login form would have them, and a dictionary of
+# large values: the bounded tables must not let one kind of key crowd out another, nor
+# grow without bound in bytes.
+TABLES_SCRIPT = r'''
+local tokend = require "tokend"
+local login = tokend.limiter{ name = "login", rate = 1, per = 3600, burst = 1 }
+local visits = tokend.limiter{ name = "visits", rate = 1, per = 3600, burst = 1, max_keys = 2 }
+local refused = {
+  max_keys = select(2, pcall(tokend.limiter, { name = "bad", rate = 1, max_keys = 1.5 })),
+  max_bytes = select(2, pcall(tokend.shared, "bad", { max_bytes = 1000 })),
+}
+local big = tokend.shared("big", { max_bytes = 8 * 1024 * 1024 })
+local tiny = tokend.shared("tiny", { max_bytes = 100000 })
+tokend.route("GET", "/login", function(req)
+  return login:take(req.query.user) and 200 or 429, {}
+end)
+tokend.route("GET", "/token", function(req)
+  return visits:take(req.client) and 200 or 429, {}
+end)
+tokend.route("GET", "/fill", function(req)
+  local first, n = tonumber(req.query.first), tonumber(req.query.n)
+  for i = first, first + n - 1 do
+    local ok, err = big:set("k" .. i, string.rep(string.char(65 + i % 26), 1024 * 1024 - 8) .. ("%08d"):format(i))
+    if not ok then return 500, { error = err } end
+  end
+  return 200, {}
+end)
+tokend.route("GET", "/get", function(req)
+  local v = big:get(req.query.key)
+  return 200, { len = v and #v, tail = v and v:sub(-8) }
+end)
+tokend.route("GET", "/tiny", function(req)
+  local ok, err = tiny:set("small", "x")
+  local ok2, err2 = tiny:set("big", string.rep("x", 200000))
+  return 200, { ok = ok, err = err, ok2 = ok2, err2 = err2, small = tiny:get("small"), big = tiny:get("big") }
+end)
+tokend.route("GET", "/metrics", function() return 200, tokend.metrics() end)
+tokend.route("GET", "/refused", function() return 200, refused end)
+'''
+
+
+def rss_bytes(pid):
+    with open(f"/proc/{pid}/status") as f:
+        return int(re.search(r"^VmRSS:\s+(\d+) kB", f.read(), re.M).group(1)) * 1024
+
+
+class Tables(TokendTestCase):
+    def test_a_limiter_full_of_user_names_does_not_refuse_new_visitors(self):
+        t = self.tokend(key=None, script=self.write("tables.lua", TABLES_SCRIPT),
+                        env={"TOKEND_RATE_LIMIT_CLIENTS": "100", "TOKEND_TRUSTED_PROXIES": "127.0.0.0/8"})
+        # One address tries 150 user names, once each: more than the 100 keys a limiter keeps.
+        attacker = {"X-Forwarded-For": "203.0.113.66"}
+        for i in range(150):
+            self.assertEqual(t.get(f"/login?user=user{i}", headers=attacker).status, 200, i)
+        self.assertEqual(t.get("/login?user=user149", headers=attacker).status, 429,
+                         "a recent name is remembered: its bucket is empty")
+        self.assertEqual(t.get("/login?user=someone-new", headers=attacker).status, 200,
+                         "a new name is not refused because the table is full")
+        self.assertEqual(t.get("/login?user=user0", headers=attacker).status, 200,
+                         "the least recently used name was forgotten (a full burst again)")
+        for visitor in ["198.51.100.1", "198.51.100.2", "2001:db8:5::1"]:
+            self.assertEqual(t.get("/token", headers={"X-Forwarded-For": visitor}).status, 200,
+                             f"a new visitor {visitor} of /token is not refused")
+        self.assertEqual(t.get("/token", headers={"X-Forwarded-For": "2001:db8:5::1"}).status, 429,
+                         "and its limit holds")
+        m = t.get("/metrics").body.decode()
+        self.assertRegex(m, r'tokend_limiter_evictions_total\{limiter="login"\} 52\n', "152 names, 100 kept")
+        self.assertRegex(m, r'tokend_limiter_keys\{limiter="login"\} 100\n')
+        self.assertRegex(m, r'tokend_limiter_keys\{limiter="visits"\} 2\n', "its own max_keys")
+        self.assertRegex(m, r'tokend_limiter_evictions_total\{limiter="visits"\} 1\n')
+        j = t.get("/refused").json()
+        self.assertIn("max_keys must be a whole number", j["max_keys"])
+        self.assertIn("max_bytes must be a whole number of bytes, 1024..", j["max_bytes"])
+
+    def test_a_dictionary_of_large_values_stays_within_its_bytes(self):
+        t = self.tokend(key=None, script=self.write("tables.lua", TABLES_SCRIPT))
+        before = rss_bytes(t.proc.pid)
+        for first in range(0, 200, 10):     # 200 values of 1 MiB into a dictionary of 8 MiB
+            r = t.get(f"/fill?first={first}&n=10", timeout=60)
+            self.assertEqual(r.status, 200, r.body)
+        self.assertEqual(t.get("/get?key=k199").json(), {"len": 1024 * 1024, "tail": "00000199"}, "the newest is kept")
+        self.assertEqual(t.get("/get?key=k0").json(), {}, "the oldest went")
+        m = t.get("/metrics").body.decode()
+        held = int(re.search(r'tokend_shared_bytes\{dict="big"\} (\d+)', m).group(1))
+        self.assertLessEqual(held, 8 * 1024 * 1024)
+        self.assertGreater(held, 6 * 1024 * 1024, "it is full, not emptied")
+        self.assertRegex(m, r'tokend_shared_evictions_total\{dict="big"\} 193\n', "7 values of 1 MiB fit in 8 MiB")
+        if not os.environ.get("ASAN_OPTIONS") and not os.environ.get("TOKEND_WRAPPER"):  # they keep freed memory
+            grown = rss_bytes(t.proc.pid) - before
+            self.assertLess(grown, 100 * 1024 * 1024, f"RSS grew by {grown >> 20} MiB for 200 MiB of values")
+        j = t.get("/tiny").json()
+        self.assertEqual((j["ok"], j["small"]), (True, "x"))
+        self.assertIsNone(j.get("ok2"))
+        self.assertIn("larger than the dictionary", j["err2"])
+        self.assertIsNone(j.get("big"))
 
 
 class Origins(TokendTestCase):

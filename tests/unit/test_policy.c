@@ -7,13 +7,13 @@
 static void test_buckets(void) {
     char err[200];
     policy_buckets *b = policy_buckets_create(3);
-    int id = policy_limiter(b, "token", 10, 60, 5, err, sizeof err);
+    int id = policy_limiter(b, "token", 10, 60, 5, 0, err, sizeof err);
     CHECK(id >= 0, "%s", err);
-    CHECK(policy_limiter(b, "token", 10, 60, 5, err, sizeof err) == id, "same name and values: same limiter");
-    int other = policy_limiter(b, "other", 1, 1, 1, err, sizeof err);
+    CHECK(policy_limiter(b, "token", 10, 60, 5, 0, err, sizeof err) == id, "same name and values: same limiter");
+    int other = policy_limiter(b, "other", 1, 1, 1, 0, err, sizeof err);
     CHECK(other >= 0 && other != id, "another name, another limiter");
-    CHECK(policy_limiter(b, "bad", 0, 60, 5, err, sizeof err) < 0, "rate 0 refused");
-    CHECK(policy_limiter(b, "bad", 1, 60, 0.5, err, sizeof err) < 0, "burst < 1 refused");
+    CHECK(policy_limiter(b, "bad", 0, 60, 5, 0, err, sizeof err) < 0, "rate 0 refused");
+    CHECK(policy_limiter(b, "bad", 1, 60, 0.5, 0, err, sizeof err) < 0, "burst < 1 refused");
     long retry = 0;
     uint64_t t = 1000000;
     for (int i = 0; i < 5; i++) CHECK(policy_take(b, id, "1.2.3.4", t, &retry) == 1, "burst token %d", i);
@@ -28,22 +28,80 @@ static void test_buckets(void) {
     CHECK(policy_take(b, id, "2001:db8:1:2:ffff::9", t, &retry) == 0, "same /64 shares the bucket");
     /* Dual-stack sockets: IPv4 clients arrive as ::ffff:a.b.c.d, each its own bucket. */
     policy_buckets *dual = policy_buckets_create(10);
-    int d = policy_limiter(dual, "token", 10, 60, 5, err, sizeof err);
+    int d = policy_limiter(dual, "token", 10, 60, 5, 0, err, sizeof err);
     for (int i = 0; i < 5; i++) CHECK(policy_take(dual, d, "::ffff:198.51.100.1", t, &retry) == 1, "mapped %d", i);
     CHECK(policy_take(dual, d, "198.51.100.1", t, &retry) == 0, "the mapped address is the IPv4 client");
     CHECK(policy_take(dual, d, "::ffff:198.51.100.2", t, &retry) == 1, "another IPv4 client is not in that bucket");
     CHECK(policy_take(dual, d, "::1", t, &retry) == 1, "nor is ::1");
     policy_buckets_free(dual);
-    /* Full table (3 keys): a fourth active client is refused; once buckets refill, room returns. */
-    CHECK(policy_buckets_size(b) == 3, "three keys, got %zu", policy_buckets_size(b));
-    CHECK(policy_take(b, id, "9.9.9.9", t, &retry) == 0, "table full of active clients");
-    CHECK(policy_take(b, id, "9.9.9.9", t + 3600 * 1000, &retry) == 1, "idle buckets are swept");
+    /* A full limiter (3 keys) forgets its least recently used client for a new one: here
+     * 5.6.7.8 (the IPv6 client and 1.2.3.4 were used after it). */
+    policy_stats st;
+    CHECK(policy_limiter_stats(b, id, &st) == 0 && st.keys == 3, "three keys, got %zu", st.keys);
+    CHECK(policy_take(b, id, "9.9.9.9", t, &retry) == 1, "a new client in a full limiter is not refused");
+    CHECK(policy_limiter_stats(b, id, &st) == 0 && st.keys == 3 && st.evicted == 1, "%zu keys, %llu evicted",
+          st.keys, st.evicted);
+    CHECK(policy_take(b, id, "1.2.3.4", t + 6000, &retry) == 0, "1.2.3.4 (empty) is still known");
+    CHECK(policy_limiter_stats(b, id, &st) == 0 && st.keys == 3 && st.evicted == 1, "it was not evicted");
+    /* Forgotten, 5.6.7.8 starts with a full burst again (the IPv6 client makes room). */
+    for (int i = 0; i < 5; i++) CHECK(policy_take(b, id, "5.6.7.8", t, &retry) == 1, "fresh burst %d", i);
+    CHECK(policy_take(b, id, "5.6.7.8", t, &retry) == 0, "then limited again");
+    CHECK(policy_take(b, id, "2001:db8:1:2::1", t, &retry) == 1, "and so does the IPv6 client, evicted in turn");
+    CHECK(policy_limiter_stats(b, id, &st) == 0 && st.keys == 3 && st.evicted == 3, "%llu evicted", st.evicted);
+    /* The other limiter has a table of its own: the full one does not crowd it out. */
+    CHECK(policy_take(b, other, "1.2.3.4", t, &retry) == 1, "another limiter, same key: its own bucket");
+    CHECK(policy_limiter_stats(b, other, &st) == 0 && st.keys == 1 && st.evicted == 0, "%zu keys", st.keys);
+    CHECK(policy_limiter_stats(b, 99, &st) < 0, "unknown id");
     /* A reloaded script redefines the limiter: new values, same buckets. */
-    CHECK(policy_limiter(b, "token", 60, 60, 2, err, sizeof err) == id, "redefined in place");
+    CHECK(policy_limiter(b, "token", 60, 60, 2, 0, err, sizeof err) == id, "redefined in place");
+    CHECK(policy_take(b, id, "5.6.7.8", t, &retry) == 0, "the buckets survived the redefinition");
     uint64_t t2 = t + 3600 * 1000;
-    CHECK(policy_take(b, id, "9.9.9.9", t2, &retry) == 1, "capped to the new burst of 2: first");
-    CHECK(policy_take(b, id, "9.9.9.9", t2, &retry) == 1, "capped to the new burst of 2: second");
-    CHECK(policy_take(b, id, "9.9.9.9", t2, &retry) == 0 && retry == 1, "one a second now: retry %ld", retry);
+    CHECK(policy_take(b, id, "5.6.7.8", t2, &retry) == 1, "capped to the new burst of 2: first");
+    CHECK(policy_take(b, id, "5.6.7.8", t2, &retry) == 1, "capped to the new burst of 2: second");
+    CHECK(policy_take(b, id, "5.6.7.8", t2, &retry) == 0 && retry == 1, "one a second now: retry %ld", retry);
+    /* ... and with a smaller max_keys, the least recently used go at once. */
+    CHECK(policy_limiter(b, "token", 60, 60, 2, 1, err, sizeof err) == id, "max_keys 1");
+    CHECK(policy_limiter_stats(b, id, &st) == 0 && st.keys == 1, "%zu keys", st.keys);
+    CHECK(policy_take(b, id, "5.6.7.8", t2, &retry) == 0, "the most recently used stayed");
+    policy_buckets_free(b);
+}
+
+/* Many clients through a small limiter: each new one looks at a few entries at most, and
+ * a full bucket goes before a client that still has a limit to keep. */
+static void test_eviction(void) {
+    char err[200];
+    long retry = 0;
+    uint64_t t = 1000000;
+    policy_buckets *b = policy_buckets_create(100000);
+    int login = policy_limiter(b, "login", 1, 3600, 1, 100, err, sizeof err);
+    int token = policy_limiter(b, "token", 1, 3600, 1, 0, err, sizeof err);
+    CHECK(login >= 0 && token >= 0, "%s", err);
+    char key[32];
+    for (int i = 0; i < 10000; i++) {
+        snprintf(key, sizeof key, "user%d", i);
+        CHECK(policy_take(b, login, key, t, &retry) == 1, "%s is new", key);
+    }
+    policy_stats st;
+    CHECK(policy_limiter_stats(b, login, &st) == 0 && st.keys == 100 && st.evicted == 9900, "%zu keys, %llu evicted",
+          st.keys, st.evicted);
+    CHECK(st.visited <= 8 * 9900ULL, "a few entries looked at per new client: %llu", st.visited);
+    CHECK(policy_take(b, login, "user9999", t, &retry) == 0, "the most recent name is still limited");
+    CHECK(policy_take(b, token, "203.0.113.1", t, &retry) == 1, "the token limiter is not full");
+    /* A refilled bucket carries no information: it goes before the least recently used. */
+    policy_buckets *small = policy_buckets_create(100);
+    int id = policy_limiter(small, "x", 1, 1, 2, 3, err, sizeof err);
+    policy_take(small, id, "a", t, &retry);
+    policy_take(small, id, "a", t, &retry);     /* a: empty, full again at t + 2000 */
+    policy_take(small, id, "b", t, &retry);     /* b: 1 token left, full again at t + 1000 */
+    policy_take(small, id, "c", t, &retry);
+    policy_take(small, id, "c", t, &retry);     /* c: empty */
+    /* At t + 1500, a is the least recently used but holds 1.5 tokens; b is full: b goes. */
+    CHECK(policy_take(small, id, "d", t + 1500, &retry) == 1, "d");
+    CHECK(policy_limiter_stats(small, id, &st) == 0 && st.keys == 3 && st.evicted == 0, "a full bucket went (%llu)",
+          st.evicted);
+    CHECK(policy_take(small, id, "a", t + 1500, &retry) == 1 && policy_take(small, id, "a", t + 1500, &retry) == 0,
+          "a kept its state: 1.5 tokens, then 0.5");
+    policy_buckets_free(small);
     policy_buckets_free(b);
 }
 
@@ -164,6 +222,7 @@ static void test_origins(void) {
 
 int main(void) {
     test_buckets();
+    test_eviction();
     test_conns();
     test_hosts();
     test_origins();
