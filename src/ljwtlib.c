@@ -7,24 +7,16 @@
 #include <time.h>
 
 #include "crypto.h"
-#include "fetch.h"
+#include "ljwks.h"
 #include "llib.h"
-#include "log.h"
-#include "shdict.h"
 
 #define LJWT_MAX_BYTES 8192             /* tokens longer than this are refused unread */
 #define LJWT_LEEWAY_S 30                /* clock skew allowed on exp and nbf */
 #define LJWT_JWKS_TTL_S 600             /* a JWKS is fetched again after this */
-#define LJWT_REFETCH_S 30               /* an unknown kid refetches at most this often, all workers together */
-#define LJWT_FETCH_MS 3000              /* deadline of a JWKS fetch */
-#define LJWT_FAILED_S 30                /* after a failed fetch, the next waits this long */
-#define LJWT_JWKS_MAX (256 * 1024)
 #define LJWT_MAX_KEYS 64
 #define LJWT_VERIFIED_SLOTS 256         /* signatures a key set remembers having verified */
 #define LJWT_KEYSET "tokend.jwt.keyset"
-#define LJWT_CACHE "tokend.jwt.jwks"
 #define LJWT_KEYS_CACHE "tokend.jwt.keys"   /* options table -> its parsed keys (weak) */
-#define LJWT_SHARED "tokend.jwt"            /* the shared dictionary of refetch times */
 
 extern int luaopen_cjson_safe(lua_State *L);
 
@@ -330,288 +322,40 @@ static int ljwt_check(lua_State *L, const ljwt_token *t, ljwt_keyset *ks) {
     return llib_fail(L, "the token's signature is not valid");
 }
 
-/* ---- JWKS from an identity provider ---- */
+/* ---- keys from an identity provider's JWKS ---- */
 
-/* A verification waiting for a JWKS fetch. */
-typedef struct ljwt_pending {
-    struct ljwt_jwks *jwks;
-    lhost_waiter *w;
-    int call_ref;                       /* registry: {token, opts} */
-    struct ljwt_pending *next;
-} ljwt_pending;
-
-/* What one state knows of one JWKS URL. A userdata in the cache table. */
-typedef struct ljwt_jwks {
-    struct ljwt_cache *cache;
-    char url[512];
-    int keyset_ref;                     /* registry: the keys, LUA_NOREF before the first fetch */
-    uint64_t fetched_ms;                /* when they were fetched */
-    uint64_t ttl_ms;                    /* jwks_ttl of the last call */
-    uint64_t failed_ms;                 /* the last failed fetch, 0 when it worked */
-    char error[300];
-    fetch_call *fetching;
-    ljwt_pending *waiters;
-    struct ljwt_jwks *next;             /* the cache's list */
-} ljwt_jwks;
-
-/* The JWKS URLs of one state: a registry userdata, with a retire hook. */
-typedef struct ljwt_cache {
-    lhost *h;
-    lua_State *L;
-    ljwt_jwks *first;
-    int stopped;
-    shdict *shared;                     /* LJWT_SHARED once opened (see ljwt_shared) */
-} ljwt_cache;
-
-static int ljwt_verify_now(lua_State *L, const ljwt_token *t, int opts, ljwt_jwks *j);
-
-/* Ends every wait on j with the keys it has now (or its error). */
-static void ljwt_wake_all(ljwt_jwks *j);
-
-static void ljwt_cancel_fetch(ljwt_jwks *j) {
-    if (j->fetching) fetch_cancel(j->fetching);
-    j->fetching = NULL;
-}
-
-static void ljwt_cache_on_retire(void *ud) {
-    ljwt_cache *c = ud;
-    c->stopped = 1;
-    for (ljwt_jwks *j = c->first; j; j = j->next) {
-        if (!j->fetching) continue;
-        ljwt_cancel_fetch(j);
-        snprintf(j->error, sizeof j->error, "the script was replaced while the JWKS was being fetched");
-        j->failed_ms = loop_now_ms();
-        ljwt_wake_all(j);
-    }
-}
-
-static int ljwt_jwks_gc(lua_State *L) {
-    ljwt_jwks *j = lua_touserdata(L, 1);
-    ljwt_cancel_fetch(j);
-    return 0;
-}
-
-/* The cache entry of url, made when first asked (pushes nothing). */
-static ljwt_jwks *ljwt_jwks_of(lua_State *L, lhost *h, const char *url) {
-    ljwt_cache *c;
-    if (lua_getfield(L, LUA_REGISTRYINDEX, LJWT_CACHE) != LUA_TTABLE) {
-        lua_pop(L, 1);
-        lua_newtable(L);
-        c = lua_newuserdatauv(L, sizeof *c, 0);
-        *c = (ljwt_cache){ h, lhost_state(h), NULL, 0, NULL };
-        lua_rawseti(L, -2, 0);
-        lua_pushvalue(L, -1);
-        lua_setfield(L, LUA_REGISTRYINDEX, LJWT_CACHE);
-        lhost_on_retire(h, ljwt_cache_on_retire, c);
-    }
-    lua_rawgeti(L, -1, 0);
-    c = lua_touserdata(L, -1);
-    lua_pop(L, 1);
-    if (lua_getfield(L, -1, url) == LUA_TUSERDATA) {
-        ljwt_jwks *j = lua_touserdata(L, -1);
-        lua_pop(L, 2);
-        return j;
-    }
-    lua_pop(L, 1);
-    ljwt_jwks *j = lua_newuserdatauv(L, sizeof *j, 0);
-    memset(j, 0, sizeof *j);
-    j->cache = c;
-    j->keyset_ref = LUA_NOREF;
-    snprintf(j->url, sizeof j->url, "%s", url);
-    lua_createtable(L, 0, 1);
-    lua_pushcfunction(L, ljwt_jwks_gc);
-    lua_setfield(L, -2, "__gc");
-    lua_setmetatable(L, -2);
-    lua_setfield(L, -2, url);
-    lua_pop(L, 1);
-    j->next = c->first;
-    c->first = j;
-    return j;
-}
-
-/* Parses a fetched JWK Set into j's keys (protected; argument 1 is j, 2 the JSON text). */
-static int ljwt_store_keys(lua_State *L) {
-    ljwt_jwks *j = lua_touserdata(L, 1);
+/* Parses a fetched JWKS document (text at index 1) into a keyset (see ljwks_of). */
+static int ljwt_parse_jwks(lua_State *L) {
     size_t len;
-    const char *text = lua_tolstring(L, 2, &len);
+    const char *text = lua_tolstring(L, 1, &len);
     ljwt_json_decode(L, text, len);
     if (!lua_istable(L, -1)) return luaL_error(L, "the JWKS is not JSON");
     if (lua_getfield(L, -1, "keys") != LUA_TTABLE) return luaL_error(L, "the JWKS has no keys");
     lua_pop(L, 1);
     ljwt_push_keyset_of(L, -1);
-    luaL_unref(L, LUA_REGISTRYINDEX, j->keyset_ref);
-    j->keyset_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-    return 0;
-}
-
-/* Pushes the outcome of a waiting verification (through lhost_wake): the token checked
- * against the keys j has now, or j's error. */
-static int ljwt_push_pending(lua_State *L, void *ud) {
-    ljwt_pending *p = ud;
-    ljwt_token t;
-    size_t len;
-    lua_settop(L, 0);
-    lua_rawgeti(L, LUA_REGISTRYINDEX, p->call_ref);
-    lua_rawgeti(L, 1, 1);
-    lua_rawgeti(L, 1, 2);
-    lua_remove(L, 1);           /* 1 token, 2 opts */
-    const char *text = lua_tolstring(L, 1, &len);
-    const char *why = ljwt_split(L, text, len, &t);
-    if (why) return llib_fail(L, "%s", why);
-    return ljwt_verify_now(L, &t, 2, p->jwks);
-}
-
-static void ljwt_wake_all(ljwt_jwks *j) {
-    ljwt_pending *p = j->waiters;
-    j->waiters = NULL;
-    while (p) {
-        ljwt_pending *next = p->next;
-        lhost_wake(p->w, ljwt_push_pending, p);
-        luaL_unref(j->cache->L, LUA_REGISTRYINDEX, p->call_ref);
-        free(p);
-        p = next;
-    }
-}
-
-/* The dictionary all workers share: JWKS documents ("doc <url>", kept jwks_ttl) and the
- * time of each URL's last fetch ("refetch <url>", kept LJWT_REFETCH_S). */
-static shdict *ljwt_shared(ljwt_cache *c) {
-    char err[200];
-    /* Opened once per state: every verification consults it, and opening takes the lock
-     * of the registry all workers share. NULL (out of memory) is tried again next time. */
-    if (!c->shared) c->shared = shdict_open(lhost_world_of(c->h)->shared, LJWT_SHARED, 1024, err, sizeof err);
-    return c->shared;
-}
-
-/* Gives the other workers a fetched document, and starts the refetch interval. */
-static void ljwt_share(ljwt_jwks *j, const char *body, size_t len, uint64_t now) {
-    shdict *d = ljwt_shared(j->cache);
-    char key[600];
-    if (!d || len > SHDICT_MAX_VALUE) return;
-    shdict_value doc = { SHDICT_STRING, (char *)body, len, 0 }, one = { SHDICT_NUMBER, NULL, 0, 1 };
-    snprintf(key, sizeof key, "doc %s", j->url);
-    shdict_set(d, key, strlen(key), &doc, j->ttl_ms, now);
-    snprintf(key, sizeof key, "refetch %s", j->url);
-    shdict_set(d, key, strlen(key), &one, LJWT_REFETCH_S * 1000, now);
-    snprintf(key, sizeof key, "failed %s", j->url);
-    shdict_delete(d, key, strlen(key));
-}
-
-/* Tells the other workers the last fetch failed, and why, for LJWT_FAILED_S. */
-static void ljwt_share_failure(ljwt_jwks *j, uint64_t now) {
-    shdict *d = ljwt_shared(j->cache);
-    char key[600];
-    shdict_value why = { SHDICT_STRING, j->error, strlen(j->error), 0 };
-    snprintf(key, sizeof key, "failed %s", j->url);
-    if (d) shdict_set(d, key, strlen(key), &why, LJWT_FAILED_S * 1000, now);
-}
-
-/* Learns of a fetch that failed lately in another worker. Returns 1 then. */
-static int ljwt_failed_elsewhere(ljwt_jwks *j, uint64_t now) {
-    shdict *d = ljwt_shared(j->cache);
-    char key[600];
-    shdict_value why;
-    snprintf(key, sizeof key, "failed %s", j->url);
-    if (!d || shdict_get(d, key, strlen(key), now, &why) < 0 || why.type != SHDICT_STRING) return 0;
-    snprintf(j->error, sizeof j->error, "%s", why.s);
-    free(why.s);
-    int64_t left = shdict_ttl(d, key, strlen(key), now);
-    j->failed_ms = now - (LJWT_FAILED_S * 1000 - (uint64_t)(left > 0 ? left : 0));
     return 1;
 }
 
-/* Takes the document another worker fetched, if there is a fresh one. Returns 1 then. */
-static int ljwt_adopt(lua_State *L, ljwt_jwks *j, uint64_t now) {
-    shdict *d = ljwt_shared(j->cache);
-    char key[600];
-    shdict_value doc;
-    snprintf(key, sizeof key, "doc %s", j->url);
-    if (!d || shdict_get(d, key, strlen(key), now, &doc) < 0 || doc.type != SHDICT_STRING) return 0;
-    lua_pushcfunction(L, ljwt_store_keys);
-    lua_pushlightuserdata(L, j);
-    lua_pushlstring(L, doc.s, doc.len);
-    free(doc.s);
-    if (lua_pcall(L, 2, 0, 0) != LUA_OK) {
-        lua_pop(L, 1);
-        return 0;
-    }
-    j->fetched_ms = now;
-    return 1;
-}
-
-static void ljwt_on_fetched(void *ud, const fetch_result *r) {
-    ljwt_jwks *j = ud;
-    lua_State *L = j->cache->L;
-    j->fetching = NULL;
-    uint64_t now = loop_now_ms();
-    if (r->failure != FAILURE_NONE || r->status != 200) {
-        if (r->failure != FAILURE_NONE) snprintf(j->error, sizeof j->error, "the JWKS fetch failed: %s", r->error);
-        else snprintf(j->error, sizeof j->error, "the JWKS fetch answered HTTP %ld", r->status);
-        j->failed_ms = now;
-    } else {
-        lua_pushcfunction(L, ljwt_store_keys);
-        lua_pushlightuserdata(L, j);
-        lua_pushlstring(L, r->body, r->body_len);
-        if (lua_pcall(L, 2, 0, 0) != LUA_OK) {
-            snprintf(j->error, sizeof j->error, "the JWKS is unusable: %s", lua_tostring(L, -1));
-            lua_pop(L, 1);
-            j->failed_ms = now;
-        } else {
-            j->fetched_ms = now;
-            j->failed_ms = 0;
-            ljwt_share(j, r->body, r->body_len, now);
-        }
-    }
-    if (j->failed_ms) {
-        log_msg(LOG_WARN, "jwt: %s: %s", j->url, j->error);
-        ljwt_share_failure(j, now);
-    }
-    ljwt_wake_all(j);
-}
-
-/* Starts fetching j's JWKS unless a fetch is going on. Returns 0, or -1 (j->error set). */
-static int ljwt_fetch(ljwt_jwks *j, const lhost_world *world) {
-    if (j->fetching) return 0;
-    if (j->cache->stopped) {
-        snprintf(j->error, sizeof j->error, "the script was replaced by a reload");
-        return -1;
-    }
-    fetch_request rq = { .url = j->url, .timeout_ms = LJWT_FETCH_MS, .max_body = LJWT_JWKS_MAX };
-    if (!(j->fetching = fetch_start(world->client, &rq, ljwt_on_fetched, j))) {
-        snprintf(j->error, sizeof j->error, "out of memory fetching the JWKS");
-        return -1;
-    }
-    return 0;
-}
-
-static void ljwt_pending_cancel(void *op) {
-    ljwt_pending *p = op;
-    for (ljwt_pending **pp = &p->jwks->waiters; *pp; pp = &(*pp)->next) {
-        if (*pp == p) {
-            *pp = p->next;
-            break;
-        }
-    }
-    luaL_unref(p->jwks->cache->L, LUA_REGISTRYINDEX, p->call_ref);
-    free(p);
-}
-
-/* Checks t with the keys j has (opts at index opts), or fails with j's error. */
-static int ljwt_verify_now(lua_State *L, const ljwt_token *t, int opts, ljwt_jwks *j) {
-    (void)opts;
-    if (j->keyset_ref == LUA_NOREF) return llib_fail(L, "%s", j->error[0] ? j->error : "no JWKS yet");
-    lua_rawgeti(L, LUA_REGISTRYINDEX, j->keyset_ref);
+/* Checks t with the keys j has, or fails with j's error. */
+static int ljwt_verify_now(lua_State *L, const ljwt_token *t, ljwks *j) {
+    if (!ljwks_push(L, j)) return llib_fail(L, "%s", ljwks_error(j));
     ljwt_keyset *ks = lua_touserdata(L, -1);
-    lua_pop(L, 1);          /* the registry keeps it */
     return ljwt_check(L, t, ks);
 }
 
-/* 1 when j's keys hold t's kid (or t has none). */
-static int ljwt_knows_kid(lua_State *L, ljwt_jwks *j, const ljwt_token *t) {
-    if (!t->kid[0] || j->keyset_ref == LUA_NOREF) return j->keyset_ref != LUA_NOREF;
-    lua_rawgeti(L, LUA_REGISTRYINDEX, j->keyset_ref);
-    const ljwt_keyset *ks = lua_touserdata(L, -1);
-    lua_pop(L, 1);
+/* Ends a verification that waited for a fetch (see ljwks_wait): 1 token, 2 opts. */
+static int ljwt_resume(lua_State *L, ljwks *j) {
+    ljwt_token t;
+    size_t len;
+    const char *text = lua_tolstring(L, 1, &len);
+    const char *why = ljwt_split(L, text, len, &t);
+    if (why) return llib_fail(L, "%s", why);
+    return ljwt_verify_now(L, &t, j);
+}
+
+/* 1 when the keys of ks hold t's kid (or t has none). */
+static int ljwt_knows_kid(const ljwt_keyset *ks, const ljwt_token *t) {
+    if (!t->kid[0]) return 1;
     for (size_t i = 0; i < ks->n; i++)
         if (strcmp(ks->keys[i].kid, t->kid) == 0) return 1;
     return 0;
@@ -619,45 +363,23 @@ static int ljwt_knows_kid(lua_State *L, ljwt_jwks *j, const ljwt_token *t) {
 
 /* Verifies with a JWKS URL: at once with the keys in hand; else waits for a fetch. Keys
  * past jwks_ttl are used while a fetch renews them; an unknown kid fetches again at most
- * once per LJWT_REFETCH_S for all workers; a failed fetch is not retried for LJWT_FAILED_S. */
+ * once per LJWKS_REFETCH_S for all workers; a failed fetch is not retried for LJWKS_FAILED_S. */
 static int ljwt_verify_jwks(lua_State *L, lhost *h, const ljwt_token *t, const char *url) {
-    const lhost_world *world;
-    ljwt_jwks *j = ljwt_jwks_of(L, h, url);
-    uint64_t now = loop_now_ms();
-    uint64_t ttl_ms = j->ttl_ms = (uint64_t)(ljwt_opt_seconds(L, "jwks_ttl", LJWT_JWKS_TTL_S) * 1000);
-    if ((j->keyset_ref == LUA_NOREF || now - j->fetched_ms >= ttl_ms) && !j->fetching) ljwt_adopt(L, j, now);
-    int have = j->keyset_ref != LUA_NOREF;
-    if (!j->fetching && !(j->failed_ms && now - j->failed_ms < LJWT_FAILED_S * 1000)) ljwt_failed_elsewhere(j, now);
-    int failed_lately = j->failed_ms && now - j->failed_ms < LJWT_FAILED_S * 1000;
-    if (have && ljwt_knows_kid(L, j, t)) {
-        if (now - j->fetched_ms >= ttl_ms && !failed_lately) ljwt_fetch(j, lhost_world_of(h));  /* renewed meanwhile */
-        return ljwt_verify_now(L, t, 2, j);
+    ljwks *j = ljwks_of(L, h, url, ljwt_parse_jwks);
+    uint64_t ttl_ms = (uint64_t)(ljwt_opt_seconds(L, "jwks_ttl", LJWT_JWKS_TTL_S) * 1000);
+    ljwt_keyset *ks = ljwks_keys(L, j, ttl_ms) ? lua_touserdata(L, -1) : NULL;
+    if (ks && ljwt_knows_kid(ks, t)) {
+        ljwks_renew(j, h);
+        return ljwt_check(L, t, ks);
     }
-    if (failed_lately && !have) return llib_fail(L, "%s", j->error);
-    if (have) {         /* an unknown kid: the provider may have rotated its keys */
-        char key[600];
-        shdict_value one = { SHDICT_NUMBER, NULL, 0, 1 };
-        shdict *refetches = ljwt_shared(j->cache);
-        snprintf(key, sizeof key, "refetch %s", url);
-        if (failed_lately || !refetches ||
-            shdict_add(refetches, key, strlen(key), &one, LJWT_REFETCH_S * 1000, now) == SHDICT_EXISTS)
-            return llib_fail(L, "no key has the token's kid %s (the JWKS was fetched lately)", t->kid);
-    }
-    lhost_waiter *w = lhost_wait_begin(h, L, "tokend.jwt.verify", &world);
-    if (ljwt_fetch(j, world) < 0) return llib_fail(L, "%s", j->error);
-    ljwt_pending *p = malloc(sizeof *p);
-    if (!p) return llib_fail(L, "out of memory");
-    lua_createtable(L, 2, 0);
+    int failed_lately = ljwks_failed_lately(j);
+    if (failed_lately && !ks) return llib_fail(L, "%s", ljwks_error(j));
+    if (ks && (failed_lately || !ljwks_claim_refetch(j)))     /* the provider may have rotated its keys */
+        return llib_fail(L, "no key has the token's kid %s (the JWKS was fetched lately)", t->kid);
     lua_pushvalue(L, 1);
-    lua_rawseti(L, -2, 1);
     lua_pushvalue(L, 2);
-    lua_rawseti(L, -2, 2);
-    p->call_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-    p->jwks = j;
-    p->w = w;
-    p->next = j->waiters;
-    j->waiters = p;
-    return lhost_wait(w, L, ljwt_pending_cancel, p);
+    int n = ljwks_wait(L, h, j, "tokend.jwt.verify", 2, ljwt_resume);
+    return n < 0 ? llib_fail(L, "%s", ljwks_error(j)) : n;
 }
 
 /* tokend.jwt.verify(token, {secret | keys | jwks_url, algorithms, issuer, audience,
