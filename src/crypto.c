@@ -24,6 +24,8 @@
 struct crypto_key {
     EVP_PKEY *pkey;
     crypto_key_kind kind;
+    BIGNUM *order;              /* EC keys: the order n of the curve's group, and n / 2 */
+    BIGNUM *half_order;
 };
 
 static const EVP_MD *crypto_md(const char *hash) {
@@ -161,13 +163,24 @@ static crypto_key *crypto_key_wrap(EVP_PKEY *pkey, char *err, size_t errlen) {
         snprintf(err, errlen, "the key is not RSA, EC (P-256, P-384) or Ed25519");
         goto fail;
     }
-    crypto_key *k = malloc(sizeof *k);
+    crypto_key *k = calloc(1, sizeof *k);
     if (!k) {
         snprintf(err, errlen, "out of memory");
         goto fail;
     }
     k->pkey = pkey;
     k->kind = kind;
+    if (kind == CRYPTO_KEY_EC_P256 || kind == CRYPTO_KEY_EC_P384) {
+        EC_GROUP *g = EC_GROUP_new_by_curve_name(kind == CRYPTO_KEY_EC_P256 ? NID_X9_62_prime256v1 : NID_secp384r1);
+        k->order = g ? BN_dup(EC_GROUP_get0_order(g)) : NULL;
+        k->half_order = BN_new();
+        EC_GROUP_free(g);
+        if (!k->order || !k->half_order || BN_rshift1(k->half_order, k->order) != 1) {
+            snprintf(err, errlen, "out of memory");
+            crypto_key_free(k);
+            return NULL;
+        }
+    }
     return k;
 fail:
     EVP_PKEY_free(pkey);
@@ -274,6 +287,8 @@ crypto_key_kind crypto_key_kind_of(const crypto_key *k) {
 void crypto_key_free(crypto_key *k) {
     if (!k) return;
     EVP_PKEY_free(k->pkey);
+    BN_free(k->order);
+    BN_free(k->half_order);
     free(k);
 }
 
@@ -320,13 +335,16 @@ static int crypto_jws_init(EVP_MD_CTX *ctx, const crypto_alg *a, const crypto_ke
     return ok == 1;
 }
 
-/* Turns a raw r||s signature of an ES* algorithm into DER. Returns its length or 0. */
-static size_t crypto_ec_to_der(const unsigned char *sig, size_t siglen, int size, unsigned char *der, size_t cap) {
+/* Turns a raw r||s signature of an ES* algorithm with key into DER. Returns its length, or
+ * 0 when it is not one, or s is in its high form (above n / 2: only low-S signatures
+ * count, so that a signature cannot be changed into another valid one, n - s). */
+static size_t crypto_ec_to_der(const crypto_key *key, const unsigned char *sig, size_t siglen, int size,
+                               unsigned char *der, size_t cap) {
     if (siglen != (size_t)size * 2) return 0;
     ECDSA_SIG *es = ECDSA_SIG_new();
     BIGNUM *r = BN_bin2bn(sig, size, NULL), *s = BN_bin2bn(sig + size, size, NULL);
     size_t n = 0;
-    if (es && r && s && ECDSA_SIG_set0(es, r, s) == 1) {
+    if (es && r && s && BN_cmp(s, key->half_order) <= 0 && ECDSA_SIG_set0(es, r, s) == 1) {
         r = s = NULL;           /* owned by es now */
         int len = i2d_ECDSA_SIG(es, NULL);
         unsigned char *p = der;
@@ -338,14 +356,23 @@ static size_t crypto_ec_to_der(const unsigned char *sig, size_t siglen, int size
     return n;
 }
 
-/* Turns a DER ECDSA signature into raw r||s of size bytes each. Returns 2 * size or 0. */
-static size_t crypto_ec_from_der(const unsigned char *der, size_t len, int size, unsigned char *out) {
+/* Turns a DER ECDSA signature by key into raw r||s of size bytes each, s in its low form
+ * (n - s when s is above n / 2). Returns 2 * size or 0. */
+static size_t crypto_ec_from_der(const crypto_key *key, const unsigned char *der, size_t len, int size,
+                                 unsigned char *out) {
     const unsigned char *p = der;
     ECDSA_SIG *es = d2i_ECDSA_SIG(NULL, &p, (long)len);
+    BIGNUM *low = NULL;
+    const BIGNUM *s = es ? ECDSA_SIG_get0_s(es) : NULL;
     size_t n = 0;
-    if (es && BN_bn2binpad(ECDSA_SIG_get0_r(es), out, size) == size &&
-        BN_bn2binpad(ECDSA_SIG_get0_s(es), out + size, size) == size)
+    if (s && BN_cmp(s, key->half_order) > 0) {
+        if (!(low = BN_new()) || BN_sub(low, key->order, s) != 1) goto out;
+        s = low;
+    }
+    if (s && BN_bn2binpad(ECDSA_SIG_get0_r(es), out, size) == size && BN_bn2binpad(s, out + size, size) == size)
         n = (size_t)size * 2;
+out:
+    BN_free(low);
     ECDSA_SIG_free(es);
     return n;
 }
@@ -362,7 +389,7 @@ int crypto_jws_verify(const char *alg, const crypto_key *key, const void *secret
     if (!key || key->kind != a->kind) return 0;
     unsigned char der[CRYPTO_MAX_SIGNATURE];
     if (a->ec_size) {
-        if (!(siglen = crypto_ec_to_der(sig, siglen, a->ec_size, der, sizeof der))) return 0;
+        if (!(siglen = crypto_ec_to_der(key, sig, siglen, a->ec_size, der, sizeof der))) return 0;
         sig = der;
     }
     EVP_MD_CTX *ctx = EVP_MD_CTX_new();
@@ -383,7 +410,7 @@ size_t crypto_jws_sign(const char *alg, const crypto_key *key, const void *secre
     int ok = ctx && crypto_jws_init(ctx, a, key, 1) && EVP_DigestSign(ctx, der, &len, input, inlen) == 1;
     EVP_MD_CTX_free(ctx);
     if (!ok) return 0;
-    if (a->ec_size) return crypto_ec_from_der(der, len, a->ec_size, sig);
+    if (a->ec_size) return crypto_ec_from_der(key, der, len, a->ec_size, sig);
     memcpy(sig, der, len);
     return len;
 }

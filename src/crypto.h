@@ -64,12 +64,15 @@ void crypto_key_free(crypto_key *k);
 int crypto_jws_fits(const char *alg, crypto_key_kind kind);
 
 /* Verifies sig over input with alg: HS256/384/512 with secret, else with key. Returns 1
- * when valid, 0 otherwise (a wrong signature, an alg that does not fit). */
+ * when valid, 0 otherwise (a wrong signature, an alg that does not fit, an ES256 or ES384
+ * signature whose s is above half the curve's order: only the low-S form of a signature
+ * counts, so that no one can make a second valid signature, n - s, from a first). */
 int crypto_jws_verify(const char *alg, const crypto_key *key, const void *secret, size_t secretlen,
                       const void *input, size_t inlen, const unsigned char *sig, size_t siglen);
 
 /* Signs input with alg (the secret for HS*, a private key otherwise) into sig (room for
- * CRYPTO_MAX_SIGNATURE bytes, in JWS form: raw r||s for ES*). Returns its length, or 0. */
+ * CRYPTO_MAX_SIGNATURE bytes, in JWS form: raw r||s for ES*, s in its low form). Returns
+ * its length, or 0. */
 size_t crypto_jws_sign(const char *alg, const crypto_key *key, const void *secret, size_t secretlen,
                        const void *input, size_t inlen, unsigned char *sig);
 

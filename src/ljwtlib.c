@@ -1,33 +1,39 @@
 /* ljwtlib.c: tokend.jwt.verify and tokend.jwt.sign: JSON Web Tokens checked against a secret, keys, or an identity provider's JWKS. */
 #define _GNU_SOURCE
 #include <math.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
 #include "crypto.h"
-#include "fetch.h"
+#include "ljwks.h"
 #include "llib.h"
-#include "log.h"
-#include "shdict.h"
 
 #define LJWT_MAX_BYTES 8192             /* tokens longer than this are refused unread */
 #define LJWT_LEEWAY_S 30                /* clock skew allowed on exp and nbf */
 #define LJWT_JWKS_TTL_S 600             /* a JWKS is fetched again after this */
-#define LJWT_REFETCH_S 30               /* an unknown kid refetches at most this often, all workers together */
-#define LJWT_FETCH_MS 3000              /* deadline of a JWKS fetch */
-#define LJWT_FAILED_S 30                /* after a failed fetch, the next waits this long */
-#define LJWT_JWKS_MAX (256 * 1024)
 #define LJWT_MAX_KEYS 64
 #define LJWT_VERIFIED_SLOTS 256         /* signatures a key set remembers having verified */
 #define LJWT_KEYSET "tokend.jwt.keyset"
-#define LJWT_CACHE "tokend.jwt.jwks"
-#define LJWT_KEYS_CACHE "tokend.jwt.keys"   /* options table -> its parsed keys (weak) */
-#define LJWT_SHARED "tokend.jwt"            /* the shared dictionary of refetch times */
-#define LJWT_SHARED_BYTES (8 * 1024 * 1024) /* its byte bound: JWKS documents are a few KiB */
+#define LJWT_KEYSETS "tokend.jwt.keysets"   /* registry: the content of opts.keys -> its key set; [0] their number */
+#define LJWT_KEYSETS_MAX 64                 /* key sets kept by content; one more empties the table */
 
 extern int luaopen_cjson_safe(lua_State *L);
+
+/* Returns nil, a formatted message and kind (what went wrong, for a policy to choose its
+ * answer: "malformed", "bad_algorithm", "bad_signature", "unknown_key", "expired",
+ * "not_yet_valid", "bad_issuer", "bad_audience" or "jwks_unavailable"). */
+static int ljwt_fail(lua_State *L, const char *kind, const char *fmt, ...) {
+    va_list ap;
+    luaL_pushfail(L);
+    va_start(ap, fmt);
+    lua_pushvfstring(L, fmt, ap);
+    va_end(ap);
+    lua_pushstring(L, kind);
+    return 3;
+}
 
 /* ---- key sets ---- */
 
@@ -98,10 +104,17 @@ static int ljwt_add_jwk(lua_State *L, int idx, ljwt_keyset *ks, char *err, size_
         alen = ljwt_jwk_bytes(L, idx, "x", a, sizeof a);
         if (alen > 0) key = crypto_key_okp(crv, a, (size_t)alen, err, errlen);
     }       /* "oct" keys are never taken from a key set: a public JWKS holds no secrets */
+    size_t kidlen = 0, alglen = 0;
+    const char *kid = llib_field_string(L, idx, NULL, "kid", &kidlen);
+    const char *alg = llib_field_string(L, idx, NULL, "alg", &alglen);
+    if (key && ((kid && (kidlen >= sizeof ks->keys[0].kid || strlen(kid) != kidlen)) ||
+                (alg && (alglen >= sizeof ks->keys[0].alg || strlen(alg) != alglen)))) {
+        snprintf(err, errlen, "a JWK's kid or alg is too long or holds a NUL byte");     /* not comparable exactly */
+        crypto_key_free(key);
+        key = NULL;
+    }
     if (!key) return 0;
     ljwt_key *k = &ks->keys[ks->n++];
-    const char *kid = llib_field_string(L, idx, NULL, "kid", NULL);
-    const char *alg = llib_field_string(L, idx, NULL, "alg", NULL);
     snprintf(k->kid, sizeof k->kid, "%s", kid ? kid : "");
     snprintf(k->alg, sizeof k->alg, "%s", alg ? alg : "");
     k->key = key;
@@ -159,6 +172,104 @@ static void ljwt_push_keyset_of(lua_State *L, int idx) {
     lua_settop(L, set);
 }
 
+/* The JWK members a key set is made of (see ljwt_add_jwk). */
+static const char *const ljwt_jwk_members[] = { "kty", "use", "crv", "n", "e", "x", "y", "kid", "alg" };
+#define LJWT_MEMBERS (sizeof ljwt_jwk_members / sizeof ljwt_jwk_members[0])
+
+/* Adds s (len bytes; NULL: absent) to b, after a mark and its length, so that no two
+ * lists of strings give the same bytes. */
+static void ljwt_add_part(luaL_Buffer *b, const char *s, size_t len) {
+    luaL_addchar(b, s ? '+' : '-');
+    if (!s) return;
+    luaL_addlstring(b, (const char *)&len, sizeof len);
+    luaL_addlstring(b, s, len);
+}
+
+/* Adds the members of the JWK at the top of the stack to b, and pops it (and pop - 1
+ * values under it). The members are read first: between two operations on b the stack
+ * must be where b left it; the JWK keeps them. */
+static void ljwt_add_jwk_content(lua_State *L, luaL_Buffer *b, int pop) {
+    const char *v[LJWT_MEMBERS];
+    size_t len[LJWT_MEMBERS];
+    int jwk = lua_istable(L, -1);
+    for (size_t m = 0; m < LJWT_MEMBERS; m++)
+        v[m] = jwk ? llib_field_string(L, -1, NULL, ljwt_jwk_members[m], &len[m]) : NULL;
+    lua_pop(L, pop);
+    for (size_t m = 0; m < LJWT_MEMBERS; m++) ljwt_add_part(b, v[m], v[m] ? len[m] : 0);
+}
+
+/* Pushes the content of a keys table at idx: the strings ljwt_push_keyset_of reads from
+ * it, in order (the members of each JWK of its keys list; or its own members as a JWK and
+ * its list of PEM keys). It begins with a NUL byte, which keys given as text cannot. */
+static void ljwt_push_keys_content(lua_State *L, int idx) {
+    luaL_Buffer b;
+    idx = lua_absindex(L, idx);
+    lua_getfield(L, idx, "keys");
+    lua_Integer n = lua_istable(L, -1) ? (lua_Integer)lua_rawlen(L, -1) : -1;
+    lua_pop(L, 1);
+    luaL_buffinit(L, &b);
+    luaL_addchar(&b, '\0');
+    luaL_addchar(&b, n >= 0 ? 'S' : 'K');
+    for (lua_Integer i = 1; i <= n; i++) {      /* a JWK Set */
+        lua_getfield(L, idx, "keys");           /* each time: b may have moved the stack */
+        lua_rawgeti(L, -1, i);
+        ljwt_add_jwk_content(L, &b, 2);
+    }
+    if (n < 0) {                                /* one JWK, or PEM strings */
+        lua_pushvalue(L, idx);
+        ljwt_add_jwk_content(L, &b, 1);
+        for (lua_Integer i = 1; i <= (lua_Integer)lua_rawlen(L, idx); i++) {
+            size_t len = 0;
+            const char *pem = lua_rawgeti(L, idx, i) == LUA_TSTRING ? lua_tolstring(L, -1, &len) : NULL;
+            lua_pop(L, 1);                      /* the table keeps the string */
+            ljwt_add_part(&b, pem, len);
+        }
+    }
+    luaL_pushresult(&b);
+}
+
+/* Pushes the key set of opts.keys (opts at index 2), parsed once per content and kept
+ * (LJWT_KEYSETS_MAX of them): a script may reuse one options table for many key sets, or
+ * change its keys in place, and each content has its own keys and its own memory of the
+ * signatures they verified. Text is its own content (hashed once per string by Lua). */
+static ljwt_keyset *ljwt_push_keyset_of_opts(lua_State *L) {
+    lua_getfield(L, 2, "keys");
+    int keys = lua_gettop(L);
+    if (lua_getfield(L, LUA_REGISTRYINDEX, LJWT_KEYSETS) != LUA_TTABLE) {
+        lua_pop(L, 1);
+        lua_newtable(L);
+        lua_pushvalue(L, -1);
+        lua_setfield(L, LUA_REGISTRYINDEX, LJWT_KEYSETS);
+    }
+    int cache = lua_gettop(L);
+    if (lua_type(L, keys) == LUA_TTABLE) ljwt_push_keys_content(L, keys);
+    else lua_pushvalue(L, keys);
+    int content = lua_gettop(L);
+    lua_pushvalue(L, content);
+    if (lua_rawget(L, cache) != LUA_TUSERDATA) {
+        lua_pop(L, 1);
+        lua_rawgeti(L, cache, 0);
+        lua_Integer n = lua_tointeger(L, -1);
+        lua_pop(L, 1);
+        if (n >= LJWT_KEYSETS_MAX) {    /* a script making key sets without end: start again */
+            lua_newtable(L);
+            lua_pushvalue(L, -1);
+            lua_setfield(L, LUA_REGISTRYINDEX, LJWT_KEYSETS);
+            lua_replace(L, cache);
+            n = 0;
+        }
+        ljwt_push_keyset_of(L, keys);
+        lua_pushvalue(L, content);
+        lua_pushvalue(L, -2);
+        lua_rawset(L, cache);
+        lua_pushinteger(L, n + 1);
+        lua_rawseti(L, cache, 0);
+    }
+    lua_replace(L, keys);
+    lua_settop(L, keys);
+    return lua_touserdata(L, -1);
+}
+
 /* ---- checking a token against keys ---- */
 
 /* A token split into its parts, with the header's alg and kid. */
@@ -174,51 +285,69 @@ typedef struct ljwt_token {
     char kid[128];
 } ljwt_token;
 
-/* Splits and decodes the header of text. Returns NULL, or why it is not a JWT. */
-static const char *ljwt_split(lua_State *L, const char *text, size_t len, ljwt_token *t) {
+/* Splits text and decodes its header into t. Returns 0, or pushes nil, why, kind and
+ * returns 3 when it is not a JWT tokend can read. */
+static int ljwt_split(lua_State *L, const char *text, size_t len, ljwt_token *t) {
     const char *dot1 = memchr(text, '.', len);
     const char *dot2 = dot1 ? memchr(dot1 + 1, '.', len - (size_t)(dot1 + 1 - text)) : NULL;
-    if (!dot2 || memchr(dot2 + 1, '.', len - (size_t)(dot2 + 1 - text))) return "not a JWT (three dot-separated parts)";
+    if (!dot2 || memchr(dot2 + 1, '.', len - (size_t)(dot2 + 1 - text)))
+        return ljwt_fail(L, "malformed", "not a JWT (three dot-separated parts)");
     size_t hlen = (size_t)(dot1 - text), slen = len - (size_t)(dot2 + 1 - text);
     unsigned char header[1024];
-    size_t n;
+    size_t n, alglen = 0, kidlen = 0;
     if (hlen / 4 * 3 + 3 > sizeof header || crypto_base64_decode(text, hlen, header, &n, 1) < 0)
-        return "the JWT header is not base64url";
+        return ljwt_fail(L, "malformed", "the JWT header is not base64url");
     if (slen / 4 * 3 + 3 > sizeof t->sig || crypto_base64_decode(dot2 + 1, slen, t->sig, &t->sig_len, 1) < 0)
-        return "the JWT signature is not base64url";
+        return ljwt_fail(L, "malformed", "the JWT signature is not base64url");
     ljwt_json_decode(L, (const char *)header, n);
-    if (!lua_istable(L, -1)) return "the JWT header is not a JSON object";
-    const char *alg = llib_field_string(L, -1, NULL, "alg", NULL);
-    const char *kid = llib_field_string(L, -1, NULL, "kid", NULL);
+    if (!lua_istable(L, -1)) return ljwt_fail(L, "malformed", "the JWT header is not a JSON object");
+    const char *alg = llib_field_string(L, -1, NULL, "alg", &alglen);
+    const char *kid = llib_field_string(L, -1, NULL, "kid", &kidlen);
     lua_getfield(L, -1, "crit");
     int has_crit = !lua_isnil(L, -1);
     lua_pop(L, 2);
-    if (!alg || strlen(alg) >= sizeof t->alg) return "the JWT header has no alg";
-    if (has_crit) return "the JWT header has critical extensions tokend does not know";
-    if (kid && strlen(kid) >= sizeof t->kid) return "the JWT kid is too long";
+    if (!alg) return ljwt_fail(L, "malformed", "the JWT header has no alg");
+    /* Compared exactly: a NUL byte would end the name early ("HS256\u0000..." is not HS256). */
+    if (alglen >= sizeof t->alg || strlen(alg) != alglen)
+        return ljwt_fail(L, "bad_algorithm", "the token's algorithm is not one tokend knows");
+    if (has_crit) return ljwt_fail(L, "malformed", "the JWT header has critical extensions tokend does not know");
+    if (kid && (kidlen >= sizeof t->kid || strlen(kid) != kidlen))
+        return ljwt_fail(L, "malformed", "the JWT kid is too long or holds a NUL byte");
     t->text = text;
     t->len = len;
     t->signed_len = (size_t)(dot2 - text);
     t->payload = dot1 + 1;
     t->payload_len = (size_t)(dot2 - dot1 - 1);
-    snprintf(t->alg, sizeof t->alg, "%s", alg);
+    memcpy(t->alg, alg, alglen + 1);
     snprintf(t->kid, sizeof t->kid, "%s", kid ? kid : "");
-    return NULL;
+    return 0;
 }
 
-/* 1 when alg is among opts.algorithms (opts at index 2), or, without that list, when
- * deflt allows it. "none" never is. */
-static int ljwt_alg_allowed(lua_State *L, const char *alg, int deflt) {
-    if (strcmp(alg, "none") == 0) return 0;
+/* 1 for the algorithms of a secret: HS256, HS384, HS512. */
+static int ljwt_is_hmac(const char *alg) {
+    return strcmp(alg, "HS256") == 0 || strcmp(alg, "HS384") == 0 || strcmp(alg, "HS512") == 0;
+}
+
+/* 1 when a token signed with alg may pass: alg is among opts.algorithms (opts at index 2;
+ * without that list, any) and fits what opts holds: an HMAC algorithm with a secret, one
+ * of a public key otherwise. "none" never does. */
+static int ljwt_alg_usable(lua_State *L, const char *alg, int secret) {
+    static const crypto_key_kind kinds[] = { CRYPTO_KEY_RSA, CRYPTO_KEY_EC_P256, CRYPTO_KEY_EC_P384,
+                                             CRYPTO_KEY_ED25519 };
+    int fits = secret && ljwt_is_hmac(alg);
+    for (size_t i = 0; !secret && !fits && i < sizeof kinds / sizeof kinds[0]; i++)
+        fits = crypto_jws_fits(alg, kinds[i]);
+    if (!fits) return 0;
     if (lua_getfield(L, 2, "algorithms") != LUA_TTABLE) {
         lua_pop(L, 1);
-        return deflt;
+        return 1;
     }
     int found = 0;
     for (lua_Integer i = 1; !found && i <= (lua_Integer)lua_rawlen(L, -1); i++) {
+        size_t len = 0;
         lua_rawgeti(L, -1, i);
-        const char *a = lua_tostring(L, -1);
-        found = a && strcmp(a, alg) == 0;
+        const char *a = lua_type(L, -1) == LUA_TSTRING ? lua_tolstring(L, -1, &len) : NULL;
+        found = a && len == strlen(alg) && memcmp(a, alg, len) == 0;
         lua_pop(L, 1);
     }
     lua_pop(L, 1);
@@ -252,60 +381,73 @@ static double ljwt_opt_seconds(lua_State *L, const char *field, double dflt) {
     return v;
 }
 
+/* Reads the NumericDate claim name of the claims at idx into *v: a JSON number, finite
+ * (RFC 7519 section 2; cjson is strict: NaN, Infinity and hex are not JSON). Returns 1,
+ * 0 when absent, or -1 when it is something else (a string, a boolean, 1e999). */
+static int ljwt_numeric_date(lua_State *L, int idx, const char *name, double *v) {
+    int type = lua_getfield(L, idx, name);
+    *v = lua_tonumber(L, -1);
+    lua_pop(L, 1);
+    if (type == LUA_TNIL) return 0;
+    return type == LUA_TNUMBER && isfinite(*v) ? 1 : -1;
+}
+
 /* The signature is good: decodes the claims and checks exp, nbf, iss and aud. Pushes
- * the claims, or nil and why. */
+ * the claims, or nil, why and the kind of failure. */
 static int ljwt_check_claims(lua_State *L, const ljwt_token *t) {
     unsigned char *payload = lua_newuserdatauv(L, t->payload_len / 4 * 3 + 3, 0);
     size_t n;
-    if (crypto_base64_decode(t->payload, t->payload_len, payload, &n, 1) < 0) return llib_fail(L, "the JWT payload is not base64url");
+    double exp, nbf, iat;
+    if (crypto_base64_decode(t->payload, t->payload_len, payload, &n, 1) < 0)
+        return ljwt_fail(L, "malformed", "the JWT payload is not base64url");
     ljwt_json_decode(L, (const char *)payload, n);
-    if (!lua_istable(L, -1)) return llib_fail(L, "the JWT payload is not a JSON object");
+    if (!lua_istable(L, -1)) return ljwt_fail(L, "malformed", "the JWT payload is not a JSON object");
     int claims = lua_gettop(L);
     double leeway = ljwt_opt_seconds(L, "leeway_seconds", LJWT_LEEWAY_S);
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
     double now = (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-    lua_getfield(L, claims, "exp");
-    if (lua_isnil(L, -1)) {
+    int has_exp = ljwt_numeric_date(L, claims, "exp", &exp), has_nbf = ljwt_numeric_date(L, claims, "nbf", &nbf);
+    if (has_exp < 0 || has_nbf < 0 || ljwt_numeric_date(L, claims, "iat", &iat) < 0)
+        return ljwt_fail(L, "malformed", "the token's %s is not a NumericDate (a JSON number)",
+                         has_exp < 0 ? "exp" : has_nbf < 0 ? "nbf" : "iat");
+    if (!has_exp) {
         lua_getfield(L, 2, "require_exp");
         int optional = lua_isboolean(L, -1) && !lua_toboolean(L, -1);
         lua_pop(L, 1);
-        if (!optional) return llib_fail(L, "the token has no exp (expiry)");
-    } else if (!lua_isnumber(L, -1)) {
-        return llib_fail(L, "the token's exp is not a number");
-    } else if (now >= lua_tonumber(L, -1) + leeway) {      /* valid before exp (RFC 7519 4.1.4) */
-        return llib_fail(L, "the token expired");
+        if (!optional) return ljwt_fail(L, "malformed", "the token has no exp (expiry)");
+    } else if (now >= exp + leeway) {      /* valid before exp (RFC 7519 4.1.4) */
+        return ljwt_fail(L, "expired", "the token expired");
     }
-    lua_getfield(L, claims, "nbf");
-    if (!lua_isnil(L, -1) && (!lua_isnumber(L, -1) || now + leeway < lua_tonumber(L, -1)))
-        return llib_fail(L, "the token is not valid yet (nbf)");
-    if (lua_getfield(L, 2, "issuer") != LUA_TNIL) {
+    if (has_nbf && now + leeway < nbf) return ljwt_fail(L, "not_yet_valid", "the token is not valid yet (nbf)");
+    if (lua_getfield(L, 2, "issuer") == LUA_TSTRING) {          /* nil or false: not checked */
         lua_getfield(L, claims, "iss");
-        if (!lua_rawequal(L, -1, -2) || lua_type(L, -1) != LUA_TSTRING) return llib_fail(L, "the token's issuer is not the one expected");
+        if (!lua_rawequal(L, -1, -2) || lua_type(L, -1) != LUA_TSTRING)
+            return ljwt_fail(L, "bad_issuer", "the token's issuer is not the one expected");
     }
-    if (lua_getfield(L, 2, "audience") != LUA_TNIL) {
-        int wanted = lua_gettop(L);
+    lua_settop(L, claims);
+    int wanted = lua_getfield(L, 2, "audience");
+    if (wanted == LUA_TSTRING || wanted == LUA_TTABLE) {
         lua_getfield(L, claims, "aud");
-        if (!ljwt_claim_matches(L, wanted)) return llib_fail(L, "the token's audience is not the one expected");
+        if (!ljwt_claim_matches(L, claims + 1))
+            return ljwt_fail(L, "bad_audience", "the token's audience is not the one expected");
     }
     lua_settop(L, claims);
     return 1;
 }
 
-/* Checks t's signature against the keys of ks (a kid selects among them; a signature
- * ks verified before is not checked again) or the secret of opts; pushes the claims or
- * nil, err. */
+/* Checks t's signature (its alg usable, see ljwt_alg_usable) against the keys of ks (a
+ * kid selects among them; a signature ks verified before is not checked again) or the
+ * secret of opts; pushes the claims, or nil, why and the kind of failure. */
 static int ljwt_check(lua_State *L, const ljwt_token *t, ljwt_keyset *ks) {
     size_t slen = 0;
     const char *secret = llib_field_string(L, 2, NULL, "secret", &slen);
     if (secret) {
-        if (strncmp(t->alg, "HS", 2) != 0 || !ljwt_alg_allowed(L, t->alg, 1))
-            return llib_fail(L, "the token's algorithm %s is not allowed with a secret", t->alg);
         if (!crypto_jws_verify(t->alg, NULL, secret, slen, t->text, t->signed_len, t->sig, t->sig_len))
-            return llib_fail(L, "the token's signature is not valid");
+            return ljwt_fail(L, "bad_signature", "the token's signature is not valid");
         return ljwt_check_claims(L, t);
     }
-    int tried = 0;
+    int tried = 0, kid_known = 0;
     unsigned char digest[CRYPTO_MAX_DIGEST];
     ljwt_verified *seen = NULL;
     if (ks && crypto_digest("sha256", t->text, t->len, digest) == sizeof seen->digest)
@@ -314,8 +456,9 @@ static int ljwt_check(lua_State *L, const ljwt_token *t, ljwt_keyset *ks) {
         const ljwt_key *k = &ks->keys[i];
         if (t->kid[0] && k->kid[0] && strcmp(t->kid, k->kid) != 0) continue;
         if (t->kid[0] && !k->kid[0] && ks->n > 1) continue;
+        kid_known = 1;
         if (k->alg[0] && strcmp(k->alg, t->alg) != 0) continue;
-        if (!crypto_jws_fits(t->alg, crypto_key_kind_of(k->key)) || !ljwt_alg_allowed(L, t->alg, 1)) continue;
+        if (!crypto_jws_fits(t->alg, crypto_key_kind_of(k->key))) continue;
         tried = 1;
         if (seen && seen->key == i + 1 && memcmp(seen->digest, digest, sizeof seen->digest) == 0)
             return ljwt_check_claims(L, t);
@@ -327,344 +470,102 @@ static int ljwt_check(lua_State *L, const ljwt_token *t, ljwt_keyset *ks) {
             return ljwt_check_claims(L, t);
         }
     }
-    if (!tried) return llib_fail(L, "no key fits the token (alg %s%s%s)", t->alg, t->kid[0] ? ", kid " : "", t->kid);
-    return llib_fail(L, "the token's signature is not valid");
+    if (!kid_known) return ljwt_fail(L, "unknown_key", "no key has the token's kid %s", t->kid);
+    if (!tried) return ljwt_fail(L, "bad_algorithm", "no key fits the token (alg %s%s%s)", t->alg,
+                                 t->kid[0] ? ", kid " : "", t->kid);
+    return ljwt_fail(L, "bad_signature", "the token's signature is not valid");
 }
 
-/* ---- JWKS from an identity provider ---- */
+/* ---- keys from an identity provider's JWKS ---- */
 
-/* A verification waiting for a JWKS fetch. */
-typedef struct ljwt_pending {
-    struct ljwt_jwks *jwks;
-    lhost_waiter *w;
-    int call_ref;                       /* registry: {token, opts} */
-    struct ljwt_pending *next;
-} ljwt_pending;
-
-/* What one state knows of one JWKS URL. A userdata in the cache table. */
-typedef struct ljwt_jwks {
-    struct ljwt_cache *cache;
-    char url[512];
-    int keyset_ref;                     /* registry: the keys, LUA_NOREF before the first fetch */
-    uint64_t fetched_ms;                /* when they were fetched */
-    uint64_t ttl_ms;                    /* jwks_ttl of the last call */
-    uint64_t failed_ms;                 /* the last failed fetch, 0 when it worked */
-    char error[300];
-    fetch_call *fetching;
-    ljwt_pending *waiters;
-    struct ljwt_jwks *next;             /* the cache's list */
-} ljwt_jwks;
-
-/* The JWKS URLs of one state: a registry userdata, with a retire hook. */
-typedef struct ljwt_cache {
-    lhost *h;
-    lua_State *L;
-    ljwt_jwks *first;
-    int stopped;
-    shdict *shared;                     /* LJWT_SHARED once opened (see ljwt_shared) */
-} ljwt_cache;
-
-static int ljwt_verify_now(lua_State *L, const ljwt_token *t, int opts, ljwt_jwks *j);
-
-/* Ends every wait on j with the keys it has now (or its error). */
-static void ljwt_wake_all(ljwt_jwks *j);
-
-static void ljwt_cancel_fetch(ljwt_jwks *j) {
-    if (j->fetching) fetch_cancel(j->fetching);
-    j->fetching = NULL;
-}
-
-static void ljwt_cache_on_retire(void *ud) {
-    ljwt_cache *c = ud;
-    c->stopped = 1;
-    for (ljwt_jwks *j = c->first; j; j = j->next) {
-        if (!j->fetching) continue;
-        ljwt_cancel_fetch(j);
-        snprintf(j->error, sizeof j->error, "the script was replaced while the JWKS was being fetched");
-        j->failed_ms = loop_now_ms();
-        ljwt_wake_all(j);
-    }
-}
-
-static int ljwt_jwks_gc(lua_State *L) {
-    ljwt_jwks *j = lua_touserdata(L, 1);
-    ljwt_cancel_fetch(j);
-    return 0;
-}
-
-/* The cache entry of url, made when first asked (pushes nothing). */
-static ljwt_jwks *ljwt_jwks_of(lua_State *L, lhost *h, const char *url) {
-    ljwt_cache *c;
-    if (lua_getfield(L, LUA_REGISTRYINDEX, LJWT_CACHE) != LUA_TTABLE) {
-        lua_pop(L, 1);
-        lua_newtable(L);
-        c = lua_newuserdatauv(L, sizeof *c, 0);
-        *c = (ljwt_cache){ h, lhost_state(h), NULL, 0, NULL };
-        lua_rawseti(L, -2, 0);
-        lua_pushvalue(L, -1);
-        lua_setfield(L, LUA_REGISTRYINDEX, LJWT_CACHE);
-        lhost_on_retire(h, ljwt_cache_on_retire, c);
-    }
-    lua_rawgeti(L, -1, 0);
-    c = lua_touserdata(L, -1);
-    lua_pop(L, 1);
-    if (lua_getfield(L, -1, url) == LUA_TUSERDATA) {
-        ljwt_jwks *j = lua_touserdata(L, -1);
-        lua_pop(L, 2);
-        return j;
-    }
-    lua_pop(L, 1);
-    ljwt_jwks *j = lua_newuserdatauv(L, sizeof *j, 0);
-    memset(j, 0, sizeof *j);
-    j->cache = c;
-    j->keyset_ref = LUA_NOREF;
-    snprintf(j->url, sizeof j->url, "%s", url);
-    lua_createtable(L, 0, 1);
-    lua_pushcfunction(L, ljwt_jwks_gc);
-    lua_setfield(L, -2, "__gc");
-    lua_setmetatable(L, -2);
-    lua_setfield(L, -2, url);
-    lua_pop(L, 1);
-    j->next = c->first;
-    c->first = j;
-    return j;
-}
-
-/* Parses a fetched JWK Set into j's keys (protected; argument 1 is j, 2 the JSON text). */
-static int ljwt_store_keys(lua_State *L) {
-    ljwt_jwks *j = lua_touserdata(L, 1);
+/* Parses a fetched JWKS document (text at index 1) into a keyset (see ljwks_of). */
+static int ljwt_parse_jwks(lua_State *L) {
     size_t len;
-    const char *text = lua_tolstring(L, 2, &len);
+    const char *text = lua_tolstring(L, 1, &len);
     ljwt_json_decode(L, text, len);
     if (!lua_istable(L, -1)) return luaL_error(L, "the JWKS is not JSON");
     if (lua_getfield(L, -1, "keys") != LUA_TTABLE) return luaL_error(L, "the JWKS has no keys");
     lua_pop(L, 1);
     ljwt_push_keyset_of(L, -1);
-    luaL_unref(L, LUA_REGISTRYINDEX, j->keyset_ref);
-    j->keyset_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-    return 0;
-}
-
-/* Pushes the outcome of a waiting verification (through lhost_wake): the token checked
- * against the keys j has now, or j's error. */
-static int ljwt_push_pending(lua_State *L, void *ud) {
-    ljwt_pending *p = ud;
-    ljwt_token t;
-    size_t len;
-    lua_settop(L, 0);
-    lua_rawgeti(L, LUA_REGISTRYINDEX, p->call_ref);
-    lua_rawgeti(L, 1, 1);
-    lua_rawgeti(L, 1, 2);
-    lua_remove(L, 1);           /* 1 token, 2 opts */
-    const char *text = lua_tolstring(L, 1, &len);
-    const char *why = ljwt_split(L, text, len, &t);
-    if (why) return llib_fail(L, "%s", why);
-    return ljwt_verify_now(L, &t, 2, p->jwks);
-}
-
-static void ljwt_wake_all(ljwt_jwks *j) {
-    ljwt_pending *p = j->waiters;
-    j->waiters = NULL;
-    while (p) {
-        ljwt_pending *next = p->next;
-        lhost_wake(p->w, ljwt_push_pending, p);
-        luaL_unref(j->cache->L, LUA_REGISTRYINDEX, p->call_ref);
-        free(p);
-        p = next;
-    }
-}
-
-/* The dictionary all workers share: JWKS documents ("doc <url>", kept jwks_ttl) and the
- * time of each URL's last fetch ("refetch <url>", kept LJWT_REFETCH_S). */
-static shdict *ljwt_shared(ljwt_cache *c) {
-    char err[200];
-    /* Opened once per state: every verification consults it, and opening takes the lock
-     * of the registry all workers share. NULL (out of memory) is tried again next time. */
-    if (!c->shared) c->shared = shdict_open(lhost_world_of(c->h)->shared, LJWT_SHARED, 1024, LJWT_SHARED_BYTES, err,
-                                            sizeof err);
-    return c->shared;
-}
-
-/* Gives the other workers a fetched document, and starts the refetch interval. */
-static void ljwt_share(ljwt_jwks *j, const char *body, size_t len, uint64_t now) {
-    shdict *d = ljwt_shared(j->cache);
-    char key[600];
-    if (!d || len > SHDICT_MAX_VALUE) return;
-    shdict_value doc = { SHDICT_STRING, (char *)body, len, 0 }, one = { SHDICT_NUMBER, NULL, 0, 1 };
-    snprintf(key, sizeof key, "doc %s", j->url);
-    shdict_set(d, key, strlen(key), &doc, j->ttl_ms, now);
-    snprintf(key, sizeof key, "refetch %s", j->url);
-    shdict_set(d, key, strlen(key), &one, LJWT_REFETCH_S * 1000, now);
-    snprintf(key, sizeof key, "failed %s", j->url);
-    shdict_delete(d, key, strlen(key));
-}
-
-/* Tells the other workers the last fetch failed, and why, for LJWT_FAILED_S. */
-static void ljwt_share_failure(ljwt_jwks *j, uint64_t now) {
-    shdict *d = ljwt_shared(j->cache);
-    char key[600];
-    shdict_value why = { SHDICT_STRING, j->error, strlen(j->error), 0 };
-    snprintf(key, sizeof key, "failed %s", j->url);
-    if (d) shdict_set(d, key, strlen(key), &why, LJWT_FAILED_S * 1000, now);
-}
-
-/* Learns of a fetch that failed lately in another worker. Returns 1 then. */
-static int ljwt_failed_elsewhere(ljwt_jwks *j, uint64_t now) {
-    shdict *d = ljwt_shared(j->cache);
-    char key[600];
-    shdict_value why;
-    snprintf(key, sizeof key, "failed %s", j->url);
-    if (!d || shdict_get(d, key, strlen(key), now, &why) < 0 || why.type != SHDICT_STRING) return 0;
-    snprintf(j->error, sizeof j->error, "%s", why.s);
-    free(why.s);
-    int64_t left = shdict_ttl(d, key, strlen(key), now);
-    j->failed_ms = now - (LJWT_FAILED_S * 1000 - (uint64_t)(left > 0 ? left : 0));
     return 1;
 }
 
-/* Takes the document another worker fetched, if there is a fresh one. Returns 1 then. */
-static int ljwt_adopt(lua_State *L, ljwt_jwks *j, uint64_t now) {
-    shdict *d = ljwt_shared(j->cache);
-    char key[600];
-    shdict_value doc;
-    snprintf(key, sizeof key, "doc %s", j->url);
-    if (!d || shdict_get(d, key, strlen(key), now, &doc) < 0 || doc.type != SHDICT_STRING) return 0;
-    lua_pushcfunction(L, ljwt_store_keys);
-    lua_pushlightuserdata(L, j);
-    lua_pushlstring(L, doc.s, doc.len);
-    free(doc.s);
-    if (lua_pcall(L, 2, 0, 0) != LUA_OK) {
-        lua_pop(L, 1);
-        return 0;
-    }
-    j->fetched_ms = now;
-    return 1;
-}
-
-static void ljwt_on_fetched(void *ud, const fetch_result *r) {
-    ljwt_jwks *j = ud;
-    lua_State *L = j->cache->L;
-    j->fetching = NULL;
-    uint64_t now = loop_now_ms();
-    if (r->failure != FAILURE_NONE || r->status != 200) {
-        if (r->failure != FAILURE_NONE) snprintf(j->error, sizeof j->error, "the JWKS fetch failed: %s", r->error);
-        else snprintf(j->error, sizeof j->error, "the JWKS fetch answered HTTP %ld", r->status);
-        j->failed_ms = now;
-    } else {
-        lua_pushcfunction(L, ljwt_store_keys);
-        lua_pushlightuserdata(L, j);
-        lua_pushlstring(L, r->body, r->body_len);
-        if (lua_pcall(L, 2, 0, 0) != LUA_OK) {
-            snprintf(j->error, sizeof j->error, "the JWKS is unusable: %s", lua_tostring(L, -1));
-            lua_pop(L, 1);
-            j->failed_ms = now;
-        } else {
-            j->fetched_ms = now;
-            j->failed_ms = 0;
-            ljwt_share(j, r->body, r->body_len, now);
-        }
-    }
-    if (j->failed_ms) {
-        log_msg(LOG_WARN, "jwt: %s: %s", j->url, j->error);
-        ljwt_share_failure(j, now);
-    }
-    ljwt_wake_all(j);
-}
-
-/* Starts fetching j's JWKS unless a fetch is going on. Returns 0, or -1 (j->error set). */
-static int ljwt_fetch(ljwt_jwks *j, const lhost_world *world) {
-    if (j->fetching) return 0;
-    if (j->cache->stopped) {
-        snprintf(j->error, sizeof j->error, "the script was replaced by a reload");
-        return -1;
-    }
-    fetch_request rq = { .url = j->url, .timeout_ms = LJWT_FETCH_MS, .max_body = LJWT_JWKS_MAX };
-    if (!(j->fetching = fetch_start(world->client, &rq, ljwt_on_fetched, j))) {
-        snprintf(j->error, sizeof j->error, "out of memory fetching the JWKS");
-        return -1;
-    }
-    return 0;
-}
-
-static void ljwt_pending_cancel(void *op) {
-    ljwt_pending *p = op;
-    for (ljwt_pending **pp = &p->jwks->waiters; *pp; pp = &(*pp)->next) {
-        if (*pp == p) {
-            *pp = p->next;
-            break;
-        }
-    }
-    luaL_unref(p->jwks->cache->L, LUA_REGISTRYINDEX, p->call_ref);
-    free(p);
-}
-
-/* Checks t with the keys j has (opts at index opts), or fails with j's error. */
-static int ljwt_verify_now(lua_State *L, const ljwt_token *t, int opts, ljwt_jwks *j) {
-    (void)opts;
-    if (j->keyset_ref == LUA_NOREF) return llib_fail(L, "%s", j->error[0] ? j->error : "no JWKS yet");
-    lua_rawgeti(L, LUA_REGISTRYINDEX, j->keyset_ref);
-    ljwt_keyset *ks = lua_touserdata(L, -1);
-    lua_pop(L, 1);          /* the registry keeps it */
-    return ljwt_check(L, t, ks);
-}
-
-/* 1 when j's keys hold t's kid (or t has none). */
-static int ljwt_knows_kid(lua_State *L, ljwt_jwks *j, const ljwt_token *t) {
-    if (!t->kid[0] || j->keyset_ref == LUA_NOREF) return j->keyset_ref != LUA_NOREF;
-    lua_rawgeti(L, LUA_REGISTRYINDEX, j->keyset_ref);
-    const ljwt_keyset *ks = lua_touserdata(L, -1);
-    lua_pop(L, 1);
+/* 1 when the keys of ks hold t's kid, or t has none, or ks has one key without a kid (the
+ * keys ljwt_check may try). */
+static int ljwt_knows_kid(const ljwt_keyset *ks, const ljwt_token *t) {
+    if (!t->kid[0] || (ks->n == 1 && !ks->keys[0].kid[0])) return 1;
     for (size_t i = 0; i < ks->n; i++)
         if (strcmp(ks->keys[i].kid, t->kid) == 0) return 1;
     return 0;
 }
 
+/* Ends a verification that waited for a fetch (see ljwks_wait): 1 token, 2 opts (the
+ * copy made before the wait). Checks the token with the keys j has now; without keys, or
+ * without its kid after a failed fetch, the provider is what failed. */
+static int ljwt_resume(lua_State *L, ljwks *j) {
+    ljwt_token t;
+    size_t len;
+    const char *text = lua_tolstring(L, 1, &len);
+    int failed = ljwt_split(L, text, len, &t);
+    if (failed) return failed;
+    if (!ljwks_push(L, j)) return ljwt_fail(L, "jwks_unavailable", "%s", ljwks_error(j));
+    ljwt_keyset *ks = lua_touserdata(L, -1);
+    if (!ljwt_knows_kid(ks, &t) && ljwks_failed_lately(j))
+        return ljwt_fail(L, "jwks_unavailable", "no key in hand has the token's kid %s, and %s", t.kid, ljwks_error(j));
+    return ljwt_check(L, &t, ks);
+}
+
+/* Pushes a copy of what a check reads from opts (index 2) once the keys are chosen, for a
+ * call about to wait: the script may change its table meanwhile. */
+static void ljwt_push_opts_copy(lua_State *L) {
+    static const char *const fields[] = { "algorithms", "issuer", "audience", "leeway_seconds", "require_exp" };
+    lua_createtable(L, 0, 5);
+    for (size_t i = 0; i < sizeof fields / sizeof fields[0]; i++) {
+        lua_getfield(L, 2, fields[i]);
+        lua_setfield(L, -2, fields[i]);
+    }
+}
+
 /* Verifies with a JWKS URL: at once with the keys in hand; else waits for a fetch. Keys
  * past jwks_ttl are used while a fetch renews them; an unknown kid fetches again at most
- * once per LJWT_REFETCH_S for all workers; a failed fetch is not retried for LJWT_FAILED_S. */
+ * once per LJWKS_REFETCH_S for all workers; a failed fetch is not retried for LJWKS_FAILED_S. */
 static int ljwt_verify_jwks(lua_State *L, lhost *h, const ljwt_token *t, const char *url) {
-    const lhost_world *world;
-    ljwt_jwks *j = ljwt_jwks_of(L, h, url);
-    uint64_t now = loop_now_ms();
-    uint64_t ttl_ms = j->ttl_ms = (uint64_t)(ljwt_opt_seconds(L, "jwks_ttl", LJWT_JWKS_TTL_S) * 1000);
-    if ((j->keyset_ref == LUA_NOREF || now - j->fetched_ms >= ttl_ms) && !j->fetching) ljwt_adopt(L, j, now);
-    int have = j->keyset_ref != LUA_NOREF;
-    if (!j->fetching && !(j->failed_ms && now - j->failed_ms < LJWT_FAILED_S * 1000)) ljwt_failed_elsewhere(j, now);
-    int failed_lately = j->failed_ms && now - j->failed_ms < LJWT_FAILED_S * 1000;
-    if (have && ljwt_knows_kid(L, j, t)) {
-        if (now - j->fetched_ms >= ttl_ms && !failed_lately) ljwt_fetch(j, lhost_world_of(h));  /* renewed meanwhile */
-        return ljwt_verify_now(L, t, 2, j);
+    ljwks *j = ljwks_of(L, h, url, ljwt_parse_jwks);
+    uint64_t ttl_ms = (uint64_t)(ljwt_opt_seconds(L, "jwks_ttl", LJWT_JWKS_TTL_S) * 1000);
+    ljwt_keyset *ks = ljwks_keys(L, j, ttl_ms) ? lua_touserdata(L, -1) : NULL;
+    if (ks && ljwt_knows_kid(ks, t)) {
+        ljwks_renew(j, h);
+        return ljwt_check(L, t, ks);
     }
-    if (failed_lately && !have) return llib_fail(L, "%s", j->error);
-    if (have) {         /* an unknown kid: the provider may have rotated its keys */
-        char key[600];
-        shdict_value one = { SHDICT_NUMBER, NULL, 0, 1 };
-        shdict *refetches = ljwt_shared(j->cache);
-        snprintf(key, sizeof key, "refetch %s", url);
-        if (failed_lately || !refetches ||
-            shdict_add(refetches, key, strlen(key), &one, LJWT_REFETCH_S * 1000, now) == SHDICT_EXISTS)
-            return llib_fail(L, "no key has the token's kid %s (the JWKS was fetched lately)", t->kid);
+    if (ljwks_failed_lately(j)) {
+        if (!ks) return ljwt_fail(L, "jwks_unavailable", "%s", ljwks_error(j));
+        return ljwt_fail(L, "jwks_unavailable", "no key in hand has the token's kid %s, and %s", t->kid,
+                         ljwks_error(j));
     }
-    lhost_waiter *w = lhost_wait_begin(h, L, "tokend.jwt.verify", &world);
-    if (ljwt_fetch(j, world) < 0) return llib_fail(L, "%s", j->error);
-    ljwt_pending *p = malloc(sizeof *p);
-    if (!p) return llib_fail(L, "out of memory");
-    lua_createtable(L, 2, 0);
+    if (ks && !ljwks_claim_refetch(j))          /* the provider may have rotated its keys: at most one look */
+        return ljwt_fail(L, "unknown_key", "no key has the token's kid %s (the JWKS was fetched lately)", t->kid);
     lua_pushvalue(L, 1);
-    lua_rawseti(L, -2, 1);
-    lua_pushvalue(L, 2);
-    lua_rawseti(L, -2, 2);
-    p->call_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-    p->jwks = j;
-    p->w = w;
-    p->next = j->waiters;
-    j->waiters = p;
-    return lhost_wait(w, L, ljwt_pending_cancel, p);
+    ljwt_push_opts_copy(L);
+    int n = ljwks_wait(L, h, j, "tokend.jwt.verify", 2, ljwt_resume);
+    return n < 0 ? ljwt_fail(L, "jwks_unavailable", "%s", ljwks_error(j)) : n;
+}
+
+/* Raises unless opts[field] (opts at index 2) is a string, a list of them when list is 1,
+ * or false; nil is allowed only when optional is 1. */
+static void ljwt_check_expected(lua_State *L, const char *field, int list, int optional) {
+    int type = lua_getfield(L, 2, field);
+    int skip = type == LUA_TBOOLEAN && !lua_toboolean(L, -1);
+    lua_pop(L, 1);
+    if (type == LUA_TNIL && !optional)
+        luaL_error(L, "tokend.jwt.verify: %s is required with keys or jwks_url (false skips its check)", field);
+    if (type != LUA_TNIL && !skip && type != LUA_TSTRING && !(list && type == LUA_TTABLE))
+        luaL_error(L, "tokend.jwt.verify: %s must be a string%s or false", field, list ? ", a list of strings" : "");
 }
 
 /* tokend.jwt.verify(token, {secret | keys | jwks_url, algorithms, issuer, audience,
  * leeway_seconds = 30, max_bytes = 8192, jwks_ttl = 600, require_exp = true})
- * -> claims | nil, err */
+ * -> claims | nil, err, kind. With keys or jwks_url, issuer and audience are required
+ * (false skips a check): a setting left unset must not turn a check off. */
 static int ljwt_verify(lua_State *L) {
     lhost *h = LLIB_HOST(L);
     size_t len;
@@ -683,26 +584,17 @@ static int ljwt_verify(lua_State *L) {
     luaL_argcheck(L, !secret || secretlen > 0, 2, "the secret is empty");
     luaL_argcheck(L, !url || strncmp(url, "https://", 8) == 0 || strncmp(url, "http://", 7) == 0, 2,
                   "jwks_url must be an http:// or https:// URL");
-    if ((double)len > max_bytes) return llib_fail(L, "the token is larger than %d bytes", (int)max_bytes);
+    ljwt_check_expected(L, "issuer", 0, secret != NULL);
+    ljwt_check_expected(L, "audience", 1, secret != NULL);
+    if ((double)len > max_bytes) return ljwt_fail(L, "malformed", "the token is larger than %d bytes", (int)max_bytes);
     ljwt_token t;
-    const char *why = ljwt_split(L, text, len, &t);
-    if (why) return llib_fail(L, "%s", why);
+    int failed = ljwt_split(L, text, len, &t);
+    if (failed) return failed;
+    if (!ljwt_alg_usable(L, t.alg, secret != NULL))
+        return ljwt_fail(L, "bad_algorithm", "the token's algorithm %s is not allowed with %s", t.alg,
+                         secret ? "a secret" : "these keys");
     if (url) return ljwt_verify_jwks(L, h, &t, url);
-    if (secret) return ljwt_check(L, &t, NULL);
-    /* Keys given by the script: parsed once per options table. */
-    lua_getfield(L, LUA_REGISTRYINDEX, LJWT_KEYS_CACHE);
-    lua_pushvalue(L, 2);
-    if (lua_rawget(L, -2) != LUA_TUSERDATA) {
-        lua_pop(L, 1);
-        lua_getfield(L, 2, "keys");
-        ljwt_push_keyset_of(L, -1);
-        lua_remove(L, -2);
-        lua_pushvalue(L, 2);
-        lua_pushvalue(L, -2);
-        lua_rawset(L, -4);
-    }
-    ljwt_keyset *ks = lua_touserdata(L, -1);
-    return ljwt_check(L, &t, ks);
+    return ljwt_check(L, &t, secret ? NULL : ljwt_push_keyset_of_opts(L));
 }
 
 /* tokend.jwt.sign(claims, {secret = ... | private_key = PEM, alg = ..., kid = ...}) -> token */
@@ -726,9 +618,7 @@ static int ljwt_sign(lua_State *L) {
     } else if (!alg) {
         alg = "HS256";
     }
-    int fits = secret ? strncmp(alg, "HS", 2) == 0 && (strcmp(alg, "HS256") == 0 || strcmp(alg, "HS384") == 0 ||
-                                                     strcmp(alg, "HS512") == 0)
-                      : crypto_jws_fits(alg, crypto_key_kind_of(key));
+    int fits = secret ? ljwt_is_hmac(alg) : crypto_jws_fits(alg, crypto_key_kind_of(key));
     if (!fits) {
         crypto_key_free(key);
         return luaL_error(L, "tokend.jwt.sign: alg %s does not fit the %s", alg, secret ? "secret" : "key");
@@ -785,17 +675,14 @@ void ljwtlib_open(lua_State *L, lhost *h) {
     llib_class(L, LJWT_KEYSET, (const luaL_Reg[]){ { NULL, NULL } }, ljwt_keyset_gc);
     lua_pushcfunction(L, luaopen_cjson_safe);
     lua_call(L, 0, 1);
+    lua_getfield(L, -1, "decode_invalid_numbers");      /* this instance's: NaN, Infinity, hex are not JSON */
+    lua_pushboolean(L, 0);
+    lua_call(L, 1, 0);
     lua_getfield(L, -1, "decode");
     lua_setfield(L, LUA_REGISTRYINDEX, LJWT_DECODE);
     lua_getfield(L, -1, "encode");
     lua_setfield(L, LUA_REGISTRYINDEX, "tokend.jwt.encode");
     lua_pop(L, 1);
-    lua_newtable(L);
-    lua_createtable(L, 0, 1);
-    lua_pushliteral(L, "k");
-    lua_setfield(L, -2, "__mode");
-    lua_setmetatable(L, -2);
-    lua_setfield(L, LUA_REGISTRYINDEX, LJWT_KEYS_CACHE);
     lua_newtable(L);
     llib_register(L, h, fns);
     lua_setfield(L, -2, "jwt");

@@ -4,7 +4,9 @@
 -- decide how long a session may last.
 --
 -- Settings (environment or .env): JWKS_URL (https://idp.example.com/.well-known/jwks.json),
--- JWT_ISSUER (the iss your provider writes), JWT_AUDIENCE (your client id).
+-- JWT_ISSUER (the iss your provider writes), JWT_AUDIENCE (your client id). All three are
+-- required: tokend.jwt.verify checks iss and aud unless told `false`, and an unset setting
+-- stops the script here rather than turning a check off.
 local tokend = require "tokend"
 local answer = require "answer"
 
@@ -25,9 +27,14 @@ local origins = tokend.origins(ALLOWED_ORIGINS)
 tokend.route("GET", "/token", function(req)
   if not origins:check(req) then return answer.refuse(403, "this origin may not request tokens") end
   local bearer = (req.headers.authorization or ""):match("^Bearer%s+(%S+)$")
-  local claims, why = bearer and tokend.jwt.verify(bearer, VERIFY)
-  if not claims then
-    tokend.log.info("token refused", { reason = why or "no bearer token" })
+  local claims, why, kind = nil, "no bearer token", "malformed"
+  if bearer then claims, why, kind = tokend.jwt.verify(bearer, VERIFY) end
+  if kind == "jwks_unavailable" then          -- the provider is down: not the user's fault
+    tokend.log.warn("identity provider unavailable", { reason = why })
+    return answer.refuse(503, "sign-in is unavailable; retry later", { ["Retry-After"] = 30 })
+  end
+  if not claims then                          -- expired, bad_signature, bad_audience, ...
+    tokend.log.info("token refused", { kind = kind, reason = why })
     return answer.refuse(401, "sign in first", { ["WWW-Authenticate"] = 'Bearer realm="tokend"' })
   end
   req.log.user = claims.sub

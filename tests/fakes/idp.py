@@ -34,13 +34,28 @@ def der_int(data, i):
     return value.lstrip(b"\x00"), i + 2 + n
 
 
+# The order n of the P-256 and P-384 groups, by the size of r and s.
+EC_ORDER = {32: 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551,
+            48: int("FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFC7634D81F4372DDF"
+                    "581A0DB248B0A77AECEC196ACCC52973", 16)}
+
+
+def ecdsa_flip_s(raw):
+    """r||s -> r||(n - s): the other valid signature of the same input (low-S <-> high-S)."""
+    size = len(raw) // 2
+    s = int.from_bytes(raw[size:], "big")
+    return raw[:size] + (EC_ORDER[size] - s).to_bytes(size, "big")
+
+
 def ecdsa_raw(der, size):
-    """DER ECDSA-Sig-Value -> r||s of size bytes each, as JWS wants it."""
+    """DER ECDSA-Sig-Value -> r||s of size bytes each, as JWS wants it, with s in its low
+    form (s <= n / 2), which tokend requires."""
     assert der[0] == 0x30
     i = 2 if der[1] < 0x80 else 3
     r, i = der_int(der, i)
     s, _ = der_int(der, i)
-    return r.rjust(size, b"\x00") + s.rjust(size, b"\x00")
+    raw = r.rjust(size, b"\x00") + s.rjust(size, b"\x00")
+    return ecdsa_flip_s(raw) if int.from_bytes(s, "big") > EC_ORDER[size] // 2 else raw
 
 
 class KeySet:

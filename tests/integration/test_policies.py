@@ -62,6 +62,19 @@ class JwtPolicy(TokendTestCase):
             self.assertEqual(r.headers["www-authenticate"], 'Bearer realm="tokend"')
         self.assertEqual(self.fake_.stats()["requests"], 0)
 
+    def test_an_identity_provider_that_is_down_gets_503_and_refusals_are_logged_by_kind(self):
+        self.idp.fault = "500"
+        r = self.t.get("/token", headers=self.bearer())
+        self.assertEqual((r.status, r.headers["retry-after"]), (503, "30"))
+        self.assertIn("identity provider unavailable", self.t.wait_log("identity provider unavailable"))
+        self.idp.fault = None
+        t = self.tokend(fake=self.fake_, script=policy_script("jwt.lua", self.workdir, TOKEN_BURST=2), env={
+            "JWKS_URL": self.idp.url, "JWT_ISSUER": "https://idp.test", "JWT_AUDIENCE": "my-app",
+            "CURL_CA_BUNDLE": self.ca[0]})
+        self.assertEqual(t.get("/token", headers=self.bearer(exp=int(time.time()) - 3600)).status, 401)
+        self.assertIn("kind=expired", t.wait_log("kind=expired"))
+        self.assertEqual(self.fake_.stats()["requests"], 0)
+
     def test_each_user_has_a_limit_of_their_own(self):
         alice, bob = self.bearer(), self.bearer(sub="bob")
         self.assertEqual([self.t.get("/token", headers=alice).status for _ in range(3)], [200, 200, 429])
@@ -211,6 +224,18 @@ class ReadmeExample(TokendTestCase):
         fake.control(fault="hang")
         t3 = self.tokend(fake=fake, script=script, env=env, args=["--upstream-timeout-ms", "300"])
         self.assertEqual(t3.get("/token", headers=bearer("carol")).status, 504)
+
+        # The identity provider down, and no keys in hand: 503, whatever the token says.
+        idp.fault = "500"
+        t4 = self.tokend(fake=fake, script=script, env=env)
+        for headers in [bearer("carol"), bearer("carol", iss="https://evil.test")]:
+            r = t4.get("/token", headers=headers)
+            self.assertEqual((r.status, r.headers["retry-after"]), (503, "30"), headers)
+        self.assertEqual(t4.get("/token", headers={"Authorization": "Bearer nonsense"}).status, 401)
+        # A setting left unset stops the script from loading instead of checking nothing.
+        r = self.run_tokend(["--check", "--script", script], env={"JWKS_URL": idp.url, "TOKEND_REDIS_URL": redis.url})
+        self.assertNotEqual(r.returncode, 0)
+        self.assertIn("set JWT_ISSUER", r.stdout + r.stderr)
 
 
 if __name__ == "__main__":

@@ -672,6 +672,118 @@ tokend.route("GET", "/ok", function() return 200, "still serving" end)
         self.assertNotIn("content-security-policy", t.get("/app.js").headers, "HTML only")
 
 
+JWT_ATTACKS = r'''
+local tokend = require "tokend"
+local cjson = require "cjson"
+local function read(path) local f = assert(io.open(path)) local s = f:read("a") f:close() return s end
+local function answer(claims, err, kind) return 200, { sub = claims and claims.sub, err = err, kind = kind } end
+local PEM = { a = read(tokend.env("A_PUB")), b = read(tokend.env("B_PUB")) }
+local JWK = { a = cjson.decode(tokend.env("A_JWK")), b = cjson.decode(tokend.env("B_JWK")) }
+local SECRET = { a = "secret of tenant a", b = "secret of tenant b" }
+-- One options table for every tenant, as a script serving many might write it.
+local SHARED = { issuer = false, audience = false }
+local SET = { keys = { keys = { JWK.a } }, issuer = false, audience = false }
+local BY_SECRET = {}
+local ALGS = { keys = PEM.a, issuer = false, audience = false }
+local EC = { keys = { read(tokend.env("EC256_PUB")), read(tokend.env("EC384_PUB")) }, issuer = false, audience = false }
+tokend.route("POST", "/tenant/:t", function(req)
+  SHARED.keys = PEM[req.params.t]
+  return answer(tokend.jwt.verify(req.body, SHARED))
+end)
+tokend.route("POST", "/in-place/:t", function(req)
+  SET.keys.keys[1] = JWK[req.params.t]
+  return answer(tokend.jwt.verify(req.body, SET))
+end)
+tokend.route("POST", "/secret/:t", function(req)
+  BY_SECRET.secret = SECRET[req.params.t]
+  return answer(tokend.jwt.verify(req.body, BY_SECRET))
+end)
+tokend.route("POST", "/algorithms/:alg", function(req)
+  ALGS.algorithms = { req.params.alg }
+  return answer(tokend.jwt.verify(req.body, ALGS))
+end)
+tokend.route("POST", "/ec", function(req) return answer(tokend.jwt.verify(req.body, EC)) end)
+tokend.route("POST", "/hs", function(req) return answer(tokend.jwt.verify(req.body, { secret = SECRET.a })) end)
+'''
+
+
+def hs256_text(secret, header, payload):
+    """An HS256 JWT of payload as given (JSON text a serializer would not write)."""
+    import base64
+    import hashlib
+    import hmac
+    part = lambda b: base64.urlsafe_b64encode(b).rstrip(b"=").decode()
+    signing_input = f"{part(json.dumps(header).encode())}.{part(payload.encode())}"
+    return f"{signing_input}.{part(hmac.new(secret.encode(), signing_input.encode(), hashlib.sha256).digest())}"
+
+
+class JwtAttacks(TokendTestCase):
+    """Tokens made to pass tokend.jwt.verify when they must not: each row is (what, route,
+    token, the sub it gets or the kind of failure). Every refused token has an honest twin
+    that passes, so no row passes by refusing everything."""
+
+    def test_tokens_that_must_not_pass(self):
+        import sys
+        import tempfile
+        sys.path.insert(0, os.path.join(SRC, "tests", "fakes"))
+        from idp import KeySet, b64url, ecdsa_flip_s
+        a = KeySet(tempfile.mkdtemp(dir=self.workdir), kinds=("rsa", "ec256", "ec384"))
+        b = KeySet(tempfile.mkdtemp(dir=self.workdir), kinds=("rsa",))
+        t = self.tokend(key=None, workers=1, script=self.write("jwt.lua", JWT_ATTACKS), env={
+            "A_PUB": a.path("rsa", "pub.pem"), "B_PUB": b.path("rsa", "pub.pem"),
+            "A_JWK": json.dumps(a.jwk("rsa", "k")), "B_JWK": json.dumps(b.jwk("rsa", "k")),
+            "EC256_PUB": a.path("ec256", "pub.pem"), "EC384_PUB": a.path("ec384", "pub.pem")})
+        exp = int(time.time()) + 300
+        claims = {"sub": "alice", "exp": exp}
+        by_a = a.sign("rsa", "RS256", claims)
+
+        def high_s(token):
+            head, payload, sig = token.split(".")
+            import base64
+            raw = base64.urlsafe_b64decode(sig + "=" * (-len(sig) % 4))
+            return f"{head}.{payload}.{b64url(ecdsa_flip_s(raw))}"
+
+        def nul_alg(kind, alg):
+            return a.sign(kind, alg, claims, header={"alg": alg + "\u0000junk"}) if kind != "hs" else \
+                hs256_text("secret of tenant a", {"alg": alg + "\u0000junk", "typ": "JWT"}, json.dumps(claims))
+
+        hs = lambda payload: hs256_text("secret of tenant a", {"alg": "HS256", "typ": "JWT"}, payload)
+        es256, es384 = a.sign("ec256", "ES256", claims), a.sign("ec384", "ES384", claims)
+        rows = [
+            # Tenant confusion: one options table, its keys set per request.
+            ("tenant a's token for tenant a", "/tenant/a", by_a, "alice"),
+            ("tenant a's token for tenant b", "/tenant/b", by_a, "bad_signature"),
+            ("tenant a's token for tenant a, again", "/tenant/a", by_a, "alice"),
+            ("a key set changed in place: a", "/in-place/a", by_a, "alice"),
+            ("a key set changed in place: b", "/in-place/b", by_a, "bad_signature"),
+            ("tenant a's secret", "/secret/a", hs(json.dumps(claims)), "alice"),
+            ("tenant b's secret", "/secret/b", hs(json.dumps(claims)), "bad_signature"),
+            ("algorithms allowing RS256", "/algorithms/RS256", by_a, "alice"),
+            ("algorithms changed to PS256", "/algorithms/PS256", by_a, "bad_algorithm"),
+            # alg compared exactly: what follows a NUL byte counts.
+            ("HS256 followed by a NUL", "/hs", nul_alg("hs", "HS256"), "bad_algorithm"),
+            ("ES256 followed by a NUL", "/ec", nul_alg("ec256", "ES256"), "bad_algorithm"),
+            # ECDSA malleability: (r, n - s) is as valid as (r, s); only the low form counts.
+            ("ES256, low s", "/ec", es256, "alice"),
+            ("ES256, the same signature with a high s", "/ec", high_s(es256), "bad_signature"),
+            ("ES384, low s", "/ec", es384, "alice"),
+            ("ES384, the same signature with a high s", "/ec", high_s(es384), "bad_signature"),
+            # NumericDate: a JSON number and nothing else; NaN would never expire.
+            ("exp a number", "/hs", hs(f'{{"sub": "alice", "exp": {exp}}}'), "alice"),
+            ("exp NaN", "/hs", hs('{"sub": "alice", "exp": NaN}'), "malformed"),
+            ("exp Infinity", "/hs", hs('{"sub": "alice", "exp": Infinity}'), "malformed"),
+            ("nbf -Infinity", "/hs", hs(f'{{"sub": "alice", "exp": {exp}, "nbf": -Infinity}}'), "malformed"),
+            ("exp 1e999", "/hs", hs('{"sub": "alice", "exp": 1e999}'), "malformed"),
+            ("exp in hex", "/hs", hs('{"sub": "alice", "exp": 0x7fffffff}'), "malformed"),
+            ("exp a string", "/hs", hs(f'{{"sub": "alice", "exp": "{exp}"}}'), "malformed"),
+            ("nbf NaN", "/hs", hs(f'{{"sub": "alice", "exp": {exp}, "nbf": NaN}}'), "malformed"),
+        ]
+        for name, path, token, expected in rows:
+            with self.subTest(name):
+                j = t.get(path, method="POST", body=token).json()
+                self.assertEqual(j.get("sub") or j.get("kind"), expected, j)
+
+
 class ForwardProxy:
     """An HTTP forward proxy on loopback that records what it is asked and passes plain
     requests to the token fake."""

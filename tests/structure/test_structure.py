@@ -72,6 +72,8 @@ class Layout(unittest.TestCase):
         folder = os.path.join(SRC, "src")
         users = []
         for name in sorted(os.listdir(folder)):
+            if not name.endswith((".c", ".h")):
+                continue
             with open(os.path.join(folder, name)) as f:
                 text = f.read()
             if re.search(r"<microhttpd\.h>|\bMHD_", text):
