@@ -8,9 +8,10 @@ SHELL := /bin/bash
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 # Build and run: compiler, CMake, the libraries (Lua, HTTP server and client, JSON,
-# OpenSSL's libcrypto, hiredis, zlib), the system's media types, and the CA store for TLS.
+# OpenSSL's libcrypto, hiredis, wslay's WebSocket framing, zlib), the system's media types, and
+# the CA store for TLS.
 RUN_PACKAGES = gcc make cmake pkg-config liblua5.4-dev libmicrohttpd-dev libcurl4-openssl-dev \
-               lua-cjson-dev libssl-dev libhiredis-dev zlib1g-dev media-types ca-certificates
+               lua-cjson-dev libssl-dev libhiredis-dev libwslay-dev zlib1g-dev media-types ca-certificates
 # Tests: the fakes are Python (standard library only); the test CA is made with openssl;
 # the browser test runs Debian's Chromium with espeak-ng speech (converted by sox) as the
 # microphone, driven by playwright-core from npm. Several instances share limits through
@@ -19,7 +20,7 @@ TEST_PACKAGES = $(RUN_PACKAGES) python3 openssl lua5.4 curl chromium espeak-ng s
                 redis-server haproxy
 # Fuzzing: clang with libFuzzer and the sanitizer runtimes.
 FUZZ_PACKAGES = $(RUN_PACKAGES) clang libclang-rt-14-dev
-FUZZ_TARGETS = path query headers envfile upstream static toolkit
+FUZZ_TARGETS = path query headers envfile upstream static toolkit wsanswer
 FUZZ_SECONDS ?= 20
 
 .PHONY: all build run test test-sanitize test-valgrind fuzz bench deps-run deps-test deps-nodejs deps-node deps-fuzz clean

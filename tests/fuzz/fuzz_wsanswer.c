@@ -1,0 +1,32 @@
+/* fuzz_wsanswer.c: any answer to the relay's upstream handshake is read within its bytes, and an upgrade only with the accept value expected. */
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "ws.h"
+
+#define ACCEPT "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
+    char *copy = malloc(size ? size : 1);       /* exactly size bytes: reads past them are caught */
+    if (!copy) return 0;
+    memcpy(copy, data, size);
+    ws_answer a;
+    int rc = ws_client_answer(copy, size, 2048, ACCEPT, &a);
+    if (rc == 1) {
+        if (a.header_len < 4 || a.header_len > size || a.header_len > 2048) abort();
+        if (a.upgraded && (a.status != 101 || !memmem(copy, a.header_len, ACCEPT, strlen(ACCEPT)))) abort();
+        if (a.retry_after < 0 || a.retry_after > 3600) abort();
+    } else if (rc != 0 && rc != -1) {
+        abort();
+    }
+    char accept[WS_ACCEPT_LEN + 1], why[128], key[WS_KEY_LEN + 8];
+    size_t n = size < sizeof key - 1 ? size : sizeof key - 1;
+    memcpy(key, data, n);
+    key[n] = '\0';
+    if (ws_check_upgrade("GET", "HTTP/1.1", "websocket", "Upgrade", "13", key, accept, why, sizeof why) == 0 &&
+        strlen(accept) != WS_ACCEPT_LEN)
+        abort();
+    free(copy);
+    return 0;
+}
