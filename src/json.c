@@ -1,5 +1,6 @@
-/* json.c: a strict, small JSON reader for the token endpoint's replies, and a string escaper. */
+/* json.c: a strict, small JSON reader for the token endpoint's replies and the streaming messages the relay reads, and a string escaper. */
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "json.h"
@@ -148,7 +149,11 @@ static int json_literal(json_cursor *c, const char *word) {
 
 static int json_value(json_cursor *c, int depth);
 
-static int json_container(json_cursor *c, int depth, json_token_reply *top) {
+/* Called for each member of the top-level object with its key, the cursor at its value:
+ * returns 1 when it read the value, 0 to have it skipped, -1 when it is malformed. */
+typedef int json_field_fn(void *ud, const char *key, json_cursor *c);
+
+static int json_container(json_cursor *c, int depth, json_field_fn *field, void *ud) {
     char open = *c->p++;
     char close = open == '{' ? '}' : ']';
     if (depth > JSON_MAX_DEPTH) return -1;
@@ -164,26 +169,10 @@ static int json_container(json_cursor *c, int depth, json_token_reply *top) {
             if (c->p >= c->end || *c->p != ':') return -1;
             c->p++;
             json_skip_ws(c);
-            if (top && !trunc && c->p < c->end) {
-                if (strcmp(key, "token") == 0 && *c->p == '"') {
-                    int t = 0;
-                    if (json_string(c, top->token, sizeof top->token, &t) < 0) return -1;
-                    top->has_token = !t && top->token[0] != '\0';
-                    goto next;
-                }
-                if (strcmp(key, "error") == 0 && *c->p == '"') {
-                    if (json_string(c, top->error, sizeof top->error, &trunc) < 0) return -1;
-                    top->has_error = 1;
-                    goto next;
-                }
-                if (strcmp(key, "expires_in_seconds") == 0 && (*c->p == '-' || (*c->p >= '0' && *c->p <= '9'))) {
-                    int is_int = 0;
-                    long v = 0;
-                    if (json_number(c, &is_int, &v) < 0) return -1;
-                    top->has_expires = is_int;
-                    top->expires_in_seconds = v;
-                    goto next;
-                }
+            if (field && !trunc && c->p < c->end) {
+                int read = field(ud, key, c);
+                if (read < 0) return -1;
+                if (read) goto next;
             }
         }
         if (json_value(c, depth + 1) < 0) return -1;
@@ -196,11 +185,37 @@ static int json_container(json_cursor *c, int depth, json_token_reply *top) {
     }
 }
 
+/* The token reply's members: "token", "error", "expires_in_seconds". */
+static int json_token_field(void *ud, const char *key, json_cursor *c) {
+    json_token_reply *top = ud;
+    if (strcmp(key, "token") == 0 && *c->p == '"') {
+        int t = 0;
+        if (json_string(c, top->token, sizeof top->token, &t) < 0) return -1;
+        top->has_token = !t && top->token[0] != '\0';
+        return 1;
+    }
+    if (strcmp(key, "error") == 0 && *c->p == '"') {
+        int trunc = 0;
+        if (json_string(c, top->error, sizeof top->error, &trunc) < 0) return -1;
+        top->has_error = 1;
+        return 1;
+    }
+    if (strcmp(key, "expires_in_seconds") == 0 && (*c->p == '-' || (*c->p >= '0' && *c->p <= '9'))) {
+        int is_int = 0;
+        long v = 0;
+        if (json_number(c, &is_int, &v) < 0) return -1;
+        top->has_expires = is_int;
+        top->expires_in_seconds = v;
+        return 1;
+    }
+    return 0;
+}
+
 static int json_value(json_cursor *c, int depth) {
     json_skip_ws(c);
     if (c->p >= c->end) return -1;
     switch (*c->p) {
-    case '{': case '[': return json_container(c, depth, NULL);
+    case '{': case '[': return json_container(c, depth, NULL, NULL);
     case '"': return json_string(c, NULL, 0, NULL);
     case 't': return json_literal(c, "true");
     case 'f': return json_literal(c, "false");
@@ -226,12 +241,69 @@ int json_parse_token_reply(const char *body, size_t len, json_token_reply *out) 
     json_reply_reset(out);
     json_skip_ws(&c);
     if (c.p >= c.end || *c.p != '{') return -1;
-    if (json_container(&c, 1, out) < 0) goto bad;
+    if (json_container(&c, 1, json_token_field, out) < 0) goto bad;
     json_skip_ws(&c);
     if (c.p != c.end) goto bad;
     return 0;
 bad:
     json_reply_reset(out);
+    return -1;
+}
+
+/* A number's value as a double: the span the strict parser accepted, read by strtod. */
+static int json_double(json_cursor *c, double *out) {
+    const char *start = c->p;
+    int is_int;
+    long v;
+    if (json_number(c, &is_int, &v) < 0) return -1;
+    char text[64];
+    size_t n = (size_t)(c->p - start);
+    if (n >= sizeof text) return -1;
+    memcpy(text, start, n);
+    text[n] = '\0';
+    *out = strtod(text, NULL);
+    return 0;
+}
+
+/* The streaming messages' members the relay reads. */
+static int json_message_field(void *ud, const char *key, json_cursor *c) {
+    json_message *m = ud;
+    int trunc = 0;
+    if (strcmp(key, "type") == 0 && *c->p == '"') {
+        if (json_string(c, m->type, sizeof m->type, &trunc) < 0) return -1;
+        if (trunc) m->type[0] = '\0';
+        return 1;
+    }
+    if (strcmp(key, "id") == 0 && *c->p == '"') {
+        if (json_string(c, m->id, sizeof m->id, &trunc) < 0) return -1;
+        if (trunc) m->id[0] = '\0';
+        return 1;
+    }
+    if (strcmp(key, "end_of_turn") == 0 && *c->p == 't') {
+        if (json_literal(c, "true") < 0) return -1;
+        m->end_of_turn = 1;
+        return 1;
+    }
+    if (*c->p == '-' || (*c->p >= '0' && *c->p <= '9')) {
+        double *slot = strcmp(key, "audio_duration_seconds") == 0 ? &m->audio_duration_seconds
+                       : strcmp(key, "session_duration_seconds") == 0 ? &m->session_duration_seconds
+                       : strcmp(key, "error_code") == 0 ? &m->error_code : NULL;
+        if (slot) return json_double(c, slot) < 0 ? -1 : 1;
+    }
+    return 0;
+}
+
+int json_parse_message(const char *body, size_t len, json_message *out) {
+    json_cursor c = { body, body + len };
+    memset(out, 0, sizeof *out);
+    out->audio_duration_seconds = out->session_duration_seconds = -1;
+    json_skip_ws(&c);
+    if (c.p >= c.end || *c.p != '{' || json_container(&c, 1, json_message_field, out) < 0) goto bad;
+    json_skip_ws(&c);
+    if (c.p == c.end) return 0;
+bad:
+    memset(out, 0, sizeof *out);
+    out->audio_duration_seconds = out->session_duration_seconds = -1;
     return -1;
 }
 

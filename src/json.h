@@ -1,4 +1,4 @@
-/* json.h: a strict, small JSON reader for the token endpoint's replies, and a string escaper. */
+/* json.h: a strict, small JSON reader for the token endpoint's replies and the streaming messages the relay reads, and a string escaper. */
 #ifndef TOKEND_JSON_H
 #define TOKEND_JSON_H
 
@@ -21,6 +21,20 @@ typedef struct json_token_reply {
  * but whitespace) and extracts the fields above. Returns 0, or -1 when the body is not a
  * valid JSON object. Never reads past len. */
 int json_parse_token_reply(const char *body, size_t len, json_token_reply *out);
+
+/* What the relay reads of a streaming message (a JSON object): top-level members only. */
+typedef struct json_message {
+    char type[32];                  /* "type"; "" when absent, not a string or longer */
+    char id[80];                    /* "id" (Begin's session id); "" likewise */
+    int end_of_turn;                /* "end_of_turn" is true */
+    double audio_duration_seconds;  /* Termination's figures; -1 when absent or not numbers */
+    double session_duration_seconds;
+    double error_code;              /* an Error's "error_code"; 0 when absent */
+} json_message;
+
+/* Parses body as one JSON object (as json_parse_token_reply does) and reads the members
+ * above. Returns 0, or -1 when the body is not a valid JSON object (out then empty). */
+int json_parse_message(const char *body, size_t len, json_message *out);
 
 /* Appends s to buf[off..cap) as the inside of a JSON string (quotes and control
  * characters escaped), stopping before the escape that would not fit with room for 7

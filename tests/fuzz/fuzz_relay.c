@@ -1,8 +1,10 @@
-/* fuzz_wsanswer.c: any answer to the relay's upstream handshake is read within its bytes, and an upgrade only with the accept value expected. */
+/* fuzz_relay.c: what the relay reads from the upstream and clients: any answer to its handshake is read within
+ * its bytes (an upgrade only with the accept value expected), any streaming message within its bytes, any key. */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "json.h"
 #include "ws.h"
 
 #define ACCEPT "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
@@ -20,6 +22,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     } else if (rc != 0 && rc != -1) {
         abort();
     }
+    json_message m;
+    if (json_parse_message(copy, size, &m) == 0 && (strlen(m.type) >= sizeof m.type || strlen(m.id) >= sizeof m.id))
+        abort();
     char accept[WS_ACCEPT_LEN + 1], why[128], key[WS_KEY_LEN + 8];
     size_t n = size < sizeof key - 1 ? size : sizeof key - 1;
     memcpy(key, data, n);
