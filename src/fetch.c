@@ -63,6 +63,7 @@ struct fetch_shard {
     int used;                       /* a transfer started since the last sweep */
     int broken;                     /* curl's state for it cannot be trusted: retiring */
     loop_timer retire;              /* the retirement, once the loop's round is over */
+    int conns;                      /* 1: it runs connections (fetch_connect), not calls */
 };
 
 struct fetch {
@@ -77,9 +78,25 @@ struct fetch {
     fetch_call *idle;               /* finished calls kept with their easy handle for reuse */
     unsigned char *conn_fds;        /* per fd: FETCH_FD_OPENED, FETCH_FD_PARKABLE or 0 */
     int nconn_fds;
+    fetch_shard *conn_shard;        /* the multi handle new connections start on, or NULL */
+    fetch_conn *conns;              /* connections opened or being opened */
+};
+
+/* A connection for another protocol: libcurl connects (CONNECT_ONLY), its owner talks. */
+struct fetch_conn {
+    fetch *f;
+    fetch_shard *shard;             /* its multi handle, for as long as the connection lives */
+    CURL *easy;                     /* NULL once the connection is gone */
+    fetch_conn_fn *done;            /* until it is connected or failed */
+    void *ud;
+    uint64_t start_us;
+    char errbuf[CURL_ERROR_SIZE];
+    fetch_conn *prev, *next;
 };
 
 static void fetch_drain(fetch_shard *sh);
+static void fetch_conn_drain(fetch_shard *sh);
+static void fetch_conn_on_retire(void *ud);
 static void fetch_on_watchdog(void *ud);
 static void fetch_on_sweep(void *ud);
 
@@ -128,7 +145,8 @@ static void fetch_run(fetch_shard *sh, curl_socket_t fd, int flags) {
     int running = 0;
     if (sh->broken) return;
     CURLMcode rc = curl_multi_socket_action(sh->multi, fd, flags, &running);
-    fetch_drain(sh);
+    if (sh->conns) fetch_conn_drain(sh);
+    else fetch_drain(sh);
     /* Out of memory, libcurl 7.88 can leave a socket's bookkeeping destroyed but in place:
      * the next event on that socket divides by zero inside curl_multi_socket_action. */
     if (rc != CURLM_OK) fetch_break_shard(sh, curl_multi_strerror(rc));
@@ -436,6 +454,7 @@ nomem:
 
 void fetch_free(fetch *f) {
     if (!f) return;
+    while (f->conns) fetch_conn_close(f->conns);
     while (f->active) {
         fetch_call *c = f->active;
         fetch_unlink(f, c);
@@ -449,6 +468,7 @@ void fetch_free(fetch *f) {
         fetch_call_free(c);
     }
     for (int i = 0; i < f->nshards; i++) fetch_shard_free(f, f->shards[i]);
+    if (f->conn_shard) fetch_shard_free(f, f->conn_shard);
     if (f->nshards) loop_timer_stop(f->lp, &f->sweep);
     if (f->share) curl_share_cleanup(f->share);
     free(f->ca_file);
@@ -571,8 +591,9 @@ static void fetch_on_retire(void *ud) {
 static void fetch_break_shard(fetch_shard *sh, const char *why) {
     if (sh->broken) return;
     sh->broken = 1;
+    if (sh->conns && sh->f->conn_shard == sh) sh->f->conn_shard = NULL;     /* new connections start elsewhere */
     log_throttled(LOG_WARN, "fetch", "resetting an HTTP client whose state libcurl may have corrupted (%s)", why);
-    loop_timer_start(sh->f->lp, &sh->retire, 0, fetch_on_retire, sh);
+    loop_timer_start(sh->f->lp, &sh->retire, 0, sh->conns ? fetch_conn_on_retire : fetch_on_retire, sh);
 }
 
 /* Reports a call that never got an outcome from curl as a timeout: libcurl lost track
@@ -626,4 +647,182 @@ fetch_headers *fetch_headers_add(fetch_headers *list, const char *line) {
 void fetch_headers_free(fetch_headers *list) {
     for (struct curl_slist *s = (struct curl_slist *)list; s; s = s->next) explicit_bzero(s->data, strlen(s->data));
     curl_slist_free_all((struct curl_slist *)list);
+}
+
+/* ---- connections for another protocol ---- */
+
+/* The multi handle new connections start on: the open connections stay in its cache (and
+ * never leave it while they live), apart from the calls' keep-alive connections. NULL when
+ * out of memory. */
+static fetch_shard *fetch_conn_shard(fetch *f) {
+    if (f->conn_shard) return f->conn_shard;
+    fetch_shard *sh = calloc(1, sizeof *sh);
+    if (!sh || !(sh->multi = curl_multi_init())) {
+        free(sh);
+        return NULL;
+    }
+    sh->f = f;
+    sh->conns = 1;
+    curl_multi_setopt(sh->multi, CURLMOPT_SOCKETFUNCTION, fetch_on_socket);
+    curl_multi_setopt(sh->multi, CURLMOPT_SOCKETDATA, sh);
+    curl_multi_setopt(sh->multi, CURLMOPT_TIMERFUNCTION, fetch_on_timer_change);
+    curl_multi_setopt(sh->multi, CURLMOPT_TIMERDATA, sh);
+    f->conn_shard = sh;
+    return sh;
+}
+
+/* Takes a connection's handle out of its multi handle (closing the connection) and frees
+ * the multi handle when it was retired and this was its last. */
+static void fetch_conn_drop(fetch_conn *c) {
+    fetch_shard *sh = c->shard;
+    if (c->easy) {
+        curl_multi_remove_handle(sh->multi, c->easy);   /* closes the socket (fetch_on_close_socket) */
+        curl_easy_cleanup(c->easy);
+        c->easy = NULL;
+        sh->transfers--;
+    }
+    if (sh->broken && sh->transfers == 0 && !sh->retire.heap_index) fetch_shard_free(c->f, sh);
+}
+
+fetch_conn *fetch_connect(fetch *f, const char *url, const char *proxy, long timeout_ms, fetch_conn_fn *done,
+                          void *ud) {
+    fetch_shard *sh = fetch_conn_shard(f);
+    fetch_conn *c = sh ? calloc(1, sizeof *c) : NULL;
+    if (!c) return NULL;
+    c->f = f;
+    c->shard = sh;
+    c->done = done;
+    c->ud = ud;
+    c->start_us = loop_now_us();
+    CURL *e = c->easy = curl_easy_init();
+    if (!e) {
+        free(c);
+        return NULL;
+    }
+    curl_easy_setopt(e, CURLOPT_PRIVATE, c);
+    curl_easy_setopt(e, CURLOPT_URL, url);
+    curl_easy_setopt(e, CURLOPT_CONNECT_ONLY, 1L);
+    /* HTTP/1.1: offered h2 by ALPN, libcurl would speak its preface on the connection. */
+    curl_easy_setopt(e, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_1_1);
+    curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, f->connect_timeout_ms);
+    curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, timeout_ms > 1 ? timeout_ms : 1L);
+    curl_easy_setopt(e, CURLOPT_ERRORBUFFER, c->errbuf);
+    curl_easy_setopt(e, CURLOPT_SHARE, f->share);
+    curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
+    curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, 1L);
+    curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, 2L);
+    curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
+    curl_easy_setopt(e, CURLOPT_TCP_NODELAY, 1L);
+    curl_easy_setopt(e, CURLOPT_OPENSOCKETFUNCTION, fetch_on_open_socket);
+    curl_easy_setopt(e, CURLOPT_OPENSOCKETDATA, f);
+    curl_easy_setopt(e, CURLOPT_CLOSESOCKETFUNCTION, fetch_on_close_socket);
+    curl_easy_setopt(e, CURLOPT_CLOSESOCKETDATA, f);
+    /* fetch_conn_recv gets at most this much a call; what goes through is small. */
+    curl_easy_setopt(e, CURLOPT_BUFFERSIZE, 4096L);
+    curl_easy_setopt(e, CURLOPT_PROXY, proxy ? proxy : "");
+    /* Through a proxy, an http:// URL would be sent to it as a request: tunnel instead. */
+    if (proxy && *proxy) curl_easy_setopt(e, CURLOPT_HTTPPROXYTUNNEL, 1L);
+    if (f->ca_file) curl_easy_setopt(e, CURLOPT_CAINFO, f->ca_file);
+    CURLMcode rc = curl_multi_add_handle(sh->multi, e);
+    if (rc != CURLM_OK) {
+        curl_easy_cleanup(e);
+        free(c);
+        fetch_break_shard(sh, curl_multi_strerror(rc));
+        return NULL;
+    }
+    sh->transfers++;
+    c->next = f->conns;
+    if (f->conns) f->conns->prev = c;
+    f->conns = c;
+    return c;
+}
+
+/* Tells the owner of a connection being opened how it went; a failed one is dropped. */
+static void fetch_conn_report(fetch_conn *c, CURLcode code, const char *error) {
+    fetch_conn_result r = { .failure = fetch_failure_of(code), .curl_code = code, .error = error, .fd = -1,
+                            .elapsed_ms = (double)(loop_now_us() - c->start_us) / 1000.0 };
+    if (code == CURLE_OK) {
+        curl_socket_t fd = CURL_SOCKET_BAD;
+        if (curl_easy_getinfo(c->easy, CURLINFO_ACTIVESOCKET, &fd) != CURLE_OK || fd == CURL_SOCKET_BAD) {
+            r.failure = FAILURE_NETWORK;
+            r.curl_code = CURLE_COULDNT_CONNECT;
+            r.error = "the connection closed as it opened";
+        }
+        r.fd = (int)fd;
+    }
+    if (r.failure != FAILURE_NONE) {
+        r.fd = -1;
+        fetch_conn_drop(c);
+    }
+    fetch_conn_fn *done = c->done;
+    c->done = NULL;
+    done(c->ud, &r);
+}
+
+static void fetch_conn_drain(fetch_shard *sh) {
+    CURLMsg *msg;
+    int left;
+    while ((msg = curl_multi_info_read(sh->multi, &left))) {
+        if (msg->msg != CURLMSG_DONE) continue;
+        fetch_conn *c = NULL;
+        long connects = 0;
+        CURLcode code = msg->data.result;
+        curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **)&c);
+        curl_easy_getinfo(msg->easy_handle, CURLINFO_NUM_CONNECTS, &connects);
+        atomic_fetch_add(&fetch_opened_total, connects);
+        if (!c || !c->done) continue;
+        /* The handle stays in the multi handle: taking it out would close the connection. */
+        fetch_conn_report(c, code, code == CURLE_OK ? "" : c->errbuf[0] ? c->errbuf : curl_easy_strerror(code));
+    }
+}
+
+/* A retired multi handle of connections: those still being opened fail; the open ones
+ * go on, and the last to close frees it. */
+static void fetch_conn_on_retire(void *ud) {
+    fetch_shard *sh = ud;
+    fetch *f = sh->f;
+    sh->transfers++;            /* held while connections fail (their owners may close them) */
+    for (fetch_conn *c = f->conns; c;) {
+        if (c->shard != sh || !c->done) {
+            c = c->next;
+            continue;
+        }
+        fetch_conn_report(c, CURLE_RECV_ERROR, "the HTTP client was reset after an internal failure; try again");
+        c = f->conns;           /* done may have closed or opened connections: look again */
+    }
+    if (--sh->transfers == 0) fetch_shard_free(f, sh);
+}
+
+/* Whether a connection can carry bytes: connected, and its multi handle sound. */
+static int fetch_conn_ready(const fetch_conn *c) {
+    return c->easy && !c->done;
+}
+
+ssize_t fetch_conn_send(fetch_conn *c, const void *data, size_t len) {
+    size_t n = 0;
+    if (!fetch_conn_ready(c)) return -1;
+    CURLcode rc = curl_easy_send(c->easy, data, len, &n);
+    if (rc == CURLE_AGAIN) return 0;
+    if (rc != CURLE_OK) return -1;
+    return (ssize_t)n;
+}
+
+ssize_t fetch_conn_recv(fetch_conn *c, void *buf, size_t len) {
+    size_t n = 0;
+    if (!fetch_conn_ready(c)) return -1;
+    CURLcode rc = curl_easy_recv(c->easy, buf, len, &n);
+    if (rc == CURLE_AGAIN) return 0;
+    if (rc != CURLE_OK || n == 0) return -1;      /* 0 bytes: the peer closed */
+    return (ssize_t)n;
+}
+
+void fetch_conn_close(fetch_conn *c) {
+    fetch *f = c->f;
+    if (c->prev) c->prev->next = c->next;
+    else f->conns = c->next;
+    if (c->next) c->next->prev = c->prev;
+    c->done = NULL;
+    fetch_conn_drop(c);
+    free(c);
 }

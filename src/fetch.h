@@ -3,6 +3,7 @@
 #define TOKEND_FETCH_H
 
 #include <stddef.h>
+#include <sys/types.h>
 
 #include "failure.h"
 #include "loop.h"
@@ -73,6 +74,41 @@ int fetch_result_header(const fetch_result *r, const char *name, char *out, size
 
 /* The failure kind of a libcurl code (FAILURE_NONE for CURLE_OK). */
 failure_kind fetch_failure_of(int curl_code);
+
+/* ---- connections for another protocol (the relay's WebSocket to the upstream) ---- */
+
+typedef struct fetch_conn fetch_conn;
+
+typedef struct fetch_conn_result {
+    failure_kind failure;       /* FAILURE_NONE once connected */
+    int curl_code;
+    const char *error;          /* libcurl's message on failure, "" otherwise */
+    int fd;                     /* connected: the socket, -1 otherwise */
+    double elapsed_ms;
+} fetch_conn_result;
+
+typedef void fetch_conn_fn(void *ud, const fetch_conn_result *r);
+
+/* Opens a connection to url's host and port (http:// or https://: TCP, TLS verified as
+ * for calls, through proxy when not NULL or "") without sending anything, within
+ * timeout_ms. done(ud, r) is called once from the loop, never from inside this call. Once
+ * connected, r->fd is the caller's to watch with loop_watch (never to close): bytes go
+ * through fetch_conn_send and fetch_conn_recv, which also read what TLS holds decrypted
+ * (read until they would block). Either way the caller ends it with fetch_conn_close.
+ * NULL when out of memory. */
+fetch_conn *fetch_connect(fetch *f, const char *url, const char *proxy, long timeout_ms, fetch_conn_fn *done,
+                          void *ud);
+
+/* Writes up to len bytes: the count (> 0), 0 when it would block, -1 on an error. */
+ssize_t fetch_conn_send(fetch_conn *c, const void *data, size_t len);
+
+/* Reads up to len bytes: the count (> 0), 0 when nothing is there now, -1 when the peer
+ * closed or on an error. */
+ssize_t fetch_conn_recv(fetch_conn *c, void *buf, size_t len);
+
+/* Closes the connection and its socket (stop watching the socket first), or gives up on
+ * one being opened (done is not called). */
+void fetch_conn_close(fetch_conn *c);
 
 /* Connections opened and calls finished by every client of the process. */
 void fetch_totals(long *connections_opened, long *calls);
