@@ -35,6 +35,16 @@ local policy = require "tokend.settings" {
   ALLOW_SPEAKER_LABELS = true,
   MAX_KEYTERMS = 100,
   DEFAULT_TURN_PRESET = "balanced",   -- fast, balanced or patient end-of-turn detection
+
+  -- The session relay. With RELAY = true the page streams through this server
+  -- (ws://<server>/v3/ws) instead of to AssemblyAI with a token: the options above are then
+  -- enforced, not only offered, sessions are measured, and no token leaves the server. It
+  -- costs the server every session's traffic (about 32 kB/s of audio each). A client may
+  -- hold RELAY_SESSIONS_PER_CLIENT sessions at once, each at most RELAY_MAX_SECONDS long;
+  -- new sessions take from the same bucket as tokens.
+  RELAY = false,
+  RELAY_SESSIONS_PER_CLIENT = 4,
+  RELAY_MAX_SECONDS = 3600,
 }
 
 -- What a failed token request tells the client, by failure kind (see the README);
@@ -100,9 +110,40 @@ tokend.route("GET", "/token", function(req)
   return 200, { token = token, expires_in_seconds = info.expires_in_seconds, websocket_url = ws_url }, no_store(cors)
 end, { audit = true })     -- every answer leaves an audit line: the mint's, or why it was refused
 
--- What the page may offer.
+-- The relay: the same checks as /token, then the session, with the options the policy
+-- allows (a client cannot ask the streaming service for others).
+if policy.RELAY then
+  local open_sessions = tokend.shared("relay-sessions", tokend.config.redis and { store = "redis" } or nil)
+  tokend.route("GET", "/v3/ws", function(req)
+    local cors, refused = origins:check(req)
+    if not cors then return 403, { error = refused }, no_store() end
+    local query, parameter, why = options:query(req.query)
+    if not query then return 400, { error = why, parameter = parameter }, no_store() end
+    local rate = math.tointeger(tonumber(req.query.sample_rate or "16000"))
+    if not rate or rate < 8000 or rate > 48000 then
+      return 400, { error = "sample_rate must be an integer 8000..48000", parameter = "sample_rate" }, no_store()
+    end
+    local allowed, retry_after = token_bucket:take(req.client)
+    if not allowed then
+      return 429, { error = "too many sessions; retry later" }, no_store(nil, { ["Retry-After"] = retry_after })
+    end
+    local held = open_sessions:incr(req.client, 1, 0, policy.RELAY_MAX_SECONDS + 60)
+    if held and held > policy.RELAY_SESSIONS_PER_CLIENT then
+      open_sessions:incr(req.client, -1)
+      return 429, { error = "too many sessions at once from this address" }, no_store()
+    end
+    return tokend.relay{
+      query = query .. "&format_turns=true", sample_rate = rate, max_seconds = policy.RELAY_MAX_SECONDS,
+      on_end = function() open_sessions:incr(req.client, -1) end,
+    }
+  end)
+end
+
+-- What the page may offer, and whether it streams through this server.
 tokend.route("GET", "/config", function()
-  return 200, options:offer(), { ["Cache-Control"] = "no-cache" }
+  local offer = options:offer()
+  offer.relay_url = policy.RELAY and "/v3/ws" or nil
+  return 200, offer, { ["Cache-Control"] = "no-cache" }
 end)
 
 -- Liveness for load balancers and systemd (Redis, when configured: "ok" or "down"; tokend

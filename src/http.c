@@ -54,6 +54,7 @@ struct http_front {
     loop_timer tick_timer;
     int run_pending;            /* libmicrohttpd has work to do: its epoll fd was ready, or a resume */
     unsigned long log_sampled;  /* successes of sampled routes, for log_every */
+    struct http_upgraded *upgraded;     /* connections handed over to their owners */
 };
 
 /* A request with what only the HTTP front sees of it. */
@@ -72,6 +73,7 @@ typedef struct http_exchange {
     log_field *log_fields;              /* added to the access line (keys and values owned) */
     size_t nlog_fields;
     struct http_exchange *prev, *next;  /* list of dispatched, unanswered requests */
+    const char *version;                /* "HTTP/1.1" (libmicrohttpd's, as long as the request) */
 } http_exchange;
 
 #define HTTP_EXCHANGE(req) ((http_exchange *)(req))
@@ -240,6 +242,8 @@ static int http_log_wanted(http_front *f, const http_request *req, int status) {
     return req->log_every && ++f->log_sampled % req->log_every == 0;
 }
 
+static void http_upgrade_lost(http_exchange *x);
+
 static void http_on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
                               enum MHD_RequestTerminationCode toe) {
     http_front *f = cls;
@@ -248,6 +252,7 @@ static void http_on_completed(void *cls, struct MHD_Connection *conn, void **con
     if (!x) return;
     http_request *req = &x->pub;
     *con_cls = NULL;
+    if (f->upgraded && x->status == MHD_HTTP_SWITCHING_PROTOCOLS) http_upgrade_lost(x);
     if (x->state == REQ_DISPATCHED) {
         /* Only reachable when the daemon stops under a request: never leave it linked. */
         http_pending_unlink(f, x);
@@ -370,6 +375,9 @@ void http_request_respond(http_request *req, int status, http_response *resp, un
     }
 }
 
+static void http_upgrade_refused(http_exchange *x);
+static void http_upgraded_close_all(http_front *f);
+
 /* Queues the stored response on the connection. */
 static enum MHD_Result http_queue(http_exchange *x) {
     if (!x->response) return MHD_NO;
@@ -377,6 +385,7 @@ static enum MHD_Result http_queue(http_exchange *x) {
     enum MHD_Result r = MHD_queue_response(x->conn, (unsigned int)x->status, x->response);
     MHD_destroy_response(x->response);
     x->response = NULL;
+    if (r != MHD_YES && x->status == MHD_HTTP_SWITCHING_PROTOCOLS) http_upgrade_refused(x);
     return r;
 }
 
@@ -512,12 +521,12 @@ static enum MHD_Result http_on_request(void *cls, struct MHD_Connection *conn, c
     http_front *f = cls;
     http_exchange *x = *con_cls;
     (void)url;
-    (void)version;
     if (!x) return MHD_NO;      /* out of memory in http_on_uri: drop the connection */
     http_request *req = &x->pub;
     switch (x->state) {
     case REQ_NEW: {
         req->method = method;
+        x->version = version;
         x->conn = conn;
         http_resolve_client(f, x);
         int parsed = http_parse_target(req);
@@ -595,7 +604,7 @@ http_front *http_create(loop *lp, const http_options *opts, http_dispatch_fn *di
     f->request_timeout_ms = (uint64_t)opts->request_timeout_s * 1000u;
     size_t memory = opts->max_header_bytes + HTTP_POOL_RESERVE;
     f->daemon = MHD_start_daemon(
-        MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG | MHD_USE_TURBO,
+        MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_ALLOW_UPGRADE | MHD_USE_ERROR_LOG | MHD_USE_TURBO,
         0, http_on_accept, f, http_on_request, f,
         MHD_OPTION_EXTERNAL_LOGGER, http_mhd_log, f,
         MHD_OPTION_LISTEN_SOCKET, (MHD_socket)opts->listen_fd,
@@ -650,6 +659,7 @@ void http_free(http_front *f) {
     if (!f) return;
     f->closing = 1;     /* what still arrives is not dispatched: the Lua host may be gone */
     while (f->pending) http_request_fail(&f->pending->pub, 503, "server shutting down");
+    http_upgraded_close_all(f);     /* never stop libmicrohttpd under them */
     MHD_run(f->daemon);
     loop_watch(f->lp, f->epoll_fd, 0, NULL, NULL);
     loop_timer_stop(f->lp, &f->tick_timer);
@@ -691,4 +701,113 @@ static enum MHD_Result http_header_cb(void *cls, enum MHD_ValueKind kind, const 
 void http_request_each_header(const http_request *req, http_header_fn *fn, void *ud) {
     http_header_iter it = { fn, ud };
     MHD_get_connection_values(HTTP_EXCHANGE(req)->conn, MHD_HEADER_KIND, http_header_cb, &it);
+}
+
+/* ---- connections handed over to another protocol (WebSocket) ---- */
+
+struct http_upgraded {
+    http_front *front;
+    struct MHD_UpgradeResponseHandle *urh;  /* NULL until libmicrohttpd hands the socket over */
+    http_upgrade_fn *fn;
+    void *ud;
+    http_exchange *x;               /* until the socket is handed over */
+    int cancelled;                  /* closed by its owner before it was handed over */
+    struct http_upgraded *prev, *next;
+};
+
+static void http_upgraded_unlink(http_upgraded *u) {
+    if (u->prev) u->prev->next = u->next;
+    else if (u->front->upgraded == u) u->front->upgraded = u->next;
+    if (u->next) u->next->prev = u->prev;
+    u->prev = u->next = NULL;
+}
+
+/* libmicrohttpd sent the 101 and hands the socket over (inside MHD_run). */
+static void http_on_upgrade(void *cls, struct MHD_Connection *conn, void *con_cls, const char *extra_in,
+                            size_t extra_in_size, MHD_socket sock, struct MHD_UpgradeResponseHandle *urh) {
+    http_upgraded *u = cls;
+    (void)conn;
+    (void)con_cls;
+    u->urh = urh;
+    u->x = NULL;
+    if (u->cancelled) {
+        http_upgraded_close(u);
+        return;
+    }
+    u->fn(u->ud, u, (int)sock, extra_in, extra_in_size);
+}
+
+/* The connection of x ends before its socket was handed over (libmicrohttpd refused the
+ * 101, or the client left): the owner hears of it as a connection that never came. */
+static void http_upgrade_lost(http_exchange *x) {
+    for (http_upgraded *u = x->front->upgraded; u; u = u->next) {
+        if (u->x != x) continue;
+        http_upgraded_unlink(u);
+        if (!u->cancelled) u->fn(u->ud, NULL, -1, NULL, 0);
+        free(u);
+        return;
+    }
+}
+
+static void http_upgrade_refused(http_exchange *x) {
+    log_throttled(LOG_DEBUG, "http (client)", "%s: libmicrohttpd refused to upgrade the connection", x->pub.client);
+    http_upgrade_lost(x);
+}
+
+http_upgraded *http_request_upgrade(http_request *req, const char *const *headers, http_upgrade_fn *fn, void *ud) {
+    http_exchange *x = HTTP_EXCHANGE(req);
+    http_front *f = x->front;
+    if (x->state == REQ_ANSWERED) return NULL;
+    http_upgraded *u = calloc(1, sizeof *u);
+    struct MHD_Response *resp = u ? MHD_create_response_for_upgrade(http_on_upgrade, u) : NULL;
+    if (!resp) {
+        free(u);
+        return NULL;
+    }
+    for (size_t i = 0; headers && headers[i]; i += 2) {
+        if (http_response_header((http_response *)resp, headers[i], headers[i + 1]) < 0) {
+            MHD_destroy_response(resp);
+            free(u);
+            return NULL;
+        }
+    }
+    u->front = f;
+    u->fn = fn;
+    u->ud = ud;
+    u->x = x;
+    u->next = f->upgraded;
+    if (f->upgraded) f->upgraded->prev = u;
+    f->upgraded = u;
+    http_request_respond(req, MHD_HTTP_SWITCHING_PROTOCOLS, (http_response *)resp, 0);
+    return u;
+}
+
+void http_upgraded_close(http_upgraded *u) {
+    if (!u->urh) {
+        u->cancelled = 1;           /* closed as soon as libmicrohttpd hands it over */
+        return;
+    }
+    http_upgraded_unlink(u);
+    MHD_upgrade_action(u->urh, MHD_UPGRADE_ACTION_CLOSE);
+    u->front->run_pending = 1;      /* libmicrohttpd closes the socket on its next turn only */
+    free(u);
+}
+
+/* Before the daemon stops: the connections handed over are closed, those not yet handed
+ * over are closed as they are (their owners are gone). */
+static void http_upgraded_close_all(http_front *f) {
+    for (http_upgraded *u = f->upgraded, *next; u; u = next) {
+        next = u->next;
+        http_upgraded_close(u);
+    }
+    MHD_run(f->daemon);
+    while (f->upgraded) {
+        http_upgraded *u = f->upgraded;
+        http_upgraded_unlink(u);
+        free(u);
+    }
+}
+
+const char *http_request_version(const http_request *req) {
+    return HTTP_EXCHANGE(req)->version;
 }

@@ -113,6 +113,31 @@ void http_response_free(http_response *resp);
  * the body size. NULL when out of memory. */
 http_response *http_response_error(const char *message, size_t *len);
 
+/* The HTTP version of the request line ("HTTP/1.1"). */
+const char *http_request_version(const http_request *req);
+
+/* ---- connections handed over to another protocol (WebSocket) ---- */
+
+typedef struct http_upgraded http_upgraded;
+
+/* Called once the 101 went out (inside http_run): fd, non-blocking, is the owner's to
+ * read, write and watch until http_upgraded_close (never to close itself); extra holds
+ * what the client sent after its request (valid during the call). u is NULL and fd -1
+ * when the connection could not be handed over (it is closed). */
+typedef void http_upgrade_fn(void *ud, http_upgraded *u, int fd, const char *extra, size_t extra_len);
+
+/* Answers req with 101 Switching Protocols and headers (name, value, ..., NULL), then
+ * hands the connection over to fn(ud, ...). The request must be one libmicrohttpd can
+ * upgrade (HTTP/1.1, Connection: Upgrade). Returns the connection's handle (the one fn
+ * gets), or NULL when out of memory or a header is malformed (req is then not answered). */
+http_upgraded *http_request_upgrade(http_request *req, const char *const *headers, http_upgrade_fn *fn, void *ud);
+
+/* Ends an upgraded connection (the owner stopped watching its socket): libmicrohttpd
+ * closes it on its next turn, which comes at once. Before fn was called, the connection is
+ * closed instead of handed over, and fn is never called. Every upgraded connection must
+ * be closed before http_free, which closes those left (their owners must be gone). */
+void http_upgraded_close(http_upgraded *u);
+
 /* Answers with a JSON error {"error": message}. */
 void http_request_fail(http_request *req, int status, const char *message);
 

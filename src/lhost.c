@@ -99,6 +99,15 @@ struct lhost_task {
     lhost_task_done_fn *done;
     void *done_ud;
     int ok;                     /* it ran to its end */
+    lhost_push_fn *push;        /* lhost_call: pushes its arguments */
+    void *push_ud;
+    lhost_call_done_fn *call_done;  /* lhost_call: gets its results */
+    int reported;               /* call_done was called */
+    /* a takeover (lhost_request_takeover) */
+    int takeover_ref;           /* registry: the value the handler returns to hand the request over */
+    lhost_takeover_fn *takeover;
+    lhost_cancel_fn *takeover_drop;
+    void *takeover_ud;
 };
 
 static void lhost_task_done(lhost_task *t);
@@ -428,7 +437,7 @@ static lhost_task *lhost_task_new(lhost *h) {
     if (h->live) h->live->prev = t;
     h->live = t;
     t->h = h;
-    t->co_ref = t->req_ref = t->handler_ref = t->fn_ref = LUA_NOREF;
+    t->co_ref = t->req_ref = t->handler_ref = t->fn_ref = t->takeover_ref = LUA_NOREF;
     t->budget.limit = h->instruction_limit;
     t->wait.h = h;
     t->wait.task = t;
@@ -485,6 +494,20 @@ static void lhost_audit_refusal(lhost_task *t) {
     audit_refusal(&who, t->status, t->status == 500 ? "internal server error" : t->answer.reason);
 }
 
+/* Ends a request's takeover: start(ud, req) when taken is 1, else drop(ud); its value's
+ * reference is released. */
+static void lhost_takeover_end(lhost_task *t, int taken) {
+    if (!t->takeover) return;
+    lhost_takeover_fn *start = t->takeover;
+    lhost_cancel_fn *drop = t->takeover_drop;
+    void *ud = t->takeover_ud;
+    t->takeover = NULL;
+    luaL_unref(t->h->L, LUA_REGISTRYINDEX, t->takeover_ref);
+    t->takeover_ref = LUA_NOREF;
+    if (taken) start(ud, t->req);
+    else drop(ud);
+}
+
 /* Ends a task: unlinked, its coroutine pooled or dropped, its refs released; a request
  * gets its req.log fields on its access line, a spawned function's callback is called. */
 static void lhost_task_done(lhost_task *t) {
@@ -501,13 +524,16 @@ static void lhost_task_done(lhost_task *t) {
     }
     if (t->co_ref != LUA_NOREF) lhost_pool_coroutine(h, t);
     luaL_unref(h->L, LUA_REGISTRYINDEX, t->req_ref);
+    lhost_takeover_end(t, 0);
     http_response_free(t->answer.resp);
     h->running--;
     lhost_task_done_fn *done = t->done;
+    lhost_call_done_fn *call_done = t->reported ? NULL : t->call_done;
     void *done_ud = t->done_ud;
     int ok = t->ok;
     free(t);
     if (done) done(done_ud, ok);
+    if (call_done) call_done(done_ud, 0, NULL, 0);
 }
 
 /* Answers a request that no handler answered: HEAD of a GET route (the route exists; its
@@ -577,9 +603,28 @@ static int lhost_start_spawned(lua_State *L) {
     lua_State *co = lhost_coroutine(t->h, t);
     lua_pop(L, 1);
     lua_rawgeti(L, LUA_REGISTRYINDEX, t->fn_ref);
-    lua_xmove(L, co, 1);
-    t->nargs = 0;
+    t->nargs = t->push ? t->push(L, t->push_ud) : 0;
+    lua_xmove(L, co, 1 + t->nargs);
     return 0;
+}
+
+/* The handler returned (its nres results on its coroutine): when the first is the value
+ * of its takeover, the request is handed over (returns 1); else the takeover is dropped. */
+static int lhost_take_over(lhost_task *t, int nres) {
+    lua_State *co = t->co;
+    int taken = 0;
+    if (nres >= 1 && lua_checkstack(co, 1)) {
+        lua_rawgeti(co, LUA_REGISTRYINDEX, t->takeover_ref);
+        taken = lua_rawequal(co, -1, -(nres + 1));
+        lua_pop(co, 1);
+    }
+    if (!taken) {
+        lhost_takeover_end(t, 0);
+        return 0;
+    }
+    lhost_takeover_end(t, 1);      /* the request is the takeover's now */
+    lhost_task_done(t);
+    return 1;
 }
 
 /* Turns the finished coroutine's nres results into the answer (or, for a spawned
@@ -588,9 +633,14 @@ static void lhost_finish(lhost_task *t, int nres) {
     lua_State *co = t->co;
     if (!t->req) {
         t->ok = 1;
+        if (t->call_done) {
+            t->reported = 1;
+            t->call_done(t->done_ud, 1, co, nres);
+        }
         lhost_task_done(t);
         return;
     }
+    if (t->takeover && lhost_take_over(t, nres)) return;
     if (nres > 3) {
         lua_pop(co, nres - 3);
         nres = 3;
@@ -707,6 +757,54 @@ int lhost_spawn(lhost *h, int fn_ref, const char *what, lhost_task_done_fn *done
     t->done_ud = ud;
     lhost_resume(t, t->nargs);
     return 0;
+}
+
+int lhost_call(lhost *h, int fn_ref, const char *what, lhost_push_fn *push, void *push_ud,
+               lhost_call_done_fn *done, void *ud) {
+    lhost_task *t = lhost_task_new(h);
+    if (!t) {
+        log_msg(LOG_ERROR, "%s: out of memory", what);
+        return -1;
+    }
+    t->fn_ref = fn_ref;
+    t->what = what;
+    t->push = push;
+    t->push_ud = push_ud;
+    if (lhost_protected(h->L, lhost_start_spawned, t, 0) != LUA_OK) {
+        char why[600];
+        snprintf(why, sizeof why, "cannot start: %s", lhost_error_text(h->L, -1));
+        lua_pop(h->L, 1);
+        lhost_fail(t, why);         /* not started: the caller hears of it by the result */
+        return -1;
+    }
+    t->call_done = done;
+    t->done_ud = ud;
+    lhost_resume(t, t->nargs);
+    return 0;
+}
+
+void lhost_hold(lhost *h) {
+    h->running++;
+}
+
+void lhost_release(lhost *h) {
+    h->running--;
+}
+
+void lhost_request_takeover(lhost *h, lua_State *L, int idx, lhost_takeover_fn *start, lhost_cancel_fn *drop,
+                            void *ud) {
+    lhost_task *t = lhost_task_of(h, L);
+    if (!t || !t->req) {
+        drop(ud);
+        luaL_error(L, "only a request handler can hand its request over");
+        return;
+    }
+    lhost_takeover_end(t, 0);       /* an earlier one is dropped */
+    lua_pushvalue(L, idx);
+    t->takeover_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    t->takeover = start;
+    t->takeover_drop = drop;
+    t->takeover_ud = ud;
 }
 
 void lhost_request_minted(lhost *h, lua_State *L) {

@@ -43,6 +43,7 @@ typedef struct lhost_world {
     struct envfile *env;        /* the .env file tokend.env reads after the environment, or NULL */
     struct redis_client *redis; /* the worker's connection to Redis, or NULL when none is configured */
     const lhost_info *info;
+    struct relay_hub *relay;    /* the worker's relayed sessions, or NULL outside a server */
 } lhost_world;
 
 /* Pushes the `tokend` module table for h onto L (raises on failure). */
@@ -141,13 +142,43 @@ typedef void lhost_task_done_fn(void *ud, int ok);
  * done(ud, ok) is called when it ends, unless the host is freed first. */
 int lhost_spawn(lhost *h, int fn_ref, const char *what, lhost_task_done_fn *done, void *ud);
 
+/* Called once a function run by lhost_call ends: ok 1 with its nres results on co's stack
+ * (read them during the call; co is not the caller's), or ok 0, co NULL, when it failed
+ * (raised, ran past its budget; logged) or could not start. */
+typedef void lhost_call_done_fn(void *ud, int ok, lua_State *co, int nres);
+
+/* Pushes the arguments of a function run by lhost_call onto L and returns their number
+ * (called in protected mode: it may raise). */
+typedef int lhost_push_fn(lua_State *L, void *ud);
+
+/* Like lhost_spawn, with arguments (push(L, push_ud)) and results: done(ud, ...) is
+ * called once when it ends, unless the host is freed first; when it cannot start, done
+ * is called with ok 0 before this returns -1. Returns 0 once started. */
+int lhost_call(lhost *h, int fn_ref, const char *what, lhost_push_fn *push, void *push_ud,
+               lhost_call_done_fn *done, void *ud);
+
+/* Counts something that still calls into the host's state from outside a task (a
+ * relayed session, whose hooks run later) as running: a host retired by a reload is not
+ * freed before every hold is released. */
+void lhost_hold(lhost *h);
+void lhost_release(lhost *h);
+
+/* A request handed over to another protocol (the relay): start(ud, req) answers it. */
+typedef void lhost_takeover_fn(void *ud, http_request *req);
+typedef void lhost_cancel_fn(void *op);
+
+/* Arranges for the request whose handler runs on L to be handed to start(ud, req)
+ * instead of answered from its results, when the handler returns the value at stack
+ * index idx as its first result; when it returns anything else or fails, drop(ud) is
+ * called instead. One of them is called once, after the handler ended. A later takeover
+ * drops an earlier one. Outside a request handler, calls drop(ud) and raises. */
+void lhost_request_takeover(lhost *h, lua_State *L, int idx, lhost_takeover_fn *start, lhost_cancel_fn *drop,
+                            void *ud);
+
 /* ---- waiting on the outside world (the upstream, an HTTP server, Redis) ---- */
 
-/* Pushes the results of a finished wait onto L and returns their number (called in
- * protected mode: it may raise). */
-typedef int lhost_push_fn(lua_State *L, void *ud);
-/* Cancels an operation whose waiter went away: its callback must not be called. */
-typedef void lhost_cancel_fn(void *op);
+/* lhost_push_fn also pushes the results of a finished wait (lhost_wake); lhost_cancel_fn
+ * also cancels an operation whose waiter went away (its callback must not be called). */
 
 /* Prepares a wait for the code running on L and tells where the operation must run
  * (*world). Inside a request handler, the coroutine will yield; in the Lua module outside

@@ -1,5 +1,5 @@
 /* metrics.c: process-wide counters for /metrics: requests by route and status, tokens,
- * upstream and Redis latency and errors, requests in flight, reloads. Thread-safe. */
+ * upstream and Redis latency and errors, requests in flight, reloads, relayed sessions. Thread-safe. */
 #include <dirent.h>
 #include <pthread.h>
 #include <stdarg.h>
@@ -53,6 +53,20 @@ static metrics_histogram metrics_redis_latency = {
 };
 
 static atomic_ullong metrics_errors[FAILURE_COUNT];
+
+/* Relayed sessions. */
+static metrics_histogram metrics_relay_handshake_latency = {
+    .name = "tokend_relay_handshake_duration_seconds",
+    .help = "Time from a client's WebSocket handshake to the upstream's 101 (connect, TLS, upgrade).",
+    .bounds = { 0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.25, 0.5, 1, 2.5, 5 },
+};
+static atomic_long metrics_relay_open;
+static atomic_ullong metrics_relay_opened_total;
+static atomic_ullong metrics_relay_ms_total;
+static atomic_ullong metrics_relay_bytes[2];            /* client to upstream, upstream to client */
+#define METRICS_RELAY_CAUSES 32
+static struct { char cause[32]; unsigned long long count; } metrics_relay_causes[METRICS_RELAY_CAUSES];
+static size_t metrics_nrelay_causes;
 
 static const char *const metrics_redis_error_kinds[] = { "down", "timeout", "lost", "reply" };
 #define METRICS_REDIS_KINDS (sizeof metrics_redis_error_kinds / sizeof metrics_redis_error_kinds[0])
@@ -112,6 +126,32 @@ void metrics_redis(double elapsed_ms, const char *error_kind) {
 
 void metrics_store_fallback(const char *policy) {
     metrics_count_kind(metrics_fallback_policies, metrics_fallbacks, METRICS_POLICIES, policy);
+}
+
+void metrics_relay_opened(void) {
+    atomic_fetch_add(&metrics_relay_open, 1);
+    atomic_fetch_add(&metrics_relay_opened_total, 1);
+}
+
+void metrics_relay_closed(const char *cause, int was_open, double seconds, unsigned long long bytes_in,
+                          unsigned long long bytes_out) {
+    if (was_open) atomic_fetch_sub(&metrics_relay_open, 1);
+    atomic_fetch_add(&metrics_relay_ms_total, (unsigned long long)(seconds * 1000.0));
+    atomic_fetch_add(&metrics_relay_bytes[0], bytes_in);
+    atomic_fetch_add(&metrics_relay_bytes[1], bytes_out);
+    pthread_mutex_lock(&metrics_lock);
+    size_t i = 0;
+    while (i < metrics_nrelay_causes && strcmp(metrics_relay_causes[i].cause, cause) != 0) i++;
+    if (i == metrics_nrelay_causes && i < METRICS_RELAY_CAUSES) {
+        snprintf(metrics_relay_causes[i].cause, sizeof metrics_relay_causes[i].cause, "%s", cause);
+        metrics_nrelay_causes++;
+    }
+    if (i < metrics_nrelay_causes) metrics_relay_causes[i].count++;
+    pthread_mutex_unlock(&metrics_lock);
+}
+
+void metrics_relay_handshake(double elapsed_ms) {
+    metrics_observe(&metrics_relay_handshake_latency, elapsed_ms);
 }
 
 void metrics_reload(int ok) {
@@ -222,6 +262,32 @@ static void metrics_render_process(metrics_write_fn *write, void *ud) {
                               "# TYPE tokend_build_info gauge\ntokend_build_info{version=\"%s\"} 1\n", TOKEND_VERSION);
 }
 
+/* The relay's families. */
+static void metrics_render_relay(metrics_write_fn *write, void *ud) {
+    metrics_printf(write, ud, "# HELP tokend_relay_sessions_open Relayed sessions open now.\n"
+                              "# TYPE tokend_relay_sessions_open gauge\ntokend_relay_sessions_open %ld\n",
+                   atomic_load(&metrics_relay_open));
+    metrics_printf(write, ud, "# HELP tokend_relay_sessions_opened_total Relayed sessions opened to the client.\n"
+                              "# TYPE tokend_relay_sessions_opened_total counter\n"
+                              "tokend_relay_sessions_opened_total %llu\n", atomic_load(&metrics_relay_opened_total));
+    metrics_family(write, ud, "tokend_relay_sessions_closed_total", "counter",
+                   "Relayed sessions ended (or refused), by cause.");
+    pthread_mutex_lock(&metrics_lock);
+    for (size_t i = 0; i < metrics_nrelay_causes; i++)
+        metrics_sample(write, ud, "tokend_relay_sessions_closed_total", "cause", metrics_relay_causes[i].cause,
+                       metrics_relay_causes[i].count);
+    pthread_mutex_unlock(&metrics_lock);
+    metrics_printf(write, ud, "# HELP tokend_relay_seconds_total Time relayed sessions were open upstream.\n"
+                              "# TYPE tokend_relay_seconds_total counter\ntokend_relay_seconds_total %.3f\n",
+                   (double)atomic_load(&metrics_relay_ms_total) / 1000.0);
+    metrics_printf(write, ud, "# HELP tokend_relay_bytes_total Message bytes relayed, by direction.\n"
+                              "# TYPE tokend_relay_bytes_total counter\n"
+                              "tokend_relay_bytes_total{direction=\"client_to_upstream\"} %llu\n"
+                              "tokend_relay_bytes_total{direction=\"upstream_to_client\"} %llu\n",
+                   atomic_load(&metrics_relay_bytes[0]), atomic_load(&metrics_relay_bytes[1]));
+    metrics_render_histogram(write, ud, &metrics_relay_handshake_latency);
+}
+
 void metrics_render(metrics_write_fn *write, void *ud, long upstream_connections_opened) {
     metrics_printf(write, ud, "# HELP tokend_requests_total Requests answered, by route and status.\n"
                               "# TYPE tokend_requests_total counter\n");
@@ -260,5 +326,6 @@ void metrics_render(metrics_write_fn *write, void *ud, long upstream_connections
     metrics_render_kinds(write, ud, "tokend_limiter_fallbacks_total",
                          "Limiter decisions made without Redis, by on_store_error policy.", "policy",
                          metrics_fallback_policies, metrics_fallbacks, METRICS_POLICIES);
+    metrics_render_relay(write, ud);
     metrics_render_process(write, ud);
 }

@@ -1,5 +1,5 @@
 /* metrics.h: process-wide counters for /metrics: requests by route and status, tokens,
- * upstream and Redis latency and errors, requests in flight, reloads. Thread-safe. */
+ * upstream and Redis latency and errors, requests in flight, reloads, relayed sessions. Thread-safe. */
 #ifndef TOKEND_METRICS_H
 #define TOKEND_METRICS_H
 
@@ -23,6 +23,17 @@ void metrics_redis(double elapsed_ms, const char *error_kind);
 
 /* Counts a limiter decision made without Redis, by policy: "local", "allow" or "deny". */
 void metrics_store_fallback(const char *policy);
+
+/* A relayed session opened to its client. */
+void metrics_relay_opened(void);
+
+/* A relayed session ended (or was refused) for cause; was_open: it had been counted
+ * opened. seconds: its time open upstream; bytes: message bytes each way. */
+void metrics_relay_closed(const char *cause, int was_open, double seconds, unsigned long long bytes_in,
+                          unsigned long long bytes_out);
+
+/* The time an upstream WebSocket handshake took (connect, TLS, 101). */
+void metrics_relay_handshake(double elapsed_ms);
 
 /* Counts a script reload (ok 1) or a failed one (ok 0). */
 void metrics_reload(int ok);

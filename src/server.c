@@ -29,6 +29,7 @@
 
 #define SERVER_WATCH_MS 500         /* how often --watch looks at the script */
 #define SERVER_EXTRA_TURNS 4        /* libmicrohttpd turns per loop wake-up, at most */
+#define SERVER_SESSIONS_END_MS 2000 /* for relayed sessions' closes to go out as the server stops */
 
 /* A Lua host replaced by a reload, kept until its last request is answered. */
 typedef struct server_retired {
@@ -214,8 +215,11 @@ static int server_worker_init(tokend_server *srv, server_worker *sw, int id, int
     return server_worker_load(sw, &sw->lua, err, errlen);
 }
 
+static void server_worker_end_sessions(server_worker *w);
+
 static void server_worker_free(server_worker *sw) {
     if (sw->w) loop_timer_stop(worker_loop(sw->w), &sw->watch_timer);
+    if (sw->lua) server_worker_end_sessions(sw);    /* their hooks run on the Lua hosts */
     server_worker_reap(sw, 1);      /* cancels what the Lua hosts wait for */
     if (sw->srv && sw->srv->attached && sw->lua == sw->srv->attached) {
         lhost_serve(sw->lua, NULL);     /* the module's: back to its own world */
@@ -315,6 +319,15 @@ static int server_worker_turn(server_worker *w, long max_wait_ms) {
     return 0;
 }
 
+/* Ends the worker's relayed sessions (1001) and turns its loop for their closes to go
+ * out, for a moment at most: what is left then is cut. */
+static void server_worker_end_sessions(server_worker *w) {
+    if (!w->w || worker_sessions(w->w) == 0) return;
+    worker_end_sessions(w->w);
+    uint64_t deadline = loop_now_ms() + SERVER_SESSIONS_END_MS;
+    while (worker_sessions(w->w) > 0 && loop_now_ms() < deadline) server_worker_turn(w, 50);
+}
+
 static void *server_worker_main(void *arg) {
     server_worker *w = arg;
     tokend_server *srv = w->srv;
@@ -324,10 +337,16 @@ static void *server_worker_main(void *arg) {
             break;
         }
     }
-    /* Drain: stop accepting, let requests in flight finish within the drain time. */
+    /* Drain: stop accepting, let requests in flight and relayed sessions finish within the
+     * drain time; the sessions still open then are closed with 1001 (going away). */
     http_quiesce(worker_http(w->w));
     uint64_t deadline = loop_now_ms() + (uint64_t)srv->cfg->drain_timeout_s * 1000u;
-    while (http_in_flight(worker_http(w->w)) > 0 && loop_now_ms() < deadline) server_worker_turn(w, 100);
+    while ((http_in_flight(worker_http(w->w)) > 0 || worker_sessions(w->w) > 0) && loop_now_ms() < deadline)
+        server_worker_turn(w, 100);
+    if (worker_sessions(w->w) > 0)
+        log_msg(LOG_INFO, "worker %d: %zu relayed sessions still open after the drain time: closing them", w->id + 1,
+                worker_sessions(w->w));
+    server_worker_end_sessions(w);
     if (http_in_flight(worker_http(w->w)) > 0)
         log_msg(LOG_WARN, "worker %d: %zu requests still running after the drain time", w->id + 1,
                 http_in_flight(worker_http(w->w)));

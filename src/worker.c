@@ -17,6 +17,7 @@
 #include "policy.h"
 #include "pool.h"
 #include "redis.h"
+#include "relay.h"
 #include "shdict.h"
 #include "upstream.h"
 #include "url.h"
@@ -46,6 +47,7 @@ struct worker {
     upstream *up;
     redis_client *redis;            /* NULL without TOKEND_REDIS_URL */
     http_front *http;               /* NULL when it serves no HTTP */
+    relay_hub *relay;               /* its relayed sessions; NULL when it serves no HTTP */
     lhost_info info;
     lhost_world world;
 };
@@ -178,7 +180,7 @@ static void worker_describe(worker *w, const worker_options *o) {
     int serves = o->listen_fd >= 0 || g->how == WORKER_GROUP_CHECK;
     w->world = (lhost_world){ .serves = serves, .lp = w->lp, .client = w->client, .up = w->up,
                               .buckets = g->buckets, .shared = g->shared, .pools = g->pools, .env = g->env,
-                              .redis = w->redis, .info = &w->info };
+                              .redis = w->redis, .info = &w->info, .relay = w->relay };
 }
 
 worker *worker_open(worker_group *g, const worker_options *o, char *err, size_t errlen) {
@@ -207,6 +209,14 @@ worker *worker_open(worker_group *g, const worker_options *o, char *err, size_t 
         }
         if (g->redis_answered) redis_wait_ready(w->redis, WORKER_REDIS_CHECK_MS / 2);  /* serve with it at once */
     }
+    if (o->listen_fd >= 0) {
+        relay_settings rs = { .url = g->endpoints.base, .api_key = c->api_key, .proxy = c->upstream_proxy,
+                              .handshake_timeout_ms = c->upstream_timeout_ms };
+        if (!(w->relay = relay_hub_create(w->lp, w->client, &rs))) {
+            snprintf(err, errlen, "out of memory");
+            goto fail;
+        }
+    }
     worker_describe(w, o);
     if (o->listen_fd >= 0 && worker_serve_http(w, o, err, errlen) < 0) {
         worker_close(w);
@@ -221,12 +231,21 @@ fail:
 
 void worker_close(worker *w) {
     if (!w) return;
+    relay_hub_free(w->relay);       /* its sessions use the HTTP front and client */
     redis_free(w->redis);
     upstream_free(w->up);
     fetch_free(w->client);
     http_free(w->http);         /* answers what is left 503 */
     loop_free(w->lp);
     free(w);
+}
+
+size_t worker_sessions(const worker *w) {
+    return relay_hub_count(w->relay);
+}
+
+void worker_end_sessions(worker *w) {
+    if (w->relay) relay_hub_close_all(w->relay);
 }
 
 loop *worker_loop(const worker *w) {

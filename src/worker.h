@@ -44,13 +44,22 @@ typedef struct worker_options {
 } worker_options;
 
 /* Opens a worker of group g: its loop, outgoing HTTP client, token client, Redis
- * connection (when configured and serving) and, with a listening socket, its HTTP front.
+ * connection (when configured and serving) and, with a listening socket, its HTTP front
+ * and relayed sessions.
  * Returns NULL with err set on failure. */
 worker *worker_open(worker_group *g, const worker_options *o, char *err, size_t errlen);
 
-/* Closes a worker: calls in flight are cancelled, requests still open answered 503.
+/* Closes a worker: calls in flight are cancelled, relayed sessions cut, requests still open
+ * answered 503.
  * Lua hosts that use its world must be freed first. NULL is allowed. */
 void worker_close(worker *w);
+
+/* Relayed sessions running on the worker (their handshakes included). */
+size_t worker_sessions(const worker *w);
+
+/* Ends the relayed sessions as the server stops (1001 to their clients); the loop must
+ * turn for their closes to go out. */
+void worker_end_sessions(worker *w);
 
 loop *worker_loop(const worker *w);
 

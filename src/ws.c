@@ -222,6 +222,11 @@ int ws_pump(ws *w) {
     return ws_state(w);
 }
 
+int ws_write_queued(ws *w) {
+    if (ws_state(w) != WS_CLOSED) ws_flush(w);
+    return ws_state(w);
+}
+
 int ws_send(ws *w, int binary, const void *data, size_t len) {
     if (w->close_asked || w->aborted || w->ended) return -1;
     struct wslay_event_msg m = { binary ? WSLAY_BINARY_FRAME : WSLAY_TEXT_FRAME, data, len };
@@ -253,7 +258,7 @@ unsigned ws_wants(const ws *w) {
     if (ws_state(w) == WS_CLOSED) return 0;
     unsigned want = 0;
     if (!w->paused && (wslay_event_want_read(w->ctx) || !ws_peer_closed(w))) want |= WS_WANT_READ;
-    if (wslay_event_want_write(w->ctx)) want |= WS_WANT_WRITE;
+    if (wslay_event_want_write(w->ctx) || (w->close_asked && !w->close_queued)) want |= WS_WANT_WRITE;
     return want;
 }
 
@@ -277,6 +282,10 @@ int ws_sent_close(const ws *w) {
     if (!wslay_event_get_close_sent(w->ctx)) return 0;
     int code = wslay_event_get_status_code_sent(w->ctx);
     return code ? code : WS_CODE_NO_STATUS;
+}
+
+int ws_protocol_failed(const ws *w) {
+    return !w->ended && !w->aborted && !w->close_asked && !ws_peer_closed(w) && !wslay_event_get_read_enabled(w->ctx);
 }
 
 int ws_transport_ended(const ws *w) {

@@ -67,6 +67,9 @@ int ws_feed(ws *w, const void *data, size_t len);
  * the handler for each message, then writes what is queued. Returns the state. */
 int ws_pump(ws *w);
 
+/* Writes what is queued, without reading. Returns the state. */
+int ws_write_queued(ws *w);
+
 /* Queues a message. Returns 0, or -1 once the connection is closing or when out of memory. */
 int ws_send(ws *w, int binary, const void *data, size_t len);
 
@@ -98,6 +101,10 @@ int ws_peer_close(const ws *w, char *reason, size_t cap);
 
 /* The code of the close frame written (WS_CODE_NO_STATUS for one without a code), or 0. */
 int ws_sent_close(const ws *w);
+
+/* 1 when wslay closed the connection on its own: the peer broke the protocol (1002), sent
+ * invalid UTF-8 (1007) or too long a message (1009). */
+int ws_protocol_failed(const ws *w);
 
 /* 1 when the transport ended or failed (no close handshake, or not a whole one). */
 int ws_transport_ended(const ws *w);
