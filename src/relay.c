@@ -26,7 +26,8 @@
 #define RELAY_RATE_BURST 200.0
 #define RELAY_TERMINATE_WAIT_MS 5000    /* for the upstream's Termination after our Terminate */
 #define RELAY_CLOSE_WAIT_MS 3000        /* for a close handshake (or a queue to drain before it) */
-#define RELAY_STALL_MS 30000            /* a side that reads nothing of a full queue for this long is cut */
+#define RELAY_LINGER_MS 500             /* after a protocol error: what the client still sends is dropped */
+#define RELAY_STALL_MS 30000            /* without an idle time: a side that reads nothing of a full queue for this long is cut */
 #define RELAY_ANSWER_MAX 8192           /* bytes of the upstream's answer to the handshake */
 #define RELAY_REQUEST_MAX 16384         /* bytes of our handshake to the upstream */
 #define RELAY_ROUNDS 8                  /* un-pause and pump rounds per event, at most */
@@ -93,14 +94,15 @@ struct relay_session {
     /* limits */
     double bytes_per_ms;            /* audio */
     size_t sample_bytes, min_audio, max_audio;
-    uint64_t max_ms, idle_ms;
+    uint64_t max_ms, idle_ms, stall_ms;
     uint64_t opened_ms, last_client_ms, first_audio_ms, pace_until_ms, stall_since_ms;
+    size_t stall_queued;            /* what was queued toward the slow side when it last made progress */
     double rate_tokens;
     uint64_t rate_ms;
     /* deadlines */
     loop_timer timer;
     uint64_t timer_due;
-    uint64_t hs_deadline_ms, terminate_deadline_ms, b_closing_ms, u_closing_ms;
+    uint64_t hs_deadline_ms, upgrade_deadline_ms, terminate_deadline_ms, b_closing_ms, u_closing_ms;
     /* the end */
     relay_cause cause;
     int code;
@@ -502,8 +504,6 @@ void relay_session_update(relay_session *s, const char *msg, size_t len) {
  * passed on as is. */
 static void relay_on_upstream_message(void *ud, int binary, const uint8_t *data, size_t len) {
     relay_session *s = ud;
-    s->msgs_out++;
-    s->bytes_out += len;
     if (!binary) {
         json_message m;
         const char *text = (const char *)data;
@@ -521,8 +521,9 @@ static void relay_on_upstream_message(void *ud, int binary, const uint8_t *data,
         }
         if (s->every_message && s->owner.on_message && s->phase != RELAY_DONE) s->owner.on_message(s->ud, s, text, len);
     }
-    if (s->b && ws_state(s->b) == WS_OPEN) {
-        ws_send(s->b, binary, data, len);
+    if (s->b && ws_state(s->b) == WS_OPEN && ws_send(s->b, binary, data, len) == 0) {
+        s->msgs_out++;
+        s->bytes_out += len;
         if (ws_queued_bytes(s->b) > RELAY_QUEUE_HIGH) ws_pause(s->u, 1);
     }
 }
@@ -615,6 +616,7 @@ static int relay_balance(relay_session *s) {
         else if (s->u_pause_bp && to_b < RELAY_QUEUE_LOW) s->u_pause_bp = 0, resumed |= 2;
         if ((s->b_pause_bp || s->u_pause_bp) && !s->stall_since_ms) {
             s->stall_since_ms = relay_now_ms();
+            s->stall_queued = s->u_pause_bp ? to_b : to_u;
             relay_schedule(s);
         } else if (!s->b_pause_bp && !s->u_pause_bp) {
             s->stall_since_ms = 0;
@@ -691,6 +693,12 @@ static void relay_on_upstream_fd(void *ud, int fd, unsigned events) {
 
 /* ---- deadlines ---- */
 
+/* How long a side that is closing may take: a client that broke the protocol gets its
+ * close and a moment for its answer (its bytes are dropped meanwhile: wslay reads no more). */
+static uint64_t relay_close_wait(const ws *w) {
+    return ws_protocol_failed(w) && ws_sent_close(w) ? RELAY_LINGER_MS : RELAY_CLOSE_WAIT_MS;
+}
+
 static void relay_on_timer(void *ud);
 
 /* Arms the session's timer for its next deadline. Deadlines that move with traffic (the
@@ -699,17 +707,20 @@ static void relay_schedule(relay_session *s) {
     if (s->phase == RELAY_DONE) return;
     uint64_t due = UINT64_MAX, now = relay_now_ms();
 #define RELAY_DUE(t) do { if ((t) && (t) < due) due = (t); } while (0)
-    if (s->phase == RELAY_CONNECTING || s->phase == RELAY_UPGRADING) RELAY_DUE(s->hs_deadline_ms);
+    /* Each deadline counts only while what it waits for has not happened: once due, what
+     * fires makes it so (else the timer would fire again at once, forever). */
+    if (s->phase == RELAY_CONNECTING && !s->cause) RELAY_DUE(s->hs_deadline_ms);
+    if (s->phase == RELAY_UPGRADING) RELAY_DUE(s->upgrade_deadline_ms);
     if (s->cause) {
         if (s->terminate_sent && s->u && ws_state(s->u) == WS_OPEN) RELAY_DUE(s->terminate_deadline_ms);
-        if (s->b && s->b_closing_ms) RELAY_DUE(s->b_closing_ms + RELAY_CLOSE_WAIT_MS);
-        if (s->u && s->u_closing_ms) RELAY_DUE(s->u_closing_ms + RELAY_CLOSE_WAIT_MS);
+        if (s->b && s->b_closing_ms && ws_state(s->b) != WS_CLOSED) RELAY_DUE(s->b_closing_ms + relay_close_wait(s->b));
+        if (s->u && s->u_closing_ms && ws_state(s->u) != WS_CLOSED) RELAY_DUE(s->u_closing_ms + RELAY_CLOSE_WAIT_MS);
         if (relay_over(s)) RELAY_DUE(now);
     } else if (s->phase == RELAY_OPEN) {
         RELAY_DUE(s->opened_ms + s->max_ms);
         if (s->idle_ms) RELAY_DUE(s->last_client_ms + s->idle_ms);
         if (s->b_pause_pace) RELAY_DUE(s->pace_until_ms);
-        if (s->stall_since_ms) RELAY_DUE(s->stall_since_ms + RELAY_STALL_MS);
+        if (s->stall_since_ms) RELAY_DUE(s->stall_since_ms + s->stall_ms);
     }
 #undef RELAY_DUE
     if (due == UINT64_MAX) {
@@ -729,7 +740,7 @@ static void relay_on_timer(void *ud) {
     if (s->phase == RELAY_CONNECTING && s->hs_deadline_ms && now >= s->hs_deadline_ms && !s->cause) {
         relay_end(s, RELAY_UPSTREAM_UNAVAILABLE, WS_CODE_TRY_AGAIN,
                   "the streaming service did not answer in time", 1);
-    } else if (s->phase == RELAY_UPGRADING && now >= s->hs_deadline_ms + RELAY_CLOSE_WAIT_MS) {
+    } else if (s->phase == RELAY_UPGRADING && now >= s->upgrade_deadline_ms) {
         relay_drop_client(s);       /* libmicrohttpd never handed the connection over */
         s->phase = RELAY_OPEN;
         if (!s->cause) relay_end(s, RELAY_CLIENT_GONE, 0, "", 0);
@@ -742,9 +753,16 @@ static void relay_on_timer(void *ud) {
         } else if (s->idle_ms && now >= s->last_client_ms + s->idle_ms) {
             snprintf(why, sizeof why, "nothing came from the client for %llu s", (unsigned long long)(s->idle_ms / 1000));
             relay_end(s, RELAY_IDLE, WS_CODE_POLICY, why, 1);
-        } else if (s->stall_since_ms && now >= s->stall_since_ms + RELAY_STALL_MS) {
-            if (s->u_pause_bp) relay_end(s, RELAY_STALLED, WS_CODE_POLICY, "the client does not read", 1);
-            else relay_end(s, RELAY_STALLED, WS_CODE_INTERNAL, "the streaming service does not read", 1);
+        } else if (s->stall_since_ms && now >= s->stall_since_ms + s->stall_ms) {
+            size_t queued = s->u_pause_bp ? ws_queued_bytes(s->b) : ws_queued_bytes(s->u);
+            if (queued < s->stall_queued) {         /* slow, but reading: patience again */
+                s->stall_since_ms = now;
+                s->stall_queued = queued;
+            } else if (s->u_pause_bp) {
+                relay_end(s, RELAY_STALLED, WS_CODE_POLICY, "the client does not read", 1);
+            } else {
+                relay_end(s, RELAY_STALLED, WS_CODE_INTERNAL, "the streaming service does not read", 1);
+            }
         }
         if (s->b_pause_pace && now >= s->pace_until_ms) s->b_pause_pace = 0;
     }
@@ -753,7 +771,7 @@ static void relay_on_timer(void *ud) {
             ws_close(s->u, WS_CODE_NORMAL, "", 0);
             s->u_closing_ms = now;
         }
-        if (s->b && s->b_closing_ms && now >= s->b_closing_ms + RELAY_CLOSE_WAIT_MS) ws_abort(s->b);
+        if (s->b && s->b_closing_ms && now >= s->b_closing_ms + relay_close_wait(s->b)) ws_abort(s->b);
         if (s->u && s->u_closing_ms && now >= s->u_closing_ms + RELAY_CLOSE_WAIT_MS) ws_abort(s->u);
     }
     relay_after(s);
@@ -823,6 +841,7 @@ static void relay_upgrade_client(relay_session *s) {
         return;
     }
     s->phase = RELAY_UPGRADING;
+    s->upgrade_deadline_ms = relay_now_ms() + RELAY_CLOSE_WAIT_MS;
 }
 
 /* The upstream accepted: its WebSocket exists (not read until the client's does). */
@@ -981,6 +1000,7 @@ relay_session *relay_start(relay_hub *hub, http_request *req, const relay_option
     s->max_audio = (size_t)(s->bytes_per_ms * 1000 + 0.5);
     s->max_ms = (uint64_t)o->max_seconds * 1000u;
     s->idle_ms = (uint64_t)o->idle_seconds * 1000u;
+    s->stall_ms = s->idle_ms ? s->idle_ms : RELAY_STALL_MS;     /* the same patience both ways */
     s->next = hub->sessions;
     if (hub->sessions) hub->sessions->prev = s;
     hub->sessions = s;

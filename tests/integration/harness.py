@@ -21,6 +21,7 @@ BIN = os.path.abspath(os.environ.get("TOKEND_BIN") or "../../build/tokend")
 SRC = os.environ.get("TOKEND_SOURCE_DIR") or os.path.abspath("../..")
 TMP_ROOT = os.environ.get("TOKEND_TEST_TMP") or tempfile.gettempdir()
 FAKE = os.path.join(SRC, "tests", "fakes", "token_fake.py")
+STREAMING_FAKE = os.path.join(SRC, "tests", "fakes", "streaming_fake.py")
 CANARY_KEY = "canary-KEY-3f9a7c21d0e84b6f"
 
 
@@ -170,6 +171,36 @@ class Fake:
         self.proc.stdout.close()
 
 
+class StreamingFake(Fake):
+    """The streaming WebSocket fake (tests/fakes/streaming_fake.py), on a free port: what
+    the relay connects to. control(mode=...) and stats() as for the token fake."""
+
+    def __init__(self, tls=None, key=CANARY_KEY, ahead_ms=1000):
+        cmd = [sys.executable, STREAMING_FAKE, "--port", "0", "--key", key, "--ahead-ms", str(ahead_ms)]
+        if tls:
+            cmd += ["--tls-cert", tls[1], "--tls-key", tls[2]]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        line = read_line(self.proc, 10)
+        if not line or not line.startswith("listening "):
+            self.stop()
+            raise RuntimeError(f"streaming fake did not start: {line!r}")
+        self.url = line.split(" ", 1)[1]
+        self.port = int(self.url.rsplit(":", 1)[1])
+
+    def sessions(self):
+        return self.stats()["sessions"]
+
+    def wait_ended(self, n=1, timeout=10):
+        """The last n sessions once they all ended (the relay closed them upstream)."""
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            sessions = self.sessions()
+            if len(sessions) >= n and all(s["ended"] for s in sessions[-n:]):
+                return sessions[-n:]
+            time.sleep(0.05)
+        raise AssertionError(f"the upstream sessions did not end: {self.sessions()[-n:]}")
+
+
 def _insecure():
     import ssl
     ctx = ssl.create_default_context()
@@ -273,6 +304,11 @@ class TokendTestCase(unittest.TestCase):
 
     def fake(self, **kw):
         f = Fake(**kw)
+        self.addCleanup(f.stop)
+        return f
+
+    def streaming_fake(self, **kw):
+        f = StreamingFake(**kw)
         self.addCleanup(f.stop)
         return f
 
