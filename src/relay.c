@@ -1010,7 +1010,11 @@ relay_session *relay_start(relay_hub *hub, http_request *req, const relay_option
     if (ws_check_upgrade(req->method, http_request_version(req), http_request_header(req, "Upgrade"),
                          http_request_header(req, "Connection"), http_request_header(req, "Sec-WebSocket-Version"),
                          http_request_header(req, "Sec-WebSocket-Key"), s->accept, why, sizeof why) < 0) {
-        http_request_fail(req, 400, why);
+        /* Closed after: what a client sends after a failed upgrade (frames) is no request. */
+        size_t len = 0;
+        http_response *resp = http_response_error(why, &len);
+        if (resp) http_response_header(resp, "Connection", "close");
+        http_request_respond(req, 400, resp, len);
         s->req = NULL;
         s->status = 400;
         s->cause = RELAY_BAD_HANDSHAKE;

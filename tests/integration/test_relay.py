@@ -525,3 +525,154 @@ class Lifecycle(RelayCase):
         up = self.fake_.wait_ended()[0]
         self.assertTrue(up["terminated"])
         self.assertIn("cause=shutdown", self.t.log)
+
+
+def open_fds(pid):
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def rss_kib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        return int(re.search(r"VmRSS:\s+(\d+)", f.read()).group(1))
+
+
+class Leaks(RelayCase):
+    """Nothing leaks: descriptors, memory and shared counters return to their idle values,
+    also after a thousand sessions opened and dropped at once."""
+
+    def start_default(self, **kw):
+        """The default script, with a route reading its count of a client's open sessions."""
+        with open(os.path.join(os.environ.get("TOKEND_SOURCE_DIR", "../.."), "scripts", "routes.lua")) as f:
+            script = f.read()
+        script += '\ntokend.route("GET", "/open-sessions", function(req)\n' \
+                  '  return 200, { n = tokend.shared("relay-sessions"):get(req.client) or 0 }\nend)\n'
+        return self.start(script=script, **kw)
+
+    def open_sessions(self):
+        return self.t.get("/open-sessions").json()["n"]
+
+    def settle(self, fds, timeout=20):
+        """Waits for no session to be open and the descriptors back to fds."""
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.metric("tokend_relay_sessions_open") == 0 and open_fds(self.t.proc.pid) == fds:
+                return
+            time.sleep(0.1)
+        self.assertEqual(self.metric("tokend_relay_sessions_open"), 0)
+        pid = self.t.proc.pid
+        self.assertEqual(open_fds(pid), fds, "descriptors back to idle: " + ", ".join(
+            sorted(os.readlink(f"/proc/{pid}/fd/{n}") for n in os.listdir(f"/proc/{pid}/fd"))))
+
+    def idle_fds(self):
+        """The descriptors once no session is open and their count held for a second."""
+        deadline = time.time() + 20
+        while self.metric("tokend_relay_sessions_open") != 0 and time.time() < deadline:
+            time.sleep(0.1)
+        while time.time() < deadline:
+            time.sleep(0.5)
+            counts = set()
+            for _ in range(5):
+                counts.add(open_fds(self.t.proc.pid))
+                time.sleep(0.2)
+            if len(counts) == 1:
+                return counts.pop()
+        self.fail("the server did not settle")
+
+    def every_kind_of_session(self):
+        c = self.connect()
+        c.recv_json()
+        c.stream(0.2)
+        c.send_json({"type": "Terminate"})
+        c.until_closed()
+        self.connect().drop()                               # gone before its 101
+        c = self.connect()
+        c.recv_json()
+        c.drop()                                            # gone mid-session
+        c = self.connect()
+        c.send_text("nonsense")
+        c.until_closed()
+        self.assertEqual(self.connect(key="bad").status, 400)
+        self.fake_.control(mode="refuse-401")
+        self.connect().until_closed()
+        self.fake_.control(mode="drop")
+        self.connect().until_closed()
+        self.fake_.control(mode="ok")
+
+    def test_descriptors_counters_and_memory_return_to_idle(self):
+        self.start_default(policy={"RELAY_SESSIONS_PER_CLIENT": 3})
+        self.every_kind_of_session()            # libcurl's first multi handle, libmicrohttpd's first connections
+        fds = self.idle_fds()
+        for _ in range(3):
+            self.every_kind_of_session()
+        self.settle(fds)
+        # Three at a time per client: the counter went back to 0 through all of that.
+        held = [self.connect() for _ in range(3)]
+        self.assertTrue(all(c.status == 101 for c in held))
+        refused = self.connect()
+        self.assertEqual(refused.status, 429)
+        refused.drop()
+        held[0].close()
+        held[0].until_closed()
+        deadline = time.time() + 5
+        while time.time() < deadline:
+            c = self.connect()
+            c.drop()
+            if c.status == 101:
+                break
+            time.sleep(0.1)
+        for c in held[1:]:
+            c.drop()
+        self.settle(fds)
+        rss = rss_kib(self.t.proc.pid)
+        for _ in range(10):
+            self.every_kind_of_session()
+        self.settle(fds)
+        self.assertLess(rss_kib(self.t.proc.pid) - rss, 4096, "RSS flat over 70 more sessions")
+        self.assertEqual(self.open_sessions(), 0)
+
+    def test_a_thousand_sessions_opened_and_dropped_at_once(self):
+        import asyncio
+        self.start_default(env={"TOKEND_MAX_CONNECTIONS_PER_IP": "0"})
+        self.every_kind_of_session()
+        fds = self.idle_fds()
+        port = self.t.port
+        audio = frame(BIN, b"\0" * 1600)
+
+        async def one(i):
+            try:
+                reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            except OSError:
+                return "refused"
+            writer.write((f"GET {QUERY} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                          "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+                          "Origin: http://127.0.0.1\r\n\r\n").encode())
+            try:
+                if i % 3:
+                    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 30)
+                    if i % 3 == 2 and b" 101 " in head:
+                        writer.write(audio * 3)
+                        await writer.drain()
+                        await asyncio.sleep(0.2)
+                    return head.split(b" ", 2)[1].decode()
+                return "dropped"
+            except (asyncio.TimeoutError, asyncio.IncompleteReadError, ConnectionError):
+                return "cut"
+            finally:
+                writer.transport.abort()         # gone, without a close
+
+        async def all_of_them():
+            return await asyncio.gather(*(one(i) for i in range(1000)))
+
+        results = asyncio.run(all_of_them())
+        self.assertNotIn("refused", results)
+        self.settle(fds, timeout=60)
+        # Every session ended and was counted; the per-client counter is back to 0.
+        self.assertGreaterEqual(self.metric("tokend_relay_sessions_closed_total"), 1000)
+        self.assertEqual(self.open_sessions(), 0)
+        self.assertGreater(results.count("101"), 300, results)
+        c = self.connect()
+        self.assertEqual(c.status, 101)
+        self.assertEqual(c.recv_json()["type"], "Begin")
+        c.send_json({"type": "Terminate"})
+        self.assertEqual(c.until_closed()[0], 1000)
+        self.assertEqual(self.t.get("/healthz").status, 200)
