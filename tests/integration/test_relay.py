@@ -627,7 +627,8 @@ class Leaks(RelayCase):
         for _ in range(10):
             self.every_kind_of_session()
         self.settle(fds)
-        self.assertLess(rss_kib(self.t.proc.pid) - rss, 4096, "RSS flat over 70 more sessions")
+        if not os.environ.get("ASAN_OPTIONS"):          # AddressSanitizer keeps freed memory aside
+            self.assertLess(rss_kib(self.t.proc.pid) - rss, 4096, "RSS flat over 70 more sessions")
         self.assertEqual(self.open_sessions(), 0)
 
     def test_a_thousand_sessions_opened_and_dropped_at_once(self):
