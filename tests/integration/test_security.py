@@ -8,6 +8,7 @@ import time
 import unittest
 
 from harness import CANARY_KEY, DEFAULT_SCRIPT, SRC, TokendTestCase, request
+from wsclient import BIN, CLOSE, CONT, PING, TEXT, WsClient, frame
 
 
 
@@ -834,3 +835,98 @@ class ForwardProxy:
 
 if __name__ == "__main__":
     unittest.main()
+
+
+# ---- The session relay (tests/integration/test_relay.py has its flows) ----
+
+RELAY_POLICY = {"TOKENS_PER_MINUTE": 1000000, "TOKEN_BURST": 1000000, "RELAY": "true",
+                "RELAY_SESSIONS_PER_CLIENT": 1000}
+RELAY_PATH = "/v3/ws?speech_model=universal-streaming-english&sample_rate=16000"
+
+# Handshakes that must not open a session: (name, WsClient arguments, status).
+RELAY_HANDSHAKES = [
+    ("no key", {"key": False}, 400),
+    ("a key of 15 bytes", {"key": "AAAAAAAAAAAAAAAAAAAA"}, 400),
+    ("a key that is not base64", {"key": "!!!!!!!!!!!!!!!!!!!!!!=="}, 400),
+    ("version 8", {"version": "8"}, 400),
+    ("no version", {"version": None}, 400),
+    ("no Upgrade", {"upgrade": None}, 400),
+    ("Upgrade: h2c", {"upgrade": "h2c"}, 400),
+    ("no Connection: Upgrade", {"connection": "keep-alive"}, 400),
+    ("HTTP/1.0", {"http": "HTTP/1.0"}, 400),
+    ("another site's page (cross-site WebSocket hijacking)", {"origin": "https://evil.example"}, 403),
+    ("a sandboxed page (Origin: null)", {"origin": "null"}, 403),
+    ("a look-alike origin", {"origin": "http://127.0.0.1.evil.example"}, 403),
+    ("an option the policy does not allow", {"path": "/v3/ws?speech_model=whisper-rt"}, 400),
+]
+
+# What a hostile client sends once open: (name, bytes, the close code it gets).
+RELAY_FRAMES = [
+    ("text where audio is expected", lambda: frame(TEXT, b"hello"), 3006),
+    ("a message type that does not exist", lambda: frame(TEXT, b'{"type":"Shutdown"}'), 3006),
+    ("audio shorter than 50 ms", lambda: frame(BIN, b"\0" * 1598), 3007),
+    ("audio longer than 1000 ms", lambda: frame(BIN, b"\0" * 32002), 3007),
+    ("half a sample", lambda: frame(BIN, b"\0" * 1601), 3007),
+    ("a message past the size limit", lambda: frame(BIN, b"\0" * 100000), 1009),
+    ("an unmasked frame", lambda: frame(BIN, b"\0" * 1600, mask=False), 1002),
+    ("invalid UTF-8 in text", lambda: frame(TEXT, b"\xc3\x28"), 1007),
+    ("a continuation with no start", lambda: frame(CONT, b"\0" * 1600), 1002),
+    ("a reserved bit (compression never agreed)", lambda: frame(BIN, b"\0" * 1600, rsv=4), 1002),
+    ("an unknown opcode", lambda: frame(3, b"x"), 1002),
+    # Broken frames: wslay closes at once, with a close frame that holds no code (1005 to the client).
+    ("a control frame of 126 bytes", lambda: frame(PING, b"x" * 126), 1005),
+    ("a fragmented ping", lambda: frame(PING, b"x", fin=False), 1005),
+    ("a ping flood", lambda: frame(PING, b"x") * 400, 1008),
+    ("a close code no one may send", lambda: frame(CLOSE, b"\x03\xed"), 1002),
+]
+
+
+class RelayAttacks(TokendTestCase):
+    def setUp(self):
+        super().setUp()
+        self.fake_ = self.streaming_fake()
+        self.t = self.tokend(fake=self.fake_, policy=RELAY_POLICY, args=["--log-level", "debug"])
+
+    def connect(self, **kw):
+        c = WsClient(self.t.port, kw.pop("path", RELAY_PATH), **kw)
+        self.addCleanup(c.__exit__)
+        return c
+
+    def test_handshakes_that_open_nothing(self):
+        for name, kw, status in RELAY_HANDSHAKES:
+            with self.subTest(name):
+                c = self.connect(**kw)
+                self.assertEqual(c.status, status, c.body)
+                self.assertEqual(c.headers.get("content-type"), "application/json")
+        self.assertEqual(self.fake_.stats()["handshakes"], 0, "nothing reached the upstream")
+
+    def test_hostile_frames_get_a_defined_close(self):
+        for name, data, code in RELAY_FRAMES:
+            with self.subTest(name):
+                c = self.connect()
+                self.assertEqual(c.recv_json()["type"], "Begin")
+                c.send_raw(data())
+                self.assertEqual(c.until_closed()[0], code)
+        sessions = self.fake_.wait_ended(len(RELAY_FRAMES))
+        self.assertEqual([s["frames"] for s in sessions], [0] * len(RELAY_FRAMES), "nothing hostile was relayed")
+        self.assertTrue(all(s["terminated"] for s in sessions))
+        self.assertEqual(self.t.get("/healthz").status, 200)
+
+    def test_frames_after_a_close_are_not_relayed(self):
+        c = self.connect()
+        c.recv_json()
+        c.send_raw(frame(CLOSE, b"\x03\xe8") + frame(BIN, b"\0" * 1600) + frame(TEXT, b'{"type":"ForceEndpoint"}'))
+        self.assertEqual(c.until_closed()[0], 1000)
+        up = self.fake_.wait_ended()[0]
+        self.assertEqual((up["frames"], up["texts"]), (0, ["Terminate"]))
+
+    def test_the_key_never_reaches_a_client_or_the_log(self):
+        # The upstream refuses and echoes the key in its answer's body, as some servers do.
+        for mode in ["refuse-401", "refuse-429", "refuse-500"]:
+            self.fake_.control(mode=mode)
+            c = self.connect()
+            error = c.recv_json()
+            self.assertNotIn("Authorization", error["error"])
+            c.until_closed()
+        self.t.stop()
+        self.assertNotIn(CANARY_KEY, self.t.log)

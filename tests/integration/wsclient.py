@@ -49,11 +49,11 @@ class WsClient:
                  key=None, version="13", upgrade="websocket", connection="Upgrade", http="HTTP/1.1"):
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.key = key if key is not None else base64.b64encode(os.urandom(16)).decode()
+        self.key = key if key is not None else base64.b64encode(os.urandom(16)).decode()   # False: none
         lines = [f"GET {path} {http}", f"Host: 127.0.0.1:{port}"]
         for name, value in (("Upgrade", upgrade), ("Connection", connection), ("Sec-WebSocket-Key", self.key),
                             ("Sec-WebSocket-Version", version), ("Origin", origin)):
-            if value is not None:
+            if value is not None and value is not False:
                 lines.append(f"{name}: {value}")
         for name, value in (headers or {}).items():
             lines.append(f"{name}: {value}")
@@ -71,7 +71,7 @@ class WsClient:
             self.headers[name.strip().lower()] = value.strip()
         self.body = b""
         if self.status == 101:
-            want = base64.b64encode(hashlib.sha1(self.key.encode() + GUID).digest()).decode()
+            want = base64.b64encode(hashlib.sha1(str(self.key).encode() + GUID).digest()).decode()
             assert self.headers.get("sec-websocket-accept") == want, self.headers
         else:
             length = int(self.headers.get("content-length", "0"))
