@@ -677,3 +677,38 @@ class Leaks(RelayCase):
         c.send_json({"type": "Terminate"})
         self.assertEqual(c.until_closed()[0], 1000)
         self.assertEqual(self.t.get("/healthz").status, 200)
+
+
+class ModuleMode(RelayCase):
+    """The relay in the Lua module: an application's own loop steps the server."""
+
+    def test_a_lua_application_relays_from_its_own_loop(self):
+        import subprocess
+        from harness import SRC, read_line
+        build = os.environ.get("TOKEND_BUILD_DIR") or os.path.join(SRC, "build")
+        self.fake_ = self.streaming_fake()
+        app = self.write("app.lua", r'''
+local tokend = require "tokend"
+tokend.route("GET", "/v3/ws", function(req)
+  return tokend.relay{ query = "speech_model=universal-streaming-english",
+                       on_end = function(s, f) print("ended", f.cause, f.code, f.audio_seconds); io.stdout:flush() end }
+end)
+local s = assert(tokend.server{ port = 0 })
+print("port", s:port()); io.stdout:flush()
+while true do assert(s:step(s:timeout() or 100)) end
+''')
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("ASSEMBLYAI_", "TOKEND_"))}
+        env.update(LUA_CPATH=os.path.join(build, "?.so"), ASSEMBLYAI_API_KEY=CANARY_KEY,
+                   ASSEMBLYAI_STREAMING_URL=self.fake_.url)
+        p = subprocess.Popen(["lua5.4", app], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        self.addCleanup(lambda: (p.poll() is None and p.kill(), p.wait(), p.stdout.close(), p.stderr.close()))
+        line = read_line(p, 15)
+        self.assertIsNotNone(line, p.stderr.read1().decode() if p.poll() is not None else "no port")
+        c = WsClient(int(line.split("\t")[1]), QUERY, origin=None)
+        self.addCleanup(c.__exit__)
+        self.assertEqual(c.recv_json()["type"], "Begin")
+        c.stream(0.5)
+        c.send_json({"type": "Terminate"})
+        self.assertEqual(c.until_closed()[0], 1000)
+        self.assertEqual(read_line(p, 10), "ended\tterminated\t1000\t0.5")
+        self.assertEqual(self.fake_.wait_ended()[0]["frames"], 10)
