@@ -240,3 +240,87 @@ class ReadmeExample(TokendTestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class MeteredPolicy(TokendTestCase):
+    """examples/policies/metered.lua: the relay with tickets or a session cookie, minutes
+    charged from what the relay measured, sessions refused or ended when they run out."""
+
+    def setUp(self):
+        super().setUp()
+        from harness import StreamingFake
+        from wsclient import WsClient
+        self.WsClient = WsClient
+        self.fake_ = self.streaming_fake()
+        self.t = self.tokend(fake=self.fake_, script=policy_script("metered.lua", self.workdir), env={
+            "JWT_SECRET": "metered-secret", "MINUTES_PER_DAY": "0.05", "CHARGE_EVERY_SECONDS": "1",
+            "SESSIONS_PER_USER": "1"})
+
+    def jwt(self, user, secret="metered-secret"):
+        return hs256(secret, {"sub": user, "exp": int(time.time()) + 300})
+
+    def ticket(self, user):
+        r = self.t.get("/ticket", method="POST", headers={"Authorization": "Bearer " + self.jwt(user)})
+        self.assertEqual(r.status, 200, r)
+        return r.json()["ticket"]
+
+    def connect(self, query="", cookie=None, origin="http://127.0.0.1"):
+        c = self.WsClient(self.t.port, "/v3/ws?sample_rate=16000" + query, origin=origin,
+                          headers={"Cookie": f"session={cookie}"} if cookie else None)
+        self.addCleanup(c.__exit__)
+        return c
+
+    def test_tickets_and_cookies(self):
+        self.assertEqual(self.t.get("/ticket", method="POST").status, 401)
+        wrong = {"Authorization": "Bearer " + self.jwt("erin", secret="not-the-secret")}
+        self.assertEqual(self.t.get("/ticket", method="POST", headers=wrong).status, 401)
+        self.assertEqual(self.connect().status, 401)
+        self.assertEqual(self.connect(cookie=self.jwt("erin", secret="not-the-secret")).status, 401)
+        ticket = self.ticket("erin")
+        self.assertEqual(self.connect("&ticket=" + ticket, origin="https://evil.example").status, 403)
+        c = self.connect("&ticket=" + ticket)
+        self.assertEqual(c.status, 101)
+        c.close()
+        c.until_closed()
+        self.assertEqual(self.connect("&ticket=" + ticket).status, 401, "a ticket opens one session")
+        self.assertEqual(self.connect("&ticket=" + self.jwt("erin")).status, 401, "a session token is no ticket")
+        self.assertEqual(self.t.get("/ticket", method="POST", headers={"Authorization": "Bearer " + ticket}).status,
+                         401, "nor a ticket a session token")
+        c = self.connect(cookie=self.jwt("erin"))
+        self.assertEqual(c.status, 101)
+        c.close()
+        c.until_closed()
+
+    def test_minutes_are_charged_refused_and_cut(self):
+        erin = self.jwt("erin")
+        a = self.connect("&ticket=" + self.ticket("erin"))
+        self.assertEqual(a.recv_json()["type"], "Begin")
+        self.assertEqual(self.connect(cookie=erin).status, 429, "one session at a time")
+        a.stream(2.0)
+        a.send_json({"type": "Terminate"})
+        self.assertEqual(a.until_closed()[0], 1000)
+        self.t.wait_log("relay session metered")
+        # About a second is left: the next session is cut when it is spent.
+        deadline = time.time() + 5
+        while True:
+            c = self.connect(cookie=erin)
+            if c.status == 101 or time.time() > deadline:
+                break
+            time.sleep(0.1)            # the first session's end is being settled
+        self.assertEqual(c.status, 101)
+        c.stream(4)
+        self.assertEqual(c.until_closed(), (4002, "today's transcription minutes are used up"))
+        log = self.t.wait_log("cause=script")
+        self.assertEqual(self.connect(cookie=erin).status, 429)
+        r = self.t.get("/ticket", method="POST", headers={"Authorization": "Bearer " + erin})
+        self.assertEqual(r.status, 429)
+        self.assertGreater(int(r.headers["retry-after"]), 0)
+        lines = [l for l in log.splitlines() if "relay session metered" in l]
+        self.assertEqual(len(lines), 2, lines)
+        first, second = (dict(re.findall(r"(\w+)=(\S+)", l)) for l in lines)
+        self.assertEqual((first["user"], first["cause"], first["code"]), ("erin", "terminated", "1000"))
+        self.assertGreaterEqual(float(first["seconds"]), 2.0)
+        self.assertEqual((second["cause"], second["code"]), ("script", "4002"))
+        self.assertGreaterEqual(float(second["seconds_today"]), 3.0)
+        self.assertRegex(first["session"], r"^[0-9a-f]{16}$")
+        self.assertEqual(self.connect(cookie=self.jwt("frank")).status, 101, "another user has minutes of their own")
