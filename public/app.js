@@ -17,7 +17,7 @@ const session = new Session();
 
 const STATUS = {
   idle: 'Ready. Press Start and allow the microphone.',
-  starting: 'Starting: asking for the microphone and a session token…',
+  starting: 'Starting: asking for the microphone and a session…',
   live: 'Listening. Speak now; press Stop when you are done.',
   reconnecting: 'Reconnecting: a new session continues this transcript…',
   stopping: 'Finishing the session…',
@@ -65,6 +65,7 @@ async function loadConfig() {
     const res = await fetch('/config', { headers: { Accept: 'application/json' } });
     if (!res.ok) throw new Error(`HTTP ${res.status}`);
     config = await res.json();
+    session.relayUrl = config.relay_url || null;     // the server relays: no tokens
   } catch {
     config = null;
     $('options-note').textContent = 'This server publishes no streaming options: the service defaults apply.';

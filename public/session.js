@@ -1,7 +1,9 @@
 // session.js: live transcription: microphone, tokens, WebSocket sessions, turns. A session
 // that drops (network loss, a server error) or nears its time cap is replaced by a new one
-// with a new token, continuing the same transcript. The UI listens to its events;
-// everything that can fail is reported in plain words.
+// with a new token, continuing the same transcript. When the server relays (its /config
+// names a relay_url), the session streams through it instead, with no token: the same
+// steps otherwise. The UI listens to its events; everything that can fail is reported in
+// plain words.
 import { Transcript } from './transcript.js';
 
 export { Transcript };
@@ -15,7 +17,7 @@ const RECONNECT_FIRST_MS = 500;       // then twice as long each time
 
 // What AssemblyAI's close codes mean for the person in front of the page.
 export const CLOSE_REASONS = {
-  1008: 'The streaming service refused the session token (expired, already used, or the account is not allowed to stream). Press Start to try again with a new token.',
+  1008: 'The streaming service refused the session (an expired or used token, a refused key, or a limit of the server). Press Start to try again.',
   3005: 'The streaming service had an error and ended the session. Press Start to try again.',
   3006: 'The streaming service could not understand a message from this page, so it ended the session.',
   3007: 'Audio reached the streaming service too fast or in chunks of the wrong size, so it ended the session.',
@@ -61,10 +63,18 @@ export function tokenQuery(options = {}) {
   return s ? `?${s}` : '';
 }
 
+// The relay's WebSocket URL on this server for the options chosen (the server checks them).
+export function relayWebsocketUrl(relayUrl, options = {}, base = globalThis.location && globalThis.location.href) {
+  const url = new URL(`${relayUrl}${tokenQuery(options)}`, base);
+  url.protocol = url.protocol === 'https:' ? 'wss:' : 'ws:';
+  return url.toString();
+}
+
 export class Session extends EventTarget {
-  constructor({ tokenUrl = '/token' } = {}) {
+  constructor({ tokenUrl = '/token', relayUrl = null } = {}) {
     super();
     this.tokenUrl = tokenUrl;
+    this.relayUrl = relayUrl;           // set: stream through the server, no token
     this.state = 'idle';
     this.transcript = new Transcript();
   }
@@ -103,6 +113,7 @@ export class Session extends EventTarget {
     const token = this.fetchToken().then((answer) => {
       // When the answer arrived, by the browser's own clock of the request (the page may be
       // busy starting the audio when the promise runs).
+      if (!answer.token) return answer;   // relayed: no token to wait for
       const entry = performance.getEntriesByType('resource').filter((e) => e.name.includes('/token')).pop();
       this.mark('token', entry && entry.responseEnd > this.clickedAt ? entry.responseEnd : performance.now());
       return answer;
@@ -139,7 +150,10 @@ export class Session extends EventTarget {
     await this.open(null, token);
   }
 
+  // What a session connects to: a fresh token and its websocket_url, or (relayed) the
+  // server's own WebSocket.
   async fetchToken() {
+    if (this.relayUrl) return { token: null, websocket_url: relayWebsocketUrl(this.relayUrl, this.options) };
     let res;
     try {
       res = await fetch(`${this.tokenUrl}${tokenQuery(this.options)}`, { cache: 'no-store', headers: { Accept: 'application/json' } });
@@ -199,7 +213,7 @@ export class Session extends EventTarget {
     url.searchParams.set('sample_rate', String(SAMPLE_RATE));
     url.searchParams.set('encoding', 'pcm_s16le');
     url.searchParams.set('format_turns', 'true');
-    url.searchParams.set('token', answer.token);
+    if (answer.token) url.searchParams.set('token', answer.token);
     const ws = new WebSocket(url);
     ws.binaryType = 'arraybuffer';
     const conn = { ws, segment: this.transcript.newSegment(reason), serverError: null, retiring: false };

@@ -4,7 +4,8 @@
 //   GET /v3/token  is passed through to the token fake (tests/fakes/token_fake.py), which mints;
 //   /v3/ws         is the streaming WebSocket, checked like the real one (FIELD-NOTES.md):
 //     - the token must be one the token fake signed (HMAC-SHA256 with the shared secret),
-//       unexpired, and not used before: otherwise close 1008;
+//       unexpired, and not used before: otherwise close 1008; a server-side client (tokend's
+//       relay) may instead present the API key (apiKey) in Authorization, without a token;
 //     - sample_rate=16000 and encoding=pcm_s16le, else an Error and close 3006;
 //     - binary frames of 50..1000 ms of 16 kHz s16le, at about real-time pace: else 3007;
 //     - sends Begin, a Turn that grows word by word while the audio is not silence, an
@@ -61,7 +62,7 @@ function frameRms(buf) {
   return n ? Math.sqrt(sum / n) : 0;
 }
 
-export async function startStreamingFake({ tokenUpstream, secret = 'fake-signing-secret', port = 0 } = {}) {
+export async function startStreamingFake({ tokenUpstream, secret = 'fake-signing-secret', port = 0, apiKey = null } = {}) {
   const state = { mode: 'ok', sessions: [], rejected: [], used: new Set() };
 
   const server = http.createServer((req, res) => {
@@ -99,10 +100,10 @@ export async function startStreamingFake({ tokenUpstream, secret = 'fake-signing
       socket.destroy();
       return;
     }
-    wss.handleUpgrade(req, socket, head, (ws) => onSession(ws, url));
+    wss.handleUpgrade(req, socket, head, (ws) => onSession(ws, url, req.headers));
   });
 
-  function onSession(ws, url) {
+  function onSession(ws, url, headers) {
     const q = url.searchParams;
     const closeWith = (code, error) => {
       ws.send(JSON.stringify({ type: 'Error', error_code: code, error }));
@@ -114,7 +115,8 @@ export async function startStreamingFake({ tokenUpstream, secret = 'fake-signing
       closeWith(Number(forced[1]), `forced by the test (${state.mode})`);
       return;
     }
-    const bad = verifyToken(q.get('token'), secret, state.used);
+    const byKey = apiKey !== null && headers.authorization === apiKey && !q.has('token');
+    const bad = byKey ? null : verifyToken(q.get('token'), secret, state.used);
     if (bad) {
       state.rejected.push({ reason: bad });
       closeWith(1008, `Unauthorized connection: ${bad}`);
@@ -144,7 +146,7 @@ export async function startStreamingFake({ tokenUpstream, secret = 'fake-signing
       token: q.get('token'), speechModel: q.get('speech_model'), speakerLabels: q.get('speaker_labels') === 'true',
       languageDetection: q.get('language_detection') === 'true', keyterms,
       turnSettings: ['end_of_turn_confidence_threshold', 'min_turn_silence', 'max_turn_silence'].map((k) => q.get(k)),
-      mode: once,
+      mode: once, auth: byKey ? 'key' : 'token', userAgent: headers['user-agent'] || null,
     };
     state.sessions.push(s);
     const send = (msg) => { s.messages.push(msg.type); if (ws.readyState === ws.OPEN) ws.send(JSON.stringify(msg)); };

@@ -57,7 +57,7 @@ before(async () => {
 
   tokenFake = await startProcess('python3', [path.join(SRC, 'tests/fakes/token_fake.py'), '--port', '0',
     '--key', KEY, '--secret', SECRET], {}, /^listening http:\/\/127\.0\.0\.1:(\d+)$/);
-  streaming = await startStreamingFake({ tokenUpstream: `http://127.0.0.1:${tokenFake.port}`, secret: SECRET });
+  streaming = await startStreamingFake({ tokenUpstream: `http://127.0.0.1:${tokenFake.port}`, secret: SECRET, apiKey: KEY });
   // The default script, with room for the many sessions this test starts from one address
   // (its named values are overridden by variables of their names).
   const env = { ...process.env, ASSEMBLYAI_API_KEY: KEY, ASSEMBLYAI_STREAMING_URL: `http://127.0.0.1:${streaming.port}`,
@@ -312,7 +312,7 @@ test('a failing /token shows the server\'s error and the page stays usable', asy
   }
 });
 
-for (const [code, words] of [[1008, /refused the session token/], [3005, /had an error.*“forced by the test/],
+for (const [code, words] of [[1008, /refused the session/], [3005, /had an error.*“forced by the test/],
   [3006, /could not understand/], [3007, /too fast or in chunks of the wrong size/],
   [3008, /maximum duration/], [3009, /Too many sessions/],
   [4999, /connection to the streaming service was lost \(code 4999\)\. The service said: “forced by the test/]]) {
@@ -398,6 +398,62 @@ test('with a token pool, the page gets its token from the pool, not from a 300 m
   } finally {
     pooled.child.kill('SIGTERM');
     await post(tokenFake.port, '/__control', { latency_ms: 0 });
+  }
+});
+
+test('when the server relays, the page streams through it with the same steps and shows words', async () => {
+  await post(streaming.port, '/__control', { mode: 'ok' });
+  const env = { ...process.env, ASSEMBLYAI_API_KEY: KEY, ASSEMBLYAI_STREAMING_URL: `http://127.0.0.1:${streaming.port}`,
+    TOKENS_PER_MINUTE: '1000', TOKEN_BURST: '1000', RELAY: 'true', SPEECH_MODELS: 'universal-streaming-english' };
+  const relay = await startProcess(BIN, ['--port', '0', '--workers', '1', '--script', path.join(SRC, 'scripts/routes.lua'),
+    '--public', path.join(SRC, 'public')], { cwd: work, env }, /^tokend listening on http:\/\/127\.0\.0\.1:(\d+)$/);
+  try {
+    const before = streaming.state.sessions.length;
+    const { page, context, problems } = await openPage({}, `http://127.0.0.1:${relay.port}/`);
+    await page.locator('#timings-panel summary').click();
+    await page.getByRole('button', { name: 'Start' }).click();
+    const final = page.locator('#transcript .turn.final.formatted').first();
+    await final.waitFor({ timeout: 20000 });
+    assert.equal(await final.locator('.text').textContent(), 'Hello world, this is tokend speaking.');
+    assert.match(await page.locator('#timings').textContent(), /^socket open \d+ ms · Begin \d+ ms · first words \d+ ms$/,
+      'no token step');
+    await page.getByRole('button', { name: 'Stop' }).click();
+    await page.locator('#status', { hasText: 'Session ended' }).waitFor({ timeout: 5000 });
+    const s = streaming.state.sessions.slice(before)[0];
+    assert.equal(s.auth, 'key', 'the relay streamed with the server\'s key');
+    assert.equal(s.token, null, 'no token was needed');
+    assert.match(s.userAgent, /^tokend\//);
+    assert.equal(s.speechModel, 'universal-streaming-english');
+    assert.deepEqual(s.turnSettings, ['0.4', '400', '1280'], 'the policy\'s options');
+    assert.equal(s.sampleRate, 16000);
+    assert.equal(s.maxFrameBytes, 1600, "50 ms frames");
+    assert.ok(s.maxAheadMs < 500, `audio ran ${s.maxAheadMs} ms ahead of real time`);
+    assert.equal(s.terminated, true, 'Stop sent Terminate through the relay');
+    assert.equal(s.closedWith, 1000);
+    assert.equal(await page.evaluate(() => performance.getEntriesByType('resource').some((e) => e.name.includes('/token'))),
+      false, 'the page asked for no token');
+    assert.match(relay.child.logged, /audit relay event=relay_session .*cause=terminated code=1000/);
+    assert.deepEqual(problems, []);
+    await context.close();
+
+    // The same reconnection: the upstream drops, the relay closes 1011 and says why, and a
+    // new session through the relay continues the transcript.
+    await post(streaming.port, '/__control', { mode: 'drop-after-turn' });
+    const again = streaming.state.sessions.length;
+    const second = await openPage({}, `http://127.0.0.1:${relay.port}/`);
+    await second.page.getByRole('button', { name: 'Start' }).click();
+    const mark = second.page.locator('#transcript .marker');
+    await mark.waitFor({ timeout: 20000 });
+    assert.match(await mark.textContent(), /Reconnected: The service said: “the connection to the streaming service was lost”/);
+    await second.page.locator('#transcript .turn[data-segment="1"]').first().waitFor({ timeout: 20000 });
+    assert.equal(streaming.state.sessions.slice(again).every((x) => x.auth === 'key'), true);
+    await second.page.getByRole('button', { name: 'Stop' }).click();
+    await second.page.locator('body[data-state="idle"]').waitFor({ timeout: 5000 });
+    assert.equal(await second.page.locator('#error').isHidden(), true);
+    await second.context.close();
+  } finally {
+    relay.child.kill('SIGTERM');
+    await post(streaming.port, '/__control', { mode: 'ok' });
   }
 });
 
