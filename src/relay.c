@@ -56,6 +56,7 @@ struct relay_hub {
     char *path;                     /* [/prefix]/v3/ws */
     char *key;                      /* NULL: none */
     char *proxy;
+    int tls;                        /* https: writes are retried with the same buffer */
     long handshake_timeout_ms;
     relay_session *sessions;
     size_t count;
@@ -86,6 +87,7 @@ struct relay_session {
     /* the client */
     http_upgraded *bh;
     int bfd;
+    int b_drained;                  /* a short read emptied its socket: no more reads this turn */
     ws *b;
     /* reading paused: backpressure, pacing, an update being decided */
     int b_pause_bp, b_pause_pace, b_hold, u_pause_bp, u_pause_phase;
@@ -157,6 +159,7 @@ relay_hub *relay_hub_create(loop *lp, fetch *client, const relay_settings *st) {
     const char *rest = strstr(url, "://");
     rest = rest ? rest + 3 : url;
     size_t hostlen = strcspn(rest, "/");
+    hub->tls = strncasecmp(url, "https://", 8) == 0;
     if (asprintf(&hub->url, "%s/v3/ws", url) < 0) hub->url = NULL;
     hub->host = strndup(rest, hostlen);
     if (asprintf(&hub->path, "%s/v3/ws", rest + hostlen) < 0) hub->path = NULL;
@@ -530,9 +533,13 @@ static void relay_on_upstream_message(void *ud, int binary, const uint8_t *data,
 
 /* ---- transports ---- */
 
+/* The client's socket. A read shorter than asked for emptied it: the next read of the
+ * same turn would only say so (level-triggered epoll tells when more comes). */
 static ssize_t relay_client_recv(void *ud, uint8_t *buf, size_t len) {
     relay_session *s = ud;
+    if (s->b_drained) return 0;
     ssize_t n = recv(s->bfd, buf, len, 0);
+    if (n > 0 && (size_t)n < len) s->b_drained = 1;
     if (n > 0) return n;
     if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) return 0;
     return -1;
@@ -632,7 +639,10 @@ static int relay_balance(relay_session *s) {
         ws_pause(s->u, now);
         if (was && !now) resumed |= 2;
     }
-    if (resumed & 1) ws_pump(s->b);
+    if (resumed & 1) {
+        s->b_drained = 0;
+        ws_pump(s->b);
+    }
     if (resumed & 2) ws_pump(s->u);
     return resumed != 0;
 }
@@ -669,6 +679,7 @@ static void relay_on_client_fd(void *ud, int fd, unsigned events) {
     relay_session *s = ud;
     (void)fd;
     s->busy++;
+    s->b_drained = 0;
     if (events & LOOP_READ) ws_pump(s->b);
     else ws_write_queued(s->b);
     s->busy--;
@@ -781,8 +792,9 @@ static void relay_on_timer(void *ud) {
 
 static const ws_handler relay_client_handler = { relay_on_client_message, relay_on_client_frame };
 static const ws_handler relay_upstream_handler = { relay_on_upstream_message, NULL };
-static const ws_io relay_client_io = { relay_client_recv, relay_client_send };
-static const ws_io relay_upstream_io = { relay_upstream_recv, relay_upstream_send };
+static const ws_io relay_client_io = { relay_client_recv, relay_client_send, 1 };
+static const ws_io relay_upstream_io = { relay_upstream_recv, relay_upstream_send, 1 };
+static const ws_io relay_upstream_tls_io = { relay_upstream_recv, relay_upstream_send, 0 };
 
 /* libmicrohttpd sent the client its 101 and hands its socket over (or could not). */
 static void relay_on_upgraded(void *ud, http_upgraded *u, int fd, const char *extra, size_t extra_len) {
@@ -846,7 +858,8 @@ static void relay_upgrade_client(relay_session *s) {
 
 /* The upstream accepted: its WebSocket exists (not read until the client's does). */
 static void relay_upstream_open(relay_session *s, const char *rest, size_t rest_len) {
-    s->u = ws_create(WS_CLIENT, &relay_upstream_io, &relay_upstream_handler, s, RELAY_UPSTREAM_MESSAGE_MAX);
+    s->u = ws_create(WS_CLIENT, s->hub->tls ? &relay_upstream_tls_io : &relay_upstream_io, &relay_upstream_handler, s,
+                     RELAY_UPSTREAM_MESSAGE_MAX);
     if (!s->u || ws_feed(s->u, rest, rest_len) < 0) {
         relay_end(s, RELAY_INTERNAL, WS_CODE_INTERNAL, "out of memory", 1);
         return;

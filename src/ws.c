@@ -12,6 +12,9 @@
 #define WS_GUID "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 #define WS_CONTROL_MAX 125          /* payload bytes of a control frame */
 #define WS_DISCARD_CHUNK 4096       /* what a lingering close reads and drops at a time */
+#define WS_MASKS 256                /* random bytes fetched at once for masking keys (a client's) */
+#define WS_HEAD_MAX 14              /* a frame's header, kept to go out with its payload */
+#define WS_COALESCE (16 * 1024)     /* a header and this much payload go out in one write */
 
 struct ws {
     wslay_event_context_ptr ctx;
@@ -32,6 +35,10 @@ struct ws {
     uint8_t peer_raw[WS_CONTROL_MAX];   /* its payload, as received (wslay drops codes it refuses) */
     size_t peer_raw_len;
     int peer_closed;                /* a whole close frame arrived */
+    uint8_t masks[WS_MASKS];        /* random bytes for masking keys; used from masks_used on */
+    size_t masks_used;
+    uint8_t head[WS_HEAD_MAX];      /* a header wslay gave to write, held for its payload */
+    size_t head_len;
 };
 
 /* ---- wslay's callbacks ---- */
@@ -66,9 +73,34 @@ static ssize_t ws_on_recv(wslay_event_context_ptr ctx, uint8_t *buf, size_t len,
     return -1;
 }
 
+/* wslay writes a frame's header, then its payload: the header is held back and goes out
+ * with (the start of) the payload in one write, a system call less per message. */
 static ssize_t ws_on_send(wslay_event_context_ptr ctx, const uint8_t *data, size_t len, int flags, void *ud) {
     ws *w = ud;
-    ssize_t n = w->io.send(w->ud, data, len, (flags & WSLAY_MSG_MORE) != 0);
+    int more = (flags & WSLAY_MSG_MORE) != 0;
+    if (more && w->io.coalesce && !w->head_len && len <= WS_HEAD_MAX) {
+        memcpy(w->head, data, len);
+        w->head_len = len;
+        return (ssize_t)len;
+    }
+    ssize_t n;
+    if (w->head_len) {
+        uint8_t joined[WS_HEAD_MAX + WS_COALESCE];
+        size_t take = len < WS_COALESCE ? len : WS_COALESCE;
+        memcpy(joined, w->head, w->head_len);
+        memcpy(joined + w->head_len, data, take);
+        n = w->io.send(w->ud, joined, w->head_len + take, more || take < len);
+        if (n > 0) {
+            /* What went of the header leaves it; only payload bytes count to wslay (none:
+             * as if the write would block, and the rest of the header goes first next time). */
+            size_t h = (size_t)n < w->head_len ? (size_t)n : w->head_len;
+            memmove(w->head, w->head + h, w->head_len - h);
+            w->head_len -= h;
+            n -= (ssize_t)h;
+        }
+    } else {
+        n = w->io.send(w->ud, data, len, more);
+    }
     if (n > 0) return n;
     if (n == 0) {
         wslay_event_set_error(ctx, WSLAY_ERR_WOULDBLOCK);
@@ -79,10 +111,20 @@ static ssize_t ws_on_send(wslay_event_context_ptr ctx, const uint8_t *data, size
     return -1;
 }
 
+/* Masking keys from the system's random source, fetched WS_MASKS bytes at a time (one
+ * call per message would cost more than the message). */
 static int ws_on_genmask(wslay_event_context_ptr ctx, uint8_t *buf, size_t len, void *ud) {
+    ws *w = ud;
     (void)ctx;
-    (void)ud;
-    return crypto_random(buf, len) == 0 ? 0 : -1;
+    if (len > WS_MASKS) return crypto_random(buf, len) == 0 ? 0 : -1;
+    if (w->masks_used + len > WS_MASKS) {
+        if (crypto_random(w->masks, WS_MASKS) != 0) return -1;
+        w->masks_used = 0;
+    }
+    memcpy(buf, w->masks + w->masks_used, len);
+    explicit_bzero(w->masks + w->masks_used, len);
+    w->masks_used += len;
+    return 0;
 }
 
 static void ws_on_frame_start(wslay_event_context_ptr ctx, const struct wslay_event_on_frame_recv_start_arg *a,
@@ -133,6 +175,7 @@ ws *ws_create(int role, const ws_io *io, const ws_handler *h, void *ud, size_t m
     };
     ws *w = calloc(1, sizeof *w);
     if (!w) return NULL;
+    w->masks_used = WS_MASKS;       /* fetched at the first message */
     w->io = *io;
     w->h = *h;
     w->ud = ud;

@@ -16,6 +16,10 @@ typedef struct ws_io {
     /* Writes up to len bytes (more: more follows at once): the count (> 0), 0 when
      * nothing can be written now, or -1 on an error. */
     ssize_t (*send)(void *ud, const uint8_t *data, size_t len, int more);
+    /* 1: a write that would block may be retried with other bytes (a socket), so a frame's
+     * header goes out with its payload in one write; 0: a retry must repeat the same
+     * buffer (TLS through libcurl). */
+    int coalesce;
 } ws_io;
 
 /* What a connection tells its owner, from inside ws_pump. */

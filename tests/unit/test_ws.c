@@ -169,8 +169,8 @@ typedef struct duo {
     ws *client, *server;
 } duo;
 
-static duo *duo_new(size_t max_message) {
-    static const ws_io io = { mem_recv, mem_send };
+static duo *duo_new_io(size_t max_message, int coalesce) {
+    const ws_io io = { mem_recv, mem_send, coalesce };
     static const ws_handler h = { mem_message, mem_frame };
     duo *d = calloc(1, sizeof *d);
     d->a = (end){ &d->b2a, &d->a2b, (size_t)-1, { "" }, { 0 }, { 0 }, 0, 0 };
@@ -178,6 +178,10 @@ static duo *duo_new(size_t max_message) {
     d->client = ws_create(WS_CLIENT, &io, &h, &d->a, max_message);
     d->server = ws_create(WS_SERVER, &io, &h, &d->b, max_message);
     return d;
+}
+
+static duo *duo_new(size_t max_message) {
+    return duo_new_io(max_message, 1);
 }
 
 static void duo_free(duo *d) {
@@ -193,8 +197,9 @@ static void duo_turns(duo *d, int n) {
     }
 }
 
-static void test_messages_then_close(void) {
-    duo *d = duo_new(1 << 16);
+/* coalesce: headers go out with their payloads (a socket) or on their own (TLS). */
+static void test_messages_then_close(int coalesce) {
+    duo *d = duo_new_io(1 << 16, coalesce);
     CHECK(ws_send(d->client, 1, "\x01\x02\x03", 3) == 0, "send binary");
     CHECK(ws_send(d->client, 0, "{\"type\":\"Terminate\"}", 20) == 0, "send text");
     duo_turns(d, 2);
@@ -269,7 +274,8 @@ int main(void) {
     test_check_upgrade();
     test_client_answer();
     test_codes();
-    test_messages_then_close();
+    test_messages_then_close(1);
+    test_messages_then_close(0);
     test_refused_code_and_limits();
     return check_report("unit.ws");
 }
