@@ -1,5 +1,6 @@
 /* fetch.c: outgoing HTTP requests from a worker's loop: non-blocking libcurl transfers. */
 #define _GNU_SOURCE
+#include <errno.h>
 #include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -27,6 +28,11 @@
  * is closed with its connections: after a burst, they would linger (and, once the server
  * closes them, sit in CLOSE_WAIT) until the next burst. */
 #define FETCH_SWEEP_MS 30000
+/* Connections per multi handle for fetch_connect: libcurl 7.88 finds a connection's handle
+ * by walking its multi handle's whole connection cache on every curl_easy_send and
+ * curl_easy_recv (Curl_getconnectinfo), so a thousand WebSockets on one would cost a
+ * thousand steps a message. */
+#define FETCH_CONN_SHARD 32
 
 /* Connections opened and calls finished by every client of the process. */
 static atomic_long fetch_opened_total;
@@ -64,6 +70,7 @@ struct fetch_shard {
     int broken;                     /* curl's state for it cannot be trusted: retiring */
     loop_timer retire;              /* the retirement, once the loop's round is over */
     int conns;                      /* 1: it runs connections (fetch_connect), not calls */
+    struct fetch_shard *next_conns; /* the client's other multi handles of connections */
 };
 
 struct fetch {
@@ -78,7 +85,7 @@ struct fetch {
     fetch_call *idle;               /* finished calls kept with their easy handle for reuse */
     unsigned char *conn_fds;        /* per fd: FETCH_FD_OPENED, FETCH_FD_PARKABLE or 0 */
     int nconn_fds;
-    fetch_shard *conn_shard;        /* the multi handle new connections start on, or NULL */
+    fetch_shard *conn_shards;       /* multi handles of connections (fetch_connect), sound ones */
     fetch_conn *conns;              /* connections opened or being opened */
 };
 
@@ -87,6 +94,8 @@ struct fetch_conn {
     fetch *f;
     fetch_shard *shard;             /* its multi handle, for as long as the connection lives */
     CURL *easy;                     /* NULL once the connection is gone */
+    int fd;                         /* its socket once connected */
+    int direct;                     /* plain TCP: bytes go through the socket, not libcurl */
     fetch_conn_fn *done;            /* until it is connected or failed */
     void *ud;
     uint64_t start_us;
@@ -97,6 +106,7 @@ struct fetch_conn {
 static void fetch_drain(fetch_shard *sh);
 static void fetch_conn_drain(fetch_shard *sh);
 static void fetch_conn_on_retire(void *ud);
+static void fetch_conn_shard_unlink(fetch_shard *sh);
 static void fetch_on_watchdog(void *ud);
 static void fetch_on_sweep(void *ud);
 
@@ -468,7 +478,11 @@ void fetch_free(fetch *f) {
         fetch_call_free(c);
     }
     for (int i = 0; i < f->nshards; i++) fetch_shard_free(f, f->shards[i]);
-    if (f->conn_shard) fetch_shard_free(f, f->conn_shard);
+    while (f->conn_shards) {
+        fetch_shard *sh = f->conn_shards;
+        f->conn_shards = sh->next_conns;
+        fetch_shard_free(f, sh);
+    }
     if (f->nshards) loop_timer_stop(f->lp, &f->sweep);
     if (f->share) curl_share_cleanup(f->share);
     free(f->ca_file);
@@ -591,7 +605,7 @@ static void fetch_on_retire(void *ud) {
 static void fetch_break_shard(fetch_shard *sh, const char *why) {
     if (sh->broken) return;
     sh->broken = 1;
-    if (sh->conns && sh->f->conn_shard == sh) sh->f->conn_shard = NULL;     /* new connections start elsewhere */
+    if (sh->conns) fetch_conn_shard_unlink(sh);     /* new connections start elsewhere */
     log_throttled(LOG_WARN, "fetch", "resetting an HTTP client whose state libcurl may have corrupted (%s)", why);
     loop_timer_start(sh->f->lp, &sh->retire, 0, sh->conns ? fetch_conn_on_retire : fetch_on_retire, sh);
 }
@@ -651,11 +665,23 @@ void fetch_headers_free(fetch_headers *list) {
 
 /* ---- connections for another protocol ---- */
 
-/* The multi handle new connections start on: the open connections stay in its cache (and
- * never leave it while they live), apart from the calls' keep-alive connections. NULL when
- * out of memory. */
+/* Takes a multi handle of connections out of the list new connections start on. */
+static void fetch_conn_shard_unlink(fetch_shard *sh) {
+    for (fetch_shard **pp = &sh->f->conn_shards; *pp; pp = &(*pp)->next_conns) {
+        if (*pp == sh) {
+            *pp = sh->next_conns;
+            break;
+        }
+    }
+    sh->next_conns = NULL;
+}
+
+/* The multi handle a new connection starts on: one with fewer than FETCH_CONN_SHARD, or
+ * a new one. The open connections stay in its cache (never leaving it while they live),
+ * apart from the calls' keep-alive connections. NULL when out of memory. */
 static fetch_shard *fetch_conn_shard(fetch *f) {
-    if (f->conn_shard) return f->conn_shard;
+    for (fetch_shard *sh = f->conn_shards; sh; sh = sh->next_conns)
+        if (sh->transfers < FETCH_CONN_SHARD) return sh;
     fetch_shard *sh = calloc(1, sizeof *sh);
     if (!sh || !(sh->multi = curl_multi_init())) {
         free(sh);
@@ -667,7 +693,8 @@ static fetch_shard *fetch_conn_shard(fetch *f) {
     curl_multi_setopt(sh->multi, CURLMOPT_SOCKETDATA, sh);
     curl_multi_setopt(sh->multi, CURLMOPT_TIMERFUNCTION, fetch_on_timer_change);
     curl_multi_setopt(sh->multi, CURLMOPT_TIMERDATA, sh);
-    f->conn_shard = sh;
+    sh->next_conns = f->conn_shards;
+    f->conn_shards = sh;
     return sh;
 }
 
@@ -675,13 +702,19 @@ static fetch_shard *fetch_conn_shard(fetch *f) {
  * the multi handle when it was retired and this was its last. */
 static void fetch_conn_drop(fetch_conn *c) {
     fetch_shard *sh = c->shard;
-    if (c->easy) {
-        curl_multi_remove_handle(sh->multi, c->easy);   /* closes the socket (fetch_on_close_socket) */
-        curl_easy_cleanup(c->easy);
-        c->easy = NULL;
-        sh->transfers--;
+    if (!sh) return;                /* dropped already */
+    c->shard = NULL;
+    curl_multi_remove_handle(sh->multi, c->easy);       /* closes the socket (fetch_on_close_socket) */
+    curl_easy_cleanup(c->easy);
+    c->easy = NULL;
+    sh->transfers--;
+    if (sh->transfers > 0 || sh->retire.heap_index) return;
+    /* Empty: freed when retired, or when it is not the only one (one stays, warm). */
+    if (sh->broken) fetch_shard_free(c->f, sh);
+    else if (c->f->conn_shards != sh || sh->next_conns) {
+        fetch_conn_shard_unlink(sh);
+        fetch_shard_free(c->f, sh);
     }
-    if (sh->broken && sh->transfers == 0 && !sh->retire.heap_index) fetch_shard_free(c->f, sh);
 }
 
 fetch_conn *fetch_connect(fetch *f, const char *url, const char *proxy, long timeout_ms, fetch_conn_fn *done,
@@ -690,6 +723,10 @@ fetch_conn *fetch_connect(fetch *f, const char *url, const char *proxy, long tim
     fetch_conn *c = sh ? calloc(1, sizeof *c) : NULL;
     if (!c) return NULL;
     c->f = f;
+    c->fd = -1;
+    /* Plain HTTP, straight or tunnelled through a proxy that is not HTTPS: once connected,
+     * the socket carries the bytes as they are, and libcurl need not be asked for them. */
+    c->direct = strncasecmp(url, "http://", 7) == 0 && !(proxy && strncasecmp(proxy, "https://", 8) == 0);
     c->shard = sh;
     c->done = done;
     c->ud = ud;
@@ -755,6 +792,7 @@ static void fetch_conn_report(fetch_conn *c, CURLcode code, const char *error) {
         r.fd = -1;
         fetch_conn_drop(c);
     }
+    c->fd = r.fd;
     fetch_conn_fn *done = c->done;
     c->done = NULL;
     done(c->ud, &r);
@@ -802,6 +840,11 @@ static int fetch_conn_ready(const fetch_conn *c) {
 ssize_t fetch_conn_send(fetch_conn *c, const void *data, size_t len) {
     size_t n = 0;
     if (!fetch_conn_ready(c)) return -1;
+    if (c->direct) {
+        ssize_t w = send(c->fd, data, len, MSG_NOSIGNAL);
+        if (w >= 0) return w;
+        return errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR ? 0 : -1;
+    }
     CURLcode rc = curl_easy_send(c->easy, data, len, &n);
     if (rc == CURLE_AGAIN) return 0;
     if (rc != CURLE_OK) return -1;
@@ -811,6 +854,11 @@ ssize_t fetch_conn_send(fetch_conn *c, const void *data, size_t len) {
 ssize_t fetch_conn_recv(fetch_conn *c, void *buf, size_t len) {
     size_t n = 0;
     if (!fetch_conn_ready(c)) return -1;
+    if (c->direct) {
+        ssize_t r = recv(c->fd, buf, len, 0);
+        if (r > 0) return r;
+        return r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) ? 0 : -1;
+    }
     CURLcode rc = curl_easy_recv(c->easy, buf, len, &n);
     if (rc == CURLE_AGAIN) return 0;
     if (rc != CURLE_OK || n == 0) return -1;      /* 0 bytes: the peer closed */

@@ -739,7 +739,9 @@ static void relay_schedule(relay_session *s) {
         s->timer_due = 0;
         return;
     }
-    if (s->timer.heap_index && s->timer_due == due) return;
+    /* Armed sooner already: it fires, finds nothing due and arms itself again (so that a
+     * deadline that moves with each message costs no heap operation per message). */
+    if (s->timer.heap_index && s->timer_due <= due) return;
     s->timer_due = due;
     loop_timer_start(s->hub->lp, &s->timer, due > now ? (long)(due - now) : 0, relay_on_timer, s);
 }
