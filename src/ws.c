@@ -39,7 +39,13 @@ struct ws {
     size_t masks_used;
     uint8_t head[WS_HEAD_MAX];      /* a header wslay gave to write, held for its payload */
     size_t head_len;
+    /* What the owner asks after every event, kept as of the last change (ws_refresh). */
+    int state;
+    unsigned wants;
+    size_t queued;
 };
+
+static void ws_refresh(ws *w);
 
 /* ---- wslay's callbacks ---- */
 
@@ -186,6 +192,7 @@ ws *ws_create(int role, const ws_io *io, const ws_handler *h, void *ud, size_t m
         return NULL;
     }
     wslay_event_config_set_max_recv_msg_length(w->ctx, max_message);
+    ws_refresh(w);
     return w;
 }
 
@@ -210,12 +217,28 @@ static int ws_peer_closed(const ws *w) {
     return w->peer_closed || wslay_event_get_close_received(w->ctx);
 }
 
-int ws_state(const ws *w) {
+static int ws_compute_state(const ws *w) {
     if (w->aborted || w->ended) return WS_CLOSED;
     int sent = wslay_event_get_close_sent(w->ctx);
     if (sent && ws_peer_closed(w)) return WS_CLOSED;
     if (sent || ws_peer_closed(w) || w->close_asked || !wslay_event_get_read_enabled(w->ctx)) return WS_CLOSING;
     return WS_OPEN;
+}
+
+/* Keeps the state, what the connection waits for and the bytes queued as of now: they
+ * change only in ws.c's own calls (wslay's state too: it runs only from them), and an
+ * owner asks for them several times an event. */
+static void ws_refresh(ws *w) {
+    w->state = ws_compute_state(w);
+    w->queued = wslay_event_get_queued_msg_length(w->ctx);
+    w->wants = 0;
+    if (w->state == WS_CLOSED) return;
+    if (!w->paused && (wslay_event_want_read(w->ctx) || !ws_peer_closed(w))) w->wants |= WS_WANT_READ;
+    if (wslay_event_want_write(w->ctx) || (w->close_asked && !w->close_queued)) w->wants |= WS_WANT_WRITE;
+}
+
+int ws_state(const ws *w) {
+    return w->state;
 }
 
 /* Writes what is queued; the close asked for goes once the messages before it are out. */
@@ -252,7 +275,7 @@ static void ws_linger(ws *w) {
 }
 
 int ws_pump(ws *w) {
-    if (ws_state(w) == WS_CLOSED) return WS_CLOSED;
+    if (w->state == WS_CLOSED) return WS_CLOSED;
     if (!w->paused) {
         if (wslay_event_want_read(w->ctx)) {
             int rc = wslay_event_recv(w->ctx);
@@ -262,18 +285,24 @@ int ws_pump(ws *w) {
         }
     }
     ws_flush(w);
-    return ws_state(w);
+    ws_refresh(w);
+    return w->state;
 }
 
 int ws_write_queued(ws *w) {
-    if (ws_state(w) != WS_CLOSED) ws_flush(w);
-    return ws_state(w);
+    if (w->state == WS_CLOSED || !(w->wants & WS_WANT_WRITE)) return w->state;
+    ws_flush(w);
+    ws_refresh(w);
+    return w->state;
 }
 
 int ws_send(ws *w, int binary, const void *data, size_t len) {
     if (w->close_asked || w->aborted || w->ended) return -1;
     struct wslay_event_msg m = { binary ? WSLAY_BINARY_FRAME : WSLAY_TEXT_FRAME, data, len };
-    return wslay_event_queue_msg(w->ctx, &m) == 0 ? 0 : -1;
+    if (wslay_event_queue_msg(w->ctx, &m) != 0) return -1;
+    w->queued += len;
+    w->wants |= WS_WANT_WRITE;
+    return 0;
 }
 
 int ws_close(ws *w, int code, const char *reason, size_t len) {
@@ -282,15 +311,19 @@ int ws_close(ws *w, int code, const char *reason, size_t len) {
     w->close_code = (uint16_t)(code > 0 && code != WS_CODE_NO_STATUS ? code : 0);
     w->close_reason_len = len < WS_REASON_MAX ? len : WS_REASON_MAX;
     if (w->close_reason_len) memcpy(w->close_reason, reason, w->close_reason_len);
+    ws_refresh(w);
     return 0;
 }
 
 void ws_abort(ws *w) {
     w->aborted = 1;
+    ws_refresh(w);
 }
 
 void ws_pause(ws *w, int paused) {
+    if (w->paused == paused) return;
     w->paused = paused;
+    ws_refresh(w);
 }
 
 int ws_paused(const ws *w) {
@@ -298,15 +331,11 @@ int ws_paused(const ws *w) {
 }
 
 unsigned ws_wants(const ws *w) {
-    if (ws_state(w) == WS_CLOSED) return 0;
-    unsigned want = 0;
-    if (!w->paused && (wslay_event_want_read(w->ctx) || !ws_peer_closed(w))) want |= WS_WANT_READ;
-    if (wslay_event_want_write(w->ctx) || (w->close_asked && !w->close_queued)) want |= WS_WANT_WRITE;
-    return want;
+    return w->wants;
 }
 
 size_t ws_queued_bytes(const ws *w) {
-    return wslay_event_get_queued_msg_length(w->ctx);
+    return w->queued;
 }
 
 int ws_peer_close(const ws *w, char *reason, size_t cap) {
