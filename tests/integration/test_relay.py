@@ -679,6 +679,7 @@ class Leaks(RelayCase):
         self.assertEqual(self.t.get("/healthz").status, 200)
 
 
+@unittest.skipIf(os.environ.get("ASAN_OPTIONS"), "the stock interpreter cannot load a sanitizer build")
 class ModuleMode(RelayCase):
     """The relay in the Lua module: an application's own loop steps the server."""
 
