@@ -1,5 +1,6 @@
 /* fuzz_relay.c: what the relay reads from the upstream and clients: any answer to its handshake is read within
  * its bytes (an upgrade only with the accept value expected), any streaming message within its bytes, any key. */
+#define _GNU_SOURCE
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
