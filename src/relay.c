@@ -31,6 +31,7 @@
 #define RELAY_ANSWER_MAX 8192           /* bytes of the upstream's answer to the handshake */
 #define RELAY_REQUEST_MAX 16384         /* bytes of our handshake to the upstream */
 #define RELAY_ROUNDS 8                  /* un-pause and pump rounds per event, at most */
+#define RELAY_KEY_SCAN_MAX 4096         /* upstream text shorter than this is searched for pieces of the key */
 
 enum { RELAY_CONNECTING, RELAY_UPGRADING, RELAY_OPEN, RELAY_DONE };
 
@@ -503,14 +504,35 @@ void relay_session_update(relay_session *s, const char *msg, size_t len) {
     relay_after_call(s);
 }
 
+/* Whether text holds the key (the upstream echoing the Authorization it got, as some
+ * servers do in their errors): any 8 characters of it in a row, in any case. */
+static int relay_holds_key(const relay_session *s, const char *text, size_t len) {
+    const char *key = s->hub->key;
+    size_t klen = key ? strlen(key) : 0, w = klen < 8 ? klen : 8;
+    if (!w || len < w) return 0;
+    for (size_t i = 0; i + w <= klen; i++)
+        for (size_t j = 0; j + w <= len; j++)
+            if (strncasecmp(text + j, key + i, w) == 0) return 1;
+    return 0;
+}
+
 /* A message from the upstream: read for what the relay records and the owner wants, then
- * passed on as is. */
+ * passed on as is, but one that shows the key (never relayed; an Error is told without it). */
 static void relay_on_upstream_message(void *ud, int binary, const uint8_t *data, size_t len) {
     relay_session *s = ud;
     if (!binary) {
         json_message m;
         const char *text = (const char *)data;
-        if (json_parse_message(text, len, &m) == 0) {
+        int parsed = json_parse_message(text, len, &m) == 0;
+        /* An error's text is where a server echoes what it was sent: searched for any piece
+         * of the key; other messages for the key whole (a Turn a second costs no more). */
+        if (parsed && strcmp(m.type, "Error") == 0 && len < RELAY_KEY_SCAN_MAX ? relay_holds_key(s, text, len)
+            : memmem(text, len, s->hub->key, strlen(s->hub->key)) != NULL) {
+            log_throttled(LOG_WARN, "relay", "relay %s: the streaming service sent a message with the server's key in it: "
+                          "not passed on", s->id);
+            return;
+        }
+        if (parsed) {
             if (strcmp(m.type, "Begin") == 0) {
                 snprintf(s->upstream_id, sizeof s->upstream_id, "%s", m.id);
                 if (s->owner.on_begin) s->owner.on_begin(s->ud, s, s->upstream_id, text, len);
@@ -598,6 +620,7 @@ static void relay_side_ended(relay_session *s) {
         char reason[WS_REASON_MAX + 1];
         int peer = ws_peer_close(s->u, reason, sizeof reason);
         s->upstream_code = peer;
+        if (relay_holds_key(s, reason, strlen(reason))) snprintf(reason, sizeof reason, "[redacted]");
         if (peer) {
             /* Passed on as it came (after what was queued before it): 1005 as a close
              * without a code, one a browser would refuse as 1011. */

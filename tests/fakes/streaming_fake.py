@@ -18,7 +18,8 @@ Modes, for every new session (POST /__control {"mode": ..., "max_seconds": N, "t
   handshake never answered); close-NNNN (Begin, then an Error and close NNNN); drop (Begin,
   then the TCP connection ends without a close); drop-after-turn; silent (Begin, then it
   stops reading: the relay's buffer toward it fills); no-termination (Terminate is not
-  answered); flood-N (N messages of 16 KiB right after Begin).
+  answered); flood-N (N messages of 16 KiB right after Begin); echo-key (a Turn, then an
+  Error and a close whose texts hold the key it was sent, as a careless server's might).
 GET /__stats -> {"sessions": [...], "handshakes": N, "open": N}: what each session received
 (its query, whether the key was right, its frames, pacing, texts, close codes). The key is
 never echoed. It prints "listening <scheme>://127.0.0.1:<port>" once ready.
@@ -227,6 +228,13 @@ class Fake:
             return
         if mode == "drop":
             reset(writer)
+            return
+        if mode == "echo-key":
+            await self.send(writer, s, {"type": "Turn", "transcript": f"you said {self.key}", "end_of_turn": True})
+            await self.send(writer, s, {"type": "Error", "error_code": 1008,
+                                        "error": f"bad Authorization: {self.key.upper()[:12]}..."})
+            await self.close(writer, s, 1008, f"key {self.key} refused")
+            await self.wait_close(reader, s)
             return
         if mode.startswith("flood-"):
             for i in range(int(mode[6:])):

@@ -920,6 +920,12 @@ class RelayAttacks(TokendTestCase):
         up = self.fake_.wait_ended()[0]
         self.assertEqual((up["frames"], up["texts"]), (0, ["Terminate"]))
 
+    def test_an_upstream_that_echoes_the_key_in_messages_and_its_close(self):
+        self.fake_.control(mode="echo-key")
+        c = self.connect()                      # it fails at once if the key arrives
+        self.assertEqual(c.until_closed(), (1008, "[redacted]"))
+        self.assertEqual([m["type"] for m in c.messages], ["Begin"], "the Turn and the Error were held back")
+
     def test_the_key_never_reaches_a_client_or_the_log(self):
         # The upstream refuses and echoes the key in its answer's body, as some servers do.
         for mode in ["refuse-401", "refuse-429", "refuse-500"]:
