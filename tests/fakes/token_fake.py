@@ -71,7 +71,7 @@ class Fake:
                 "requests": self.requests, "connections": self.connections, "tokens": self.tokens,
                 "last_query": self.last_query, "last_authorization": self.last_authorization,
                 "last_user_agent": self.last_user_agent,
-                "max_in_flight": self.max_in_flight, "fault": self.fault}).encode()
+                "max_in_flight": self.max_in_flight, "in_flight": self.in_flight, "fault": self.fault}).encode()
         if url.path != "/v3/token":
             return 404, {}, json.dumps({"error": "Not found"}).encode()
         if method != "GET":
@@ -143,11 +143,13 @@ class Fake:
             async for method, target, headers, body in requests(reader):
                 if target.startswith("/__control"):
                     result = self.control(body)
+                elif target.startswith("/__"):
+                    result = self.answer(method, target, headers)
                 else:
                     self.in_flight += 1
                     self.max_in_flight = max(self.max_in_flight, self.in_flight)
                     try:
-                        if self.latency_ms and not target.startswith("/__"):
+                        if self.latency_ms:
                             await asyncio.sleep(self.latency_ms / 1000)
                         result = self.answer(method, target, headers)
                     finally:

@@ -8,7 +8,7 @@ import threading
 import time
 import unittest
 
-from harness import DEFAULT_SCRIPT, TokendTestCase, request
+from harness import DEFAULT_SCRIPT, UNLIMITED, TokendTestCase, request
 from servers import HAProxy, Redis, SilentServer
 
 # A script with one Redis limiter per on_store_error policy, the Redis dictionary and raw
@@ -410,7 +410,7 @@ class BehindHAProxy(RedisTestCase):
         self.assertEqual(len(re.findall(r"access 127\.0\.0\.2 GET /token 200", logs)), 5)
 
     def test_rolling_restart_loses_no_request(self):
-        self.start(3)
+        self.start(3, policy=UNLIMITED)
         results, stop = [], threading.Event()
 
         def load():
@@ -428,7 +428,8 @@ class BehindHAProxy(RedisTestCase):
                 time.sleep(0.7)
                 old = self.instances[i]
                 self.assertEqual(old.stop(), 0)
-                self.instances[i] = self.instance(script=DEFAULT_SCRIPT, env={"TOKEND_TRUSTED_PROXIES": "127.0.0.1"},
+                self.instances[i] = self.instance(script=DEFAULT_SCRIPT, policy=UNLIMITED,
+                                                  env={"TOKEND_TRUSTED_PROXIES": "127.0.0.1"},
                                                   port=old.port)
                 self.wait_healthy()
             time.sleep(0.5)
