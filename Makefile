@@ -16,7 +16,7 @@ RUN_PACKAGES = gcc make cmake pkg-config liblua5.4-dev libmicrohttpd-dev libcurl
 # microphone, driven by playwright-core from npm. Several instances share limits through
 # a real Redis, behind a real HAProxy.
 TEST_PACKAGES = $(RUN_PACKAGES) python3 openssl lua5.4 curl chromium espeak-ng sox wrk valgrind luarocks \
-                redis-server haproxy
+                redis-server haproxy lua-luv lua-cqueues
 # Fuzzing: clang with libFuzzer and the sanitizer runtimes.
 FUZZ_PACKAGES = $(RUN_PACKAGES) clang libclang-rt-14-dev
 FUZZ_TARGETS = path query headers envfile upstream static toolkit
