@@ -97,12 +97,6 @@ static void lstate_heap_free(lstate_heap *hp) {
     free(hp);
 }
 
-size_t lstate_memory(lua_State *L) {
-    void *ud = NULL;
-    lua_getallocf(L, &ud);
-    return ((lstate_heap *)ud)->used;
-}
-
 /* ---- the instruction budget ---- */
 
 /* Once the budget is spent, the running code stops: a yieldable coroutine is suspended

@@ -18,9 +18,6 @@ lua_State *lstate_new(size_t memory_limit, char *err, size_t errlen);
 /* Closes a state made by lstate_new and frees its memory. NULL is allowed. */
 void lstate_close(lua_State *L);
 
-/* Bytes the state holds now. */
-size_t lstate_memory(lua_State *L);
-
 /* Puts the budget's count hook on a coroutine (coroutines created by Lua code inherit it). */
 void lstate_limit_thread(lua_State *co);
 

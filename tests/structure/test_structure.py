@@ -4,7 +4,9 @@
 - libmicrohttpd is used only by the HTTP front (src/http.c);
 - libtokend.a and libtokend.so export only tokend_* symbols, so a program may define its
   own log_msg or url_decode_path and link against either;
-- the settings table (tokend --help) , .env.example and the README list the same settings.
+- the settings table (tokend --help) , .env.example and the README list the same settings;
+- every function a header of src/ declares is used outside its own file (else it belongs
+  in that file, static).
 """
 import os
 import re
@@ -79,6 +81,46 @@ class Layout(unittest.TestCase):
             if re.search(r"<microhttpd\.h>|\bMHD_", text):
                 users.append(name)
         self.assertEqual(users, ["http.c"])
+
+
+# A function declared at the top level of a header: "type name(args);" (possibly over
+# several lines), not a typedef, a macro or a static one.
+DECLARATION = re.compile(r"^(?!typedef|#|static|extern|struct|enum|union|\s|/|\*)[A-Za-z_][\w \*]*?\b([a-z_][a-z0-9_]*)"
+                         r"\s*\([^;{}]*\)\s*;", re.M)
+
+
+def header_functions():
+    """(header, function) for every function a header of src/ declares."""
+    folder = os.path.join(SRC, "src")
+    for name in sorted(os.listdir(folder)):
+        if name.endswith(".h"):
+            with open(os.path.join(folder, name)) as f:
+                for m in DECLARATION.finditer(f.read()):
+                    yield name, m.group(1)
+
+
+class Headers(unittest.TestCase):
+    def test_every_declared_function_is_used_outside_its_file(self):
+        texts = {}
+        for base in ("src", os.path.join("tests", "unit"), os.path.join("tests", "fuzz")):
+            for root, _, files in os.walk(os.path.join(SRC, base)):
+                for n in files:
+                    if n.endswith((".c", ".h")):
+                        with open(os.path.join(root, n)) as f:
+                            texts[os.path.join(root, n)] = f.read()
+        found, unused = 0, []
+        for header, function in header_functions():
+            found += 1
+            own = {os.path.join(SRC, "src", header), os.path.join(SRC, "src", header[:-2] + ".c")}
+            if not any(re.search(rf"\b{function}\b", text) for path, text in texts.items() if path not in own):
+                unused.append(f"{header}: {function}")
+        self.assertGreater(found, 200, "the declaration pattern finds the headers' functions")
+        self.assertEqual(unused, [], "declared in a header but used only in its own file: make it static")
+
+    def test_the_pattern_finds_declarations(self):
+        text = ("int a_one(int x);\nstatic int hidden(void);\ntypedef int fn_t(void *ud);\n"
+                "const char *a_two(const struct x *p,\n                  size_t n);\n#define A_MACRO(x) (x)\n")
+        self.assertEqual([m.group(1) for m in DECLARATION.finditer(text)], ["a_one", "a_two"])
 
 
 @unittest.skipIf(SANITIZED, "the plain build checks the libraries")
