@@ -369,7 +369,7 @@ const lhost_world *lhost_world_of(const lhost *h) { return h->world; }
 size_t lhost_running(const lhost *h) { return h->running; }
 
 void lhost_check_loading(lua_State *L, const lhost *h, const char *fn) {
-    if (!h->loading) luaL_error(L, "tokend.%s can only be called while the script loads", fn);
+    if (!h->loading) luaL_error(L, "tokend.%s: only while the script loads (not in a handler or a timer)", fn);
 }
 
 int lhost_add_route(lhost *h, lua_State *L, const char *method, const char *path, int idx, const router_opts *o,

@@ -59,7 +59,7 @@ class CommandLine(TokendTestCase):
 
     def test_check_reports_file_and_line(self):
         for text, where in [('local x = \nreturn (', ":2:"), ('local tokend = require "tokend"\n\nerror("at load")', ":3: at load"),
-                            ('require "tokend".route("GET", "/a//b", print)', ":1: route path")]:
+                            ('require "tokend".route("GET", "/a//b", print)', ":1: tokend.route: route path")]:
             script = self.write("bad.lua", text)
             p = self.run_tokend(["--check", "--script", script])
             self.assertEqual(p.returncode, 1)
