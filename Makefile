@@ -22,7 +22,7 @@ FUZZ_PACKAGES = $(RUN_PACKAGES) clang libclang-rt-14-dev
 FUZZ_TARGETS = path query headers envfile upstream static toolkit
 FUZZ_SECONDS ?= 20
 
-.PHONY: all build run test test-sanitize test-valgrind fuzz bench deps-run deps-test deps-nodejs deps-node deps-fuzz clean
+.PHONY: all build run test check test-sanitize test-valgrind fuzz bench deps-run deps-test deps-nodejs deps-node deps-fuzz clean
 
 all: build
 
@@ -66,6 +66,13 @@ run: build
 	$(BUILD)/tokend $(ARGS)
 
 test: deps-test build
+	cd $(BUILD) && ctest --output-on-failure
+
+# The same build and tests, installing nothing: for a machine that has the dependencies
+# (a developer's after one `make test`, or a CI image built for it).
+check:
+	cmake -S . -B $(BUILD) -DTOKEND_WERROR=ON
+	cmake --build $(BUILD) -j$(JOBS)
 	cd $(BUILD) && ctest --output-on-failure
 
 # The same tests against a build with AddressSanitizer and UndefinedBehaviorSanitizer.
