@@ -83,6 +83,7 @@ static int lpattern_class(int c, int cl) {
     case 'u': in = isupper(c); break;
     case 'w': in = isalnum(c); break;
     case 'x': in = isxdigit(c); break;
+    case 'z': in = c == 0; break;      /* NUL: deprecated in Lua 5.2, still in 5.4's lstrlib.c */
     default: return cl == c;
     }
     return cl <= 'Z' ? !in : in != 0;      /* cl is one of the letters above */

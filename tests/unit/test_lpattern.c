@@ -20,7 +20,7 @@ static const char differential[] =
     "local pieces = { 'a', 'b', '.', '%a', '%d', '%s', '%W', '[ab]', '[^a]', '[a-c]', '[%d)]', '[]]', '%b()',\n"
     "  '%f[%w]', '%f[%W]', '(', ')', '()', '%1', '%%', '^', '$', '%(', 'x', '[', '%',\n"
     "  '%c', '%g', '%l', '%p', '%u', '%x', '%w', '%A', '%C', '%D', '%G', '%L', '%P', '%S', '%U', '%X',\n"
-    "  '[%u%p]', '[^%S]', '%@', '%\\200' }\n"
+    "  '[%u%p]', '[^%S]', '%@', '%\\200', '%z', '%Z', '[%z]', '[^%z]', '%f[%z]' }\n"
     "local quants = { '', '', '', '*', '+', '-', '?' }\n"
     "local alphabet = { 'a', 'b', 'c', '(', ')', '1', ' ', 'x', '%', ']', 'A', 'F', 'G', '\\t', '\\0', '@',\n"
     "  '\\200', '\\255', '`' }\n"
@@ -119,6 +119,9 @@ static void test_known(void) {
         { "return string.match('  x  ', '^%s*(.-)%s*$')", "x" },
         { "return string.find('THE (quick) fox', '%f[%a]%a+%f[%A]', 5)", "6 10" },
         { "return string.match('hello', '()ll()')", "3 5" },
+        { "return string.find('a\\0b', '%z')", "2 2" },
+        { "return string.find('\\0\\0a', '%Z')", "3 3" },
+        { "return string.gsub('a\\0b\\0', '[%z]', '.')", "a.b. 2" },
         { "local t = {} for k, v in string.gmatch('a=1, b=2', '(%w+)=(%w+)') do t[#t+1] = k..v end return table.concat(t, ',')", "a1,b2" },
     };
     lua_State *L = luaL_newstate();
