@@ -101,8 +101,20 @@ static lua_Integer lhttp_opt_int(lua_State *L, const char *field, lua_Integer df
     return v;
 }
 
+/* Whether a header belongs to one connection or frames the body: libcurl sets these itself.
+ * Passed on from a client by a script, they could make the backend read the body another
+ * way than libcurl sends it, and the worker's kept-alive connection to it would desync. */
+static int lhttp_hop_by_hop(const char *name) {
+    static const char *const names[] = { "Content-Length", "Transfer-Encoding", "Connection", "Keep-Alive",
+                                         "Upgrade", "TE" };
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
+        if (strcasecmp(name, names[i]) == 0) return 1;
+    return 0;
+}
+
 /* Pushes a table of the request's header lines, "Name: value", from opts.headers (names to
- * strings or numbers), with tokend's User-Agent unless one is given. Raises on a bad one. */
+ * strings or numbers) without the hop-by-hop ones, with tokend's User-Agent unless one is
+ * given. Raises on a bad one. */
 static void lhttp_push_header_lines(lua_State *L) {
     int has_agent = 0;
     lua_Integer n = 0;
@@ -118,8 +130,10 @@ static void lhttp_push_header_lines(lua_State *L) {
             if (!nlen || strpbrk(name, ":\r\n \t") || strpbrk(value, "\r\n") || strlen(value) != vlen)
                 luaL_error(L, "tokend.http.request: header \"%s\" has a bad name or value", name);
             if (strcasecmp(name, "User-Agent") == 0) has_agent = 1;
-            lua_pushfstring(L, "%s: %s", name, value);
-            lua_rawseti(L, -5, ++n);
+            if (!lhttp_hop_by_hop(name)) {
+                lua_pushfstring(L, "%s: %s", name, value);
+                lua_rawseti(L, -5, ++n);
+            }
             lua_pop(L, 1);
         }
     }

@@ -784,6 +784,50 @@ class JwtAttacks(TokendTestCase):
                 self.assertEqual(j.get("sub") or j.get("kind"), expected, j)
 
 
+FORWARDING_SCRIPT = r'''
+local tokend = require "tokend"
+local cjson = require "cjson"
+local BACKEND = tokend.env("BACKEND")
+-- Forwards the client's headers as they are: what a script may well do.
+tokend.route("POST", "/forward", function(req)
+  local res, err = tokend.http.request(BACKEND .. "/echo", { method = "POST", headers = req.headers,
+                                                             body = "prefix:" .. req.body })
+  return 200, res and cjson.decode(res.body) or { err = err }
+end)
+tokend.route("GET", "/headers", function(req) return 200, req.headers end)
+'''
+
+
+class ForwardedHeaders(TokendTestCase):
+    """A script forwarding a client's headers to its backend over the worker's kept-alive
+    connection: framing and hop-by-hop headers must not reach it."""
+
+    def test_framing_and_hop_by_hop_headers_are_dropped(self):
+        import sys
+        sys.path.insert(0, os.path.join(SRC, "tests", "fakes"))
+        from backend import Backend
+        backend = Backend()
+        self.addCleanup(backend.stop)
+        t = self.tokend(key=None, script=self.write("forward.lua", FORWARDING_SCRIPT), env={"BACKEND": backend.url})
+        for i in range(3):
+            # Content-Length: 1 forwarded with a longer body would leave "refix:x" on the
+            # backend connection as the start of the next request.
+            out, _ = raw_exchange(t.port, b"POST /forward HTTP/1.1\r\nHost: localhost\r\nContent-Length: 1\r\n"
+                                  b"Connection: keep-alive, Upgrade\r\nUpgrade: websocket\r\nKeep-Alive: timeout=99\r\n"
+                                  b"TE: trailers\r\nX-Mine: %d\r\n\r\nx" % i)
+            echo = json.loads(responses(out)[0][2])
+            self.assertEqual(echo["body"], "prefix:x", echo)
+            self.assertEqual(echo["headers"].get("content-length"), "8", "libcurl frames the body itself")
+            for name in ["connection", "upgrade", "keep-alive", "te", "transfer-encoding"]:
+                self.assertNotIn(name, echo["headers"])
+            self.assertEqual(echo["headers"]["x-mine"], str(i), "other headers are passed on")
+        self.assertEqual(backend.connections, 1, "one kept-alive connection served every call")
+        out, _ = raw_exchange(t.port, b"GET /headers HTTP/1.1\r\nHost: localhost\r\nCookie: a=1\r\nCookie: b=2\r\n"
+                              b"Accept: x\r\nAccept: y\r\n\r\n")
+        headers = json.loads(responses(out)[0][2])
+        self.assertEqual((headers["cookie"], headers["accept"]), ("a=1; b=2", "x, y"), "one cookie-string, RFC 6265")
+
+
 class ForwardProxy:
     """An HTTP forward proxy on loopback that records what it is asked and passes plain
     requests to the token fake."""
