@@ -25,7 +25,7 @@
  * The pool is the header limit plus this much, so that tokend answers every request
  * within the limit, and refuses the ones past it with its own errors. */
 #define HTTP_POOL_RESERVE 4096
-#define HTTP_XFF_MAX 32             /* X-Forwarded-For header lines believed in one request */
+#define HTTP_XFF_MAX 32             /* X-Forwarded-For header lines read, the last ones of a request */
 #define HTTP_TICK_MS 1000           /* the front's periodic work: request deadlines, log counts */
 /* A larger response that does not complete is logged with the bytes the client's TCP
  * acknowledged, not its whole length (a smaller one fits the socket buffers anyway). */
@@ -397,30 +397,32 @@ static int http_parse_target(http_request *req) {
     return -1;
 }
 
-/* The X-Forwarded-For header lines of a request, in arrival order. */
+/* The last HTTP_XFF_MAX X-Forwarded-For header lines of a request, as a ring. */
 typedef struct http_xff {
     const char *values[HTTP_XFF_MAX];
-    size_t n;
-    int too_many;
+    size_t n;                   /* lines seen */
 } http_xff;
 
 static enum MHD_Result http_collect_xff(void *cls, enum MHD_ValueKind kind, const char *key, const char *value) {
     http_xff *x = cls;
     (void)kind;
-    if (strcasecmp(key, "X-Forwarded-For") != 0) return MHD_YES;
-    if (x->n == HTTP_XFF_MAX) x->too_many = 1;
-    else x->values[x->n++] = value ? value : "";
+    if (strcasecmp(key, "X-Forwarded-For") == 0) x->values[x->n++ % HTTP_XFF_MAX] = value ? value : "";
     return MHD_YES;
 }
 
-/* Sets req->client: the peer, or the client a trusted proxy names in X-Forwarded-For
- * (all of it: every header line, however long). */
+/* Sets req->client: the peer, or the client a trusted proxy names in X-Forwarded-For. Each
+ * proxy appends to the end (a line, or an entry of the last line), so the right-most
+ * entries are the ones to read: lines past the limit are dropped from the start, where
+ * the client wrote its own, and never make the client the proxy. */
 static void http_resolve_client(http_front *f, http_exchange *ex) {
     http_request *req = &ex->pub;
     if (!netaddr_nets_contain(f->proxies, req->peer)) return;
-    http_xff x = { { 0 }, 0, 0 };
+    http_xff x = { { 0 }, 0 };
+    const char *lines[HTTP_XFF_MAX];
     MHD_get_connection_values(ex->conn, MHD_HEADER_KIND, http_collect_xff, &x);
-    if (!x.too_many) netaddr_client(f->proxies, req->peer, x.values, x.n, req->client, sizeof req->client);
+    size_t kept = x.n < HTTP_XFF_MAX ? x.n : HTTP_XFF_MAX;
+    for (size_t i = 0; i < kept; i++) lines[i] = x.values[(x.n - kept + i) % HTTP_XFF_MAX];
+    netaddr_client(f->proxies, req->peer, lines, kept, req->client, sizeof req->client);
 }
 
 /* What the headers of a request tell about how its body is framed, and their size. */

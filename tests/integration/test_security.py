@@ -498,6 +498,30 @@ class Findings(TokendTestCase):
             r = t.get("/metrics", headers={"X-Forwarded-For": xff})
             self.assertEqual(r.status, 404, f"{xff!r}: /metrics is not for proxied requests")
 
+    def test_forwarded_for_past_the_line_limit(self):
+        # Behind HAProxy (option forwardfor), each proxy adds its line at the end: a client
+        # sending 32 lines of its own once made tokend fall back to the proxy's address,
+        # giving the client a second bucket and naming the proxy in the logs.
+        script = self.write("routes.lua", CLIENT_ECHO + open(default_script(self.workdir, TOKEN_BURST=1)).read()
+                            .replace('local tokend = require "tokend"', "", 1))
+        t = self.tokend(fake=self.fake(), script=script, env={"TOKEND_TRUSTED_PROXIES": "127.0.0.1"})
+
+        def get(path, lines):
+            head = "".join(f"X-Forwarded-For: {line}\r\n" for line in lines)
+            out, _ = raw_exchange(t.port, f"GET {path} HTTP/1.1\r\nHost: localhost\r\n{head}\r\n".encode())
+            return responses(out)[0]
+        own = [f"203.0.113.{k}" for k in range(32)]
+        self.assertEqual(get("/token", ["198.51.100.1"])[0], 200)
+        self.assertEqual(get("/token", own + ["198.51.100.1"])[0], 429, "33 lines: the same client, the same bucket")
+        self.assertEqual(get("/token", own * 3 + ["127.0.0.1"] * 5 + ["198.51.100.1"])[0], 429)
+        for lines, client in [(own + ["198.51.100.2"], "198.51.100.2"),
+                              (own + ["6.6.6.6, 198.51.100.3", "127.0.0.1"], "198.51.100.3"),
+                              (["127.0.0.1"] * 40 + ["198.51.100.4"], "198.51.100.4")]:
+            self.assertEqual(json.loads(get("/who", lines)[2])["client"], client)
+        log = t.wait_log("access 198.51.100.1 GET /token 429")
+        self.assertEqual(len(re.findall(r"access 198\.51\.100\.1 GET /token 429", log)), 2, log)
+        self.assertNotIn("access 127.0.0.1", log, "the proxy is never taken for the client")
+
     def test_dual_stack_clients_are_ipv4(self):
         fake = self.fake()
         script = self.write("routes.lua", CLIENT_ECHO + open(DEFAULT_SCRIPT).read()
