@@ -425,6 +425,80 @@ static void http_resolve_client(http_front *f, http_exchange *ex) {
     netaddr_client(f->proxies, req->peer, lines, kept, req->client, sizeof req->client);
 }
 
+/* RFC 9110 5.6.2: whether c may be in a token (a header name). */
+static int http_tchar(unsigned char c) {
+    return (c >= '0' && c <= '9') || ((c | 0x20) >= 'a' && (c | 0x20) <= 'z') || (c && strchr("!#$%&'*+-.^_`|~", c));
+}
+
+/* libmicrohttpd 0.9.75 accepts request heads that RFC 9112 forbids and parses some of them
+ * differently from the proxies in front of it: a bare LF as a line end, whitespace between
+ * a header's name and its colon (kept in the name), and an obs-fold line (one starting
+ * with a space or a tab), which it appends to the previous header's *name*, so that
+ * "Content-Length:\r\n 44" frames no body here and 44 bytes in a proxy. What it did
+ * shows in where it left the request: it parses the head in place in its read buffer,
+ * replacing each CRLF (or bare LF) with NUL bytes and each header's colon with a NUL, and
+ * hands out pointers into it, in arrival order; a name continued by a fold is moved
+ * elsewhere. So a head is well-formed when, from the request line on, each header name
+ * starts right after a CRLF ("\0\0"), is a token up to its colon, its value follows
+ * after spaces or tabs and runs to the next "\0\0" without a CR, and the head ends with
+ * an empty line exactly where libmicrohttpd says it does. A NUL in a value ends it early
+ * and shows as well; one right before a bare LF cannot be told from a CRLF (its value
+ * stops there for every reader). */
+typedef struct http_syntax {
+    const char *next;           /* where the next line must start */
+    const char *end;            /* the end of the head */
+    const char *error;          /* the first violation, or NULL */
+    int hosts;                  /* Host headers */
+} http_syntax;
+
+/* Moves past the line end at eol, which must be a CRLF; returns 0 or -1. */
+static int http_syntax_eol(http_syntax *sx, const char *eol) {
+    if (eol < sx->next || sx->end - eol < 2 || eol[0] != '\0' || eol[1] != '\0') return -1;
+    sx->next = eol + 2;
+    return 0;
+}
+
+static enum MHD_Result http_syntax_line(void *cls, enum MHD_ValueKind kind, const char *key, const char *value) {
+    http_syntax *sx = cls;
+    (void)kind;
+    if (key != sx->next || !value) {
+        sx->error = "malformed header: a folded line, a bare LF or a NUL byte (RFC 9112 5.2, 2.2)";
+        return MHD_NO;
+    }
+    size_t n = 0;
+    while (http_tchar((unsigned char)key[n])) n++;
+    if (n == 0 || key[n] != '\0') {
+        sx->error = "malformed header name (RFC 9112 5.1: a token right before the colon)";
+        return MHD_NO;
+    }
+    const char *v = key + n + 1;
+    while (v < value && (*v == ' ' || *v == '\t')) v++;
+    size_t len = strlen(value);
+    if (v != value || memchr(value, '\r', len) || http_syntax_eol(sx, value + len) < 0) {
+        sx->error = "malformed header value: a bare CR or LF, or a NUL byte (RFC 9112 2.2, RFC 9110 5.5)";
+        return MHD_NO;
+    }
+    if (strcasecmp(key, "Host") == 0) sx->hosts++;
+    return MHD_YES;
+}
+
+/* Checks the request head's syntax (see http_syntax) and its Host headers (RFC 9112 3.2:
+ * one, and one at least in HTTP/1.1). Returns NULL, or what is wrong. */
+static const char *http_check_syntax(http_exchange *x, const char *method, const char *version) {
+    const union MHD_ConnectionInfo *ci = MHD_get_connection_info(x->conn, MHD_CONNECTION_INFO_REQUEST_HEADER_SIZE);
+    if (!ci || !method || !version || version < method) return "malformed request";
+    http_syntax sx = { method, method + ci->header_size, NULL, 0 };
+    if (sx.end < version || http_syntax_eol(&sx, version + strlen(version)) < 0)
+        return "malformed request line (RFC 9112 2.2: lines end with CRLF)";
+    MHD_get_connection_values(x->conn, MHD_HEADER_KIND, http_syntax_line, &sx);
+    if (sx.error) return sx.error;
+    if (sx.end - sx.next != 2 || sx.next[0] != '\0' || sx.next[1] != '\0')
+        return "malformed end of the request head (RFC 9112 2.2: CRLF)";
+    if (sx.hosts > 1) return "more than one Host header";
+    if (sx.hosts == 0 && strcmp(version, "HTTP/1.0") != 0) return "missing Host header (required in HTTP/1.1)";
+    return NULL;
+}
+
 /* What the headers of a request tell about how its body is framed, and their size. */
 typedef struct http_framing {
     size_t header_bytes;        /* "Name: value\r\n" of every header */
@@ -464,14 +538,19 @@ static void http_request_fail_close(http_request *req, int status, const char *m
     http_request_respond(req, status, resp, len);
 }
 
-/* Checks what must hold before a request is dispatched: its size, one unambiguous
+/* Checks what must hold before a request is dispatched: its syntax and Host (http_check_syntax), its size, one unambiguous
  * framing of its body (RFC 9112 6.3: a request with both Content-Length and
  * Transfer-Encoding, or with Content-Lengths that differ, can be read two ways, and the
  * bytes after it smuggled in as a request of their own), and its Host. Returns 0, or -1
  * once it answered the request. */
-static int http_check_request(http_front *f, http_exchange *x) {
+static int http_check_request(http_front *f, http_exchange *x, const char *version) {
     http_request *req = &x->pub;
     http_framing fr = { 0, NULL, 0, NULL };
+    const char *malformed = http_check_syntax(x, req->method, version);
+    if (malformed) {
+        http_request_fail_close(req, 400, malformed);
+        return -1;
+    }
     MHD_get_connection_values(x->conn, MHD_HEADER_KIND, http_collect_framing, &fr);
     size_t line = strlen(req->method) + x->target_len + sizeof " HTTP/1.1\r\n";
     if (x->target_len > f->max_header_bytes) {
@@ -514,7 +593,6 @@ static enum MHD_Result http_on_request(void *cls, struct MHD_Connection *conn, c
     http_front *f = cls;
     http_exchange *x = *con_cls;
     (void)url;
-    (void)version;
     if (!x) return MHD_NO;      /* out of memory in http_on_uri: drop the connection */
     http_request *req = &x->pub;
     switch (x->state) {
@@ -524,7 +602,7 @@ static enum MHD_Result http_on_request(void *cls, struct MHD_Connection *conn, c
         http_resolve_client(f, x);
         int parsed = http_parse_target(req);
         if (parsed == -2) http_request_fail(req, 503, "out of memory");
-        if (parsed == -2 || http_check_request(f, x) < 0) return http_queue(x);
+        if (parsed == -2 || http_check_request(f, x, version) < 0) return http_queue(x);
         if (parsed < 0) {
             http_request_fail(req, 400, "malformed request path");
             return http_queue(x);

@@ -461,6 +461,31 @@ RAW_REQUESTS = [
     ("150 query arguments", b"GET /index.html?" + b"&".join(b"a%d=1" % i for i in range(150)) +
      b" HTTP/1.1\r\nHost: localhost\r\n\r\n", 400, False),
     ("HEAD of a GET route mints nothing", b"HEAD /token HTTP/1.1\r\nHost: localhost\r\n\r\n", 200, False),
+    # RFC 9112 5.1, 5.2, 2.2 and 3.2: libmicrohttpd lets these through.
+    ("an obs-fold line", b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nX-A: 1\r\n folded\r\n\r\n", 400, True),
+    ("a Content-Length folded onto its next line (a smuggled request)",
+     b"POST /healthz HTTP/1.1\r\nHost: localhost\r\nContent-Length:\r\n 44\r\n\r\n"
+     b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n", 400, True),
+    ("a tab-folded line", b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nX-A: 1\r\n\tfolded\r\n\r\n", 400, True),
+    ("a space before the colon", b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nContent-Length : 5\r\n\r\nhello", 400, True),
+    ("a tab before the colon", b"GET /healthz HTTP/1.1\r\nHost\t: localhost\r\n\r\n", 400, True),
+    ("a header name that is not a token", b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nX(A): 1\r\n\r\n", 400, True),
+    ("bare LF line ends", b"GET /healthz HTTP/1.1\nHost: localhost\n\n", 400, True),
+    ("a bare LF after the request line", b"GET /healthz HTTP/1.1\nHost: localhost\r\n\r\n", 400, True),
+    ("a bare LF after a header", b"GET /healthz HTTP/1.1\r\nHost: localhost\nX-A: 1\r\n\r\n", 400, True),
+    ("a bare LF ending the head", b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\n", 400, True),
+    ("a bare CR in a value", b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nX-A: 1\rX-B: 2\r\n\r\n", 400, True),
+    ("a NUL in Host", b"GET /healthz HTTP/1.1\r\nHost: localhost\x00.attacker.example\r\n\r\n", 400, True),
+    ("a NUL ending Host", b"GET /healthz HTTP/1.1\r\nHost: localhost\x00\r\n\r\n", 400, True),
+    ("a NUL in another header", b"GET /healthz HTTP/1.1\r\nX-A: a\x00b\r\nHost: localhost\r\n\r\n", 400, True),
+    ("two Host headers", b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nHost: attacker.example\r\n\r\n", 400, True),
+    ("two equal Host headers", b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nhost: localhost\r\n\r\n", 400, True),
+    ("HTTP/1.1 without Host", b"GET /healthz HTTP/1.1\r\nX-A: 1\r\n\r\n", 400, True),
+    ("HTTP/1.0 without Host is served", b"GET /healthz HTTP/1.0\r\n\r\n", 200, True),
+    ("40 header lines are fine", b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n" +
+     b"".join(b"X-Pad-%d: %s\r\n" % (i, b"p" * 50) for i in range(40)) + b"\r\n", 200, False),
+    ("empty values and tabs are fine", b"GET /healthz HTTP/1.1\r\nHost:localhost\r\nX-A:\r\nX-B: \t\r\n"
+     b"X-C:\t1 \t2\t\r\n\r\n", 200, False),
 ]
 
 
@@ -482,6 +507,13 @@ class Findings(TokendTestCase):
                 if closes:
                     self.assertTrue(closed, "the connection is closed after the refusal")
         self.assertEqual(fake.stats()["requests"], 0, "no request above reached the upstream")
+        # Requests after the first on a connection (libmicrohttpd moves them in its buffer)
+        # are checked the same way: well-formed ones served, the rest refused.
+        ok = b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n"
+        out, _ = raw_exchange(t.port, ok * 3)
+        self.assertEqual([a[0] for a in responses(out)], [200] * 3)
+        out, closed = raw_exchange(t.port, ok + b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n folded\r\n\r\n" + ok)
+        self.assertEqual(([a[0] for a in responses(out)], closed), ([200, 400], True))
 
     def test_forwarded_for_is_read_whole(self):
         fake = self.fake()
