@@ -27,6 +27,9 @@
 #define HTTP_POOL_RESERVE 4096
 #define HTTP_XFF_MAX 32             /* X-Forwarded-For header lines read, the last ones of a request */
 #define HTTP_TICK_MS 1000           /* the front's periodic work: request deadlines, log counts */
+/* A chunked body past the limit is read on and dropped up to this much before its 413
+ * (see REQ_BODY); a longer one has its connection cut. */
+#define HTTP_DISCARD_MAX (1024 * 1024)
 /* A larger response that does not complete is logged with the bytes the client's TCP
  * acknowledged, not its whole length (a smaller one fits the socket buffers anyway). */
 #define HTTP_BYTES_TRACKED (16 * 1024)
@@ -69,6 +72,7 @@ typedef struct http_exchange {
     long long acked_at_queue;           /* the connection's acknowledged bytes then, or -1 */
     struct MHD_Response *response;
     int suspended;
+    size_t discarded;                   /* body bytes dropped past the limit */
     log_field *log_fields;              /* added to the access line (keys and values owned) */
     size_t nlog_fields;
     struct http_exchange *prev, *next;  /* list of dispatched, unanswered requests */
@@ -614,9 +618,18 @@ static enum MHD_Result http_on_request(void *cls, struct MHD_Connection *conn, c
         if (*upload_data_size) {
             size_t n = *upload_data_size;
             *upload_data_size = 0;
-            if (req->body_len + n > f->max_body_bytes) {
-                http_request_fail(req, 413, "request body too large");
-                return http_queue(x);
+            if (x->discarded || req->body_len + n > f->max_body_bytes) {
+                /* A chunked body past the limit (a Content-Length one was refused before it
+                 * came). libmicrohttpd answers only once the body is whole, and closing
+                 * now, with the client's bytes unread, would reset the connection under
+                 * any answer: drop the rest, within a bound (and the request deadline). */
+                free(req->body);
+                req->body = NULL;
+                req->body_len = 0;
+                x->discarded += n;
+                if (x->discarded <= HTTP_DISCARD_MAX) return MHD_YES;
+                x->status = 413;        /* for the access line: cut, nothing sent */
+                return MHD_NO;
             }
             char *b = realloc(req->body, req->body_len + n + 1);
             if (!b) return MHD_NO;
@@ -625,6 +638,10 @@ static enum MHD_Result http_on_request(void *cls, struct MHD_Connection *conn, c
             req->body_len += n;
             b[req->body_len] = '\0';
             return MHD_YES;
+        }
+        if (x->discarded) {
+            http_request_fail_close(req, 413, "request body too large");
+            return http_queue(x);
         }
         x->state = REQ_DISPATCHED;
         http_conn_waiting(conn, 0);

@@ -227,6 +227,50 @@ class Limits(TokendTestCase):
         self.assertEqual(t.get("/token", method="POST", body="x" * 1001).status, 413)
         self.assertEqual(t.get("/token", method="POST", body="x" * 1000).status, 405)
 
+    def test_chunked_body_past_the_limit(self):
+        # 413 once the body is over, then an orderly close: closing under the client's
+        # upload would reset the connection, and the client could lose the answer.
+        t = self.tokend(key=None, env={"TOKEND_MAX_BODY_BYTES": "1000"})
+
+        def post(sizes):
+            body = b"".join(b"%x\r\n%s\r\n" % (n, b"x" * n) for n in sizes) + b"0\r\n\r\n"
+            s = socket.create_connection(("127.0.0.1", t.port))
+            s.settimeout(10)
+            s.sendall(b"POST /token HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n")
+            for i in range(0, len(body), 4096):
+                s.sendall(body[i:i + 4096])
+            out = b""
+            try:
+                while chunk := s.recv(65536):
+                    out += chunk
+            except ConnectionResetError:
+                self.fail(f"reset after {out[:100]!r}")
+            finally:
+                s.close()
+            return out
+        for sizes in [[1001], [600, 600], [1000, 1], [4000] * 50]:
+            with self.subTest(sum(sizes)):
+                answers = responses(post(sizes))
+                self.assertEqual([a[0] for a in answers], [413])
+                self.assertEqual(answers[0][1]["connection"], "close")
+                self.assertEqual(json.loads(answers[0][2]), {"error": "request body too large"})
+        self.assertEqual(post([500, 500])[:12], b"HTTP/1.1 405", "within the limit: the route answers")
+        # Past 1 MiB more, the upload is cut rather than read for ever.
+        s = socket.create_connection(("127.0.0.1", t.port))
+        s.settimeout(10)
+        s.sendall(b"POST /token HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n")
+        sent = 0
+        try:
+            while sent < 8 << 20:
+                s.sendall(b"10000\r\n" + b"x" * 0x10000 + b"\r\n")
+                sent += 0x10000
+        except OSError:
+            pass
+        self.assertLess(sent, 8 << 20, "the server stopped reading")
+        self.assertTrue(closed_by_server(s, 5))
+        s.close()
+        self.assertIn("POST /token 413", t.wait_log("POST /token 413"))
+
     def test_query_argument_count(self):
         t = self.tokend(key=None, env={"TOKEND_MAX_QUERY_ARGS": "3"})
         self.assertEqual(t.get("/token?a=1&b=2&c=3").status, 503)
