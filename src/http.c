@@ -8,6 +8,7 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 #include <linux/tcp.h>
 #include <microhttpd.h>
@@ -44,6 +45,7 @@ struct http_front {
     void *dispatch_ud;
     size_t max_body_bytes;
     size_t in_flight;
+    struct http_exchange *heads;    /* head being received: the handler not called yet */
     struct http_exchange *pending;  /* dispatched, unanswered */
     int closing;                    /* http_free is under way */
     int quiesced_fd;            /* listening socket handed back by MHD_quiesce_daemon, or -1 */
@@ -75,7 +77,7 @@ typedef struct http_exchange {
     size_t discarded;                   /* body bytes dropped past the limit */
     log_field *log_fields;              /* added to the access line (keys and values owned) */
     size_t nlog_fields;
-    struct http_exchange *prev, *next;  /* list of dispatched, unanswered requests */
+    struct http_exchange *prev, *next;  /* in the front's heads, then in its pending list */
 } http_exchange;
 
 #define HTTP_EXCHANGE(req) ((http_exchange *)(req))
@@ -92,12 +94,61 @@ typedef struct http_conn {
     char peer[64];
 } http_conn;
 
+static void http_list_push(http_exchange **list, http_exchange *x) {
+    x->prev = NULL;
+    x->next = *list;
+    if (*list) (*list)->prev = x;
+    *list = x;
+}
+
+static void http_list_unlink(http_exchange **list, http_exchange *x) {
+    if (x->prev) x->prev->next = x->next;
+    else if (*list == x) *list = x->next;
+    if (x->next) x->next->prev = x->prev;
+    x->prev = x->next = NULL;
+}
+
+/* libmicrohttpd 0.9.75 answers a malformed or overflowing Content-Length itself, then goes
+ * on as if it had not and builds its answer's header a second time: the client would get
+ * two header blocks and one body. It logs the cause first, while the request is the only
+ * one whose head is whole and whose handler has not run (libmicrohttpd calls it at once
+ * otherwise) with no answer yet. tokend answers it there with one well-formed response,
+ * then shuts the sending side: libmicrohttpd's own answer fails and it closes. */
+static void http_refuse_framing(http_front *f, int status, const char *message) {
+    http_exchange *x = f->heads;
+    while (x && (x->status || !MHD_get_connection_info(x->conn, MHD_CONNECTION_INFO_REQUEST_HEADER_SIZE) ||
+                 MHD_get_connection_info(x->conn, MHD_CONNECTION_INFO_HTTP_STATUS)))
+        x = x->next;
+    const union MHD_ConnectionInfo *ci = x ? MHD_get_connection_info(x->conn, MHD_CONNECTION_INFO_CONNECTION_FD) : NULL;
+    if (!ci) return;
+    char body[200], date[64], out[600];
+    size_t blen = json_escape(body, (size_t)snprintf(body, sizeof body, "{\"error\":\""), sizeof body - 3, message);
+    memcpy(body + blen, "\"}", 3);
+    blen += 2;
+    time_t now = time(NULL);
+    struct tm tm;
+    strftime(date, sizeof date, "%a, %d %b %Y %H:%M:%S GMT", gmtime_r(&now, &tm));
+    int n = snprintf(out, sizeof out, "HTTP/1.1 %d %s\r\nDate: %s\r\nConnection: close\r\n"
+                     "X-Content-Type-Options: nosniff\r\nContent-Type: application/json\r\nCache-Control: no-store\r\n"
+                     "Content-Length: %zu\r\n\r\n%s", status, status == 413 ? "Content Too Large" : "Bad Request",
+                     date, blen, body);
+    if (n > 0 && (size_t)n < sizeof out) (void)!send(ci->connect_fd, out, (size_t)n, MSG_NOSIGNAL | MSG_DONTWAIT);
+    shutdown(ci->connect_fd, SHUT_WR);
+    x->pub.method = "-";        /* libmicrohttpd does not say which: the access line shows "-" */
+    x->status = status;
+    x->bytes = blen;
+}
+
 /* libmicrohttpd's own messages: most are caused by clients (malformed or oversized
  * requests, resets), which can repeat them at will, so they are throttled. */
 static void http_mhd_log(void *cls, const char *fmt, va_list ap) {
     char msg[1024];
-    (void)cls;
     vsnprintf(msg, sizeof msg, fmt, ap);
+    static const char malformed[] = "Failed to parse `Content-Length'", overflow[] = "Too large value of 'Content-Length'";
+    if (strncmp(msg, malformed, sizeof malformed - 1) == 0)
+        http_refuse_framing(cls, 400, "malformed Content-Length header");
+    else if (strncmp(msg, overflow, sizeof overflow - 1) == 0)
+        http_refuse_framing(cls, 413, "request body too large");
     size_t n = strlen(msg);
     while (n && (msg[n - 1] == '\n' || msg[n - 1] == '\r')) msg[--n] = '\0';
     int client_caused = strstr(msg, "Error processing request") || strstr(msg, "HTTP request") ||
@@ -128,6 +179,7 @@ static void *http_on_uri(void *cls, const char *uri, struct MHD_Connection *conn
     req->log_every = 1;
     req->start_us = loop_now_us();
     snprintf(req->route, sizeof req->route, "none");
+    http_list_push(&x->front->heads, x);
     const union MHD_ConnectionInfo *ci = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
     netaddr_of_sockaddr(ci ? ci->client_addr : NULL, req->peer, sizeof req->peer);
     memcpy(req->client, req->peer, sizeof req->client);
@@ -208,13 +260,6 @@ static void http_on_tick(void *ud) {
     loop_timer_start(f->lp, &f->tick_timer, HTTP_TICK_MS, http_on_tick, f);
 }
 
-static void http_pending_unlink(http_front *f, http_exchange *x) {
-    if (x->prev) x->prev->next = x->next;
-    else if (f->pending == x) f->pending = x->next;
-    if (x->next) x->next->prev = x->prev;
-    x->prev = x->next = NULL;
-}
-
 /* The bytes the peer's TCP acknowledged on conn so far, or -1 when not known. */
 static long long http_tcp_acked(struct MHD_Connection *conn) {
     const union MHD_ConnectionInfo *ci = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CONNECTION_FD);
@@ -252,9 +297,11 @@ static void http_on_completed(void *cls, struct MHD_Connection *conn, void **con
     if (!x) return;
     http_request *req = &x->pub;
     *con_cls = NULL;
-    if (x->state == REQ_DISPATCHED) {
+    if (x->state == REQ_NEW) {
+        http_list_unlink(&f->heads, x);     /* refused by libmicrohttpd, or the client left */
+    } else if (x->state == REQ_DISPATCHED) {
         /* Only reachable when the daemon stops under a request: never leave it linked. */
-        http_pending_unlink(f, x);
+        http_list_unlink(&f->pending, x);
         f->in_flight--;
         metrics_in_flight(-1);
     }
@@ -355,7 +402,7 @@ void http_request_respond(http_request *req, int status, http_response *resp, un
         return;
     }
     if (x->state == REQ_DISPATCHED) {
-        http_pending_unlink(f, x);
+        http_list_unlink(&f->pending, x);
         f->in_flight--;
         metrics_in_flight(-1);
     }
@@ -601,6 +648,7 @@ static enum MHD_Result http_on_request(void *cls, struct MHD_Connection *conn, c
     http_request *req = &x->pub;
     switch (x->state) {
     case REQ_NEW: {
+        http_list_unlink(&f->heads, x);
         req->method = method;
         x->conn = conn;
         http_resolve_client(f, x);
@@ -645,9 +693,7 @@ static enum MHD_Result http_on_request(void *cls, struct MHD_Connection *conn, c
         }
         x->state = REQ_DISPATCHED;
         http_conn_waiting(conn, 0);
-        x->next = f->pending;
-        if (f->pending) f->pending->prev = x;
-        f->pending = x;
+        http_list_push(&f->pending, x);
         f->in_flight++;
         metrics_in_flight(1);
         if (f->closing) http_request_fail(req, 503, "server shutting down");

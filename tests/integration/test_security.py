@@ -435,8 +435,9 @@ class KeyNeverLeaks(TokendTestCase):
 
 # ---- Regression tests for the attacker's findings (issue 11), as tables where they fit ----
 
-def raw_exchange(port, data, timeout=5, src=None, family=socket.AF_INET, host="127.0.0.1"):
-    """Sends raw bytes, reads until the server closes or goes quiet; returns (bytes, closed)."""
+def raw_exchange(port, data, timeout=5, src=None, family=socket.AF_INET, host="127.0.0.1", reset_ok=True):
+    """Sends raw bytes, reads until the server closes or goes quiet; returns (bytes, closed).
+    Unless reset_ok, a reset instead of an orderly close is an error."""
     s = socket.socket(family, socket.SOCK_STREAM)
     if src:
         s.bind((src, 0))
@@ -456,6 +457,7 @@ def raw_exchange(port, data, timeout=5, src=None, family=socket.AF_INET, host="1
         pass
     except ConnectionResetError:
         closed = True
+        assert reset_ok, f"the connection was reset after {out[:200]!r}"
     s.close()
     return out, closed
 
@@ -505,6 +507,13 @@ RAW_REQUESTS = [
     ("150 query arguments", b"GET /index.html?" + b"&".join(b"a%d=1" % i for i in range(150)) +
      b" HTTP/1.1\r\nHost: localhost\r\n\r\n", 400, False),
     ("HEAD of a GET route mints nothing", b"HEAD /token HTTP/1.1\r\nHost: localhost\r\n\r\n", 200, False),
+    # libmicrohttpd answers these itself, with its header block twice: one answer here.
+    ("a malformed Content-Length", b"POST /token HTTP/1.1\r\nHost: localhost\r\nContent-Length: abc\r\n\r\n", 400, True),
+    ("an empty Content-Length", b"POST /token HTTP/1.1\r\nHost: localhost\r\nContent-Length:\r\n\r\n", 400, True),
+    ("a Content-Length list", b"POST /token HTTP/1.1\r\nHost: localhost\r\nContent-Length: 5, 5\r\n\r\nhello", 400, True),
+    ("a signed Content-Length", b"POST /token HTTP/1.1\r\nHost: localhost\r\nContent-Length: +5\r\n\r\nhello", 400, True),
+    ("a Content-Length past 2^64", b"POST /token HTTP/1.1\r\nHost: localhost\r\nContent-Length: 99999999999999999999999\r\n\r\n",
+     413, True),
     # RFC 9112 5.1, 5.2, 2.2 and 3.2: libmicrohttpd lets these through.
     ("an obs-fold line", b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nX-A: 1\r\n folded\r\n\r\n", 400, True),
     ("a Content-Length folded onto its next line (a smuggled request)",
@@ -540,9 +549,10 @@ class Findings(TokendTestCase):
         for name, data, status, closes in RAW_REQUESTS:
             with self.subTest(name):
                 started = time.time()
-                out, closed = raw_exchange(t.port, data)
+                out, closed = raw_exchange(t.port, data, reset_ok=False)
                 answers = responses(out)
                 self.assertEqual([a[0] for a in answers], [status], out[:300])
+                self.assertEqual(out.count(b"HTTP/1.1 "), 1, f"one status line: {out[:300]!r}")
                 self.assertLess(time.time() - started, 3, "answered at once")
                 headers = answers[0][1]
                 self.assertEqual(headers.get("x-content-type-options"), "nosniff")
@@ -558,6 +568,31 @@ class Findings(TokendTestCase):
         self.assertEqual([a[0] for a in responses(out)], [200] * 3)
         out, closed = raw_exchange(t.port, ok + b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n folded\r\n\r\n" + ok)
         self.assertEqual(([a[0] for a in responses(out)], closed), ([200, 400], True))
+
+    def test_malformed_content_length_among_other_heads(self):
+        # The refusal goes to the request whose head just ended, not to another one whose
+        # head is still coming, on this worker.
+        t = self.tokend(key=None, workers=1, args=["--log-level", "debug"])
+        a, b = (socket.create_connection(("127.0.0.1", t.port)) for _ in range(2))
+        for s in (a, b):
+            s.settimeout(5)
+        a.sendall(b"POST /token HTTP/1.1\r\nHost: localhost\r\n")
+        time.sleep(0.2)
+        b.sendall(b"GET /healthz HTTP/1.1\r\n")
+        time.sleep(0.2)
+        a.sendall(b"Content-Length: 1x\r\n\r\n")
+        out = b""
+        while chunk := a.recv(65536):
+            out += chunk
+        self.assertEqual([(r[0], json.loads(r[2])) for r in responses(out)], [(400, {"error": "malformed Content-Length header"})])
+        b.sendall(b"Host: localhost\r\nConnection: close\r\n\r\n")
+        out = b""
+        while chunk := b.recv(65536):
+            out += chunk
+        self.assertEqual([r[0] for r in responses(out)], [200])
+        a.close()
+        b.close()
+        self.assertIn("access 127.0.0.1 - - 400", t.wait_log("access 127.0.0.1 - - 400"))
 
     def test_forwarded_for_is_read_whole(self):
         fake = self.fake()
