@@ -132,7 +132,7 @@ static void http_refuse_framing(http_front *f, int status, const char *message) 
                      "X-Content-Type-Options: nosniff\r\nContent-Type: application/json\r\nCache-Control: no-store\r\n"
                      "Content-Length: %zu\r\n\r\n%s", status, status == 413 ? "Content Too Large" : "Bad Request",
                      date, blen, body);
-    if (n > 0 && (size_t)n < sizeof out) (void)!send(ci->connect_fd, out, (size_t)n, MSG_NOSIGNAL | MSG_DONTWAIT);
+    if (n > 0 && (size_t)n < sizeof out) (void)send(ci->connect_fd, out, (size_t)n, MSG_NOSIGNAL | MSG_DONTWAIT);
     shutdown(ci->connect_fd, SHUT_WR);
     x->pub.method = "-";        /* libmicrohttpd does not say which: the access line shows "-" */
     x->status = status;
@@ -144,7 +144,8 @@ static void http_refuse_framing(http_front *f, int status, const char *message) 
 static void http_mhd_log(void *cls, const char *fmt, va_list ap) {
     char msg[1024];
     vsnprintf(msg, sizeof msg, fmt, ap);
-    static const char malformed[] = "Failed to parse `Content-Length'", overflow[] = "Too large value of 'Content-Length'";
+    static const char malformed[] = "Failed to parse `Content-Length'";
+    static const char overflow[] = "Too large value of 'Content-Length'";
     if (strncmp(msg, malformed, sizeof malformed - 1) == 0)
         http_refuse_framing(cls, 400, "malformed Content-Length header");
     else if (strncmp(msg, overflow, sizeof overflow - 1) == 0)
@@ -589,11 +590,11 @@ static void http_request_fail_close(http_request *req, int status, const char *m
     http_request_respond(req, status, resp, len);
 }
 
-/* Checks what must hold before a request is dispatched: its syntax and Host (http_check_syntax), its size, one unambiguous
- * framing of its body (RFC 9112 6.3: a request with both Content-Length and
- * Transfer-Encoding, or with Content-Lengths that differ, can be read two ways, and the
- * bytes after it smuggled in as a request of their own), and its Host. Returns 0, or -1
- * once it answered the request. */
+/* Checks what must hold before a request is dispatched: its syntax (http_check_syntax),
+ * its size, one unambiguous framing of its body (RFC 9112 6.3: a request with both
+ * Content-Length and Transfer-Encoding, or with Content-Lengths that differ, can be read
+ * two ways, and the bytes after it smuggled in as a request of their own), and its Host.
+ * Returns 0, or -1 once it answered the request. */
 static int http_check_request(http_front *f, http_exchange *x, const char *version) {
     http_request *req = &x->pub;
     http_framing fr = { 0, NULL, 0, NULL };

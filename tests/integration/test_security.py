@@ -236,7 +236,8 @@ class Limits(TokendTestCase):
             body = b"".join(b"%x\r\n%s\r\n" % (n, b"x" * n) for n in sizes) + b"0\r\n\r\n"
             s = socket.create_connection(("127.0.0.1", t.port))
             s.settimeout(10)
-            s.sendall(b"POST /token HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n")
+            s.sendall(b"POST /token HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n"
+                      b"Connection: close\r\n\r\n")
             for i in range(0, len(body), 4096):
                 s.sendall(body[i:i + 4096])
             out = b""
@@ -512,8 +513,8 @@ RAW_REQUESTS = [
     ("an empty Content-Length", b"POST /token HTTP/1.1\r\nHost: localhost\r\nContent-Length:\r\n\r\n", 400, True),
     ("a Content-Length list", b"POST /token HTTP/1.1\r\nHost: localhost\r\nContent-Length: 5, 5\r\n\r\nhello", 400, True),
     ("a signed Content-Length", b"POST /token HTTP/1.1\r\nHost: localhost\r\nContent-Length: +5\r\n\r\nhello", 400, True),
-    ("a Content-Length past 2^64", b"POST /token HTTP/1.1\r\nHost: localhost\r\nContent-Length: 99999999999999999999999\r\n\r\n",
-     413, True),
+    ("a Content-Length past 2^64",
+     b"POST /token HTTP/1.1\r\nHost: localhost\r\nContent-Length: 99999999999999999999999\r\n\r\n", 413, True),
     # RFC 9112 5.1, 5.2, 2.2 and 3.2: libmicrohttpd lets these through.
     ("an obs-fold line", b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nX-A: 1\r\n folded\r\n\r\n", 400, True),
     ("a Content-Length folded onto its next line (a smuggled request)",
@@ -584,7 +585,8 @@ class Findings(TokendTestCase):
         out = b""
         while chunk := a.recv(65536):
             out += chunk
-        self.assertEqual([(r[0], json.loads(r[2])) for r in responses(out)], [(400, {"error": "malformed Content-Length header"})])
+        self.assertEqual([(r[0], json.loads(r[2])) for r in responses(out)],
+                         [(400, {"error": "malformed Content-Length header"})])
         b.sendall(b"Host: localhost\r\nConnection: close\r\n\r\n")
         out = b""
         while chunk := b.recv(65536):
