@@ -413,7 +413,7 @@ class BehindHAProxy(RedisTestCase):
     def test_a_client_padding_forwarded_for_past_the_line_limit(self):
         # 32 lines of its own, HAProxy's is the 33rd: still the client HAProxy saw, its
         # bucket, its name in the log; never HAProxy's address.
-        self.start(1, default_script(self.workdir, TOKEN_BURST=1))
+        self.start(1, policy={"TOKEN_BURST": 1})
         pad = "".join(f"X-Forwarded-For: 203.0.113.{k}\r\n" for k in range(32)).encode()
         self.assertEqual(self.via("127.0.0.2").status, 200)
         s = socket.socket()

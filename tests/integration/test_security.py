@@ -615,9 +615,10 @@ class Findings(TokendTestCase):
         # Behind HAProxy (option forwardfor), each proxy adds its line at the end: a client
         # sending 32 lines of its own once made tokend fall back to the proxy's address,
         # giving the client a second bucket and naming the proxy in the logs.
-        script = self.write("routes.lua", CLIENT_ECHO + open(default_script(self.workdir, TOKEN_BURST=1)).read()
+        script = self.write("routes.lua", CLIENT_ECHO + open(DEFAULT_SCRIPT).read()
                             .replace('local tokend = require "tokend"', "", 1))
-        t = self.tokend(fake=self.fake(), script=script, env={"TOKEND_TRUSTED_PROXIES": "127.0.0.1"})
+        t = self.tokend(fake=self.fake(), script=script, policy={"TOKEN_BURST": 1},
+                        env={"TOKEND_TRUSTED_PROXIES": "127.0.0.1"})
 
         def get(path, lines):
             head = "".join(f"X-Forwarded-For: {line}\r\n" for line in lines)
