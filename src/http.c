@@ -13,6 +13,7 @@
 #include <linux/tcp.h>
 #include <microhttpd.h>
 
+#include "header.h"
 #include "http.h"
 #include "json.h"
 #include "log.h"
@@ -121,13 +122,11 @@ static void http_refuse_framing(http_front *f, int status, const char *message) 
         x = x->next;
     const union MHD_ConnectionInfo *ci = x ? MHD_get_connection_info(x->conn, MHD_CONNECTION_INFO_CONNECTION_FD) : NULL;
     if (!ci) return;
-    char body[200], date[64], out[600];
+    char body[200], date[32], out[600];
     size_t blen = json_escape(body, (size_t)snprintf(body, sizeof body, "{\"error\":\""), sizeof body - 3, message);
     memcpy(body + blen, "\"}", 3);
     blen += 2;
-    time_t now = time(NULL);
-    struct tm tm;
-    strftime(date, sizeof date, "%a, %d %b %Y %H:%M:%S GMT", gmtime_r(&now, &tm));
+    header_format_date(time(NULL), date);
     int n = snprintf(out, sizeof out, "HTTP/1.1 %d %s\r\nDate: %s\r\nConnection: close\r\n"
                      "X-Content-Type-Options: nosniff\r\nContent-Type: application/json\r\nCache-Control: no-store\r\n"
                      "Content-Length: %zu\r\n\r\n%s", status, status == 413 ? "Content Too Large" : "Bad Request",
