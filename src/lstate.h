@@ -11,8 +11,10 @@ typedef struct lua_State lua_State;
 /* Creates a state whose memory is capped at memory_limit bytes, with the standard
  * libraries, cjson and cjson.safe preloaded, every loader refusing bytecode, pcall and
  * xpcall unable to catch an exhausted budget, debug.sethook refused (the hook is the
- * budget's), and the string pattern functions counting their steps. NULL when out of
- * memory; err says why. */
+ * budget's), the string pattern functions counting their steps, the library functions of
+ * lguard.h guarded, and the growth of large blocks charged to the current budget (one
+ * instruction per 64 bytes; refused once it is spent). NULL when out of memory; err says
+ * why. */
 lua_State *lstate_new(size_t memory_limit, char *err, size_t errlen);
 
 /* Closes a state made by lstate_new and frees its memory. NULL is allowed. */
