@@ -146,7 +146,9 @@ class Tables(TokendTestCase):
         self.assertIn("max_bytes must be a whole number of bytes, 1024..", j["max_bytes"])
 
     def test_a_dictionary_of_large_values_stays_within_its_bytes(self):
-        t = self.tokend(key=None, script=self.write("tables.lua", TABLES_SCRIPT))
+        # Each /fill makes 10 MiB with string.rep, charged a budget instruction per byte.
+        t = self.tokend(key=None, script=self.write("tables.lua", TABLES_SCRIPT),
+                        env={"TOKEND_LUA_INSTRUCTIONS": "100000000"})
         before = rss_bytes(t.proc.pid)
         for first in range(0, 200, 10):     # 200 values of 1 MiB into a dictionary of 8 MiB
             r = t.get(f"/fill?first={first}&n=10", timeout=60)
