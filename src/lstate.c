@@ -108,12 +108,14 @@ static void lstate_heap_free(lstate_heap *hp) {
 /* ---- the instruction budget ---- */
 
 /* Once the budget is spent, the running code stops: a yieldable coroutine is suspended
- * and never resumed (no pcall can catch a yield); elsewhere (inside a C function that
- * called back into Lua, such as a table.sort comparator) an error is raised, which the
- * state's pcall and xpcall pass on instead of catching. */
+ * and never resumed (no pcall can catch a yield; a script's own resume of it raises the
+ * budget's error, lguard.c); elsewhere (inside a C function that called back into Lua,
+ * such as a table.sort comparator) an error is raised, which the state's pcall and xpcall
+ * pass on instead of catching. Each call charges the instructions the thread's count stood
+ * for (LSTATE_HOOK_STEP, or lguard's count for a coroutine a script resumed). */
 static void lstate_count_hook(lua_State *L, lua_Debug *ar) {
     (void)ar;
-    int left = lbudget_tick(lua_gethookcount(L));      /* the thread's count: see lguard.c */
+    int left = lbudget_tick(lua_gethookcount(L));
     if (left == 0) return;
     if (left > 0) {         /* running long for its budget: look at every instruction now */
         if (lua_gethookcount(L) != 1) lua_sethook(L, lstate_count_hook, LUA_MASKCOUNT, 1);

@@ -25,7 +25,8 @@ void lstate_limit_thread(lua_State *co);
 
 /* Resumes co (its nargs arguments on its stack) under budget b, like lua_resume. When the
  * budget ran out while co was yieldable, co was suspended by the hook: the result is then
- * LUA_ERRRUN with an error message on co's stack, and co must not be resumed again. */
+ * LUA_ERRRUN with an error message on co's stack, and co must not be resumed again. An
+ * error the spent budget caused (a refused allocation) says so too. */
 int lstate_resume(lua_State *co, lua_State *from, int nargs, int *nres, lbudget *b);
 
 #endif
