@@ -237,6 +237,7 @@ int lhost_create(const lhost_options *o, lhost **out, char *err, size_t errlen) 
     lbudget *outer = lbudget_enter(&load);
     int rc = lua_pcall(L, 0, 0, -2);
     lbudget_enter(outer);
+    lstate_limit_thread(L);         /* a long load may have left the hook at every instruction */
     h->loading = 0;
     if (rc != LUA_OK) {
         snprintf(err, errlen, "%s", lhost_error_text(L, -1));
