@@ -2,6 +2,7 @@
 import json
 import os
 import re
+import signal
 import socket
 import threading
 import time
@@ -145,7 +146,9 @@ class Tables(TokendTestCase):
         self.assertIn("max_bytes must be a whole number of bytes, 1024..", j["max_bytes"])
 
     def test_a_dictionary_of_large_values_stays_within_its_bytes(self):
-        t = self.tokend(key=None, script=self.write("tables.lua", TABLES_SCRIPT))
+        # Each /fill makes 10 MiB with string.rep, charged a budget instruction per byte.
+        t = self.tokend(key=None, script=self.write("tables.lua", TABLES_SCRIPT),
+                        env={"TOKEND_LUA_INSTRUCTIONS": "100000000"})
         before = rss_bytes(t.proc.pid)
         for first in range(0, 200, 10):     # 200 values of 1 MiB into a dictionary of 8 MiB
             r = t.get(f"/fill?first={first}&n=10", timeout=60)
@@ -380,7 +383,8 @@ tokend.route("GET", "/hunt", function()
     if mt then visit(mt, depth + 1) end
     if t == "userdata" then visit(debug.getuservalue(v), depth + 1) end
   end
-  visit(debug.getregistry(), 0)
+  local has_registry, registry = pcall(debug.getregistry)   -- refused: it holds the finalizers' metatables
+  if has_registry then visit(registry, 0) end
   visit(_G, 0)
   local env = {}
   for _, name in ipairs({ "ASSEMBLYAI_API_KEY", "API_KEY" }) do env[#env + 1] = os.getenv(name) end
@@ -964,6 +968,257 @@ class ForwardedHeaders(TokendTestCase):
                               b"Accept: x\r\nAccept: y\r\n\r\n")
         headers = json.loads(responses(out)[0][2])
         self.assertEqual((headers["cookie"], headers["accept"]), ("a=1; b=2", "x, y"), "one cookie-string, RFC 6265")
+
+
+# ---- The instruction budget is final, whatever the script does (issue: finalizers, nested
+# coroutines, generators, C library work). Each row loops for ever without its defence. ----
+
+BUDGET_SCRIPT = r'''
+local tokend = require "tokend"
+SPUN = 0        -- turns of the innermost loops: what a request ran, counted without a clock
+local function spin() while true do SPUN = SPUN + 1 end end
+local function route(path, fn) tokend.route("GET", path, fn) end
+local KiB = ("a"):rep(1024)
+local MiB = KiB:rep(1024)
+
+-- Finalizers: Lua runs them with hooks off.
+route("/gc-setmetatable", function()
+  setmetatable({}, { __gc = spin })
+  collectgarbage()
+  return 200, "finalized"
+end)
+route("/gc-getmetatable", function()    -- a C library's metatable, made to call a script's function
+  getmetatable(io.stdout).__gc = spin
+  io.tmpfile()
+  collectgarbage()
+  return 200, "finalized"
+end)
+route("/gc-debug-getmetatable", function()
+  debug.getmetatable(io.stdout).__gc = spin
+  io.tmpfile()
+  collectgarbage()
+  return 200, "finalized"
+end)
+route("/gc-debug-setmetatable", function()
+  debug.setmetatable(io.tmpfile(), { __gc = spin })
+  collectgarbage()
+  return 200, "finalized"
+end)
+route("/gc-debug-setmetatable-later", function()   -- an object already marked gets a metatable without __gc first
+  local mt = {}
+  debug.setmetatable(io.tmpfile(), mt)
+  mt.__gc = spin
+  collectgarbage()
+  return 200, "finalized"
+end)
+route("/gc-registry", function()
+  debug.getregistry()["FILE*"].__gc = spin
+  io.tmpfile()
+  collectgarbage()
+  return 200, "finalized"
+end)
+
+-- Nested coroutines: the hook suspends the innermost one only; its resumer resumes it again.
+local function nest(levels)
+  if levels == 0 then return spin end
+  local inner = nest(levels - 1)
+  return function() local f = coroutine.wrap(inner) while true do f() end end
+end
+route("/wrap-2", function() nest(2)() end)
+route("/wrap-3", function() nest(3)() end)
+local function fan(depth)     -- coroutines that each run less than the hook's count
+  if depth == 0 then for _ = 1, 200 do SPUN = SPUN + 1 end return end
+  for _ = 1, 8 do coroutine.wrap(fan)(depth - 1) end
+end
+route("/fan", function() while true do fan(6) end end)
+route("/resume-pcall-2", function()
+  local inner = coroutine.create(spin)
+  local outer = coroutine.create(function() while true do pcall(coroutine.resume, inner) end end)
+  while true do pcall(coroutine.resume, outer) end
+end)
+
+-- Generators: a generator that spends the budget must not end the loop as if it were done.
+local function deny_list()
+  return coroutine.wrap(function()
+    local n = 0
+    while true do SPUN = SPUN + 1 if SPUN < 0 then coroutine.yield("blocked") end end
+  end)
+end
+route("/generator-wrap", function()
+  for entry in deny_list() do if entry == "blocked" then return 403 end end
+  return 200, "allowed"
+end)
+route("/generator-resume", function()
+  local co = coroutine.create(function()
+    while true do SPUN = SPUN + 1 if SPUN < 0 then coroutine.yield("blocked") end end
+  end)
+  while true do
+    local ok, entry = coroutine.resume(co)
+    if not ok or entry == nil then break end
+    if entry == "blocked" then return 403 end
+  end
+  return 200, "allowed"
+end)
+
+-- C library work the count hook does not see.
+route("/rep", function() while true do local s = string.rep("x", 1000000) end end)
+route("/rep-empty", function() while true do local s = string.rep("", 1000000000) end end)
+route("/upper", function() while true do local s = MiB:upper() end end)
+route("/reverse", function() while true do local s = MiB:reverse() end end)
+route("/concat", function()
+  local t = {}
+  for i = 1, 2048 do t[i] = KiB end
+  while true do local s = table.concat(t) end
+end)
+route("/dotdot", function() while true do local s = MiB .. MiB end end)
+route("/format", function() while true do local s = string.format("%s%s", MiB, MiB) end end)
+route("/unpack", function() while true do local n = select("#", table.unpack({}, 1, 200000)) end end)
+route("/byte", function() local s = KiB:rep(256) while true do local n = select("#", s:byte(1, -1)) end end)
+route("/insert", function()
+  local t = {}
+  for i = 1, 100000 do t[i] = i end
+  while true do table.insert(t, 1, 0) table.remove(t, 1) end
+end)
+route("/sort", function()
+  local t = {}
+  for i = 1, 50000 do t[i] = -i end
+  while true do table.sort(t) end
+end)
+
+-- Work no count sees, stopped by the budget's time: an instruction that copies 200,000
+-- values, a C function that hashes 16 MiB.
+local function copies(...) while true do local n = select("#", ...) end end
+route("/varargs", function() copies(table.unpack({}, 1, 200000)) end)
+route("/sha256", function() local s = KiB:rep(16384) while true do tokend.crypto.sha256(s) end end)
+
+-- An audited route's refusal reads req.log.user for the audit line after the answer.
+tokend.route("GET", "/audit-spin", function(req)
+  setmetatable(req.log, { __index = spin })
+  return 403, { error = "refused" }
+end, { audit = true })
+tokend.route("GET", "/audit-raise", function(req)
+  setmetatable(req.log, { __index = function() error("no user here") end })
+  return 403, { error = "refused" }
+end, { audit = true })
+
+route("/sleep", function() os.execute("sleep 20") return 200, "slept" end)
+route("/ok", function() return 200, "still serving" end)
+route("/spun", function() local n = SPUN SPUN = 0 return 200, tostring(n) end)
+'''
+
+BUDGET_ROWS = ["/gc-setmetatable", "/gc-getmetatable", "/gc-debug-getmetatable", "/gc-debug-setmetatable",
+               "/gc-debug-setmetatable-later", "/gc-registry", "/wrap-2", "/wrap-3", "/fan", "/resume-pcall-2", "/generator-wrap", "/generator-resume", "/rep", "/rep-empty", "/upper", "/reverse", "/concat",
+               "/dotdot", "/format", "/unpack", "/byte", "/insert", "/sort", "/varargs", "/sha256"]
+
+# What a script does at its top level that, without its defence, runs a looping finalizer
+# when a reload closes the state (each attempt is caught: the script loads either way).
+RELOAD_SCRIPT = r'''
+local tokend = require "tokend"
+local function spin() while true do end end
+KEPT = {}
+pcall(function() setmetatable(KEPT, { __gc = spin }) end)
+pcall(function() getmetatable(io.stdout).__gc = spin end)
+pcall(function() debug.getmetatable(io.stderr).__gc = spin end)
+pcall(function() debug.setmetatable(io.stdin, { __gc = spin }) end)
+pcall(function() debug.getregistry()["FILE*"].__gc = spin end)
+tokend.route("GET", "/ok", function() return 200, "still serving" end)
+'''
+
+
+def spun_within(budget):
+    """The most turns of SPUN = SPUN + 1 (4 instructions) a budget allows: the hook counts a
+    thread's instructions in steps of 1,000, so one step may go uncounted."""
+    return (budget + 1000) // 4
+
+
+class BudgetIsFinal(TokendTestCase):
+    """Each row ends with a 500, having run no more than its budget (counted by the script,
+    not timed), the worker serves the next request, SIGTERM still exits. Timeouts are
+    generous (a busy machine); a row whose defence is missing runs for ever or far past its
+    budget."""
+
+    def check_rows(self, budget, rows):
+        t = self.tokend(key=None, workers=1, script=self.write("routes.lua", BUDGET_SCRIPT),
+                        env={"TOKEND_LUA_INSTRUCTIONS": str(budget), "TOKEND_DRAIN_TIMEOUT_S": "2"})
+        for path in rows:
+            with self.subTest(path):
+                r = t.get(path, timeout=60)
+                self.assertEqual(r.status, 500, r)
+                self.assertLessEqual(int(t.get("/spun", timeout=60).body), spun_within(budget))
+                self.assertEqual(t.get("/ok", timeout=60).body, b"still serving")
+        self.assertIn("instruction limit exceeded", t.wait_log("instruction limit exceeded"))
+        started = time.time()
+        self.assertEqual(t.stop(), 0)
+        self.assertLess(time.time() - started, 15, "SIGTERM completes within the drain time")
+        return t
+
+    def test_hostile_scripts_end_with_500_and_the_worker_serves_on(self):
+        t = self.check_rows(1000000, BUDGET_ROWS)
+        self.assertIn("__gc metamethods are not available", t.log)
+        self.assertIn("ran past their time", t.log, "/varargs and /sha256")
+
+    def test_an_audited_refusal_reads_req_within_the_budget(self):
+        t = self.tokend(key=None, workers=1, script=self.write("routes.lua", BUDGET_SCRIPT),
+                        env={"TOKEND_LUA_INSTRUCTIONS": "1000000"})
+        for path in ["/audit-spin", "/audit-raise"]:
+            with self.subTest(path):
+                self.assertEqual(t.get(path, timeout=60).status, 403)
+                self.assertEqual(t.get("/ok", timeout=60).body, b"still serving")
+                self.assertLessEqual(int(t.get("/spun", timeout=60).body), spun_within(1000000))
+        self.assertEqual(t.wait_log("token_refused").count("token_refused"), 2, "both refusals are audited")
+        self.assertEqual(t.stop(), 0)
+
+    def test_a_low_budget_ends_nested_coroutines(self):
+        # The issue's case: two levels ran more than 90 s at a budget of 1e5.
+        self.check_rows(100000, ["/wrap-2", "/wrap-3", "/fan", "/resume-pcall-2", "/generator-wrap", "/generator-resume"])
+
+    def test_a_timer_is_held_to_a_request_s_budget(self):
+        script = BUDGET_SCRIPT + '''
+local function spin() while true do SPUN = SPUN + 1 end end
+tokend.timer.after(0, function() local f = coroutine.wrap(function()
+  local g = coroutine.wrap(spin) while true do g() end end) while true do f() end end)
+tokend.timer.after(0.2, function() for _ in coroutine.wrap(function() spin() coroutine.yield(1) end) do end end)
+'''
+        t = self.tokend(key=None, workers=1, script=self.write("routes.lua", script),
+                        env={"TOKEND_LUA_INSTRUCTIONS": "100000"})
+        def failed():
+            return [line for line in t.log.splitlines() if "timer failed" in line and "instruction limit exceeded" in line]
+        deadline = time.time() + 30
+        while len(failed()) < 2 and time.time() < deadline:
+            time.sleep(0.05)
+        self.assertEqual(len(failed()), 2, "both end with the budget's error (the generator's loop does not just end)")
+        self.assertEqual(t.get("/ok", timeout=60).body, b"still serving")
+        self.assertLessEqual(int(t.get("/spun", timeout=60).body), 2 * spun_within(100000))
+
+    def test_a_reload_closes_the_old_state_without_running_a_script_finalizer(self):
+        t = self.tokend(key=None, workers=1, script=self.write("routes.lua", RELOAD_SCRIPT))
+        self.assertEqual(t.get("/ok").body, b"still serving")
+        t.proc.send_signal(signal.SIGHUP)
+        self.assertIn("reloaded", t.wait_log("reloaded", timeout=30))
+        for _ in range(3):      # the old state is closed on the worker's next turns
+            self.assertEqual(t.get("/ok", timeout=60).body, b"still serving")
+        started = time.time()
+        self.assertEqual(t.stop(), 0)
+        self.assertLess(time.time() - started, 15)
+
+    def test_sigterm_exits_after_the_drain_time_even_if_a_worker_is_stuck(self):
+        # os.execute blocks the worker in waitpid: no budget can end that, the shutdown does.
+        t = self.tokend(key=None, workers=1, script=self.write("routes.lua", BUDGET_SCRIPT),
+                        env={"TOKEND_DRAIN_TIMEOUT_S": "1"})
+        def sleep_request():
+            try:
+                request(t.port, "/sleep", timeout=60)
+            except OSError:
+                pass        # closed without an answer when tokend exits
+        th = threading.Thread(target=sleep_request, daemon=True)
+        th.start()
+        time.sleep(1)       # the handler is in os.execute
+        started = time.time()
+        t.proc.send_signal(signal.SIGTERM)
+        code = t.wait(timeout=30)
+        self.assertLess(time.time() - started, 12, "1 s of drain, a margin, not the script's 20 s")
+        self.assertEqual(code, 1)
+        self.assertIn("did not stop", t.log)
 
 
 class ForwardProxy:
