@@ -1,4 +1,4 @@
-/* lguard.c: the standard library functions tokend replaces so that the instruction budget holds: coroutine resumes, finalizers, C work charged up front. */
+/* lguard.c: the standard library functions tokend replaces so that the instruction budget holds and scripts stay in their limits: coroutine resumes, finalizers, C work charged up front, the upvalues of C functions. */
 #include <pthread.h>
 #include <string.h>
 
@@ -19,7 +19,7 @@
 enum {
     LGUARD_RESUME, LGUARD_WRAP, LGUARD_CLOSE,
     LGUARD_SETMETATABLE, LGUARD_GETMETATABLE, LGUARD_DEBUG_SETMETATABLE, LGUARD_DEBUG_GETMETATABLE,
-    LGUARD_DEBUG_GETREGISTRY,
+    LGUARD_DEBUG_GETREGISTRY, LGUARD_DEBUG_GETUPVALUE, LGUARD_DEBUG_SETUPVALUE, LGUARD_DEBUG_UPVALUEID,
     LGUARD_REP, LGUARD_UPPER, LGUARD_LOWER, LGUARD_REVERSE, LGUARD_BYTE,
     LGUARD_CONCAT, LGUARD_UNPACK, LGUARD_INSERT, LGUARD_REMOVE, LGUARD_MOVE, LGUARD_SORT,
     LGUARD_UTF8_LEN, LGUARD_UTF8_CODEPOINT,
@@ -140,6 +140,30 @@ static int lguard_debug_getmetatable(lua_State *L) {
 static int lguard_no_registry(lua_State *L) {
     return luaL_error(L, "debug.getregistry is not available in tokend: the registry holds the metatables of "
                          "objects whose finalizers the instruction budget cannot stop");
+}
+
+/* The upvalues of C functions (tokend's own and the libraries') hold what scripts must not
+ * touch: the original load, which takes bytecode, or a C pointer another C function
+ * trusts. The debug library reaches only those of Lua functions. */
+static void lguard_lua_function_only(lua_State *L, int arg) {
+    luaL_checktype(L, arg, LUA_TFUNCTION);
+    if (lua_iscfunction(L, arg))
+        luaL_argerror(L, arg, "the upvalues of C functions are out of scripts' reach in tokend");
+}
+
+static int lguard_debug_getupvalue(lua_State *L) {
+    lguard_lua_function_only(L, 1);
+    return lguard_orig[LGUARD_DEBUG_GETUPVALUE](L);
+}
+
+static int lguard_debug_setupvalue(lua_State *L) {
+    lguard_lua_function_only(L, 1);
+    return lguard_orig[LGUARD_DEBUG_SETUPVALUE](L);
+}
+
+static int lguard_debug_upvalueid(lua_State *L) {
+    lguard_lua_function_only(L, 1);
+    return lguard_orig[LGUARD_DEBUG_UPVALUEID](L);
 }
 
 /* ---- C work charged up front ---- */
@@ -276,6 +300,9 @@ static const lguard_entry lguard_entries[LGUARD_WRAPPED] = {
     [LGUARD_DEBUG_SETMETATABLE] = { "debug", "setmetatable", lguard_debug_setmetatable },
     [LGUARD_DEBUG_GETMETATABLE] = { "debug", "getmetatable", lguard_debug_getmetatable },
     [LGUARD_DEBUG_GETREGISTRY] = { "debug", "getregistry", lguard_no_registry },
+    [LGUARD_DEBUG_GETUPVALUE] = { "debug", "getupvalue", lguard_debug_getupvalue },
+    [LGUARD_DEBUG_SETUPVALUE] = { "debug", "setupvalue", lguard_debug_setupvalue },
+    [LGUARD_DEBUG_UPVALUEID] = { "debug", "upvalueid", lguard_debug_upvalueid },
     [LGUARD_REP] = { "string", "rep", lguard_rep },
     [LGUARD_UPPER] = { "string", "upper", lguard_upper },
     [LGUARD_LOWER] = { "string", "lower", lguard_lower },

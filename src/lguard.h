@@ -1,4 +1,4 @@
-/* lguard.h: the standard library functions tokend replaces so that the instruction budget holds: coroutine resumes, finalizers, C work charged up front. */
+/* lguard.h: the standard library functions tokend replaces so that the instruction budget holds and scripts stay in their limits: coroutine resumes, finalizers, C work charged up front, the upvalues of C functions. */
 #ifndef TOKEND_LGUARD_H
 #define TOKEND_LGUARD_H
 

@@ -358,6 +358,17 @@ tokend.route("GET", "/require", function()
   local ok, err = pcall(require, "evilmod")
   return 200, { ok = ok, err = tostring(err) }
 end)
+tokend.route("GET", "/upvalues", function()
+  -- The original load hides in the text-only one's upvalue: it would take bytecode.
+  local got, original = pcall(debug.getupvalue, load, 1)
+  local set = pcall(debug.setupvalue, string.format, 1, print)
+  local id = pcall(debug.upvalueid, load, 1)
+  local x = 1
+  local function own() return x end
+  local name, value = debug.getupvalue(own, 1)
+  return 200, { got = got, original = type(original) == "function" and "function" or tostring(original), set = set,
+                id = id, own = name .. "=" .. value }
+end)
 tokend.route("GET", "/hunt", function()
   -- Look everywhere Lua can reach for the key.
   local seen, found = {}, {}
@@ -374,8 +385,8 @@ tokend.route("GET", "/hunt", function()
       for k, x in next, v do visit(k, depth + 1); visit(x, depth + 1) end
     elseif t == "function" then
       for i = 1, 255 do
-        local name, x = debug.getupvalue(v, i)
-        if not name then break end
+        local ok, name, x = pcall(debug.getupvalue, v, i)    -- a C function's are refused
+        if not ok or not name then break end
         visit(x, depth + 1)
       end
     end
@@ -418,6 +429,12 @@ class Scripts(TokendTestCase):
         j = self.t.get("/require").json()
         self.assertFalse(j["ok"])
         self.assertIn("binary chunk", j["err"])
+
+    def test_the_upvalues_of_c_functions_are_out_of_reach(self):
+        j = self.t.get("/upvalues").json()
+        self.assertEqual((j["got"], j["set"], j["id"]), (False, False, False), j)
+        self.assertIn("out of scripts' reach", j["original"])
+        self.assertEqual(j["own"], "x=1", "a script's own closures are open to it")
 
     def test_the_key_cannot_be_found_from_lua(self):
         self.assertEqual(self.t.get("/hunt").status, 200)     # warm up: a worker has minted nothing yet
