@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <stdatomic.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "envfile.h"
@@ -181,6 +182,13 @@ out:
     }
     if (f) fclose(f);
     return rc;
+}
+
+int envfile_world_readable(const char *path, unsigned int *mode) {
+    struct stat st;
+    if (stat(path, &st) != 0) return -1;
+    *mode = (unsigned int)(st.st_mode & 07777);
+    return (st.st_mode & S_IROTH) != 0;
 }
 
 const char *envfile_get(const envfile *env, const char *name) {

@@ -246,6 +246,15 @@ int main(int argc, char **argv) {
         public_given |= s->offset == offsetof(tokend_config, public_dir);
     }
     log_configure(cfg.log_level, cfg.log_json);
+    /* Settings files every user may read: the env file, and under systemd the file the
+     * unit's credential is a copy of (the copy itself is the service's alone). */
+    const char *settings_files[2] = { env_file, getenv("TOKEND_ENV_FILE_SOURCE") };
+    for (int i = 0; i < 2; i++) {
+        unsigned int mode;
+        if (settings_files[i] && envfile_world_readable(settings_files[i], &mode) == 1)
+            log_msg(LOG_WARN, "%s is readable by every user (mode %04o) and may hold the API key: chmod 600 it",
+                    settings_files[i], mode);
+    }
     main_installed_defaults(&cfg, script_given, public_given, script_path, public_path, sizeof script_path);
 
     if (check) {
