@@ -4,10 +4,12 @@
 - libmicrohttpd is used only by the HTTP front (src/http.c);
 - libtokend.a and libtokend.so export only tokend_* symbols, so a program may define its
   own log_msg or url_decode_path and link against either;
-- the settings table (tokend --help) , .env.example and the README list the same settings.
+- the settings table (tokend --help) , .env.example, the README and the man page (tokend.8,
+  generated from the table) list the same settings, the page with --help's words;
 """
 import os
 import re
+import shutil
 import subprocess
 import tempfile
 import unittest
@@ -132,6 +134,37 @@ class Settings(unittest.TestCase):
         envs = set(re.findall(r"^  ([A-Z][A-Z0-9_]+) ", env_part, re.M))
         flags = set(re.findall(r"^  --([a-z-]+)", out, re.M))
         return envs, flags
+
+    def help_texts(self):
+        """Variable -> its help text in --help (without the default)."""
+        out = subprocess.run([BIN, "--help"], capture_output=True, text=True, check=True).stdout
+        env_part = out.split("Settings from the environment", 1)[1]
+        return {m.group(1): m.group(2) for m in
+                re.finditer(r"^  ([A-Z][A-Z0-9_]+) +(.*?)(?: \(default [^)]*\))?$", env_part, re.M)}
+
+    def man_page(self):
+        """The flags and variables tokend.8 lists, and its text with runs of spaces as one."""
+        if not shutil.which("groff"):
+            self.skipTest("groff is not installed (make test installs groff-base)")
+        p = subprocess.run(["groff", "-man", "-Tascii", "-P-cbou", "-ww", os.path.join(BUILD, "tokend.8")],
+                           capture_output=True, text=True, check=True)
+        self.assertEqual(p.stderr, "", "groff has warnings about tokend.8")
+        options, rest = p.stdout.split("\nOPTIONS\n", 1)[1].split("\nENVIRONMENT\n", 1)
+        environment = rest.split("\nFILES\n", 1)[0]
+        flags = set(re.findall(r"^ {7}--([a-z-]+)", options, re.M))
+        envs = set(re.findall(r"^ {7}([A-Z][A-Z0-9_]+)\b", environment, re.M))
+        return flags, envs, " ".join(p.stdout.split())
+
+    def test_man_page_lists_every_setting_in_help_s_words(self):
+        envs, flags = self.table()
+        man_flags, man_envs, text = self.man_page()
+        self.assertEqual(man_flags, flags)
+        self.assertEqual(man_envs, envs)
+        helps = self.help_texts()
+        self.assertEqual(set(helps), envs)
+        for env, help in helps.items():
+            with self.subTest(env=env):
+                self.assertIn(f"{env} {' '.join(help.split())}.", text)
 
     def test_env_example_lists_every_setting(self):
         envs, _ = self.table()
