@@ -6,6 +6,8 @@
   own log_msg or url_decode_path and link against either;
 - the settings table (tokend --help) , .env.example, the README and the man page (tokend.8,
   generated from the table) list the same settings, the page with --help's words;
+- the Debian package, the rockspec and the code carry the project's version, and the
+  Makefile installs what debian/control needs to build the package.
 """
 import os
 import re
@@ -180,6 +182,40 @@ class Settings(unittest.TestCase):
         self.assertTrue(rows, "the README has a settings table")
         self.assertEqual({r[1].strip("`") for r in rows if r[1]}, envs)
         self.assertEqual({re.match(r"`--([a-z-]+)", r[0]).group(1) for r in rows if r[0]}, flags)
+
+
+class Packaging(unittest.TestCase):
+    def read(self, *path):
+        with open(os.path.join(SRC, *path)) as f:
+            return f.read()
+
+    def control_field(self, paragraph_start, field):
+        """The package names in a field of debian/control's paragraph (alternatives, versions
+        and substitutions left out)."""
+        para = re.search(rf"^{paragraph_start}\n(?:.+\n)*", self.read("debian", "control"), re.M).group(0)
+        value = re.search(rf"^{field}:((?:.*\n)(?:[ \t].*\n)*)", para, re.M).group(1)
+        return {item.split("|")[0].split()[0] for item in value.split(",") if item.strip() and "${" not in item}
+
+    def test_make_installs_what_the_package_build_needs(self):
+        makefile = self.read("Makefile")
+        def listed(var):
+            text = re.search(rf"^{var} = ((?:.*\\\n)*.*)$", makefile, re.M).group(1).replace("\\\n", " ")
+            return set(text.split())
+        installed = (listed("RUN_PACKAGES") | listed("DEB_PACKAGES")) - {"$(RUN_PACKAGES)"}
+        build_deps = self.control_field("Source: tokend", "Build-Depends") - {"debhelper-compat"}
+        self.assertEqual(build_deps - installed, set(), "debian/control's build dependencies make test does not install")
+        self.assertTrue({"$(DEB_PACKAGES)", "debootstrap"} <= listed("TEST_PACKAGES"))
+        dev = {p for p in build_deps if p.endswith("-dev")}
+        self.assertEqual(self.control_field("Package: libtokend-dev", "Depends") - {"libtokend0"}, dev,
+                         "libtokend-dev depends on the libraries' development packages tokend-static.pc links")
+
+    def test_the_package_and_the_rock_carry_the_project_s_version(self):
+        read = self.read
+        project = re.search(r"project\(tokend VERSION ([0-9.]+)", read("CMakeLists.txt")).group(1)
+        self.assertIn(f'#define TOKEND_VERSION "{project}"', read("include", "tokend.h"))
+        debian = re.match(r"tokend \(([^)]+)\)", read("debian", "changelog")).group(1)
+        self.assertEqual(debian.rsplit("-", 1)[0], project, "debian/changelog's upstream version")
+        self.assertIn(f'version = "{project}-', read(f"tokend-{project}-1.rockspec"))
 
 
 if __name__ == "__main__":
