@@ -398,6 +398,9 @@ class Packages(unittest.TestCase):
         calls = self.systemctl_calls()
         self.assertFalse([c for c in calls if re.search(r"\b(start|restart|try-restart)\b", c)], calls)
         self.assertEqual(self.chroot("systemctl", "is-enabled", "tokend.service").stdout.strip(), "enabled")
+        verify = self.chroot("systemd-analyze", "verify", "/lib/systemd/system/tokend.service",
+                             "/lib/systemd/system/tokend@.service")
+        self.assertEqual(verify.stdout + verify.stderr, "", "systemd-analyze verify has remarks on the units")
 
         # The settings file: a conffile, root's, 0600, every setting there and commented out.
         conffiles = self.chroot("dpkg-query", "-W", "-f=${Conffiles}", "tokend").stdout
