@@ -5,9 +5,9 @@ tree's version, in <build>/deb as `make deb` does, and at an older version to up
 from, in <build>/package-test/previous (neither again while the tree stays the same). A
 chroot made by debootstrap --variant=minbase from the Debian mirror of the machine's apt
 sources, with systemd's package (installed, not running), the packages' dependencies, a C
-compiler and pkgconf, is kept as a tarball in <build>/package-test (made again after a
-week, or when the dependencies change; delete it to refresh sooner). Each test unpacks
-it afresh.
+compiler and pkgconf, is kept as a tarball in <build>/package-test (made again when the
+dependencies or the sources change, or after a week; delete it to refresh sooner). Each
+test unpacks it afresh.
 
 systemd does not run in a chroot. The test makes the maintainer scripts see it running
 (/run/systemd/system) with a systemctl that records what they ask, answers is-active from
@@ -207,7 +207,8 @@ class Packages(unittest.TestCase):
     @classmethod
     def make_base(cls):
         """The chroot's tarball: debootstrap minbase, the machine's Debian sources, TOOLS
-        and the packages' dependencies (each test installs those added since)."""
+        and the packages' dependencies; made again when one of those changes, or after
+        BASE_MAX_AGE_S."""
         tar = os.path.join(WORK, f"{SUITE}-base.tar")
         sources = debian_sources()
         key = {"sources": sources, "tools": TOOLS, "deps": cls.deps}
@@ -254,19 +255,14 @@ class Packages(unittest.TestCase):
         return run(["chroot", root, "apt-get", "-y", "-q", "-o", "DPkg::Lock::Timeout=120", *args], log=log, env=env)
 
     def setUp(self):
-        """A fresh chroot from the tarball, systemd seemingly running, the dependencies of
-        both builds installed, and the list of its files."""
+        """A fresh chroot from the tarball, systemd seemingly running, and the list of its
+        files."""
         self.root = os.path.join(WORK, "root")
         remove_tree(self.root)
         os.makedirs(self.root)
         self.addCleanup(remove_tree, self.root)
         run(["tar", "-C", self.root, "-xf", self.base])
         run(["mount", "-t", "proc", "proc", self.path("/proc")])
-        try:
-            self.apt(self.root, "satisfy", "--no-install-recommends", self.deps, log=self.path("/tmp/deps.log"))
-        except AssertionError:      # a dependency the tarball's package lists do not know yet
-            self.apt(self.root, "update", log=self.path("/tmp/update.log"))
-            self.apt(self.root, "satisfy", "--no-install-recommends", self.deps, log=self.path("/tmp/deps.log"))
         self.chroot("dpkg-divert", "--quiet", "--local", "--rename", "--divert", "/usr/bin/systemctl.real",
                     "--add", "/usr/bin/systemctl")
         with open(self.path("/usr/bin/systemctl"), "w") as f:
