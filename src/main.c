@@ -241,6 +241,18 @@ static int main_load_env(main_run *m) {
     return MAIN_GO;
 }
 
+/* Warns of settings files every user may read: the env file, and under systemd the file
+ * the unit's credential is a copy of (the copy itself is the service's alone). */
+static void main_warn_readable(const char *env_file) {
+    const char *settings_files[2] = { env_file, getenv("TOKEND_ENV_FILE_SOURCE") };
+    for (int i = 0; i < 2; i++) {
+        unsigned int mode;
+        if (settings_files[i] && envfile_world_readable(settings_files[i], &mode) == 1)
+            log_msg(LOG_WARN, "%s is readable by every user (mode %04o) and may hold the API key: chmod 600 it",
+                    settings_files[i], mode);
+    }
+}
+
 /* Every setting: its flag, else the real environment, else .env, else its default; then
  * the installed script and page when the working folder has none. Returns MAIN_GO or the
  * exit status (a bad value: 2). */
@@ -260,36 +272,12 @@ static int main_resolve_settings(main_run *m) {
         script_given |= s->offset == offsetof(tokend_config, script);
         public_given |= s->offset == offsetof(tokend_config, public_dir);
     }
-<<<<<<< HEAD
     log_configure(m->cfg.log_level, m->cfg.log_json);
     if (tokend_config_check(&m->cfg, m->err, sizeof m->err) != TOKEND_OK) {
         main_fail(m->err);
         return EXIT_USAGE;
-=======
-    log_configure(cfg.log_level, cfg.log_json);
-    /* Settings files every user may read: the env file, and under systemd the file the
-     * unit's credential is a copy of (the copy itself is the service's alone). */
-    const char *settings_files[2] = { env_file, getenv("TOKEND_ENV_FILE_SOURCE") };
-    for (int i = 0; i < 2; i++) {
-        unsigned int mode;
-        if (settings_files[i] && envfile_world_readable(settings_files[i], &mode) == 1)
-            log_msg(LOG_WARN, "%s is readable by every user (mode %04o) and may hold the API key: chmod 600 it",
-                    settings_files[i], mode);
     }
-    main_installed_defaults(&cfg, script_given, public_given, script_path, public_path, sizeof script_path);
-
-    if (check) {
-        if (tokend_script_check(&cfg, err, sizeof err) != TOKEND_OK) {
-            if (log_is_json()) main_fail(err);
-            else fprintf(stderr, "%s\n", err);        /* file:line: message, as compilers write it */
-            goto out;
-        }
-        snprintf(err, sizeof err, "%s: ok", cfg.script);
-        main_say("check", err, NULL, 0);
-        rc = 0;
-        goto out;
->>>>>>> deb
-    }
+    main_warn_readable(m->env_file);
     main_installed_defaults(&m->cfg, script_given, public_given, m->script_path, m->public_path,
                             sizeof m->script_path);
     return MAIN_GO;

@@ -107,7 +107,6 @@ class Settings(TokendTestCase):
         self.assertEqual(t.get("/token").status, 200)
         self.assertIn("sets ASSEMBLYAI_APIKEY, which tokend does not use", t.log)
 
-<<<<<<< HEAD
     def test_an_env_file_that_is_no_file_is_named(self):
         for make, said in [(lambda path: os.mkdir(path), "a folder, not a settings file"),
                            (lambda path: os.symlink("/nonexistent/settings.env", path), "a link to nothing")]:
@@ -119,7 +118,7 @@ class Settings(TokendTestCase):
                     self.assertEqual(p.returncode, 2, p.stderr)
                     self.assertIn(f"{args[1] if args else '.env'}: {said}", p.stderr)
                     os.rmdir(path) if os.path.isdir(path) and not os.path.islink(path) else os.unlink(path)
-=======
+
     def test_a_settings_file_every_user_may_read_is_warned_about(self):
         path = self.write("conf/tokend.env", "TOKEND_LOG_LEVEL=info\n")
         source = self.write("source.env", "")        # under systemd: the file the credential copies
@@ -146,7 +145,6 @@ class Settings(TokendTestCase):
         lines = [l for l in t.log.splitlines() if "readable by every user" in l]
         self.assertEqual(len(lines), 1, t.log)
         self.assertEqual(json.loads(lines[0])["level"], "warn")
->>>>>>> deb
 
     def test_malformed_env_file(self):
         self.write(".env", "GOOD=1\nthis is not a setting\n")
