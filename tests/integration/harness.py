@@ -80,10 +80,15 @@ def make_ca(folder):
 
 
 class Response:
-    def __init__(self, status, headers, body):
+    def __init__(self, status, headers, body, header_list=()):
         self.status = status
-        self.headers = headers
+        self.headers = headers          # lower-case name -> value (the last of a repeated name)
         self.body = body
+        self.header_list = list(header_list)    # (name, value) as received, repeats included
+
+    def all(self, name):
+        """Every value of a header, in order (Set-Cookie)."""
+        return [v for k, v in self.header_list if k.lower() == name]
 
     def json(self):
         return json.loads(self.body)
@@ -105,7 +110,7 @@ def request(port, path, method="GET", headers=None, body=None, timeout=10, conn=
         conn.endheaders(body.encode() if isinstance(body, str) else body)
         r = conn.getresponse()
         data = r.read()
-        resp = Response(r.status, {k.lower(): v for k, v in r.getheaders()}, data)
+        resp = Response(r.status, {k.lower(): v for k, v in r.getheaders()}, data, r.getheaders())
     finally:
         if own:
             conn.close()
