@@ -57,17 +57,20 @@ local options = streaming.options{
 local metrics_clients = {}
 for _, address in ipairs(policy.METRICS_CLIENTS) do metrics_clients[address] = true end
 
+local DEFAULT_EXPIRES_IN, MIN_EXPIRES_IN, MAX_EXPIRES_IN =
+  policy.DEFAULT_EXPIRES_IN, policy.MIN_EXPIRES_IN, policy.MAX_EXPIRES_IN
+
 local function expires_in(req)
   local asked = tonumber(req.query.expires_in_seconds)
-  if not asked then return policy.DEFAULT_EXPIRES_IN end
-  return math.max(policy.MIN_EXPIRES_IN, math.min(policy.MAX_EXPIRES_IN, math.floor(asked)))
+  if not asked then return DEFAULT_EXPIRES_IN end
+  return math.max(MIN_EXPIRES_IN, math.min(MAX_EXPIRES_IN, math.floor(asked)))
 end
 
 -- Token answers are never cached; cross-origin answers carry their CORS headers.
 local function no_store(cors, extra)
   local headers = { ["Cache-Control"] = "no-store" }
-  for name, value in pairs(cors or {}) do headers[name] = value end
-  for name, value in pairs(extra or {}) do headers[name] = value end
+  if cors then for name, value in pairs(cors) do headers[name] = value end end
+  if extra then for name, value in pairs(extra) do headers[name] = value end end
   return headers
 end
 

@@ -35,7 +35,6 @@ streaming.turn_presets = {
 }
 
 local TURN_PARAMETERS = { "end_of_turn_confidence_threshold", "min_turn_silence", "max_turn_silence" }
-local CHOICES = { "speech_model", "speaker_labels", "language_detection", "keyterms", "turn" }
 
 local function escape(s)
   return (s:gsub("[^%w%-%._~]", function(c) return ("%%%02X"):format(c:byte()) end))
@@ -119,10 +118,10 @@ end
 -- The websocket_url a client streams to with what q asks for (the policy's defaults for
 -- what it does not); or nil, the argument at fault and why.
 function Options:websocket_url(q)
-  q = q or {}
-  local chose = false
-  for _, name in ipairs(CHOICES) do chose = chose or q[name] ~= nil end
-  if not chose then return self.default_url end
+  if not q or (q.speech_model == nil and q.speaker_labels == nil and q.language_detection == nil
+                and q.keyterms == nil and q.turn == nil) then
+    return self.default_url                  -- nothing chosen: the URL made once
+  end
   local query, parameter, why = self:query(q)
   if not query then return nil, parameter, why end
   return self.base_url .. "?" .. query
