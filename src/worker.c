@@ -17,6 +17,7 @@
 #include "policy.h"
 #include "pool.h"
 #include "redis.h"
+#include "secret.h"
 #include "shdict.h"
 #include "upstream.h"
 #include "url.h"
@@ -74,6 +75,7 @@ static int worker_group_share(worker_group *g, char *err, size_t errlen) {
     if (c->env_file) {
         if (envfile_load(c->env_file, &g->env, err, errlen) < 0) return -1;
         envfile_wipe(g->env, "ASSEMBLYAI_API_KEY");     /* the group holds its own copy */
+        secret_wipe_env(g->env);                        /* and the secrets are the process's */
     }
     mime_load(NULL);        /* /etc/mime.types, read once */
     if (netaddr_nets_parse(c->trusted_proxies, &g->proxies, err, errlen) < 0) return -1;
@@ -114,6 +116,11 @@ worker_group *worker_group_open(const tokend_config *cfg, int how, char *err, si
         return NULL;
     }
     g->how = how;
+    /* The key is a secret like the script's (tokend.secret("ASSEMBLYAI_API_KEY")). */
+    if (secret_adopt("ASSEMBLYAI_API_KEY", g->cfg.api_key) < 0) {
+        snprintf(err, errlen, "out of memory");
+        goto fail;
+    }
     if (url_streaming_endpoints(g->cfg.streaming_url, &g->endpoints, err, errlen) != URL_OK) goto fail;
     if (how != WORKER_GROUP_MINT && worker_group_share(g, err, errlen) < 0) goto fail;
     return g;
