@@ -231,6 +231,42 @@ static int ltoken_generate(lua_State *L) {
     return ltoken_mint_at(L, LLIB_HOST(L), "tokend.generate_temp_token", &target, expires, max_session, NULL, NULL);
 }
 
+/* Reads t[field] as an integer >= 0 (0 when absent); raises otherwise. */
+static long ltoken_opt_seconds(lua_State *L, const char *field) {
+    lua_getfield(L, 1, field);
+    int isint = 1;
+    lua_Integer v = lua_isnil(L, -1) ? 0 : lua_tointegerx(L, -1, &isint);
+    if (!isint || v < 0 || v > LONG_MAX / 2) luaL_error(L, "tokend.audit: %s must be a whole number of seconds", field);
+    lua_pop(L, 1);
+    return (long)v;
+}
+
+/* tokend.audit{provider, token | outcome, expires_in_seconds, max_session_duration_seconds}:
+ * the audit line of a credential minted by a provider module (not generate_temp_token),
+ * for the request running: who asked, the outcome ("minted" with a token, or the failure's
+ * kind) and the first 8 hex digits of the token's SHA-256; an audited route then writes
+ * no line of its own. */
+static int ltoken_audit_lua(lua_State *L) {
+    lhost *h = LLIB_HOST(L);
+    luaL_checktype(L, 1, LUA_TTABLE);
+    lua_settop(L, 1);
+    const char *provider = llib_field_string(L, 1, NULL, "provider", NULL);
+    const char *outcome = llib_field_string(L, 1, NULL, "outcome", NULL);
+    size_t tlen = 0;
+    const char *token = llib_field_string(L, 1, NULL, "token", &tlen);
+    luaL_argcheck(L, provider && *provider, 1, "provider must be a name");
+    luaL_argcheck(L, token || outcome, 1, "give the token, or the outcome of a failure");
+    if (!outcome) outcome = "minted";
+    long expires = ltoken_opt_seconds(L, "expires_in_seconds"), session = ltoken_opt_seconds(L, "max_session_duration_seconds");
+    ltoken_audit a;
+    ltoken_audit_capture(L, h, expires, session, &a);
+    char hash[17] = "";
+    unsigned char digest[CRYPTO_MAX_DIGEST];
+    if (token && crypto_digest("sha256", token, tlen, digest)) crypto_hex(digest, 4, hash);
+    audit_token_of(&a.who, provider, outcome, expires, session, hash);
+    return 0;
+}
+
 /* tokend.regions() -> { name = websocket_url, ... }: the data zones a script may mint in. */
 static int ltoken_regions(lua_State *L) {
     const lhost_info *in = lhost_world_of(LLIB_HOST(L))->info;
@@ -244,7 +280,8 @@ static int ltoken_regions(lua_State *L) {
 
 void ltokenlib_open(lua_State *L, lhost *h) {
     static const luaL_Reg fns[] = {
-        { "generate_temp_token", ltoken_generate }, { "regions", ltoken_regions }, { NULL, NULL },
+        { "generate_temp_token", ltoken_generate }, { "regions", ltoken_regions }, { "audit", ltoken_audit_lua },
+        { NULL, NULL },
     };
     llib_register(L, h, fns);
 }
