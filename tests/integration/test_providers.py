@@ -310,6 +310,59 @@ class AssemblyAI(ProviderCase):
         self.assertNotIn("region", j["info"])
 
 
+class DefaultScript(TokendTestCase):
+    """The default script's regions and its account-wide guard."""
+
+    def test_the_page_may_pick_a_region_the_policy_offers(self):
+        aai, eu = self.fake(), self.fake()
+        t = self.tokend(fake=aai, env={"ASSEMBLYAI_REGION_URLS": f"eu={eu.url}, us={aai.url}"},
+                        policy={"TOKENS_PER_MINUTE": 1000, "TOKEN_BURST": 1000, "REGIONS": "eu"})
+        config = t.get("/config").json()
+        self.assertEqual((config["regions"], config.get("default_region")), (["eu"], None))
+        r = t.get("/token?region=eu&speech_model=u3-rt-pro")
+        self.assertEqual(r.status, 200, r)
+        self.assertTrue(r.json()["websocket_url"].startswith(eu.url.replace("http://", "ws://") + "/v3/ws?speech_model=u3-rt-pro"),
+                        "the socket is in the zone the token was minted in")
+        self.assertEqual((eu.stats()["requests"], aai.stats()["requests"]), (1, 0))
+        r = t.get("/token")
+        self.assertTrue(r.json()["websocket_url"].startswith(aai.url.replace("http://", "ws://")), "no region: the default")
+        self.assertEqual(aai.stats()["requests"], 1)
+        csp = t.get("/").headers["content-security-policy"]
+        self.assertIn(eu.url.replace("http://", "ws://"), csp, "the page may open the zone's socket")
+
+    def test_a_region_not_offered_is_a_400_naming_it(self):
+        aai = self.fake()
+        for regions, message in [("eu", 'region "us" is not offered (one of eu)'),
+                                 ("", 'region "us" is not offered by this server')]:
+            with self.subTest(regions=regions):
+                t = self.tokend(fake=aai, policy={"TOKEN_BURST": 100, "REGIONS": regions})
+                r = t.get("/token?region=us")
+                self.assertEqual(r.status, 400)
+                self.assertEqual(r.json(), {"error": message, "parameter": "region"})
+                if not regions:
+                    self.assertNotIn("regions", t.get("/config").json(), "the page shows no region choice")
+        self.assertEqual(aai.stats()["requests"], 0)
+        r = self.run_tokend(["--check", "--script", os.path.join(SRC, "scripts", "routes.lua")],
+                            env={"REGIONS": "mars"})
+        self.assertNotEqual(r.returncode, 0)
+        self.assertIn("REGIONS names mars", r.stdout + r.stderr)
+
+    def test_sessions_per_minute_guards_the_account(self):
+        aai = self.fake()
+        t = self.tokend(fake=aai, workers=2, policy={"TOKENS_PER_MINUTE": 1000, "TOKEN_BURST": 1000,
+                                                     "SESSIONS_PER_MINUTE": 3})
+        statuses = [t.get("/token", headers={"X-Forwarded-For": f"198.51.100.{i}"}).status for i in range(3)]
+        self.assertEqual(statuses, [200, 200, 200])
+        r = t.get("/token")
+        self.assertEqual(r.status, 503)
+        self.assertIn("3 streaming sessions a minute", r.json()["error"])
+        self.assertIn(int(r.headers["retry-after"]), range(1, 21), "one session every 20 s")
+        self.assertEqual(aai.stats()["requests"], 3, "refused before AssemblyAI is asked")
+        self.assertIn("event=token_refused", t.wait_log("event=token_refused"), "the refusal is audited")
+        t2 = self.tokend(fake=aai, policy={"TOKEN_BURST": 1000})
+        self.assertEqual([t2.get("/token").status for _ in range(5)], [200] * 5, "off by default")
+
+
 # Scripts that must not load, and what the error must name.
 BAD_SCRIPTS = [
     ('require("tokend.providers.soniox").new{ api_key = tokend.secret("SONIOX_API_KEY"), ttl = 5 }',
