@@ -182,6 +182,7 @@ int lsecret_in_template(lua_State *L, int idx) {
 static void lsecret_json_copy(lua_State *L, int idx, int seen, int secrets, const char *prefix, int depth,
                               const char *what) {
     idx = lua_absindex(L, idx);
+    luaL_checkstack(L, 8, what);
     if (lsecret_test(L, idx)) {
         lua_Integer n = (lua_Integer)lua_rawlen(L, secrets) + 1;
         lua_pushvalue(L, idx);

@@ -239,6 +239,15 @@ class SecretsStayInC(ProviderCase):
             self.assertNotIn(value.encode(), environ)
         self.assertNotIn(CANARY_KEY.encode(), environ)
 
+    def test_a_reload_finds_the_secrets_it_declared_before(self):
+        import signal
+        t = self.start(VENDOR_TIMEOUT_MS="2000")
+        t.proc.send_signal(signal.SIGHUP)
+        self.assertNotIn("reload failed", t.wait_log("reloaded"), "the variables are gone; the secrets are not")
+        for provider in ["soniox", "livekit", "openai"]:
+            self.assertIn("token", self.mint(provider, t=t), provider)
+        self.assertEqual(self.vendors.last["soniox"]["headers"]["authorization"], "Bearer " + KEYS["soniox"])
+
     def test_secrets_in_a_dot_env_file_are_taken_and_wiped(self):
         self.write(".env", "".join(f"{name}={value}\n" for name, value in SECRET_ENV.items()))
         env = {name: "" for name in SECRET_ENV}
