@@ -103,7 +103,10 @@ TOKEND_API int tokend_config_check(const tokend_config *cfg, char *err, size_t e
 TOKEND_API int tokend_server_create(const tokend_config *cfg, tokend_server **out, char *err, size_t errlen);
 
 /* Runs the workers until tokend_server_stop(); blocks the calling thread.
- * Returns TOKEND_OK after a clean stop, TOKEND_ERR if a worker could not start. */
+ * Returns TOKEND_OK after a clean stop, TOKEND_ERR if a worker could not start, or if a
+ * worker had not returned cfg.drain_timeout_s + 3 s after the stop (a script blocked
+ * where no budget reaches): the server is then left as it is (tokend_server_free does
+ * nothing) and the process should exit. */
 TOKEND_API int tokend_server_run(tokend_server *srv, char *err, size_t errlen);
 
 /* Asks a running server to stop. Safe from a signal handler or another thread. */
@@ -181,7 +184,8 @@ TOKEND_API int tokend_server_port(const tokend_server *srv);
  * Returns TOKEND_OK, or TOKEND_ERR with "file:line: message" (and a traceback) in err. */
 TOKEND_API int tokend_script_check(const tokend_config *cfg, char *err, size_t errlen);
 
-/* Releases a stopped (or never run) server. NULL is allowed. */
+/* Releases a stopped (or never run) server. NULL is allowed. Does nothing for a server
+ * whose run gave up on a worker that did not stop. */
 TOKEND_API void tokend_server_free(tokend_server *srv);
 
 /* Sends log lines to sink instead of stderr (NULL restores stderr). Process-wide: set it

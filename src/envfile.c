@@ -191,6 +191,13 @@ out:
     return rc;
 }
 
+int envfile_world_readable(const char *path, unsigned int *mode) {
+    struct stat st;
+    if (stat(path, &st) != 0) return -1;
+    *mode = (unsigned int)(st.st_mode & 07777);
+    return (st.st_mode & S_IROTH) != 0;
+}
+
 const char *envfile_get(const envfile *env, const char *name) {
     if (!env) return NULL;
     for (size_t i = 0; i < env->len; i++)

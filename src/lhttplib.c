@@ -131,10 +131,21 @@ static lua_Integer lhttp_opt_int(lua_State *L, const char *field, lua_Integer df
     return v;
 }
 
+/* Whether a header belongs to one connection or frames the body: libcurl sets these itself.
+ * Passed on from a client by a script, they could make the backend read the body another
+ * way than libcurl sends it, and the worker's kept-alive connection to it would desync. */
+static int lhttp_hop_by_hop(const char *name) {
+    static const char *const names[] = { "Content-Length", "Transfer-Encoding", "Connection", "Keep-Alive",
+                                         "Upgrade", "TE" };
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
+        if (strcasecmp(name, names[i]) == 0) return 1;
+    return 0;
+}
+
 /* Pushes the request's header lines from opts.headers (names to strings, numbers, secrets
- * or templates of them, rendered in C memory), with tokend's User-Agent unless one is
- * given and a JSON Content-Type for a json body unless one is given: a buffer of lines
- * each ended by a NUL. Raises on a bad name or value. */
+ * or templates of them, rendered in C memory) without the hop-by-hop ones, with tokend's
+ * User-Agent unless one is given and a JSON Content-Type for a json body unless one is
+ * given: a buffer of lines each ended by a NUL. Raises on a bad name or value. */
 static lsecret_buf *lhttp_push_header_lines(lua_State *L, int json) {
     int has_agent = 0, has_type = 0;
     lsecret_buf *b = lsecret_buf_push(L);
@@ -148,6 +159,7 @@ static lsecret_buf *lhttp_push_header_lines(lua_State *L, int json) {
             const char *name = lua_tolstring(L, -2, &nlen);
             if (!nlen || strpbrk(name, ":\r\n \t") || strlen(name) != nlen)
                 luaL_error(L, "tokend.http.request: header \"%s\" has a bad name or value", name);
+            size_t start = b->len;
             lsecret_buf_add(L, b, name, nlen);
             lsecret_buf_add(L, b, ": ", 2);
             size_t at = b->len;
@@ -156,6 +168,10 @@ static lsecret_buf *lhttp_push_header_lines(lua_State *L, int json) {
                 if (b->data[i] == '\r' || b->data[i] == '\n' || b->data[i] == '\0')
                     luaL_error(L, "tokend.http.request: header \"%s\" has a bad name or value", name);
             lsecret_buf_add(L, b, "", 1);
+            if (lhttp_hop_by_hop(name)) {           /* checked, then left out */
+                explicit_bzero(b->data + start, b->len - start);
+                b->len = start;
+            }
             has_agent |= strcasecmp(name, "User-Agent") == 0;
             has_type |= strcasecmp(name, "Content-Type") == 0;
             lua_pop(L, 1);

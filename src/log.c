@@ -291,7 +291,10 @@ int log_level_from_name(const char *name) {
 
 /* ---- lines ---- */
 
-size_t log_escape(char *buf, size_t off, size_t cap, const char *s) {
+/* Appends s to buf[off..cap) with line breaks written as \n and \r and other control
+ * characters as \xNN, so that no text can start a log line of its own. Returns the new
+ * offset; buf stays NUL-terminated. */
+static size_t log_escape(char *buf, size_t off, size_t cap, const char *s) {
     for (; *s && off + 5 < cap; s++) {
         unsigned char c = (unsigned char)*s;
         if (c == '\n') off += (size_t)snprintf(buf + off, cap - off, "\\n");

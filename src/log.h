@@ -61,11 +61,6 @@ void log_throttled(int level, const char *kind, const char *fmt, ...) __attribut
 /* Reports the counts of throttled messages whose second is over; call about once a second. */
 void log_throttled_flush(void);
 
-/* Appends s to buf[off..cap) with line breaks written as \n and \r and other control
- * characters as \xNN, so that no text can start a log line of its own. Returns the new
- * offset; buf stays NUL-terminated. */
-size_t log_escape(char *buf, size_t off, size_t cap, const char *s);
-
 /* Writes one line of type ("log", "audit") with msg and fields: JSON keys in JSON mode,
  * key=value pairs in text mode. Keys are reduced to letters, digits, '_', '-' and '.';
  * one that would take the place of the line's own (time, level, type, msg) gets "x_". */
@@ -91,7 +86,7 @@ int log_level_from_name(const char *name);
  * fragment cut short of 8 characters is kept. Returns dst. */
 char *log_scrub(char *dst, size_t dstlen, const char *src, const char *secret);
 
-/* log_scrub with every registered secret. Returns dst. */
+/* log_scrub with every registered secret (tokend.http.request's error texts). Returns dst. */
 char *log_redact(char *dst, size_t dstlen, const char *src);
 
 /* log_redact for bytes that may hold NULs (an HTTP answer's body): 0 when src[0..len)

@@ -179,7 +179,10 @@ static void lredis_push_depth(lua_State *L, const redis_reply *r, int depth) {
     }
 }
 
-void lredis_push_reply(lua_State *L, const redis_reply *r) {
+/* Pushes a reply as Lua values: strings and status texts as strings, integers, a nil
+ * reply as tokend.redis.null, arrays as sequences, an error nested in an array as
+ * {err = text}. */
+static void lredis_push_reply(lua_State *L, const redis_reply *r) {
     lredis_push_depth(L, r, 0);
 }
 

@@ -24,9 +24,4 @@ int lredis_call(lua_State *L, lhost *h, const char *fn, const char *script, int 
  * the 17 digits that give the same double back. */
 void lredis_number(double n, char out[32]);
 
-/* Pushes a reply as Lua values: strings and status texts as strings, integers, a nil
- * reply as tokend.redis.null, arrays as sequences, an error nested in an array as
- * {err = text}. */
-void lredis_push_reply(lua_State *L, const redis_reply *r);
-
 #endif

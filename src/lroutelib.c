@@ -42,7 +42,7 @@ static int lroute_route(lua_State *L) {
     lhost_check_loading(L, h, "route");
     luaL_argcheck(L, mlen > 0 && mlen < sizeof upper, 1, "not an HTTP method");
     for (size_t i = 0; i <= mlen; i++) upper[i] = (char)toupper((unsigned char)method[i]);
-    if (lhost_add_route(h, L, upper, path, 3, &opts, err, sizeof err) < 0) return luaL_error(L, "%s", err);
+    if (lhost_add_route(h, L, upper, path, 3, &opts, err, sizeof err) < 0) return luaL_error(L, "tokend.route: %s", err);
     return 0;
 }
 
@@ -102,7 +102,8 @@ static void lroute_static_options(lua_State *L, lhost *h, static_options *o) {
             lua_rawgeti(L, -1, i);
             const char *pat = lua_tolstring(L, -1, &len);
             luaL_argcheck(L, lua_type(L, -1) == LUA_TSTRING, 3, "immutable patterns are strings");
-            if (lpattern_search("/", 1, pat, len, 100000) < 0) luaL_error(L, "immutable pattern \"%s\" is malformed", pat);
+            if (lpattern_search("/", 1, pat, len, 100000) < 0)
+                luaL_error(L, "tokend.static: immutable pattern \"%s\" is malformed", pat);
             o->immutable[o->nimmutable++] = pat;
             lua_pop(L, 1);      /* the list keeps it alive */
         }
@@ -121,7 +122,7 @@ static int lroute_static(lua_State *L) {
     if (!lua_isnoneornil(L, 3)) luaL_checktype(L, 3, LUA_TTABLE);
     lua_settop(L, 3);
     lroute_static_options(L, h, &o);
-    if (lhost_add_static(h, prefix, dir, &o, err, sizeof err) < 0) return luaL_error(L, "%s", err);
+    if (lhost_add_static(h, prefix, dir, &o, err, sizeof err) < 0) return luaL_error(L, "tokend.static: %s", err);
     return 0;
 }
 

@@ -161,19 +161,6 @@ void lsecret_render(lua_State *L, int idx, lsecret_buf *b, const char *what) {
     }
 }
 
-int lsecret_in_template(lua_State *L, int idx) {
-    idx = lua_absindex(L, idx);
-    if (lsecret_test(L, idx)) return 1;
-    if (lua_type(L, idx) != LUA_TTABLE) return 0;
-    int found = 0;
-    for (lua_Integer i = 1, n = (lua_Integer)lua_rawlen(L, idx); i <= n && !found; i++) {
-        lua_rawgeti(L, idx, i);
-        found = lsecret_test(L, -1) != NULL;
-        lua_pop(L, 1);
-    }
-    return found;
-}
-
 /* ---- JSON ---- */
 
 /* Pushes a copy of the value at idx for cjson: tables copied (their metatables kept, for

@@ -38,9 +38,6 @@ void lsecret_buf_clear(lsecret_buf *b);
  * those joined (a template: { "Token ", secret }). Raises naming what for anything else. */
 void lsecret_render(lua_State *L, int idx, lsecret_buf *b, const char *what);
 
-/* 1 when the value at idx is a handle, or a list holding one. */
-int lsecret_in_template(lua_State *L, int idx);
-
 /* Appends the table at idx encoded as JSON (lua-cjson's rules), each secret handle in it
  * written as a JSON string of the secret's bytes. Raises naming what for a value JSON
  * cannot hold, a cycle, a handle used as a name, or nesting deeper than 64. */

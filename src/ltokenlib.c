@@ -27,6 +27,7 @@ void ltoken_audit_capture(lua_State *L, lhost *h, long expires_in_s, long max_se
 static void ltoken_audit_write(const upstream_result *r, const ltoken_audit *a) {
     char hash[17] = "";
     unsigned char digest[CRYPTO_MAX_DIGEST];
+    if (!log_enabled(LOG_INFO)) return;         /* no line: no hash of the token either */
     if (r->token && crypto_digest("sha256", r->token, strlen(r->token), digest)) crypto_hex(digest, 4, hash);
     audit_token(&a->who, r->token ? (a->pooled ? "pooled" : "minted") : r->kind,
                 r->token ? r->expires_in_seconds : a->expires_in_s, a->max_session_s, hash);

@@ -2,7 +2,7 @@
 policies, on loopback, serving many requests at once (asyncio in a thread of its own).
 
     GET  /echo              -> {"method", "path", "headers", "body"}   (any method)
-    GET  /slow?ms=500       -> waits, then {"ok": true}
+    GET  /slow?ms=500       -> waits, then {"ok": true}; .slow_max_in_flight: most at once
     GET  /redirect          -> 302 to /echo (tokend must not follow it)
     GET  /reset             -> TCP reset
     GET  /hang              -> never answers
@@ -25,6 +25,8 @@ class Backend:
         self.connections = 0
         self.requests = 0
         self.checks = 0
+        self.slow_in_flight = 0     # /slow requests waiting now, and at most at once
+        self.slow_max_in_flight = 0
         self.decisions = {}         # Authorization header -> {"allowed": ..., "user": ...}
         self.passwords = {}         # password -> user
         self.loop = asyncio.new_event_loop()
@@ -72,7 +74,12 @@ class Backend:
                     continue
                 status, extra, payload = 200, {}, b""
                 if url.path == "/slow":
-                    await asyncio.sleep(int(query.get("ms", "500")) / 1000)
+                    self.slow_in_flight += 1
+                    self.slow_max_in_flight = max(self.slow_max_in_flight, self.slow_in_flight)
+                    try:
+                        await asyncio.sleep(int(query.get("ms", "500")) / 1000)
+                    finally:
+                        self.slow_in_flight -= 1
                     payload = b'{"ok":true}'
                 elif url.path == "/redirect":
                     status, extra = 302, {"Location": "/echo"}

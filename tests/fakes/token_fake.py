@@ -73,7 +73,7 @@ class Fake:
                 "requests": self.requests, "connections": self.connections, "tokens": self.tokens,
                 "last_query": self.last_query, "last_authorization": self.last_authorization,
                 "last_user_agent": self.last_user_agent, "last_path": self.last_path,
-                "max_in_flight": self.max_in_flight, "fault": self.fault}).encode()
+                "max_in_flight": self.max_in_flight, "in_flight": self.in_flight, "fault": self.fault}).encode()
         # /v3/token: Universal-Streaming; /v1/token: the Voice Agent API (agents.assemblyai.com),
         # the same parameters and answer (its reference shows the key raw or as "Bearer <key>").
         if url.path not in ("/v3/token", "/v1/token"):
@@ -150,11 +150,13 @@ class Fake:
             async for method, target, headers, body in requests(reader):
                 if target.startswith("/__control"):
                     result = self.control(body)
+                elif target.startswith("/__"):
+                    result = self.answer(method, target, headers)
                 else:
                     self.in_flight += 1
                     self.max_in_flight = max(self.max_in_flight, self.in_flight)
                     try:
-                        if self.latency_ms and not target.startswith("/__"):
+                        if self.latency_ms:
                             await asyncio.sleep(self.latency_ms / 1000)
                         result = self.answer(method, target, headers)
                     finally:

@@ -43,22 +43,6 @@ def copy_script(source, folder, siblings=()):
     return path
 
 
-def script_with(source, folder, siblings=(), **constants):
-    """The example policies' named constants rewritten (until they read tokend.settings)."""
-    import re
-    with open(os.path.join(SRC, source)) as f:
-        text = f.read()
-    for name, value in constants.items():
-        text, n = re.subn(rf"local {name} = [^\n]*", f"local {name} = {value}", text)
-        assert n == 1, f"{source} has no constant {name}"
-    path = os.path.join(folder, f"routes-{len(os.listdir(folder))}.lua")
-    with open(path, "w") as f:
-        f.write(text)
-    for sibling in siblings:
-        shutil.copy(os.path.join(SRC, os.path.dirname(source), sibling), folder)
-    return path
-
-
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -184,10 +168,10 @@ def _insecure():
 
 class Tokend:
     """A tokend process. cwd is a fresh folder (so no developer .env is read). policy
-    overrides the script's named values (UNLIMITED by default; {} for the script's own)."""
+    overrides the script's named values (for the default script UNLIMITED unless given)."""
 
     def __init__(self, workdir, fake=None, key=CANARY_KEY, args=(), env=None, script=None, public=None,
-                 workers=1, expect_start=True, port=0, policy=UNLIMITED):
+                 workers=1, expect_start=True, port=0, policy=None):
         self.workdir = workdir
         self.env = {k: v for k, v in os.environ.items()
                     if not k.startswith(("ASSEMBLYAI_", "TOKEND_", "CURL_CA")) and k not in ("PORT", "HOST")}
@@ -195,7 +179,9 @@ class Tokend:
             self.env["ASSEMBLYAI_API_KEY"] = key
         if fake:
             self.env["ASSEMBLYAI_STREAMING_URL"] = fake.url
-        self.env.update({name: str(value) for name, value in (policy or {}).items()})
+        if policy is None:          # the default script's own limits are for one visitor, not a test
+            policy = UNLIMITED if script is None else {}
+        self.env.update({name: str(value) for name, value in policy.items()})
         self.env.update(env or {})
         cmd = [BIN, "--script", script or DEFAULT_SCRIPT,
                "--public", public or os.path.join(SRC, "public")]

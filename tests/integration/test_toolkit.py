@@ -131,7 +131,9 @@ class HttpClient(TokendTestCase):
             results = list(pool.map(lambda _: self.call("slow", q="?ms=500"), range(100)))
         elapsed = time.time() - started
         self.assertTrue(all(r["status"] == 200 for r in results), results[:3])
-        self.assertLess(elapsed, 1.5, "100 handlers, each waiting 500 ms on the backend, on one worker")
+        self.assertGreaterEqual(self.backend.slow_max_in_flight, 90,
+                                "100 handlers on one worker, their calls waiting on the backend at the same time")
+        self.assertLess(elapsed, 25, "not one after another (50 s)")
 
 
 CRYPTO_SCRIPT = r'''
@@ -417,7 +419,7 @@ class Jwt(TokendTestCase):
         started = time.time()
         for _ in range(10):
             self.assertIn("err", self.verify("jwks", good))
-        self.assertLess(time.time() - started, 1, "after a failure, no request waits on the JWKS")
+        self.assertLess(time.time() - started, 4, "after a failure, no request waits on the JWKS (a fetch waits 5 s)")
         # A fresh tokend with the keys cached: the provider failing does not matter.
         self.idp.fault = None
         t2 = self.tokend(key=None, script=self.write("jwt2.lua", JWT_SCRIPT), workers=1, env={
@@ -428,7 +430,7 @@ class Jwt(TokendTestCase):
         started = time.time()
         for _ in range(5):
             self.assertIn("claims", t2.get("/verify/jwks", method="POST", body=good).json())
-        self.assertLess(time.time() - started, 1)
+        self.assertLess(time.time() - started, 4, "none waits on the hanging provider (a fetch waits 5 s)")
 
 
 STATE_SCRIPT = r'''
