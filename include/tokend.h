@@ -80,6 +80,10 @@ typedef struct tokend_config {
     const char *redis_url;          /* redis://[user:password@]host:port[/db] or unix:///path;
                                        NULL = no Redis; default none */
     long redis_timeout_ms;          /* deadline of one Redis command; default 50 */
+    const char *region_urls;        /* AssemblyAI's data zones a script may mint in, "name=URL, ...";
+                                       default "us=https://streaming.us.assemblyai.com,
+                                       eu=https://streaming.eu.assemblyai.com"; "" for none */
+    const char *agents_url;         /* AssemblyAI's Voice Agent API; default "https://agents.assemblyai.com" */
 } tokend_config;
 
 typedef struct tokend_server tokend_server;

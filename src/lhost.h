@@ -10,6 +10,7 @@
 #include "router.h"
 #include "static.h"
 #include "upstream.h"
+#include "url.h"
 
 typedef struct lua_State lua_State;
 typedef struct lhost lhost;
@@ -28,6 +29,9 @@ typedef struct lhost_info {
     int worker;
     int api_key_configured;
     int redis_configured;
+    const url_region *regions;      /* AssemblyAI's data zones by name (ASSEMBLYAI_REGION_URLS) */
+    size_t nregions;
+    const url_endpoints *agents;    /* the Voice Agent API's endpoints (ASSEMBLYAI_AGENTS_URL) */
 } lhost_info;
 
 /* What a state's library calls reach: the worker's loop and clients, and the state all

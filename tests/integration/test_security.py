@@ -8,7 +8,7 @@ import threading
 import time
 import unittest
 
-from harness import CANARY_KEY, DEFAULT_SCRIPT, SRC, TokendTestCase, request
+from harness import CANARIES, CANARY_KEY, DEFAULT_SCRIPT, SRC, TokendTestCase, request
 
 
 
@@ -358,6 +358,13 @@ tokend.route("GET", "/require", function()
   local ok, err = pcall(require, "evilmod")
   return 200, { ok = ok, err = tostring(err) }
 end)
+-- A secret the script uses: its bytes must be nowhere Lua can reach either.
+local hunted = tokend.secret("HUNT_SECRET")
+tokend.route("GET", "/use-secret", function(req)
+  local res = tokend.http.request(req.query.url, { method = "POST", headers = { Authorization = { "Bearer ", hunted } },
+                                                   query = { key = hunted }, json = { secret = hunted } })
+  return 200, { status = res and res.status }
+end)
 tokend.route("GET", "/upvalues", function()
   -- The original load hides in the text-only one's upvalue: it would take bytecode.
   local got, original = pcall(debug.getupvalue, load, 1)
@@ -398,10 +405,11 @@ tokend.route("GET", "/hunt", function()
   if has_registry then visit(registry, 0) end
   visit(_G, 0)
   local env = {}
-  for _, name in ipairs({ "ASSEMBLYAI_API_KEY", "API_KEY" }) do env[#env + 1] = os.getenv(name) end
+  for _, name in ipairs({ "ASSEMBLYAI_API_KEY", "API_KEY", "HUNT_SECRET" }) do env[#env + 1] = os.getenv(name) end
   local p = io.popen("env")
   local child_env = p:read("a"); p:close()
-  return 200, { found = found, env = env, child_env_has_key = child_env:find("ASSEMBLYAI_API_KEY", 1, true) ~= nil }
+  return 200, { found = found, env = env, child_env_has_key = child_env:find("ASSEMBLYAI_API_KEY", 1, true) ~= nil
+                                                      or child_env:find("HUNT_SECRET", 1, true) ~= nil }
 end)
 '''
 
@@ -415,7 +423,10 @@ class Scripts(TokendTestCase):
         self.write("s/evilmod.lua", "placeholder")
         import subprocess
         subprocess.run(["luac5.4", "-o", os.path.join(folder, "evilmod.lua"), "-"], input=b"return 1", check=True)
-        self.t = self.tokend(fake=self.fake_, script=self.write("s/routes.lua", SCRIPT_ATTACKS))
+        if HUNT_SECRET not in CANARIES:
+            CANARIES.append(HUNT_SECRET)
+        self.t = self.tokend(fake=self.fake_, script=self.write("s/routes.lua", SCRIPT_ATTACKS),
+                             env={"HUNT_SECRET": HUNT_SECRET})
 
     def test_bytecode_is_refused_everywhere(self):
         j = self.t.get("/load").json()
@@ -438,10 +449,84 @@ class Scripts(TokendTestCase):
 
     def test_the_key_cannot_be_found_from_lua(self):
         self.assertEqual(self.t.get("/hunt").status, 200)     # warm up: a worker has minted nothing yet
+        import sys
+        sys.path.insert(0, os.path.join(SRC, "tests", "fakes"))
+        from backend import Backend
+        echo = Backend()
+        self.addCleanup(echo.stop)
+        self.assertEqual(self.t.get(f"/use-secret?url={echo.url}/echo").json(), {"status": 200},
+                         "the secret went out (and came back echoed)")
         j = self.t.get("/hunt").json()
         self.assertFalse(j["found"], "no string holding the key is reachable")
         self.assertFalse(j["env"], "os.getenv finds no key")
         self.assertFalse(j["child_env_has_key"], "a child process inherits no key")
+
+
+HUNT_SECRET = "canary-HUNT-7e1f0d2c3b4a5968"
+
+
+# Where a secret handle must be refused (its bytes would leave C), or a bad name: each row a
+# handler's body run with a secret at hand (`key`), and the error it must raise (or the
+# answer's status when the refusal is a failed answer).
+SECRET_MISUSE = [
+    ("a log line", 'tokend.log.info("the key", key)', "tokend.log: secret:MISUSE_SECRET cannot go there"),
+    ("a log field", 'tokend.log.warn("x", { key = key })', "tokend.log: secret:MISUSE_SECRET cannot go there"),
+    ("a debug line too", 'tokend.log.debug("the key", key)', "tokend.log: secret:MISUSE_SECRET cannot go there"),
+    ("a shared dictionary", 'tokend.shared("s"):set("k", key)', "values are strings, numbers or booleans"),
+    ("cjson.encode", 'require("cjson").encode({ key })', "Cannot serialise userdata"),
+    ("concatenation", 'local s = "Token " .. key', "a secret cannot be read, joined or indexed"),
+    ("string.format", 'assert(string.format("%s", key) == "secret:MISUSE_SECRET")', None),
+    ("a field", 'local b = key.bytes', "a secret cannot be read, joined or indexed"),
+    ("tokend.env", 'tokend.env("MISUSE_SECRET")', "tokend.env: MISUSE_SECRET is a secret"),
+    ("an unset secret", 'tokend.secret("UNSET_SECRET_NAME")', "the secret UNSET_SECRET_NAME is not set"),
+    ("a name that is not one", 'tokend.secret("A-B")', "a secret's name is a variable name"),
+    ("the request body", 'tokend.http.request("http://127.0.0.1:1/", { body = key })', "bad argument"),
+    ("a JSON name", 'tokend.http.request("http://127.0.0.1:1/", { json = { [key] = 1 } })', "a secret cannot be a name"),
+    ("a bad template", 'tokend.http.request("http://127.0.0.1:1/", { headers = { A = { key, {} } } })',
+     "a template's parts are strings, numbers or secrets"),
+    ("a redis argument", 'tokend.redis.command("SET", "k", key)', "string or number expected, got tokend.secret"),
+]
+SECRET_ANSWERS = [
+    # route, the status the answer gets
+    ("/body-table", 500), ("/body", 500), ("/header", 500),
+]
+
+
+class SecretHandles(TokendTestCase):
+    def test_a_handle_is_refused_where_its_bytes_would_leave(self):
+        cases = "\n".join(f'  [{i}] = function() {line} end,' for i, (_, line, _) in enumerate(SECRET_MISUSE, 1))
+        script = self.write("misuse.lua", f'''
+local tokend = require "tokend"
+local key = tokend.secret("MISUSE_SECRET")
+local cases = {{
+{cases}
+}}
+tokend.route("GET", "/case/:i", function(req)
+  local ok, err = pcall(cases[tonumber(req.params.i)])
+  return 200, {{ ok = ok, err = tostring(err) }}
+end)
+tokend.route("GET", "/body-table", function() return 200, {{ key = key }} end)
+tokend.route("GET", "/body", function() return 200, key end)
+tokend.route("GET", "/header", function() return 200, "x", {{ ["X-Key"] = key }} end)
+tokend.route("GET", "/user", function(req) req.log.user = key return 200, "logged" end)
+''')
+        secret = "misuse-SECRET-0a1b2c3d4e5f"
+        CANARIES.append(secret)
+        t = self.tokend(key=None, script=script, env={"MISUSE_SECRET": secret})
+        for i, (what, _, message) in enumerate(SECRET_MISUSE, 1):
+            with self.subTest(what):
+                j = t.get(f"/case/{i}").json()
+                if message is None:
+                    self.assertTrue(j["ok"], j)
+                else:
+                    self.assertFalse(j["ok"], j)
+                    self.assertIn(message, j["err"])
+        for path, status in SECRET_ANSWERS:
+            with self.subTest(path):
+                self.assertEqual(t.get(path).status, status)
+        self.assertEqual(t.get("/user").status, 200)
+        t.stop()
+        self.assertNotIn("secret:MISUSE", t.log, "req.log.user = handle writes nothing of it")
 
 
 class KeyNeverLeaks(TokendTestCase):
@@ -529,6 +614,7 @@ RAW_REQUESTS = [
     ("150 query arguments", b"GET /index.html?" + b"&".join(b"a%d=1" % i for i in range(150)) +
      b" HTTP/1.1\r\nHost: localhost\r\n\r\n", 400, False),
     ("HEAD of a GET route mints nothing", b"HEAD /token HTTP/1.1\r\nHost: localhost\r\n\r\n", 200, False),
+    ("a region the policy does not offer", b"GET /token?region=eu HTTP/1.1\r\nHost: localhost\r\n\r\n", 400, False),
     # libmicrohttpd answers these itself, with its header block twice: one answer here.
     ("a malformed Content-Length", b"POST /token HTTP/1.1\r\nHost: localhost\r\nContent-Length: abc\r\n\r\n", 400, True),
     ("an empty Content-Length", b"POST /token HTTP/1.1\r\nHost: localhost\r\nContent-Length:\r\n\r\n", 400, True),
