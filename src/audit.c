@@ -2,17 +2,15 @@
 #include <stdio.h>
 
 #include "audit.h"
+#include "crypto.h"
 #include "log.h"
 
-void audit_token(const audit_who *who, const char *outcome, long expires_in_s, long max_session_s,
-                 const char *token_sha256) {
-    audit_token_of(who, NULL, outcome, expires_in_s, max_session_s, token_sha256);
-}
-
-void audit_token_of(const audit_who *who, const char *provider, const char *outcome, long expires_in_s,
-                    long max_session_s, const char *token_sha256) {
-    char expires[24], session[24];
+void audit_token(const audit_who *who, const char *provider, const char *outcome, long expires_in_s,
+                 long max_session_s, const char *token, size_t token_len) {
+    char expires[24], session[24], token_sha256[17] = "";
+    unsigned char digest[CRYPTO_MAX_DIGEST];
     if (!log_enabled(LOG_INFO)) return;
+    if (token && crypto_digest("sha256", token, token_len, digest) == 32) crypto_hex(digest, 4, token_sha256);
     snprintf(expires, sizeof expires, "%ld", expires_in_s);
     snprintf(session, sizeof session, "%ld", max_session_s);
     log_field f[10] = {
