@@ -8,7 +8,7 @@
 #include "llib.h"
 #include "log.h"
 #include "loop.h"
-#include "lredislib.h"
+#include "lredis.h"
 #include "metrics.h"
 
 #define LPOLICY_LIMITER "tokend.limiter"

@@ -6,7 +6,7 @@
 
 #include "llib.h"
 #include "loop.h"
-#include "lredislib.h"
+#include "lredis.h"
 #include "shdict.h"
 
 #define LSHARED_CLASS "tokend.shared"

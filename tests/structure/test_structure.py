@@ -74,6 +74,15 @@ class Layout(unittest.TestCase):
         self.assertEqual(find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}), ["a", "b", "c", "a"])
         self.assertIsNone(find_cycle({"a": {"b"}, "b": set(), "c": {"a", "b"}}))
 
+    def test_the_parts_of_the_lua_api_are_leaves_listed_in_linit(self):
+        folder = os.path.join(SRC, "src")
+        libs = sorted(n[:-2] for n in os.listdir(folder) if re.fullmatch(r"l[a-z]+lib\.c", n) and n != "llib.c")
+        headers = sorted(n for n in os.listdir(folder) if re.fullmatch(r"l[a-z]+lib\.h", n) and n != "llib.h")
+        self.assertEqual(headers, [], "a library has no header: what libraries share lives in a helper file")
+        with open(os.path.join(folder, "linit.c")) as f:
+            listed = sorted(set(re.findall(r"X\((l[a-z]+lib)_open\)", f.read())))
+        self.assertEqual(listed, libs, "every l*lib.c is one line of linit.c")
+
     def test_libmicrohttpd_stays_behind_http_h(self):
         folder = os.path.join(SRC, "src")
         users = []

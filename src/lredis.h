@@ -1,6 +1,6 @@
-/* lredislib.h: Redis commands from Lua, for tokend.redis and the Redis stores of limiters and dictionaries. */
-#ifndef TOKEND_LREDISLIB_H
-#define TOKEND_LREDISLIB_H
+/* lredis.h: Redis commands from Lua for the parts of the API that keep state in Redis (tokend.redis, limiters, dictionaries): a command waited for like any outside call. */
+#ifndef TOKEND_LREDIS_H
+#define TOKEND_LREDIS_H
 
 #include <lua.h>
 
