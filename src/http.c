@@ -54,6 +54,12 @@ struct http_front {
     loop_timer tick_timer;
     int run_pending;            /* libmicrohttpd has work to do: its epoll fd was ready, or a resume */
     unsigned long log_sampled;  /* successes of sampled routes, for log_every */
+    struct MHD_Daemon *daemon2;     /* the second socket's (HTTPS beside HTTP), or NULL */
+    int epoll_fd2;
+    int quiesced_fd2;
+    struct MHD_Daemon *tls_daemon;  /* the daemon that speaks HTTPS, or NULL */
+    unsigned int max_connections;   /* both daemons together */
+    unsigned int nconns;
 };
 
 /* A request with what only the HTTP front sees of it. */
@@ -98,7 +104,8 @@ static void http_mhd_log(void *cls, const char *fmt, va_list ap) {
     while (n && (msg[n - 1] == '\n' || msg[n - 1] == '\r')) msg[--n] = '\0';
     int client_caused = strstr(msg, "Error processing request") || strstr(msg, "HTTP request") ||
                         strstr(msg, "Connection reset") || strstr(msg, "Failed to receive") ||
-                        strstr(msg, "Failed to send") || strstr(msg, "Closing connection");
+                        strstr(msg, "Failed to send") || strstr(msg, "Closing connection") ||
+                        strstr(msg, "handshake") || strstr(msg, "TLS") || strstr(msg, "packet");  /* HTTPS */
     if (client_caused) log_throttled(LOG_DEBUG, "http (client)", "%s", msg);
     else log_throttled(LOG_WARN, "http", "%s", msg);
 }
@@ -150,6 +157,10 @@ static enum MHD_Result http_on_accept(void *cls, const struct sockaddr *addr, so
     (void)addrlen;
     netaddr_of_sockaddr(addr, text, sizeof text);
     /* Behind a proxy every connection comes from it: trusted proxies are not limited. */
+    if (f->nconns >= f->max_connections) {     /* HTTP and HTTPS: one limit for both */
+        log_throttled(LOG_DEBUG, "http (client)", "refused a connection from %s: the connection limit is reached", text);
+        return MHD_NO;
+    }
     if (policy_conns_allowed(f->conns, text) || netaddr_nets_contain(f->proxies, text)) return MHD_YES;
     log_throttled(LOG_DEBUG, "http (client)", "refused a connection from %s: too many open connections from it", text);
     return MHD_NO;
@@ -171,6 +182,7 @@ static void http_on_connection(void *cls, struct MHD_Connection *conn, void **so
         c->next = f->conns_list;
         if (f->conns_list) f->conns_list->prev = c;
         f->conns_list = c;
+        f->nconns++;
         policy_conns_opened(f->conns, c->peer);
         *socket_context = c;
         return;
@@ -179,6 +191,7 @@ static void http_on_connection(void *cls, struct MHD_Connection *conn, void **so
      * at the start of its next turn: make sure there is one. */
     f->run_pending = 1;
     if (!c) return;
+    f->nconns--;
     policy_conns_closed(f->conns, c->peer);
     if (c->prev) c->prev->next = c->next;
     else f->conns_list = c->next;
@@ -575,30 +588,21 @@ static void http_on_epoll(void *ud, int fd, unsigned events) {
     f->run_pending = 1;
 }
 
-http_front *http_create(loop *lp, const http_options *opts, http_dispatch_fn *dispatch, void *ud,
-                        char *err, size_t errlen) {
-    http_front *f = calloc(1, sizeof *f);
-    if (!f) {
-        snprintf(err, errlen, "out of memory");
-        return NULL;
-    }
-    f->lp = lp;
-    f->dispatch = dispatch;
-    f->dispatch_ud = ud;
-    f->max_body_bytes = opts->max_body_bytes;
-    f->quiesced_fd = -1;
-    f->proxies = opts->proxies;
-    f->conns = opts->conns;
-    f->hosts = opts->hosts;
-    f->max_header_bytes = opts->max_header_bytes;
-    f->max_query_args = opts->max_query_args;
-    f->request_timeout_ms = (uint64_t)opts->request_timeout_s * 1000u;
+/* Starts a daemon of f on the listening socket fd (HTTPS when tls) and watches its epoll
+ * descriptor; NULL with err set on failure (fd is then still the caller's). */
+static struct MHD_Daemon *http_start_daemon(http_front *f, const http_options *opts, int fd, int tls, int *epoll_fd,
+                                            char *err, size_t errlen) {
     size_t memory = opts->max_header_bytes + HTTP_POOL_RESERVE;
-    f->daemon = MHD_start_daemon(
-        MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG | MHD_USE_TURBO,
+    struct MHD_OptionItem tls_items[] = {
+        { tls ? MHD_OPTION_HTTPS_MEM_CERT : MHD_OPTION_END, 0, (void *)(uintptr_t)opts->tls_cert_pem },
+        { MHD_OPTION_HTTPS_MEM_KEY, 0, (void *)(uintptr_t)opts->tls_key_pem },
+        { MHD_OPTION_END, 0, NULL },
+    };
+    struct MHD_Daemon *d = MHD_start_daemon(
+        MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG | MHD_USE_TURBO | (tls ? MHD_USE_TLS : 0),
         0, http_on_accept, f, http_on_request, f,
         MHD_OPTION_EXTERNAL_LOGGER, http_mhd_log, f,
-        MHD_OPTION_LISTEN_SOCKET, (MHD_socket)opts->listen_fd,
+        MHD_OPTION_LISTEN_SOCKET, (MHD_socket)fd,
         MHD_OPTION_URI_LOG_CALLBACK, http_on_uri, f,
         MHD_OPTION_NOTIFY_COMPLETED, http_on_completed, f,
         MHD_OPTION_NOTIFY_CONNECTION, http_on_connection, f,
@@ -606,21 +610,68 @@ http_front *http_create(loop *lp, const http_options *opts, http_dispatch_fn *di
         MHD_OPTION_CONNECTION_LIMIT, (unsigned int)opts->max_connections,
         MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int)opts->idle_timeout_s,
         MHD_OPTION_SIGPIPE_HANDLED_BY_APP, (int)1,
+        MHD_OPTION_ARRAY, tls_items,
         MHD_OPTION_END);
-    if (!f->daemon) {
-        snprintf(err, errlen, "libmicrohttpd failed to start (see the log)");
-        goto fail;
+    if (!d) {
+        snprintf(err, errlen, tls ? "libmicrohttpd failed to start HTTPS (see the log; is the certificate usable "
+                                    "by GnuTLS?)" : "libmicrohttpd failed to start (see the log)");
+        return NULL;
     }
-    const union MHD_DaemonInfo *di = MHD_get_daemon_info(f->daemon, MHD_DAEMON_INFO_EPOLL_FD);
-    if (!di || loop_watch(lp, di->epoll_fd, LOOP_READ, http_on_epoll, f) < 0) {
+    const union MHD_DaemonInfo *di = MHD_get_daemon_info(d, MHD_DAEMON_INFO_EPOLL_FD);
+    if (!di || loop_watch(f->lp, di->epoll_fd, LOOP_READ, http_on_epoll, f) < 0) {
         snprintf(err, errlen, "cannot watch the libmicrohttpd epoll descriptor");
+        MHD_stop_daemon(d);     /* closes fd */
+        *epoll_fd = -2;
+        return NULL;
+    }
+    *epoll_fd = di->epoll_fd;
+    return d;
+}
+
+http_front *http_create(loop *lp, const http_options *opts, http_dispatch_fn *dispatch, void *ud,
+                        char *err, size_t errlen) {
+    http_front *f = calloc(1, sizeof *f);
+    int fd2 = opts->tls_cert_pem ? opts->tls_listen_fd : -1;
+    if (!f) {
+        snprintf(err, errlen, "out of memory");
         goto fail;
     }
-    f->epoll_fd = di->epoll_fd;
+    f->lp = lp;
+    f->dispatch = dispatch;
+    f->dispatch_ud = ud;
+    f->max_body_bytes = opts->max_body_bytes;
+    f->quiesced_fd = f->quiesced_fd2 = -1;
+    f->epoll_fd = f->epoll_fd2 = -1;
+    f->max_connections = opts->max_connections;
+    f->proxies = opts->proxies;
+    f->conns = opts->conns;
+    f->hosts = opts->hosts;
+    f->max_header_bytes = opts->max_header_bytes;
+    f->max_query_args = opts->max_query_args;
+    f->request_timeout_ms = (uint64_t)opts->request_timeout_s * 1000u;
+    int tls = opts->listen_tls && opts->tls_cert_pem;
+    if (!(f->daemon = http_start_daemon(f, opts, opts->listen_fd, tls, &f->epoll_fd, err, errlen))) {
+        if (f->epoll_fd == -2) f->epoll_fd = -1;        /* its socket went with the daemon */
+        else close(opts->listen_fd);
+        goto fail;
+    }
+    if (tls) f->tls_daemon = f->daemon;
+    if (fd2 >= 0) {
+        f->daemon2 = http_start_daemon(f, opts, fd2, 1, &f->epoll_fd2, err, errlen);
+        if (!f->daemon2 && f->epoll_fd2 != -2) close(fd2);
+        fd2 = -1;
+        if (!f->daemon2) goto fail;
+        f->tls_daemon = f->daemon2;
+    }
     loop_timer_start(lp, &f->tick_timer, HTTP_TICK_MS, http_on_tick, f);
     return f;
 fail:
-    if (f->daemon) MHD_stop_daemon(f->daemon);
+    if (fd2 >= 0) close(fd2);
+    if (f && f->daemon) {
+        loop_watch(lp, f->epoll_fd, 0, NULL, NULL);
+        MHD_stop_daemon(f->daemon);
+    }
+    if (!f) close(opts->listen_fd);
     free(f);
     return NULL;
 }
@@ -629,17 +680,25 @@ void http_run(http_front *f) {
     if (!f->run_pending && http_timeout_ms(f) != 0) return;     /* nothing to do: skip its epoll_wait */
     f->run_pending = 0;
     MHD_run(f->daemon);
+    if (f->daemon2) MHD_run(f->daemon2);
+}
+
+/* Milliseconds until daemon d needs to run, or -1. */
+static long http_daemon_timeout_ms(struct MHD_Daemon *d) {
+    MHD_UNSIGNED_LONG_LONG t;
+    if (!d || MHD_get_timeout(d, &t) != MHD_YES) return -1;
+    return t > 0x7fffffffULL ? 0x7fffffffL : (long)t;
 }
 
 long http_timeout_ms(http_front *f) {
-    MHD_UNSIGNED_LONG_LONG t;
     if (f->run_pending) return 0;
-    if (MHD_get_timeout(f->daemon, &t) != MHD_YES) return -1;
-    return t > 0x7fffffffULL ? 0x7fffffffL : (long)t;
+    long a = http_daemon_timeout_ms(f->daemon), b = http_daemon_timeout_ms(f->daemon2);
+    return a < 0 ? b : b < 0 || a < b ? a : b;
 }
 
 void http_quiesce(http_front *f) {
     if (f->quiesced_fd < 0) f->quiesced_fd = MHD_quiesce_daemon(f->daemon);
+    if (f->daemon2 && f->quiesced_fd2 < 0) f->quiesced_fd2 = MHD_quiesce_daemon(f->daemon2);
 }
 
 size_t http_in_flight(const http_front *f) {
@@ -651,10 +710,14 @@ void http_free(http_front *f) {
     f->closing = 1;     /* what still arrives is not dispatched: the Lua host may be gone */
     while (f->pending) http_request_fail(&f->pending->pub, 503, "server shutting down");
     MHD_run(f->daemon);
+    if (f->daemon2) MHD_run(f->daemon2);
     loop_watch(f->lp, f->epoll_fd, 0, NULL, NULL);
+    if (f->daemon2) loop_watch(f->lp, f->epoll_fd2, 0, NULL, NULL);
     loop_timer_stop(f->lp, &f->tick_timer);
     MHD_stop_daemon(f->daemon);
+    if (f->daemon2) MHD_stop_daemon(f->daemon2);
     if (f->quiesced_fd >= 0) close(f->quiesced_fd);
+    if (f->quiesced_fd2 >= 0) close(f->quiesced_fd2);
     free(f);
 }
 
@@ -691,4 +754,10 @@ static enum MHD_Result http_header_cb(void *cls, enum MHD_ValueKind kind, const 
 void http_request_each_header(const http_request *req, http_header_fn *fn, void *ud) {
     http_header_iter it = { fn, ud };
     MHD_get_connection_values(HTTP_EXCHANGE(req)->conn, MHD_HEADER_KIND, http_header_cb, &it);
+}
+
+int http_request_is_tls(const http_request *req) {
+    const http_exchange *x = HTTP_EXCHANGE(req);
+    const union MHD_ConnectionInfo *ci = MHD_get_connection_info(x->conn, MHD_CONNECTION_INFO_DAEMON);
+    return x->front->tls_daemon && ci && ci->daemon == x->front->tls_daemon;
 }

@@ -45,6 +45,14 @@ typedef struct http_options {
     struct netaddr_nets *proxies;   /* borrowed; X-Forwarded-For is believed from these */
     struct policy_conns *conns;     /* borrowed; per-address connection counts */
     struct policy_hosts *hosts;     /* borrowed; the Host names served */
+    /* HTTPS (libmicrohttpd's TLS, GnuTLS underneath): listen_tls makes listen_fd speak it
+     * (HTTPS alone); tls_listen_fd, when >= 0, is a second socket that speaks it beside a
+     * plain listen_fd (ownership taken). The certificate chain and its key are PEM text,
+     * borrowed: they must outlive the front. max_connections bounds both sockets together. */
+    int listen_tls;
+    int tls_listen_fd;
+    const char *tls_cert_pem;
+    const char *tls_key_pem;
 } http_options;
 
 /* Starts a daemon on opts->listen_fd, registered in lp. dispatch(ud, req) is called once
@@ -118,5 +126,8 @@ void http_request_fail(http_request *req, int status, const char *message);
 
 /* Answers 405 with the Allow header listing the methods allowed ("GET, HEAD"). */
 void http_request_fail_allow(http_request *req, const char *allow);
+
+/* 1 when req came over HTTPS (a TLS socket of the front). */
+int http_request_is_tls(const http_request *req);
 
 #endif

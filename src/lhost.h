@@ -28,6 +28,8 @@ typedef struct lhost_info {
     int worker;
     int api_key_configured;
     int redis_configured;
+    int tls_port;               /* the port that speaks HTTPS, 0 when none */
+    int dev;                    /* the development server (--dev) */
 } lhost_info;
 
 /* What a state's library calls reach: the worker's loop and clients, and the state all

@@ -54,6 +54,8 @@ struct tokend_server {
     worker_group *group;        /* the settings and what the workers share */
     const tokend_config *cfg;   /* the group's */
     int port;
+    int tls_port;               /* the port that speaks HTTPS (port itself when alone), or 0 */
+    int tls_beside;             /* HTTPS on tls_port beside HTTP on port */
     int nworkers;
     server_worker *workers;
     atomic_int stopping;
@@ -200,11 +202,13 @@ static void server_on_watch(void *ud) {
 
 /* Opens worker sw's world on its listening socket fd (taken) and loads its Lua host (or
  * serves the attached one). Returns 0 or -1 with err set. */
-static int server_worker_init(tokend_server *srv, server_worker *sw, int id, int fd, char *err, size_t errlen) {
+static int server_worker_init(tokend_server *srv, server_worker *sw, int id, int fd, int tls_fd, char *err,
+                              size_t errlen) {
     sw->srv = srv;
     sw->id = id;
     worker_options wo = { .id = id, .workers = srv->nworkers, .port = srv->port, .listen_fd = fd,
-                          .dispatch = server_worker_dispatch, .dispatch_ud = sw };
+                          .listen_tls = srv->tls_port && !srv->tls_beside, .tls_listen_fd = tls_fd,
+                          .tls_port = srv->tls_beside ? srv->tls_port : srv->tls_port ? srv->port : 0, .dispatch = server_worker_dispatch, .dispatch_ud = sw };
     if (!(sw->w = worker_open(srv->group, &wo, err, errlen))) return -1;
     if (srv->attached) {        /* the module's: in the server's world, still loading its routes */
         sw->lua = srv->attached;
@@ -248,6 +252,22 @@ static void server_watch_script(tokend_server *srv) {
     loop_timer_start(worker_loop(sw->w), &sw->watch_timer, SERVER_WATCH_MS, server_on_watch, sw);
 }
 
+/* Where HTTPS goes: nowhere without a certificate; alone on the port with one; beside HTTP
+ * on tls_port when given, else under dev on the next port (a free one when the port is
+ * 0). Returns 0, or -1 with err. */
+static int server_choose_tls_port(tokend_server *srv, char *err, size_t errlen) {
+    const tokend_config *c = srv->cfg;
+    if (!worker_group_tls(srv->group)) return 0;
+    srv->tls_beside = c->tls_port || c->dev;
+    srv->tls_port = c->tls_port ? c->tls_port : c->dev && srv->port ? srv->port + 1 : 0;
+    if (!srv->tls_beside) srv->tls_port = -1;       /* known once the port is bound */
+    if (c->dev && !c->tls_port && srv->port == 65535) {
+        snprintf(err, errlen, "--dev serves HTTPS on the port after --port, and 65535 has none: give --tls-port");
+        return -1;
+    }
+    return 0;
+}
+
 int tokend_server_create(const tokend_config *cfg, tokend_server **out, char *err, size_t errlen) {
     return server_create_attached(cfg, NULL, out, err, errlen);
 }
@@ -277,11 +297,18 @@ int server_create_attached(const tokend_config *cfg, lhost *attached, tokend_ser
         goto fail;
     }
     srv->port = cfg->port;
+    if (server_choose_tls_port(srv, err, errlen) < 0) goto fail;
     if (srv->port != 0 && server_port_free(srv->cfg->host, srv->port, err, errlen) < 0) goto fail;
+    if (srv->tls_beside && srv->tls_port && server_port_free(srv->cfg->host, srv->tls_port, err, errlen) < 0) goto fail;
     for (int i = 0; i < srv->nworkers; i++) {
-        int fd = server_listen(srv->cfg->host, &srv->port, 1, err, errlen);
-        if (fd < 0 || server_worker_init(srv, &srv->workers[i], i, fd, err, errlen) < 0) goto fail;
+        int fd = server_listen(srv->cfg->host, &srv->port, 1, err, errlen), tls_fd = -1;
+        if (fd >= 0 && srv->tls_beside && (tls_fd = server_listen(srv->cfg->host, &srv->tls_port, 1, err, errlen)) < 0) {
+            close(fd);
+            goto fail;
+        }
+        if (fd < 0 || server_worker_init(srv, &srv->workers[i], i, fd, tls_fd, err, errlen) < 0) goto fail;
     }
+    if (srv->tls_port && !srv->tls_beside) srv->tls_port = srv->port;   /* HTTPS alone: port 0 is known now */
     server_report_unknown(srv);
     if (srv->cfg->watch_script) server_watch_script(srv);
     *out = srv;
@@ -431,6 +458,10 @@ void tokend_server_stop(tokend_server *srv) {
 
 int tokend_server_port(const tokend_server *srv) {
     return srv->port;
+}
+
+int tokend_server_tls_port(const tokend_server *srv) {
+    return srv->tls_port > 0 ? srv->tls_port : 0;
 }
 
 void tokend_server_free(tokend_server *srv) {
