@@ -1,7 +1,9 @@
 /* http.c: the HTTP front: one libmicrohttpd daemon per worker, driven by its event loop. */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
+#include <errno.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -60,6 +62,7 @@ struct http_front {
     struct MHD_Daemon *tls_daemon;  /* the daemon that speaks HTTPS, or NULL */
     unsigned int max_connections;   /* both daemons together */
     unsigned int nconns;
+    struct http_stream *streams;    /* bodies being produced */
 };
 
 /* A request with what only the HTTP front sees of it. */
@@ -67,6 +70,7 @@ typedef struct http_exchange {
     http_request pub;                   /* first: an http_request * is an http_exchange * */
     struct MHD_Connection *conn;
     http_front *front;
+    struct http_stream *stream;         /* its answer's body, while being produced */
     char *target;
     size_t target_len;
     int state;
@@ -83,6 +87,26 @@ typedef struct http_exchange {
 #define HTTP_EXCHANGE(req) ((http_exchange *)(req))
 /* An http_response is a libmicrohttpd response under another name. */
 #define HTTP_MHD(resp) ((struct MHD_Response *)(resp))
+
+/* A response body produced while it is sent (http_response_stream): the bytes written and
+ * not yet taken by libmicrohttpd, which suspends the connection while there are none. */
+struct http_stream {
+    http_front *f;
+    struct MHD_Connection *conn;
+    http_exchange *x;               /* its request until that completes, else NULL */
+    http_stream_fn *drained, *closed;
+    void *ud;
+    char *buf;                      /* pending bytes: buf[head .. head + len) */
+    size_t head, len, cap;
+    size_t high;                    /* writes are refused while this much is pending */
+    int full;                       /* a write was refused: drained is due once half is gone */
+    int suspended;                  /* its connection waits for bytes */
+    int watched_fd;                 /* while suspended: its socket, watched for the client leaving; or -1 */
+    int peer_spoke;                 /* the client sent something while it waited: watched no more */
+    int ended;                      /* 1: complete, 2: cut */
+    loop_timer drain_timer;
+    struct http_stream *prev, *next;    /* the front's streams */
+};
 
 /* One open connection: waiting while a request is being received. */
 typedef struct http_conn {
@@ -282,6 +306,7 @@ static void http_on_completed(void *cls, struct MHD_Connection *conn, void **con
         free((char *)x->log_fields[i].value);
     }
     free(x->log_fields);
+    if (x->stream) x->stream->x = NULL;     /* its body may still be going out */
     if (x->response) MHD_destroy_response(x->response);
     free(x->target);
     free(req->path);
@@ -709,6 +734,9 @@ void http_free(http_front *f) {
     if (!f) return;
     f->closing = 1;     /* what still arrives is not dispatched: the Lua host may be gone */
     while (f->pending) http_request_fail(&f->pending->pub, 503, "server shutting down");
+    /* Bodies still being produced are cut: their connections are resumed to close (a
+     * suspended connection must not be there when the daemon stops). */
+    for (struct http_stream *s = f->streams; s; s = s->next) http_stream_end(s, 0);
     MHD_run(f->daemon);
     if (f->daemon2) MHD_run(f->daemon2);
     loop_watch(f->lp, f->epoll_fd, 0, NULL, NULL);
@@ -754,6 +782,154 @@ static enum MHD_Result http_header_cb(void *cls, enum MHD_ValueKind kind, const 
 void http_request_each_header(const http_request *req, http_header_fn *fn, void *ud) {
     http_header_iter it = { fn, ud };
     MHD_get_connection_values(HTTP_EXCHANGE(req)->conn, MHD_HEADER_KIND, http_header_cb, &it);
+}
+
+/* ---- responses produced later ---- */
+
+/* Calls the producer's drained, from the loop. */
+static void http_stream_on_drain(void *ud) {
+    http_stream *s = ud;
+    if (!s->ended && s->drained) s->drained(s->ud);
+}
+
+/* Resumes the stream's connection when it waits for bytes. */
+static void http_stream_wake(http_stream *s) {
+    if (!s->suspended) return;
+    s->suspended = 0;
+    if (s->watched_fd >= 0) loop_watch(s->f->lp, s->watched_fd, 0, NULL, NULL);
+    s->watched_fd = -1;
+    MHD_resume_connection(s->conn);
+    s->f->run_pending = 1;
+}
+
+/* The socket of a suspended stream became readable: libmicrohttpd neither looks at a
+ * suspended connection nor reads one that is sending, so a client that left would hold it
+ * until the next bytes fail. A socket the client shut or reset cuts the stream, which
+ * closes the connection; so do bytes over TLS (a browser sends nothing else while it
+ * receives but its close_notify, whose TCP end may come later). Other bytes are left for
+ * later, and the socket is watched no more. */
+static void http_stream_on_peer(void *ud, int fd, unsigned events) {
+    http_stream *s = ud;
+    struct pollfd p = { .fd = fd, .events = POLLIN | POLLRDHUP };
+    (void)events;
+    if (poll(&p, 1, 0) <= 0) return;
+    const union MHD_ConnectionInfo *ci = MHD_get_connection_info(s->conn, MHD_CONNECTION_INFO_DAEMON);
+    int tls = s->f->tls_daemon && ci && ci->daemon == s->f->tls_daemon;
+    loop_watch(s->f->lp, fd, 0, NULL, NULL);
+    s->watched_fd = -1;
+    s->peer_spoke = 1;
+    if ((p.revents & (POLLRDHUP | POLLHUP | POLLERR)) || tls) http_stream_end(s, 0);
+}
+
+/* Suspends the stream's connection until there are bytes, watching for the client leaving. */
+static void http_stream_suspend(http_stream *s) {
+    s->suspended = 1;
+    MHD_suspend_connection(s->conn);
+    const union MHD_ConnectionInfo *ci = MHD_get_connection_info(s->conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+    if (!s->peer_spoke && ci && loop_watch(s->f->lp, ci->connect_fd, LOOP_READ, http_stream_on_peer, s) == 0)
+        s->watched_fd = ci->connect_fd;
+}
+
+/* libmicrohttpd asks for the next bytes of the body: what is pending, else the end, else
+ * nothing yet (the connection is suspended until a write or the end). */
+static ssize_t http_stream_read(void *cls, uint64_t pos, char *buf, size_t max) {
+    http_stream *s = cls;
+    (void)pos;
+    if (!s->len) {
+        if (s->ended) return s->ended == 1 ? MHD_CONTENT_READER_END_OF_STREAM : MHD_CONTENT_READER_END_WITH_ERROR;
+        if (!s->suspended) http_stream_suspend(s);
+        return 0;
+    }
+    size_t n = s->len < max ? s->len : max;
+    memcpy(buf, s->buf + s->head, n);
+    s->head += n;
+    s->len -= n;
+    if (!s->len) s->head = 0;
+    if (s->x) s->x->bytes += n;
+    if (s->full && s->len <= s->high / 2) {
+        s->full = 0;
+        loop_timer_start(s->f->lp, &s->drain_timer, 0, http_stream_on_drain, s);
+    }
+    return (ssize_t)n;
+}
+
+/* The response is gone (sent, abandoned or never queued): the producer hears it once. */
+static void http_stream_free(void *cls) {
+    http_stream *s = cls;
+    http_front *f = s->f;
+    if (s->prev) s->prev->next = s->next;
+    else f->streams = s->next;
+    if (s->next) s->next->prev = s->prev;
+    if (s->x) s->x->stream = NULL;
+    if (s->watched_fd >= 0) loop_watch(f->lp, s->watched_fd, 0, NULL, NULL);
+    loop_timer_stop(f->lp, &s->drain_timer);
+    http_stream_fn *closed = s->closed;
+    void *ud = s->ud;
+    free(s->buf);
+    free(s);
+    if (closed) closed(ud);
+}
+
+http_response *http_response_stream(http_request *req, long long size, size_t buffer, http_stream_fn *drained,
+                                    http_stream_fn *closed, void *ud, http_stream **out) {
+    http_exchange *x = HTTP_EXCHANGE(req);
+    http_stream *s = calloc(1, sizeof *s);
+    *out = NULL;
+    if (!s) return NULL;
+    s->f = x->front;
+    s->conn = x->conn;
+    s->watched_fd = -1;
+    s->high = buffer ? buffer : 1;
+    s->x = x;
+    s->next = s->f->streams;
+    if (s->f->streams) s->f->streams->prev = s;
+    s->f->streams = s;
+    /* libmicrohttpd reads at most block bytes at a time, into a buffer of the response's
+     * own: small for an event stream (thousands may be open), 16 KiB for a large body. */
+    size_t block = s->high < 256 ? 256 : s->high > 16384 ? 16384 : s->high;
+    uint64_t total = size < 0 ? MHD_SIZE_UNKNOWN : (uint64_t)size;
+    struct MHD_Response *resp = MHD_create_response_from_callback(total, block, http_stream_read, s, http_stream_free);
+    if (!resp) {
+        http_stream_free(s);    /* closed is not set yet: nobody is told */
+        return NULL;
+    }
+    s->drained = drained;
+    s->closed = closed;
+    s->ud = ud;
+    x->stream = s;
+    *out = s;
+    return (http_response *)resp;
+}
+
+int http_stream_write(http_stream *s, const void *data, size_t len) {
+    if (s->ended) return -1;
+    if (s->len >= s->high) {
+        s->full = 1;
+        return 1;
+    }
+    if (s->head && s->head + s->len + len > s->cap) {
+        memmove(s->buf, s->buf + s->head, s->len);
+        s->head = 0;
+    }
+    if (s->len + len > s->cap) {
+        size_t cap = s->cap ? s->cap : 4096;
+        while (cap < s->len + len) cap *= 2;
+        char *b = realloc(s->buf, cap);
+        if (!b) return -1;
+        s->buf = b;
+        s->cap = cap;
+    }
+    memcpy(s->buf + s->head + s->len, data, len);
+    s->len += len;
+    http_stream_wake(s);
+    return 0;
+}
+
+void http_stream_end(http_stream *s, int complete) {
+    if (s->ended) return;
+    s->ended = complete ? 1 : 2;
+    if (!complete) s->len = 0;
+    http_stream_wake(s);
 }
 
 int http_request_is_tls(const http_request *req) {

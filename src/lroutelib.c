@@ -65,6 +65,7 @@ static void lroute_push_default_csp(lua_State *L, const lhost_info *info) {
 static void lroute_static_options(lua_State *L, lhost *h, static_options *o) {
     o->max_age = -1;
     o->index = "index.html";
+    o->live_reload = lhost_world_of(h)->info->dev;
     if (lua_isnil(L, 3) || lua_getfield(L, 3, "csp") == LUA_TNIL) {
         lroute_push_default_csp(L, lhost_world_of(h)->info);
     } else if (lua_isboolean(L, -1) && !lua_toboolean(L, -1)) {

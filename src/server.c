@@ -14,7 +14,9 @@
 #include <unistd.h>
 
 #include "config.h"
+#include "devserver.h"
 #include "envfile.h"
+#include "fswatch.h"
 #include "http.h"
 #include "lcroute.h"
 #include "lhost.h"
@@ -27,7 +29,6 @@
 #include "upstream.h"
 #include "worker.h"
 
-#define SERVER_WATCH_MS 500         /* how often --watch looks at the script */
 #define SERVER_EXTRA_TURNS 4        /* libmicrohttpd turns per loop wake-up, at most */
 
 /* A Lua host replaced by a reload, kept until its last request is answered. */
@@ -45,9 +46,6 @@ typedef struct server_worker {
     int started;
     int reload_seen;            /* the reload generation this worker has loaded */
     server_retired *retired;
-    loop_timer watch_timer;     /* worker 1 under --watch */
-    struct timespec script_mtime;
-    off_t script_size;
 } server_worker;
 
 struct tokend_server {
@@ -63,6 +61,7 @@ struct tokend_server {
     lcroute **c_routes;         /* routes in C, re-added on every reload */
     size_t n_c_routes;
     lhost *attached;            /* the Lua module's host, or NULL */
+    fswatch *watch;             /* --watch and --dev, on worker 1's loop */
 };
 
 void tokend_set_log_sink(tokend_log_fn *sink, void *ud) {
@@ -183,19 +182,17 @@ static void server_worker_reap(server_worker *w, int all) {
     }
 }
 
-/* --watch: reloads every worker when the script's modification time or size changes. */
-static void server_on_watch(void *ud) {
-    server_worker *w = ud;
-    struct stat st;
-    if (stat(w->srv->cfg->script, &st) == 0 &&
-        (st.st_mtim.tv_sec != w->script_mtime.tv_sec || st.st_mtim.tv_nsec != w->script_mtime.tv_nsec ||
-         st.st_size != w->script_size)) {
-        w->script_mtime = st.st_mtim;
-        w->script_size = st.st_size;
-        log_msg(LOG_INFO, "%s changed", w->srv->cfg->script);
-        tokend_server_reload(w->srv);
+/* --watch and --dev: a change of the script (or a module beside it) reloads every worker;
+ * under --dev, open pages then reload too (after the workers: each loads the script before
+ * it reads the requests that come with its wake-up). */
+static void server_on_files(void *ud, int script, const char *changed) {
+    tokend_server *srv = ud;
+    devserver_hub *pages = worker_group_devserver(srv->group);
+    if (script) {
+        log_msg(LOG_INFO, "%s changed", srv->attached ? "a script" : srv->cfg->script);
+        tokend_server_reload(srv);
     }
-    loop_timer_start(worker_loop(w->w), &w->watch_timer, SERVER_WATCH_MS, server_on_watch, w);
+    if (pages) devserver_hub_reload(pages, script ? "" : changed);
 }
 
 /* Creates a worker's loop, clients and Lua host (not its HTTP front). */
@@ -219,7 +216,6 @@ static int server_worker_init(tokend_server *srv, server_worker *sw, int id, int
 }
 
 static void server_worker_free(server_worker *sw) {
-    if (sw->w) loop_timer_stop(worker_loop(sw->w), &sw->watch_timer);
     server_worker_reap(sw, 1);      /* cancels what the Lua hosts wait for */
     if (sw->srv && sw->srv->attached && sw->lua == sw->srv->attached) {
         lhost_serve(sw->lua, NULL);     /* the module's: back to its own world */
@@ -241,15 +237,14 @@ static void server_report_unknown(tokend_server *srv) {
     }
 }
 
-/* --watch: worker 1 looks at the script's file every SERVER_WATCH_MS. */
-static void server_watch_script(tokend_server *srv) {
-    struct stat st;
-    server_worker *sw = &srv->workers[0];
-    if (stat(srv->cfg->script, &st) == 0) {
-        sw->script_mtime = st.st_mtim;
-        sw->script_size = st.st_size;
-    }
-    loop_timer_start(worker_loop(sw->w), &sw->watch_timer, SERVER_WATCH_MS, server_on_watch, sw);
+/* --watch and --dev: worker 1 watches the script's folder, and under --dev the public one. */
+static int server_watch_files(tokend_server *srv, char *err, size_t errlen) {
+    const tokend_config *c = srv->cfg;
+    if (!c->watch_script && !c->dev) return 0;
+    srv->watch = fswatch_create(worker_loop(srv->workers[0].w), srv->attached ? NULL : c->script,
+                                c->dev && c->public_dir && *c->public_dir ? c->public_dir : NULL, server_on_files, srv,
+                                err, errlen);
+    return srv->watch ? 0 : -1;
 }
 
 /* Where HTTPS goes: nowhere without a certificate; alone on the port with one; beside HTTP
@@ -310,7 +305,7 @@ int server_create_attached(const tokend_config *cfg, lhost *attached, tokend_ser
     }
     if (srv->tls_port && !srv->tls_beside) srv->tls_port = srv->port;   /* HTTPS alone: port 0 is known now */
     server_report_unknown(srv);
-    if (srv->cfg->watch_script) server_watch_script(srv);
+    if (server_watch_files(srv, err, errlen) < 0) goto fail;
     *out = srv;
     return TOKEND_OK;
 fail:
@@ -466,6 +461,7 @@ int tokend_server_tls_port(const tokend_server *srv) {
 
 void tokend_server_free(tokend_server *srv) {
     if (!srv) return;
+    fswatch_free(srv->watch);       /* on worker 1's loop */
     for (int i = 0; srv->workers && i < srv->nworkers; i++) server_worker_free(&srv->workers[i]);
     free(srv->workers);
     for (size_t i = 0; i < srv->n_c_routes; i++) {

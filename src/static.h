@@ -23,6 +23,7 @@ typedef struct static_options {
                                                        year, unchanged (fingerprinted names) */
     size_t nimmutable;
     const char *index;          /* the file a folder answers with; NULL: none (404) */
+    int live_reload;            /* tokend --dev: HTML pages get the live-reload script */
 } static_options;
 
 static_mounts *static_create(void);

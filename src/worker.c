@@ -11,6 +11,7 @@
 
 #include "config.h"
 #include "devca.h"
+#include "devserver.h"
 #include "envfile.h"
 #include "fetch.h"
 #include "log.h"
@@ -40,6 +41,7 @@ struct worker_group {
     redis_target redis;             /* where Redis is, when cfg.redis_url is set */
     int redis_answered;             /* to the check at start */
     devca_tls tls;                  /* HTTPS: the certificate and key (PEM), the dev CA's certificate */
+    devserver_hub *devhub;          /* under dev: the workers' live-reload stations */
 };
 
 struct worker {
@@ -49,6 +51,9 @@ struct worker {
     upstream *up;
     redis_client *redis;            /* NULL without TOKEND_REDIS_URL */
     http_front *http;               /* NULL when it serves no HTTP */
+    devserver *dev;                 /* under dev: /__tokend/, before the dispatcher */
+    http_dispatch_fn *dispatch;     /* what answers the other requests */
+    void *dispatch_ud;
     lhost_info info;
     lhost_world world;
 };
@@ -148,6 +153,10 @@ worker_group *worker_group_open(const tokend_config *cfg, int how, char *err, si
     if (g->tls.expired)
         log_msg(LOG_WARN, "the certificate %s is not valid now (expired, or not yet valid): browsers will refuse it",
                 g->cfg.tls_cert);
+    if (how == WORKER_GROUP_SERVE && g->cfg.dev && !(g->devhub = devserver_hub_create(g->tls.ca_pem))) {
+        snprintf(err, errlen, "out of memory");
+        goto fail;
+    }
     return g;
 fail:
     worker_group_close(g);
@@ -164,6 +173,7 @@ void worker_group_close(worker_group *g) {
     netaddr_nets_free(g->proxies);
     policy_hosts_free(g->hosts);
     explicit_bzero(&g->redis, sizeof g->redis);
+    devserver_hub_free(g->devhub);
     devca_tls_free(&g->tls);
     config_free(&g->cfg);
     free(g);
@@ -179,6 +189,17 @@ struct envfile *worker_group_env(const worker_group *g) {
 
 int worker_group_tls(const worker_group *g) {
     return g->tls.cert_pem != NULL;
+}
+
+devserver_hub *worker_group_devserver(const worker_group *g) {
+    return g->devhub;
+}
+
+/* The HTTP front's dispatcher: the development server's paths, then the worker's own. */
+static void worker_dispatch(void *ud, http_request *req) {
+    worker *w = ud;
+    if (w->dev && devserver_serve(w->dev, req)) return;
+    w->dispatch(w->dispatch_ud, req);
 }
 
 /* Opens the worker's HTTP front on its listening socket. Returns 0 or -1 with err. */
@@ -202,7 +223,14 @@ static int worker_serve_http(worker *w, const worker_options *o, char *err, size
         return -1;
     }
     /* http_create takes both sockets, also when it fails. */
-    return (w->http = http_create(w->lp, &ho, o->dispatch, o->dispatch_ud, err, errlen)) ? 0 : -1;
+    w->dispatch = o->dispatch;
+    w->dispatch_ud = o->dispatch_ud;
+    if (g->devhub && !(w->dev = devserver_open(g->devhub, w->lp, err, errlen))) {
+        close(o->listen_fd);
+        if (o->tls_listen_fd > 0) close(o->tls_listen_fd);
+        return -1;
+    }
+    return (w->http = http_create(w->lp, &ho, worker_dispatch, w, err, errlen)) ? 0 : -1;
 }
 
 /* Fills what scripts see of the worker (tokend.config) and what their calls reach. */
@@ -269,6 +297,7 @@ void worker_close(worker *w) {
     upstream_free(w->up);
     fetch_free(w->client);
     http_free(w->http);         /* answers what is left 503 */
+    devserver_close(w->dev);    /* its pages' streams ended with the front */
     loop_free(w->lp);
     free(w);
 }

@@ -37,6 +37,9 @@ struct envfile *worker_group_env(const worker_group *g);
 /* 1 when the group serves HTTPS (a certificate, or the development CA's under dev). */
 int worker_group_tls(const worker_group *g);
 
+/* Under dev, what tells the workers' open pages to reload; NULL otherwise. */
+struct devserver_hub *worker_group_devserver(const worker_group *g);
+
 typedef struct worker_options {
     int id;                         /* 0-based; scripts see tokend.config.worker = id + 1 */
     int workers;                    /* how many the server runs (tokend.config.workers) */

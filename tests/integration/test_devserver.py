@@ -325,5 +325,247 @@ class DevSwitch(TokendTestCase):
         self.assertEqual((t.port, t.tls_port), (port, port + 1))
 
 
+class EventStream:
+    """A client of /__tokend/livereload: reads its events (kind, data) and comment lines."""
+
+    def __init__(self, port, path="/__tokend/livereload", timeout=20, tls=None):
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        if tls:
+            self.sock = tls.wrap_socket(self.sock, server_hostname="localhost")
+        self.file = self.sock.makefile("rb")
+        try:
+            self.sock.sendall(f"GET {path} HTTP/1.1\r\nHost: localhost\r\nAccept: text/event-stream\r\n\r\n".encode())
+            self.status = int(self.file.readline().split()[1])
+        except (OSError, IndexError):
+            self.close()
+            raise
+        self.headers = {}
+        while True:
+            line = self.file.readline().decode().strip()
+            if not line:
+                break
+            name, value = line.split(":", 1)
+            self.headers[name.lower()] = value.strip()
+        self.comments = 0
+        self.chunked = self.headers.get("transfer-encoding") == "chunked"
+        self.pending = b""
+
+    def _line(self):
+        while b"\n" not in self.pending:
+            if self.chunked:
+                size = int(self.file.readline().strip(), 16)
+                if size == 0:
+                    raise EOFError("the stream ended")
+                self.pending += self.file.read(size)
+                self.file.readline()
+            else:
+                chunk = self.file.read1(4096)
+                if not chunk:
+                    raise EOFError("the stream ended")
+                self.pending += chunk
+        line, self.pending = self.pending.split(b"\n", 1)
+        return line.decode()
+
+    def event(self):
+        """The next event, as (kind, data); comments are counted on the way."""
+        kind, data = "message", []
+        while True:
+            line = self._line()
+            if line == "":
+                if data or kind != "message":
+                    return kind, "\n".join(data)
+            elif line.startswith(":"):
+                self.comments += 1
+            elif line.startswith("event:"):
+                kind = line[6:].strip()
+            elif line.startswith("data:"):
+                data.append(line[5:].lstrip(" ") if line[5:6] == " " else line[5:])
+
+    def close(self):
+        self.file.close()
+        self.sock.close()
+
+
+class LiveReload(TokendTestCase):
+    def setUp(self):
+        super().setUp()
+        self.site = os.path.join(self.workdir, "site")
+        self.write("site/index.html", "<!doctype html>\n<html><body>\n<h1>home</h1>\n</BODY>\n</html>\n")
+        self.write("site/plain.html", "<p>no body tag</p>")
+        self.write("site/style.css", "body { color: red }")
+        self.write("site/app.js", "console.log(1)")
+        self.env = {"XDG_DATA_HOME": os.path.join(self.workdir, "data")}
+
+    def dev(self, script=None, env=None, **kw):
+        return self.tokend(key=None, public=self.site, script=script, args=["--dev", "--host", "127.0.0.1"],
+                           env={**self.env, **(env or {})}, **kw)
+
+    def stream(self, t):
+        s = EventStream(t.port)
+        self.addCleanup(s.close)
+        self.assertEqual(s.status, 200)
+        self.assertEqual(s.headers["content-type"], "text/event-stream; charset=utf-8")
+        self.assertEqual(s.headers["cache-control"], "no-cache")
+        kind, boot = s.event()
+        self.assertEqual(kind, "hello")
+        self.assertRegex(boot, r"^[0-9a-f]{16}$")
+        return s
+
+    def test_a_file_change_tells_open_pages_which_file(self):
+        t = self.dev()
+        s = self.stream(t)
+        time.sleep(0.2)
+        self.write("site/style.css", "body { color: blue }")
+        self.assertEqual(s.event(), ("reload", "style.css"))
+        os.makedirs(os.path.join(self.site, "deep", "er"))
+        time.sleep(0.3)         # the new folders are watched once their creation is seen
+        self.write("site/deep/er/page.html", "<p>new</p>")
+        self.assertEqual(s.event(), ("reload", "deep/er/page.html"))
+        # Several files at once come as one event; editors' scratch files are left out.
+        self.write("site/.page.html.swp", "x")
+        self.write("site/app.js", "console.log(2)")
+        self.write("site/index.html", "<p>changed</p>")
+        kind, data = s.event()
+        self.assertEqual((kind, sorted(data.split("\n"))), ("reload", ["app.js", "index.html"]))
+
+    def test_a_script_change_reloads_the_script_then_the_pages(self):
+        script = self.write("scripts/routes.lua", 'local tokend = require "tokend"\n'
+                            'local v = require "version"\n'
+                            'tokend.route("GET", "/v", function() return 200, v end)\n')
+        self.write("scripts/version.lua", 'return "one"')
+        t = self.dev(script=script)
+        s = self.stream(t)
+        self.assertEqual(t.get("/v").body, b"one")
+        time.sleep(0.2)
+        self.write("scripts/version.lua", 'return "two"')      # a module beside the script counts too
+        self.assertEqual(s.event(), ("reload", ""))
+        self.assertIn("reloaded", t.wait_log("reloaded"))
+        self.assertEqual(t.get("/v").body, b"two")
+
+    def test_html_pages_get_the_client_as_their_own_representation(self):
+        t = self.dev()
+        r = t.get("/")
+        self.assertEqual(r.status, 200)
+        self.assertIn(b'<h1>home</h1>\n<script src="/__tokend/livereload.js" defer></script></BODY>', r.body)
+        self.assertRegex(r.headers["etag"], r'^"[0-9a-f]+-[0-9a-f]+-lr"$')
+        self.assertNotIn("accept-ranges", r.headers)
+        self.assertIn("default-src 'self'", r.headers["content-security-policy"])
+        self.assertEqual(t.get("/", headers={"If-None-Match": r.headers["etag"]}).status, 304)
+        ranged = t.get("/", headers={"Range": "bytes=0-3", "Accept-Encoding": "gzip"})
+        self.assertEqual((ranged.status, ranged.body), (200, r.body))
+        self.assertNotIn("content-encoding", ranged.headers)
+        head = t.get("/", method="HEAD")
+        self.assertEqual((head.status, head.body, head.headers["etag"]), (200, b"", r.headers["etag"]))
+        self.assertEqual(t.get("/plain.html").body, b'<p>no body tag</p><script src="/__tokend/livereload.js" defer>'
+                                                     b'</script>')
+        self.assertEqual(t.get("/app.js").body, b"console.log(1)")
+        js = t.get("/__tokend/livereload.js")
+        self.assertEqual(js.status, 200)
+        self.assertEqual(js.headers["content-type"], "text/javascript; charset=utf-8")
+        self.assertIn(b"new EventSource(url)", js.body)
+        self.assertIn(b"new URL('livereload', document.currentScript.src)", js.body)
+        self.assertNotIn(b"ws://", js.body)
+        t.stop()
+        plain = self.tokend(key=None, public=self.site)     # without --dev, the file as it is
+        r = plain.get("/")
+        self.assertNotIn(b"livereload", r.body)
+        self.assertEqual(plain.get("/__tokend/livereload.js").status, 404)
+
+    def test_the_reserved_paths_come_before_the_script_s_hooks(self):
+        script = self.write("guard.lua", 'local tokend = require "tokend"\n'
+                            'tokend.before(function(req) return 401, { error = "sign in" } end)\n'
+                            'tokend.static("/", tokend.config.public)\n')
+        t = self.dev(script=script)
+        self.assertEqual(t.get("/").status, 401)
+        self.assertEqual(t.get("/__tokend/livereload.js").status, 200)
+        self.assertEqual(t.get("/__tokend/nothing").status, 404)
+        self.assertEqual(t.get("/__tokend/livereload.js", method="POST", body="").status, 405)
+
+    def test_a_heartbeat_comment_keeps_idle_streams_open(self):
+        t = self.dev()
+        s = self.stream(t)
+        s.sock.settimeout(25)
+        self.write("site/app.js", "console.log(3)")
+        t0 = time.time()
+        self.assertEqual(s.event(), ("reload", "app.js"))
+        while s.comments == 0 and time.time() - t0 < 25:
+            self.write("site/app.js", f"console.log({time.time()})")
+            s.event()
+        self.assertGreaterEqual(s.comments, 1, "no keep-alive comment within 25 s")
+
+    def test_idle_pages_are_bounded_by_the_connection_limits(self):
+        t = self.dev(env={"TOKEND_MAX_CONNECTIONS": "40", "TOKEND_MAX_CONNECTIONS_PER_IP": "30"})
+        base = len(os.listdir(f"/proc/{t.proc.pid}/fd"))
+        streams, refused = [], 0
+        for _ in range(60):
+            s = None
+            try:
+                s = EventStream(t.port, timeout=5)
+                s.event()
+                streams.append(s)
+            except (OSError, EOFError, ValueError, IndexError):
+                refused += 1
+                if s:
+                    s.close()
+        try:
+            self.assertEqual((len(streams), refused), (30, 30))       # the per-address limit
+            self.assertLessEqual(len(os.listdir(f"/proc/{t.proc.pid}/fd")) - base, 30)
+        finally:
+            for s in streams:
+                s.close()
+        # The pages that left are forgotten: room again.
+        deadline = time.time() + 10
+        while time.time() < deadline:
+            try:
+                s = EventStream(t.port, timeout=5)
+                s.event()
+                s.close()
+                break
+            except (OSError, EOFError, ValueError, IndexError):
+                time.sleep(0.2)
+        else:
+            self.fail("no room for a new page after the others left")
+
+    def test_a_page_that_leaves_is_forgotten_before_the_next_heartbeat(self):
+        t = self.dev(env={"TOKEND_MAX_CONNECTIONS_PER_IP": "1"})
+        tls = tls_context(os.path.join(self.workdir, "data", "tokend", "ca.crt"))
+        for port, context in [(t.port, None), (t.tls_port, tls), (t.port, None)]:
+            with self.subTest(port=port):
+                deadline = time.time() + 5      # the heartbeat would find it gone after 15 s
+                while True:
+                    try:
+                        s = EventStream(port, tls=context, timeout=5)
+                        self.assertEqual(s.event()[0], "hello")
+                        break
+                    except (OSError, EOFError, ValueError, IndexError):
+                        self.assertLess(time.time(), deadline, "the page that left still holds its connection")
+                        time.sleep(0.1)
+                s.close()       # leaves without a word: the next one must get in
+
+    def test_the_ca_certificate_goes_to_loopback_clients_only(self):
+        t = self.tokend(key=None, public=self.site, args=["--dev", "--trusted-proxies", "0.0.0.0/0, ::/0"],
+                        env=self.env)
+        r = t.get("/__tokend/ca.crt")
+        self.assertEqual(r.status, 200)
+        self.assertEqual(r.headers["content-type"], "application/x-x509-ca-cert")
+        with open(os.path.join(self.workdir, "data", "tokend", "ca.crt"), "rb") as f:
+            self.assertEqual(r.body, f.read())
+        lan = [a for a in machine_addresses() if ":" not in a]
+        if not lan:
+            self.skipTest("no network address to connect from")
+        # From the machine's network address: another peer than loopback, whatever it claims.
+        for headers in [{}, {"X-Forwarded-For": "127.0.0.1"}]:
+            with self.subTest(headers=headers):
+                r = request(t.port, "/__tokend/ca.crt", host=lan[0], headers={"Host": f"localhost:{t.port}", **headers})
+                self.assertEqual(r.status, 404)
+        t.stop()
+        # With a certificate of one's own, the development CA is not in use: nothing to serve.
+        ca, cert, key = make_ca(self.workdir)
+        t = self.tokend(key=None, public=self.site, args=["--dev", "--host", "127.0.0.1", "--tls-cert", cert,
+                                                          "--tls-key", key], env=self.env)
+        self.assertEqual(t.get("/__tokend/ca.crt").status, 404)
+        self.assertEqual(request(t.tls_port, "/healthz", tls=tls_context(ca), host="localhost").status, 200)
+
+
 if __name__ == "__main__":
     unittest.main()
