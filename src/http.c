@@ -937,3 +937,7 @@ int http_request_is_tls(const http_request *req) {
     const union MHD_ConnectionInfo *ci = MHD_get_connection_info(x->conn, MHD_CONNECTION_INFO_DAEMON);
     return x->front->tls_daemon && ci && ci->daemon == x->front->tls_daemon;
 }
+
+int http_request_from_proxy(const http_request *req) {
+    return netaddr_nets_contain(HTTP_EXCHANGE(req)->front->proxies, req->peer);
+}

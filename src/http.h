@@ -154,4 +154,7 @@ void http_request_fail_allow(http_request *req, const char *allow);
 /* 1 when req came over HTTPS (a TLS socket of the front). */
 int http_request_is_tls(const http_request *req);
 
+/* 1 when req's peer is a trusted proxy (its X-Forwarded-For was believed). */
+int http_request_from_proxy(const http_request *req);
+
 #endif

@@ -14,7 +14,8 @@
     X(lcookielib_open)      /* cookie */ \
     X(ljwtlib_open)         /* jwt */ \
     X(lredislib_open)       /* redis */ \
-    X(lpoollib_open)        /* pool */
+    X(lpoollib_open)        /* pool */ \
+    X(lproxylib_open)       /* proxy */
 
 #define LINIT_DECLARE(open) llib_open_fn open;
 LINIT_LIBS(LINIT_DECLARE)
