@@ -139,9 +139,8 @@ static const proxy_mount_entry *proxy_find(const proxy_mounts *m, const char *ta
     const proxy_mount_entry *best = NULL;
     for (size_t i = 0; m && i < m->len; i++) {
         const proxy_mount_entry *e = &m->v[i];
-        char next = target[e->prefix_len];
-        int covers = e->prefix_len == 1 ||
-                     (strncmp(target, e->prefix, e->prefix_len) == 0 && (!next || next == '/' || next == '?'));
+        int covers = e->prefix_len == 1 || (strncmp(target, e->prefix, e->prefix_len) == 0 &&
+                                             strchr("/?", target[e->prefix_len]));   /* or its NUL */
         if (covers && (!best || e->prefix_len > best->prefix_len)) best = e;
     }
     return best;

@@ -138,7 +138,8 @@ class Proxy(TokendTestCase):
                                 time.sleep(0.002)
                     self.assertEqual(total, 50 * 1024 * 1024)
         grown = rss_kib(t.proc.pid) - before
-        self.assertLess(grown, 16 * 1024, f"tokend's memory grew by {grown} KiB for 50 MB answers")
+        if not os.environ.get("ASAN_OPTIONS"):      # AddressSanitizer keeps freed memory in quarantine
+            self.assertLess(grown, 16 * 1024, f"tokend's memory grew by {grown} KiB for 50 MB answers")
 
     def test_a_client_that_leaves_mid_answer_ends_the_transfer(self):
         t = self.serve('tokend.proxy("/api", "BACKEND", { strip_prefix = true })')
