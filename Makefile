@@ -8,15 +8,17 @@ SHELL := /bin/bash
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 # Build and run: compiler, CMake, the libraries (Lua, HTTP server and client, JSON,
-# OpenSSL's libcrypto, hiredis, zlib), the system's media types, and the CA store for TLS.
+# OpenSSL's libcrypto, hiredis, zlib, libqrencode for --dev's QR code), the system's media
+# types, and the CA store for TLS.
 RUN_PACKAGES = gcc make cmake pkg-config liblua5.4-dev libmicrohttpd-dev libcurl4-openssl-dev \
-               lua-cjson-dev libssl-dev libhiredis-dev zlib1g-dev media-types ca-certificates
+               lua-cjson-dev libssl-dev libhiredis-dev zlib1g-dev libqrencode-dev media-types ca-certificates
 # Tests: the fakes are Python (standard library only); the test CA is made with openssl;
 # the browser test runs Debian's Chromium with espeak-ng speech (converted by sox) as the
-# microphone, driven by playwright-core from npm. Several instances share limits through
-# a real Redis, behind a real HAProxy.
+# microphone, driven by playwright-core from npm; it trusts tokend's development CA in
+# Chromium's NSS store with certutil. Several instances share limits through a real Redis,
+# behind a real HAProxy.
 TEST_PACKAGES = $(RUN_PACKAGES) python3 openssl lua5.4 curl chromium espeak-ng sox wrk valgrind luarocks \
-                redis-server haproxy lua-luv lua-cqueues
+                redis-server haproxy lua-luv lua-cqueues libnss3-tools
 # Fuzzing: clang with libFuzzer and the sanitizer runtimes.
 FUZZ_PACKAGES = $(RUN_PACKAGES) clang libclang-rt-14-dev
 FUZZ_TARGETS = path query headers envfile upstream static toolkit
