@@ -10,7 +10,7 @@ import subprocess
 import time
 import unittest
 
-from harness import BIN, TokendTestCase, free_port, make_ca, read_line, request, tls_context
+from harness import BIN, DEFAULT_SCRIPT, SRC, TokendTestCase, free_port, make_ca, read_line, request, tls_context
 
 
 def cert_text(path):
@@ -307,6 +307,36 @@ class DevSwitch(TokendTestCase):
         name = f"{socket.gethostname().split('.')[0].lower()}.local"
         self.assertEqual(t.get("/healthz", headers={"Host": f"{name}:{t.port}"}).status, 200)
         self.assertEqual(t.get("/healthz", headers={"Host": f"evil.example:{t.port}"}).status, 421)
+
+    def test_on_a_terminal_a_qr_code_of_the_first_network_url(self):
+        import pty
+        if not [a for a in machine_addresses() if ":" not in a] and socket.gethostname() in ("", "localhost"):
+            self.skipTest("this machine has no network name to show")
+        master, slave = pty.openpty()
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("ASSEMBLYAI_", "TOKEND_"))}
+        proc = subprocess.Popen([BIN, "--dev", "--port", "0", "--workers", "1", "--script", DEFAULT_SCRIPT,
+                                 "--public", os.path.join(SRC, "public")], cwd=self.workdir,
+                                env={**env, **self.env}, stdout=slave, stderr=subprocess.DEVNULL)
+        os.close(slave)
+        out = b""
+        try:
+            deadline = time.time() + 15
+            while time.time() < deadline and not out.rstrip().endswith(b"\033[0m"):
+                try:
+                    out += os.read(master, 65536)
+                except OSError:
+                    break
+                time.sleep(0.05)
+        finally:
+            proc.terminate()
+            proc.wait(10)
+            os.close(master)
+        text = out.decode()
+        rows = [line for line in text.splitlines() if line.startswith("\033[30;47m")]
+        self.assertGreaterEqual(len(rows), 12, text)              # a version 1 code (21 modules) and its margin
+        self.assertTrue(all("\u2580" in r or "\u2584" in r or "\u2588" in r for r in rows[1:-1]), text)
+        widths = {len(r) for r in rows}
+        self.assertEqual(len(widths), 1, "every row of the code is as wide")
 
     def test_dev_on_loopback_says_a_phone_cannot_reach_it(self):
         t = self.tokend(key=None, args=["--dev", "--host", "127.0.0.1"], env=self.env)

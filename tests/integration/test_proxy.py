@@ -212,6 +212,19 @@ tokend.static("/", tokend.config.public)
         self.assertEqual(self.backend.requests, 1)
         self.assertEqual(t.get("/").status, 200)                             # the rest: static files
 
+    def test_the_default_script_forwards_api_and_falls_back_when_asked(self):
+        t = self.tokend(key=None, policy={"API_BACKEND": self.backend.url, "SPA_FALLBACK": "true"})
+        self.assertEqual(t.get("/api/echo?q=1").json()["target"], "/api/echo?q=1")
+        r = t.get("/settings/profile", headers={"Accept": "text/html"})
+        self.assertEqual(r.status, 200)
+        self.assertIn(b"<title>Live transcription", r.body)
+        self.assertEqual(t.get("/settings/profile").status, 404)
+        t.stop()
+        t = self.tokend(key=None)           # by default: neither
+        self.assertEqual(t.get("/api/echo").status, 404)
+        self.assertEqual(t.get("/settings/profile", headers={"Accept": "text/html"}).status, 404)
+        self.assertEqual(self.backend.requests, 1)
+
     def test_script_mistakes_raise(self):
         cases = [
             ('tokend.proxy("api", "http://127.0.0.1:1")', "prefix"),
