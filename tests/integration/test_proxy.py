@@ -186,6 +186,9 @@ class Proxy(TokendTestCase):
         r = t.get("/self/x")
         self.assertEqual(r.status, 508)
         self.assertIn("loop", r.json()["error"])
+        deadline = time.time() + 5          # a line is written once its answer has gone out
+        while t.log.count("GET /self/x 508") < 2 and time.time() < deadline:
+            time.sleep(0.02)
         self.assertEqual(t.log.count("GET /self/x 508"), 2, t.log)        # went round once, then stopped
         t.stop()
         t = self.serve('tokend.proxy("/api", "BACKEND")')
