@@ -16,6 +16,11 @@ typedef struct audit_who {
 void audit_token(const audit_who *who, const char *outcome, long expires_in_s, long max_session_s,
                  const char *token_sha256);
 
+/* audit_token for a credential of another provider than AssemblyAI's streaming token
+ * (tokend.audit from the providers' modules): a provider field names it (NULL: none). */
+void audit_token_of(const audit_who *who, const char *provider, const char *outcome, long expires_in_s,
+                    long max_session_s, const char *token_sha256);
+
 /* Writes the audit line of a token request answered without a mint: refused (status
  * 4xx) or failed (5xx), with the reason the answer gave ("" if none). */
 void audit_refusal(const audit_who *who, int status, const char *reason);

@@ -23,6 +23,11 @@ const config_setting config_settings[] = {
     { "streaming_url", NULL, "ASSEMBLYAI_STREAMING_URL", CONFIG_STRING, "https://streaming.assemblyai.com",
       CONFIG_TEXT, CONFIG_FIELD(streaming_url),
       "region or fake: tokens from <url>/v3/token, the browser streams to wss://<host>/v3/ws" },
+    { "region_urls", NULL, "ASSEMBLYAI_REGION_URLS", CONFIG_STRING,
+      "us=https://streaming.us.assemblyai.com, eu=https://streaming.eu.assemblyai.com", CONFIG_TEXT,
+      CONFIG_FIELD(region_urls), "data zones scripts may mint in (name=URL, ...): generate_temp_token's region" },
+    { "agents_url", NULL, "ASSEMBLYAI_AGENTS_URL", CONFIG_STRING, "https://agents.assemblyai.com", CONFIG_TEXT,
+      CONFIG_FIELD(agents_url), "Voice Agent API: tokens from <url>/v1/token, sessions at wss://<host>/v1/ws" },
     { "port", "port", "PORT", CONFIG_INT, "8000", 0, 65535, CONFIG_FIELD(port),
       "TCP port; 0 picks a free one (printed at start)" },
     { "host", "host", "HOST", CONFIG_STRING, "127.0.0.1", CONFIG_TEXT, CONFIG_FIELD(host),
@@ -178,12 +183,18 @@ void tokend_config_init(tokend_config *cfg) {
 static int config_check_text(const tokend_config *c, char *err, size_t errlen) {
     char why[600];
     url_endpoints endpoints;
+    url_region regions[URL_REGION_MAX];
+    size_t nregions;
     redis_target redis;
     netaddr_nets *nets = NULL;
     policy_hosts *hosts = NULL;
     const char *name = NULL;
     if (c->streaming_url && url_streaming_endpoints(c->streaming_url, &endpoints, why, sizeof why) != URL_OK)
         name = "ASSEMBLYAI_STREAMING_URL";
+    else if (url_regions(c->region_urls, regions, &nregions, why, sizeof why) != URL_OK)
+        name = "ASSEMBLYAI_REGION_URLS";
+    else if (c->agents_url && url_agent_endpoints(c->agents_url, &endpoints, why, sizeof why) != URL_OK)
+        name = "ASSEMBLYAI_AGENTS_URL";
     else if (c->redis_url && redis_parse_url(c->redis_url, &redis, why, sizeof why) < 0)
         name = "TOKEND_REDIS_URL";
     else if (netaddr_nets_parse(c->trusted_proxies, &nets, why, sizeof why) < 0)

@@ -355,6 +355,7 @@ static void fetch_call_free(fetch_call *c) {
     curl_easy_cleanup(c->easy);
     free(c->body.data);
     free(c->headers.data);
+    if (c->sent.data) explicit_bzero(c->sent.data, c->sent.cap);
     free(c->sent.data);
     free(c);
 }
@@ -366,10 +367,12 @@ static void fetch_unlink(fetch *f, fetch_call *c) {
     c->prev = c->next = NULL;
 }
 
-/* Puts a finished or cancelled call back in the idle pool. */
+/* Puts a finished or cancelled call back in the idle pool; the body sent is wiped (it may
+ * hold a secret). */
 static void fetch_release(fetch *f, fetch_call *c) {
     fetch_buf_reset(&c->body, FETCH_KEEP_BUFFER);
     fetch_buf_reset(&c->headers, FETCH_KEEP_BUFFER);
+    if (c->sent.data) explicit_bzero(c->sent.data, c->sent.cap);
     fetch_buf_reset(&c->sent, 0);
     c->done = NULL;
     c->ud = NULL;

@@ -10,10 +10,12 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 #include <linux/tcp.h>
 #include <microhttpd.h>
 
+#include "header.h"
 #include "http.h"
 #include "json.h"
 #include "log.h"
@@ -27,8 +29,11 @@
  * The pool is the header limit plus this much, so that tokend answers every request
  * within the limit, and refuses the ones past it with its own errors. */
 #define HTTP_POOL_RESERVE 4096
-#define HTTP_XFF_MAX 32             /* X-Forwarded-For header lines believed in one request */
+#define HTTP_XFF_MAX 32             /* X-Forwarded-For header lines read, the last ones of a request */
 #define HTTP_TICK_MS 1000           /* the front's periodic work: request deadlines, log counts */
+/* A chunked body past the limit is read on and dropped up to this much before its 413
+ * (see REQ_BODY); a longer one has its connection cut. */
+#define HTTP_DISCARD_MAX (1024 * 1024)
 /* A larger response that does not complete is logged with the bytes the client's TCP
  * acknowledged, not its whole length (a smaller one fits the socket buffers anyway). */
 #define HTTP_BYTES_TRACKED (16 * 1024)
@@ -43,6 +48,7 @@ struct http_front {
     void *dispatch_ud;
     size_t max_body_bytes;
     size_t in_flight;
+    struct http_exchange *heads;    /* head being received: the handler not called yet */
     struct http_exchange *pending;  /* dispatched, unanswered */
     int closing;                    /* http_free is under way */
     int quiesced_fd;            /* listening socket handed back by MHD_quiesce_daemon, or -1 */
@@ -79,9 +85,10 @@ typedef struct http_exchange {
     long long acked_at_queue;           /* the connection's acknowledged bytes then, or -1 */
     struct MHD_Response *response;
     int suspended;
+    size_t discarded;                   /* body bytes dropped past the limit */
     log_field *log_fields;              /* added to the access line (keys and values owned) */
     size_t nlog_fields;
-    struct http_exchange *prev, *next;  /* list of dispatched, unanswered requests */
+    struct http_exchange *prev, *next;  /* in the front's heads, then in its pending list */
 } http_exchange;
 
 #define HTTP_EXCHANGE(req) ((http_exchange *)(req))
@@ -118,12 +125,63 @@ typedef struct http_conn {
     char peer[64];
 } http_conn;
 
+static void http_list_push(http_exchange **list, http_exchange *x) {
+    x->prev = NULL;
+    x->next = *list;
+    if (*list) (*list)->prev = x;
+    *list = x;
+}
+
+static void http_list_unlink(http_exchange **list, http_exchange *x) {
+    if (x->prev) x->prev->next = x->next;
+    else if (*list == x) *list = x->next;
+    if (x->next) x->next->prev = x->prev;
+    x->prev = x->next = NULL;
+}
+
+/* libmicrohttpd 0.9.75 answers a malformed or overflowing Content-Length itself, then goes
+ * on as if it had not and builds its answer's header a second time: the client would get
+ * two header blocks and one body. It logs the cause first, while the request is the only
+ * one whose head is whole and whose handler has not run (libmicrohttpd calls it at once
+ * otherwise) with no answer yet. tokend answers it there with one well-formed response,
+ * then shuts the sending side: libmicrohttpd's own answer fails and it closes. */
+static void http_refuse_framing(http_front *f, int status, const char *message) {
+    http_exchange *x = f->heads;
+    while (x && (x->status || !MHD_get_connection_info(x->conn, MHD_CONNECTION_INFO_REQUEST_HEADER_SIZE) ||
+                 MHD_get_connection_info(x->conn, MHD_CONNECTION_INFO_HTTP_STATUS)))
+        x = x->next;
+    const union MHD_ConnectionInfo *ci = x ? MHD_get_connection_info(x->conn, MHD_CONNECTION_INFO_CONNECTION_FD) : NULL;
+    if (!ci) return;
+    char body[200], date[32], out[600];
+    size_t blen = json_escape(body, (size_t)snprintf(body, sizeof body, "{\"error\":\""), sizeof body - 3, message);
+    memcpy(body + blen, "\"}", 3);
+    blen += 2;
+    header_format_date(time(NULL), date);
+    int n = snprintf(out, sizeof out, "HTTP/1.1 %d %s\r\nDate: %s\r\nConnection: close\r\n"
+                     "X-Content-Type-Options: nosniff\r\nContent-Type: application/json\r\nCache-Control: no-store\r\n"
+                     "Content-Length: %zu\r\n\r\n%s", status, status == 413 ? "Content Too Large" : "Bad Request",
+                     date, blen, body);
+    /* Over HTTPS the socket carries TLS records, not this text: the client sees the close. */
+    const union MHD_ConnectionInfo *di = MHD_get_connection_info(x->conn, MHD_CONNECTION_INFO_DAEMON);
+    int tls = f->tls_daemon && di && di->daemon == f->tls_daemon;
+    if (!tls && n > 0 && (size_t)n < sizeof out) (void)send(ci->connect_fd, out, (size_t)n, MSG_NOSIGNAL | MSG_DONTWAIT);
+    shutdown(ci->connect_fd, SHUT_WR);
+    x->pub.method = "-";        /* libmicrohttpd does not say which: the access line shows "-" */
+    x->status = status;
+    x->bytes = blen;
+}
+
 /* libmicrohttpd's own messages: most are caused by clients (malformed or oversized
  * requests, resets), which can repeat them at will, so they are throttled. */
 static void http_mhd_log(void *cls, const char *fmt, va_list ap) {
     char msg[1024];
-    (void)cls;
     vsnprintf(msg, sizeof msg, fmt, ap);
+    static const char malformed[] = "Failed to parse `Content-Length'";
+    static const char overflow[] = "Too large value of 'Content-Length'";
+    if (strncmp(msg, malformed, sizeof malformed - 1) == 0)
+        http_refuse_framing(cls, 400, "malformed Content-Length header");
+    else if (strncmp(msg, overflow, sizeof overflow - 1) == 0)
+        http_refuse_framing(cls, 413, "request body too large");
     size_t n = strlen(msg);
     while (n && (msg[n - 1] == '\n' || msg[n - 1] == '\r')) msg[--n] = '\0';
     int client_caused = strstr(msg, "Error processing request") || strstr(msg, "HTTP request") ||
@@ -155,6 +213,7 @@ static void *http_on_uri(void *cls, const char *uri, struct MHD_Connection *conn
     req->log_every = 1;
     req->start_us = loop_now_us();
     snprintf(req->route, sizeof req->route, "none");
+    http_list_push(&x->front->heads, x);
     const union MHD_ConnectionInfo *ci = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
     netaddr_of_sockaddr(ci ? ci->client_addr : NULL, req->peer, sizeof req->peer);
     memcpy(req->client, req->peer, sizeof req->client);
@@ -241,13 +300,6 @@ static void http_on_tick(void *ud) {
     loop_timer_start(f->lp, &f->tick_timer, HTTP_TICK_MS, http_on_tick, f);
 }
 
-static void http_pending_unlink(http_front *f, http_exchange *x) {
-    if (x->prev) x->prev->next = x->next;
-    else if (f->pending == x) f->pending = x->next;
-    if (x->next) x->next->prev = x->prev;
-    x->prev = x->next = NULL;
-}
-
 /* The bytes the peer's TCP acknowledged on conn so far, or -1 when not known. */
 static long long http_tcp_acked(struct MHD_Connection *conn) {
     const union MHD_ConnectionInfo *ci = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CONNECTION_FD);
@@ -285,9 +337,11 @@ static void http_on_completed(void *cls, struct MHD_Connection *conn, void **con
     if (!x) return;
     http_request *req = &x->pub;
     *con_cls = NULL;
-    if (x->state == REQ_DISPATCHED) {
+    if (x->state == REQ_NEW) {
+        http_list_unlink(&f->heads, x);     /* refused by libmicrohttpd, or the client left */
+    } else if (x->state == REQ_DISPATCHED) {
         /* Only reachable when the daemon stops under a request: never leave it linked. */
-        http_pending_unlink(f, x);
+        http_list_unlink(&f->pending, x);
         f->in_flight--;
         metrics_in_flight(-1);
     }
@@ -389,7 +443,7 @@ void http_request_respond(http_request *req, int status, http_response *resp, un
         return;
     }
     if (x->state == REQ_DISPATCHED) {
-        http_pending_unlink(f, x);
+        http_list_unlink(&f->pending, x);
         f->in_flight--;
         metrics_in_flight(-1);
     }
@@ -435,30 +489,106 @@ static int http_parse_target(http_request *req) {
     return -1;
 }
 
-/* The X-Forwarded-For header lines of a request, in arrival order. */
+/* The last HTTP_XFF_MAX X-Forwarded-For header lines of a request, as a ring. */
 typedef struct http_xff {
     const char *values[HTTP_XFF_MAX];
-    size_t n;
-    int too_many;
+    size_t n;                   /* lines seen */
 } http_xff;
 
 static enum MHD_Result http_collect_xff(void *cls, enum MHD_ValueKind kind, const char *key, const char *value) {
     http_xff *x = cls;
     (void)kind;
-    if (strcasecmp(key, "X-Forwarded-For") != 0) return MHD_YES;
-    if (x->n == HTTP_XFF_MAX) x->too_many = 1;
-    else x->values[x->n++] = value ? value : "";
+    if (strcasecmp(key, "X-Forwarded-For") == 0) x->values[x->n++ % HTTP_XFF_MAX] = value ? value : "";
     return MHD_YES;
 }
 
-/* Sets req->client: the peer, or the client a trusted proxy names in X-Forwarded-For
- * (all of it: every header line, however long). */
+/* Sets req->client: the peer, or the client a trusted proxy names in X-Forwarded-For. Each
+ * proxy appends to the end (a line, or an entry of the last line), so the right-most
+ * entries are the ones to read: lines past the limit are dropped from the start, where
+ * the client wrote its own, and never make the client the proxy. */
 static void http_resolve_client(http_front *f, http_exchange *ex) {
     http_request *req = &ex->pub;
     if (!netaddr_nets_contain(f->proxies, req->peer)) return;
-    http_xff x = { { 0 }, 0, 0 };
+    http_xff x = { { 0 }, 0 };
+    const char *lines[HTTP_XFF_MAX];
     MHD_get_connection_values(ex->conn, MHD_HEADER_KIND, http_collect_xff, &x);
-    if (!x.too_many) netaddr_client(f->proxies, req->peer, x.values, x.n, req->client, sizeof req->client);
+    size_t kept = x.n < HTTP_XFF_MAX ? x.n : HTTP_XFF_MAX;
+    for (size_t i = 0; i < kept; i++) lines[i] = x.values[(x.n - kept + i) % HTTP_XFF_MAX];
+    netaddr_client(f->proxies, req->peer, lines, kept, req->client, sizeof req->client);
+}
+
+/* RFC 9110 5.6.2: whether c may be in a token (a header name). */
+static int http_tchar(unsigned char c) {
+    return (c >= '0' && c <= '9') || ((c | 0x20) >= 'a' && (c | 0x20) <= 'z') || (c && strchr("!#$%&'*+-.^_`|~", c));
+}
+
+/* libmicrohttpd 0.9.75 accepts request heads that RFC 9112 forbids and parses some of them
+ * differently from the proxies in front of it: a bare LF as a line end, whitespace between
+ * a header's name and its colon (kept in the name), and an obs-fold line (one starting
+ * with a space or a tab), which it appends to the previous header's *name*, so that
+ * "Content-Length:\r\n 44" frames no body here and 44 bytes in a proxy. What it did
+ * shows in where it left the request: it parses the head in place in its read buffer,
+ * replacing each CRLF (or bare LF) with NUL bytes and each header's colon with a NUL, and
+ * hands out pointers into it, in arrival order; a name continued by a fold is moved
+ * elsewhere. So a head is well-formed when, from the request line on, each header name
+ * starts right after a CRLF ("\0\0"), is a token up to its colon, its value follows
+ * after spaces or tabs and runs to the next "\0\0" without a CR, and the head ends with
+ * an empty line exactly where libmicrohttpd says it does. A NUL in a value ends it early
+ * and shows as well; one right before a bare LF cannot be told from a CRLF (its value
+ * stops there for every reader). */
+typedef struct http_syntax {
+    const char *next;           /* where the next line must start */
+    const char *end;            /* the end of the head */
+    const char *error;          /* the first violation, or NULL */
+    int hosts;                  /* Host headers */
+} http_syntax;
+
+/* Moves past the line end at eol, which must be a CRLF; returns 0 or -1. */
+static int http_syntax_eol(http_syntax *sx, const char *eol) {
+    if (eol < sx->next || sx->end - eol < 2 || eol[0] != '\0' || eol[1] != '\0') return -1;
+    sx->next = eol + 2;
+    return 0;
+}
+
+static enum MHD_Result http_syntax_line(void *cls, enum MHD_ValueKind kind, const char *key, const char *value) {
+    http_syntax *sx = cls;
+    (void)kind;
+    if (key != sx->next || !value) {
+        sx->error = "malformed header: a folded line, a bare LF or a NUL byte (RFC 9112 5.2, 2.2)";
+        return MHD_NO;
+    }
+    size_t n = 0;
+    while (http_tchar((unsigned char)key[n])) n++;
+    if (n == 0 || key[n] != '\0') {
+        sx->error = "malformed header name (RFC 9112 5.1: a token right before the colon)";
+        return MHD_NO;
+    }
+    const char *v = key + n + 1;
+    while (v < value && (*v == ' ' || *v == '\t')) v++;
+    size_t len = strlen(value);
+    if (v != value || memchr(value, '\r', len) || http_syntax_eol(sx, value + len) < 0) {
+        sx->error = "malformed header value: a bare CR or LF, or a NUL byte (RFC 9112 2.2, RFC 9110 5.5)";
+        return MHD_NO;
+    }
+    if (strcasecmp(key, "Host") == 0) sx->hosts++;
+    return MHD_YES;
+}
+
+/* Checks the request head's syntax (see http_syntax) and its Host headers (RFC 9112 3.2:
+ * one, and one at least in HTTP/1.1). Returns NULL, or what is wrong. */
+static const char *http_check_syntax(http_exchange *x, const char *method, const char *version) {
+    const union MHD_ConnectionInfo *ci = MHD_get_connection_info(x->conn, MHD_CONNECTION_INFO_REQUEST_HEADER_SIZE);
+    if (!ci || !method || !version || version < method) return "malformed request";
+    http_syntax sx = { method, method + ci->header_size, NULL, 0 };
+    if (sx.end < version || http_syntax_eol(&sx, version + strlen(version)) < 0)
+        return "malformed request line (RFC 9112 2.2: lines end with CRLF)";
+    MHD_get_connection_values(x->conn, MHD_HEADER_KIND, http_syntax_line, &sx);
+    if (sx.error) return sx.error;
+    if (sx.end - sx.next != 2 || sx.next[0] != '\0' || sx.next[1] != '\0')
+        return "malformed end of the request head (RFC 9112 2.2: CRLF)";
+    if (sx.hosts > 1) return "more than one Host header";
+    if (sx.hosts == 0 && strcmp(version, "HTTP/1.0") != 0) return "missing Host header (required in HTTP/1.1)";
+    return NULL;
 }
 
 /* What the headers of a request tell about how its body is framed, and their size. */
@@ -500,14 +630,19 @@ static void http_request_fail_close(http_request *req, int status, const char *m
     http_request_respond(req, status, resp, len);
 }
 
-/* Checks what must hold before a request is dispatched: its size, one unambiguous
- * framing of its body (RFC 9112 6.3: a request with both Content-Length and
- * Transfer-Encoding, or with Content-Lengths that differ, can be read two ways, and the
- * bytes after it smuggled in as a request of their own), and its Host. Returns 0, or -1
- * once it answered the request. */
-static int http_check_request(http_front *f, http_exchange *x) {
+/* Checks what must hold before a request is dispatched: its syntax (http_check_syntax),
+ * its size, one unambiguous framing of its body (RFC 9112 6.3: a request with both
+ * Content-Length and Transfer-Encoding, or with Content-Lengths that differ, can be read
+ * two ways, and the bytes after it smuggled in as a request of their own), and its Host.
+ * Returns 0, or -1 once it answered the request. */
+static int http_check_request(http_front *f, http_exchange *x, const char *version) {
     http_request *req = &x->pub;
     http_framing fr = { 0, NULL, 0, NULL };
+    const char *malformed = http_check_syntax(x, req->method, version);
+    if (malformed) {
+        http_request_fail_close(req, 400, malformed);
+        return -1;
+    }
     MHD_get_connection_values(x->conn, MHD_HEADER_KIND, http_collect_framing, &fr);
     size_t line = strlen(req->method) + x->target_len + sizeof " HTTP/1.1\r\n";
     if (x->target_len > f->max_header_bytes) {
@@ -550,17 +685,17 @@ static enum MHD_Result http_on_request(void *cls, struct MHD_Connection *conn, c
     http_front *f = cls;
     http_exchange *x = *con_cls;
     (void)url;
-    (void)version;
     if (!x) return MHD_NO;      /* out of memory in http_on_uri: drop the connection */
     http_request *req = &x->pub;
     switch (x->state) {
     case REQ_NEW: {
+        http_list_unlink(&f->heads, x);
         req->method = method;
         x->conn = conn;
         http_resolve_client(f, x);
         int parsed = http_parse_target(req);
         if (parsed == -2) http_request_fail(req, 503, "out of memory");
-        if (parsed == -2 || http_check_request(f, x) < 0) return http_queue(x);
+        if (parsed == -2 || http_check_request(f, x, version) < 0) return http_queue(x);
         if (parsed < 0) {
             http_request_fail(req, 400, "malformed request path");
             return http_queue(x);
@@ -572,9 +707,18 @@ static enum MHD_Result http_on_request(void *cls, struct MHD_Connection *conn, c
         if (*upload_data_size) {
             size_t n = *upload_data_size;
             *upload_data_size = 0;
-            if (req->body_len + n > f->max_body_bytes) {
-                http_request_fail(req, 413, "request body too large");
-                return http_queue(x);
+            if (x->discarded || req->body_len + n > f->max_body_bytes) {
+                /* A chunked body past the limit (a Content-Length one was refused before it
+                 * came). libmicrohttpd answers only once the body is whole, and closing
+                 * now, with the client's bytes unread, would reset the connection under
+                 * any answer: drop the rest, within a bound (and the request deadline). */
+                free(req->body);
+                req->body = NULL;
+                req->body_len = 0;
+                x->discarded += n;
+                if (x->discarded <= HTTP_DISCARD_MAX) return MHD_YES;
+                x->status = 413;        /* for the access line: cut, nothing sent */
+                return MHD_NO;
             }
             char *b = realloc(req->body, req->body_len + n + 1);
             if (!b) return MHD_NO;
@@ -584,11 +728,13 @@ static enum MHD_Result http_on_request(void *cls, struct MHD_Connection *conn, c
             b[req->body_len] = '\0';
             return MHD_YES;
         }
+        if (x->discarded) {
+            http_request_fail_close(req, 413, "request body too large");
+            return http_queue(x);
+        }
         x->state = REQ_DISPATCHED;
         http_conn_waiting(conn, 0);
-        x->next = f->pending;
-        if (f->pending) f->pending->prev = x;
-        f->pending = x;
+        http_list_push(&f->pending, x);
         f->in_flight++;
         metrics_in_flight(1);
         if (f->closing) http_request_fail(req, 503, "server shutting down");

@@ -216,7 +216,7 @@ static lhost *lhost_new(const lhost_options *o) {
 
 int lhost_create(const lhost_options *o, lhost **out, char *err, size_t errlen) {
     lhost *h = lhost_new(o);
-    lbudget load = { 0, o->instruction_limit * LHOST_LOAD_BUDGET_FACTOR, 0 };
+    lbudget load = { .limit = o->instruction_limit * LHOST_LOAD_BUDGET_FACTOR };
     *out = NULL;
     if (!h) {
         snprintf(err, errlen, "out of memory");
@@ -241,6 +241,7 @@ int lhost_create(const lhost_options *o, lhost **out, char *err, size_t errlen) 
     lbudget *outer = lbudget_enter(&load);
     int rc = lua_pcall(L, 0, 0, -2);
     lbudget_enter(outer);
+    lstate_limit_thread(L);         /* a long load may have left the hook at every instruction */
     h->loading = 0;
     if (rc != LUA_OK) {
         snprintf(err, errlen, "%s", lhost_error_text(L, -1));
@@ -481,16 +482,34 @@ drop:
     luaL_unref(h->L, LUA_REGISTRYINDEX, t->co_ref);
 }
 
+/* lua_pcall(L, nargs, 0, 0) under the task's budget: converting what a handler left (its
+ * results, req.log) may run its metamethods. */
+static int lhost_pcall_budgeted(lhost_task *t, lua_State *L, int nargs) {
+    lbudget *outer = lbudget_enter(&t->budget);
+    int rc = lua_pcall(L, nargs, 0, 0);
+    lbudget_enter(outer);
+    return rc;
+}
+
+/* lrequest_who(L, 2, argument 1): req's fields may come from a script's metamethods,
+ * which may raise or loop. */
+static int lhost_who_protected(lua_State *L) {
+    lrequest_who(L, 2, lua_touserdata(L, 1));
+    return 0;
+}
+
 /* Writes the audit line of an audited route's request that was answered without a mint
  * (refused by the script, or failed before it asked for a token). */
 static void lhost_audit_refusal(lhost_task *t) {
+    lua_State *L = t->h->L;
     audit_who who;
     memset(&who, 0, sizeof who);
     snprintf(who.client, sizeof who.client, "%s", t->req->client);
-    if (t->req_ref != LUA_NOREF && lua_checkstack(t->h->L, 8)) {
-        lua_rawgeti(t->h->L, LUA_REGISTRYINDEX, t->req_ref);
-        lrequest_who(t->h->L, -1, &who);
-        lua_pop(t->h->L, 1);
+    if (t->req_ref != LUA_NOREF && lua_checkstack(L, 8)) {
+        lua_pushcfunction(L, lhost_who_protected);
+        lua_pushlightuserdata(L, &who);
+        lua_rawgeti(L, LUA_REGISTRYINDEX, t->req_ref);
+        if (lhost_pcall_budgeted(t, L, 2) != LUA_OK) lua_pop(L, 1);
     }
     audit_refusal(&who, t->status, t->status == 500 ? "internal server error" : t->answer.reason);
 }
@@ -507,7 +526,7 @@ static void lhost_task_done(lhost_task *t) {
         lua_pushcfunction(h->L, lrequest_log_fields);
         lua_pushlightuserdata(h->L, t->req);
         lua_rawgeti(h->L, LUA_REGISTRYINDEX, t->req_ref);
-        if (lua_pcall(h->L, 2, 0, 0) != LUA_OK) lua_pop(h->L, 1);
+        if (lhost_pcall_budgeted(t, h->L, 2) != LUA_OK) lua_pop(h->L, 1);
     }
     if (t->co_ref != LUA_NOREF) lhost_pool_coroutine(h, t);
     luaL_unref(h->L, LUA_REGISTRYINDEX, t->req_ref);
@@ -621,7 +640,7 @@ static void lhost_finish(lhost_task *t, int nres) {
     t->answer.encode_ref = t->h->encode_ref;
     lua_pushlightuserdata(co, &t->answer);
     lua_rotate(co, -(nres + 2), 2);
-    if (lua_pcall(co, nres + 1, 0, 0) != LUA_OK) {
+    if (lhost_pcall_budgeted(t, co, nres + 1) != LUA_OK) {
         char why[600];
         snprintf(why, sizeof why, "%s", lhost_error_text(co, -1));
         lhost_fail(t, why);

@@ -11,6 +11,7 @@
 #include "router.h"
 #include "static.h"
 #include "upstream.h"
+#include "url.h"
 
 typedef struct lua_State lua_State;
 typedef struct lhost lhost;
@@ -29,6 +30,9 @@ typedef struct lhost_info {
     int worker;
     int api_key_configured;
     int redis_configured;
+    const url_region *regions;      /* AssemblyAI's data zones by name (ASSEMBLYAI_REGION_URLS) */
+    size_t nregions;
+    const url_endpoints *agents;    /* the Voice Agent API's endpoints (ASSEMBLYAI_AGENTS_URL) */
     int tls_port;               /* the port that speaks HTTPS, 0 when none */
     int dev;                    /* the development server (--dev) */
 } lhost_info;

@@ -46,16 +46,23 @@ static int lroute_route(lua_State *L) {
     return 0;
 }
 
-/* The Content-Security-Policy HTML pages get unless the script says otherwise: the page's
- * own origin for everything, and the streaming WebSocket's origin to connect to. */
-static void lroute_push_default_csp(lua_State *L, const lhost_info *info) {
-    const char *ws = info->websocket_url;
+/* Adds the origin of the WebSocket URL ws (scheme and authority) to b, after a space. */
+static void lroute_add_origin(luaL_Buffer *b, const char *ws) {
     const char *host = strstr(ws, "://");
     size_t origin = host ? (size_t)(host + 3 - ws) + strcspn(host + 3, "/") : strlen(ws);
+    luaL_addchar(b, ' ');
+    luaL_addlstring(b, ws, origin);
+}
+
+/* The Content-Security-Policy HTML pages get unless the script says otherwise: the page's
+ * own origin for everything, and the streaming WebSocket's origins to connect to (the
+ * default one and the data zones'). */
+static void lroute_push_default_csp(lua_State *L, const lhost_info *info) {
     luaL_Buffer b;
     luaL_buffinit(L, &b);
-    luaL_addstring(&b, "default-src 'self'; connect-src 'self' ");
-    luaL_addlstring(&b, ws, origin);
+    luaL_addstring(&b, "default-src 'self'; connect-src 'self'");
+    lroute_add_origin(&b, info->websocket_url);
+    for (size_t i = 0; i < info->nregions; i++) lroute_add_origin(&b, info->regions[i].endpoints.websocket_url);
     luaL_addstring(&b, "; object-src 'none'; base-uri 'self'; form-action 'self'; frame-ancestors 'none'");
     luaL_pushresult(&b);
 }

@@ -256,6 +256,18 @@ static void main_dev_host(main_run *m, int host_flag) {
     m->cfg.host = "0.0.0.0";
 }
 
+/* Warns of settings files every user may read: the env file, and under systemd the file
+ * the unit's credential is a copy of (the copy itself is the service's alone). */
+static void main_warn_readable(const char *env_file) {
+    const char *settings_files[2] = { env_file, getenv("TOKEND_ENV_FILE_SOURCE") };
+    for (int i = 0; i < 2; i++) {
+        unsigned int mode;
+        if (settings_files[i] && envfile_world_readable(settings_files[i], &mode) == 1)
+            log_msg(LOG_WARN, "%s is readable by every user (mode %04o) and may hold the API key: chmod 600 it",
+                    settings_files[i], mode);
+    }
+}
+
 /* Every setting: its flag, else the real environment, else .env, else its default; then
  * the installed script and page when the working folder has none. Returns MAIN_GO or the
  * exit status (a bad value: 2). */
@@ -282,6 +294,7 @@ static int main_resolve_settings(main_run *m) {
         main_fail(m->err);
         return EXIT_USAGE;
     }
+    main_warn_readable(m->env_file);
     main_installed_defaults(&m->cfg, script_given, public_given, m->script_path, m->public_path,
                             sizeof m->script_path);
     return MAIN_GO;

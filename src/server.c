@@ -30,6 +30,8 @@
 #include "worker.h"
 
 #define SERVER_EXTRA_TURNS 4        /* libmicrohttpd turns per loop wake-up, at most */
+#define SERVER_STOP_MARGIN_S 3      /* past the drain time, how long a worker may take to return */
+#define SERVER_JOIN_POLL_MS 200
 
 /* A Lua host replaced by a reload, kept until its last request is answered. */
 typedef struct server_retired {
@@ -61,6 +63,7 @@ struct tokend_server {
     lcroute **c_routes;         /* routes in C, re-added on every reload */
     size_t n_c_routes;
     lhost *attached;            /* the Lua module's host, or NULL */
+    int stuck;                  /* a worker did not return when stopped: nothing is freed */
     fswatch *watch;             /* --watch and --dev, on worker 1's loop */
 };
 
@@ -407,6 +410,27 @@ int tokend_server_step(tokend_server *srv, long timeout_ms, char *err, size_t er
     return TOKEND_OK;
 }
 
+/* Waits for worker w's thread to return. Once the server is stopping, gives up when the
+ * drain time and a margin have passed since the first look (*give_up_ms, 0 until then): a
+ * worker blocked where no budget reaches (a script in os.execute, say) does not hold the
+ * exit. Returns 0 when it returned, -1 when given up. */
+static int server_join(tokend_server *srv, server_worker *w, uint64_t *give_up_ms) {
+    for (;;) {
+        struct timespec until;
+        clock_gettime(CLOCK_REALTIME, &until);
+        until.tv_nsec += SERVER_JOIN_POLL_MS * 1000000L;
+        if (until.tv_nsec >= 1000000000L) {
+            until.tv_sec++;
+            until.tv_nsec -= 1000000000L;
+        }
+        if (pthread_timedjoin_np(w->thread, NULL, &until) != ETIMEDOUT) return 0;
+        if (!atomic_load(&srv->stopping)) continue;
+        uint64_t now = loop_now_ms();
+        if (!*give_up_ms) *give_up_ms = now + ((uint64_t)srv->cfg->drain_timeout_s + SERVER_STOP_MARGIN_S) * 1000u;
+        else if (now >= *give_up_ms) return -1;
+    }
+}
+
 int tokend_server_run(tokend_server *srv, char *err, size_t errlen) {
     sigset_t all, old;
     int rc = TOKEND_OK;
@@ -432,9 +456,19 @@ int tokend_server_run(tokend_server *srv, char *err, size_t errlen) {
         w->started = 1;
     }
     pthread_sigmask(SIG_SETMASK, &old, NULL);
+    uint64_t give_up_ms = 0;
     for (int i = 0; i < srv->nworkers; i++) {
-        if (srv->workers[i].started) pthread_join(srv->workers[i].thread, NULL);
-        srv->workers[i].started = 0;
+        server_worker *w = &srv->workers[i];
+        if (!w->started) continue;
+        if (server_join(srv, w, &give_up_ms) < 0) {
+            srv->stuck = 1;
+            snprintf(err, errlen, "worker %d did not stop within the drain time (%u s) and %d s more: stopping "
+                     "without it (a script blocked where no budget reaches, such as os.execute?)",
+                     i + 1, srv->cfg->drain_timeout_s, SERVER_STOP_MARGIN_S);
+            rc = TOKEND_ERR;
+            continue;
+        }
+        w->started = 0;
     }
     return rc;
 }
@@ -460,7 +494,7 @@ int tokend_server_tls_port(const tokend_server *srv) {
 }
 
 void tokend_server_free(tokend_server *srv) {
-    if (!srv) return;
+    if (!srv || srv->stuck) return;     /* a worker still runs on all of it: the process is exiting */
     fswatch_free(srv->watch);       /* on worker 1's loop */
     for (int i = 0; srv->workers && i < srv->nworkers; i++) server_worker_free(&srv->workers[i]);
     free(srv->workers);

@@ -20,6 +20,7 @@
 #include "policy.h"
 #include "pool.h"
 #include "redis.h"
+#include "secret.h"
 #include "shdict.h"
 #include "upstream.h"
 #include "url.h"
@@ -31,6 +32,9 @@ struct worker_group {
     tokend_config cfg;              /* strings owned */
     int how;                        /* WORKER_GROUP_* */
     url_endpoints endpoints;
+    url_region regions[URL_REGION_MAX];     /* AssemblyAI's data zones by name */
+    size_t nregions;
+    url_endpoints agents;                   /* the Voice Agent API */
     envfile *env;                   /* the .env file tokend.env reads, or NULL */
     policy_buckets *buckets;        /* the rate limiters' buckets */
     shdict_registry *shared;        /* tokend.shared's dictionaries */
@@ -107,6 +111,7 @@ static int worker_group_share(worker_group *g, char *err, size_t errlen) {
     if (c->env_file) {
         if (envfile_load(c->env_file, &g->env, err, errlen) < 0) return -1;
         envfile_wipe(g->env, "ASSEMBLYAI_API_KEY");     /* the group holds its own copy */
+        secret_wipe_env(g->env);                        /* and the secrets are the process's */
     }
     mime_load(NULL);        /* /etc/mime.types, read once */
     if (netaddr_nets_parse(c->trusted_proxies, &g->proxies, err, errlen) < 0) return -1;
@@ -147,7 +152,16 @@ worker_group *worker_group_open(const tokend_config *cfg, int how, char *err, si
         return NULL;
     }
     g->how = how;
-    if (url_streaming_endpoints(g->cfg.streaming_url, &g->endpoints, err, errlen) != URL_OK) goto fail;
+    /* The key is a secret like the script's (tokend.secret("ASSEMBLYAI_API_KEY")). */
+    if (secret_adopt("ASSEMBLYAI_API_KEY", g->cfg.api_key) < 0) {
+        snprintf(err, errlen, "out of memory");
+        goto fail;
+    }
+    if (url_streaming_endpoints(g->cfg.streaming_url, &g->endpoints, err, errlen) != URL_OK ||
+        url_regions(g->cfg.region_urls, g->regions, &g->nregions, err, errlen) != URL_OK ||
+        url_agent_endpoints(g->cfg.agents_url ? g->cfg.agents_url : "https://agents.assemblyai.com", &g->agents, err,
+                            errlen) != URL_OK)
+        goto fail;
     if (how != WORKER_GROUP_MINT && worker_group_share(g, err, errlen) < 0) goto fail;
     if (how == WORKER_GROUP_SERVE && devca_tls_for(&g->cfg, &g->tls, err, errlen) < 0) goto fail;
     if (g->tls.expired)
@@ -243,6 +257,7 @@ static void worker_describe(worker *w, const worker_options *o) {
         .streaming_url = g->endpoints.base, .token_url = g->endpoints.token_url,
         .websocket_url = g->endpoints.websocket_url, .workers = o->workers > 0 ? o->workers : 1,
         .worker = o->id + 1, .api_key_configured = c->api_key && *c->api_key, .redis_configured = c->redis_url != NULL,
+        .regions = g->regions, .nregions = g->nregions, .agents = &g->agents,
         .tls_port = o->tls_port, .dev = c->dev,
     };
     /* A script being checked loads as a server's would (its timers and pools are made). */

@@ -402,6 +402,38 @@ test('with a token pool, the page gets its token from the pool, not from a 300 m
   }
 });
 
+test('a region is offered only when the policy offers data zones, and the session streams there', async () => {
+  const plain = await openPage();
+  assert.equal(await plain.page.locator('#region').isHidden(), true, 'no zones: no choice');
+  await plain.context.close();
+  // The streaming fake stands for the EU zone too: tokens minted through it, sessions to it.
+  const env = { ...process.env, ASSEMBLYAI_API_KEY: KEY, ASSEMBLYAI_STREAMING_URL: `http://127.0.0.1:${tokenFake.port}`,
+    ASSEMBLYAI_REGION_URLS: `eu=http://127.0.0.1:${streaming.port}`, REGIONS: 'eu',
+    TOKENS_PER_MINUTE: '1000', TOKEN_BURST: '1000' };
+  const zoned = await startProcess(BIN, ['--port', '0', '--workers', '1', '--script', path.join(SRC, 'scripts/routes.lua'),
+    '--public', path.join(SRC, 'public')], { cwd: work, env }, /^tokend listening on http:\/\/127\.0\.0\.1:(\d+)$/);
+  try {
+    await post(streaming.port, '/__control', { mode: 'ok' });
+    const { page, context, problems } = await openPage({}, `http://127.0.0.1:${zoned.port}/`);
+    const asked = [];
+    page.on('request', (r) => { if (r.url().includes('/token')) asked.push(new URL(r.url()).searchParams.get('region')); });
+    await page.locator('#options-panel summary').click();
+    assert.equal(await page.getByLabel('Region').isVisible(), true);
+    await page.getByLabel('Region').selectOption('eu');
+    const before = streaming.state.sessions.length;
+    await page.getByRole('button', { name: 'Start' }).click();
+    await page.locator('body[data-state="live"]').waitFor({ timeout: 20000 });
+    assert.deepEqual(asked, ['eu']);
+    assert.equal(streaming.state.sessions.length, before + 1, 'the session opened on the zone\'s socket');
+    await page.getByRole('button', { name: 'Stop' }).click();
+    await page.locator('body[data-state="idle"]').waitFor({ timeout: 5000 });
+    assert.deepEqual(problems, []);
+    await context.close();
+  } finally {
+    zoned.child.kill('SIGTERM');
+  }
+});
+
 test('accessible and at home in light, dark and on a phone', async () => {
   await post(streaming.port, '/__control', { mode: 'ok' });
   for (const [name, options] of [

@@ -22,6 +22,9 @@ SRC = os.environ.get("TOKEND_SOURCE_DIR") or os.path.abspath("../..")
 TMP_ROOT = os.environ.get("TOKEND_TEST_TMP") or tempfile.gettempdir()
 FAKE = os.path.join(SRC, "tests", "fakes", "token_fake.py")
 CANARY_KEY = "canary-KEY-3f9a7c21d0e84b6f"
+# Every secret a test gives tokend (the key, tokend.secret's): none may show up in an answer
+# or in what tokend prints. Tests add their own.
+CANARIES = [CANARY_KEY]
 
 
 # Most tests mint far more tokens a minute than the default abuse policy allows one client.
@@ -80,10 +83,15 @@ def make_ca(folder):
 
 
 class Response:
-    def __init__(self, status, headers, body):
+    def __init__(self, status, headers, body, header_list=()):
         self.status = status
-        self.headers = headers
+        self.headers = headers          # lower-case name -> value (the last of a repeated name)
         self.body = body
+        self.header_list = list(header_list)    # (name, value) as received, repeats included
+
+    def all(self, name):
+        """Every value of a header, in order (Set-Cookie)."""
+        return [v for k, v in self.header_list if k.lower() == name]
 
     def json(self):
         return json.loads(self.body)
@@ -115,12 +123,13 @@ def request(port, path, method="GET", headers=None, body=None, timeout=10, conn=
         conn.endheaders(body.encode() if isinstance(body, str) else body)
         r = conn.getresponse()
         data = r.read()
-        resp = Response(r.status, {k.lower(): v for k, v in r.getheaders()}, data)
+        resp = Response(r.status, {k.lower(): v for k, v in r.getheaders()}, data, r.getheaders())
     finally:
         if own:
             conn.close()
-    assert CANARY_KEY.encode() not in data, f"the API key leaked into a response body: {data!r}"
-    assert CANARY_KEY not in str(resp.headers), "the API key leaked into response headers"
+    for canary in CANARIES:
+        assert canary.encode() not in data, f"a secret leaked into a response body: {data!r}"
+        assert canary not in str(resp.headers), "a secret leaked into response headers"
     return resp
 
 
@@ -263,7 +272,8 @@ class Tokend:
         self.stderr.close()
         output = self.log + "\n".join(self.stdout_lines)
         if check:
-            assert CANARY_KEY not in output, "the API key leaked into tokend's output"
+            for canary in CANARIES:
+                assert canary not in output, "a secret leaked into tokend's output"
             if os.environ.get("TOKEND_WRAPPER") and self.proc.returncode == 99:
                 raise AssertionError(f"the wrapper found memory errors:\n{self.log[-6000:]}")
         return self.proc.returncode

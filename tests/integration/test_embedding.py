@@ -19,7 +19,7 @@ INSTALLED = [
     "lib/lua/5.4/tokend.so", "share/tokend/scripts/routes.lua", "share/tokend/public/index.html",
     "share/tokend/public/capture-worklet.js", "share/tokend/haproxy.cfg", "share/doc/tokend/README.md",
     "share/doc/tokend/docs/embedding.md", "share/doc/tokend/examples/embed.c", "share/doc/tokend/examples/luv.lua",
-    "share/doc/tokend/examples/cqueues.lua", "share/doc/tokend/examples/policies/jwt.lua",
+    "share/doc/tokend/examples/cqueues.lua", "share/doc/tokend/examples/policies/jwt.lua", "share/man/man8/tokend.8",
     "lib/systemd/system/tokend.service", "lib/systemd/system/tokend@.service", "lib/pkgconfig/tokend-static.pc",
 ]
 

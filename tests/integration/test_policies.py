@@ -1,5 +1,6 @@
 """The example policies in examples/policies/, each tried as a new user would: a routes
 script, its settings, and the requests a page and an attacker would send."""
+import base64
 import http.client
 import json
 import os
@@ -8,7 +9,7 @@ import sys
 import time
 import unittest
 
-from harness import SRC, TokendTestCase, copy_script, make_ca
+from harness import CANARIES, SRC, TokendTestCase, copy_script, make_ca
 from servers import Redis
 
 sys.path.insert(0, os.path.join(SRC, "tests", "fakes"))
@@ -251,6 +252,97 @@ class Settings(TokendTestCase):
                     p = self.run_tokend(check, env=env)
                     self.assertEqual(p.returncode, 1)
                     self.assertIn(f"set {missing}", p.stderr)
+
+
+class ProvidersPolicy(TokendTestCase):
+    """providers.lua: signed-in users get any vendor's credential at /token/<provider>, one
+    limit and one audit line for all; every key a secret, each a canary."""
+    KEYS = {"OPENAI_API_KEY": "po4c1e9a7b2d5f8a0c3e6b9dqz", "GEMINI_API_KEY": "pg7b3d1f9e5c2a8b4d0f6e2aqz",
+            "DEEPGRAM_API_KEY": "pd2e8c4a6b0d9f1e3c5a7b8cqz", "SONIOX_API_KEY": "ps5a9c3e1b7d4f2a6c8e0b4dqz",
+            "LIVEKIT_API_SECRET": "pl8d2f6b4a0c9e3d7f1b5a2c6e4d8fqz", "JWT_SECRET": "pj3f7b1d5a9c2e6b0d4f8a1c5e9bqz"}
+
+    def setUp(self):
+        super().setUp()
+        from vendors import Vendors
+        CANARIES.extend(v for v in self.KEYS.values() if v not in CANARIES)
+        keys = self.KEYS
+        self.vendors = Vendors({"openai": keys["OPENAI_API_KEY"], "gemini": keys["GEMINI_API_KEY"],
+                                "deepgram": keys["DEEPGRAM_API_KEY"], "soniox": keys["SONIOX_API_KEY"]})
+        self.addCleanup(self.vendors.stop)
+        self.fake_ = self.fake()
+        self.env = {**keys, "DEEPGRAM_PROJECT_ID": "p1", "LIVEKIT_API_KEY": "APIexample", "LIVEKIT_URL": "wss://lk.test",
+                    "VENDOR_BASE_URL": self.vendors.url}
+        self.t = self.start()
+
+    def start(self, **policy):
+        return self.tokend(fake=self.fake_, workers=2, script=policy_script("providers.lua", self.workdir),
+                           env=self.env, policy={"TOKEN_BURST": 100, **policy})
+
+    def bearer(self, sub, secret=None):
+        token = hs256(secret or self.KEYS["JWT_SECRET"], {"sub": sub, "exp": int(time.time()) + 300})
+        return {"Authorization": "Bearer " + token}
+
+    def test_every_vendor_for_a_signed_in_user(self):
+        for provider in ["assemblyai", "openai", "gemini", "deepgram", "soniox", "livekit"]:
+            with self.subTest(provider):
+                r = self.t.get(f"/token/{provider}", headers=self.bearer("alice"))
+                self.assertEqual(r.status, 200, r)
+                self.assertEqual(r.headers["cache-control"], "no-store")
+                j = r.json()
+                self.assertEqual(j["provider"], provider)
+                self.assertTrue(j["token"])
+                self.assertIsInstance(j["expires_in_seconds"], int)
+        last = self.vendors.last
+        self.assertEqual(last["soniox"]["json"]["client_reference_id"], "alice", "the user's reference, where kept")
+        self.assertEqual(last["openai"]["headers"]["openai-safety-identifier"], "alice")
+        self.assertIn("alice", last["deepgram"]["json"]["tags"])
+        self.assertEqual(last["deepgram"]["path"], "/v1/projects/p1/keys")
+        claims = json.loads(base64.urlsafe_b64decode(
+            self.t.get("/token/livekit", headers=self.bearer("alice")).json()["token"].split(".")[1] + "=="))
+        self.assertEqual((claims["sub"], claims["video"]["room"], claims["iss"]), ("alice", "support-alice", "APIexample"))
+        log = self.t.wait_log("provider=livekit")
+        for provider in ["openai", "gemini", "deepgram", "soniox", "livekit"]:
+            self.assertRegex(log, rf"event=token_minted client=127\.0\.0\.1 user=alice .*outcome=minted provider={provider}")
+
+    def test_strangers_and_unknown_vendors_are_refused(self):
+        for headers in [{}, self.bearer("alice", secret="not-the-secret-0123456789"), {"Authorization": "Bearer x"}]:
+            r = self.t.get("/token/openai", headers=headers)
+            self.assertEqual(r.status, 401, headers)
+            self.assertEqual(r.headers["www-authenticate"], 'Bearer realm="tokend"')
+        self.assertEqual(self.t.get("/token/elevenlabs", headers=self.bearer("alice")).status, 404)
+        self.assertEqual(sum(self.vendors.requests.values()), 0, "no vendor was asked")
+        self.assertIn("event=token_refused", self.t.wait_log("status=401"), "refusals are audited")
+        self.assertEqual(self.t.get("/token/openai", headers={**self.bearer("alice"), "Origin": "https://evil.test"}).status,
+                         403)
+
+    def test_one_limit_for_all_vendors(self):
+        t = self.start(TOKEN_BURST=2, TOKENS_PER_MINUTE=2)
+        statuses = [t.get(f"/token/{p}", headers=self.bearer("bob")).status for p in ("openai", "soniox", "gemini")]
+        self.assertEqual(statuses, [200, 200, 429], "bob's two tokens, whichever vendor")
+        self.assertEqual(t.get("/token/gemini", headers=self.bearer("carol")).status, 200, "carol has her own")
+
+    def test_a_vendor_failure_is_an_answer_not_a_crash(self):
+        self.vendors.fault = "429"
+        r = self.t.get("/token/soniox", headers=self.bearer("alice"))
+        self.assertEqual((r.status, r.headers.get("retry-after")), (503, "9"))
+        self.vendors.fault = "500"
+        self.assertEqual(self.t.get("/token/openai", headers=self.bearer("alice")).status, 502)
+        self.assertIn("outcome=upstream_error provider=openai", self.t.wait_log("outcome=upstream_error"))
+
+    def test_livekit_s_standard_endpoint(self):
+        r = self.t.get("/livekit/token", method="POST", headers=self.bearer("dana"), body="{}")
+        self.assertEqual(r.status, 201, r)
+        self.assertEqual(r.json()["server_url"], "wss://lk.test")
+        self.assertEqual(self.t.get("/livekit/token", method="POST", body="{}").status, 401)
+
+    def test_a_vendor_offered_without_its_key_stops_the_script(self):
+        env = {k: v for k, v in self.env.items() if k != "GEMINI_API_KEY"}
+        r = self.run_tokend(["--check", "--script", policy_script("providers.lua", self.workdir)], env=env)
+        self.assertNotEqual(r.returncode, 0)
+        self.assertIn("the secret GEMINI_API_KEY is not set", r.stdout + r.stderr)
+        r = self.run_tokend(["--check", "--script", policy_script("providers.lua", self.workdir),
+                             "--public", os.path.join(SRC, "public")], env={**env, "PROVIDERS": "openai,soniox"})
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
 
 
 class ReadmeExample(TokendTestCase):

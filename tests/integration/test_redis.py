@@ -4,6 +4,7 @@ import http.client
 import json
 import os
 import re
+import socket
 import threading
 import time
 import unittest
@@ -408,6 +409,26 @@ class BehindHAProxy(RedisTestCase):
         self.assertIn("client=127.0.0.2", logs)
         self.assertIn("client=127.0.0.3", logs)
         self.assertEqual(len(re.findall(r"access 127\.0\.0\.2 GET /token 200", logs)), 5)
+
+    def test_a_client_padding_forwarded_for_past_the_line_limit(self):
+        # 32 lines of its own, HAProxy's is the 33rd: still the client HAProxy saw, its
+        # bucket, its name in the log; never HAProxy's address.
+        self.start(1, policy={"TOKEN_BURST": 1})
+        pad = "".join(f"X-Forwarded-For: 203.0.113.{k}\r\n" for k in range(32)).encode()
+        self.assertEqual(self.via("127.0.0.2").status, 200)
+        s = socket.socket()
+        s.bind(("127.0.0.2", 0))
+        s.settimeout(10)
+        s.connect(("127.0.0.1", self.haproxy.port))
+        s.sendall(b"GET /token HTTP/1.1\r\nHost: localhost\r\n" + pad + b"Connection: close\r\n\r\n")
+        answer = b""
+        while chunk := s.recv(65536):
+            answer += chunk
+        s.close()
+        self.assertTrue(answer.startswith(b"HTTP/1.1 429 "), answer[:200])
+        log = self.instances[0].wait_log("access 127.0.0.2 GET /token 429")
+        self.assertIn("access 127.0.0.2 GET /token 429", log)
+        self.assertNotIn("access 127.0.0.1 GET /token", log)
 
     def test_rolling_restart_loses_no_request(self):
         self.start(3, policy=UNLIMITED)

@@ -4,12 +4,16 @@
 - libmicrohttpd is used only by the HTTP front (src/http.c);
 - libtokend.a and libtokend.so export only tokend_* symbols, so a program may define its
   own log_msg or url_decode_path and link against either;
-- the settings table (tokend --help) , .env.example and the README list the same settings;
+- the settings table (tokend --help) , .env.example, the README and the man page (tokend.8,
+  generated from the table) list the same settings, the page with --help's words;
+- the Debian package, the rockspec and the code carry the project's version, and the
+  Makefile installs what debian/control needs to build the package;
 - every function a header of src/ declares is used outside its own file (else it belongs
   in that file, static).
 """
 import os
 import re
+import shutil
 import subprocess
 import tempfile
 import unittest
@@ -177,6 +181,37 @@ class Settings(unittest.TestCase):
         flags = set(re.findall(r"^  --([a-z-]+)", out, re.M))
         return envs, flags
 
+    def help_texts(self):
+        """Variable -> its help text in --help (without the default)."""
+        out = subprocess.run([BIN, "--help"], capture_output=True, text=True, check=True).stdout
+        env_part = out.split("Settings from the environment", 1)[1]
+        return {m.group(1): m.group(2) for m in
+                re.finditer(r"^  ([A-Z][A-Z0-9_]+) +(.*?)(?: \(default [^)]*\))?$", env_part, re.M)}
+
+    def man_page(self):
+        """The flags and variables tokend.8 lists, and its text with runs of spaces as one."""
+        if not shutil.which("groff"):
+            self.skipTest("groff is not installed (make test installs groff-base)")
+        p = subprocess.run(["groff", "-man", "-Tascii", "-P-cbou", "-ww", os.path.join(BUILD, "tokend.8")],
+                           capture_output=True, text=True, check=True)
+        self.assertEqual(p.stderr, "", "groff has warnings about tokend.8")
+        options, rest = p.stdout.split("\nOPTIONS\n", 1)[1].split("\nENVIRONMENT\n", 1)
+        environment = rest.split("\nFILES\n", 1)[0]
+        flags = set(re.findall(r"^ {7}--([a-z-]+)", options, re.M))
+        envs = set(re.findall(r"^ {7}([A-Z][A-Z0-9_]+)\b", environment, re.M))
+        return flags, envs, " ".join(p.stdout.split())
+
+    def test_man_page_lists_every_setting_in_help_s_words(self):
+        envs, flags = self.table()
+        man_flags, man_envs, text = self.man_page()
+        self.assertEqual(man_flags, flags)
+        self.assertEqual(man_envs, envs)
+        helps = self.help_texts()
+        self.assertEqual(set(helps), envs)
+        for env, help in helps.items():
+            with self.subTest(env=env):
+                self.assertIn(f"{env} {' '.join(help.split())}.", text)
+
     def test_env_example_lists_every_setting(self):
         envs, _ = self.table()
         with open(os.path.join(SRC, ".env.example")) as f:
@@ -191,6 +226,40 @@ class Settings(unittest.TestCase):
         self.assertTrue(rows, "the README has a settings table")
         self.assertEqual({r[1].strip("`") for r in rows if r[1]}, envs)
         self.assertEqual({re.match(r"`--([a-z-]+)", r[0]).group(1) for r in rows if r[0]}, flags)
+
+
+class Packaging(unittest.TestCase):
+    def read(self, *path):
+        with open(os.path.join(SRC, *path)) as f:
+            return f.read()
+
+    def control_field(self, paragraph_start, field):
+        """The package names in a field of debian/control's paragraph (alternatives, versions
+        and substitutions left out)."""
+        para = re.search(rf"^{paragraph_start}\n(?:.+\n)*", self.read("debian", "control"), re.M).group(0)
+        value = re.search(rf"^{field}:((?:.*\n)(?:[ \t].*\n)*)", para, re.M).group(1)
+        return {item.split("|")[0].split()[0] for item in value.split(",") if item.strip() and "${" not in item}
+
+    def test_make_installs_what_the_package_build_needs(self):
+        makefile = self.read("Makefile")
+        def listed(var):
+            text = re.search(rf"^{var} = ((?:.*\\\n)*.*)$", makefile, re.M).group(1).replace("\\\n", " ")
+            return set(text.split())
+        installed = (listed("RUN_PACKAGES") | listed("DEB_PACKAGES")) - {"$(RUN_PACKAGES)"}
+        build_deps = self.control_field("Source: tokend", "Build-Depends") - {"debhelper-compat"}
+        self.assertEqual(build_deps - installed, set(), "debian/control's build dependencies make test does not install")
+        self.assertTrue({"$(DEB_PACKAGES)", "debootstrap"} <= listed("TEST_PACKAGES"))
+        dev = {p for p in build_deps if p.endswith("-dev")} - {"libqrencode-dev"}   # the command line's alone
+        self.assertEqual(self.control_field("Package: libtokend-dev", "Depends") - {"libtokend0"}, dev,
+                         "libtokend-dev depends on the libraries' development packages tokend-static.pc links")
+
+    def test_the_package_and_the_rock_carry_the_project_s_version(self):
+        read = self.read
+        project = re.search(r"project\(tokend VERSION ([0-9.]+)", read("CMakeLists.txt")).group(1)
+        self.assertIn(f'#define TOKEND_VERSION "{project}"', read("include", "tokend.h"))
+        debian = re.match(r"tokend \(([^)]+)\)", read("debian", "changelog")).group(1)
+        self.assertEqual(debian.rsplit("-", 1)[0], project, "debian/changelog's upstream version")
+        self.assertIn(f'version = "{project}-', read(f"tokend-{project}-1.rockspec"))
 
 
 if __name__ == "__main__":
