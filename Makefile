@@ -10,19 +10,21 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT = $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600
 
 # Build and run: compiler, CMake, the libraries (Lua, HTTP server and client, JSON,
-# OpenSSL's libcrypto, hiredis, zlib), the system's media types, and the CA store for TLS.
+# OpenSSL's libcrypto, hiredis, zlib, libqrencode for --dev's QR code), the system's media
+# types, and the CA store for TLS.
 RUN_PACKAGES = gcc make cmake pkgconf liblua5.4-dev libmicrohttpd-dev libcurl4-openssl-dev \
-               lua-cjson-dev libssl-dev libhiredis-dev zlib1g-dev media-types ca-certificates
+               lua-cjson-dev libssl-dev libhiredis-dev zlib1g-dev libqrencode-dev media-types ca-certificates
 # The Debian packages: built by dpkg-buildpackage with debhelper's CMake support (the
 # build dependencies are RUN_PACKAGES', as debian/control says), checked by lintian.
 DEB_PACKAGES = debhelper dpkg-dev lintian
 # Tests: the fakes are Python (standard library only); the test CA is made with openssl;
 # the browser test runs Debian's Chromium with espeak-ng speech (converted by sox) as the
-# microphone, driven by playwright-core from npm. Several instances share limits through
-# a real Redis, behind a real HAProxy. The man page is read with groff; the packages are
-# built and installed in a Debian chroot made by debootstrap.
+# microphone, driven by playwright-core from npm; it trusts tokend's development CA in
+# Chromium's NSS store with certutil. Several instances share limits through a real Redis,
+# behind a real HAProxy. The man page is read with groff; the packages are built and
+# installed in a Debian chroot made by debootstrap.
 TEST_PACKAGES = $(RUN_PACKAGES) python3 openssl lua5.4 curl chromium espeak-ng sox wrk valgrind luarocks \
-                redis-server haproxy lua-luv lua-cqueues groff-base $(DEB_PACKAGES) debootstrap
+                redis-server haproxy lua-luv lua-cqueues libnss3-tools groff-base $(DEB_PACKAGES) debootstrap
 # Fuzzing: clang with libFuzzer and the sanitizer runtimes.
 FUZZ_PACKAGES = $(RUN_PACKAGES) clang libclang-rt-14-dev
 FUZZ_TARGETS = path query headers envfile upstream static toolkit regions

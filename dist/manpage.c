@@ -82,6 +82,7 @@ static int manpage_write(FILE *to) {
     /* The command line's own options (main.c); the structure test compares them with --help. */
     static const char *const own[][2] = {
         { "--check", "load the script, report errors as file:line, exit 0 or 1" },
+        { "--dev-ca", "make the development CA if needed, say where it is and how to trust it" },
         { "--version", "print the version" },
         { "--help", "print the options and settings" },
     };

@@ -84,6 +84,13 @@ typedef struct tokend_config {
                                        default "us=https://streaming.us.assemblyai.com,
                                        eu=https://streaming.eu.assemblyai.com"; "" for none */
     const char *agents_url;         /* AssemblyAI's Voice Agent API; default "https://agents.assemblyai.com" */
+    const char *tls_cert;           /* HTTPS: the certificate (chain), a PEM file; default none */
+    const char *tls_key;            /* its private key, a PEM file (not encrypted); default none */
+    int tls_port;                   /* HTTPS on this port beside HTTP on port; 0: HTTPS alone on port
+                                       (with tls_cert), or on port + 1 under dev; default 0 */
+    int dev;                        /* 1 = a developer's machine: HTTPS beside HTTP (a development CA's
+                                       certificate unless tls_cert is set), live reload, the machine's
+                                       network names served; default 0 */
 } tokend_config;
 
 typedef struct tokend_server tokend_server;
@@ -179,6 +186,10 @@ TOKEND_API int tokend_mint(const tokend_config *cfg, long expires_in_s, long max
 
 /* Returns the TCP port the server listens on (useful after port 0). */
 TOKEND_API int tokend_server_port(const tokend_server *srv);
+
+/* Returns the TCP port that speaks HTTPS: the same as tokend_server_port() when HTTPS is
+ * served alone, another beside HTTP, 0 when there is none. */
+TOKEND_API int tokend_server_tls_port(const tokend_server *srv);
 
 /* Loads the script of cfg in a fresh Lua state without binding a port, to check it.
  * Returns TOKEND_OK, or TOKEND_ERR with "file:line: message" (and a traceback) in err. */

@@ -44,6 +44,12 @@ local policy = require "tokend.settings" {
   -- Data zones the page may choose (/token?region=eu mints there and streams there), by the
   -- names of ASSEMBLYAI_REGION_URLS (us, eu). Empty: the default host only.
   REGIONS = {},
+
+  -- Your app. API_BACKEND forwards /api and the paths below it to your own server
+  -- ("http://127.0.0.1:3000"; empty: none); SPA_FALLBACK answers a page of a single-page
+  -- app that is no file (/users/42, asked for by a browser) with index.html.
+  API_BACKEND = "",
+  SPA_FALLBACK = false,
 }
 
 -- What a failed token request tells the client, by failure kind (see the README);
@@ -149,5 +155,7 @@ tokend.route("GET", "/metrics", function(req)
   return 200, tokend.metrics(), no_store(nil, { ["Content-Type"] = "text/plain; version=0.0.4; charset=utf-8" })
 end)
 
+if policy.API_BACKEND ~= "" then tokend.proxy("/api", policy.API_BACKEND) end
+
 -- Everything else comes from the public folder; "/" gives index.html.
-tokend.static("/", tokend.config.public)
+tokend.static("/", tokend.config.public, { fallback = policy.SPA_FALLBACK and "index.html" or nil })

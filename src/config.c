@@ -32,6 +32,12 @@ const config_setting config_settings[] = {
       "TCP port; 0 picks a free one (printed at start)" },
     { "host", "host", "HOST", CONFIG_STRING, "127.0.0.1", CONFIG_TEXT, CONFIG_FIELD(host),
       "address to listen on (0.0.0.0 or :: for all)" },
+    { "tls_cert", "tls-cert", "TOKEND_TLS_CERT", CONFIG_STRING, NULL, CONFIG_TEXT, CONFIG_FIELD(tls_cert),
+      "serve HTTPS with this certificate (chain), a PEM file" },
+    { "tls_key", "tls-key", "TOKEND_TLS_KEY", CONFIG_STRING, NULL, CONFIG_TEXT, CONFIG_FIELD(tls_key),
+      "the certificate's private key, a PEM file" },
+    { "tls_port", "tls-port", "TOKEND_TLS_PORT", CONFIG_INT, NULL, 1, 65535, CONFIG_FIELD(tls_port),
+      "HTTPS on this port beside HTTP on --port (without it, HTTPS alone on --port)" },
     { "script", "script", "TOKEND_SCRIPT", CONFIG_STRING, "scripts/routes.lua", CONFIG_TEXT, CONFIG_FIELD(script),
       "the routes script" },
     { "public", "public", "TOKEND_PUBLIC", CONFIG_STRING, "public", CONFIG_TEXT, CONFIG_FIELD(public_dir),
@@ -84,6 +90,8 @@ const config_setting config_settings[] = {
       "settings file; scripts read its other names with tokend.env" },
     { "watch", "watch", NULL, CONFIG_SWITCH, NULL, CONFIG_TEXT, CONFIG_FIELD(watch_script),
       "reload the script when its file changes (development)" },
+    { "dev", "dev", NULL, CONFIG_SWITCH, NULL, CONFIG_TEXT, CONFIG_FIELD(dev),
+      "a developer's machine: all addresses, HTTPS beside HTTP, live reload, URLs for your phone" },
 };
 const size_t config_count = sizeof config_settings / sizeof config_settings[0];
 
@@ -201,6 +209,29 @@ static int config_check_text(const tokend_config *c, char *err, size_t errlen) {
     return -1;
 }
 
+/* Checks that the HTTPS settings go together. Returns 0, or -1 with err. */
+static int config_check_tls(const tokend_config *c, char *err, size_t errlen) {
+    if (c->tls_port < 0 || c->tls_port > 65535) {
+        snprintf(err, errlen, "TLS port %d is out of range 1..65535", c->tls_port);
+        return -1;
+    }
+    if (!c->tls_cert != !c->tls_key) {
+        snprintf(err, errlen, "%s", c->tls_cert ? "TOKEND_TLS_CERT (--tls-cert) needs TOKEND_TLS_KEY (--tls-key)"
+                                                : "TOKEND_TLS_KEY (--tls-key) needs TOKEND_TLS_CERT (--tls-cert)");
+        return -1;
+    }
+    if (c->tls_port && !c->tls_cert && !c->dev) {
+        snprintf(err, errlen, "TOKEND_TLS_PORT (--tls-port) needs a certificate (--tls-cert and --tls-key) or --dev");
+        return -1;
+    }
+    if (c->tls_port && c->tls_port == c->port) {
+        snprintf(err, errlen, "TOKEND_TLS_PORT (--tls-port) must differ from PORT (--port); to serve HTTPS alone, "
+                              "give --tls-cert and --tls-key without --tls-port");
+        return -1;
+    }
+    return 0;
+}
+
 int tokend_config_check(const tokend_config *c, char *err, size_t errlen) {
     if (c->port < 0 || c->port > 65535) {
         snprintf(err, errlen, "port %d is out of range 0..65535", c->port);
@@ -215,6 +246,7 @@ int tokend_config_check(const tokend_config *c, char *err, size_t errlen) {
                               "fills the defaults)");
         return TOKEND_ERR;
     }
+    if (config_check_tls(c, err, errlen) < 0) return TOKEND_ERR;
     return config_check_text(c, err, errlen) < 0 ? TOKEND_ERR : TOKEND_OK;
 }
 

@@ -1,7 +1,9 @@
 /* http.c: the HTTP front: one libmicrohttpd daemon per worker, driven by its event loop. */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
+#include <errno.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -60,6 +62,13 @@ struct http_front {
     loop_timer tick_timer;
     int run_pending;            /* libmicrohttpd has work to do: its epoll fd was ready, or a resume */
     unsigned long log_sampled;  /* successes of sampled routes, for log_every */
+    struct MHD_Daemon *daemon2;     /* the second socket's (HTTPS beside HTTP), or NULL */
+    int epoll_fd2;
+    int quiesced_fd2;
+    struct MHD_Daemon *tls_daemon;  /* the daemon that speaks HTTPS, or NULL */
+    unsigned int max_connections;   /* both daemons together */
+    unsigned int nconns;
+    struct http_stream *streams;    /* bodies being produced */
 };
 
 /* A request with what only the HTTP front sees of it. */
@@ -67,6 +76,7 @@ typedef struct http_exchange {
     http_request pub;                   /* first: an http_request * is an http_exchange * */
     struct MHD_Connection *conn;
     http_front *front;
+    struct http_stream *stream;         /* its answer's body, while being produced */
     char *target;
     size_t target_len;
     int state;
@@ -84,6 +94,26 @@ typedef struct http_exchange {
 #define HTTP_EXCHANGE(req) ((http_exchange *)(req))
 /* An http_response is a libmicrohttpd response under another name. */
 #define HTTP_MHD(resp) ((struct MHD_Response *)(resp))
+
+/* A response body produced while it is sent (http_response_stream): the bytes written and
+ * not yet taken by libmicrohttpd, which suspends the connection while there are none. */
+struct http_stream {
+    http_front *f;
+    struct MHD_Connection *conn;
+    http_exchange *x;               /* its request until that completes, else NULL */
+    http_stream_fn *drained, *closed;
+    void *ud;
+    char *buf;                      /* pending bytes: buf[head .. head + len) */
+    size_t head, len, cap;
+    size_t high;                    /* writes are refused while this much is pending */
+    int full;                       /* a write was refused: drained is due once half is gone */
+    int suspended;                  /* its connection waits for bytes */
+    int watched_fd;                 /* while suspended: its socket, watched for the client leaving; or -1 */
+    int peer_spoke;                 /* the client sent something while it waited: watched no more */
+    int ended;                      /* 1: complete, 2: cut */
+    loop_timer drain_timer;
+    struct http_stream *prev, *next;    /* the front's streams */
+};
 
 /* One open connection: waiting while a request is being received. */
 typedef struct http_conn {
@@ -131,7 +161,10 @@ static void http_refuse_framing(http_front *f, int status, const char *message) 
                      "X-Content-Type-Options: nosniff\r\nContent-Type: application/json\r\nCache-Control: no-store\r\n"
                      "Content-Length: %zu\r\n\r\n%s", status, status == 413 ? "Content Too Large" : "Bad Request",
                      date, blen, body);
-    if (n > 0 && (size_t)n < sizeof out) (void)send(ci->connect_fd, out, (size_t)n, MSG_NOSIGNAL | MSG_DONTWAIT);
+    /* Over HTTPS the socket carries TLS records, not this text: the client sees the close. */
+    const union MHD_ConnectionInfo *di = MHD_get_connection_info(x->conn, MHD_CONNECTION_INFO_DAEMON);
+    int tls = f->tls_daemon && di && di->daemon == f->tls_daemon;
+    if (!tls && n > 0 && (size_t)n < sizeof out) (void)send(ci->connect_fd, out, (size_t)n, MSG_NOSIGNAL | MSG_DONTWAIT);
     shutdown(ci->connect_fd, SHUT_WR);
     x->pub.method = "-";        /* libmicrohttpd does not say which: the access line shows "-" */
     x->status = status;
@@ -153,7 +186,8 @@ static void http_mhd_log(void *cls, const char *fmt, va_list ap) {
     while (n && (msg[n - 1] == '\n' || msg[n - 1] == '\r')) msg[--n] = '\0';
     int client_caused = strstr(msg, "Error processing request") || strstr(msg, "HTTP request") ||
                         strstr(msg, "Connection reset") || strstr(msg, "Failed to receive") ||
-                        strstr(msg, "Failed to send") || strstr(msg, "Closing connection");
+                        strstr(msg, "Failed to send") || strstr(msg, "Closing connection") ||
+                        strstr(msg, "handshake") || strstr(msg, "TLS") || strstr(msg, "packet");  /* HTTPS */
     if (client_caused) log_throttled(LOG_DEBUG, "http (client)", "%s", msg);
     else log_throttled(LOG_WARN, "http", "%s", msg);
 }
@@ -206,6 +240,10 @@ static enum MHD_Result http_on_accept(void *cls, const struct sockaddr *addr, so
     (void)addrlen;
     netaddr_of_sockaddr(addr, text, sizeof text);
     /* Behind a proxy every connection comes from it: trusted proxies are not limited. */
+    if (f->nconns >= f->max_connections) {     /* HTTP and HTTPS: one limit for both */
+        log_throttled(LOG_DEBUG, "http (client)", "refused a connection from %s: the connection limit is reached", text);
+        return MHD_NO;
+    }
     if (policy_conns_allowed(f->conns, text) || netaddr_nets_contain(f->proxies, text)) return MHD_YES;
     log_throttled(LOG_DEBUG, "http (client)", "refused a connection from %s: too many open connections from it", text);
     return MHD_NO;
@@ -227,6 +265,7 @@ static void http_on_connection(void *cls, struct MHD_Connection *conn, void **so
         c->next = f->conns_list;
         if (f->conns_list) f->conns_list->prev = c;
         f->conns_list = c;
+        f->nconns++;
         policy_conns_opened(f->conns, c->peer);
         *socket_context = c;
         return;
@@ -235,6 +274,7 @@ static void http_on_connection(void *cls, struct MHD_Connection *conn, void **so
      * at the start of its next turn: make sure there is one. */
     f->run_pending = 1;
     if (!c) return;
+    f->nconns--;
     policy_conns_closed(f->conns, c->peer);
     if (c->prev) c->prev->next = c->next;
     else f->conns_list = c->next;
@@ -320,6 +360,7 @@ static void http_on_completed(void *cls, struct MHD_Connection *conn, void **con
         free((char *)x->log_fields[i].value);
     }
     free(x->log_fields);
+    if (x->stream) x->stream->x = NULL;     /* its body may still be going out */
     if (x->response) MHD_destroy_response(x->response);
     free(x->target);
     free(req->path);
@@ -718,30 +759,21 @@ static void http_on_epoll(void *ud, int fd, unsigned events) {
     f->run_pending = 1;
 }
 
-http_front *http_create(loop *lp, const http_options *opts, http_dispatch_fn *dispatch, void *ud,
-                        char *err, size_t errlen) {
-    http_front *f = calloc(1, sizeof *f);
-    if (!f) {
-        snprintf(err, errlen, "out of memory");
-        return NULL;
-    }
-    f->lp = lp;
-    f->dispatch = dispatch;
-    f->dispatch_ud = ud;
-    f->max_body_bytes = opts->max_body_bytes;
-    f->quiesced_fd = -1;
-    f->proxies = opts->proxies;
-    f->conns = opts->conns;
-    f->hosts = opts->hosts;
-    f->max_header_bytes = opts->max_header_bytes;
-    f->max_query_args = opts->max_query_args;
-    f->request_timeout_ms = (uint64_t)opts->request_timeout_s * 1000u;
+/* Starts a daemon of f on the listening socket fd (HTTPS when tls) and watches its epoll
+ * descriptor; NULL with err set on failure (fd is then still the caller's). */
+static struct MHD_Daemon *http_start_daemon(http_front *f, const http_options *opts, int fd, int tls, int *epoll_fd,
+                                            char *err, size_t errlen) {
     size_t memory = opts->max_header_bytes + HTTP_POOL_RESERVE;
-    f->daemon = MHD_start_daemon(
-        MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG | MHD_USE_TURBO,
+    struct MHD_OptionItem tls_items[] = {
+        { tls ? MHD_OPTION_HTTPS_MEM_CERT : MHD_OPTION_END, 0, (void *)(uintptr_t)opts->tls_cert_pem },
+        { MHD_OPTION_HTTPS_MEM_KEY, 0, (void *)(uintptr_t)opts->tls_key_pem },
+        { MHD_OPTION_END, 0, NULL },
+    };
+    struct MHD_Daemon *d = MHD_start_daemon(
+        MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG | MHD_USE_TURBO | (tls ? MHD_USE_TLS : 0),
         0, http_on_accept, f, http_on_request, f,
         MHD_OPTION_EXTERNAL_LOGGER, http_mhd_log, f,
-        MHD_OPTION_LISTEN_SOCKET, (MHD_socket)opts->listen_fd,
+        MHD_OPTION_LISTEN_SOCKET, (MHD_socket)fd,
         MHD_OPTION_URI_LOG_CALLBACK, http_on_uri, f,
         MHD_OPTION_NOTIFY_COMPLETED, http_on_completed, f,
         MHD_OPTION_NOTIFY_CONNECTION, http_on_connection, f,
@@ -749,21 +781,68 @@ http_front *http_create(loop *lp, const http_options *opts, http_dispatch_fn *di
         MHD_OPTION_CONNECTION_LIMIT, (unsigned int)opts->max_connections,
         MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int)opts->idle_timeout_s,
         MHD_OPTION_SIGPIPE_HANDLED_BY_APP, (int)1,
+        MHD_OPTION_ARRAY, tls_items,
         MHD_OPTION_END);
-    if (!f->daemon) {
-        snprintf(err, errlen, "libmicrohttpd failed to start (see the log)");
-        goto fail;
+    if (!d) {
+        snprintf(err, errlen, tls ? "libmicrohttpd failed to start HTTPS (see the log; is the certificate usable "
+                                    "by GnuTLS?)" : "libmicrohttpd failed to start (see the log)");
+        return NULL;
     }
-    const union MHD_DaemonInfo *di = MHD_get_daemon_info(f->daemon, MHD_DAEMON_INFO_EPOLL_FD);
-    if (!di || loop_watch(lp, di->epoll_fd, LOOP_READ, http_on_epoll, f) < 0) {
+    const union MHD_DaemonInfo *di = MHD_get_daemon_info(d, MHD_DAEMON_INFO_EPOLL_FD);
+    if (!di || loop_watch(f->lp, di->epoll_fd, LOOP_READ, http_on_epoll, f) < 0) {
         snprintf(err, errlen, "cannot watch the libmicrohttpd epoll descriptor");
+        MHD_stop_daemon(d);     /* closes fd */
+        *epoll_fd = -2;
+        return NULL;
+    }
+    *epoll_fd = di->epoll_fd;
+    return d;
+}
+
+http_front *http_create(loop *lp, const http_options *opts, http_dispatch_fn *dispatch, void *ud,
+                        char *err, size_t errlen) {
+    http_front *f = calloc(1, sizeof *f);
+    int fd2 = opts->tls_cert_pem ? opts->tls_listen_fd : -1;
+    if (!f) {
+        snprintf(err, errlen, "out of memory");
         goto fail;
     }
-    f->epoll_fd = di->epoll_fd;
+    f->lp = lp;
+    f->dispatch = dispatch;
+    f->dispatch_ud = ud;
+    f->max_body_bytes = opts->max_body_bytes;
+    f->quiesced_fd = f->quiesced_fd2 = -1;
+    f->epoll_fd = f->epoll_fd2 = -1;
+    f->max_connections = opts->max_connections;
+    f->proxies = opts->proxies;
+    f->conns = opts->conns;
+    f->hosts = opts->hosts;
+    f->max_header_bytes = opts->max_header_bytes;
+    f->max_query_args = opts->max_query_args;
+    f->request_timeout_ms = (uint64_t)opts->request_timeout_s * 1000u;
+    int tls = opts->listen_tls && opts->tls_cert_pem;
+    if (!(f->daemon = http_start_daemon(f, opts, opts->listen_fd, tls, &f->epoll_fd, err, errlen))) {
+        if (f->epoll_fd == -2) f->epoll_fd = -1;        /* its socket went with the daemon */
+        else close(opts->listen_fd);
+        goto fail;
+    }
+    if (tls) f->tls_daemon = f->daemon;
+    if (fd2 >= 0) {
+        f->daemon2 = http_start_daemon(f, opts, fd2, 1, &f->epoll_fd2, err, errlen);
+        if (!f->daemon2 && f->epoll_fd2 != -2) close(fd2);
+        fd2 = -1;
+        if (!f->daemon2) goto fail;
+        f->tls_daemon = f->daemon2;
+    }
     loop_timer_start(lp, &f->tick_timer, HTTP_TICK_MS, http_on_tick, f);
     return f;
 fail:
-    if (f->daemon) MHD_stop_daemon(f->daemon);
+    if (fd2 >= 0) close(fd2);
+    if (f && f->daemon) {
+        loop_watch(lp, f->epoll_fd, 0, NULL, NULL);
+        MHD_stop_daemon(f->daemon);
+    }
+    if (!f) close(opts->listen_fd);
     free(f);
     return NULL;
 }
@@ -772,17 +851,25 @@ void http_run(http_front *f) {
     if (!f->run_pending && http_timeout_ms(f) != 0) return;     /* nothing to do: skip its epoll_wait */
     f->run_pending = 0;
     MHD_run(f->daemon);
+    if (f->daemon2) MHD_run(f->daemon2);
+}
+
+/* Milliseconds until daemon d needs to run, or -1. */
+static long http_daemon_timeout_ms(struct MHD_Daemon *d) {
+    MHD_UNSIGNED_LONG_LONG t;
+    if (!d || MHD_get_timeout(d, &t) != MHD_YES) return -1;
+    return t > 0x7fffffffULL ? 0x7fffffffL : (long)t;
 }
 
 long http_timeout_ms(http_front *f) {
-    MHD_UNSIGNED_LONG_LONG t;
     if (f->run_pending) return 0;
-    if (MHD_get_timeout(f->daemon, &t) != MHD_YES) return -1;
-    return t > 0x7fffffffULL ? 0x7fffffffL : (long)t;
+    long a = http_daemon_timeout_ms(f->daemon), b = http_daemon_timeout_ms(f->daemon2);
+    return a < 0 ? b : b < 0 || a < b ? a : b;
 }
 
 void http_quiesce(http_front *f) {
     if (f->quiesced_fd < 0) f->quiesced_fd = MHD_quiesce_daemon(f->daemon);
+    if (f->daemon2 && f->quiesced_fd2 < 0) f->quiesced_fd2 = MHD_quiesce_daemon(f->daemon2);
 }
 
 size_t http_in_flight(const http_front *f) {
@@ -793,11 +880,18 @@ void http_free(http_front *f) {
     if (!f) return;
     f->closing = 1;     /* what still arrives is not dispatched: the Lua host may be gone */
     while (f->pending) http_request_fail(&f->pending->pub, 503, "server shutting down");
+    /* Bodies still being produced are cut: their connections are resumed to close (a
+     * suspended connection must not be there when the daemon stops). */
+    for (struct http_stream *s = f->streams; s; s = s->next) http_stream_end(s, 0);
     MHD_run(f->daemon);
+    if (f->daemon2) MHD_run(f->daemon2);
     loop_watch(f->lp, f->epoll_fd, 0, NULL, NULL);
+    if (f->daemon2) loop_watch(f->lp, f->epoll_fd2, 0, NULL, NULL);
     loop_timer_stop(f->lp, &f->tick_timer);
     MHD_stop_daemon(f->daemon);
+    if (f->daemon2) MHD_stop_daemon(f->daemon2);
     if (f->quiesced_fd >= 0) close(f->quiesced_fd);
+    if (f->quiesced_fd2 >= 0) close(f->quiesced_fd2);
     free(f);
 }
 
@@ -834,4 +928,162 @@ static enum MHD_Result http_header_cb(void *cls, enum MHD_ValueKind kind, const 
 void http_request_each_header(const http_request *req, http_header_fn *fn, void *ud) {
     http_header_iter it = { fn, ud };
     MHD_get_connection_values(HTTP_EXCHANGE(req)->conn, MHD_HEADER_KIND, http_header_cb, &it);
+}
+
+/* ---- responses produced later ---- */
+
+/* Calls the producer's drained, from the loop. */
+static void http_stream_on_drain(void *ud) {
+    http_stream *s = ud;
+    if (!s->ended && s->drained) s->drained(s->ud);
+}
+
+/* Resumes the stream's connection when it waits for bytes. */
+static void http_stream_wake(http_stream *s) {
+    if (!s->suspended) return;
+    s->suspended = 0;
+    if (s->watched_fd >= 0) loop_watch(s->f->lp, s->watched_fd, 0, NULL, NULL);
+    s->watched_fd = -1;
+    MHD_resume_connection(s->conn);
+    s->f->run_pending = 1;
+}
+
+/* The socket of a suspended stream became readable: libmicrohttpd neither looks at a
+ * suspended connection nor reads one that is sending, so a client that left would hold it
+ * until the next bytes fail. A socket the client shut or reset cuts the stream, which
+ * closes the connection; so do bytes over TLS (a browser sends nothing else while it
+ * receives but its close_notify, whose TCP end may come later). Other bytes are left for
+ * later, and the socket is watched no more. */
+static void http_stream_on_peer(void *ud, int fd, unsigned events) {
+    http_stream *s = ud;
+    struct pollfd p = { .fd = fd, .events = POLLIN | POLLRDHUP };
+    (void)events;
+    if (poll(&p, 1, 0) <= 0) return;
+    const union MHD_ConnectionInfo *ci = MHD_get_connection_info(s->conn, MHD_CONNECTION_INFO_DAEMON);
+    int tls = s->f->tls_daemon && ci && ci->daemon == s->f->tls_daemon;
+    loop_watch(s->f->lp, fd, 0, NULL, NULL);
+    s->watched_fd = -1;
+    s->peer_spoke = 1;
+    if ((p.revents & (POLLRDHUP | POLLHUP | POLLERR)) || tls) http_stream_end(s, 0);
+}
+
+/* Suspends the stream's connection until there are bytes, watching for the client leaving. */
+static void http_stream_suspend(http_stream *s) {
+    s->suspended = 1;
+    MHD_suspend_connection(s->conn);
+    const union MHD_ConnectionInfo *ci = MHD_get_connection_info(s->conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+    if (!s->peer_spoke && ci && loop_watch(s->f->lp, ci->connect_fd, LOOP_READ, http_stream_on_peer, s) == 0)
+        s->watched_fd = ci->connect_fd;
+}
+
+/* libmicrohttpd asks for the next bytes of the body: what is pending, else the end, else
+ * nothing yet (the connection is suspended until a write or the end). */
+static ssize_t http_stream_read(void *cls, uint64_t pos, char *buf, size_t max) {
+    http_stream *s = cls;
+    (void)pos;
+    if (!s->len) {
+        if (s->ended) return s->ended == 1 ? MHD_CONTENT_READER_END_OF_STREAM : MHD_CONTENT_READER_END_WITH_ERROR;
+        if (!s->suspended) http_stream_suspend(s);
+        return 0;
+    }
+    size_t n = s->len < max ? s->len : max;
+    memcpy(buf, s->buf + s->head, n);
+    s->head += n;
+    s->len -= n;
+    if (!s->len) s->head = 0;
+    if (s->x) s->x->bytes += n;
+    if (s->full && s->len <= s->high / 2) {
+        s->full = 0;
+        loop_timer_start(s->f->lp, &s->drain_timer, 0, http_stream_on_drain, s);
+    }
+    return (ssize_t)n;
+}
+
+/* The response is gone (sent, abandoned or never queued): the producer hears it once. */
+static void http_stream_free(void *cls) {
+    http_stream *s = cls;
+    http_front *f = s->f;
+    if (s->prev) s->prev->next = s->next;
+    else f->streams = s->next;
+    if (s->next) s->next->prev = s->prev;
+    if (s->x) s->x->stream = NULL;
+    if (s->watched_fd >= 0) loop_watch(f->lp, s->watched_fd, 0, NULL, NULL);
+    loop_timer_stop(f->lp, &s->drain_timer);
+    http_stream_fn *closed = s->closed;
+    void *ud = s->ud;
+    free(s->buf);
+    free(s);
+    if (closed) closed(ud);
+}
+
+http_response *http_response_stream(http_request *req, long long size, size_t buffer, http_stream_fn *drained,
+                                    http_stream_fn *closed, void *ud, http_stream **out) {
+    http_exchange *x = HTTP_EXCHANGE(req);
+    http_stream *s = calloc(1, sizeof *s);
+    *out = NULL;
+    if (!s) return NULL;
+    s->f = x->front;
+    s->conn = x->conn;
+    s->watched_fd = -1;
+    s->high = buffer ? buffer : 1;
+    s->x = x;
+    s->next = s->f->streams;
+    if (s->f->streams) s->f->streams->prev = s;
+    s->f->streams = s;
+    /* libmicrohttpd reads at most block bytes at a time, into a buffer of the response's
+     * own: small for an event stream (thousands may be open), 16 KiB for a large body. */
+    size_t block = s->high < 256 ? 256 : s->high > 16384 ? 16384 : s->high;
+    uint64_t total = size < 0 ? MHD_SIZE_UNKNOWN : (uint64_t)size;
+    struct MHD_Response *resp = MHD_create_response_from_callback(total, block, http_stream_read, s, http_stream_free);
+    if (!resp) {
+        http_stream_free(s);    /* closed is not set yet: nobody is told */
+        return NULL;
+    }
+    s->drained = drained;
+    s->closed = closed;
+    s->ud = ud;
+    x->stream = s;
+    *out = s;
+    return (http_response *)resp;
+}
+
+int http_stream_write(http_stream *s, const void *data, size_t len) {
+    if (s->ended) return -1;
+    if (s->len >= s->high) {
+        s->full = 1;
+        return 1;
+    }
+    if (s->head && s->head + s->len + len > s->cap) {
+        memmove(s->buf, s->buf + s->head, s->len);
+        s->head = 0;
+    }
+    if (s->len + len > s->cap) {
+        size_t cap = s->cap ? s->cap : 4096;
+        while (cap < s->len + len) cap *= 2;
+        char *b = realloc(s->buf, cap);
+        if (!b) return -1;
+        s->buf = b;
+        s->cap = cap;
+    }
+    memcpy(s->buf + s->head + s->len, data, len);
+    s->len += len;
+    http_stream_wake(s);
+    return 0;
+}
+
+void http_stream_end(http_stream *s, int complete) {
+    if (s->ended) return;
+    s->ended = complete ? 1 : 2;
+    if (!complete) s->len = 0;
+    http_stream_wake(s);
+}
+
+int http_request_is_tls(const http_request *req) {
+    const http_exchange *x = HTTP_EXCHANGE(req);
+    const union MHD_ConnectionInfo *ci = MHD_get_connection_info(x->conn, MHD_CONNECTION_INFO_DAEMON);
+    return x->front->tls_daemon && ci && ci->daemon == x->front->tls_daemon;
+}
+
+int http_request_from_proxy(const http_request *req) {
+    return netaddr_nets_contain(HTTP_EXCHANGE(req)->front->proxies, req->peer);
 }

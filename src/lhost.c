@@ -17,6 +17,7 @@
 #include "lrequest.h"
 #include "log.h"
 #include "lstate.h"
+#include "proxy.h"
 #include "router.h"
 #include "static.h"
 #include "url.h"
@@ -56,6 +57,7 @@ struct lhost {
     int retired;
     router *routes;
     static_mounts *statics;
+    proxy_mounts *proxies;
     const lhost_world *world;   /* where library calls run now */
     const lhost_world *own_world;   /* attached: the module's own, for blocking calls */
     lhost_waiter blocking;      /* attached: the one blocking call at a time */
@@ -201,9 +203,11 @@ static lhost *lhost_new(const lhost_options *o) {
     h->befores_ref = h->runner_ref = h->encode_ref = h->tasks_ref = LUA_NOREF;
     h->routes = router_create();
     h->statics = static_create();
-    if (!h->routes || !h->statics) {
+    h->proxies = proxy_create();
+    if (!h->routes || !h->statics || !h->proxies) {
         router_free(h->routes, NULL, NULL);
         static_free(h->statics);
+        proxy_free(h->proxies);
         free(h);
         return NULL;
     }
@@ -358,6 +362,7 @@ void lhost_free(lhost *h) {
     }
     router_free(h->routes, lhost_release_ref, h);
     static_free(h->statics);
+    proxy_free(h->proxies);
     free(h->pooled);
     free(h);
 }
@@ -387,6 +392,11 @@ int lhost_add_route(lhost *h, lua_State *L, const char *method, const char *path
 int lhost_add_static(lhost *h, const char *prefix, const char *dir, const static_options *o, char *err,
                      size_t errlen) {
     return static_mount(h->statics, prefix, dir, o, err, errlen);
+}
+
+int lhost_add_proxy(lhost *h, const char *prefix, const char *url, const proxy_options *o, char *err,
+                    size_t errlen) {
+    return proxy_mount(h->proxies, prefix, url, o, err, errlen);
 }
 
 void lhost_add_before(lhost *h, lua_State *L, int idx) {
@@ -530,7 +540,8 @@ static void lhost_task_done(lhost_task *t) {
 }
 
 /* Answers a request that no handler answered: HEAD of a GET route (the route exists; its
- * handler, which may mint a token, does not run for a HEAD), 405, a static file, or 404. */
+ * handler, which may mint a token, does not run for a HEAD), 405, a proxied backend's
+ * answer, a static file, or 404. */
 static void lhost_answer_unhandled(lhost *h, http_request *req, int route_status, const char *allow) {
     if (route_status == ROUTER_FOUND) {
         http_response *resp = http_response_bytes("", 0, NULL);
@@ -538,6 +549,8 @@ static void lhost_answer_unhandled(lhost *h, http_request *req, int route_status
         http_request_respond(req, 200, resp, 0);
     } else if (route_status == ROUTER_METHOD_NOT_ALLOWED) {
         http_request_fail_allow(req, allow);
+    } else if (proxy_serve(h->proxies, h->world->client, req)) {
+        return;
     } else if (static_serve(h->statics, req)) {
         snprintf(req->route, sizeof req->route, "static");
     } else {

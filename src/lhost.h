@@ -7,6 +7,7 @@
 #include "http.h"
 #include "loop.h"
 #include "policy.h"
+#include "proxy.h"
 #include "router.h"
 #include "static.h"
 #include "upstream.h"
@@ -32,6 +33,8 @@ typedef struct lhost_info {
     const url_region *regions;      /* AssemblyAI's data zones by name (ASSEMBLYAI_REGION_URLS) */
     size_t nregions;
     const url_endpoints *agents;    /* the Voice Agent API's endpoints (ASSEMBLYAI_AGENTS_URL) */
+    int tls_port;               /* the port that speaks HTTPS, 0 when none */
+    int dev;                    /* the development server (--dev) */
 } lhost_info;
 
 /* What a state's library calls reach: the worker's loop and clients, and the state all
@@ -85,7 +88,7 @@ void lhost_enter(lhost *h, const lhost_world *w);
  * their requests are answered by the HTTP front's own shutdown. NULL is allowed. */
 void lhost_free(lhost *h);
 
-/* Answers one HTTP request: before hooks, routes, static files (an http_dispatch_fn). */
+/* Answers one HTTP request: before hooks, routes, proxies, static files (an http_dispatch_fn). */
 void lhost_dispatch(void *h, http_request *req);
 
 /* Requests and tasks still running or waiting. */
@@ -122,6 +125,10 @@ int lhost_add_route(lhost *h, lua_State *L, const char *method, const char *path
 /* Serves the files under dir for paths under prefix. Returns 0, or -1 with err set. */
 int lhost_add_static(lhost *h, const char *prefix, const char *dir, const static_options *o, char *err,
                      size_t errlen);
+
+/* Forwards the requests under prefix to the backend at url. Returns 0, or -1 with err set. */
+int lhost_add_proxy(lhost *h, const char *prefix, const char *url, const proxy_options *o, char *err,
+                    size_t errlen);
 
 /* Appends the function at stack index idx to the before hooks. */
 void lhost_add_before(lhost *h, lua_State *L, int idx);

@@ -15,7 +15,8 @@
     X(ljwtlib_open)         /* jwt */ \
     X(lredislib_open)       /* redis */ \
     X(lpoollib_open)        /* pool */ \
-    X(lsecretlib_open)      /* secret */
+    X(lsecretlib_open)      /* secret */ \
+    X(lproxylib_open)       /* proxy */
 
 #define LINIT_DECLARE(open) llib_open_fn open;
 LINIT_LIBS(LINIT_DECLARE)

@@ -101,7 +101,7 @@ typedef struct lops_config_field {
     int boolean;                /* 0 or 1 for a boolean, -1 otherwise */
 } lops_config_field;
 
-#define LOPS_CONFIG_FIELDS 12
+#define LOPS_CONFIG_FIELDS 14
 
 /* tokend.config's values for the world the host runs in now: the Lua module's own, or a
  * server's once it serves (its real host and port). */
@@ -113,7 +113,7 @@ static void lops_config_fields(lua_State *L, lops_config_field out[LOPS_CONFIG_F
         { "token_url", in->token_url, 0, -1 }, { "websocket_url", in->websocket_url, 0, -1 },
         { "workers", NULL, in->workers, -1 }, { "worker", NULL, in->worker, -1 },
         { "api_key_configured", NULL, 0, in->api_key_configured }, { "redis", NULL, 0, in->redis_configured },
-        { "version", TOKEND_VERSION, 0, -1 },
+        { "version", TOKEND_VERSION, 0, -1 }, { "tls_port", NULL, in->tls_port, -1 }, { "dev", NULL, 0, in->dev },
     };
     memcpy(out, fields, sizeof fields);
 }

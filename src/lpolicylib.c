@@ -198,7 +198,9 @@ static int lpolicy_origins_new(lua_State *L) {
 static int lpolicy_origin_of(lua_State *L, lpolicy_origins *o, const char **origin) {
     luaL_checktype(L, 2, LUA_TTABLE);
     *origin = llib_field_string(L, 2, "headers", "origin", NULL);
-    return policy_origin_check(o->list, *origin, llib_field_string(L, 2, "headers", "host", NULL), "http");
+    const char *scheme = llib_field_string(L, 2, NULL, "scheme", NULL);
+    return policy_origin_check(o->list, *origin, llib_field_string(L, 2, "headers", "host", NULL),
+                               scheme && strcmp(scheme, "https") == 0 ? "https" : "http");
 }
 
 /* origins:check(req) -> headers (CORS headers to add, maybe none) | nil, err */

@@ -68,6 +68,8 @@ int lrequest_push(lua_State *L, http_request *req, const router_result *match, s
     lua_setfield(L, -2, "remote_addr");
     lua_pushstring(L, req->client);
     lua_setfield(L, -2, "client");
+    lua_pushstring(L, http_request_is_tls(req) ? "https" : "http");
+    lua_setfield(L, -2, "scheme");
     lua_pushlstring(L, req->body ? req->body : "", req->body_len);
     lua_setfield(L, -2, "body");
 

@@ -72,6 +72,7 @@ static void lroute_push_default_csp(lua_State *L, const lhost_info *info) {
 static void lroute_static_options(lua_State *L, lhost *h, static_options *o) {
     o->max_age = -1;
     o->index = "index.html";
+    o->live_reload = lhost_world_of(h)->info->dev;
     if (lua_isnil(L, 3) || lua_getfield(L, 3, "csp") == LUA_TNIL) {
         lroute_push_default_csp(L, lhost_world_of(h)->info);
     } else if (lua_isboolean(L, -1) && !lua_toboolean(L, -1)) {
@@ -93,6 +94,10 @@ static void lroute_static_options(lua_State *L, lhost *h, static_options *o) {
                       "index must be a file name or false");
         o->index = lua_tostring(L, -1);
     }
+    if (lua_getfield(L, 3, "fallback") != LUA_TNIL) {
+        luaL_argcheck(L, lua_type(L, -1) == LUA_TSTRING, 3, "fallback must be a file's path in the folder");
+        o->fallback = lua_tostring(L, -1);
+    }
     if (lua_getfield(L, 3, "immutable") != LUA_TNIL) {
         luaL_argcheck(L, lua_istable(L, -1), 3, "immutable must be a list of Lua patterns");
         lua_Integer n = (lua_Integer)lua_rawlen(L, -1);
@@ -110,7 +115,8 @@ static void lroute_static_options(lua_State *L, lhost *h, static_options *o) {
     }
 }
 
-/* tokend.static(prefix, dir[, {csp = "..." | false, max_age = s, immutable = {...}, index = "..." | false}]) */
+/* tokend.static(prefix, dir[, {csp = "..." | false, max_age = s, immutable = {...}, index = "..." | false,
+ * fallback = "index.html"}]) */
 static int lroute_static(lua_State *L) {
     lhost *h = LLIB_HOST(L);
     const char *prefix = luaL_checkstring(L, 1);

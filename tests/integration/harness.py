@@ -100,12 +100,22 @@ class Response:
         return f"<{self.status} {self.headers} {self.body[:200]!r}>"
 
 
-def request(port, path, method="GET", headers=None, body=None, timeout=10, conn=None):
-    """One HTTP request; returns a Response. The path is sent as given (no escaping)."""
+def tls_context(ca):
+    """A client TLS context that trusts only the CA file ca (and checks host names)."""
+    import ssl
+    return ssl.create_default_context(cafile=ca)     # with a cafile, the system's CAs are not loaded
+
+
+def request(port, path, method="GET", headers=None, body=None, timeout=10, conn=None, tls=None, host="127.0.0.1"):
+    """One HTTP request; returns a Response. The path is sent as given (no escaping). tls: an
+    ssl context to speak HTTPS with (to host, whose name the certificate must hold)."""
     own = conn is None
-    conn = conn or http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    if conn is None:
+        conn = http.client.HTTPSConnection(host, port, timeout=timeout, context=tls) if tls \
+            else http.client.HTTPConnection(host, port, timeout=timeout)
     try:
-        conn.putrequest(method, path, skip_accept_encoding=True)
+        conn.putrequest(method, path, skip_accept_encoding=True,
+                        skip_host=any(k.lower() == "host" for k in (headers or {})))
         for k, v in (headers or {}).items():
             conn.putheader(k, v)
         if body is not None:
@@ -204,14 +214,24 @@ class Tokend:
                                      stderr=self.stderr)
         self.stdout_lines = []
         self.port = None
+        self.tls_port = None    # the port that speaks HTTPS (port itself when HTTPS is served alone)
         if expect_start:
             line = read_line(self.proc, 60 if wrapper else 15)
-            if not line or "listening on http://" not in line:
+            if not line or "listening on http" not in line:
                 self.stop(check=False)
                 raise RuntimeError(f"tokend did not start: {line!r}\n{self.log}")
             self.stdout_lines.append(line)
-            url = json.loads(line)["url"] if line.startswith("{") else line.rsplit(" ", 1)[1]
+            if line.startswith("{"):
+                start = json.loads(line)
+                url, tls_url = start["url"], start.get("tls_url")
+            else:       # "tokend listening on http://h:p[ and https://h:q]"
+                words = line.split(" ")
+                url, tls_url = words[3], words[5] if len(words) > 5 else None
             self.port = int(url.rsplit(":", 1)[1])
+            if url.startswith("https:"):
+                self.tls_port = self.port
+            elif tls_url:
+                self.tls_port = int(tls_url.rsplit(":", 1)[1])
 
     @property
     def log(self):

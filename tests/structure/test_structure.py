@@ -258,7 +258,7 @@ class Packaging(unittest.TestCase):
         build_deps = self.control_field("Source: tokend", "Build-Depends") - {"debhelper-compat"}
         self.assertEqual(build_deps - installed, set(), "debian/control's build dependencies make test does not install")
         self.assertTrue({"$(DEB_PACKAGES)", "debootstrap"} <= listed("TEST_PACKAGES"))
-        dev = {p for p in build_deps if p.endswith("-dev")}
+        dev = {p for p in build_deps if p.endswith("-dev")} - {"libqrencode-dev"}   # the command line's alone
         self.assertEqual(self.control_field("Package: libtokend-dev", "Depends") - {"libtokend0"}, dev,
                          "libtokend-dev depends on the libraries' development packages tokend-static.pc links")
 
