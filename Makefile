@@ -1,29 +1,38 @@
 # tokend: two commands. `make run` sets up and starts the server; `make test` sets up and
 # runs every test. Missing Debian packages are installed with apt-get (through sudo when
-# not root).
+# not root), which waits for another installation to finish. `make deb` builds the
+# Debian packages.
 BUILD ?= build
 ARGS ?=
 JOBS := $(shell nproc 2>/dev/null || echo 2)
 SHELL := /bin/bash
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+APT = $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600
 
 # Build and run: compiler, CMake, the libraries (Lua, HTTP server and client, JSON,
-# OpenSSL's libcrypto, hiredis, wslay's WebSocket framing, zlib), the system's media types, and
-# the CA store for TLS.
-RUN_PACKAGES = gcc make cmake pkg-config liblua5.4-dev libmicrohttpd-dev libcurl4-openssl-dev \
-               lua-cjson-dev libssl-dev libhiredis-dev libwslay-dev zlib1g-dev media-types ca-certificates
+# OpenSSL's libcrypto, hiredis, wslay's WebSocket framing, zlib, libqrencode for --dev's QR
+# code), the system's media types, and the CA store for TLS.
+RUN_PACKAGES = gcc make cmake pkgconf liblua5.4-dev libmicrohttpd-dev libcurl4-openssl-dev \
+               lua-cjson-dev libssl-dev libhiredis-dev libwslay-dev zlib1g-dev libqrencode-dev media-types \
+               ca-certificates
+# The Debian packages: built by dpkg-buildpackage with debhelper's CMake support (the
+# build dependencies are RUN_PACKAGES', as debian/control says), checked by lintian.
+DEB_PACKAGES = debhelper dpkg-dev lintian
 # Tests: the fakes are Python (standard library only); the test CA is made with openssl;
 # the browser test runs Debian's Chromium with espeak-ng speech (converted by sox) as the
-# microphone, driven by playwright-core from npm. Several instances share limits through
-# a real Redis, behind a real HAProxy.
+# microphone, driven by playwright-core from npm; it trusts tokend's development CA in
+# Chromium's NSS store with certutil. Several instances share limits through a real Redis,
+# behind a real HAProxy. The man page is read with groff; the packages are built and
+# installed in a Debian chroot made by debootstrap.
 TEST_PACKAGES = $(RUN_PACKAGES) python3 openssl lua5.4 curl chromium espeak-ng sox wrk valgrind luarocks \
-                redis-server haproxy
+                redis-server haproxy lua-luv lua-cqueues libnss3-tools groff-base $(DEB_PACKAGES) debootstrap
 # Fuzzing: clang with libFuzzer and the sanitizer runtimes.
 FUZZ_PACKAGES = $(RUN_PACKAGES) clang libclang-rt-14-dev
-FUZZ_TARGETS = path query headers envfile upstream static toolkit relay
+FUZZ_TARGETS = path query headers envfile upstream static toolkit regions relay
 FUZZ_SECONDS ?= 20
 
-.PHONY: all build run test test-sanitize test-valgrind fuzz bench deps-run deps-test deps-nodejs deps-node deps-fuzz clean
+.PHONY: all build run test check test-sanitize test-valgrind fuzz bench deb deps-run deps-test deps-nodejs deps-node \
+        deps-fuzz deps-deb clean
 
 all: build
 
@@ -33,8 +42,7 @@ define install_missing
 	done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
-	  $(SUDO) apt-get update -qq && \
-	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	  $(APT) update -qq && $(APT) install -y -qq --no-install-recommends $$missing; \
 	fi
 endef
 
@@ -50,8 +58,7 @@ deps-test:
 deps-nodejs:
 	@command -v node >/dev/null && command -v npm >/dev/null || { \
 	  echo "installing Debian packages: nodejs npm"; \
-	  $(SUDO) apt-get update -qq && \
-	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nodejs npm; }
+	  $(APT) update -qq && $(APT) install -y -qq --no-install-recommends nodejs npm; }
 
 # The browser test's npm packages, at the versions pinned in its lockfile.
 deps-node: tests/browser/node_modules/.package-lock.json
@@ -69,12 +76,31 @@ run: build
 test: deps-test build
 	cd $(BUILD) && ctest --output-on-failure
 
+# The same build and tests, installing nothing: for a machine that has the dependencies
+# (a developer's after one `make test`, or a CI image built for it).
+check:
+	cmake -S . -B $(BUILD) -DTOKEND_WERROR=ON
+	cmake --build $(BUILD) -j$(JOBS)
+	cd $(BUILD) && ctest --output-on-failure
+
 # The same tests against a build with AddressSanitizer and UndefinedBehaviorSanitizer.
 test-sanitize: deps-test
 	cmake -S . -B $(BUILD)-sanitize -DTOKEND_WERROR=ON -DTOKEND_SANITIZE=ON -DCMAKE_BUILD_TYPE=Debug
 	cmake --build $(BUILD)-sanitize -j$(JOBS)
 	cd $(BUILD)-sanitize && ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
 	  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 ctest --output-on-failure
+
+# tokend, libtokend0, libtokend-dev and lua-tokend in $(BUILD)/deb (dist/build-deb), then
+# lintian, which fails on errors. Build dependencies debian/control names and the machine
+# lacks are installed (apt-get build-dep).
+deps-deb:
+	$(call install_missing,$(DEB_PACKAGES))
+	@dpkg-checkbuilddeps 2>/dev/null || { echo "installing the build dependencies of debian/control"; \
+	  $(APT) update -qq && $(APT) build-dep -y -qq --no-install-recommends ./; }
+
+deb: deps-deb
+	dist/build-deb $(BUILD)/deb
+	lintian --fail-on error $(BUILD)/deb/tokend_*.changes
 
 # Side by side with nginx + Lua and the Express seed, everything from this repository
 # (bench/) and Debian packages; see bench/run --help for options (BENCH_ARGS).

@@ -1,7 +1,9 @@
 /* embed.c: a C program that embeds tokend: the default routes script, one extra route
  * written in C, and the server driven from the program's own poll() loop.
  *
- *   cc embed.c $(pkg-config --cflags --libs tokend) -o embed
+ *   cc embed.c $(pkg-config --cflags --libs tokend) \
+ *      -Wl,-rpath,$(pkg-config --variable=libdir tokend) -o embed   (the rpath: where libtokend.so is)
+ *   cc embed.c $(pkg-config --cflags --libs tokend-static) -o embed  (or libtokend.a: no rpath needed)
  *   ASSEMBLYAI_API_KEY=... ./embed PORT SCRIPT PUBLIC     serve
  *   ASSEMBLYAI_API_KEY=... ./embed --mint                 print one token and exit
  */

@@ -80,6 +80,17 @@ typedef struct tokend_config {
     const char *redis_url;          /* redis://[user:password@]host:port[/db] or unix:///path;
                                        NULL = no Redis; default none */
     long redis_timeout_ms;          /* deadline of one Redis command; default 50 */
+    const char *region_urls;        /* AssemblyAI's data zones a script may mint in, "name=URL, ...";
+                                       default "us=https://streaming.us.assemblyai.com,
+                                       eu=https://streaming.eu.assemblyai.com"; "" for none */
+    const char *agents_url;         /* AssemblyAI's Voice Agent API; default "https://agents.assemblyai.com" */
+    const char *tls_cert;           /* HTTPS: the certificate (chain), a PEM file; default none */
+    const char *tls_key;            /* its private key, a PEM file (not encrypted); default none */
+    int tls_port;                   /* HTTPS on this port beside HTTP on port; 0: HTTPS alone on port
+                                       (with tls_cert), or on port + 1 under dev; default 0 */
+    int dev;                        /* 1 = a developer's machine: HTTPS beside HTTP (a development CA's
+                                       certificate unless tls_cert is set), live reload, the machine's
+                                       network names served; default 0 */
 } tokend_config;
 
 typedef struct tokend_server tokend_server;
@@ -99,7 +110,10 @@ TOKEND_API int tokend_config_check(const tokend_config *cfg, char *err, size_t e
 TOKEND_API int tokend_server_create(const tokend_config *cfg, tokend_server **out, char *err, size_t errlen);
 
 /* Runs the workers until tokend_server_stop(); blocks the calling thread.
- * Returns TOKEND_OK after a clean stop, TOKEND_ERR if a worker could not start. */
+ * Returns TOKEND_OK after a clean stop, TOKEND_ERR if a worker could not start, or if a
+ * worker had not returned cfg.drain_timeout_s + 3 s after the stop (a script blocked
+ * where no budget reaches): the server is then left as it is (tokend_server_free does
+ * nothing) and the process should exit. */
 TOKEND_API int tokend_server_run(tokend_server *srv, char *err, size_t errlen);
 
 /* Asks a running server to stop. Safe from a signal handler or another thread. */
@@ -173,11 +187,16 @@ TOKEND_API int tokend_mint(const tokend_config *cfg, long expires_in_s, long max
 /* Returns the TCP port the server listens on (useful after port 0). */
 TOKEND_API int tokend_server_port(const tokend_server *srv);
 
+/* Returns the TCP port that speaks HTTPS: the same as tokend_server_port() when HTTPS is
+ * served alone, another beside HTTP, 0 when there is none. */
+TOKEND_API int tokend_server_tls_port(const tokend_server *srv);
+
 /* Loads the script of cfg in a fresh Lua state without binding a port, to check it.
  * Returns TOKEND_OK, or TOKEND_ERR with "file:line: message" (and a traceback) in err. */
 TOKEND_API int tokend_script_check(const tokend_config *cfg, char *err, size_t errlen);
 
-/* Releases a stopped (or never run) server. NULL is allowed. */
+/* Releases a stopped (or never run) server. NULL is allowed. Does nothing for a server
+ * whose run gave up on a worker that did not stop. */
 TOKEND_API void tokend_server_free(tokend_server *srv);
 
 /* Sends log lines to sink instead of stderr (NULL restores stderr). Process-wide: set it

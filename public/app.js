@@ -49,6 +49,7 @@ function currentOptions() {
     languageDetection: $('language-detection').checked && !$('language-detection').disabled,
     keyterms: $('keyterms').value.split(',').map((t) => t.trim()).filter(Boolean),
     turnPreset: $('turn-preset').value || undefined,
+    region: (!$('region').hidden && $('region').value) || undefined,
     deviceId: $('microphone').value || undefined,
   };
 }
@@ -79,6 +80,11 @@ async function loadConfig() {
   const presets = config.turn_presets || [];
   for (const opt of [...$('turn-preset').options]) opt.hidden = opt.disabled = !presets.includes(opt.value);
   $('turn-preset').value = presets.includes(saved.turnPreset) ? saved.turnPreset : config.default_turn_preset;
+  // Data zones, when the server offers some: the session streams where its token was minted.
+  const regions = config.regions || [];
+  for (const el of document.querySelectorAll('[data-region]')) el.hidden = !regions.length;
+  $('region').replaceChildren(new Option('Default', ''), ...regions.map((r) => new Option(r.toUpperCase(), r)));
+  $('region').value = regions.includes(saved.region) ? saved.region : (config.default_region || '');
   $('speaker-labels').checked = Boolean(saved.speakerLabels);
   $('language-detection').checked = Boolean(saved.languageDetection);
   $('keyterms').value = saved.keyterms || '';

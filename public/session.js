@@ -59,6 +59,7 @@ export function tokenQuery(options = {}) {
   if (options.languageDetection) q.set('language_detection', 'true');
   if (options.keyterms && options.keyterms.length) q.set('keyterms', options.keyterms.join(','));
   if (options.turnPreset) q.set('turn', options.turnPreset);
+  if (options.region) q.set('region', options.region);
   const s = q.toString();
   return s ? `?${s}` : '';
 }

@@ -22,6 +22,12 @@ local policy = require "tokend.settings" {
   -- through a proxy, which would send X-Forwarded-For).
   METRICS_CLIENTS = { "127.0.0.1", "::1" },
 
+  -- AssemblyAI counts new sessions a minute for the whole account (every key, every user),
+  -- and closes those past its limit (3009) after the browser opened them. With
+  -- SESSIONS_PER_MINUTE > 0 (your plan's limit), past it /token answers 503 with Retry-After
+  -- first; counted in Redis across instances when TOKEND_REDIS_URL is set. 0: off.
+  SESSIONS_PER_MINUTE = 0,
+
   -- Token pool. With POOL_SIZE > 0, that many tokens are minted ahead (each valid 600 s,
   -- handed out while 30 s are left) and /token answers in microseconds instead of one
   -- upstream round trip; every unused token still costs an upstream call (see the README).
@@ -35,6 +41,15 @@ local policy = require "tokend.settings" {
   ALLOW_SPEAKER_LABELS = true,
   MAX_KEYTERMS = 100,
   DEFAULT_TURN_PRESET = "balanced",   -- fast, balanced or patient end-of-turn detection
+  -- Data zones the page may choose (/token?region=eu mints there and streams there), by the
+  -- names of ASSEMBLYAI_REGION_URLS (us, eu). Empty: the default host only.
+  REGIONS = {},
+
+  -- Your app. API_BACKEND forwards /api and the paths below it to your own server
+  -- ("http://127.0.0.1:3000"; empty: none); SPA_FALLBACK answers a page of a single-page
+  -- app that is no file (/users/42, asked for by a browser) with index.html.
+  API_BACKEND = "",
+  SPA_FALLBACK = false,
 
   -- The session relay. With RELAY = true the page streams through this server
   -- (ws://<server>/v3/ws) instead of to AssemblyAI with a token: the options above are then
@@ -57,27 +72,38 @@ local token_bucket = tokend.limiter{
   name = "token", rate = policy.TOKENS_PER_MINUTE, per = 60, burst = policy.TOKEN_BURST,
   store = tokend.config.redis and "redis" or "local", on_store_error = "local",
 }
+local account = policy.SESSIONS_PER_MINUTE > 0 and tokend.limiter{
+  name = "account", rate = policy.SESSIONS_PER_MINUTE, per = 60, burst = policy.SESSIONS_PER_MINUTE,
+  store = tokend.config.redis and "redis" or "local", on_store_error = "local",
+} or nil
 local origins = tokend.origins(policy.ALLOWED_ORIGINS)
+local region_sockets = tokend.regions()
+for _, name in ipairs(policy.REGIONS) do
+  assert(region_sockets[name], "REGIONS names " .. name .. ", which ASSEMBLYAI_REGION_URLS does not")
+end
 local pool = policy.POOL_SIZE > 0 and tokend.pool{ name = "token", size = policy.POOL_SIZE } or nil
 local options = streaming.options{
   speech_models = policy.SPEECH_MODELS, language_detection = policy.ALLOW_LANGUAGE_DETECTION,
   speaker_labels = policy.ALLOW_SPEAKER_LABELS, max_keyterms = policy.MAX_KEYTERMS,
-  default_turn_preset = policy.DEFAULT_TURN_PRESET,
+  default_turn_preset = policy.DEFAULT_TURN_PRESET, regions = policy.REGIONS,
 }
 local metrics_clients = {}
 for _, address in ipairs(policy.METRICS_CLIENTS) do metrics_clients[address] = true end
 
+local DEFAULT_EXPIRES_IN, MIN_EXPIRES_IN, MAX_EXPIRES_IN =
+  policy.DEFAULT_EXPIRES_IN, policy.MIN_EXPIRES_IN, policy.MAX_EXPIRES_IN
+
 local function expires_in(req)
   local asked = tonumber(req.query.expires_in_seconds)
-  if not asked then return policy.DEFAULT_EXPIRES_IN end
-  return math.max(policy.MIN_EXPIRES_IN, math.min(policy.MAX_EXPIRES_IN, math.floor(asked)))
+  if not asked then return DEFAULT_EXPIRES_IN end
+  return math.max(MIN_EXPIRES_IN, math.min(MAX_EXPIRES_IN, math.floor(asked)))
 end
 
 -- Token answers are never cached; cross-origin answers carry their CORS headers.
 local function no_store(cors, extra)
   local headers = { ["Cache-Control"] = "no-store" }
-  for name, value in pairs(cors or {}) do headers[name] = value end
-  for name, value in pairs(extra or {}) do headers[name] = value end
+  if cors then for name, value in pairs(cors) do headers[name] = value end end
+  if extra then for name, value in pairs(extra) do headers[name] = value end end
   return headers
 end
 
@@ -88,17 +114,27 @@ end)
 tokend.route("GET", "/token", function(req)
   local cors, refused = origins:check(req)
   if not cors then return 403, { error = refused }, no_store() end
-  local ws_url, parameter, why = options:websocket_url(req.query)
+  local region, parameter, why = options:region(req.query)      -- false: the default host
+  local ws_url
+  if region ~= nil then ws_url, parameter, why = options:websocket_url(req.query, region_sockets[region]) end
   if not ws_url then return 400, { error = why, parameter = parameter }, no_store(cors) end
   local allowed, retry_after = token_bucket:take(req.client)
   if not allowed then
     return 429, { error = "too many token requests; retry later" }, no_store(cors, { ["Retry-After"] = retry_after })
   end
+  if account then
+    allowed, retry_after = account:take("account")
+    if not allowed then
+      return 503, { error = ("this service may start %d streaming sessions a minute (AssemblyAI's account limit) "
+        .. "and has started them all; retry in %d s"):format(policy.SESSIONS_PER_MINUTE, retry_after) },
+        no_store(cors, { ["Retry-After"] = retry_after })
+    end
+  end
   local token, info, _, failure
-  if pool then
+  if pool and not region then
     token, info, _, failure = pool:take()
   else
-    token, info, _, failure = tokend.generate_temp_token(expires_in(req))
+    token, info, _, failure = tokend.generate_temp_token(expires_in(req), { region = region or nil })
   end
   if not token then
     local message = failure.kind == "no_key"
@@ -117,6 +153,9 @@ if policy.RELAY then
   tokend.route("GET", "/v3/ws", function(req)
     local cors, refused = origins:check(req)
     if not cors then return 403, { error = refused }, no_store() end
+    if req.query.region then      -- data zones: the relay streams to the server's own host
+      return 400, { error = "a relayed session streams to this server's region", parameter = "region" }, no_store()
+    end
     local query, parameter, why = options:query(req.query)
     if not query then return 400, { error = why, parameter = parameter }, no_store() end
     local rate = math.tointeger(tonumber(req.query.sample_rate or "16000"))
@@ -126,6 +165,13 @@ if policy.RELAY then
     local allowed, retry_after = token_bucket:take(req.client)
     if not allowed then
       return 429, { error = "too many sessions; retry later" }, no_store(nil, { ["Retry-After"] = retry_after })
+    end
+    if account then
+      allowed, retry_after = account:take("account")
+      if not allowed then
+        return 503, { error = "this service has started all the streaming sessions it may this minute" },
+          no_store(nil, { ["Retry-After"] = retry_after })
+      end
     end
     local held = open_sessions:incr(req.client, 1, 0, policy.RELAY_MAX_SECONDS + 60)
     if held and held > policy.RELAY_SESSIONS_PER_CLIENT then
@@ -160,5 +206,7 @@ tokend.route("GET", "/metrics", function(req)
   return 200, tokend.metrics(), no_store(nil, { ["Content-Type"] = "text/plain; version=0.0.4; charset=utf-8" })
 end)
 
+if policy.API_BACKEND ~= "" then tokend.proxy("/api", policy.API_BACKEND) end
+
 -- Everything else comes from the public folder; "/" gives index.html.
-tokend.static("/", tokend.config.public)
+tokend.static("/", tokend.config.public, { fallback = policy.SPA_FALLBACK and "index.html" or nil })

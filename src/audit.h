@@ -10,11 +10,15 @@ typedef struct audit_who {
     char user[128];
 } audit_who;
 
-/* Writes the audit line of a mint: outcome is "minted", "pooled" or a failure kind;
- * token_sha256 the first hex digits of the token's SHA-256 ("" without a token);
- * max_session_s 0 for the upstream's default. */
-void audit_token(const audit_who *who, const char *outcome, long expires_in_s, long max_session_s,
-                 const char *token_sha256);
+#include <stddef.h>
+
+/* Writes the audit line of a mint: outcome is "minted", "pooled" or a failure kind; of
+ * the token (NULL without one) only the first 8 hex digits of its SHA-256, computed only
+ * when the line is written; max_session_s 0 for the upstream's default; provider names
+ * another vendor's credential (tokend.audit from the providers' modules), NULL for
+ * AssemblyAI's streaming token. */
+void audit_token(const audit_who *who, const char *provider, const char *outcome, long expires_in_s,
+                 long max_session_s, const char *token, size_t token_len);
 
 /* Writes the audit line of a token request answered without a mint: refused (status
  * 4xx) or failed (5xx), with the reason the answer gave ("" if none). */

@@ -23,10 +23,21 @@ const config_setting config_settings[] = {
     { "streaming_url", NULL, "ASSEMBLYAI_STREAMING_URL", CONFIG_STRING, "https://streaming.assemblyai.com",
       CONFIG_TEXT, CONFIG_FIELD(streaming_url),
       "region or fake: tokens from <url>/v3/token, the browser streams to wss://<host>/v3/ws" },
+    { "region_urls", NULL, "ASSEMBLYAI_REGION_URLS", CONFIG_STRING,
+      "us=https://streaming.us.assemblyai.com, eu=https://streaming.eu.assemblyai.com", CONFIG_TEXT,
+      CONFIG_FIELD(region_urls), "data zones scripts may mint in (name=URL, ...): generate_temp_token's region" },
+    { "agents_url", NULL, "ASSEMBLYAI_AGENTS_URL", CONFIG_STRING, "https://agents.assemblyai.com", CONFIG_TEXT,
+      CONFIG_FIELD(agents_url), "Voice Agent API: tokens from <url>/v1/token, sessions at wss://<host>/v1/ws" },
     { "port", "port", "PORT", CONFIG_INT, "8000", 0, 65535, CONFIG_FIELD(port),
       "TCP port; 0 picks a free one (printed at start)" },
     { "host", "host", "HOST", CONFIG_STRING, "127.0.0.1", CONFIG_TEXT, CONFIG_FIELD(host),
       "address to listen on (0.0.0.0 or :: for all)" },
+    { "tls_cert", "tls-cert", "TOKEND_TLS_CERT", CONFIG_STRING, NULL, CONFIG_TEXT, CONFIG_FIELD(tls_cert),
+      "serve HTTPS with this certificate (chain), a PEM file" },
+    { "tls_key", "tls-key", "TOKEND_TLS_KEY", CONFIG_STRING, NULL, CONFIG_TEXT, CONFIG_FIELD(tls_key),
+      "the certificate's private key, a PEM file" },
+    { "tls_port", "tls-port", "TOKEND_TLS_PORT", CONFIG_INT, NULL, 1, 65535, CONFIG_FIELD(tls_port),
+      "HTTPS on this port beside HTTP on --port (without it, HTTPS alone on --port)" },
     { "script", "script", "TOKEND_SCRIPT", CONFIG_STRING, "scripts/routes.lua", CONFIG_TEXT, CONFIG_FIELD(script),
       "the routes script" },
     { "public", "public", "TOKEND_PUBLIC", CONFIG_STRING, "public", CONFIG_TEXT, CONFIG_FIELD(public_dir),
@@ -79,6 +90,8 @@ const config_setting config_settings[] = {
       "settings file; scripts read its other names with tokend.env" },
     { "watch", "watch", NULL, CONFIG_SWITCH, NULL, CONFIG_TEXT, CONFIG_FIELD(watch_script),
       "reload the script when its file changes (development)" },
+    { "dev", "dev", NULL, CONFIG_SWITCH, NULL, CONFIG_TEXT, CONFIG_FIELD(dev),
+      "a developer's machine: all addresses, HTTPS beside HTTP, live reload, URLs for your phone" },
 };
 const size_t config_count = sizeof config_settings / sizeof config_settings[0];
 
@@ -170,12 +183,18 @@ void tokend_config_init(tokend_config *cfg) {
 static int config_check_text(const tokend_config *c, char *err, size_t errlen) {
     char why[600];
     url_endpoints endpoints;
+    url_region regions[URL_REGION_MAX];
+    size_t nregions;
     redis_target redis;
     netaddr_nets *nets = NULL;
     policy_hosts *hosts = NULL;
     const char *name = NULL;
     if (c->streaming_url && url_streaming_endpoints(c->streaming_url, &endpoints, why, sizeof why) != URL_OK)
         name = "ASSEMBLYAI_STREAMING_URL";
+    else if (url_regions(c->region_urls, regions, &nregions, why, sizeof why) != URL_OK)
+        name = "ASSEMBLYAI_REGION_URLS";
+    else if (c->agents_url && url_agent_endpoints(c->agents_url, &endpoints, why, sizeof why) != URL_OK)
+        name = "ASSEMBLYAI_AGENTS_URL";
     else if (c->redis_url && redis_parse_url(c->redis_url, &redis, why, sizeof why) < 0)
         name = "TOKEND_REDIS_URL";
     else if (netaddr_nets_parse(c->trusted_proxies, &nets, why, sizeof why) < 0)
@@ -188,6 +207,29 @@ static int config_check_text(const tokend_config *c, char *err, size_t errlen) {
     if (!name) return 0;
     snprintf(err, errlen, "%s: %s", name, why);
     return -1;
+}
+
+/* Checks that the HTTPS settings go together. Returns 0, or -1 with err. */
+static int config_check_tls(const tokend_config *c, char *err, size_t errlen) {
+    if (c->tls_port < 0 || c->tls_port > 65535) {
+        snprintf(err, errlen, "TLS port %d is out of range 1..65535", c->tls_port);
+        return -1;
+    }
+    if (!c->tls_cert != !c->tls_key) {
+        snprintf(err, errlen, "%s", c->tls_cert ? "TOKEND_TLS_CERT (--tls-cert) needs TOKEND_TLS_KEY (--tls-key)"
+                                                : "TOKEND_TLS_KEY (--tls-key) needs TOKEND_TLS_CERT (--tls-cert)");
+        return -1;
+    }
+    if (c->tls_port && !c->tls_cert && !c->dev) {
+        snprintf(err, errlen, "TOKEND_TLS_PORT (--tls-port) needs a certificate (--tls-cert and --tls-key) or --dev");
+        return -1;
+    }
+    if (c->tls_port && c->tls_port == c->port) {
+        snprintf(err, errlen, "TOKEND_TLS_PORT (--tls-port) must differ from PORT (--port); to serve HTTPS alone, "
+                              "give --tls-cert and --tls-key without --tls-port");
+        return -1;
+    }
+    return 0;
 }
 
 int tokend_config_check(const tokend_config *c, char *err, size_t errlen) {
@@ -204,6 +246,7 @@ int tokend_config_check(const tokend_config *c, char *err, size_t errlen) {
                               "fills the defaults)");
         return TOKEND_ERR;
     }
+    if (config_check_tls(c, err, errlen) < 0) return TOKEND_ERR;
     return config_check_text(c, err, errlen) < 0 ? TOKEND_ERR : TOKEND_OK;
 }
 

@@ -191,6 +191,13 @@ out:
     return rc;
 }
 
+int envfile_world_readable(const char *path, unsigned int *mode) {
+    struct stat st;
+    if (stat(path, &st) != 0) return -1;
+    *mode = (unsigned int)(st.st_mode & 07777);
+    return (st.st_mode & S_IROTH) != 0;
+}
+
 const char *envfile_get(const envfile *env, const char *name) {
     if (!env) return NULL;
     for (size_t i = 0; i < env->len; i++)
@@ -265,23 +272,34 @@ static int envfile_block(unsigned long *start, unsigned long *end) {
     return *start && *end > *start ? 0 : -1;
 }
 
-int envfile_forget(const char *name) {
-    unsigned long start = 0, end = 0;
-    size_t nlen = strlen(name);
-    char *value = getenv(name);
-    if (!value) return 0;
-    explicit_bzero(value, strlen(value));
-    /* Only the block the kernel shows is rewritten: under a tool that builds the
-     * program's environment elsewhere (valgrind), the variable is only unset. */
-    if (envfile_block(&start, &end) < 0 || (unsigned long)value < start || (unsigned long)value >= end)
-        return unsetenv(name) == 0 ? 0 : -1;
-    /* Move every variable out of the initial block (setenv copies), then write the block
-     * anew without the entry: the kernel keeps showing the block, whole. */
-    size_t count = 0;
+/* 1 once the environment was moved out of the initial block (the block is then ours to
+ * rewrite: nothing points into it). */
+static atomic_int envfile_detached;
+
+/* Writes the block [start, end) anew from its own entries without those of name, zero-
+ * filled at the end. Nothing may point into it. */
+static void envfile_block_drop(char *block, size_t room, const char *name, size_t nlen) {
+    size_t in = 0, o = 0;
+    while (in < room && block[in]) {
+        size_t len = strnlen(block + in, room - in);
+        int drop = len > nlen && strncmp(block + in, name, nlen) == 0 && block[in + nlen] == '=';
+        if (!drop) {
+            memmove(block + o, block + in, len);
+            block[o + len] = '\0';
+            o += len + 1;
+        }
+        in += len + 1;
+    }
+    if (o < room) memset(block + o, 0, room - o);
+}
+
+/* Moves every variable but name out of the initial block (setenv copies), then writes the
+ * block anew from those copies. Returns 0 or -1 (no memory). */
+static int envfile_detach(const char *name, size_t nlen, char *block, size_t room) {
+    size_t count = 0, kept = 0;
     while (environ[count]) count++;
     char **copies = calloc(count + 1, sizeof *copies);
     if (!copies) return -1;
-    size_t kept = 0;
     for (size_t i = 0; i < count; i++) {
         if (strncmp(environ[i], name, nlen) == 0 && environ[i][nlen] == '=') continue;
         if (!(copies[kept++] = strdup(environ[i]))) goto fail;
@@ -294,8 +312,7 @@ int envfile_forget(const char *name) {
         setenv(copies[i], eq + 1, 1);
         *eq = '=';
     }
-    char *block = (char *)start;
-    size_t o = 0, room = end - start;
+    size_t o = 0;
     for (size_t i = 0; i < kept; i++) {
         size_t len = strlen(copies[i]) + 1;
         if (o + len > room) break;
@@ -305,9 +322,28 @@ int envfile_forget(const char *name) {
     memset(block + o, 0, room - o);
     for (size_t i = 0; i < kept; i++) free(copies[i]);
     free(copies);
+    atomic_store(&envfile_detached, 1);
     return 0;
 fail:
     for (size_t i = 0; i < kept; i++) free(copies[i]);
     free(copies);
     return -1;
+}
+
+int envfile_forget(const char *name) {
+    unsigned long start = 0, end = 0;
+    size_t nlen = strlen(name);
+    char *value = getenv(name);
+    if (value) explicit_bzero(value, strlen(value));
+    /* Only the block the kernel shows is rewritten: under a tool that builds the
+     * program's environment elsewhere (valgrind), the variable is only unset. */
+    int inside = 0;
+    if (envfile_block(&start, &end) == 0)
+        for (size_t i = 0; environ && environ[i] && !inside; i++)
+            inside = (unsigned long)environ[i] >= start && (unsigned long)environ[i] < end;
+    if (inside) return envfile_detach(name, nlen, (char *)start, end - start);
+    if (value && unsetenv(name) != 0) return -1;
+    /* Moved out before (the first call, at start): the block still lists the variable. */
+    if (atomic_load(&envfile_detached) && start) envfile_block_drop((char *)start, end - start, name, nlen);
+    return 0;
 }

@@ -15,6 +15,10 @@ int envfile_parse(const char *text, size_t len, envfile **out, char *err, size_t
 /* Reads and parses a file. A missing file is an error (errno text in err). */
 int envfile_load(const char *path, envfile **out, char *err, size_t errlen);
 
+/* Whether every user may read path (mode o+r), when it holds settings such as the key.
+ * Returns 1 or 0 with *mode set to its permission bits, or -1 when stat fails. */
+int envfile_world_readable(const char *path, unsigned int *mode);
+
 /* Returns the value of name in the parsed file, or NULL. */
 const char *envfile_get(const envfile *env, const char *name);
 

@@ -57,6 +57,9 @@ struct fetch_call {
     int too_big;
     uint64_t start_us;
     loop_timer watchdog;            /* our own deadline, in case curl loses its timeout */
+    const fetch_stream *stream;     /* a streamed call's callbacks, or NULL */
+    int head_seen;                  /* streamed: the head was handed over */
+    int paused;                     /* streamed: the body callback paused it */
     char errbuf[CURL_ERROR_SIZE];
     fetch_call *prev, *next;        /* active list, or idle list (next only) */
 };
@@ -107,7 +110,6 @@ static void fetch_drain(fetch_shard *sh);
 static void fetch_conn_drain(fetch_shard *sh);
 static void fetch_conn_on_retire(void *ud);
 static void fetch_conn_shard_unlink(fetch_shard *sh);
-static void fetch_on_watchdog(void *ud);
 static void fetch_on_sweep(void *ud);
 
 void fetch_totals(long *connections_opened, long *calls) {
@@ -253,11 +255,29 @@ static int fetch_on_timer_change(CURLM *multi, long timeout_ms, void *userp) {
 static size_t fetch_on_body(char *data, size_t size, size_t nmemb, void *ud) {
     fetch_call *c = ud;
     size_t n = size * nmemb;
+    if (c->stream) {
+        if (c->stream->body(c->ud, data, n)) return n;
+        c->paused = 1;
+        return CURL_WRITEFUNC_PAUSE;
+    }
     if (c->body.len + n > c->max_body) {
         c->too_big = 1;
         return 0;
     }
     return fetch_buf_add(&c->body, data, n) == 0 ? n : 0;
+}
+
+static void fetch_on_watchdog(void *ud);
+
+/* A streamed call's head is whole (the blank line after its headers): handed over unless it
+ * is an interim answer (1xx). Returns n, or 0 to end the call. */
+static size_t fetch_stream_head(fetch_call *c, size_t n) {
+    long status = 0;
+    curl_easy_getinfo(c->easy, CURLINFO_RESPONSE_CODE, &status);
+    if (status < 200 || c->head_seen) return n;
+    c->head_seen = 1;
+    loop_timer_stop(c->f->lp, &c->watchdog);    /* curl's low-speed limit takes over */
+    return c->stream->head(c->ud, status, c->headers.data ? c->headers.data : "", c->headers.len) == 0 ? n : 0;
 }
 
 /* Keeps the header lines of the last answer (a 1xx or a redirect that is not followed
@@ -269,7 +289,7 @@ static size_t fetch_on_header(char *data, size_t size, size_t nmemb, void *ud) {
         c->headers.len = 0;
         return n;
     }
-    if (n <= 2) return n;       /* the blank line that ends them */
+    if (n <= 2) return c->stream ? fetch_stream_head(c, n) : n;      /* the blank line that ends them */
     if (c->headers.len + n > FETCH_HEADERS_MAX) {
         c->too_big = 1;
         return 0;
@@ -363,6 +383,7 @@ static void fetch_call_free(fetch_call *c) {
     curl_easy_cleanup(c->easy);
     free(c->body.data);
     free(c->headers.data);
+    if (c->sent.data) explicit_bzero(c->sent.data, c->sent.cap);
     free(c->sent.data);
     free(c);
 }
@@ -374,10 +395,12 @@ static void fetch_unlink(fetch *f, fetch_call *c) {
     c->prev = c->next = NULL;
 }
 
-/* Puts a finished or cancelled call back in the idle pool. */
+/* Puts a finished or cancelled call back in the idle pool; the body sent is wiped (it may
+ * hold a secret). */
 static void fetch_release(fetch *f, fetch_call *c) {
     fetch_buf_reset(&c->body, FETCH_KEEP_BUFFER);
     fetch_buf_reset(&c->headers, FETCH_KEEP_BUFFER);
+    if (c->sent.data) explicit_bzero(c->sent.data, c->sent.cap);
     fetch_buf_reset(&c->sent, 0);
     c->done = NULL;
     c->ud = NULL;
@@ -437,6 +460,26 @@ static void fetch_on_sweep(void *ud) {
     if (f->nshards > 1) loop_timer_start(f->lp, &f->sweep, FETCH_SWEEP_MS, fetch_on_sweep, f);
 }
 
+/* Adds c, set up, to a multi handle and the active calls, with its watchdog after
+ * watchdog_ms (fn). Returns 0, or -1 (c is then released or freed). */
+static int fetch_launch(fetch *f, fetch_call *c, long watchdog_ms, loop_timer_fn *fn) {
+    fetch_shard *sh = fetch_pick_shard(f);
+    CURLMcode rc = sh ? curl_multi_add_handle(sh->multi, c->easy) : CURLM_OUT_OF_MEMORY;
+    if (rc != CURLM_OK) {
+        if (sh) fetch_break_shard(sh, curl_multi_strerror(rc));
+        return -1;
+    }
+    c->shard = sh;
+    sh->transfers++;
+    sh->used = 1;
+    c->prev = NULL;
+    c->next = f->active;
+    if (f->active) f->active->prev = c;
+    f->active = c;
+    loop_timer_start(f->lp, &c->watchdog, watchdog_ms, fn, c);
+    return 0;
+}
+
 /* Takes c's easy handle out of its multi handle, if it is in one. */
 static void fetch_detach(fetch_call *c) {
     if (!c->shard) return;
@@ -470,6 +513,11 @@ void fetch_free(fetch *f) {
         fetch_unlink(f, c);
         loop_timer_stop(f->lp, &c->watchdog);
         fetch_detach(c);
+        if (c->stream) {        /* its answer may be half sent: its owner ends it */
+            fetch_result r = { .failure = FAILURE_NETWORK, .curl_code = FETCH_SHUTDOWN,
+                               .error = "shutting down", .body = "", .headers = "" };
+            c->done(c->ud, &r);
+        }
         fetch_call_free(c);
     }
     while (f->idle) {
@@ -513,10 +561,9 @@ static int fetch_set_method(fetch_call *c, const fetch_request *rq) {
     return 0;
 }
 
-fetch_call *fetch_start(fetch *f, const fetch_request *rq, fetch_done_fn *done, void *ud) {
-    fetch_call *c = f->idle;
-    if (c) f->idle = c->next;
-    else if (!(c = fetch_call_new(f))) return NULL;
+/* Sets up c for rq: its callback, the URL, headers, proxy, method and body. Returns 0, or
+ * -1 when out of memory. */
+static int fetch_prepare(fetch_call *c, const fetch_request *rq, fetch_done_fn *done, void *ud) {
     CURL *e = c->easy;
     c->done = done;
     c->ud = ud;
@@ -525,29 +572,57 @@ fetch_call *fetch_start(fetch *f, const fetch_request *rq, fetch_done_fn *done, 
     c->errbuf[0] = '\0';
     c->start_us = loop_now_us();
     curl_easy_setopt(e, CURLOPT_URL, rq->url);
+    curl_easy_setopt(e, CURLOPT_HTTPHEADER, (struct curl_slist *)rq->headers);
+    curl_easy_setopt(e, CURLOPT_PROXY, rq->proxy ? rq->proxy : "");
+    return fetch_set_method(c, rq);
+}
+
+fetch_call *fetch_start(fetch *f, const fetch_request *rq, fetch_done_fn *done, void *ud) {
+    fetch_call *c = f->idle;
+    if (c) f->idle = c->next;
+    else if (!(c = fetch_call_new(f))) return NULL;
+    CURL *e = c->easy;
     /* An https call waits for a connection being opened to learn whether it multiplexes,
      * rather than opening its own; plain http is HTTP/1.1 only, where waiting would serialise
      * a burst behind one handshake and leave fewer kept-alive connections than it needs. */
     curl_easy_setopt(e, CURLOPT_PIPEWAIT, strncasecmp(rq->url, "https:", 6) == 0 ? 1L : 0L);
-    curl_easy_setopt(e, CURLOPT_HTTPHEADER, (struct curl_slist *)rq->headers);
     curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, rq->timeout_ms > 1 ? rq->timeout_ms : 1L);
-    curl_easy_setopt(e, CURLOPT_PROXY, rq->proxy ? rq->proxy : "");
-    fetch_shard *sh = NULL;
-    CURLMcode rc = CURLM_OK;
-    if (fetch_set_method(c, rq) < 0 || !(sh = fetch_pick_shard(f)) || (rc = curl_multi_add_handle(sh->multi, e)) != CURLM_OK) {
+    if (fetch_prepare(c, rq, done, ud) < 0 ||
+        fetch_launch(f, c, rq->timeout_ms + FETCH_WATCHDOG_SLACK_MS, fetch_on_watchdog) < 0) {
         fetch_release(f, c);
-        if (rc != CURLM_OK) fetch_break_shard(sh, curl_multi_strerror(rc));
         return NULL;
     }
-    c->shard = sh;
-    sh->transfers++;
-    sh->used = 1;
-    c->prev = NULL;
-    c->next = f->active;
-    if (f->active) f->active->prev = c;
-    f->active = c;
-    loop_timer_start(f->lp, &c->watchdog, rq->timeout_ms + FETCH_WATCHDOG_SLACK_MS, fetch_on_watchdog, c);
     return c;
+}
+
+/* A streamed call's head did not come in time (curl has no deadline for it alone). */
+static void fetch_on_head_timeout(void *ud);
+
+fetch_call *fetch_start_stream(fetch *f, const fetch_request *rq, const fetch_stream *st, fetch_done_fn *done,
+                               void *ud) {
+    fetch_call *c = fetch_call_new(f);
+    if (!c) return NULL;
+    CURL *e = c->easy;
+    c->stream = st;
+    /* Bodies of any size pass through: curl's largest buffer, HTTP/1.1 (a paused HTTP/2
+     * stream would hold its connection's window), no deadline for the whole call but one
+     * for a stall (curl does not count paused time). */
+    curl_easy_setopt(e, CURLOPT_BUFFERSIZE, (long)CURL_MAX_WRITE_SIZE);
+    curl_easy_setopt(e, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_1_1);
+    curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, 0L);
+    curl_easy_setopt(e, CURLOPT_LOW_SPEED_LIMIT, 1L);
+    curl_easy_setopt(e, CURLOPT_LOW_SPEED_TIME, st->idle_timeout_s > 0 ? st->idle_timeout_s : 1L);
+    if (fetch_prepare(c, rq, done, ud) < 0 || fetch_launch(f, c, st->head_timeout_ms, fetch_on_head_timeout) < 0) {
+        fetch_call_free(c);
+        return NULL;
+    }
+    return c;
+}
+
+void fetch_resume(fetch_call *c) {
+    if (!c->paused) return;
+    c->paused = 0;
+    curl_easy_pause(c->easy, CURLPAUSE_CONT);   /* may hand bytes over at once; runs on via curl's timer */
 }
 
 /* Takes c out of the running calls: unlinked, its watchdog stopped, its handle out of
@@ -558,9 +633,16 @@ static void fetch_stop(fetch_call *c) {
     fetch_detach(c);
 }
 
+/* A call that is over: back in the idle pool, or freed when streamed (its handle's options
+ * are not a pooled call's). */
+static void fetch_retire_call(fetch *f, fetch_call *c) {
+    if (c->stream) fetch_call_free(c);
+    else fetch_release(f, c);
+}
+
 void fetch_cancel(fetch_call *c) {
     fetch_stop(c);
-    fetch_release(c->f, c);
+    fetch_retire_call(c->f, c);
 }
 
 /* Ends a call that got no outcome from curl with failure and message. */
@@ -610,6 +692,13 @@ static void fetch_break_shard(fetch_shard *sh, const char *why) {
     loop_timer_start(sh->f->lp, &sh->retire, 0, sh->conns ? fetch_conn_on_retire : fetch_on_retire, sh);
 }
 
+static void fetch_on_head_timeout(void *ud) {
+    fetch_call *c = ud;
+    char why[96];
+    snprintf(why, sizeof why, "no answer within %ld ms", c->stream->head_timeout_ms);
+    fetch_fail(c, FAILURE_TIMEOUT, why);
+}
+
 /* Reports a call that never got an outcome from curl as a timeout: libcurl lost track
  * of it, and its multi handle is retired. */
 static void fetch_on_watchdog(void *ud) {
@@ -648,7 +737,7 @@ static void fetch_drain(fetch_shard *sh) {
         fetch_done_fn *done = c->done;
         void *ud = c->ud;
         done(ud, &r);
-        fetch_release(f, c);
+        fetch_retire_call(f, c);
     }
 }
 

@@ -33,7 +33,8 @@ typedef struct fetch_request {
 /* The outcome of a call; strings live until the callback returns. */
 typedef struct fetch_result {
     failure_kind failure;       /* FAILURE_NONE when an HTTP answer arrived */
-    int curl_code;              /* libcurl's code, 0 when an answer arrived */
+    int curl_code;              /* libcurl's code, 0 when an answer arrived; FETCH_SHUTDOWN: the
+                                   client was freed under a streamed call */
     const char *error;          /* libcurl's message on failure, "" otherwise */
     long status;                /* HTTP status; 0 without an answer */
     const char *body;           /* NUL-terminated */
@@ -43,12 +44,29 @@ typedef struct fetch_result {
     double elapsed_ms;
 } fetch_result;
 
+#define FETCH_SHUTDOWN (-1)
+
 typedef void fetch_done_fn(void *ud, const fetch_result *r);
+
+/* A call whose answer is handed over as it arrives (a proxy's), instead of whole. */
+typedef struct fetch_stream {
+    /* The final answer's status and header lines ("Name: value\r\n" each) arrived, before
+     * any of its body. Returns 0 to go on, -1 to end the call (done then says why). */
+    int (*head)(void *ud, long status, const char *headers, size_t len);
+    /* A piece of the body. Returns 1 when taken, 0 to pause the transfer: the same bytes
+     * come again after fetch_resume. */
+    int (*body)(void *ud, const char *data, size_t len);
+    long head_timeout_ms;       /* the head must come within this (then FAILURE_TIMEOUT) */
+    long idle_timeout_s;        /* once it came, this long without a byte (paused time aside)
+                                   ends the call with FAILURE_TIMEOUT */
+} fetch_stream;
 
 /* Creates a client bound to lp. Returns NULL with err set on failure. */
 fetch *fetch_create(loop *lp, const fetch_options *o, char *err, size_t errlen);
 
-/* Cancels every call in flight (their callbacks are not called) and frees. NULL allowed. */
+/* Cancels every call in flight (their callbacks are not called; but a streamed call's done
+ * hears FAILURE_NETWORK, "shutting down", so that its answer can be ended) and frees.
+ * NULL allowed. */
 void fetch_free(fetch *f);
 
 /* The loop the client runs on. */
@@ -57,6 +75,16 @@ loop *fetch_loop(const fetch *f);
 /* Starts a call. done(ud, result) is called exactly once from the loop, never from inside
  * this call. Returns NULL when out of memory. */
 fetch_call *fetch_start(fetch *f, const fetch_request *rq, fetch_done_fn *done, void *ud);
+
+/* Starts a call whose answer goes to st's callbacks as it arrives (rq->timeout_ms and
+ * rq->max_body are not used: st says when it times out, and the body has no limit); the
+ * call runs over HTTP/1.1 on a handle of its own. done(ud, result) ends it as for
+ * fetch_start (its body is empty). Returns NULL when out of memory. */
+fetch_call *fetch_start_stream(fetch *f, const fetch_request *rq, const fetch_stream *st, fetch_done_fn *done,
+                               void *ud);
+
+/* Resumes a streamed call whose body callback paused it. */
+void fetch_resume(fetch_call *c);
 
 /* Ends a call in flight without calling its callback. */
 void fetch_cancel(fetch_call *c);

@@ -143,10 +143,3 @@ void gzcache_release(void *entry) {
     gzcache_unref(entry);
     pthread_mutex_unlock(&gzcache_lock);
 }
-
-size_t gzcache_bytes(void) {
-    pthread_mutex_lock(&gzcache_lock);
-    size_t n = gzcache_total;
-    pthread_mutex_unlock(&gzcache_lock);
-    return n;
-}

@@ -19,8 +19,6 @@ const void *gzcache_data(const gzcache_entry *e, size_t *len);
 /* Drops a reference; the entry is freed once evicted and released by all. */
 void gzcache_release(void *entry);
 
-/* Bytes the cache holds now, and the bound (for tests and the README). */
-size_t gzcache_bytes(void);
 #define GZCACHE_MAX_BYTES (32u << 20)
 
 #endif

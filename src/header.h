@@ -33,7 +33,8 @@ void header_format_date(time_t t, char out[32]);
 /* The weight Accept-Encoding gives coding ("gzip", "br", "identity"): 0 (not acceptable)
  * to 1000, from its own entry or "*". Without an entry: 0, but 1 for identity (acceptable,
  * after everything the client listed). NULL (no header) accepts only identity (1000).
- * Elements with an invalid q are skipped. */
+ * Elements with an invalid q are skipped. Also reads Accept for a media type named
+ * exactly ("text/html"; wildcards are not that type's entry). */
 int header_accepts(const char *accept_encoding, const char *coding);
 
 #endif

@@ -1,17 +1,21 @@
 /* http.c: the HTTP front: one libmicrohttpd daemon per worker, driven by its event loop. */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
+#include <errno.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 #include <linux/tcp.h>
 #include <microhttpd.h>
 
+#include "header.h"
 #include "http.h"
 #include "json.h"
 #include "log.h"
@@ -25,8 +29,11 @@
  * The pool is the header limit plus this much, so that tokend answers every request
  * within the limit, and refuses the ones past it with its own errors. */
 #define HTTP_POOL_RESERVE 4096
-#define HTTP_XFF_MAX 32             /* X-Forwarded-For header lines believed in one request */
+#define HTTP_XFF_MAX 32             /* X-Forwarded-For header lines read, the last ones of a request */
 #define HTTP_TICK_MS 1000           /* the front's periodic work: request deadlines, log counts */
+/* A chunked body past the limit is read on and dropped up to this much before its 413
+ * (see REQ_BODY); a longer one has its connection cut. */
+#define HTTP_DISCARD_MAX (1024 * 1024)
 /* A larger response that does not complete is logged with the bytes the client's TCP
  * acknowledged, not its whole length (a smaller one fits the socket buffers anyway). */
 #define HTTP_BYTES_TRACKED (16 * 1024)
@@ -41,6 +48,7 @@ struct http_front {
     void *dispatch_ud;
     size_t max_body_bytes;
     size_t in_flight;
+    struct http_exchange *heads;    /* head being received: the handler not called yet */
     struct http_exchange *pending;  /* dispatched, unanswered */
     int closing;                    /* http_free is under way */
     int quiesced_fd;            /* listening socket handed back by MHD_quiesce_daemon, or -1 */
@@ -54,6 +62,13 @@ struct http_front {
     loop_timer tick_timer;
     int run_pending;            /* libmicrohttpd has work to do: its epoll fd was ready, or a resume */
     unsigned long log_sampled;  /* successes of sampled routes, for log_every */
+    struct MHD_Daemon *daemon2;     /* the second socket's (HTTPS beside HTTP), or NULL */
+    int epoll_fd2;
+    int quiesced_fd2;
+    struct MHD_Daemon *tls_daemon;  /* the daemon that speaks HTTPS, or NULL */
+    unsigned int max_connections;   /* both daemons together */
+    unsigned int nconns;
+    struct http_stream *streams;    /* bodies being produced */
     struct http_upgraded *upgraded;     /* connections handed over to their owners */
 };
 
@@ -62,6 +77,7 @@ typedef struct http_exchange {
     http_request pub;                   /* first: an http_request * is an http_exchange * */
     struct MHD_Connection *conn;
     http_front *front;
+    struct http_stream *stream;         /* its answer's body, while being produced */
     char *target;
     size_t target_len;
     int state;
@@ -70,15 +86,36 @@ typedef struct http_exchange {
     long long acked_at_queue;           /* the connection's acknowledged bytes then, or -1 */
     struct MHD_Response *response;
     int suspended;
+    size_t discarded;                   /* body bytes dropped past the limit */
     log_field *log_fields;              /* added to the access line (keys and values owned) */
     size_t nlog_fields;
-    struct http_exchange *prev, *next;  /* list of dispatched, unanswered requests */
+    struct http_exchange *prev, *next;  /* in the front's heads, then in its pending list */
     const char *version;                /* "HTTP/1.1" (libmicrohttpd's, as long as the request) */
 } http_exchange;
 
 #define HTTP_EXCHANGE(req) ((http_exchange *)(req))
 /* An http_response is a libmicrohttpd response under another name. */
 #define HTTP_MHD(resp) ((struct MHD_Response *)(resp))
+
+/* A response body produced while it is sent (http_response_stream): the bytes written and
+ * not yet taken by libmicrohttpd, which suspends the connection while there are none. */
+struct http_stream {
+    http_front *f;
+    struct MHD_Connection *conn;
+    http_exchange *x;               /* its request until that completes, else NULL */
+    http_stream_fn *drained, *closed;
+    void *ud;
+    char *buf;                      /* pending bytes: buf[head .. head + len) */
+    size_t head, len, cap;
+    size_t high;                    /* writes are refused while this much is pending */
+    int full;                       /* a write was refused: drained is due once half is gone */
+    int suspended;                  /* its connection waits for bytes */
+    int watched_fd;                 /* while suspended: its socket, watched for the client leaving; or -1 */
+    int peer_spoke;                 /* the client sent something while it waited: watched no more */
+    int ended;                      /* 1: complete, 2: cut */
+    loop_timer drain_timer;
+    struct http_stream *prev, *next;    /* the front's streams */
+};
 
 /* One open connection: waiting while a request is being received. */
 typedef struct http_conn {
@@ -90,17 +127,69 @@ typedef struct http_conn {
     char peer[64];
 } http_conn;
 
+static void http_list_push(http_exchange **list, http_exchange *x) {
+    x->prev = NULL;
+    x->next = *list;
+    if (*list) (*list)->prev = x;
+    *list = x;
+}
+
+static void http_list_unlink(http_exchange **list, http_exchange *x) {
+    if (x->prev) x->prev->next = x->next;
+    else if (*list == x) *list = x->next;
+    if (x->next) x->next->prev = x->prev;
+    x->prev = x->next = NULL;
+}
+
+/* libmicrohttpd 0.9.75 answers a malformed or overflowing Content-Length itself, then goes
+ * on as if it had not and builds its answer's header a second time: the client would get
+ * two header blocks and one body. It logs the cause first, while the request is the only
+ * one whose head is whole and whose handler has not run (libmicrohttpd calls it at once
+ * otherwise) with no answer yet. tokend answers it there with one well-formed response,
+ * then shuts the sending side: libmicrohttpd's own answer fails and it closes. */
+static void http_refuse_framing(http_front *f, int status, const char *message) {
+    http_exchange *x = f->heads;
+    while (x && (x->status || !MHD_get_connection_info(x->conn, MHD_CONNECTION_INFO_REQUEST_HEADER_SIZE) ||
+                 MHD_get_connection_info(x->conn, MHD_CONNECTION_INFO_HTTP_STATUS)))
+        x = x->next;
+    const union MHD_ConnectionInfo *ci = x ? MHD_get_connection_info(x->conn, MHD_CONNECTION_INFO_CONNECTION_FD) : NULL;
+    if (!ci) return;
+    char body[200], date[32], out[600];
+    size_t blen = json_escape(body, (size_t)snprintf(body, sizeof body, "{\"error\":\""), sizeof body - 3, message);
+    memcpy(body + blen, "\"}", 3);
+    blen += 2;
+    header_format_date(time(NULL), date);
+    int n = snprintf(out, sizeof out, "HTTP/1.1 %d %s\r\nDate: %s\r\nConnection: close\r\n"
+                     "X-Content-Type-Options: nosniff\r\nContent-Type: application/json\r\nCache-Control: no-store\r\n"
+                     "Content-Length: %zu\r\n\r\n%s", status, status == 413 ? "Content Too Large" : "Bad Request",
+                     date, blen, body);
+    /* Over HTTPS the socket carries TLS records, not this text: the client sees the close. */
+    const union MHD_ConnectionInfo *di = MHD_get_connection_info(x->conn, MHD_CONNECTION_INFO_DAEMON);
+    int tls = f->tls_daemon && di && di->daemon == f->tls_daemon;
+    if (!tls && n > 0 && (size_t)n < sizeof out) (void)send(ci->connect_fd, out, (size_t)n, MSG_NOSIGNAL | MSG_DONTWAIT);
+    shutdown(ci->connect_fd, SHUT_WR);
+    x->pub.method = "-";        /* libmicrohttpd does not say which: the access line shows "-" */
+    x->status = status;
+    x->bytes = blen;
+}
+
 /* libmicrohttpd's own messages: most are caused by clients (malformed or oversized
  * requests, resets), which can repeat them at will, so they are throttled. */
 static void http_mhd_log(void *cls, const char *fmt, va_list ap) {
     char msg[1024];
-    (void)cls;
     vsnprintf(msg, sizeof msg, fmt, ap);
+    static const char malformed[] = "Failed to parse `Content-Length'";
+    static const char overflow[] = "Too large value of 'Content-Length'";
+    if (strncmp(msg, malformed, sizeof malformed - 1) == 0)
+        http_refuse_framing(cls, 400, "malformed Content-Length header");
+    else if (strncmp(msg, overflow, sizeof overflow - 1) == 0)
+        http_refuse_framing(cls, 413, "request body too large");
     size_t n = strlen(msg);
     while (n && (msg[n - 1] == '\n' || msg[n - 1] == '\r')) msg[--n] = '\0';
     int client_caused = strstr(msg, "Error processing request") || strstr(msg, "HTTP request") ||
                         strstr(msg, "Connection reset") || strstr(msg, "Failed to receive") ||
-                        strstr(msg, "Failed to send") || strstr(msg, "Closing connection");
+                        strstr(msg, "Failed to send") || strstr(msg, "Closing connection") ||
+                        strstr(msg, "handshake") || strstr(msg, "TLS") || strstr(msg, "packet");  /* HTTPS */
     if (client_caused) log_throttled(LOG_DEBUG, "http (client)", "%s", msg);
     else log_throttled(LOG_WARN, "http", "%s", msg);
 }
@@ -126,6 +215,7 @@ static void *http_on_uri(void *cls, const char *uri, struct MHD_Connection *conn
     req->log_every = 1;
     req->start_us = loop_now_us();
     snprintf(req->route, sizeof req->route, "none");
+    http_list_push(&x->front->heads, x);
     const union MHD_ConnectionInfo *ci = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
     netaddr_of_sockaddr(ci ? ci->client_addr : NULL, req->peer, sizeof req->peer);
     memcpy(req->client, req->peer, sizeof req->client);
@@ -152,6 +242,10 @@ static enum MHD_Result http_on_accept(void *cls, const struct sockaddr *addr, so
     (void)addrlen;
     netaddr_of_sockaddr(addr, text, sizeof text);
     /* Behind a proxy every connection comes from it: trusted proxies are not limited. */
+    if (f->nconns >= f->max_connections) {     /* HTTP and HTTPS: one limit for both */
+        log_throttled(LOG_DEBUG, "http (client)", "refused a connection from %s: the connection limit is reached", text);
+        return MHD_NO;
+    }
     if (policy_conns_allowed(f->conns, text) || netaddr_nets_contain(f->proxies, text)) return MHD_YES;
     log_throttled(LOG_DEBUG, "http (client)", "refused a connection from %s: too many open connections from it", text);
     return MHD_NO;
@@ -173,6 +267,7 @@ static void http_on_connection(void *cls, struct MHD_Connection *conn, void **so
         c->next = f->conns_list;
         if (f->conns_list) f->conns_list->prev = c;
         f->conns_list = c;
+        f->nconns++;
         policy_conns_opened(f->conns, c->peer);
         *socket_context = c;
         return;
@@ -181,6 +276,7 @@ static void http_on_connection(void *cls, struct MHD_Connection *conn, void **so
      * at the start of its next turn: make sure there is one. */
     f->run_pending = 1;
     if (!c) return;
+    f->nconns--;
     policy_conns_closed(f->conns, c->peer);
     if (c->prev) c->prev->next = c->next;
     else f->conns_list = c->next;
@@ -204,13 +300,6 @@ static void http_on_tick(void *ud) {
     }
     log_throttled_flush();
     loop_timer_start(f->lp, &f->tick_timer, HTTP_TICK_MS, http_on_tick, f);
-}
-
-static void http_pending_unlink(http_front *f, http_exchange *x) {
-    if (x->prev) x->prev->next = x->next;
-    else if (f->pending == x) f->pending = x->next;
-    if (x->next) x->next->prev = x->prev;
-    x->prev = x->next = NULL;
 }
 
 /* The bytes the peer's TCP acknowledged on conn so far, or -1 when not known. */
@@ -253,9 +342,11 @@ static void http_on_completed(void *cls, struct MHD_Connection *conn, void **con
     http_request *req = &x->pub;
     *con_cls = NULL;
     if (f->upgraded && x->status == MHD_HTTP_SWITCHING_PROTOCOLS) http_upgrade_lost(x);
-    if (x->state == REQ_DISPATCHED) {
+    if (x->state == REQ_NEW) {
+        http_list_unlink(&f->heads, x);     /* refused by libmicrohttpd, or the client left */
+    } else if (x->state == REQ_DISPATCHED) {
         /* Only reachable when the daemon stops under a request: never leave it linked. */
-        http_pending_unlink(f, x);
+        http_list_unlink(&f->pending, x);
         f->in_flight--;
         metrics_in_flight(-1);
     }
@@ -274,6 +365,7 @@ static void http_on_completed(void *cls, struct MHD_Connection *conn, void **con
         free((char *)x->log_fields[i].value);
     }
     free(x->log_fields);
+    if (x->stream) x->stream->x = NULL;     /* its body may still be going out */
     if (x->response) MHD_destroy_response(x->response);
     free(x->target);
     free(req->path);
@@ -356,7 +448,7 @@ void http_request_respond(http_request *req, int status, http_response *resp, un
         return;
     }
     if (x->state == REQ_DISPATCHED) {
-        http_pending_unlink(f, x);
+        http_list_unlink(&f->pending, x);
         f->in_flight--;
         metrics_in_flight(-1);
     }
@@ -406,30 +498,106 @@ static int http_parse_target(http_request *req) {
     return -1;
 }
 
-/* The X-Forwarded-For header lines of a request, in arrival order. */
+/* The last HTTP_XFF_MAX X-Forwarded-For header lines of a request, as a ring. */
 typedef struct http_xff {
     const char *values[HTTP_XFF_MAX];
-    size_t n;
-    int too_many;
+    size_t n;                   /* lines seen */
 } http_xff;
 
 static enum MHD_Result http_collect_xff(void *cls, enum MHD_ValueKind kind, const char *key, const char *value) {
     http_xff *x = cls;
     (void)kind;
-    if (strcasecmp(key, "X-Forwarded-For") != 0) return MHD_YES;
-    if (x->n == HTTP_XFF_MAX) x->too_many = 1;
-    else x->values[x->n++] = value ? value : "";
+    if (strcasecmp(key, "X-Forwarded-For") == 0) x->values[x->n++ % HTTP_XFF_MAX] = value ? value : "";
     return MHD_YES;
 }
 
-/* Sets req->client: the peer, or the client a trusted proxy names in X-Forwarded-For
- * (all of it: every header line, however long). */
+/* Sets req->client: the peer, or the client a trusted proxy names in X-Forwarded-For. Each
+ * proxy appends to the end (a line, or an entry of the last line), so the right-most
+ * entries are the ones to read: lines past the limit are dropped from the start, where
+ * the client wrote its own, and never make the client the proxy. */
 static void http_resolve_client(http_front *f, http_exchange *ex) {
     http_request *req = &ex->pub;
     if (!netaddr_nets_contain(f->proxies, req->peer)) return;
-    http_xff x = { { 0 }, 0, 0 };
+    http_xff x = { { 0 }, 0 };
+    const char *lines[HTTP_XFF_MAX];
     MHD_get_connection_values(ex->conn, MHD_HEADER_KIND, http_collect_xff, &x);
-    if (!x.too_many) netaddr_client(f->proxies, req->peer, x.values, x.n, req->client, sizeof req->client);
+    size_t kept = x.n < HTTP_XFF_MAX ? x.n : HTTP_XFF_MAX;
+    for (size_t i = 0; i < kept; i++) lines[i] = x.values[(x.n - kept + i) % HTTP_XFF_MAX];
+    netaddr_client(f->proxies, req->peer, lines, kept, req->client, sizeof req->client);
+}
+
+/* RFC 9110 5.6.2: whether c may be in a token (a header name). */
+static int http_tchar(unsigned char c) {
+    return (c >= '0' && c <= '9') || ((c | 0x20) >= 'a' && (c | 0x20) <= 'z') || (c && strchr("!#$%&'*+-.^_`|~", c));
+}
+
+/* libmicrohttpd 0.9.75 accepts request heads that RFC 9112 forbids and parses some of them
+ * differently from the proxies in front of it: a bare LF as a line end, whitespace between
+ * a header's name and its colon (kept in the name), and an obs-fold line (one starting
+ * with a space or a tab), which it appends to the previous header's *name*, so that
+ * "Content-Length:\r\n 44" frames no body here and 44 bytes in a proxy. What it did
+ * shows in where it left the request: it parses the head in place in its read buffer,
+ * replacing each CRLF (or bare LF) with NUL bytes and each header's colon with a NUL, and
+ * hands out pointers into it, in arrival order; a name continued by a fold is moved
+ * elsewhere. So a head is well-formed when, from the request line on, each header name
+ * starts right after a CRLF ("\0\0"), is a token up to its colon, its value follows
+ * after spaces or tabs and runs to the next "\0\0" without a CR, and the head ends with
+ * an empty line exactly where libmicrohttpd says it does. A NUL in a value ends it early
+ * and shows as well; one right before a bare LF cannot be told from a CRLF (its value
+ * stops there for every reader). */
+typedef struct http_syntax {
+    const char *next;           /* where the next line must start */
+    const char *end;            /* the end of the head */
+    const char *error;          /* the first violation, or NULL */
+    int hosts;                  /* Host headers */
+} http_syntax;
+
+/* Moves past the line end at eol, which must be a CRLF; returns 0 or -1. */
+static int http_syntax_eol(http_syntax *sx, const char *eol) {
+    if (eol < sx->next || sx->end - eol < 2 || eol[0] != '\0' || eol[1] != '\0') return -1;
+    sx->next = eol + 2;
+    return 0;
+}
+
+static enum MHD_Result http_syntax_line(void *cls, enum MHD_ValueKind kind, const char *key, const char *value) {
+    http_syntax *sx = cls;
+    (void)kind;
+    if (key != sx->next || !value) {
+        sx->error = "malformed header: a folded line, a bare LF or a NUL byte (RFC 9112 5.2, 2.2)";
+        return MHD_NO;
+    }
+    size_t n = 0;
+    while (http_tchar((unsigned char)key[n])) n++;
+    if (n == 0 || key[n] != '\0') {
+        sx->error = "malformed header name (RFC 9112 5.1: a token right before the colon)";
+        return MHD_NO;
+    }
+    const char *v = key + n + 1;
+    while (v < value && (*v == ' ' || *v == '\t')) v++;
+    size_t len = strlen(value);
+    if (v != value || memchr(value, '\r', len) || http_syntax_eol(sx, value + len) < 0) {
+        sx->error = "malformed header value: a bare CR or LF, or a NUL byte (RFC 9112 2.2, RFC 9110 5.5)";
+        return MHD_NO;
+    }
+    if (strcasecmp(key, "Host") == 0) sx->hosts++;
+    return MHD_YES;
+}
+
+/* Checks the request head's syntax (see http_syntax) and its Host headers (RFC 9112 3.2:
+ * one, and one at least in HTTP/1.1). Returns NULL, or what is wrong. */
+static const char *http_check_syntax(http_exchange *x, const char *method, const char *version) {
+    const union MHD_ConnectionInfo *ci = MHD_get_connection_info(x->conn, MHD_CONNECTION_INFO_REQUEST_HEADER_SIZE);
+    if (!ci || !method || !version || version < method) return "malformed request";
+    http_syntax sx = { method, method + ci->header_size, NULL, 0 };
+    if (sx.end < version || http_syntax_eol(&sx, version + strlen(version)) < 0)
+        return "malformed request line (RFC 9112 2.2: lines end with CRLF)";
+    MHD_get_connection_values(x->conn, MHD_HEADER_KIND, http_syntax_line, &sx);
+    if (sx.error) return sx.error;
+    if (sx.end - sx.next != 2 || sx.next[0] != '\0' || sx.next[1] != '\0')
+        return "malformed end of the request head (RFC 9112 2.2: CRLF)";
+    if (sx.hosts > 1) return "more than one Host header";
+    if (sx.hosts == 0 && strcmp(version, "HTTP/1.0") != 0) return "missing Host header (required in HTTP/1.1)";
+    return NULL;
 }
 
 /* What the headers of a request tell about how its body is framed, and their size. */
@@ -471,14 +639,19 @@ static void http_request_fail_close(http_request *req, int status, const char *m
     http_request_respond(req, status, resp, len);
 }
 
-/* Checks what must hold before a request is dispatched: its size, one unambiguous
- * framing of its body (RFC 9112 6.3: a request with both Content-Length and
- * Transfer-Encoding, or with Content-Lengths that differ, can be read two ways, and the
- * bytes after it smuggled in as a request of their own), and its Host. Returns 0, or -1
- * once it answered the request. */
-static int http_check_request(http_front *f, http_exchange *x) {
+/* Checks what must hold before a request is dispatched: its syntax (http_check_syntax),
+ * its size, one unambiguous framing of its body (RFC 9112 6.3: a request with both
+ * Content-Length and Transfer-Encoding, or with Content-Lengths that differ, can be read
+ * two ways, and the bytes after it smuggled in as a request of their own), and its Host.
+ * Returns 0, or -1 once it answered the request. */
+static int http_check_request(http_front *f, http_exchange *x, const char *version) {
     http_request *req = &x->pub;
     http_framing fr = { 0, NULL, 0, NULL };
+    const char *malformed = http_check_syntax(x, req->method, version);
+    if (malformed) {
+        http_request_fail_close(req, 400, malformed);
+        return -1;
+    }
     MHD_get_connection_values(x->conn, MHD_HEADER_KIND, http_collect_framing, &fr);
     size_t line = strlen(req->method) + x->target_len + sizeof " HTTP/1.1\r\n";
     if (x->target_len > f->max_header_bytes) {
@@ -525,13 +698,14 @@ static enum MHD_Result http_on_request(void *cls, struct MHD_Connection *conn, c
     http_request *req = &x->pub;
     switch (x->state) {
     case REQ_NEW: {
+        http_list_unlink(&f->heads, x);
         req->method = method;
         x->version = version;
         x->conn = conn;
         http_resolve_client(f, x);
         int parsed = http_parse_target(req);
         if (parsed == -2) http_request_fail(req, 503, "out of memory");
-        if (parsed == -2 || http_check_request(f, x) < 0) return http_queue(x);
+        if (parsed == -2 || http_check_request(f, x, version) < 0) return http_queue(x);
         if (parsed < 0) {
             http_request_fail(req, 400, "malformed request path");
             return http_queue(x);
@@ -543,9 +717,18 @@ static enum MHD_Result http_on_request(void *cls, struct MHD_Connection *conn, c
         if (*upload_data_size) {
             size_t n = *upload_data_size;
             *upload_data_size = 0;
-            if (req->body_len + n > f->max_body_bytes) {
-                http_request_fail(req, 413, "request body too large");
-                return http_queue(x);
+            if (x->discarded || req->body_len + n > f->max_body_bytes) {
+                /* A chunked body past the limit (a Content-Length one was refused before it
+                 * came). libmicrohttpd answers only once the body is whole, and closing
+                 * now, with the client's bytes unread, would reset the connection under
+                 * any answer: drop the rest, within a bound (and the request deadline). */
+                free(req->body);
+                req->body = NULL;
+                req->body_len = 0;
+                x->discarded += n;
+                if (x->discarded <= HTTP_DISCARD_MAX) return MHD_YES;
+                x->status = 413;        /* for the access line: cut, nothing sent */
+                return MHD_NO;
             }
             char *b = realloc(req->body, req->body_len + n + 1);
             if (!b) return MHD_NO;
@@ -555,11 +738,13 @@ static enum MHD_Result http_on_request(void *cls, struct MHD_Connection *conn, c
             b[req->body_len] = '\0';
             return MHD_YES;
         }
+        if (x->discarded) {
+            http_request_fail_close(req, 413, "request body too large");
+            return http_queue(x);
+        }
         x->state = REQ_DISPATCHED;
         http_conn_waiting(conn, 0);
-        x->next = f->pending;
-        if (f->pending) f->pending->prev = x;
-        f->pending = x;
+        http_list_push(&f->pending, x);
         f->in_flight++;
         metrics_in_flight(1);
         if (f->closing) http_request_fail(req, 503, "server shutting down");
@@ -584,30 +769,21 @@ static void http_on_epoll(void *ud, int fd, unsigned events) {
     f->run_pending = 1;
 }
 
-http_front *http_create(loop *lp, const http_options *opts, http_dispatch_fn *dispatch, void *ud,
-                        char *err, size_t errlen) {
-    http_front *f = calloc(1, sizeof *f);
-    if (!f) {
-        snprintf(err, errlen, "out of memory");
-        return NULL;
-    }
-    f->lp = lp;
-    f->dispatch = dispatch;
-    f->dispatch_ud = ud;
-    f->max_body_bytes = opts->max_body_bytes;
-    f->quiesced_fd = -1;
-    f->proxies = opts->proxies;
-    f->conns = opts->conns;
-    f->hosts = opts->hosts;
-    f->max_header_bytes = opts->max_header_bytes;
-    f->max_query_args = opts->max_query_args;
-    f->request_timeout_ms = (uint64_t)opts->request_timeout_s * 1000u;
+/* Starts a daemon of f on the listening socket fd (HTTPS when tls) and watches its epoll
+ * descriptor; NULL with err set on failure (fd is then still the caller's). */
+static struct MHD_Daemon *http_start_daemon(http_front *f, const http_options *opts, int fd, int tls, int *epoll_fd,
+                                            char *err, size_t errlen) {
     size_t memory = opts->max_header_bytes + HTTP_POOL_RESERVE;
-    f->daemon = MHD_start_daemon(
-        MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_ALLOW_UPGRADE | MHD_USE_ERROR_LOG | MHD_USE_TURBO,
+    struct MHD_OptionItem tls_items[] = {
+        { tls ? MHD_OPTION_HTTPS_MEM_CERT : MHD_OPTION_END, 0, (void *)(uintptr_t)opts->tls_cert_pem },
+        { MHD_OPTION_HTTPS_MEM_KEY, 0, (void *)(uintptr_t)opts->tls_key_pem },
+        { MHD_OPTION_END, 0, NULL },
+    };
+    struct MHD_Daemon *d = MHD_start_daemon(
+        MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_ALLOW_UPGRADE | MHD_USE_ERROR_LOG | MHD_USE_TURBO | (tls ? MHD_USE_TLS : 0),
         0, http_on_accept, f, http_on_request, f,
         MHD_OPTION_EXTERNAL_LOGGER, http_mhd_log, f,
-        MHD_OPTION_LISTEN_SOCKET, (MHD_socket)opts->listen_fd,
+        MHD_OPTION_LISTEN_SOCKET, (MHD_socket)fd,
         MHD_OPTION_URI_LOG_CALLBACK, http_on_uri, f,
         MHD_OPTION_NOTIFY_COMPLETED, http_on_completed, f,
         MHD_OPTION_NOTIFY_CONNECTION, http_on_connection, f,
@@ -615,21 +791,68 @@ http_front *http_create(loop *lp, const http_options *opts, http_dispatch_fn *di
         MHD_OPTION_CONNECTION_LIMIT, (unsigned int)opts->max_connections,
         MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int)opts->idle_timeout_s,
         MHD_OPTION_SIGPIPE_HANDLED_BY_APP, (int)1,
+        MHD_OPTION_ARRAY, tls_items,
         MHD_OPTION_END);
-    if (!f->daemon) {
-        snprintf(err, errlen, "libmicrohttpd failed to start (see the log)");
-        goto fail;
+    if (!d) {
+        snprintf(err, errlen, tls ? "libmicrohttpd failed to start HTTPS (see the log; is the certificate usable "
+                                    "by GnuTLS?)" : "libmicrohttpd failed to start (see the log)");
+        return NULL;
     }
-    const union MHD_DaemonInfo *di = MHD_get_daemon_info(f->daemon, MHD_DAEMON_INFO_EPOLL_FD);
-    if (!di || loop_watch(lp, di->epoll_fd, LOOP_READ, http_on_epoll, f) < 0) {
+    const union MHD_DaemonInfo *di = MHD_get_daemon_info(d, MHD_DAEMON_INFO_EPOLL_FD);
+    if (!di || loop_watch(f->lp, di->epoll_fd, LOOP_READ, http_on_epoll, f) < 0) {
         snprintf(err, errlen, "cannot watch the libmicrohttpd epoll descriptor");
+        MHD_stop_daemon(d);     /* closes fd */
+        *epoll_fd = -2;
+        return NULL;
+    }
+    *epoll_fd = di->epoll_fd;
+    return d;
+}
+
+http_front *http_create(loop *lp, const http_options *opts, http_dispatch_fn *dispatch, void *ud,
+                        char *err, size_t errlen) {
+    http_front *f = calloc(1, sizeof *f);
+    int fd2 = opts->tls_cert_pem ? opts->tls_listen_fd : -1;
+    if (!f) {
+        snprintf(err, errlen, "out of memory");
         goto fail;
     }
-    f->epoll_fd = di->epoll_fd;
+    f->lp = lp;
+    f->dispatch = dispatch;
+    f->dispatch_ud = ud;
+    f->max_body_bytes = opts->max_body_bytes;
+    f->quiesced_fd = f->quiesced_fd2 = -1;
+    f->epoll_fd = f->epoll_fd2 = -1;
+    f->max_connections = opts->max_connections;
+    f->proxies = opts->proxies;
+    f->conns = opts->conns;
+    f->hosts = opts->hosts;
+    f->max_header_bytes = opts->max_header_bytes;
+    f->max_query_args = opts->max_query_args;
+    f->request_timeout_ms = (uint64_t)opts->request_timeout_s * 1000u;
+    int tls = opts->listen_tls && opts->tls_cert_pem;
+    if (!(f->daemon = http_start_daemon(f, opts, opts->listen_fd, tls, &f->epoll_fd, err, errlen))) {
+        if (f->epoll_fd == -2) f->epoll_fd = -1;        /* its socket went with the daemon */
+        else close(opts->listen_fd);
+        goto fail;
+    }
+    if (tls) f->tls_daemon = f->daemon;
+    if (fd2 >= 0) {
+        f->daemon2 = http_start_daemon(f, opts, fd2, 1, &f->epoll_fd2, err, errlen);
+        if (!f->daemon2 && f->epoll_fd2 != -2) close(fd2);
+        fd2 = -1;
+        if (!f->daemon2) goto fail;
+        f->tls_daemon = f->daemon2;
+    }
     loop_timer_start(lp, &f->tick_timer, HTTP_TICK_MS, http_on_tick, f);
     return f;
 fail:
-    if (f->daemon) MHD_stop_daemon(f->daemon);
+    if (fd2 >= 0) close(fd2);
+    if (f && f->daemon) {
+        loop_watch(lp, f->epoll_fd, 0, NULL, NULL);
+        MHD_stop_daemon(f->daemon);
+    }
+    if (!f) close(opts->listen_fd);
     free(f);
     return NULL;
 }
@@ -638,17 +861,25 @@ void http_run(http_front *f) {
     if (!f->run_pending && http_timeout_ms(f) != 0) return;     /* nothing to do: skip its epoll_wait */
     f->run_pending = 0;
     MHD_run(f->daemon);
+    if (f->daemon2) MHD_run(f->daemon2);
+}
+
+/* Milliseconds until daemon d needs to run, or -1. */
+static long http_daemon_timeout_ms(struct MHD_Daemon *d) {
+    MHD_UNSIGNED_LONG_LONG t;
+    if (!d || MHD_get_timeout(d, &t) != MHD_YES) return -1;
+    return t > 0x7fffffffULL ? 0x7fffffffL : (long)t;
 }
 
 long http_timeout_ms(http_front *f) {
-    MHD_UNSIGNED_LONG_LONG t;
     if (f->run_pending) return 0;
-    if (MHD_get_timeout(f->daemon, &t) != MHD_YES) return -1;
-    return t > 0x7fffffffULL ? 0x7fffffffL : (long)t;
+    long a = http_daemon_timeout_ms(f->daemon), b = http_daemon_timeout_ms(f->daemon2);
+    return a < 0 ? b : b < 0 || a < b ? a : b;
 }
 
 void http_quiesce(http_front *f) {
     if (f->quiesced_fd < 0) f->quiesced_fd = MHD_quiesce_daemon(f->daemon);
+    if (f->daemon2 && f->quiesced_fd2 < 0) f->quiesced_fd2 = MHD_quiesce_daemon(f->daemon2);
 }
 
 size_t http_in_flight(const http_front *f) {
@@ -660,11 +891,18 @@ void http_free(http_front *f) {
     f->closing = 1;     /* what still arrives is not dispatched: the Lua host may be gone */
     while (f->pending) http_request_fail(&f->pending->pub, 503, "server shutting down");
     http_upgraded_close_all(f);     /* never stop libmicrohttpd under them */
+    /* Bodies still being produced are cut: their connections are resumed to close (a
+     * suspended connection must not be there when the daemon stops). */
+    for (struct http_stream *s = f->streams; s; s = s->next) http_stream_end(s, 0);
     MHD_run(f->daemon);
+    if (f->daemon2) MHD_run(f->daemon2);
     loop_watch(f->lp, f->epoll_fd, 0, NULL, NULL);
+    if (f->daemon2) loop_watch(f->lp, f->epoll_fd2, 0, NULL, NULL);
     loop_timer_stop(f->lp, &f->tick_timer);
     MHD_stop_daemon(f->daemon);
+    if (f->daemon2) MHD_stop_daemon(f->daemon2);
     if (f->quiesced_fd >= 0) close(f->quiesced_fd);
+    if (f->quiesced_fd2 >= 0) close(f->quiesced_fd2);
     free(f);
 }
 
@@ -801,6 +1039,7 @@ static void http_upgraded_close_all(http_front *f) {
         http_upgraded_close(u);
     }
     MHD_run(f->daemon);
+    if (f->daemon2) MHD_run(f->daemon2);
     while (f->upgraded) {
         http_upgraded *u = f->upgraded;
         http_upgraded_unlink(u);
@@ -810,4 +1049,162 @@ static void http_upgraded_close_all(http_front *f) {
 
 const char *http_request_version(const http_request *req) {
     return HTTP_EXCHANGE(req)->version;
+}
+
+/* ---- responses produced later ---- */
+
+/* Calls the producer's drained, from the loop. */
+static void http_stream_on_drain(void *ud) {
+    http_stream *s = ud;
+    if (!s->ended && s->drained) s->drained(s->ud);
+}
+
+/* Resumes the stream's connection when it waits for bytes. */
+static void http_stream_wake(http_stream *s) {
+    if (!s->suspended) return;
+    s->suspended = 0;
+    if (s->watched_fd >= 0) loop_watch(s->f->lp, s->watched_fd, 0, NULL, NULL);
+    s->watched_fd = -1;
+    MHD_resume_connection(s->conn);
+    s->f->run_pending = 1;
+}
+
+/* The socket of a suspended stream became readable: libmicrohttpd neither looks at a
+ * suspended connection nor reads one that is sending, so a client that left would hold it
+ * until the next bytes fail. A socket the client shut or reset cuts the stream, which
+ * closes the connection; so do bytes over TLS (a browser sends nothing else while it
+ * receives but its close_notify, whose TCP end may come later). Other bytes are left for
+ * later, and the socket is watched no more. */
+static void http_stream_on_peer(void *ud, int fd, unsigned events) {
+    http_stream *s = ud;
+    struct pollfd p = { .fd = fd, .events = POLLIN | POLLRDHUP };
+    (void)events;
+    if (poll(&p, 1, 0) <= 0) return;
+    const union MHD_ConnectionInfo *ci = MHD_get_connection_info(s->conn, MHD_CONNECTION_INFO_DAEMON);
+    int tls = s->f->tls_daemon && ci && ci->daemon == s->f->tls_daemon;
+    loop_watch(s->f->lp, fd, 0, NULL, NULL);
+    s->watched_fd = -1;
+    s->peer_spoke = 1;
+    if ((p.revents & (POLLRDHUP | POLLHUP | POLLERR)) || tls) http_stream_end(s, 0);
+}
+
+/* Suspends the stream's connection until there are bytes, watching for the client leaving. */
+static void http_stream_suspend(http_stream *s) {
+    s->suspended = 1;
+    MHD_suspend_connection(s->conn);
+    const union MHD_ConnectionInfo *ci = MHD_get_connection_info(s->conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+    if (!s->peer_spoke && ci && loop_watch(s->f->lp, ci->connect_fd, LOOP_READ, http_stream_on_peer, s) == 0)
+        s->watched_fd = ci->connect_fd;
+}
+
+/* libmicrohttpd asks for the next bytes of the body: what is pending, else the end, else
+ * nothing yet (the connection is suspended until a write or the end). */
+static ssize_t http_stream_read(void *cls, uint64_t pos, char *buf, size_t max) {
+    http_stream *s = cls;
+    (void)pos;
+    if (!s->len) {
+        if (s->ended) return s->ended == 1 ? MHD_CONTENT_READER_END_OF_STREAM : MHD_CONTENT_READER_END_WITH_ERROR;
+        if (!s->suspended) http_stream_suspend(s);
+        return 0;
+    }
+    size_t n = s->len < max ? s->len : max;
+    memcpy(buf, s->buf + s->head, n);
+    s->head += n;
+    s->len -= n;
+    if (!s->len) s->head = 0;
+    if (s->x) s->x->bytes += n;
+    if (s->full && s->len <= s->high / 2) {
+        s->full = 0;
+        loop_timer_start(s->f->lp, &s->drain_timer, 0, http_stream_on_drain, s);
+    }
+    return (ssize_t)n;
+}
+
+/* The response is gone (sent, abandoned or never queued): the producer hears it once. */
+static void http_stream_free(void *cls) {
+    http_stream *s = cls;
+    http_front *f = s->f;
+    if (s->prev) s->prev->next = s->next;
+    else f->streams = s->next;
+    if (s->next) s->next->prev = s->prev;
+    if (s->x) s->x->stream = NULL;
+    if (s->watched_fd >= 0) loop_watch(f->lp, s->watched_fd, 0, NULL, NULL);
+    loop_timer_stop(f->lp, &s->drain_timer);
+    http_stream_fn *closed = s->closed;
+    void *ud = s->ud;
+    free(s->buf);
+    free(s);
+    if (closed) closed(ud);
+}
+
+http_response *http_response_stream(http_request *req, long long size, size_t buffer, http_stream_fn *drained,
+                                    http_stream_fn *closed, void *ud, http_stream **out) {
+    http_exchange *x = HTTP_EXCHANGE(req);
+    http_stream *s = calloc(1, sizeof *s);
+    *out = NULL;
+    if (!s) return NULL;
+    s->f = x->front;
+    s->conn = x->conn;
+    s->watched_fd = -1;
+    s->high = buffer ? buffer : 1;
+    s->x = x;
+    s->next = s->f->streams;
+    if (s->f->streams) s->f->streams->prev = s;
+    s->f->streams = s;
+    /* libmicrohttpd reads at most block bytes at a time, into a buffer of the response's
+     * own: small for an event stream (thousands may be open), 16 KiB for a large body. */
+    size_t block = s->high < 256 ? 256 : s->high > 16384 ? 16384 : s->high;
+    uint64_t total = size < 0 ? MHD_SIZE_UNKNOWN : (uint64_t)size;
+    struct MHD_Response *resp = MHD_create_response_from_callback(total, block, http_stream_read, s, http_stream_free);
+    if (!resp) {
+        http_stream_free(s);    /* closed is not set yet: nobody is told */
+        return NULL;
+    }
+    s->drained = drained;
+    s->closed = closed;
+    s->ud = ud;
+    x->stream = s;
+    *out = s;
+    return (http_response *)resp;
+}
+
+int http_stream_write(http_stream *s, const void *data, size_t len) {
+    if (s->ended) return -1;
+    if (s->len >= s->high) {
+        s->full = 1;
+        return 1;
+    }
+    if (s->head && s->head + s->len + len > s->cap) {
+        memmove(s->buf, s->buf + s->head, s->len);
+        s->head = 0;
+    }
+    if (s->len + len > s->cap) {
+        size_t cap = s->cap ? s->cap : 4096;
+        while (cap < s->len + len) cap *= 2;
+        char *b = realloc(s->buf, cap);
+        if (!b) return -1;
+        s->buf = b;
+        s->cap = cap;
+    }
+    memcpy(s->buf + s->head + s->len, data, len);
+    s->len += len;
+    http_stream_wake(s);
+    return 0;
+}
+
+void http_stream_end(http_stream *s, int complete) {
+    if (s->ended) return;
+    s->ended = complete ? 1 : 2;
+    if (!complete) s->len = 0;
+    http_stream_wake(s);
+}
+
+int http_request_is_tls(const http_request *req) {
+    const http_exchange *x = HTTP_EXCHANGE(req);
+    const union MHD_ConnectionInfo *ci = MHD_get_connection_info(x->conn, MHD_CONNECTION_INFO_DAEMON);
+    return x->front->tls_daemon && ci && ci->daemon == x->front->tls_daemon;
+}
+
+int http_request_from_proxy(const http_request *req) {
+    return netaddr_nets_contain(HTTP_EXCHANGE(req)->front->proxies, req->peer);
 }

@@ -45,6 +45,14 @@ typedef struct http_options {
     struct netaddr_nets *proxies;   /* borrowed; X-Forwarded-For is believed from these */
     struct policy_conns *conns;     /* borrowed; per-address connection counts */
     struct policy_hosts *hosts;     /* borrowed; the Host names served */
+    /* HTTPS (libmicrohttpd's TLS, GnuTLS underneath): listen_tls makes listen_fd speak it
+     * (HTTPS alone); tls_listen_fd, when >= 0, is a second socket that speaks it beside a
+     * plain listen_fd (ownership taken). The certificate chain and its key are PEM text,
+     * borrowed: they must outlive the front. max_connections bounds both sockets together. */
+    int listen_tls;
+    int tls_listen_fd;
+    const char *tls_cert_pem;
+    const char *tls_key_pem;
 } http_options;
 
 /* Starts a daemon on opts->listen_fd, registered in lp. dispatch(ud, req) is called once
@@ -106,6 +114,30 @@ http_response *http_response_shared(const void *data, size_t len, void (*release
 /* Adds a header; returns -1 when the name or value holds characters a header cannot carry. */
 int http_response_header(http_response *resp, const char *name, const char *value);
 
+/* ---- responses whose body is produced later (a proxied answer, an event stream) ---- */
+
+typedef struct http_stream http_stream;
+typedef void http_stream_fn(void *ud);
+
+/* Builds a response to req whose body is written with http_stream_write as it comes and
+ * finished with http_stream_end; send it with http_request_respond (bytes: 0, the access
+ * log counts what goes out). size is the body's length, or -1 when unknown (chunked). At
+ * most about `buffer` bytes wait in memory: past it writes are refused until drained(ud)
+ * is called (from the loop, never inside a write). closed(ud) is called once when the
+ * stream is over for any reason (sent, the client left, the response was dropped, the
+ * front stopped): after it, never touch the stream. Adds no header. NULL when out of
+ * memory (closed is not called then). */
+http_response *http_response_stream(http_request *req, long long size, size_t buffer, http_stream_fn *drained,
+                                    http_stream_fn *closed, void *ud, http_stream **out);
+
+/* Appends len bytes to the body. Returns 0 when taken, 1 when the buffer is full (nothing
+ * taken: wait for drained), -1 when the stream has ended or memory ran out. */
+int http_stream_write(http_stream *s, const void *data, size_t len);
+
+/* Ends the body: complete (what was written goes out, then the end), or cut (the
+ * connection closes without a proper end, so that the client sees the answer failed). */
+void http_stream_end(http_stream *s, int complete);
+
 /* Frees a response that was not sent. NULL is allowed. */
 void http_response_free(http_response *resp);
 
@@ -143,5 +175,11 @@ void http_request_fail(http_request *req, int status, const char *message);
 
 /* Answers 405 with the Allow header listing the methods allowed ("GET, HEAD"). */
 void http_request_fail_allow(http_request *req, const char *allow);
+
+/* 1 when req came over HTTPS (a TLS socket of the front). */
+int http_request_is_tls(const http_request *req);
+
+/* 1 when req's peer is a trusted proxy (its X-Forwarded-For was believed). */
+int http_request_from_proxy(const http_request *req);
 
 #endif

@@ -17,6 +17,7 @@
 #include "lrequest.h"
 #include "log.h"
 #include "lstate.h"
+#include "proxy.h"
 #include "router.h"
 #include "static.h"
 #include "url.h"
@@ -56,6 +57,7 @@ struct lhost {
     int retired;
     router *routes;
     static_mounts *statics;
+    proxy_mounts *proxies;
     const lhost_world *world;   /* where library calls run now */
     const lhost_world *own_world;   /* attached: the module's own, for blocking calls */
     lhost_waiter blocking;      /* attached: the one blocking call at a time */
@@ -210,9 +212,11 @@ static lhost *lhost_new(const lhost_options *o) {
     h->befores_ref = h->runner_ref = h->encode_ref = h->tasks_ref = LUA_NOREF;
     h->routes = router_create();
     h->statics = static_create();
-    if (!h->routes || !h->statics) {
+    h->proxies = proxy_create();
+    if (!h->routes || !h->statics || !h->proxies) {
         router_free(h->routes, NULL, NULL);
         static_free(h->statics);
+        proxy_free(h->proxies);
         free(h);
         return NULL;
     }
@@ -221,7 +225,7 @@ static lhost *lhost_new(const lhost_options *o) {
 
 int lhost_create(const lhost_options *o, lhost **out, char *err, size_t errlen) {
     lhost *h = lhost_new(o);
-    lbudget load = { 0, o->instruction_limit * LHOST_LOAD_BUDGET_FACTOR, 0 };
+    lbudget load = { .limit = o->instruction_limit * LHOST_LOAD_BUDGET_FACTOR };
     *out = NULL;
     if (!h) {
         snprintf(err, errlen, "out of memory");
@@ -246,6 +250,7 @@ int lhost_create(const lhost_options *o, lhost **out, char *err, size_t errlen) 
     lbudget *outer = lbudget_enter(&load);
     int rc = lua_pcall(L, 0, 0, -2);
     lbudget_enter(outer);
+    lstate_limit_thread(L);         /* a long load may have left the hook at every instruction */
     h->loading = 0;
     if (rc != LUA_OK) {
         snprintf(err, errlen, "%s", lhost_error_text(L, -1));
@@ -366,6 +371,7 @@ void lhost_free(lhost *h) {
     }
     router_free(h->routes, lhost_release_ref, h);
     static_free(h->statics);
+    proxy_free(h->proxies);
     free(h->pooled);
     free(h);
 }
@@ -378,7 +384,7 @@ const lhost_world *lhost_world_of(const lhost *h) { return h->world; }
 size_t lhost_running(const lhost *h) { return h->running; }
 
 void lhost_check_loading(lua_State *L, const lhost *h, const char *fn) {
-    if (!h->loading) luaL_error(L, "tokend.%s can only be called while the script loads", fn);
+    if (!h->loading) luaL_error(L, "tokend.%s: only while the script loads (not in a handler or a timer)", fn);
 }
 
 int lhost_add_route(lhost *h, lua_State *L, const char *method, const char *path, int idx, const router_opts *o,
@@ -395,6 +401,11 @@ int lhost_add_route(lhost *h, lua_State *L, const char *method, const char *path
 int lhost_add_static(lhost *h, const char *prefix, const char *dir, const static_options *o, char *err,
                      size_t errlen) {
     return static_mount(h->statics, prefix, dir, o, err, errlen);
+}
+
+int lhost_add_proxy(lhost *h, const char *prefix, const char *url, const proxy_options *o, char *err,
+                    size_t errlen) {
+    return proxy_mount(h->proxies, prefix, url, o, err, errlen);
 }
 
 void lhost_add_before(lhost *h, lua_State *L, int idx) {
@@ -480,16 +491,34 @@ drop:
     luaL_unref(h->L, LUA_REGISTRYINDEX, t->co_ref);
 }
 
+/* lua_pcall(L, nargs, 0, 0) under the task's budget: converting what a handler left (its
+ * results, req.log) may run its metamethods. */
+static int lhost_pcall_budgeted(lhost_task *t, lua_State *L, int nargs) {
+    lbudget *outer = lbudget_enter(&t->budget);
+    int rc = lua_pcall(L, nargs, 0, 0);
+    lbudget_enter(outer);
+    return rc;
+}
+
+/* lrequest_who(L, 2, argument 1): req's fields may come from a script's metamethods,
+ * which may raise or loop. */
+static int lhost_who_protected(lua_State *L) {
+    lrequest_who(L, 2, lua_touserdata(L, 1));
+    return 0;
+}
+
 /* Writes the audit line of an audited route's request that was answered without a mint
  * (refused by the script, or failed before it asked for a token). */
 static void lhost_audit_refusal(lhost_task *t) {
+    lua_State *L = t->h->L;
     audit_who who;
     memset(&who, 0, sizeof who);
     snprintf(who.client, sizeof who.client, "%s", t->req->client);
-    if (t->req_ref != LUA_NOREF && lua_checkstack(t->h->L, 8)) {
-        lua_rawgeti(t->h->L, LUA_REGISTRYINDEX, t->req_ref);
-        lrequest_who(t->h->L, -1, &who);
-        lua_pop(t->h->L, 1);
+    if (t->req_ref != LUA_NOREF && lua_checkstack(L, 8)) {
+        lua_pushcfunction(L, lhost_who_protected);
+        lua_pushlightuserdata(L, &who);
+        lua_rawgeti(L, LUA_REGISTRYINDEX, t->req_ref);
+        if (lhost_pcall_budgeted(t, L, 2) != LUA_OK) lua_pop(L, 1);
     }
     audit_refusal(&who, t->status, t->status == 500 ? "internal server error" : t->answer.reason);
 }
@@ -520,7 +549,7 @@ static void lhost_task_done(lhost_task *t) {
         lua_pushcfunction(h->L, lrequest_log_fields);
         lua_pushlightuserdata(h->L, t->req);
         lua_rawgeti(h->L, LUA_REGISTRYINDEX, t->req_ref);
-        if (lua_pcall(h->L, 2, 0, 0) != LUA_OK) lua_pop(h->L, 1);
+        if (lhost_pcall_budgeted(t, h->L, 2) != LUA_OK) lua_pop(h->L, 1);
     }
     if (t->co_ref != LUA_NOREF) lhost_pool_coroutine(h, t);
     luaL_unref(h->L, LUA_REGISTRYINDEX, t->req_ref);
@@ -537,7 +566,8 @@ static void lhost_task_done(lhost_task *t) {
 }
 
 /* Answers a request that no handler answered: HEAD of a GET route (the route exists; its
- * handler, which may mint a token, does not run for a HEAD), 405, a static file, or 404. */
+ * handler, which may mint a token, does not run for a HEAD), 405, a proxied backend's
+ * answer, a static file, or 404. */
 static void lhost_answer_unhandled(lhost *h, http_request *req, int route_status, const char *allow) {
     if (route_status == ROUTER_FOUND) {
         http_response *resp = http_response_bytes("", 0, NULL);
@@ -545,6 +575,8 @@ static void lhost_answer_unhandled(lhost *h, http_request *req, int route_status
         http_request_respond(req, 200, resp, 0);
     } else if (route_status == ROUTER_METHOD_NOT_ALLOWED) {
         http_request_fail_allow(req, allow);
+    } else if (proxy_serve(h->proxies, h->world->client, req)) {
+        return;
     } else if (static_serve(h->statics, req)) {
         snprintf(req->route, sizeof req->route, "static");
     } else {
@@ -658,7 +690,7 @@ static void lhost_finish(lhost_task *t, int nres) {
     t->answer.encode_ref = t->h->encode_ref;
     lua_pushlightuserdata(co, &t->answer);
     lua_rotate(co, -(nres + 2), 2);
-    if (lua_pcall(co, nres + 1, 0, 0) != LUA_OK) {
+    if (lhost_pcall_budgeted(t, co, nres + 1) != LUA_OK) {
         char why[600];
         snprintf(why, sizeof why, "%s", lhost_error_text(co, -1));
         lhost_fail(t, why);

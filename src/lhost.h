@@ -7,9 +7,11 @@
 #include "http.h"
 #include "loop.h"
 #include "policy.h"
+#include "proxy.h"
 #include "router.h"
 #include "static.h"
 #include "upstream.h"
+#include "url.h"
 
 typedef struct lua_State lua_State;
 typedef struct lhost lhost;
@@ -28,6 +30,11 @@ typedef struct lhost_info {
     int worker;
     int api_key_configured;
     int redis_configured;
+    const url_region *regions;      /* AssemblyAI's data zones by name (ASSEMBLYAI_REGION_URLS) */
+    size_t nregions;
+    const url_endpoints *agents;    /* the Voice Agent API's endpoints (ASSEMBLYAI_AGENTS_URL) */
+    int tls_port;               /* the port that speaks HTTPS, 0 when none */
+    int dev;                    /* the development server (--dev) */
 } lhost_info;
 
 /* What a state's library calls reach: the worker's loop and clients, and the state all
@@ -82,7 +89,7 @@ void lhost_enter(lhost *h, const lhost_world *w);
  * their requests are answered by the HTTP front's own shutdown. NULL is allowed. */
 void lhost_free(lhost *h);
 
-/* Answers one HTTP request: before hooks, routes, static files (an http_dispatch_fn). */
+/* Answers one HTTP request: before hooks, routes, proxies, static files (an http_dispatch_fn). */
 void lhost_dispatch(void *h, http_request *req);
 
 /* Requests and tasks still running or waiting. */
@@ -119,6 +126,10 @@ int lhost_add_route(lhost *h, lua_State *L, const char *method, const char *path
 /* Serves the files under dir for paths under prefix. Returns 0, or -1 with err set. */
 int lhost_add_static(lhost *h, const char *prefix, const char *dir, const static_options *o, char *err,
                      size_t errlen);
+
+/* Forwards the requests under prefix to the backend at url. Returns 0, or -1 with err set. */
+int lhost_add_proxy(lhost *h, const char *prefix, const char *url, const proxy_options *o, char *err,
+                    size_t errlen);
 
 /* Appends the function at stack index idx to the before hooks. */
 void lhost_add_before(lhost *h, lua_State *L, int idx);

@@ -15,6 +15,8 @@
     X(ljwtlib_open)         /* jwt */ \
     X(lredislib_open)       /* redis */ \
     X(lpoollib_open)        /* pool */ \
+    X(lsecretlib_open)      /* secret */ \
+    X(lproxylib_open)       /* proxy */ \
     X(lrelaylib_open)       /* relay */
 
 #define LINIT_DECLARE(open) llib_open_fn open;

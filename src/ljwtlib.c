@@ -10,6 +10,7 @@
 #include "crypto.h"
 #include "ljwks.h"
 #include "llib.h"
+#include "lsecret.h"
 
 #define LJWT_MAX_BYTES 8192             /* tokens longer than this are refused unread */
 #define LJWT_LEEWAY_S 30                /* clock skew allowed on exp and nbf */
@@ -323,6 +324,17 @@ static int ljwt_split(lua_State *L, const char *text, size_t len, ljwt_token *t)
     return 0;
 }
 
+/* opts.secret (opts at index 2) as bytes: a string, or a secret handle's, which stay in
+ * C (tokend.secret). NULL when there is none. */
+static const char *ljwt_opt_secret(lua_State *L, size_t *len) {
+    const char *v = llib_field_string(L, 2, NULL, "secret", len);
+    if (v) return v;
+    lua_getfield(L, 2, "secret");
+    const secret *s = lsecret_test(L, -1);
+    lua_pop(L, 1);
+    return s ? secret_value(s, len) : NULL;
+}
+
 /* 1 for the algorithms of a secret: HS256, HS384, HS512. */
 static int ljwt_is_hmac(const char *alg) {
     return strcmp(alg, "HS256") == 0 || strcmp(alg, "HS384") == 0 || strcmp(alg, "HS512") == 0;
@@ -441,7 +453,7 @@ static int ljwt_check_claims(lua_State *L, const ljwt_token *t) {
  * secret of opts; pushes the claims, or nil, why and the kind of failure. */
 static int ljwt_check(lua_State *L, const ljwt_token *t, ljwt_keyset *ks) {
     size_t slen = 0;
-    const char *secret = llib_field_string(L, 2, NULL, "secret", &slen);
+    const char *secret = ljwt_opt_secret(L, &slen);
     if (secret) {
         if (!crypto_jws_verify(t->alg, NULL, secret, slen, t->text, t->signed_len, t->sig, t->sig_len))
             return ljwt_fail(L, "bad_signature", "the token's signature is not valid");
@@ -575,7 +587,7 @@ static int ljwt_verify(lua_State *L) {
     const char *text = lua_tolstring(L, 1, &len);
     double max_bytes = llib_opt_number(L, 2, "max_bytes", LJWT_MAX_BYTES, "tokend.jwt");
     size_t secretlen = 0;
-    const char *secret = llib_field_string(L, 2, NULL, "secret", &secretlen);
+    const char *secret = ljwt_opt_secret(L, &secretlen);
     const char *url = llib_field_string(L, 2, NULL, "jwks_url", NULL);
     lua_getfield(L, 2, "keys");
     int has_keys = !lua_isnil(L, -1);
@@ -604,7 +616,7 @@ static int ljwt_sign(lua_State *L) {
     lua_settop(L, 2);
     size_t klen = 0, slen = 0;
     const char *pem = llib_field_string(L, 2, NULL, "private_key", &klen);
-    const char *secret = llib_field_string(L, 2, NULL, "secret", &slen);
+    const char *secret = ljwt_opt_secret(L, &slen);
     const char *alg = llib_field_string(L, 2, NULL, "alg", NULL);
     const char *kid = llib_field_string(L, 2, NULL, "kid", NULL);
     char err[200];

@@ -36,7 +36,7 @@ double llib_opt_number(lua_State *L, int t, const char *field, double dflt, cons
     lua_getfield(L, t, field);
     double v = dflt;
     if (!lua_isnil(L, -1)) {
-        if (!lua_isnumber(L, -1)) luaL_error(L, "%s option %s must be a number", what, field);
+        if (!lua_isnumber(L, -1)) luaL_error(L, "%s: option %s must be a number", what, field);
         v = lua_tonumber(L, -1);
     }
     lua_pop(L, 1);

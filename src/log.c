@@ -24,7 +24,8 @@ static int log_min_level = LOG_INFO;
 static int log_json = 0;
 static tokend_log_fn *log_sink = NULL;
 static void *log_sink_ud = NULL;
-static pthread_mutex_t log_lock = PTHREAD_MUTEX_INITIALIZER;   /* the secret and the throttles */
+static pthread_mutex_t log_lock = PTHREAD_MUTEX_INITIALIZER;   /* the throttles */
+static pthread_rwlock_t log_secrets_lock = PTHREAD_RWLOCK_INITIALIZER;   /* the secrets redacted */
 
 static const char *const log_level_names[] = { "debug", "info", "warn", "error" };
 
@@ -36,14 +37,18 @@ typedef struct log_secret {
     uint64_t grams[LOG_GRAM_SLOTS];     /* 0 = empty slot */
 } log_secret;
 
+/* The secrets redacted from every line: the API key (log_set_secret), then the others
+ * (log_add_secret). */
 static log_secret log_registered;
+static log_secret *log_more;
+static size_t log_nmore;
 
 /* ---- redaction ---- */
 
 static uint64_t log_gram(const char *p) {
     uint64_t g = 0;
     for (int i = 0; i < LOG_FRAGMENT; i++) g = (g << 8) | (uint8_t)tolower((unsigned char)p[i]);
-    return g;           /* never 0, the empty slot: a C string has no NUL inside */
+    return g;
 }
 
 static size_t log_gram_slot(uint64_t g) {
@@ -51,6 +56,7 @@ static size_t log_gram_slot(uint64_t g) {
 }
 
 static int log_gram_known(const log_secret *s, uint64_t g) {
+    if (!g) return 0;       /* eight NUL bytes (the empty slot's value): a secret has no NUL */
     for (size_t i = log_gram_slot(g);; i = (i + 1) & (LOG_GRAM_SLOTS - 1)) {
         if (s->grams[i] == g) return 1;
         if (!s->grams[i]) return 0;
@@ -78,34 +84,82 @@ static void log_secret_clear(log_secret *s) {
     explicit_bzero(s, sizeof *s);
 }
 
-/* Length of the secret's text found at src (case-insensitive): a piece of LOG_FRAGMENT or
- * more characters of it, or the whole of a shorter secret; 0 when there is none. */
-static size_t log_secret_at(const log_secret *s, const char *src, size_t left) {
+/* The secrets one scrub looks for: first (may be empty), then more[0..nmore). */
+typedef struct log_secret_set {
+    const log_secret *first;
+    const log_secret *more;
+    size_t nmore;
+} log_secret_set;
+
+/* Length of a secret's text found at src (case-insensitive): a piece of LOG_FRAGMENT or
+ * more characters of it, or the whole of a shorter secret; 0 when there is none. gram is
+ * log_gram(src) when left >= LOG_FRAGMENT. */
+static size_t log_secret_at(const log_secret *s, const char *src, size_t left, uint64_t gram) {
     if (!s->len) return 0;
     if (s->len < LOG_FRAGMENT)
         return left >= s->len && strncasecmp(src, s->text, s->len) == 0 ? s->len : 0;
-    if (left < LOG_FRAGMENT || !log_gram_known(s, log_gram(src))) return 0;
+    if (left < LOG_FRAGMENT || !log_gram_known(s, gram)) return 0;
     size_t n = LOG_FRAGMENT;
     while (n < left && log_gram_known(s, log_gram(src + n - LOG_FRAGMENT + 1))) n++;
     return n;
 }
 
-/* Copies src into dst with the secret's text replaced by "[redacted]". */
-static char *log_scrub_with(char *dst, size_t dstlen, const char *src, const log_secret *s) {
-    size_t o = 0, left = strlen(src);
-    if (dstlen == 0) return dst;
-    while (left && o + 1 < dstlen) {
-        size_t n = log_secret_at(s, src, left);
-        if (n) {
-            for (const char *r = "[redacted]"; *r && o + 1 < dstlen; r++) dst[o++] = *r;
-        } else {
-            dst[o++] = *src;
-            n = 1;
-        }
-        src += n;
-        left -= n;
+/* The longest text of any secret of the set found at src, 0 when there is none. */
+static size_t log_set_at(const log_secret_set *set, const char *src, size_t left, uint64_t gram) {
+    size_t best = set->first ? log_secret_at(set->first, src, left, gram) : 0;
+    for (size_t i = 0; i < set->nmore; i++) {
+        size_t n = log_secret_at(&set->more[i], src, left, gram);
+        if (n > best) best = n;
     }
-    dst[o] = '\0';
+    return best;
+}
+
+/* Where the secrets of set appear in src[0..len): calls piece(ud, text, n, redacted) for
+ * each run of text and each secret found, in order; a secret's piece is "[redacted]".
+ * Stops early when piece returns nonzero. Returns the number of secrets found. */
+typedef int log_piece_fn(void *ud, const char *text, size_t n);
+static size_t log_scan(const log_secret_set *set, const char *src, size_t len, log_piece_fn *piece, void *ud) {
+    size_t found = 0, run = 0, i = 0;
+    uint64_t gram = len >= LOG_FRAGMENT ? log_gram(src) : 0;
+    while (i < len) {
+        size_t n = log_set_at(set, src + i, len - i, gram);
+        if (!n) {
+            run++;
+            i++;
+            if (len - i >= LOG_FRAGMENT) gram = (gram << 8) | (uint8_t)tolower((unsigned char)src[i + LOG_FRAGMENT - 1]);
+            continue;
+        }
+        found++;
+        if ((run && piece(ud, src + i - run, run)) || piece(ud, "[redacted]", 10)) return found;
+        run = 0;
+        i += n;
+        if (len - i >= LOG_FRAGMENT) gram = log_gram(src + i);
+    }
+    if (run) piece(ud, src + len - run, run);
+    return found;
+}
+
+/* A piece into a bounded C string (the rest is cut). */
+typedef struct log_cut {
+    char *dst;
+    size_t cap, len;
+} log_cut;
+
+static int log_cut_piece(void *ud, const char *text, size_t n) {
+    log_cut *c = ud;
+    size_t room = c->cap - 1 - c->len;
+    if (n > room) n = room;
+    memcpy(c->dst + c->len, text, n);
+    c->len += n;
+    return c->len + 1 >= c->cap;
+}
+
+/* Copies src into dst with the secrets of set replaced by "[redacted]". */
+static char *log_scrub_with(char *dst, size_t dstlen, const char *src, const log_secret_set *set) {
+    log_cut c = { dst, dstlen, 0 };
+    if (dstlen == 0) return dst;
+    log_scan(set, src, strlen(src), log_cut_piece, &c);
+    dst[c.len] = '\0';
     return dst;
 }
 
@@ -115,23 +169,102 @@ char *log_scrub(char *dst, size_t dstlen, const char *src, const char *secret) {
         if (dstlen) snprintf(dst, dstlen, "[redacted]");
         return dst;
     }
-    log_scrub_with(dst, dstlen, src, &s);
+    log_secret_set set = { &s, NULL, 0 };
+    log_scrub_with(dst, dstlen, src, &set);
     log_secret_clear(&s);
     return dst;
 }
 
 char *log_redact(char *dst, size_t dstlen, const char *src) {
-    pthread_mutex_lock(&log_lock);
-    log_scrub_with(dst, dstlen, src, &log_registered);
-    pthread_mutex_unlock(&log_lock);
+    pthread_rwlock_rdlock(&log_secrets_lock);
+    log_secret_set set = { &log_registered, log_more, log_nmore };
+    log_scrub_with(dst, dstlen, src, &set);
+    pthread_rwlock_unlock(&log_secrets_lock);
     return dst;
 }
 
+/* A piece into a growing buffer. */
+typedef struct log_grow {
+    char *data;
+    size_t len, cap;
+    int failed;
+} log_grow;
+
+static int log_grow_piece(void *ud, const char *text, size_t n) {
+    log_grow *g = ud;
+    if (g->len + n + 1 > g->cap) {
+        size_t cap = g->cap ? g->cap : 256;
+        while (cap < g->len + n + 1) cap *= 2;
+        char *d = malloc(cap);
+        if (!d) {
+            g->failed = 1;
+            return 1;
+        }
+        if (g->len) memcpy(d, g->data, g->len);
+        if (g->data) explicit_bzero(g->data, g->len);
+        free(g->data);
+        g->data = d;
+        g->cap = cap;
+    }
+    memcpy(g->data + g->len, text, n);
+    g->len += n;
+    g->data[g->len] = '\0';
+    return 0;
+}
+
+/* A piece that only counts. */
+static int log_none_piece(void *ud, const char *text, size_t n) {
+    (void)ud;
+    (void)text;
+    (void)n;
+    return 1;       /* the first secret found is enough */
+}
+
+int log_redact_mem(const char *src, size_t len, char **out, size_t *outlen) {
+    int rc = 0;
+    log_grow g = { NULL, 0, 0, 0 };
+    *out = NULL;
+    *outlen = 0;
+    pthread_rwlock_rdlock(&log_secrets_lock);
+    log_secret_set set = { &log_registered, log_more, log_nmore };
+    if (log_scan(&set, src, len, log_none_piece, NULL)) {
+        log_scan(&set, src, len, log_grow_piece, &g);
+        rc = g.failed ? -1 : 1;
+    }
+    pthread_rwlock_unlock(&log_secrets_lock);
+    if (rc == 1 && !g.data) log_grow_piece(&g, "", 0);     /* all of it was a secret */
+    if (rc == 1 && g.failed) rc = -1;
+    if (rc < 0) {
+        if (g.data) explicit_bzero(g.data, g.len);
+        free(g.data);
+        return -1;
+    }
+    *out = g.data;
+    *outlen = g.len;
+    return rc;
+}
+
 void log_set_secret(const char *secret) {
-    pthread_mutex_lock(&log_lock);
+    pthread_rwlock_wrlock(&log_secrets_lock);
     log_secret_clear(&log_registered);
     log_secret_init(&log_registered, secret);
-    pthread_mutex_unlock(&log_lock);
+    pthread_rwlock_unlock(&log_secrets_lock);
+}
+
+int log_add_secret(const char *secret) {
+    int rc = -1;
+    if (!secret || !*secret) return 0;
+    pthread_rwlock_wrlock(&log_secrets_lock);
+    log_secret *more = realloc(log_more, (log_nmore + 1) * sizeof *more);
+    if (more) {
+        log_more = more;
+        if (log_secret_init(&log_more[log_nmore], secret) == 0) {
+            log_nmore++;
+            rc = 0;
+        }
+    }
+    pthread_rwlock_unlock(&log_secrets_lock);
+    return rc;
 }
 
 /* ---- settings ---- */
@@ -158,7 +291,10 @@ int log_level_from_name(const char *name) {
 
 /* ---- lines ---- */
 
-size_t log_escape(char *buf, size_t off, size_t cap, const char *s) {
+/* Appends s to buf[off..cap) with line breaks written as \n and \r and other control
+ * characters as \xNN, so that no text can start a log line of its own. Returns the new
+ * offset; buf stays NUL-terminated. */
+static size_t log_escape(char *buf, size_t off, size_t cap, const char *s) {
     for (; *s && off + 5 < cap; s++) {
         unsigned char c = (unsigned char)*s;
         if (c == '\n') off += (size_t)snprintf(buf + off, cap - off, "\\n");

@@ -41,6 +41,11 @@ void log_set_sink(tokend_log_fn *sink, void *ud);
  * The string is copied. Passing NULL or "" clears it. */
 void log_set_secret(const char *secret);
 
+/* Registers one more secret redacted from every line from now on, and by log_redact and
+ * log_redact_mem (tokend.secret's values): the string is copied. Returns 0, or -1 when out
+ * of memory. NULL or "" adds nothing. */
+int log_add_secret(const char *secret);
+
 /* Returns 1 when a message of this level would be written. */
 int log_enabled(int level);
 
@@ -55,11 +60,6 @@ void log_throttled(int level, const char *kind, const char *fmt, ...) __attribut
 
 /* Reports the counts of throttled messages whose second is over; call about once a second. */
 void log_throttled_flush(void);
-
-/* Appends s to buf[off..cap) with line breaks written as \n and \r and other control
- * characters as \xNN, so that no text can start a log line of its own. Returns the new
- * offset; buf stays NUL-terminated. */
-size_t log_escape(char *buf, size_t off, size_t cap, const char *s);
 
 /* Writes one line of type ("log", "audit") with msg and fields: JSON keys in JSON mode,
  * key=value pairs in text mode. Keys are reduced to letters, digits, '_', '-' and '.';
@@ -86,7 +86,13 @@ int log_level_from_name(const char *name);
  * fragment cut short of 8 characters is kept. Returns dst. */
 char *log_scrub(char *dst, size_t dstlen, const char *src, const char *secret);
 
-/* log_scrub with the registered secret. Returns dst. */
+/* log_scrub with every registered secret (tokend.http.request's error texts). Returns dst. */
 char *log_redact(char *dst, size_t dstlen, const char *src);
+
+/* log_redact for bytes that may hold NULs (an HTTP answer's body): 0 when src[0..len)
+ * holds no registered secret (*out NULL), 1 with *out a malloc'd NUL-terminated copy in
+ * which each is "[redacted]" (*outlen its length; the caller frees it), -1 when out of
+ * memory. */
+int log_redact_mem(const char *src, size_t len, char **out, size_t *outlen);
 
 #endif

@@ -8,6 +8,7 @@
 #include "fetch.h"
 #include "llib.h"
 #include "log.h"
+#include "lsecret.h"
 #include "metrics.h"
 #include "pool.h"
 #include "shdict.h"
@@ -17,13 +18,25 @@ static const char *const lops_levels[] = { "debug", "info", "warn", "error" };
 
 #define LOPS_LOG_FIELDS 32     /* fields of one log line, at most */
 
+/* Raises when an argument of a log call, or a value of its fields table, is a secret. */
+static void lops_refuse_secrets(lua_State *L, int n, int fields) {
+    for (int i = 1; i <= n; i++) lsecret_refuse(L, i, "tokend.log");
+    if (!fields) return;
+    lua_pushnil(L);
+    while (lua_next(L, fields)) {
+        lsecret_refuse(L, -1, "tokend.log");
+        lua_pop(L, 1);
+    }
+}
+
 /* tokend.log.<level>(...): arguments joined by spaces, like print; a table as the last
  * argument holds fields, written as JSON keys or key=value pairs. */
 static int lops_log(lua_State *L) {
     int level = (int)lua_tointeger(L, lua_upvalueindex(1));
     int n = lua_gettop(L);
-    if (!log_enabled(level)) return 0;
     int fields = n > 0 && lua_type(L, n) == LUA_TTABLE && !luaL_getmetafield(L, n, "__tostring") ? n : 0;
+    lops_refuse_secrets(L, n, fields);      /* at every level: a mistake shows at once */
+    if (!log_enabled(level)) return 0;
     luaL_Buffer b;
     luaL_buffinit(L, &b);
     for (int i = 1; i <= n - (fields != 0); i++) {
@@ -65,6 +78,8 @@ static int lops_env(lua_State *L) {
     const char *name = luaL_checkstring(L, 1);
     if (strcmp(name, "ASSEMBLYAI_API_KEY") == 0)
         return luaL_error(L, "tokend.env: the API key stays out of Lua (it lives in C memory only)");
+    if (secret_find(name))
+        return luaL_error(L, "tokend.env: %s is a secret (tokend.secret): its bytes stay out of Lua", name);
     const lhost_world *w = lhost_world_of(h);
     const char *v = getenv(name);
     const char *in_file = w->env ? envfile_read(w->env, name) : NULL;
@@ -86,7 +101,7 @@ typedef struct lops_config_field {
     int boolean;                /* 0 or 1 for a boolean, -1 otherwise */
 } lops_config_field;
 
-#define LOPS_CONFIG_FIELDS 12
+#define LOPS_CONFIG_FIELDS 14
 
 /* tokend.config's values for the world the host runs in now: the Lua module's own, or a
  * server's once it serves (its real host and port). */
@@ -98,7 +113,7 @@ static void lops_config_fields(lua_State *L, lops_config_field out[LOPS_CONFIG_F
         { "token_url", in->token_url, 0, -1 }, { "websocket_url", in->websocket_url, 0, -1 },
         { "workers", NULL, in->workers, -1 }, { "worker", NULL, in->worker, -1 },
         { "api_key_configured", NULL, 0, in->api_key_configured }, { "redis", NULL, 0, in->redis_configured },
-        { "version", TOKEND_VERSION, 0, -1 },
+        { "version", TOKEND_VERSION, 0, -1 }, { "tls_port", NULL, in->tls_port, -1 }, { "dev", NULL, 0, in->dev },
     };
     memcpy(out, fields, sizeof fields);
 }

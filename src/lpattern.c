@@ -83,6 +83,7 @@ static int lpattern_class(int c, int cl) {
     case 'u': in = isupper(c); break;
     case 'w': in = isalnum(c); break;
     case 'x': in = isxdigit(c); break;
+    case 'z': in = c == 0; break;      /* NUL: deprecated in Lua 5.2, still in 5.4's lstrlib.c */
     default: return cl == c;
     }
     return cl <= 'Z' ? !in : in != 0;      /* cl is one of the letters above */
@@ -343,8 +344,9 @@ static int lpattern_find_or_match(lua_State *L, int find) {
         return 1;
     }
     if (find && (lua_toboolean(L, 4) || !lpattern_has_specials(p, lp))) {
+        if (lbudget_charge((long)((ls - init) / 64)) < 0)       /* memmem is linear */
+            return luaL_error(L, LBUDGET_ERROR " (in a string pattern search)");
         const char *hit = lp == 0 ? s + init : memmem(s + init, ls - init, p, lp);
-        lbudget_charge((long)((ls - init) / 64));        /* memmem is linear */
         if (hit) {
             lua_pushinteger(L, (hit - s) + 1);
             lua_pushinteger(L, (lua_Integer)((hit - s) + (ptrdiff_t)lp));

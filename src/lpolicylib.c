@@ -8,7 +8,7 @@
 #include "llib.h"
 #include "log.h"
 #include "loop.h"
-#include "lredislib.h"
+#include "lredis.h"
 #include "metrics.h"
 
 #define LPOLICY_LIMITER "tokend.limiter"
@@ -66,14 +66,14 @@ static int lpolicy_limiter_new(lua_State *L) {
     lhost *h = LLIB_HOST(L);
     char err[200];
     luaL_checktype(L, 1, LUA_TTABLE);
-    lhost_check_loading(L, h, "limiter");
+    lhost_check_loading(L, h, "tokend.limiter");
     lua_getfield(L, 1, "name");
     const char *name = lua_tostring(L, -1);
     luaL_argcheck(L, name != NULL, 1, "name (a string) is required");
-    double rate = llib_opt_number(L, 1, "rate", -1, "limiter");
-    double per = llib_opt_number(L, 1, "per", 60, "limiter");
-    double burst = llib_opt_number(L, 1, "burst", rate, "limiter");
-    double max_keys = llib_opt_number(L, 1, "max_keys", 0, "limiter");
+    double rate = llib_opt_number(L, 1, "rate", -1, "tokend.limiter");
+    double per = llib_opt_number(L, 1, "per", 60, "tokend.limiter");
+    double burst = llib_opt_number(L, 1, "burst", rate, "tokend.limiter");
+    double max_keys = llib_opt_number(L, 1, "max_keys", 0, "tokend.limiter");
     luaL_argcheck(L, max_keys == 0 || (max_keys >= 1 && max_keys <= 1e8 && max_keys == floor(max_keys)), 1,
                   "max_keys must be a whole number of clients, 1..100000000");
     lua_getfield(L, 1, "store");
@@ -88,9 +88,9 @@ static int lpolicy_limiter_new(lua_State *L) {
     luaL_argcheck(L, on_error_index >= 0, 1, "on_store_error must be \"local\", \"allow\" or \"deny\"");
     const lhost_world *world = lhost_world_of(h);
     if (strcmp(store, "redis") == 0 && !world->info->redis_configured)
-        return luaL_error(L, "limiter \"%s\": store = \"redis\" needs TOKEND_REDIS_URL", name);
+        return luaL_error(L, "tokend.limiter: limiter \"%s\": store = \"redis\" needs TOKEND_REDIS_URL", name);
     int id = policy_limiter(world->buckets, name, rate, per, burst, (size_t)max_keys, err, sizeof err);
-    if (id < 0) return luaL_error(L, "%s", err);
+    if (id < 0) return luaL_error(L, "tokend.limiter: %s", err);
     lpolicy_limiter *lim = lua_newuserdatauv(L, sizeof *lim, 0);
     memset(lim, 0, sizeof *lim);
     lim->h = h;
@@ -183,13 +183,14 @@ static int lpolicy_origins_new(lua_State *L) {
     for (lua_Integer i = 1; i <= n; i++) {
         lua_geti(L, 1, i);
         pats[i - 1] = lua_tostring(L, -1);
-        if (!pats[i - 1]) return luaL_error(L, "origin %d is not a string", (int)i);
+        if (!pats[i - 1]) return luaL_error(L, "tokend.origins: origin %d is not a string", (int)i);
         lua_pop(L, 1);      /* the string stays alive: the table holds it */
     }
     lpolicy_origins *o = lua_newuserdatauv(L, sizeof *o, 0);
     o->list = NULL;
     luaL_setmetatable(L, LPOLICY_ORIGINS);
-    if (policy_origins_parse(pats, (size_t)n, &o->list, err, sizeof err) < 0) return luaL_error(L, "%s", err);
+    if (policy_origins_parse(pats, (size_t)n, &o->list, err, sizeof err) < 0)
+        return luaL_error(L, "tokend.origins: %s", err);
     return 1;
 }
 
@@ -197,7 +198,9 @@ static int lpolicy_origins_new(lua_State *L) {
 static int lpolicy_origin_of(lua_State *L, lpolicy_origins *o, const char **origin) {
     luaL_checktype(L, 2, LUA_TTABLE);
     *origin = llib_field_string(L, 2, "headers", "origin", NULL);
-    return policy_origin_check(o->list, *origin, llib_field_string(L, 2, "headers", "host", NULL), "http");
+    const char *scheme = llib_field_string(L, 2, NULL, "scheme", NULL);
+    return policy_origin_check(o->list, *origin, llib_field_string(L, 2, "headers", "host", NULL),
+                               scheme && strcmp(scheme, "https") == 0 ? "https" : "http");
 }
 
 /* origins:check(req) -> headers (CORS headers to add, maybe none) | nil, err */

@@ -7,7 +7,7 @@
 #include "llib.h"
 #include "log.h"
 #include "loop.h"
-#include "ltokenlib.h"
+#include "ltoken.h"
 #include "metrics.h"
 #include "pool.h"
 

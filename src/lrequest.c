@@ -25,12 +25,14 @@ static void lrequest_lower_push(lua_State *L, const char *s) {
     if (low != small) lua_remove(L, -2);
 }
 
+/* Adds a request header to the table on top: repeats are joined with ", " (RFC 9110 5.3),
+ * Cookie lines with "; " (RFC 6265 5.4: one cookie-string). */
 static void lrequest_add_header(void *ud, const char *name, const char *value) {
     lua_State *L = ud;
     lrequest_lower_push(L, name);
     lua_pushvalue(L, -1);
     if (lua_rawget(L, -3) == LUA_TSTRING) {
-        lua_pushstring(L, ", ");
+        lua_pushstring(L, strcasecmp(name, "Cookie") == 0 ? "; " : ", ");
         lua_pushstring(L, value);
         lua_concat(L, 3);
     } else {
@@ -66,6 +68,8 @@ int lrequest_push(lua_State *L, http_request *req, const router_result *match, s
     lua_setfield(L, -2, "remote_addr");
     lua_pushstring(L, req->client);
     lua_setfield(L, -2, "client");
+    lua_pushstring(L, http_request_is_tls(req) ? "https" : "http");
+    lua_setfield(L, -2, "scheme");
     lua_pushlstring(L, req->body ? req->body : "", req->body_len);
     lua_setfield(L, -2, "body");
 

@@ -42,20 +42,27 @@ static int lroute_route(lua_State *L) {
     lhost_check_loading(L, h, "route");
     luaL_argcheck(L, mlen > 0 && mlen < sizeof upper, 1, "not an HTTP method");
     for (size_t i = 0; i <= mlen; i++) upper[i] = (char)toupper((unsigned char)method[i]);
-    if (lhost_add_route(h, L, upper, path, 3, &opts, err, sizeof err) < 0) return luaL_error(L, "%s", err);
+    if (lhost_add_route(h, L, upper, path, 3, &opts, err, sizeof err) < 0) return luaL_error(L, "tokend.route: %s", err);
     return 0;
 }
 
-/* The Content-Security-Policy HTML pages get unless the script says otherwise: the page's
- * own origin for everything, and the streaming WebSocket's origin to connect to. */
-static void lroute_push_default_csp(lua_State *L, const lhost_info *info) {
-    const char *ws = info->websocket_url;
+/* Adds the origin of the WebSocket URL ws (scheme and authority) to b, after a space. */
+static void lroute_add_origin(luaL_Buffer *b, const char *ws) {
     const char *host = strstr(ws, "://");
     size_t origin = host ? (size_t)(host + 3 - ws) + strcspn(host + 3, "/") : strlen(ws);
+    luaL_addchar(b, ' ');
+    luaL_addlstring(b, ws, origin);
+}
+
+/* The Content-Security-Policy HTML pages get unless the script says otherwise: the page's
+ * own origin for everything, and the streaming WebSocket's origins to connect to (the
+ * default one and the data zones'). */
+static void lroute_push_default_csp(lua_State *L, const lhost_info *info) {
     luaL_Buffer b;
     luaL_buffinit(L, &b);
-    luaL_addstring(&b, "default-src 'self'; connect-src 'self' ");
-    luaL_addlstring(&b, ws, origin);
+    luaL_addstring(&b, "default-src 'self'; connect-src 'self'");
+    lroute_add_origin(&b, info->websocket_url);
+    for (size_t i = 0; i < info->nregions; i++) lroute_add_origin(&b, info->regions[i].endpoints.websocket_url);
     luaL_addstring(&b, "; object-src 'none'; base-uri 'self'; form-action 'self'; frame-ancestors 'none'");
     luaL_pushresult(&b);
 }
@@ -65,6 +72,7 @@ static void lroute_push_default_csp(lua_State *L, const lhost_info *info) {
 static void lroute_static_options(lua_State *L, lhost *h, static_options *o) {
     o->max_age = -1;
     o->index = "index.html";
+    o->live_reload = lhost_world_of(h)->info->dev;
     if (lua_isnil(L, 3) || lua_getfield(L, 3, "csp") == LUA_TNIL) {
         lroute_push_default_csp(L, lhost_world_of(h)->info);
     } else if (lua_isboolean(L, -1) && !lua_toboolean(L, -1)) {
@@ -86,6 +94,10 @@ static void lroute_static_options(lua_State *L, lhost *h, static_options *o) {
                       "index must be a file name or false");
         o->index = lua_tostring(L, -1);
     }
+    if (lua_getfield(L, 3, "fallback") != LUA_TNIL) {
+        luaL_argcheck(L, lua_type(L, -1) == LUA_TSTRING, 3, "fallback must be a file's path in the folder");
+        o->fallback = lua_tostring(L, -1);
+    }
     if (lua_getfield(L, 3, "immutable") != LUA_TNIL) {
         luaL_argcheck(L, lua_istable(L, -1), 3, "immutable must be a list of Lua patterns");
         lua_Integer n = (lua_Integer)lua_rawlen(L, -1);
@@ -95,14 +107,16 @@ static void lroute_static_options(lua_State *L, lhost *h, static_options *o) {
             lua_rawgeti(L, -1, i);
             const char *pat = lua_tolstring(L, -1, &len);
             luaL_argcheck(L, lua_type(L, -1) == LUA_TSTRING, 3, "immutable patterns are strings");
-            if (lpattern_search("/", 1, pat, len, 100000) < 0) luaL_error(L, "immutable pattern \"%s\" is malformed", pat);
+            if (lpattern_search("/", 1, pat, len, 100000) < 0)
+                luaL_error(L, "tokend.static: immutable pattern \"%s\" is malformed", pat);
             o->immutable[o->nimmutable++] = pat;
             lua_pop(L, 1);      /* the list keeps it alive */
         }
     }
 }
 
-/* tokend.static(prefix, dir[, {csp = "..." | false, max_age = s, immutable = {...}, index = "..." | false}]) */
+/* tokend.static(prefix, dir[, {csp = "..." | false, max_age = s, immutable = {...}, index = "..." | false,
+ * fallback = "index.html"}]) */
 static int lroute_static(lua_State *L) {
     lhost *h = LLIB_HOST(L);
     const char *prefix = luaL_checkstring(L, 1);
@@ -114,7 +128,7 @@ static int lroute_static(lua_State *L) {
     if (!lua_isnoneornil(L, 3)) luaL_checktype(L, 3, LUA_TTABLE);
     lua_settop(L, 3);
     lroute_static_options(L, h, &o);
-    if (lhost_add_static(h, prefix, dir, &o, err, sizeof err) < 0) return luaL_error(L, "%s", err);
+    if (lhost_add_static(h, prefix, dir, &o, err, sizeof err) < 0) return luaL_error(L, "tokend.static: %s", err);
     return 0;
 }
 

@@ -6,7 +6,7 @@
 
 #include "llib.h"
 #include "loop.h"
-#include "lredislib.h"
+#include "lredis.h"
 #include "shdict.h"
 
 #define LSHARED_CLASS "tokend.shared"
@@ -202,7 +202,7 @@ static const char *lshared_redis_encode(lua_State *L, const shdict_value *v, siz
         lua_concat(L, 2);
         break;
     case SHDICT_NUMBER:
-        if (!isfinite(v->n)) luaL_error(L, "a dictionary in Redis keeps finite numbers only");
+        if (!isfinite(v->n)) luaL_error(L, "tokend.shared: a dictionary in Redis keeps finite numbers only");
         lredis_number(v->n, num);
         lua_pushstring(L, num);
         break;

@@ -9,6 +9,7 @@
 #include <lualib.h>
 #include <lua-cjson.h>
 
+#include "lguard.h"
 #include "lpattern.h"
 #include "lstate.h"
 
@@ -16,6 +17,7 @@
 #define LSTATE_SMALL_MAX 256             /* blocks up to this size are recycled by the state */
 #define LSTATE_SMALL_STEP 16
 #define LSTATE_CLASSES (LSTATE_SMALL_MAX / LSTATE_SMALL_STEP)
+#define LSTATE_ALLOC_BYTES 64            /* bytes of a large block per instruction of the budget */
 
 extern int luaopen_cjson_safe(lua_State *L);
 
@@ -57,7 +59,11 @@ static void lstate_block_put(lstate_heap *hp, void *p, size_t n) {
     hp->free_blocks[lstate_class(n)] = b;
 }
 
-/* lua_Alloc with the state's memory cap. Never fails a shrink (Lua relies on that). */
+/* lua_Alloc with the state's memory cap. Never fails a shrink (Lua relies on that).
+ * Growing a large block is work the count hook does not see (a concatenation, string.rep,
+ * string.format or table.concat fills the bytes in C): it is charged to the current budget,
+ * and refused once the budget is spent (the code that asked stops with a memory error,
+ * which the state's pcall does not catch either then). */
 static void *lstate_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
     lstate_heap *hp = ud;
     size_t old = ptr ? osize : 0;
@@ -68,6 +74,8 @@ static void *lstate_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
         return NULL;
     }
     if (nsize > old && hp->used + (nsize - old) > hp->limit) return NULL;
+    if (nsize > old && nsize > LSTATE_SMALL_MAX && lbudget_charge((long)((nsize - old) / LSTATE_ALLOC_BYTES)) < 0)
+        return NULL;
     if (old > LSTATE_SMALL_MAX && nsize > LSTATE_SMALL_MAX) {
         p = realloc(ptr, nsize);
         if (!p && nsize <= old) p = ptr;
@@ -97,26 +105,27 @@ static void lstate_heap_free(lstate_heap *hp) {
     free(hp);
 }
 
-size_t lstate_memory(lua_State *L) {
-    void *ud = NULL;
-    lua_getallocf(L, &ud);
-    return ((lstate_heap *)ud)->used;
-}
-
 /* ---- the instruction budget ---- */
 
 /* Once the budget is spent, the running code stops: a yieldable coroutine is suspended
- * and never resumed (no pcall can catch a yield); elsewhere (inside a C function that
- * called back into Lua, such as a table.sort comparator) an error is raised, which the
- * state's pcall and xpcall pass on instead of catching. */
+ * and never resumed (no pcall can catch a yield; a script's own resume of it raises the
+ * budget's error, lguard.c); elsewhere (inside a C function that called back into Lua,
+ * such as a table.sort comparator) an error is raised, which the state's pcall and xpcall
+ * pass on instead of catching. Each call charges the instructions the thread's count stood
+ * for (LSTATE_HOOK_STEP, or lguard's count for a coroutine a script resumed). */
 static void lstate_count_hook(lua_State *L, lua_Debug *ar) {
     (void)ar;
-    if (lbudget_charge(LSTATE_HOOK_STEP) == 0) return;
+    int left = lbudget_tick(lua_gethookcount(L));
+    if (left == 0) return;
+    if (left > 0) {         /* running long for its budget: look at every instruction now */
+        if (lua_gethookcount(L) != 1) lua_sethook(L, lstate_count_hook, LUA_MASKCOUNT, 1);
+        return;
+    }
     if (lua_isyieldable(L)) {
         lua_yield(L, 0);
         return;
     }
-    luaL_error(L, LBUDGET_ERROR " (%d instructions)", (int)lbudget_limit());
+    lguard_budget_error(L);
 }
 
 void lstate_limit_thread(lua_State *co) {
@@ -124,16 +133,24 @@ void lstate_limit_thread(lua_State *co) {
 }
 
 int lstate_resume(lua_State *co, lua_State *from, int nargs, int *nres, lbudget *b) {
+    if (lua_gethookcount(co) != LSTATE_HOOK_STEP) lstate_limit_thread(co);     /* left at 1 by a long run */
     lbudget *outer = lbudget_enter(b);
     int rc = lua_resume(co, from, nargs, nres);
     lbudget_enter(outer);
-    if (rc == LUA_YIELD && b && b->exhausted) {
+    if (!b || !b->exhausted || rc == LUA_OK) return rc;
+    /* Suspended by the hook, or an error the spent budget caused (a refused allocation's
+     * "not enough memory"): the error says why. */
+    if (rc == LUA_YIELD) {
         lua_pop(co, *nres);
         *nres = 0;
-        lua_pushfstring(co, LBUDGET_ERROR " (%d instructions)", (int)b->limit);
-        rc = LUA_ERRRUN;
+    } else {
+        const char *msg = lua_tostring(co, -1);
+        if (msg && strstr(msg, LBUDGET_ERROR)) return rc;
+        lua_pop(co, 1);
     }
-    return rc;
+    char why[160];
+    lua_pushstring(co, lbudget_why(b, why, sizeof why));
+    return LUA_ERRRUN;
 }
 
 /* pcall and xpcall finish here: an error raised because the budget is spent goes on. */
@@ -260,6 +277,7 @@ static int lstate_open(lua_State *L) {
     lua_getfield(L, -1, "string");
     lpattern_open(L);
     lua_pop(L, 2);
+    lguard_open(L);
     lstate_preload(L, "cjson", luaopen_cjson);
     lstate_preload(L, "cjson.safe", luaopen_cjson_safe);
     return 0;

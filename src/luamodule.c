@@ -64,7 +64,7 @@ static int luamod_state_gc(lua_State *L) {
 
 static luamod_server *luamod_check_server(lua_State *L) {
     luamod_server *s = luaL_checkudata(L, 1, LUAMOD_SERVER);
-    if (!s->srv) luaL_error(L, "the server is closed");
+    if (!s->srv) luaL_error(L, "tokend.server: the server is closed");
     return s;
 }
 
@@ -196,7 +196,7 @@ static int luamod_server_new(lua_State *L) {
     luamod_state *m = luaL_checkudata(L, lua_upvalueindex(1), LUAMOD_STATE);
     char err[1024];
     luaL_checktype(L, 1, LUA_TTABLE);
-    if (m->serving) return luaL_error(L, "this tokend module is already serving (one server at a time)");
+    if (m->serving) return luaL_error(L, "tokend.server: this module is already serving (one server at a time)");
     tokend_config cfg = m->cfg;
     luamod_apply_options(L, &cfg);
     const char *script = luamod_opt_string(L, "script", NULL);

@@ -4,6 +4,7 @@
 #include <stddef.h>
 #include <getopt.h>
 #include <signal.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -13,9 +14,11 @@
 #include <unistd.h>
 
 #include "config.h"
+#include "devca.h"
 #include "envfile.h"
 #include "log.h"
 #include "notify.h"
+#include "qrterm.h"
 #include "tokend.h"
 
 #define EXIT_USAGE 2
@@ -24,7 +27,7 @@
 #endif
 
 /* Options of the command line only (the settings' options come from the table). */
-enum { MAIN_OPT_CHECK = 1000, MAIN_OPT_VERSION, MAIN_OPT_HELP, MAIN_OPT_SETTING };
+enum { MAIN_OPT_CHECK = 1000, MAIN_OPT_DEV_CA, MAIN_OPT_VERSION, MAIN_OPT_HELP, MAIN_OPT_SETTING };
 
 static tokend_server *main_server;
 static volatile sig_atomic_t main_stop_requests;
@@ -52,8 +55,9 @@ static void main_usage(FILE *to) {
         if (s->dflt) fprintf(to, "%sdefault %s", s->env ? "; " : " (", s->dflt);
         fprintf(to, "%s\n", s->env || s->dflt ? ")" : "");
     }
-    fprintf(to, "  %-30s %s\n  %-30s %s\n  %-30s %s\n\n",
+    fprintf(to, "  %-30s %s\n  %-30s %s\n  %-30s %s\n  %-30s %s\n\n",
             "--check", "load the script, report errors as file:line, exit 0 or 1",
+            "--dev-ca", "make the development CA if needed, say where it is and how to trust it",
             "--version", "print the version", "--help", "print this help");
     fprintf(to, "Settings from the environment or .env (flags win over the environment, which wins over .env):\n");
     for (size_t i = 0; i < config_count; i++) {
@@ -155,7 +159,7 @@ static char *main_take_key(const char *value) {
 /* Builds getopt's table: one option per setting with a flag, then the command line's own. */
 static struct option *main_options(void) {
     static const struct option own[] = {
-        { "check", no_argument, 0, MAIN_OPT_CHECK },
+        { "check", no_argument, 0, MAIN_OPT_CHECK }, { "dev-ca", no_argument, 0, MAIN_OPT_DEV_CA },
         { "version", no_argument, 0, MAIN_OPT_VERSION }, { "help", no_argument, 0, MAIN_OPT_HELP },
     };
     size_t nown = sizeof own / sizeof own[0], n = 0;
@@ -178,6 +182,7 @@ typedef struct main_run {
     struct option *longopts;
     const char **flag_values;       /* per setting: its flag's value, or NULL */
     int check;                      /* --check */
+    int dev_ca;                     /* --dev-ca */
     const char *env_file;
     envfile *env;
     char *key;                      /* the API key, in this process's memory only */
@@ -196,6 +201,7 @@ static int main_parse_flags(main_run *m) {
     while ((opt = getopt_long(m->argc, m->argv, "", m->longopts, NULL)) != -1) {
         switch (opt) {
         case MAIN_OPT_CHECK: m->check = 1; break;
+        case MAIN_OPT_DEV_CA: m->dev_ca = 1; break;
         case MAIN_OPT_VERSION: printf("tokend %s\n", TOKEND_VERSION); return 0;
         case MAIN_OPT_HELP: main_usage(stdout); return 0;
         default:
@@ -241,11 +247,32 @@ static int main_load_env(main_run *m) {
     return MAIN_GO;
 }
 
+/* --dev listens on every address, unless --host says otherwise on the command line (HOST
+ * in .env, as .env.example has it, is set aside: a phone could not reach loopback). */
+static void main_dev_host(main_run *m, int host_flag) {
+    if (!m->cfg.dev || host_flag) return;
+    if (strcmp(m->cfg.host, "127.0.0.1") != 0 && strcmp(m->cfg.host, "0.0.0.0") != 0)
+        log_msg(LOG_INFO, "note: --dev listens on every address, not on HOST=%s (give --host to choose)", m->cfg.host);
+    m->cfg.host = "0.0.0.0";
+}
+
+/* Warns of settings files every user may read: the env file, and under systemd the file
+ * the unit's credential is a copy of (the copy itself is the service's alone). */
+static void main_warn_readable(const char *env_file) {
+    const char *settings_files[2] = { env_file, getenv("TOKEND_ENV_FILE_SOURCE") };
+    for (int i = 0; i < 2; i++) {
+        unsigned int mode;
+        if (settings_files[i] && envfile_world_readable(settings_files[i], &mode) == 1)
+            log_msg(LOG_WARN, "%s is readable by every user (mode %04o) and may hold the API key: chmod 600 it",
+                    settings_files[i], mode);
+    }
+}
+
 /* Every setting: its flag, else the real environment, else .env, else its default; then
  * the installed script and page when the working folder has none. Returns MAIN_GO or the
  * exit status (a bad value: 2). */
 static int main_resolve_settings(main_run *m) {
-    int script_given = 0, public_given = 0;
+    int script_given = 0, public_given = 0, host_flag = 0;
     tokend_config_init(&m->cfg);
     m->cfg.api_key = m->key;
     m->cfg.env_file = m->env_file;
@@ -259,12 +286,15 @@ static int main_resolve_settings(main_run *m) {
         }
         script_given |= s->offset == offsetof(tokend_config, script);
         public_given |= s->offset == offsetof(tokend_config, public_dir);
+        host_flag |= flag && s->offset == offsetof(tokend_config, host);
     }
+    main_dev_host(m, host_flag);
     log_configure(m->cfg.log_level, m->cfg.log_json);
     if (tokend_config_check(&m->cfg, m->err, sizeof m->err) != TOKEND_OK) {
         main_fail(m->err);
         return EXIT_USAGE;
     }
+    main_warn_readable(m->env_file);
     main_installed_defaults(&m->cfg, script_given, public_given, m->script_path, m->public_path,
                             sizeof m->script_path);
     return MAIN_GO;
@@ -282,17 +312,133 @@ static int main_check(main_run *m) {
     return 0;
 }
 
+/* Reads the certificate files, or makes the development CA and its certificate, before the
+ * server starts: a file that cannot be read or does not match, or a CA folder others may
+ * read, is a setting to fix (exit 2, naming the file). Returns MAIN_GO or the exit status. */
+static int main_check_tls(main_run *m) {
+    devca_tls t;
+    if (devca_tls_for(&m->cfg, &t, m->err, sizeof m->err) < 0) {
+        main_fail(m->err);
+        return EXIT_USAGE;
+    }
+    devca_tls_free(&t);
+    return MAIN_GO;
+}
+
+/* --dev-ca: makes the development CA when there is none, and says where it is and how each
+ * kind of device trusts it. Returns the exit status. */
+static int main_dev_ca(main_run *m) {
+    char dir[PATH_MAX], fingerprint[96], expires[16];
+    char *cert = NULL, *key = NULL, *ca = NULL;
+    cert_names *names = malloc(sizeof *names);
+    int rc = EXIT_USAGE;
+    if (!names) {
+        main_fail("out of memory");
+        return 1;
+    }
+    devca_names(m->cfg.allowed_hosts, names);
+    if (devca_dir(dir, sizeof dir, m->err, sizeof m->err) < 0 ||
+        devca_ensure(dir, names, &cert, &key, &ca, m->err, sizeof m->err) < 0 || cert_describe(ca, fingerprint, expires) < 0) {
+        main_fail(m->err);
+        goto out;
+    }
+    printf("The development CA: %s/ca.crt\n"
+           "  SHA-256 fingerprint %s\n  valid until %s\n\n"
+           "Its key (ca.key beside it, readable by you alone) can sign a certificate for any site on every device\n"
+           "that trusts the CA: keep it private. To stop trusting it, remove it from each device, then delete\n"
+           "the folder (the next --dev makes a new one).\n\n"
+           "Trust it once on each device that opens tokend --dev over HTTPS (check the fingerprint on the device):\n"
+           "- Chromium and Chrome on Linux: certutil -d sql:$HOME/.pki/nssdb -A -t \"C,,\" -n \"tokend development CA\" "
+           "-i %s/ca.crt\n  (certutil is in Debian's libnss3-tools; restart the browser)\n"
+           "- Firefox: Settings, Privacy & Security, Certificates, View Certificates, Authorities, Import: ca.crt,\n"
+           "  \"Trust this CA to identify websites\"\n"
+           "- curl and the system's other programs (Debian): sudo cp %s/ca.crt "
+           "/usr/local/share/ca-certificates/tokend-dev-ca.crt\n  && sudo update-ca-certificates\n"
+           "- Android: copy ca.crt to the phone (USB, or with the phone plugged in: adb reverse tcp:%d tcp:%d, then open\n"
+           "  http://localhost:%d/__tokend/ca.crt on the phone while tokend --dev runs), then Settings, Security,\n"
+           "  Encryption & credentials, Install a certificate, CA certificate\n"
+           "- iPhone and iPad: AirDrop or mail ca.crt to the device, open it, install the profile (Settings, General,\n"
+           "  VPN & Device Management), then turn on full trust in Settings, General, About, Certificate Trust Settings\n\n"
+           "tokend --dev serves this certificate at /__tokend/ca.crt to this machine only (its loopback address):\n"
+           "fetched over the network without HTTPS, anyone on the way could swap it for their own.\n",
+           dir, fingerprint, expires, dir, dir, m->cfg.port, m->cfg.port, m->cfg.port);
+    fflush(stdout);
+    rc = 0;
+out:
+    cert_pem_free(cert);
+    cert_pem_free(key);
+    cert_pem_free(ca);
+    free(names);
+    return rc;
+}
+
+/* "[v6]" or the host as it goes in a URL. */
+static void main_url_host(const char *host, char *out, size_t outlen) {
+    snprintf(out, outlen, strchr(host, ':') ? "[%s]" : "%s", host);
+}
+
+/* 1 when host is a loopback address or name. */
+static int main_loopback(const char *host) {
+    return strncmp(host, "127.", 4) == 0 || strcmp(host, "::1") == 0 || strcmp(host, "localhost") == 0;
+}
+
+/* Under --dev: the URLs to open on this machine and on the network (the HTTPS ones, with a
+ * QR code of the first for a phone when stdout is a terminal), or why a phone cannot reach
+ * the server. */
+static void main_announce_dev(const char *host) {
+    int port = tokend_server_port(main_server), tls = tokend_server_tls_port(main_server);
+    char hostpart[300], line[4096], network[4096] = "", first[400] = "";
+    cert_names *names = calloc(1, sizeof *names);
+    if (!names) return;
+    if (main_loopback(host)) {
+        log_msg(LOG_WARN, "--dev with --host %s: only this machine can reach the server, a phone on your network "
+                          "cannot (without --host, --dev listens on every address)", host);
+    } else if (strcmp(host, "0.0.0.0") == 0 || strcmp(host, "::") == 0) {
+        devca_network_names(names);
+    } else {
+        cert_names_add(names, host);
+    }
+    size_t o = 0;
+    for (size_t i = 0; i < names->n; i++) {
+        if (strcmp(host, "0.0.0.0") == 0 && strchr(names->v[i], ':')) continue;     /* not listening on IPv6 */
+        main_url_host(names->v[i], hostpart, sizeof hostpart);
+        char url[400];
+        snprintf(url, sizeof url, "%s://%s:%d", tls ? "https" : "http", hostpart, tls ? tls : port);
+        if (!*first) snprintf(first, sizeof first, "%s", url);
+        o += (size_t)snprintf(network + o, sizeof network - o, "%s%s", o ? " " : "", url);
+        if (o >= sizeof network) break;
+    }
+    if (log_is_json()) {
+        log_field f[] = { { "local", "", 0 }, { "network", network, 0 } };
+        snprintf(line, sizeof line, "%s://localhost:%d", tls ? "https" : "http", tls ? tls : port);
+        f[0].value = line;
+        main_say("dev", "development server", f, 2);
+    } else {
+        printf("  on this machine: %s://localhost:%d\n", tls ? "https" : "http", tls ? tls : port);
+        for (char *u = strtok(network, " "), *sep = "  on your network: "; u; u = strtok(NULL, " "), sep = "                   ")
+            printf("%s%s\n", sep, u);
+        if (tls) printf("  trust the development CA once on each device: tokend --dev-ca\n");
+        char *qr = *first && isatty(STDOUT_FILENO) ? qrterm_draw(first) : NULL;
+        if (qr) printf("%s", qr);
+        free(qr);
+        fflush(stdout);
+    }
+    free(names);
+}
+
 /* Says where tokend listens on host (stdout; systemd hears READY=1) once it is made. */
-static void main_announce(const char *host) {
-    const char *shown = strchr(host, ':') ? "[%s]" : "%s";
-    char hostpart[300], url[400], line[500];
-    snprintf(hostpart, sizeof hostpart, shown, host);
-    snprintf(url, sizeof url, "http://%s:%d", hostpart, tokend_server_port(main_server));
-    snprintf(line, sizeof line, "tokend listening on %s", url);
-    log_field start[] = { { "url", url, 0 }, { "version", TOKEND_VERSION, 0 } };
-    main_say("start", line, start, 2);
+static void main_announce(const char *host, int dev) {
+    char hostpart[300], url[400], tls_url[400] = "", line[1000];
+    int port = tokend_server_port(main_server), tls = tokend_server_tls_port(main_server);
+    main_url_host(host, hostpart, sizeof hostpart);
+    snprintf(url, sizeof url, "%s://%s:%d", tls == port ? "https" : "http", hostpart, port);
+    if (tls && tls != port) snprintf(tls_url, sizeof tls_url, "https://%s:%d", hostpart, tls);
+    snprintf(line, sizeof line, "tokend listening on %s%s%s", url, *tls_url ? " and " : "", tls_url);
+    log_field start[] = { { "url", url, 0 }, { "version", TOKEND_VERSION, 0 }, { "tls_url", tls_url, 0 } };
+    main_say("start", line, start, *tls_url ? 3 : 2);
+    if (dev) main_announce_dev(host);
     if (notify_open() < 0) log_msg(LOG_WARN, "NOTIFY_SOCKET is set but cannot be used: systemd will not hear that tokend is ready");
-    snprintf(line, sizeof line, "READY=1\nSTATUS=listening on %s", url);
+    snprintf(line, sizeof line, "READY=1\nSTATUS=listening on %s%s%s", url, *tls_url ? " and " : "", tls_url);
     notify_send(line);
 }
 
@@ -317,7 +463,7 @@ static int main_serve(main_run *m) {
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
     sigaction(SIGHUP, &sa, NULL);
-    main_announce(m->cfg.host);
+    main_announce(m->cfg.host, m->cfg.dev);
     if (tokend_server_run(main_server, m->err, sizeof m->err) != TOKEND_OK) {
         main_fail(m->err);
         return 1;
@@ -336,7 +482,10 @@ static int main_steps(main_run *m) {
     if ((rc = main_parse_flags(m)) != MAIN_GO || (rc = main_load_env(m)) != MAIN_GO ||
         (rc = main_resolve_settings(m)) != MAIN_GO)
         return rc;
-    return m->check ? main_check(m) : main_serve(m);
+    if (m->check) return main_check(m);
+    if (m->dev_ca) return main_dev_ca(m);
+    if ((rc = main_check_tls(m)) != MAIN_GO) return rc;
+    return main_serve(m);
 }
 
 int main(int argc, char **argv) {

@@ -41,9 +41,9 @@ int netaddr_nets_contain(const netaddr_nets *n, const char *text);
 
 /* Writes the client's address into out: peer itself unless peer is a trusted proxy; then
  * the right-most address of the X-Forwarded-For values (nvalues header lines, in arrival
- * order, each a comma-separated list) that is not a trusted proxy, or the left-most when
- * all are. An empty or malformed item makes the header untrusted: the client is then the
- * peer. */
+ * order, each a comma-separated list; a caller may pass only the last lines, where
+ * proxies add theirs) that is not a trusted proxy, or the left-most when all are. An
+ * empty or malformed item makes the header untrusted: the client is then the peer. */
 void netaddr_client(const netaddr_nets *trusted, const char *peer, const char *const *values, size_t nvalues,
                     char *out, size_t outlen);
 

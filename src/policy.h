@@ -78,9 +78,9 @@ typedef struct policy_hosts policy_hosts;
 int policy_hosts_parse(const char *spec, const char *listen_host, policy_hosts **out, char *err, size_t errlen);
 void policy_hosts_free(policy_hosts *h);
 
-#define POLICY_HOST_ALLOWED 1
-#define POLICY_HOST_DENIED 0
-#define POLICY_HOST_MALFORMED (-1)
+#define POLICY_HOST_ALLOWED 0
+#define POLICY_HOST_DENIED 1
+#define POLICY_HOST_MALFORMED (-1)         /* not a host at all */
 
 /* Classifies a request's Host header ("name[:port]", "[v6]:port"); NULL (an HTTP/1.0
  * request without one) is allowed. */
@@ -99,7 +99,7 @@ void policy_origins_free(policy_origins *o);
 #define POLICY_ORIGIN_NONE 0       /* no Origin header: not a cross-origin browser request */
 #define POLICY_ORIGIN_SAME 1       /* the server's own origin (scheme://Host) */
 #define POLICY_ORIGIN_ALLOWED 2    /* another origin on the list */
-#define POLICY_ORIGIN_DENIED (-1)
+#define POLICY_ORIGIN_DENIED 3
 
 /* Classifies an Origin header against the list; scheme is this server's ("http"). */
 int policy_origin_check(const policy_origins *o, const char *origin, const char *host, const char *scheme);

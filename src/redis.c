@@ -126,7 +126,8 @@ int redis_parse_url(const char *url, redis_target *t, char *err, size_t errlen) 
     return 0;
 }
 
-void redis_describe(const redis_target *t, char *out, size_t outlen) {
+/* The target as text for messages: host:port or the socket's path (no password). */
+static void redis_describe(const redis_target *t, char *out, size_t outlen) {
     if (t->path[0]) snprintf(out, outlen, "unix:%s", t->path);
     else snprintf(out, outlen, "%s:%d", t->host, t->port);
 }
@@ -157,7 +158,12 @@ static int redis_setup_commands(const redis_target *t, const char *argv[2][3], s
     return n;
 }
 
-int redis_check(const redis_target *t, long timeout_ms, char *err, size_t errlen) {
+/* Connects, authenticates, selects the database and pings, blocking up to timeout_ms:
+ * the check tokend makes at start. Returns 0; 1 with err when Redis cannot be reached
+ * now (refused, unreachable, no such host or socket yet, no answer in time: it may come
+ * later); -1 with err when it answers but refuses (a wrong or missing password, a
+ * database it does not have, not Redis at all). */
+static int redis_check(const redis_target *t, long timeout_ms, char *err, size_t errlen) {
     struct timeval tv = { timeout_ms / 1000, (timeout_ms % 1000) * 1000 };
     char where[300];
     redis_describe(t, where, sizeof where);
@@ -204,7 +210,7 @@ out:
 }
 
 int redis_open(const char *url, long check_ms, redis_target *t, char *err, size_t errlen) {
-    char why[512];
+    char why[1024];
     int rc = redis_parse_url(url, t, why, sizeof why);
     if (rc == 0 && check_ms > 0) rc = redis_check(t, check_ms, why, sizeof why);
     if (rc != 0) snprintf(err, errlen, "TOKEND_REDIS_URL: %s", why);

@@ -19,19 +19,12 @@ typedef struct redis_target {
 /* Parses url. Returns 0, or -1 with err naming what is wrong (never the password). */
 int redis_parse_url(const char *url, redis_target *t, char *err, size_t errlen);
 
-/* The target as text for messages: host:port or the socket's path (no password). */
-void redis_describe(const redis_target *t, char *out, size_t outlen);
-
-/* Connects, authenticates, selects the database and pings, blocking up to timeout_ms:
- * the check tokend makes at start. Returns 0; 1 with err when Redis cannot be reached
- * now (refused, unreachable, no such host or socket yet, no answer in time: it may come
- * later); -1 with err when it answers but refuses (a wrong or missing password, a
- * database it does not have, not Redis at all). */
-int redis_check(const redis_target *t, long timeout_ms, char *err, size_t errlen);
-
-/* Parses url and, when check_ms > 0, checks Redis with redis_check: what tokend does at
- * start. Returns 0, -1 or 1 as redis_check does (-1 too for a bad URL, which
- * tokend_config_check finds first), with err starting "TOKEND_REDIS_URL: ". */
+/* Parses url and, when check_ms > 0, connects, authenticates, selects the database and
+ * pings, blocking up to check_ms: what tokend does at start. Returns 0; 1 with err when
+ * Redis cannot be reached now (refused, unreachable, no such host or socket yet, no
+ * answer in time: it may come later); -1 with err when it answers but refuses (a wrong or
+ * missing password, a database it does not have, not Redis at all), or for a bad URL
+ * (which tokend_config_check finds first). err starts "TOKEND_REDIS_URL: ". */
 int redis_open(const char *url, long check_ms, redis_target *t, char *err, size_t errlen);
 
 typedef struct redis_client redis_client;

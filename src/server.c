@@ -14,7 +14,9 @@
 #include <unistd.h>
 
 #include "config.h"
+#include "devserver.h"
 #include "envfile.h"
+#include "fswatch.h"
 #include "http.h"
 #include "lcroute.h"
 #include "lhost.h"
@@ -27,9 +29,10 @@
 #include "upstream.h"
 #include "worker.h"
 
-#define SERVER_WATCH_MS 500         /* how often --watch looks at the script */
 #define SERVER_EXTRA_TURNS 4        /* libmicrohttpd turns per loop wake-up, at most */
 #define SERVER_SESSIONS_END_MS 2000 /* for relayed sessions' closes to go out as the server stops */
+#define SERVER_STOP_MARGIN_S 3      /* past the drain time, how long a worker may take to return */
+#define SERVER_JOIN_POLL_MS 200
 
 /* A Lua host replaced by a reload, kept until its last request is answered. */
 typedef struct server_retired {
@@ -46,15 +49,14 @@ typedef struct server_worker {
     int started;
     int reload_seen;            /* the reload generation this worker has loaded */
     server_retired *retired;
-    loop_timer watch_timer;     /* worker 1 under --watch */
-    struct timespec script_mtime;
-    off_t script_size;
 } server_worker;
 
 struct tokend_server {
     worker_group *group;        /* the settings and what the workers share */
     const tokend_config *cfg;   /* the group's */
     int port;
+    int tls_port;               /* the port that speaks HTTPS (port itself when alone), or 0 */
+    int tls_beside;             /* HTTPS on tls_port beside HTTP on port */
     int nworkers;
     server_worker *workers;
     atomic_int stopping;
@@ -62,6 +64,8 @@ struct tokend_server {
     lcroute **c_routes;         /* routes in C, re-added on every reload */
     size_t n_c_routes;
     lhost *attached;            /* the Lua module's host, or NULL */
+    int stuck;                  /* a worker did not return when stopped: nothing is freed */
+    fswatch *watch;             /* --watch and --dev, on worker 1's loop */
 };
 
 void tokend_set_log_sink(tokend_log_fn *sink, void *ud) {
@@ -182,30 +186,30 @@ static void server_worker_reap(server_worker *w, int all) {
     }
 }
 
-/* --watch: reloads every worker when the script's modification time or size changes. */
-static void server_on_watch(void *ud) {
-    server_worker *w = ud;
-    struct stat st;
-    if (stat(w->srv->cfg->script, &st) == 0 &&
-        (st.st_mtim.tv_sec != w->script_mtime.tv_sec || st.st_mtim.tv_nsec != w->script_mtime.tv_nsec ||
-         st.st_size != w->script_size)) {
-        w->script_mtime = st.st_mtim;
-        w->script_size = st.st_size;
-        log_msg(LOG_INFO, "%s changed", w->srv->cfg->script);
-        tokend_server_reload(w->srv);
+/* --watch and --dev: a change of the script (or a module beside it) reloads every worker;
+ * under --dev, open pages then reload too (after the workers: each loads the script before
+ * it reads the requests that come with its wake-up). */
+static void server_on_files(void *ud, int script, const char *changed) {
+    tokend_server *srv = ud;
+    devserver_hub *pages = worker_group_devserver(srv->group);
+    if (script) {
+        log_msg(LOG_INFO, "%s changed", srv->attached ? "a script" : srv->cfg->script);
+        tokend_server_reload(srv);
     }
-    loop_timer_start(worker_loop(w->w), &w->watch_timer, SERVER_WATCH_MS, server_on_watch, w);
+    if (pages) devserver_hub_reload(pages, script ? "" : changed);
 }
 
 /* Creates a worker's loop, clients and Lua host (not its HTTP front). */
 
 /* Opens worker sw's world on its listening socket fd (taken) and loads its Lua host (or
  * serves the attached one). Returns 0 or -1 with err set. */
-static int server_worker_init(tokend_server *srv, server_worker *sw, int id, int fd, char *err, size_t errlen) {
+static int server_worker_init(tokend_server *srv, server_worker *sw, int id, int fd, int tls_fd, char *err,
+                              size_t errlen) {
     sw->srv = srv;
     sw->id = id;
     worker_options wo = { .id = id, .workers = srv->nworkers, .port = srv->port, .listen_fd = fd,
-                          .dispatch = server_worker_dispatch, .dispatch_ud = sw };
+                          .listen_tls = srv->tls_port && !srv->tls_beside, .tls_listen_fd = tls_fd,
+                          .tls_port = srv->tls_beside ? srv->tls_port : srv->tls_port ? srv->port : 0, .dispatch = server_worker_dispatch, .dispatch_ud = sw };
     if (!(sw->w = worker_open(srv->group, &wo, err, errlen))) return -1;
     if (srv->attached) {        /* the module's: in the server's world, still loading its routes */
         sw->lua = srv->attached;
@@ -218,7 +222,6 @@ static int server_worker_init(tokend_server *srv, server_worker *sw, int id, int
 static void server_worker_end_sessions(server_worker *w);
 
 static void server_worker_free(server_worker *sw) {
-    if (sw->w) loop_timer_stop(worker_loop(sw->w), &sw->watch_timer);
     if (sw->lua) server_worker_end_sessions(sw);    /* their hooks run on the Lua hosts */
     server_worker_reap(sw, 1);      /* cancels what the Lua hosts wait for */
     if (sw->srv && sw->srv->attached && sw->lua == sw->srv->attached) {
@@ -241,15 +244,30 @@ static void server_report_unknown(tokend_server *srv) {
     }
 }
 
-/* --watch: worker 1 looks at the script's file every SERVER_WATCH_MS. */
-static void server_watch_script(tokend_server *srv) {
-    struct stat st;
-    server_worker *sw = &srv->workers[0];
-    if (stat(srv->cfg->script, &st) == 0) {
-        sw->script_mtime = st.st_mtim;
-        sw->script_size = st.st_size;
+/* --watch and --dev: worker 1 watches the script's folder, and under --dev the public one. */
+static int server_watch_files(tokend_server *srv, char *err, size_t errlen) {
+    const tokend_config *c = srv->cfg;
+    if (!c->watch_script && !c->dev) return 0;
+    srv->watch = fswatch_create(worker_loop(srv->workers[0].w), srv->attached ? NULL : c->script,
+                                c->dev && c->public_dir && *c->public_dir ? c->public_dir : NULL, server_on_files, srv,
+                                err, errlen);
+    return srv->watch ? 0 : -1;
+}
+
+/* Where HTTPS goes: nowhere without a certificate; alone on the port with one; beside HTTP
+ * on tls_port when given, else under dev on the next port (a free one when the port is
+ * 0). Returns 0, or -1 with err. */
+static int server_choose_tls_port(tokend_server *srv, char *err, size_t errlen) {
+    const tokend_config *c = srv->cfg;
+    if (!worker_group_tls(srv->group)) return 0;
+    srv->tls_beside = c->tls_port || c->dev;
+    srv->tls_port = c->tls_port ? c->tls_port : c->dev && srv->port ? srv->port + 1 : 0;
+    if (!srv->tls_beside) srv->tls_port = -1;       /* known once the port is bound */
+    if (c->dev && !c->tls_port && srv->port == 65535) {
+        snprintf(err, errlen, "--dev serves HTTPS on the port after --port, and 65535 has none: give --tls-port");
+        return -1;
     }
-    loop_timer_start(worker_loop(sw->w), &sw->watch_timer, SERVER_WATCH_MS, server_on_watch, sw);
+    return 0;
 }
 
 int tokend_server_create(const tokend_config *cfg, tokend_server **out, char *err, size_t errlen) {
@@ -281,13 +299,20 @@ int server_create_attached(const tokend_config *cfg, lhost *attached, tokend_ser
         goto fail;
     }
     srv->port = cfg->port;
+    if (server_choose_tls_port(srv, err, errlen) < 0) goto fail;
     if (srv->port != 0 && server_port_free(srv->cfg->host, srv->port, err, errlen) < 0) goto fail;
+    if (srv->tls_beside && srv->tls_port && server_port_free(srv->cfg->host, srv->tls_port, err, errlen) < 0) goto fail;
     for (int i = 0; i < srv->nworkers; i++) {
-        int fd = server_listen(srv->cfg->host, &srv->port, 1, err, errlen);
-        if (fd < 0 || server_worker_init(srv, &srv->workers[i], i, fd, err, errlen) < 0) goto fail;
+        int fd = server_listen(srv->cfg->host, &srv->port, 1, err, errlen), tls_fd = -1;
+        if (fd >= 0 && srv->tls_beside && (tls_fd = server_listen(srv->cfg->host, &srv->tls_port, 1, err, errlen)) < 0) {
+            close(fd);
+            goto fail;
+        }
+        if (fd < 0 || server_worker_init(srv, &srv->workers[i], i, fd, tls_fd, err, errlen) < 0) goto fail;
     }
+    if (srv->tls_port && !srv->tls_beside) srv->tls_port = srv->port;   /* HTTPS alone: port 0 is known now */
     server_report_unknown(srv);
-    if (srv->cfg->watch_script) server_watch_script(srv);
+    if (server_watch_files(srv, err, errlen) < 0) goto fail;
     *out = srv;
     return TOKEND_OK;
 fail:
@@ -404,6 +429,27 @@ int tokend_server_step(tokend_server *srv, long timeout_ms, char *err, size_t er
     return TOKEND_OK;
 }
 
+/* Waits for worker w's thread to return. Once the server is stopping, gives up when the
+ * drain time and a margin have passed since the first look (*give_up_ms, 0 until then): a
+ * worker blocked where no budget reaches (a script in os.execute, say) does not hold the
+ * exit. Returns 0 when it returned, -1 when given up. */
+static int server_join(tokend_server *srv, server_worker *w, uint64_t *give_up_ms) {
+    for (;;) {
+        struct timespec until;
+        clock_gettime(CLOCK_REALTIME, &until);
+        until.tv_nsec += SERVER_JOIN_POLL_MS * 1000000L;
+        if (until.tv_nsec >= 1000000000L) {
+            until.tv_sec++;
+            until.tv_nsec -= 1000000000L;
+        }
+        if (pthread_timedjoin_np(w->thread, NULL, &until) != ETIMEDOUT) return 0;
+        if (!atomic_load(&srv->stopping)) continue;
+        uint64_t now = loop_now_ms();
+        if (!*give_up_ms) *give_up_ms = now + ((uint64_t)srv->cfg->drain_timeout_s + SERVER_STOP_MARGIN_S) * 1000u;
+        else if (now >= *give_up_ms) return -1;
+    }
+}
+
 int tokend_server_run(tokend_server *srv, char *err, size_t errlen) {
     sigset_t all, old;
     int rc = TOKEND_OK;
@@ -429,9 +475,19 @@ int tokend_server_run(tokend_server *srv, char *err, size_t errlen) {
         w->started = 1;
     }
     pthread_sigmask(SIG_SETMASK, &old, NULL);
+    uint64_t give_up_ms = 0;
     for (int i = 0; i < srv->nworkers; i++) {
-        if (srv->workers[i].started) pthread_join(srv->workers[i].thread, NULL);
-        srv->workers[i].started = 0;
+        server_worker *w = &srv->workers[i];
+        if (!w->started) continue;
+        if (server_join(srv, w, &give_up_ms) < 0) {
+            srv->stuck = 1;
+            snprintf(err, errlen, "worker %d did not stop within the drain time (%u s) and %d s more: stopping "
+                     "without it (a script blocked where no budget reaches, such as os.execute?)",
+                     i + 1, srv->cfg->drain_timeout_s, SERVER_STOP_MARGIN_S);
+            rc = TOKEND_ERR;
+            continue;
+        }
+        w->started = 0;
     }
     return rc;
 }
@@ -452,8 +508,13 @@ int tokend_server_port(const tokend_server *srv) {
     return srv->port;
 }
 
+int tokend_server_tls_port(const tokend_server *srv) {
+    return srv->tls_port > 0 ? srv->tls_port : 0;
+}
+
 void tokend_server_free(tokend_server *srv) {
-    if (!srv) return;
+    if (!srv || srv->stuck) return;     /* a worker still runs on all of it: the process is exiting */
+    fswatch_free(srv->watch);       /* on worker 1's loop */
     for (int i = 0; srv->workers && i < srv->nworkers; i++) server_worker_free(&srv->workers[i]);
     free(srv->workers);
     for (size_t i = 0; i < srv->n_c_routes; i++) {

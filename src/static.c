@@ -13,6 +13,7 @@
 #include <unistd.h>
 #include <linux/openat2.h>
 
+#include "devserver.h"
 #include "gzcache.h"
 #include "header.h"
 #include "lpattern.h"
@@ -28,6 +29,7 @@
 #define STATIC_GZIP_MAX (1024 * 1024)
 #define STATIC_IMMUTABLE "public, max-age=31536000, immutable"
 #define STATIC_PATTERN_STEPS 100000     /* a search of an immutable pattern, at most */
+#define STATIC_INJECT_MAX (1024 * 1024) /* HTML pages up to this size get the live-reload script */
 
 typedef struct static_mount_entry {
     char *prefix;       /* "/" or "/assets" (no trailing slash) */
@@ -40,6 +42,8 @@ typedef struct static_mount_entry {
     char *immutable[STATIC_MAX_IMMUTABLE];
     size_t nimmutable;
     char *index;        /* or NULL */
+    int live_reload;    /* HTML pages get the live-reload script (tokend --dev) */
+    char *fallback;     /* a single-page app's page for missing paths, or NULL */
 } static_mount_entry;
 
 /* What is sent for a request: the file, a precompressed sibling, or a gzip copy. */
@@ -66,6 +70,7 @@ static void static_entry_clear(static_mount_entry *e) {
     free(e->root);
     free(e->csp);
     free(e->index);
+    free(e->fallback);
     for (size_t i = 0; i < e->nimmutable; i++) free(e->immutable[i]);
     if (e->root_fd >= 0) close(e->root_fd);
 }
@@ -94,6 +99,13 @@ int static_mount(static_mounts *m, const char *prefix, const char *dir, const st
         snprintf(err, errlen, "index \"%s\" must be a file name (no / and not hidden)", o->index);
         goto fail;
     }
+    char clean[PATH_MAX];
+    if (o->fallback && (static_clean_path(o->fallback, clean, sizeof clean) != STATIC_OK || !*clean ||
+                        strcmp(clean, o->fallback) != 0)) {
+        snprintf(err, errlen, "fallback \"%s\" must be a file's path in the folder (no leading /, no . or ..)",
+                 o->fallback);
+        goto fail;
+    }
     if (o->nimmutable > STATIC_MAX_IMMUTABLE) {
         snprintf(err, errlen, "at most %d immutable patterns", STATIC_MAX_IMMUTABLE);
         goto fail;
@@ -108,7 +120,9 @@ int static_mount(static_mounts *m, const char *prefix, const char *dir, const st
     e.prefix = strndup(prefix, plen);
     e.prefix_len = plen;
     e.root_len = strlen(e.root);
-    nomem |= !e.prefix || (o->csp && !(e.csp = strdup(o->csp))) || (o->index && !(e.index = strdup(o->index)));
+    e.live_reload = o->live_reload;
+    nomem |= !e.prefix || (o->csp && !(e.csp = strdup(o->csp))) || (o->index && !(e.index = strdup(o->index))) ||
+             (o->fallback && !(e.fallback = strdup(o->fallback)));
     for (size_t i = 0; i < o->nimmutable; i++) nomem |= !(e.immutable[e.nimmutable++] = strdup(o->immutable[i]));
     if (o->max_age >= 0) snprintf(e.cache_control, sizeof e.cache_control, "max-age=%ld", o->max_age);
     else snprintf(e.cache_control, sizeof e.cache_control, "no-cache");
@@ -317,11 +331,26 @@ static const char *static_cache_control(const static_mount_entry *e, const char 
     return e->cache_control;
 }
 
-/* Opens the file a request names: the file, or a folder's index (rel then names it).
- * Answers the request itself when it cannot (and returns -1). */
-static int static_open_file(const static_mount_entry *e, http_request *req, char *rel, size_t relcap, struct stat *st) {
+/* Whether a missing path gets the mount's fallback page: a GET or HEAD (checked before)
+ * for a last segment without a dot, from a client that accepts HTML (a page being
+ * navigated to, not an asset or an API call). */
+static int static_falls_back(const static_mount_entry *e, http_request *req, const char *rel) {
+    const char *slash = strrchr(rel, '/'), *last = slash ? slash + 1 : rel;
+    return e->fallback && !strchr(last, '.') && header_accepts(http_request_header(req, "Accept"), "text/html") > 0;
+}
+
+/* Opens the file a request names: the file, or a folder's index (rel then names it), or
+ * for a missing path the fallback page (*fallback is then set). Answers the request itself
+ * when it cannot (and returns -1). */
+static int static_open_file(const static_mount_entry *e, http_request *req, char *rel, size_t relcap, struct stat *st,
+                            int *fallback) {
     char full[PATH_MAX + 16];
     int fd = static_open_beneath(e, rel, full, sizeof full);
+    if ((fd == -ENOENT || fd == -ENOTDIR) && static_falls_back(e, req, rel)) {
+        snprintf(rel, relcap, "%s", e->fallback);
+        fd = static_open_beneath(e, rel, full, sizeof full);
+        *fallback = 1;
+    }
     if (fd < 0) {
         int missing = fd == -ENOENT || fd == -ENOTDIR || fd == -EXDEV || fd == -ELOOP || fd == -ENAMETOOLONG;
         if (fd == -EACCES) http_request_fail(req, 403, "forbidden");
@@ -353,6 +382,54 @@ static int static_open_file(const static_mount_entry *e, http_request *req, char
     return fd;
 }
 
+/* Where the live-reload script goes in an HTML page: before its last </body>, else at its end. */
+static size_t static_inject_at(const char *html, size_t len) {
+    for (size_t i = len >= 6 ? len - 5 : 0; i-- > 0;)
+        if (html[i] == '<' && strncasecmp(html + i, "</body", 6) == 0) return i;
+    return len;
+}
+
+/* Answers with the HTML page fd (rel beneath the mount) with the live-reload script added:
+ * another representation than the file, with an entity tag of its own; sent whole (no
+ * range, no compression). */
+static void static_serve_injected(const static_mount_entry *e, http_request *req, int fd, const struct stat *st,
+                                  const char *type, int fallback) {
+    static const char tag[] = DEVSERVER_SCRIPT_TAG;
+    size_t size = (size_t)st->st_size, len = size + sizeof tag - 1;
+    char last_modified[32];
+    static_rep rep = { .fd = -1 };
+    snprintf(rep.etag, sizeof rep.etag, "\"%llx-%llx-lr\"", (unsigned long long)st->st_size,
+             (unsigned long long)st->st_mtim.tv_sec * 1000000000ULL + (unsigned long long)st->st_mtim.tv_nsec);
+    header_format_date(st->st_mtim.tv_sec, last_modified);
+    int pre = static_preconditions(req, &rep, st->st_mtim.tv_sec);
+    if (pre == 412) {
+        http_request_fail(req, 412, "precondition failed");
+        return;
+    }
+    char *page = pre ? NULL : malloc(len + 1);
+    http_response *resp = NULL;
+    if (pre == 304) {
+        resp = http_response_bytes("", 0, NULL);
+        len = 0;
+    } else if (page && pread(fd, page, size, 0) == (ssize_t)size) {
+        size_t at = static_inject_at(page, size);
+        memmove(page + at + sizeof tag - 1, page + at, size - at);
+        memcpy(page + at, tag, sizeof tag - 1);
+        resp = http_response_take(page, len, type);
+        page = NULL;
+    }
+    free(page);
+    if (!resp) {
+        http_request_fail(req, 500, "cannot read the page");
+        return;
+    }
+    http_response_header(resp, "ETag", rep.etag);
+    http_response_header(resp, "Last-Modified", last_modified);
+    http_response_header(resp, "Cache-Control", fallback ? "no-cache" : static_cache_control(e, req->path));
+    if (e->csp) http_response_header(resp, "Content-Security-Policy", e->csp);
+    http_request_respond(req, pre ? pre : 200, resp, strcmp(req->method, "HEAD") == 0 ? 0 : len);
+}
+
 int static_serve(const static_mounts *m, http_request *req) {
     const char *rest = NULL;
     const static_mount_entry *e = static_find(m, req->path, &rest);
@@ -373,9 +450,15 @@ int static_serve(const static_mounts *m, http_request *req) {
         else http_request_fail(req, 400, "bad path");
         goto out;
     }
-    int fd = static_open_file(e, req, rel, sizeof rel, &st);
+    int fallback = 0;
+    int fd = static_open_file(e, req, rel, sizeof rel, &st, &fallback);
     if (fd < 0) goto out;
     const char *type = mime_type(rel);
+    if (e->live_reload && strncmp(type, "text/html", 9) == 0 && st.st_size <= STATIC_INJECT_MAX) {
+        static_serve_injected(e, req, fd, &st, type, fallback);
+        close(fd);
+        goto out;
+    }
     int varies = static_choose(e, req, rel, fd, &st, type, &rep);
     header_format_date(st.st_mtim.tv_sec, last_modified);
     int pre = static_preconditions(req, &rep, st.st_mtim.tv_sec);
@@ -413,7 +496,8 @@ int static_serve(const static_mounts *m, http_request *req) {
     }
     http_response_header(resp, "ETag", rep.etag);
     http_response_header(resp, "Last-Modified", last_modified);
-    http_response_header(resp, "Cache-Control", static_cache_control(e, req->path));
+    /* The fallback page answers many paths, and changes with each build of the app. */
+    http_response_header(resp, "Cache-Control", fallback ? "no-cache" : static_cache_control(e, req->path));
     if (!rep.encoding) http_response_header(resp, "Accept-Ranges", "bytes");
     if (rep.encoding) http_response_header(resp, "Content-Encoding", rep.encoding);
     if (varies) http_response_header(resp, "Vary", "Accept-Encoding");

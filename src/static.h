@@ -23,6 +23,9 @@ typedef struct static_options {
                                                        year, unchanged (fingerprinted names) */
     size_t nimmutable;
     const char *index;          /* the file a folder answers with; NULL: none (404) */
+    int live_reload;            /* tokend --dev: HTML pages get the live-reload script */
+    const char *fallback;       /* a single-page app's page (relative to the folder): the answer to a
+                                   GET for a missing path without an extension that accepts HTML */
 } static_options;
 
 static_mounts *static_create(void);
@@ -42,8 +45,9 @@ int static_clean_path(const char *rel, char *out, size_t outcap);
 /* Answers req from the mount covering its path: the file (or the part Range asks for;
  * 304 when the client's copy is current; a precompressed sibling or a gzip copy when
  * Accept-Encoding allows), the index file of a folder, a redirect to add the trailing
- * slash of a folder, 400/404/405/412/416 otherwise. Returns 1 when answered, 0 when no
- * mount covers the path. */
+ * slash of a folder, the mount's fallback page (no-cache) for a missing path whose last
+ * segment has no dot when Accept names text/html, 400/404/405/412/416 otherwise. Returns
+ * 1 when answered, 0 when no mount covers the path. */
 int static_serve(const static_mounts *m, http_request *req);
 
 #endif

@@ -150,15 +150,20 @@ static int upstream_start(upstream *up, upstream_call *c, long timeout_ms) {
 
 upstream_call *upstream_mint(upstream *up, long expires_in_s, long max_session_s,
                              upstream_done_fn *done, void *ud) {
+    return upstream_mint_at(up, up->token_url, expires_in_s, max_session_s, done, ud);
+}
+
+upstream_call *upstream_mint_at(upstream *up, const char *token_url, long expires_in_s, long max_session_s,
+                                upstream_done_fn *done, void *ud) {
     upstream_call *c = up->idle;
     if (c) up->idle = c->next;
     else if (!(c = calloc(1, sizeof *c))) return NULL;
     c->up = up;
     if (max_session_s > 0)
         snprintf(c->url, sizeof c->url, "%s?expires_in_seconds=%ld&max_session_duration_seconds=%ld",
-                 up->token_url, expires_in_s, max_session_s);
+                 token_url, expires_in_s, max_session_s);
     else
-        snprintf(c->url, sizeof c->url, "%s?expires_in_seconds=%ld", up->token_url, expires_in_s);
+        snprintf(c->url, sizeof c->url, "%s?expires_in_seconds=%ld", token_url, expires_in_s);
     c->done = done;
     c->ud = ud;
     c->attempts = 0;

@@ -52,6 +52,11 @@ int upstream_has_key(const upstream *up);
 upstream_call *upstream_mint(upstream *up, long expires_in_s, long max_session_s,
                              upstream_done_fn *done, void *ud);
 
+/* upstream_mint at another of AssemblyAI's token endpoints with the same parameters and
+ * answer (a data zone's, the Voice Agent API's): token_url is copied. */
+upstream_call *upstream_mint_at(upstream *up, const char *token_url, long expires_in_s, long max_session_s,
+                                upstream_done_fn *done, void *ud);
+
 /* Ends a call in flight without calling its callback. */
 void upstream_cancel(upstream_call *c);
 

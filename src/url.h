@@ -44,4 +44,20 @@ typedef struct url_endpoints {
  * calls will use it. Returns URL_OK, or URL_ERR_MALFORMED with a reason in err. */
 int url_streaming_endpoints(const char *base, url_endpoints *out, char *err, size_t errlen);
 
+/* The endpoints of AssemblyAI's Voice Agent API from its base URL (checked as above):
+ * <base>/v1/token and ws[s]://<host>[:port][/prefix]/v1/ws. */
+int url_agent_endpoints(const char *base, url_endpoints *out, char *err, size_t errlen);
+
+/* A named data zone of the streaming API: "eu" and its endpoints. */
+#define URL_REGION_MAX 8
+typedef struct url_region {
+    char name[24];
+    url_endpoints endpoints;
+} url_region;
+
+/* Parses "us=https://streaming.us.assemblyai.com, eu=https://..." (NULL or "" for none)
+ * into out (URL_REGION_MAX entries), each URL checked as the streaming URL is; *n gets the
+ * count. Returns URL_OK, or URL_ERR_MALFORMED / URL_ERR_TOO_MANY with err set. */
+int url_regions(const char *text, url_region *out, size_t *n, char *err, size_t errlen);
+
 #endif

@@ -1,5 +1,6 @@
 /* worker.c: a worker's world (its event loop, HTTP front and clients) and what the workers of a server share. */
 #define _GNU_SOURCE
+#include <ctype.h>
 #include <errno.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -9,6 +10,8 @@
 #include <curl/curl.h>
 
 #include "config.h"
+#include "devca.h"
+#include "devserver.h"
 #include "envfile.h"
 #include "fetch.h"
 #include "log.h"
@@ -18,6 +21,7 @@
 #include "pool.h"
 #include "redis.h"
 #include "relay.h"
+#include "secret.h"
 #include "shdict.h"
 #include "upstream.h"
 #include "url.h"
@@ -29,6 +33,9 @@ struct worker_group {
     tokend_config cfg;              /* strings owned */
     int how;                        /* WORKER_GROUP_* */
     url_endpoints endpoints;
+    url_region regions[URL_REGION_MAX];     /* AssemblyAI's data zones by name */
+    size_t nregions;
+    url_endpoints agents;                   /* the Voice Agent API */
     envfile *env;                   /* the .env file tokend.env reads, or NULL */
     policy_buckets *buckets;        /* the rate limiters' buckets */
     shdict_registry *shared;        /* tokend.shared's dictionaries */
@@ -38,6 +45,8 @@ struct worker_group {
     policy_hosts *hosts;
     redis_target redis;             /* where Redis is, when cfg.redis_url is set */
     int redis_answered;             /* to the check at start */
+    devca_tls tls;                  /* HTTPS: the certificate and key (PEM), the dev CA's certificate */
+    devserver_hub *devhub;          /* under dev: the workers' live-reload stations */
 };
 
 struct worker {
@@ -47,6 +56,9 @@ struct worker {
     upstream *up;
     redis_client *redis;            /* NULL without TOKEND_REDIS_URL */
     http_front *http;               /* NULL when it serves no HTTP */
+    devserver *dev;                 /* under dev: /__tokend/, before the dispatcher */
+    http_dispatch_fn *dispatch;     /* what answers the other requests */
+    void *dispatch_ud;
     relay_hub *relay;               /* its relayed sessions; NULL when it serves no HTTP */
     lhost_info info;
     lhost_world world;
@@ -70,16 +82,42 @@ static int worker_check_config(const tokend_config *c, char *err, size_t errlen)
     return 0;
 }
 
+/* The Host names served: the settings', and under dev the machine's network names
+ * (<hostname>.local; its addresses are served as every address is). Returns 0 or -1. */
+static int worker_group_hosts(worker_group *g, char *err, size_t errlen) {
+    const tokend_config *c = &g->cfg;
+    if (!c->dev) return policy_hosts_parse(c->allowed_hosts, c->host, &g->hosts, err, errlen);
+    cert_names *names = calloc(1, sizeof *names);
+    size_t cap = (c->allowed_hosts ? strlen(c->allowed_hosts) : 0) + CERT_MAX_NAMES * (CERT_NAME_LEN + 2) + 1, o = 0;
+    char *spec = names ? malloc(cap) : NULL;
+    int rc = -1;
+    if (!spec) {
+        snprintf(err, errlen, "out of memory");
+        goto out;
+    }
+    o = (size_t)snprintf(spec, cap, "%s", c->allowed_hosts ? c->allowed_hosts : "");
+    devca_network_names(names);
+    for (size_t i = 0; i < names->n; i++)
+        if (!strchr(names->v[i], ':') && !isdigit((unsigned char)names->v[i][0]))     /* addresses pass anyway */
+            o += (size_t)snprintf(spec + o, cap - o, "%s%s", o ? ", " : "", names->v[i]);
+    rc = policy_hosts_parse(spec, c->host, &g->hosts, err, errlen);
+out:
+    free(spec);
+    free(names);
+    return rc;
+}
+
 /* Opens the state the workers share. Returns 0 or -1 with err set. */
 static int worker_group_share(worker_group *g, char *err, size_t errlen) {
     const tokend_config *c = &g->cfg;
     if (c->env_file) {
         if (envfile_load(c->env_file, &g->env, err, errlen) < 0) return -1;
         envfile_wipe(g->env, "ASSEMBLYAI_API_KEY");     /* the group holds its own copy */
+        secret_wipe_env(g->env);                        /* and the secrets are the process's */
     }
     mime_load(NULL);        /* /etc/mime.types, read once */
     if (netaddr_nets_parse(c->trusted_proxies, &g->proxies, err, errlen) < 0) return -1;
-    if (policy_hosts_parse(c->allowed_hosts, c->host, &g->hosts, err, errlen) < 0) return -1;
+    if (worker_group_hosts(g, err, errlen) < 0) return -1;
     g->buckets = policy_buckets_create(c->rate_limit_clients);
     g->conns = policy_conns_create(c->max_connections_per_ip);
     g->shared = shdict_registry_create();
@@ -116,8 +154,25 @@ worker_group *worker_group_open(const tokend_config *cfg, int how, char *err, si
         return NULL;
     }
     g->how = how;
-    if (url_streaming_endpoints(g->cfg.streaming_url, &g->endpoints, err, errlen) != URL_OK) goto fail;
+    /* The key is a secret like the script's (tokend.secret("ASSEMBLYAI_API_KEY")). */
+    if (secret_adopt("ASSEMBLYAI_API_KEY", g->cfg.api_key) < 0) {
+        snprintf(err, errlen, "out of memory");
+        goto fail;
+    }
+    if (url_streaming_endpoints(g->cfg.streaming_url, &g->endpoints, err, errlen) != URL_OK ||
+        url_regions(g->cfg.region_urls, g->regions, &g->nregions, err, errlen) != URL_OK ||
+        url_agent_endpoints(g->cfg.agents_url ? g->cfg.agents_url : "https://agents.assemblyai.com", &g->agents, err,
+                            errlen) != URL_OK)
+        goto fail;
     if (how != WORKER_GROUP_MINT && worker_group_share(g, err, errlen) < 0) goto fail;
+    if (how == WORKER_GROUP_SERVE && devca_tls_for(&g->cfg, &g->tls, err, errlen) < 0) goto fail;
+    if (g->tls.expired)
+        log_msg(LOG_WARN, "the certificate %s is not valid now (expired, or not yet valid): browsers will refuse it",
+                g->cfg.tls_cert);
+    if (how == WORKER_GROUP_SERVE && g->cfg.dev && !(g->devhub = devserver_hub_create(g->tls.ca_pem))) {
+        snprintf(err, errlen, "out of memory");
+        goto fail;
+    }
     return g;
 fail:
     worker_group_close(g);
@@ -134,6 +189,8 @@ void worker_group_close(worker_group *g) {
     netaddr_nets_free(g->proxies);
     policy_hosts_free(g->hosts);
     explicit_bzero(&g->redis, sizeof g->redis);
+    devserver_hub_free(g->devhub);
+    devca_tls_free(&g->tls);
     config_free(&g->cfg);
     free(g);
 }
@@ -144,6 +201,21 @@ const tokend_config *worker_group_config(const worker_group *g) {
 
 struct envfile *worker_group_env(const worker_group *g) {
     return g->env;
+}
+
+int worker_group_tls(const worker_group *g) {
+    return g->tls.cert_pem != NULL;
+}
+
+devserver_hub *worker_group_devserver(const worker_group *g) {
+    return g->devhub;
+}
+
+/* The HTTP front's dispatcher: the development server's paths, then the worker's own. */
+static void worker_dispatch(void *ud, http_request *req) {
+    worker *w = ud;
+    if (w->dev && devserver_serve(w->dev, req)) return;
+    w->dispatch(w->dispatch_ud, req);
 }
 
 /* Opens the worker's HTTP front on its listening socket. Returns 0 or -1 with err. */
@@ -157,12 +229,24 @@ static int worker_serve_http(worker *w, const worker_options *o, char *err, size
         .max_header_bytes = g->cfg.max_header_bytes, .max_body_bytes = g->cfg.max_body_bytes,
         .max_query_args = g->cfg.max_query_args,
         .proxies = g->proxies, .conns = g->conns, .hosts = g->hosts,
+        .listen_tls = o->listen_tls, .tls_listen_fd = o->tls_listen_fd > 0 ? o->tls_listen_fd : -1,
+        .tls_cert_pem = g->tls.cert_pem, .tls_key_pem = g->tls.key_pem,
     };
-    if (!(w->http = http_create(w->lp, &ho, o->dispatch, o->dispatch_ud, err, errlen))) {
+    if ((o->listen_tls || o->tls_listen_fd > 0) && !g->tls.cert_pem) {
+        snprintf(err, errlen, "HTTPS asked for without a certificate");
         close(o->listen_fd);
+        if (o->tls_listen_fd > 0) close(o->tls_listen_fd);
         return -1;
     }
-    return 0;
+    /* http_create takes both sockets, also when it fails. */
+    w->dispatch = o->dispatch;
+    w->dispatch_ud = o->dispatch_ud;
+    if (g->devhub && !(w->dev = devserver_open(g->devhub, w->lp, err, errlen))) {
+        close(o->listen_fd);
+        if (o->tls_listen_fd > 0) close(o->tls_listen_fd);
+        return -1;
+    }
+    return (w->http = http_create(w->lp, &ho, worker_dispatch, w, err, errlen)) ? 0 : -1;
 }
 
 /* Fills what scripts see of the worker (tokend.config) and what their calls reach. */
@@ -175,6 +259,8 @@ static void worker_describe(worker *w, const worker_options *o) {
         .streaming_url = g->endpoints.base, .token_url = g->endpoints.token_url,
         .websocket_url = g->endpoints.websocket_url, .workers = o->workers > 0 ? o->workers : 1,
         .worker = o->id + 1, .api_key_configured = c->api_key && *c->api_key, .redis_configured = c->redis_url != NULL,
+        .regions = g->regions, .nregions = g->nregions, .agents = &g->agents,
+        .tls_port = o->tls_port, .dev = c->dev,
     };
     /* A script being checked loads as a server's would (its timers and pools are made). */
     int serves = o->listen_fd >= 0 || g->how == WORKER_GROUP_CHECK;
@@ -225,6 +311,7 @@ worker *worker_open(worker_group *g, const worker_options *o, char *err, size_t 
     return w;
 fail:
     if (o->listen_fd >= 0) close(o->listen_fd);
+    if (o->tls_listen_fd > 0) close(o->tls_listen_fd);
     worker_close(w);
     return NULL;
 }
@@ -236,6 +323,7 @@ void worker_close(worker *w) {
     upstream_free(w->up);
     fetch_free(w->client);
     http_free(w->http);         /* answers what is left 503 */
+    devserver_close(w->dev);    /* its pages' streams ended with the front */
     loop_free(w->lp);
     free(w);
 }

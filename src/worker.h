@@ -34,11 +34,21 @@ const tokend_config *worker_group_config(const worker_group *g);
 /* The .env file scripts read with tokend.env, or NULL. */
 struct envfile *worker_group_env(const worker_group *g);
 
+/* 1 when the group serves HTTPS (a certificate, or the development CA's under dev). */
+int worker_group_tls(const worker_group *g);
+
+/* Under dev, what tells the workers' open pages to reload; NULL otherwise. */
+struct devserver_hub *worker_group_devserver(const worker_group *g);
+
 typedef struct worker_options {
     int id;                         /* 0-based; scripts see tokend.config.worker = id + 1 */
     int workers;                    /* how many the server runs (tokend.config.workers) */
     int port;                       /* the port served, for tokend.config.port */
     int listen_fd;                  /* a listening socket to serve (taken, also on failure), or -1 */
+    int listen_tls;                 /* 1: listen_fd speaks HTTPS (HTTPS alone) */
+    int tls_listen_fd;              /* a second listening socket, speaking HTTPS beside listen_fd's HTTP
+                                       (taken, also on failure); 0 or -1: none */
+    int tls_port;                   /* the port that speaks HTTPS, for tokend.config.tls_port; 0: none */
     http_dispatch_fn *dispatch;     /* answers the requests of the HTTP front */
     void *dispatch_ud;
 } worker_options;

@@ -6,23 +6,26 @@
 -- Settings (environment or .env): JWKS_URL (https://idp.example.com/.well-known/jwks.json),
 -- JWT_ISSUER (the iss your provider writes), JWT_AUDIENCE (your client id). All three are
 -- required: tokend.jwt.verify checks iss and aud unless told `false`, and an unset setting
--- stops the script here rather than turning a check off.
+-- stops the script here rather than turning a check off. The values below may be set the
+-- same way (TOKENS_PER_MINUTE=20).
 local tokend = require "tokend"
 local answer = require "answer"
 
-local EXPIRES_IN = 60                        -- seconds to open the WebSocket with the token
-local TOKENS_PER_MINUTE = 10                -- per user, all workers (and machines, with Redis) together
-local TOKEN_BURST = 5
-local SESSION_SECONDS_BY_PLAN = { free = 300, pro = 3600 }   -- the "plan" claim; others: free
-local ALLOWED_ORIGINS = { "http://localhost:*", "http://127.0.0.1:*" }
-
+local policy = require "tokend.settings" {
+  EXPIRES_IN = 60,                                  -- seconds to open the WebSocket with the token
+  TOKENS_PER_MINUTE = 10,                           -- per user, all workers (and machines, with Redis)
+  TOKEN_BURST = 5,
+  SESSION_SECONDS_BY_PLAN = { free = 300, pro = 3600 },   -- the "plan" claim; others: free
+  ALLOWED_ORIGINS = { "http://localhost:*", "http://127.0.0.1:*" },
+}
 local VERIFY = {
   jwks_url = assert(tokend.env("JWKS_URL"), "set JWKS_URL"),
   issuer = assert(tokend.env("JWT_ISSUER"), "set JWT_ISSUER"),
   audience = assert(tokend.env("JWT_AUDIENCE"), "set JWT_AUDIENCE"),
 }
-local per_user = tokend.limiter{ name = "jwt-user", rate = TOKENS_PER_MINUTE, per = 60, burst = TOKEN_BURST }
-local origins = tokend.origins(ALLOWED_ORIGINS)
+local per_user = tokend.limiter{ name = "jwt-user", rate = policy.TOKENS_PER_MINUTE, per = 60,
+                                 burst = policy.TOKEN_BURST }
+local origins = tokend.origins(policy.ALLOWED_ORIGINS)
 
 tokend.route("GET", "/token", function(req)
   if not origins:check(req) then return answer.refuse(403, "this origin may not request tokens") end
@@ -42,8 +45,9 @@ tokend.route("GET", "/token", function(req)
   if not allowed then
     return answer.refuse(429, "too many sessions; retry later", { ["Retry-After"] = retry_after })
   end
-  return answer.token(EXPIRES_IN, SESSION_SECONDS_BY_PLAN[claims.plan] or SESSION_SECONDS_BY_PLAN.free)
-end)
+  local plans = policy.SESSION_SECONDS_BY_PLAN
+  return answer.token(policy.EXPIRES_IN, plans[claims.plan] or plans.free)
+end, { audit = true })
 
-tokend.route("GET", "/healthz", function() return 200, { status = "ok" } end)
+tokend.route("GET", "/healthz", function() return 200, { status = "ok" } end, { log = false })
 tokend.static("/", tokend.config.public)

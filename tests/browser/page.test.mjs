@@ -5,7 +5,7 @@ import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync, spawn } from 'node:child_process';
 import { createRequire } from 'node:module';
-import { mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { appendFileSync, cpSync, mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import readline from 'node:readline';
 import { fileURLToPath } from 'node:url';
@@ -21,7 +21,7 @@ const SECRET = 'browser-test-secret';
 
 mkdirSync(OUT, { recursive: true });
 const work = mkdtempSync(path.join(OUT, 'browser-'));
-let tokenFake, streaming, tokend, browser, baseUrl;
+let tokenFake, streaming, tokend, browser, baseUrl, chromiumArgs;
 const children = [];
 const AXE = createRequire(import.meta.url).resolve('axe-core/axe.min.js');
 const SHOTS = process.env.TOKEND_SCREENSHOTS || OUT;     // docs/ when refreshing the README's images
@@ -35,7 +35,7 @@ function startProcess(cmd, args, opts, ready) {
     const timer = setTimeout(() => reject(new Error(`${cmd} did not start:\n${child.logged}`)), 15000);
     readline.createInterface({ input: child.stdout }).on('line', (line) => {
       const m = ready.exec(line);
-      if (m) { clearTimeout(timer); resolve({ child, port: Number(m[1]) }); }
+      if (m) { clearTimeout(timer); resolve({ child, port: Number(m[1]), match: m }); }
     });
     child.on('error', (err) => reject(err));
     child.on('exit', (code) => reject(new Error(`${cmd} exited with ${code}:\n${child.logged}`)));
@@ -67,13 +67,14 @@ before(async () => {
     '--public', path.join(SRC, 'public')], { cwd: work, env }, /^tokend listening on http:\/\/127\.0\.0\.1:(\d+)$/);
   baseUrl = `http://127.0.0.1:${tokend.port}/`;
 
+  chromiumArgs = ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking',
+    '--disable-component-update', '--disable-sync', '--autoplay-policy=no-user-gesture-required',
+    '--use-fake-ui-for-media-stream', '--use-fake-device-for-media-stream',
+    `--use-file-for-fake-audio-capture=${wav}`];
   browser = await chromium.launch({
     executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
     headless: true,
-    args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking',
-      '--disable-component-update', '--disable-sync', '--autoplay-policy=no-user-gesture-required',
-      '--use-fake-ui-for-media-stream', '--use-fake-device-for-media-stream',
-      `--use-file-for-fake-audio-capture=${wav}`],
+    args: chromiumArgs,
   });
 });
 
@@ -457,6 +458,38 @@ test('when the server relays, the page streams through it with the same steps an
   }
 });
 
+test('a region is offered only when the policy offers data zones, and the session streams there', async () => {
+  const plain = await openPage();
+  assert.equal(await plain.page.locator('#region').isHidden(), true, 'no zones: no choice');
+  await plain.context.close();
+  // The streaming fake stands for the EU zone too: tokens minted through it, sessions to it.
+  const env = { ...process.env, ASSEMBLYAI_API_KEY: KEY, ASSEMBLYAI_STREAMING_URL: `http://127.0.0.1:${tokenFake.port}`,
+    ASSEMBLYAI_REGION_URLS: `eu=http://127.0.0.1:${streaming.port}`, REGIONS: 'eu',
+    TOKENS_PER_MINUTE: '1000', TOKEN_BURST: '1000' };
+  const zoned = await startProcess(BIN, ['--port', '0', '--workers', '1', '--script', path.join(SRC, 'scripts/routes.lua'),
+    '--public', path.join(SRC, 'public')], { cwd: work, env }, /^tokend listening on http:\/\/127\.0\.0\.1:(\d+)$/);
+  try {
+    await post(streaming.port, '/__control', { mode: 'ok' });
+    const { page, context, problems } = await openPage({}, `http://127.0.0.1:${zoned.port}/`);
+    const asked = [];
+    page.on('request', (r) => { if (r.url().includes('/token')) asked.push(new URL(r.url()).searchParams.get('region')); });
+    await page.locator('#options-panel summary').click();
+    assert.equal(await page.getByLabel('Region').isVisible(), true);
+    await page.getByLabel('Region').selectOption('eu');
+    const before = streaming.state.sessions.length;
+    await page.getByRole('button', { name: 'Start' }).click();
+    await page.locator('body[data-state="live"]').waitFor({ timeout: 20000 });
+    assert.deepEqual(asked, ['eu']);
+    assert.equal(streaming.state.sessions.length, before + 1, 'the session opened on the zone\'s socket');
+    await page.getByRole('button', { name: 'Stop' }).click();
+    await page.locator('body[data-state="idle"]').waitFor({ timeout: 5000 });
+    assert.deepEqual(problems, []);
+    await context.close();
+  } finally {
+    zoned.child.kill('SIGTERM');
+  }
+});
+
 test('accessible and at home in light, dark and on a phone', async () => {
   await post(streaming.port, '/__control', { mode: 'ok' });
   for (const [name, options] of [
@@ -481,5 +514,97 @@ test('accessible and at home in light, dark and on a phone', async () => {
     await page.screenshot({ path: path.join(SHOTS, `screenshot-${name}.png`), fullPage: true });
     assert.deepEqual(problems, []);
     await context.close();
+  }
+});
+
+// ---- the development server (tokend --dev) ----
+
+// tokend --dev on a copy of the page, its CA made in a throwaway data folder; resolves to
+// {child, port, tlsPort, site, dataHome}.
+async function startDev(extraArgs = []) {
+  const dir = mkdtempSync(path.join(work, 'dev-'));
+  const site = path.join(dir, 'site');
+  cpSync(path.join(SRC, 'public'), site, { recursive: true });
+  const env = { ...process.env, ASSEMBLYAI_API_KEY: KEY, ASSEMBLYAI_STREAMING_URL: `http://127.0.0.1:${streaming.port}`,
+    TOKENS_PER_MINUTE: '1000', TOKEN_BURST: '1000', XDG_DATA_HOME: path.join(dir, 'data') };
+  const dev = await startProcess(BIN, ['--dev', '--port', '0', '--workers', '1', '--script',
+    path.join(SRC, 'scripts/routes.lua'), '--public', site, ...extraArgs], { cwd: dir, env },
+  /^tokend listening on http:\/\/[0-9.]+:(\d+) and https:\/\/[0-9.]+:(\d+)$/);
+  return { ...dev, tlsPort: Number(dev.match[2]), site, dir, ca: path.join(dir, 'data', 'tokend', 'ca.crt') };
+}
+
+test('--dev: over HTTPS at a name that is not loopback, trusting only the development CA, the page is a secure context '
+  + 'and streams; over plain HTTP at that name it is not', async () => {
+  await post(streaming.port, '/__control', { mode: 'ok' });
+  const dev = await startDev(['--allowed-hosts', 'devbox.test']);
+  // A browser whose only trust in the CA comes from its NSS store (Chromium on Linux), in a
+  // home of its own, that resolves devbox.test to this machine as a LAN name would.
+  const home = path.join(dev.dir, 'home');
+  const nssdb = `sql:${path.join(home, '.pki', 'nssdb')}`;
+  mkdirSync(path.join(home, '.pki', 'nssdb'), { recursive: true });
+  execFileSync('certutil', ['-d', nssdb, '-N', '--empty-password']);
+  execFileSync('certutil', ['-d', nssdb, '-A', '-t', 'C,,', '-n', 'tokend development CA', '-i', dev.ca]);
+  const lan = await chromium.launch({
+    executablePath: process.env.CHROMIUM || '/usr/bin/chromium', headless: true,
+    env: { ...process.env, HOME: home }, args: [...chromiumArgs, '--host-resolver-rules=MAP devbox.test 127.0.0.1'],
+  });
+  try {
+    const context = await lan.newContext({ permissions: ['microphone'] });      // certificate errors are not ignored
+    const page = await context.newPage();
+    const problems = [];
+    page.on('pageerror', (err) => problems.push(String(err)));
+    page.on('console', (m) => { if (m.type() === 'error') problems.push(m.text()); });
+    const response = await page.goto(`https://devbox.test:${dev.tlsPort}/`);
+    assert.equal(response.status(), 200);
+    assert.equal(await page.evaluate(() => window.isSecureContext), true);
+    assert.equal(await page.evaluate(() => location.protocol + typeof navigator.mediaDevices), 'https:object');
+    await page.getByRole('button', { name: 'Start' }).click();
+    const final = page.locator('#transcript .turn.final.formatted').first();
+    await final.waitFor({ timeout: 20000 });
+    assert.equal(await final.locator('.text').textContent(), 'Hello world, this is tokend speaking.');
+    await page.getByRole('button', { name: 'Stop' }).click();
+    await page.locator('#status', { hasText: 'Session ended' }).waitFor({ timeout: 5000 });
+    assert.ok(lastSessions(1)[0].maxRms > 0.02, 'the fake microphone was heard');
+    assert.deepEqual(problems, []);
+
+    // The same name over plain HTTP: no secure context, no microphone (the blank Start button).
+    const plain = await context.newPage();
+    await plain.goto(`http://devbox.test:${dev.port}/`);
+    assert.equal(await plain.evaluate(() => window.isSecureContext), false);
+    assert.equal(await plain.evaluate(() => typeof navigator.mediaDevices), 'undefined');
+    await context.close();
+  } finally {
+    await lan.close();
+    dev.child.kill('SIGTERM');
+  }
+});
+
+test('--dev: editing a file reloads the open pages, a style sheet is swapped in place', async () => {
+  const dev = await startDev(['--host', '127.0.0.1']);
+  try {
+    const context = await browser.newContext();
+    const pages = [await context.newPage(), await context.newPage()];    // one holds the stream, both reload
+    for (const page of pages) {
+      await page.goto(`http://127.0.0.1:${dev.port}/`);
+      await page.waitForFunction(() => performance.getEntriesByType('resource').some((e) => e.name.includes('/__tokend/livereload')));
+      await page.evaluate(() => { window.tokendMark = 'before'; });
+    }
+    // A style sheet: swapped without a reload.
+    appendFileSync(path.join(dev.site, 'style.css'), '\nbody { outline: 3px solid rgb(1, 2, 3); }\n');
+    await pages[0].waitForFunction(() => getComputedStyle(document.body).outlineColor === 'rgb(1, 2, 3)', null,
+      { timeout: 5000 });
+    assert.equal(await pages[0].evaluate(() => window.tokendMark), 'before', 'the page was not reloaded for CSS');
+    // A page edited: every open page reloads.
+    const started = Date.now();
+    const index = path.join(dev.site, 'index.html');
+    writeFileSync(index, readFileSync(index, 'utf8').replace('</main>', '<p id="edited">edited</p></main>'));
+    for (const page of pages) await page.waitForFunction(() => window.tokendMark === undefined, null, { timeout: 5000 });
+    const took = Date.now() - started;
+    console.log(`# the edit reloaded both pages in ${took} ms`);
+    assert.ok(took < 5000);
+    for (const page of pages) assert.equal(await page.locator('#edited').textContent(), 'edited');
+    await context.close();
+  } finally {
+    dev.child.kill('SIGTERM');
   }
 });

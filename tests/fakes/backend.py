@@ -1,12 +1,17 @@
 """A fake application backend for tokend's tests of tokend.http.request and of the example
 policies, on loopback, serving many requests at once (asyncio in a thread of its own).
 
-    GET  /echo              -> {"method", "path", "headers", "body"}   (any method)
-    GET  /slow?ms=500       -> waits, then {"ok": true}
+    GET  /echo              -> {"method", "path", "target", "headers", "body"}   (any method; HEAD
+                               gets its headers only)
+    GET  /slow?ms=500       -> waits, then {"ok": true}; .slow_max_in_flight: most at once
     GET  /redirect          -> 302 to /echo (tokend must not follow it)
     GET  /reset             -> TCP reset
     GET  /hang              -> never answers
     GET  /big?mb=100        -> a body of that many MiB
+    GET  /chunked?mb=10     -> the same, chunked (no length)
+    GET  /status?code=304   -> that status, no body, an ETag
+    GET  /hop               -> hop-by-hop headers (Connection: close, X-Hop; Keep-Alive; Proxy-
+                               Authenticate), a Date of its own, X-End: 1 and a body
     GET  /check             -> the answer set in .decisions for the Authorization header:
                                {"allowed": bool, "user": ...}; counts in .checks
     POST /login             -> 200 {"user": ...} for a password in .passwords, else 401
@@ -25,6 +30,8 @@ class Backend:
         self.connections = 0
         self.requests = 0
         self.checks = 0
+        self.slow_in_flight = 0     # /slow requests waiting now, and at most at once
+        self.slow_max_in_flight = 0
         self.decisions = {}         # Authorization header -> {"allowed": ..., "user": ...}
         self.passwords = {}         # password -> user
         self.loop = asyncio.new_event_loop()
@@ -60,19 +67,39 @@ class Backend:
                 if url.path == "/reset":
                     reset(writer)
                     return
-                if url.path == "/big":
+                if url.path in ("/big", "/chunked"):
                     size = int(query.get("mb", "1")) * 1024 * 1024
-                    writer.write(f"HTTP/1.1 200 OK\r\nContent-Length: {size}\r\n\r\n".encode())
+                    chunked = url.path == "/chunked"
+                    framing = "Transfer-Encoding: chunked" if chunked else f"Content-Length: {size}"
+                    writer.write(f"HTTP/1.1 200 OK\r\n{framing}\r\n\r\n".encode())
                     chunk = b"x" * 65536
                     sent = 0
                     while sent < size:
-                        writer.write(chunk)
+                        writer.write(b"%x\r\n%s\r\n" % (len(chunk), chunk) if chunked else chunk)
                         sent += len(chunk)
                         await writer.drain()
+                    if chunked:
+                        writer.write(b"0\r\n\r\n")
                     continue
+                if url.path == "/status":
+                    code = int(query.get("code", "204"))
+                    writer.write(f"HTTP/1.1 {code} X\r\nETag: \"v1\"\r\n\r\n".encode())
+                    await writer.drain()
+                    continue
+                if url.path == "/hop":
+                    writer.write(b"HTTP/1.1 200 OK\r\nConnection: close, X-Hop\r\nX-Hop: 1\r\nKeep-Alive: timeout=5\r\n"
+                                 b"Proxy-Authenticate: Basic\r\nDate: Mon, 01 Jan 2001 00:00:00 GMT\r\nX-End: 1\r\n"
+                                 b"Content-Length: 2\r\n\r\nok")
+                    await writer.drain()
+                    return
                 status, extra, payload = 200, {}, b""
                 if url.path == "/slow":
-                    await asyncio.sleep(int(query.get("ms", "500")) / 1000)
+                    self.slow_in_flight += 1
+                    self.slow_max_in_flight = max(self.slow_max_in_flight, self.slow_in_flight)
+                    try:
+                        await asyncio.sleep(int(query.get("ms", "500")) / 1000)
+                    finally:
+                        self.slow_in_flight -= 1
                     payload = b'{"ok":true}'
                 elif url.path == "/redirect":
                     status, extra = 302, {"Location": "/echo"}
@@ -85,12 +112,12 @@ class Backend:
                     status = 200 if user else 401
                     payload = json.dumps({"user": user} if user else {"error": "wrong password"}).encode()
                 else:
-                    payload = json.dumps({"method": method, "path": url.path, "headers": headers,
+                    payload = json.dumps({"method": method, "path": url.path, "target": target, "headers": headers,
                                           "body": body.decode("latin-1")}).encode()
                 head = [f"HTTP/1.1 {status} X", f"Content-Length: {len(payload)}", "Content-Type: application/json",
                         "X-Backend: fake", "Set-Cookie: a=1", "Set-Cookie: b=2"]
                 head += [f"{k}: {v}" for k, v in extra.items()]
-                writer.write(("\r\n".join(head) + "\r\n\r\n").encode() + payload)
+                writer.write(("\r\n".join(head) + "\r\n\r\n").encode() + (payload if method != "HEAD" else b""))
                 await writer.drain()
         except (ConnectionError, asyncio.IncompleteReadError, ValueError):
             return

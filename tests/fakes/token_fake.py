@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""A fake of AssemblyAI's temporary-token endpoint (GET /v3/token), for tokend's tests.
+"""A fake of AssemblyAI's temporary-token endpoints (GET /v3/token, and the Voice Agent API's
+GET /v1/token), for tokend's tests.
 
 It behaves like the documented API (../shared/FIELD-NOTES.md): the raw key in
 Authorization (no "Bearer"), expires_in_seconds 1..600, max_session_duration_seconds
@@ -52,6 +53,7 @@ class Fake:
         self.last_query = None
         self.last_authorization = None
         self.last_user_agent = None
+        self.last_path = None
         self.flaky = 0
 
     def mint(self, expires, max_session):
@@ -70,10 +72,13 @@ class Fake:
             return 200, {}, json.dumps({
                 "requests": self.requests, "connections": self.connections, "tokens": self.tokens,
                 "last_query": self.last_query, "last_authorization": self.last_authorization,
-                "last_user_agent": self.last_user_agent,
-                "max_in_flight": self.max_in_flight, "fault": self.fault}).encode()
-        if url.path != "/v3/token":
+                "last_user_agent": self.last_user_agent, "last_path": self.last_path,
+                "max_in_flight": self.max_in_flight, "in_flight": self.in_flight, "fault": self.fault}).encode()
+        # /v3/token: Universal-Streaming; /v1/token: the Voice Agent API (agents.assemblyai.com),
+        # the same parameters and answer (its reference shows the key raw or as "Bearer <key>").
+        if url.path not in ("/v3/token", "/v1/token"):
             return 404, {}, json.dumps({"error": "Not found"}).encode()
+        self.last_path = url.path
         if method != "GET":
             return 405, {}, json.dumps({"error": "Method not allowed"}).encode()
         self.requests += 1
@@ -101,6 +106,8 @@ class Fake:
                 {"error": "Too many requests", "code": "rate_limited"}).encode()
         if fault in ("500", "503"):
             return int(fault), {}, json.dumps({"error": "Internal server error"}).encode()
+        if url.path == "/v1/token" and auth == f"Bearer {self.key}":
+            auth = self.key
         if auth is None or auth != self.key:
             return 401, {}, json.dumps({"error": "Invalid API key"}).encode()
         try:
@@ -143,11 +150,13 @@ class Fake:
             async for method, target, headers, body in requests(reader):
                 if target.startswith("/__control"):
                     result = self.control(body)
+                elif target.startswith("/__"):
+                    result = self.answer(method, target, headers)
                 else:
                     self.in_flight += 1
                     self.max_in_flight = max(self.max_in_flight, self.in_flight)
                     try:
-                        if self.latency_ms and not target.startswith("/__"):
+                        if self.latency_ms:
                             await asyncio.sleep(self.latency_ms / 1000)
                         result = self.answer(method, target, headers)
                     finally:

@@ -21,7 +21,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     char *text = malloc(size + 1);
     memcpy(text, data, size);
     text[size] = '\0';
-    /* Split the input: XFF | Origin | Host | proxy list. */
+    /* Split the input: XFF (lines separated by '\n') | Origin | Host | proxy list. */
     char *parts[4] = { text, "", "", "" };
     for (int i = 1; i < 4; i++) {
         char *bar = strchr(parts[i - 1], '|');
@@ -30,16 +30,21 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         parts[i] = bar + 1;
     }
     char client[NETADDR_TEXT];
-    const char *values[1] = { parts[0] };
-    netaddr_client(proxies, "127.0.0.1", values, 1, client, sizeof client);
+    const char *values[8] = { parts[0] };
+    size_t nvalues = 1;
+    for (char *nl; nvalues < 8 && (nl = strchr(values[nvalues - 1], '\n'));) {
+        *nl = '\0';
+        values[nvalues++] = nl + 1;
+    }
+    netaddr_client(proxies, "127.0.0.1", values, nvalues, client, sizeof client);
     netaddr a;
     if (netaddr_parse(client, &a) < 0) abort();                                  /* always an address */
     int h = policy_host_check(hosts, parts[2]);
-    if (h < POLICY_HOST_MALFORMED || h > POLICY_HOST_ALLOWED) abort();
+    if (h < POLICY_HOST_MALFORMED || h > POLICY_HOST_DENIED) abort();
     if (h == POLICY_HOST_ALLOWED && strstr(parts[2], "attacker") && !strcasestr(parts[2], "localhost") &&
         !strcasestr(parts[2], "example.")) abort();                              /* never a foreign name */
     int v = policy_origin_check(origins, parts[1], parts[2], "http");
-    if (v < POLICY_ORIGIN_DENIED || v > POLICY_ORIGIN_ALLOWED) abort();
+    if (v < POLICY_ORIGIN_NONE || v > POLICY_ORIGIN_DENIED) abort();
     netaddr_nets *p = NULL;
     if (netaddr_nets_parse(parts[3], &p, err, sizeof err) == 0) {
         netaddr_nets_contain(p, parts[0]);

@@ -1,6 +1,6 @@
 /* fuzz_static.c: the headers a file's answer depends on (Range, If-* lists and dates,
- * Accept-Encoding) never read past their text and give answers within bounds. The input's
- * first byte picks the parser, the rest is the header's value. */
+ * Accept-Encoding, Accept) never read past their text and give answers within bounds. The
+ * input's first byte picks the parser, the rest is the header's value. */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -28,8 +28,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         if (header_date(value, &t) == 0 && t < 0) abort();
         break;
     default: {
-        static const char *const codings[] = { "gzip", "br", "identity" };
-        for (int i = 0; i < 3; i++) {
+        static const char *const codings[] = { "gzip", "br", "identity", "text/html" };    /* and Accept */
+        for (int i = 0; i < 4; i++) {
             int q = header_accepts(value, codings[i]);
             if (q < 0 || q > 1000) abort();
         }

@@ -48,17 +48,19 @@ class Get:
     status; body (bytes or str, whole); json (the decoded body, whole); fields (some of the
     decoded body's members: a dict in it is compared member by member too); has (substrings
     of the body); lacks (substrings it must not hold); header (name in lower case -> value,
-    None: absent); log (substrings the log must come to hold); log_re (patterns); upstream
+    None: absent); header_all (name -> every value, in order); log (substrings the log must
+    come to hold); log_re (patterns); upstream
     (the query the token fake saw last); verify (a function of the response returning true).
     In expectations, PORT and FAKE_PORT, and "{port}" and "{fake_port}" in strings, are the
     ports of the block's tokend and fake.
     """
 
     def __init__(self, path, method="GET", headers=None, send=None, status=None, body=None, json=None,
-                 fields=None, has=(), lacks=(), header=None, log=(), log_re=(), upstream=None, verify=None):
+                 fields=None, has=(), lacks=(), header=None, header_all=None, log=(), log_re=(), upstream=None,
+                 verify=None):
         self.path, self.method, self.headers, self.send = path, method, headers or {}, send
         self.status, self.body, self.json, self.fields = status, body, json, fields
-        self.has, self.lacks, self.expect_headers = has, lacks, header or {}
+        self.has, self.lacks, self.expect_headers, self.expect_all = has, lacks, header or {}, header_all or {}
         self.log = [log] if isinstance(log, str) else list(log)
         self.log_re = [log_re] if isinstance(log_re, str) else list(log_re)
         self.upstream, self.verify = upstream, verify
@@ -90,6 +92,8 @@ class Get:
             case.assertNotIn(part.encode() if isinstance(part, str) else part, r.body, where)
         for name, value in self.expect_headers.items():
             case.assertEqual(r.headers.get(name), _resolve(value, ports), f"{where}: header {name}")
+        for name, values in self.expect_all.items():
+            case.assertEqual(r.all(name), _resolve(values, ports), f"{where}: every {name}")
         for needle in self.log:
             case.assertIn(needle, t.wait_log(needle), f"{where}: the log")
         for pattern in self.log_re:

@@ -23,6 +23,9 @@ TMP_ROOT = os.environ.get("TOKEND_TEST_TMP") or tempfile.gettempdir()
 FAKE = os.path.join(SRC, "tests", "fakes", "token_fake.py")
 STREAMING_FAKE = os.path.join(SRC, "tests", "fakes", "streaming_fake.py")
 CANARY_KEY = "canary-KEY-3f9a7c21d0e84b6f"
+# Every secret a test gives tokend (the key, tokend.secret's): none may show up in an answer
+# or in what tokend prints. Tests add their own.
+CANARIES = [CANARY_KEY]
 
 
 # Most tests mint far more tokens a minute than the default abuse policy allows one client.
@@ -36,22 +39,6 @@ def copy_script(source, folder, siblings=()):
     requires from its own folder; returns its path."""
     path = os.path.join(folder, os.path.basename(source))
     shutil.copy(os.path.join(SRC, source), path)
-    for sibling in siblings:
-        shutil.copy(os.path.join(SRC, os.path.dirname(source), sibling), folder)
-    return path
-
-
-def script_with(source, folder, siblings=(), **constants):
-    """The example policies' named constants rewritten (until they read tokend.settings)."""
-    import re
-    with open(os.path.join(SRC, source)) as f:
-        text = f.read()
-    for name, value in constants.items():
-        text, n = re.subn(rf"local {name} = [^\n]*", f"local {name} = {value}", text)
-        assert n == 1, f"{source} has no constant {name}"
-    path = os.path.join(folder, f"routes-{len(os.listdir(folder))}.lua")
-    with open(path, "w") as f:
-        f.write(text)
     for sibling in siblings:
         shutil.copy(os.path.join(SRC, os.path.dirname(source), sibling), folder)
     return path
@@ -97,10 +84,15 @@ def make_ca(folder):
 
 
 class Response:
-    def __init__(self, status, headers, body):
+    def __init__(self, status, headers, body, header_list=()):
         self.status = status
-        self.headers = headers
+        self.headers = headers          # lower-case name -> value (the last of a repeated name)
         self.body = body
+        self.header_list = list(header_list)    # (name, value) as received, repeats included
+
+    def all(self, name):
+        """Every value of a header, in order (Set-Cookie)."""
+        return [v for k, v in self.header_list if k.lower() == name]
 
     def json(self):
         return json.loads(self.body)
@@ -109,12 +101,22 @@ class Response:
         return f"<{self.status} {self.headers} {self.body[:200]!r}>"
 
 
-def request(port, path, method="GET", headers=None, body=None, timeout=10, conn=None):
-    """One HTTP request; returns a Response. The path is sent as given (no escaping)."""
+def tls_context(ca):
+    """A client TLS context that trusts only the CA file ca (and checks host names)."""
+    import ssl
+    return ssl.create_default_context(cafile=ca)     # with a cafile, the system's CAs are not loaded
+
+
+def request(port, path, method="GET", headers=None, body=None, timeout=10, conn=None, tls=None, host="127.0.0.1"):
+    """One HTTP request; returns a Response. The path is sent as given (no escaping). tls: an
+    ssl context to speak HTTPS with (to host, whose name the certificate must hold)."""
     own = conn is None
-    conn = conn or http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    if conn is None:
+        conn = http.client.HTTPSConnection(host, port, timeout=timeout, context=tls) if tls \
+            else http.client.HTTPConnection(host, port, timeout=timeout)
     try:
-        conn.putrequest(method, path, skip_accept_encoding=True)
+        conn.putrequest(method, path, skip_accept_encoding=True,
+                        skip_host=any(k.lower() == "host" for k in (headers or {})))
         for k, v in (headers or {}).items():
             conn.putheader(k, v)
         if body is not None:
@@ -122,12 +124,13 @@ def request(port, path, method="GET", headers=None, body=None, timeout=10, conn=
         conn.endheaders(body.encode() if isinstance(body, str) else body)
         r = conn.getresponse()
         data = r.read()
-        resp = Response(r.status, {k.lower(): v for k, v in r.getheaders()}, data)
+        resp = Response(r.status, {k.lower(): v for k, v in r.getheaders()}, data, r.getheaders())
     finally:
         if own:
             conn.close()
-    assert CANARY_KEY.encode() not in data, f"the API key leaked into a response body: {data!r}"
-    assert CANARY_KEY not in str(resp.headers), "the API key leaked into response headers"
+    for canary in CANARIES:
+        assert canary.encode() not in data, f"a secret leaked into a response body: {data!r}"
+        assert canary not in str(resp.headers), "a secret leaked into response headers"
     return resp
 
 
@@ -211,10 +214,10 @@ def _insecure():
 
 class Tokend:
     """A tokend process. cwd is a fresh folder (so no developer .env is read). policy
-    overrides the script's named values (UNLIMITED by default; {} for the script's own)."""
+    overrides the script's named values (for the default script UNLIMITED unless given)."""
 
     def __init__(self, workdir, fake=None, key=CANARY_KEY, args=(), env=None, script=None, public=None,
-                 workers=1, expect_start=True, port=0, policy=UNLIMITED):
+                 workers=1, expect_start=True, port=0, policy=None):
         self.workdir = workdir
         self.env = {k: v for k, v in os.environ.items()
                     if not k.startswith(("ASSEMBLYAI_", "TOKEND_", "CURL_CA")) and k not in ("PORT", "HOST")}
@@ -222,7 +225,9 @@ class Tokend:
             self.env["ASSEMBLYAI_API_KEY"] = key
         if fake:
             self.env["ASSEMBLYAI_STREAMING_URL"] = fake.url
-        self.env.update({name: str(value) for name, value in (policy or {}).items()})
+        if policy is None:          # the default script's own limits are for one visitor, not a test
+            policy = UNLIMITED if script is None else {}
+        self.env.update({name: str(value) for name, value in policy.items()})
         self.env.update(env or {})
         cmd = [BIN, "--script", script or DEFAULT_SCRIPT,
                "--public", public or os.path.join(SRC, "public")]
@@ -240,14 +245,24 @@ class Tokend:
                                      stderr=self.stderr)
         self.stdout_lines = []
         self.port = None
+        self.tls_port = None    # the port that speaks HTTPS (port itself when HTTPS is served alone)
         if expect_start:
             line = read_line(self.proc, 60 if wrapper else 15)
-            if not line or "listening on http://" not in line:
+            if not line or "listening on http" not in line:
                 self.stop(check=False)
                 raise RuntimeError(f"tokend did not start: {line!r}\n{self.log}")
             self.stdout_lines.append(line)
-            url = json.loads(line)["url"] if line.startswith("{") else line.rsplit(" ", 1)[1]
+            if line.startswith("{"):
+                start = json.loads(line)
+                url, tls_url = start["url"], start.get("tls_url")
+            else:       # "tokend listening on http://h:p[ and https://h:q]"
+                words = line.split(" ")
+                url, tls_url = words[3], words[5] if len(words) > 5 else None
             self.port = int(url.rsplit(":", 1)[1])
+            if url.startswith("https:"):
+                self.tls_port = self.port
+            elif tls_url:
+                self.tls_port = int(tls_url.rsplit(":", 1)[1])
 
     @property
     def log(self):
@@ -288,7 +303,8 @@ class Tokend:
         self.stderr.close()
         output = self.log + "\n".join(self.stdout_lines)
         if check:
-            assert CANARY_KEY not in output, "the API key leaked into tokend's output"
+            for canary in CANARIES:
+                assert canary not in output, "a secret leaked into tokend's output"
             if os.environ.get("TOKEND_WRAPPER") and self.proc.returncode == 99:
                 raise AssertionError(f"the wrapper found memory errors:\n{self.log[-6000:]}")
         return self.proc.returncode

@@ -1,4 +1,5 @@
 """Flags, environment and .env: a table of command lines and what tokend does with them."""
+import json
 import os
 import re
 import unittest
@@ -59,7 +60,7 @@ class CommandLine(TokendTestCase):
 
     def test_check_reports_file_and_line(self):
         for text, where in [('local x = \nreturn (', ":2:"), ('local tokend = require "tokend"\n\nerror("at load")', ":3: at load"),
-                            ('require "tokend".route("GET", "/a//b", print)', ":1: route path")]:
+                            ('require "tokend".route("GET", "/a//b", print)', ":1: tokend.route: route path")]:
             script = self.write("bad.lua", text)
             p = self.run_tokend(["--check", "--script", script])
             self.assertEqual(p.returncode, 1)
@@ -117,6 +118,33 @@ class Settings(TokendTestCase):
                     self.assertEqual(p.returncode, 2, p.stderr)
                     self.assertIn(f"{args[1] if args else '.env'}: {said}", p.stderr)
                     os.rmdir(path) if os.path.isdir(path) and not os.path.islink(path) else os.unlink(path)
+
+    def test_a_settings_file_every_user_may_read_is_warned_about(self):
+        path = self.write("conf/tokend.env", "TOKEND_LOG_LEVEL=info\n")
+        source = self.write("source.env", "")        # under systemd: the file the credential copies
+        warning = "is readable by every user (mode 0644) and may hold the API key: chmod 600 it"
+        # the env file's mode, the source's (None: no source named), the file warned about
+        for mode, source_mode, warned in [(0o644, None, path), (0o640, None, None), (0o600, None, None),
+                                          (0o600, 0o644, source), (0o600, 0o640, None)]:
+            with self.subTest(mode=oct(mode), source=source_mode):
+                os.chmod(path, mode)
+                env = {}
+                if source_mode is not None:
+                    os.chmod(source, source_mode)
+                    env["TOKEND_ENV_FILE_SOURCE"] = source
+                p = self.run_tokend(["--check", "--script", SCRIPT, "--public", PUBLIC, "--env-file", path], env)
+                self.assertEqual(p.returncode, 0, p.stderr)
+                if warned:
+                    self.assertIn(f"{warned} {warning}", p.stderr)
+                else:
+                    self.assertNotIn("readable by every user", p.stderr)
+        os.chmod(source, 0o644)     # a server warns once at start, in its log format, and serves
+        t = self.tokend(key=None, args=["--env-file", path, "--log-format", "json"],
+                        env={"TOKEND_ENV_FILE_SOURCE": source})
+        self.assertEqual(t.get("/healthz").status, 200)
+        lines = [l for l in t.log.splitlines() if "readable by every user" in l]
+        self.assertEqual(len(lines), 1, t.log)
+        self.assertEqual(json.loads(lines[0])["level"], "warn")
 
     def test_malformed_env_file(self):
         self.write(".env", "GOOD=1\nthis is not a setting\n")

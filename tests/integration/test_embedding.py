@@ -18,7 +18,8 @@ INSTALLED = [
     "bin/tokend", "include/tokend.h", "lib/libtokend.a", "lib/libtokend.so", "lib/pkgconfig/tokend.pc",
     "lib/lua/5.4/tokend.so", "share/tokend/scripts/routes.lua", "share/tokend/public/index.html",
     "share/tokend/public/capture-worklet.js", "share/tokend/haproxy.cfg", "share/doc/tokend/README.md",
-    "share/doc/tokend/docs/embedding.md",
+    "share/doc/tokend/docs/embedding.md", "share/doc/tokend/examples/embed.c", "share/doc/tokend/examples/luv.lua",
+    "share/doc/tokend/examples/cqueues.lua", "share/doc/tokend/examples/policies/jwt.lua", "share/man/man8/tokend.8",
     "lib/systemd/system/tokend.service", "lib/systemd/system/tokend@.service", "lib/pkgconfig/tokend-static.pc",
 ]
 
@@ -357,6 +358,31 @@ class ModuleMode(TokendTestCase):
         self.assertTrue(r.json()["websocket_url"].startswith(fake.url.replace("http", "ws")))
         p.send_signal(signal.SIGTERM)
         p.communicate(timeout=10)
+
+    def test_luv_and_cqueues_applications_drive_tokend_and_mint_without_blocking(self):
+        fake = self.fake(latency_ms=500)
+        for example, module in (("luv.lua", "luv"), ("cqueues.lua", "cqueues")):
+            with self.subTest(example=example):
+                env = {k: v for k, v in os.environ.items() if not k.startswith(("ASSEMBLYAI_", "TOKEND_"))}
+                env.update(LUA_CPATH=os.path.join(BUILD, "?.so") + ";;", ASSEMBLYAI_API_KEY=CANARY_KEY,
+                           ASSEMBLYAI_STREAMING_URL=fake.url)
+                if subprocess.run(["lua5.4", "-e", f'require "{module}"'], env=env).returncode != 0:
+                    self.fail(f"lua-{module} is not installed (make test installs it)")
+                p = subprocess.Popen(["lua5.4", os.path.join(SRC, "examples", example), "0"], env=env,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                self.addCleanup(lambda p=p: (p.poll() is None and p.kill(), p.wait()))
+                line = read_line(p, 15)
+                self.assertIsNotNone(line, example)
+                port = int(line.rsplit(":", 1)[1])
+                self.assertEqual(request(port, "/hello").status, 200)
+                minted = read_line(p, 15)
+                self.assertRegex(minted or "", r"^minted in the background \(60 s\), the application ticked (\d+) times")
+                self.assertGreater(int(re.search(r"ticked (\d+)", minted).group(1)), 0,
+                                   "the application's loop ran while the token was minted")
+                p.send_signal(signal.SIGTERM)
+                _, err = p.communicate(timeout=10)
+                self.assertEqual(p.returncode, 0, err.decode())
+                self.assertNotIn(CANARY_KEY, err.decode())
 
 
 class Rockspec(TokendTestCase):

@@ -34,8 +34,8 @@ tokend.route("GET", "/bad-header", function() return 200, "x", { ["X-Evil"] = "a
 tokend.route("GET", "/yield", function() coroutine.yield() end)
 tokend.route("GET", "/loop", function() while true do end end)
 tokend.route("GET", "/alloc", function()
-  local t = {}
-  while true do t[#t + 1] = string.rep("x", 4096) .. #t end
+  local t, chunk = {}, string.rep("x", 65536)     -- copies charged 1 instruction per 64 bytes: memory runs out first
+  while true do t[#t + 1] = chunk .. #t end
 end)
 """ + HELLO
 
@@ -146,6 +146,84 @@ BLOCKS = [
         Get("/token", status=404),
         Get("/", status=404),       # no static mount in this script
     ]),
+    Block("the library functions guarded for the budget (lguard.c) behave as Lua's own", """
+        tokend.route("GET", "/stdlib", function()
+          local bad = {}
+          local function check(name, got, want)
+            if got ~= want then bad[#bad + 1] = name .. ": " .. tostring(got) .. " ~= " .. tostring(want) end
+          end
+          local co = coroutine.create(function(a, b)
+            check("isyieldable inside", coroutine.isyieldable(), true)
+            check("status inside", coroutine.status(coroutine.running()), "running")
+            local c = coroutine.yield(a + b)
+            error("late " .. c)
+          end)
+          check("status new", coroutine.status(co), "suspended")
+          local ok, v = coroutine.resume(co, 1, 2)
+          check("resume values", ok and v, 3)
+          check("status yielded", coroutine.status(co), "suspended")
+          local ok2, err = coroutine.resume(co, "x")
+          check("resume error", ok2, false)
+          check("resume error message", tostring(err):match("late x$") ~= nil, true)
+          check("status dead", coroutine.status(co), "dead")
+          check("dead", select(2, coroutine.resume(co)), "cannot resume dead coroutine")
+          check("self", select(2, coroutine.resume(coroutine.running())), "cannot resume non-suspended coroutine")
+          check("isyieldable in a handler", coroutine.isyieldable(), true)
+          local sum = 0
+          for i in coroutine.wrap(function() for i = 1, 3 do coroutine.yield(i) end end) do sum = sum + i end
+          check("generator", sum, 6)
+          local okw, errw = pcall(coroutine.wrap(function() error("boom") end))
+          check("wrap error", okw, false)
+          check("wrap error where", tostring(errw):match("%.lua:%d+: boom$") ~= nil, true)
+          local closed = false
+          local cc = coroutine.create(function()
+            local x <close> = setmetatable({}, { __close = function() closed = true end })
+            coroutine.yield()
+          end)
+          coroutine.resume(cc)
+          check("close", coroutine.close(cc), true)
+          check("close ran __close", closed, true)
+          local mt = { __index = function(_, k) return k .. "!" end }
+          local t = setmetatable({}, mt)
+          check("getmetatable", getmetatable(t), mt)
+          check("__index", t.hi, "hi!")
+          check("__metatable", getmetatable(setmetatable({}, { __metatable = "locked" })), "locked")
+          check("protected", select(2, pcall(setmetatable, setmetatable({}, { __metatable = 1 }), {})),
+                "cannot change a protected metatable")
+          check("string metatable", getmetatable("").__index, string)
+          check("debug.getmetatable", debug.getmetatable(t), mt)
+          check("debug.setmetatable", debug.setmetatable(t, nil), t)
+          check("__gc refused", pcall(setmetatable, {}, { __gc = true }), false)
+          check("a C finalizer's metatable", getmetatable(io.stdout), nil)
+          check("rep", ("ab"):rep(3, ","), "ab,ab,ab")
+          check("rep 0", ("ab"):rep(0), "")
+          check("rep bad", tostring(select(2, pcall(string.rep))):match("bad argument #1 to '[%w.]*rep'") ~= nil, true)
+          check("upper", ("abc"):upper(), "ABC")
+          check("lower", ("ABC"):lower(), "abc")
+          check("reverse", ("abc"):reverse(), "cba")
+          check("byte", select("#", ("hello"):byte(1, -1)), 5)
+          check("byte 1", ("A"):byte(), 65)
+          check("byte -1", ("abc"):byte(-1), 99)
+          check("concat", table.concat({ 1, 2, 3 }, "-", 2, 3), "2-3")
+          check("concat bad", pcall(table.concat, { {} }), false)
+          check("unpack", select("#", table.unpack({ 1, 2, 3 }, 2)), 2)
+          local l = { 1, 2, 3 }
+          table.insert(l, 1, 0)
+          table.insert(l, 9)
+          check("insert", table.concat(l, ","), "0,1,2,3,9")
+          check("remove", table.remove(l, 1), 0)
+          check("remove last", table.remove(l), 9)
+          check("move", table.concat(table.move({ 1, 2, 3 }, 1, 3, 2), ","), "1,1,2,3")
+          local s = { 3, 1, 2 }
+          table.sort(s)
+          check("sort", table.concat(s, ","), "1,2,3")
+          table.sort(s, function(a, b) return a > b end)
+          check("sort with a comparator", table.concat(s, ","), "3,2,1")
+          check("utf8.len", utf8.len("h\\u{e9}llo"), 5)
+          check("utf8.codepoint", utf8.codepoint("\\u{e9}"), 233)
+          return 200, { failed = bad, n = #bad }
+        end)
+        """, [Get("/stdlib", status=200, json={"failed": {}, "n": 0})]),
 ]
 
 

@@ -1,5 +1,6 @@
 """The example policies in examples/policies/, each tried as a new user would: a routes
 script, its settings, and the requests a page and an attacker would send."""
+import base64
 import http.client
 import json
 import os
@@ -8,7 +9,7 @@ import sys
 import time
 import unittest
 
-from harness import SRC, TokendTestCase, make_ca, script_with
+from harness import CANARIES, SRC, TokendTestCase, copy_script, make_ca
 from servers import Redis
 
 sys.path.insert(0, os.path.join(SRC, "tests", "fakes"))
@@ -20,9 +21,10 @@ def policy(name):
     return os.path.join("examples", "policies", name)
 
 
-def policy_script(name, folder, **constants):
-    """An example policy, with the module it requires next to it."""
-    return script_with(policy(name), folder, siblings=("answer.lua",), **constants)
+def policy_script(name, folder):
+    """An example policy, with the module it requires next to it (its named values are set
+    through the environment: policy={...})."""
+    return copy_script(policy(name), folder, siblings=("answer.lua",))
 
 
 class JwtPolicy(TokendTestCase):
@@ -38,7 +40,7 @@ class JwtPolicy(TokendTestCase):
         self.idp = Idp({"keys": [self.keys.jwk("rsa", "k1")]}, self.ca)
         self.addCleanup(self.idp.stop)
         self.fake_ = self.fake()
-        self.t = self.tokend(fake=self.fake_, script=policy_script("jwt.lua", self.workdir, TOKEN_BURST=2), env={
+        self.t = self.tokend(fake=self.fake_, script=policy_script("jwt.lua", self.workdir), policy={"TOKEN_BURST": 2}, env={
             "JWKS_URL": self.idp.url, "JWT_ISSUER": "https://idp.test", "JWT_AUDIENCE": "my-app",
             "CURL_CA_BUNDLE": self.ca[0]})
 
@@ -68,7 +70,7 @@ class JwtPolicy(TokendTestCase):
         self.assertEqual((r.status, r.headers["retry-after"]), (503, "30"))
         self.assertIn("identity provider unavailable", self.t.wait_log("identity provider unavailable"))
         self.idp.fault = None
-        t = self.tokend(fake=self.fake_, script=policy_script("jwt.lua", self.workdir, TOKEN_BURST=2), env={
+        t = self.tokend(fake=self.fake_, script=policy_script("jwt.lua", self.workdir), policy={"TOKEN_BURST": 2}, env={
             "JWKS_URL": self.idp.url, "JWT_ISSUER": "https://idp.test", "JWT_AUDIENCE": "my-app",
             "CURL_CA_BUNDLE": self.ca[0]})
         self.assertEqual(t.get("/token", headers=self.bearer(exp=int(time.time()) - 3600)).status, 401)
@@ -102,7 +104,7 @@ class SessionCookiePolicy(TokendTestCase):
         self.assertEqual(self.login("wrong")[0], 401)
         status, cookie = self.login("open sesame")
         self.assertEqual(status, 204)
-        self.assertRegex(cookie, r"^tokend_session=carol\.\d+\.[\w-]+; Max-Age=43200; Path=/; HttpOnly; SameSite=Lax$")
+        self.assertRegex(cookie, r"^tokend_session=carol\.\d+\.[\w-]+; Max-Age=43200; Path=/; Secure; HttpOnly; SameSite=Lax$")
         value = cookie.split(";")[0]
         self.assertEqual(self.t.get("/token").status, 401, "no cookie, no token")
         r = self.t.get("/token", headers={"Cookie": value})
@@ -112,6 +114,26 @@ class SessionCookiePolicy(TokendTestCase):
                        f"tokend_session=carol.{expiry}.{sig[:-2]}xx", "tokend_session=carol"]:
             self.assertEqual(self.t.get("/token", headers={"Cookie": forged}).status, 401, forged)
         self.assertEqual(self.fake_.stats()["requests"], 1)
+
+    def test_pages_of_other_origins_are_refused_and_each_user_is_limited(self):
+        value = self.login("open sesame")[1].split(";")[0]
+        for path, method in (("/login", "POST"), ("/token", "GET")):
+            r = self.t.get(path, method=method, headers={"Origin": "https://evil.example", "Cookie": value},
+                           body=json.dumps({"password": "open sesame"}) if method == "POST" else None)
+            self.assertEqual(r.status, 403, path)
+        self.assertEqual(self.t.get("/token", headers={"Origin": "https://app.example.com", "Cookie": value}).status, 200)
+        statuses = [self.t.get("/token", headers={"Cookie": value}).status for _ in range(6)]
+        self.assertEqual(statuses, [200] * 4 + [429] * 2, "five a burst, per user")
+
+    def test_plain_http_cookies_for_local_tests(self):
+        t = self.tokend(fake=self.fake_, script=policy_script("session-cookie.lua", self.workdir),
+                        policy={"SECURE_COOKIE": "false"},
+                        env={"SESSION_SECRET": "0123456789abcdef0123456789abcdef", "AUTH_URL": self.backend.url})
+        conn = http.client.HTTPConnection("127.0.0.1", t.port)
+        conn.request("POST", "/login", body=json.dumps({"password": "open sesame"}))
+        r = conn.getresponse()
+        r.read()
+        self.assertNotIn("Secure", r.headers["Set-Cookie"])
 
     def test_an_expired_cookie_is_refused(self):
         import base64
@@ -147,6 +169,20 @@ class BackendCheckPolicy(TokendTestCase):
         self.assertEqual(self.t.get("/token").status, 403, "no credentials")
         self.assertIn(" user=dave", self.t.wait_log("user=dave"))
 
+    def test_a_decision_is_cached_under_every_credential_it_was_made_for(self):
+        self.backend.decisions["Bearer good"] = {"allowed": True, "user": "dave"}
+        headers = {"Authorization": "Bearer good", "Cookie": "app=1"}
+        self.assertEqual(self.t.get("/token", headers=headers).status, 200)
+        self.assertEqual(self.backend.checks, 1)
+        for other in [{"Authorization": "Bearer good", "Cookie": "app=2"}, {"Authorization": "Bearer good"},
+                      {"Cookie": "app=1"}]:
+            self.t.get("/token", headers=other)
+        self.assertEqual(self.backend.checks, 4, "another pair of credentials is another question")
+
+    def test_each_user_is_limited(self):
+        statuses = [self.t.get("/token", headers={"Authorization": "Bearer good"}).status for _ in range(7)]
+        self.assertEqual(statuses, [200] * 5 + [429] * 2)
+
     def test_a_backend_that_is_down_gets_503(self):
         t = self.tokend(fake=self.fake_, script=policy_script("backend-check.lua", self.workdir),
                         env={"AUTH_URL": "http://127.0.0.1:1/check"})
@@ -158,7 +194,7 @@ class BackendCheckPolicy(TokendTestCase):
 class QuotaPolicy(TokendTestCase):
     def test_a_daily_budget_of_streaming_seconds(self):
         fake = self.fake()
-        t = self.tokend(fake=fake, script=policy_script("quota.lua", self.workdir, DAILY_SECONDS=1500),
+        t = self.tokend(fake=fake, script=policy_script("quota.lua", self.workdir), policy={"DAILY_SECONDS": 1500},
                         env={"JWT_SECRET": "quota-secret"}, workers=2)
         erin = {"Authorization": "Bearer " + hs256("quota-secret", {"sub": "erin", "exp": int(time.time()) + 60})}
         granted = []
@@ -176,6 +212,137 @@ class QuotaPolicy(TokendTestCase):
         self.assertEqual(t.get("/token").status, 401)
         wrong = {"Authorization": "Bearer " + hs256("not-the-secret", {"sub": "erin", "exp": int(time.time()) + 60})}
         self.assertEqual(t.get("/token", headers=wrong).status, 401)
+
+    def test_pending_reservations_are_not_a_used_up_day(self):
+        import threading
+        fake = self.fake(latency_ms=1500)
+        t = self.tokend(fake=fake, script=policy_script("quota.lua", self.workdir), policy={"DAILY_SECONDS": 1200},
+                        env={"JWT_SECRET": "quota-secret"})
+        gail = {"Authorization": "Bearer " + hs256("quota-secret", {"sub": "gail", "exp": int(time.time()) + 60})}
+        first = []
+        threads = [threading.Thread(target=lambda: first.append(t.get("/token", headers=gail).status)) for _ in range(2)]
+        for th in threads:
+            th.start()
+        deadline = time.time() + 10
+        while fake.stats()["in_flight"] < 2 and time.time() < deadline:   # both reservations are pending
+            time.sleep(0.02)
+        r = t.get("/token", headers=gail)
+        self.assertEqual((r.status, r.headers["retry-after"]), (503, "5"), "the day may not be over: retry shortly")
+        for th in threads:
+            th.join()
+        self.assertEqual(first, [200, 200])
+        r = t.get("/token", headers=gail)
+        self.assertEqual(r.status, 429, "now it is")
+
+
+class Settings(TokendTestCase):
+    """Every example policy refuses to load without the settings it needs."""
+
+    def test_a_missing_setting_stops_the_script(self):
+        for name, needs in [("jwt.lua", {"JWKS_URL": "https://idp.test/jwks", "JWT_ISSUER": "i", "JWT_AUDIENCE": "a"}),
+                            ("session-cookie.lua", {"SESSION_SECRET": "s" * 32, "AUTH_URL": "http://127.0.0.1:1"}),
+                            ("backend-check.lua", {"AUTH_URL": "http://127.0.0.1:1"}),
+                            ("quota.lua", {"JWT_SECRET": "x"})]:
+            script = policy_script(name, self.workdir)
+            check = ["--check", "--script", script, "--public", os.path.join(SRC, "public")]
+            self.assertEqual(self.run_tokend(check, env=needs).returncode, 0, name)
+            for missing in needs:
+                with self.subTest(policy=name, missing=missing):
+                    env = {k: v for k, v in needs.items() if k != missing}
+                    p = self.run_tokend(check, env=env)
+                    self.assertEqual(p.returncode, 1)
+                    self.assertIn(f"set {missing}", p.stderr)
+
+
+class ProvidersPolicy(TokendTestCase):
+    """providers.lua: signed-in users get any vendor's credential at /token/<provider>, one
+    limit and one audit line for all; every key a secret, each a canary."""
+    KEYS = {"OPENAI_API_KEY": "po4c1e9a7b2d5f8a0c3e6b9dqz", "GEMINI_API_KEY": "pg7b3d1f9e5c2a8b4d0f6e2aqz",
+            "DEEPGRAM_API_KEY": "pd2e8c4a6b0d9f1e3c5a7b8cqz", "SONIOX_API_KEY": "ps5a9c3e1b7d4f2a6c8e0b4dqz",
+            "LIVEKIT_API_SECRET": "pl8d2f6b4a0c9e3d7f1b5a2c6e4d8fqz", "JWT_SECRET": "pj3f7b1d5a9c2e6b0d4f8a1c5e9bqz"}
+
+    def setUp(self):
+        super().setUp()
+        from vendors import Vendors
+        CANARIES.extend(v for v in self.KEYS.values() if v not in CANARIES)
+        keys = self.KEYS
+        self.vendors = Vendors({"openai": keys["OPENAI_API_KEY"], "gemini": keys["GEMINI_API_KEY"],
+                                "deepgram": keys["DEEPGRAM_API_KEY"], "soniox": keys["SONIOX_API_KEY"]})
+        self.addCleanup(self.vendors.stop)
+        self.fake_ = self.fake()
+        self.env = {**keys, "DEEPGRAM_PROJECT_ID": "p1", "LIVEKIT_API_KEY": "APIexample", "LIVEKIT_URL": "wss://lk.test",
+                    "VENDOR_BASE_URL": self.vendors.url}
+        self.t = self.start()
+
+    def start(self, **policy):
+        return self.tokend(fake=self.fake_, workers=2, script=policy_script("providers.lua", self.workdir),
+                           env=self.env, policy={"TOKEN_BURST": 100, **policy})
+
+    def bearer(self, sub, secret=None):
+        token = hs256(secret or self.KEYS["JWT_SECRET"], {"sub": sub, "exp": int(time.time()) + 300})
+        return {"Authorization": "Bearer " + token}
+
+    def test_every_vendor_for_a_signed_in_user(self):
+        for provider in ["assemblyai", "openai", "gemini", "deepgram", "soniox", "livekit"]:
+            with self.subTest(provider):
+                r = self.t.get(f"/token/{provider}", headers=self.bearer("alice"))
+                self.assertEqual(r.status, 200, r)
+                self.assertEqual(r.headers["cache-control"], "no-store")
+                j = r.json()
+                self.assertEqual(j["provider"], provider)
+                self.assertTrue(j["token"])
+                self.assertIsInstance(j["expires_in_seconds"], int)
+        last = self.vendors.last
+        self.assertEqual(last["soniox"]["json"]["client_reference_id"], "alice", "the user's reference, where kept")
+        self.assertEqual(last["openai"]["headers"]["openai-safety-identifier"], "alice")
+        self.assertIn("alice", last["deepgram"]["json"]["tags"])
+        self.assertEqual(last["deepgram"]["path"], "/v1/projects/p1/keys")
+        claims = json.loads(base64.urlsafe_b64decode(
+            self.t.get("/token/livekit", headers=self.bearer("alice")).json()["token"].split(".")[1] + "=="))
+        self.assertEqual((claims["sub"], claims["video"]["room"], claims["iss"]), ("alice", "support-alice", "APIexample"))
+        log = self.t.wait_log("provider=livekit")
+        for provider in ["openai", "gemini", "deepgram", "soniox", "livekit"]:
+            self.assertRegex(log, rf"event=token_minted client=127\.0\.0\.1 user=alice .*outcome=minted provider={provider}")
+
+    def test_strangers_and_unknown_vendors_are_refused(self):
+        for headers in [{}, self.bearer("alice", secret="not-the-secret-0123456789"), {"Authorization": "Bearer x"}]:
+            r = self.t.get("/token/openai", headers=headers)
+            self.assertEqual(r.status, 401, headers)
+            self.assertEqual(r.headers["www-authenticate"], 'Bearer realm="tokend"')
+        self.assertEqual(self.t.get("/token/elevenlabs", headers=self.bearer("alice")).status, 404)
+        self.assertEqual(sum(self.vendors.requests.values()), 0, "no vendor was asked")
+        self.assertIn("event=token_refused", self.t.wait_log("status=401"), "refusals are audited")
+        self.assertEqual(self.t.get("/token/openai", headers={**self.bearer("alice"), "Origin": "https://evil.test"}).status,
+                         403)
+
+    def test_one_limit_for_all_vendors(self):
+        t = self.start(TOKEN_BURST=2, TOKENS_PER_MINUTE=2)
+        statuses = [t.get(f"/token/{p}", headers=self.bearer("bob")).status for p in ("openai", "soniox", "gemini")]
+        self.assertEqual(statuses, [200, 200, 429], "bob's two tokens, whichever vendor")
+        self.assertEqual(t.get("/token/gemini", headers=self.bearer("carol")).status, 200, "carol has her own")
+
+    def test_a_vendor_failure_is_an_answer_not_a_crash(self):
+        self.vendors.fault = "429"
+        r = self.t.get("/token/soniox", headers=self.bearer("alice"))
+        self.assertEqual((r.status, r.headers.get("retry-after")), (503, "9"))
+        self.vendors.fault = "500"
+        self.assertEqual(self.t.get("/token/openai", headers=self.bearer("alice")).status, 502)
+        self.assertIn("outcome=upstream_error provider=openai", self.t.wait_log("outcome=upstream_error"))
+
+    def test_livekit_s_standard_endpoint(self):
+        r = self.t.get("/livekit/token", method="POST", headers=self.bearer("dana"), body="{}")
+        self.assertEqual(r.status, 201, r)
+        self.assertEqual(r.json()["server_url"], "wss://lk.test")
+        self.assertEqual(self.t.get("/livekit/token", method="POST", body="{}").status, 401)
+
+    def test_a_vendor_offered_without_its_key_stops_the_script(self):
+        env = {k: v for k, v in self.env.items() if k != "GEMINI_API_KEY"}
+        r = self.run_tokend(["--check", "--script", policy_script("providers.lua", self.workdir)], env=env)
+        self.assertNotEqual(r.returncode, 0)
+        self.assertIn("the secret GEMINI_API_KEY is not set", r.stdout + r.stderr)
+        r = self.run_tokend(["--check", "--script", policy_script("providers.lua", self.workdir),
+                             "--public", os.path.join(SRC, "public")], env={**env, "PROVIDERS": "openai,soniox"})
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
 
 
 class ReadmeExample(TokendTestCase):
@@ -232,6 +399,11 @@ class ReadmeExample(TokendTestCase):
             r = t4.get("/token", headers=headers)
             self.assertEqual((r.status, r.headers["retry-after"]), (503, "30"), headers)
         self.assertEqual(t4.get("/token", headers={"Authorization": "Bearer nonsense"}).status, 401)
+        # A revocation list that cannot be read serves nobody (a revoked user stays out).
+        redis.stop()
+        r = t.get("/token", headers=bearer("bob"))
+        self.assertEqual((r.status, r.headers["retry-after"]), (503, "5"), "Redis down: no one is served")
+        self.assertRegex(t.log, r"event=token_refused .*user=bob .*status=403")
         # A setting left unset stops the script from loading instead of checking nothing.
         r = self.run_tokend(["--check", "--script", script], env={"JWKS_URL": idp.url, "TOKEND_REDIS_URL": redis.url})
         self.assertNotEqual(r.returncode, 0)

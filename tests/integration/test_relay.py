@@ -74,7 +74,8 @@ class RelayCase(TokendTestCase):
     or a script of the test's)."""
 
     def start(self, script=None, policy=None, env=None, tls=False, **kw):
-        ca = make_ca(self.workdir) if tls else None
+        ca = (make_ca(self.workdir) if not os.path.exists(os.path.join(self.workdir, "ca.pem"))
+              else tuple(os.path.join(self.workdir, n) for n in ("ca.pem", "server.pem", "server.key"))) if tls else None
         self.fake_ = self.streaming_fake(tls=ca)
         env = dict(env or {})
         if ca:
@@ -196,6 +197,21 @@ class Session(RelayCase):
         c.send_json({"type": "Terminate"})
         self.assertEqual(c.until_closed()[0], 1000)
         self.assertTrue(self.fake_.wait_ended()[0]["key_ok"])
+
+    def test_over_https_to_tokend(self):
+        """wss:// to tokend (libmicrohttpd's TLS, which forwards an upgraded connection
+        through a socket pair of its own), to a wss:// upstream."""
+        from harness import tls_context
+        ca = make_ca(self.workdir)
+        self.start(tls=True, args=["--tls-cert", ca[1], "--tls-key", ca[2]])
+        c = WsClient(self.t.port, QUERY, tls=tls_context(ca[0]), origin="https://127.0.0.1:%d" % self.t.port)
+        self.addCleanup(c.__exit__)
+        self.assertEqual(c.status, 101)
+        self.assertEqual(c.recv_json()["type"], "Begin")
+        c.stream(1.0)
+        c.send_json({"type": "Terminate"})
+        self.assertEqual(c.until_closed()[0], 1000)
+        self.assertEqual(self.fake_.wait_ended()[0]["frames"], 20)
 
     def test_config_tells_the_page_to_relay(self):
         self.start()

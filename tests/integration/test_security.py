@@ -2,12 +2,13 @@
 import json
 import os
 import re
+import signal
 import socket
 import threading
 import time
 import unittest
 
-from harness import CANARY_KEY, DEFAULT_SCRIPT, SRC, TokendTestCase, request
+from harness import CANARIES, CANARY_KEY, DEFAULT_SCRIPT, SRC, TokendTestCase, request
 from wsclient import BIN, CLOSE, CONT, PING, TEXT, WsClient, frame
 
 
@@ -146,7 +147,9 @@ class Tables(TokendTestCase):
         self.assertIn("max_bytes must be a whole number of bytes, 1024..", j["max_bytes"])
 
     def test_a_dictionary_of_large_values_stays_within_its_bytes(self):
-        t = self.tokend(key=None, script=self.write("tables.lua", TABLES_SCRIPT))
+        # Each /fill makes 10 MiB with string.rep, charged a budget instruction per byte.
+        t = self.tokend(key=None, script=self.write("tables.lua", TABLES_SCRIPT),
+                        env={"TOKEND_LUA_INSTRUCTIONS": "100000000"})
         before = rss_bytes(t.proc.pid)
         for first in range(0, 200, 10):     # 200 values of 1 MiB into a dictionary of 8 MiB
             r = t.get(f"/fill?first={first}&n=10", timeout=60)
@@ -227,6 +230,51 @@ class Limits(TokendTestCase):
         t = self.tokend(key=None, env={"TOKEND_MAX_BODY_BYTES": "1000"})
         self.assertEqual(t.get("/token", method="POST", body="x" * 1001).status, 413)
         self.assertEqual(t.get("/token", method="POST", body="x" * 1000).status, 405)
+
+    def test_chunked_body_past_the_limit(self):
+        # 413 once the body is over, then an orderly close: closing under the client's
+        # upload would reset the connection, and the client could lose the answer.
+        t = self.tokend(key=None, env={"TOKEND_MAX_BODY_BYTES": "1000"})
+
+        def post(sizes):
+            body = b"".join(b"%x\r\n%s\r\n" % (n, b"x" * n) for n in sizes) + b"0\r\n\r\n"
+            s = socket.create_connection(("127.0.0.1", t.port))
+            s.settimeout(10)
+            s.sendall(b"POST /token HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n"
+                      b"Connection: close\r\n\r\n")
+            for i in range(0, len(body), 4096):
+                s.sendall(body[i:i + 4096])
+            out = b""
+            try:
+                while chunk := s.recv(65536):
+                    out += chunk
+            except ConnectionResetError:
+                self.fail(f"reset after {out[:100]!r}")
+            finally:
+                s.close()
+            return out
+        for sizes in [[1001], [600, 600], [1000, 1], [4000] * 50]:
+            with self.subTest(sum(sizes)):
+                answers = responses(post(sizes))
+                self.assertEqual([a[0] for a in answers], [413])
+                self.assertEqual(answers[0][1]["connection"], "close")
+                self.assertEqual(json.loads(answers[0][2]), {"error": "request body too large"})
+        self.assertEqual(post([500, 500])[:12], b"HTTP/1.1 405", "within the limit: the route answers")
+        # Past 1 MiB more, the upload is cut rather than read for ever.
+        s = socket.create_connection(("127.0.0.1", t.port))
+        s.settimeout(10)
+        s.sendall(b"POST /token HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n")
+        sent = 0
+        try:
+            while sent < 8 << 20:
+                s.sendall(b"10000\r\n" + b"x" * 0x10000 + b"\r\n")
+                sent += 0x10000
+        except OSError:
+            pass
+        self.assertLess(sent, 8 << 20, "the server stopped reading")
+        self.assertTrue(closed_by_server(s, 5))
+        s.close()
+        self.assertIn("POST /token 413", t.wait_log("POST /token 413"))
 
     def test_query_argument_count(self):
         t = self.tokend(key=None, env={"TOKEND_MAX_QUERY_ARGS": "3"})
@@ -311,6 +359,24 @@ tokend.route("GET", "/require", function()
   local ok, err = pcall(require, "evilmod")
   return 200, { ok = ok, err = tostring(err) }
 end)
+-- A secret the script uses: its bytes must be nowhere Lua can reach either.
+local hunted = tokend.secret("HUNT_SECRET")
+tokend.route("GET", "/use-secret", function(req)
+  local res = tokend.http.request(req.query.url, { method = "POST", headers = { Authorization = { "Bearer ", hunted } },
+                                                   query = { key = hunted }, json = { secret = hunted } })
+  return 200, { status = res and res.status }
+end)
+tokend.route("GET", "/upvalues", function()
+  -- The original load hides in the text-only one's upvalue: it would take bytecode.
+  local got, original = pcall(debug.getupvalue, load, 1)
+  local set = pcall(debug.setupvalue, string.format, 1, print)
+  local id = pcall(debug.upvalueid, load, 1)
+  local x = 1
+  local function own() return x end
+  local name, value = debug.getupvalue(own, 1)
+  return 200, { got = got, original = type(original) == "function" and "function" or tostring(original), set = set,
+                id = id, own = name .. "=" .. value }
+end)
 tokend.route("GET", "/hunt", function()
   -- Look everywhere Lua can reach for the key.
   local seen, found = {}, {}
@@ -327,8 +393,8 @@ tokend.route("GET", "/hunt", function()
       for k, x in next, v do visit(k, depth + 1); visit(x, depth + 1) end
     elseif t == "function" then
       for i = 1, 255 do
-        local name, x = debug.getupvalue(v, i)
-        if not name then break end
+        local ok, name, x = pcall(debug.getupvalue, v, i)    -- a C function's are refused
+        if not ok or not name then break end
         visit(x, depth + 1)
       end
     end
@@ -336,13 +402,15 @@ tokend.route("GET", "/hunt", function()
     if mt then visit(mt, depth + 1) end
     if t == "userdata" then visit(debug.getuservalue(v), depth + 1) end
   end
-  visit(debug.getregistry(), 0)
+  local has_registry, registry = pcall(debug.getregistry)   -- refused: it holds the finalizers' metatables
+  if has_registry then visit(registry, 0) end
   visit(_G, 0)
   local env = {}
-  for _, name in ipairs({ "ASSEMBLYAI_API_KEY", "API_KEY" }) do env[#env + 1] = os.getenv(name) end
+  for _, name in ipairs({ "ASSEMBLYAI_API_KEY", "API_KEY", "HUNT_SECRET" }) do env[#env + 1] = os.getenv(name) end
   local p = io.popen("env")
   local child_env = p:read("a"); p:close()
-  return 200, { found = found, env = env, child_env_has_key = child_env:find("ASSEMBLYAI_API_KEY", 1, true) ~= nil }
+  return 200, { found = found, env = env, child_env_has_key = child_env:find("ASSEMBLYAI_API_KEY", 1, true) ~= nil
+                                                      or child_env:find("HUNT_SECRET", 1, true) ~= nil }
 end)
 '''
 
@@ -356,7 +424,10 @@ class Scripts(TokendTestCase):
         self.write("s/evilmod.lua", "placeholder")
         import subprocess
         subprocess.run(["luac5.4", "-o", os.path.join(folder, "evilmod.lua"), "-"], input=b"return 1", check=True)
-        self.t = self.tokend(fake=self.fake_, script=self.write("s/routes.lua", SCRIPT_ATTACKS))
+        if HUNT_SECRET not in CANARIES:
+            CANARIES.append(HUNT_SECRET)
+        self.t = self.tokend(fake=self.fake_, script=self.write("s/routes.lua", SCRIPT_ATTACKS),
+                             env={"HUNT_SECRET": HUNT_SECRET})
 
     def test_bytecode_is_refused_everywhere(self):
         j = self.t.get("/load").json()
@@ -371,12 +442,92 @@ class Scripts(TokendTestCase):
         self.assertFalse(j["ok"])
         self.assertIn("binary chunk", j["err"])
 
+    def test_the_upvalues_of_c_functions_are_out_of_reach(self):
+        j = self.t.get("/upvalues").json()
+        self.assertEqual((j["got"], j["set"], j["id"]), (False, False, False), j)
+        self.assertIn("out of scripts' reach", j["original"])
+        self.assertEqual(j["own"], "x=1", "a script's own closures are open to it")
+
     def test_the_key_cannot_be_found_from_lua(self):
         self.assertEqual(self.t.get("/hunt").status, 200)     # warm up: a worker has minted nothing yet
+        import sys
+        sys.path.insert(0, os.path.join(SRC, "tests", "fakes"))
+        from backend import Backend
+        echo = Backend()
+        self.addCleanup(echo.stop)
+        self.assertEqual(self.t.get(f"/use-secret?url={echo.url}/echo").json(), {"status": 200},
+                         "the secret went out (and came back echoed)")
         j = self.t.get("/hunt").json()
         self.assertFalse(j["found"], "no string holding the key is reachable")
         self.assertFalse(j["env"], "os.getenv finds no key")
         self.assertFalse(j["child_env_has_key"], "a child process inherits no key")
+
+
+HUNT_SECRET = "canary-HUNT-7e1f0d2c3b4a5968"
+
+
+# Where a secret handle must be refused (its bytes would leave C), or a bad name: each row a
+# handler's body run with a secret at hand (`key`), and the error it must raise (or the
+# answer's status when the refusal is a failed answer).
+SECRET_MISUSE = [
+    ("a log line", 'tokend.log.info("the key", key)', "tokend.log: secret:MISUSE_SECRET cannot go there"),
+    ("a log field", 'tokend.log.warn("x", { key = key })', "tokend.log: secret:MISUSE_SECRET cannot go there"),
+    ("a debug line too", 'tokend.log.debug("the key", key)', "tokend.log: secret:MISUSE_SECRET cannot go there"),
+    ("a shared dictionary", 'tokend.shared("s"):set("k", key)', "values are strings, numbers or booleans"),
+    ("cjson.encode", 'require("cjson").encode({ key })', "Cannot serialise userdata"),
+    ("concatenation", 'local s = "Token " .. key', "a secret cannot be read, joined or indexed"),
+    ("string.format", 'assert(string.format("%s", key) == "secret:MISUSE_SECRET")', None),
+    ("a field", 'local b = key.bytes', "a secret cannot be read, joined or indexed"),
+    ("tokend.env", 'tokend.env("MISUSE_SECRET")', "tokend.env: MISUSE_SECRET is a secret"),
+    ("an unset secret", 'tokend.secret("UNSET_SECRET_NAME")', "the secret UNSET_SECRET_NAME is not set"),
+    ("a name that is not one", 'tokend.secret("A-B")', "a secret's name is a variable name"),
+    ("the request body", 'tokend.http.request("http://127.0.0.1:1/", { body = key })', "bad argument"),
+    ("a JSON name", 'tokend.http.request("http://127.0.0.1:1/", { json = { [key] = 1 } })', "a secret cannot be a name"),
+    ("a bad template", 'tokend.http.request("http://127.0.0.1:1/", { headers = { A = { key, {} } } })',
+     "a template's parts are strings, numbers or secrets"),
+    ("a redis argument", 'tokend.redis.command("SET", "k", key)', "string or number expected, got tokend.secret"),
+]
+SECRET_ANSWERS = [
+    # route, the status the answer gets
+    ("/body-table", 500), ("/body", 500), ("/header", 500),
+]
+
+
+class SecretHandles(TokendTestCase):
+    def test_a_handle_is_refused_where_its_bytes_would_leave(self):
+        cases = "\n".join(f'  [{i}] = function() {line} end,' for i, (_, line, _) in enumerate(SECRET_MISUSE, 1))
+        script = self.write("misuse.lua", f'''
+local tokend = require "tokend"
+local key = tokend.secret("MISUSE_SECRET")
+local cases = {{
+{cases}
+}}
+tokend.route("GET", "/case/:i", function(req)
+  local ok, err = pcall(cases[tonumber(req.params.i)])
+  return 200, {{ ok = ok, err = tostring(err) }}
+end)
+tokend.route("GET", "/body-table", function() return 200, {{ key = key }} end)
+tokend.route("GET", "/body", function() return 200, key end)
+tokend.route("GET", "/header", function() return 200, "x", {{ ["X-Key"] = key }} end)
+tokend.route("GET", "/user", function(req) req.log.user = key return 200, "logged" end)
+''')
+        secret = "misuse-SECRET-0a1b2c3d4e5f"
+        CANARIES.append(secret)
+        t = self.tokend(key=None, script=script, env={"MISUSE_SECRET": secret})
+        for i, (what, _, message) in enumerate(SECRET_MISUSE, 1):
+            with self.subTest(what):
+                j = t.get(f"/case/{i}").json()
+                if message is None:
+                    self.assertTrue(j["ok"], j)
+                else:
+                    self.assertFalse(j["ok"], j)
+                    self.assertIn(message, j["err"])
+        for path, status in SECRET_ANSWERS:
+            with self.subTest(path):
+                self.assertEqual(t.get(path).status, status)
+        self.assertEqual(t.get("/user").status, 200)
+        t.stop()
+        self.assertNotIn("secret:MISUSE", t.log, "req.log.user = handle writes nothing of it")
 
 
 class KeyNeverLeaks(TokendTestCase):
@@ -392,8 +543,9 @@ class KeyNeverLeaks(TokendTestCase):
 
 # ---- Regression tests for the attacker's findings (issue 11), as tables where they fit ----
 
-def raw_exchange(port, data, timeout=5, src=None, family=socket.AF_INET, host="127.0.0.1"):
-    """Sends raw bytes, reads until the server closes or goes quiet; returns (bytes, closed)."""
+def raw_exchange(port, data, timeout=5, src=None, family=socket.AF_INET, host="127.0.0.1", reset_ok=True):
+    """Sends raw bytes, reads until the server closes or goes quiet; returns (bytes, closed).
+    Unless reset_ok, a reset instead of an orderly close is an error."""
     s = socket.socket(family, socket.SOCK_STREAM)
     if src:
         s.bind((src, 0))
@@ -413,6 +565,7 @@ def raw_exchange(port, data, timeout=5, src=None, family=socket.AF_INET, host="1
         pass
     except ConnectionResetError:
         closed = True
+        assert reset_ok, f"the connection was reset after {out[:200]!r}"
     s.close()
     return out, closed
 
@@ -462,6 +615,39 @@ RAW_REQUESTS = [
     ("150 query arguments", b"GET /index.html?" + b"&".join(b"a%d=1" % i for i in range(150)) +
      b" HTTP/1.1\r\nHost: localhost\r\n\r\n", 400, False),
     ("HEAD of a GET route mints nothing", b"HEAD /token HTTP/1.1\r\nHost: localhost\r\n\r\n", 200, False),
+    ("a region the policy does not offer", b"GET /token?region=eu HTTP/1.1\r\nHost: localhost\r\n\r\n", 400, False),
+    # libmicrohttpd answers these itself, with its header block twice: one answer here.
+    ("a malformed Content-Length", b"POST /token HTTP/1.1\r\nHost: localhost\r\nContent-Length: abc\r\n\r\n", 400, True),
+    ("an empty Content-Length", b"POST /token HTTP/1.1\r\nHost: localhost\r\nContent-Length:\r\n\r\n", 400, True),
+    ("a Content-Length list", b"POST /token HTTP/1.1\r\nHost: localhost\r\nContent-Length: 5, 5\r\n\r\nhello", 400, True),
+    ("a signed Content-Length", b"POST /token HTTP/1.1\r\nHost: localhost\r\nContent-Length: +5\r\n\r\nhello", 400, True),
+    ("a Content-Length past 2^64",
+     b"POST /token HTTP/1.1\r\nHost: localhost\r\nContent-Length: 99999999999999999999999\r\n\r\n", 413, True),
+    # RFC 9112 5.1, 5.2, 2.2 and 3.2: libmicrohttpd lets these through.
+    ("an obs-fold line", b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nX-A: 1\r\n folded\r\n\r\n", 400, True),
+    ("a Content-Length folded onto its next line (a smuggled request)",
+     b"POST /healthz HTTP/1.1\r\nHost: localhost\r\nContent-Length:\r\n 44\r\n\r\n"
+     b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n", 400, True),
+    ("a tab-folded line", b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nX-A: 1\r\n\tfolded\r\n\r\n", 400, True),
+    ("a space before the colon", b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nContent-Length : 5\r\n\r\nhello", 400, True),
+    ("a tab before the colon", b"GET /healthz HTTP/1.1\r\nHost\t: localhost\r\n\r\n", 400, True),
+    ("a header name that is not a token", b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nX(A): 1\r\n\r\n", 400, True),
+    ("bare LF line ends", b"GET /healthz HTTP/1.1\nHost: localhost\n\n", 400, True),
+    ("a bare LF after the request line", b"GET /healthz HTTP/1.1\nHost: localhost\r\n\r\n", 400, True),
+    ("a bare LF after a header", b"GET /healthz HTTP/1.1\r\nHost: localhost\nX-A: 1\r\n\r\n", 400, True),
+    ("a bare LF ending the head", b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\n", 400, True),
+    ("a bare CR in a value", b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nX-A: 1\rX-B: 2\r\n\r\n", 400, True),
+    ("a NUL in Host", b"GET /healthz HTTP/1.1\r\nHost: localhost\x00.attacker.example\r\n\r\n", 400, True),
+    ("a NUL ending Host", b"GET /healthz HTTP/1.1\r\nHost: localhost\x00\r\n\r\n", 400, True),
+    ("a NUL in another header", b"GET /healthz HTTP/1.1\r\nX-A: a\x00b\r\nHost: localhost\r\n\r\n", 400, True),
+    ("two Host headers", b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nHost: attacker.example\r\n\r\n", 400, True),
+    ("two equal Host headers", b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nhost: localhost\r\n\r\n", 400, True),
+    ("HTTP/1.1 without Host", b"GET /healthz HTTP/1.1\r\nX-A: 1\r\n\r\n", 400, True),
+    ("HTTP/1.0 without Host is served", b"GET /healthz HTTP/1.0\r\n\r\n", 200, True),
+    ("40 header lines are fine", b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n" +
+     b"".join(b"X-Pad-%d: %s\r\n" % (i, b"p" * 50) for i in range(40)) + b"\r\n", 200, False),
+    ("empty values and tabs are fine", b"GET /healthz HTTP/1.1\r\nHost:localhost\r\nX-A:\r\nX-B: \t\r\n"
+     b"X-C:\t1 \t2\t\r\n\r\n", 200, False),
 ]
 
 
@@ -472,9 +658,10 @@ class Findings(TokendTestCase):
         for name, data, status, closes in RAW_REQUESTS:
             with self.subTest(name):
                 started = time.time()
-                out, closed = raw_exchange(t.port, data)
+                out, closed = raw_exchange(t.port, data, reset_ok=False)
                 answers = responses(out)
                 self.assertEqual([a[0] for a in answers], [status], out[:300])
+                self.assertEqual(out.count(b"HTTP/1.1 "), 1, f"one status line: {out[:300]!r}")
                 self.assertLess(time.time() - started, 3, "answered at once")
                 headers = answers[0][1]
                 self.assertEqual(headers.get("x-content-type-options"), "nosniff")
@@ -483,6 +670,39 @@ class Findings(TokendTestCase):
                 if closes:
                     self.assertTrue(closed, "the connection is closed after the refusal")
         self.assertEqual(fake.stats()["requests"], 0, "no request above reached the upstream")
+        # Requests after the first on a connection (libmicrohttpd moves them in its buffer)
+        # are checked the same way: well-formed ones served, the rest refused.
+        ok = b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n"
+        out, _ = raw_exchange(t.port, ok * 3)
+        self.assertEqual([a[0] for a in responses(out)], [200] * 3)
+        out, closed = raw_exchange(t.port, ok + b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n folded\r\n\r\n" + ok)
+        self.assertEqual(([a[0] for a in responses(out)], closed), ([200, 400], True))
+
+    def test_malformed_content_length_among_other_heads(self):
+        # The refusal goes to the request whose head just ended, not to another one whose
+        # head is still coming, on this worker.
+        t = self.tokend(key=None, workers=1, args=["--log-level", "debug"])
+        a, b = (socket.create_connection(("127.0.0.1", t.port)) for _ in range(2))
+        for s in (a, b):
+            s.settimeout(5)
+        a.sendall(b"POST /token HTTP/1.1\r\nHost: localhost\r\n")
+        time.sleep(0.2)
+        b.sendall(b"GET /healthz HTTP/1.1\r\n")
+        time.sleep(0.2)
+        a.sendall(b"Content-Length: 1x\r\n\r\n")
+        out = b""
+        while chunk := a.recv(65536):
+            out += chunk
+        self.assertEqual([(r[0], json.loads(r[2])) for r in responses(out)],
+                         [(400, {"error": "malformed Content-Length header"})])
+        b.sendall(b"Host: localhost\r\nConnection: close\r\n\r\n")
+        out = b""
+        while chunk := b.recv(65536):
+            out += chunk
+        self.assertEqual([r[0] for r in responses(out)], [200])
+        a.close()
+        b.close()
+        self.assertIn("access 127.0.0.1 - - 400", t.wait_log("access 127.0.0.1 - - 400"))
 
     def test_forwarded_for_is_read_whole(self):
         fake = self.fake()
@@ -498,6 +718,31 @@ class Findings(TokendTestCase):
         for xff in ["198.51.100.7, ", "198.51.100.7,, 127.0.0.1", "not-an-address"]:
             r = t.get("/metrics", headers={"X-Forwarded-For": xff})
             self.assertEqual(r.status, 404, f"{xff!r}: /metrics is not for proxied requests")
+
+    def test_forwarded_for_past_the_line_limit(self):
+        # Behind HAProxy (option forwardfor), each proxy adds its line at the end: a client
+        # sending 32 lines of its own once made tokend fall back to the proxy's address,
+        # giving the client a second bucket and naming the proxy in the logs.
+        script = self.write("routes.lua", CLIENT_ECHO + open(DEFAULT_SCRIPT).read()
+                            .replace('local tokend = require "tokend"', "", 1))
+        t = self.tokend(fake=self.fake(), script=script, policy={"TOKEN_BURST": 1},
+                        env={"TOKEND_TRUSTED_PROXIES": "127.0.0.1"})
+
+        def get(path, lines):
+            head = "".join(f"X-Forwarded-For: {line}\r\n" for line in lines)
+            out, _ = raw_exchange(t.port, f"GET {path} HTTP/1.1\r\nHost: localhost\r\n{head}\r\n".encode())
+            return responses(out)[0]
+        own = [f"203.0.113.{k}" for k in range(32)]
+        self.assertEqual(get("/token", ["198.51.100.1"])[0], 200)
+        self.assertEqual(get("/token", own + ["198.51.100.1"])[0], 429, "33 lines: the same client, the same bucket")
+        self.assertEqual(get("/token", own * 3 + ["127.0.0.1"] * 5 + ["198.51.100.1"])[0], 429)
+        for lines, client in [(own + ["198.51.100.2"], "198.51.100.2"),
+                              (own + ["6.6.6.6, 198.51.100.3", "127.0.0.1"], "198.51.100.3"),
+                              (["127.0.0.1"] * 40 + ["198.51.100.4"], "198.51.100.4")]:
+            self.assertEqual(json.loads(get("/who", lines)[2])["client"], client)
+        log = t.wait_log("access 198.51.100.1 GET /token 429")
+        self.assertEqual(len(re.findall(r"access 198\.51\.100\.1 GET /token 429", log)), 2, log)
+        self.assertNotIn("access 127.0.0.1", log, "the proxy is never taken for the client")
 
     def test_dual_stack_clients_are_ipv4(self):
         fake = self.fake()
@@ -783,6 +1028,301 @@ class JwtAttacks(TokendTestCase):
             with self.subTest(name):
                 j = t.get(path, method="POST", body=token).json()
                 self.assertEqual(j.get("sub") or j.get("kind"), expected, j)
+
+
+FORWARDING_SCRIPT = r'''
+local tokend = require "tokend"
+local cjson = require "cjson"
+local BACKEND = tokend.env("BACKEND")
+-- Forwards the client's headers as they are: what a script may well do.
+tokend.route("POST", "/forward", function(req)
+  local res, err = tokend.http.request(BACKEND .. "/echo", { method = "POST", headers = req.headers,
+                                                             body = "prefix:" .. req.body })
+  return 200, res and cjson.decode(res.body) or { err = err }
+end)
+tokend.route("GET", "/headers", function(req) return 200, req.headers end)
+'''
+
+
+class ForwardedHeaders(TokendTestCase):
+    """A script forwarding a client's headers to its backend over the worker's kept-alive
+    connection: framing and hop-by-hop headers must not reach it."""
+
+    def test_framing_and_hop_by_hop_headers_are_dropped(self):
+        import sys
+        sys.path.insert(0, os.path.join(SRC, "tests", "fakes"))
+        from backend import Backend
+        backend = Backend()
+        self.addCleanup(backend.stop)
+        t = self.tokend(key=None, script=self.write("forward.lua", FORWARDING_SCRIPT), env={"BACKEND": backend.url})
+        for i in range(3):
+            # Content-Length: 1 forwarded with a longer body would leave "refix:x" on the
+            # backend connection as the start of the next request.
+            out, _ = raw_exchange(t.port, b"POST /forward HTTP/1.1\r\nHost: localhost\r\nContent-Length: 1\r\n"
+                                  b"Connection: keep-alive, Upgrade\r\nUpgrade: websocket\r\nKeep-Alive: timeout=99\r\n"
+                                  b"TE: trailers\r\nX-Mine: %d\r\n\r\nx" % i)
+            echo = json.loads(responses(out)[0][2])
+            self.assertEqual(echo["body"], "prefix:x", echo)
+            self.assertEqual(echo["headers"].get("content-length"), "8", "libcurl frames the body itself")
+            for name in ["connection", "upgrade", "keep-alive", "te", "transfer-encoding"]:
+                self.assertNotIn(name, echo["headers"])
+            self.assertEqual(echo["headers"]["x-mine"], str(i), "other headers are passed on")
+        self.assertEqual(backend.connections, 1, "one kept-alive connection served every call")
+        out, _ = raw_exchange(t.port, b"GET /headers HTTP/1.1\r\nHost: localhost\r\nCookie: a=1\r\nCookie: b=2\r\n"
+                              b"Accept: x\r\nAccept: y\r\n\r\n")
+        headers = json.loads(responses(out)[0][2])
+        self.assertEqual((headers["cookie"], headers["accept"]), ("a=1; b=2", "x, y"), "one cookie-string, RFC 6265")
+
+
+# ---- The instruction budget is final, whatever the script does (issue: finalizers, nested
+# coroutines, generators, C library work). Each row loops for ever without its defence. ----
+
+BUDGET_SCRIPT = r'''
+local tokend = require "tokend"
+SPUN = 0        -- turns of the innermost loops: what a request ran, counted without a clock
+local function spin() while true do SPUN = SPUN + 1 end end
+local function route(path, fn) tokend.route("GET", path, fn) end
+local KiB = ("a"):rep(1024)
+local MiB = KiB:rep(1024)
+
+-- Finalizers: Lua runs them with hooks off.
+route("/gc-setmetatable", function()
+  setmetatable({}, { __gc = spin })
+  collectgarbage()
+  return 200, "finalized"
+end)
+route("/gc-getmetatable", function()    -- a C library's metatable, made to call a script's function
+  getmetatable(io.stdout).__gc = spin
+  io.tmpfile()
+  collectgarbage()
+  return 200, "finalized"
+end)
+route("/gc-debug-getmetatable", function()
+  debug.getmetatable(io.stdout).__gc = spin
+  io.tmpfile()
+  collectgarbage()
+  return 200, "finalized"
+end)
+route("/gc-debug-setmetatable", function()
+  debug.setmetatable(io.tmpfile(), { __gc = spin })
+  collectgarbage()
+  return 200, "finalized"
+end)
+route("/gc-debug-setmetatable-later", function()   -- an object already marked gets a metatable without __gc first
+  local mt = {}
+  debug.setmetatable(io.tmpfile(), mt)
+  mt.__gc = spin
+  collectgarbage()
+  return 200, "finalized"
+end)
+route("/gc-registry", function()
+  debug.getregistry()["FILE*"].__gc = spin
+  io.tmpfile()
+  collectgarbage()
+  return 200, "finalized"
+end)
+
+-- Nested coroutines: the hook suspends the innermost one only; its resumer resumes it again.
+local function nest(levels)
+  if levels == 0 then return spin end
+  local inner = nest(levels - 1)
+  return function() local f = coroutine.wrap(inner) while true do f() end end
+end
+route("/wrap-2", function() nest(2)() end)
+route("/wrap-3", function() nest(3)() end)
+local function fan(depth)     -- coroutines that each run less than the hook's count
+  if depth == 0 then for _ = 1, 200 do SPUN = SPUN + 1 end return end
+  for _ = 1, 8 do coroutine.wrap(fan)(depth - 1) end
+end
+route("/fan", function() while true do fan(6) end end)
+route("/resume-pcall-2", function()
+  local inner = coroutine.create(spin)
+  local outer = coroutine.create(function() while true do pcall(coroutine.resume, inner) end end)
+  while true do pcall(coroutine.resume, outer) end
+end)
+
+-- Generators: a generator that spends the budget must not end the loop as if it were done.
+local function deny_list()
+  return coroutine.wrap(function()
+    local n = 0
+    while true do SPUN = SPUN + 1 if SPUN < 0 then coroutine.yield("blocked") end end
+  end)
+end
+route("/generator-wrap", function()
+  for entry in deny_list() do if entry == "blocked" then return 403 end end
+  return 200, "allowed"
+end)
+route("/generator-resume", function()
+  local co = coroutine.create(function()
+    while true do SPUN = SPUN + 1 if SPUN < 0 then coroutine.yield("blocked") end end
+  end)
+  while true do
+    local ok, entry = coroutine.resume(co)
+    if not ok or entry == nil then break end
+    if entry == "blocked" then return 403 end
+  end
+  return 200, "allowed"
+end)
+
+-- C library work the count hook does not see.
+route("/rep", function() while true do local s = string.rep("x", 1000000) end end)
+route("/rep-empty", function() while true do local s = string.rep("", 1000000000) end end)
+route("/upper", function() while true do local s = MiB:upper() end end)
+route("/reverse", function() while true do local s = MiB:reverse() end end)
+route("/concat", function()
+  local t = {}
+  for i = 1, 2048 do t[i] = KiB end
+  while true do local s = table.concat(t) end
+end)
+route("/dotdot", function() while true do local s = MiB .. MiB end end)
+route("/format", function() while true do local s = string.format("%s%s", MiB, MiB) end end)
+route("/unpack", function() while true do local n = select("#", table.unpack({}, 1, 200000)) end end)
+route("/byte", function() local s = KiB:rep(256) while true do local n = select("#", s:byte(1, -1)) end end)
+route("/insert", function()
+  local t = {}
+  for i = 1, 100000 do t[i] = i end
+  while true do table.insert(t, 1, 0) table.remove(t, 1) end
+end)
+route("/sort", function()
+  local t = {}
+  for i = 1, 50000 do t[i] = -i end
+  while true do table.sort(t) end
+end)
+
+-- Work no count sees, stopped by the budget's time: an instruction that copies 200,000
+-- values, a C function that hashes 16 MiB.
+local function copies(...) while true do local n = select("#", ...) end end
+route("/varargs", function() copies(table.unpack({}, 1, 200000)) end)
+route("/sha256", function() local s = KiB:rep(16384) while true do tokend.crypto.sha256(s) end end)
+
+-- An audited route's refusal reads req.log.user for the audit line after the answer.
+tokend.route("GET", "/audit-spin", function(req)
+  setmetatable(req.log, { __index = spin })
+  return 403, { error = "refused" }
+end, { audit = true })
+tokend.route("GET", "/audit-raise", function(req)
+  setmetatable(req.log, { __index = function() error("no user here") end })
+  return 403, { error = "refused" }
+end, { audit = true })
+
+route("/sleep", function() os.execute("sleep 20") return 200, "slept" end)
+route("/ok", function() return 200, "still serving" end)
+route("/spun", function() local n = SPUN SPUN = 0 return 200, tostring(n) end)
+'''
+
+BUDGET_ROWS = ["/gc-setmetatable", "/gc-getmetatable", "/gc-debug-getmetatable", "/gc-debug-setmetatable",
+               "/gc-debug-setmetatable-later", "/gc-registry", "/wrap-2", "/wrap-3", "/fan", "/resume-pcall-2", "/generator-wrap", "/generator-resume", "/rep", "/rep-empty", "/upper", "/reverse", "/concat",
+               "/dotdot", "/format", "/unpack", "/byte", "/insert", "/sort", "/varargs", "/sha256"]
+
+# What a script does at its top level that, without its defence, runs a looping finalizer
+# when a reload closes the state (each attempt is caught: the script loads either way).
+RELOAD_SCRIPT = r'''
+local tokend = require "tokend"
+local function spin() while true do end end
+KEPT = {}
+pcall(function() setmetatable(KEPT, { __gc = spin }) end)
+pcall(function() getmetatable(io.stdout).__gc = spin end)
+pcall(function() debug.getmetatable(io.stderr).__gc = spin end)
+pcall(function() debug.setmetatable(io.stdin, { __gc = spin }) end)
+pcall(function() debug.getregistry()["FILE*"].__gc = spin end)
+tokend.route("GET", "/ok", function() return 200, "still serving" end)
+'''
+
+
+def spun_within(budget):
+    """The most turns of SPUN = SPUN + 1 (4 instructions) a budget allows: the hook counts a
+    thread's instructions in steps of 1,000, so one step may go uncounted."""
+    return (budget + 1000) // 4
+
+
+class BudgetIsFinal(TokendTestCase):
+    """Each row ends with a 500, having run no more than its budget (counted by the script,
+    not timed), the worker serves the next request, SIGTERM still exits. Timeouts are
+    generous (a busy machine); a row whose defence is missing runs for ever or far past its
+    budget."""
+
+    def check_rows(self, budget, rows):
+        t = self.tokend(key=None, workers=1, script=self.write("routes.lua", BUDGET_SCRIPT),
+                        env={"TOKEND_LUA_INSTRUCTIONS": str(budget), "TOKEND_DRAIN_TIMEOUT_S": "2"})
+        for path in rows:
+            with self.subTest(path):
+                r = t.get(path, timeout=60)
+                self.assertEqual(r.status, 500, r)
+                self.assertLessEqual(int(t.get("/spun", timeout=60).body), spun_within(budget))
+                self.assertEqual(t.get("/ok", timeout=60).body, b"still serving")
+        self.assertIn("instruction limit exceeded", t.wait_log("instruction limit exceeded"))
+        started = time.time()
+        self.assertEqual(t.stop(), 0)
+        self.assertLess(time.time() - started, 15, "SIGTERM completes within the drain time")
+        return t
+
+    def test_hostile_scripts_end_with_500_and_the_worker_serves_on(self):
+        t = self.check_rows(1000000, BUDGET_ROWS)
+        self.assertIn("__gc metamethods are not available", t.log)
+        self.assertIn("ran past their time", t.log, "/varargs and /sha256")
+
+    def test_an_audited_refusal_reads_req_within_the_budget(self):
+        t = self.tokend(key=None, workers=1, script=self.write("routes.lua", BUDGET_SCRIPT),
+                        env={"TOKEND_LUA_INSTRUCTIONS": "1000000"})
+        for path in ["/audit-spin", "/audit-raise"]:
+            with self.subTest(path):
+                self.assertEqual(t.get(path, timeout=60).status, 403)
+                self.assertEqual(t.get("/ok", timeout=60).body, b"still serving")
+                self.assertLessEqual(int(t.get("/spun", timeout=60).body), spun_within(1000000))
+        self.assertEqual(t.wait_log("token_refused").count("token_refused"), 2, "both refusals are audited")
+        self.assertEqual(t.stop(), 0)
+
+    def test_a_low_budget_ends_nested_coroutines(self):
+        # The issue's case: two levels ran more than 90 s at a budget of 1e5.
+        self.check_rows(100000, ["/wrap-2", "/wrap-3", "/fan", "/resume-pcall-2", "/generator-wrap", "/generator-resume"])
+
+    def test_a_timer_is_held_to_a_request_s_budget(self):
+        script = BUDGET_SCRIPT + '''
+local function spin() while true do SPUN = SPUN + 1 end end
+tokend.timer.after(0, function() local f = coroutine.wrap(function()
+  local g = coroutine.wrap(spin) while true do g() end end) while true do f() end end)
+tokend.timer.after(0.2, function() for _ in coroutine.wrap(function() spin() coroutine.yield(1) end) do end end)
+'''
+        t = self.tokend(key=None, workers=1, script=self.write("routes.lua", script),
+                        env={"TOKEND_LUA_INSTRUCTIONS": "100000"})
+        def failed():
+            return [line for line in t.log.splitlines() if "timer failed" in line and "instruction limit exceeded" in line]
+        deadline = time.time() + 30
+        while len(failed()) < 2 and time.time() < deadline:
+            time.sleep(0.05)
+        self.assertEqual(len(failed()), 2, "both end with the budget's error (the generator's loop does not just end)")
+        self.assertEqual(t.get("/ok", timeout=60).body, b"still serving")
+        self.assertLessEqual(int(t.get("/spun", timeout=60).body), 2 * spun_within(100000))
+
+    def test_a_reload_closes_the_old_state_without_running_a_script_finalizer(self):
+        t = self.tokend(key=None, workers=1, script=self.write("routes.lua", RELOAD_SCRIPT))
+        self.assertEqual(t.get("/ok").body, b"still serving")
+        t.proc.send_signal(signal.SIGHUP)
+        self.assertIn("reloaded", t.wait_log("reloaded", timeout=30))
+        for _ in range(3):      # the old state is closed on the worker's next turns
+            self.assertEqual(t.get("/ok", timeout=60).body, b"still serving")
+        started = time.time()
+        self.assertEqual(t.stop(), 0)
+        self.assertLess(time.time() - started, 15)
+
+    def test_sigterm_exits_after_the_drain_time_even_if_a_worker_is_stuck(self):
+        # os.execute blocks the worker in waitpid: no budget can end that, the shutdown does.
+        t = self.tokend(key=None, workers=1, script=self.write("routes.lua", BUDGET_SCRIPT),
+                        env={"TOKEND_DRAIN_TIMEOUT_S": "1"})
+        def sleep_request():
+            try:
+                request(t.port, "/sleep", timeout=60)
+            except OSError:
+                pass        # closed without an answer when tokend exits
+        th = threading.Thread(target=sleep_request, daemon=True)
+        th.start()
+        time.sleep(1)       # the handler is in os.execute
+        started = time.time()
+        t.proc.send_signal(signal.SIGTERM)
+        code = t.wait(timeout=30)
+        self.assertLess(time.time() - started, 12, "1 s of drain, a margin, not the script's 20 s")
+        self.assertEqual(code, 1)
+        self.assertIn("did not stop", t.log)
 
 
 class ForwardProxy:

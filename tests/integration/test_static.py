@@ -5,6 +5,7 @@ import os
 import time
 import unittest
 
+from blocks import Block, Get, run_blocks
 from harness import TokendTestCase, request
 
 # path as sent on the wire, expected status, expected body (None: any)
@@ -291,6 +292,61 @@ class LargeHeaders(TokendTestCase):
         self.assertGreater(len(many), 8192)
         self.assertEqual(t.get("/a.txt", headers={"If-None-Match": many}).status, 431)
         self.assertEqual(t.get("/a.txt").status, 200, "and the server goes on")
+
+
+HTML = {"Accept": "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"}   # a browser navigating
+SPA = {"index.html": "<div id=app></div>", "app.js": "app()", "assets/logo.svg": "<svg/>", "docs/index.html": "docs",
+       ".secret": "s"}
+
+FALLBACK_BLOCKS = [
+    Block("a single-page app: missing pages get its page, assets keep their 404",
+          'tokend.static("/", FILES, { fallback = "index.html", max_age = 3600 })', [
+              Get("/users/42", headers=HTML, status=200, body="<div id=app></div>",
+                  header={"cache-control": "no-cache", "content-type": "text/html; charset=utf-8"}),
+              Get("/deep/route/", headers=HTML, status=200, body="<div id=app></div>"),
+              Get("/users/42", method="HEAD", headers=HTML, status=200, body=""),
+              Get("/users/42", headers={"Accept": "application/json"}, status=404),
+              Get("/users/42", headers={"Accept": "*/*"}, status=404),       # fetch() and scripts: no page
+              Get("/users/42", status=404),
+              Get("/users/42", headers={"Accept": "text/html;q=0"}, status=404),
+              Get("/missing.js", headers=HTML, status=404),
+              Get("/assets/missing.svg", headers=HTML, status=404),
+              Get("/v1.2/thing", headers=HTML, status=200),                  # the last segment decides
+              Get("/app.js", headers=HTML, status=200, body="app()", header={"cache-control": "max-age=3600"}),
+              Get("/", headers=HTML, status=200, body="<div id=app></div>", header={"cache-control": "max-age=3600"}),
+              Get("/docs/", headers=HTML, status=200, body="docs"),
+              Get("/docs", headers=HTML, status=301),
+              Get("/.secret", headers=HTML, status=404),
+              Get("/.hidden/route", headers=HTML, status=404),
+              Get("/users/42", method="POST", send="", headers=HTML, status=405),
+          ], files=SPA, fake=False),
+    Block("under a prefix, with its page in a subfolder",
+          'tokend.static("/app", FILES, { fallback = "docs/index.html" })', [
+              Get("/app/settings", headers=HTML, status=200, body="docs"),
+              Get("/other", headers=HTML, status=404),
+          ], files=SPA, fake=False),
+    Block("a fallback that is missing is a 404 like the path",
+          'tokend.static("/", FILES, { fallback = "nothing.html" })', [
+              Get("/users/42", headers=HTML, status=404),
+          ], files=SPA, fake=False),
+]
+
+
+class Fallback(TokendTestCase):
+    def test_blocks(self):
+        run_blocks(self, FALLBACK_BLOCKS)
+
+    def test_bad_fallbacks_raise(self):
+        self.write("site/index.html", "x")
+        for value, words in [('"../index.html"', "must be a file's path"), ('"/index.html"', "must be a file's path"),
+                             ('"./index.html"', "must be a file's path"), ('""', "must be a file's path"),
+                             ("true", "fallback must be")]:
+            with self.subTest(value=value):
+                script = self.write("bad.lua", 'local tokend = require "tokend"\n'
+                                    f'tokend.static("/", "site", {{ fallback = {value} }})\n')
+                r = self.run_tokend(["--check", "--script", script])
+                self.assertEqual(r.returncode, 1, r.stderr)
+                self.assertIn(words, r.stderr)
 
 
 class Favicon(TokendTestCase):

@@ -54,14 +54,14 @@ class UpstreamFaults(TokendTestCase):
 
     def test_slow_upstream_does_not_hold_other_requests(self):
         fake = self.fake(fault="hang")
-        t = self.tokend(fake=fake, args=["--upstream-timeout-ms", "2000"], workers=1)
+        t = self.tokend(fake=fake, args=["--upstream-timeout-ms", "10000"], workers=1)
         import threading
         th = threading.Thread(target=t.get, args=("/token",))
         th.start()
         time.sleep(0.1)
         started = time.time()
         self.assertEqual(t.get("/").status, 200)
-        self.assertLess(time.time() - started, 0.5)
+        self.assertLess(time.time() - started, 5, "answered while the token request waits (10 s)")
         th.join()
 
 

@@ -46,9 +46,11 @@ class WsClient:
     """One connection. status/headers: the handshake's answer (101 or an HTTP error)."""
 
     def __init__(self, port, path="/v3/ws", origin="http://127.0.0.1", headers=None, timeout=10, extra=b"",
-                 key=None, version="13", upgrade="websocket", connection="Upgrade", http="HTTP/1.1"):
+                 key=None, version="13", upgrade="websocket", connection="Upgrade", http="HTTP/1.1", tls=None):
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if tls:                         # an ssl.SSLContext: wss
+            self.sock = tls.wrap_socket(self.sock, server_hostname="localhost")
         self.key = key if key is not None else base64.b64encode(os.urandom(16)).decode()   # False: none
         lines = [f"GET {path} {http}", f"Host: 127.0.0.1:{port}"]
         for name, value in (("Upgrade", upgrade), ("Connection", connection), ("Sec-WebSocket-Key", self.key),

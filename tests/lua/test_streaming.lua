@@ -52,6 +52,26 @@ check.equal(english_only:offer(), {
   turn_presets = { "fast", "balanced", "patient" }, default_turn_preset = "balanced",
 }, "offer")
 
+-- Data zones: the region a query asks for among the policy's, and the socket on its base.
+local zones = streaming.options{ base_url = BASE, regions = { "us", "eu" } }
+for i, c in ipairs {
+  -- options, query, the region (false: the default host), the parameter at fault, why
+  { zones, {}, false },
+  { zones, { region = "" }, false },
+  { zones, { region = "eu" }, "eu" },
+  { zones, { region = "mars" }, nil, "region", 'region "mars" is not offered (one of us, eu)' },
+  { all, { region = "eu" }, nil, "region", 'region "eu" is not offered by this server' },
+  { streaming.options{ base_url = BASE, regions = { "eu" }, default_region = "eu" }, {}, "eu" },
+} do
+  local options, query, want, parameter, why = table.unpack(c)
+  check.equal({ options:region(query) }, want == nil and { nil, parameter, why } or { want }, "region case " .. i)
+end
+check.equal(zones:websocket_url({}, "wss://eu.example/v3/ws"), "wss://eu.example/v3/ws?" .. DEFAULT, "a zone's socket")
+check.equal(zones:websocket_url({ turn = "fast" }, "wss://eu.example/v3/ws"):match("^wss://eu%.example/v3/ws%?"),
+            "wss://eu.example/v3/ws?", "a zone's socket with choices")
+check.equal(zones:offer().regions, { "us", "eu" }, "the page is offered the zones")
+check.equal(all:offer().regions, nil, "no zones, no choice")
+
 -- A policy the API cannot serve is a programmer's error, raised at load.
 for _, bad in ipairs {
   { base_url = BASE, speech_models = { "nope" } },
@@ -59,6 +79,8 @@ for _, bad in ipairs {
   { base_url = BASE, max_keyterms = 101 },
   { base_url = BASE, default_turn_preset = "sluggish" },
   { speech_models = { "u3-rt-pro" } },       -- no base URL outside a server
+  { base_url = BASE, regions = "eu" },
+  { base_url = BASE, regions = { "eu" }, default_region = "us" },
 } do
   check.raises(function() streaming.options(bad) end, "test_streaming.lua:%d+: tokend%.streaming%.options: ")
 end

@@ -4,10 +4,16 @@
 - libmicrohttpd is used only by the HTTP front (src/http.c);
 - libtokend.a and libtokend.so export only tokend_* symbols, so a program may define its
   own log_msg or url_decode_path and link against either;
-- the settings table (tokend --help) , .env.example and the README list the same settings.
+- the settings table (tokend --help) , .env.example, the README and the man page (tokend.8,
+  generated from the table) list the same settings, the page with --help's words;
+- the Debian package, the rockspec and the code carry the project's version, and the
+  Makefile installs what debian/control needs to build the package;
+- every function a header of src/ declares is used outside its own file (else it belongs
+  in that file, static).
 """
 import os
 import re
+import shutil
 import subprocess
 import tempfile
 import unittest
@@ -68,6 +74,15 @@ class Layout(unittest.TestCase):
         self.assertEqual(find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}), ["a", "b", "c", "a"])
         self.assertIsNone(find_cycle({"a": {"b"}, "b": set(), "c": {"a", "b"}}))
 
+    def test_the_parts_of_the_lua_api_are_leaves_listed_in_linit(self):
+        folder = os.path.join(SRC, "src")
+        libs = sorted(n[:-2] for n in os.listdir(folder) if re.fullmatch(r"l[a-z]+lib\.c", n) and n != "llib.c")
+        headers = sorted(n for n in os.listdir(folder) if re.fullmatch(r"l[a-z]+lib\.h", n) and n != "llib.h")
+        self.assertEqual(headers, [], "a library has no header: what libraries share lives in a helper file")
+        with open(os.path.join(folder, "linit.c")) as f:
+            listed = sorted(set(re.findall(r"X\((l[a-z]+lib)_open\)", f.read())))
+        self.assertEqual(listed, libs, "every l*lib.c is one line of linit.c")
+
     def test_libmicrohttpd_stays_behind_http_h(self):
         folder = os.path.join(SRC, "src")
         users = []
@@ -79,6 +94,46 @@ class Layout(unittest.TestCase):
             if re.search(r"<microhttpd\.h>|\bMHD_", text):
                 users.append(name)
         self.assertEqual(users, ["http.c"])
+
+
+# A function declared at the top level of a header: "type name(args);" (possibly over
+# several lines), not a typedef, a macro or a static one.
+DECLARATION = re.compile(r"^(?!typedef|#|static|extern|struct|enum|union|\s|/|\*)[A-Za-z_][\w \*]*?\b([a-z_][a-z0-9_]*)"
+                         r"\s*\([^;{}]*\)\s*;", re.M)
+
+
+def header_functions():
+    """(header, function) for every function a header of src/ declares."""
+    folder = os.path.join(SRC, "src")
+    for name in sorted(os.listdir(folder)):
+        if name.endswith(".h"):
+            with open(os.path.join(folder, name)) as f:
+                for m in DECLARATION.finditer(f.read()):
+                    yield name, m.group(1)
+
+
+class Headers(unittest.TestCase):
+    def test_every_declared_function_is_used_outside_its_file(self):
+        texts = {}
+        for base in ("src", os.path.join("tests", "unit"), os.path.join("tests", "fuzz")):
+            for root, _, files in os.walk(os.path.join(SRC, base)):
+                for n in files:
+                    if n.endswith((".c", ".h")):
+                        with open(os.path.join(root, n)) as f:
+                            texts[os.path.join(root, n)] = f.read()
+        found, unused = 0, []
+        for header, function in header_functions():
+            found += 1
+            own = {os.path.join(SRC, "src", header), os.path.join(SRC, "src", header[:-2] + ".c")}
+            if not any(re.search(rf"\b{function}\b", text) for path, text in texts.items() if path not in own):
+                unused.append(f"{header}: {function}")
+        self.assertGreater(found, 200, "the declaration pattern finds the headers' functions")
+        self.assertEqual(unused, [], "declared in a header but used only in its own file: make it static")
+
+    def test_the_pattern_finds_declarations(self):
+        text = ("int a_one(int x);\nstatic int hidden(void);\ntypedef int fn_t(void *ud);\n"
+                "const char *a_two(const struct x *p,\n                  size_t n);\n#define A_MACRO(x) (x)\n")
+        self.assertEqual([m.group(1) for m in DECLARATION.finditer(text)], ["a_one", "a_two"])
 
 
 @unittest.skipIf(SANITIZED, "the plain build checks the libraries")
@@ -135,6 +190,37 @@ class Settings(unittest.TestCase):
         flags = set(re.findall(r"^  --([a-z-]+)", out, re.M))
         return envs, flags
 
+    def help_texts(self):
+        """Variable -> its help text in --help (without the default)."""
+        out = subprocess.run([BIN, "--help"], capture_output=True, text=True, check=True).stdout
+        env_part = out.split("Settings from the environment", 1)[1]
+        return {m.group(1): m.group(2) for m in
+                re.finditer(r"^  ([A-Z][A-Z0-9_]+) +(.*?)(?: \(default [^)]*\))?$", env_part, re.M)}
+
+    def man_page(self):
+        """The flags and variables tokend.8 lists, and its text with runs of spaces as one."""
+        if not shutil.which("groff"):
+            self.skipTest("groff is not installed (make test installs groff-base)")
+        p = subprocess.run(["groff", "-man", "-Tascii", "-P-cbou", "-ww", os.path.join(BUILD, "tokend.8")],
+                           capture_output=True, text=True, check=True)
+        self.assertEqual(p.stderr, "", "groff has warnings about tokend.8")
+        options, rest = p.stdout.split("\nOPTIONS\n", 1)[1].split("\nENVIRONMENT\n", 1)
+        environment = rest.split("\nFILES\n", 1)[0]
+        flags = set(re.findall(r"^ {7}--([a-z-]+)", options, re.M))
+        envs = set(re.findall(r"^ {7}([A-Z][A-Z0-9_]+)\b", environment, re.M))
+        return flags, envs, " ".join(p.stdout.split())
+
+    def test_man_page_lists_every_setting_in_help_s_words(self):
+        envs, flags = self.table()
+        man_flags, man_envs, text = self.man_page()
+        self.assertEqual(man_flags, flags)
+        self.assertEqual(man_envs, envs)
+        helps = self.help_texts()
+        self.assertEqual(set(helps), envs)
+        for env, help in helps.items():
+            with self.subTest(env=env):
+                self.assertIn(f"{env} {' '.join(help.split())}.", text)
+
     def test_env_example_lists_every_setting(self):
         envs, _ = self.table()
         with open(os.path.join(SRC, ".env.example")) as f:
@@ -149,6 +235,40 @@ class Settings(unittest.TestCase):
         self.assertTrue(rows, "the README has a settings table")
         self.assertEqual({r[1].strip("`") for r in rows if r[1]}, envs)
         self.assertEqual({re.match(r"`--([a-z-]+)", r[0]).group(1) for r in rows if r[0]}, flags)
+
+
+class Packaging(unittest.TestCase):
+    def read(self, *path):
+        with open(os.path.join(SRC, *path)) as f:
+            return f.read()
+
+    def control_field(self, paragraph_start, field):
+        """The package names in a field of debian/control's paragraph (alternatives, versions
+        and substitutions left out)."""
+        para = re.search(rf"^{paragraph_start}\n(?:.+\n)*", self.read("debian", "control"), re.M).group(0)
+        value = re.search(rf"^{field}:((?:.*\n)(?:[ \t].*\n)*)", para, re.M).group(1)
+        return {item.split("|")[0].split()[0] for item in value.split(",") if item.strip() and "${" not in item}
+
+    def test_make_installs_what_the_package_build_needs(self):
+        makefile = self.read("Makefile")
+        def listed(var):
+            text = re.search(rf"^{var} = ((?:.*\\\n)*.*)$", makefile, re.M).group(1).replace("\\\n", " ")
+            return set(text.split())
+        installed = (listed("RUN_PACKAGES") | listed("DEB_PACKAGES")) - {"$(RUN_PACKAGES)"}
+        build_deps = self.control_field("Source: tokend", "Build-Depends") - {"debhelper-compat"}
+        self.assertEqual(build_deps - installed, set(), "debian/control's build dependencies make test does not install")
+        self.assertTrue({"$(DEB_PACKAGES)", "debootstrap"} <= listed("TEST_PACKAGES"))
+        dev = {p for p in build_deps if p.endswith("-dev")} - {"libqrencode-dev"}   # the command line's alone
+        self.assertEqual(self.control_field("Package: libtokend-dev", "Depends") - {"libtokend0"}, dev,
+                         "libtokend-dev depends on the libraries' development packages tokend-static.pc links")
+
+    def test_the_package_and_the_rock_carry_the_project_s_version(self):
+        read = self.read
+        project = re.search(r"project\(tokend VERSION ([0-9.]+)", read("CMakeLists.txt")).group(1)
+        self.assertIn(f'#define TOKEND_VERSION "{project}"', read("include", "tokend.h"))
+        debian = re.match(r"tokend \(([^)]+)\)", read("debian", "changelog")).group(1)
+        self.assertEqual(debian.rsplit("-", 1)[0], project, "debian/changelog's upstream version")
+        self.assertIn(f'version = "{project}-', read(f"tokend-{project}-1.rockspec"))
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ static const char differential[] =
     "local pieces = { 'a', 'b', '.', '%a', '%d', '%s', '%W', '[ab]', '[^a]', '[a-c]', '[%d)]', '[]]', '%b()',\n"
     "  '%f[%w]', '%f[%W]', '(', ')', '()', '%1', '%%', '^', '$', '%(', 'x', '[', '%',\n"
     "  '%c', '%g', '%l', '%p', '%u', '%x', '%w', '%A', '%C', '%D', '%G', '%L', '%P', '%S', '%U', '%X',\n"
-    "  '[%u%p]', '[^%S]', '%@', '%\\200' }\n"
+    "  '[%u%p]', '[^%S]', '%@', '%\\200', '%z', '%Z', '[%z]', '[^%z]', '%f[%z]' }\n"
     "local quants = { '', '', '', '*', '+', '-', '?' }\n"
     "local alphabet = { 'a', 'b', 'c', '(', ')', '1', ' ', 'x', '%', ']', 'A', 'F', 'G', '\\t', '\\0', '@',\n"
     "  '\\200', '\\255', '`' }\n"
@@ -119,6 +119,9 @@ static void test_known(void) {
         { "return string.match('  x  ', '^%s*(.-)%s*$')", "x" },
         { "return string.find('THE (quick) fox', '%f[%a]%a+%f[%A]', 5)", "6 10" },
         { "return string.match('hello', '()ll()')", "3 5" },
+        { "return string.find('a\\0b', '%z')", "2 2" },
+        { "return string.find('\\0\\0a', '%Z')", "3 3" },
+        { "return string.gsub('a\\0b\\0', '[%z]', '.')", "a.b. 2" },
         { "local t = {} for k, v in string.gmatch('a=1, b=2', '(%w+)=(%w+)') do t[#t+1] = k..v end return table.concat(t, ',')", "a1,b2" },
     };
     lua_State *L = luaL_newstate();
@@ -151,7 +154,7 @@ static void test_budget(void) {
     char err[200];
     lua_State *L = lstate_new((size_t)64 << 20, err, sizeof err);
     CHECK(L != NULL, "%s", err);
-    lbudget budget = { 0, 10000000, 0 };
+    lbudget budget = { .limit = 10000000 };
     lbudget *outer = lbudget_enter(&budget);
     clock_t started = clock();
     int rc = luaL_dostring(L, "return string.find(string.rep('a', 30000), '.-.-.-.-b')");
@@ -160,7 +163,9 @@ static void test_budget(void) {
     CHECK(seconds < 2.0, "stopped after %.2f s", seconds);
     CHECK(budget.exhausted, "the budget is spent");
     /* pcall does not catch it: the budget stays spent and the error goes on. */
-    budget = (lbudget){ 0, 10000000, 0 };
+    lbudget_enter(outer);
+    budget = (lbudget){ .limit = 10000000 };
+    lbudget_enter(&budget);
     rc = luaL_dostring(L, "local n = 0 while true do pcall(string.find, string.rep('a', 30000), '.-.-.-.-b') n = n + 1 end");
     CHECK(rc != LUA_OK && strstr(lua_tostring(L, -1), "instruction limit exceeded"), "pcall loop: %s", lua_tostring(L, -1));
     lbudget_enter(outer);

@@ -93,9 +93,58 @@ static void test_endpoints(void) {
     }
 }
 
+/* Data zones by name (ASSEMBLYAI_REGION_URLS) and the Voice Agent API's endpoints. */
+static void test_regions(void) {
+    static const struct {
+        const char *text;
+        int rc;
+        size_t n;
+        const char *second, *second_token, *second_ws;     /* the second region, when there is one */
+    } cases[] = {
+        { "us=https://streaming.us.assemblyai.com, eu=https://streaming.eu.assemblyai.com", URL_OK, 2, "eu",
+          "https://streaming.eu.assemblyai.com/v3/token", "wss://streaming.eu.assemblyai.com/v3/ws" },
+        { " eu=http://127.0.0.1:9001/ ,x-1=http://127.0.0.1:9002/prefix,", URL_OK, 2, "x-1",
+          "http://127.0.0.1:9002/prefix/v3/token", "ws://127.0.0.1:9002/prefix/v3/ws" },
+        { "", URL_OK, 0, NULL, NULL, NULL },
+        { "eu", URL_ERR_MALFORMED, 0, NULL, NULL, NULL },
+        { "=https://a.example", URL_ERR_MALFORMED, 0, NULL, NULL, NULL },
+        { "e u=https://a.example", URL_ERR_MALFORMED, 0, NULL, NULL, NULL },
+        { "eu=https://a.example, eu=https://b.example", URL_ERR_MALFORMED, 0, NULL, NULL, NULL },
+        { "eu=ftp://a.example", URL_ERR_MALFORMED, 0, NULL, NULL, NULL },
+        { "eu=https://a.example?x=1", URL_ERR_MALFORMED, 0, NULL, NULL, NULL },
+        { "a=http://h,b=http://h,c=http://h,d=http://h,e=http://h,f=http://h,g=http://h,h=http://h,i=http://h",
+          URL_ERR_TOO_MANY, 0, NULL, NULL, NULL },
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        url_region r[URL_REGION_MAX];
+        size_t n = 99;
+        char err[256] = "";
+        int rc = url_regions(cases[i].text, r, &n, err, sizeof err);
+        CHECK(rc == cases[i].rc, "regions \"%s\": rc %d (%s)", cases[i].text, rc, err);
+        if (rc != URL_OK) {
+            CHECK(err[0] != '\0', "an error message for \"%s\"", cases[i].text);
+            continue;
+        }
+        CHECK(n == cases[i].n, "regions \"%s\": %zu", cases[i].text, n);
+        if (cases[i].second && n == 2) {
+            CHECK_STR(r[1].name, cases[i].second, cases[i].text);
+            CHECK_STR(r[1].endpoints.token_url, cases[i].second_token, cases[i].text);
+            CHECK_STR(r[1].endpoints.websocket_url, cases[i].second_ws, cases[i].text);
+        }
+    }
+    url_endpoints e;
+    char err[256];
+    CHECK(url_agent_endpoints("https://agents.assemblyai.com/", &e, err, sizeof err) == URL_OK, "agents: %s", err);
+    CHECK_STR(e.token_url, "https://agents.assemblyai.com/v1/token", "the Voice Agent token endpoint");
+    CHECK_STR(e.websocket_url, "wss://agents.assemblyai.com/v1/ws", "the Voice Agent socket");
+    CHECK(url_agent_endpoints("agents.assemblyai.com", &e, err, sizeof err) == URL_ERR_MALFORMED &&
+          strstr(err, "Voice Agent URL"), "a scheme is needed: %s", err);
+}
+
 int main(void) {
     test_decode_path();
     test_query();
     test_endpoints();
+    test_regions();
     return check_report("url");
 }

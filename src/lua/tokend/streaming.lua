@@ -35,7 +35,6 @@ streaming.turn_presets = {
 }
 
 local TURN_PARAMETERS = { "end_of_turn_confidence_threshold", "min_turn_silence", "max_turn_silence" }
-local CHOICES = { "speech_model", "speaker_labels", "language_detection", "keyterms", "turn" }
 
 local function escape(s)
   return (s:gsub("[^%w%-%._~]", function(c) return ("%%%02X"):format(c:byte()) end))
@@ -117,15 +116,27 @@ function Options:query(q)
 end
 
 -- The websocket_url a client streams to with what q asks for (the policy's defaults for
--- what it does not); or nil, the argument at fault and why.
-function Options:websocket_url(q)
+-- what it does not), on base (a data zone's socket; default: the policy's base_url); or
+-- nil, the argument at fault and why.
+function Options:websocket_url(q, base)
+  if (base == nil or base == self.base_url) and (not q or (q.speech_model == nil and q.speaker_labels == nil
+      and q.language_detection == nil and q.keyterms == nil and q.turn == nil)) then
+    return self.default_url                  -- nothing chosen: the URL made once
+  end
   q = q or {}
-  local chose = false
-  for _, name in ipairs(CHOICES) do chose = chose or q[name] ~= nil end
-  if not chose then return self.default_url end
   local query, parameter, why = self:query(q)
   if not query then return nil, parameter, why end
-  return self.base_url .. "?" .. query
+  return (base or self.base_url) .. "?" .. query
+end
+
+-- The data zone q (a request's decoded query) asks for among the policy's regions: its
+-- name, or false for the default host; or nil, "region" and why (naming the region).
+function Options:region(q)
+  local asked = q and q.region
+  if asked == nil or asked == "" then return self.default_region or false end
+  if listed(self.regions, asked) then return asked end
+  if #self.regions == 0 then return nil, "region", ("region %q is not offered by this server"):format(asked) end
+  return nil, "region", ("region %q is not offered (one of %s)"):format(asked, table.concat(self.regions, ", "))
 end
 
 -- What a page may offer: the /config answer.
@@ -136,6 +147,7 @@ function Options:offer()
     speaker_labels = self.speaker_labels, max_keyterms = self.max_keyterms,
     keyterm_max_length = streaming.limits.keyterm_length,
     turn_presets = names(self.turn_presets), default_turn_preset = self.default_turn_preset,
+    regions = #self.regions > 0 and self.regions or nil, default_region = self.default_region,
   }
 end
 
@@ -146,9 +158,9 @@ local function server_websocket_url()
 end
 
 -- streaming.options{speech_models, default_speech_model, language_detection,
--- speaker_labels, max_keyterms, turn_presets, default_turn_preset, base_url}: the options
--- a policy allows. Every field is optional (the API's full range by default); a value the
--- API does not know raises.
+-- speaker_labels, max_keyterms, turn_presets, default_turn_preset, base_url, regions,
+-- default_region}: the options a policy allows. Every field is optional (the API's full
+-- range by default; no region: the default host); a value the API does not know raises.
 function streaming.options(o)
   o = o or {}
   if type(o) ~= "table" then error("tokend.streaming.options: expected a table of options", 2) end
@@ -176,6 +188,15 @@ function streaming.options(o)
   self.default_turn_preset = o.default_turn_preset or "balanced"
   if not by_name(self.turn_presets, self.default_turn_preset) then
     error("tokend.streaming.options: default_turn_preset must name one of turn_presets", 2)
+  end
+  self.regions = o.regions or {}
+  if type(self.regions) ~= "table" then error("tokend.streaming.options: regions must be a list", 2) end
+  for _, r in ipairs(self.regions) do
+    if type(r) ~= "string" then error("tokend.streaming.options: regions must be a list of names", 2) end
+  end
+  self.default_region = o.default_region
+  if self.default_region ~= nil and not listed(self.regions, self.default_region) then
+    error("tokend.streaming.options: default_region must be one of regions", 2)
   end
   self.base_url = o.base_url or server_websocket_url()
   if type(self.base_url) ~= "string" then

@@ -1,6 +1,6 @@
-/* lredislib.h: Redis commands from Lua, for tokend.redis and the Redis stores of limiters and dictionaries. */
-#ifndef TOKEND_LREDISLIB_H
-#define TOKEND_LREDISLIB_H
+/* lredis.h: Redis commands from Lua for the parts of the API that keep state in Redis (tokend.redis, limiters, dictionaries): a command waited for like any outside call. */
+#ifndef TOKEND_LREDIS_H
+#define TOKEND_LREDIS_H
 
 #include <lua.h>
 
@@ -23,10 +23,5 @@ int lredis_call(lua_State *L, lhost *h, const char *fn, const char *script, int 
 /* Writes a number as Redis arguments carry it: integers without a fraction, others with
  * the 17 digits that give the same double back. */
 void lredis_number(double n, char out[32]);
-
-/* Pushes a reply as Lua values: strings and status texts as strings, integers, a nil
- * reply as tokend.redis.null, arrays as sequences, an error nested in an array as
- * {err = text}. */
-void lredis_push_reply(lua_State *L, const redis_reply *r);
 
 #endif

@@ -1,6 +1,6 @@
-/* ltokenlib.h: the outcome of a token request as the Lua API returns it (for the pool). */
-#ifndef TOKEND_LTOKENLIB_H
-#define TOKEND_LTOKENLIB_H
+/* ltoken.h: minting for the parts of the Lua API: a token request waited for, its outcome as Lua values, its audit line. */
+#ifndef TOKEND_LTOKEN_H
+#define TOKEND_LTOKEN_H
 
 #include <lua.h>
 
@@ -28,10 +28,23 @@ int ltoken_push_outcome(lua_State *L, const upstream_result *r, const ltoken_aud
 /* Sees the outcome of a mint before the Lua call returns it (a pool counts it). */
 typedef void ltoken_observe_fn(void *ud, const upstream_result *r);
 
+/* Where a token is minted and its session streams: one of AssemblyAI's endpoints. */
+typedef struct ltoken_target {
+    const char *token_url;          /* NULL: the upstream's own (ASSEMBLYAI_STREAMING_URL) */
+    const char *websocket_url;
+    const char *region;             /* a data zone's name, or NULL */
+    const char *product;            /* "streaming" or "voice_agent" */
+} ltoken_target;
+
 /* Mints a token for the code on L, which waits as for any outside call (fn names the Lua
  * function in errors), and returns what generate_temp_token returns, with its audit line.
  * observe (may be NULL) gets the outcome first. */
 int ltoken_mint(lua_State *L, lhost *h, const char *fn, long expires_in_s, long max_session_s,
                 ltoken_observe_fn *observe, void *observe_ud);
+
+/* ltoken_mint at target (NULL: the upstream's own endpoint), and the success's info table
+ * says where the session streams. */
+int ltoken_mint_at(lua_State *L, lhost *h, const char *fn, const ltoken_target *target, long expires_in_s,
+                   long max_session_s, ltoken_observe_fn *observe, void *observe_ud);
 
 #endif
