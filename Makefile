@@ -28,7 +28,7 @@ TEST_PACKAGES = $(RUN_PACKAGES) python3 openssl lua5.4 curl chromium espeak-ng s
                 redis-server haproxy lua-luv lua-cqueues libnss3-tools groff-base $(DEB_PACKAGES) debootstrap
 # Fuzzing: clang with libFuzzer and the sanitizer runtimes.
 FUZZ_PACKAGES = $(RUN_PACKAGES) clang libclang-rt-14-dev
-FUZZ_TARGETS = path query headers envfile upstream static toolkit regions relay
+FUZZ_TARGETS = $(patsubst tests/fuzz/fuzz_%.c,%,$(wildcard tests/fuzz/fuzz_*.c))
 FUZZ_SECONDS ?= 20
 
 .PHONY: all build run test check test-sanitize test-valgrind fuzz bench deb deps-run deps-test deps-nodejs deps-node \

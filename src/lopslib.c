@@ -180,23 +180,56 @@ static int lops_stats(lua_State *L) {
     return 1;
 }
 
+/* The metrics' text, gathered in C memory: the renderers hold their locks while they write,
+ * so nothing that can raise (a Lua allocation) may run under them. */
+typedef struct lops_text {
+    char *data;
+    size_t len, cap;
+    int failed;                     /* an allocation failed: the text is incomplete */
+} lops_text;
+
 static int lops_metrics_write(void *ud, const char *text, size_t len) {
-    luaL_addlstring(ud, text, len);
+    lops_text *t = ud;
+    if (t->failed) return -1;
+    if (t->len + len > t->cap) {
+        size_t cap = t->cap ? t->cap : 8192;
+        while (cap < t->len + len) cap *= 2;
+        char *grown = realloc(t->data, cap);
+        if (!grown) { t->failed = 1; return -1; }
+        t->data = grown;
+        t->cap = cap;
+    }
+    memcpy(t->data + t->len, text, len);
+    t->len += len;
     return 0;
 }
 
-/* tokend.metrics(): every counter in the Prometheus text format. */
+static int lops_push_text(lua_State *L) {
+    const lops_text *t = lua_touserdata(L, 1);
+    lua_pushlstring(L, t->data ? t->data : "", t->len);
+    return 1;
+}
+
+/* tokend.metrics(): every counter in the Prometheus text format. Raises on memory
+ * exhaustion (after freeing the text), like any allocation in Lua. */
 static int lops_metrics(lua_State *L) {
     const lhost_world *world = lhost_world_of(LLIB_HOST(L));
+    lops_text t = { 0 };
     long opened, calls;
-    luaL_Buffer b;
     fetch_totals(&opened, &calls);
-    luaL_buffinit(L, &b);
-    metrics_render(lops_metrics_write, &b, opened);
-    pool_metrics(lops_metrics_write, &b);
-    policy_metrics(world->buckets, lops_metrics_write, &b);
-    shdict_metrics(world->shared, lops_metrics_write, &b);
-    luaL_pushresult(&b);
+    metrics_render(lops_metrics_write, &t, opened);
+    pool_metrics(lops_metrics_write, &t);
+    policy_metrics(world->buckets, lops_metrics_write, &t);
+    shdict_metrics(world->shared, lops_metrics_write, &t);
+    int status = LUA_ERRMEM;
+    if (!t.failed) {
+        lua_pushcfunction(L, lops_push_text);
+        lua_pushlightuserdata(L, &t);
+        status = lua_pcall(L, 1, 1, 0);
+    }
+    free(t.data);
+    if (status == LUA_ERRMEM && t.failed) return luaL_error(L, "tokend.metrics: out of memory");
+    if (status != LUA_OK) return lua_error(L);
     return 1;
 }
 
