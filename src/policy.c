@@ -19,13 +19,6 @@
 #define POLICY_MAX_LIMITERS 32
 #define POLICY_EVICT_PROBE 8    /* the least recently used clients looked at for a full bucket */
 
-/* FNV-1a over a key, for the connection counts (an entry per address with open connections). */
-static uint64_t policy_hash(const char *key) {
-    uint64_t h = 1469598103934665603ULL;
-    for (; *key; key++) h = (h ^ (unsigned char)*key) * 1099511628211ULL;
-    return h;
-}
-
 /* ---- token buckets ---- */
 
 typedef struct policy_entry {
@@ -244,53 +237,68 @@ void policy_metrics(policy_buckets *b, metrics_write_fn *write, void *ud) {
 /* ---- connections per address ---- */
 
 typedef struct policy_conn_entry {
-    struct policy_conn_entry *next;
+    hashtab_node node;      /* in the table, by addr */
+    list_node all;          /* in the list of entries (to free them) */
     unsigned int count;
-    char addr[64];
+    char addr[NETADDR_TEXT];
 } policy_conn_entry;
-
-#define POLICY_CONN_SLOTS 4096
 
 struct policy_conns {
     pthread_mutex_t lock;
     unsigned int limit;
-    policy_conn_entry *slots[POLICY_CONN_SLOTS];
+    hashtab *table;         /* keyed: a client cannot pick addresses that share a chain */
+    list_node entries;
 };
 
 policy_conns *policy_conns_create(unsigned int limit_per_addr) {
     policy_conns *c = calloc(1, sizeof *c);
     if (!c) return NULL;
+    if (!(c->table = hashtab_create())) {
+        free(c);
+        return NULL;
+    }
     c->limit = limit_per_addr;
+    list_init(&c->entries);
     pthread_mutex_init(&c->lock, NULL);
     return c;
 }
 
+static void policy_conn_drop(policy_conns *c, policy_conn_entry *e) {
+    hashtab_remove(c->table, &e->node);
+    list_remove(&e->all);
+    free(e);
+}
+
 void policy_conns_free(policy_conns *c) {
     if (!c) return;
-    for (size_t i = 0; i < POLICY_CONN_SLOTS; i++) {
-        for (policy_conn_entry *e = c->slots[i], *n; e; e = n) {
-            n = e->next;
-            free(e);
-        }
-    }
+    for (list_node *n; (n = list_first(&c->entries));) policy_conn_drop(c, list_entry(n, policy_conn_entry, all));
+    hashtab_free(c->table);
     pthread_mutex_destroy(&c->lock);
     free(c);
 }
 
+static int policy_conn_is(const hashtab_node *n, const void *key, size_t len) {
+    const policy_conn_entry *e = hashtab_entry(n, const policy_conn_entry, node);
+    return strlen(e->addr) == len && memcmp(e->addr, key, len) == 0;
+}
+
 /* The entry counting addr's connections (an IPv6 address counts as its /64 network, like
- * the rate limits), or where it goes. key gets the counting key. */
-static policy_conn_entry **policy_conn_find(policy_conns *c, const char *addr, char *key, size_t keylen) {
-    netaddr_key(addr, key, keylen);
-    policy_conn_entry **pp = &c->slots[policy_hash(key) & (POLICY_CONN_SLOTS - 1)];
-    while (*pp && strcmp((*pp)->addr, key) != 0) pp = &(*pp)->next;
-    return pp;
+ * the rate limits), or NULL. key gets the counting key, *hash its hash. */
+static policy_conn_entry *policy_conn_find(policy_conns *c, const char *addr, char key[NETADDR_TEXT],
+                                           uint64_t *hash) {
+    netaddr_key(addr, key, NETADDR_TEXT);
+    size_t len = strlen(key);
+    *hash = hashtab_hash(c->table, key, len);
+    hashtab_node *n = hashtab_find(c->table, *hash, policy_conn_is, key, len);
+    return n ? hashtab_entry(n, policy_conn_entry, node) : NULL;
 }
 
 int policy_conns_allowed(policy_conns *c, const char *addr) {
     if (!c || !c->limit) return 1;
     char key[NETADDR_TEXT];
+    uint64_t hash;
     pthread_mutex_lock(&c->lock);
-    policy_conn_entry *e = *policy_conn_find(c, addr, key, sizeof key);
+    policy_conn_entry *e = policy_conn_find(c, addr, key, &hash);
     int ok = !e || e->count < c->limit;
     pthread_mutex_unlock(&c->lock);
     return ok;
@@ -299,23 +307,25 @@ int policy_conns_allowed(policy_conns *c, const char *addr) {
 void policy_conns_opened(policy_conns *c, const char *addr) {
     if (!c || !c->limit) return;
     char key[NETADDR_TEXT];
+    uint64_t hash;
     pthread_mutex_lock(&c->lock);
-    policy_conn_entry **pp = policy_conn_find(c, addr, key, sizeof key);
-    if (!*pp && (*pp = calloc(1, sizeof **pp))) snprintf((*pp)->addr, sizeof (*pp)->addr, "%s", key);
-    if (*pp) (*pp)->count++;
+    policy_conn_entry *e = policy_conn_find(c, addr, key, &hash);
+    if (!e && (e = calloc(1, sizeof *e))) {
+        memcpy(e->addr, key, sizeof e->addr);
+        hashtab_insert(c->table, &e->node, hash);
+        list_insert_after(&c->entries, &e->all);
+    }
+    if (e) e->count++;
     pthread_mutex_unlock(&c->lock);
 }
 
 void policy_conns_closed(policy_conns *c, const char *addr) {
     if (!c || !c->limit) return;
     char key[NETADDR_TEXT];
+    uint64_t hash;
     pthread_mutex_lock(&c->lock);
-    policy_conn_entry **pp = policy_conn_find(c, addr, key, sizeof key);
-    if (*pp && --(*pp)->count == 0) {
-        policy_conn_entry *e = *pp;
-        *pp = e->next;
-        free(e);
-    }
+    policy_conn_entry *e = policy_conn_find(c, addr, key, &hash);
+    if (e && --e->count == 0) policy_conn_drop(c, e);
     pthread_mutex_unlock(&c->lock);
 }
 
