@@ -4,6 +4,7 @@
 - a module split over several files (x.c, xcheck.c, ...) keeps its insides in a private header,
   xint.h, which only its own files include;
 - libmicrohttpd is used only by the HTTP front (src/http*.c and its private header);
+- no file of src/ is longer than 800 lines;
 - libtokend.a and libtokend.so export only tokend_* symbols, so a program may define its
   own log_msg or url_decode_path and link against either;
 - the settings table (tokend --help) , .env.example, the README and the man page (tokend.8,
@@ -123,6 +124,17 @@ class Layout(unittest.TestCase):
                     if owner and not re.fullmatch(rf"{owner}\w*\.c", name):
                         outside.append(f"{name} includes {inc}.h")
         self.assertEqual(outside, [], "a private header xint.h is included only by the files x*.c of its module")
+
+    def test_no_file_is_over_800_lines(self):
+        folder = os.path.join(SRC, "src")
+        long = []
+        for name in sorted(os.listdir(folder)):
+            if name.endswith((".c", ".h")):
+                with open(os.path.join(folder, name)) as f:
+                    lines = sum(1 for _ in f)
+                if lines > 800:
+                    long.append(f"{name}: {lines} lines")
+        self.assertEqual(long, [], "a file past 800 lines is split by concern")
 
 
 # A function declared at the top level of a header: "type name(args);" (possibly over
