@@ -48,7 +48,7 @@ struct fetch_call {
     int head_seen;                  /* streamed: the head was handed over */
     int paused;                     /* streamed: the body callback paused it */
     char errbuf[CURL_ERROR_SIZE];
-    fetch_call *prev, *next;        /* active list, or idle list (next only) */
+    list_node link;                 /* in the client's active calls, or its idle pool */
 };
 
 static void fetch_drain(fetch_shard *sh);
@@ -288,6 +288,7 @@ failure_kind fetch_failure_of(int code) {
 static fetch_call *fetch_call_new(fetch *f) {
     fetch_call *c = calloc(1, sizeof *c);
     if (!c) return NULL;
+    list_init(&c->link);
     c->f = f;
     c->easy = curl_easy_init();
     if (!c->easy) {
@@ -332,13 +333,6 @@ static void fetch_call_free(fetch_call *c) {
     free(c);
 }
 
-static void fetch_unlink(fetch *f, fetch_call *c) {
-    if (c->prev) c->prev->next = c->next;
-    else f->active = c->next;
-    if (c->next) c->next->prev = c->prev;
-    c->prev = c->next = NULL;
-}
-
 /* Puts a finished or cancelled call back in the idle pool; the body sent is wiped (it may
  * hold a secret). */
 static void fetch_release(fetch *f, fetch_call *c) {
@@ -348,8 +342,7 @@ static void fetch_release(fetch *f, fetch_call *c) {
     fetch_buf_reset(&c->sent, 0);
     c->done = NULL;
     c->ud = NULL;
-    c->next = f->idle;
-    f->idle = c;
+    list_insert_after(&f->idle, &c->link);
 }
 
 /* The multi handle for a new transfer: the first with room, so that calls keep landing on
@@ -416,10 +409,7 @@ static int fetch_launch(fetch *f, fetch_call *c, long watchdog_ms, loop_timer_fn
     c->shard = sh;
     sh->transfers++;
     sh->used = 1;
-    c->prev = NULL;
-    c->next = f->active;
-    if (f->active) f->active->prev = c;
-    f->active = c;
+    list_insert_after(&f->active, &c->link);
     loop_timer_start(f->lp, &c->watchdog, watchdog_ms, fn, c);
     return 0;
 }
@@ -435,6 +425,10 @@ static void fetch_detach(fetch_call *c) {
 fetch *fetch_create(loop *lp, const fetch_options *o, char *err, size_t errlen) {
     fetch *f = calloc(1, sizeof *f);
     if (!f) goto nomem;
+    list_init(&f->active);
+    list_init(&f->idle);
+    list_init(&f->conn_shards);
+    list_init(&f->conns);
     f->lp = lp;
     f->connect_timeout_ms = o->connect_timeout_ms;
     if (o->ca_file && *o->ca_file && !(f->ca_file = strdup(o->ca_file))) goto nomem;
@@ -451,10 +445,10 @@ nomem:
 
 void fetch_free(fetch *f) {
     if (!f) return;
-    while (f->conns) fetch_conn_close(f->conns);
-    while (f->active) {
-        fetch_call *c = f->active;
-        fetch_unlink(f, c);
+    fetchconn_close_all(f);
+    for (list_node *n; (n = list_first(&f->active));) {
+        fetch_call *c = list_entry(n, fetch_call, link);
+        list_remove(n);
         loop_timer_stop(f->lp, &c->watchdog);
         fetch_detach(c);
         if (c->stream) {        /* its answer may be half sent: its owner ends it */
@@ -464,16 +458,14 @@ void fetch_free(fetch *f) {
         }
         fetch_call_free(c);
     }
-    while (f->idle) {
-        fetch_call *c = f->idle;
-        f->idle = c->next;
-        fetch_call_free(c);
+    for (list_node *n; (n = list_first(&f->idle));) {
+        list_remove(n);
+        fetch_call_free(list_entry(n, fetch_call, link));
     }
     for (int i = 0; i < f->nshards; i++) fetch_shard_free(f, f->shards[i]);
-    while (f->conn_shards) {
-        fetch_shard *sh = f->conn_shards;
-        f->conn_shards = sh->next_conns;
-        fetch_shard_free(f, sh);
+    for (list_node *n; (n = list_first(&f->conn_shards));) {
+        list_remove(n);
+        fetch_shard_free(f, list_entry(n, fetch_shard, conns_link));
     }
     if (f->nshards) loop_timer_stop(f->lp, &f->sweep);
     if (f->share) curl_share_cleanup(f->share);
@@ -522,9 +514,10 @@ static int fetch_prepare(fetch_call *c, const fetch_request *rq, fetch_done_fn *
 }
 
 fetch_call *fetch_start(fetch *f, const fetch_request *rq, fetch_done_fn *done, void *ud) {
-    fetch_call *c = f->idle;
-    if (c) f->idle = c->next;
-    else if (!(c = fetch_call_new(f))) return NULL;
+    list_node *pooled = list_first(&f->idle);
+    fetch_call *c = pooled ? list_entry(pooled, fetch_call, link) : fetch_call_new(f);
+    if (!c) return NULL;
+    list_remove(&c->link);
     CURL *e = c->easy;
     /* An https call waits for a connection being opened to learn whether it multiplexes,
      * rather than opening its own; plain http is HTTP/1.1 only, where waiting would serialise
@@ -572,7 +565,7 @@ void fetch_resume(fetch_call *c) {
 /* Takes c out of the running calls: unlinked, its watchdog stopped, its handle out of
  * its multi handle. */
 static void fetch_stop(fetch_call *c) {
-    fetch_unlink(c->f, c);
+    list_remove(&c->link);
     loop_timer_stop(c->f->lp, &c->watchdog);
     fetch_detach(c);
 }
@@ -614,13 +607,14 @@ static void fetch_on_retire(void *ud) {
         if (f->shards[i] != sh) f->shards[kept++] = f->shards[i];
     f->nshards = kept;
     if (f->nshards < 2) loop_timer_stop(f->lp, &f->sweep);
-    for (fetch_call *c = f->active; c;) {
+    for (list_node *n = list_first(&f->active); n;) {
+        fetch_call *c = list_entry(n, fetch_call, link);
         if (c->shard != sh) {
-            c = c->next;
+            n = list_next(&f->active, n);
             continue;
         }
         fetch_fail(c, FAILURE_NETWORK, "the HTTP client was reset after an internal failure; try again");
-        c = f->active;          /* done may have started or cancelled calls: look again */
+        n = list_first(&f->active);     /* done may have started or cancelled calls: look again */
     }
     fetch_shard_free(f, sh);
 }

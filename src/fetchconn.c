@@ -25,26 +25,22 @@ struct fetch_conn {
     void *ud;
     uint64_t start_us;
     char errbuf[CURL_ERROR_SIZE];
-    fetch_conn *prev, *next;
+    list_node link;                 /* in the client's conns */
 };
 
 /* Takes a multi handle of connections out of the list new connections start on. */
 void fetchconn_shard_unlink(fetch_shard *sh) {
-    for (fetch_shard **pp = &sh->f->conn_shards; *pp; pp = &(*pp)->next_conns) {
-        if (*pp == sh) {
-            *pp = sh->next_conns;
-            break;
-        }
-    }
-    sh->next_conns = NULL;
+    list_remove(&sh->conns_link);
 }
 
 /* The multi handle a new connection starts on: one with fewer than FETCH_CONN_SHARD, or
  * a new one. The open connections stay in its cache (never leaving it while they live),
  * apart from the calls' keep-alive connections. NULL when out of memory. */
 static fetch_shard *fetchconn_shard(fetch *f) {
-    for (fetch_shard *sh = f->conn_shards; sh; sh = sh->next_conns)
+    for (list_node *n = list_first(&f->conn_shards); n; n = list_next(&f->conn_shards, n)) {
+        fetch_shard *sh = list_entry(n, fetch_shard, conns_link);
         if (sh->transfers < FETCH_CONN_SHARD) return sh;
+    }
     fetch_shard *sh = calloc(1, sizeof *sh);
     if (!sh || !(sh->multi = curl_multi_init())) {
         free(sh);
@@ -56,8 +52,7 @@ static fetch_shard *fetchconn_shard(fetch *f) {
     curl_multi_setopt(sh->multi, CURLMOPT_SOCKETDATA, sh);
     curl_multi_setopt(sh->multi, CURLMOPT_TIMERFUNCTION, fetch_on_timer_change);
     curl_multi_setopt(sh->multi, CURLMOPT_TIMERDATA, sh);
-    sh->next_conns = f->conn_shards;
-    f->conn_shards = sh;
+    list_insert_after(&f->conn_shards, &sh->conns_link);
     return sh;
 }
 
@@ -74,7 +69,7 @@ static void fetchconn_drop(fetch_conn *c) {
     if (sh->transfers > 0 || sh->retire.heap_index) return;
     /* Empty: freed when retired, or when it is not the only one (one stays, warm). */
     if (sh->broken) fetch_shard_free(c->f, sh);
-    else if (c->f->conn_shards != sh || sh->next_conns) {
+    else if (list_first(&c->f->conn_shards) != list_last(&c->f->conn_shards)) {
         fetchconn_shard_unlink(sh);
         fetch_shard_free(c->f, sh);
     }
@@ -132,9 +127,7 @@ fetch_conn *fetch_connect(fetch *f, const char *url, const char *proxy, long tim
         return NULL;
     }
     sh->transfers++;
-    c->next = f->conns;
-    if (f->conns) f->conns->prev = c;
-    f->conns = c;
+    list_insert_after(&f->conns, &c->link);
     return c;
 }
 
@@ -184,13 +177,14 @@ void fetchconn_on_retire(void *ud) {
     fetch_shard *sh = ud;
     fetch *f = sh->f;
     sh->transfers++;            /* held while connections fail (their owners may close them) */
-    for (fetch_conn *c = f->conns; c;) {
+    for (list_node *n = list_first(&f->conns); n;) {
+        fetch_conn *c = list_entry(n, fetch_conn, link);
         if (c->shard != sh || !c->done) {
-            c = c->next;
+            n = list_next(&f->conns, n);
             continue;
         }
         fetchconn_report(c, CURLE_RECV_ERROR, "the HTTP client was reset after an internal failure; try again");
-        c = f->conns;           /* done may have closed or opened connections: look again */
+        n = list_first(&f->conns);      /* done may have closed or opened connections: look again */
     }
     if (--sh->transfers == 0) fetch_shard_free(f, sh);
 }
@@ -229,11 +223,12 @@ ssize_t fetch_conn_recv(fetch_conn *c, void *buf, size_t len) {
 }
 
 void fetch_conn_close(fetch_conn *c) {
-    fetch *f = c->f;
-    if (c->prev) c->prev->next = c->next;
-    else f->conns = c->next;
-    if (c->next) c->next->prev = c->prev;
+    list_remove(&c->link);
     c->done = NULL;
     fetchconn_drop(c);
     free(c);
+}
+
+void fetchconn_close_all(fetch *f) {
+    for (list_node *n; (n = list_first(&f->conns));) fetch_conn_close(list_entry(n, fetch_conn, link));
 }

@@ -5,6 +5,7 @@
 #include <curl/curl.h>
 
 #include "fetch.h"
+#include "list.h"
 #include "loop.h"
 
 /* libcurl scans a multi handle's whole connection cache for every transfer (to find a
@@ -26,7 +27,7 @@ struct fetch_shard {
     int broken;                     /* curl's state for it cannot be trusted: retiring */
     loop_timer retire;              /* the retirement, once the loop's round is over */
     int conns;                      /* 1: it runs connections (fetch_connect), not calls */
-    struct fetch_shard *next_conns; /* the client's other multi handles of connections */
+    list_node conns_link;           /* connections': in the client's conn_shards while sound */
 };
 
 struct fetch {
@@ -37,12 +38,12 @@ struct fetch {
     CURLSH *share;
     char *ca_file;
     long connect_timeout_ms;
-    fetch_call *active;
-    fetch_call *idle;               /* finished calls kept with their easy handle for reuse */
+    list_node active;               /* calls running */
+    list_node idle;                 /* finished calls kept with their easy handle for reuse */
     unsigned char *conn_fds;        /* per fd: FETCH_FD_OPENED, FETCH_FD_PARKABLE or 0 */
     int nconn_fds;
-    fetch_shard *conn_shards;       /* multi handles of connections (fetch_connect), sound ones */
-    fetch_conn *conns;              /* connections opened or being opened */
+    list_node conn_shards;          /* multi handles of connections (fetch_connect), sound ones */
+    list_node conns;                /* connections opened or being opened */
 };
 
 
@@ -76,5 +77,8 @@ void fetchconn_shard_unlink(fetch_shard *sh);
 
 /* Retires a broken multi handle of connections (a loop timer's callback, sh as ud). */
 void fetchconn_on_retire(void *ud);
+
+/* Closes every connection of the client (fetch_free). */
+void fetchconn_close_all(fetch *f);
 
 #endif

@@ -33,27 +33,13 @@
 
 /* One open connection: waiting while a request is being received. */
 typedef struct http_conn {
-    struct http_conn *prev, *next;
+    list_node link;             /* in the front's conns_list */
     int fd;
     int waiting;                /* 1 from accept or the last response until a request is whole */
     int cut;                    /* already shut down for missing the deadline */
     uint64_t since_ms;
     char peer[64];
 } http_conn;
-
-static void http_list_push(http_exchange **list, http_exchange *x) {
-    x->prev = NULL;
-    x->next = *list;
-    if (*list) (*list)->prev = x;
-    *list = x;
-}
-
-static void http_list_unlink(http_exchange **list, http_exchange *x) {
-    if (x->prev) x->prev->next = x->next;
-    else if (*list == x) *list = x->next;
-    if (x->next) x->next->prev = x->prev;
-    x->prev = x->next = NULL;
-}
 
 /* libmicrohttpd's own messages: most are caused by clients (malformed or oversized
  * requests, resets), which can repeat them at will, so they are throttled. A malformed or
@@ -98,7 +84,7 @@ static void *http_on_uri(void *cls, const char *uri, struct MHD_Connection *conn
     req->log_every = 1;
     req->start_us = loop_now_us();
     snprintf(req->route, sizeof req->route, "none");
-    http_list_push(&x->front->heads, x);
+    list_insert_after(&x->front->heads, &x->link);
     const union MHD_ConnectionInfo *ci = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
     netaddr_of_sockaddr(ci ? ci->client_addr : NULL, req->peer, sizeof req->peer);
     memcpy(req->client, req->peer, sizeof req->client);
@@ -147,9 +133,7 @@ static void http_on_connection(void *cls, struct MHD_Connection *conn, void **so
         c->fd = ci ? ci->connect_fd : -1;
         c->waiting = 1;
         c->since_ms = loop_now_ms();
-        c->next = f->conns_list;
-        if (f->conns_list) f->conns_list->prev = c;
-        f->conns_list = c;
+        list_insert_after(&f->conns_list, &c->link);
         f->nconns++;
         policy_conns_opened(f->conns, c->peer);
         *socket_context = c;
@@ -161,9 +145,7 @@ static void http_on_connection(void *cls, struct MHD_Connection *conn, void **so
     if (!c) return;
     f->nconns--;
     policy_conns_closed(f->conns, c->peer);
-    if (c->prev) c->prev->next = c->next;
-    else f->conns_list = c->next;
-    if (c->next) c->next->prev = c->prev;
+    list_remove(&c->link);
     free(c);
     *socket_context = NULL;
 }
@@ -173,7 +155,9 @@ static void http_on_connection(void *cls, struct MHD_Connection *conn, void **so
 static void http_on_tick(void *ud) {
     http_front *f = ud;
     uint64_t now = loop_now_ms();
-    for (http_conn *c = f->request_timeout_ms ? f->conns_list : NULL; c; c = c->next) {
+    for (list_node *n = f->request_timeout_ms ? list_first(&f->conns_list) : NULL; n;
+         n = list_next(&f->conns_list, n)) {
+        http_conn *c = list_entry(n, http_conn, link);
         if (c->waiting && !c->cut && c->fd >= 0 && now - c->since_ms > f->request_timeout_ms) {
             log_throttled(LOG_DEBUG, "http (client)", "closing a connection from %s: no complete request within %llu ms",
                           c->peer, (unsigned long long)f->request_timeout_ms);
@@ -222,12 +206,12 @@ static void http_on_completed(void *cls, struct MHD_Connection *conn, void **con
     if (!x) return;
     http_request *req = &x->pub;
     *con_cls = NULL;
-    if (f->upgraded && x->status == MHD_HTTP_SWITCHING_PROTOCOLS) httpstream_upgrade_lost(x);
+    if (!list_empty(&f->upgraded) && x->status == MHD_HTTP_SWITCHING_PROTOCOLS) httpstream_upgrade_lost(x);
     if (x->state == REQ_NEW) {
-        http_list_unlink(&f->heads, x);     /* refused by libmicrohttpd, or the client left */
+        list_remove(&x->link);      /* from the heads: refused by libmicrohttpd, or the client left */
     } else if (x->state == REQ_DISPATCHED) {
         /* Only reachable when the daemon stops under a request: never leave it linked. */
-        http_list_unlink(&f->pending, x);
+        list_remove(&x->link);
         f->in_flight--;
         metrics_in_flight(-1);
     }
@@ -336,7 +320,7 @@ void http_request_respond(http_request *req, int status, http_response *resp, un
         return;
     }
     if (x->state == REQ_DISPATCHED) {
-        http_list_unlink(&f->pending, x);
+        list_remove(&x->link);      /* from the pending */
         f->in_flight--;
         metrics_in_flight(-1);
     }
@@ -376,7 +360,7 @@ static enum MHD_Result http_on_request(void *cls, struct MHD_Connection *conn, c
     http_request *req = &x->pub;
     switch (x->state) {
     case REQ_NEW: {
-        http_list_unlink(&f->heads, x);
+        list_remove(&x->link);      /* from the heads */
         req->method = method;
         x->version = version;
         x->conn = conn;
@@ -422,7 +406,7 @@ static enum MHD_Result http_on_request(void *cls, struct MHD_Connection *conn, c
         }
         x->state = REQ_DISPATCHED;
         http_conn_waiting(conn, 0);
-        http_list_push(&f->pending, x);
+        list_insert_after(&f->pending, &x->link);
         f->in_flight++;
         metrics_in_flight(1);
         if (f->closing) http_request_fail(req, 503, "server shutting down");
@@ -495,6 +479,11 @@ http_front *http_create(loop *lp, const http_options *opts, http_dispatch_fn *di
         snprintf(err, errlen, "out of memory");
         goto fail;
     }
+    list_init(&f->heads);
+    list_init(&f->pending);
+    list_init(&f->conns_list);
+    list_init(&f->streams);
+    list_init(&f->upgraded);
     f->lp = lp;
     f->dispatch = dispatch;
     f->dispatch_ud = ud;
@@ -567,7 +556,8 @@ size_t http_in_flight(const http_front *f) {
 void http_free(http_front *f) {
     if (!f) return;
     f->closing = 1;     /* what still arrives is not dispatched: the Lua host may be gone */
-    while (f->pending) http_request_fail(&f->pending->pub, 503, "server shutting down");
+    for (list_node *n; (n = list_first(&f->pending));)
+        http_request_fail(&list_entry(n, http_exchange, link)->pub, 503, "server shutting down");
     httpstream_close_all(f);        /* upgraded connections closed, bodies being produced cut */
     MHD_run(f->daemon);
     if (f->daemon2) MHD_run(f->daemon2);

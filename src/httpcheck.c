@@ -222,10 +222,13 @@ int httpcheck_request(http_front *f, http_exchange *x, const char *version) {
  * otherwise) with no answer yet. tokend answers it there with one well-formed response,
  * then shuts the sending side: libmicrohttpd's own answer fails and it closes. */
 void httpcheck_refuse_framing(http_front *f, int status, const char *message) {
-    http_exchange *x = f->heads;
-    while (x && (x->status || !MHD_get_connection_info(x->conn, MHD_CONNECTION_INFO_REQUEST_HEADER_SIZE) ||
-                 MHD_get_connection_info(x->conn, MHD_CONNECTION_INFO_HTTP_STATUS)))
-        x = x->next;
+    http_exchange *x = NULL;
+    for (list_node *n = list_first(&f->heads); n && !x; n = list_next(&f->heads, n)) {
+        http_exchange *h = list_entry(n, http_exchange, link);
+        if (!h->status && MHD_get_connection_info(h->conn, MHD_CONNECTION_INFO_REQUEST_HEADER_SIZE) &&
+            !MHD_get_connection_info(h->conn, MHD_CONNECTION_INFO_HTTP_STATUS))
+            x = h;
+    }
     const union MHD_ConnectionInfo *ci = x ? MHD_get_connection_info(x->conn, MHD_CONNECTION_INFO_CONNECTION_FD) : NULL;
     if (!ci) return;
     char body[200], date[32], out[600];

@@ -7,6 +7,7 @@
 #include <microhttpd.h>
 
 #include "http.h"
+#include "list.h"
 #include "log.h"
 #include "netaddr.h"
 #include "policy.h"
@@ -22,8 +23,8 @@ struct http_front {
     void *dispatch_ud;
     size_t max_body_bytes;
     size_t in_flight;
-    struct http_exchange *heads;    /* head being received: the handler not called yet */
-    struct http_exchange *pending;  /* dispatched, unanswered */
+    list_node heads;                /* exchanges whose head is being received: the handler not called yet */
+    list_node pending;              /* exchanges dispatched, unanswered */
     int closing;                    /* http_free is under way */
     int quiesced_fd;            /* listening socket handed back by MHD_quiesce_daemon, or -1 */
     netaddr_nets *proxies;
@@ -32,7 +33,7 @@ struct http_front {
     size_t max_header_bytes;
     size_t max_query_args;
     uint64_t request_timeout_ms;
-    struct http_conn *conns_list;   /* open connections, for the request deadline */
+    list_node conns_list;           /* open connections (http_conn), for the request deadline */
     loop_timer tick_timer;
     int run_pending;            /* libmicrohttpd has work to do: its epoll fd was ready, or a resume */
     unsigned long log_sampled;  /* successes of sampled routes, for log_every */
@@ -42,8 +43,8 @@ struct http_front {
     struct MHD_Daemon *tls_daemon;  /* the daemon that speaks HTTPS, or NULL */
     unsigned int max_connections;   /* both daemons together */
     unsigned int nconns;
-    struct http_stream *streams;    /* bodies being produced */
-    struct http_upgraded *upgraded;     /* connections handed over to their owners */
+    list_node streams;              /* bodies being produced (http_stream) */
+    list_node upgraded;             /* connections handed over to their owners (http_upgraded) */
 };
 
 /* A request with what only the HTTP front sees of it. */
@@ -63,7 +64,7 @@ typedef struct http_exchange {
     size_t discarded;                   /* body bytes dropped past the limit */
     log_field *log_fields;              /* added to the access line (keys and values owned) */
     size_t nlog_fields;
-    struct http_exchange *prev, *next;  /* in the front's heads, then in its pending list */
+    list_node link;                     /* in the front's heads, then in its pending list */
     const char *version;                /* "HTTP/1.1" (libmicrohttpd's, as long as the request) */
 } http_exchange;
 

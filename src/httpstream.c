@@ -16,15 +16,8 @@ struct http_upgraded {
     void *ud;
     http_exchange *x;               /* until the socket is handed over */
     int cancelled;                  /* closed by its owner before it was handed over */
-    struct http_upgraded *prev, *next;
+    list_node link;                 /* in the front's upgraded */
 };
-
-static void httpstream_unlink_upgraded(http_upgraded *u) {
-    if (u->prev) u->prev->next = u->next;
-    else if (u->front->upgraded == u) u->front->upgraded = u->next;
-    if (u->next) u->next->prev = u->prev;
-    u->prev = u->next = NULL;
-}
 
 /* libmicrohttpd sent the 101 and hands the socket over (inside MHD_run). */
 static void httpstream_on_upgrade(void *cls, struct MHD_Connection *conn, void *con_cls, const char *extra_in,
@@ -44,9 +37,10 @@ static void httpstream_on_upgrade(void *cls, struct MHD_Connection *conn, void *
 /* The connection of x ends before its socket was handed over (libmicrohttpd refused the
  * 101, or the client left): the owner hears of it as a connection that never came. */
 void httpstream_upgrade_lost(http_exchange *x) {
-    for (http_upgraded *u = x->front->upgraded; u; u = u->next) {
+    for (list_node *n = list_first(&x->front->upgraded); n; n = list_next(&x->front->upgraded, n)) {
+        http_upgraded *u = list_entry(n, http_upgraded, link);
         if (u->x != x) continue;
-        httpstream_unlink_upgraded(u);
+        list_remove(&u->link);
         if (!u->cancelled) u->fn(u->ud, NULL, -1, NULL, 0);
         free(u);
         return;
@@ -80,9 +74,7 @@ http_upgraded *http_request_upgrade(http_request *req, const char *const *header
     u->fn = fn;
     u->ud = ud;
     u->x = x;
-    u->next = f->upgraded;
-    if (f->upgraded) f->upgraded->prev = u;
-    f->upgraded = u;
+    list_insert_after(&f->upgraded, &u->link);
     http_request_respond(req, MHD_HTTP_SWITCHING_PROTOCOLS, (http_response *)resp, 0);
     return u;
 }
@@ -92,7 +84,7 @@ void http_upgraded_close(http_upgraded *u) {
         u->cancelled = 1;           /* closed as soon as libmicrohttpd hands it over */
         return;
     }
-    httpstream_unlink_upgraded(u);
+    list_remove(&u->link);
     MHD_upgrade_action(u->urh, MHD_UPGRADE_ACTION_CLOSE);
     u->front->run_pending = 1;      /* libmicrohttpd closes the socket on its next turn only */
     free(u);
@@ -101,16 +93,15 @@ void http_upgraded_close(http_upgraded *u) {
 /* Before the daemon stops: the connections handed over are closed, those not yet handed
  * over are closed as they are (their owners are gone). */
 static void httpstream_close_upgraded(http_front *f) {
-    for (http_upgraded *u = f->upgraded, *next; u; u = next) {
-        next = u->next;
-        http_upgraded_close(u);
+    for (list_node *n = list_first(&f->upgraded), *next; n; n = next) {
+        next = list_next(&f->upgraded, n);
+        http_upgraded_close(list_entry(n, http_upgraded, link));
     }
     MHD_run(f->daemon);
     if (f->daemon2) MHD_run(f->daemon2);
-    while (f->upgraded) {
-        http_upgraded *u = f->upgraded;
-        httpstream_unlink_upgraded(u);
-        free(u);
+    for (list_node *n; (n = list_first(&f->upgraded));) {
+        list_remove(n);
+        free(list_entry(n, http_upgraded, link));
     }
 }
 
@@ -133,7 +124,7 @@ struct http_stream {
     int peer_spoke;                 /* the client sent something while it waited: watched no more */
     int ended;                      /* 1: complete, 2: cut */
     loop_timer drain_timer;
-    struct http_stream *prev, *next;    /* the front's streams */
+    list_node link;                 /* in the front's streams */
 };
 
 /* Calls the producer's drained, from the loop. */
@@ -207,9 +198,7 @@ static ssize_t httpstream_read(void *cls, uint64_t pos, char *buf, size_t max) {
 static void httpstream_free(void *cls) {
     http_stream *s = cls;
     http_front *f = s->f;
-    if (s->prev) s->prev->next = s->next;
-    else f->streams = s->next;
-    if (s->next) s->next->prev = s->prev;
+    list_remove(&s->link);
     if (s->x) s->x->stream = NULL;
     if (s->watched_fd >= 0) loop_watch(f->lp, s->watched_fd, 0, NULL, NULL);
     loop_timer_stop(f->lp, &s->drain_timer);
@@ -231,9 +220,7 @@ http_response *http_response_stream(http_request *req, long long size, size_t bu
     s->watched_fd = -1;
     s->high = buffer ? buffer : 1;
     s->x = x;
-    s->next = s->f->streams;
-    if (s->f->streams) s->f->streams->prev = s;
-    s->f->streams = s;
+    list_insert_after(&s->f->streams, &s->link);
     /* libmicrohttpd reads at most block bytes at a time, into a buffer of the response's
      * own: small for an event stream (thousands may be open), 16 KiB for a large body. */
     size_t block = s->high < 256 ? 256 : s->high > 16384 ? 16384 : s->high;
@@ -290,5 +277,6 @@ void httpstream_close_all(http_front *f) {
     httpstream_close_upgraded(f);   /* never stop libmicrohttpd under them */
     /* Bodies still being produced are cut: their connections are resumed to close (a
      * suspended connection must not be there when the daemon stops). */
-    for (struct http_stream *s = f->streams; s; s = s->next) http_stream_end(s, 0);
+    for (list_node *n = list_first(&f->streams); n; n = list_next(&f->streams, n))
+        http_stream_end(list_entry(n, http_stream, link), 0);
 }

@@ -116,6 +116,7 @@ static int lhost_traceback(lua_State *L) {
 static lhost *lhost_new(const lhost_options *o) {
     lhost *h = calloc(1, sizeof *h);
     if (!h) return NULL;
+    list_init(&h->live);
     h->instruction_limit = o->instruction_limit;
     h->max_query_args = o->max_query_args;
     h->world = h->own_world = o->world;

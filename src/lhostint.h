@@ -8,6 +8,7 @@
 #include <lua.h>
 
 #include "lbudget.h"
+#include "list.h"
 #include "lhost.h"
 #include "lrequest.h"
 #include "proxy.h"
@@ -49,7 +50,7 @@ struct lhost {
     int encode_ref;             /* registry: cjson.encode */
     int tasks_ref;              /* registry: coroutine -> its task (light userdata) */
     size_t running;
-    lhost_task *live;           /* tasks whose function has not finished */
+    list_node live;             /* tasks whose function has not finished */
     lhost_hook *hooks;          /* run when the host retires */
     int *pooled;                /* registry refs of finished coroutines, ready for reuse */
     size_t npooled;
@@ -64,7 +65,7 @@ struct lhost_task {
     int nargs;                  /* values lhost_start left on the coroutine */
     lhost_waiter wait;          /* the outside call being awaited, if any */
     lbudget budget;
-    lhost_task *prev, *next;    /* the host's live tasks */
+    list_node link;             /* in the host's live tasks */
     /* a request */
     http_request *req;
     int req_ref;                /* registry: its req table */

@@ -46,9 +46,7 @@ static lhost_task *lhosttask_new(lhost *h) {
     lhost_task *t = calloc(1, sizeof *t);
     if (!t) return NULL;
     h->running++;
-    t->next = h->live;
-    if (h->live) h->live->prev = t;
-    h->live = t;
+    list_insert_after(&h->live, &t->link);
     t->h = h;
     t->co_ref = t->req_ref = t->handler_ref = t->fn_ref = t->takeover_ref = LUA_NOREF;
     t->budget.limit = h->instruction_limit;
@@ -143,9 +141,7 @@ static void lhosttask_takeover_end(lhost_task *t, int taken) {
  * gets its req.log fields on its access line, a spawned function's callback is called. */
 static void lhosttask_done(lhost_task *t) {
     lhost *h = t->h;
-    if (t->prev) t->prev->next = t->next;
-    else h->live = t->next;
-    if (t->next) t->next->prev = t->prev;
+    list_remove(&t->link);
     if (t->audit && !t->minted && t->status) lhosttask_audit_refusal(t);
     if (t->req && t->req_ref != LUA_NOREF) {
         lua_pushcfunction(h->L, lrequest_log_fields);
@@ -537,9 +533,9 @@ void lhost_wake(lhost_waiter *w, lhost_push_fn *push, void *ud) {
 /* Abandons the tasks still running: what they wait for is cancelled, their callbacks are
  * not called, and a request's HTTP side is answered by the HTTP front's own shutdown. */
 void lhosttask_drop_all(lhost *h) {
-    while (h->live) {
-        lhost_task *t = h->live;
-        h->live = t->next;
+    for (list_node *n; (n = list_first(&h->live));) {
+        lhost_task *t = list_entry(n, lhost_task, link);
+        list_remove(n);
         if (t->wait.op) t->wait.cancel(t->wait.op);
         http_response_free(t->answer.resp);
         if (!h->owns_state && t->co_ref != LUA_NOREF) {

@@ -36,6 +36,7 @@ void relay_set_reason(char dst[WS_REASON_MAX + 1], const char *src) {
 relay_hub *relay_hub_create(loop *lp, fetch *client, const relay_settings *st) {
     relay_hub *hub = calloc(1, sizeof *hub);
     if (!hub) return NULL;
+    list_init(&hub->sessions);
     hub->lp = lp;
     hub->client = client;
     hub->handshake_timeout_ms = st->handshake_timeout_ms > 0 ? st->handshake_timeout_ms : 10000;
@@ -98,11 +99,8 @@ void relay_free_held(relay_session *s) {
 }
 
 static void relay_unlink(relay_session *s) {
-    relay_hub *hub = s->hub;
-    if (s->prev) s->prev->next = s->next;
-    else hub->sessions = s->next;
-    if (s->next) s->next->prev = s->prev;
-    hub->count--;
+    list_remove(&s->link);
+    s->hub->count--;
 }
 
 /* Frees a session without a word to anyone. */
@@ -119,7 +117,7 @@ static void relay_destroy(relay_session *s) {
 
 void relay_hub_free(relay_hub *hub) {
     if (!hub) return;
-    while (hub->sessions) relay_destroy(hub->sessions);
+    for (list_node *n; (n = list_first(&hub->sessions));) relay_destroy(list_entry(n, relay_session, link));
     if (hub->key) explicit_bzero(hub->key, strlen(hub->key));
     free(hub->key);
     free(hub->url);
@@ -243,8 +241,9 @@ void relay_session_close(relay_session *s, relay_cause cause, int code, const ch
 }
 
 void relay_hub_close_all(relay_hub *hub) {
-    for (relay_session *s = hub->sessions, *next; s; s = next) {
-        next = s->next;
+    for (list_node *n = list_first(&hub->sessions), *next; n; n = next) {
+        relay_session *s = list_entry(n, relay_session, link);
+        next = list_next(&hub->sessions, n);
         relay_end(s, RELAY_SHUTDOWN, WS_CODE_GOING_AWAY, "the server is shutting down", 1);
         relay_after(s);
     }

@@ -6,6 +6,7 @@
 #include <stdint.h>
 
 #include "audit.h"
+#include "list.h"
 #include "loop.h"
 #include "relay.h"
 #include "ws.h"
@@ -47,13 +48,13 @@ struct relay_hub {
     char *proxy;
     int tls;                        /* https: writes are retried with the same buffer */
     long handshake_timeout_ms;
-    relay_session *sessions;
+    list_node sessions;
     size_t count;
 };
 
 struct relay_session {
     relay_hub *hub;
-    relay_session *prev, *next;
+    list_node link;                 /* in the hub's sessions */
     relay_owner owner;
     void *ud;
     char id[17];

@@ -271,9 +271,7 @@ relay_session *relay_start(relay_hub *hub, http_request *req, const relay_option
     s->max_ms = (uint64_t)o->max_seconds * 1000u;
     s->idle_ms = (uint64_t)o->idle_seconds * 1000u;
     s->stall_ms = s->idle_ms ? s->idle_ms : RELAY_STALL_MS;     /* the same patience both ways */
-    s->next = hub->sessions;
-    if (hub->sessions) hub->sessions->prev = s;
-    hub->sessions = s;
+    list_insert_after(&hub->sessions, &s->link);
     hub->count++;
     s->phase = RELAY_CONNECTING;
     s->hs_deadline_ms = relay_now_ms() + (uint64_t)hub->handshake_timeout_ms;
