@@ -46,7 +46,6 @@ struct fetch {
     list_node conns;                /* connections opened or being opened */
 };
 
-
 /* ---- fetch.c: the multi handles on the worker's loop ---- */
 
 /* Counts connections libcurl opened (CURLINFO_NUM_CONNECTS), for fetch_totals. */

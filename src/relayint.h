@@ -113,6 +113,7 @@ struct relay_session {
     int upstream_code, upstream_status, status;
 };
 
+/* The loop's clock in milliseconds: every deadline of a session is on it. */
 static inline uint64_t relay_now_ms(void) {
     return loop_now_ms();
 }
