@@ -13,6 +13,7 @@
 
 #include "crypto.h"
 #include "devserver.h"
+#include "list.h"
 #include "log.h"
 #include "netaddr.h"
 
@@ -70,7 +71,7 @@ typedef struct devserver_page devserver_page;
 
 struct devserver_hub {
     pthread_mutex_t lock;
-    devserver *stations;            /* under lock */
+    list_node stations;             /* the workers' devservers, under lock */
     char message[DEVSERVER_MESSAGE_MAX + 64];   /* the last reload event, under lock */
     char boot[40];                  /* this server's run: a page reloads when it changes */
     const char *ca_pem;
@@ -81,15 +82,14 @@ struct devserver {
     loop *lp;
     int efd;                        /* the hub writes to it: a reload to send */
     loop_timer heartbeat;
-    devserver_page *pages;
-    devserver *next;                /* the hub's stations */
+    list_node pages;                /* open pages */
+    list_node station;              /* in the hub's stations */
 };
 
 /* An open page: its event stream. */
 struct devserver_page {
-    devserver *d;
     http_stream *stream;
-    devserver_page *prev, *next;
+    list_node link;                 /* in its devserver's pages */
 };
 
 devserver_hub *devserver_hub_create(const char *ca_pem) {
@@ -100,6 +100,7 @@ devserver_hub *devserver_hub_create(const char *ca_pem) {
         free(h);
         return NULL;
     }
+    list_init(&h->stations);
     if (crypto_random(rnd, sizeof rnd) < 0) memset(rnd, 0, sizeof rnd);
     crypto_hex(rnd, sizeof rnd, hex);
     snprintf(h->boot, sizeof h->boot, "%s", hex);
@@ -131,8 +132,8 @@ void devserver_hub_reload(devserver_hub *h, const char *changed) {
     uint64_t one = 1;
     pthread_mutex_lock(&h->lock);
     devserver_format_reload(h->message, sizeof h->message, changed ? changed : "");
-    for (devserver *d = h->stations; d; d = d->next)
-        if (write(d->efd, &one, sizeof one) < 0 && errno != EAGAIN) log_throttled(LOG_WARN, "livereload", "cannot wake a worker: %s", strerror(errno));
+    for (list_node *n = list_first(&h->stations); n; n = list_next(&h->stations, n))
+        if (write(list_entry(n, devserver, station)->efd, &one, sizeof one) < 0 && errno != EAGAIN) log_throttled(LOG_WARN, "livereload", "cannot wake a worker: %s", strerror(errno));
     pthread_mutex_unlock(&h->lock);
 }
 
@@ -140,8 +141,10 @@ void devserver_hub_reload(devserver_hub *h, const char *changed) {
  * (it will reconnect if it is still there). */
 static void devserver_broadcast(devserver *d, const char *text) {
     size_t len = strlen(text);
-    for (devserver_page *p = d->pages; p; p = p->next)
+    for (list_node *n = list_first(&d->pages); n; n = list_next(&d->pages, n)) {
+        devserver_page *p = list_entry(n, devserver_page, link);
         if (http_stream_write(p->stream, text, len) != 0) http_stream_end(p->stream, 0);
+    }
 }
 
 static void devserver_on_wake(void *ud, int fd, unsigned events) {
@@ -170,6 +173,7 @@ devserver *devserver_open(devserver_hub *h, loop *lp, char *err, size_t errlen) 
     }
     d->hub = h;
     d->lp = lp;
+    list_init(&d->pages);
     d->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     if (d->efd < 0 || loop_watch(lp, d->efd, LOOP_READ, devserver_on_wake, d) < 0) {
         snprintf(err, errlen, "cannot set up live reload: %s", strerror(errno));
@@ -179,8 +183,7 @@ devserver *devserver_open(devserver_hub *h, loop *lp, char *err, size_t errlen) 
     }
     loop_timer_start(lp, &d->heartbeat, DEVSERVER_HEARTBEAT_MS, devserver_on_heartbeat, d);
     pthread_mutex_lock(&h->lock);
-    d->next = h->stations;
-    h->stations = d;
+    list_insert_after(&h->stations, &d->station);
     pthread_mutex_unlock(&h->lock);
     return d;
 }
@@ -188,19 +191,15 @@ devserver *devserver_open(devserver_hub *h, loop *lp, char *err, size_t errlen) 
 void devserver_close(devserver *d) {
     if (!d) return;
     pthread_mutex_lock(&d->hub->lock);
-    for (devserver **pp = &d->hub->stations; *pp; pp = &(*pp)->next)
-        if (*pp == d) {
-            *pp = d->next;
-            break;
-        }
+    list_remove(&d->station);
     pthread_mutex_unlock(&d->hub->lock);
     loop_timer_stop(d->lp, &d->heartbeat);
     loop_watch(d->lp, d->efd, 0, NULL, NULL);
     close(d->efd);
-    while (d->pages) {          /* not expected: the front went first and closed the streams */
-        devserver_page *p = d->pages;
-        d->pages = p->next;
-        free(p);
+    /* Not expected: the front went first and closed the streams. */
+    for (list_node *n; (n = list_first(&d->pages));) {
+        list_remove(n);
+        free(list_entry(n, devserver_page, link));
     }
     free(d);
 }
@@ -208,10 +207,7 @@ void devserver_close(devserver *d) {
 /* The page's stream is over (it left, or the server stops). */
 static void devserver_on_closed(void *ud) {
     devserver_page *p = ud;
-    devserver *d = p->d;
-    if (p->prev) p->prev->next = p->next;
-    else d->pages = p->next;
-    if (p->next) p->next->prev = p->prev;
+    list_remove(&p->link);
     free(p);
 }
 
@@ -227,10 +223,7 @@ static void devserver_stream(devserver *d, http_request *req) {
         http_request_fail(req, 503, "out of memory");
         return;
     }
-    p->d = d;
-    p->next = d->pages;
-    if (d->pages) d->pages->prev = p;
-    d->pages = p;
+    list_insert_after(&d->pages, &p->link);
     http_response_header(resp, "Content-Type", "text/event-stream; charset=utf-8");
     http_response_header(resp, "Cache-Control", "no-cache");
     http_response_header(resp, "X-Accel-Buffering", "no");     /* nginx: pass events at once */

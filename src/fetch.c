@@ -1,4 +1,4 @@
-/* fetch.c: outgoing HTTP requests from a worker's loop: non-blocking libcurl transfers. */
+/* fetch.c: outgoing HTTP requests from a worker's loop: non-blocking libcurl transfers (calls), and the multi handles they and the connections (fetchconn.c) run on. */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <stdatomic.h>
@@ -11,34 +11,21 @@
 #include <unistd.h>
 #include <curl/curl.h>
 
-#include "fetch.h"
+#include "fetchint.h"
 #include "log.h"
 
 #define FETCH_WATCHDOG_SLACK_MS 1000    /* past its deadline, the watchdog ends a call */
 #define FETCH_HEADERS_MAX (64 * 1024)   /* response header bytes kept; more fails the call */
 #define FETCH_KEEP_BUFFER (16 * 1024)   /* a pooled call keeps buffers up to this size */
 
-/* libcurl scans a multi handle's whole connection cache for every transfer (to find a
- * free keep-alive connection, and again when the transfer leaves). With a thousand calls
- * in flight that scan dominates, so calls are spread over several multi handles of at
- * most FETCH_SHARD_CALLS transfers each; they share DNS and TLS sessions. */
-#define FETCH_SHARD_CALLS 64
-#define FETCH_MAX_SHARDS 64
 /* A multi handle other than the first that ran no transfer for two sweeps (30 to 60 s)
  * is closed with its connections: after a burst, they would linger (and, once the server
  * closes them, sit in CLOSE_WAIT) until the next burst. */
 #define FETCH_SWEEP_MS 30000
-/* Connections per multi handle for fetch_connect: libcurl 7.88 finds a connection's handle
- * by walking its multi handle's whole connection cache on every curl_easy_send and
- * curl_easy_recv (Curl_getconnectinfo), so a thousand WebSockets on one would cost a
- * thousand steps a message. */
-#define FETCH_CONN_SHARD 32
 
 /* Connections opened and calls finished by every client of the process. */
 static atomic_long fetch_opened_total;
 static atomic_long fetch_calls_total;
-
-typedef struct fetch_shard fetch_shard;
 
 /* A growable byte buffer. */
 typedef struct fetch_buf {
@@ -61,56 +48,15 @@ struct fetch_call {
     int head_seen;                  /* streamed: the head was handed over */
     int paused;                     /* streamed: the body callback paused it */
     char errbuf[CURL_ERROR_SIZE];
-    fetch_call *prev, *next;        /* active list, or idle list (next only) */
-};
-
-struct fetch_shard {
-    fetch *f;
-    CURLM *multi;
-    loop_timer timer;               /* curl's timeout for this multi handle */
-    int transfers;                  /* easy handles in multi */
-    int used;                       /* a transfer started since the last sweep */
-    int broken;                     /* curl's state for it cannot be trusted: retiring */
-    loop_timer retire;              /* the retirement, once the loop's round is over */
-    int conns;                      /* 1: it runs connections (fetch_connect), not calls */
-    struct fetch_shard *next_conns; /* the client's other multi handles of connections */
-};
-
-struct fetch {
-    loop *lp;
-    fetch_shard *shards[FETCH_MAX_SHARDS];
-    int nshards;
-    loop_timer sweep;               /* armed while there is more than one shard */
-    CURLSH *share;
-    char *ca_file;
-    long connect_timeout_ms;
-    fetch_call *active;
-    fetch_call *idle;               /* finished calls kept with their easy handle for reuse */
-    unsigned char *conn_fds;        /* per fd: FETCH_FD_OPENED, FETCH_FD_PARKABLE or 0 */
-    int nconn_fds;
-    fetch_shard *conn_shards;       /* multi handles of connections (fetch_connect), sound ones */
-    fetch_conn *conns;              /* connections opened or being opened */
-};
-
-/* A connection for another protocol: libcurl connects (CONNECT_ONLY), its owner talks. */
-struct fetch_conn {
-    fetch *f;
-    fetch_shard *shard;             /* its multi handle, for as long as the connection lives */
-    CURL *easy;                     /* NULL once the connection is gone */
-    int fd;                         /* its socket once connected */
-    int direct;                     /* plain TCP: bytes go through the socket, not libcurl */
-    fetch_conn_fn *done;            /* until it is connected or failed */
-    void *ud;
-    uint64_t start_us;
-    char errbuf[CURL_ERROR_SIZE];
-    fetch_conn *prev, *next;
+    list_node link;                 /* in the client's active calls, or its idle pool */
 };
 
 static void fetch_drain(fetch_shard *sh);
-static void fetch_conn_drain(fetch_shard *sh);
-static void fetch_conn_on_retire(void *ud);
-static void fetch_conn_shard_unlink(fetch_shard *sh);
 static void fetch_on_sweep(void *ud);
+
+void fetch_count_opened(long connections) {
+    atomic_fetch_add(&fetch_opened_total, connections);
+}
 
 void fetch_totals(long *connections_opened, long *calls) {
     *connections_opened = atomic_load(&fetch_opened_total);
@@ -150,14 +96,12 @@ static void fetch_buf_reset(fetch_buf *b, size_t keep) {
 
 /* ---- sockets and timers, on the worker's loop ---- */
 
-static void fetch_break_shard(fetch_shard *sh, const char *why);
-
 /* Runs curl on sh for a socket event or its timeout, then hands over what finished. */
 static void fetch_run(fetch_shard *sh, curl_socket_t fd, int flags) {
     int running = 0;
     if (sh->broken) return;
     CURLMcode rc = curl_multi_socket_action(sh->multi, fd, flags, &running);
-    if (sh->conns) fetch_conn_drain(sh);
+    if (sh->conns) fetchconn_drain(sh);
     else fetch_drain(sh);
     /* Out of memory, libcurl 7.88 can leave a socket's bookkeeping destroyed but in place:
      * the next event on that socket divides by zero inside curl_multi_socket_action. */
@@ -183,7 +127,7 @@ static int fetch_fd_state(const fetch *f, int fd) {
     return fd >= 0 && fd < f->nconn_fds ? f->conn_fds[fd] : 0;
 }
 
-static int fetch_on_socket(CURL *easy, curl_socket_t s, int what, void *userp, void *socketp) {
+int fetch_on_socket(CURL *easy, curl_socket_t s, int what, void *userp, void *socketp) {
     fetch_shard *sh = userp;
     fetch *f = sh->f;
     unsigned ev = 0;
@@ -211,7 +155,7 @@ static int fetch_on_socket(CURL *easy, curl_socket_t s, int what, void *userp, v
 }
 
 /* curl's connection sockets are opened here, so that we know which ones we may park. */
-static curl_socket_t fetch_on_open_socket(void *ud, curlsocktype purpose, struct curl_sockaddr *a) {
+curl_socket_t fetch_on_open_socket(void *ud, curlsocktype purpose, struct curl_sockaddr *a) {
     fetch *f = ud;
     (void)purpose;
     int fd = socket(a->family, a->socktype | SOCK_CLOEXEC, a->protocol);
@@ -230,7 +174,7 @@ static curl_socket_t fetch_on_open_socket(void *ud, curlsocktype purpose, struct
     return fd;
 }
 
-static int fetch_on_close_socket(void *ud, curl_socket_t s) {
+int fetch_on_close_socket(void *ud, curl_socket_t s) {
     fetch *f = ud;
     if (s >= 0 && s < f->nconn_fds) f->conn_fds[s] = 0;
     loop_watch(f->lp, s, 0, NULL, NULL);
@@ -241,7 +185,7 @@ static void fetch_on_timeout(void *ud) {
     fetch_run(ud, CURL_SOCKET_TIMEOUT, 0);
 }
 
-static int fetch_on_timer_change(CURLM *multi, long timeout_ms, void *userp) {
+int fetch_on_timer_change(CURLM *multi, long timeout_ms, void *userp) {
     fetch_shard *sh = userp;
     (void)multi;
     if (timeout_ms < 0) loop_timer_stop(sh->f->lp, &sh->timer);
@@ -344,6 +288,7 @@ failure_kind fetch_failure_of(int code) {
 static fetch_call *fetch_call_new(fetch *f) {
     fetch_call *c = calloc(1, sizeof *c);
     if (!c) return NULL;
+    list_init(&c->link);
     c->f = f;
     c->easy = curl_easy_init();
     if (!c->easy) {
@@ -388,13 +333,6 @@ static void fetch_call_free(fetch_call *c) {
     free(c);
 }
 
-static void fetch_unlink(fetch *f, fetch_call *c) {
-    if (c->prev) c->prev->next = c->next;
-    else f->active = c->next;
-    if (c->next) c->next->prev = c->prev;
-    c->prev = c->next = NULL;
-}
-
 /* Puts a finished or cancelled call back in the idle pool; the body sent is wiped (it may
  * hold a secret). */
 static void fetch_release(fetch *f, fetch_call *c) {
@@ -404,8 +342,7 @@ static void fetch_release(fetch *f, fetch_call *c) {
     fetch_buf_reset(&c->sent, 0);
     c->done = NULL;
     c->ud = NULL;
-    c->next = f->idle;
-    f->idle = c;
+    list_insert_after(&f->idle, &c->link);
 }
 
 /* The multi handle for a new transfer: the first with room, so that calls keep landing on
@@ -436,7 +373,7 @@ static fetch_shard *fetch_pick_shard(fetch *f) {
     return sh;
 }
 
-static void fetch_shard_free(fetch *f, fetch_shard *sh) {
+void fetch_shard_free(fetch *f, fetch_shard *sh) {
     loop_timer_stop(f->lp, &sh->timer);
     loop_timer_stop(f->lp, &sh->retire);
     curl_multi_cleanup(sh->multi);      /* closes its connections through fetch_on_close_socket */
@@ -472,10 +409,7 @@ static int fetch_launch(fetch *f, fetch_call *c, long watchdog_ms, loop_timer_fn
     c->shard = sh;
     sh->transfers++;
     sh->used = 1;
-    c->prev = NULL;
-    c->next = f->active;
-    if (f->active) f->active->prev = c;
-    f->active = c;
+    list_insert_after(&f->active, &c->link);
     loop_timer_start(f->lp, &c->watchdog, watchdog_ms, fn, c);
     return 0;
 }
@@ -491,6 +425,10 @@ static void fetch_detach(fetch_call *c) {
 fetch *fetch_create(loop *lp, const fetch_options *o, char *err, size_t errlen) {
     fetch *f = calloc(1, sizeof *f);
     if (!f) goto nomem;
+    list_init(&f->active);
+    list_init(&f->idle);
+    list_init(&f->conn_shards);
+    list_init(&f->conns);
     f->lp = lp;
     f->connect_timeout_ms = o->connect_timeout_ms;
     if (o->ca_file && *o->ca_file && !(f->ca_file = strdup(o->ca_file))) goto nomem;
@@ -507,10 +445,10 @@ nomem:
 
 void fetch_free(fetch *f) {
     if (!f) return;
-    while (f->conns) fetch_conn_close(f->conns);
-    while (f->active) {
-        fetch_call *c = f->active;
-        fetch_unlink(f, c);
+    fetchconn_close_all(f);
+    for (list_node *n; (n = list_first(&f->active));) {
+        fetch_call *c = list_entry(n, fetch_call, link);
+        list_remove(n);
         loop_timer_stop(f->lp, &c->watchdog);
         fetch_detach(c);
         if (c->stream) {        /* its answer may be half sent: its owner ends it */
@@ -520,16 +458,14 @@ void fetch_free(fetch *f) {
         }
         fetch_call_free(c);
     }
-    while (f->idle) {
-        fetch_call *c = f->idle;
-        f->idle = c->next;
-        fetch_call_free(c);
+    for (list_node *n; (n = list_first(&f->idle));) {
+        list_remove(n);
+        fetch_call_free(list_entry(n, fetch_call, link));
     }
     for (int i = 0; i < f->nshards; i++) fetch_shard_free(f, f->shards[i]);
-    while (f->conn_shards) {
-        fetch_shard *sh = f->conn_shards;
-        f->conn_shards = sh->next_conns;
-        fetch_shard_free(f, sh);
+    for (list_node *n; (n = list_first(&f->conn_shards));) {
+        list_remove(n);
+        fetch_shard_free(f, list_entry(n, fetch_shard, conns_link));
     }
     if (f->nshards) loop_timer_stop(f->lp, &f->sweep);
     if (f->share) curl_share_cleanup(f->share);
@@ -578,9 +514,10 @@ static int fetch_prepare(fetch_call *c, const fetch_request *rq, fetch_done_fn *
 }
 
 fetch_call *fetch_start(fetch *f, const fetch_request *rq, fetch_done_fn *done, void *ud) {
-    fetch_call *c = f->idle;
-    if (c) f->idle = c->next;
-    else if (!(c = fetch_call_new(f))) return NULL;
+    list_node *pooled = list_first(&f->idle);
+    fetch_call *c = pooled ? list_entry(pooled, fetch_call, link) : fetch_call_new(f);
+    if (!c) return NULL;
+    list_remove(&c->link);
     CURL *e = c->easy;
     /* An https call waits for a connection being opened to learn whether it multiplexes,
      * rather than opening its own; plain http is HTTP/1.1 only, where waiting would serialise
@@ -628,7 +565,7 @@ void fetch_resume(fetch_call *c) {
 /* Takes c out of the running calls: unlinked, its watchdog stopped, its handle out of
  * its multi handle. */
 static void fetch_stop(fetch_call *c) {
-    fetch_unlink(c->f, c);
+    list_remove(&c->link);
     loop_timer_stop(c->f->lp, &c->watchdog);
     fetch_detach(c);
 }
@@ -670,13 +607,14 @@ static void fetch_on_retire(void *ud) {
         if (f->shards[i] != sh) f->shards[kept++] = f->shards[i];
     f->nshards = kept;
     if (f->nshards < 2) loop_timer_stop(f->lp, &f->sweep);
-    for (fetch_call *c = f->active; c;) {
+    for (list_node *n = list_first(&f->active); n;) {
+        fetch_call *c = list_entry(n, fetch_call, link);
         if (c->shard != sh) {
-            c = c->next;
+            n = list_next(&f->active, n);
             continue;
         }
         fetch_fail(c, FAILURE_NETWORK, "the HTTP client was reset after an internal failure; try again");
-        c = f->active;          /* done may have started or cancelled calls: look again */
+        n = list_first(&f->active);     /* done may have started or cancelled calls: look again */
     }
     fetch_shard_free(f, sh);
 }
@@ -684,12 +622,12 @@ static void fetch_on_retire(void *ud) {
 /* Stops using a multi handle whose state curl may have corrupted (it lost a call, or a
  * call of it failed): nothing more runs on it, new calls get a fresh one, and it is
  * retired once the loop's round is over (other events of the round may name it). */
-static void fetch_break_shard(fetch_shard *sh, const char *why) {
+void fetch_break_shard(fetch_shard *sh, const char *why) {
     if (sh->broken) return;
     sh->broken = 1;
-    if (sh->conns) fetch_conn_shard_unlink(sh);     /* new connections start elsewhere */
+    if (sh->conns) fetchconn_shard_unlink(sh);     /* new connections start elsewhere */
     log_throttled(LOG_WARN, "fetch", "resetting an HTTP client whose state libcurl may have corrupted (%s)", why);
-    loop_timer_start(sh->f->lp, &sh->retire, 0, sh->conns ? fetch_conn_on_retire : fetch_on_retire, sh);
+    loop_timer_start(sh->f->lp, &sh->retire, 0, sh->conns ? fetchconn_on_retire : fetch_on_retire, sh);
 }
 
 static void fetch_on_head_timeout(void *ud) {
@@ -750,216 +688,4 @@ fetch_headers *fetch_headers_add(fetch_headers *list, const char *line) {
 void fetch_headers_free(fetch_headers *list) {
     for (struct curl_slist *s = (struct curl_slist *)list; s; s = s->next) explicit_bzero(s->data, strlen(s->data));
     curl_slist_free_all((struct curl_slist *)list);
-}
-
-/* ---- connections for another protocol ---- */
-
-/* Takes a multi handle of connections out of the list new connections start on. */
-static void fetch_conn_shard_unlink(fetch_shard *sh) {
-    for (fetch_shard **pp = &sh->f->conn_shards; *pp; pp = &(*pp)->next_conns) {
-        if (*pp == sh) {
-            *pp = sh->next_conns;
-            break;
-        }
-    }
-    sh->next_conns = NULL;
-}
-
-/* The multi handle a new connection starts on: one with fewer than FETCH_CONN_SHARD, or
- * a new one. The open connections stay in its cache (never leaving it while they live),
- * apart from the calls' keep-alive connections. NULL when out of memory. */
-static fetch_shard *fetch_conn_shard(fetch *f) {
-    for (fetch_shard *sh = f->conn_shards; sh; sh = sh->next_conns)
-        if (sh->transfers < FETCH_CONN_SHARD) return sh;
-    fetch_shard *sh = calloc(1, sizeof *sh);
-    if (!sh || !(sh->multi = curl_multi_init())) {
-        free(sh);
-        return NULL;
-    }
-    sh->f = f;
-    sh->conns = 1;
-    curl_multi_setopt(sh->multi, CURLMOPT_SOCKETFUNCTION, fetch_on_socket);
-    curl_multi_setopt(sh->multi, CURLMOPT_SOCKETDATA, sh);
-    curl_multi_setopt(sh->multi, CURLMOPT_TIMERFUNCTION, fetch_on_timer_change);
-    curl_multi_setopt(sh->multi, CURLMOPT_TIMERDATA, sh);
-    sh->next_conns = f->conn_shards;
-    f->conn_shards = sh;
-    return sh;
-}
-
-/* Takes a connection's handle out of its multi handle (closing the connection) and frees
- * the multi handle when it was retired and this was its last. */
-static void fetch_conn_drop(fetch_conn *c) {
-    fetch_shard *sh = c->shard;
-    if (!sh) return;                /* dropped already */
-    c->shard = NULL;
-    curl_multi_remove_handle(sh->multi, c->easy);       /* closes the socket (fetch_on_close_socket) */
-    curl_easy_cleanup(c->easy);
-    c->easy = NULL;
-    sh->transfers--;
-    if (sh->transfers > 0 || sh->retire.heap_index) return;
-    /* Empty: freed when retired, or when it is not the only one (one stays, warm). */
-    if (sh->broken) fetch_shard_free(c->f, sh);
-    else if (c->f->conn_shards != sh || sh->next_conns) {
-        fetch_conn_shard_unlink(sh);
-        fetch_shard_free(c->f, sh);
-    }
-}
-
-fetch_conn *fetch_connect(fetch *f, const char *url, const char *proxy, long timeout_ms, fetch_conn_fn *done,
-                          void *ud) {
-    fetch_shard *sh = fetch_conn_shard(f);
-    fetch_conn *c = sh ? calloc(1, sizeof *c) : NULL;
-    if (!c) return NULL;
-    c->f = f;
-    c->fd = -1;
-    /* Plain HTTP, straight or tunnelled through a proxy that is not HTTPS: once connected,
-     * the socket carries the bytes as they are, and libcurl need not be asked for them. */
-    c->direct = strncasecmp(url, "http://", 7) == 0 && !(proxy && strncasecmp(proxy, "https://", 8) == 0);
-    c->shard = sh;
-    c->done = done;
-    c->ud = ud;
-    c->start_us = loop_now_us();
-    CURL *e = c->easy = curl_easy_init();
-    if (!e) {
-        free(c);
-        return NULL;
-    }
-    curl_easy_setopt(e, CURLOPT_PRIVATE, c);
-    curl_easy_setopt(e, CURLOPT_URL, url);
-    curl_easy_setopt(e, CURLOPT_CONNECT_ONLY, 1L);
-    /* HTTP/1.1: offered h2 by ALPN, libcurl would speak its preface on the connection. */
-    curl_easy_setopt(e, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_1_1);
-    curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
-    curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, f->connect_timeout_ms);
-    curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, timeout_ms > 1 ? timeout_ms : 1L);
-    curl_easy_setopt(e, CURLOPT_ERRORBUFFER, c->errbuf);
-    curl_easy_setopt(e, CURLOPT_SHARE, f->share);
-    curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
-    curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, 1L);
-    curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, 2L);
-    curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
-    curl_easy_setopt(e, CURLOPT_TCP_NODELAY, 1L);
-    curl_easy_setopt(e, CURLOPT_OPENSOCKETFUNCTION, fetch_on_open_socket);
-    curl_easy_setopt(e, CURLOPT_OPENSOCKETDATA, f);
-    curl_easy_setopt(e, CURLOPT_CLOSESOCKETFUNCTION, fetch_on_close_socket);
-    curl_easy_setopt(e, CURLOPT_CLOSESOCKETDATA, f);
-    /* fetch_conn_recv gets at most this much a call; what goes through is small. */
-    curl_easy_setopt(e, CURLOPT_BUFFERSIZE, 4096L);
-    curl_easy_setopt(e, CURLOPT_PROXY, proxy ? proxy : "");
-    /* Through a proxy, an http:// URL would be sent to it as a request: tunnel instead. */
-    if (proxy && *proxy) curl_easy_setopt(e, CURLOPT_HTTPPROXYTUNNEL, 1L);
-    if (f->ca_file) curl_easy_setopt(e, CURLOPT_CAINFO, f->ca_file);
-    CURLMcode rc = curl_multi_add_handle(sh->multi, e);
-    if (rc != CURLM_OK) {
-        curl_easy_cleanup(e);
-        free(c);
-        fetch_break_shard(sh, curl_multi_strerror(rc));
-        return NULL;
-    }
-    sh->transfers++;
-    c->next = f->conns;
-    if (f->conns) f->conns->prev = c;
-    f->conns = c;
-    return c;
-}
-
-/* Tells the owner of a connection being opened how it went; a failed one is dropped. */
-static void fetch_conn_report(fetch_conn *c, CURLcode code, const char *error) {
-    fetch_conn_result r = { .failure = fetch_failure_of(code), .curl_code = code, .error = error, .fd = -1,
-                            .elapsed_ms = (double)(loop_now_us() - c->start_us) / 1000.0 };
-    if (code == CURLE_OK) {
-        curl_socket_t fd = CURL_SOCKET_BAD;
-        if (curl_easy_getinfo(c->easy, CURLINFO_ACTIVESOCKET, &fd) != CURLE_OK || fd == CURL_SOCKET_BAD) {
-            r.failure = FAILURE_NETWORK;
-            r.curl_code = CURLE_COULDNT_CONNECT;
-            r.error = "the connection closed as it opened";
-        }
-        r.fd = (int)fd;
-    }
-    if (r.failure != FAILURE_NONE) {
-        r.fd = -1;
-        fetch_conn_drop(c);
-    }
-    c->fd = r.fd;
-    fetch_conn_fn *done = c->done;
-    c->done = NULL;
-    done(c->ud, &r);
-}
-
-static void fetch_conn_drain(fetch_shard *sh) {
-    CURLMsg *msg;
-    int left;
-    while ((msg = curl_multi_info_read(sh->multi, &left))) {
-        if (msg->msg != CURLMSG_DONE) continue;
-        fetch_conn *c = NULL;
-        long connects = 0;
-        CURLcode code = msg->data.result;
-        curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **)&c);
-        curl_easy_getinfo(msg->easy_handle, CURLINFO_NUM_CONNECTS, &connects);
-        atomic_fetch_add(&fetch_opened_total, connects);
-        if (!c || !c->done) continue;
-        /* The handle stays in the multi handle: taking it out would close the connection. */
-        fetch_conn_report(c, code, code == CURLE_OK ? "" : c->errbuf[0] ? c->errbuf : curl_easy_strerror(code));
-    }
-}
-
-/* A retired multi handle of connections: those still being opened fail; the open ones
- * go on, and the last to close frees it. */
-static void fetch_conn_on_retire(void *ud) {
-    fetch_shard *sh = ud;
-    fetch *f = sh->f;
-    sh->transfers++;            /* held while connections fail (their owners may close them) */
-    for (fetch_conn *c = f->conns; c;) {
-        if (c->shard != sh || !c->done) {
-            c = c->next;
-            continue;
-        }
-        fetch_conn_report(c, CURLE_RECV_ERROR, "the HTTP client was reset after an internal failure; try again");
-        c = f->conns;           /* done may have closed or opened connections: look again */
-    }
-    if (--sh->transfers == 0) fetch_shard_free(f, sh);
-}
-
-/* Whether a connection can carry bytes: connected, and its multi handle sound. */
-static int fetch_conn_ready(const fetch_conn *c) {
-    return c->easy && !c->done;
-}
-
-ssize_t fetch_conn_send(fetch_conn *c, const void *data, size_t len) {
-    size_t n = 0;
-    if (!fetch_conn_ready(c)) return -1;
-    if (c->direct) {
-        ssize_t w = send(c->fd, data, len, MSG_NOSIGNAL);
-        if (w >= 0) return w;
-        return errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR ? 0 : -1;
-    }
-    CURLcode rc = curl_easy_send(c->easy, data, len, &n);
-    if (rc == CURLE_AGAIN) return 0;
-    if (rc != CURLE_OK) return -1;
-    return (ssize_t)n;
-}
-
-ssize_t fetch_conn_recv(fetch_conn *c, void *buf, size_t len) {
-    size_t n = 0;
-    if (!fetch_conn_ready(c)) return -1;
-    if (c->direct) {
-        ssize_t r = recv(c->fd, buf, len, 0);
-        if (r > 0) return r;
-        return r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) ? 0 : -1;
-    }
-    CURLcode rc = curl_easy_recv(c->easy, buf, len, &n);
-    if (rc == CURLE_AGAIN) return 0;
-    if (rc != CURLE_OK || n == 0) return -1;      /* 0 bytes: the peer closed */
-    return (ssize_t)n;
-}
-
-void fetch_conn_close(fetch_conn *c) {
-    fetch *f = c->f;
-    if (c->prev) c->prev->next = c->next;
-    else f->conns = c->next;
-    if (c->next) c->next->prev = c->prev;
-    c->done = NULL;
-    fetch_conn_drop(c);
-    free(c);
 }

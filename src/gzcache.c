@@ -7,12 +7,13 @@
 #include <zlib.h>
 
 #include "gzcache.h"
+#include "list.h"
 
 #define GZCACHE_LEVEL 6             /* zlib's default: most of the gain, a fraction of level 9's time */
 #define GZCACHE_BUCKETS 4096
 
 struct gzcache_entry {
-    gzcache_entry *prev, *next;     /* most recently used first */
+    list_node recency;              /* in gzcache_lru, most recently used first */
     gzcache_entry *hnext;           /* the next in its hash bucket */
     size_t bucket;
     char *key;
@@ -22,7 +23,7 @@ struct gzcache_entry {
 };
 
 static pthread_mutex_t gzcache_lock = PTHREAD_MUTEX_INITIALIZER;
-static gzcache_entry *gzcache_head, *gzcache_tail;
+static list_node gzcache_lru = { &gzcache_lru, &gzcache_lru };
 static gzcache_entry *gzcache_buckets[GZCACHE_BUCKETS];
 static size_t gzcache_total;
 
@@ -53,11 +54,7 @@ static void gzcache_unlink(gzcache_entry *e) {
     while (*pp && *pp != e) pp = &(*pp)->hnext;
     if (*pp) *pp = e->hnext;
     e->hnext = NULL;
-    if (e->prev) e->prev->next = e->next;
-    else gzcache_head = e->next;
-    if (e->next) e->next->prev = e->prev;
-    else gzcache_tail = e->prev;
-    e->prev = e->next = NULL;
+    list_remove(&e->recency);
     gzcache_total -= e->len;
 }
 
@@ -65,11 +62,7 @@ static void gzcache_unlink(gzcache_entry *e) {
 static void gzcache_push_front(gzcache_entry *e) {
     e->hnext = gzcache_buckets[e->bucket];
     gzcache_buckets[e->bucket] = e;
-    e->prev = NULL;
-    e->next = gzcache_head;
-    if (gzcache_head) gzcache_head->prev = e;
-    gzcache_head = e;
-    if (!gzcache_tail) gzcache_tail = e;
+    list_insert_after(&gzcache_lru, &e->recency);
     gzcache_total += e->len;
 }
 
@@ -120,8 +113,8 @@ gzcache_entry *gzcache_get(const char *key, int fd, size_t size) {
     pthread_mutex_lock(&gzcache_lock);
     e->bucket = gzcache_bucket(key);
     if (!gzcache_find(key) && e->len <= GZCACHE_MAX_BYTES) {        /* not made by another worker meanwhile: keep it */
-        while (gzcache_tail && gzcache_total + e->len > GZCACHE_MAX_BYTES) {
-            gzcache_entry *old = gzcache_tail;
+        for (list_node *n; (n = list_last(&gzcache_lru)) && gzcache_total + e->len > GZCACHE_MAX_BYTES;) {
+            gzcache_entry *old = list_entry(n, gzcache_entry, recency);
             gzcache_unlink(old);
             gzcache_unref(old);
         }

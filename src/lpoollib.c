@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "list.h"
 #include "llib.h"
 #include "log.h"
 #include "loop.h"
@@ -20,7 +21,7 @@ typedef struct lpool_refill lpool_refill;
 typedef struct lpool_mint {
     lpool_refill *refill;
     upstream_call *call;
-    struct lpool_mint *prev, *next;
+    list_node link;             /* in its refill's mints */
 } lpool_mint;
 
 /* A worker's share of keeping a pool full: a timer that asks the pool what to mint, and
@@ -31,7 +32,7 @@ struct lpool_refill {
     loop *lp;
     upstream *up;
     loop_timer tick;
-    lpool_mint *mints;
+    list_node mints;
     int stopped;
 };
 
@@ -47,9 +48,7 @@ static void lpool_mint_done(void *ud, const upstream_result *res) {
     lpool_mint *m = ud;
     lpool_refill *r = m->refill;
     uint64_t now = loop_now_ms();
-    if (m->prev) m->prev->next = m->next;
-    else r->mints = m->next;
-    if (m->next) m->next->prev = m->prev;
+    list_remove(&m->link);
     free(m);
     metrics_upstream(res->failure, res->elapsed_ms);
     if (res->token) {
@@ -82,9 +81,7 @@ static void lpool_on_tick(void *ud) {
             continue;
         }
         m->refill = r;
-        m->next = r->mints;
-        if (r->mints) r->mints->prev = m;
-        r->mints = m;
+        list_insert_after(&r->mints, &m->link);
     }
     lpool_schedule(r, LPOOL_TICK_MS);
 }
@@ -98,9 +95,9 @@ static void lpool_on_retire(void *ud) {
     lpool_refill *r = ud;
     r->stopped = 1;
     loop_timer_stop(r->lp, &r->tick);
-    while (r->mints) {
-        lpool_mint *m = r->mints;
-        r->mints = m->next;
+    for (list_node *n; (n = list_first(&r->mints));) {
+        lpool_mint *m = list_entry(n, lpool_mint, link);
+        list_remove(n);
         upstream_cancel(m->call);
         pool_abandoned(r->p);
         free(m);
@@ -114,6 +111,7 @@ static void lpool_start_refill(lpool *u) {
     lpool_refill *r = u->refill ? u->refill : calloc(1, sizeof *r);
     if (!r) return;
     memset(r, 0, sizeof *r);
+    list_init(&r->mints);
     r->p = u->p;
     r->lp = w->lp;
     r->up = w->up;

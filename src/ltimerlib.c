@@ -2,6 +2,7 @@
 #include <math.h>
 #include <stdlib.h>
 
+#include "list.h"
 #include "llib.h"
 #include "log.h"
 #include "loop.h"
@@ -23,14 +24,14 @@ typedef struct ltimer {
     int running;                /* a run has not ended */
     int scheduled;              /* the schedule's hold */
     int handle;                 /* the handle's hold */
-    struct ltimer *prev, *next;
+    list_node link;             /* in its list's timers */
 } ltimer;
 
 /* The timers of one state while it serves: stopped when its host retires (or, in the Lua
  * module, stops serving); freed with the state. */
 typedef struct ltimer_list {
     lhost *h;
-    ltimer *first;
+    list_node timers;
     int stopped;
 } ltimer_list;
 
@@ -40,11 +41,7 @@ typedef struct ltimer_handle {
 
 static void ltimer_free_if_unheld(ltimer *t) {
     if (t->scheduled || t->handle) return;
-    if (t->list) {
-        if (t->prev) t->prev->next = t->next;
-        else t->list->first = t->next;
-        if (t->next) t->next->prev = t->prev;
-    }
+    if (t->list) list_remove(&t->link);
     free(t);
 }
 
@@ -101,8 +98,9 @@ static void ltimer_fire(void *ud) {
 static void ltimer_on_retire(void *ud) {
     ltimer_list *list = ud;
     list->stopped = 1;
-    for (ltimer *t = list->first, *next; t; t = next) {
-        next = t->next;
+    for (list_node *n = list_first(&list->timers), *next; n; n = next) {
+        ltimer *t = list_entry(n, ltimer, link);
+        next = list_next(&list->timers, n);
         if (t->active) ltimer_deactivate(t);
     }
 }
@@ -110,13 +108,12 @@ static void ltimer_on_retire(void *ud) {
 /* The state closes: the timers no handle holds go now, the others with their handle. */
 static int ltimer_list_gc(lua_State *L) {
     ltimer_list *list = lua_touserdata(L, 1);
-    while (list->first) {
-        ltimer *t = list->first;
-        list->first = t->next;
+    for (list_node *n; (n = list_first(&list->timers));) {
+        ltimer *t = list_entry(n, ltimer, link);
+        list_remove(n);
         loop_timer_stop(t->lp, &t->t);
         t->list = NULL;
         t->scheduled = 0;
-        t->prev = t->next = NULL;
         ltimer_free_if_unheld(t);
     }
     return 0;
@@ -133,7 +130,7 @@ static ltimer_list *ltimer_list_of(lua_State *L, lhost *h) {
     }
     ltimer_list *list = lua_newuserdatauv(L, sizeof *list, 0);
     list->h = h;
-    list->first = NULL;
+    list_init(&list->timers);
     list->stopped = 0;
     lua_createtable(L, 0, 1);
     lua_pushcfunction(L, ltimer_list_gc);
@@ -175,9 +172,7 @@ static int ltimer_new(lua_State *L, int every) {
     t->fn_ref = LUA_NOREF;
     t->interval_ms = every ? (uint64_t)llround(seconds * 1000) : 0;
     t->next_due_ms = loop_now_ms() + (uint64_t)llround(seconds * 1000);
-    t->next = list->first;
-    if (list->first) list->first->prev = t;
-    list->first = t;
+    list_insert_after(&list->timers, &t->link);
     t->handle = 1;
     handle->timer = t;
     /* Every worker loads the script: a timer it defines runs in one of them, unless asked

@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "list.h"
 #include "pool.h"
 #include "upstream.h"
 
@@ -40,11 +41,11 @@ struct pool_registry {
     pthread_mutex_t lock;
     pool *pools[POOL_MAX_POOLS];
     int n;
-    pool_registry *next;                /* every registry, for pool_metrics */
+    list_node link;                     /* in pool_all, for pool_metrics */
 };
 
 static pthread_mutex_t pool_all_lock = PTHREAD_MUTEX_INITIALIZER;
-static pool_registry *pool_all;
+static list_node pool_all = { &pool_all, &pool_all };     /* every registry */
 
 static void pool_wipe(pool_token *t) {
     if (!t->text) return;
@@ -78,8 +79,7 @@ pool_registry *pool_registry_create(void) {
     if (!r) return NULL;
     pthread_mutex_init(&r->lock, NULL);
     pthread_mutex_lock(&pool_all_lock);
-    r->next = pool_all;
-    pool_all = r;
+    list_insert_after(&pool_all, &r->link);
     pthread_mutex_unlock(&pool_all_lock);
     return r;
 }
@@ -87,11 +87,7 @@ pool_registry *pool_registry_create(void) {
 void pool_registry_free(pool_registry *r) {
     if (!r) return;
     pthread_mutex_lock(&pool_all_lock);
-    for (pool_registry **pp = &pool_all; *pp; pp = &(*pp)->next)
-        if (*pp == r) {
-            *pp = r->next;
-            break;
-        }
+    list_remove(&r->link);
     pthread_mutex_unlock(&pool_all_lock);
     for (int i = 0; i < r->n; i++) {
         pool_empty(r->pools[i]);
@@ -270,7 +266,8 @@ static void pool_family(metrics_write_fn *write, void *ud, const char *name, con
     int n = snprintf(line, sizeof line, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
     write(ud, line, (size_t)n);
     pthread_mutex_lock(&pool_all_lock);
-    for (pool_registry *r = pool_all; r; r = r->next) {
+    for (list_node *l = list_first(&pool_all); l; l = list_next(&pool_all, l)) {
+        pool_registry *r = list_entry(l, pool_registry, link);
         pthread_mutex_lock(&r->lock);
         for (int i = 0; i < r->n; i++) {
             const pool *p = r->pools[i];

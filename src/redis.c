@@ -10,6 +10,7 @@
 #include <hiredis/hiredis.h>
 #include <hiredis/async.h>
 
+#include "list.h"
 #include "log.h"
 #include "redis.h"
 #include "url.h"
@@ -31,7 +32,7 @@ struct redis_call {
     loop_timer deadline;
     uint64_t start_us;
     int reported;                       /* done was called, or the call was cancelled */
-    redis_call *prev, *next;            /* the client's calls hiredis still holds */
+    list_node link;                     /* in the client's calls hiredis still holds */
 };
 
 struct redis_client {
@@ -48,7 +49,7 @@ struct redis_client {
     long backoff_ms;
     loop_timer retry;                   /* the next connection attempt */
     loop_timer connect_deadline;
-    redis_call *calls;
+    list_node calls;
 };
 
 /* ---- the target ---- */
@@ -345,6 +346,7 @@ static void redis_connect(redis_client *c) {
 redis_client *redis_create(loop *lp, const redis_target *t, long timeout_ms) {
     redis_client *c = calloc(1, sizeof *c);
     if (!c) return NULL;
+    list_init(&c->calls);
     c->lp = lp;
     c->target = *t;
     c->timeout_ms = timeout_ms;
@@ -358,7 +360,8 @@ redis_client *redis_create(loop *lp, const redis_target *t, long timeout_ms) {
 void redis_free(redis_client *c) {
     if (!c) return;
     c->closing = 1;
-    for (redis_call *call = c->calls; call; call = call->next) {
+    for (list_node *n = list_first(&c->calls); n; n = list_next(&c->calls, n)) {
+        redis_call *call = list_entry(n, redis_call, link);
         call->reported = 1;
         loop_timer_stop(c->lp, &call->deadline);
     }
@@ -382,18 +385,11 @@ int redis_wait_ready(redis_client *c, long timeout_ms) {
 
 /* ---- commands ---- */
 
-static void redis_call_unlink(redis_call *call) {
-    redis_client *c = call->c;
-    if (call->prev) call->prev->next = call->next;
-    else c->calls = call->next;
-    if (call->next) call->next->prev = call->prev;
-}
-
 static void redis_on_reply(redisAsyncContext *ac, void *reply, void *privdata) {
     redis_call *call = privdata;
     redis_client *c = call->c;
     (void)ac;
-    redis_call_unlink(call);
+    list_remove(&call->link);
     loop_timer_stop(c->lp, &call->deadline);
     if (!call->reported) {
         if (reply) c->timeouts = 0;
@@ -428,6 +424,7 @@ redis_call *redis_command(redis_client *c, int argc, const char **argv, const si
         *err = "down: out of memory";
         return NULL;
     }
+    list_init(&call->link);
     call->c = c;
     call->done = done;
     call->ud = ud;
@@ -437,9 +434,7 @@ redis_call *redis_command(redis_client *c, int argc, const char **argv, const si
         *err = "down: Redis is not connected";
         return NULL;
     }
-    call->next = c->calls;
-    if (c->calls) c->calls->prev = call;
-    c->calls = call;
+    list_insert_after(&c->calls, &call->link);
     loop_timer_start(c->lp, &call->deadline, c->timeout_ms, redis_on_deadline, call);
     return call;
 }

@@ -10,6 +10,7 @@
 #include <curl/curl.h>
 
 #include "json.h"
+#include "list.h"
 #include "log.h"
 #include "tokend.h"
 #include "upstream.h"
@@ -35,7 +36,7 @@ struct upstream_call {
     uint64_t start_us;
     int attempts;                   /* transfers started for this call */
     loop_timer retry_timer;         /* armed while waiting to retry */
-    upstream_call *prev, *next;     /* active list, or idle list (next only) */
+    list_node link;                 /* in the active calls, or the idle pool */
 };
 
 struct upstream {
@@ -46,8 +47,8 @@ struct upstream {
     char *proxy;
     fetch_headers *headers;         /* holds "Authorization: <key>" */
     long timeout_ms;
-    upstream_call *active;
-    upstream_call *idle;            /* finished calls kept for reuse */
+    list_node active;
+    list_node idle;                 /* finished calls kept for reuse */
     unsigned int seed;              /* for the retry jitter */
 };
 
@@ -59,6 +60,8 @@ upstream *upstream_create(fetch *f, const upstream_options *opts, char *err, siz
     upstream *up = calloc(1, sizeof *up);
     char *auth = NULL;
     if (!up) goto nomem;
+    list_init(&up->active);
+    list_init(&up->idle);
     up->client = f;
     up->lp = fetch_loop(f);
     up->seed = (unsigned int)loop_now_ms() ^ (unsigned int)(uintptr_t)up;
@@ -94,23 +97,15 @@ fail:
     return NULL;
 }
 
-static void upstream_unlink(upstream *up, upstream_call *c) {
-    if (c->prev) c->prev->next = c->next;
-    else up->active = c->next;
-    if (c->next) c->next->prev = c->prev;
-    c->prev = c->next = NULL;
-}
-
 /* Stops what c is doing (its transfer, its retry timer) and puts it in the idle pool. */
 static void upstream_release(upstream *up, upstream_call *c) {
-    upstream_unlink(up, c);
+    list_remove(&c->link);
     loop_timer_stop(up->lp, &c->retry_timer);
     if (c->transfer) fetch_cancel(c->transfer);
     c->transfer = NULL;
     c->done = NULL;
     c->ud = NULL;
-    c->next = up->idle;
-    up->idle = c;
+    list_insert_after(&up->idle, &c->link);
 }
 
 void upstream_cancel(upstream_call *c) {
@@ -119,11 +114,10 @@ void upstream_cancel(upstream_call *c) {
 
 void upstream_free(upstream *up) {
     if (!up) return;
-    while (up->active) upstream_release(up, up->active);
-    while (up->idle) {
-        upstream_call *c = up->idle;
-        up->idle = c->next;
-        free(c);
+    for (list_node *n; (n = list_first(&up->active));) upstream_release(up, list_entry(n, upstream_call, link));
+    for (list_node *n; (n = list_first(&up->idle));) {
+        list_remove(n);
+        free(list_entry(n, upstream_call, link));
     }
     fetch_headers_free(up->headers);        /* wipes the key */
     if (up->key) {
@@ -155,9 +149,10 @@ upstream_call *upstream_mint(upstream *up, long expires_in_s, long max_session_s
 
 upstream_call *upstream_mint_at(upstream *up, const char *token_url, long expires_in_s, long max_session_s,
                                 upstream_done_fn *done, void *ud) {
-    upstream_call *c = up->idle;
-    if (c) up->idle = c->next;
-    else if (!(c = calloc(1, sizeof *c))) return NULL;
+    list_node *pooled = list_first(&up->idle);
+    upstream_call *c = pooled ? list_entry(pooled, upstream_call, link) : calloc(1, sizeof *c);
+    if (!c) return NULL;
+    if (pooled) list_remove(pooled);
     c->up = up;
     if (max_session_s > 0)
         snprintf(c->url, sizeof c->url, "%s?expires_in_seconds=%ld&max_session_duration_seconds=%ld",
@@ -169,10 +164,7 @@ upstream_call *upstream_mint_at(upstream *up, const char *token_url, long expire
     c->attempts = 0;
     c->expires_in_s = expires_in_s;
     c->start_us = loop_now_us();
-    c->prev = NULL;
-    c->next = up->active;
-    if (up->active) up->active->prev = c;
-    up->active = c;
+    list_insert_after(&up->active, &c->link);
     if (upstream_start(up, c, up->timeout_ms) < 0) {
         upstream_release(up, c);
         return NULL;

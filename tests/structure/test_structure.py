@@ -1,7 +1,10 @@
 """The shape of the code: what a reader of src/ and a user of libtokend can rely on.
 
 - no file of src/ includes a file that includes it back (directly or through others);
-- libmicrohttpd is used only by the HTTP front (src/http.c);
+- a module split over several files (x.c, xcheck.c, ...) keeps its insides in a private header,
+  xint.h, which only its own files include;
+- libmicrohttpd is used only by the HTTP front (src/http*.c and its private header);
+- no file of src/ is longer than 800 lines;
 - libtokend.a and libtokend.so export only tokend_* symbols, so a program may define its
   own log_msg or url_decode_path and link against either;
 - the settings table (tokend --help) , .env.example, the README and the man page (tokend.8,
@@ -24,18 +27,26 @@ BIN = os.environ.get("TOKEND_BIN") or os.path.join(BUILD, "tokend")
 SANITIZED = bool(os.environ.get("ASAN_OPTIONS"))
 
 
+def private_owner(stem, folder):
+    """The module whose private header stem.h is (xint.h beside x.c: x), or None."""
+    m = re.fullmatch(r"(\w+)int", stem)
+    return m.group(1) if m and os.path.exists(os.path.join(folder, m.group(1) + ".c")) else None
+
+
 def module_includes():
-    """module -> the modules it includes (a module is x.c with x.h)."""
+    """module -> the modules it includes (a module is x.c with x.h, and its private header xint.h
+    if it has one)."""
     graph = {}
     folder = os.path.join(SRC, "src")
     for name in os.listdir(folder):
         if not name.endswith((".c", ".h")):
             continue
-        module = name[:-2]
+        module = private_owner(name[:-2], folder) or name[:-2]
         with open(os.path.join(folder, name)) as f:
             for inc in re.findall(r'^#include "([^"]+)\.h"', f.read(), re.M):
-                if inc != module and os.path.exists(os.path.join(folder, inc + ".h")):
-                    graph.setdefault(module, set()).add(inc)
+                inc_module = private_owner(inc, folder) or inc
+                if inc_module != module and os.path.exists(os.path.join(folder, inc + ".h")):
+                    graph.setdefault(module, set()).add(inc_module)
         graph.setdefault(module, set())
     return graph
 
@@ -93,7 +104,37 @@ class Layout(unittest.TestCase):
                 text = f.read()
             if re.search(r"<microhttpd\.h>|\bMHD_", text):
                 users.append(name)
-        self.assertEqual(users, ["http.c"])
+        self.assertIn("http.c", users, "the pattern finds libmicrohttpd where it is used")
+        front = [n for n in users if re.fullmatch(r"http\w*\.c", n) or n == "httpint.h"]
+        self.assertEqual(users, front, "only the HTTP front (src/http*.c and httpint.h) uses libmicrohttpd")
+
+    def test_private_headers_stay_private(self):
+        folder = os.path.join(SRC, "src")
+        names = sorted(os.listdir(folder))
+        private = {n[:-2]: private_owner(n[:-2], folder) for n in names if n.endswith(".h")}
+        private = {stem: owner for stem, owner in private.items() if owner}
+        self.assertIn("httpint", private, "the HTTP front's private header is found")
+        outside = []
+        for name in names:
+            if not name.endswith((".c", ".h")):
+                continue
+            with open(os.path.join(folder, name)) as f:
+                for inc in re.findall(r'^#include "([^"]+)\.h"', f.read(), re.M):
+                    owner = private.get(inc)
+                    if owner and not re.fullmatch(rf"{owner}\w*\.c", name):
+                        outside.append(f"{name} includes {inc}.h")
+        self.assertEqual(outside, [], "a private header xint.h is included only by the files x*.c of its module")
+
+    def test_no_file_is_over_800_lines(self):
+        folder = os.path.join(SRC, "src")
+        long = []
+        for name in sorted(os.listdir(folder)):
+            if name.endswith((".c", ".h")):
+                with open(os.path.join(folder, name)) as f:
+                    lines = sum(1 for _ in f)
+                if lines > 800:
+                    long.append(f"{name}: {lines} lines")
+        self.assertEqual(long, [], "a file past 800 lines is split by concern")
 
 
 # A function declared at the top level of a header: "type name(args);" (possibly over
