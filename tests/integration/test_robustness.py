@@ -50,7 +50,9 @@ class Soak(TokendTestCase):
         m = re.search(r"soak: requests=(\d+) unexpected=(\d+) connect=(\d+) read=(\d+) write=(\d+) timeout=(\d+)", out)
         self.assertIsNotNone(m, out)
         requests, unexpected, *errors = map(int, m.groups())
-        self.assertGreaterEqual(requests, 100000, out)
+        # The soak must have carried real load, but how much depends on the machine and the build
+        # (the sanitizer's is several times slower): the floor only tells a soak from a stall.
+        self.assertGreaterEqual(requests, 200 * SOAK_SECONDS, out)
         self.assertEqual(unexpected, 0, "every answer has an expected status")
         self.assertEqual(errors, [0, 0, 0, 0], "no request lost: no connect, read, write error or time-out")
         self.assertIsNone(t.proc.poll())
