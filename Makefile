@@ -30,9 +30,13 @@ TEST_PACKAGES = $(RUN_PACKAGES) python3 openssl lua5.4 curl chromium espeak-ng s
 FUZZ_PACKAGES = $(RUN_PACKAGES) clang libclang-rt-14-dev
 FUZZ_TARGETS = $(patsubst tests/fuzz/fuzz_%.c,%,$(wildcard tests/fuzz/fuzz_*.c))
 FUZZ_SECONDS ?= 20
+# The C style: .clang-format, applied by `make format`, checked by `make format-check` in CI.
+FORMAT_PACKAGES = clang-format
+FORMAT_FILES = $(wildcard src/*.c src/*.h tests/unit/*.c tests/unit/*.h tests/fuzz/*.c tests/fuzz/*.h \
+                          tests/faultinject/*.c dist/*.c)
 
-.PHONY: all build run test check test-sanitize test-valgrind fuzz bench deb deps-run deps-test deps-nodejs deps-node \
-        deps-fuzz deps-deb clean
+.PHONY: all build run test check test-sanitize test-valgrind fuzz bench deb format format-check deps-run deps-test \
+        deps-nodejs deps-node deps-fuzz deps-deb deps-format clean
 
 all: build
 
@@ -136,6 +140,16 @@ fuzz: deps-fuzz
 	    -artifact_prefix=$(BUILD)-fuzz/crash-$$t- $(BUILD)-fuzz/corpus/$$t 2>&1 | grep -E "^(stat::number_of_executed_units|==|SUMMARY|Done)" ; \
 	  test $${PIPESTATUS[0]} -eq 0; \
 	done
+
+deps-format:
+	$(call install_missing,$(FORMAT_PACKAGES))
+
+format: deps-format
+	clang-format -i $(FORMAT_FILES)
+
+# Fails, naming each file and line, when a C file differs from what `make format` writes.
+format-check: deps-format
+	clang-format --dry-run -Werror $(FORMAT_FILES)
 
 clean:
 	rm -rf $(BUILD) $(BUILD)-sanitize $(BUILD)-fuzz

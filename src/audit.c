@@ -5,8 +5,8 @@
 #include "crypto.h"
 #include "log.h"
 
-void audit_token(const audit_who *who, const char *provider, const char *outcome, long expires_in_s,
-                 long max_session_s, const char *token, size_t token_len) {
+void audit_token(const audit_who *who, const char *provider, const char *outcome, long expires_in_s, long max_session_s,
+                 const char *token, size_t token_len) {
     char expires[24], session[24], token_sha256[17] = "";
     unsigned char digest[CRYPTO_MAX_DIGEST];
     if (!log_enabled(LOG_INFO)) return;
@@ -14,8 +14,11 @@ void audit_token(const audit_who *who, const char *provider, const char *outcome
     snprintf(expires, sizeof expires, "%ld", expires_in_s);
     snprintf(session, sizeof session, "%ld", max_session_s);
     log_field f[10] = {
-        { "event", "token_minted", 0 }, { "client", who->client, 0 }, { "user", who->user, 0 },
-        { "origin", who->origin, 0 }, { "expires_in_seconds", expires, 1 },
+        { "event", "token_minted", 0 },
+        { "client", who->client, 0 },
+        { "user", who->user, 0 },
+        { "origin", who->origin, 0 },
+        { "expires_in_seconds", expires, 1 },
         { "max_session_duration_seconds", max_session_s ? session : "null", 1 },
         { "outcome", outcome, 0 },
     };
@@ -30,9 +33,13 @@ void audit_refusal(const audit_who *who, int status, const char *reason) {
     if (!log_enabled(LOG_INFO)) return;
     snprintf(code, sizeof code, "%d", status);
     log_field f[] = {
-        { "event", "token_refused", 0 }, { "client", who->client, 0 }, { "user", who->user, 0 },
-        { "origin", who->origin, 0 }, { "outcome", status >= 500 ? "failed" : "refused", 0 },
-        { "status", code, 1 }, { "reason", reason, 0 },
+        { "event", "token_refused", 0 },
+        { "client", who->client, 0 },
+        { "user", who->user, 0 },
+        { "origin", who->origin, 0 },
+        { "outcome", status >= 500 ? "failed" : "refused", 0 },
+        { "status", code, 1 },
+        { "reason", reason, 0 },
     };
     log_fields(LOG_INFO, "audit", "token", f, sizeof f / sizeof f[0] - (*reason ? 0 : 1));
 }

@@ -17,8 +17,8 @@ typedef struct audit_who {
  * when the line is written; max_session_s 0 for the upstream's default; provider names
  * another vendor's credential (tokend.audit from the providers' modules), NULL for
  * AssemblyAI's streaming token. */
-void audit_token(const audit_who *who, const char *provider, const char *outcome, long expires_in_s,
-                 long max_session_s, const char *token, size_t token_len);
+void audit_token(const audit_who *who, const char *provider, const char *outcome, long expires_in_s, long max_session_s,
+                 const char *token, size_t token_len);
 
 /* Writes the audit line of a token request answered without a mint: refused (status
  * 4xx) or failed (5xx), with the reason the answer gave ("" if none). */

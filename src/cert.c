@@ -22,9 +22,9 @@
 
 #include "cert.h"
 
-#define CERT_FILE_MAX (1024 * 1024)     /* a PEM file larger than this is not read */
+#define CERT_FILE_MAX (1024 * 1024) /* a PEM file larger than this is not read */
 #define CERT_CA_DAYS 3650
-#define CERT_LEAF_MAX_DAYS 397          /* browsers refuse server certificates valid longer than 398 days */
+#define CERT_LEAF_MAX_DAYS 397 /* browsers refuse server certificates valid longer than 398 days */
 
 int cert_names_add(cert_names *names, const char *name) {
     for (size_t i = 0; i < names->n; i++)
@@ -120,7 +120,7 @@ static char *cert_bio_text(BIO *b) {
 static int cert_to_pem(X509 *x, EVP_PKEY *k, char **cert_pem, char **key_pem) {
     BIO *bc = BIO_new(BIO_s_mem()), *bk = BIO_new(BIO_s_mem());
     int ok = bc && bk && (!x || PEM_write_bio_X509(bc, x)) &&
-             (!k || PEM_write_bio_PrivateKey(bk, k, NULL, NULL, 0, NULL, NULL));
+            (!k || PEM_write_bio_PrivateKey(bk, k, NULL, NULL, 0, NULL, NULL));
     *cert_pem = ok && x ? cert_bio_text(bc) : NULL;
     *key_pem = ok && k ? cert_bio_text(bk) : NULL;
     if (bk) {
@@ -200,9 +200,8 @@ static X509 *cert_new(EVP_PKEY *key, const char *cn, const char *o, int days) {
     unsigned char serial[16];
     BIGNUM *bn = NULL;
     if (!x || RAND_bytes(serial, sizeof serial) != 1) goto fail;
-    serial[0] &= 0x7f;      /* positive */
-    if (!(bn = BN_bin2bn(serial, sizeof serial, NULL)) || !BN_to_ASN1_INTEGER(bn, X509_get_serialNumber(x)))
-        goto fail;
+    serial[0] &= 0x7f; /* positive */
+    if (!(bn = BN_bin2bn(serial, sizeof serial, NULL)) || !BN_to_ASN1_INTEGER(bn, X509_get_serialNumber(x))) goto fail;
     X509_NAME *name = X509_get_subject_name(x);
     if (!X509_set_version(x, 2) || !X509_gmtime_adj(X509_getm_notBefore(x), -3600) ||
         !X509_gmtime_adj(X509_getm_notAfter(x), (long)days * 86400) || !X509_set_pubkey(x, key) ||
@@ -254,16 +253,18 @@ static char *cert_san_text(const cert_names *names) {
     return s;
 }
 
-int cert_make_leaf(const char *ca_cert_pem, const char *ca_key_pem, const cert_names *names, int days,
-                   char **cert_pem, char **key_pem, char *err, size_t errlen) {
+int cert_make_leaf(const char *ca_cert_pem, const char *ca_key_pem, const cert_names *names, int days, char **cert_pem,
+                   char **key_pem, char *err, size_t errlen) {
     X509 *ca = cert_parse(ca_cert_pem), *x = NULL;
     EVP_PKEY *ca_key = cert_parse_key(ca_key_pem), *key = NULL;
     char *san = cert_san_text(names);
     int rc = -1;
     *cert_pem = *key_pem = NULL;
     if (!ca || !ca_key || !san || !names->n) {
-        snprintf(err, errlen, "cannot make a certificate: %s", !san ? "out of memory" : !names->n ? "no names"
-                                                                                                 : "the CA is unreadable");
+        snprintf(err, errlen, "cannot make a certificate: %s",
+                 !san                ? "out of memory"
+                         : !names->n ? "no names"
+                                     : "the CA is unreadable");
         goto out;
     }
     if (days > CERT_LEAF_MAX_DAYS) days = CERT_LEAF_MAX_DAYS;
@@ -312,8 +313,9 @@ static int cert_covers_exactly(X509 *x, const cert_names *names) {
         for (size_t j = 0; j < names->n && !found; j++) {
             unsigned char a[16], b[16];
             int fam = strchr(text, ':') ? AF_INET6 : AF_INET;
-            if (g->type == GEN_IPADD) found = inet_pton(fam, names->v[j], a) == 1 && inet_pton(fam, text, b) == 1 &&
-                                              memcmp(a, b, fam == AF_INET ? 4 : 16) == 0;
+            if (g->type == GEN_IPADD)
+                found = inet_pton(fam, names->v[j], a) == 1 && inet_pton(fam, text, b) == 1 &&
+                        memcmp(a, b, fam == AF_INET ? 4 : 16) == 0;
             else found = *text && strcasecmp(text, names->v[j]) == 0;
         }
         ok = found;
@@ -327,7 +329,7 @@ int cert_leaf_fits(const char *cert_pem, const char *ca_cert_pem, const cert_nam
     EVP_PKEY *ca_pub = ca ? X509_get0_pubkey(ca) : NULL;
     time_t soon = time(NULL) + (time_t)min_days * 86400;
     int ok = x && ca_pub && X509_verify(x, ca_pub) == 1 && X509_cmp_time(X509_get0_notAfter(x), &soon) > 0 &&
-             X509_cmp_current_time(X509_get0_notBefore(x)) < 0 && cert_covers_exactly(x, names);
+            X509_cmp_current_time(X509_get0_notBefore(x)) < 0 && cert_covers_exactly(x, names);
     ERR_clear_error();
     X509_free(x);
     X509_free(ca);

@@ -4,8 +4,8 @@
 
 #include <stddef.h>
 
-#define CERT_MAX_NAMES 64       /* names one leaf certificate covers, at most */
-#define CERT_NAME_LEN 256       /* a DNS name or an IP address, with its NUL */
+#define CERT_MAX_NAMES 64 /* names one leaf certificate covers, at most */
+#define CERT_NAME_LEN 256 /* a DNS name or an IP address, with its NUL */
 
 /* The names a leaf covers: DNS names (a leading "*." for a wildcard) and IP addresses. */
 typedef struct cert_names {
@@ -32,8 +32,8 @@ int cert_make_ca(const char *cn, char **cert_pem, char **key_pem, char *err, siz
 /* Makes a server certificate for names (the first also its common name), valid for days
  * (at most 397: browsers refuse longer), signed by the CA given in PEM. Returns 0 with both
  * PEMs, or -1 with err. */
-int cert_make_leaf(const char *ca_cert_pem, const char *ca_key_pem, const cert_names *names, int days,
-                   char **cert_pem, char **key_pem, char *err, size_t errlen);
+int cert_make_leaf(const char *ca_cert_pem, const char *ca_key_pem, const cert_names *names, int days, char **cert_pem,
+                   char **key_pem, char *err, size_t errlen);
 
 /* 1 when the certificate cert_pem was signed by ca_cert_pem, covers exactly names (in any
  * order) and is valid for at least min_days more; 0 otherwise (or unreadable). */

@@ -15,13 +15,13 @@
 #include "url.h"
 
 #define CONFIG_FIELD(f) offsetof(tokend_config, f)
-#define CONFIG_TEXT 1, 0            /* the range of a setting that is not an integer */
+#define CONFIG_TEXT 1, 0 /* the range of a setting that is not an integer */
 
 const config_setting config_settings[] = {
     { "api_key", NULL, "ASSEMBLYAI_API_KEY", CONFIG_SECRET, NULL, CONFIG_TEXT, CONFIG_FIELD(api_key),
       "your AssemblyAI key; without it /token answers 503" },
-    { "streaming_url", NULL, "ASSEMBLYAI_STREAMING_URL", CONFIG_STRING, "https://streaming.assemblyai.com",
-      CONFIG_TEXT, CONFIG_FIELD(streaming_url),
+    { "streaming_url", NULL, "ASSEMBLYAI_STREAMING_URL", CONFIG_STRING, "https://streaming.assemblyai.com", CONFIG_TEXT,
+      CONFIG_FIELD(streaming_url),
       "region or fake: tokens from <url>/v3/token, the browser streams to wss://<host>/v3/ws" },
     { "region_urls", NULL, "ASSEMBLYAI_REGION_URLS", CONFIG_STRING,
       "us=https://streaming.us.assemblyai.com, eu=https://streaming.eu.assemblyai.com", CONFIG_TEXT,
@@ -58,16 +58,16 @@ const config_setting config_settings[] = {
       CONFIG_FIELD(trusted_proxies), "addresses or CIDR networks whose X-Forwarded-For is believed" },
     { "allowed_hosts", "allowed-hosts", "TOKEND_ALLOWED_HOSTS", CONFIG_STRING, NULL, CONFIG_TEXT,
       CONFIG_FIELD(allowed_hosts), "Host names served besides localhost and IP addresses (*.domain, or *)" },
-    { "upstream_proxy", NULL, "TOKEND_UPSTREAM_PROXY", CONFIG_STRING, NULL, CONFIG_TEXT,
-      CONFIG_FIELD(upstream_proxy), "proxy URL for the token calls (http_proxy and the like are ignored)" },
+    { "upstream_proxy", NULL, "TOKEND_UPSTREAM_PROXY", CONFIG_STRING, NULL, CONFIG_TEXT, CONFIG_FIELD(upstream_proxy),
+      "proxy URL for the token calls (http_proxy and the like are ignored)" },
     { "redis_url", NULL, "TOKEND_REDIS_URL", CONFIG_STRING, NULL, CONFIG_TEXT, CONFIG_FIELD(redis_url),
       "redis://[user:password@]host:port[/db] or unix:///path: limits and dictionaries shared by instances" },
-    { "redis_timeout_ms", NULL, "TOKEND_REDIS_TIMEOUT_MS", CONFIG_LONG, "50", 1, 60000,
-      CONFIG_FIELD(redis_timeout_ms), "deadline of one Redis command (then the store's on-error policy)" },
+    { "redis_timeout_ms", NULL, "TOKEND_REDIS_TIMEOUT_MS", CONFIG_LONG, "50", 1, 60000, CONFIG_FIELD(redis_timeout_ms),
+      "deadline of one Redis command (then the store's on-error policy)" },
     { "max_header_bytes", NULL, "TOKEND_MAX_HEADER_BYTES", CONFIG_SIZE, "8192", 1024, 1L << 20,
       CONFIG_FIELD(max_header_bytes), "request line and headers; past it 414 or 431" },
-    { "max_body_bytes", NULL, "TOKEND_MAX_BODY_BYTES", CONFIG_SIZE, "65536", 0, 1L << 30,
-      CONFIG_FIELD(max_body_bytes), "larger request bodies get 413" },
+    { "max_body_bytes", NULL, "TOKEND_MAX_BODY_BYTES", CONFIG_SIZE, "65536", 0, 1L << 30, CONFIG_FIELD(max_body_bytes),
+      "larger request bodies get 413" },
     { "max_query_args", NULL, "TOKEND_MAX_QUERY_ARGS", CONFIG_UINT, "64", 1, 10000, CONFIG_FIELD(max_query_args),
       "more query arguments get 400" },
     { "max_connections", NULL, "TOKEND_MAX_CONNECTIONS", CONFIG_UINT, "10000", 1, 1000000,
@@ -125,15 +125,14 @@ static int config_parse_long(const char *s, long min, long max, long *out) {
     return 0;
 }
 
-int config_set(tokend_config *cfg, const config_setting *s, const char *value, int from_flag, char *err, size_t errlen) {
+int config_set(tokend_config *cfg, const config_setting *s, const char *value, int from_flag, char *err,
+               size_t errlen) {
     void *field = (char *)cfg + s->offset;
     const char *shown = from_flag ? s->flag : s->env;
     long n = 0;
     switch (s->type) {
     case CONFIG_STRING:
-    case CONFIG_SECRET:
-        *(const char **)field = value && *value ? value : NULL;
-        return 0;
+    case CONFIG_SECRET: *(const char **)field = value && *value ? value : NULL; return 0;
     case CONFIG_LEVEL:
         if ((n = log_level_from_name(value)) < 0) {
             snprintf(err, errlen, "log level must be debug, info, warn or error (got \"%s\")", value);
@@ -148,15 +147,12 @@ int config_set(tokend_config *cfg, const config_setting *s, const char *value, i
         }
         *(int *)field = strcmp(value, "json") == 0;
         return 0;
-    case CONFIG_SWITCH:
-        *(int *)field = 1;
-        return 0;
-    default:
-        break;
+    case CONFIG_SWITCH: *(int *)field = 1; return 0;
+    default: break;
     }
     if (config_parse_long(value, s->min, s->max, &n) < 0) {
-        snprintf(err, errlen, "%s%s must be an integer between %ld and %ld (got \"%s\")", from_flag ? "--" : "",
-                 shown, s->min, s->max, value);
+        snprintf(err, errlen, "%s%s must be an integer between %ld and %ld (got \"%s\")", from_flag ? "--" : "", shown,
+                 s->min, s->max, value);
         return -1;
     }
     switch (s->type) {
@@ -195,12 +191,9 @@ static int config_check_text(const tokend_config *c, char *err, size_t errlen) {
         name = "ASSEMBLYAI_REGION_URLS";
     else if (c->agents_url && url_agent_endpoints(c->agents_url, &endpoints, why, sizeof why) != URL_OK)
         name = "ASSEMBLYAI_AGENTS_URL";
-    else if (c->redis_url && redis_parse_url(c->redis_url, &redis, why, sizeof why) < 0)
-        name = "TOKEND_REDIS_URL";
-    else if (netaddr_nets_parse(c->trusted_proxies, &nets, why, sizeof why) < 0)
-        name = "TOKEND_TRUSTED_PROXIES";
-    else if (policy_hosts_parse(c->allowed_hosts, c->host, &hosts, why, sizeof why) < 0)
-        name = "TOKEND_ALLOWED_HOSTS";
+    else if (c->redis_url && redis_parse_url(c->redis_url, &redis, why, sizeof why) < 0) name = "TOKEND_REDIS_URL";
+    else if (netaddr_nets_parse(c->trusted_proxies, &nets, why, sizeof why) < 0) name = "TOKEND_TRUSTED_PROXIES";
+    else if (policy_hosts_parse(c->allowed_hosts, c->host, &hosts, why, sizeof why) < 0) name = "TOKEND_ALLOWED_HOSTS";
     netaddr_nets_free(nets);
     policy_hosts_free(hosts);
     explicit_bzero(&redis, sizeof redis);
@@ -216,8 +209,9 @@ static int config_check_tls(const tokend_config *c, char *err, size_t errlen) {
         return -1;
     }
     if (!c->tls_cert != !c->tls_key) {
-        snprintf(err, errlen, "%s", c->tls_cert ? "TOKEND_TLS_CERT (--tls-cert) needs TOKEND_TLS_KEY (--tls-key)"
-                                                : "TOKEND_TLS_KEY (--tls-key) needs TOKEND_TLS_CERT (--tls-cert)");
+        snprintf(err, errlen, "%s",
+                 c->tls_cert ? "TOKEND_TLS_CERT (--tls-cert) needs TOKEND_TLS_KEY (--tls-key)"
+                             : "TOKEND_TLS_KEY (--tls-key) needs TOKEND_TLS_CERT (--tls-cert)");
         return -1;
     }
     if (c->tls_port && !c->tls_cert && !c->dev) {
@@ -225,8 +219,9 @@ static int config_check_tls(const tokend_config *c, char *err, size_t errlen) {
         return -1;
     }
     if (c->tls_port && c->tls_port == c->port) {
-        snprintf(err, errlen, "TOKEND_TLS_PORT (--tls-port) must differ from PORT (--port); to serve HTTPS alone, "
-                              "give --tls-cert and --tls-key without --tls-port");
+        snprintf(err, errlen,
+                 "TOKEND_TLS_PORT (--tls-port) must differ from PORT (--port); to serve HTTPS alone, "
+                 "give --tls-cert and --tls-key without --tls-port");
         return -1;
     }
     return 0;
@@ -242,8 +237,9 @@ int tokend_config_check(const tokend_config *c, char *err, size_t errlen) {
         return TOKEND_ERR;
     }
     if (!c->host || !c->script || !c->public_dir || !c->streaming_url) {
-        snprintf(err, errlen, "host, script, public folder and streaming URL must be set (tokend_config_init "
-                              "fills the defaults)");
+        snprintf(err, errlen,
+                 "host, script, public folder and streaming URL must be set (tokend_config_init "
+                 "fills the defaults)");
         return TOKEND_ERR;
     }
     if (config_check_tls(c, err, errlen) < 0) return TOKEND_ERR;

@@ -8,27 +8,27 @@
 
 /* How a setting's text becomes its field of tokend_config. */
 typedef enum config_type {
-    CONFIG_STRING,      /* const char * (an empty value counts as unset) */
-    CONFIG_SECRET,      /* const char *, never shown */
-    CONFIG_INT,         /* int */
-    CONFIG_UINT,        /* unsigned int */
-    CONFIG_LONG,        /* long */
-    CONFIG_SIZE,        /* size_t */
-    CONFIG_MIB,         /* size_t, given in MiB */
-    CONFIG_LEVEL,       /* int: debug, info, warn, error */
-    CONFIG_FORMAT,      /* int: text (0) or json (1) */
-    CONFIG_SWITCH,      /* int: a flag without a value, 1 when given */
+    CONFIG_STRING, /* const char * (an empty value counts as unset) */
+    CONFIG_SECRET, /* const char *, never shown */
+    CONFIG_INT,    /* int */
+    CONFIG_UINT,   /* unsigned int */
+    CONFIG_LONG,   /* long */
+    CONFIG_SIZE,   /* size_t */
+    CONFIG_MIB,    /* size_t, given in MiB */
+    CONFIG_LEVEL,  /* int: debug, info, warn, error */
+    CONFIG_FORMAT, /* int: text (0) or json (1) */
+    CONFIG_SWITCH, /* int: a flag without a value, 1 when given */
 } config_type;
 
 typedef struct config_setting {
-    const char *name;       /* its name in tokend.server{...}: "max_connections" */
-    const char *flag;       /* command-line option without "--", or NULL */
-    const char *env;        /* environment / .env variable, or NULL */
+    const char *name; /* its name in tokend.server{...}: "max_connections" */
+    const char *flag; /* command-line option without "--", or NULL */
+    const char *env;  /* environment / .env variable, or NULL */
     config_type type;
-    const char *dflt;       /* the default as text, NULL when there is none */
-    long min, max;          /* range of an integer setting */
-    size_t offset;          /* of its field in tokend_config */
-    const char *help;       /* one line */
+    const char *dflt; /* the default as text, NULL when there is none */
+    long min, max;    /* range of an integer setting */
+    size_t offset;    /* of its field in tokend_config */
+    const char *help; /* one line */
 } config_setting;
 
 #define CONFIG_MAX_WORKERS 256

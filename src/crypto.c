@@ -24,7 +24,7 @@
 struct crypto_key {
     EVP_PKEY *pkey;
     crypto_key_kind kind;
-    BIGNUM *order;              /* EC keys: the order n of the curve's group, and n / 2 */
+    BIGNUM *order; /* EC keys: the order n of the curve's group, and n / 2 */
     BIGNUM *half_order;
 };
 
@@ -118,7 +118,7 @@ int crypto_base64_decode(const char *in, size_t len, unsigned char *out, size_t 
             out[o++] = (unsigned char)(acc >> bits & 0xFF);
         }
     }
-    if (bits && (acc & ((1u << bits) - 1))) return -1;     /* leftover bits must be zero */
+    if (bits && (acc & ((1u << bits) - 1))) return -1; /* leftover bits must be zero */
     *outlen = o;
     return 0;
 }
@@ -156,12 +156,8 @@ static crypto_key *crypto_key_wrap(EVP_PKEY *pkey, char *err, size_t errlen) {
             goto fail;
         }
         break;
-    case EVP_PKEY_ED25519:
-        kind = CRYPTO_KEY_ED25519;
-        break;
-    default:
-        snprintf(err, errlen, "the key is not RSA, EC (P-256, P-384) or Ed25519");
-        goto fail;
+    case EVP_PKEY_ED25519: kind = CRYPTO_KEY_ED25519; break;
+    default: snprintf(err, errlen, "the key is not RSA, EC (P-256, P-384) or Ed25519"); goto fail;
     }
     crypto_key *k = calloc(1, sizeof *k);
     if (!k) {
@@ -236,8 +232,7 @@ crypto_key *crypto_key_rsa(const unsigned char *n, size_t nlen, const unsigned c
     if (bld && bn && be && OSSL_PARAM_BLD_push_BN(bld, OSSL_PKEY_PARAM_RSA_N, bn) &&
         OSSL_PARAM_BLD_push_BN(bld, OSSL_PKEY_PARAM_RSA_E, be))
         k = crypto_key_from_params("RSA", bld, err, errlen);
-    else
-        snprintf(err, errlen, "out of memory");
+    else snprintf(err, errlen, "out of memory");
     BN_free(bn);
     BN_free(be);
     OSSL_PARAM_BLD_free(bld);
@@ -250,10 +245,11 @@ crypto_key *crypto_key_ec(const char *crv, const unsigned char *x, size_t xlen, 
     const char *group = strcmp(crv, "P-256") == 0 ? "prime256v1" : strcmp(crv, "P-384") == 0 ? "secp384r1" : NULL;
     size_t size = group && group[0] == 'p' ? 32 : 48;
     if (!group || xlen != size || ylen != size) {
-        snprintf(err, errlen, group ? "the EC key's x and y have the wrong length" : "EC keys must be on P-256 or P-384");
+        snprintf(err, errlen,
+                 group ? "the EC key's x and y have the wrong length" : "EC keys must be on P-256 or P-384");
         return NULL;
     }
-    point[0] = 0x04;        /* uncompressed */
+    point[0] = 0x04; /* uncompressed */
     memcpy(point + 1, x, size);
     memcpy(point + 1 + size, y, size);
     OSSL_PARAM_BLD *bld = OSSL_PARAM_BLD_new();
@@ -261,15 +257,15 @@ crypto_key *crypto_key_ec(const char *crv, const unsigned char *x, size_t xlen, 
     if (bld && OSSL_PARAM_BLD_push_utf8_string(bld, OSSL_PKEY_PARAM_GROUP_NAME, group, 0) &&
         OSSL_PARAM_BLD_push_octet_string(bld, OSSL_PKEY_PARAM_PUB_KEY, point, 1 + 2 * size))
         k = crypto_key_from_params("EC", bld, err, errlen);
-    else
-        snprintf(err, errlen, "out of memory");
+    else snprintf(err, errlen, "out of memory");
     OSSL_PARAM_BLD_free(bld);
     return k;
 }
 
 crypto_key *crypto_key_okp(const char *crv, const unsigned char *x, size_t xlen, char *err, size_t errlen) {
     if (strcmp(crv, "Ed25519") != 0 || xlen != 32) {
-        snprintf(err, errlen, strcmp(crv, "Ed25519") != 0 ? "OKP keys must be Ed25519" : "the Ed25519 key is not 32 bytes");
+        snprintf(err, errlen,
+                 strcmp(crv, "Ed25519") != 0 ? "OKP keys must be Ed25519" : "the Ed25519 key is not 32 bytes");
         return NULL;
     }
     EVP_PKEY *pkey = EVP_PKEY_new_raw_public_key(EVP_PKEY_ED25519, NULL, x, xlen);
@@ -297,18 +293,23 @@ void crypto_key_free(crypto_key *k) {
 /* What an algorithm name means: its hash, its key kind, and how it signs. */
 typedef struct crypto_alg {
     const char *name;
-    const char *hash;           /* NULL for EdDSA */
+    const char *hash; /* NULL for EdDSA */
     int hmac;
     int pss;
-    int ec_size;                /* bytes of r and of s for ES* */
+    int ec_size; /* bytes of r and of s for ES* */
     crypto_key_kind kind;
 } crypto_alg;
 
 static const crypto_alg crypto_algs[] = {
-    { "HS256", "sha256", 1, 0, 0, 0 }, { "HS384", "sha384", 1, 0, 0, 0 }, { "HS512", "sha512", 1, 0, 0, 0 },
-    { "RS256", "sha256", 0, 0, 0, CRYPTO_KEY_RSA }, { "RS384", "sha384", 0, 0, 0, CRYPTO_KEY_RSA },
-    { "RS512", "sha512", 0, 0, 0, CRYPTO_KEY_RSA }, { "PS256", "sha256", 0, 1, 0, CRYPTO_KEY_RSA },
-    { "ES256", "sha256", 0, 0, 32, CRYPTO_KEY_EC_P256 }, { "ES384", "sha384", 0, 0, 48, CRYPTO_KEY_EC_P384 },
+    { "HS256", "sha256", 1, 0, 0, 0 },
+    { "HS384", "sha384", 1, 0, 0, 0 },
+    { "HS512", "sha512", 1, 0, 0, 0 },
+    { "RS256", "sha256", 0, 0, 0, CRYPTO_KEY_RSA },
+    { "RS384", "sha384", 0, 0, 0, CRYPTO_KEY_RSA },
+    { "RS512", "sha512", 0, 0, 0, CRYPTO_KEY_RSA },
+    { "PS256", "sha256", 0, 1, 0, CRYPTO_KEY_RSA },
+    { "ES256", "sha256", 0, 0, 32, CRYPTO_KEY_EC_P256 },
+    { "ES384", "sha384", 0, 0, 48, CRYPTO_KEY_EC_P384 },
     { "EdDSA", NULL, 0, 0, 0, CRYPTO_KEY_ED25519 },
 };
 
@@ -331,7 +332,7 @@ static int crypto_jws_init(EVP_MD_CTX *ctx, const crypto_alg *a, const crypto_ke
                   : EVP_DigestVerifyInit(ctx, &pctx, md, NULL, key->pkey);
     if (ok == 1 && a->pss)
         ok = EVP_PKEY_CTX_set_rsa_padding(pctx, RSA_PKCS1_PSS_PADDING) == 1 &&
-             EVP_PKEY_CTX_set_rsa_pss_saltlen(pctx, RSA_PSS_SALTLEN_DIGEST) == 1;
+                EVP_PKEY_CTX_set_rsa_pss_saltlen(pctx, RSA_PSS_SALTLEN_DIGEST) == 1;
     return ok == 1;
 }
 
@@ -345,7 +346,7 @@ static size_t crypto_ec_to_der(const crypto_key *key, const unsigned char *sig, 
     BIGNUM *r = BN_bin2bn(sig, size, NULL), *s = BN_bin2bn(sig + size, size, NULL);
     size_t n = 0;
     if (es && r && s && BN_cmp(s, key->half_order) <= 0 && ECDSA_SIG_set0(es, r, s) == 1) {
-        r = s = NULL;           /* owned by es now */
+        r = s = NULL; /* owned by es now */
         int len = i2d_ECDSA_SIG(es, NULL);
         unsigned char *p = der;
         if (len > 0 && (size_t)len <= cap) n = (size_t)i2d_ECDSA_SIG(es, &p);
@@ -377,8 +378,8 @@ out:
     return n;
 }
 
-int crypto_jws_verify(const char *alg, const crypto_key *key, const void *secret, size_t secretlen,
-                      const void *input, size_t inlen, const unsigned char *sig, size_t siglen) {
+int crypto_jws_verify(const char *alg, const crypto_key *key, const void *secret, size_t secretlen, const void *input,
+                      size_t inlen, const unsigned char *sig, size_t siglen) {
     const crypto_alg *a = crypto_alg_of(alg);
     if (!a) return 0;
     if (a->hmac) {
@@ -398,8 +399,8 @@ int crypto_jws_verify(const char *alg, const crypto_key *key, const void *secret
     return ok;
 }
 
-size_t crypto_jws_sign(const char *alg, const crypto_key *key, const void *secret, size_t secretlen,
-                       const void *input, size_t inlen, unsigned char *sig) {
+size_t crypto_jws_sign(const char *alg, const crypto_key *key, const void *secret, size_t secretlen, const void *input,
+                       size_t inlen, unsigned char *sig) {
     const crypto_alg *a = crypto_alg_of(alg);
     if (!a) return 0;
     if (a->hmac) return secret ? crypto_hmac(a->hash, secret, secretlen, input, inlen, sig) : 0;

@@ -4,8 +4,8 @@
 
 #include <stddef.h>
 
-#define CRYPTO_MAX_DIGEST 64        /* SHA-512 */
-#define CRYPTO_MAX_SIGNATURE 1024   /* an RSA-8192 signature */
+#define CRYPTO_MAX_DIGEST 64      /* SHA-512 */
+#define CRYPTO_MAX_SIGNATURE 1024 /* an RSA-8192 signature */
 
 /* The hash functions by name: "sha1" (for names, such as a Redis script's), "sha256",
  * "sha384", "sha512". Each returns the digest's
@@ -38,7 +38,10 @@ int crypto_equal(const void *a, size_t alen, const void *b, size_t blen);
 typedef struct crypto_key crypto_key;
 
 typedef enum crypto_key_kind {
-    CRYPTO_KEY_RSA, CRYPTO_KEY_EC_P256, CRYPTO_KEY_EC_P384, CRYPTO_KEY_ED25519,
+    CRYPTO_KEY_RSA,
+    CRYPTO_KEY_EC_P256,
+    CRYPTO_KEY_EC_P384,
+    CRYPTO_KEY_ED25519,
 } crypto_key_kind;
 
 /* A public key from PEM (SPKI "PUBLIC KEY", or a certificate), or a private key from PEM
@@ -67,13 +70,13 @@ int crypto_jws_fits(const char *alg, crypto_key_kind kind);
  * when valid, 0 otherwise (a wrong signature, an alg that does not fit, an ES256 or ES384
  * signature whose s is above half the curve's order: only the low-S form of a signature
  * counts, so that no one can make a second valid signature, n - s, from a first). */
-int crypto_jws_verify(const char *alg, const crypto_key *key, const void *secret, size_t secretlen,
-                      const void *input, size_t inlen, const unsigned char *sig, size_t siglen);
+int crypto_jws_verify(const char *alg, const crypto_key *key, const void *secret, size_t secretlen, const void *input,
+                      size_t inlen, const unsigned char *sig, size_t siglen);
 
 /* Signs input with alg (the secret for HS*, a private key otherwise) into sig (room for
  * CRYPTO_MAX_SIGNATURE bytes, in JWS form: raw r||s for ES*, s in its low form). Returns
  * its length, or 0. */
-size_t crypto_jws_sign(const char *alg, const crypto_key *key, const void *secret, size_t secretlen,
-                       const void *input, size_t inlen, unsigned char *sig);
+size_t crypto_jws_sign(const char *alg, const crypto_key *key, const void *secret, size_t secretlen, const void *input,
+                       size_t inlen, unsigned char *sig);
 
 #endif

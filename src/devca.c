@@ -19,8 +19,8 @@
 #include "devca.h"
 #include "log.h"
 
-#define DEVCA_LEAF_DAYS 397         /* the most browsers accept */
-#define DEVCA_RENEW_DAYS 30         /* a leaf expiring sooner is made again */
+#define DEVCA_LEAF_DAYS 397 /* the most browsers accept */
+#define DEVCA_RENEW_DAYS 30 /* a leaf expiring sooner is made again */
 
 int devca_dir(char *out, size_t outlen, char *err, size_t errlen) {
     const char *xdg = getenv("XDG_DATA_HOME"), *home = getenv("HOME");
@@ -29,8 +29,9 @@ int devca_dir(char *out, size_t outlen, char *err, size_t errlen) {
     if (xdg && xdg[0] == '/') n = snprintf(out, outlen, "%s/tokend", xdg);
     else if (home && home[0] == '/' && home[1]) n = snprintf(out, outlen, "%s/.local/share/tokend", home);
     else {
-        snprintf(err, errlen, "no data folder for the development CA (neither HOME nor XDG_DATA_HOME is set): --dev "
-                              "is for a developer's session, not a service (give --tls-cert and --tls-key instead)");
+        snprintf(err, errlen,
+                 "no data folder for the development CA (neither HOME nor XDG_DATA_HOME is set): --dev "
+                 "is for a developer's session, not a service (give --tls-cert and --tls-key instead)");
         return -1;
     }
     if (n < 0 || (size_t)n >= outlen) {
@@ -59,7 +60,7 @@ void devca_network_names(cert_names *out) {
     struct ifaddrs *all = NULL;
     char text[INET6_ADDRSTRLEN], mdns[HOST_NAME_MAX + 8];
     if (getifaddrs(&all) == 0) {
-        for (int family = 0; family < 2; family++) {        /* IPv4 first: what a phone is likelier to reach */
+        for (int family = 0; family < 2; family++) { /* IPv4 first: what a phone is likelier to reach */
             for (struct ifaddrs *a = all; a; a = a->ifa_next) {
                 if (!a->ifa_addr || !(a->ifa_flags & IFF_UP) || (a->ifa_flags & IFF_LOOPBACK)) continue;
                 if (family == 0 && a->ifa_addr->sa_family == AF_INET) {
@@ -119,13 +120,14 @@ static int devca_private_dir(const char *dir, char *err, size_t errlen) {
         return -1;
     }
     if (st.st_uid != geteuid()) {
-        snprintf(err, errlen, "the development CA's folder \"%s\" belongs to another user (uid %u): remove it",
-                 dir, (unsigned)st.st_uid);
+        snprintf(err, errlen, "the development CA's folder \"%s\" belongs to another user (uid %u): remove it", dir,
+                 (unsigned)st.st_uid);
         return -1;
     }
     if (st.st_mode & 077) {
-        snprintf(err, errlen, "the development CA's folder \"%s\" may be read by others (mode %04o), and its key "
-                              "signs certificates your browsers trust: chmod 700 \"%s\"",
+        snprintf(err, errlen,
+                 "the development CA's folder \"%s\" may be read by others (mode %04o), and its key "
+                 "signs certificates your browsers trust: chmod 700 \"%s\"",
                  dir, (unsigned)(st.st_mode & 07777), dir);
         return -1;
     }
@@ -162,7 +164,7 @@ static int devca_write(const char *dir, const char *name, const char *text, mode
     char tmp[PATH_MAX], path[PATH_MAX];
     snprintf(tmp, sizeof tmp, "%s/.%s.new", dir, name);
     snprintf(path, sizeof path, "%s/%s", dir, name);
-    unlink(tmp);        /* left by a run that stopped half-way */
+    unlink(tmp); /* left by a run that stopped half-way */
     int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, mode);
     size_t len = strlen(text);
     if (fd < 0 || write(fd, text, len) != (ssize_t)len || fsync(fd) < 0 || close(fd) < 0 || rename(tmp, path) < 0) {
@@ -193,13 +195,17 @@ static int devca_the_ca(const char *dir, char **cert, char **key, char *err, siz
         if (!(*cert = devca_read(dir, "ca.crt", err, errlen)) || !(*key = devca_read(dir, "ca.key", err, errlen)))
             return -1;
         if (cert_pair_fits(*cert, *key, 1)) return 0;
-        snprintf(err, errlen, "the development CA in \"%s\" cannot be used (expired, or its files do not match): "
-                              "remove the folder to make a new one, then trust the new one", dir);
+        snprintf(err, errlen,
+                 "the development CA in \"%s\" cannot be used (expired, or its files do not match): "
+                 "remove the folder to make a new one, then trust the new one",
+                 dir);
         return -1;
     }
     if (has_key || has_cert) {
-        snprintf(err, errlen, "\"%s\" holds only half of a CA (ca.crt and ca.key go together): remove the folder to "
-                              "make a new one", dir);
+        snprintf(err, errlen,
+                 "\"%s\" holds only half of a CA (ca.crt and ca.key go together): remove the folder to "
+                 "make a new one",
+                 dir);
         return -1;
     }
     char cn[200], host[HOST_NAME_MAX + 1] = "?";
@@ -216,8 +222,8 @@ static int devca_the_ca(const char *dir, char **cert, char **key, char *err, siz
 
 /* Whether the leaf in dir (when there is one) fits: signed by the CA, for names, not about
  * to expire, its key its own. Returns 1 with its PEMs, 0 when it must be made, -1 with err. */
-static int devca_the_leaf(const char *dir, const char *ca, const cert_names *names, char **cert, char **key,
-                          char *err, size_t errlen) {
+static int devca_the_leaf(const char *dir, const char *ca, const cert_names *names, char **cert, char **key, char *err,
+                          size_t errlen) {
     char path[PATH_MAX];
     snprintf(path, sizeof path, "%s/leaf.key", dir);
     int has_key = devca_private_key(path, err, errlen);
@@ -232,8 +238,8 @@ static int devca_the_leaf(const char *dir, const char *ca, const cert_names *nam
     return 0;
 }
 
-int devca_ensure(const char *dir, const cert_names *names, char **cert_pem, char **key_pem, char **ca_pem,
-                 char *err, size_t errlen) {
+int devca_ensure(const char *dir, const cert_names *names, char **cert_pem, char **key_pem, char **ca_pem, char *err,
+                 size_t errlen) {
     char *ca_cert = NULL, *ca_key = NULL, lock_path[PATH_MAX];
     int rc = -1, lock = -1;
     *cert_pem = *key_pem = NULL;
@@ -268,7 +274,7 @@ out:
         cert_pem_free(*key_pem);
         *cert_pem = *key_pem = NULL;
     }
-    if (lock >= 0) close(lock);     /* and its lock with it */
+    if (lock >= 0) close(lock); /* and its lock with it */
     cert_pem_free(ca_cert);
     cert_pem_free(ca_key);
     return rc;

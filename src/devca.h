@@ -25,17 +25,17 @@ void devca_names(const char *extra, cert_names *out);
  * them; the leaf is made again when the names differ from its own, it expires within 30
  * days or another CA signed it. Gives the leaf's PEMs (free with cert_pem_free) and,
  * when ca_pem is not NULL, the CA certificate. Returns 0, or -1 with err. */
-int devca_ensure(const char *dir, const cert_names *names, char **cert_pem, char **key_pem, char **ca_pem,
-                 char *err, size_t errlen);
+int devca_ensure(const char *dir, const cert_names *names, char **cert_pem, char **key_pem, char **ca_pem, char *err,
+                 size_t errlen);
 
 /* What serves HTTPS for cfg: its certificate files, else (dev) the development CA's leaf
  * for devca_names(cfg->allowed_hosts). Leaves everything NULL when cfg serves no HTTPS.
  * Returns 0, or -1 with err (a file that cannot be read or does not match, a CA folder
  * that others may read, no data folder). */
 typedef struct devca_tls {
-    char *cert_pem, *key_pem;   /* the server's certificate (chain) and key */
-    char *ca_pem;               /* the development CA's certificate when it is in use, else NULL */
-    int expired;                /* the certificate of the files is not valid now */
+    char *cert_pem, *key_pem; /* the server's certificate (chain) and key */
+    char *ca_pem;             /* the development CA's certificate when it is in use, else NULL */
+    int expired;              /* the certificate of the files is not valid now */
 } devca_tls;
 
 int devca_tls_for(const tokend_config *cfg, devca_tls *out, char *err, size_t errlen);

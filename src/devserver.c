@@ -18,9 +18,9 @@
 #include "netaddr.h"
 
 #define DEVSERVER_PREFIX "/__tokend/"
-#define DEVSERVER_HEARTBEAT_MS 15000        /* a comment line keeps proxies from closing an idle stream */
-#define DEVSERVER_PAGE_BUFFER 512           /* bytes a page may leave unread; past it, its stream is cut */
-#define DEVSERVER_MESSAGE_MAX 4096          /* the list of changed files sent, at most */
+#define DEVSERVER_HEARTBEAT_MS 15000 /* a comment line keeps proxies from closing an idle stream */
+#define DEVSERVER_PAGE_BUFFER 512    /* bytes a page may leave unread; past it, its stream is cut */
+#define DEVSERVER_MESSAGE_MAX 4096   /* the list of changed files sent, at most */
 
 /* The client: one classic script of the page's own origin. It finds the stream next to its
  * own URL (so it works over HTTPS and under a proxy's path), reloads the page on a change or
@@ -28,68 +28,68 @@
  * the browser has Web Locks and BroadcastChannel (secure pages), one tab per origin holds
  * the stream and tells the others: browsers open at most six connections to an origin. */
 static const char devserver_client_js[] =
-    "// tokend live reload: tokend --dev adds this script to the HTML pages it serves.\n"
-    "(() => {\n"
-    "  const url = new URL('livereload', document.currentScript.src);\n"
-    "  let boot = null;\n"
-    "  const apply = (kind, data) => {\n"
-    "    if (kind === 'hello') {\n"
-    "      if (boot !== null && boot !== data) location.reload();\n"
-    "      boot = data;\n"
-    "      return;\n"
-    "    }\n"
-    "    const changed = data ? data.split('\\n') : [];\n"
-    "    if (changed.length && changed.every((path) => path.endsWith('.css'))) {\n"
-    "      for (const link of document.querySelectorAll('link[rel~=\"stylesheet\"]')) {\n"
-    "        const href = new URL(link.href);\n"
-    "        href.searchParams.set('tokend-reload', String(Date.now()));\n"
-    "        link.href = href.href;\n"
-    "      }\n"
-    "    } else {\n"
-    "      location.reload();\n"
-    "    }\n"
-    "  };\n"
-    "  const channel = typeof BroadcastChannel === 'function' ? new BroadcastChannel('tokend-livereload') : null;\n"
-    "  const listen = () => {\n"
-    "    const events = new EventSource(url);\n"
-    "    for (const kind of ['hello', 'reload']) {\n"
-    "      events.addEventListener(kind, (e) => {\n"
-    "        if (channel) channel.postMessage([kind, e.data]);\n"
-    "        apply(kind, e.data);\n"
-    "      });\n"
-    "    }\n"
-    "  };\n"
-    "  if (channel && navigator.locks) {\n"
-    "    channel.onmessage = (e) => apply(e.data[0], e.data[1]);\n"
-    "    navigator.locks.request('tokend-livereload', () => new Promise(listen));\n"
-    "  } else {\n"
-    "    listen();\n"
-    "  }\n"
-    "})();\n";
+        "// tokend live reload: tokend --dev adds this script to the HTML pages it serves.\n"
+        "(() => {\n"
+        "  const url = new URL('livereload', document.currentScript.src);\n"
+        "  let boot = null;\n"
+        "  const apply = (kind, data) => {\n"
+        "    if (kind === 'hello') {\n"
+        "      if (boot !== null && boot !== data) location.reload();\n"
+        "      boot = data;\n"
+        "      return;\n"
+        "    }\n"
+        "    const changed = data ? data.split('\\n') : [];\n"
+        "    if (changed.length && changed.every((path) => path.endsWith('.css'))) {\n"
+        "      for (const link of document.querySelectorAll('link[rel~=\"stylesheet\"]')) {\n"
+        "        const href = new URL(link.href);\n"
+        "        href.searchParams.set('tokend-reload', String(Date.now()));\n"
+        "        link.href = href.href;\n"
+        "      }\n"
+        "    } else {\n"
+        "      location.reload();\n"
+        "    }\n"
+        "  };\n"
+        "  const channel = typeof BroadcastChannel === 'function' ? new BroadcastChannel('tokend-livereload') : null;\n"
+        "  const listen = () => {\n"
+        "    const events = new EventSource(url);\n"
+        "    for (const kind of ['hello', 'reload']) {\n"
+        "      events.addEventListener(kind, (e) => {\n"
+        "        if (channel) channel.postMessage([kind, e.data]);\n"
+        "        apply(kind, e.data);\n"
+        "      });\n"
+        "    }\n"
+        "  };\n"
+        "  if (channel && navigator.locks) {\n"
+        "    channel.onmessage = (e) => apply(e.data[0], e.data[1]);\n"
+        "    navigator.locks.request('tokend-livereload', () => new Promise(listen));\n"
+        "  } else {\n"
+        "    listen();\n"
+        "  }\n"
+        "})();\n";
 
 typedef struct devserver_page devserver_page;
 
 struct devserver_hub {
     pthread_mutex_t lock;
-    list_node stations;             /* the workers' devservers, under lock */
-    char message[DEVSERVER_MESSAGE_MAX + 64];   /* the last reload event, under lock */
-    char boot[40];                  /* this server's run: a page reloads when it changes */
+    list_node stations;                       /* the workers' devservers, under lock */
+    char message[DEVSERVER_MESSAGE_MAX + 64]; /* the last reload event, under lock */
+    char boot[40];                            /* this server's run: a page reloads when it changes */
     const char *ca_pem;
 };
 
 struct devserver {
     devserver_hub *hub;
     loop *lp;
-    int efd;                        /* the hub writes to it: a reload to send */
+    int efd; /* the hub writes to it: a reload to send */
     loop_timer heartbeat;
-    list_node pages;                /* open pages */
-    list_node station;              /* in the hub's stations */
+    list_node pages;   /* open pages */
+    list_node station; /* in the hub's stations */
 };
 
 /* An open page: its event stream. */
 struct devserver_page {
     http_stream *stream;
-    list_node link;                 /* in its devserver's pages */
+    list_node link; /* in its devserver's pages */
 };
 
 devserver_hub *devserver_hub_create(const char *ca_pem) {
@@ -133,7 +133,8 @@ void devserver_hub_reload(devserver_hub *h, const char *changed) {
     pthread_mutex_lock(&h->lock);
     devserver_format_reload(h->message, sizeof h->message, changed ? changed : "");
     for (list_node *n = list_first(&h->stations); n; n = list_next(&h->stations, n))
-        if (write(list_entry(n, devserver, station)->efd, &one, sizeof one) < 0 && errno != EAGAIN) log_throttled(LOG_WARN, "livereload", "cannot wake a worker: %s", strerror(errno));
+        if (write(list_entry(n, devserver, station)->efd, &one, sizeof one) < 0 && errno != EAGAIN)
+            log_throttled(LOG_WARN, "livereload", "cannot wake a worker: %s", strerror(errno));
     pthread_mutex_unlock(&h->lock);
 }
 
@@ -216,8 +217,9 @@ static void devserver_on_closed(void *ud) {
 static void devserver_stream(devserver *d, http_request *req) {
     char hello[96];
     devserver_page *p = calloc(1, sizeof *p);
-    http_response *resp = p ? http_response_stream(req, -1, DEVSERVER_PAGE_BUFFER, NULL, devserver_on_closed, p,
-                                                   &p->stream) : NULL;
+    http_response *resp = p
+            ? http_response_stream(req, -1, DEVSERVER_PAGE_BUFFER, NULL, devserver_on_closed, p, &p->stream)
+            : NULL;
     if (!resp) {
         free(p);
         http_request_fail(req, 503, "out of memory");
@@ -226,7 +228,7 @@ static void devserver_stream(devserver *d, http_request *req) {
     list_insert_after(&d->pages, &p->link);
     http_response_header(resp, "Content-Type", "text/event-stream; charset=utf-8");
     http_response_header(resp, "Cache-Control", "no-cache");
-    http_response_header(resp, "X-Accel-Buffering", "no");     /* nginx: pass events at once */
+    http_response_header(resp, "X-Accel-Buffering", "no"); /* nginx: pass events at once */
     http_response_header(resp, "X-Content-Type-Options", "nosniff");
     snprintf(hello, sizeof hello, "retry: 1000\nevent: hello\ndata: %s\n\n", d->hub->boot);
     http_stream_write(p->stream, hello, strlen(hello));
@@ -237,8 +239,7 @@ static void devserver_stream(devserver *d, http_request *req) {
 static int devserver_loopback(const http_request *req) {
     netaddr a;
     if (netaddr_parse(req->peer, &a) < 0) return 0;
-    return a.family == AF_INET ? a.bytes[0] == 127
-                               : memcmp(a.bytes, "\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\1", 16) == 0;
+    return a.family == AF_INET ? a.bytes[0] == 127 : memcmp(a.bytes, "\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\1", 16) == 0;
 }
 
 /* Answers with a fixed body of type (no-cache: it changes with the server). */
@@ -257,7 +258,7 @@ int devserver_serve(devserver *d, http_request *req) {
     const char *name = req->path + sizeof DEVSERVER_PREFIX - 1;
     snprintf(req->route, sizeof req->route, "%s", req->path);
     int known = strcmp(name, "livereload") == 0 || strcmp(name, "livereload.js") == 0 ||
-                (strcmp(name, "ca.crt") == 0 && d->hub->ca_pem && devserver_loopback(req));
+            (strcmp(name, "ca.crt") == 0 && d->hub->ca_pem && devserver_loopback(req));
     if (!known) {
         snprintf(req->route, sizeof req->route, "none");
         http_request_fail(req, 404, "not found");

@@ -11,8 +11,8 @@
  * page's own origin (the Content-Security-Policy keeps script-src 'self'). */
 #define DEVSERVER_SCRIPT_TAG "<script src=\"/__tokend/livereload.js\" defer></script>"
 
-typedef struct devserver_hub devserver_hub;     /* the workers' stations, for the file watcher */
-typedef struct devserver devserver;             /* a worker's station: its pages' streams */
+typedef struct devserver_hub devserver_hub; /* the workers' stations, for the file watcher */
+typedef struct devserver devserver;         /* a worker's station: its pages' streams */
 
 /* Creates the hub of a server's workers; ca_pem (borrowed, may be NULL) is the development
  * CA's certificate to serve. NULL when out of memory. */

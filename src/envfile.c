@@ -16,7 +16,7 @@
 typedef struct envfile_entry {
     char *name;
     char *value;
-    atomic_int read;        /* read through envfile_read */
+    atomic_int read; /* read through envfile_read */
 } envfile_entry;
 
 struct envfile {
@@ -63,7 +63,10 @@ static const char *envfile_parse_value(const char *p, const char *end, char *out
         char q = *p++;
         for (;;) {
             if (p >= end) return q == '"' ? "unterminated double-quoted value" : "unterminated single-quoted value";
-            if (*p == q) { p++; break; }
+            if (*p == q) {
+                p++;
+                break;
+            }
             if (q == '"' && *p == '\\' && p + 1 < end) {
                 p++;
                 switch (*p) {
@@ -98,7 +101,7 @@ int envfile_parse(const char *text, size_t len, envfile **out, char *err, size_t
         goto out;
     }
     const char *p = text, *end = text + len;
-    if (len >= 3 && memcmp(p, "\xEF\xBB\xBF", 3) == 0) p += 3;  /* UTF-8 byte order mark */
+    if (len >= 3 && memcmp(p, "\xEF\xBB\xBF", 3) == 0) p += 3; /* UTF-8 byte order mark */
     for (int line = 1; p < end; line++) {
         const char *eol = memchr(p, '\n', (size_t)(end - p));
         if (!eol) eol = end;
@@ -159,7 +162,8 @@ int envfile_load(const char *path, envfile **out, char *err, size_t errlen) {
     if (!f) {
         int e = errno;
         int dangling = e == ENOENT && lstat(path, &st) == 0 && S_ISLNK(st.st_mode);
-        snprintf(err, errlen, "%s: %s", path, dangling ? "a link to nothing (a settings file was expected)" : strerror(e));
+        snprintf(err, errlen, "%s: %s", path,
+                 dangling ? "a link to nothing (a settings file was expected)" : strerror(e));
         goto out;
     }
     if (fstat(fileno(f), &st) == 0 && !S_ISREG(st.st_mode)) {
@@ -260,7 +264,7 @@ static int envfile_block(unsigned long *start, unsigned long *end) {
     size_t n = fread(buf, 1, sizeof buf - 1, f);
     fclose(f);
     buf[n] = '\0';
-    char *p = strrchr(buf, ')');     /* the command name may hold spaces and parentheses */
+    char *p = strrchr(buf, ')'); /* the command name may hold spaces and parentheses */
     if (!p) return -1;
     p++;
     for (int field = 3; field <= 51; field++) {

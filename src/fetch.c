@@ -14,9 +14,9 @@
 #include "fetchint.h"
 #include "log.h"
 
-#define FETCH_WATCHDOG_SLACK_MS 1000    /* past its deadline, the watchdog ends a call */
-#define FETCH_HEADERS_MAX (64 * 1024)   /* response header bytes kept; more fails the call */
-#define FETCH_KEEP_BUFFER (16 * 1024)   /* a pooled call keeps buffers up to this size */
+#define FETCH_WATCHDOG_SLACK_MS 1000  /* past its deadline, the watchdog ends a call */
+#define FETCH_HEADERS_MAX (64 * 1024) /* response header bytes kept; more fails the call */
+#define FETCH_KEEP_BUFFER (16 * 1024) /* a pooled call keeps buffers up to this size */
 
 /* A multi handle other than the first that ran no transfer for two sweeps (30 to 60 s)
  * is closed with its connections: after a burst, they would linger (and, once the server
@@ -35,7 +35,7 @@ typedef struct fetch_buf {
 
 struct fetch_call {
     fetch *f;
-    fetch_shard *shard;             /* the multi handle running the transfer, NULL when out */
+    fetch_shard *shard; /* the multi handle running the transfer, NULL when out */
     CURL *easy;
     fetch_done_fn *done;
     void *ud;
@@ -43,12 +43,12 @@ struct fetch_call {
     size_t max_body;
     int too_big;
     uint64_t start_us;
-    loop_timer watchdog;            /* our own deadline, in case curl loses its timeout */
-    const fetch_stream *stream;     /* a streamed call's callbacks, or NULL */
-    int head_seen;                  /* streamed: the head was handed over */
-    int paused;                     /* streamed: the body callback paused it */
+    loop_timer watchdog;        /* our own deadline, in case curl loses its timeout */
+    const fetch_stream *stream; /* a streamed call's callbacks, or NULL */
+    int head_seen;              /* streamed: the head was handed over */
+    int paused;                 /* streamed: the body callback paused it */
     char errbuf[CURL_ERROR_SIZE];
-    list_node link;                 /* in the client's active calls, or its idle pool */
+    list_node link; /* in the client's active calls, or its idle pool */
 };
 
 static void fetch_drain(fetch_shard *sh);
@@ -143,7 +143,7 @@ int fetch_on_socket(CURL *easy, curl_socket_t s, int what, void *userp, void *so
     if (state == FETCH_FD_OPENED && (what == CURL_POLL_IN || what == CURL_POLL_INOUT))
         f->conn_fds[s] = FETCH_FD_PARKABLE;
     else if (state == FETCH_FD_OPENED && what == CURL_POLL_REMOVE)
-        f->conn_fds[s] = 0;     /* a connect attempt that is over: curl may close it by itself */
+        f->conn_fds[s] = 0; /* a connect attempt that is over: curl may close it by itself */
     if (what == CURL_POLL_IN || what == CURL_POLL_INOUT) ev |= LOOP_READ;
     if (what == CURL_POLL_OUT || what == CURL_POLL_INOUT) ev |= LOOP_WRITE;
     /* Never answer -1: libcurl would mark the whole multi handle dead, and this worker
@@ -160,12 +160,12 @@ curl_socket_t fetch_on_open_socket(void *ud, curlsocktype purpose, struct curl_s
     (void)purpose;
     int fd = socket(a->family, a->socktype | SOCK_CLOEXEC, a->protocol);
     if (fd < 0) return CURL_SOCKET_BAD;
-    loop_forget(f->lp, fd);     /* a watch of an earlier socket with this number is gone */
+    loop_forget(f->lp, fd); /* a watch of an earlier socket with this number is gone */
     if (fd >= f->nconn_fds) {
         int n = f->nconn_fds ? f->nconn_fds : 256;
         while (n <= fd) n *= 2;
         unsigned char *v = realloc(f->conn_fds, (size_t)n);
-        if (!v) return fd;      /* not parkable: watched and unwatched as curl asks */
+        if (!v) return fd; /* not parkable: watched and unwatched as curl asks */
         memset(v + f->nconn_fds, 0, (size_t)(n - f->nconn_fds));
         f->conn_fds = v;
         f->nconn_fds = n;
@@ -190,7 +190,7 @@ int fetch_on_timer_change(CURLM *multi, long timeout_ms, void *userp) {
     (void)multi;
     if (timeout_ms < 0) loop_timer_stop(sh->f->lp, &sh->timer);
     else if (loop_timer_start(sh->f->lp, &sh->timer, timeout_ms, fetch_on_timeout, sh) < 0)
-        log_msg(LOG_ERROR, "fetch: cannot arm curl's timer");     /* not -1: see fetch_on_socket */
+        log_msg(LOG_ERROR, "fetch: cannot arm curl's timer"); /* not -1: see fetch_on_socket */
     return 0;
 }
 
@@ -220,7 +220,7 @@ static size_t fetch_stream_head(fetch_call *c, size_t n) {
     curl_easy_getinfo(c->easy, CURLINFO_RESPONSE_CODE, &status);
     if (status < 200 || c->head_seen) return n;
     c->head_seen = 1;
-    loop_timer_stop(c->f->lp, &c->watchdog);    /* curl's low-speed limit takes over */
+    loop_timer_stop(c->f->lp, &c->watchdog); /* curl's low-speed limit takes over */
     return c->stream->head(c->ud, status, c->headers.data ? c->headers.data : "", c->headers.len) == 0 ? n : 0;
 }
 
@@ -233,7 +233,7 @@ static size_t fetch_on_header(char *data, size_t size, size_t nmemb, void *ud) {
         c->headers.len = 0;
         return n;
     }
-    if (n <= 2) return c->stream ? fetch_stream_head(c, n) : n;      /* the blank line that ends them */
+    if (n <= 2) return c->stream ? fetch_stream_head(c, n) : n; /* the blank line that ends them */
     if (c->headers.len + n > FETCH_HEADERS_MAX) {
         c->too_big = 1;
         return 0;
@@ -263,22 +263,27 @@ int fetch_result_header(const fetch_result *r, const char *name, char *out, size
 
 failure_kind fetch_failure_of(int code) {
     switch (code) {
-    case CURLE_OK:
-        return FAILURE_NONE;
-    case CURLE_OPERATION_TIMEDOUT:
-        return FAILURE_TIMEOUT;
-    case CURLE_COULDNT_RESOLVE_HOST: case CURLE_COULDNT_CONNECT: case CURLE_COULDNT_RESOLVE_PROXY:
-        return FAILURE_CONNECT;
-    case CURLE_PEER_FAILED_VERIFICATION: case CURLE_SSL_CONNECT_ERROR: case CURLE_SSL_CERTPROBLEM:
-    case CURLE_SSL_CIPHER: case CURLE_SSL_CACERT_BADFILE: case CURLE_SSL_ISSUER_ERROR:
-    case CURLE_SSL_PINNEDPUBKEYNOTMATCH: case CURLE_SSL_INVALIDCERTSTATUS: case CURLE_SSL_ENGINE_NOTFOUND:
-    case CURLE_SSL_ENGINE_SETFAILED: case CURLE_SSL_SHUTDOWN_FAILED: case CURLE_SSL_CRL_BADFILE:
-    case CURLE_USE_SSL_FAILED:
-        return FAILURE_TLS;
-    case CURLE_WRITE_ERROR: case CURLE_FILESIZE_EXCEEDED:
-        return FAILURE_TOO_LARGE;
-    default:
-        return FAILURE_NETWORK;
+    case CURLE_OK: return FAILURE_NONE;
+    case CURLE_OPERATION_TIMEDOUT: return FAILURE_TIMEOUT;
+    case CURLE_COULDNT_RESOLVE_HOST:
+    case CURLE_COULDNT_CONNECT:
+    case CURLE_COULDNT_RESOLVE_PROXY: return FAILURE_CONNECT;
+    case CURLE_PEER_FAILED_VERIFICATION:
+    case CURLE_SSL_CONNECT_ERROR:
+    case CURLE_SSL_CERTPROBLEM:
+    case CURLE_SSL_CIPHER:
+    case CURLE_SSL_CACERT_BADFILE:
+    case CURLE_SSL_ISSUER_ERROR:
+    case CURLE_SSL_PINNEDPUBKEYNOTMATCH:
+    case CURLE_SSL_INVALIDCERTSTATUS:
+    case CURLE_SSL_ENGINE_NOTFOUND:
+    case CURLE_SSL_ENGINE_SETFAILED:
+    case CURLE_SSL_SHUTDOWN_FAILED:
+    case CURLE_SSL_CRL_BADFILE:
+    case CURLE_USE_SSL_FAILED: return FAILURE_TLS;
+    case CURLE_WRITE_ERROR:
+    case CURLE_FILESIZE_EXCEEDED: return FAILURE_TOO_LARGE;
+    default: return FAILURE_NETWORK;
     }
 }
 
@@ -376,7 +381,7 @@ static fetch_shard *fetch_pick_shard(fetch *f) {
 void fetch_shard_free(fetch *f, fetch_shard *sh) {
     loop_timer_stop(f->lp, &sh->timer);
     loop_timer_stop(f->lp, &sh->retire);
-    curl_multi_cleanup(sh->multi);      /* closes its connections through fetch_on_close_socket */
+    curl_multi_cleanup(sh->multi); /* closes its connections through fetch_on_close_socket */
     free(sh);
 }
 
@@ -451,9 +456,12 @@ void fetch_free(fetch *f) {
         list_remove(n);
         loop_timer_stop(f->lp, &c->watchdog);
         fetch_detach(c);
-        if (c->stream) {        /* its answer may be half sent: its owner ends it */
-            fetch_result r = { .failure = FAILURE_NETWORK, .curl_code = FETCH_SHUTDOWN,
-                               .error = "shutting down", .body = "", .headers = "" };
+        if (c->stream) { /* its answer may be half sent: its owner ends it */
+            fetch_result r = { .failure = FAILURE_NETWORK,
+                               .curl_code = FETCH_SHUTDOWN,
+                               .error = "shutting down",
+                               .body = "",
+                               .headers = "" };
             c->done(c->ud, &r);
         }
         fetch_call_free(c);
@@ -559,7 +567,7 @@ fetch_call *fetch_start_stream(fetch *f, const fetch_request *rq, const fetch_st
 void fetch_resume(fetch_call *c) {
     if (!c->paused) return;
     c->paused = 0;
-    curl_easy_pause(c->easy, CURLPAUSE_CONT);   /* may hand bytes over at once; runs on via curl's timer */
+    curl_easy_pause(c->easy, CURLPAUSE_CONT); /* may hand bytes over at once; runs on via curl's timer */
 }
 
 /* Takes c out of the running calls: unlinked, its watchdog stopped, its handle out of
@@ -594,7 +602,7 @@ static void fetch_fail(fetch_call *c, failure_kind failure, const char *message)
     fetch_done_fn *done = c->done;
     void *ud = c->ud;
     fetch_stop(c);
-    fetch_call_free(c);         /* not reused: curl's state for it cannot be trusted */
+    fetch_call_free(c); /* not reused: curl's state for it cannot be trusted */
     done(ud, &r);
 }
 
@@ -614,7 +622,7 @@ static void fetch_on_retire(void *ud) {
             continue;
         }
         fetch_fail(c, FAILURE_NETWORK, "the HTTP client was reset after an internal failure; try again");
-        n = list_first(&f->active);     /* done may have started or cancelled calls: look again */
+        n = list_first(&f->active); /* done may have started or cancelled calls: look again */
     }
     fetch_shard_free(f, sh);
 }
@@ -625,7 +633,7 @@ static void fetch_on_retire(void *ud) {
 void fetch_break_shard(fetch_shard *sh, const char *why) {
     if (sh->broken) return;
     sh->broken = 1;
-    if (sh->conns) fetchconn_shard_unlink(sh);     /* new connections start elsewhere */
+    if (sh->conns) fetchconn_shard_unlink(sh); /* new connections start elsewhere */
     log_throttled(LOG_WARN, "fetch", "resetting an HTTP client whose state libcurl may have corrupted (%s)", why);
     loop_timer_start(sh->f->lp, &sh->retire, 0, sh->conns ? fetchconn_on_retire : fetch_on_retire, sh);
 }
@@ -665,11 +673,16 @@ static void fetch_drain(fetch_shard *sh) {
         fetch_stop(c);
         if (code == CURLE_WRITE_ERROR && c->too_big) code = CURLE_FILESIZE_EXCEEDED;
         fetch_result r = {
-            .failure = fetch_failure_of(code), .curl_code = code,
-            .error = code == CURLE_OK ? "" : c->errbuf[0] ? c->errbuf : curl_easy_strerror(code),
+            .failure = fetch_failure_of(code),
+            .curl_code = code,
+            .error = code == CURLE_OK ? ""
+                    : c->errbuf[0]    ? c->errbuf
+                                      : curl_easy_strerror(code),
             .status = code == CURLE_OK ? status : 0,
-            .body = c->body.data ? c->body.data : "", .body_len = c->body.len,
-            .headers = c->headers.data ? c->headers.data : "", .headers_len = c->headers.len,
+            .body = c->body.data ? c->body.data : "",
+            .body_len = c->body.len,
+            .headers = c->headers.data ? c->headers.data : "",
+            .headers_len = c->headers.len,
             .elapsed_ms = (double)(loop_now_us() - c->start_us) / 1000.0,
         };
         fetch_done_fn *done = c->done;

@@ -10,36 +10,36 @@
 
 typedef struct fetch fetch;
 typedef struct fetch_call fetch_call;
-typedef struct fetch_headers fetch_headers;     /* a list of "Name: value" lines */
+typedef struct fetch_headers fetch_headers; /* a list of "Name: value" lines */
 
 typedef struct fetch_options {
-    const char *ca_file;        /* CA bundle for TLS; NULL = the system store */
+    const char *ca_file; /* CA bundle for TLS; NULL = the system store */
     long connect_timeout_ms;
 } fetch_options;
 
 /* One request. Strings are copied or used only during fetch_start, but for headers,
  * which must live until the call ends. */
 typedef struct fetch_request {
-    const char *method;         /* NULL = GET */
-    const char *url;            /* http:// or https:// only */
+    const char *method; /* NULL = GET */
+    const char *url;    /* http:// or https:// only */
     const fetch_headers *headers;
-    const char *body;           /* sent as is (copied); NULL for none */
+    const char *body; /* sent as is (copied); NULL for none */
     size_t body_len;
-    long timeout_ms;            /* the whole call, connect included */
-    size_t max_body;            /* a longer answer fails with FAILURE_TOO_LARGE */
-    const char *proxy;          /* NULL or "": none (the environment's proxies are never used) */
+    long timeout_ms;   /* the whole call, connect included */
+    size_t max_body;   /* a longer answer fails with FAILURE_TOO_LARGE */
+    const char *proxy; /* NULL or "": none (the environment's proxies are never used) */
 } fetch_request;
 
 /* The outcome of a call; strings live until the callback returns. */
 typedef struct fetch_result {
-    failure_kind failure;       /* FAILURE_NONE when an HTTP answer arrived */
-    int curl_code;              /* libcurl's code, 0 when an answer arrived; FETCH_SHUTDOWN: the
+    failure_kind failure; /* FAILURE_NONE when an HTTP answer arrived */
+    int curl_code;        /* libcurl's code, 0 when an answer arrived; FETCH_SHUTDOWN: the
                                    client was freed under a streamed call */
-    const char *error;          /* libcurl's message on failure, "" otherwise */
-    long status;                /* HTTP status; 0 without an answer */
-    const char *body;           /* NUL-terminated */
+    const char *error;    /* libcurl's message on failure, "" otherwise */
+    long status;          /* HTTP status; 0 without an answer */
+    const char *body;     /* NUL-terminated */
     size_t body_len;
-    const char *headers;        /* the final answer's header lines, "Name: value\r\n" each */
+    const char *headers; /* the final answer's header lines, "Name: value\r\n" each */
     size_t headers_len;
     double elapsed_ms;
 } fetch_result;
@@ -56,8 +56,8 @@ typedef struct fetch_stream {
     /* A piece of the body. Returns 1 when taken, 0 to pause the transfer: the same bytes
      * come again after fetch_resume. */
     int (*body)(void *ud, const char *data, size_t len);
-    long head_timeout_ms;       /* the head must come within this (then FAILURE_TIMEOUT) */
-    long idle_timeout_s;        /* once it came, this long without a byte (paused time aside)
+    long head_timeout_ms; /* the head must come within this (then FAILURE_TIMEOUT) */
+    long idle_timeout_s;  /* once it came, this long without a byte (paused time aside)
                                    ends the call with FAILURE_TIMEOUT */
 } fetch_stream;
 
@@ -108,10 +108,10 @@ failure_kind fetch_failure_of(int curl_code);
 typedef struct fetch_conn fetch_conn;
 
 typedef struct fetch_conn_result {
-    failure_kind failure;       /* FAILURE_NONE once connected */
+    failure_kind failure; /* FAILURE_NONE once connected */
     int curl_code;
-    const char *error;          /* libcurl's message on failure, "" otherwise */
-    int fd;                     /* connected: the socket, -1 otherwise */
+    const char *error; /* libcurl's message on failure, "" otherwise */
+    int fd;            /* connected: the socket, -1 otherwise */
     double elapsed_ms;
 } fetch_conn_result;
 
@@ -124,8 +124,7 @@ typedef void fetch_conn_fn(void *ud, const fetch_conn_result *r);
  * through fetch_conn_send and fetch_conn_recv, which also read what TLS holds decrypted
  * (read until they would block). Either way the caller ends it with fetch_conn_close.
  * NULL when out of memory. */
-fetch_conn *fetch_connect(fetch *f, const char *url, const char *proxy, long timeout_ms, fetch_conn_fn *done,
-                          void *ud);
+fetch_conn *fetch_connect(fetch *f, const char *url, const char *proxy, long timeout_ms, fetch_conn_fn *done, void *ud);
 
 /* Writes up to len bytes: the count (> 0), 0 when it would block, -1 on an error. */
 ssize_t fetch_conn_send(fetch_conn *c, const void *data, size_t len);

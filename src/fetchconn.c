@@ -17,15 +17,15 @@
 /* A connection for another protocol: libcurl connects (CONNECT_ONLY), its owner talks. */
 struct fetch_conn {
     fetch *f;
-    fetch_shard *shard;             /* its multi handle, for as long as the connection lives */
-    CURL *easy;                     /* NULL once the connection is gone */
-    int fd;                         /* its socket once connected */
-    int direct;                     /* plain TCP: bytes go through the socket, not libcurl */
-    fetch_conn_fn *done;            /* until it is connected or failed */
+    fetch_shard *shard;  /* its multi handle, for as long as the connection lives */
+    CURL *easy;          /* NULL once the connection is gone */
+    int fd;              /* its socket once connected */
+    int direct;          /* plain TCP: bytes go through the socket, not libcurl */
+    fetch_conn_fn *done; /* until it is connected or failed */
     void *ud;
     uint64_t start_us;
     char errbuf[CURL_ERROR_SIZE];
-    list_node link;                 /* in the client's conns */
+    list_node link; /* in the client's conns */
 };
 
 /* Takes a multi handle of connections out of the list new connections start on. */
@@ -60,9 +60,9 @@ static fetch_shard *fetchconn_shard(fetch *f) {
  * the multi handle when it was retired and this was its last. */
 static void fetchconn_drop(fetch_conn *c) {
     fetch_shard *sh = c->shard;
-    if (!sh) return;                /* dropped already */
+    if (!sh) return; /* dropped already */
     c->shard = NULL;
-    curl_multi_remove_handle(sh->multi, c->easy);       /* closes the socket (fetch_on_close_socket) */
+    curl_multi_remove_handle(sh->multi, c->easy); /* closes the socket (fetch_on_close_socket) */
     curl_easy_cleanup(c->easy);
     c->easy = NULL;
     sh->transfers--;
@@ -133,7 +133,10 @@ fetch_conn *fetch_connect(fetch *f, const char *url, const char *proxy, long tim
 
 /* Tells the owner of a connection being opened how it went; a failed one is dropped. */
 static void fetchconn_report(fetch_conn *c, CURLcode code, const char *error) {
-    fetch_conn_result r = { .failure = fetch_failure_of(code), .curl_code = code, .error = error, .fd = -1,
+    fetch_conn_result r = { .failure = fetch_failure_of(code),
+                            .curl_code = code,
+                            .error = error,
+                            .fd = -1,
                             .elapsed_ms = (double)(loop_now_us() - c->start_us) / 1000.0 };
     if (code == CURLE_OK) {
         curl_socket_t fd = CURL_SOCKET_BAD;
@@ -176,7 +179,7 @@ void fetchconn_drain(fetch_shard *sh) {
 void fetchconn_on_retire(void *ud) {
     fetch_shard *sh = ud;
     fetch *f = sh->f;
-    sh->transfers++;            /* held while connections fail (their owners may close them) */
+    sh->transfers++; /* held while connections fail (their owners may close them) */
     for (list_node *n = list_first(&f->conns); n;) {
         fetch_conn *c = list_entry(n, fetch_conn, link);
         if (c->shard != sh || !c->done) {
@@ -184,7 +187,7 @@ void fetchconn_on_retire(void *ud) {
             continue;
         }
         fetchconn_report(c, CURLE_RECV_ERROR, "the HTTP client was reset after an internal failure; try again");
-        n = list_first(&f->conns);      /* done may have closed or opened connections: look again */
+        n = list_first(&f->conns); /* done may have closed or opened connections: look again */
     }
     if (--sh->transfers == 0) fetch_shard_free(f, sh);
 }
@@ -218,7 +221,7 @@ ssize_t fetch_conn_recv(fetch_conn *c, void *buf, size_t len) {
     }
     CURLcode rc = curl_easy_recv(c->easy, buf, len, &n);
     if (rc == CURLE_AGAIN) return 0;
-    if (rc != CURLE_OK || n == 0) return -1;      /* 0 bytes: the peer closed */
+    if (rc != CURLE_OK || n == 0) return -1; /* 0 bytes: the peer closed */
     return (ssize_t)n;
 }
 

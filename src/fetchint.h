@@ -21,29 +21,29 @@ typedef struct fetch_shard fetch_shard;
 struct fetch_shard {
     fetch *f;
     CURLM *multi;
-    loop_timer timer;               /* curl's timeout for this multi handle */
-    int transfers;                  /* easy handles in multi */
-    int used;                       /* a transfer started since the last sweep */
-    int broken;                     /* curl's state for it cannot be trusted: retiring */
-    loop_timer retire;              /* the retirement, once the loop's round is over */
-    int conns;                      /* 1: it runs connections (fetch_connect), not calls */
-    list_node conns_link;           /* connections': in the client's conn_shards while sound */
+    loop_timer timer;     /* curl's timeout for this multi handle */
+    int transfers;        /* easy handles in multi */
+    int used;             /* a transfer started since the last sweep */
+    int broken;           /* curl's state for it cannot be trusted: retiring */
+    loop_timer retire;    /* the retirement, once the loop's round is over */
+    int conns;            /* 1: it runs connections (fetch_connect), not calls */
+    list_node conns_link; /* connections': in the client's conn_shards while sound */
 };
 
 struct fetch {
     loop *lp;
     fetch_shard *shards[FETCH_MAX_SHARDS];
     int nshards;
-    loop_timer sweep;               /* armed while there is more than one shard */
+    loop_timer sweep; /* armed while there is more than one shard */
     CURLSH *share;
     char *ca_file;
     long connect_timeout_ms;
-    list_node active;               /* calls running */
-    list_node idle;                 /* finished calls kept with their easy handle for reuse */
-    unsigned char *conn_fds;        /* per fd: FETCH_FD_OPENED, FETCH_FD_PARKABLE or 0 */
+    list_node active;        /* calls running */
+    list_node idle;          /* finished calls kept with their easy handle for reuse */
+    unsigned char *conn_fds; /* per fd: FETCH_FD_OPENED, FETCH_FD_PARKABLE or 0 */
     int nconn_fds;
-    list_node conn_shards;          /* multi handles of connections (fetch_connect), sound ones */
-    list_node conns;                /* connections opened or being opened */
+    list_node conn_shards; /* multi handles of connections (fetch_connect), sound ones */
+    list_node conns;       /* connections opened or being opened */
 };
 
 /* ---- fetch.c: the multi handles on the worker's loop ---- */

@@ -13,27 +13,27 @@
 #include "fswatch.h"
 #include "log.h"
 
-#define FSWATCH_QUIET_MS 100        /* a batch ends this long after its last change */
-#define FSWATCH_MAX_WAIT_MS 1000    /* ... or this long after its first */
-#define FSWATCH_POLL_MS 500         /* without inotify: how often the script is looked at */
-#define FSWATCH_MAX_DIRS 4096       /* folders watched under the public folder, at most */
-#define FSWATCH_MAX_CHANGED 32      /* files named in one batch, at most */
-#define FSWATCH_EVENTS (IN_CLOSE_WRITE | IN_MOVED_TO | IN_MOVED_FROM | IN_CREATE | IN_DELETE | IN_DELETE_SELF | \
-                        IN_ONLYDIR)
+#define FSWATCH_QUIET_MS 100     /* a batch ends this long after its last change */
+#define FSWATCH_MAX_WAIT_MS 1000 /* ... or this long after its first */
+#define FSWATCH_POLL_MS 500      /* without inotify: how often the script is looked at */
+#define FSWATCH_MAX_DIRS 4096    /* folders watched under the public folder, at most */
+#define FSWATCH_MAX_CHANGED 32   /* files named in one batch, at most */
+#define FSWATCH_EVENTS \
+    (IN_CLOSE_WRITE | IN_MOVED_TO | IN_MOVED_FROM | IN_CREATE | IN_DELETE | IN_DELETE_SELF | IN_ONLYDIR)
 
 /* A watched folder: the script's, a public one (its path relative to the public folder),
  * or both (the script beside the page). */
 typedef struct fswatch_dir {
     int wd;
     int script;
-    char *rel;                  /* NULL when it is not under the public folder */
+    char *rel; /* NULL when it is not under the public folder */
 } fswatch_dir;
 
 struct fswatch {
     loop *lp;
     fswatch_fn *fn;
     void *ud;
-    int fd;                     /* inotify's, or -1 when polling */
+    int fd; /* inotify's, or -1 when polling */
     char *script;
     char *public_dir;
     fswatch_dir *dirs;
@@ -43,7 +43,7 @@ struct fswatch {
     int script_changed;
     char *changed[FSWATCH_MAX_CHANGED];
     size_t nchanged;
-    int more;                   /* files past FSWATCH_MAX_CHANGED */
+    int more; /* files past FSWATCH_MAX_CHANGED */
     uint64_t first_ms;
     loop_timer batch;
     /* polling */
@@ -68,7 +68,7 @@ static fswatch_dir *fswatch_add(fswatch *w, const char *path, int script, const 
         if (errno == ENOSPC) goto full;
         return NULL;
     }
-    fswatch_dir *d = fswatch_find(w, wd);      /* the same folder again: one descriptor */
+    fswatch_dir *d = fswatch_find(w, wd); /* the same folder again: one descriptor */
     if (!d) {
         if (w->ndirs == w->capdirs) {
             size_t cap = w->capdirs ? w->capdirs * 2 : 16;
@@ -85,8 +85,10 @@ static fswatch_dir *fswatch_add(fswatch *w, const char *path, int script, const 
     return d;
 full:
     if (!w->full_warned++)
-        log_msg(LOG_WARN, "live reload: too many folders to watch under %s (the system's inotify limit, or %d); "
-                          "changes in the others are not seen", w->public_dir, FSWATCH_MAX_DIRS);
+        log_msg(LOG_WARN,
+                "live reload: too many folders to watch under %s (the system's inotify limit, or %d); "
+                "changes in the others are not seen",
+                w->public_dir, FSWATCH_MAX_DIRS);
     return NULL;
 }
 
@@ -94,7 +96,7 @@ full:
 static int fswatch_ignored(const char *name) {
     size_t n = strlen(name);
     if (!n || name[0] == '.' || name[n - 1] == '~' || name[0] == '#') return 1;
-    if (strspn(name, "0123456789") == n) return 1;         /* vim's 4913 */
+    if (strspn(name, "0123456789") == n) return 1; /* vim's 4913 */
     static const char *const suffixes[] = { ".swp", ".swx", ".swo", ".tmp", ".part", ".crdownload" };
     for (size_t i = 0; i < sizeof suffixes / sizeof suffixes[0]; i++) {
         size_t s = strlen(suffixes[i]);
@@ -153,7 +155,8 @@ static void fswatch_note(fswatch *w, int script, const char *rel) {
     }
     if (!w->first_ms) w->first_ms = now;
     long wait = FSWATCH_QUIET_MS;
-    if (now + (uint64_t)wait > w->first_ms + FSWATCH_MAX_WAIT_MS) wait = (long)(w->first_ms + FSWATCH_MAX_WAIT_MS - now);
+    if (now + (uint64_t)wait > w->first_ms + FSWATCH_MAX_WAIT_MS)
+        wait = (long)(w->first_ms + FSWATCH_MAX_WAIT_MS - now);
     loop_timer_start(w->lp, &w->batch, wait > 0 ? wait : 0, fswatch_on_batch, w);
 }
 
@@ -161,7 +164,7 @@ static void fswatch_note(fswatch *w, int script, const char *rel) {
 static void fswatch_event(fswatch *w, const struct inotify_event *ev) {
     fswatch_dir *d = fswatch_find(w, ev->wd);
     if (!d) return;
-    if (ev->mask & (IN_IGNORED | IN_DELETE_SELF)) {     /* the folder went away */
+    if (ev->mask & (IN_IGNORED | IN_DELETE_SELF)) { /* the folder went away */
         if (ev->mask & IN_IGNORED) {
             free(d->rel);
             *d = w->dirs[--w->ndirs];
@@ -174,12 +177,12 @@ static void fswatch_event(fswatch *w, const struct inotify_event *ev) {
     char rel[PATH_MAX];
     if (d->rel) snprintf(rel, sizeof rel, "%s%s%s", d->rel, *d->rel ? "/" : "", ev->name);
     if (d->rel && (ev->mask & IN_ISDIR)) {
-        if (ev->mask & (IN_CREATE | IN_MOVED_TO)) {     /* a new folder: watch it and what it holds */
+        if (ev->mask & (IN_CREATE | IN_MOVED_TO)) { /* a new folder: watch it and what it holds */
             char path[PATH_MAX];
             if ((size_t)snprintf(path, sizeof path, "%s/%s", w->public_dir, rel) < sizeof path)
                 fswatch_add_tree(w, path, rel, 0);
         } else {
-            fswatch_note(w, 0, rel);                    /* a folder gone, and its files */
+            fswatch_note(w, 0, rel); /* a folder gone, and its files */
         }
         return;
     }

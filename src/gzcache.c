@@ -9,17 +9,17 @@
 #include "gzcache.h"
 #include "list.h"
 
-#define GZCACHE_LEVEL 6             /* zlib's default: most of the gain, a fraction of level 9's time */
+#define GZCACHE_LEVEL 6 /* zlib's default: most of the gain, a fraction of level 9's time */
 #define GZCACHE_BUCKETS 4096
 
 struct gzcache_entry {
-    list_node recency;              /* in gzcache_lru, most recently used first */
-    gzcache_entry *hnext;           /* the next in its hash bucket */
+    list_node recency;    /* in gzcache_lru, most recently used first */
+    gzcache_entry *hnext; /* the next in its hash bucket */
     size_t bucket;
     char *key;
     unsigned char *data;
     size_t len;
-    int refs;                       /* the cache's own (while listed) and each holder's */
+    int refs; /* the cache's own (while listed) and each holder's */
 };
 
 static pthread_mutex_t gzcache_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -82,7 +82,7 @@ static gzcache_entry *gzcache_compress(const char *key, int fd, size_t size) {
     z.avail_in = (uInt)size;
     z.next_out = e->data;
     z.avail_out = (uInt)cap;
-    if (deflate(&z, Z_FINISH) != Z_STREAM_END || z.total_out >= size) goto out;   /* no gain: send it as it is */
+    if (deflate(&z, Z_FINISH) != Z_STREAM_END || z.total_out >= size) goto out; /* no gain: send it as it is */
     e->len = z.total_out;
     e->refs = 1;
     ok = 1;
@@ -109,10 +109,10 @@ gzcache_entry *gzcache_get(const char *key, int fd, size_t size) {
         return e;
     }
     pthread_mutex_unlock(&gzcache_lock);
-    if (!(e = gzcache_compress(key, fd, size))) return NULL;       /* outside the lock: it takes time */
+    if (!(e = gzcache_compress(key, fd, size))) return NULL; /* outside the lock: it takes time */
     pthread_mutex_lock(&gzcache_lock);
     e->bucket = gzcache_bucket(key);
-    if (!gzcache_find(key) && e->len <= GZCACHE_MAX_BYTES) {        /* not made by another worker meanwhile: keep it */
+    if (!gzcache_find(key) && e->len <= GZCACHE_MAX_BYTES) { /* not made by another worker meanwhile: keep it */
         for (list_node *n; (n = list_last(&gzcache_lru)) && gzcache_total + e->len > GZCACHE_MAX_BYTES;) {
             gzcache_entry *old = list_entry(n, gzcache_entry, recency);
             gzcache_unlink(old);

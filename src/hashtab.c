@@ -10,7 +10,7 @@
 
 struct hashtab {
     hashtab_node **slots;
-    size_t nslots;          /* a power of two */
+    size_t nslots; /* a power of two */
     size_t count;
     unsigned char key[16];
 };

@@ -8,12 +8,12 @@
 /* The link an element holds to be in a table. The table owns no element: the caller
  * allocates, frees, and removes each one from the table before freeing it. */
 typedef struct hashtab_node {
-    struct hashtab_node *next;      /* the next node of its slot */
+    struct hashtab_node *next; /* the next node of its slot */
     uint64_t hash;
 } hashtab_node;
 
 /* The element of type holding node n in its member. */
-#define hashtab_entry(n, type, member) ((type *)(void *)((char *)(n) - offsetof(type, member)))
+#define hashtab_entry(n, type, member) ((type *)(void *)((char *)(n)-offsetof(type, member)))
 
 typedef struct hashtab hashtab;
 

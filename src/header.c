@@ -37,10 +37,10 @@ int header_range(const char *value, uint64_t size, uint64_t *first, uint64_t *la
     if (*p++ != '-') return HEADER_RANGE_NONE;
     has_b = header_number(&p, &b);
     while (HEADER_OWS(*p)) p++;
-    if (*p) return HEADER_RANGE_NONE;           /* several ranges, or garbage: the whole file */
+    if (*p) return HEADER_RANGE_NONE; /* several ranges, or garbage: the whole file */
     if (!has_a && !has_b) return HEADER_RANGE_NONE;
-    if (has_a && has_b && b < a) return HEADER_RANGE_NONE;     /* invalid: ignored */
-    if (!has_a) {                                /* the last b bytes */
+    if (has_a && has_b && b < a) return HEADER_RANGE_NONE; /* invalid: ignored */
+    if (!has_a) {                                          /* the last b bytes */
         if (b == 0 || size == 0) return HEADER_RANGE_UNSATISFIABLE;
         *first = b >= size ? 0 : size - b;
         *last = size - 1;
@@ -124,8 +124,8 @@ static int header_digits(const char *s, int n) {
 
 /* IMF-fixdate, what every current client sends: "Sun, 06 Nov 1994 08:49:37 GMT". */
 static int header_fixdate(const char *v, int *d, char mon[4], int *y, int *h, int *mi, int *s) {
-    if (strlen(v) != 29 || v[3] != ',' || v[4] != ' ' || v[7] != ' ' || v[11] != ' ' || v[16] != ' ' ||
-        v[19] != ':' || v[22] != ':' || v[25] != ' ' || strcmp(v + 26, "GMT") != 0)
+    if (strlen(v) != 29 || v[3] != ',' || v[4] != ' ' || v[7] != ' ' || v[11] != ' ' || v[16] != ' ' || v[19] != ':' ||
+        v[22] != ':' || v[25] != ' ' || strcmp(v + 26, "GMT") != 0)
         return -1;
     memcpy(mon, v + 8, 3);
     mon[3] = '\0';
@@ -143,9 +143,10 @@ int header_date(const char *value, time_t *t) {
     if (!value || strlen(value) > 64) return -1;
     if (header_fixdate(value, &d, mon, &y, &h, &mi, &s) == 0) {
         /* IMF-fixdate */
-    } else if (sscanf(value, "%15[A-Za-z], %2d-%3s-%2d %2d:%2d:%2d %3s%n", day_name, &d, mon, &y, &h, &mi, &s, zone, &n) == 8 &&
+    } else if (sscanf(value, "%15[A-Za-z], %2d-%3s-%2d %2d:%2d:%2d %3s%n", day_name, &d, mon, &y, &h, &mi, &s, zone,
+                      &n) == 8 &&
                !value[n] && strcmp(zone, "GMT") == 0) {
-        y += y < 70 ? 2000 : 1900;      /* RFC 850, two-digit year */
+        y += y < 70 ? 2000 : 1900; /* RFC 850, two-digit year */
     } else if (sscanf(value, "%3[A-Za-z] %3s %2d %2d:%2d:%2d %4d%n", day_name, mon, &d, &h, &mi, &s, &y, &n) == 7 &&
                !value[n]) {
         /* asctime */
@@ -159,7 +160,7 @@ int header_date(const char *value, time_t *t) {
 }
 
 void header_format_date(time_t t, char out[32]) {
-    static _Thread_local time_t last = -1;     /* a file's date, asked for again and again */
+    static _Thread_local time_t last = -1; /* a file's date, asked for again and again */
     static _Thread_local char last_text[32];
     struct tm tm;
     if (t == last) {
@@ -199,7 +200,7 @@ int header_accepts(const char *ae, const char *coding) {
         size_t nlen = (size_t)(p - name);
         int q = 1000;
         while (HEADER_OWS(*p)) p++;
-        while (*p == ';') {                 /* parameters: only q counts */
+        while (*p == ';') { /* parameters: only q counts */
             p++;
             while (HEADER_OWS(*p)) p++;
             const char *param = p;
@@ -209,12 +210,12 @@ int header_accepts(const char *ae, const char *coding) {
             if ((param[0] == 'q' || param[0] == 'Q') && param + 1 < end && param[1] == '=')
                 q = header_qvalue(param + 2, (size_t)(end - param - 2));
         }
-        if (q < 0 || nlen == 0) continue;   /* an invalid q: the element is skipped */
+        if (q < 0 || nlen == 0) continue; /* an invalid q: the element is skipped */
         int is_gzip_alias = strcasecmp(coding, "gzip") == 0 && nlen == 6 && strncasecmp(name, "x-gzip", 6) == 0;
         if ((nlen == clen && strncasecmp(name, coding, nlen) == 0) || is_gzip_alias) own = own > q ? own : q;
         else if (nlen == 1 && name[0] == '*') any = q;
     }
     if (own >= 0) return own;
     if (any >= 0) return any;
-    return identity;        /* acceptable unless excluded, and then the least preferred */
+    return identity; /* acceptable unless excluded, and then the least preferred */
 }

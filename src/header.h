@@ -6,9 +6,9 @@
 #include <stdint.h>
 #include <time.h>
 
-#define HEADER_RANGE_NONE 0             /* no Range to honour: absent, malformed, or several ranges */
-#define HEADER_RANGE_ONE 1              /* one satisfiable range: *first .. *last */
-#define HEADER_RANGE_UNSATISFIABLE 2    /* 416 */
+#define HEADER_RANGE_NONE 0          /* no Range to honour: absent, malformed, or several ranges */
+#define HEADER_RANGE_ONE 1           /* one satisfiable range: *first .. *last */
+#define HEADER_RANGE_UNSATISFIABLE 2 /* 416 */
 
 /* Reads a Range header for a representation of size bytes: "bytes=a-b", "bytes=a-" or
  * "bytes=-n". A syntactically invalid header (another unit, "5-1", "a-b") or one of

@@ -23,7 +23,7 @@
  * The pool is the header limit plus this much, so that tokend answers every request
  * within the limit, and refuses the ones past it with its own errors. */
 #define HTTP_POOL_RESERVE 4096
-#define HTTP_TICK_MS 1000           /* the front's periodic work: request deadlines, log counts */
+#define HTTP_TICK_MS 1000 /* the front's periodic work: request deadlines, log counts */
 /* A chunked body past the limit is read on and dropped up to this much before its 413
  * (see REQ_BODY); a longer one has its connection cut. */
 #define HTTP_DISCARD_MAX (1024 * 1024)
@@ -33,10 +33,10 @@
 
 /* One open connection: waiting while a request is being received. */
 typedef struct http_conn {
-    list_node link;             /* in the front's conns_list */
+    list_node link; /* in the front's conns_list */
     int fd;
-    int waiting;                /* 1 from accept or the last response until a request is whole */
-    int cut;                    /* already shut down for missing the deadline */
+    int waiting; /* 1 from accept or the last response until a request is whole */
+    int cut;     /* already shut down for missing the deadline */
     uint64_t since_ms;
     char peer[64];
 } http_conn;
@@ -56,9 +56,9 @@ static void http_mhd_log(void *cls, const char *fmt, va_list ap) {
     size_t n = strlen(msg);
     while (n && (msg[n - 1] == '\n' || msg[n - 1] == '\r')) msg[--n] = '\0';
     int client_caused = strstr(msg, "Error processing request") || strstr(msg, "HTTP request") ||
-                        strstr(msg, "Connection reset") || strstr(msg, "Failed to receive") ||
-                        strstr(msg, "Failed to send") || strstr(msg, "Closing connection") ||
-                        strstr(msg, "handshake") || strstr(msg, "TLS") || strstr(msg, "packet");  /* HTTPS */
+            strstr(msg, "Connection reset") || strstr(msg, "Failed to receive") || strstr(msg, "Failed to send") ||
+            strstr(msg, "Closing connection") || strstr(msg, "handshake") || strstr(msg, "TLS") ||
+            strstr(msg, "packet"); /* HTTPS */
     if (client_caused) log_throttled(LOG_DEBUG, "http (client)", "%s", msg);
     else log_throttled(LOG_WARN, "http", "%s", msg);
 }
@@ -111,8 +111,9 @@ static enum MHD_Result http_on_accept(void *cls, const struct sockaddr *addr, so
     (void)addrlen;
     netaddr_of_sockaddr(addr, text, sizeof text);
     /* Behind a proxy every connection comes from it: trusted proxies are not limited. */
-    if (f->nconns >= f->max_connections) {     /* HTTP and HTTPS: one limit for both */
-        log_throttled(LOG_DEBUG, "http (client)", "refused a connection from %s: the connection limit is reached", text);
+    if (f->nconns >= f->max_connections) { /* HTTP and HTTPS: one limit for both */
+        log_throttled(LOG_DEBUG, "http (client)", "refused a connection from %s: the connection limit is reached",
+                      text);
         return MHD_NO;
     }
     if (policy_conns_allowed(f->conns, text) || netaddr_nets_contain(f->proxies, text)) return MHD_YES;
@@ -159,8 +160,9 @@ static void http_on_tick(void *ud) {
          n = list_next(&f->conns_list, n)) {
         http_conn *c = list_entry(n, http_conn, link);
         if (c->waiting && !c->cut && c->fd >= 0 && now - c->since_ms > f->request_timeout_ms) {
-            log_throttled(LOG_DEBUG, "http (client)", "closing a connection from %s: no complete request within %llu ms",
-                          c->peer, (unsigned long long)f->request_timeout_ms);
+            log_throttled(LOG_DEBUG, "http (client)",
+                          "closing a connection from %s: no complete request within %llu ms", c->peer,
+                          (unsigned long long)f->request_timeout_ms);
             shutdown(c->fd, SHUT_RDWR);
             c->cut = 1;
         }
@@ -202,13 +204,13 @@ static void http_on_completed(void *cls, struct MHD_Connection *conn, void **con
                               enum MHD_RequestTerminationCode toe) {
     http_front *f = cls;
     http_exchange *x = *con_cls;
-    http_conn_waiting(conn, 1);     /* the next request's clock starts now */
+    http_conn_waiting(conn, 1); /* the next request's clock starts now */
     if (!x) return;
     http_request *req = &x->pub;
     *con_cls = NULL;
     if (!list_empty(&f->upgraded) && x->status == MHD_HTTP_SWITCHING_PROTOCOLS) httpstream_upgrade_lost(x);
     if (x->state == REQ_NEW) {
-        list_remove(&x->link);      /* from the heads: refused by libmicrohttpd, or the client left */
+        list_remove(&x->link); /* from the heads: refused by libmicrohttpd, or the client left */
     } else if (x->state == REQ_DISPATCHED) {
         /* Only reachable when the daemon stops under a request: never leave it linked. */
         list_remove(&x->link);
@@ -216,12 +218,18 @@ static void http_on_completed(void *cls, struct MHD_Connection *conn, void **con
         metrics_in_flight(-1);
     }
     if (x->status) metrics_request(req->route, x->status);
-    if (req->method && (x->status || toe == MHD_REQUEST_TERMINATED_COMPLETED_OK) && http_log_wanted(f, req, x->status)) {
+    if (req->method && (x->status || toe == MHD_REQUEST_TERMINATED_COMPLETED_OK) &&
+        http_log_wanted(f, req, x->status)) {
         log_access_entry e = {
-            .client = req->client, .method = req->method, .path = req->path ? req->path : "-",
-            .status = x->status, .bytes = http_bytes_sent(x, toe),
-            .duration_ms = (double)(loop_now_us() - req->start_us) / 1000.0, .upstream_ms = req->upstream_ms,
-            .fields = x->log_fields, .nfields = x->nlog_fields,
+            .client = req->client,
+            .method = req->method,
+            .path = req->path ? req->path : "-",
+            .status = x->status,
+            .bytes = http_bytes_sent(x, toe),
+            .duration_ms = (double)(loop_now_us() - req->start_us) / 1000.0,
+            .upstream_ms = req->upstream_ms,
+            .fields = x->log_fields,
+            .nfields = x->nlog_fields,
         };
         log_access(&e);
     }
@@ -230,7 +238,7 @@ static void http_on_completed(void *cls, struct MHD_Connection *conn, void **con
         free((char *)x->log_fields[i].value);
     }
     free(x->log_fields);
-    if (x->stream) httpstream_forget_request(x);    /* its body may still be going out */
+    if (x->stream) httpstream_forget_request(x); /* its body may still be going out */
     if (x->response) MHD_destroy_response(x->response);
     free(x->target);
     free(req->path);
@@ -253,8 +261,8 @@ static http_response *http_response_defaults(struct MHD_Response *resp, const ch
 }
 
 http_response *http_response_bytes(const char *body, size_t len, const char *content_type) {
-    return http_response_defaults(MHD_create_response_from_buffer(len, (void *)(uintptr_t)body,
-                                                                  MHD_RESPMEM_MUST_COPY), content_type);
+    return http_response_defaults(MHD_create_response_from_buffer(len, (void *)(uintptr_t)body, MHD_RESPMEM_MUST_COPY),
+                                  content_type);
 }
 
 http_response *http_response_take(char *body, size_t len, const char *content_type) {
@@ -269,12 +277,11 @@ http_response *http_response_file(int fd, uint64_t offset, uint64_t length, cons
 
 http_response *http_response_shared(const void *data, size_t len, void (*release)(void *ud), void *ud,
                                     const char *content_type) {
-    struct MHD_Response *resp =
-        MHD_create_response_from_buffer_with_free_callback_cls(len, (void *)(uintptr_t)data, release, ud);
+    struct MHD_Response *resp = MHD_create_response_from_buffer_with_free_callback_cls(len, (void *)(uintptr_t)data,
+                                                                                       release, ud);
     if (!resp) release(ud);
     return http_response_defaults(resp, content_type);
 }
-
 
 void http_response_free(http_response *resp) {
     if (resp) MHD_destroy_response(HTTP_MHD(resp));
@@ -320,7 +327,7 @@ void http_request_respond(http_request *req, int status, http_response *resp, un
         return;
     }
     if (x->state == REQ_DISPATCHED) {
-        list_remove(&x->link);      /* from the pending */
+        list_remove(&x->link); /* from the pending */
         f->in_flight--;
         metrics_in_flight(-1);
     }
@@ -350,17 +357,17 @@ static enum MHD_Result http_queue(http_exchange *x) {
     return r;
 }
 
-static enum MHD_Result http_on_request(void *cls, struct MHD_Connection *conn, const char *url,
-                                       const char *method, const char *version, const char *upload_data,
-                                       size_t *upload_data_size, void **con_cls) {
+static enum MHD_Result http_on_request(void *cls, struct MHD_Connection *conn, const char *url, const char *method,
+                                       const char *version, const char *upload_data, size_t *upload_data_size,
+                                       void **con_cls) {
     http_front *f = cls;
     http_exchange *x = *con_cls;
     (void)url;
-    if (!x) return MHD_NO;      /* out of memory in http_on_uri: drop the connection */
+    if (!x) return MHD_NO; /* out of memory in http_on_uri: drop the connection */
     http_request *req = &x->pub;
     switch (x->state) {
     case REQ_NEW: {
-        list_remove(&x->link);      /* from the heads */
+        list_remove(&x->link); /* from the heads */
         req->method = method;
         x->version = version;
         x->conn = conn;
@@ -389,7 +396,7 @@ static enum MHD_Result http_on_request(void *cls, struct MHD_Connection *conn, c
                 req->body_len = 0;
                 x->discarded += n;
                 if (x->discarded <= HTTP_DISCARD_MAX) return MHD_YES;
-                x->status = 413;        /* for the access line: cut, nothing sent */
+                x->status = 413; /* for the access line: cut, nothing sent */
                 return MHD_NO;
             }
             char *b = realloc(req->body, req->body_len + n + 1);
@@ -419,8 +426,7 @@ static enum MHD_Result http_on_request(void *cls, struct MHD_Connection *conn, c
         /* Resumed with its answer; without one (no memory to build it), close rather than
          * leave the client waiting forever. */
         return http_queue(x);
-    default:
-        return MHD_YES;
+    default: return MHD_YES;
     }
 }
 
@@ -442,28 +448,25 @@ static struct MHD_Daemon *http_start_daemon(http_front *f, const http_options *o
         { MHD_OPTION_END, 0, NULL },
     };
     struct MHD_Daemon *d = MHD_start_daemon(
-        MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_ALLOW_UPGRADE | MHD_USE_ERROR_LOG | MHD_USE_TURBO | (tls ? MHD_USE_TLS : 0),
-        0, http_on_accept, f, http_on_request, f,
-        MHD_OPTION_EXTERNAL_LOGGER, http_mhd_log, f,
-        MHD_OPTION_LISTEN_SOCKET, (MHD_socket)fd,
-        MHD_OPTION_URI_LOG_CALLBACK, http_on_uri, f,
-        MHD_OPTION_NOTIFY_COMPLETED, http_on_completed, f,
-        MHD_OPTION_NOTIFY_CONNECTION, http_on_connection, f,
-        MHD_OPTION_CONNECTION_MEMORY_LIMIT, memory,
-        MHD_OPTION_CONNECTION_LIMIT, (unsigned int)opts->max_connections,
-        MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int)opts->idle_timeout_s,
-        MHD_OPTION_SIGPIPE_HANDLED_BY_APP, (int)1,
-        MHD_OPTION_ARRAY, tls_items,
-        MHD_OPTION_END);
+            MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_ALLOW_UPGRADE | MHD_USE_ERROR_LOG | MHD_USE_TURBO |
+                    (tls ? MHD_USE_TLS : 0),
+            0, http_on_accept, f, http_on_request, f, MHD_OPTION_EXTERNAL_LOGGER, http_mhd_log, f,
+            MHD_OPTION_LISTEN_SOCKET, (MHD_socket)fd, MHD_OPTION_URI_LOG_CALLBACK, http_on_uri, f,
+            MHD_OPTION_NOTIFY_COMPLETED, http_on_completed, f, MHD_OPTION_NOTIFY_CONNECTION, http_on_connection, f,
+            MHD_OPTION_CONNECTION_MEMORY_LIMIT, memory, MHD_OPTION_CONNECTION_LIMIT,
+            (unsigned int)opts->max_connections, MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int)opts->idle_timeout_s,
+            MHD_OPTION_SIGPIPE_HANDLED_BY_APP, (int)1, MHD_OPTION_ARRAY, tls_items, MHD_OPTION_END);
     if (!d) {
-        snprintf(err, errlen, tls ? "libmicrohttpd failed to start HTTPS (see the log; is the certificate usable "
-                                    "by GnuTLS?)" : "libmicrohttpd failed to start (see the log)");
+        snprintf(err, errlen,
+                 tls ? "libmicrohttpd failed to start HTTPS (see the log; is the certificate usable "
+                       "by GnuTLS?)"
+                     : "libmicrohttpd failed to start (see the log)");
         return NULL;
     }
     const union MHD_DaemonInfo *di = MHD_get_daemon_info(d, MHD_DAEMON_INFO_EPOLL_FD);
     if (!di || loop_watch(f->lp, di->epoll_fd, LOOP_READ, http_on_epoll, f) < 0) {
         snprintf(err, errlen, "cannot watch the libmicrohttpd epoll descriptor");
-        MHD_stop_daemon(d);     /* closes fd */
+        MHD_stop_daemon(d); /* closes fd */
         *epoll_fd = -2;
         return NULL;
     }
@@ -471,8 +474,8 @@ static struct MHD_Daemon *http_start_daemon(http_front *f, const http_options *o
     return d;
 }
 
-http_front *http_create(loop *lp, const http_options *opts, http_dispatch_fn *dispatch, void *ud,
-                        char *err, size_t errlen) {
+http_front *http_create(loop *lp, const http_options *opts, http_dispatch_fn *dispatch, void *ud, char *err,
+                        size_t errlen) {
     http_front *f = calloc(1, sizeof *f);
     int fd2 = opts->tls_cert_pem ? opts->tls_listen_fd : -1;
     if (!f) {
@@ -499,7 +502,7 @@ http_front *http_create(loop *lp, const http_options *opts, http_dispatch_fn *di
     f->request_timeout_ms = (uint64_t)opts->request_timeout_s * 1000u;
     int tls = opts->listen_tls && opts->tls_cert_pem;
     if (!(f->daemon = http_start_daemon(f, opts, opts->listen_fd, tls, &f->epoll_fd, err, errlen))) {
-        if (f->epoll_fd == -2) f->epoll_fd = -1;        /* its socket went with the daemon */
+        if (f->epoll_fd == -2) f->epoll_fd = -1; /* its socket went with the daemon */
         else close(opts->listen_fd);
         goto fail;
     }
@@ -525,7 +528,7 @@ fail:
 }
 
 void http_run(http_front *f) {
-    if (!f->run_pending && http_timeout_ms(f) != 0) return;     /* nothing to do: skip its epoll_wait */
+    if (!f->run_pending && http_timeout_ms(f) != 0) return; /* nothing to do: skip its epoll_wait */
     f->run_pending = 0;
     MHD_run(f->daemon);
     if (f->daemon2) MHD_run(f->daemon2);
@@ -555,10 +558,10 @@ size_t http_in_flight(const http_front *f) {
 
 void http_free(http_front *f) {
     if (!f) return;
-    f->closing = 1;     /* what still arrives is not dispatched: the Lua host may be gone */
+    f->closing = 1; /* what still arrives is not dispatched: the Lua host may be gone */
     for (list_node *n; (n = list_first(&f->pending));)
         http_request_fail(&list_entry(n, http_exchange, link)->pub, 503, "server shutting down");
-    httpstream_close_all(f);        /* upgraded connections closed, bodies being produced cut */
+    httpstream_close_all(f); /* upgraded connections closed, bodies being produced cut */
     MHD_run(f->daemon);
     if (f->daemon2) MHD_run(f->daemon2);
     loop_watch(f->lp, f->epoll_fd, 0, NULL, NULL);

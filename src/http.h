@@ -8,24 +8,24 @@
 #include "loop.h"
 
 typedef struct http_front http_front;
-typedef struct http_response http_response;     /* an answer being built */
+typedef struct http_response http_response; /* an answer being built */
 
 /* One request, as the dispatcher sees it. It answers with http_request_respond(), at once
  * or later (the connection is suspended until then). Strings live as long as the request. */
 typedef struct http_request {
-    const char *target;         /* raw request target as received ("/a%20b?x=1") */
+    const char *target; /* raw request target as received ("/a%20b?x=1") */
     const char *method;
-    char *path;                 /* %-decoded path */
-    const char *query;          /* raw query string after '?', "" if none */
+    char *path;        /* %-decoded path */
+    const char *query; /* raw query string after '?', "" if none */
     size_t query_len;
-    char peer[64];              /* address of the connected socket's peer */
-    char client[64];            /* the client: peer, or from X-Forwarded-For behind a trusted proxy */
-    char *body;                 /* request body (NUL-terminated), NULL when empty */
+    char peer[64];   /* address of the connected socket's peer */
+    char client[64]; /* the client: peer, or from X-Forwarded-For behind a trusted proxy */
+    char *body;      /* request body (NUL-terminated), NULL when empty */
     size_t body_len;
-    uint64_t start_us;          /* loop_now_us() when the request began */
-    double upstream_ms;         /* time waited on outside calls, -1 when none */
-    char route[48];             /* metrics label: the route's pattern, "static" or "none" */
-    unsigned log_every;         /* access log: 1 every answer (default); 0 errors only; N one success in N */
+    uint64_t start_us;  /* loop_now_us() when the request began */
+    double upstream_ms; /* time waited on outside calls, -1 when none */
+    char route[48];     /* metrics label: the route's pattern, "static" or "none" */
+    unsigned log_every; /* access log: 1 every answer (default); 0 errors only; N one success in N */
 } http_request;
 
 typedef void http_dispatch_fn(void *ud, http_request *req);
@@ -35,16 +35,16 @@ struct policy_conns;
 struct policy_hosts;
 
 typedef struct http_options {
-    int listen_fd;                  /* bound, listening, non-blocking socket (ownership taken) */
-    unsigned int max_connections;   /* this daemon's share */
+    int listen_fd;                /* bound, listening, non-blocking socket (ownership taken) */
+    unsigned int max_connections; /* this daemon's share */
     unsigned int idle_timeout_s;
     unsigned int request_timeout_s; /* headers and body must arrive within this; 0 = none */
     size_t max_header_bytes;        /* request line and headers; past it 414 or 431 */
     size_t max_body_bytes;
-    size_t max_query_args;          /* more get 400 */
-    struct netaddr_nets *proxies;   /* borrowed; X-Forwarded-For is believed from these */
-    struct policy_conns *conns;     /* borrowed; per-address connection counts */
-    struct policy_hosts *hosts;     /* borrowed; the Host names served */
+    size_t max_query_args;        /* more get 400 */
+    struct netaddr_nets *proxies; /* borrowed; X-Forwarded-For is believed from these */
+    struct policy_conns *conns;   /* borrowed; per-address connection counts */
+    struct policy_hosts *hosts;   /* borrowed; the Host names served */
     /* HTTPS (libmicrohttpd's TLS, GnuTLS underneath): listen_tls makes listen_fd speak it
      * (HTTPS alone); tls_listen_fd, when >= 0, is a second socket that speaks it beside a
      * plain listen_fd (ownership taken). The certificate chain and its key are PEM text,
@@ -57,8 +57,8 @@ typedef struct http_options {
 
 /* Starts a daemon on opts->listen_fd, registered in lp. dispatch(ud, req) is called once
  * per complete request. Returns NULL with err set on failure. */
-http_front *http_create(loop *lp, const http_options *opts, http_dispatch_fn *dispatch, void *ud,
-                        char *err, size_t errlen);
+http_front *http_create(loop *lp, const http_options *opts, http_dispatch_fn *dispatch, void *ud, char *err,
+                        size_t errlen);
 
 /* Lets libmicrohttpd do its work, if it has any (its epoll descriptor was ready, a
  * connection was resumed, or one of its timeouts is due); call after every loop wake-up. */
@@ -109,7 +109,6 @@ http_response *http_response_file(int fd, uint64_t offset, uint64_t length, cons
  * called once they are no longer needed (also when this fails: NULL, out of memory). */
 http_response *http_response_shared(const void *data, size_t len, void (*release)(void *ud), void *ud,
                                     const char *content_type);
-
 
 /* Adds a header; returns -1 when the name or value holds characters a header cannot carry. */
 int http_response_header(http_response *resp, const char *name, const char *value);

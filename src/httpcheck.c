@@ -12,7 +12,7 @@
 #include "json.h"
 #include "url.h"
 
-#define HTTPCHECK_XFF_MAX 32            /* X-Forwarded-For header lines read, the last ones of a request */
+#define HTTPCHECK_XFF_MAX 32 /* X-Forwarded-For header lines read, the last ones of a request */
 
 /* Splits the raw target into the decoded path and the raw query. Returns 0, -1 for a
  * malformed path, or -2 when out of memory. */
@@ -26,7 +26,7 @@ int httpcheck_parse_target(http_request *req) {
     req->path = malloc(plen + 1);
     if (!req->path) return -2;
     if (plen > 0 && t[0] == '/' && url_decode_path(t, plen, req->path, plen + 1, NULL) == URL_OK) return 0;
-    memcpy(req->path, t, plen);     /* refused: the access log shows what was sent */
+    memcpy(req->path, t, plen); /* refused: the access log shows what was sent */
     req->path[plen] = '\0';
     return -1;
 }
@@ -34,11 +34,10 @@ int httpcheck_parse_target(http_request *req) {
 /* The last HTTPCHECK_XFF_MAX X-Forwarded-For header lines of a request, as a ring. */
 typedef struct httpcheck_xff {
     const char *values[HTTPCHECK_XFF_MAX];
-    size_t n;                   /* lines seen */
+    size_t n; /* lines seen */
 } httpcheck_xff;
 
-static enum MHD_Result httpcheck_collect_xff(void *cls, enum MHD_ValueKind kind, const char *key,
-                                            const char *value) {
+static enum MHD_Result httpcheck_collect_xff(void *cls, enum MHD_ValueKind kind, const char *key, const char *value) {
     httpcheck_xff *x = cls;
     (void)kind;
     if (strcasecmp(key, "X-Forwarded-For") == 0) x->values[x->n++ % HTTPCHECK_XFF_MAX] = value ? value : "";
@@ -80,10 +79,10 @@ static int httpcheck_tchar(unsigned char c) {
  * and shows as well; one right before a bare LF cannot be told from a CRLF (its value
  * stops there for every reader). */
 typedef struct httpcheck_head {
-    const char *next;           /* where the next line must start */
-    const char *end;            /* the end of the head */
-    const char *error;          /* the first violation, or NULL */
-    int hosts;                  /* Host headers */
+    const char *next;  /* where the next line must start */
+    const char *end;   /* the end of the head */
+    const char *error; /* the first violation, or NULL */
+    int hosts;         /* Host headers */
 } httpcheck_head;
 
 /* Moves past the line end at eol, which must be a CRLF; returns 0 or -1. */
@@ -93,8 +92,7 @@ static int httpcheck_syntax_eol(httpcheck_head *sx, const char *eol) {
     return 0;
 }
 
-static enum MHD_Result httpcheck_syntax_line(void *cls, enum MHD_ValueKind kind, const char *key,
-                                            const char *value) {
+static enum MHD_Result httpcheck_syntax_line(void *cls, enum MHD_ValueKind kind, const char *key, const char *value) {
     httpcheck_head *sx = cls;
     (void)kind;
     if (key != sx->next || !value) {
@@ -137,14 +135,14 @@ static const char *httpcheck_syntax(http_exchange *x, const char *method, const 
 
 /* What the headers of a request tell about how its body is framed, and their size. */
 typedef struct httpcheck_framing {
-    size_t header_bytes;        /* "Name: value\r\n" of every header */
-    const char *length;         /* the first Content-Length */
-    int lengths_differ;         /* another Content-Length with another value */
-    const char *coding;         /* Transfer-Encoding ("" when there were two) */
+    size_t header_bytes; /* "Name: value\r\n" of every header */
+    const char *length;  /* the first Content-Length */
+    int lengths_differ;  /* another Content-Length with another value */
+    const char *coding;  /* Transfer-Encoding ("" when there were two) */
 } httpcheck_framing;
 
 static enum MHD_Result httpcheck_collect_framing(void *cls, enum MHD_ValueKind kind, const char *key,
-                                                const char *value) {
+                                                 const char *value) {
     httpcheck_framing *fr = cls;
     (void)kind;
     value = value ? value : "";
@@ -153,7 +151,7 @@ static enum MHD_Result httpcheck_collect_framing(void *cls, enum MHD_ValueKind k
         if (!fr->length) fr->length = value;
         else if (strcmp(fr->length, value) != 0) fr->lengths_differ = 1;
     } else if (strcasecmp(key, "Transfer-Encoding") == 0) {
-        fr->coding = fr->coding ? "" : value;     /* two of them: refused below */
+        fr->coding = fr->coding ? "" : value; /* two of them: refused below */
     }
     return MHD_YES;
 }
@@ -190,9 +188,10 @@ int httpcheck_request(http_front *f, http_exchange *x, const char *version) {
         return -1;
     }
     if ((fr.coding && (fr.length || strcasecmp(fr.coding, "chunked") != 0)) || fr.lengths_differ) {
-        http_request_fail_close(req, 400, fr.lengths_differ ? "conflicting Content-Length headers"
-                                : fr.length ? "both Content-Length and Transfer-Encoding"
-                                : "unsupported Transfer-Encoding");
+        http_request_fail_close(req, 400,
+                                fr.lengths_differ   ? "conflicting Content-Length headers"
+                                        : fr.length ? "both Content-Length and Transfer-Encoding"
+                                                    : "unsupported Transfer-Encoding");
         return -1;
     }
     if (fr.length && strtoull(fr.length, NULL, 10) > f->max_body_bytes) {
@@ -236,16 +235,18 @@ void httpcheck_refuse_framing(http_front *f, int status, const char *message) {
     memcpy(body + blen, "\"}", 3);
     blen += 2;
     header_format_date(time(NULL), date);
-    int n = snprintf(out, sizeof out, "HTTP/1.1 %d %s\r\nDate: %s\r\nConnection: close\r\n"
+    int n = snprintf(out, sizeof out,
+                     "HTTP/1.1 %d %s\r\nDate: %s\r\nConnection: close\r\n"
                      "X-Content-Type-Options: nosniff\r\nContent-Type: application/json\r\nCache-Control: no-store\r\n"
-                     "Content-Length: %zu\r\n\r\n%s", status, status == 413 ? "Content Too Large" : "Bad Request",
-                     date, blen, body);
+                     "Content-Length: %zu\r\n\r\n%s",
+                     status, status == 413 ? "Content Too Large" : "Bad Request", date, blen, body);
     /* Over HTTPS the socket carries TLS records, not this text: the client sees the close. */
     const union MHD_ConnectionInfo *di = MHD_get_connection_info(x->conn, MHD_CONNECTION_INFO_DAEMON);
     int tls = f->tls_daemon && di && di->daemon == f->tls_daemon;
-    if (!tls && n > 0 && (size_t)n < sizeof out) (void)send(ci->connect_fd, out, (size_t)n, MSG_NOSIGNAL | MSG_DONTWAIT);
+    if (!tls && n > 0 && (size_t)n < sizeof out)
+        (void)send(ci->connect_fd, out, (size_t)n, MSG_NOSIGNAL | MSG_DONTWAIT);
     shutdown(ci->connect_fd, SHUT_WR);
-    x->pub.method = "-";        /* libmicrohttpd does not say which: the access line shows "-" */
+    x->pub.method = "-"; /* libmicrohttpd does not say which: the access line shows "-" */
     x->status = status;
     x->bytes = blen;
 }

@@ -23,49 +23,49 @@ struct http_front {
     void *dispatch_ud;
     size_t max_body_bytes;
     size_t in_flight;
-    list_node heads;                /* exchanges whose head is being received: the handler not called yet */
-    list_node pending;              /* exchanges dispatched, unanswered */
-    int closing;                    /* http_free is under way */
-    int quiesced_fd;            /* listening socket handed back by MHD_quiesce_daemon, or -1 */
+    list_node heads;   /* exchanges whose head is being received: the handler not called yet */
+    list_node pending; /* exchanges dispatched, unanswered */
+    int closing;       /* http_free is under way */
+    int quiesced_fd;   /* listening socket handed back by MHD_quiesce_daemon, or -1 */
     netaddr_nets *proxies;
     policy_conns *conns;
     policy_hosts *hosts;
     size_t max_header_bytes;
     size_t max_query_args;
     uint64_t request_timeout_ms;
-    list_node conns_list;           /* open connections (http_conn), for the request deadline */
+    list_node conns_list; /* open connections (http_conn), for the request deadline */
     loop_timer tick_timer;
     int run_pending;            /* libmicrohttpd has work to do: its epoll fd was ready, or a resume */
     unsigned long log_sampled;  /* successes of sampled routes, for log_every */
-    struct MHD_Daemon *daemon2;     /* the second socket's (HTTPS beside HTTP), or NULL */
+    struct MHD_Daemon *daemon2; /* the second socket's (HTTPS beside HTTP), or NULL */
     int epoll_fd2;
     int quiesced_fd2;
-    struct MHD_Daemon *tls_daemon;  /* the daemon that speaks HTTPS, or NULL */
-    unsigned int max_connections;   /* both daemons together */
+    struct MHD_Daemon *tls_daemon; /* the daemon that speaks HTTPS, or NULL */
+    unsigned int max_connections;  /* both daemons together */
     unsigned int nconns;
-    list_node streams;              /* bodies being produced (http_stream) */
-    list_node upgraded;             /* connections handed over to their owners (http_upgraded) */
+    list_node streams;  /* bodies being produced (http_stream) */
+    list_node upgraded; /* connections handed over to their owners (http_upgraded) */
 };
 
 /* A request with what only the HTTP front sees of it. */
 typedef struct http_exchange {
-    http_request pub;                   /* first: an http_request * is an http_exchange * */
+    http_request pub; /* first: an http_request * is an http_exchange * */
     struct MHD_Connection *conn;
     http_front *front;
-    struct http_stream *stream;         /* its answer's body, while being produced */
+    struct http_stream *stream; /* its answer's body, while being produced */
     char *target;
     size_t target_len;
     int state;
     int status;
     unsigned long long bytes;
-    long long acked_at_queue;           /* the connection's acknowledged bytes then, or -1 */
+    long long acked_at_queue; /* the connection's acknowledged bytes then, or -1 */
     struct MHD_Response *response;
     int suspended;
-    size_t discarded;                   /* body bytes dropped past the limit */
-    log_field *log_fields;              /* added to the access line (keys and values owned) */
+    size_t discarded;      /* body bytes dropped past the limit */
+    log_field *log_fields; /* added to the access line (keys and values owned) */
     size_t nlog_fields;
-    list_node link;                     /* in the front's heads, then in its pending list */
-    const char *version;                /* "HTTP/1.1" (libmicrohttpd's, as long as the request) */
+    list_node link;      /* in the front's heads, then in its pending list */
+    const char *version; /* "HTTP/1.1" (libmicrohttpd's, as long as the request) */
 } http_exchange;
 
 #define HTTP_EXCHANGE(req) ((http_exchange *)(req))

@@ -11,12 +11,12 @@
 
 struct http_upgraded {
     http_front *front;
-    struct MHD_UpgradeResponseHandle *urh;  /* NULL until libmicrohttpd hands the socket over */
+    struct MHD_UpgradeResponseHandle *urh; /* NULL until libmicrohttpd hands the socket over */
     http_upgrade_fn *fn;
     void *ud;
-    http_exchange *x;               /* until the socket is handed over */
-    int cancelled;                  /* closed by its owner before it was handed over */
-    list_node link;                 /* in the front's upgraded */
+    http_exchange *x; /* until the socket is handed over */
+    int cancelled;    /* closed by its owner before it was handed over */
+    list_node link;   /* in the front's upgraded */
 };
 
 /* libmicrohttpd sent the 101 and hands the socket over (inside MHD_run). */
@@ -81,12 +81,12 @@ http_upgraded *http_request_upgrade(http_request *req, const char *const *header
 
 void http_upgraded_close(http_upgraded *u) {
     if (!u->urh) {
-        u->cancelled = 1;           /* closed as soon as libmicrohttpd hands it over */
+        u->cancelled = 1; /* closed as soon as libmicrohttpd hands it over */
         return;
     }
     list_remove(&u->link);
     MHD_upgrade_action(u->urh, MHD_UPGRADE_ACTION_CLOSE);
-    u->front->run_pending = 1;      /* libmicrohttpd closes the socket on its next turn only */
+    u->front->run_pending = 1; /* libmicrohttpd closes the socket on its next turn only */
     free(u);
 }
 
@@ -112,19 +112,19 @@ static void httpstream_close_upgraded(http_front *f) {
 struct http_stream {
     http_front *f;
     struct MHD_Connection *conn;
-    http_exchange *x;               /* its request until that completes, else NULL */
+    http_exchange *x; /* its request until that completes, else NULL */
     http_stream_fn *drained, *closed;
     void *ud;
-    char *buf;                      /* pending bytes: buf[head .. head + len) */
+    char *buf; /* pending bytes: buf[head .. head + len) */
     size_t head, len, cap;
-    size_t high;                    /* writes are refused while this much is pending */
-    int full;                       /* a write was refused: drained is due once half is gone */
-    int suspended;                  /* its connection waits for bytes */
-    int watched_fd;                 /* while suspended: its socket, watched for the client leaving; or -1 */
-    int peer_spoke;                 /* the client sent something while it waited: watched no more */
-    int ended;                      /* 1: complete, 2: cut */
+    size_t high;    /* writes are refused while this much is pending */
+    int full;       /* a write was refused: drained is due once half is gone */
+    int suspended;  /* its connection waits for bytes */
+    int watched_fd; /* while suspended: its socket, watched for the client leaving; or -1 */
+    int peer_spoke; /* the client sent something while it waited: watched no more */
+    int ended;      /* 1: complete, 2: cut */
     loop_timer drain_timer;
-    list_node link;                 /* in the front's streams */
+    list_node link; /* in the front's streams */
 };
 
 /* Calls the producer's drained, from the loop. */
@@ -227,7 +227,7 @@ http_response *http_response_stream(http_request *req, long long size, size_t bu
     uint64_t total = size < 0 ? MHD_SIZE_UNKNOWN : (uint64_t)size;
     struct MHD_Response *resp = MHD_create_response_from_callback(total, block, httpstream_read, s, httpstream_free);
     if (!resp) {
-        httpstream_free(s);     /* closed is not set yet: nobody is told */
+        httpstream_free(s); /* closed is not set yet: nobody is told */
         return NULL;
     }
     s->drained = drained;
@@ -274,7 +274,7 @@ void httpstream_forget_request(http_exchange *x) {
 }
 
 void httpstream_close_all(http_front *f) {
-    httpstream_close_upgraded(f);   /* never stop libmicrohttpd under them */
+    httpstream_close_upgraded(f); /* never stop libmicrohttpd under them */
     /* Bodies still being produced are cut: their connections are resumed to close (a
      * suspended connection must not be there when the daemon stops). */
     for (list_node *n = list_first(&f->streams); n; n = list_next(&f->streams, n))

@@ -38,7 +38,10 @@ typedef struct json_out {
 
 static void json_out_put(json_out *o, const char *b, size_t n) {
     if (!o->buf || o->full) return;
-    if (o->len + n >= o->cap) { o->full = 1; return; }
+    if (o->len + n >= o->cap) {
+        o->full = 1;
+        return;
+    }
     memcpy(o->buf + o->len, b, n);
     o->len += n;
 }
@@ -47,14 +50,24 @@ static void json_out_put(json_out *o, const char *b, size_t n) {
 static void json_put_utf8(json_out *o, unsigned cp) {
     char b[4];
     size_t n;
-    if (cp < 0x80) { b[0] = (char)cp; n = 1; }
-    else if (cp < 0x800) { b[0] = (char)(0xC0 | (cp >> 6)); b[1] = (char)(0x80 | (cp & 0x3F)); n = 2; }
-    else if (cp < 0x10000) {
-        b[0] = (char)(0xE0 | (cp >> 12)); b[1] = (char)(0x80 | ((cp >> 6) & 0x3F));
-        b[2] = (char)(0x80 | (cp & 0x3F)); n = 3;
+    if (cp < 0x80) {
+        b[0] = (char)cp;
+        n = 1;
+    } else if (cp < 0x800) {
+        b[0] = (char)(0xC0 | (cp >> 6));
+        b[1] = (char)(0x80 | (cp & 0x3F));
+        n = 2;
+    } else if (cp < 0x10000) {
+        b[0] = (char)(0xE0 | (cp >> 12));
+        b[1] = (char)(0x80 | ((cp >> 6) & 0x3F));
+        b[2] = (char)(0x80 | (cp & 0x3F));
+        n = 3;
     } else {
-        b[0] = (char)(0xF0 | (cp >> 18)); b[1] = (char)(0x80 | ((cp >> 12) & 0x3F));
-        b[2] = (char)(0x80 | ((cp >> 6) & 0x3F)); b[3] = (char)(0x80 | (cp & 0x3F)); n = 4;
+        b[0] = (char)(0xF0 | (cp >> 18));
+        b[1] = (char)(0x80 | ((cp >> 12) & 0x3F));
+        b[2] = (char)(0x80 | ((cp >> 6) & 0x3F));
+        b[3] = (char)(0x80 | (cp & 0x3F));
+        n = 4;
     }
     json_out_put(o, b, n);
 }
@@ -94,7 +107,8 @@ static int json_string(json_cursor *c, char *out, size_t cap, int *truncated) {
             if (cp >= 0xD800 && cp <= 0xDBFF) {
                 unsigned lo;
                 if (c->end - c->p < 6 || c->p[0] != '\\' || c->p[1] != 'u' || json_hex4(c->p + 2, &lo) < 0 ||
-                    lo < 0xDC00 || lo > 0xDFFF) return -1;
+                    lo < 0xDC00 || lo > 0xDFFF)
+                    return -1;
                 c->p += 6;
                 cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
             } else if (cp >= 0xDC00 && cp <= 0xDFFF) {
@@ -113,7 +127,10 @@ static int json_number(json_cursor *c, int *is_int, long *ival) {
     int integral = 1, neg = 0;
     unsigned long v = 0;
     int overflow = 0;
-    if (c->p < c->end && *c->p == '-') { neg = 1; c->p++; }
+    if (c->p < c->end && *c->p == '-') {
+        neg = 1;
+        c->p++;
+    }
     if (c->p >= c->end) return -1;
     if (*c->p == '0') c->p++;
     else if (*c->p >= '1' && *c->p <= '9') {
@@ -158,7 +175,10 @@ static int json_container(json_cursor *c, int depth, json_field_fn *field, void 
     char close = open == '{' ? '}' : ']';
     if (depth > JSON_MAX_DEPTH) return -1;
     json_skip_ws(c);
-    if (c->p < c->end && *c->p == close) { c->p++; return 0; }
+    if (c->p < c->end && *c->p == close) {
+        c->p++;
+        return 0;
+    }
     for (;;) {
         json_skip_ws(c);
         if (open == '{') {
@@ -179,8 +199,14 @@ static int json_container(json_cursor *c, int depth, json_field_fn *field, void 
     next:
         json_skip_ws(c);
         if (c->p >= c->end) return -1;
-        if (*c->p == ',') { c->p++; continue; }
-        if (*c->p == close) { c->p++; return 0; }
+        if (*c->p == ',') {
+            c->p++;
+            continue;
+        }
+        if (*c->p == close) {
+            c->p++;
+            return 0;
+        }
         return -1;
     }
 }
@@ -215,7 +241,8 @@ static int json_value(json_cursor *c, int depth) {
     json_skip_ws(c);
     if (c->p >= c->end) return -1;
     switch (*c->p) {
-    case '{': case '[': return json_container(c, depth, NULL, NULL);
+    case '{':
+    case '[': return json_container(c, depth, NULL, NULL);
     case '"': return json_string(c, NULL, 0, NULL);
     case 't': return json_literal(c, "true");
     case 'f': return json_literal(c, "false");
@@ -286,8 +313,9 @@ static int json_message_field(void *ud, const char *key, json_cursor *c) {
     }
     if (*c->p == '-' || (*c->p >= '0' && *c->p <= '9')) {
         double *slot = strcmp(key, "audio_duration_seconds") == 0 ? &m->audio_duration_seconds
-                       : strcmp(key, "session_duration_seconds") == 0 ? &m->session_duration_seconds
-                       : strcmp(key, "error_code") == 0 ? &m->error_code : NULL;
+                : strcmp(key, "session_duration_seconds") == 0    ? &m->session_duration_seconds
+                : strcmp(key, "error_code") == 0                  ? &m->error_code
+                                                                  : NULL;
         if (slot) return json_double(c, slot) < 0 ? -1 : 1;
     }
     return 0;
@@ -310,10 +338,16 @@ bad:
 size_t json_escape(char *buf, size_t off, size_t cap, const char *s) {
     for (; *s && off + 7 < cap; s++) {
         unsigned char c = (unsigned char)*s;
-        if (c == '"' || c == '\\') { buf[off++] = '\\'; buf[off++] = (char)c; }
-        else if (c == '\n') { buf[off++] = '\\'; buf[off++] = 'n'; }
-        else if (c == '\t') { buf[off++] = '\\'; buf[off++] = 't'; }
-        else if (c < 0x20 || c == 0x7f) off += (size_t)snprintf(buf + off, cap - off, "\\u%04x", c);
+        if (c == '"' || c == '\\') {
+            buf[off++] = '\\';
+            buf[off++] = (char)c;
+        } else if (c == '\n') {
+            buf[off++] = '\\';
+            buf[off++] = 'n';
+        } else if (c == '\t') {
+            buf[off++] = '\\';
+            buf[off++] = 't';
+        } else if (c < 0x20 || c == 0x7f) off += (size_t)snprintf(buf + off, cap - off, "\\u%04x", c);
         else buf[off++] = (char)c;
     }
     return off;

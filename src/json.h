@@ -10,10 +10,10 @@
 /* What tokend needs from a reply body: top-level "token", "expires_in_seconds", "error". */
 typedef struct json_token_reply {
     char token[JSON_TOKEN_MAX];
-    int has_token;                 /* 1 when "token" is a non-empty string that fit */
+    int has_token; /* 1 when "token" is a non-empty string that fit */
     long expires_in_seconds;
-    int has_expires;               /* 1 when "expires_in_seconds" is an integer */
-    char error[JSON_ERROR_MAX];    /* "error" string (truncated), if any */
+    int has_expires;            /* 1 when "expires_in_seconds" is an integer */
+    char error[JSON_ERROR_MAX]; /* "error" string (truncated), if any */
     int has_error;
 } json_token_reply;
 
@@ -24,12 +24,12 @@ int json_parse_token_reply(const char *body, size_t len, json_token_reply *out);
 
 /* What the relay reads of a streaming message (a JSON object): top-level members only. */
 typedef struct json_message {
-    char type[32];                  /* "type"; "" when absent, not a string or longer */
-    char id[80];                    /* "id" (Begin's session id); "" likewise */
-    int end_of_turn;                /* "end_of_turn" is true */
-    double audio_duration_seconds;  /* Termination's figures; -1 when absent or not numbers */
+    char type[32];                 /* "type"; "" when absent, not a string or longer */
+    char id[80];                   /* "id" (Begin's session id); "" likewise */
+    int end_of_turn;               /* "end_of_turn" is true */
+    double audio_duration_seconds; /* Termination's figures; -1 when absent or not numbers */
     double session_duration_seconds;
-    double error_code;              /* an Error's "error_code"; 0 when absent */
+    double error_code; /* an Error's "error_code"; 0 when absent */
 } json_message;
 
 /* Parses body as one JSON object (as json_parse_token_reply does) and reads the members

@@ -5,7 +5,7 @@
 
 #include "lbudget.h"
 
-#define LBUDGET_TIME_BASE_MS 1000       /* the time of any budget, plus 1 µs per instruction of its limit */
+#define LBUDGET_TIME_BASE_MS 1000 /* the time of any budget, plus 1 µs per instruction of its limit */
 
 /* The budget of the code running on this worker thread now (NULL: none). */
 static _Thread_local lbudget *lbudget_now;
@@ -36,7 +36,7 @@ int lbudget_charge(long n) {
     lbudget *b = lbudget_now;
     if (!b) return 0;
     if (b->exhausted) return -1;
-    if (n > b->limit - b->used) {       /* b->used + n would pass the limit (and might overflow) */
+    if (n > b->limit - b->used) { /* b->used + n would pass the limit (and might overflow) */
         b->used = b->limit;
         b->exhausted = 1;
         return -1;
@@ -61,7 +61,6 @@ const char *lbudget_why(const lbudget *b, char *buf, size_t len) {
     if (b && b->exhausted == 2)
         snprintf(buf, len, LBUDGET_ERROR " (%ld instructions: it ran past their time, %llu ms)", b->limit,
                  (unsigned long long)lbudget_time_ms(b));
-    else
-        snprintf(buf, len, LBUDGET_ERROR " (%ld instructions)", b ? b->limit : 0L);
+    else snprintf(buf, len, LBUDGET_ERROR " (%ld instructions)", b ? b->limit : 0L);
     return buf;
 }

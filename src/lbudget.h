@@ -14,8 +14,8 @@
 typedef struct lbudget {
     long used;
     long limit;
-    int exhausted;              /* 1: its instructions are spent; 2: its time (lbudget_tick) */
-    uint64_t entered_ms;        /* when it last became the current budget */
+    int exhausted;       /* 1: its instructions are spent; 2: its time (lbudget_tick) */
+    uint64_t entered_ms; /* when it last became the current budget */
 } lbudget;
 
 /* The text a budget error carries. */

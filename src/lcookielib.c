@@ -16,7 +16,7 @@ static const char *lcookie_attribute(lua_State *L, const char *field) {
     const char *v = lua_tolstring(L, -1, &len);
     if (!v || lua_type(L, -1) != LUA_TSTRING || !cookie_attribute_ok(v, len))
         luaL_error(L, "tokend.cookie: %s must be a string without ';' or control characters", field);
-    lua_pop(L, 1);      /* the options table keeps it alive */
+    lua_pop(L, 1); /* the options table keeps it alive */
     return v;
 }
 
@@ -47,8 +47,10 @@ static int lcookie_make(lua_State *L) {
     const char *same_site = lcookie_attribute(L, "same_site");
     int secure = lcookie_flag(L, "secure", 0), http_only = lcookie_flag(L, "http_only", 1);
     if (!same_site) same_site = "Lax";
-    luaL_argcheck(L, strcasecmp(same_site, "Lax") == 0 || strcasecmp(same_site, "Strict") == 0 ||
-                     strcasecmp(same_site, "None") == 0, 3, "same_site is \"Lax\", \"Strict\" or \"None\"");
+    luaL_argcheck(L,
+                  strcasecmp(same_site, "Lax") == 0 || strcasecmp(same_site, "Strict") == 0 ||
+                          strcasecmp(same_site, "None") == 0,
+                  3, "same_site is \"Lax\", \"Strict\" or \"None\"");
     luaL_argcheck(L, strcasecmp(same_site, "None") != 0 || secure, 3,
                   "same_site = \"None\" needs secure = true (browsers refuse it otherwise)");
     luaL_Buffer b;
@@ -74,7 +76,7 @@ static int lcookie_make(lua_State *L) {
     if (secure) luaL_addstring(&b, "; Secure");
     if (http_only) luaL_addstring(&b, "; HttpOnly");
     luaL_addstring(&b, "; SameSite=");
-    luaL_addchar(&b, (char)(same_site[0] & ~0x20));      /* Lax, Strict, None */
+    luaL_addchar(&b, (char)(same_site[0] & ~0x20)); /* Lax, Strict, None */
     for (const char *p = same_site + 1; *p; p++) luaL_addchar(&b, (char)(*p | 0x20));
     luaL_pushresult(&b);
     return 1;

@@ -7,10 +7,9 @@
 #include "lcroute.h"
 #include "llib.h"
 
-
 struct tokend_request {
     lua_State *L;
-    int idx;            /* the req table */
+    int idx; /* the req table */
 };
 
 struct tokend_response {
@@ -22,13 +21,27 @@ struct tokend_response {
     char *names[TOKEND_MAX_RESPONSE_HEADERS], *values[TOKEND_MAX_RESPONSE_HEADERS];
 };
 
-const char *tokend_request_method(const tokend_request *req) { return llib_field_string(req->L, req->idx, NULL, "method", NULL); }
-const char *tokend_request_path(const tokend_request *req) { return llib_field_string(req->L, req->idx, NULL, "path", NULL); }
-const char *tokend_request_client(const tokend_request *req) { return llib_field_string(req->L, req->idx, NULL, "client", NULL); }
-const char *tokend_request_header(const tokend_request *req, const char *name) { return llib_field_string(req->L, req->idx, "headers", name, NULL); }
-const char *tokend_request_query(const tokend_request *req, const char *name) { return llib_field_string(req->L, req->idx, "query", name, NULL); }
-const char *tokend_request_param(const tokend_request *req, const char *name) { return llib_field_string(req->L, req->idx, "params", name, NULL); }
-const char *tokend_request_body(const tokend_request *req, size_t *len) { return llib_field_string(req->L, req->idx, NULL, "body", len); }
+const char *tokend_request_method(const tokend_request *req) {
+    return llib_field_string(req->L, req->idx, NULL, "method", NULL);
+}
+const char *tokend_request_path(const tokend_request *req) {
+    return llib_field_string(req->L, req->idx, NULL, "path", NULL);
+}
+const char *tokend_request_client(const tokend_request *req) {
+    return llib_field_string(req->L, req->idx, NULL, "client", NULL);
+}
+const char *tokend_request_header(const tokend_request *req, const char *name) {
+    return llib_field_string(req->L, req->idx, "headers", name, NULL);
+}
+const char *tokend_request_query(const tokend_request *req, const char *name) {
+    return llib_field_string(req->L, req->idx, "query", name, NULL);
+}
+const char *tokend_request_param(const tokend_request *req, const char *name) {
+    return llib_field_string(req->L, req->idx, "params", name, NULL);
+}
+const char *tokend_request_body(const tokend_request *req, size_t *len) {
+    return llib_field_string(req->L, req->idx, NULL, "body", len);
+}
 
 int tokend_response_set(tokend_response *resp, int status, const char *content_type, const char *body, size_t len) {
     if (status < 100 || status > 599) return TOKEND_ERR;
@@ -49,7 +62,8 @@ int tokend_response_set(tokend_response *resp, int status, const char *content_t
 }
 
 int tokend_response_header(tokend_response *resp, const char *name, const char *value) {
-    if (resp->nheaders == TOKEND_MAX_RESPONSE_HEADERS || strpbrk(name, "\r\n:") || strpbrk(value, "\r\n")) return TOKEND_ERR;
+    if (resp->nheaders == TOKEND_MAX_RESPONSE_HEADERS || strpbrk(name, "\r\n:") || strpbrk(value, "\r\n"))
+        return TOKEND_ERR;
     char *n = strdup(name), *v = strdup(value);
     if (!n || !v) {
         free(n);

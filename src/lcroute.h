@@ -6,7 +6,7 @@
 #include "tokend.h"
 
 typedef struct lcroute {
-    char method[16];            /* upper case */
+    char method[16]; /* upper case */
     char *path;
     tokend_route_fn *fn;
     void *ud;

@@ -2,7 +2,7 @@
 #include "crypto.h"
 #include "llib.h"
 
-#define LCRYPTO_MAX_RANDOM (1 << 20)    /* random_bytes asks for at most 1 MiB at once */
+#define LCRYPTO_MAX_RANDOM (1 << 20) /* random_bytes asks for at most 1 MiB at once */
 
 /* tokend.crypto.sha256(s) -> 32 raw bytes */
 static int lcrypto_sha256(lua_State *L) {
@@ -51,16 +51,23 @@ static int lcrypto_decode(lua_State *L, int url) {
     const char *s = luaL_checklstring(L, 1, &len);
     luaL_Buffer b;
     unsigned char *out = (unsigned char *)luaL_buffinitsize(L, &b, len * 3 / 4 + 3);
-    if (crypto_base64_decode(s, len, out, &n, url) < 0)
-        return llib_fail(L, url ? "not base64url" : "not base64");
+    if (crypto_base64_decode(s, len, out, &n, url) < 0) return llib_fail(L, url ? "not base64url" : "not base64");
     luaL_pushresultsize(&b, n);
     return 1;
 }
 
-static int lcrypto_base64_encode(lua_State *L) { return lcrypto_encode(L, 0); }
-static int lcrypto_base64_decode(lua_State *L) { return lcrypto_decode(L, 0); }
-static int lcrypto_base64url_encode(lua_State *L) { return lcrypto_encode(L, 1); }
-static int lcrypto_base64url_decode(lua_State *L) { return lcrypto_decode(L, 1); }
+static int lcrypto_base64_encode(lua_State *L) {
+    return lcrypto_encode(L, 0);
+}
+static int lcrypto_base64_decode(lua_State *L) {
+    return lcrypto_decode(L, 0);
+}
+static int lcrypto_base64url_encode(lua_State *L) {
+    return lcrypto_encode(L, 1);
+}
+static int lcrypto_base64url_decode(lua_State *L) {
+    return lcrypto_decode(L, 1);
+}
 
 /* tokend.crypto.random_bytes(n) -> n bytes from the operating system's CSPRNG */
 static int lcrypto_random_bytes(lua_State *L) {
@@ -84,10 +91,16 @@ static int lcrypto_equal(lua_State *L) {
 
 void lcryptolib_open(lua_State *L, lhost *h) {
     static const luaL_Reg fns[] = {
-        { "sha256", lcrypto_sha256 }, { "hmac_sha256", lcrypto_hmac_sha256 }, { "hex", lcrypto_hex },
-        { "base64_encode", lcrypto_base64_encode }, { "base64_decode", lcrypto_base64_decode },
-        { "base64url_encode", lcrypto_base64url_encode }, { "base64url_decode", lcrypto_base64url_decode },
-        { "random_bytes", lcrypto_random_bytes }, { "equal", lcrypto_equal }, { NULL, NULL },
+        { "sha256", lcrypto_sha256 },
+        { "hmac_sha256", lcrypto_hmac_sha256 },
+        { "hex", lcrypto_hex },
+        { "base64_encode", lcrypto_base64_encode },
+        { "base64_decode", lcrypto_base64_decode },
+        { "base64url_encode", lcrypto_base64url_encode },
+        { "base64url_decode", lcrypto_base64url_decode },
+        { "random_bytes", lcrypto_random_bytes },
+        { "equal", lcrypto_equal },
+        { NULL, NULL },
     };
     lua_newtable(L);
     llib_register(L, h, fns);

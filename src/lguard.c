@@ -8,22 +8,40 @@
 #include "lbudget.h"
 #include "lguard.h"
 
-#define LGUARD_COPY_BYTES 64                    /* bytes copied by memcpy per instruction of the budget */
-#define LGUARD_RESUME_STEP 128                  /* instructions paid for at a resume, and the hook's period then */
-#define LGUARD_HUGE ((lua_Integer)1 << 50)      /* more than any budget: work that is refused whatever */
+#define LGUARD_COPY_BYTES 64               /* bytes copied by memcpy per instruction of the budget */
+#define LGUARD_RESUME_STEP 128             /* instructions paid for at a resume, and the hook's period then */
+#define LGUARD_HUGE ((lua_Integer)1 << 50) /* more than any budget: work that is refused whatever */
 
 /* The functions replaced, as Lua's own libraries define them. Every state has the same ones
  * (one liblua in the process): they are read from the first state opened, under a lock,
  * and only read after. A replacement calls Lua's function directly, as a C function on its
  * own frame: no Lua value leads to it, so no script can call it past the replacement. */
 enum {
-    LGUARD_RESUME, LGUARD_WRAP, LGUARD_CLOSE,
-    LGUARD_SETMETATABLE, LGUARD_GETMETATABLE, LGUARD_DEBUG_SETMETATABLE, LGUARD_DEBUG_GETMETATABLE,
-    LGUARD_DEBUG_GETREGISTRY, LGUARD_DEBUG_GETUPVALUE, LGUARD_DEBUG_SETUPVALUE, LGUARD_DEBUG_UPVALUEID,
-    LGUARD_REP, LGUARD_UPPER, LGUARD_LOWER, LGUARD_REVERSE, LGUARD_BYTE,
-    LGUARD_CONCAT, LGUARD_UNPACK, LGUARD_INSERT, LGUARD_REMOVE, LGUARD_MOVE, LGUARD_SORT,
-    LGUARD_UTF8_LEN, LGUARD_UTF8_CODEPOINT,
-    LGUARD_WRAPPED,         /* the function coroutine.wrap returns: not a library's field */
+    LGUARD_RESUME,
+    LGUARD_WRAP,
+    LGUARD_CLOSE,
+    LGUARD_SETMETATABLE,
+    LGUARD_GETMETATABLE,
+    LGUARD_DEBUG_SETMETATABLE,
+    LGUARD_DEBUG_GETMETATABLE,
+    LGUARD_DEBUG_GETREGISTRY,
+    LGUARD_DEBUG_GETUPVALUE,
+    LGUARD_DEBUG_SETUPVALUE,
+    LGUARD_DEBUG_UPVALUEID,
+    LGUARD_REP,
+    LGUARD_UPPER,
+    LGUARD_LOWER,
+    LGUARD_REVERSE,
+    LGUARD_BYTE,
+    LGUARD_CONCAT,
+    LGUARD_UNPACK,
+    LGUARD_INSERT,
+    LGUARD_REMOVE,
+    LGUARD_MOVE,
+    LGUARD_SORT,
+    LGUARD_UTF8_LEN,
+    LGUARD_UTF8_CODEPOINT,
+    LGUARD_WRAPPED, /* the function coroutine.wrap returns: not a library's field */
     LGUARD_COUNT
 };
 
@@ -56,7 +74,7 @@ static void lguard_check(lua_State *L) {
 static int lguard_around(lua_State *L, lua_State *co, int which) {
     lua_Debug ar;
     lguard_check(L);
-    if (co && co != L && (lua_status(co) != LUA_OK || !lua_getstack(co, 0, &ar))) {   /* not running */
+    if (co && co != L && (lua_status(co) != LUA_OK || !lua_getstack(co, 0, &ar))) { /* not running */
         if (lbudget_charge(LGUARD_RESUME_STEP) < 0) return lguard_budget_error(L);
         lua_sethook(co, lua_gethook(L), lua_gethookmask(L), LGUARD_RESUME_STEP);
     }
@@ -65,8 +83,12 @@ static int lguard_around(lua_State *L, lua_State *co, int which) {
     return n;
 }
 
-static int lguard_resume(lua_State *L) { return lguard_around(L, lua_tothread(L, 1), LGUARD_RESUME); }
-static int lguard_close(lua_State *L) { return lguard_around(L, lua_tothread(L, 1), LGUARD_CLOSE); }
+static int lguard_resume(lua_State *L) {
+    return lguard_around(L, lua_tothread(L, 1), LGUARD_RESUME);
+}
+static int lguard_close(lua_State *L) {
+    return lguard_around(L, lua_tothread(L, 1), LGUARD_CLOSE);
+}
 
 static int lguard_wrapped(lua_State *L) {
     return lguard_around(L, lua_tothread(L, lua_upvalueindex(1)), LGUARD_WRAPPED);
@@ -98,8 +120,9 @@ static int lguard_gc_field(lua_State *L, int idx) {
  * an object that may be marked (its metatable has __gc) keeps its own. */
 static void lguard_refuse_finalizer(lua_State *L) {
     if (lua_istable(L, 2) && lguard_gc_field(L, 2))
-        luaL_error(L, "tokend: __gc metamethods are not available to scripts (finalizers run outside the "
-                      "instruction budget)");
+        luaL_error(L,
+                   "tokend: __gc metamethods are not available to scripts (finalizers run outside the "
+                   "instruction budget)");
     if (lua_getmetatable(L, 1)) {
         int gc = lguard_gc_field(L, -1);
         lua_pop(L, 1);
@@ -138,8 +161,9 @@ static int lguard_debug_getmetatable(lua_State *L) {
 }
 
 static int lguard_no_registry(lua_State *L) {
-    return luaL_error(L, "debug.getregistry is not available in tokend: the registry holds the metatables of "
-                         "objects whose finalizers the instruction budget cannot stop");
+    return luaL_error(L,
+                      "debug.getregistry is not available in tokend: the registry holds the metatables of "
+                      "objects whose finalizers the instruction budget cannot stop");
 }
 
 /* The upvalues of C functions (tokend's own and the libraries') hold what scripts must not
@@ -240,10 +264,18 @@ static int lguard_metered(lua_State *L, int which, lua_Integer steps) {
     return lguard_orig[which](L);
 }
 
-static int lguard_rep(lua_State *L) { return lguard_metered(L, LGUARD_REP, lguard_cost_rep(L)); }
-static int lguard_upper(lua_State *L) { return lguard_metered(L, LGUARD_UPPER, lguard_len(L, 1)); }
-static int lguard_lower(lua_State *L) { return lguard_metered(L, LGUARD_LOWER, lguard_len(L, 1)); }
-static int lguard_reverse(lua_State *L) { return lguard_metered(L, LGUARD_REVERSE, lguard_len(L, 1)); }
+static int lguard_rep(lua_State *L) {
+    return lguard_metered(L, LGUARD_REP, lguard_cost_rep(L));
+}
+static int lguard_upper(lua_State *L) {
+    return lguard_metered(L, LGUARD_UPPER, lguard_len(L, 1));
+}
+static int lguard_lower(lua_State *L) {
+    return lguard_metered(L, LGUARD_LOWER, lguard_len(L, 1));
+}
+static int lguard_reverse(lua_State *L) {
+    return lguard_metered(L, LGUARD_REVERSE, lguard_len(L, 1));
+}
 
 static int lguard_byte(lua_State *L) {
     return lguard_metered(L, LGUARD_BYTE, lguard_span(L, lguard_len(L, 1), 2, 0));
@@ -279,16 +311,22 @@ static int lguard_move(lua_State *L) {
     return lguard_metered(L, LGUARD_MOVE, ok ? lguard_between(first, last) : 0);
 }
 
-static int lguard_insert(lua_State *L) { return lguard_metered(L, LGUARD_INSERT, lguard_cost_shift(L, 1)); }
-static int lguard_remove(lua_State *L) { return lguard_metered(L, LGUARD_REMOVE, lguard_cost_shift(L, 0)); }
-static int lguard_sort(lua_State *L) { return lguard_metered(L, LGUARD_SORT, lguard_cost_sort(L)); }
+static int lguard_insert(lua_State *L) {
+    return lguard_metered(L, LGUARD_INSERT, lguard_cost_shift(L, 1));
+}
+static int lguard_remove(lua_State *L) {
+    return lguard_metered(L, LGUARD_REMOVE, lguard_cost_shift(L, 0));
+}
+static int lguard_sort(lua_State *L) {
+    return lguard_metered(L, LGUARD_SORT, lguard_cost_sort(L));
+}
 
 /* ---- opening ---- */
 
 typedef struct lguard_entry {
-    const char *lib;            /* a global table, or NULL for the global table */
+    const char *lib; /* a global table, or NULL for the global table */
     const char *name;
-    lua_CFunction fn;           /* the replacement */
+    lua_CFunction fn; /* the replacement */
 } lguard_entry;
 
 static const lguard_entry lguard_entries[LGUARD_WRAPPED] = {
@@ -332,7 +370,7 @@ void lguard_open(lua_State *L) {
         lua_setfield(L, -2, e->name);
         lua_pop(L, 1);
     }
-    lua_pushcfunction(L, found[LGUARD_WRAP]);       /* Lua's wrap, for the function it returns */
+    lua_pushcfunction(L, found[LGUARD_WRAP]); /* Lua's wrap, for the function it returns */
     lua_pushcfunction(L, lguard_wrapped);
     lua_call(L, 1, 1);
     found[LGUARD_WRAPPED] = lua_tocfunction(L, -1);

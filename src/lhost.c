@@ -15,8 +15,8 @@
 #include "lpreload.h"
 #include "lstate.h"
 
-#define LHOST_GC_PAUSE 150                /* percent: see lhost_create */
-#define LHOST_LOAD_BUDGET_FACTOR 10      /* the script's top level may run 10x a request's budget */
+#define LHOST_GC_PAUSE 150          /* percent: see lhost_create */
+#define LHOST_LOAD_BUDGET_FACTOR 10 /* the script's top level may run 10x a request's budget */
 
 /* Something to do when the host retires (lhost_on_retire). */
 struct lhost_hook {
@@ -41,17 +41,16 @@ const char *lhost_error_text(lua_State *L, int idx) {
 
 /* ---- state set-up ---- */
 
-static const char lhost_runner_source[] =
-    "return function(befores, handler, req)\n"
-    "  for i = 1, #befores do\n"
-    "    local status, body, headers = befores[i](req)\n"
-    "    if status ~= nil then return status, body, headers end\n"
-    "  end\n"
-    "  if handler then\n"
-    "    local status, body, headers = handler(req)\n"
-    "    return status, body, headers\n"
-    "  end\n"
-    "end\n";
+static const char lhost_runner_source[] = "return function(befores, handler, req)\n"
+                                          "  for i = 1, #befores do\n"
+                                          "    local status, body, headers = befores[i](req)\n"
+                                          "    if status ~= nil then return status, body, headers end\n"
+                                          "  end\n"
+                                          "  if handler then\n"
+                                          "    local status, body, headers = handler(req)\n"
+                                          "    return status, body, headers\n"
+                                          "  end\n"
+                                          "end\n";
 
 /* Registers what every host keeps in the registry: the coroutine body, the before hooks,
  * a private cjson encoder and the table of running coroutines (protected; argument 1 is
@@ -161,7 +160,7 @@ int lhost_create(const lhost_options *o, lhost **out, char *err, size_t errlen) 
     lbudget *outer = lbudget_enter(&load);
     int rc = lua_pcall(L, 0, 0, -2);
     lbudget_enter(outer);
-    lstate_limit_thread(L);         /* a long load may have left the hook at every instruction */
+    lstate_limit_thread(L); /* a long load may have left the hook at every instruction */
     h->loading = 0;
     if (rc != LUA_OK) {
         snprintf(err, errlen, "%s", lhost_error_text(L, -1));
@@ -188,7 +187,7 @@ int lhost_attach(lua_State *L, const lhost_options *o, lhost **out, char *err, s
         return -1;
     }
     h->L = L;
-    h->loading = 1;         /* routes may be added until the server starts */
+    h->loading = 1; /* routes may be added until the server starts */
     if (lhost_protected(L, lhost_init_refs, h, 0) != LUA_OK) {
         snprintf(err, errlen, "cannot set up tokend: %s", lhost_error_text(L, -1));
         lua_pop(L, 1);
@@ -201,7 +200,7 @@ int lhost_attach(lua_State *L, const lhost_options *o, lhost **out, char *err, s
 
 static void lhost_release_ref(void *ud, int ref) {
     lhost *h = ud;
-    if (!h->owns_state) luaL_unref(h->L, LUA_REGISTRYINDEX, ref);  /* an owned state goes whole */
+    if (!h->owns_state) luaL_unref(h->L, LUA_REGISTRYINDEX, ref); /* an owned state goes whole */
 }
 
 /* Runs and forgets the retire hooks. */
@@ -215,7 +214,7 @@ static void lhost_run_hooks(lhost *h) {
 }
 
 void lhost_serve(lhost *h, const lhost_world *w) {
-    if (!w) {               /* the world they run in is going away */
+    if (!w) { /* the world they run in is going away */
         lhost_run_hooks(h);
         lhosttask_drop_all(h);
     }
@@ -231,7 +230,7 @@ void lhost_enter(lhost *h, const lhost_world *w) {
 void lhost_on_retire(lhost *h, void (*fn)(void *ud), void *ud) {
     lhost_hook *k = malloc(sizeof *k);
     if (!k) {
-        fn(ud);     /* no memory to remember it: as if retired at once */
+        fn(ud); /* no memory to remember it: as if retired at once */
         return;
     }
     k->fn = fn;
@@ -269,10 +268,18 @@ void lhost_free(lhost *h) {
 
 /* ---- for the parts of the Lua API ---- */
 
-lua_State *lhost_state(const lhost *h) { return h->L; }
-int lhost_loading(const lhost *h) { return h->loading; }
-const lhost_world *lhost_world_of(const lhost *h) { return h->world; }
-size_t lhost_running(const lhost *h) { return h->running; }
+lua_State *lhost_state(const lhost *h) {
+    return h->L;
+}
+int lhost_loading(const lhost *h) {
+    return h->loading;
+}
+const lhost_world *lhost_world_of(const lhost *h) {
+    return h->world;
+}
+size_t lhost_running(const lhost *h) {
+    return h->running;
+}
 
 void lhost_check_loading(lua_State *L, const lhost *h, const char *fn) {
     if (!h->loading) luaL_error(L, "tokend.%s: only while the script loads (not in a handler or a timer)", fn);
@@ -289,13 +296,11 @@ int lhost_add_route(lhost *h, lua_State *L, const char *method, const char *path
     return 0;
 }
 
-int lhost_add_static(lhost *h, const char *prefix, const char *dir, const static_options *o, char *err,
-                     size_t errlen) {
+int lhost_add_static(lhost *h, const char *prefix, const char *dir, const static_options *o, char *err, size_t errlen) {
     return static_mount(h->statics, prefix, dir, o, err, errlen);
 }
 
-int lhost_add_proxy(lhost *h, const char *prefix, const char *url, const proxy_options *o, char *err,
-                    size_t errlen) {
+int lhost_add_proxy(lhost *h, const char *prefix, const char *url, const proxy_options *o, char *err, size_t errlen) {
     return proxy_mount(h->proxies, prefix, url, o, err, errlen);
 }
 

@@ -30,39 +30,39 @@ typedef struct lhost_info {
     int worker;
     int api_key_configured;
     int redis_configured;
-    const url_region *regions;      /* AssemblyAI's data zones by name (ASSEMBLYAI_REGION_URLS) */
+    const url_region *regions; /* AssemblyAI's data zones by name (ASSEMBLYAI_REGION_URLS) */
     size_t nregions;
-    const url_endpoints *agents;    /* the Voice Agent API's endpoints (ASSEMBLYAI_AGENTS_URL) */
-    int tls_port;               /* the port that speaks HTTPS, 0 when none */
-    int dev;                    /* the development server (--dev) */
+    const url_endpoints *agents; /* the Voice Agent API's endpoints (ASSEMBLYAI_AGENTS_URL) */
+    int tls_port;                /* the port that speaks HTTPS, 0 when none */
+    int dev;                     /* the development server (--dev) */
 } lhost_info;
 
 /* What a state's library calls reach: the worker's loop and clients, and the state all
  * workers share. Borrowed by the host; it must outlive it. */
 typedef struct lhost_world {
-    int serves;                 /* 1: a server's worker; 0: the Lua module's own, outside a server */
+    int serves; /* 1: a server's worker; 0: the Lua module's own, outside a server */
     loop *lp;
-    fetch *client;              /* outgoing HTTP (tokend.http) */
+    fetch *client; /* outgoing HTTP (tokend.http) */
     upstream *up;
-    policy_buckets *buckets;    /* the rate limiters' buckets, shared by all workers */
-    struct shdict_registry *shared;  /* tokend.shared's dictionaries, shared by all workers */
-    struct pool_registry *pools;     /* tokend.pool's pools, idem */
-    struct envfile *env;        /* the .env file tokend.env reads after the environment, or NULL */
-    struct redis_client *redis; /* the worker's connection to Redis, or NULL when none is configured */
+    policy_buckets *buckets;        /* the rate limiters' buckets, shared by all workers */
+    struct shdict_registry *shared; /* tokend.shared's dictionaries, shared by all workers */
+    struct pool_registry *pools;    /* tokend.pool's pools, idem */
+    struct envfile *env;            /* the .env file tokend.env reads after the environment, or NULL */
+    struct redis_client *redis;     /* the worker's connection to Redis, or NULL when none is configured */
     const lhost_info *info;
-    struct relay_hub *relay;    /* the worker's relayed sessions, or NULL outside a server */
+    struct relay_hub *relay; /* the worker's relayed sessions, or NULL outside a server */
 } lhost_world;
 
 /* Pushes the `tokend` module table for h onto L (raises on failure). */
 typedef int lhost_open_fn(lua_State *L, lhost *h);
 
 typedef struct lhost_options {
-    const char *script;             /* the routes script (lhost_create only) */
-    size_t memory_limit;            /* bytes the state may hold (lhost_create only) */
-    long instruction_limit;         /* VM instructions one request may run */
+    const char *script;     /* the routes script (lhost_create only) */
+    size_t memory_limit;    /* bytes the state may hold (lhost_create only) */
+    long instruction_limit; /* VM instructions one request may run */
     size_t max_query_args;
-    const lhost_world *world;       /* where library calls run */
-    lhost_open_fn *open_module;     /* require "tokend" (lhost_create only) */
+    const lhost_world *world;   /* where library calls run */
+    lhost_open_fn *open_module; /* require "tokend" (lhost_create only) */
 } lhost_options;
 
 /* Creates a state with its limits, makes `require "tokend"` give open_module's table and
@@ -124,12 +124,10 @@ int lhost_add_route(lhost *h, lua_State *L, const char *method, const char *path
                     char *err, size_t errlen);
 
 /* Serves the files under dir for paths under prefix. Returns 0, or -1 with err set. */
-int lhost_add_static(lhost *h, const char *prefix, const char *dir, const static_options *o, char *err,
-                     size_t errlen);
+int lhost_add_static(lhost *h, const char *prefix, const char *dir, const static_options *o, char *err, size_t errlen);
 
 /* Forwards the requests under prefix to the backend at url. Returns 0, or -1 with err set. */
-int lhost_add_proxy(lhost *h, const char *prefix, const char *url, const proxy_options *o, char *err,
-                    size_t errlen);
+int lhost_add_proxy(lhost *h, const char *prefix, const char *url, const proxy_options *o, char *err, size_t errlen);
 
 /* Appends the function at stack index idx to the before hooks. */
 void lhost_add_before(lhost *h, lua_State *L, int idx);
@@ -165,8 +163,8 @@ typedef int lhost_push_fn(lua_State *L, void *ud);
 /* Like lhost_spawn, with arguments (push(L, push_ud)) and results: done(ud, ...) is
  * called once when it ends, unless the host is freed first; when it cannot start, done
  * is called with ok 0 before this returns -1. Returns 0 once started. */
-int lhost_call(lhost *h, int fn_ref, const char *what, lhost_push_fn *push, void *push_ud,
-               lhost_call_done_fn *done, void *ud);
+int lhost_call(lhost *h, int fn_ref, const char *what, lhost_push_fn *push, void *push_ud, lhost_call_done_fn *done,
+               void *ud);
 
 /* Counts something that still calls into the host's state from outside a task (a
  * relayed session, whose hooks run later) as running: a host retired by a reload is not
@@ -183,8 +181,7 @@ typedef void lhost_cancel_fn(void *op);
  * index idx as its first result; when it returns anything else or fails, drop(ud) is
  * called instead. One of them is called once, after the handler ended. A later takeover
  * drops an earlier one. Outside a request handler, calls drop(ud) and raises. */
-void lhost_request_takeover(lhost *h, lua_State *L, int idx, lhost_takeover_fn *start, lhost_cancel_fn *drop,
-                            void *ud);
+void lhost_request_takeover(lhost *h, lua_State *L, int idx, lhost_takeover_fn *start, lhost_cancel_fn *drop, void *ud);
 
 /* ---- waiting on the outside world (the upstream, an HTTP server, Redis) ---- */
 

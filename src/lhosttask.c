@@ -13,7 +13,7 @@
 #include "lstate.h"
 #include "url.h"
 
-#define LHOST_POOLED_COROUTINES 4096     /* finished coroutines kept for the next requests */
+#define LHOST_POOLED_COROUTINES 4096 /* finished coroutines kept for the next requests */
 
 static void lhosttask_done(lhost_task *t);
 static void lhosttask_answer_unhandled(lhost *h, http_request *req, int route_status, const char *allow);
@@ -252,7 +252,7 @@ static int lhosttask_take_over(lhost_task *t, int nres) {
         lhosttask_takeover_end(t, 0);
         return 0;
     }
-    lhosttask_takeover_end(t, 1);      /* the request is the takeover's now */
+    lhosttask_takeover_end(t, 1); /* the request is the takeover's now */
     lhosttask_done(t);
     return 1;
 }
@@ -305,9 +305,10 @@ static void lhosttask_resume(lhost_task *t, int nargs) {
     int nres = 0;
     int rc = lstate_resume(t->co, t->h->L, nargs, &nres, &t->budget);
     if (rc == LUA_YIELD) {
-        if (t->wait.op) return;     /* waiting on the outside world */
-        lhosttask_fail(t, t->req ? "the handler yielded outside a tokend call that waits"
-                             : "it yielded outside a tokend call that waits");
+        if (t->wait.op) return; /* waiting on the outside world */
+        lhosttask_fail(t,
+                       t->req ? "the handler yielded outside a tokend call that waits"
+                              : "it yielded outside a tokend call that waits");
         return;
     }
     if (rc != LUA_OK) {
@@ -359,8 +360,8 @@ void lhost_dispatch(void *ud, http_request *req) {
         return;
     }
     if (t->bad_query) {
-        http_request_fail(req, 400, t->bad_query == URL_ERR_TOO_MANY ? "too many query arguments"
-                                                                      : "malformed query string");
+        http_request_fail(req, 400,
+                          t->bad_query == URL_ERR_TOO_MANY ? "too many query arguments" : "malformed query string");
         lhosttask_done(t);
         return;
     }
@@ -379,7 +380,7 @@ int lhost_spawn(lhost *h, int fn_ref, const char *what, lhost_task_done_fn *done
         char why[600];
         snprintf(why, sizeof why, "cannot start: %s", lhost_error_text(h->L, -1));
         lua_pop(h->L, 1);
-        t->done = NULL;     /* not started: the caller hears of it by the result */
+        t->done = NULL; /* not started: the caller hears of it by the result */
         lhosttask_fail(t, why);
         return -1;
     }
@@ -389,8 +390,8 @@ int lhost_spawn(lhost *h, int fn_ref, const char *what, lhost_task_done_fn *done
     return 0;
 }
 
-int lhost_call(lhost *h, int fn_ref, const char *what, lhost_push_fn *push, void *push_ud,
-               lhost_call_done_fn *done, void *ud) {
+int lhost_call(lhost *h, int fn_ref, const char *what, lhost_push_fn *push, void *push_ud, lhost_call_done_fn *done,
+               void *ud) {
     lhost_task *t = lhosttask_new(h);
     if (!t) {
         log_msg(LOG_ERROR, "%s: out of memory", what);
@@ -404,7 +405,7 @@ int lhost_call(lhost *h, int fn_ref, const char *what, lhost_push_fn *push, void
         char why[600];
         snprintf(why, sizeof why, "cannot start: %s", lhost_error_text(h->L, -1));
         lua_pop(h->L, 1);
-        lhosttask_fail(t, why);         /* not started: the caller hears of it by the result */
+        lhosttask_fail(t, why); /* not started: the caller hears of it by the result */
         return -1;
     }
     t->call_done = done;
@@ -429,7 +430,7 @@ void lhost_request_takeover(lhost *h, lua_State *L, int idx, lhost_takeover_fn *
         luaL_error(L, "only a request handler can hand its request over");
         return;
     }
-    lhosttask_takeover_end(t, 0);       /* an earlier one is dropped */
+    lhosttask_takeover_end(t, 0); /* an earlier one is dropped */
     lua_pushvalue(L, idx);
     t->takeover_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     t->takeover = start;
@@ -464,8 +465,10 @@ lhost_waiter *lhost_wait_begin(lhost *h, lua_State *L, const char *fn, const lho
         *world = h->own_world;
         return &h->blocking;
     }
-    luaL_error(L, "%s must be called from a request handler or a timer (not while the script loads, nor "
-                  "inside a coroutine of its own or a callback from C)", fn);
+    luaL_error(L,
+               "%s must be called from a request handler or a timer (not while the script loads, nor "
+               "inside a coroutine of its own or a callback from C)",
+               fn);
     return NULL;
 }
 
@@ -481,7 +484,7 @@ int lhost_wait(lhost_waiter *w, lua_State *L, lhost_cancel_fn *cancel, void *op)
         w->op = NULL;
         return luaL_error(L, "tokend: the event loop failed while waiting");
     }
-    if (w->nres < 0) return lua_error(L);      /* the push failed: its error is on top */
+    if (w->nres < 0) return lua_error(L); /* the push failed: its error is on top */
     return lua_gettop(L) - top;
 }
 
@@ -549,4 +552,3 @@ void lhosttask_drop_all(lhost *h) {
         h->running--;
     }
 }
-

@@ -57,7 +57,7 @@ static void lhttp_set_headers(lua_State *L, const char *p, const char *end) {
             while (v < ve && (*v == ' ' || *v == '\t')) v++;
             while (ve > v && (ve[-1] == '\r' || ve[-1] == ' ' || ve[-1] == '\t')) ve--;
             lua_pushvalue(L, -1);
-            if (lua_rawget(L, -3) == LUA_TSTRING) {     /* repeated: joined like req.headers */
+            if (lua_rawget(L, -3) == LUA_TSTRING) { /* repeated: joined like req.headers */
                 lua_pushliteral(L, ", ");
                 lua_pushlstring(L, v, (size_t)(ve - v));
                 lua_concat(L, 3);
@@ -81,8 +81,7 @@ static int lhttp_push_result(lua_State *L, void *ud) {
         luaL_pushfail(L);
         if (r->failure == FAILURE_TOO_LARGE)
             lua_pushfstring(L, "too large: the answer is larger than %d bytes (max_body_bytes)", (int)c->max_body);
-        else
-            lua_pushfstring(L, "%s: %s", kind, log_redact(why, sizeof why, r->error));
+        else lua_pushfstring(L, "%s: %s", kind, log_redact(why, sizeof why, r->error));
         lua_pushstring(L, kind);
         return 3;
     }
@@ -135,8 +134,8 @@ static lua_Integer lhttp_opt_int(lua_State *L, const char *field, lua_Integer df
  * Passed on from a client by a script, they could make the backend read the body another
  * way than libcurl sends it, and the worker's kept-alive connection to it would desync. */
 static int lhttp_hop_by_hop(const char *name) {
-    static const char *const names[] = { "Content-Length", "Transfer-Encoding", "Connection", "Keep-Alive",
-                                         "Upgrade", "TE" };
+    static const char *const names[] = { "Content-Length", "Transfer-Encoding", "Connection",
+                                         "Keep-Alive",     "Upgrade",           "TE" };
     for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
         if (strcasecmp(name, names[i]) == 0) return 1;
     return 0;
@@ -154,8 +153,7 @@ static lsecret_buf *lhttp_push_header_lines(lua_State *L, int json) {
         lua_pushnil(L);
         while (lua_next(L, -2)) {
             size_t nlen;
-            if (lua_type(L, -2) != LUA_TSTRING)
-                luaL_error(L, "tokend.http.request: headers must map names to strings");
+            if (lua_type(L, -2) != LUA_TSTRING) luaL_error(L, "tokend.http.request: headers must map names to strings");
             const char *name = lua_tolstring(L, -2, &nlen);
             if (!nlen || strpbrk(name, ":\r\n \t") || strlen(name) != nlen)
                 luaL_error(L, "tokend.http.request: header \"%s\" has a bad name or value", name);
@@ -168,7 +166,7 @@ static lsecret_buf *lhttp_push_header_lines(lua_State *L, int json) {
                 if (b->data[i] == '\r' || b->data[i] == '\n' || b->data[i] == '\0')
                     luaL_error(L, "tokend.http.request: header \"%s\" has a bad name or value", name);
             lsecret_buf_add(L, b, "", 1);
-            if (lhttp_hop_by_hop(name)) {           /* checked, then left out */
+            if (lhttp_hop_by_hop(name)) { /* checked, then left out */
                 explicit_bzero(b->data + start, b->len - start);
                 b->len = start;
             }
@@ -178,8 +176,10 @@ static lsecret_buf *lhttp_push_header_lines(lua_State *L, int json) {
         }
     }
     lua_pop(L, 1);
-    if (!has_agent) lsecret_buf_add(L, b, "User-Agent: tokend/" TOKEND_VERSION, sizeof "User-Agent: tokend/" TOKEND_VERSION);
-    if (json && !has_type) lsecret_buf_add(L, b, "Content-Type: application/json", sizeof "Content-Type: application/json");
+    if (!has_agent)
+        lsecret_buf_add(L, b, "User-Agent: tokend/" TOKEND_VERSION, sizeof "User-Agent: tokend/" TOKEND_VERSION);
+    if (json && !has_type)
+        lsecret_buf_add(L, b, "Content-Type: application/json", sizeof "Content-Type: application/json");
     return b;
 }
 
@@ -213,7 +213,7 @@ static lsecret_buf *lhttp_push_url(lua_State *L, const char *url) {
     if (lua_getfield(L, 2, "query") != LUA_TNIL) {
         luaL_argcheck(L, lua_istable(L, -1), 2, "query must be a table");
         luaL_argcheck(L, !strchr(url, '#'), 2, "a URL with a fragment cannot take a query");
-        lua_newtable(L);                            /* the names, sorted */
+        lua_newtable(L); /* the names, sorted */
         lua_Integer n = 0;
         lua_pushnil(L);
         while (lua_next(L, -3)) {
@@ -221,8 +221,8 @@ static lsecret_buf *lhttp_push_url(lua_State *L, const char *url) {
             lua_pop(L, 1);
             lua_pushvalue(L, -1);
             lua_Integer at = ++n;
-            for (; at > 1; at--) {                  /* insertion: a query has a few names */
-                lua_rawgeti(L, -3, at - 1);         /* names, key, the copy, the name before */
+            for (; at > 1; at--) {          /* insertion: a query has a few names */
+                lua_rawgeti(L, -3, at - 1); /* names, key, the copy, the name before */
                 if (!lua_compare(L, -2, -1, LUA_OPLT)) {
                     lua_pop(L, 1);
                     break;
@@ -246,7 +246,7 @@ static lsecret_buf *lhttp_push_url(lua_State *L, const char *url) {
         }
         lua_pop(L, 1);
     }
-    lua_pop(L, 2);                                  /* query, value */
+    lua_pop(L, 2); /* query, value */
     return b;
 }
 
@@ -268,7 +268,8 @@ static int lhttp_request(lua_State *L) {
     lua_getfield(L, 2, "method");
     const char *method = luaL_optstring(L, -1, "GET");
     for (const char *p = method; *p; p++)
-        if (!isupper((unsigned char)*p) || p - method > 15) return luaL_argerror(L, 2, "method must be an upper-case HTTP method");
+        if (!isupper((unsigned char)*p) || p - method > 15)
+            return luaL_argerror(L, 2, "method must be an upper-case HTTP method");
     lua_getfield(L, 2, "body");
     const char *body = luaL_optlstring(L, -1, NULL, &body_len);
     long timeout = (long)lhttp_opt_int(L, "timeout_ms", LHTTP_TIMEOUT_MS, 1, LHTTP_MAX_TIMEOUT_MS);
@@ -294,10 +295,15 @@ static int lhttp_request(lua_State *L) {
     c->w = w;
     c->max_body = max_body;
     fetch_request rq = {
-        .method = method, .url = target->data, .headers = c->headers, .body = body, .body_len = body_len,
-        .timeout_ms = timeout, .max_body = max_body,
+        .method = method,
+        .url = target->data,
+        .headers = c->headers,
+        .body = body,
+        .body_len = body_len,
+        .timeout_ms = timeout,
+        .max_body = max_body,
     };
-    c->transfer = fetch_start(world->client, &rq, lhttp_on_done, c);     /* copies the URL and the body */
+    c->transfer = fetch_start(world->client, &rq, lhttp_on_done, c); /* copies the URL and the body */
     lsecret_buf_clear(target);
     if (json) lsecret_buf_clear(json);
     if (!c->transfer) {

@@ -3,21 +3,21 @@
 #include "llib.h"
 
 #define LINIT_LIBS(X) \
-    X(lroutelib_open)       /* route, static, before */ \
-    X(ltokenlib_open)       /* generate_temp_token */ \
-    X(lpolicylib_open)      /* limiter, origins */ \
-    X(lopslib_open)         /* log, config, metrics, stats, version */ \
-    X(lcryptolib_open)      /* crypto */ \
-    X(lhttplib_open)        /* http */ \
-    X(lsharedlib_open)      /* shared */ \
-    X(ltimerlib_open)       /* timer */ \
-    X(lcookielib_open)      /* cookie */ \
-    X(ljwtlib_open)         /* jwt */ \
-    X(lredislib_open)       /* redis */ \
-    X(lpoollib_open)        /* pool */ \
-    X(lsecretlib_open)      /* secret */ \
-    X(lproxylib_open)       /* proxy */ \
-    X(lrelaylib_open)       /* relay */
+    X(lroutelib_open)  /* route, static, before */ \
+    X(ltokenlib_open)  /* generate_temp_token */ \
+    X(lpolicylib_open) /* limiter, origins */ \
+    X(lopslib_open)    /* log, config, metrics, stats, version */ \
+    X(lcryptolib_open) /* crypto */ \
+    X(lhttplib_open)   /* http */ \
+    X(lsharedlib_open) /* shared */ \
+    X(ltimerlib_open)  /* timer */ \
+    X(lcookielib_open) /* cookie */ \
+    X(ljwtlib_open)    /* jwt */ \
+    X(lredislib_open)  /* redis */ \
+    X(lpoollib_open)   /* pool */ \
+    X(lsecretlib_open) /* secret */ \
+    X(lproxylib_open)  /* proxy */ \
+    X(lrelaylib_open)  /* relay */
 
 #define LINIT_DECLARE(open) llib_open_fn open;
 LINIT_LIBS(LINIT_DECLARE)

@@ -9,7 +9,7 @@ typedef struct list_node {
 } list_node;
 
 /* The element of type holding node n in its member. */
-#define list_entry(n, type, member) ((type *)(void *)((char *)(n) - offsetof(type, member)))
+#define list_entry(n, type, member) ((type *)(void *)((char *)(n)-offsetof(type, member)))
 
 /* Makes head an empty list (or n an unlinked node). Every head and node must be
  * initialised, or linked, before any other call. */

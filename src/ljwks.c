@@ -11,18 +11,18 @@
 #include "log.h"
 #include "shdict.h"
 
-#define LJWKS_FETCH_MS 3000             /* deadline of a JWKS fetch */
+#define LJWKS_FETCH_MS 3000 /* deadline of a JWKS fetch */
 #define LJWKS_MAX_BYTES (256 * 1024)
-#define LJWKS_CACHE "tokend.jwks"       /* registry: URL -> its ljwks, [0] the ljwks_cache */
-#define LJWKS_SHARED "tokend.jwt"       /* the shared dictionary of documents, refetch times, failures */
-#define LJWKS_SHARED_BYTES (8 * 1024 * 1024)   /* its byte bound: JWKS documents are a few KiB */
+#define LJWKS_CACHE "tokend.jwks"            /* registry: URL -> its ljwks, [0] the ljwks_cache */
+#define LJWKS_SHARED "tokend.jwt"            /* the shared dictionary of documents, refetch times, failures */
+#define LJWKS_SHARED_BYTES (8 * 1024 * 1024) /* its byte bound: JWKS documents are a few KiB */
 
 /* A call waiting for a fetch. */
 typedef struct ljwks_waiter {
     ljwks *jwks;
     lhost_waiter *w;
-    int call_ref;                       /* registry: the values the call kept */
-    int n;                              /* their number */
+    int call_ref; /* registry: the values the call kept */
+    int n;        /* their number */
     ljwks_resume_fn *resume;
     struct ljwks_waiter *next;
 } ljwks_waiter;
@@ -31,14 +31,14 @@ struct ljwks {
     struct ljwks_cache *cache;
     char url[512];
     lua_CFunction parse;
-    int keys_ref;                       /* registry: the keys, LUA_NOREF before the first good fetch */
-    uint64_t fetched_ms;                /* when they were fetched */
-    uint64_t ttl_ms;                    /* jwks_ttl of the last call */
-    uint64_t failed_ms;                 /* the last failed fetch, 0 when it worked */
+    int keys_ref;        /* registry: the keys, LUA_NOREF before the first good fetch */
+    uint64_t fetched_ms; /* when they were fetched */
+    uint64_t ttl_ms;     /* jwks_ttl of the last call */
+    uint64_t failed_ms;  /* the last failed fetch, 0 when it worked */
     char error[300];
     fetch_call *fetching;
     ljwks_waiter *waiters;
-    struct ljwks *next;                 /* the cache's list */
+    struct ljwks *next; /* the cache's list */
 };
 
 /* The JWKS URLs of one state: a registry userdata, with a retire hook. */
@@ -47,7 +47,7 @@ typedef struct ljwks_cache {
     lua_State *L;
     ljwks *first;
     int stopped;
-    shdict *shared;                     /* LJWKS_SHARED once opened (see ljwks_shared) */
+    shdict *shared; /* LJWKS_SHARED once opened (see ljwks_shared) */
 } ljwks_cache;
 
 /* Pushes the outcome of a waiting call (through lhost_wake): resume with its values. */

@@ -8,8 +8,8 @@
 
 #include "lhost.h"
 
-#define LJWKS_REFETCH_S 30              /* an unknown kid refetches at most this often, all workers together */
-#define LJWKS_FAILED_S 30               /* after a failed fetch, the next waits this long */
+#define LJWKS_REFETCH_S 30 /* an unknown kid refetches at most this often, all workers together */
+#define LJWKS_FAILED_S 30  /* after a failed fetch, the next waits this long */
 
 /* What one Lua state knows of one JWKS URL: the keys of its last good document, when it
  * was fetched, the last failure, a fetch going on and the calls waiting for it. */

@@ -12,14 +12,14 @@
 #include "llib.h"
 #include "lsecret.h"
 
-#define LJWT_MAX_BYTES 8192             /* tokens longer than this are refused unread */
-#define LJWT_LEEWAY_S 30                /* clock skew allowed on exp and nbf */
-#define LJWT_JWKS_TTL_S 600             /* a JWKS is fetched again after this */
+#define LJWT_MAX_BYTES 8192 /* tokens longer than this are refused unread */
+#define LJWT_LEEWAY_S 30    /* clock skew allowed on exp and nbf */
+#define LJWT_JWKS_TTL_S 600 /* a JWKS is fetched again after this */
 #define LJWT_MAX_KEYS 64
-#define LJWT_VERIFIED_SLOTS 256         /* signatures a key set remembers having verified */
+#define LJWT_VERIFIED_SLOTS 256 /* signatures a key set remembers having verified */
 #define LJWT_KEYSET "tokend.jwt.keyset"
-#define LJWT_KEYSETS "tokend.jwt.keysets"   /* registry: the content of opts.keys -> its key set; [0] their number */
-#define LJWT_KEYSETS_MAX 64                 /* key sets kept by content; one more empties the table */
+#define LJWT_KEYSETS "tokend.jwt.keysets" /* registry: the content of opts.keys -> its key set; [0] their number */
+#define LJWT_KEYSETS_MAX 64               /* key sets kept by content; one more empties the table */
 
 extern int luaopen_cjson_safe(lua_State *L);
 
@@ -39,15 +39,15 @@ static int ljwt_fail(lua_State *L, const char *kind, const char *fmt, ...) {
 /* ---- key sets ---- */
 
 typedef struct ljwt_key {
-    char kid[128];                      /* "" when the key has none */
-    char alg[16];                       /* the JWK's alg, "" when none */
+    char kid[128]; /* "" when the key has none */
+    char alg[16];  /* the JWK's alg, "" when none */
     crypto_key *key;
 } ljwt_key;
 
 /* A token whose signature a key of the set verified: the SHA-256 of its whole text. */
 typedef struct ljwt_verified {
     unsigned char digest[32];
-    size_t key;                         /* the key's index + 1; 0: an empty slot */
+    size_t key; /* the key's index + 1; 0: an empty slot */
 } ljwt_verified;
 
 /* Parsed keys, a userdata (its __gc frees them), and the tokens they verified lately (a
@@ -104,13 +104,14 @@ static int ljwt_add_jwk(lua_State *L, int idx, ljwt_keyset *ks, char *err, size_
     } else if (strcmp(kty, "OKP") == 0 && crv) {
         alen = ljwt_jwk_bytes(L, idx, "x", a, sizeof a);
         if (alen > 0) key = crypto_key_okp(crv, a, (size_t)alen, err, errlen);
-    }       /* "oct" keys are never taken from a key set: a public JWKS holds no secrets */
+    } /* "oct" keys are never taken from a key set: a public JWKS holds no secrets */
     size_t kidlen = 0, alglen = 0;
     const char *kid = llib_field_string(L, idx, NULL, "kid", &kidlen);
     const char *alg = llib_field_string(L, idx, NULL, "alg", &alglen);
-    if (key && ((kid && (kidlen >= sizeof ks->keys[0].kid || strlen(kid) != kidlen)) ||
-                (alg && (alglen >= sizeof ks->keys[0].alg || strlen(alg) != alglen)))) {
-        snprintf(err, errlen, "a JWK's kid or alg is too long or holds a NUL byte");     /* not comparable exactly */
+    if (key &&
+        ((kid && (kidlen >= sizeof ks->keys[0].kid || strlen(kid) != kidlen)) ||
+         (alg && (alglen >= sizeof ks->keys[0].alg || strlen(alg) != alglen)))) {
+        snprintf(err, errlen, "a JWK's kid or alg is too long or holds a NUL byte"); /* not comparable exactly */
         crypto_key_free(key);
         key = NULL;
     }
@@ -153,13 +154,13 @@ static void ljwt_push_keyset_of(lua_State *L, int idx) {
         idx = lua_gettop(L);
     }
     luaL_argcheck(L, lua_istable(L, idx), 2, "keys must be PEM, a JWK Set or a JWK (table or JSON)");
-    if (lua_getfield(L, idx, "keys") == LUA_TTABLE) {                 /* a JWK Set */
+    if (lua_getfield(L, idx, "keys") == LUA_TTABLE) { /* a JWK Set */
         for (lua_Integer i = 1; i <= (lua_Integer)lua_rawlen(L, -1); i++) {
             lua_rawgeti(L, -1, i);
             ljwt_add_jwk(L, -1, ks, err, sizeof err);
             lua_pop(L, 1);
         }
-    } else if (!ljwt_add_jwk(L, idx, ks, err, sizeof err)) {        /* one JWK, or PEM strings */
+    } else if (!ljwt_add_jwk(L, idx, ks, err, sizeof err)) { /* one JWK, or PEM strings */
         for (lua_Integer i = 1; i <= (lua_Integer)lua_rawlen(L, idx); i++) {
             size_t len;
             lua_rawgeti(L, idx, i);
@@ -211,18 +212,18 @@ static void ljwt_push_keys_content(lua_State *L, int idx) {
     luaL_buffinit(L, &b);
     luaL_addchar(&b, '\0');
     luaL_addchar(&b, n >= 0 ? 'S' : 'K');
-    for (lua_Integer i = 1; i <= n; i++) {      /* a JWK Set */
-        lua_getfield(L, idx, "keys");           /* each time: b may have moved the stack */
+    for (lua_Integer i = 1; i <= n; i++) { /* a JWK Set */
+        lua_getfield(L, idx, "keys");      /* each time: b may have moved the stack */
         lua_rawgeti(L, -1, i);
         ljwt_add_jwk_content(L, &b, 2);
     }
-    if (n < 0) {                                /* one JWK, or PEM strings */
+    if (n < 0) { /* one JWK, or PEM strings */
         lua_pushvalue(L, idx);
         ljwt_add_jwk_content(L, &b, 1);
         for (lua_Integer i = 1; i <= (lua_Integer)lua_rawlen(L, idx); i++) {
             size_t len = 0;
             const char *pem = lua_rawgeti(L, idx, i) == LUA_TSTRING ? lua_tolstring(L, -1, &len) : NULL;
-            lua_pop(L, 1);                      /* the table keeps the string */
+            lua_pop(L, 1); /* the table keeps the string */
             ljwt_add_part(&b, pem, len);
         }
     }
@@ -252,7 +253,7 @@ static ljwt_keyset *ljwt_push_keyset_of_opts(lua_State *L) {
         lua_rawgeti(L, cache, 0);
         lua_Integer n = lua_tointeger(L, -1);
         lua_pop(L, 1);
-        if (n >= LJWT_KEYSETS_MAX) {    /* a script making key sets without end: start again */
+        if (n >= LJWT_KEYSETS_MAX) { /* a script making key sets without end: start again */
             lua_newtable(L);
             lua_pushvalue(L, -1);
             lua_setfield(L, LUA_REGISTRYINDEX, LJWT_KEYSETS);
@@ -276,12 +277,12 @@ static ljwt_keyset *ljwt_push_keyset_of_opts(lua_State *L) {
 /* A token split into its parts, with the header's alg and kid. */
 typedef struct ljwt_token {
     const char *text;
-    size_t signed_len;                  /* header.payload */
+    size_t signed_len; /* header.payload */
     const char *payload;
     size_t payload_len;
     unsigned char sig[CRYPTO_MAX_SIGNATURE];
     size_t sig_len;
-    size_t len;                         /* of text */
+    size_t len; /* of text */
     char alg[16];
     char kid[128];
 } ljwt_token;
@@ -422,17 +423,19 @@ static int ljwt_check_claims(lua_State *L, const ljwt_token *t) {
     int has_exp = ljwt_numeric_date(L, claims, "exp", &exp), has_nbf = ljwt_numeric_date(L, claims, "nbf", &nbf);
     if (has_exp < 0 || has_nbf < 0 || ljwt_numeric_date(L, claims, "iat", &iat) < 0)
         return ljwt_fail(L, "malformed", "the token's %s is not a NumericDate (a JSON number)",
-                         has_exp < 0 ? "exp" : has_nbf < 0 ? "nbf" : "iat");
+                         has_exp < 0           ? "exp"
+                                 : has_nbf < 0 ? "nbf"
+                                               : "iat");
     if (!has_exp) {
         lua_getfield(L, 2, "require_exp");
         int optional = lua_isboolean(L, -1) && !lua_toboolean(L, -1);
         lua_pop(L, 1);
         if (!optional) return ljwt_fail(L, "malformed", "the token has no exp (expiry)");
-    } else if (now >= exp + leeway) {      /* valid before exp (RFC 7519 4.1.4) */
+    } else if (now >= exp + leeway) { /* valid before exp (RFC 7519 4.1.4) */
         return ljwt_fail(L, "expired", "the token expired");
     }
     if (has_nbf && now + leeway < nbf) return ljwt_fail(L, "not_yet_valid", "the token is not valid yet (nbf)");
-    if (lua_getfield(L, 2, "issuer") == LUA_TSTRING) {          /* nil or false: not checked */
+    if (lua_getfield(L, 2, "issuer") == LUA_TSTRING) { /* nil or false: not checked */
         lua_getfield(L, claims, "iss");
         if (!lua_rawequal(L, -1, -2) || lua_type(L, -1) != LUA_TSTRING)
             return ljwt_fail(L, "bad_issuer", "the token's issuer is not the one expected");
@@ -483,8 +486,9 @@ static int ljwt_check(lua_State *L, const ljwt_token *t, ljwt_keyset *ks) {
         }
     }
     if (!kid_known) return ljwt_fail(L, "unknown_key", "no key has the token's kid %s", t->kid);
-    if (!tried) return ljwt_fail(L, "bad_algorithm", "no key fits the token (alg %s%s%s)", t->alg,
-                                 t->kid[0] ? ", kid " : "", t->kid);
+    if (!tried)
+        return ljwt_fail(L, "bad_algorithm", "no key fits the token (alg %s%s%s)", t->alg, t->kid[0] ? ", kid " : "",
+                         t->kid);
     return ljwt_fail(L, "bad_signature", "the token's signature is not valid");
 }
 
@@ -554,7 +558,7 @@ static int ljwt_verify_jwks(lua_State *L, lhost *h, const ljwt_token *t, const c
         return ljwt_fail(L, "jwks_unavailable", "no key in hand has the token's kid %s, and %s", t->kid,
                          ljwks_error(j));
     }
-    if (ks && !ljwks_claim_refetch(j))          /* the provider may have rotated its keys: at most one look */
+    if (ks && !ljwks_claim_refetch(j)) /* the provider may have rotated its keys: at most one look */
         return ljwt_fail(L, "unknown_key", "no key has the token's kid %s (the JWKS was fetched lately)", t->kid);
     lua_pushvalue(L, 1);
     ljwt_push_opts_copy(L);
@@ -624,7 +628,8 @@ static int ljwt_sign(lua_State *L) {
     luaL_argcheck(L, !secret || slen > 0, 2, "the secret is empty");
     crypto_key *key = NULL;
     if (pem) {
-        if (!(key = crypto_key_from_pem(pem, klen, 1, err, sizeof err))) return luaL_error(L, "tokend.jwt.sign: %s", err);
+        if (!(key = crypto_key_from_pem(pem, klen, 1, err, sizeof err)))
+            return luaL_error(L, "tokend.jwt.sign: %s", err);
         static const char *const defaults[] = { "RS256", "ES256", "ES384", "EdDSA" };
         if (!alg) alg = defaults[crypto_key_kind_of(key)];
     } else if (!alg) {
@@ -687,7 +692,7 @@ void ljwtlib_open(lua_State *L, lhost *h) {
     llib_class(L, LJWT_KEYSET, (const luaL_Reg[]){ { NULL, NULL } }, ljwt_keyset_gc);
     lua_pushcfunction(L, luaopen_cjson_safe);
     lua_call(L, 0, 1);
-    lua_getfield(L, -1, "decode_invalid_numbers");      /* this instance's: NaN, Infinity, hex are not JSON */
+    lua_getfield(L, -1, "decode_invalid_numbers"); /* this instance's: NaN, Infinity, hex are not JSON */
     lua_pushboolean(L, 0);
     lua_call(L, 1, 0);
     lua_getfield(L, -1, "decode");

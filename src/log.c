@@ -15,17 +15,17 @@
 #include "log.h"
 
 #define LOG_LINE_MAX 8192
-#define LOG_FRAGMENT 8              /* this many characters of a secret in a row are redacted */
-#define LOG_GRAM_SLOTS 512          /* hash set of a secret's lower-cased 8-character pieces */
-#define LOG_THROTTLE_MS 1000        /* a throttled kind of message: one a second, then a count */
+#define LOG_FRAGMENT 8       /* this many characters of a secret in a row are redacted */
+#define LOG_GRAM_SLOTS 512   /* hash set of a secret's lower-cased 8-character pieces */
+#define LOG_THROTTLE_MS 1000 /* a throttled kind of message: one a second, then a count */
 #define LOG_THROTTLE_KINDS 16
 
 static int log_min_level = LOG_INFO;
 static int log_json = 0;
 static tokend_log_fn *log_sink = NULL;
 static void *log_sink_ud = NULL;
-static pthread_mutex_t log_lock = PTHREAD_MUTEX_INITIALIZER;   /* the throttles */
-static pthread_rwlock_t log_secrets_lock = PTHREAD_RWLOCK_INITIALIZER;   /* the secrets redacted */
+static pthread_mutex_t log_lock = PTHREAD_MUTEX_INITIALIZER;           /* the throttles */
+static pthread_rwlock_t log_secrets_lock = PTHREAD_RWLOCK_INITIALIZER; /* the secrets redacted */
 
 static const char *const log_level_names[] = { "debug", "info", "warn", "error" };
 
@@ -34,7 +34,7 @@ static const char *const log_level_names[] = { "debug", "info", "warn", "error" 
 typedef struct log_secret {
     char *text;
     size_t len;
-    uint64_t grams[LOG_GRAM_SLOTS];     /* 0 = empty slot */
+    uint64_t grams[LOG_GRAM_SLOTS]; /* 0 = empty slot */
 } log_secret;
 
 /* The secrets redacted from every line: the API key (log_set_secret), then the others
@@ -56,7 +56,7 @@ static size_t log_gram_slot(uint64_t g) {
 }
 
 static int log_gram_known(const log_secret *s, uint64_t g) {
-    if (!g) return 0;       /* eight NUL bytes (the empty slot's value): a secret has no NUL */
+    if (!g) return 0; /* eight NUL bytes (the empty slot's value): a secret has no NUL */
     for (size_t i = log_gram_slot(g);; i = (i + 1) & (LOG_GRAM_SLOTS - 1)) {
         if (s->grams[i] == g) return 1;
         if (!s->grams[i]) return 0;
@@ -96,8 +96,7 @@ typedef struct log_secret_set {
  * log_gram(src) when left >= LOG_FRAGMENT. */
 static size_t log_secret_at(const log_secret *s, const char *src, size_t left, uint64_t gram) {
     if (!s->len) return 0;
-    if (s->len < LOG_FRAGMENT)
-        return left >= s->len && strncasecmp(src, s->text, s->len) == 0 ? s->len : 0;
+    if (s->len < LOG_FRAGMENT) return left >= s->len && strncasecmp(src, s->text, s->len) == 0 ? s->len : 0;
     if (left < LOG_FRAGMENT || !log_gram_known(s, gram)) return 0;
     size_t n = LOG_FRAGMENT;
     while (n < left && log_gram_known(s, log_gram(src + n - LOG_FRAGMENT + 1))) n++;
@@ -126,7 +125,8 @@ static size_t log_scan(const log_secret_set *set, const char *src, size_t len, l
         if (!n) {
             run++;
             i++;
-            if (len - i >= LOG_FRAGMENT) gram = (gram << 8) | (uint8_t)tolower((unsigned char)src[i + LOG_FRAGMENT - 1]);
+            if (len - i >= LOG_FRAGMENT)
+                gram = (gram << 8) | (uint8_t)tolower((unsigned char)src[i + LOG_FRAGMENT - 1]);
             continue;
         }
         found++;
@@ -165,7 +165,7 @@ static char *log_scrub_with(char *dst, size_t dstlen, const char *src, const log
 
 char *log_scrub(char *dst, size_t dstlen, const char *src, const char *secret) {
     log_secret s;
-    if (log_secret_init(&s, secret) < 0) {      /* no memory to scrub with: keep nothing */
+    if (log_secret_init(&s, secret) < 0) { /* no memory to scrub with: keep nothing */
         if (dstlen) snprintf(dst, dstlen, "[redacted]");
         return dst;
     }
@@ -217,7 +217,7 @@ static int log_none_piece(void *ud, const char *text, size_t n) {
     (void)ud;
     (void)text;
     (void)n;
-    return 1;       /* the first secret found is enough */
+    return 1; /* the first secret found is enough */
 }
 
 int log_redact_mem(const char *src, size_t len, char **out, size_t *outlen) {
@@ -232,7 +232,7 @@ int log_redact_mem(const char *src, size_t len, char **out, size_t *outlen) {
         rc = g.failed ? -1 : 1;
     }
     pthread_rwlock_unlock(&log_secrets_lock);
-    if (rc == 1 && !g.data) log_grow_piece(&g, "", 0);     /* all of it was a secret */
+    if (rc == 1 && !g.data) log_grow_piece(&g, "", 0); /* all of it was a secret */
     if (rc == 1 && g.failed) rc = -1;
     if (rc < 0) {
         if (g.data) explicit_bzero(g.data, g.len);
@@ -427,8 +427,8 @@ void log_msg(int level, const char *fmt, ...) {
 /* A kind of message that outside events can repeat at will (a client resetting
  * connections): the first of each second is written, the others counted. */
 typedef struct log_throttle {
-    const char *kind;           /* static text; NULL = free slot */
-    uint64_t window_ms;         /* start of the current second */
+    const char *kind;   /* static text; NULL = free slot */
+    uint64_t window_ms; /* start of the current second */
     unsigned long suppressed;
     int level;
 } log_throttle;
@@ -445,8 +445,8 @@ static uint64_t log_now_ms(void) {
 static void log_throttle_report(log_throttle *t) {
     char msg[200];
     if (!t->suppressed) return;
-    snprintf(msg, sizeof msg, "%s: %lu more like the last in the past second (not written one by one)",
-             t->kind, t->suppressed);
+    snprintf(msg, sizeof msg, "%s: %lu more like the last in the past second (not written one by one)", t->kind,
+             t->suppressed);
     t->suppressed = 0;
     pthread_mutex_unlock(&log_lock);
     log_write(t->level, msg);
@@ -498,14 +498,15 @@ void log_access(const log_access_entry *e) {
     log_redact(path, sizeof path, e->path);
     log_timestamp(ts, sizeof ts);
     if (log_json) {
-        size_t o = (size_t)snprintf(line, sizeof line,
-            "{\"time\":\"%s\",\"level\":\"info\",\"type\":\"access\",\"client\":\"%s\",\"method\":\"",
-            ts, e->client);
+        size_t o = (size_t)snprintf(
+                line, sizeof line,
+                "{\"time\":\"%s\",\"level\":\"info\",\"type\":\"access\",\"client\":\"%s\",\"method\":\"", ts,
+                e->client);
         o = json_escape(line, o, sizeof line, e->method);
         o += (size_t)snprintf(line + o, sizeof line - o, "\",\"path\":\"");
         o = json_escape(line, o, sizeof line, path);
-        o += (size_t)snprintf(line + o, sizeof line - o,
-            "\",\"status\":%d,\"bytes\":%llu,\"duration_ms\":%.3f", e->status, e->bytes, e->duration_ms);
+        o += (size_t)snprintf(line + o, sizeof line - o, "\",\"status\":%d,\"bytes\":%llu,\"duration_ms\":%.3f",
+                              e->status, e->bytes, e->duration_ms);
         if (e->upstream_ms >= 0)
             o += (size_t)snprintf(line + o, sizeof line - o, ",\"upstream_ms\":%.3f", e->upstream_ms);
         o = log_append_fields(line, o, sizeof line - 2, e->fields, e->nfields);
@@ -519,15 +520,16 @@ void log_access(const log_access_entry *e) {
         size_t o = 0;
         for (const char *p = path; *p && o + 5 < sizeof safe_path; p++) {
             unsigned char c = (unsigned char)*p;
-            if (c < 0x20 || c == 0x7f || c == ' ') o += (size_t)snprintf(safe_path + o, sizeof safe_path - o, "%%%02X", c);
+            if (c < 0x20 || c == 0x7f || c == ' ')
+                o += (size_t)snprintf(safe_path + o, sizeof safe_path - o, "%%%02X", c);
             else safe_path[o++] = (char)c;
         }
         safe_path[o] = '\0';
         log_escape(safe_method, 0, sizeof safe_method, e->method);
-        int n = snprintf(line, sizeof line, "%s info  access %s %s %s %d %llu %.3fms upstream=%s",
-                         ts, e->client, safe_method, safe_path, e->status, e->bytes, e->duration_ms, up);
-        log_append_fields(line, n > 0 && (size_t)n < sizeof line ? (size_t)n : sizeof line - 1, sizeof line,
-                          e->fields, e->nfields);
+        int n = snprintf(line, sizeof line, "%s info  access %s %s %s %d %llu %.3fms upstream=%s", ts, e->client,
+                         safe_method, safe_path, e->status, e->bytes, e->duration_ms, up);
+        log_append_fields(line, n > 0 && (size_t)n < sizeof line ? (size_t)n : sizeof line - 1, sizeof line, e->fields,
+                          e->nfields);
     }
     log_emit(LOG_INFO, line);
 }

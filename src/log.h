@@ -6,27 +6,31 @@
 #include "tokend.h"
 
 /* Log levels, lowest first. A message is written when its level >= the configured one. */
-enum { LOG_DEBUG = TOKEND_LOG_DEBUG, LOG_INFO = TOKEND_LOG_INFO,
-       LOG_WARN = TOKEND_LOG_WARN, LOG_ERROR = TOKEND_LOG_ERROR };
+enum {
+    LOG_DEBUG = TOKEND_LOG_DEBUG,
+    LOG_INFO = TOKEND_LOG_INFO,
+    LOG_WARN = TOKEND_LOG_WARN,
+    LOG_ERROR = TOKEND_LOG_ERROR
+};
 
 /* A key = value pair added to a line: a script's (tokend.log.info(msg, fields), req.log)
  * or tokend's own (the audit of a mint). */
 typedef struct log_field {
     const char *key;
-    const char *value;      /* text */
-    int bare;               /* 1: a number or boolean, written unquoted in JSON */
+    const char *value; /* text */
+    int bare;          /* 1: a number or boolean, written unquoted in JSON */
 } log_field;
 
 /* One finished request, as the access log records it. */
 typedef struct log_access_entry {
-    const char *client;      /* client address text */
+    const char *client; /* client address text */
     const char *method;
-    const char *path;        /* path only: query values are never logged */
+    const char *path; /* path only: query values are never logged */
     int status;
-    unsigned long long bytes;     /* response body bytes */
-    double duration_ms;      /* from request start to response queued */
-    double upstream_ms;      /* time spent waiting on outside calls, -1 if none */
-    const log_field *fields; /* the script's req.log, appended to the line */
+    unsigned long long bytes; /* response body bytes */
+    double duration_ms;       /* from request start to response queued */
+    double upstream_ms;       /* time spent waiting on outside calls, -1 if none */
+    const log_field *fields;  /* the script's req.log, appended to the line */
     size_t nfields;
 } log_access_entry;
 

@@ -13,18 +13,18 @@
 typedef struct loop_watch_slot {
     loop_fd_fn *fn;
     void *ud;
-    unsigned events;            /* registered with epoll */
-    int parked;                 /* registered, but its events are not wanted now */
+    unsigned events; /* registered with epoll */
+    int parked;      /* registered, but its events are not wanted now */
 } loop_watch_slot;
 
 struct loop {
     int epfd;
     int wakefd;
-    loop_watch_slot *slots;     /* indexed by fd */
+    loop_watch_slot *slots; /* indexed by fd */
     int nslots;
-    loop_timer **heap;          /* 1-based binary min-heap on due_ms */
+    loop_timer **heap; /* 1-based binary min-heap on due_ms */
     size_t heap_len, heap_cap;
-    uint64_t now_ms;            /* the time of this round of dispatching */
+    uint64_t now_ms; /* the time of this round of dispatching */
     int dispatching;
 };
 
@@ -79,10 +79,16 @@ static int loop_grow_slots(loop *lp, int fd) {
 }
 
 int loop_watch(loop *lp, int fd, unsigned events, loop_fd_fn *fn, void *ud) {
-    if (fd < 0) { errno = EBADF; return -1; }
-    if (loop_grow_slots(lp, fd) < 0) { errno = ENOMEM; return -1; }
+    if (fd < 0) {
+        errno = EBADF;
+        return -1;
+    }
+    if (loop_grow_slots(lp, fd) < 0) {
+        errno = ENOMEM;
+        return -1;
+    }
     loop_watch_slot *slot = &lp->slots[fd];
-    if (slot->events == events && slot->fn == fn && slot->ud == ud) {     /* nothing changes */
+    if (slot->events == events && slot->fn == fn && slot->ud == ud) { /* nothing changes */
         slot->parked = 0;
         return 0;
     }
@@ -215,7 +221,7 @@ int loop_run_once(loop *lp, long max_wait_ms) {
             continue;
         }
         if (fd >= lp->nslots || !lp->slots[fd].fn) continue;
-        if (lp->slots[fd].parked) {     /* something happened on an idle socket: stop watching */
+        if (lp->slots[fd].parked) { /* something happened on an idle socket: stop watching */
             loop_watch(lp, fd, 0, NULL, NULL);
             continue;
         }

@@ -14,7 +14,7 @@ typedef void loop_timer_fn(void *ud);
 /* A timer owned by the caller (no allocation); zero-initialise before first use. */
 typedef struct loop_timer {
     uint64_t due_ms;
-    size_t heap_index;          /* 0 = not armed, else 1-based index in the heap */
+    size_t heap_index; /* 0 = not armed, else 1-based index in the heap */
     loop_timer_fn *fn;
     void *ud;
 } loop_timer;

@@ -16,7 +16,7 @@
 
 static const char *const lops_levels[] = { "debug", "info", "warn", "error" };
 
-#define LOPS_LOG_FIELDS 32     /* fields of one log line, at most */
+#define LOPS_LOG_FIELDS 32 /* fields of one log line, at most */
 
 /* Raises when an argument of a log call, or a value of its fields table, is a secret. */
 static void lops_refuse_secrets(lua_State *L, int n, int fields) {
@@ -35,7 +35,7 @@ static int lops_log(lua_State *L) {
     int level = (int)lua_tointeger(L, lua_upvalueindex(1));
     int n = lua_gettop(L);
     int fields = n > 0 && lua_type(L, n) == LUA_TTABLE && !luaL_getmetafield(L, n, "__tostring") ? n : 0;
-    lops_refuse_secrets(L, n, fields);      /* at every level: a mistake shows at once */
+    lops_refuse_secrets(L, n, fields); /* at every level: a mistake shows at once */
     if (!log_enabled(level)) return 0;
     luaL_Buffer b;
     luaL_buffinit(L, &b);
@@ -51,7 +51,8 @@ static int lops_log(lua_State *L) {
         lua_pushnil(L);
         while (lua_next(L, fields) && nf < LOPS_LOG_FIELDS) {
             int type = lua_type(L, -1);
-            if (lua_type(L, -2) == LUA_TSTRING && (type == LUA_TSTRING || type == LUA_TNUMBER || type == LUA_TBOOLEAN)) {
+            if (lua_type(L, -2) == LUA_TSTRING &&
+                (type == LUA_TSTRING || type == LUA_TNUMBER || type == LUA_TBOOLEAN)) {
                 /* the strings stay alive: the fields table holds them, booleans are literals */
                 f[nf].key = lua_tostring(L, -2);
                 f[nf].value = type == LUA_TBOOLEAN ? (lua_toboolean(L, -1) ? "true" : "false") : lua_tostring(L, -1);
@@ -96,9 +97,9 @@ static int lops_readonly(lua_State *L) {
 /* One value of tokend.config. */
 typedef struct lops_config_field {
     const char *name;
-    const char *text;           /* a string, or NULL */
+    const char *text; /* a string, or NULL */
     lua_Integer number;
-    int boolean;                /* 0 or 1 for a boolean, -1 otherwise */
+    int boolean; /* 0 or 1 for a boolean, -1 otherwise */
 } lops_config_field;
 
 #define LOPS_CONFIG_FIELDS 14
@@ -108,12 +109,20 @@ typedef struct lops_config_field {
 static void lops_config_fields(lua_State *L, lops_config_field out[LOPS_CONFIG_FIELDS]) {
     const lhost_info *in = lhost_world_of(lua_touserdata(L, lua_upvalueindex(1)))->info;
     const lops_config_field fields[LOPS_CONFIG_FIELDS] = {
-        { "host", in->host, 0, -1 }, { "port", NULL, in->port, -1 }, { "script", in->script, 0, -1 },
-        { "public", in->public_dir, 0, -1 }, { "streaming_url", in->streaming_url, 0, -1 },
-        { "token_url", in->token_url, 0, -1 }, { "websocket_url", in->websocket_url, 0, -1 },
-        { "workers", NULL, in->workers, -1 }, { "worker", NULL, in->worker, -1 },
-        { "api_key_configured", NULL, 0, in->api_key_configured }, { "redis", NULL, 0, in->redis_configured },
-        { "version", TOKEND_VERSION, 0, -1 }, { "tls_port", NULL, in->tls_port, -1 }, { "dev", NULL, 0, in->dev },
+        { "host", in->host, 0, -1 },
+        { "port", NULL, in->port, -1 },
+        { "script", in->script, 0, -1 },
+        { "public", in->public_dir, 0, -1 },
+        { "streaming_url", in->streaming_url, 0, -1 },
+        { "token_url", in->token_url, 0, -1 },
+        { "websocket_url", in->websocket_url, 0, -1 },
+        { "workers", NULL, in->workers, -1 },
+        { "worker", NULL, in->worker, -1 },
+        { "api_key_configured", NULL, 0, in->api_key_configured },
+        { "redis", NULL, 0, in->redis_configured },
+        { "version", TOKEND_VERSION, 0, -1 },
+        { "tls_port", NULL, in->tls_port, -1 },
+        { "dev", NULL, 0, in->dev },
     };
     memcpy(out, fields, sizeof fields);
 }
@@ -153,8 +162,8 @@ static int lops_config_pairs(lua_State *L) {
 
 /* Pushes the read-only tokend.config proxy. */
 static void lops_push_config(lua_State *L, lhost *h) {
-    lua_newtable(L);                          /* proxy */
-    lua_createtable(L, 0, 4);                 /* its metatable */
+    lua_newtable(L);          /* proxy */
+    lua_createtable(L, 0, 4); /* its metatable */
     lua_pushlightuserdata(L, h);
     lua_pushcclosure(L, lops_config_index, 1);
     lua_setfield(L, -2, "__index");
@@ -185,7 +194,7 @@ static int lops_stats(lua_State *L) {
 typedef struct lops_text {
     char *data;
     size_t len, cap;
-    int failed;                     /* an allocation failed: the text is incomplete */
+    int failed; /* an allocation failed: the text is incomplete */
 } lops_text;
 
 static int lops_metrics_write(void *ud, const char *text, size_t len) {
@@ -195,7 +204,10 @@ static int lops_metrics_write(void *ud, const char *text, size_t len) {
         size_t cap = t->cap ? t->cap : 8192;
         while (cap < t->len + len) cap *= 2;
         char *grown = realloc(t->data, cap);
-        if (!grown) { t->failed = 1; return -1; }
+        if (!grown) {
+            t->failed = 1;
+            return -1;
+        }
         t->data = grown;
         t->cap = cap;
     }

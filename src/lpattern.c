@@ -17,21 +17,21 @@
 
 #define LPATTERN_ESC '%'
 #define LPATTERN_SPECIALS "^$*+?.([%-"
-#define LPATTERN_MAX_CAPTURES 32        /* LUA_MAXCAPTURES */
-#define LPATTERN_MAX_DEPTH 200          /* nested matching calls, as Lua's MAXCCALLS */
-#define LPATTERN_CHARGE 1024            /* steps counted before they are charged at once */
-#define LPATTERN_UNFINISHED (-1)        /* a capture whose ')' is not matched yet */
-#define LPATTERN_POSITION (-2)          /* a position capture: () */
+#define LPATTERN_MAX_CAPTURES 32 /* LUA_MAXCAPTURES */
+#define LPATTERN_MAX_DEPTH 200   /* nested matching calls, as Lua's MAXCCALLS */
+#define LPATTERN_CHARGE 1024     /* steps counted before they are charged at once */
+#define LPATTERN_UNFINISHED (-1) /* a capture whose ')' is not matched yet */
+#define LPATTERN_POSITION (-2)   /* a position capture: () */
 
 typedef struct lpattern_state {
-    const char *src_init, *src_end;     /* the subject */
-    const char *p_end;                  /* end of the pattern */
-    lua_State *L;                       /* NULL for a search from C: errors jump to fail */
+    const char *src_init, *src_end; /* the subject */
+    const char *p_end;              /* end of the pattern */
+    lua_State *L;                   /* NULL for a search from C: errors jump to fail */
     jmp_buf *fail;
-    long steps_left;                    /* a search from C: its own limit */
-    int depth;                          /* matching calls left before "too complex" */
-    int level;                          /* captures open or closed */
-    long steps;                         /* steps not charged yet */
+    long steps_left; /* a search from C: its own limit */
+    int depth;       /* matching calls left before "too complex" */
+    int level;       /* captures open or closed */
+    long steps;      /* steps not charged yet */
     struct {
         const char *init;
         ptrdiff_t len;
@@ -72,7 +72,7 @@ static void lpattern_restart(lpattern_state *ms) {
  * anything else: itself). */
 static int lpattern_class(int c, int cl) {
     int in;
-    switch (cl | 0x20) {        /* tolower for the ASCII letters below; no other byte maps onto them */
+    switch (cl | 0x20) { /* tolower for the ASCII letters below; no other byte maps onto them */
     case 'a': in = isalpha(c); break;
     case 'c': in = iscntrl(c); break;
     case 'd': in = isdigit(c); break;
@@ -83,10 +83,10 @@ static int lpattern_class(int c, int cl) {
     case 'u': in = isupper(c); break;
     case 'w': in = isalnum(c); break;
     case 'x': in = isxdigit(c); break;
-    case 'z': in = c == 0; break;      /* NUL: deprecated in Lua 5.2, still in 5.4's lstrlib.c */
+    case 'z': in = c == 0; break; /* NUL: deprecated in Lua 5.2, still in 5.4's lstrlib.c */
     default: return cl == c;
     }
-    return cl <= 'Z' ? !in : in != 0;      /* cl is one of the letters above */
+    return cl <= 'Z' ? !in : in != 0; /* cl is one of the letters above */
 }
 
 /* Whether c is in the set p ('[') .. close (its ']'). */
@@ -118,13 +118,12 @@ static const char *lpattern_class_end(lpattern_state *ms, const char *p) {
         return p + 1;
     case '[':
         if (*p == '^') p++;
-        do {        /* the first character after '[' or '[^' is in the set, even a ']' */
+        do { /* the first character after '[' or '[^' is in the set, even a ']' */
             if (p == ms->p_end) lpattern_error(ms, "malformed pattern (missing ']')", 0);
             if (*(p++) == LPATTERN_ESC && p < ms->p_end) p++;
         } while (*p != ']');
         return p + 1;
-    default:
-        return p;
+    default: return p;
     }
 }
 
@@ -255,7 +254,7 @@ static const char *lpattern_match(lpattern_state *ms, const char *s, const char 
         }
         const char *ep = lpattern_class_end(ms, p);
         if (!lpattern_single(ms, s, p, ep)) {
-            if (*ep == '*' || *ep == '?' || *ep == '-') {       /* the item may match nothing */
+            if (*ep == '*' || *ep == '?' || *ep == '-') { /* the item may match nothing */
                 p = ep + 1;
                 continue;
             }
@@ -344,7 +343,7 @@ static int lpattern_find_or_match(lua_State *L, int find) {
         return 1;
     }
     if (find && (lua_toboolean(L, 4) || !lpattern_has_specials(p, lp))) {
-        if (lbudget_charge((long)((ls - init) / 64)) < 0)       /* memmem is linear */
+        if (lbudget_charge((long)((ls - init) / 64)) < 0) /* memmem is linear */
             return luaL_error(L, LBUDGET_ERROR " (in a string pattern search)");
         const char *hit = lp == 0 ? s + init : memmem(s + init, ls - init, p, lp);
         if (hit) {
@@ -396,7 +395,7 @@ int lpattern_search(const char *s, size_t ls, const char *p, size_t lp, long max
     jmp_buf fail;
     lpattern_state ms;
     int anchor = lp > 0 && *p == '^';
-    if (!lpattern_has_specials(p, lp)) return lp == 0 || memmem(s, ls, p, lp) != NULL;     /* as string.find */
+    if (!lpattern_has_specials(p, lp)) return lp == 0 || memmem(s, ls, p, lp) != NULL; /* as string.find */
     memset(&ms, 0, sizeof ms);
     lpattern_prepare(&ms, NULL, s, ls, p + anchor, lp - (size_t)anchor);
     ms.fail = &fail;
@@ -405,14 +404,18 @@ int lpattern_search(const char *s, size_t ls, const char *p, size_t lp, long max
     return lpattern_search_from(&ms, s, p + anchor, anchor);
 }
 
-static int lpattern_find(lua_State *L) { return lpattern_find_or_match(L, 1); }
-static int lpattern_match_fn(lua_State *L) { return lpattern_find_or_match(L, 0); }
+static int lpattern_find(lua_State *L) {
+    return lpattern_find_or_match(L, 1);
+}
+static int lpattern_match_fn(lua_State *L) {
+    return lpattern_find_or_match(L, 0);
+}
 
 /* The iterator state of string.gmatch, kept in a userdata. */
 typedef struct lpattern_iter {
-    const char *src;            /* where the next search starts */
+    const char *src; /* where the next search starts */
     const char *p;
-    const char *lastmatch;      /* end of the last match: an empty match may not end there again */
+    const char *lastmatch; /* end of the last match: an empty match may not end there again */
     lpattern_state ms;
 } lpattern_iter;
 
@@ -436,7 +439,7 @@ static int lpattern_gmatch(lua_State *L) {
     const char *s = luaL_checklstring(L, 1, &ls);
     const char *p = luaL_checklstring(L, 2, &lp);
     size_t init = lpattern_start(luaL_optinteger(L, 3, 1), ls);
-    lua_settop(L, 2);       /* the subject and the pattern stay alive as upvalues */
+    lua_settop(L, 2); /* the subject and the pattern stay alive as upvalues */
     lpattern_iter *it = lua_newuserdatauv(L, sizeof *it, 0);
     if (init > ls) init = ls + 1;
     lpattern_prepare(&it->ms, L, s, ls, p, lp);
@@ -487,7 +490,7 @@ static int lpattern_add_value(lpattern_state *ms, luaL_Buffer *b, const char *s,
         lpattern_add_string(ms, b, s, e);
         return 1;
     }
-    if (!lua_toboolean(L, -1)) {        /* nil or false: keep the original text */
+    if (!lua_toboolean(L, -1)) { /* nil or false: keep the original text */
         lua_pop(L, 1);
         luaL_addlstring(b, s, (size_t)(e - s));
         return 0;
@@ -544,8 +547,11 @@ static int lpattern_gsub(lua_State *L) {
 
 void lpattern_open(lua_State *L) {
     static const luaL_Reg fns[] = {
-        { "find", lpattern_find }, { "match", lpattern_match_fn }, { "gmatch", lpattern_gmatch },
-        { "gsub", lpattern_gsub }, { NULL, NULL },
+        { "find", lpattern_find },
+        { "match", lpattern_match_fn },
+        { "gmatch", lpattern_gmatch },
+        { "gsub", lpattern_gsub },
+        { NULL, NULL },
     };
     luaL_setfuncs(L, fns, 0);
 }

@@ -20,10 +20,10 @@ typedef enum lpolicy_on_error { LPOLICY_LOCAL, LPOLICY_ALLOW, LPOLICY_DENY } lpo
 static const char *const lpolicy_on_error_names[] = { "local", "allow", "deny", NULL };
 
 typedef struct lpolicy_limiter {
-    lhost *h;                   /* of the state the limiter lives in */
-    policy_buckets *buckets;    /* this instance's own: the store, or the fallback */
+    lhost *h;                /* of the state the limiter lives in */
+    policy_buckets *buckets; /* this instance's own: the store, or the fallback */
     int id;
-    int redis;                  /* store = "redis" */
+    int redis; /* store = "redis" */
     lpolicy_on_error on_error;
     double per_ms, burst;
     char name[64];
@@ -43,20 +43,20 @@ typedef struct lpolicy_origins {
  * once it would be full again. ARGV: tokens per millisecond, burst. Returns
  * {allowed (1/0), retry_after_seconds}. */
 static const char lpolicy_bucket_script[] =
-    "if redis.replicate_commands then redis.replicate_commands() end\n"
-    "local t = redis.call('TIME')\n"
-    "local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
-    "local per_ms, burst = tonumber(ARGV[1]), tonumber(ARGV[2])\n"
-    "local s = redis.call('HMGET', KEYS[1], 'tokens', 'ms')\n"
-    "local tokens, last = tonumber(s[1]), tonumber(s[2])\n"
-    "if not tokens or not last then tokens, last = burst, now end\n"
-    "if now > last then tokens = math.min(burst, tokens + (now - last) * per_ms) else now = last end\n"
-    "local allowed, retry = 0, 0\n"
-    "if tokens >= 1 then tokens, allowed = tokens - 1, 1\n"
-    "else retry = math.max(1, math.ceil((1 - tokens) / per_ms / 1000)) end\n"
-    "redis.call('HSET', KEYS[1], 'tokens', string.format('%.17g', tokens), 'ms', now)\n"
-    "redis.call('PEXPIRE', KEYS[1], math.ceil((burst - tokens) / per_ms) + 1000)\n"
-    "return {allowed, retry}\n";
+        "if redis.replicate_commands then redis.replicate_commands() end\n"
+        "local t = redis.call('TIME')\n"
+        "local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
+        "local per_ms, burst = tonumber(ARGV[1]), tonumber(ARGV[2])\n"
+        "local s = redis.call('HMGET', KEYS[1], 'tokens', 'ms')\n"
+        "local tokens, last = tonumber(s[1]), tonumber(s[2])\n"
+        "if not tokens or not last then tokens, last = burst, now end\n"
+        "if now > last then tokens = math.min(burst, tokens + (now - last) * per_ms) else now = last end\n"
+        "local allowed, retry = 0, 0\n"
+        "if tokens >= 1 then tokens, allowed = tokens - 1, 1\n"
+        "else retry = math.max(1, math.ceil((1 - tokens) / per_ms / 1000)) end\n"
+        "redis.call('HSET', KEYS[1], 'tokens', string.format('%.17g', tokens), 'ms', now)\n"
+        "redis.call('PEXPIRE', KEYS[1], math.ceil((burst - tokens) / per_ms) + 1000)\n"
+        "return {allowed, retry}\n";
 
 /* tokend.limiter{name = "token", rate = 10, per = 60, burst = 5[, max_keys = N][, store = "redis",
  * on_store_error = "local"]}: a token bucket per client, shared by every worker (the same
@@ -125,8 +125,9 @@ static int lpolicy_take_fallback(lua_State *L, const lpolicy_take_ctx *c, const 
     uint64_t now = loop_now_ms(), last = last_warning_ms;
     const char *policy = lpolicy_on_error_names[c->lim.on_error];
     if ((last == 0 || now - last >= 60000) && atomic_compare_exchange_strong(&last_warning_ms, &last, now))
-        log_msg(LOG_WARN, "limiter \"%s\": Redis failed (%s); deciding by on_store_error = \"%s\" (this warning "
-                          "comes at most once a minute; tokend_limiter_fallbacks_total counts each decision)",
+        log_msg(LOG_WARN,
+                "limiter \"%s\": Redis failed (%s); deciding by on_store_error = \"%s\" (this warning "
+                "comes at most once a minute; tokend_limiter_fallbacks_total counts each decision)",
                 c->lim.name, why, policy);
     metrics_store_fallback(policy);
     if (c->lim.on_error == LPOLICY_ALLOW) return lpolicy_push_take(L, 1, 0);
@@ -162,8 +163,8 @@ static int lpolicy_limiter_take(lua_State *L) {
     lredis_number(lim->burst, burst);
     const char *argv[] = { redis_key, per_ms, burst };
     const size_t argvlen[] = { strlen(redis_key), strlen(per_ms), strlen(burst) };
-    return lredis_call(L, lim->h, "limiter:take", lpolicy_bucket_script, 1, 3, argv, argvlen,
-                       lpolicy_push_redis_take, &c, sizeof c);
+    return lredis_call(L, lim->h, "limiter:take", lpolicy_bucket_script, 1, 3, argv, argvlen, lpolicy_push_redis_take,
+                       &c, sizeof c);
 }
 
 static int lpolicy_origins_gc(lua_State *L) {
@@ -184,7 +185,7 @@ static int lpolicy_origins_new(lua_State *L) {
         lua_geti(L, 1, i);
         pats[i - 1] = lua_tostring(L, -1);
         if (!pats[i - 1]) return luaL_error(L, "tokend.origins: origin %d is not a string", (int)i);
-        lua_pop(L, 1);      /* the string stays alive: the table holds it */
+        lua_pop(L, 1); /* the string stays alive: the table holds it */
     }
     lpolicy_origins *o = lua_newuserdatauv(L, sizeof *o, 0);
     o->list = NULL;
@@ -230,8 +231,9 @@ static int lpolicy_origins_preflight(lua_State *L) {
     if (verdict == POLICY_ORIGIN_DENIED || verdict == POLICY_ORIGIN_NONE || !method_ok) {
         lua_pushinteger(L, 403);
         lua_createtable(L, 0, 1);
-        lua_pushstring(L, verdict == POLICY_ORIGIN_DENIED ? "this origin may not request tokens"
-                          : "not a valid CORS preflight request");
+        lua_pushstring(L,
+                       verdict == POLICY_ORIGIN_DENIED ? "this origin may not request tokens"
+                                                       : "not a valid CORS preflight request");
         lua_setfield(L, -2, "error");
         lua_createtable(L, 0, 1);
         lua_pushliteral(L, "Origin");
@@ -260,9 +262,13 @@ static int lpolicy_origins_preflight(lua_State *L) {
 void lpolicylib_open(lua_State *L, lhost *h) {
     static const luaL_Reg limiter_methods[] = { { "take", lpolicy_limiter_take }, { NULL, NULL } };
     static const luaL_Reg origins_methods[] = {
-        { "check", lpolicy_origins_check }, { "preflight", lpolicy_origins_preflight }, { NULL, NULL },
+        { "check", lpolicy_origins_check },
+        { "preflight", lpolicy_origins_preflight },
+        { NULL, NULL },
     };
-    static const luaL_Reg fns[] = { { "limiter", lpolicy_limiter_new }, { "origins", lpolicy_origins_new }, { NULL, NULL } };
+    static const luaL_Reg fns[] = { { "limiter", lpolicy_limiter_new },
+                                    { "origins", lpolicy_origins_new },
+                                    { NULL, NULL } };
     llib_class(L, LPOLICY_LIMITER, limiter_methods, NULL);
     llib_class(L, LPOLICY_ORIGINS, origins_methods, lpolicy_origins_gc);
     llib_register(L, h, fns);

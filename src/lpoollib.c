@@ -13,7 +13,7 @@
 #include "pool.h"
 
 #define LPOOL_CLASS "tokend.pool"
-#define LPOOL_TICK_MS 1000          /* how often a worker looks whether its pools need tokens */
+#define LPOOL_TICK_MS 1000 /* how often a worker looks whether its pools need tokens */
 
 typedef struct lpool_refill lpool_refill;
 
@@ -21,7 +21,7 @@ typedef struct lpool_refill lpool_refill;
 typedef struct lpool_mint {
     lpool_refill *refill;
     upstream_call *call;
-    list_node link;             /* in its refill's mints */
+    list_node link; /* in its refill's mints */
 } lpool_mint;
 
 /* A worker's share of keeping a pool full: a timer that asks the pool what to mint, and
@@ -39,7 +39,7 @@ struct lpool_refill {
 typedef struct lpool {
     pool *p;
     lhost *h;
-    lpool_refill *refill;   /* NULL outside a server */
+    lpool_refill *refill; /* NULL outside a server */
 } lpool;
 
 static void lpool_schedule(lpool_refill *r, long after_ms);
@@ -57,8 +57,10 @@ static void lpool_mint_done(void *ud, const upstream_result *res) {
         failure_kind kind;
         long wait = 0;
         pool_breaker(r->p, now, &kind, &wait);
-        log_msg(LOG_WARN, "token pool: the upstream failed (%s: %s); refills pause for %ld s (this line comes at "
-                          "most once a minute; tokend_pool_breaker_open shows the state)", res->kind, res->error, wait);
+        log_msg(LOG_WARN,
+                "token pool: the upstream failed (%s: %s); refills pause for %ld s (this line comes at "
+                "most once a minute; tokend_pool_breaker_open shows the state)",
+                res->kind, res->error, wait);
     }
     lpool_schedule(r, 0);
 }
@@ -155,11 +157,13 @@ static int lpool_new(lua_State *L) {
     lua_getfield(L, 1, "name");
     const char *name = luaL_optstring(L, -1, "default");
     for (const char *c = name; *c; c++)
-        if (!(*c == '_' || *c == '-' || *c == '.' || (*c >= '0' && *c <= '9') || ((*c | 32) >= 'a' && (*c | 32) <= 'z')))
+        if (!(*c == '_' || *c == '-' || *c == '.' || (*c >= '0' && *c <= '9') ||
+              ((*c | 32) >= 'a' && (*c | 32) <= 'z')))
             return luaL_error(L, "tokend.pool: name \"%s\" may hold letters, digits, '_', '-' and '.' only", name);
     pool_params params = {
         .size = lpool_opt(L, "size", -1, -1000000, 1000000),
-        .expires_in_s = lpool_opt(L, "expires_in_seconds", UPSTREAM_EXPIRES_MAX, UPSTREAM_EXPIRES_MIN, UPSTREAM_EXPIRES_MAX),
+        .expires_in_s = lpool_opt(L, "expires_in_seconds", UPSTREAM_EXPIRES_MAX, UPSTREAM_EXPIRES_MIN,
+                                  UPSTREAM_EXPIRES_MAX),
         .min_remaining_s = lpool_opt(L, "min_remaining_seconds", 30, 0, UPSTREAM_EXPIRES_MAX),
         .max_session_s = lpool_opt(L, "max_session_duration_seconds", 0, UPSTREAM_SESSION_MIN, UPSTREAM_SESSION_MAX),
     };
@@ -171,7 +175,7 @@ static int lpool_new(lua_State *L) {
     u->p = p;
     u->h = h;
     luaL_setmetatable(L, LPOOL_CLASS);
-    lua_pushvalue(L, -1);       /* kept until the state closes: its refill must outlive the host's retirement */
+    lua_pushvalue(L, -1); /* kept until the state closes: its refill must outlive the host's retirement */
     luaL_ref(L, LUA_REGISTRYINDEX);
     lpool_start_refill(u);
     return 1;
@@ -195,7 +199,7 @@ static int lpool_take(lua_State *L) {
     long remaining = 0, retry = 0;
     failure_kind kind;
     pool_params params = pool_get_params(u->p);
-    lhost_wait_begin(u->h, L, "pool:take", &world);     /* raises where a mint could not wait */
+    lhost_wait_begin(u->h, L, "pool:take", &world); /* raises where a mint could not wait */
     lpool_start_refill(u);
     uint64_t now = loop_now_ms();
     upstream_result r;
@@ -212,7 +216,7 @@ static int lpool_take(lua_State *L) {
         explicit_bzero(token, sizeof token);
         return n;
     }
-    if (pool_breaker(u->p, now, &kind, &retry)) {      /* a failing upstream is not asked again now */
+    if (pool_breaker(u->p, now, &kind, &retry)) { /* a failing upstream is not asked again now */
         r.failure = kind;
         r.kind = failure_name(kind);
         r.error = "the upstream failed recently: the token pool waits before asking again";

@@ -8,8 +8,8 @@ typedef struct lua_State lua_State;
 
 /* One embedded module: its name for require, its file under src/lua, its text. */
 typedef struct lpreload_module {
-    const char *name;           /* "tokend.streaming" */
-    const char *file;           /* "tokend/streaming.lua" */
+    const char *name; /* "tokend.streaming" */
+    const char *file; /* "tokend/streaming.lua" */
     const char *text;
     size_t len;
 } lpreload_module;

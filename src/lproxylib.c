@@ -19,14 +19,14 @@ static void lproxy_headers(lua_State *L, proxy_options *o) {
     lua_pushnil(L);
     while (lua_next(L, -2)) {
         int removes = lua_isboolean(L, -1) && !lua_toboolean(L, -1);
-        if (lua_type(L, -2) != LUA_TSTRING || (!removes && lua_type(L, -1) != LUA_TSTRING &&
-                                               lua_type(L, -1) != LUA_TNUMBER))
+        if (lua_type(L, -2) != LUA_TSTRING ||
+            (!removes && lua_type(L, -1) != LUA_TSTRING && lua_type(L, -1) != LUA_TNUMBER))
             luaL_error(L, "tokend.proxy: headers map names to strings, numbers or false");
         luaL_argcheck(L, o->nheaders < PROXY_MAX_HEADERS, 3, "at most 32 headers");
         if (removes) lua_pushfstring(L, "%s:", lua_tostring(L, -2));
         else lua_pushfstring(L, "%s: %s", lua_tostring(L, -2), lua_tostring(L, -1));
         o->headers[o->nheaders++] = lua_tostring(L, -1);
-        lua_rawseti(L, -5, (lua_Integer)o->nheaders);     /* the line lives in the table */
+        lua_rawseti(L, -5, (lua_Integer)o->nheaders); /* the line lives in the table */
         lua_pop(L, 1);
     }
     lua_pop(L, 1);

@@ -21,9 +21,9 @@ typedef struct lredis_op {
     redis_client *client;
     redis_call *call;
     lredis_push_fn *push;
-    const char *script;         /* the source, or NULL */
-    int by_sha;                 /* sent by EVALSHA: NOSCRIPT sends the source */
-    const redis_reply *reply;   /* while push runs */
+    const char *script;       /* the source, or NULL */
+    int by_sha;               /* sent by EVALSHA: NOSCRIPT sends the source */
+    const redis_reply *reply; /* while push runs */
     const char *err;
     int argc;
     const char **argv;
@@ -85,7 +85,8 @@ static lredis_op *lredis_op_new(const char *script, int nkeys, int argc, const c
     int extra = script ? 3 : 0, total = argc + extra;
     size_t bytes = 0;
     for (int i = 0; i < argc; i++) bytes += argvlen[i];
-    size_t head = (offsetof(lredis_op, ctx) + ctxlen + alignof(max_align_t) - 1) / alignof(max_align_t) * alignof(max_align_t);
+    size_t head = (offsetof(lredis_op, ctx) + ctxlen + alignof(max_align_t) - 1) / alignof(max_align_t) *
+            alignof(max_align_t);
     size_t size = head + (size_t)total * (sizeof(char *) + sizeof(size_t)) + bytes + 41 + 16;
     lredis_op *op = calloc(1, size);
     if (!op) return NULL;

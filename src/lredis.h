@@ -17,8 +17,8 @@ typedef int lredis_push_fn(lua_State *L, const redis_reply *reply, const char *e
  * script (the source of a server-side Lua script) is not NULL, runs it instead, with argv
  * as its nkeys keys and then its arguments: by EVALSHA, and by EVAL when Redis does not
  * know it yet. ctxlen bytes at ctx are copied for push. Raises where L may not wait. */
-int lredis_call(lua_State *L, lhost *h, const char *fn, const char *script, int nkeys, int argc,
-                const char **argv, const size_t *argvlen, lredis_push_fn *push, const void *ctx, size_t ctxlen);
+int lredis_call(lua_State *L, lhost *h, const char *fn, const char *script, int nkeys, int argc, const char **argv,
+                const size_t *argvlen, lredis_push_fn *push, const void *ctx, size_t ctxlen);
 
 /* Writes a number as Redis arguments carry it: integers without a fraction, others with
  * the 17 digits that give the same double back. */

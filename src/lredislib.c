@@ -7,7 +7,7 @@
 #include "lredis.h"
 
 #define LREDIS_MAX_ARGS 10000
-#define LREDIS_MAX_DEPTH 32         /* nested arrays deeper than this come back as "..." */
+#define LREDIS_MAX_DEPTH 32 /* nested arrays deeper than this come back as "..." */
 
 static void lredis_push_depth(lua_State *L, const redis_reply *r, int depth) {
     size_t len;
@@ -34,8 +34,7 @@ static void lredis_push_depth(lua_State *L, const redis_reply *r, int depth) {
         }
         break;
     }
-    default:        /* strings and status texts */
-        lua_pushlstring(L, text, len);
+    default: /* strings and status texts */ lua_pushlstring(L, text, len);
     }
 }
 
@@ -64,17 +63,20 @@ static int lredis_push_command(lua_State *L, const redis_reply *reply, const cha
  * another database or user. */
 static const char *const lredis_refused[] = {
     "SUBSCRIBE", "PSUBSCRIBE", "SSUBSCRIBE", "UNSUBSCRIBE", "PUNSUBSCRIBE", "SUNSUBSCRIBE", "MONITOR",
-    "BLPOP", "BRPOP", "BRPOPLPUSH", "BLMOVE", "BLMPOP", "BZPOPMIN", "BZPOPMAX", "BZMPOP", "WAIT", "WAITAOF",
-    "MULTI", "EXEC", "DISCARD", "WATCH", "UNWATCH", "SELECT", "AUTH", "HELLO", "QUIT", "RESET", "CLIENT",
-    "SYNC", "PSYNC", "SHUTDOWN", "DEBUG", NULL,
+    "BLPOP",     "BRPOP",      "BRPOPLPUSH", "BLMOVE",      "BLMPOP",       "BZPOPMIN",     "BZPOPMAX",
+    "BZMPOP",    "WAIT",       "WAITAOF",    "MULTI",       "EXEC",         "DISCARD",      "WATCH",
+    "UNWATCH",   "SELECT",     "AUTH",       "HELLO",       "QUIT",         "RESET",        "CLIENT",
+    "SYNC",      "PSYNC",      "SHUTDOWN",   "DEBUG",       NULL,
 };
 
 /* Raises when the command at index 1 is one tokend.redis.command refuses. */
 static void lredis_check_command(lua_State *L, int argc, const char **argv) {
     for (int i = 0; lredis_refused[i]; i++)
         if (strcasecmp(argv[0], lredis_refused[i]) == 0)
-            luaL_error(L, "tokend.redis.command: %s would hold the connection all of this worker's requests share "
-                          "(use a script, EVAL, for what must be atomic)", lredis_refused[i]);
+            luaL_error(L,
+                       "tokend.redis.command: %s would hold the connection all of this worker's requests share "
+                       "(use a script, EVAL, for what must be atomic)",
+                       lredis_refused[i]);
     if (strncasecmp(argv[0], "XREAD", 5) == 0)
         for (int i = 1; i < argc; i++)
             if (strcasecmp(argv[i], "BLOCK") == 0)
@@ -116,7 +118,7 @@ void lredislib_open(lua_State *L, lhost *h) {
     static const luaL_Reg fns[] = { { "command", lredis_command }, { "status", lredis_status }, { NULL, NULL } };
     lua_newtable(L);
     llib_register(L, h, fns);
-    lua_pushlightuserdata(L, NULL);     /* the same value as cjson.null: JSON null */
+    lua_pushlightuserdata(L, NULL); /* the same value as cjson.null: JSON null */
     lua_setfield(L, -2, "null");
     lua_setfield(L, -2, "redis");
 }

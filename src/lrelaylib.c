@@ -10,10 +10,10 @@
 #include "relay.h"
 
 #define LRELAY_CLASS "tokend.relay.session"
-#define LRELAY_CODEC "tokend.relay.cjson"       /* registry: the cjson.safe table the hooks' messages use */
-#define LRELAY_QUEUE_MAX 64                     /* hook runs waiting; past it the session ends */
+#define LRELAY_CODEC "tokend.relay.cjson" /* registry: the cjson.safe table the hooks' messages use */
+#define LRELAY_QUEUE_MAX 64               /* hook runs waiting; past it the session ends */
 #define LRELAY_QUERY_MAX 8192
-#define LRELAY_MAX_SECONDS 10800                /* AssemblyAI's longest session */
+#define LRELAY_MAX_SECONDS 10800 /* AssemblyAI's longest session */
 
 extern int luaopen_cjson_safe(lua_State *L);
 
@@ -31,7 +31,7 @@ typedef struct lrelay_event {
     struct lrelay_event *next;
     int kind;
     size_t len;
-    char data[];                /* the message (text), NUL-terminated */
+    char data[]; /* the message (text), NUL-terminated */
 } lrelay_event;
 
 /* A session as the script sees it. Lives until both its session has ended (and its last
@@ -39,11 +39,11 @@ typedef struct lrelay_event {
 typedef struct lrelay {
     lhost *h;
     relay_hub *hub;
-    relay_session *s;           /* NULL before it starts and once it ended */
-    int refs[LRELAY_HOOKS];     /* registry: the hooks, LUA_NOREF for none */
-    int self_ref;               /* registry: the handle (the hooks' first argument), while it runs */
-    int handle;                 /* the Lua handle exists */
-    int live;                   /* started, and its last hook has not run */
+    relay_session *s;       /* NULL before it starts and once it ended */
+    int refs[LRELAY_HOOKS]; /* registry: the hooks, LUA_NOREF for none */
+    int self_ref;           /* registry: the handle (the hooks' first argument), while it runs */
+    int handle;             /* the Lua handle exists */
+    int live;               /* started, and its last hook has not run */
     char *query, *user;
     relay_options opts;
     char id[17];
@@ -52,10 +52,10 @@ typedef struct lrelay {
     int tick_queued;
     lrelay_event *queue, **queue_tail;
     int queued;
-    int running;                /* a hook runs */
+    int running; /* a hook runs */
     int pumping;
-    int ended;                  /* on_end's event is queued */
-    relay_facts facts;          /* the end's, strings copied below */
+    int ended;         /* on_end's event is queued */
+    relay_facts facts; /* the end's, strings copied below */
     char upstream_id[80], reason[WS_REASON_MAX + 1];
 } lrelay;
 
@@ -178,7 +178,8 @@ static void lrelay_push_facts(lua_State *L, const relay_facts *f) {
     if (f->upstream_session_seconds >= 0 || f->upstream_audio_seconds >= 0) {
         lua_createtable(L, 0, 2);
         if (f->upstream_audio_seconds >= 0) LRELAY_SET_NUMBER("audio_duration_seconds", f->upstream_audio_seconds);
-        if (f->upstream_session_seconds >= 0) LRELAY_SET_NUMBER("session_duration_seconds", f->upstream_session_seconds);
+        if (f->upstream_session_seconds >= 0)
+            LRELAY_SET_NUMBER("session_duration_seconds", f->upstream_session_seconds);
         lua_setfield(L, -2, "termination");
     }
     if (f->cause != RELAY_RUNNING) LRELAY_SET_STRING("cause", relay_cause_name(f->cause));
@@ -206,20 +207,15 @@ static int lrelay_push_args(lua_State *L, void *ud) {
     lua_rawgeti(L, LUA_REGISTRYINDEX, r->self_ref);
     switch (e->kind) {
     case LRELAY_BEGIN: {
-        const char *id = e->data + strlen(e->data) + 1;   /* "id\0message" */
+        const char *id = e->data + strlen(e->data) + 1; /* "id\0message" */
         lua_pushstring(L, e->data);
         lrelay_push_message(L, id, e->len - strlen(e->data) - 1);
         (void)id;
         return 3;
     }
-    case LRELAY_END:
-        lrelay_push_facts(L, &r->facts);
-        return 2;
-    case LRELAY_TICK:
-        return 1;
-    default:
-        lrelay_push_message(L, e->data, e->len);
-        return 2;
+    case LRELAY_END: lrelay_push_facts(L, &r->facts); return 2;
+    case LRELAY_TICK: return 1;
+    default: lrelay_push_message(L, e->data, e->len); return 2;
     }
 }
 
@@ -379,7 +375,7 @@ static void lrelay_start(void *ud, http_request *req) {
     r->live = 1;
     lhost_hold(r->h);
     r->s = relay_start(r->hub, req, &r->opts, &owner, r);
-    if (!r->s) {                            /* out of memory: answered 503 */
+    if (!r->s) { /* out of memory: answered 503 */
         r->ended = 1;
         lrelay_settle(r);
         return;
@@ -403,8 +399,8 @@ static long lrelay_opt_integer(lua_State *L, const char *name, long dflt, long l
 
 /* Refuses options that are not ones (a typo would otherwise be ignored). */
 static void lrelay_check_names(lua_State *L) {
-    static const char *const known[] = { "query", "sample_rate", "encoding", "max_seconds", "idle_seconds", "user",
-                                         "tick_seconds", NULL };
+    static const char *const known[] = { "query",        "sample_rate", "encoding",     "max_seconds",
+                                         "idle_seconds", "user",        "tick_seconds", NULL };
     lua_pushnil(L);
     while (lua_next(L, 1)) {
         lua_pop(L, 1);
@@ -435,7 +431,7 @@ static const char *lrelay_check_query(lua_State *L) {
                            i ? "the options sample_rate and encoding set it" : "the relay uses the server's key");
         }
     }
-    lua_pop(L, 1);      /* the options table keeps it alive */
+    lua_pop(L, 1); /* the options table keeps it alive */
     return q;
 }
 
@@ -461,11 +457,13 @@ static int lrelay_new(lua_State *L) {
     size_t userlen = 0;
     const char *user = llib_field_string(L, 1, NULL, "user", &userlen);
     lua_getfield(L, 1, "user");
-    if (!lua_isnil(L, -1) && (!user || userlen > 120)) luaL_error(L, "tokend.relay option user must be a string of at most 120 bytes");
+    if (!lua_isnil(L, -1) && (!user || userlen > 120))
+        luaL_error(L, "tokend.relay option user must be a string of at most 120 bytes");
     lua_pop(L, 1);
     for (int i = 0; i < LRELAY_HOOKS; i++) {
         int t = lua_getfield(L, 1, lrelay_hook_names[i]);
-        if (t != LUA_TNIL && t != LUA_TFUNCTION) luaL_error(L, "tokend.relay option %s must be a function", lrelay_hook_names[i]);
+        if (t != LUA_TNIL && t != LUA_TFUNCTION)
+            luaL_error(L, "tokend.relay option %s must be a function", lrelay_hook_names[i]);
         lua_pop(L, 1);
     }
     if (!w->relay) return luaL_error(L, "tokend.relay needs a running server");
@@ -483,8 +481,12 @@ static int lrelay_new(lua_State *L) {
     r->self_ref = LUA_NOREF;
     r->queue_tail = &r->queue;
     r->tick_ms = (uint64_t)(tick * 1000);
-    r->opts = (relay_options){ .query = r->query, .sample_rate = rate, .mulaw = encoding && strcmp(encoding, "pcm_mulaw") == 0,
-                               .max_seconds = max_seconds, .idle_seconds = idle, .user = r->user };
+    r->opts = (relay_options){ .query = r->query,
+                               .sample_rate = rate,
+                               .mulaw = encoding && strcmp(encoding, "pcm_mulaw") == 0,
+                               .max_seconds = max_seconds,
+                               .idle_seconds = idle,
+                               .user = r->user };
     for (int i = 0; i < LRELAY_HOOKS; i++) {
         lua_getfield(L, 1, lrelay_hook_names[i]);
         r->refs[i] = lua_isnil(L, -1) ? (lua_pop(L, 1), LUA_NOREF) : luaL_ref(L, LUA_REGISTRYINDEX);
@@ -521,8 +523,10 @@ static int lrelay_close(lua_State *L) {
     lua_Integer code = luaL_optinteger(L, 2, WS_CODE_NORMAL);
     size_t len = 0;
     const char *reason = luaL_optlstring(L, 3, "", &len);
-    luaL_argcheck(L, code == 1000 || code == 1001 || code == 1008 || code == 1011 || code == 1013 ||
-                     (code >= 3000 && code <= 4999), 2, "a close code is 1000, 1001, 1008, 1011, 1013 or 3000..4999");
+    luaL_argcheck(L,
+                  code == 1000 || code == 1001 || code == 1008 || code == 1011 || code == 1013 ||
+                          (code >= 3000 && code <= 4999),
+                  2, "a close code is 1000, 1001, 1008, 1011, 1013 or 3000..4999");
     luaL_argcheck(L, len <= WS_REASON_MAX && lrelay_utf8(reason, len), 3, "a reason is at most 123 bytes of UTF-8");
     if (!r || !r->s) return llib_fail(L, "the session has ended");
     relay_session_close(r->s, RELAY_SCRIPT, (int)code, reason);
@@ -554,7 +558,10 @@ static int lrelay_index(lua_State *L) {
     else if (strcmp(k, "upstream_id") == 0) {
         relay_facts f;
         if (r && r->s) relay_session_facts(r->s, &f);
-        lua_pushstring(L, r && r->s ? (*f.upstream_id ? f.upstream_id : NULL) : r && *r->upstream_id ? r->upstream_id : NULL);
+        lua_pushstring(L,
+                       r && r->s                      ? (*f.upstream_id ? f.upstream_id : NULL)
+                               : r && *r->upstream_id ? r->upstream_id
+                                                      : NULL);
     } else if (strcmp(k, "close") == 0) lua_pushcfunction(L, lrelay_close);
     else if (strcmp(k, "stats") == 0) lua_pushcfunction(L, lrelay_stats);
     else lua_pushnil(L);

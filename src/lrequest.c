@@ -13,8 +13,8 @@
 #include "lrequest.h"
 #include "url.h"
 
-#define LREQUEST_QUERY_STACK 1024        /* query scratch on the C stack up to this size */
-#define LREQUEST_LOG_FIELDS 32           /* req.log fields written on the access line, at most */
+#define LREQUEST_QUERY_STACK 1024 /* query scratch on the C stack up to this size */
+#define LREQUEST_LOG_FIELDS 32    /* req.log fields written on the access line, at most */
 
 static void lrequest_lower_push(lua_State *L, const char *s) {
     char small[64] = "";
@@ -98,7 +98,7 @@ int lrequest_push(lua_State *L, http_request *req, const router_result *match, s
         luaL_Buffer b;
         char *out = luaL_buffinitsize(L, &b, pa->value_len + 1);
         if (url_decode_path(pa->value, pa->value_len, out, pa->value_len + 1, &len) != URL_OK) len = 0;
-        luaL_pushresultsize(&b, len);       /* the path decoded as a whole: its segments do too */
+        luaL_pushresultsize(&b, len); /* the path decoded as a whole: its segments do too */
         lua_setfield(L, -2, pa->name);
     }
     lua_setfield(L, -2, "params");
@@ -118,7 +118,7 @@ static void lrequest_push_unescaped_json(lua_State *L, const char *s, size_t len
             luaL_addlstring(&b, s, (size_t)(end - s));
             break;
         }
-        luaL_addlstring(&b, s, (size_t)(esc - s) + (esc[1] != '/'));   /* keeps other escapes */
+        luaL_addlstring(&b, s, (size_t)(esc - s) + (esc[1] != '/')); /* keeps other escapes */
         luaL_addchar(&b, esc[1]);
         s = esc + 2;
     }
@@ -146,13 +146,11 @@ int lrequest_build_response(lua_State *L) {
         return luaL_error(L, "the handler returned an invalid HTTP status (%s); expected an integer 100..599",
                           luaL_tolstring(L, 2, NULL));
     switch (lua_type(L, 3)) {
-    case LUA_TNIL:
-        break;
-    case LUA_TSTRING:
-        body = lua_tolstring(L, 3, &len);
-        break;
+    case LUA_TNIL: break;
+    case LUA_TSTRING: body = lua_tolstring(L, 3, &len); break;
     case LUA_TTABLE: {
-        if (lua_getfield(L, 3, "error") == LUA_TSTRING) snprintf(a->reason, sizeof a->reason, "%s", lua_tostring(L, -1));
+        if (lua_getfield(L, 3, "error") == LUA_TSTRING)
+            snprintf(a->reason, sizeof a->reason, "%s", lua_tostring(L, -1));
         lua_pop(L, 1);
         lua_rawgeti(L, LUA_REGISTRYINDEX, a->encode_ref);
         lua_pushvalue(L, 3);
@@ -163,8 +161,7 @@ int lrequest_build_response(lua_State *L) {
         ctype = "application/json";
         break;
     }
-    default:
-        return luaL_error(L, "the handler returned a %s body; expected a string or a table", luaL_typename(L, 3));
+    default: return luaL_error(L, "the handler returned a %s body; expected a string or a table", luaL_typename(L, 3));
     }
     if (!lua_isnil(L, 4) && !lua_istable(L, 4))
         return luaL_error(L, "the handler returned %s headers; expected a table", luaL_typename(L, 4));
@@ -177,10 +174,10 @@ int lrequest_build_response(lua_State *L) {
         lua_pushnil(L);
         while (lua_next(L, 4)) {
             if (lua_type(L, -2) != LUA_TSTRING)
-                return luaL_error(L, "response headers must map names to strings (got %s = %s)",
-                                  luaL_typename(L, -2), luaL_typename(L, -1));
+                return luaL_error(L, "response headers must map names to strings (got %s = %s)", luaL_typename(L, -2),
+                                  luaL_typename(L, -1));
             const char *name = lua_tostring(L, -2);
-            if (lua_istable(L, -1)) {       /* several headers of one name: Set-Cookie */
+            if (lua_istable(L, -1)) { /* several headers of one name: Set-Cookie */
                 lua_Integer n = luaL_len(L, -1);
                 for (lua_Integer i = 1; i <= n; i++) {
                     lua_geti(L, -1, i);

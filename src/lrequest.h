@@ -19,11 +19,11 @@ int lrequest_push(lua_State *L, http_request *req, const router_result *match, s
 
 /* A handler's answer being built. */
 typedef struct lrequest_answer {
-    int encode_ref;             /* registry: cjson.encode, for table bodies */
-    http_response *resp;        /* the built response (the caller frees or sends it) */
+    int encode_ref;      /* registry: cjson.encode, for table bodies */
+    http_response *resp; /* the built response (the caller frees or sends it) */
     int status;
-    size_t bytes;               /* the body's size, for the access log */
-    char reason[128];           /* the error a table body gave ({error = "..."}), or "" */
+    size_t bytes;     /* the body's size, for the access log */
+    char reason[128]; /* the error a table body gave ({error = "..."}), or "" */
 } lrequest_answer;
 
 /* Builds the HTTP answer from a handler's results: a lua_CFunction to call protected,

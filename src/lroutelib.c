@@ -42,7 +42,8 @@ static int lroute_route(lua_State *L) {
     lhost_check_loading(L, h, "route");
     luaL_argcheck(L, mlen > 0 && mlen < sizeof upper, 1, "not an HTTP method");
     for (size_t i = 0; i <= mlen; i++) upper[i] = (char)toupper((unsigned char)method[i]);
-    if (lhost_add_route(h, L, upper, path, 3, &opts, err, sizeof err) < 0) return luaL_error(L, "tokend.route: %s", err);
+    if (lhost_add_route(h, L, upper, path, 3, &opts, err, sizeof err) < 0)
+        return luaL_error(L, "tokend.route: %s", err);
     return 0;
 }
 
@@ -76,7 +77,7 @@ static void lroute_static_options(lua_State *L, lhost *h, static_options *o) {
     if (lua_isnil(L, 3) || lua_getfield(L, 3, "csp") == LUA_TNIL) {
         lroute_push_default_csp(L, lhost_world_of(h)->info);
     } else if (lua_isboolean(L, -1) && !lua_toboolean(L, -1)) {
-        lua_pushnil(L);         /* csp = false: none */
+        lua_pushnil(L); /* csp = false: none */
     } else {
         luaL_argcheck(L, lua_type(L, -1) == LUA_TSTRING, 3, "csp must be a string or false");
         lua_pushvalue(L, -1);
@@ -110,7 +111,7 @@ static void lroute_static_options(lua_State *L, lhost *h, static_options *o) {
             if (lpattern_search("/", 1, pat, len, 100000) < 0)
                 luaL_error(L, "tokend.static: immutable pattern \"%s\" is malformed", pat);
             o->immutable[o->nimmutable++] = pat;
-            lua_pop(L, 1);      /* the list keeps it alive */
+            lua_pop(L, 1); /* the list keeps it alive */
         }
     }
 }
@@ -143,7 +144,10 @@ static int lroute_before(lua_State *L) {
 
 void lroutelib_open(lua_State *L, lhost *h) {
     static const luaL_Reg fns[] = {
-        { "route", lroute_route }, { "static", lroute_static }, { "before", lroute_before }, { NULL, NULL },
+        { "route", lroute_route },
+        { "static", lroute_static },
+        { "before", lroute_before },
+        { NULL, NULL },
     };
     llib_register(L, h, fns);
 }

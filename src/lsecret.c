@@ -10,9 +10,9 @@
 #include "lsecret.h"
 
 #define LSECRET_CLASS "tokend.secret"
-#define LSECRET_HANDLES "tokend.secret.handles"     /* registry: name -> handle */
+#define LSECRET_HANDLES "tokend.secret.handles" /* registry: name -> handle */
 #define LSECRET_BUF "tokend.secret.buf"
-#define LSECRET_ENCODE "tokend.secret.encode"       /* registry: a private cjson.encode */
+#define LSECRET_ENCODE "tokend.secret.encode" /* registry: a private cjson.encode */
 #define LSECRET_JSON_DEPTH 64
 #define LSECRET_PLACEHOLDER "tokend-secret-"
 
@@ -31,15 +31,16 @@ static int lsecret_tostring(lua_State *L) {
 
 /* Every other use of a handle raises: its bytes never reach Lua. */
 static int lsecret_misuse(lua_State *L) {
-    return luaL_error(L, "tokend.secret: a secret cannot be read, joined or indexed in Lua (its bytes stay in C); "
-                         "give the handle to tokend.http.request (a header, a query value, a json body, or a "
-                         "template such as { \"Token \", secret }) or to tokend.jwt");
+    return luaL_error(L,
+                      "tokend.secret: a secret cannot be read, joined or indexed in Lua (its bytes stay in C); "
+                      "give the handle to tokend.http.request (a header, a query value, a json body, or a "
+                      "template such as { \"Token \", secret }) or to tokend.jwt");
 }
 
 static void lsecret_class(lua_State *L) {
-    static const char *const refused[] = { "__concat", "__index", "__newindex", "__len", "__call", "__unm", "__add",
-                                            "__lt", "__le", "__close" };
-    if (luaL_newmetatable(L, LSECRET_CLASS)) {      /* sets __name */
+    static const char *const refused[] = { "__concat", "__index", "__newindex", "__len", "__call",
+                                           "__unm",    "__add",   "__lt",       "__le",  "__close" };
+    if (luaL_newmetatable(L, LSECRET_CLASS)) { /* sets __name */
         lua_pushcfunction(L, lsecret_tostring);
         lua_setfield(L, -2, "__tostring");
         for (size_t i = 0; i < sizeof refused / sizeof refused[0]; i++) {
@@ -113,7 +114,7 @@ void lsecret_buf_add(lua_State *L, lsecret_buf *b, const char *data, size_t len)
     if (b->len + len + 1 > b->cap) {
         size_t cap = b->cap ? b->cap : 128;
         while (cap < b->len + len + 1) cap *= 2;
-        char *d = malloc(cap);     /* not realloc: the old bytes are wiped, not left behind */
+        char *d = malloc(cap); /* not realloc: the old bytes are wiped, not left behind */
         if (!d) luaL_error(L, "out of memory");
         if (b->len) memcpy(d, b->data, b->len);
         if (b->data) {
@@ -151,12 +152,14 @@ void lsecret_render(lua_State *L, int idx, lsecret_buf *b, const char *what) {
     idx = lua_absindex(L, idx);
     if (lsecret_render_part(L, idx, b)) return;
     if (lua_type(L, idx) != LUA_TTABLE)
-        luaL_error(L, "%s must be a string, a number, a secret or a list of them (got %s)", what, luaL_typename(L, idx));
+        luaL_error(L, "%s must be a string, a number, a secret or a list of them (got %s)", what,
+                   luaL_typename(L, idx));
     lua_Integer n = (lua_Integer)lua_rawlen(L, idx);
     for (lua_Integer i = 1; i <= n; i++) {
         lua_rawgeti(L, idx, i);
         if (!lsecret_render_part(L, -1, b))
-            luaL_error(L, "%s: a template's parts are strings, numbers or secrets (got %s)", what, luaL_typename(L, -1));
+            luaL_error(L, "%s: a template's parts are strings, numbers or secrets (got %s)", what,
+                       luaL_typename(L, -1));
         lua_pop(L, 1);
     }
 }
@@ -200,7 +203,7 @@ static void lsecret_json_copy(lua_State *L, int idx, int seen, int secrets, cons
     if (lua_getmetatable(L, idx)) lua_setmetatable(L, -2);
     lua_pushvalue(L, idx);
     lua_pushnil(L);
-    lua_rawset(L, seen);        /* a table met twice without a cycle is fine */
+    lua_rawset(L, seen); /* a table met twice without a cycle is fine */
 }
 
 /* Appends s as a JSON string. */
@@ -208,7 +211,7 @@ static void lsecret_json_string(lua_State *L, lsecret_buf *b, const char *s, siz
     lsecret_buf_add(L, b, "\"", 1);
     for (size_t i = 0; i < len; i++) {
         if (s[i] == '"' || s[i] == '\\') lsecret_buf_add(L, b, "\\", 1);
-        lsecret_buf_add(L, b, s + i, 1);      /* a secret holds no control character */
+        lsecret_buf_add(L, b, s + i, 1); /* a secret holds no control character */
     }
     lsecret_buf_add(L, b, "\"", 1);
 }
@@ -222,8 +225,8 @@ void lsecret_json(lua_State *L, int idx, lsecret_buf *b, const char *what) {
     if (crypto_random(nonce, sizeof nonce) < 0) luaL_error(L, "%s: no random bytes", what);
     crypto_hex(nonce, sizeof nonce, hex);
     snprintf(prefix, sizeof prefix, "%s%s-", LSECRET_PLACEHOLDER, hex);
-    lua_newtable(L);                    /* top + 1: seen */
-    lua_newtable(L);                    /* top + 2: secrets */
+    lua_newtable(L); /* top + 1: seen */
+    lua_newtable(L); /* top + 2: secrets */
     if (lua_getfield(L, LUA_REGISTRYINDEX, LSECRET_ENCODE) != LUA_TFUNCTION) {
         lua_pop(L, 1);
         lua_pushcfunction(L, luaopen_cjson);
@@ -247,7 +250,7 @@ void lsecret_json(lua_State *L, int idx, lsecret_buf *b, const char *what) {
         }
         char *stop;
         lua_Integer n = (lua_Integer)strtoll(q + plen, &stop, 10);
-        lsecret_buf_add(L, b, p, (size_t)(q - 1 - p));      /* up to the opening quote */
+        lsecret_buf_add(L, b, p, (size_t)(q - 1 - p)); /* up to the opening quote */
         lua_rawgeti(L, top + 2, n);
         const secret *s = lsecret_test(L, -1);
         if (!s || *stop != '"') luaL_error(L, "%s: a placeholder of tokend's was not its own", what);
@@ -255,7 +258,7 @@ void lsecret_json(lua_State *L, int idx, lsecret_buf *b, const char *what) {
         const char *v = secret_value(s, &vlen);
         lua_pop(L, 1);
         lsecret_json_string(L, b, v, vlen);
-        p = stop + 1;                   /* past the closing quote */
+        p = stop + 1; /* past the closing quote */
     }
     lua_settop(L, top);
 }

@@ -21,7 +21,7 @@ void lsecret_refuse(lua_State *L, int idx, const char *where);
 /* Bytes in C memory that may hold a secret: a userdata pushed on the stack, its bytes
  * wiped when cleared or collected (so an error raised midway leaks nothing). */
 typedef struct lsecret_buf {
-    char *data;             /* NUL-terminated, or NULL while empty */
+    char *data; /* NUL-terminated, or NULL while empty */
     size_t len, cap;
 } lsecret_buf;
 

@@ -10,14 +10,14 @@
 #include "shdict.h"
 
 #define LSHARED_CLASS "tokend.shared"
-#define LSHARED_CAPACITY 10000          /* entries, unless the script says otherwise */
-#define LSHARED_MAX_BYTES (64.0 * 1024 * 1024)  /* bytes, likewise: what a worker's Lua state holds by default */
+#define LSHARED_CAPACITY 10000                 /* entries, unless the script says otherwise */
+#define LSHARED_MAX_BYTES (64.0 * 1024 * 1024) /* bytes, likewise: what a worker's Lua state holds by default */
 #define LSHARED_MAX_NAME 64
 
 typedef struct lshared {
-    shdict *dict;               /* NULL for store = "redis" */
+    shdict *dict; /* NULL for store = "redis" */
     lhost *h;
-    char prefix[LSHARED_MAX_NAME + 16];     /* "tokend:<name>:", the dictionary's keys in Redis */
+    char prefix[LSHARED_MAX_NAME + 16]; /* "tokend:<name>:", the dictionary's keys in Redis */
 } lshared;
 
 static lshared *lshared_check(lua_State *L) {
@@ -51,8 +51,7 @@ static shdict_value lshared_value(lua_State *L, int idx, int allow_nil) {
     case LUA_TNONE:
         if (allow_nil) break;
         /* fall through */
-    default:
-        luaL_argerror(L, idx, "values are strings, numbers or booleans");
+    default: luaL_argerror(L, idx, "values are strings, numbers or booleans");
     }
     return v;
 }
@@ -92,19 +91,19 @@ static int lshared_stored(lua_State *L, int rc) {
 /* incr in one step. KEYS: the key. ARGV: by, the initial value or "", the TTL in ms for
  * a new key. Returns {0, new value}, {1} (not found) or {2} (not a number). */
 static const char lshared_incr_script[] =
-    "local v, n = redis.call('GET', KEYS[1])\n"
-    "if not v then\n"
-    "  if ARGV[2] == '' then return {1} end\n"
-    "  n = string.format('%.17g', tonumber(ARGV[2]) + tonumber(ARGV[1]))\n"
-    "  if tonumber(ARGV[3]) > 0 then redis.call('SET', KEYS[1], n, 'PX', ARGV[3])\n"
-    "  else redis.call('SET', KEYS[1], n) end\n"
-    "  return {0, n}\n"
-    "end\n"
-    "if not tonumber(v) then return {2} end\n"
-    "n = string.format('%.17g', tonumber(v) + tonumber(ARGV[1]))\n"
-    "local ttl = redis.call('PTTL', KEYS[1])\n"
-    "if ttl > 0 then redis.call('SET', KEYS[1], n, 'PX', ttl) else redis.call('SET', KEYS[1], n) end\n"
-    "return {0, n}\n";
+        "local v, n = redis.call('GET', KEYS[1])\n"
+        "if not v then\n"
+        "  if ARGV[2] == '' then return {1} end\n"
+        "  n = string.format('%.17g', tonumber(ARGV[2]) + tonumber(ARGV[1]))\n"
+        "  if tonumber(ARGV[3]) > 0 then redis.call('SET', KEYS[1], n, 'PX', ARGV[3])\n"
+        "  else redis.call('SET', KEYS[1], n) end\n"
+        "  return {0, n}\n"
+        "end\n"
+        "if not tonumber(v) then return {2} end\n"
+        "n = string.format('%.17g', tonumber(v) + tonumber(ARGV[1]))\n"
+        "local ttl = redis.call('PTTL', KEYS[1])\n"
+        "if ttl > 0 then redis.call('SET', KEYS[1], n, 'PX', ttl) else redis.call('SET', KEYS[1], n) end\n"
+        "return {0, n}\n";
 
 /* Pushes a failure (nil, err) when the command failed or Redis answered an error; returns
  * the number of values, 0 when it did not fail. */
@@ -160,7 +159,8 @@ static int lshared_redis_incremented(lua_State *L, const redis_reply *r, const c
     const redis_reply *code = r ? redis_reply_element(r, 0) : NULL, *value = r ? redis_reply_element(r, 1) : NULL;
     (void)ctx;
     if (n) return n;
-    if (!code || redis_reply_type(code) != REDIS_VALUE_INTEGER) return llib_fail(L, "redis: a reply of the wrong shape");
+    if (!code || redis_reply_type(code) != REDIS_VALUE_INTEGER)
+        return llib_fail(L, "redis: a reply of the wrong shape");
     if (redis_reply_integer(code) == 1) return llib_fail(L, "not found");
     if (redis_reply_integer(code) == 2 || !value || redis_reply_type(value) != REDIS_VALUE_STRING)
         return llib_fail(L, "not a number");
@@ -207,7 +207,10 @@ static const char *lshared_redis_encode(lua_State *L, const shdict_value *v, siz
         lua_pushstring(L, num);
         break;
     default:
-        lua_pushstring(L, v->n ? "\x02t" : "\x02" "f");
+        lua_pushstring(L,
+                       v->n ? "\x02t"
+                            : "\x02"
+                              "f");
     }
     return lua_tolstring(L, -1, len);
 }
@@ -364,8 +367,9 @@ static int lshared_open(lua_State *L) {
     }
     luaL_argcheck(L, capacity >= 1 && capacity <= 1e8 && capacity == floor(capacity), 2,
                   "capacity must be a whole number of entries, 1..100000000");
-    luaL_argcheck(L, max_bytes >= SHDICT_MIN_BYTES && max_bytes <= (double)SHDICT_MAX_BYTES &&
-                     max_bytes == floor(max_bytes), 2, "max_bytes must be a whole number of bytes, 1024..2^40");
+    luaL_argcheck(
+            L, max_bytes >= SHDICT_MIN_BYTES && max_bytes <= (double)SHDICT_MAX_BYTES && max_bytes == floor(max_bytes),
+            2, "max_bytes must be a whole number of bytes, 1024..2^40");
     const lhost_world *world = lhost_world_of(h);
     lshared *u = lua_newuserdatauv(L, sizeof *u, 0);
     memset(u, 0, sizeof *u);
@@ -378,14 +382,13 @@ static int lshared_open(lua_State *L) {
         return 1;
     }
     u->dict = shdict_open(world->shared, name, (size_t)capacity, (unsigned long long)max_bytes, err, sizeof err);
-    if (!u->dict)
-        return luaL_error(L, "tokend.shared(\"%s\"): %s", name, err);
+    if (!u->dict) return luaL_error(L, "tokend.shared(\"%s\"): %s", name, err);
     return 1;
 }
 
 void lsharedlib_open(lua_State *L, lhost *h) {
     static const luaL_Reg methods[] = {
-        { "get", lshared_get }, { "set", lshared_set }, { "add", lshared_add }, { "incr", lshared_incr },
+        { "get", lshared_get },       { "set", lshared_set }, { "add", lshared_add }, { "incr", lshared_incr },
         { "delete", lshared_delete }, { "ttl", lshared_ttl }, { NULL, NULL },
     };
     static const luaL_Reg fns[] = { { "shared", lshared_open }, { NULL, NULL } };

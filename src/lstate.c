@@ -13,11 +13,11 @@
 #include "lpattern.h"
 #include "lstate.h"
 
-#define LSTATE_HOOK_STEP 1000            /* instructions between two calls of the count hook */
-#define LSTATE_SMALL_MAX 256             /* blocks up to this size are recycled by the state */
+#define LSTATE_HOOK_STEP 1000 /* instructions between two calls of the count hook */
+#define LSTATE_SMALL_MAX 256  /* blocks up to this size are recycled by the state */
 #define LSTATE_SMALL_STEP 16
 #define LSTATE_CLASSES (LSTATE_SMALL_MAX / LSTATE_SMALL_STEP)
-#define LSTATE_ALLOC_BYTES 64            /* bytes of a large block per instruction of the budget */
+#define LSTATE_ALLOC_BYTES 64 /* bytes of a large block per instruction of the budget */
 
 extern int luaopen_cjson_safe(lua_State *L);
 
@@ -79,7 +79,8 @@ static void *lstate_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
     if (old > LSTATE_SMALL_MAX && nsize > LSTATE_SMALL_MAX) {
         p = realloc(ptr, nsize);
         if (!p && nsize <= old) p = ptr;
-    } else if (old && old <= LSTATE_SMALL_MAX && nsize <= LSTATE_SMALL_MAX && lstate_class(old) == lstate_class(nsize)) {
+    } else if (old && old <= LSTATE_SMALL_MAX && nsize <= LSTATE_SMALL_MAX &&
+               lstate_class(old) == lstate_class(nsize)) {
         p = ptr;
     } else if ((p = lstate_block_get(hp, nsize))) {
         if (ptr) {
@@ -87,7 +88,7 @@ static void *lstate_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
             lstate_block_put(hp, ptr, old);
         }
     } else if (nsize <= old) {
-        p = ptr;        /* a large block kept for a small size: still big enough for its class */
+        p = ptr; /* a large block kept for a small size: still big enough for its class */
     }
     if (!p) return NULL;
     hp->used = hp->used - old + nsize;
@@ -117,7 +118,7 @@ static void lstate_count_hook(lua_State *L, lua_Debug *ar) {
     (void)ar;
     int left = lbudget_tick(lua_gethookcount(L));
     if (left == 0) return;
-    if (left > 0) {         /* running long for its budget: look at every instruction now */
+    if (left > 0) { /* running long for its budget: look at every instruction now */
         if (lua_gethookcount(L) != 1) lua_sethook(L, lstate_count_hook, LUA_MASKCOUNT, 1);
         return;
     }
@@ -133,7 +134,7 @@ void lstate_limit_thread(lua_State *co) {
 }
 
 int lstate_resume(lua_State *co, lua_State *from, int nargs, int *nres, lbudget *b) {
-    if (lua_gethookcount(co) != LSTATE_HOOK_STEP) lstate_limit_thread(co);     /* left at 1 by a long run */
+    if (lua_gethookcount(co) != LSTATE_HOOK_STEP) lstate_limit_thread(co); /* left at 1 by a long run */
     lbudget *outer = lbudget_enter(b);
     int rc = lua_resume(co, from, nargs, nres);
     lbudget_enter(outer);
@@ -156,7 +157,7 @@ int lstate_resume(lua_State *co, lua_State *from, int nargs, int *nres, lbudget 
 /* pcall and xpcall finish here: an error raised because the budget is spent goes on. */
 static int lstate_pcall_finish(lua_State *L, int status, lua_KContext extra) {
     if (status != LUA_OK && status != LUA_YIELD) {
-        if (lbudget_charge(0) < 0) return lua_error(L);     /* the budget is spent: no catching */
+        if (lbudget_charge(0) < 0) return lua_error(L); /* the budget is spent: no catching */
         lua_pushboolean(L, 0);
         lua_pushvalue(L, -2);
         return 2;
@@ -234,7 +235,7 @@ static int lstate_search_text(lua_State *L) {
     lua_pushstring(L, name);
     lua_getfield(L, -3, "path");
     lua_call(L, 2, 2);
-    if (lua_isnil(L, -2)) return 1;     /* the message of where it looked */
+    if (lua_isnil(L, -2)) return 1; /* the message of where it looked */
     const char *file = lua_tostring(L, -2);
     if (luaL_loadfilex(L, file, "t") != LUA_OK)
         return luaL_error(L, "error loading module '%s' from file '%s':\n\t%s", name, file, lua_tostring(L, -1));

@@ -14,17 +14,17 @@
 /* A timer. It lives while its schedule holds it (from creation until it cannot fire again
  * and no run is going on) and while its Lua handle does; the last one to let go frees it. */
 typedef struct ltimer {
-    struct ltimer_list *list;   /* NULL once the state's list was collected */
+    struct ltimer_list *list; /* NULL once the state's list was collected */
     loop_timer t;
     loop *lp;
-    int fn_ref;                 /* registry: the function */
-    uint64_t interval_ms;       /* every: the period; after: 0 */
-    uint64_t next_due_ms;       /* every: the schedule, kept whatever a run takes */
-    int active;                 /* it may fire again */
-    int running;                /* a run has not ended */
-    int scheduled;              /* the schedule's hold */
-    int handle;                 /* the handle's hold */
-    list_node link;             /* in its list's timers */
+    int fn_ref;           /* registry: the function */
+    uint64_t interval_ms; /* every: the period; after: 0 */
+    uint64_t next_due_ms; /* every: the schedule, kept whatever a run takes */
+    int active;           /* it may fire again */
+    int running;          /* a run has not ended */
+    int scheduled;        /* the schedule's hold */
+    int handle;           /* the handle's hold */
+    list_node link;       /* in its list's timers */
 } ltimer;
 
 /* The timers of one state while it serves: stopped when its host retires (or, in the Lua
@@ -68,14 +68,14 @@ static void ltimer_arm(ltimer *t) {
 
 static void ltimer_done(void *ud, int ok) {
     ltimer *t = ud;
-    (void)ok;       /* a failed run was logged; an every timer keeps its schedule */
+    (void)ok; /* a failed run was logged; an every timer keeps its schedule */
     t->running = 0;
     if (!t->active) ltimer_deactivate(t);
 }
 
 static void ltimer_fire(void *ud) {
     ltimer *t = ud;
-    if (t->interval_ms) {       /* the next run on the schedule, whatever this one takes */
+    if (t->interval_ms) { /* the next run on the schedule, whatever this one takes */
         /* This run takes its slot even when the loop fired it a little early (its clock is
          * read once per dispatch round), so that a slot never runs twice; missed slots are
          * skipped, not caught up. */
@@ -159,7 +159,8 @@ static int ltimer_new(lua_State *L, int every) {
         lua_pop(L, 1);
     }
     if (!w->serves)
-        return luaL_error(L, "tokend.timer needs a running server: in the Lua module, create timers after tokend.server{}");
+        return luaL_error(
+                L, "tokend.timer needs a running server: in the Lua module, create timers after tokend.server{}");
     if (lhost_retired(h)) return luaL_error(L, "tokend.timer: this script was replaced by a reload");
     ltimer_list *list = ltimer_list_of(L, h);
     ltimer_handle *handle = lua_newuserdatauv(L, sizeof *handle, 0);
@@ -186,10 +187,14 @@ static int ltimer_new(lua_State *L, int every) {
 }
 
 /* tokend.timer.every(seconds, fn[, {all_workers = false}]) -> handle */
-static int ltimer_every(lua_State *L) { return ltimer_new(L, 1); }
+static int ltimer_every(lua_State *L) {
+    return ltimer_new(L, 1);
+}
 
 /* tokend.timer.after(seconds, fn[, {all_workers = false}]) -> handle */
-static int ltimer_after(lua_State *L) { return ltimer_new(L, 0); }
+static int ltimer_after(lua_State *L) {
+    return ltimer_new(L, 0);
+}
 
 /* handle:cancel(): no more runs (one going on finishes). */
 static int ltimer_cancel(lua_State *L) {

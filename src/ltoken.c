@@ -13,7 +13,7 @@ void ltoken_audit_capture(lua_State *L, lhost *h, long expires_in_s, long max_se
     memset(a, 0, sizeof *a);
     a->expires_in_s = expires_in_s;
     a->max_session_s = max_session_s;
-    lhost_request_minted(h, L);         /* an audited route's answer needs no line of its own */
+    lhost_request_minted(h, L); /* an audited route's answer needs no line of its own */
     lhost_push_request(h, L);
     if (lua_istable(L, -1)) lrequest_who(L, -1, &a->who);
     lua_pop(L, 1);
@@ -101,8 +101,8 @@ static void ltoken_cancel(void *op) {
     free(c);
 }
 
-int ltoken_mint_at(lua_State *L, lhost *h, const char *fn, const ltoken_target *target, long expires,
-                          long max_session, ltoken_observe_fn *observe, void *observe_ud) {
+int ltoken_mint_at(lua_State *L, lhost *h, const char *fn, const ltoken_target *target, long expires, long max_session,
+                   ltoken_observe_fn *observe, void *observe_ud) {
     const lhost_world *world;
     lhost_waiter *w = lhost_wait_begin(h, L, fn, &world);
     ltoken_audit audit;
@@ -121,8 +121,8 @@ int ltoken_mint_at(lua_State *L, lhost *h, const char *fn, const ltoken_target *
     c->observe = observe;
     c->observe_ud = observe_ud;
     c->call = target && target->token_url
-        ? upstream_mint_at(world->up, target->token_url, expires, max_session, ltoken_on_result, c)
-        : upstream_mint(world->up, expires, max_session, ltoken_on_result, c);
+            ? upstream_mint_at(world->up, target->token_url, expires, max_session, ltoken_on_result, c)
+            : upstream_mint(world->up, expires, max_session, ltoken_on_result, c);
     if (!c->call) {
         free(c);
         return llib_fail(L, "out of memory starting the token request");

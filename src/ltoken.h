@@ -10,11 +10,11 @@
 
 /* Who asked for a token, for the audit line every token request writes. */
 typedef struct ltoken_audit {
-    audit_who who;              /* client, Origin, req.log.user */
+    audit_who who; /* client, Origin, req.log.user */
     long expires_in_s;
-    long max_session_s;         /* 0: the upstream's default */
-    int pooled;                 /* handed out from a pool (minted and counted before) */
-    int quiet;                  /* a failure already logged (a pool's open breaker): no warning */
+    long max_session_s; /* 0: the upstream's default */
+    int pooled;         /* handed out from a pool (minted and counted before) */
+    int quiet;          /* a failure already logged (a pool's open breaker): no warning */
 } ltoken_audit;
 
 /* Fills a from the request whose handler runs on L (empty outside one). */
@@ -30,10 +30,10 @@ typedef void ltoken_observe_fn(void *ud, const upstream_result *r);
 
 /* Where a token is minted and its session streams: one of AssemblyAI's endpoints. */
 typedef struct ltoken_target {
-    const char *token_url;          /* NULL: the upstream's own (ASSEMBLYAI_STREAMING_URL) */
+    const char *token_url; /* NULL: the upstream's own (ASSEMBLYAI_STREAMING_URL) */
     const char *websocket_url;
-    const char *region;             /* a data zone's name, or NULL */
-    const char *product;            /* "streaming" or "voice_agent" */
+    const char *region;  /* a data zone's name, or NULL */
+    const char *product; /* "streaming" or "voice_agent" */
 } ltoken_target;
 
 /* Mints a token for the code on L, which waits as for any outside call (fn names the Lua

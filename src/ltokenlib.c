@@ -13,7 +13,8 @@ static void ltoken_find_target(lua_State *L, const lhost_info *in, const char *r
                                ltoken_target *t) {
     *t = (ltoken_target){ NULL, in->websocket_url, NULL, "streaming" };
     if (product && strcmp(product, "voice_agent") == 0) {
-        if (region) luaL_argerror(L, opts, "the Voice Agent API has no region (ASSEMBLYAI_AGENTS_URL is its one endpoint)");
+        if (region)
+            luaL_argerror(L, opts, "the Voice Agent API has no region (ASSEMBLYAI_AGENTS_URL is its one endpoint)");
         *t = (ltoken_target){ in->agents->token_url, in->agents->websocket_url, NULL, "voice_agent" };
         return;
     }
@@ -34,8 +35,9 @@ static void ltoken_find_target(lua_State *L, const lhost_info *in, const char *r
         luaL_addstring(&known, in->regions[i].name);
     }
     luaL_pushresult(&known);
-    luaL_argerror(L, opts, lua_pushfstring(L, "unknown region %s (ASSEMBLYAI_REGION_URLS names: %s)", region,
-                                           in->nregions ? lua_tostring(L, -1) : "none"));
+    luaL_argerror(L, opts,
+                  lua_pushfstring(L, "unknown region %s (ASSEMBLYAI_REGION_URLS names: %s)", region,
+                                  in->nregions ? lua_tostring(L, -1) : "none"));
 }
 
 /* Checks generate_temp_token's arguments at stack index idx (expires_in_seconds, then an
@@ -54,18 +56,17 @@ static void ltoken_check_args(lua_State *L, int idx, long *expires_in_s, long *m
         while (lua_next(L, opts)) {
             size_t i = 0;
             while (i < 3 && !(lua_type(L, -2) == LUA_TSTRING && strcmp(lua_tostring(L, -2), known[i]) == 0)) i++;
-            if (i == 3)
-                luaL_argerror(L, opts, "unknown option (known: max_session_duration_seconds, region, product)");
+            if (i == 3) luaL_argerror(L, opts, "unknown option (known: max_session_duration_seconds, region, product)");
             lua_pop(L, 1);
         }
         lua_getfield(L, opts, "max_session_duration_seconds");
         int isint = 1;
         if (!lua_isnil(L, -1)) max_session = lua_tointegerx(L, -1, &isint);
-        if (!isint || (!lua_isnil(L, -1) && max_session == 0)) max_session = -1;   /* fails the check */
+        if (!isint || (!lua_isnil(L, -1) && max_session == 0)) max_session = -1; /* fails the check */
         lua_pop(L, 1);
         lua_getfield(L, opts, "region");
         luaL_argcheck(L, lua_isnil(L, -1) || lua_type(L, -1) == LUA_TSTRING, opts, "region must be a string");
-        region = lua_tostring(L, -1);       /* the options table keeps it */
+        region = lua_tostring(L, -1); /* the options table keeps it */
         lua_getfield(L, opts, "product");
         luaL_argcheck(L, lua_isnil(L, -1) || lua_type(L, -1) == LUA_TSTRING, opts, "product must be a string");
         product = lua_tostring(L, -1);
@@ -115,7 +116,8 @@ static int ltoken_audit_lua(lua_State *L) {
     luaL_argcheck(L, provider && *provider, 1, "provider must be a name");
     luaL_argcheck(L, token || outcome, 1, "give the token, or the outcome of a failure");
     if (!outcome) outcome = "minted";
-    long expires = ltoken_opt_seconds(L, "expires_in_seconds"), session = ltoken_opt_seconds(L, "max_session_duration_seconds");
+    long expires = ltoken_opt_seconds(L, "expires_in_seconds"),
+         session = ltoken_opt_seconds(L, "max_session_duration_seconds");
     ltoken_audit a;
     ltoken_audit_capture(L, h, expires, session, &a);
     audit_token(&a.who, provider, outcome, expires, session, token, tlen);
@@ -135,7 +137,9 @@ static int ltoken_regions(lua_State *L) {
 
 void ltokenlib_open(lua_State *L, lhost *h) {
     static const luaL_Reg fns[] = {
-        { "generate_temp_token", ltoken_generate }, { "regions", ltoken_regions }, { "audit", ltoken_audit_lua },
+        { "generate_temp_token", ltoken_generate },
+        { "regions", ltoken_regions },
+        { "audit", ltoken_audit_lua },
         { NULL, NULL },
     };
     llib_register(L, h, fns);

@@ -25,9 +25,9 @@
 /* What one require of the module owns; freed when the Lua state closes. */
 typedef struct luamod_state {
     lhost *h;
-    tokend_config cfg;          /* the settings from the environment */
-    char *key;                  /* the API key, in C memory only */
-    worker_group *group;        /* the module's own world, for calls outside requests */
+    tokend_config cfg;   /* the settings from the environment */
+    char *key;           /* the API key, in C memory only */
+    worker_group *group; /* the module's own world, for calls outside requests */
     worker *own;
     struct luamod_server *serving;
 } luamod_state;
@@ -141,7 +141,7 @@ static int luamod_server_close_lua(lua_State *L) {
 static const char *luamod_opt_string(lua_State *L, const char *name, const char *dflt) {
     lua_getfield(L, 1, name);
     const char *v = lua_isnil(L, -1) ? dflt : luaL_checkstring(L, -1);
-    lua_pop(L, 1);     /* the options table keeps it alive */
+    lua_pop(L, 1); /* the options table keeps it alive */
     return v;
 }
 
@@ -168,7 +168,7 @@ static void luamod_apply_options(lua_State *L, tokend_config *cfg) {
             if (config_set(cfg, s, lua_tostring(L, -1), 0, err, sizeof err) < 0)
                 luaL_error(L, "tokend.server: %s: %s", name, err);
         }
-        lua_pop(L, 1);      /* the options table keeps the value alive */
+        lua_pop(L, 1); /* the options table keeps the value alive */
     }
 }
 
@@ -220,7 +220,7 @@ static int luamod_server_new(lua_State *L) {
     lua_pushstring(L, script);
     lua_pushstring(L, public_dir);
     if (lua_pcall(L, 2, 0, 0) != LUA_OK) {
-        luamod_server_close(s);         /* the application's routes go back to its own world */
+        luamod_server_close(s); /* the application's routes go back to its own world */
         return lua_error(L);
     }
     lhost_serve(m->h, lhost_world_of(m->h));
@@ -298,8 +298,9 @@ static void luamod_preload_cjson(lua_State *L) {
 
 TOKEND_API int luaopen_tokend(lua_State *L) {
     static const luaL_Reg server_methods[] = {
-        { "fd", luamod_server_fd }, { "timeout", luamod_server_timeout }, { "step", luamod_server_step },
-        { "run", luamod_server_run }, { "stop", luamod_server_stop }, { "port", luamod_server_port },
+        { "fd", luamod_server_fd },           { "timeout", luamod_server_timeout },
+        { "step", luamod_server_step },       { "run", luamod_server_run },
+        { "stop", luamod_server_stop },       { "port", luamod_server_port },
         { "close", luamod_server_close_lua }, { NULL, NULL },
     };
     char err[512];
@@ -320,7 +321,7 @@ TOKEND_API int luaopen_tokend(lua_State *L) {
     memset(m, 0, sizeof *m);
     luaL_setmetatable(L, LUAMOD_STATE);
     lua_pushvalue(L, -1);
-    luaL_ref(L, LUA_REGISTRYINDEX);     /* lives as long as the state */
+    luaL_ref(L, LUA_REGISTRYINDEX); /* lives as long as the state */
 
     if (luamod_settings(m, err, sizeof err) < 0 || luamod_world(m, err, sizeof err) < 0)
         return luaL_error(L, "tokend: %s", err);
@@ -329,7 +330,7 @@ TOKEND_API int luaopen_tokend(lua_State *L) {
     if (lhost_attach(L, &ho, &m->h, err, sizeof err) < 0) return luaL_error(L, "tokend: %s", err);
 
     luamod_preload_cjson(L);
-    lpreload_open(L);       /* require "tokend.streaming" and the other parts written in Lua */
+    lpreload_open(L); /* require "tokend.streaming" and the other parts written in Lua */
     linit_push_module(L, m->h);
     lua_pushvalue(L, -2);
     lua_pushcclosure(L, luamod_server_new, 1);

@@ -37,14 +37,15 @@ static void main_on_signal(int sig) {
         if (main_server) tokend_server_reload(main_server);
         return;
     }
-    if (++main_stop_requests > 1) _exit(1);     /* a second Ctrl-C does not wait for the drain */
+    if (++main_stop_requests > 1) _exit(1); /* a second Ctrl-C does not wait for the drain */
     notify_send("STOPPING=1");
     if (main_server) tokend_server_stop(main_server);
 }
 
 static void main_usage(FILE *to) {
-    fprintf(to, "usage: tokend [options]\n\n"
-                "Serves short-lived AssemblyAI streaming tokens and a static front end, scripted in Lua.\n\n");
+    fprintf(to,
+            "usage: tokend [options]\n\n"
+            "Serves short-lived AssemblyAI streaming tokens and a static front end, scripted in Lua.\n\n");
     for (size_t i = 0; i < config_count; i++) {
         const config_setting *s = &config_settings[i];
         if (!s->flag) continue;
@@ -55,10 +56,10 @@ static void main_usage(FILE *to) {
         if (s->dflt) fprintf(to, "%sdefault %s", s->env ? "; " : " (", s->dflt);
         fprintf(to, "%s\n", s->env || s->dflt ? ")" : "");
     }
-    fprintf(to, "  %-30s %s\n  %-30s %s\n  %-30s %s\n  %-30s %s\n\n",
-            "--check", "load the script, report errors as file:line, exit 0 or 1",
-            "--dev-ca", "make the development CA if needed, say where it is and how to trust it",
-            "--version", "print the version", "--help", "print this help");
+    fprintf(to, "  %-30s %s\n  %-30s %s\n  %-30s %s\n  %-30s %s\n\n", "--check",
+            "load the script, report errors as file:line, exit 0 or 1", "--dev-ca",
+            "make the development CA if needed, say where it is and how to trust it", "--version", "print the version",
+            "--help", "print this help");
     fprintf(to, "Settings from the environment or .env (flags win over the environment, which wins over .env):\n");
     for (size_t i = 0; i < config_count; i++) {
         const config_setting *s = &config_settings[i];
@@ -159,8 +160,10 @@ static char *main_take_key(const char *value) {
 /* Builds getopt's table: one option per setting with a flag, then the command line's own. */
 static struct option *main_options(void) {
     static const struct option own[] = {
-        { "check", no_argument, 0, MAIN_OPT_CHECK }, { "dev-ca", no_argument, 0, MAIN_OPT_DEV_CA },
-        { "version", no_argument, 0, MAIN_OPT_VERSION }, { "help", no_argument, 0, MAIN_OPT_HELP },
+        { "check", no_argument, 0, MAIN_OPT_CHECK },
+        { "dev-ca", no_argument, 0, MAIN_OPT_DEV_CA },
+        { "version", no_argument, 0, MAIN_OPT_VERSION },
+        { "help", no_argument, 0, MAIN_OPT_HELP },
     };
     size_t nown = sizeof own / sizeof own[0], n = 0;
     struct option *opts = calloc(config_count + nown + 1, sizeof *opts);
@@ -180,18 +183,18 @@ typedef struct main_run {
     int argc;
     char **argv;
     struct option *longopts;
-    const char **flag_values;       /* per setting: its flag's value, or NULL */
-    int check;                      /* --check */
-    int dev_ca;                     /* --dev-ca */
+    const char **flag_values; /* per setting: its flag's value, or NULL */
+    int check;                /* --check */
+    int dev_ca;               /* --dev-ca */
     const char *env_file;
     envfile *env;
-    char *key;                      /* the API key, in this process's memory only */
+    char *key; /* the API key, in this process's memory only */
     tokend_config cfg;
     char script_path[4300], public_path[4300];
     char err[4096];
 } main_run;
 
-#define MAIN_GO (-1)                /* a step's result: go on to the next step */
+#define MAIN_GO (-1) /* a step's result: go on to the next step */
 
 /* Reads the command line into m->flag_values and m->check. Returns MAIN_GO, or the exit
  * status (--help, --version, a usage error). */
@@ -209,8 +212,8 @@ static int main_parse_flags(main_run *m) {
                 m->flag_values[opt - MAIN_OPT_SETTING] = optarg ? optarg : "1";
                 break;
             }
-            snprintf(m->err, sizeof m->err, "%s %s", optopt ? "option needs a value:" : "unknown option:",
-                     m->argv[optind - 1]);
+            snprintf(m->err, sizeof m->err, "%s %s",
+                     optopt ? "option needs a value:" : "unknown option:", m->argv[optind - 1]);
             main_fail_usage(m->err);
             return EXIT_USAGE;
         }
@@ -230,7 +233,7 @@ static int main_parse_flags(main_run *m) {
 static int main_load_env(main_run *m) {
     m->env_file = m->flag_values[config_by_flag("env-file") - config_settings];
     struct stat st;
-    if (!m->env_file && lstat(".env", &st) == 0) m->env_file = ".env";     /* a folder or a dead link too: said */
+    if (!m->env_file && lstat(".env", &st) == 0) m->env_file = ".env"; /* a folder or a dead link too: said */
     if (m->env_file && envfile_load(m->env_file, &m->env, m->err, sizeof m->err) < 0) {
         main_fail(m->err);
         return EXIT_USAGE;
@@ -279,7 +282,7 @@ static int main_resolve_settings(main_run *m) {
     for (size_t i = 0; i < config_count; i++) {
         const config_setting *s = &config_settings[i];
         const char *flag = m->flag_values[i], *value = flag ? flag : s->env ? envfile_lookup(m->env, s->env) : NULL;
-        if (s->type == CONFIG_SECRET || !value || (!flag && !*value)) continue;    /* NAME= is unset */
+        if (s->type == CONFIG_SECRET || !value || (!flag && !*value)) continue; /* NAME= is unset */
         if (config_set(&m->cfg, s, value, flag != NULL, m->err, sizeof m->err) < 0) {
             main_fail(m->err);
             return EXIT_USAGE;
@@ -295,8 +298,7 @@ static int main_resolve_settings(main_run *m) {
         return EXIT_USAGE;
     }
     main_warn_readable(m->env_file);
-    main_installed_defaults(&m->cfg, script_given, public_given, m->script_path, m->public_path,
-                            sizeof m->script_path);
+    main_installed_defaults(&m->cfg, script_given, public_given, m->script_path, m->public_path, sizeof m->script_path);
     return MAIN_GO;
 }
 
@@ -304,7 +306,7 @@ static int main_resolve_settings(main_run *m) {
 static int main_check(main_run *m) {
     if (tokend_script_check(&m->cfg, m->err, sizeof m->err) != TOKEND_OK) {
         if (log_is_json()) main_fail(m->err);
-        else fprintf(stderr, "%s\n", m->err);        /* file:line: message, as compilers write it */
+        else fprintf(stderr, "%s\n", m->err); /* file:line: message, as compilers write it */
         return 1;
     }
     snprintf(m->err, sizeof m->err, "%s: ok", m->cfg.script);
@@ -338,7 +340,8 @@ static int main_dev_ca(main_run *m) {
     }
     devca_names(m->cfg.allowed_hosts, names);
     if (devca_dir(dir, sizeof dir, m->err, sizeof m->err) < 0 ||
-        devca_ensure(dir, names, &cert, &key, &ca, m->err, sizeof m->err) < 0 || cert_describe(ca, fingerprint, expires) < 0) {
+        devca_ensure(dir, names, &cert, &key, &ca, m->err, sizeof m->err) < 0 ||
+        cert_describe(ca, fingerprint, expires) < 0) {
         main_fail(m->err);
         goto out;
     }
@@ -348,17 +351,20 @@ static int main_dev_ca(main_run *m) {
            "that trusts the CA: keep it private. To stop trusting it, remove it from each device, then delete\n"
            "the folder (the next --dev makes a new one).\n\n"
            "Trust it once on each device that opens tokend --dev over HTTPS (check the fingerprint on the device):\n"
-           "- Chromium and Chrome on Linux: certutil -d sql:$HOME/.pki/nssdb -A -t \"C,,\" -n \"tokend development CA\" "
+           "- Chromium and Chrome on Linux: certutil -d sql:$HOME/.pki/nssdb -A -t \"C,,\" -n \"tokend development "
+           "CA\" "
            "-i %s/ca.crt\n  (certutil is in Debian's libnss3-tools; restart the browser)\n"
            "- Firefox: Settings, Privacy & Security, Certificates, View Certificates, Authorities, Import: ca.crt,\n"
            "  \"Trust this CA to identify websites\"\n"
            "- curl and the system's other programs (Debian): sudo cp %s/ca.crt "
            "/usr/local/share/ca-certificates/tokend-dev-ca.crt\n  && sudo update-ca-certificates\n"
-           "- Android: copy ca.crt to the phone (USB, or with the phone plugged in: adb reverse tcp:%d tcp:%d, then open\n"
+           "- Android: copy ca.crt to the phone (USB, or with the phone plugged in: adb reverse tcp:%d tcp:%d, then "
+           "open\n"
            "  http://localhost:%d/__tokend/ca.crt on the phone while tokend --dev runs), then Settings, Security,\n"
            "  Encryption & credentials, Install a certificate, CA certificate\n"
            "- iPhone and iPad: AirDrop or mail ca.crt to the device, open it, install the profile (Settings, General,\n"
-           "  VPN & Device Management), then turn on full trust in Settings, General, About, Certificate Trust Settings\n\n"
+           "  VPN & Device Management), then turn on full trust in Settings, General, About, Certificate Trust "
+           "Settings\n\n"
            "tokend --dev serves this certificate at /__tokend/ca.crt to this machine only (its loopback address):\n"
            "fetched over the network without HTTPS, anyone on the way could swap it for their own.\n",
            dir, fingerprint, expires, dir, dir, m->cfg.port, m->cfg.port, m->cfg.port);
@@ -391,8 +397,10 @@ static void main_announce_dev(const char *host) {
     cert_names *names = calloc(1, sizeof *names);
     if (!names) return;
     if (main_loopback(host)) {
-        log_msg(LOG_WARN, "--dev with --host %s: only this machine can reach the server, a phone on your network "
-                          "cannot (without --host, --dev listens on every address)", host);
+        log_msg(LOG_WARN,
+                "--dev with --host %s: only this machine can reach the server, a phone on your network "
+                "cannot (without --host, --dev listens on every address)",
+                host);
     } else if (strcmp(host, "0.0.0.0") == 0 || strcmp(host, "::") == 0) {
         devca_network_names(names);
     } else {
@@ -400,7 +408,7 @@ static void main_announce_dev(const char *host) {
     }
     size_t o = 0;
     for (size_t i = 0; i < names->n; i++) {
-        if (strcmp(host, "0.0.0.0") == 0 && strchr(names->v[i], ':')) continue;     /* not listening on IPv6 */
+        if (strcmp(host, "0.0.0.0") == 0 && strchr(names->v[i], ':')) continue; /* not listening on IPv6 */
         main_url_host(names->v[i], hostpart, sizeof hostpart);
         char url[400];
         snprintf(url, sizeof url, "%s://%s:%d", tls ? "https" : "http", hostpart, tls ? tls : port);
@@ -415,7 +423,8 @@ static void main_announce_dev(const char *host) {
         main_say("dev", "development server", f, 2);
     } else {
         printf("  on this machine: %s://localhost:%d\n", tls ? "https" : "http", tls ? tls : port);
-        for (char *u = strtok(network, " "), *sep = "  on your network: "; u; u = strtok(NULL, " "), sep = "                   ")
+        for (char *u = strtok(network, " "), *sep = "  on your network: "; u;
+             u = strtok(NULL, " "), sep = "                   ")
             printf("%s%s\n", sep, u);
         if (tls) printf("  trust the development CA once on each device: tokend --dev-ca\n");
         char *qr = *first && isatty(STDOUT_FILENO) ? qrterm_draw(first) : NULL;
@@ -437,7 +446,8 @@ static void main_announce(const char *host, int dev) {
     log_field start[] = { { "url", url, 0 }, { "version", TOKEND_VERSION, 0 }, { "tls_url", tls_url, 0 } };
     main_say("start", line, start, *tls_url ? 3 : 2);
     if (dev) main_announce_dev(host);
-    if (notify_open() < 0) log_msg(LOG_WARN, "NOTIFY_SOCKET is set but cannot be used: systemd will not hear that tokend is ready");
+    if (notify_open() < 0)
+        log_msg(LOG_WARN, "NOTIFY_SOCKET is set but cannot be used: systemd will not hear that tokend is ready");
     snprintf(line, sizeof line, "READY=1\nSTATUS=listening on %s%s%s", url, *tls_url ? " and " : "", tls_url);
     notify_send(line);
 }
@@ -451,10 +461,11 @@ static int main_serve(main_run *m) {
         return 1;
     }
     if (m->key) {
-        explicit_bzero(m->key, strlen(m->key));     /* the server holds its own copy */
+        explicit_bzero(m->key, strlen(m->key)); /* the server holds its own copy */
     } else {
-        log_msg(LOG_WARN, "no AssemblyAI API key configured: set ASSEMBLYAI_API_KEY in the environment or "
-                          "in .env; until then /token answers 503 (static files are served)");
+        log_msg(LOG_WARN,
+                "no AssemblyAI API key configured: set ASSEMBLYAI_API_KEY in the environment or "
+                "in .env; until then /token answers 503 (static files are served)");
     }
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
@@ -489,7 +500,7 @@ static int main_steps(main_run *m) {
 }
 
 int main(int argc, char **argv) {
-    static main_run m;      /* large buffers: not on the stack */
+    static main_run m; /* large buffers: not on the stack */
     m.argc = argc;
     m.argv = argv;
     m.longopts = main_options();

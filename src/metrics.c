@@ -23,7 +23,7 @@ typedef struct metrics_series {
 static pthread_mutex_t metrics_lock = PTHREAD_MUTEX_INITIALIZER;
 static metrics_series metrics_requests[METRICS_MAX_SERIES];
 static size_t metrics_nrequests;
-static unsigned long long metrics_requests_dropped;    /* past METRICS_MAX_SERIES series */
+static unsigned long long metrics_requests_dropped; /* past METRICS_MAX_SERIES series */
 
 static atomic_long metrics_in_flight_now;
 static atomic_ullong metrics_tokens;
@@ -32,9 +32,9 @@ static atomic_ullong metrics_reloads_ok, metrics_reloads_failed;
 /* A latency histogram in seconds. */
 #define METRICS_MAX_BOUNDS 12
 typedef struct metrics_histogram {
-    const char *name;               /* tokend_..._seconds */
+    const char *name; /* tokend_..._seconds */
     const char *help;
-    double bounds[METRICS_MAX_BOUNDS];      /* ascending, 0-terminated when shorter */
+    double bounds[METRICS_MAX_BOUNDS]; /* ascending, 0-terminated when shorter */
     atomic_ullong buckets[METRICS_MAX_BOUNDS + 1];
     atomic_ullong count;
     atomic_ullong sum_us;
@@ -42,7 +42,8 @@ typedef struct metrics_histogram {
 
 /* Upstream latency, like Prometheus client defaults around 100 ms. */
 static metrics_histogram metrics_upstream_latency = {
-    .name = "tokend_upstream_duration_seconds", .help = "Time from a token request to its outcome.",
+    .name = "tokend_upstream_duration_seconds",
+    .help = "Time from a token request to its outcome.",
     .bounds = { 0.01, 0.025, 0.05, 0.1, 0.15, 0.25, 0.5, 1, 2.5, 5, 10 },
 };
 /* Redis command latency: sub-millisecond on a local network. */
@@ -63,9 +64,12 @@ static metrics_histogram metrics_relay_handshake_latency = {
 static atomic_long metrics_relay_open;
 static atomic_ullong metrics_relay_opened_total;
 static atomic_ullong metrics_relay_ms_total;
-static atomic_ullong metrics_relay_bytes[2];            /* client to upstream, upstream to client */
+static atomic_ullong metrics_relay_bytes[2]; /* client to upstream, upstream to client */
 #define METRICS_RELAY_CAUSES 32
-static struct { char cause[32]; unsigned long long count; } metrics_relay_causes[METRICS_RELAY_CAUSES];
+static struct {
+    char cause[32];
+    unsigned long long count;
+} metrics_relay_causes[METRICS_RELAY_CAUSES];
 static size_t metrics_nrelay_causes;
 
 static const char *const metrics_redis_error_kinds[] = { "down", "timeout", "lost", "reply" };
@@ -93,8 +97,9 @@ static void metrics_count_kind(const char *const *kinds, atomic_ullong *counters
 void metrics_request(const char *route, int status) {
     pthread_mutex_lock(&metrics_lock);
     size_t i = 0;
-    while (i < metrics_nrequests && !(metrics_requests[i].status == status &&
-                                      strcmp(metrics_requests[i].route, route) == 0)) i++;
+    while (i < metrics_nrequests &&
+           !(metrics_requests[i].status == status && strcmp(metrics_requests[i].route, route) == 0))
+        i++;
     if (i == metrics_nrequests) {
         if (i == METRICS_MAX_SERIES) {
             metrics_requests_dropped++;
@@ -114,14 +119,15 @@ void metrics_in_flight(int delta) {
 }
 
 void metrics_upstream(failure_kind failure, double elapsed_ms) {
-    if (elapsed_ms >= 0) metrics_observe(&metrics_upstream_latency, elapsed_ms);  /* < 0: no call was made */
+    if (elapsed_ms >= 0) metrics_observe(&metrics_upstream_latency, elapsed_ms); /* < 0: no call was made */
     if (failure == FAILURE_NONE) atomic_fetch_add(&metrics_tokens, 1);
     else if (failure < FAILURE_COUNT) atomic_fetch_add(&metrics_errors[failure], 1);
 }
 
 void metrics_redis(double elapsed_ms, const char *error_kind) {
     if (elapsed_ms >= 0) metrics_observe(&metrics_redis_latency, elapsed_ms);
-    if (error_kind) metrics_count_kind(metrics_redis_error_kinds, metrics_redis_errors, METRICS_REDIS_KINDS, error_kind);
+    if (error_kind)
+        metrics_count_kind(metrics_redis_error_kinds, metrics_redis_errors, METRICS_REDIS_KINDS, error_kind);
 }
 
 void metrics_store_fallback(const char *policy) {
@@ -160,7 +166,7 @@ void metrics_reload(int ok) {
 
 /* printf into the output. */
 static void metrics_printf(metrics_write_fn *write, void *ud, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
+        __attribute__((format(printf, 3, 4)));
 static void metrics_printf(metrics_write_fn *write, void *ud, const char *fmt, ...) {
     char line[512];
     va_list ap;
@@ -174,9 +180,13 @@ static void metrics_printf(metrics_write_fn *write, void *ud, const char *fmt, .
 static void metrics_label(const char *in, char *out, size_t cap) {
     size_t o = 0;
     for (; *in && o + 3 < cap; in++) {
-        if (*in == '\\' || *in == '"') { out[o++] = '\\'; out[o++] = *in; }
-        else if (*in == '\n') { out[o++] = '\\'; out[o++] = 'n'; }
-        else out[o++] = *in;
+        if (*in == '\\' || *in == '"') {
+            out[o++] = '\\';
+            out[o++] = *in;
+        } else if (*in == '\n') {
+            out[o++] = '\\';
+            out[o++] = 'n';
+        } else out[o++] = *in;
     }
     out[o] = '\0';
 }
@@ -226,9 +236,10 @@ static void metrics_render_process(metrics_write_fn *write, void *ud) {
     struct rlimit rl = { 0, 0 };
     FILE *f = fopen("/proc/self/stat", "r");
     if (f && fgets(buf, sizeof buf, f)) {
-        const char *p = strrchr(buf, ')');      /* the command name may hold spaces */
-        if (p && sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu %*d %*d %*d %*d %*d %*d %llu %lu %ld",
-                        &utime, &stime, &start, &vsize, &rss) != 5)
+        const char *p = strrchr(buf, ')'); /* the command name may hold spaces */
+        if (p &&
+            sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu %*d %*d %*d %*d %*d %*d %llu %lu %ld",
+                   &utime, &stime, &start, &vsize, &rss) != 5)
             utime = stime = 0;
     }
     if (f) fclose(f);
@@ -243,33 +254,47 @@ static void metrics_render_process(metrics_write_fn *write, void *ud) {
     if (d) closedir(d);
     getrlimit(RLIMIT_NOFILE, &rl);
     if (ticks <= 0) ticks = 100;
-    metrics_printf(write, ud, "# HELP process_cpu_seconds_total User and system CPU time spent.\n"
-                              "# TYPE process_cpu_seconds_total counter\nprocess_cpu_seconds_total %.2f\n",
+    metrics_printf(write, ud,
+                   "# HELP process_cpu_seconds_total User and system CPU time spent.\n"
+                   "# TYPE process_cpu_seconds_total counter\nprocess_cpu_seconds_total %.2f\n",
                    (double)(utime + stime) / (double)ticks);
-    metrics_printf(write, ud, "# HELP process_resident_memory_bytes Resident memory size.\n"
-                              "# TYPE process_resident_memory_bytes gauge\nprocess_resident_memory_bytes %lld\n",
+    metrics_printf(write, ud,
+                   "# HELP process_resident_memory_bytes Resident memory size.\n"
+                   "# TYPE process_resident_memory_bytes gauge\nprocess_resident_memory_bytes %lld\n",
                    (long long)rss * page);
-    metrics_printf(write, ud, "# HELP process_virtual_memory_bytes Virtual memory size.\n"
-                              "# TYPE process_virtual_memory_bytes gauge\nprocess_virtual_memory_bytes %lu\n", vsize);
-    metrics_printf(write, ud, "# HELP process_open_fds Open file descriptors.\n"
-                              "# TYPE process_open_fds gauge\nprocess_open_fds %zu\n", fds ? fds - 1 : 0);     /* not opendir's own */
-    metrics_printf(write, ud, "# HELP process_max_fds The limit of open file descriptors.\n"
-                              "# TYPE process_max_fds gauge\nprocess_max_fds %llu\n", (unsigned long long)rl.rlim_cur);
-    metrics_printf(write, ud, "# HELP process_start_time_seconds Start time of the process since the Unix epoch.\n"
-                              "# TYPE process_start_time_seconds gauge\nprocess_start_time_seconds %.2f\n",
+    metrics_printf(write, ud,
+                   "# HELP process_virtual_memory_bytes Virtual memory size.\n"
+                   "# TYPE process_virtual_memory_bytes gauge\nprocess_virtual_memory_bytes %lu\n",
+                   vsize);
+    metrics_printf(write, ud,
+                   "# HELP process_open_fds Open file descriptors.\n"
+                   "# TYPE process_open_fds gauge\nprocess_open_fds %zu\n",
+                   fds ? fds - 1 : 0); /* not opendir's own */
+    metrics_printf(write, ud,
+                   "# HELP process_max_fds The limit of open file descriptors.\n"
+                   "# TYPE process_max_fds gauge\nprocess_max_fds %llu\n",
+                   (unsigned long long)rl.rlim_cur);
+    metrics_printf(write, ud,
+                   "# HELP process_start_time_seconds Start time of the process since the Unix epoch.\n"
+                   "# TYPE process_start_time_seconds gauge\nprocess_start_time_seconds %.2f\n",
                    (double)boot + (double)start / (double)ticks);
-    metrics_printf(write, ud, "# HELP tokend_build_info The version tokend was built as.\n"
-                              "# TYPE tokend_build_info gauge\ntokend_build_info{version=\"%s\"} 1\n", TOKEND_VERSION);
+    metrics_printf(write, ud,
+                   "# HELP tokend_build_info The version tokend was built as.\n"
+                   "# TYPE tokend_build_info gauge\ntokend_build_info{version=\"%s\"} 1\n",
+                   TOKEND_VERSION);
 }
 
 /* The relay's families. */
 static void metrics_render_relay(metrics_write_fn *write, void *ud) {
-    metrics_printf(write, ud, "# HELP tokend_relay_sessions_open Relayed sessions open now.\n"
-                              "# TYPE tokend_relay_sessions_open gauge\ntokend_relay_sessions_open %ld\n",
+    metrics_printf(write, ud,
+                   "# HELP tokend_relay_sessions_open Relayed sessions open now.\n"
+                   "# TYPE tokend_relay_sessions_open gauge\ntokend_relay_sessions_open %ld\n",
                    atomic_load(&metrics_relay_open));
-    metrics_printf(write, ud, "# HELP tokend_relay_sessions_opened_total Relayed sessions opened to the client.\n"
-                              "# TYPE tokend_relay_sessions_opened_total counter\n"
-                              "tokend_relay_sessions_opened_total %llu\n", atomic_load(&metrics_relay_opened_total));
+    metrics_printf(write, ud,
+                   "# HELP tokend_relay_sessions_opened_total Relayed sessions opened to the client.\n"
+                   "# TYPE tokend_relay_sessions_opened_total counter\n"
+                   "tokend_relay_sessions_opened_total %llu\n",
+                   atomic_load(&metrics_relay_opened_total));
     metrics_family(write, ud, "tokend_relay_sessions_closed_total", "counter",
                    "Relayed sessions ended (or refused), by cause.");
     pthread_mutex_lock(&metrics_lock);
@@ -277,20 +302,23 @@ static void metrics_render_relay(metrics_write_fn *write, void *ud) {
         metrics_sample(write, ud, "tokend_relay_sessions_closed_total", "cause", metrics_relay_causes[i].cause,
                        metrics_relay_causes[i].count);
     pthread_mutex_unlock(&metrics_lock);
-    metrics_printf(write, ud, "# HELP tokend_relay_seconds_total Time relayed sessions were open upstream.\n"
-                              "# TYPE tokend_relay_seconds_total counter\ntokend_relay_seconds_total %.3f\n",
+    metrics_printf(write, ud,
+                   "# HELP tokend_relay_seconds_total Time relayed sessions were open upstream.\n"
+                   "# TYPE tokend_relay_seconds_total counter\ntokend_relay_seconds_total %.3f\n",
                    (double)atomic_load(&metrics_relay_ms_total) / 1000.0);
-    metrics_printf(write, ud, "# HELP tokend_relay_bytes_total Message bytes relayed, by direction.\n"
-                              "# TYPE tokend_relay_bytes_total counter\n"
-                              "tokend_relay_bytes_total{direction=\"client_to_upstream\"} %llu\n"
-                              "tokend_relay_bytes_total{direction=\"upstream_to_client\"} %llu\n",
+    metrics_printf(write, ud,
+                   "# HELP tokend_relay_bytes_total Message bytes relayed, by direction.\n"
+                   "# TYPE tokend_relay_bytes_total counter\n"
+                   "tokend_relay_bytes_total{direction=\"client_to_upstream\"} %llu\n"
+                   "tokend_relay_bytes_total{direction=\"upstream_to_client\"} %llu\n",
                    atomic_load(&metrics_relay_bytes[0]), atomic_load(&metrics_relay_bytes[1]));
     metrics_render_histogram(write, ud, &metrics_relay_handshake_latency);
 }
 
 void metrics_render(metrics_write_fn *write, void *ud, long upstream_connections_opened) {
-    metrics_printf(write, ud, "# HELP tokend_requests_total Requests answered, by route and status.\n"
-                              "# TYPE tokend_requests_total counter\n");
+    metrics_printf(write, ud,
+                   "# HELP tokend_requests_total Requests answered, by route and status.\n"
+                   "# TYPE tokend_requests_total counter\n");
     pthread_mutex_lock(&metrics_lock);
     for (size_t i = 0; i < metrics_nrequests; i++) {
         char label[140];
@@ -301,23 +329,28 @@ void metrics_render(metrics_write_fn *write, void *ud, long upstream_connections
     unsigned long long dropped = metrics_requests_dropped;
     pthread_mutex_unlock(&metrics_lock);
     if (dropped) metrics_printf(write, ud, "tokend_requests_total{route=\"other\",status=\"other\"} %llu\n", dropped);
-    metrics_printf(write, ud, "# HELP tokend_requests_in_flight Requests being handled now.\n"
-                              "# TYPE tokend_requests_in_flight gauge\ntokend_requests_in_flight %ld\n",
+    metrics_printf(write, ud,
+                   "# HELP tokend_requests_in_flight Requests being handled now.\n"
+                   "# TYPE tokend_requests_in_flight gauge\ntokend_requests_in_flight %ld\n",
                    atomic_load(&metrics_in_flight_now));
-    metrics_printf(write, ud, "# HELP tokend_tokens_minted_total Temporary tokens minted.\n"
-                              "# TYPE tokend_tokens_minted_total counter\ntokend_tokens_minted_total %llu\n",
+    metrics_printf(write, ud,
+                   "# HELP tokend_tokens_minted_total Temporary tokens minted.\n"
+                   "# TYPE tokend_tokens_minted_total counter\ntokend_tokens_minted_total %llu\n",
                    atomic_load(&metrics_tokens));
     metrics_render_histogram(write, ud, &metrics_upstream_latency);
     const char *failures[FAILURE_COUNT];
     for (failure_kind k = FAILURE_NONE; k < FAILURE_COUNT; k++) failures[k] = failure_name(k);
     metrics_render_kinds(write, ud, "tokend_upstream_errors_total", "Failed token requests, by kind.", "kind",
                          failures + 1, metrics_errors + 1, FAILURE_COUNT - 1);
-    metrics_printf(write, ud, "# HELP tokend_upstream_connections_opened_total Connections opened to the upstream.\n"
-                              "# TYPE tokend_upstream_connections_opened_total counter\n"
-                              "tokend_upstream_connections_opened_total %ld\n", upstream_connections_opened);
-    metrics_printf(write, ud, "# HELP tokend_reloads_total Script reloads, by result.\n"
-                              "# TYPE tokend_reloads_total counter\n"
-                              "tokend_reloads_total{result=\"ok\"} %llu\ntokend_reloads_total{result=\"failed\"} %llu\n",
+    metrics_printf(write, ud,
+                   "# HELP tokend_upstream_connections_opened_total Connections opened to the upstream.\n"
+                   "# TYPE tokend_upstream_connections_opened_total counter\n"
+                   "tokend_upstream_connections_opened_total %ld\n",
+                   upstream_connections_opened);
+    metrics_printf(write, ud,
+                   "# HELP tokend_reloads_total Script reloads, by result.\n"
+                   "# TYPE tokend_reloads_total counter\n"
+                   "tokend_reloads_total{result=\"ok\"} %llu\ntokend_reloads_total{result=\"failed\"} %llu\n",
                    atomic_load(&metrics_reloads_ok), atomic_load(&metrics_reloads_failed));
     metrics_render_histogram(write, ud, &metrics_redis_latency);
     metrics_render_kinds(write, ud, "tokend_redis_errors_total",

@@ -10,33 +10,42 @@
 
 #include "mime.h"
 
-#define MIME_SLOTS 8192                 /* a power of two, well above Debian's ~1,500 extensions */
+#define MIME_SLOTS 8192 /* a power of two, well above Debian's ~1,500 extensions */
 #define MIME_MAX_EXT 32
 #define MIME_DEFAULT "application/octet-stream"
 
 typedef struct mime_entry {
-    char ext[MIME_MAX_EXT];             /* lower case; "" = free */
-    const char *type;                   /* with its charset; owned by mime_types */
+    char ext[MIME_MAX_EXT]; /* lower case; "" = free */
+    const char *type;       /* with its charset; owned by mime_types */
 } mime_entry;
 
 static mime_entry mime_table[MIME_SLOTS];
-static char **mime_types;               /* every type string, for the table's entries */
+static char **mime_types; /* every type string, for the table's entries */
 static size_t mime_ntypes, mime_nexts;
 static pthread_once_t mime_once = PTHREAD_ONCE_INIT;
 static const char *mime_path = "/etc/mime.types";
 
 /* The web's common types: used when the system has no mime.types, and for the extensions
  * it does not list. */
-static const struct { const char *ext, *type; } mime_builtin[] = {
-    { "html", "text/html" }, { "htm", "text/html" }, { "css", "text/css" }, { "js", "text/javascript" },
-    { "mjs", "text/javascript" }, { "json", "application/json" }, { "map", "application/json" },
-    { "txt", "text/plain" }, { "md", "text/markdown" }, { "xml", "application/xml" }, { "svg", "image/svg+xml" },
-    { "png", "image/png" }, { "jpg", "image/jpeg" }, { "jpeg", "image/jpeg" }, { "gif", "image/gif" },
-    { "webp", "image/webp" }, { "avif", "image/avif" }, { "ico", "image/vnd.microsoft.icon" },
-    { "wasm", "application/wasm" }, { "wav", "audio/wav" }, { "mp3", "audio/mpeg" }, { "ogg", "audio/ogg" },
-    { "webm", "video/webm" }, { "mp4", "video/mp4" }, { "woff", "font/woff" }, { "woff2", "font/woff2" },
-    { "pdf", "application/pdf" }, { "webmanifest", "application/manifest+json" }, { "srt", "text/plain" },
-    { "vtt", "text/vtt" }, { "csv", "text/csv" },
+static const struct {
+    const char *ext, *type;
+} mime_builtin[] = {
+    { "html", "text/html" },        { "htm", "text/html" },
+    { "css", "text/css" },          { "js", "text/javascript" },
+    { "mjs", "text/javascript" },   { "json", "application/json" },
+    { "map", "application/json" },  { "txt", "text/plain" },
+    { "md", "text/markdown" },      { "xml", "application/xml" },
+    { "svg", "image/svg+xml" },     { "png", "image/png" },
+    { "jpg", "image/jpeg" },        { "jpeg", "image/jpeg" },
+    { "gif", "image/gif" },         { "webp", "image/webp" },
+    { "avif", "image/avif" },       { "ico", "image/vnd.microsoft.icon" },
+    { "wasm", "application/wasm" }, { "wav", "audio/wav" },
+    { "mp3", "audio/mpeg" },        { "ogg", "audio/ogg" },
+    { "webm", "video/webm" },       { "mp4", "video/mp4" },
+    { "woff", "font/woff" },        { "woff2", "font/woff2" },
+    { "pdf", "application/pdf" },   { "webmanifest", "application/manifest+json" },
+    { "srt", "text/plain" },        { "vtt", "text/vtt" },
+    { "csv", "text/csv" },
 };
 
 static uint64_t mime_hash(const char *ext) {
@@ -127,11 +136,18 @@ const char *mime_type(const char *name) {
 
 int mime_compressible(const char *t) {
     static const char *const kinds[] = {
-        "text/", "application/json", "application/javascript", "application/xml", "application/wasm",
-        "image/svg+xml", "application/manifest+json", "image/vnd.microsoft.icon", NULL,
+        "text/",
+        "application/json",
+        "application/javascript",
+        "application/xml",
+        "application/wasm",
+        "image/svg+xml",
+        "application/manifest+json",
+        "image/vnd.microsoft.icon",
+        NULL,
     };
     for (int i = 0; kinds[i]; i++)
         if (strncasecmp(t, kinds[i], strlen(kinds[i])) == 0) return 1;
-    size_t n = strcspn(t, ";");     /* any +json or +xml type */
+    size_t n = strcspn(t, ";"); /* any +json or +xml type */
     return (n > 5 && (strncasecmp(t + n - 5, "+json", 5) == 0)) || (n > 4 && strncasecmp(t + n - 4, "+xml", 4) == 0);
 }

@@ -92,7 +92,7 @@ static int netaddr_net_parse(char *item, netaddr_net *net) {
         if (!slash[1] || *end || bits < 0 || bits > max) return -1;
         net->bits = (int)bits;
     }
-    if (v6 && net->base.family == AF_INET) {    /* ::ffff:a.b.c.d/n: the IPv4 part counts */
+    if (v6 && net->base.family == AF_INET) { /* ::ffff:a.b.c.d/n: the IPv4 part counts */
         if (net->bits < 96) return -1;
         net->bits -= 96;
     }
@@ -169,8 +169,8 @@ static int netaddr_item(const char *s, size_t a, size_t b, netaddr *out) {
     return netaddr_parse(item, out);
 }
 
-void netaddr_client(const netaddr_nets *trusted, const char *peer, const char *const *values, size_t nvalues,
-                    char *out, size_t outlen) {
+void netaddr_client(const netaddr_nets *trusted, const char *peer, const char *const *values, size_t nvalues, char *out,
+                    size_t outlen) {
     netaddr item, leftmost;
     int seen = 0;
     snprintf(out, outlen, "%s", peer);
@@ -181,7 +181,7 @@ void netaddr_client(const netaddr_nets *trusted, const char *peer, const char *c
         for (;;) {
             size_t start = end;
             while (start > 0 && s[start - 1] != ',') start--;
-            if (netaddr_item(s, start, end, &item) < 0) return;    /* untrusted header: the peer */
+            if (netaddr_item(s, start, end, &item) < 0) return; /* untrusted header: the peer */
             if (!netaddr_nets_contain_addr(trusted, &item)) {
                 netaddr_format(&item, out, outlen);
                 return;
@@ -192,5 +192,5 @@ void netaddr_client(const netaddr_nets *trusted, const char *peer, const char *c
             end = start - 1;
         }
     }
-    if (seen) netaddr_format(&leftmost, out, outlen);     /* every hop a trusted proxy */
+    if (seen) netaddr_format(&leftmost, out, outlen); /* every hop a trusted proxy */
 }

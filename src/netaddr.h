@@ -5,11 +5,11 @@
 #include <stddef.h>
 #include <sys/socket.h>
 
-#define NETADDR_TEXT 64             /* room for any address text tokend writes */
+#define NETADDR_TEXT 64 /* room for any address text tokend writes */
 
 typedef struct netaddr {
-    int family;                     /* AF_INET or AF_INET6 */
-    unsigned char bytes[16];        /* 4 used for AF_INET */
+    int family;              /* AF_INET or AF_INET6 */
+    unsigned char bytes[16]; /* 4 used for AF_INET */
 } netaddr;
 
 /* Parses an IPv4 or IPv6 address text; an IPv4-mapped IPv6 address (::ffff:a.b.c.d)
@@ -44,7 +44,7 @@ int netaddr_nets_contain(const netaddr_nets *n, const char *text);
  * order, each a comma-separated list; a caller may pass only the last lines, where
  * proxies add theirs) that is not a trusted proxy, or the left-most when all are. An
  * empty or malformed item makes the header untrusted: the client is then the peer. */
-void netaddr_client(const netaddr_nets *trusted, const char *peer, const char *const *values, size_t nvalues,
-                    char *out, size_t outlen);
+void netaddr_client(const netaddr_nets *trusted, const char *peer, const char *const *values, size_t nvalues, char *out,
+                    size_t outlen);
 
 #endif

@@ -23,14 +23,14 @@ int notify_open(void) {
     memset(&notify_addr, 0, sizeof notify_addr);
     notify_addr.sun_family = AF_UNIX;
     memcpy(notify_addr.sun_path, path, n);
-    if (path[0] == '@') notify_addr.sun_path[0] = '\0';      /* an abstract socket */
+    if (path[0] == '@') notify_addr.sun_path[0] = '\0'; /* an abstract socket */
     notify_addr_len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + n + (path[0] == '/'));
     notify_fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
     return notify_fd < 0 ? -1 : 1;
 }
 
 void notify_send(const char *state) {
-    int saved = errno;      /* safe in a signal handler: one system call, errno kept */
+    int saved = errno; /* safe in a signal handler: one system call, errno kept */
     if (notify_fd >= 0)
         (void)sendto(notify_fd, state, strlen(state), MSG_NOSIGNAL, (const struct sockaddr *)&notify_addr,
                      notify_addr_len);

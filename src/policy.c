@@ -17,13 +17,13 @@
 #include "policy.h"
 
 #define POLICY_MAX_LIMITERS 32
-#define POLICY_EVICT_PROBE 8    /* the least recently used clients looked at for a full bucket */
+#define POLICY_EVICT_PROBE 8 /* the least recently used clients looked at for a full bucket */
 
 /* ---- token buckets ---- */
 
 typedef struct policy_entry {
-    hashtab_node node;      /* in its limiter's table */
-    list_node recency;      /* in its limiter's list, most recently used first */
+    hashtab_node node; /* in its limiter's table */
+    list_node recency; /* in its limiter's list, most recently used first */
     double tokens;
     uint64_t last_ms;
     size_t klen;
@@ -33,12 +33,12 @@ typedef struct policy_entry {
 typedef struct policy_limiter_def {
     char name[64];
     double rate, per_s, burst;
-    double per_ms;          /* tokens added per millisecond */
+    double per_ms; /* tokens added per millisecond */
     size_t max_keys;
     hashtab *table;
     list_node recency;
-    unsigned long long evicted;     /* clients forgotten while their bucket was not full */
-    unsigned long long visited;     /* entries looked at to make room */
+    unsigned long long evicted; /* clients forgotten while their bucket was not full */
+    unsigned long long visited; /* entries looked at to make room */
 } policy_limiter_def;
 
 struct policy_buckets {
@@ -148,7 +148,7 @@ void policy_client_key(const char *key, char out[POLICY_KEY_SIZE]) {
     }
     memcpy(out, "sha256:", 7);
     if (crypto_digest("sha256", key, len, digest) == 32) crypto_hex(digest, 32, out + 7);
-    else snprintf(out, POLICY_KEY_SIZE, "%.*s", POLICY_KEY_MAX, key);     /* OpenSSL failed: cut */
+    else snprintf(out, POLICY_KEY_SIZE, "%.*s", POLICY_KEY_MAX, key); /* OpenSSL failed: cut */
 }
 
 /* Whether a client's entry is the one for key. */
@@ -173,7 +173,7 @@ int policy_take(policy_buckets *b, int id, const char *key, uint64_t now_ms, lon
     } else {
         while (hashtab_count(d->table) >= d->max_keys) policy_evict(d, now_ms);
         if (!(e = malloc(sizeof *e + klen + 1))) {
-            *retry_after_s = 1;     /* out of memory: refuse rather than not count */
+            *retry_after_s = 1; /* out of memory: refuse rather than not count */
             goto out;
         }
         e->tokens = d->burst;
@@ -218,7 +218,10 @@ void policy_metrics(policy_buckets *b, metrics_write_fn *write, void *ud) {
         { "tokend_limiter_evictions_total", "counter",
           "Clients a local limiter forgot to make room for new ones, before their bucket was full again." },
     };
-    struct { char name[64]; unsigned long long v[2]; } seen[POLICY_MAX_LIMITERS];
+    struct {
+        char name[64];
+        unsigned long long v[2];
+    } seen[POLICY_MAX_LIMITERS];
     int n;
     /* Copied out first: write may raise a Lua error, which must not leave the lock held. */
     pthread_mutex_lock(&b->lock);
@@ -237,8 +240,8 @@ void policy_metrics(policy_buckets *b, metrics_write_fn *write, void *ud) {
 /* ---- connections per address ---- */
 
 typedef struct policy_conn_entry {
-    hashtab_node node;      /* in the table, by addr */
-    list_node all;          /* in the list of entries (to free them) */
+    hashtab_node node; /* in the table, by addr */
+    list_node all;     /* in the list of entries (to free them) */
     unsigned int count;
     char addr[NETADDR_TEXT];
 } policy_conn_entry;
@@ -246,7 +249,7 @@ typedef struct policy_conn_entry {
 struct policy_conns {
     pthread_mutex_t lock;
     unsigned int limit;
-    hashtab *table;         /* keyed: a client cannot pick addresses that share a chain */
+    hashtab *table; /* keyed: a client cannot pick addresses that share a chain */
     list_node entries;
 };
 
@@ -284,8 +287,7 @@ static int policy_conn_is(const hashtab_node *n, const void *key, size_t len) {
 
 /* The entry counting addr's connections (an IPv6 address counts as its /64 network, like
  * the rate limits), or NULL. key gets the counting key, *hash its hash. */
-static policy_conn_entry *policy_conn_find(policy_conns *c, const char *addr, char key[NETADDR_TEXT],
-                                           uint64_t *hash) {
+static policy_conn_entry *policy_conn_find(policy_conns *c, const char *addr, char key[NETADDR_TEXT], uint64_t *hash) {
     netaddr_key(addr, key, NETADDR_TEXT);
     size_t len = strlen(key);
     *hash = hashtab_hash(c->table, key, len);
@@ -333,8 +335,8 @@ void policy_conns_closed(policy_conns *c, const char *addr) {
 
 typedef struct policy_origin_rule {
     char scheme[8];
-    char host[256];         /* lower case; "*.example.com" matches subdomains */
-    char port[8];           /* "" default port, "*" any */
+    char host[256]; /* lower case; "*.example.com" matches subdomains */
+    char port[8];   /* "" default port, "*" any */
 } policy_origin_rule;
 
 struct policy_origins {
@@ -360,7 +362,7 @@ static int policy_split_origin(const char *s, char *scheme, size_t sl, char *hos
         if (!colon) colon = h + strlen(h);
     }
     size_t n = (size_t)(colon - h);
-    if (n == 0 || n >= hl || strpbrk(h, "/?#@ ") ) return -1;
+    if (n == 0 || n >= hl || strpbrk(h, "/?#@ ")) return -1;
     for (size_t i = 0; i < n; i++) host[i] = (char)tolower((unsigned char)h[i]);
     host[n] = '\0';
     const char *pt = *colon == ':' ? colon + 1 : "";
@@ -368,7 +370,8 @@ static int policy_split_origin(const char *s, char *scheme, size_t sl, char *hos
     for (const char *q = pt; *q; q++)
         if (!isdigit((unsigned char)*q) && strcmp(pt, "*") != 0) return -1;
     snprintf(port, pl, "%s", pt);
-    if ((strcmp(scheme, "http") == 0 && strcmp(port, "80") == 0) || (strcmp(scheme, "https") == 0 && strcmp(port, "443") == 0))
+    if ((strcmp(scheme, "http") == 0 && strcmp(port, "80") == 0) ||
+        (strcmp(scheme, "https") == 0 && strcmp(port, "443") == 0))
         port[0] = '\0';
     return 0;
 }
@@ -377,7 +380,7 @@ static int policy_split_origin(const char *s, char *scheme, size_t sl, char *hos
  * "*.example.com", a name ending in ".example.com". */
 static int policy_name_matches(const char *pattern, const char *name) {
     if (strncmp(pattern, "*.", 2) != 0) return strcmp(pattern, name) == 0;
-    size_t nl = strlen(name), pl = strlen(pattern) - 1;     /* ".example.com" */
+    size_t nl = strlen(name), pl = strlen(pattern) - 1; /* ".example.com" */
     return nl > pl && strcmp(name + nl - pl, pattern + 1) == 0;
 }
 
@@ -400,7 +403,8 @@ int policy_origins_parse(const char *const *patterns, size_t n, policy_origins *
             continue;
         }
         policy_origin_rule *r = &o->rules[o->len];
-        if (policy_split_origin(patterns[i], r->scheme, sizeof r->scheme, r->host, sizeof r->host, r->port, sizeof r->port) < 0 ||
+        if (policy_split_origin(patterns[i], r->scheme, sizeof r->scheme, r->host, sizeof r->host, r->port,
+                                sizeof r->port) < 0 ||
             !policy_name_pattern_ok(r->host)) {
             snprintf(err, errlen, "origin \"%s\" is not scheme://host[:port] (port may be *, host may start with *.)",
                      patterns[i]);
@@ -427,8 +431,8 @@ int policy_origin_check(const policy_origins *o, const char *origin, const char 
     if (host && *host) {
         char self[300], ss[8], sh[256], sp[8];
         snprintf(self, sizeof self, "%s://%s", scheme, host);
-        if (policy_split_origin(self, ss, sizeof ss, sh, sizeof sh, sp, sizeof sp) == 0 &&
-            strcmp(s, ss) == 0 && strcmp(h, sh) == 0 && strcmp(p, sp) == 0)
+        if (policy_split_origin(self, ss, sizeof ss, sh, sizeof sh, sp, sizeof sp) == 0 && strcmp(s, ss) == 0 &&
+            strcmp(h, sh) == 0 && strcmp(p, sp) == 0)
             return POLICY_ORIGIN_SAME;
     }
     if (!o) return POLICY_ORIGIN_DENIED;
@@ -448,7 +452,7 @@ int policy_origin_check(const policy_origins *o, const char *origin, const char 
 
 struct policy_hosts {
     int any;
-    char (*names)[POLICY_HOST_MAX];     /* lower case; "*.example.com" matches subdomains */
+    char (*names)[POLICY_HOST_MAX]; /* lower case; "*.example.com" matches subdomains */
     size_t len;
 };
 
@@ -461,7 +465,7 @@ static int policy_host_name(const char *host, char *name, size_t namelen) {
     if (policy_split_origin(url, scheme, sizeof scheme, name, namelen, port, sizeof port) < 0 || strcmp(port, "*") == 0)
         return -1;
     size_t n = strlen(name);
-    if (name[0] == '[') {           /* [v6] */
+    if (name[0] == '[') { /* [v6] */
         memmove(name, name + 1, n - 2);
         name[n - 2] = '\0';
     } else if (n > 1 && name[n - 1] == '.') {
@@ -491,7 +495,7 @@ int policy_hosts_parse(const char *spec, const char *listen_host, policy_hosts *
             memcpy(item, start, n);
             item[n] = '\0';
             if (policy_host_name(item, name, sizeof name) < 0 || !policy_name_pattern_ok(name)) {
-                if (pass == 1) break;       /* a listen address that is no name: nothing to add */
+                if (pass == 1) break; /* a listen address that is no name: nothing to add */
                 goto bad;
             }
             void *v = realloc(h->names, (h->len + 1) * sizeof *h->names);
@@ -500,7 +504,8 @@ int policy_hosts_parse(const char *spec, const char *listen_host, policy_hosts *
             snprintf(h->names[h->len++], POLICY_HOST_MAX, "%s", name);
             continue;
         bad:
-            snprintf(err, errlen, "allowed host \"%.*s\" is not a host name or *.domain", (int)(n < 80 ? n : 80), start);
+            snprintf(err, errlen, "allowed host \"%.*s\" is not a host name or *.domain", (int)(n < 80 ? n : 80),
+                     start);
             policy_hosts_free(h);
             return -1;
         }

@@ -26,7 +26,7 @@ void policy_buckets_free(policy_buckets *b);
 int policy_limiter(policy_buckets *b, const char *name, double rate, double per_s, double burst, size_t max_keys,
                    char *err, size_t errlen);
 
-#define POLICY_KEY_MAX 80       /* longer client keys are known by their SHA-256 */
+#define POLICY_KEY_MAX 80 /* longer client keys are known by their SHA-256 */
 #define POLICY_KEY_SIZE 128
 
 /* Writes the name a limiter knows client key by: an IPv6 address as its /64 network, an
@@ -80,7 +80,7 @@ void policy_hosts_free(policy_hosts *h);
 
 #define POLICY_HOST_ALLOWED 0
 #define POLICY_HOST_DENIED 1
-#define POLICY_HOST_MALFORMED (-1)         /* not a host at all */
+#define POLICY_HOST_MALFORMED (-1) /* not a host at all */
 
 /* Classifies a request's Host header ("name[:port]", "[v6]:port"); NULL (an HTTP/1.0
  * request without one) is allowed. */
@@ -96,9 +96,9 @@ typedef struct policy_origins policy_origins;
 int policy_origins_parse(const char *const *patterns, size_t n, policy_origins **out, char *err, size_t errlen);
 void policy_origins_free(policy_origins *o);
 
-#define POLICY_ORIGIN_NONE 0       /* no Origin header: not a cross-origin browser request */
-#define POLICY_ORIGIN_SAME 1       /* the server's own origin (scheme://Host) */
-#define POLICY_ORIGIN_ALLOWED 2    /* another origin on the list */
+#define POLICY_ORIGIN_NONE 0    /* no Origin header: not a cross-origin browser request */
+#define POLICY_ORIGIN_SAME 1    /* the server's own origin (scheme://Host) */
+#define POLICY_ORIGIN_ALLOWED 2 /* another origin on the list */
 #define POLICY_ORIGIN_DENIED 3
 
 /* Classifies an Origin header against the list; scheme is this server's ("http"). */

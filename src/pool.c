@@ -13,24 +13,24 @@
 #define POOL_MAX_NAME 64
 #define POOL_BACKOFF_FIRST_MS 1000
 #define POOL_BACKOFF_MAX_MS 60000
-#define POOL_LOG_EVERY_MS 60000         /* a failing upstream is logged at most once a minute */
+#define POOL_LOG_EVERY_MS 60000 /* a failing upstream is logged at most once a minute */
 
 typedef struct pool_token {
     char *text;
-    uint64_t expires_ms;                /* monotonic */
+    uint64_t expires_ms; /* monotonic */
 } pool_token;
 
 struct pool {
     pool_registry *reg;
     char name[POOL_MAX_NAME];
     pool_params params;
-    pool_token *ready;                  /* a ring of params.size slots */
+    pool_token *ready; /* a ring of params.size slots */
     size_t head, count;
-    int minting;                        /* planned mints not ended */
+    int minting; /* planned mints not ended */
     /* the breaker */
-    int failures;                       /* in a row */
-    uint64_t open_until_ms;             /* 0: closed */
-    int trial;                          /* a half-open trial is under way */
+    int failures;           /* in a row */
+    uint64_t open_until_ms; /* 0: closed */
+    int trial;              /* a half-open trial is under way */
     failure_kind last_failure;
     uint64_t last_log_ms;
     /* counters */
@@ -41,11 +41,11 @@ struct pool_registry {
     pthread_mutex_t lock;
     pool *pools[POOL_MAX_POOLS];
     int n;
-    list_node link;                     /* in pool_all, for pool_metrics */
+    list_node link; /* in pool_all, for pool_metrics */
 };
 
 static pthread_mutex_t pool_all_lock = PTHREAD_MUTEX_INITIALIZER;
-static list_node pool_all = { &pool_all, &pool_all };     /* every registry */
+static list_node pool_all = { &pool_all, &pool_all }; /* every registry */
 
 static void pool_wipe(pool_token *t) {
     if (!t->text) return;
@@ -103,10 +103,8 @@ static int pool_check(const pool_params *p, char *err, size_t errlen) {
         snprintf(err, errlen, "size must be 1..%d (a pool of 0 is no pool: leave it out)", POOL_MAX_SIZE);
     else if (p->min_remaining_s < 0 || p->min_remaining_s >= p->expires_in_s)
         snprintf(err, errlen, "min_remaining_seconds must be 0 or more and less than expires_in_seconds");
-    else if (upstream_check_token_args(p->expires_in_s, p->max_session_s, err, errlen) < 0)
-        return -1;
-    else
-        return 0;
+    else if (upstream_check_token_args(p->expires_in_s, p->max_session_s, err, errlen) < 0) return -1;
+    else return 0;
     return -1;
 }
 
@@ -127,7 +125,7 @@ pool *pool_open(pool_registry *r, const char *name, const pool_params *params, c
             p = NULL;
             goto out;
         }
-        pool_empty(p);      /* other parameters: the tokens made with the old ones go */
+        pool_empty(p); /* other parameters: the tokens made with the old ones go */
         free(p->ready);
         p->ready = ring;
         p->params = *params;
@@ -172,7 +170,7 @@ int pool_take(pool *p, uint64_t now_ms, char *out, size_t cap, long *remaining_s
             *remaining_s = (long)((t->expires_ms - now_ms) / 1000);
             p->taken++;
         }
-        pool_wipe(t);       /* handed out once, or never (one that does not fit is dropped) */
+        pool_wipe(t); /* handed out once, or never (one that does not fit is dropped) */
         if (rc < 0) p->dropped++;
         p->head = (p->head + 1) % (size_t)p->params.size;
         p->count--;
@@ -186,8 +184,8 @@ int pool_plan(pool *p, uint64_t now_ms) {
     pthread_mutex_lock(&p->reg->lock);
     pool_drop_stale(p, now_ms);
     long missing = p->params.size - (long)p->count - p->minting;
-    if (p->open_until_ms && now_ms < p->open_until_ms) missing = 0;         /* open */
-    else if (p->open_until_ms) missing = p->trial || missing <= 0 ? 0 : 1;  /* half-open: one trial */
+    if (p->open_until_ms && now_ms < p->open_until_ms) missing = 0;        /* open */
+    else if (p->open_until_ms) missing = p->trial || missing <= 0 ? 0 : 1; /* half-open: one trial */
     if (missing > 0) {
         n = (int)missing;
         p->minting += n;
@@ -271,8 +269,12 @@ static void pool_family(metrics_write_fn *write, void *ud, const char *name, con
         pthread_mutex_lock(&r->lock);
         for (int i = 0; i < r->n; i++) {
             const pool *p = r->pools[i];
-            unsigned long long v = which == 0 ? p->count : which == 1 ? p->taken : which == 2 ? p->on_demand
-                                 : which == 3 ? p->dropped : which == 4 ? p->minted : p->open_until_ms != 0;
+            unsigned long long v = which == 0 ? p->count
+                    : which == 1              ? p->taken
+                    : which == 2              ? p->on_demand
+                    : which == 3              ? p->dropped
+                    : which == 4              ? p->minted
+                                              : p->open_until_ms != 0;
             n = snprintf(line, sizeof line, "%s{pool=\"%s\"} %llu\n", name, p->name, v);
             if (n > 0 && (size_t)n < sizeof line) write(ud, line, (size_t)n);
         }

@@ -11,14 +11,14 @@
 #include "log.h"
 #include "proxy.h"
 
-#define PROXY_BUFFER (64 * 1024)        /* answer bytes waiting for a slow client, at most (then curl pauses) */
-#define PROXY_MAX_VIA 20                /* proxies a request may have gone through (Via entries) */
+#define PROXY_BUFFER (64 * 1024) /* answer bytes waiting for a slow client, at most (then curl pauses) */
+#define PROXY_MAX_VIA 20         /* proxies a request may have gone through (Via entries) */
 
 typedef struct proxy_mount_entry {
-    char *prefix;               /* "/api" (no trailing slash), or "/" */
+    char *prefix; /* "/api" (no trailing slash), or "/" */
     size_t prefix_len;
-    char *base;                 /* "http://127.0.0.1:3000" or "https://h/v1" (no trailing slash) */
-    char *origin;               /* "http://127.0.0.1:3000": how errors name the backend */
+    char *base;   /* "http://127.0.0.1:3000" or "https://h/v1" (no trailing slash) */
+    char *origin; /* "http://127.0.0.1:3000": how errors name the backend */
     long timeout_ms;
     int strip_prefix;
     char *headers[PROXY_MAX_HEADERS];
@@ -32,14 +32,14 @@ struct proxy_mounts {
 
 /* A request being forwarded: alive while its transfer runs or its answer goes out. */
 typedef struct proxy_call {
-    http_request *req;          /* until answered */
-    fetch_call *transfer;       /* until done or cancelled */
-    http_stream *stream;        /* the answer's body, from its head until it is closed */
+    http_request *req;    /* until answered */
+    fetch_call *transfer; /* until done or cancelled */
+    http_stream *stream;  /* the answer's body, from its head until it is closed */
     fetch_headers *headers;
     fetch_stream st;
     char origin[160];
     long timeout_ms;
-    int refs;                   /* the transfer and the answer */
+    int refs; /* the transfer and the answer */
 } proxy_call;
 
 /* This process's name in Via: a request that comes back with it went round in a loop. */
@@ -97,8 +97,7 @@ int proxy_mount(proxy_mounts *m, const char *prefix, const char *url, const prox
         return -1;
     }
     if (!scheme || !url[scheme] || url[scheme] == '/' || strpbrk(url, "?#@") || !proxy_clean(url)) {
-        snprintf(err, errlen, "\"%s\" is not http(s)://host[:port][/path] (no query, no user name: set headers)",
-                 url);
+        snprintf(err, errlen, "\"%s\" is not http(s)://host[:port][/path] (no query, no user name: set headers)", url);
         return -1;
     }
     if (o->timeout_ms < 1 || o->nheaders > PROXY_MAX_HEADERS) {
@@ -115,7 +114,7 @@ int proxy_mount(proxy_mounts *m, const char *prefix, const char *url, const prox
     while (plen > 1 && prefix[plen - 1] == '/') plen--;
     while (ulen > scheme + hostlen && url[ulen - 1] == '/') ulen--;
     int nomem = !(e.prefix = strndup(prefix, plen)) || !(e.base = strndup(url, ulen)) ||
-                !(e.origin = strndup(url, scheme + hostlen));
+            !(e.origin = strndup(url, scheme + hostlen));
     for (size_t i = 0; i < o->nheaders && !nomem; i++) nomem = !(e.headers[e.nheaders++] = strdup(o->headers[i]));
     proxy_mount_entry *v = nomem ? NULL : realloc(m->v, (m->len + 1) * sizeof *v);
     if (!v) {
@@ -139,8 +138,9 @@ static const proxy_mount_entry *proxy_find(const proxy_mounts *m, const char *ta
     const proxy_mount_entry *best = NULL;
     for (size_t i = 0; m && i < m->len; i++) {
         const proxy_mount_entry *e = &m->v[i];
-        int covers = e->prefix_len == 1 || (strncmp(target, e->prefix, e->prefix_len) == 0 &&
-                                             strchr("/?", target[e->prefix_len]));   /* or its NUL */
+        int covers = e->prefix_len == 1 ||
+                (strncmp(target, e->prefix, e->prefix_len) == 0 &&
+                 strchr("/?", target[e->prefix_len])); /* or its NUL */
         if (covers && (!best || e->prefix_len > best->prefix_len)) best = e;
     }
     return best;
@@ -172,9 +172,10 @@ static int proxy_listed(const char *list, const char *name, size_t n) {
 /* Headers that concern one connection, never forwarded (RFC 9110 7.6.1), and the framing
  * that libcurl and libmicrohttpd write themselves. */
 static int proxy_hop_by_hop(const char *name, size_t n, const char *connection) {
-    static const char *const hop[] = { "connection", "keep-alive", "proxy-connection", "proxy-authenticate",
-                                       "proxy-authorization", "te", "trailer", "transfer-encoding", "upgrade",
-                                       "content-length" };
+    static const char *const hop[] = {
+        "connection", "keep-alive",        "proxy-connection", "proxy-authenticate", "proxy-authorization", "te",
+        "trailer",    "transfer-encoding", "upgrade",          "content-length"
+    };
     for (size_t i = 0; i < sizeof hop / sizeof hop[0]; i++)
         if (strlen(hop[i]) == n && strncasecmp(name, hop[i], n) == 0) return 1;
     return proxy_listed(connection, name, n);
@@ -182,10 +183,10 @@ static int proxy_hop_by_hop(const char *name, size_t n, const char *connection) 
 
 /* What the request's headers say about where it came from. */
 typedef struct proxy_inbound {
-    const proxy_mount_entry *mount;     /* its headers replace the client's of the same names */
-    fetch_headers *list;        /* the lines forwarded */
-    const char *connection;     /* the Connection header */
-    int trusted;                /* the peer is a trusted proxy: its X-Forwarded-* are kept */
+    const proxy_mount_entry *mount; /* its headers replace the client's of the same names */
+    fetch_headers *list;            /* the lines forwarded */
+    const char *connection;         /* the Connection header */
+    int trusted;                    /* the peer is a trusted proxy: its X-Forwarded-* are kept */
     char via[1024], xff[1024], proto[16], host[300];
     int nomem, has_accept, has_type;
 } proxy_inbound;
@@ -280,10 +281,10 @@ static void proxy_on_drained(void *ud) {
 static void proxy_on_closed(void *ud) {
     proxy_call *c = ud;
     c->stream = NULL;
-    if (c->transfer) {          /* the client left before the backend was done */
+    if (c->transfer) { /* the client left before the backend was done */
         fetch_cancel(c->transfer);
         c->transfer = NULL;
-        c->refs--;              /* the transfer's; the answer's goes below */
+        c->refs--; /* the transfer's; the answer's goes below */
     }
     proxy_unref(c);
 }
@@ -294,7 +295,7 @@ static int proxy_on_head(void *ud, long status, const char *headers, size_t len)
     http_request *req = c->req;
     const char *end = headers + len, *connection = NULL;
     long long size = -1;
-    for (const char *p = headers; p < end;) {         /* Connection and Content-Length first */
+    for (const char *p = headers; p < end;) { /* Connection and Content-Length first */
         const char *eol = memchr(p, '\n', (size_t)(end - p));
         if (!eol) eol = end;
         if ((size_t)(eol - p) > 15 && strncasecmp(p, "Content-Length:", 15) == 0) size = strtoll(p + 15, NULL, 10);
@@ -302,18 +303,18 @@ static int proxy_on_head(void *ud, long status, const char *headers, size_t len)
         p = eol + 1;
     }
     http_response *resp = status == 204 || status == 304
-        ? http_response_bytes("", 0, NULL)
-        : http_response_stream(req, size >= 0 ? size : -1, PROXY_BUFFER, proxy_on_drained, proxy_on_closed, c,
-                               &c->stream);
+            ? http_response_bytes("", 0, NULL)
+            : http_response_stream(req, size >= 0 ? size : -1, PROXY_BUFFER, proxy_on_drained, proxy_on_closed, c,
+                                   &c->stream);
     if (!resp) {
         http_request_fail(req, 503, "out of memory");
         c->req = NULL;
-        proxy_unref(c);         /* no answer to follow */
+        proxy_unref(c); /* no answer to follow */
         return -1;
     }
     char connection_list[1024] = "";
-    if (connection) snprintf(connection_list, sizeof connection_list, "%.*s", (int)strcspn(connection, "\r\n"),
-                             connection);
+    if (connection)
+        snprintf(connection_list, sizeof connection_list, "%.*s", (int)strcspn(connection, "\r\n"), connection);
     for (const char *p = headers; p < end;) {
         const char *eol = memchr(p, '\n', (size_t)(end - p));
         if (!eol) eol = end;
@@ -331,7 +332,7 @@ static int proxy_on_head(void *ud, long status, const char *headers, size_t len)
     req->upstream_ms = (double)(loop_now_us() - req->start_us) / 1000.0;
     http_request_respond(req, (int)status, resp, 0);
     c->req = NULL;
-    if (!c->stream) proxy_unref(c);     /* a bodiless answer is sent whole */
+    if (!c->stream) proxy_unref(c); /* a bodiless answer is sent whole */
     return 0;
 }
 
@@ -339,7 +340,7 @@ static int proxy_on_head(void *ud, long status, const char *headers, size_t len)
  * client has taken what waits. */
 static int proxy_on_body(void *ud, const char *data, size_t len) {
     proxy_call *c = ud;
-    if (!c->stream) return 1;          /* no body goes out (a 304, or the answer failed) */
+    if (!c->stream) return 1; /* no body goes out (a 304, or the answer failed) */
     return http_stream_write(c->stream, data, len) != 1;
 }
 
@@ -353,16 +354,19 @@ static void proxy_on_done(void *ud, const fetch_result *r) {
         if (c->req) {
             int timeout = r->failure == FAILURE_TIMEOUT, down = r->curl_code == FETCH_SHUTDOWN;
             if (down) snprintf(why, sizeof why, "server shutting down");
-            else if (timeout) snprintf(why, sizeof why, "the backend at %s did not answer within %ld ms", c->origin,
-                                       c->timeout_ms);
-            else if (r->failure == FAILURE_TLS) snprintf(why, sizeof why, "the backend at %s failed TLS (certificate "
-                                                         "or handshake)", c->origin);
+            else if (timeout)
+                snprintf(why, sizeof why, "the backend at %s did not answer within %ld ms", c->origin, c->timeout_ms);
+            else if (r->failure == FAILURE_TLS)
+                snprintf(why, sizeof why,
+                         "the backend at %s failed TLS (certificate "
+                         "or handshake)",
+                         c->origin);
             else snprintf(why, sizeof why, "the backend at %s is not answering", c->origin);
             http_request_fail(c->req, down ? 503 : timeout ? 504 : 502, why);
             c->req = NULL;
-            c->refs--;          /* the answer's: it is sent whole */
+            c->refs--; /* the answer's: it is sent whole */
         } else if (c->stream) {
-            http_stream_end(c->stream, 0);  /* the client sees the answer broke off */
+            http_stream_end(c->stream, 0); /* the client sees the answer broke off */
         }
     } else if (c->stream) {
         http_stream_end(c->stream, 1);
@@ -413,11 +417,14 @@ int proxy_serve(const proxy_mounts *m, fetch *client, http_request *req) {
     c->req = req;
     c->timeout_ms = e->timeout_ms;
     snprintf(c->origin, sizeof c->origin, "%s", e->origin);
-    c->st = (fetch_stream){ .head = proxy_on_head, .body = proxy_on_body, .head_timeout_ms = e->timeout_ms,
+    c->st = (fetch_stream){ .head = proxy_on_head,
+                            .body = proxy_on_body,
+                            .head_timeout_ms = e->timeout_ms,
                             .idle_timeout_s = (e->timeout_ms + 999) / 1000 };
-    fetch_request rq = { .method = req->method, .url = url, .headers = c->headers, .body = req->body,
-                         .body_len = req->body_len };
-    c->refs = 2;        /* the transfer, and the answer */
+    fetch_request rq = {
+        .method = req->method, .url = url, .headers = c->headers, .body = req->body, .body_len = req->body_len
+    };
+    c->refs = 2; /* the transfer, and the answer */
     if (!(c->transfer = fetch_start_stream(client, &rq, &c->st, proxy_on_done, c))) {
         http_request_fail(req, 503, "out of memory");
         goto out;

@@ -13,9 +13,9 @@ typedef struct proxy_mounts proxy_mounts;
 
 /* How a mount forwards; strings are copied. */
 typedef struct proxy_options {
-    long timeout_ms;            /* for the answer's head, and then between two of its bytes */
-    int strip_prefix;           /* /api/users goes to <url>/users rather than <url>/api/users */
-    const char *headers[PROXY_MAX_HEADERS];     /* "Name: value" lines set on every request
+    long timeout_ms;                        /* for the answer's head, and then between two of its bytes */
+    int strip_prefix;                       /* /api/users goes to <url>/users rather than <url>/api/users */
+    const char *headers[PROXY_MAX_HEADERS]; /* "Name: value" lines set on every request
                                                    ("Name:" removes the header) */
     size_t nheaders;
 } proxy_options;
@@ -26,8 +26,7 @@ void proxy_free(proxy_mounts *m);
 /* Forwards the requests under prefix ("/api") to url ("http://127.0.0.1:3000", maybe with a
  * path: "https://api.example/v1"). Returns 0, or -1 with err set (a bad prefix or URL, a
  * header that cannot be sent, out of memory). */
-int proxy_mount(proxy_mounts *m, const char *prefix, const char *url, const proxy_options *o, char *err,
-                size_t errlen);
+int proxy_mount(proxy_mounts *m, const char *prefix, const char *url, const proxy_options *o, char *err, size_t errlen);
 
 /* Forwards req through client when a mount covers its path: the method, the body and the
  * end-to-end headers, with Via (a request that comes back, a loop, gets 508) and

@@ -5,8 +5,8 @@
 
 #include "qrterm.h"
 
-#define QRTERM_QUIET 2                      /* modules of white around the code */
-#define QRTERM_COLOURS "\033[30;47m"        /* black on white */
+#define QRTERM_QUIET 2               /* modules of white around the code */
+#define QRTERM_COLOURS "\033[30;47m" /* black on white */
 #define QRTERM_RESET "\033[0m"
 
 /* 1 when the module at (x, y) is dark; outside the code (the quiet zone) it is light. */

@@ -16,13 +16,13 @@
 #include "url.h"
 
 #define REDIS_BACKOFF_FIRST_MS 50
-#define REDIS_BACKOFF_MAX_MS 1000       /* Redis back: connected again within a second */
-#define REDIS_CONNECT_MS 1000           /* a connection attempt gives up after this */
-#define REDIS_TIMEOUTS_TO_DROP 3        /* commands timing out in a row: the connection is dropped */
+#define REDIS_BACKOFF_MAX_MS 1000 /* Redis back: connected again within a second */
+#define REDIS_CONNECT_MS 1000     /* a connection attempt gives up after this */
+#define REDIS_TIMEOUTS_TO_DROP 3  /* commands timing out in a row: the connection is dropped */
 
 _Static_assert(REDIS_VALUE_STRING == REDIS_REPLY_STRING && REDIS_VALUE_ARRAY == REDIS_REPLY_ARRAY &&
-               REDIS_VALUE_INTEGER == REDIS_REPLY_INTEGER && REDIS_VALUE_NIL == REDIS_REPLY_NIL &&
-               REDIS_VALUE_STATUS == REDIS_REPLY_STATUS && REDIS_VALUE_ERROR == REDIS_REPLY_ERROR,
+                       REDIS_VALUE_INTEGER == REDIS_REPLY_INTEGER && REDIS_VALUE_NIL == REDIS_REPLY_NIL &&
+                       REDIS_VALUE_STATUS == REDIS_REPLY_STATUS && REDIS_VALUE_ERROR == REDIS_REPLY_ERROR,
                "redis.h's reply types are hiredis's");
 
 struct redis_call {
@@ -31,23 +31,23 @@ struct redis_call {
     void *ud;
     loop_timer deadline;
     uint64_t start_us;
-    int reported;                       /* done was called, or the call was cancelled */
-    list_node link;                     /* in the client's calls hiredis still holds */
+    int reported;   /* done was called, or the call was cancelled */
+    list_node link; /* in the client's calls hiredis still holds */
 };
 
 struct redis_client {
     loop *lp;
     redis_target target;
-    char where[300];                    /* for messages */
+    char where[300]; /* for messages */
     long timeout_ms;
-    redisAsyncContext *ac;              /* NULL while down */
-    int ready;                          /* connected, and AUTH/SELECT answered */
+    redisAsyncContext *ac; /* NULL while down */
+    int ready;             /* connected, and AUTH/SELECT answered */
     int fd;
-    unsigned events;                    /* watched on the loop */
-    int closing;                        /* redis_free is under way */
-    int timeouts;                       /* commands that timed out in a row */
+    unsigned events; /* watched on the loop */
+    int closing;     /* redis_free is under way */
+    int timeouts;    /* commands that timed out in a row */
     long backoff_ms;
-    loop_timer retry;                   /* the next connection attempt */
+    loop_timer retry; /* the next connection attempt */
     loop_timer connect_deadline;
     list_node calls;
 };
@@ -168,7 +168,8 @@ static int redis_check(const redis_target *t, long timeout_ms, char *err, size_t
     struct timeval tv = { timeout_ms / 1000, (timeout_ms % 1000) * 1000 };
     char where[300];
     redis_describe(t, where, sizeof where);
-    redisContext *rc = t->path[0] ? redisConnectUnixWithTimeout(t->path, tv) : redisConnectWithTimeout(t->host, t->port, tv);
+    redisContext *rc = t->path[0] ? redisConnectUnixWithTimeout(t->path, tv)
+                                  : redisConnectWithTimeout(t->host, t->port, tv);
     int rc_code = 0;
     if (!rc || rc->err) {
         /* Refused, unreachable, not (yet) resolved, no socket yet: a Redis restarting, or
@@ -185,7 +186,8 @@ static int redis_check(const redis_target *t, long timeout_ms, char *err, size_t
     for (int i = 0; i <= n; i++) {
         static const char *ping[] = { "PING" };
         static const size_t pinglen[] = { 4 };
-        redisReply *r = i < n ? redisCommandArgv(rc, argc[i], argv[i], argvlen[i]) : redisCommandArgv(rc, 1, ping, pinglen);
+        redisReply *r = i < n ? redisCommandArgv(rc, argc[i], argv[i], argvlen[i])
+                              : redisCommandArgv(rc, 1, ping, pinglen);
         if (!r) {
             /* Silence may end; a closed connection or another protocol will not. */
             rc_code = strstr(rc->errstr, "temporarily unavailable") || strstr(rc->errstr, "timed out") ? 1 : -1;
@@ -195,7 +197,7 @@ static int redis_check(const redis_target *t, long timeout_ms, char *err, size_t
         }
         if (r->type == REDIS_REPLY_ERROR) {
             int auth = strstr(r->str, "NOAUTH") || strstr(r->str, "WRONGPASS") || strstr(r->str, "invalid password") ||
-                       (i < n && strcmp(argv[i][0], "AUTH") == 0);
+                    (i < n && strcmp(argv[i][0], "AUTH") == 0);
             snprintf(err, errlen, "Redis at %s refused %s: %.200s%s", where, i < n ? argv[i][0] : "PING", r->str,
                      auth ? " (give the password as redis://:password@host:port, or redis://user:password@host:port)"
                           : "");
@@ -238,10 +240,22 @@ static void redis_watch(redis_client *c, unsigned events) {
     else log_throttled(LOG_ERROR, "redis", "cannot watch the connection's socket");
 }
 
-static void redis_add_read(void *d) { redis_client *c = d; redis_watch(c, c->events | LOOP_READ); }
-static void redis_del_read(void *d) { redis_client *c = d; redis_watch(c, c->events & ~LOOP_READ); }
-static void redis_add_write(void *d) { redis_client *c = d; redis_watch(c, c->events | LOOP_WRITE); }
-static void redis_del_write(void *d) { redis_client *c = d; redis_watch(c, c->events & ~LOOP_WRITE); }
+static void redis_add_read(void *d) {
+    redis_client *c = d;
+    redis_watch(c, c->events | LOOP_READ);
+}
+static void redis_del_read(void *d) {
+    redis_client *c = d;
+    redis_watch(c, c->events & ~LOOP_READ);
+}
+static void redis_add_write(void *d) {
+    redis_client *c = d;
+    redis_watch(c, c->events | LOOP_WRITE);
+}
+static void redis_del_write(void *d) {
+    redis_client *c = d;
+    redis_watch(c, c->events & ~LOOP_WRITE);
+}
 
 static void redis_cleanup(void *d) {
     redis_client *c = d;
@@ -269,7 +283,7 @@ static void redis_on_connect(const redisAsyncContext *ac, int status) {
     redis_client *c = ac->ev.data;
     if (status == REDIS_OK) return;
     log_throttled(LOG_WARN, "redis", "cannot connect to Redis at %s: %s", c->where, ac->errstr);
-    redis_lost(c);      /* hiredis frees the context after this callback */
+    redis_lost(c); /* hiredis frees the context after this callback */
 }
 
 static void redis_on_disconnect(const redisAsyncContext *ac, int status) {
@@ -284,7 +298,7 @@ static void redis_on_setup(redisAsyncContext *ac, void *reply, void *privdata) {
     redis_client *c = ac->ev.data;
     redisReply *r = reply;
     int last = privdata != NULL;
-    if (!r) return;         /* the connection went: redis_on_disconnect follows */
+    if (!r) return; /* the connection went: redis_on_disconnect follows */
     if (r->type == REDIS_REPLY_ERROR) {
         log_throttled(LOG_ERROR, "redis", "Redis at %s refused the session: %.200s", c->where, r->str);
         c->backoff_ms = REDIS_BACKOFF_MAX_MS;
@@ -303,7 +317,7 @@ static void redis_on_connect_deadline(void *ud) {
     redis_client *c = ud;
     if (!c->ac || c->ready) return;
     log_throttled(LOG_WARN, "redis", "no session with Redis at %s within %d ms", c->where, REDIS_CONNECT_MS);
-    redisAsyncFree(c->ac);      /* runs redis_cleanup, and redis_on_disconnect when it had connected */
+    redisAsyncFree(c->ac); /* runs redis_cleanup, and redis_on_disconnect when it had connected */
     if (c->ac) redis_lost(c);
 }
 
@@ -311,7 +325,8 @@ static void redis_connect(redis_client *c) {
     const redis_target *t = &c->target;
     redisAsyncContext *ac = t->path[0] ? redisAsyncConnectUnix(t->path) : redisAsyncConnect(t->host, t->port);
     if (!ac || ac->err) {
-        log_throttled(LOG_WARN, "redis", "cannot connect to Redis at %s: %s", c->where, ac ? ac->errstr : "out of memory");
+        log_throttled(LOG_WARN, "redis", "cannot connect to Redis at %s: %s", c->where,
+                      ac ? ac->errstr : "out of memory");
         if (ac) redisAsyncFree(ac);
         redis_lost(c);
         return;
@@ -328,7 +343,7 @@ static void redis_connect(redis_client *c) {
     ac->ev.cleanup = redis_cleanup;
     redisAsyncSetConnectCallback(ac, redis_on_connect);
     redisAsyncSetDisconnectCallback(ac, redis_on_disconnect);
-    redis_add_write(c);     /* the connect completes when the socket is writable */
+    redis_add_write(c); /* the connect completes when the socket is writable */
     const char *argv[2][3];
     size_t argvlen[2][3];
     int argc[2];
@@ -367,7 +382,7 @@ void redis_free(redis_client *c) {
     }
     loop_timer_stop(c->lp, &c->retry);
     loop_timer_stop(c->lp, &c->connect_deadline);
-    if (c->ac) redisAsyncFree(c->ac);      /* frees every call through redis_on_reply */
+    if (c->ac) redisAsyncFree(c->ac); /* frees every call through redis_on_reply */
     explicit_bzero(c->target.password, sizeof c->target.password);
     free(c);
 }
@@ -403,7 +418,7 @@ static void redis_on_deadline(void *ud) {
     redis_call *call = ud;
     redis_client *c = call->c;
     char why[80];
-    call->reported = 1;     /* hiredis keeps it until the answer, or the connection, comes */
+    call->reported = 1; /* hiredis keeps it until the answer, or the connection, comes */
     snprintf(why, sizeof why, "timeout: Redis did not answer within %ld ms", c->timeout_ms);
     call->done(call->ud, NULL, why, (double)(loop_now_us() - call->start_us) / 1000.0);
     if (++c->timeouts >= REDIS_TIMEOUTS_TO_DROP && c->ac) {
@@ -446,9 +461,15 @@ void redis_cancel(redis_call *call) {
 
 /* ---- replies ---- */
 
-int redis_reply_type(const redis_reply *r) { return ((const redisReply *)r)->type; }
-long long redis_reply_integer(const redis_reply *r) { return ((const redisReply *)r)->integer; }
-size_t redis_reply_count(const redis_reply *r) { return ((const redisReply *)r)->elements; }
+int redis_reply_type(const redis_reply *r) {
+    return ((const redisReply *)r)->type;
+}
+long long redis_reply_integer(const redis_reply *r) {
+    return ((const redisReply *)r)->integer;
+}
+size_t redis_reply_count(const redis_reply *r) {
+    return ((const redisReply *)r)->elements;
+}
 
 const char *redis_reply_string(const redis_reply *r, size_t *len) {
     const redisReply *rr = (const redisReply *)r;

@@ -8,9 +8,9 @@
 
 /* Where Redis is: from redis://[user:password@]host:port[/db] or unix:///path[?db=N]. */
 typedef struct redis_target {
-    char host[256];             /* "" for a Unix socket */
+    char host[256]; /* "" for a Unix socket */
     int port;
-    char path[256];             /* the Unix socket, or "" */
+    char path[256]; /* the Unix socket, or "" */
     char user[128];
     char password[256];
     int db;
@@ -29,7 +29,7 @@ int redis_open(const char *url, long check_ms, redis_target *t, char *err, size_
 
 typedef struct redis_client redis_client;
 typedef struct redis_call redis_call;
-typedef struct redis_reply redis_reply;     /* hiredis's reply, seen through the accessors below */
+typedef struct redis_reply redis_reply; /* hiredis's reply, seen through the accessors below */
 
 /* Creates a client that connects at once and again whenever the connection is lost
  * (after 50 ms, then twice as long each time, at most a second). NULL when out of memory. */

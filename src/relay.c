@@ -11,9 +11,27 @@
 #include "relayint.h"
 
 static const char *const relay_cause_names[RELAY_CAUSES] = {
-    "running", "terminated", "client_closed", "client_gone", "upstream_closed", "upstream_gone",
-    "upstream_refused", "upstream_unavailable", "no_key", "max_seconds", "idle", "rate", "bad_audio",
-    "bad_message", "protocol", "stalled", "script", "hook_failed", "shutdown", "bad_handshake", "internal",
+    "running",
+    "terminated",
+    "client_closed",
+    "client_gone",
+    "upstream_closed",
+    "upstream_gone",
+    "upstream_refused",
+    "upstream_unavailable",
+    "no_key",
+    "max_seconds",
+    "idle",
+    "rate",
+    "bad_audio",
+    "bad_message",
+    "protocol",
+    "stalled",
+    "script",
+    "hook_failed",
+    "shutdown",
+    "bad_handshake",
+    "internal",
 };
 
 const char *relay_cause_name(relay_cause c) {
@@ -131,13 +149,24 @@ void relay_session_facts(const relay_session *s, relay_facts *f) {
     uint64_t end = s->up_end_us ? s->up_end_us : loop_now_us();
     double bytes_per_s = s->bytes_per_ms * 1000.0;
     *f = (relay_facts){
-        .id = s->id, .upstream_id = s->upstream_id, .user = s->user,
+        .id = s->id,
+        .upstream_id = s->upstream_id,
+        .user = s->user,
         .seconds = s->up_open_us ? (double)(end - s->up_open_us) / 1e6 : 0,
         .audio_seconds = bytes_per_s > 0 ? (double)s->audio_bytes / bytes_per_s : 0,
-        .bytes_in = s->bytes_in, .bytes_out = s->bytes_out, .messages_in = s->msgs_in, .messages_out = s->msgs_out,
-        .upstream_audio_seconds = s->up_audio_s, .upstream_session_seconds = s->up_session_s,
-        .cause = s->cause, .code = s->code, .reason = s->reason, .upstream_code = s->upstream_code,
-        .upstream_status = s->upstream_status, .status = s->status, .handshake_ms = s->handshake_ms,
+        .bytes_in = s->bytes_in,
+        .bytes_out = s->bytes_out,
+        .messages_in = s->msgs_in,
+        .messages_out = s->msgs_out,
+        .upstream_audio_seconds = s->up_audio_s,
+        .upstream_session_seconds = s->up_session_s,
+        .cause = s->cause,
+        .code = s->code,
+        .reason = s->reason,
+        .upstream_code = s->upstream_code,
+        .upstream_status = s->upstream_status,
+        .status = s->status,
+        .handshake_ms = s->handshake_ms,
     };
 }
 
@@ -154,11 +183,21 @@ static void relay_account(relay_session *s, const relay_facts *f) {
     snprintf(up_code, sizeof up_code, "%d", f->upstream_code);
     snprintf(status, sizeof status, "%d", f->status);
     log_field fields[] = {
-        { "event", "relay_session", 0 }, { "session", f->id, 0 }, { "upstream_session", f->upstream_id, 0 },
-        { "client", s->who.client, 0 }, { "user", s->user, 0 }, { "origin", s->who.origin, 0 },
-        { "status", status, 1 }, { "seconds", seconds, 1 }, { "audio_seconds", audio, 1 },
-        { "upstream_session_seconds", up_seconds, 1 }, { "bytes_in", in, 1 }, { "bytes_out", out, 1 },
-        { "cause", relay_cause_name(f->cause), 0 }, { "code", code, 1 }, { "upstream_code", up_code, 1 },
+        { "event", "relay_session", 0 },
+        { "session", f->id, 0 },
+        { "upstream_session", f->upstream_id, 0 },
+        { "client", s->who.client, 0 },
+        { "user", s->user, 0 },
+        { "origin", s->who.origin, 0 },
+        { "status", status, 1 },
+        { "seconds", seconds, 1 },
+        { "audio_seconds", audio, 1 },
+        { "upstream_session_seconds", up_seconds, 1 },
+        { "bytes_in", in, 1 },
+        { "bytes_out", out, 1 },
+        { "cause", relay_cause_name(f->cause), 0 },
+        { "code", code, 1 },
+        { "upstream_code", up_code, 1 },
         { "reason", f->reason, 0 },
     };
     log_fields(LOG_INFO, "audit", "relay", fields, sizeof fields / sizeof fields[0] - (*f->reason ? 0 : 1));
@@ -209,18 +248,18 @@ void relay_end(relay_session *s, relay_cause cause, int code, const char *reason
         s->b_closing_ms = relay_now_ms();
     }
     if (s->u && ws_state(s->u) == WS_OPEN) {
-        s->u_pause_bp = s->u_pause_phase = 0;       /* its answers are read to the end */
+        s->u_pause_bp = s->u_pause_phase = 0; /* its answers are read to the end */
         if (s->phase == RELAY_OPEN) {
             static const char terminate[] = "{\"type\":\"Terminate\"}";
             s->terminate_sent = 1;
             s->terminate_deadline_ms = relay_now_ms() + RELAY_TERMINATE_WAIT_MS;
             ws_send(s->u, 0, terminate, sizeof terminate - 1);
         } else {
-            ws_close(s->u, WS_CODE_NORMAL, "", 0);  /* never opened to the client: nothing to wait for */
+            ws_close(s->u, WS_CODE_NORMAL, "", 0); /* never opened to the client: nothing to wait for */
             s->u_closing_ms = relay_now_ms();
         }
     } else if (!s->u && s->conn) {
-        relay_drop_upstream(s);                     /* still connecting */
+        relay_drop_upstream(s); /* still connecting */
     }
     /* Still in its handshake: the client gets its 101 and the close at once. */
     if (s->phase == RELAY_CONNECTING && s->req) relayopen_upgrade_client(s);
@@ -282,7 +321,9 @@ static void relay_side_ended(relay_session *s) {
         int sent = ws_sent_close(s->b);
         int broke = ws_protocol_failed(s->b);
         relay_cause c = s->got_termination && s->client_terminate ? RELAY_TERMINATED
-                        : peer ? RELAY_CLIENT_CLOSED : broke ? RELAY_PROTOCOL : RELAY_CLIENT_GONE;
+                : peer                                            ? RELAY_CLIENT_CLOSED
+                : broke                                           ? RELAY_PROTOCOL
+                                                                  : RELAY_CLIENT_GONE;
         relay_end(s, c, peer ? peer : broke ? (sent ? sent : 1002) : 0, peer ? reason : "", 0);
     }
     if (s->u && !s->u_end_seen && ws_state(s->u) != WS_OPEN && s->phase == RELAY_OPEN) {
@@ -355,7 +396,7 @@ void relay_after(relay_session *s) {
     if (s->phase == RELAY_DONE) return;
     s->busy++;
     for (int round = 0; round < RELAY_ROUNDS; round++) {
-        relay_side_ended(s);            /* the end of one side closes the other */
+        relay_side_ended(s); /* the end of one side closes the other */
         if (s->u) ws_write_queued(s->u);
         if (s->b) ws_write_queued(s->b);
         relay_side_ended(s);
@@ -409,7 +450,10 @@ static void relay_on_timer(void *ud);
 void relay_schedule(relay_session *s) {
     if (s->phase == RELAY_DONE) return;
     uint64_t due = UINT64_MAX, now = relay_now_ms();
-#define RELAY_DUE(t) do { if ((t) && (t) < due) due = (t); } while (0)
+#define RELAY_DUE(t) \
+    do { \
+        if ((t) && (t) < due) due = (t); \
+    } while (0)
     /* Each deadline counts only while what it waits for has not happened: once due, what
      * fires makes it so (else the timer would fire again at once, forever). */
     if (s->phase == RELAY_CONNECTING && !s->cause) RELAY_DUE(s->hs_deadline_ms);
@@ -443,10 +487,9 @@ static void relay_on_timer(void *ud) {
     uint64_t now = relay_now_ms();
     s->timer_due = 0;
     if (s->phase == RELAY_CONNECTING && s->hs_deadline_ms && now >= s->hs_deadline_ms && !s->cause) {
-        relay_end(s, RELAY_UPSTREAM_UNAVAILABLE, WS_CODE_TRY_AGAIN,
-                  "the streaming service did not answer in time", 1);
+        relay_end(s, RELAY_UPSTREAM_UNAVAILABLE, WS_CODE_TRY_AGAIN, "the streaming service did not answer in time", 1);
     } else if (s->phase == RELAY_UPGRADING && now >= s->upgrade_deadline_ms) {
-        relay_drop_client(s);       /* libmicrohttpd never handed the connection over */
+        relay_drop_client(s); /* libmicrohttpd never handed the connection over */
         s->phase = RELAY_OPEN;
         if (!s->cause) relay_end(s, RELAY_CLIENT_GONE, 0, "", 0);
     } else if (s->phase == RELAY_OPEN && !s->cause) {
@@ -456,11 +499,12 @@ static void relay_on_timer(void *ud) {
                      (unsigned long long)(s->max_ms / 1000));
             relay_end(s, RELAY_MAX_SECONDS, 3008, why, 1);
         } else if (s->idle_ms && now >= s->last_client_ms + s->idle_ms) {
-            snprintf(why, sizeof why, "nothing came from the client for %llu s", (unsigned long long)(s->idle_ms / 1000));
+            snprintf(why, sizeof why, "nothing came from the client for %llu s",
+                     (unsigned long long)(s->idle_ms / 1000));
             relay_end(s, RELAY_IDLE, WS_CODE_POLICY, why, 1);
         } else if (s->stall_since_ms && now >= s->stall_since_ms + s->stall_ms) {
             size_t queued = s->u_pause_bp ? ws_queued_bytes(s->b) : ws_queued_bytes(s->u);
-            if (queued < s->stall_queued) {         /* slow, but reading: patience again */
+            if (queued < s->stall_queued) { /* slow, but reading: patience again */
                 s->stall_since_ms = now;
                 s->stall_queued = queued;
             } else if (s->u_pause_bp) {

@@ -9,7 +9,7 @@
 #include "loop.h"
 #include "ws.h"
 
-typedef struct relay_hub relay_hub;             /* a worker's sessions */
+typedef struct relay_hub relay_hub; /* a worker's sessions */
 typedef struct relay_session relay_session;
 
 /* How a session ended. */
@@ -43,22 +43,22 @@ const char *relay_cause_name(relay_cause c);
 
 /* What a session did, so far or in the end. */
 typedef struct relay_facts {
-    const char *id;             /* tokend's id for the session (16 hex digits) */
-    const char *upstream_id;    /* the upstream's, from its Begin; "" before */
-    const char *user;           /* as the options named it; "" when not */
-    double seconds;             /* the upstream session's time open: from its 101 to its close */
-    double audio_seconds;       /* audio relayed to the upstream */
-    unsigned long long bytes_in, bytes_out;         /* message bytes client -> upstream, upstream -> client */
+    const char *id;                         /* tokend's id for the session (16 hex digits) */
+    const char *upstream_id;                /* the upstream's, from its Begin; "" before */
+    const char *user;                       /* as the options named it; "" when not */
+    double seconds;                         /* the upstream session's time open: from its 101 to its close */
+    double audio_seconds;                   /* audio relayed to the upstream */
+    unsigned long long bytes_in, bytes_out; /* message bytes client -> upstream, upstream -> client */
     unsigned long long messages_in, messages_out;
-    double upstream_audio_seconds;      /* Termination's figures; -1 when none came */
+    double upstream_audio_seconds; /* Termination's figures; -1 when none came */
     double upstream_session_seconds;
     relay_cause cause;
-    int code;                   /* the close code the client was sent, 0 when none */
-    const char *reason;         /* its reason */
-    int upstream_code;          /* the upstream's close code, 0 when it sent none */
-    int upstream_status;        /* its answer to the handshake (101, 401, ...), 0 when none came */
-    int status;                 /* the answer to the client's handshake: 101, or 400, 503 */
-    double handshake_ms;        /* the upstream's handshake, -1 when it did not complete */
+    int code;            /* the close code the client was sent, 0 when none */
+    const char *reason;  /* its reason */
+    int upstream_code;   /* the upstream's close code, 0 when it sent none */
+    int upstream_status; /* its answer to the handshake (101, 401, ...), 0 when none came */
+    int status;          /* the answer to the client's handshake: 101, or 400, 503 */
+    double handshake_ms; /* the upstream's handshake, -1 when it did not complete */
 } relay_facts;
 
 /* What a session tells its owner (the script's hooks), from the loop. The message bytes
@@ -79,21 +79,21 @@ typedef struct relay_owner {
 
 /* What the upstream is and how long its handshake may take; strings are copied. */
 typedef struct relay_settings {
-    const char *url;            /* the streaming URL: http(s)://host[:port][/prefix] */
-    const char *api_key;        /* NULL or "": sessions end with RELAY_NO_KEY */
-    const char *proxy;          /* for the upstream connection; NULL or "": none */
-    long handshake_timeout_ms;  /* connect, TLS and the upstream's 101 */
+    const char *url;           /* the streaming URL: http(s)://host[:port][/prefix] */
+    const char *api_key;       /* NULL or "": sessions end with RELAY_NO_KEY */
+    const char *proxy;         /* for the upstream connection; NULL or "": none */
+    long handshake_timeout_ms; /* connect, TLS and the upstream's 101 */
 } relay_settings;
 
 /* How one session runs (the script's choices). */
 typedef struct relay_options {
-    const char *query;          /* the upstream's query (without sample_rate, encoding or token) */
-    long sample_rate;           /* Hz, 8000..48000; appended to the query */
-    int mulaw;                  /* pcm_mulaw (1 byte a sample) rather than pcm_s16le */
-    long max_seconds;           /* the session's length */
-    long idle_seconds;          /* nothing from the client for this long ends it; 0: never */
-    const char *user;           /* who, for the audit line; may be NULL */
-    int every_message;          /* 1: on_message for every upstream text message */
+    const char *query; /* the upstream's query (without sample_rate, encoding or token) */
+    long sample_rate;  /* Hz, 8000..48000; appended to the query */
+    int mulaw;         /* pcm_mulaw (1 byte a sample) rather than pcm_s16le */
+    long max_seconds;  /* the session's length */
+    long idle_seconds; /* nothing from the client for this long ends it; 0: never */
+    const char *user;  /* who, for the audit line; may be NULL */
+    int every_message; /* 1: on_message for every upstream text message */
 } relay_options;
 
 /* Creates the sessions of a worker, on its loop and HTTP client. NULL when out of memory. */

@@ -11,21 +11,21 @@
 #include "relay.h"
 #include "ws.h"
 
-#define RELAY_QUEUE_HIGH (128 * 1024)   /* bytes queued toward a side: past it, the other side is not read */
-#define RELAY_QUEUE_LOW (32 * 1024)     /* ... until its queue is back under this */
-#define RELAY_PACE_AHEAD_MS 500         /* audio may run this far ahead of the wall clock, then waits */
+#define RELAY_QUEUE_HIGH (128 * 1024) /* bytes queued toward a side: past it, the other side is not read */
+#define RELAY_QUEUE_LOW (32 * 1024)   /* ... until its queue is back under this */
+#define RELAY_PACE_AHEAD_MS 500       /* audio may run this far ahead of the wall clock, then waits */
 #define RELAY_CLIENT_TEXT_MAX (64 * 1024)
 #define RELAY_UPSTREAM_MESSAGE_MAX (1024 * 1024)
-#define RELAY_RATE_PER_S 50.0           /* frames a second from the client, on average */
+#define RELAY_RATE_PER_S 50.0 /* frames a second from the client, on average */
 #define RELAY_RATE_BURST 200.0
-#define RELAY_TERMINATE_WAIT_MS 5000    /* for the upstream's Termination after our Terminate */
-#define RELAY_CLOSE_WAIT_MS 3000        /* for a close handshake (or a queue to drain before it) */
-#define RELAY_LINGER_MS 500             /* after a protocol error: what the client still sends is dropped */
-#define RELAY_STALL_MS 30000            /* without an idle time: a side that reads nothing of a full queue for this long is cut */
-#define RELAY_ANSWER_MAX 8192           /* bytes of the upstream's answer to the handshake */
-#define RELAY_REQUEST_MAX 16384         /* bytes of our handshake to the upstream */
-#define RELAY_ROUNDS 8                  /* un-pause and pump rounds per event, at most */
-#define RELAY_KEY_SCAN_MAX 4096         /* upstream text shorter than this is searched for pieces of the key */
+#define RELAY_TERMINATE_WAIT_MS 5000 /* for the upstream's Termination after our Terminate */
+#define RELAY_CLOSE_WAIT_MS 3000     /* for a close handshake (or a queue to drain before it) */
+#define RELAY_LINGER_MS 500          /* after a protocol error: what the client still sends is dropped */
+#define RELAY_STALL_MS 30000  /* without an idle time: a side that reads nothing of a full queue for this long is cut */
+#define RELAY_ANSWER_MAX 8192 /* bytes of the upstream's answer to the handshake */
+#define RELAY_REQUEST_MAX 16384 /* bytes of our handshake to the upstream */
+#define RELAY_ROUNDS 8          /* un-pause and pump rounds per event, at most */
+#define RELAY_KEY_SCAN_MAX 4096 /* upstream text shorter than this is searched for pieces of the key */
 
 /* Where a session is: connecting to the upstream, upgrading the client, relaying, finished. */
 enum { RELAY_CONNECTING, RELAY_UPGRADING, RELAY_OPEN, RELAY_DONE };
@@ -41,12 +41,12 @@ typedef struct relay_held {
 struct relay_hub {
     loop *lp;
     fetch *client;
-    char *url;                      /* <streaming URL>/v3/ws, for libcurl */
-    char *host;                     /* host[:port], for the Host header */
-    char *path;                     /* [/prefix]/v3/ws */
-    char *key;                      /* NULL: none */
+    char *url;  /* <streaming URL>/v3/ws, for libcurl */
+    char *host; /* host[:port], for the Host header */
+    char *path; /* [/prefix]/v3/ws */
+    char *key;  /* NULL: none */
     char *proxy;
-    int tls;                        /* https: writes are retried with the same buffer */
+    int tls; /* https: writes are retried with the same buffer */
     long handshake_timeout_ms;
     list_node sessions;
     size_t count;
@@ -54,41 +54,41 @@ struct relay_hub {
 
 struct relay_session {
     relay_hub *hub;
-    list_node link;                 /* in the hub's sessions */
+    list_node link; /* in the hub's sessions */
     relay_owner owner;
     void *ud;
     char id[17];
     char user[128];
     audit_who who;
     int phase;
-    http_request *req;              /* the client's handshake, until answered */
+    http_request *req; /* the client's handshake, until answered */
     char accept[WS_ACCEPT_LEN + 1];
     int every_message;
     /* the upstream */
     fetch_conn *conn;
     int ufd;
     ws *u;
-    char *hs_out;                   /* our handshake (it holds the key: wiped once sent) */
+    char *hs_out; /* our handshake (it holds the key: wiped once sent) */
     size_t hs_len, hs_off;
-    char *hs_in;                    /* its answer so far */
+    char *hs_in; /* its answer so far */
     size_t hs_in_len;
     char hs_accept[WS_ACCEPT_LEN + 1];
     uint64_t start_us, up_open_us, up_end_us;
     /* the client */
     http_upgraded *bh;
     int bfd;
-    int b_drained;                  /* a short read emptied its socket: no more reads this turn */
+    int b_drained; /* a short read emptied its socket: no more reads this turn */
     ws *b;
     /* reading paused: backpressure, pacing, an update being decided */
     int b_pause_bp, b_pause_pace, b_hold, u_pause_bp, u_pause_phase;
     relay_held *held, **held_tail;
     size_t held_bytes;
     /* limits */
-    double bytes_per_ms;            /* audio */
+    double bytes_per_ms; /* audio */
     size_t sample_bytes, min_audio, max_audio;
     uint64_t max_ms, idle_ms, stall_ms;
     uint64_t opened_ms, last_client_ms, first_audio_ms, pace_until_ms, stall_since_ms;
-    size_t stall_queued;            /* what was queued toward the slow side when it last made progress */
+    size_t stall_queued; /* what was queued toward the slow side when it last made progress */
     double rate_tokens;
     uint64_t rate_ms;
     /* deadlines */
@@ -99,12 +99,12 @@ struct relay_session {
     relay_cause cause;
     int code;
     char reason[WS_REASON_MAX + 1];
-    int client_terminate;           /* the client sent Terminate */
-    int got_termination;            /* the upstream's Termination arrived */
-    int terminate_sent;             /* we sent one */
+    int client_terminate; /* the client sent Terminate */
+    int got_termination;  /* the upstream's Termination arrived */
+    int terminate_sent;   /* we sent one */
     int b_end_seen, u_end_seen;
-    int busy;                       /* inside a pump or an owner's call: never freed there */
-    int counted_open;               /* in the open sessions' gauge */
+    int busy;         /* inside a pump or an owner's call: never freed there */
+    int counted_open; /* in the open sessions' gauge */
     int update_dropped;
     /* what it did */
     char upstream_id[80];

@@ -38,7 +38,7 @@ static void relaymsg_pace(relay_session *s) {
     if (ahead <= RELAY_PACE_AHEAD_MS) return;
     s->b_pause_pace = 1;
     s->pace_until_ms = s->first_audio_ms + (uint64_t)(audio_ms - RELAY_PACE_AHEAD_MS / 2);
-    ws_pause(s->b, 1);              /* at once: the read under way stops here */
+    ws_pause(s->b, 1); /* at once: the read under way stops here */
     relay_schedule(s);
 }
 
@@ -110,12 +110,12 @@ static void relaymsg_forward_client(relay_session *s, int binary, const uint8_t 
     s->bytes_in += len;
     s->audio_bytes += len;
     relaymsg_pace(s);
-    if (ws_queued_bytes(s->u) > RELAY_QUEUE_HIGH) ws_pause(s->b, 1);     /* relay_balance keeps it so */
+    if (ws_queued_bytes(s->u) > RELAY_QUEUE_HIGH) ws_pause(s->b, 1); /* relay_balance keeps it so */
 }
 
 void relaymsg_on_client_message(void *ud, int binary, const uint8_t *data, size_t len) {
     relay_session *s = ud;
-    if (s->cause || !s->u) return;          /* ending: what still comes is dropped */
+    if (s->cause || !s->u) return; /* ending: what still comes is dropped */
     relaymsg_forward_client(s, binary, data, len);
 }
 
@@ -161,10 +161,13 @@ void relaymsg_on_upstream_message(void *ud, int binary, const uint8_t *data, siz
         int parsed = json_parse_message(text, len, &m) == 0;
         /* An error's text is where a server echoes what it was sent: searched for any piece
          * of the key; other messages for the key whole (a Turn a second costs no more). */
-        if (parsed && strcmp(m.type, "Error") == 0 && len < RELAY_KEY_SCAN_MAX ? relaymsg_holds_key(s, text, len)
-            : memmem(text, len, s->hub->key, strlen(s->hub->key)) != NULL) {
-            log_throttled(LOG_WARN, "relay", "relay %s: the streaming service sent a message with the server's key in it: "
-                          "not passed on", s->id);
+        if (parsed && strcmp(m.type, "Error") == 0 && len < RELAY_KEY_SCAN_MAX
+                    ? relaymsg_holds_key(s, text, len)
+                    : memmem(text, len, s->hub->key, strlen(s->hub->key)) != NULL) {
+            log_throttled(LOG_WARN, "relay",
+                          "relay %s: the streaming service sent a message with the server's key in it: "
+                          "not passed on",
+                          s->id);
             return;
         }
         if (parsed) {

@@ -77,7 +77,7 @@ static void relayopen_on_upgraded(void *ud, http_upgraded *u, int fd, const char
     }
     s->opened_ms = s->last_client_ms = s->rate_ms = relay_now_ms();
     s->rate_tokens = RELAY_RATE_BURST;
-    if (s->cause) {                 /* the upstream refused or failed: the client hears why */
+    if (s->cause) { /* the upstream refused or failed: the client hears why */
         relay_tell_client(s, s->code, s->reason);
         ws_close(s->b, s->code, s->reason, strlen(s->reason));
         s->b_closing_ms = s->opened_ms;
@@ -89,10 +89,10 @@ static void relayopen_on_upgraded(void *ud, http_upgraded *u, int fd, const char
     s->counted_open = 1;
     metrics_relay_opened();
     s->busy++;
-    ws_pump(s->b);                  /* what came with the handshake */
+    ws_pump(s->b); /* what came with the handshake */
     s->u_pause_phase = 0;
     ws_pause(s->u, 0);
-    ws_pump(s->u);                  /* the Begin may be read already (with the 101, or held by TLS) */
+    ws_pump(s->u); /* the Begin may be read already (with the 101, or held by TLS) */
     s->busy--;
     relay_after(s);
 }
@@ -160,7 +160,7 @@ void relayopen_handshake(relay_session *s) {
         s->hs_off += (size_t)n;
     }
     if (s->hs_out) {
-        explicit_bzero(s->hs_out, s->hs_len);       /* it holds the key */
+        explicit_bzero(s->hs_out, s->hs_len); /* it holds the key */
         free(s->hs_out);
         s->hs_out = NULL;
     }
@@ -270,7 +270,7 @@ relay_session *relay_start(relay_hub *hub, http_request *req, const relay_option
     s->max_audio = (size_t)(s->bytes_per_ms * 1000 + 0.5);
     s->max_ms = (uint64_t)o->max_seconds * 1000u;
     s->idle_ms = (uint64_t)o->idle_seconds * 1000u;
-    s->stall_ms = s->idle_ms ? s->idle_ms : RELAY_STALL_MS;     /* the same patience both ways */
+    s->stall_ms = s->idle_ms ? s->idle_ms : RELAY_STALL_MS; /* the same patience both ways */
     list_insert_after(&hub->sessions, &s->link);
     hub->count++;
     s->phase = RELAY_CONNECTING;
@@ -290,12 +290,12 @@ relay_session *relay_start(relay_hub *hub, http_request *req, const relay_option
     } else if (!hub->key) {
         relay_end(s, RELAY_NO_KEY, WS_CODE_INTERNAL, "no AssemblyAI API key is configured on the server", 1);
     } else if (relayopen_prepare(s, o, &url) < 0 ||
-               !(s->conn = fetch_connect(hub->client, url, hub->proxy, hub->handshake_timeout_ms, relayopen_on_connected,
-                                         s))) {
+               !(s->conn = fetch_connect(hub->client, url, hub->proxy, hub->handshake_timeout_ms,
+                                         relayopen_on_connected, s))) {
         relay_drop_upstream(s);
         relay_end(s, RELAY_INTERNAL, WS_CODE_INTERNAL, "out of memory", 1);
     }
     free(url);
-    relay_schedule(s);          /* what ended at once finishes from the loop, not from here */
+    relay_schedule(s); /* what ended at once finishes from the loop, not from here */
     return s;
 }

@@ -8,7 +8,7 @@
 #include "url.h"
 
 typedef struct router_segment {
-    char *text;         /* literal text, or the parameter name */
+    char *text; /* literal text, or the parameter name */
     size_t len;
     int is_param;
 } router_segment;
@@ -18,7 +18,7 @@ typedef struct router_route {
     char *pattern;
     router_segment *segs;
     size_t nsegs;
-    size_t nliteral;    /* literal segments: more is more specific */
+    size_t nliteral; /* literal segments: more is more specific */
     int handler;
     router_opts opts;
 } router_route;
@@ -65,7 +65,7 @@ static int router_compile(router_route *rt, const char *pattern, char *err, size
         return -1;
     }
     while (*p) {
-        p++;    /* skip '/' */
+        p++; /* skip '/' */
         const char *s = p;
         while (*p && *p != '/') p++;
         size_t n = (size_t)(p - s);
@@ -73,11 +73,13 @@ static int router_compile(router_route *rt, const char *pattern, char *err, size
             snprintf(err, errlen, "route path \"%s\" has an empty segment", pattern);
             return -1;
         }
-        if (n == 0) break;  /* trailing slash */
+        if (n == 0) break; /* trailing slash */
         int is_param = s[0] == ':';
         if (is_param && (n == 1 || ++nparams > ROUTER_MAX_PARAMS)) {
-            snprintf(err, errlen, n == 1 ? "route path \"%s\" has a parameter without a name"
-                                         : "route path \"%s\" has too many parameters", pattern);
+            snprintf(err, errlen,
+                     n == 1 ? "route path \"%s\" has a parameter without a name"
+                            : "route path \"%s\" has too many parameters",
+                     pattern);
             return -1;
         }
         router_segment *segs = realloc(rt->segs, (rt->nsegs + 1) * sizeof *segs);
@@ -142,7 +144,7 @@ static int router_try(const router_route *rt, const char *path, size_t len, rout
         const char *s = p;
         while (p < end && *p != '/') p++;
         size_t n = (size_t)(p - s);
-        if (n == 0 && p == end) break;   /* trailing slash */
+        if (n == 0 && p == end) break; /* trailing slash */
         if (i >= rt->nsegs || n == 0) return 0;
         const router_segment *sg = &rt->segs[i++];
         if (sg->is_param) {
@@ -161,8 +163,8 @@ static int router_try(const router_route *rt, const char *path, size_t len, rout
     return i == rt->nsegs;
 }
 
-int router_match(const router *r, const char *method, const char *path, size_t pathlen, router_result *m,
-                 char *allow, size_t allowlen) {
+int router_match(const router *r, const char *method, const char *path, size_t pathlen, router_result *m, char *allow,
+                 size_t allowlen) {
     const router_route *best = NULL;
     int best_exact = 0;
     router_result tmp;
@@ -186,8 +188,9 @@ int router_match(const router *r, const char *method, const char *path, size_t p
                 m->head_of_get = !exact;
             }
         } else if (allowlen && !strstr(allow, rt->method)) {
-            int get = strcmp(rt->method, "GET") == 0;   /* a GET route answers HEAD too */
-            int n = snprintf(allow + alen, allowlen - alen, "%s%s%s", alen ? ", " : "", rt->method, get ? ", HEAD" : "");
+            int get = strcmp(rt->method, "GET") == 0; /* a GET route answers HEAD too */
+            int n = snprintf(allow + alen, allowlen - alen, "%s%s%s", alen ? ", " : "", rt->method,
+                             get ? ", HEAD" : "");
             if (n > 0 && (size_t)n < allowlen - alen) alen += (size_t)n;
         }
     }

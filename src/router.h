@@ -13,22 +13,22 @@
 typedef struct router router;
 
 typedef struct router_param {
-    const char *name;       /* owned by the router */
-    const char *value;      /* the raw segment, in the matched path (not NUL-terminated) */
+    const char *name;  /* owned by the router */
+    const char *value; /* the raw segment, in the matched path (not NUL-terminated) */
     size_t value_len;
 } router_param;
 
 /* What a route asks of the host besides its handler (router_add copies it). */
 typedef struct router_opts {
-    int audit;              /* every answer leaves an audit line (token routes) */
-    unsigned log_every;     /* access log: 1 every answer; 0 only errors (>= 400); N one success in N */
+    int audit;          /* every answer leaves an audit line (token routes) */
+    unsigned log_every; /* access log: 1 every answer; 0 only errors (>= 400); N one success in N */
 } router_opts;
 
 typedef struct router_result {
-    int handler;            /* the value given to router_add */
-    router_opts opts;       /* the route's options */
-    const char *pattern;    /* the route's path pattern, owned by the router */
-    int head_of_get;        /* a HEAD request matched a GET route: its handler must not run */
+    int handler;         /* the value given to router_add */
+    router_opts opts;    /* the route's options */
+    const char *pattern; /* the route's path pattern, owned by the router */
+    int head_of_get;     /* a HEAD request matched a GET route: its handler must not run */
     size_t nparams;
     router_param params[ROUTER_MAX_PARAMS];
 } router_result;
@@ -52,7 +52,7 @@ int router_add(router *r, const char *method, const char *pattern, int handler, 
  * HEAD route matches as well. m is always initialised (no params unless found). Returns
  * ROUTER_FOUND (m filled), ROUTER_METHOD_NOT_ALLOWED (allow gets "GET, POST"), or
  * ROUTER_NOT_FOUND. Literal segments win over parameters at the same place. */
-int router_match(const router *r, const char *method, const char *path, size_t pathlen, router_result *m,
-                 char *allow, size_t allowlen);
+int router_match(const router *r, const char *method, const char *path, size_t pathlen, router_result *m, char *allow,
+                 size_t allowlen);
 
 #endif

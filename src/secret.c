@@ -83,7 +83,7 @@ int secret_declare(const char *name, struct envfile *env, const secret **out, ch
     }
     pthread_mutex_lock(&secret_lock);
     secret *s = secret_lookup(name);
-    const char *in_file = env ? envfile_read(env, name) : NULL;     /* read: not reported as unknown */
+    const char *in_file = env ? envfile_read(env, name) : NULL; /* read: not reported as unknown */
     if (!s) {
         const char *v = getenv(name);
         if (!v || !*v) v = in_file;

@@ -8,7 +8,7 @@ struct envfile;
 
 typedef struct secret secret;
 
-#define SECRET_MIN_BYTES 8          /* shorter values could not be told from other text to redact them */
+#define SECRET_MIN_BYTES 8 /* shorter values could not be told from other text to redact them */
 #define SECRET_NAME_MAX 128
 
 /* Declares the secret name for the whole process. The first declaration takes its value

@@ -43,29 +43,29 @@ typedef struct server_retired {
 typedef struct server_worker {
     tokend_server *srv;
     int id;
-    worker *w;                  /* its loop, HTTP front and clients */
+    worker *w; /* its loop, HTTP front and clients */
     lhost *lua;
     pthread_t thread;
     int started;
-    int reload_seen;            /* the reload generation this worker has loaded */
+    int reload_seen; /* the reload generation this worker has loaded */
     server_retired *retired;
 } server_worker;
 
 struct tokend_server {
-    worker_group *group;        /* the settings and what the workers share */
-    const tokend_config *cfg;   /* the group's */
+    worker_group *group;      /* the settings and what the workers share */
+    const tokend_config *cfg; /* the group's */
     int port;
-    int tls_port;               /* the port that speaks HTTPS (port itself when alone), or 0 */
-    int tls_beside;             /* HTTPS on tls_port beside HTTP on port */
+    int tls_port;   /* the port that speaks HTTPS (port itself when alone), or 0 */
+    int tls_beside; /* HTTPS on tls_port beside HTTP on port */
     int nworkers;
     server_worker *workers;
     atomic_int stopping;
     atomic_int reload_gen;
-    lcroute **c_routes;         /* routes in C, re-added on every reload */
+    lcroute **c_routes; /* routes in C, re-added on every reload */
     size_t n_c_routes;
-    lhost *attached;            /* the Lua module's host, or NULL */
-    int stuck;                  /* a worker did not return when stopped: nothing is freed */
-    fswatch *watch;             /* --watch and --dev, on worker 1's loop */
+    lhost *attached; /* the Lua module's host, or NULL */
+    int stuck;       /* a worker did not return when stopped: nothing is freed */
+    fswatch *watch;  /* --watch and --dev, on worker 1's loop */
 };
 
 void tokend_set_log_sink(tokend_log_fn *sink, void *ud) {
@@ -119,7 +119,6 @@ static int server_port_free(const char *hostname, int port, char *err, size_t er
     return 0;
 }
 
-
 /* Loads the script into a new Lua host for worker sw, with the routes written in C.
  * Returns 0 or -1 with err set. */
 static int server_worker_load(server_worker *sw, lhost **out, char *err, size_t errlen) {
@@ -163,7 +162,7 @@ static void server_worker_reload(server_worker *w) {
         if (w->id == 0) log_msg(LOG_ERROR, "reload failed: out of memory");
         return;
     }
-    lhost_retire(w->lua);      /* its timers stop; its requests in flight finish */
+    lhost_retire(w->lua); /* its timers stop; its requests in flight finish */
     r->lua = w->lua;
     r->next = w->retired;
     w->retired = r;
@@ -207,11 +206,19 @@ static int server_worker_init(tokend_server *srv, server_worker *sw, int id, int
                               size_t errlen) {
     sw->srv = srv;
     sw->id = id;
-    worker_options wo = { .id = id, .workers = srv->nworkers, .port = srv->port, .listen_fd = fd,
-                          .listen_tls = srv->tls_port && !srv->tls_beside, .tls_listen_fd = tls_fd,
-                          .tls_port = srv->tls_beside ? srv->tls_port : srv->tls_port ? srv->port : 0, .dispatch = server_worker_dispatch, .dispatch_ud = sw };
+    worker_options wo = { .id = id,
+                          .workers = srv->nworkers,
+                          .port = srv->port,
+                          .listen_fd = fd,
+                          .listen_tls = srv->tls_port && !srv->tls_beside,
+                          .tls_listen_fd = tls_fd,
+                          .tls_port = srv->tls_beside ? srv->tls_port
+                                  : srv->tls_port     ? srv->port
+                                                      : 0,
+                          .dispatch = server_worker_dispatch,
+                          .dispatch_ud = sw };
     if (!(sw->w = worker_open(srv->group, &wo, err, errlen))) return -1;
-    if (srv->attached) {        /* the module's: in the server's world, still loading its routes */
+    if (srv->attached) { /* the module's: in the server's world, still loading its routes */
         sw->lua = srv->attached;
         lhost_enter(sw->lua, worker_world(sw->w));
         return 0;
@@ -222,10 +229,10 @@ static int server_worker_init(tokend_server *srv, server_worker *sw, int id, int
 static void server_worker_end_sessions(server_worker *w);
 
 static void server_worker_free(server_worker *sw) {
-    if (sw->lua) server_worker_end_sessions(sw);    /* their hooks run on the Lua hosts */
-    server_worker_reap(sw, 1);      /* cancels what the Lua hosts wait for */
+    if (sw->lua) server_worker_end_sessions(sw); /* their hooks run on the Lua hosts */
+    server_worker_reap(sw, 1);                   /* cancels what the Lua hosts wait for */
     if (sw->srv && sw->srv->attached && sw->lua == sw->srv->attached) {
-        lhost_serve(sw->lua, NULL);     /* the module's: back to its own world */
+        lhost_serve(sw->lua, NULL); /* the module's: back to its own world */
         sw->lua = NULL;
     }
     lhost_free(sw->lua);
@@ -262,7 +269,7 @@ static int server_choose_tls_port(tokend_server *srv, char *err, size_t errlen) 
     if (!worker_group_tls(srv->group)) return 0;
     srv->tls_beside = c->tls_port || c->dev;
     srv->tls_port = c->tls_port ? c->tls_port : c->dev && srv->port ? srv->port + 1 : 0;
-    if (!srv->tls_beside) srv->tls_port = -1;       /* known once the port is bound */
+    if (!srv->tls_beside) srv->tls_port = -1; /* known once the port is bound */
     if (c->dev && !c->tls_port && srv->port == 65535) {
         snprintf(err, errlen, "--dev serves HTTPS on the port after --port, and 65535 has none: give --tls-port");
         return -1;
@@ -293,7 +300,9 @@ int server_create_attached(const tokend_config *cfg, lhost *attached, tokend_ser
     log_configure(srv->cfg->log_level, srv->cfg->log_json);
     log_set_secret(srv->cfg->api_key);
     long cores = sysconf(_SC_NPROCESSORS_ONLN);
-    srv->nworkers = srv->cfg->workers > 0 ? srv->cfg->workers : (int)(cores > 0 ? (cores < CONFIG_MAX_WORKERS ? cores : CONFIG_MAX_WORKERS) : 1);
+    srv->nworkers = srv->cfg->workers > 0
+            ? srv->cfg->workers
+            : (int)(cores > 0 ? (cores < CONFIG_MAX_WORKERS ? cores : CONFIG_MAX_WORKERS) : 1);
     if (!(srv->workers = calloc((size_t)srv->nworkers, sizeof *srv->workers))) {
         snprintf(err, errlen, "out of memory");
         goto fail;
@@ -304,13 +313,14 @@ int server_create_attached(const tokend_config *cfg, lhost *attached, tokend_ser
     if (srv->tls_beside && srv->tls_port && server_port_free(srv->cfg->host, srv->tls_port, err, errlen) < 0) goto fail;
     for (int i = 0; i < srv->nworkers; i++) {
         int fd = server_listen(srv->cfg->host, &srv->port, 1, err, errlen), tls_fd = -1;
-        if (fd >= 0 && srv->tls_beside && (tls_fd = server_listen(srv->cfg->host, &srv->tls_port, 1, err, errlen)) < 0) {
+        if (fd >= 0 && srv->tls_beside &&
+            (tls_fd = server_listen(srv->cfg->host, &srv->tls_port, 1, err, errlen)) < 0) {
             close(fd);
             goto fail;
         }
         if (fd < 0 || server_worker_init(srv, &srv->workers[i], i, fd, tls_fd, err, errlen) < 0) goto fail;
     }
-    if (srv->tls_port && !srv->tls_beside) srv->tls_port = srv->port;   /* HTTPS alone: port 0 is known now */
+    if (srv->tls_port && !srv->tls_beside) srv->tls_port = srv->port; /* HTTPS alone: port 0 is known now */
     server_report_unknown(srv);
     if (server_watch_files(srv, err, errlen) < 0) goto fail;
     *out = srv;
@@ -378,8 +388,8 @@ static void *server_worker_main(void *arg) {
     return NULL;
 }
 
-int tokend_server_route(tokend_server *srv, const char *method, const char *path,
-                        tokend_route_fn *fn, void *ud, char *err, size_t errlen) {
+int tokend_server_route(tokend_server *srv, const char *method, const char *path, tokend_route_fn *fn, void *ud,
+                        char *err, size_t errlen) {
     lcroute *r = calloc(1, sizeof *r);
     lcroute **v = realloc(srv->c_routes, (srv->n_c_routes + 1) * sizeof *v);
     if (v) srv->c_routes = v;
@@ -392,7 +402,7 @@ int tokend_server_route(tokend_server *srv, const char *method, const char *path
     r->ud = ud;
     for (int i = 0; i < srv->nworkers; i++) {
         if (lcroute_add(srv->workers[i].lua, r, err, errlen) < 0) {
-            if (i == 0) goto fail;      /* bad route: no worker has it */
+            if (i == 0) goto fail; /* bad route: no worker has it */
             snprintf(err + strlen(err), errlen - strlen(err), " (worker %d)", i + 1);
             return TOKEND_ERR;
         }
@@ -481,7 +491,8 @@ int tokend_server_run(tokend_server *srv, char *err, size_t errlen) {
         if (!w->started) continue;
         if (server_join(srv, w, &give_up_ms) < 0) {
             srv->stuck = 1;
-            snprintf(err, errlen, "worker %d did not stop within the drain time (%u s) and %d s more: stopping "
+            snprintf(err, errlen,
+                     "worker %d did not stop within the drain time (%u s) and %d s more: stopping "
                      "without it (a script blocked where no budget reaches, such as os.execute?)",
                      i + 1, srv->cfg->drain_timeout_s, SERVER_STOP_MARGIN_S);
             rc = TOKEND_ERR;
@@ -513,7 +524,7 @@ int tokend_server_tls_port(const tokend_server *srv) {
 }
 
 void tokend_server_free(tokend_server *srv) {
-    if (!srv || srv->stuck) return;     /* a worker still runs on all of it: the process is exiting */
+    if (!srv || srv->stuck) return; /* a worker still runs on all of it: the process is exiting */
     fswatch_free(srv->watch);       /* on worker 1's loop */
     for (int i = 0; srv->workers && i < srv->nworkers; i++) server_worker_free(&srv->workers[i]);
     free(srv->workers);
@@ -551,8 +562,8 @@ static void server_on_minted(void *ud, const upstream_result *r) {
     if (m->upstream_status) *m->upstream_status = r->http_status;
 }
 
-int tokend_mint(const tokend_config *cfg, long expires_in_s, long max_session_s, char *token,
-                size_t token_cap, long *expires_out, int *upstream_status, char *err, size_t errlen) {
+int tokend_mint(const tokend_config *cfg, long expires_in_s, long max_session_s, char *token, size_t token_cap,
+                long *expires_out, int *upstream_status, char *err, size_t errlen) {
     server_minted m = { token, token_cap, expires_out, upstream_status, err, errlen, 0, 0 };
     worker_group *g = NULL;
     worker *w = NULL;

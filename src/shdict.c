@@ -11,16 +11,16 @@
 
 #define SHDICT_MAX_DICTS 64
 #define SHDICT_NAME_MAX 64
-#define SHDICT_EVICT_PROBE 8    /* the least recently used entries looked at for an expired one */
+#define SHDICT_EVICT_PROBE 8 /* the least recently used entries looked at for an expired one */
 
 typedef struct shdict_entry {
-    hashtab_node node;                  /* in the dictionary's table */
-    list_node recency;                  /* in the dictionary's list, most recently used first */
-    uint64_t expires_ms;                /* 0: never */
+    hashtab_node node;   /* in the dictionary's table */
+    list_node recency;   /* in the dictionary's list, most recently used first */
+    uint64_t expires_ms; /* 0: never */
     shdict_type type;
     double n;
     size_t klen, vlen;
-    char data[];                        /* key, then a string value */
+    char data[]; /* key, then a string value */
 } shdict_entry;
 
 /* The overhead counted covers the entry, its allocation's header and its hash slot. */
@@ -101,8 +101,7 @@ static int shdict_evict(shdict *d, uint64_t now_ms) {
 static int shdict_make_room(shdict *d, unsigned long long need, uint64_t now_ms) {
     int evicted = 0;
     size_t room = need ? 1 : 0;
-    while (!list_empty(&d->recency) &&
-           (hashtab_count(d->table) + room > d->capacity || d->bytes + need > d->max_bytes))
+    while (!list_empty(&d->recency) && (hashtab_count(d->table) + room > d->capacity || d->bytes + need > d->max_bytes))
         evicted |= shdict_evict(d, now_ms);
     return evicted;
 }
@@ -297,7 +296,10 @@ void shdict_metrics(shdict_registry *s, metrics_write_fn *write, void *ud) {
         { "tokend_shared_bytes", "gauge", "Bytes a shared dictionary in C holds, as its max_bytes counts them." },
         { "tokend_shared_evictions_total", "counter", "Live entries a shared dictionary in C dropped to make room." },
     };
-    struct { char name[SHDICT_NAME_MAX]; unsigned long long v[3]; } seen[SHDICT_MAX_DICTS];
+    struct {
+        char name[SHDICT_NAME_MAX];
+        unsigned long long v[3];
+    } seen[SHDICT_MAX_DICTS];
     size_t n;
     /* Copied out first: write may raise a Lua error, which must not leave a lock held. */
     pthread_mutex_lock(&s->lock);

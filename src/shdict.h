@@ -9,9 +9,9 @@
 
 #define SHDICT_MAX_KEY (64 * 1024)
 #define SHDICT_MAX_VALUE (1024 * 1024)
-#define SHDICT_ENTRY_OVERHEAD 100           /* bytes an entry counts besides its key and value */
-#define SHDICT_MIN_BYTES 1024               /* the smallest byte bound */
-#define SHDICT_MAX_BYTES (1ULL << 40)       /* the largest */
+#define SHDICT_ENTRY_OVERHEAD 100     /* bytes an entry counts besides its key and value */
+#define SHDICT_MIN_BYTES 1024         /* the smallest byte bound */
+#define SHDICT_MAX_BYTES (1ULL << 40) /* the largest */
 
 typedef struct shdict_registry shdict_registry;
 typedef struct shdict shdict;
@@ -23,7 +23,7 @@ typedef struct shdict_value {
     shdict_type type;
     char *s;
     size_t len;
-    double n;               /* a number, or a boolean as 0 or 1 */
+    double n; /* a number, or a boolean as 0 or 1 */
 } shdict_value;
 
 /* Results of the operations that store. */

@@ -32,26 +32,26 @@
 #define STATIC_INJECT_MAX (1024 * 1024) /* HTML pages up to this size get the live-reload script */
 
 typedef struct static_mount_entry {
-    char *prefix;       /* "/" or "/assets" (no trailing slash) */
+    char *prefix; /* "/" or "/assets" (no trailing slash) */
     size_t prefix_len;
-    char *root;         /* realpath of the folder */
+    char *root; /* realpath of the folder */
     size_t root_len;
-    int root_fd;        /* the folder, for openat2 lookups confined beneath it */
-    char *csp;          /* Content-Security-Policy of HTML files, or NULL */
-    char cache_control[40];     /* for files that are not immutable */
+    int root_fd;            /* the folder, for openat2 lookups confined beneath it */
+    char *csp;              /* Content-Security-Policy of HTML files, or NULL */
+    char cache_control[40]; /* for files that are not immutable */
     char *immutable[STATIC_MAX_IMMUTABLE];
     size_t nimmutable;
-    char *index;        /* or NULL */
-    int live_reload;    /* HTML pages get the live-reload script (tokend --dev) */
-    char *fallback;     /* a single-page app's page for missing paths, or NULL */
+    char *index;     /* or NULL */
+    int live_reload; /* HTML pages get the live-reload script (tokend --dev) */
+    char *fallback;  /* a single-page app's page for missing paths, or NULL */
 } static_mount_entry;
 
 /* What is sent for a request: the file, a precompressed sibling, or a gzip copy. */
 typedef struct static_rep {
-    int fd;                     /* the file or sibling to send; -1 for a gzip copy */
-    uint64_t size;              /* of what is sent */
-    const char *encoding;       /* NULL (identity), "br" or "gzip" */
-    gzcache_entry *gz;          /* the gzip copy, or NULL */
+    int fd;               /* the file or sibling to send; -1 for a gzip copy */
+    uint64_t size;        /* of what is sent */
+    const char *encoding; /* NULL (identity), "br" or "gzip" */
+    gzcache_entry *gz;    /* the gzip copy, or NULL */
     char etag[64];
 } static_rep;
 
@@ -100,8 +100,9 @@ int static_mount(static_mounts *m, const char *prefix, const char *dir, const st
         goto fail;
     }
     char clean[PATH_MAX];
-    if (o->fallback && (static_clean_path(o->fallback, clean, sizeof clean) != STATIC_OK || !*clean ||
-                        strcmp(clean, o->fallback) != 0)) {
+    if (o->fallback &&
+        (static_clean_path(o->fallback, clean, sizeof clean) != STATIC_OK || !*clean ||
+         strcmp(clean, o->fallback) != 0)) {
         snprintf(err, errlen, "fallback \"%s\" must be a file's path in the folder (no leading /, no . or ..)",
                  o->fallback);
         goto fail;
@@ -122,7 +123,7 @@ int static_mount(static_mounts *m, const char *prefix, const char *dir, const st
     e.root_len = strlen(e.root);
     e.live_reload = o->live_reload;
     nomem |= !e.prefix || (o->csp && !(e.csp = strdup(o->csp))) || (o->index && !(e.index = strdup(o->index))) ||
-             (o->fallback && !(e.fallback = strdup(o->fallback)));
+            (o->fallback && !(e.fallback = strdup(o->fallback)));
     for (size_t i = 0; i < o->nimmutable; i++) nomem |= !(e.immutable[e.nimmutable++] = strdup(o->immutable[i]));
     if (o->max_age >= 0) snprintf(e.cache_control, sizeof e.cache_control, "max-age=%ld", o->max_age);
     else snprintf(e.cache_control, sizeof e.cache_control, "no-cache");
@@ -146,8 +147,8 @@ static const static_mount_entry *static_find(const static_mounts *m, const char 
     for (size_t i = 0; i < m->len; i++) {
         const static_mount_entry *e = &m->v[i];
         int covers = e->prefix_len == 1 ||
-            (strncmp(path, e->prefix, e->prefix_len) == 0 &&
-             (path[e->prefix_len] == '\0' || path[e->prefix_len] == '/'));
+                (strncmp(path, e->prefix, e->prefix_len) == 0 &&
+                 (path[e->prefix_len] == '\0' || path[e->prefix_len] == '/'));
         if (covers && (!best || e->prefix_len > best->prefix_len)) best = e;
     }
     if (best && rest) *rest = best->prefix_len == 1 ? path : path + best->prefix_len;
@@ -195,7 +196,7 @@ static void static_redirect_slash(http_request *req) {
  * that the kernel refuses, a realpath check. full gets a name for the MIME type. Returns
  * the descriptor or -errno (-EXDEV: the path leads outside the root). */
 static int static_open_beneath(const static_mount_entry *e, const char *clean, char *full, size_t fullcap) {
-    static atomic_int no_openat2;   /* set once when the kernel lacks openat2 */
+    static atomic_int no_openat2; /* set once when the kernel lacks openat2 */
     int n = snprintf(full, fullcap, "%s/%s", e->root, clean);
     if (n < 0 || (size_t)n >= fullcap) return -ENAMETOOLONG;
     if (!no_openat2 && e->root_fd >= 0) {
@@ -211,8 +212,7 @@ static int static_open_beneath(const static_mount_entry *e, const char *clean, c
     if (!real) rc = -errno;
     else if (strncmp(real, e->root, e->root_len) != 0 || (real[e->root_len] != '\0' && real[e->root_len] != '/'))
         rc = -EXDEV;
-    else if ((rc = open(real, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK)) < 0)
-        rc = -errno;
+    else if ((rc = open(real, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK)) < 0) rc = -errno;
     free(real);
     return rc;
 }
@@ -237,7 +237,8 @@ static int static_open_sibling(const static_mount_entry *e, const char *rel, con
     rep->size = (uint64_t)st.st_size;
     rep->encoding = encoding;
     snprintf(rep->etag, sizeof rep->etag, "\"%llx-%llx-%s\"", (unsigned long long)st.st_size,
-             (unsigned long long)st.st_mtim.tv_sec * 1000000000ULL + (unsigned long long)st.st_mtim.tv_nsec, suffix + 1);
+             (unsigned long long)st.st_mtim.tv_sec * 1000000000ULL + (unsigned long long)st.st_mtim.tv_nsec,
+             suffix + 1);
     return 1;
 }
 
@@ -245,8 +246,8 @@ static int static_open_sibling(const static_mount_entry *e, const char *rel, con
  * precompressed sibling or a gzip copy when Accept-Encoding prefers one (never for a Range
  * request: ranges are of the file itself), else the file. Returns 1 when the answer
  * depends on Accept-Encoding (Vary). */
-static int static_choose(const static_mount_entry *e, http_request *req, const char *rel, int fd,
-                         const struct stat *st, const char *type, static_rep *rep) {
+static int static_choose(const static_mount_entry *e, http_request *req, const char *rel, int fd, const struct stat *st,
+                         const char *type, static_rep *rep) {
     const char *ae = http_request_header(req, "Accept-Encoding");
     int compressible = mime_compressible(type), varies = compressible;
     rep->fd = fd;
@@ -262,7 +263,7 @@ static int static_choose(const static_mount_entry *e, http_request *req, const c
         char key[PATH_MAX + 80];
         snprintf(key, sizeof key, "%s/%s %s", e->root, rel, rep->etag);
         size_t len;
-        if (!(alt.gz = gzcache_get(key, fd, (size_t)st->st_size))) return varies;   /* no gain: the file */
+        if (!(alt.gz = gzcache_get(key, fd, (size_t)st->st_size))) return varies; /* no gain: the file */
         gzcache_data(alt.gz, &len);
         alt.size = len;
         alt.encoding = "gzip";
@@ -283,7 +284,7 @@ static int static_range(http_request *req, const static_rep *rep, time_t mtime, 
     if (!range || rep->encoding || strcmp(req->method, "GET") != 0) return HEADER_RANGE_NONE;
     if (if_range) {
         int same = if_range[0] == '"' ? header_etag_matches(if_range, rep->etag, 0)
-                 : header_date(if_range, &when) == 0 && when == mtime;
+                                      : header_date(if_range, &when) == 0 && when == mtime;
         if (!same) return HEADER_RANGE_NONE;
     }
     return header_range(range, rep->size, first, last);
@@ -309,14 +310,14 @@ static http_response *static_body(static_rep *rep, uint64_t offset, uint64_t len
         size_t len;
         const void *data = gzcache_data(rep->gz, &len);
         gzcache_entry *gz = rep->gz;
-        rep->gz = NULL;         /* the response releases it */
+        rep->gz = NULL; /* the response releases it */
         return http_response_shared(data, len, gzcache_release, gz, type);
     }
     if (length <= STATIC_INLINE_MAX) {
         char *buf = malloc(length ? (size_t)length : 1);
         ssize_t got = buf ? pread(rep->fd, buf, (size_t)length, (off_t)offset) : -1;
         if (got == (ssize_t)length) return http_response_take(buf, (size_t)length, type);
-        free(buf);      /* a short read (the file is changing) or no memory: stream it */
+        free(buf); /* a short read (the file is changing) or no memory: stream it */
     }
     http_response *resp = http_response_file(rep->fd, offset, length, type);
     if (resp) rep->fd = -1;
@@ -354,7 +355,7 @@ static int static_open_file(const static_mount_entry *e, http_request *req, char
     if (fd < 0) {
         int missing = fd == -ENOENT || fd == -ENOTDIR || fd == -EXDEV || fd == -ELOOP || fd == -ENAMETOOLONG;
         if (fd == -EACCES) http_request_fail(req, 403, "forbidden");
-        else if (missing) http_request_fail(req, 404, "not found");   /* or a link leading outside */
+        else if (missing) http_request_fail(req, 404, "not found"); /* or a link leading outside */
         else http_request_fail(req, 400, "bad path");
         return -1;
     }

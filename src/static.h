@@ -7,9 +7,9 @@
 #include "http.h"
 
 #define STATIC_OK 0
-#define STATIC_BAD_PATH (-1)    /* "..", ".", a backslash: 400 */
-#define STATIC_HIDDEN (-2)      /* a dot-file or dot-folder: 404 */
-#define STATIC_TOO_LONG (-3)    /* longer than any path the system opens: 404 */
+#define STATIC_BAD_PATH (-1) /* "..", ".", a backslash: 400 */
+#define STATIC_HIDDEN (-2)   /* a dot-file or dot-folder: 404 */
+#define STATIC_TOO_LONG (-3) /* longer than any path the system opens: 404 */
 
 typedef struct static_mounts static_mounts;
 
@@ -17,14 +17,14 @@ typedef struct static_mounts static_mounts;
 
 /* How a mount answers; strings are copied. */
 typedef struct static_options {
-    const char *csp;            /* Content-Security-Policy of its HTML files; NULL = none */
-    long max_age;               /* Cache-Control: max-age=N; -1: no-cache (revalidate each time) */
-    const char *immutable[STATIC_MAX_IMMUTABLE];    /* Lua patterns of request paths cached for a
+    const char *csp;                             /* Content-Security-Policy of its HTML files; NULL = none */
+    long max_age;                                /* Cache-Control: max-age=N; -1: no-cache (revalidate each time) */
+    const char *immutable[STATIC_MAX_IMMUTABLE]; /* Lua patterns of request paths cached for a
                                                        year, unchanged (fingerprinted names) */
     size_t nimmutable;
-    const char *index;          /* the file a folder answers with; NULL: none (404) */
-    int live_reload;            /* tokend --dev: HTML pages get the live-reload script */
-    const char *fallback;       /* a single-page app's page (relative to the folder): the answer to a
+    const char *index;    /* the file a folder answers with; NULL: none (404) */
+    int live_reload;      /* tokend --dev: HTML pages get the live-reload script */
+    const char *fallback; /* a single-page app's page (relative to the folder): the answer to a
                                    GET for a missing path without an extension that accepts HTML */
 } static_options;
 

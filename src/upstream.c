@@ -15,7 +15,7 @@
 #include "tokend.h"
 #include "upstream.h"
 
-#define UPSTREAM_BODY_MAX (64 * 1024)       /* a token reply is well under 1 KiB */
+#define UPSTREAM_BODY_MAX (64 * 1024) /* a token reply is well under 1 KiB */
 #define UPSTREAM_URL_MAX 1024
 
 /* An upstream 5xx is retried once, after a back-off of UPSTREAM_RETRY_MIN_MS plus up to
@@ -24,19 +24,19 @@
 #define UPSTREAM_RETRY_MIN_MS 100
 #define UPSTREAM_RETRY_JITTER_MS 200
 #define UPSTREAM_RETRY_MIN_LEFT_MS 100
-#define UPSTREAM_RETRY_AFTER_MAX 3600       /* a Retry-After passed on is 1..3600 s */
+#define UPSTREAM_RETRY_AFTER_MAX 3600 /* a Retry-After passed on is 1..3600 s */
 
 struct upstream_call {
     upstream *up;
-    fetch_call *transfer;           /* in flight; NULL while waiting to retry */
+    fetch_call *transfer; /* in flight; NULL while waiting to retry */
     upstream_done_fn *done;
     void *ud;
     char url[UPSTREAM_URL_MAX];
     long expires_in_s;
     uint64_t start_us;
-    int attempts;                   /* transfers started for this call */
-    loop_timer retry_timer;         /* armed while waiting to retry */
-    list_node link;                 /* in the active calls, or the idle pool */
+    int attempts;           /* transfers started for this call */
+    loop_timer retry_timer; /* armed while waiting to retry */
+    list_node link;         /* in the active calls, or the idle pool */
 };
 
 struct upstream {
@@ -45,11 +45,11 @@ struct upstream {
     char *token_url;
     char *key;
     char *proxy;
-    fetch_headers *headers;         /* holds "Authorization: <key>" */
+    fetch_headers *headers; /* holds "Authorization: <key>" */
     long timeout_ms;
     list_node active;
-    list_node idle;                 /* finished calls kept for reuse */
-    unsigned int seed;              /* for the retry jitter */
+    list_node idle;    /* finished calls kept for reuse */
+    unsigned int seed; /* for the retry jitter */
 };
 
 int upstream_has_key(const upstream *up) {
@@ -88,7 +88,7 @@ upstream *upstream_create(fetch *f, const upstream_options *opts, char *err, siz
      * for every request. */
     static const char *const fixed[] = { "Accept: application/json", "User-Agent: tokend/" TOKEND_VERSION };
     for (size_t i = 0; i < sizeof fixed / sizeof fixed[0]; i++)
-        if (!(up->headers = fetch_headers_add(up->headers, fixed[i]))) goto nomem;  /* freed, key wiped */
+        if (!(up->headers = fetch_headers_add(up->headers, fixed[i]))) goto nomem; /* freed, key wiped */
     return up;
 nomem:
     snprintf(err, errlen, "out of memory");
@@ -119,7 +119,7 @@ void upstream_free(upstream *up) {
         list_remove(n);
         free(list_entry(n, upstream_call, link));
     }
-    fetch_headers_free(up->headers);        /* wipes the key */
+    fetch_headers_free(up->headers); /* wipes the key */
     if (up->key) {
         explicit_bzero(up->key, strlen(up->key));
         free(up->key);
@@ -134,16 +134,18 @@ static void upstream_on_transfer(void *ud, const fetch_result *fr);
 /* Starts (or restarts) the transfer of c with timeout_ms left. Returns 0 or -1. */
 static int upstream_start(upstream *up, upstream_call *c, long timeout_ms) {
     fetch_request rq = {
-        .url = c->url, .headers = up->headers, .timeout_ms = timeout_ms,
-        .max_body = UPSTREAM_BODY_MAX, .proxy = up->proxy,
+        .url = c->url,
+        .headers = up->headers,
+        .timeout_ms = timeout_ms,
+        .max_body = UPSTREAM_BODY_MAX,
+        .proxy = up->proxy,
     };
     c->attempts++;
     c->transfer = fetch_start(up->client, &rq, upstream_on_transfer, c);
     return c->transfer ? 0 : -1;
 }
 
-upstream_call *upstream_mint(upstream *up, long expires_in_s, long max_session_s,
-                             upstream_done_fn *done, void *ud) {
+upstream_call *upstream_mint(upstream *up, long expires_in_s, long max_session_s, upstream_done_fn *done, void *ud) {
     return upstream_mint_at(up, up->token_url, expires_in_s, max_session_s, done, ud);
 }
 
@@ -155,10 +157,9 @@ upstream_call *upstream_mint_at(upstream *up, const char *token_url, long expire
     if (pooled) list_remove(pooled);
     c->up = up;
     if (max_session_s > 0)
-        snprintf(c->url, sizeof c->url, "%s?expires_in_seconds=%ld&max_session_duration_seconds=%ld",
-                 token_url, expires_in_s, max_session_s);
-    else
-        snprintf(c->url, sizeof c->url, "%s?expires_in_seconds=%ld", token_url, expires_in_s);
+        snprintf(c->url, sizeof c->url, "%s?expires_in_seconds=%ld&max_session_duration_seconds=%ld", token_url,
+                 expires_in_s, max_session_s);
+    else snprintf(c->url, sizeof c->url, "%s?expires_in_seconds=%ld", token_url, expires_in_s);
     c->done = done;
     c->ud = ud;
     c->attempts = 0;
@@ -190,7 +191,7 @@ static void upstream_on_retry(void *ud) {
     upstream *up = c->up;
     long left = up->timeout_ms - (long)((loop_now_us() - c->start_us) / 1000);
     if (upstream_start(up, c, left) == 0) return;
-    upstream_result r;      /* cannot even start: the 5xx we had is the outcome */
+    upstream_result r; /* cannot even start: the 5xx we had is the outcome */
     memset(&r, 0, sizeof r);
     r.failure = FAILURE_UPSTREAM_ERROR;
     r.kind = failure_name(r.failure);
@@ -236,7 +237,7 @@ static void upstream_on_transfer(void *ud, const fetch_result *fr) {
     upstream_classify(fr->curl_code, fr->error, fr->status, fr->body, fr->body_len, upstream_retry_after(fr),
                       up->timeout_ms, up->key, &r, token, sizeof token, errbuf, sizeof errbuf);
     upstream_finish(c, &r);
-    explicit_bzero(token, strnlen(token, sizeof token));     /* the token's bytes, not the whole buffer */
+    explicit_bzero(token, strnlen(token, sizeof token)); /* the token's bytes, not the whole buffer */
 }
 
 void upstream_no_key(upstream_result *r) {
@@ -255,18 +256,18 @@ int upstream_check_token_args(long expires_in_s, long max_session_s, char *err, 
         return -1;
     }
     if (max_session_s && (max_session_s < UPSTREAM_SESSION_MIN || max_session_s > UPSTREAM_SESSION_MAX)) {
-        snprintf(err, errlen, "max_session_duration_seconds must be an integer between %d and %d",
-                 UPSTREAM_SESSION_MIN, UPSTREAM_SESSION_MAX);
+        snprintf(err, errlen, "max_session_duration_seconds must be an integer between %d and %d", UPSTREAM_SESSION_MIN,
+                 UPSTREAM_SESSION_MAX);
         return -1;
     }
     return 0;
 }
 
-void upstream_classify(int curl_code, const char *curl_error, long http_status, const char *body,
-                       size_t body_len, long retry_after, long timeout_ms, const char *key,
-                       upstream_result *r, char *token, size_t token_cap, char *errbuf, size_t errlen) {
+void upstream_classify(int curl_code, const char *curl_error, long http_status, const char *body, size_t body_len,
+                       long retry_after, long timeout_ms, const char *key, upstream_result *r, char *token,
+                       size_t token_cap, char *errbuf, size_t errlen) {
     char msg[JSON_ERROR_MAX + 256], said[JSON_ERROR_MAX + 8], scrubbed[JSON_ERROR_MAX];
-    json_token_reply reply;     /* 8 KiB on the stack: a malloc per call cost more */
+    json_token_reply reply; /* 8 KiB on the stack: a malloc per call cost more */
     memset(r, 0, sizeof *r);
     r->retry_after = retry_after;
     r->http_status = curl_code == CURLE_OK ? (int)http_status : 0;
@@ -275,8 +276,7 @@ void upstream_classify(int curl_code, const char *curl_error, long http_status, 
     failure_kind transport = fetch_failure_of(curl_code);
     const char *detail = curl_error && *curl_error ? curl_error : curl_easy_strerror((CURLcode)curl_code);
     switch (transport) {
-    case FAILURE_NONE:
-        break;
+    case FAILURE_NONE: break;
     case FAILURE_TIMEOUT:
         r->failure = FAILURE_TIMEOUT;
         snprintf(msg, sizeof msg, "the upstream did not answer within %ld ms", timeout_ms);
@@ -288,8 +288,10 @@ void upstream_classify(int curl_code, const char *curl_error, long http_status, 
     default:
         r->failure = transport == FAILURE_TLS || transport == FAILURE_CONNECT ? transport : FAILURE_NETWORK;
         snprintf(msg, sizeof msg, "%s talking to the upstream: %s",
-                 r->failure == FAILURE_TLS ? "TLS failure"
-                 : r->failure == FAILURE_CONNECT ? "cannot connect" : "network failure", detail);
+                 r->failure == FAILURE_TLS               ? "TLS failure"
+                         : r->failure == FAILURE_CONNECT ? "cannot connect"
+                                                         : "network failure",
+                 detail);
         break;
     }
     if (transport == FAILURE_NONE) {
@@ -308,8 +310,9 @@ void upstream_classify(int curl_code, const char *curl_error, long http_status, 
             }
         } else if (http_status == 200) {
             r->failure = FAILURE_BAD_RESPONSE;
-            snprintf(msg, sizeof msg, parsed ? "the upstream answered 200 without a token"
-                                             : "the upstream answered 200 with a body that is not JSON");
+            snprintf(msg, sizeof msg,
+                     parsed ? "the upstream answered 200 without a token"
+                            : "the upstream answered 200 with a body that is not JSON");
         } else if (http_status == 401 || http_status == 403) {
             r->failure = FAILURE_UNAUTHORIZED;
             snprintf(msg, sizeof msg, "the upstream refused the API key (HTTP %ld)%s", http_status, said);

@@ -16,8 +16,7 @@ static int url_hexval(int c) {
 
 /* Decodes in[0..inlen) into out; plus_is_space maps '+' to ' '. Returns the decoded
  * length or a URL_ERR_* code. Does not NUL-terminate. allow_nul permits %00. */
-static long url_unescape(const char *in, size_t inlen, char *out, size_t outcap,
-                         int plus_is_space, int allow_nul) {
+static long url_unescape(const char *in, size_t inlen, char *out, size_t outcap, int plus_is_space, int allow_nul) {
     size_t o = 0;
     for (size_t i = 0; i < inlen; i++) {
         int c = (unsigned char)in[i];
@@ -46,8 +45,7 @@ int url_decode_path(const char *in, size_t inlen, char *out, size_t outcap, size
     return URL_OK;
 }
 
-int url_parse_query(const char *q, size_t qlen, char *scratch, size_t max_args,
-                    url_query_fn *fn, void *ud) {
+int url_parse_query(const char *q, size_t qlen, char *scratch, size_t max_args, url_query_fn *fn, void *ud) {
     size_t count = 0, i = 0, o = 0;
     while (i < qlen) {
         size_t end = i;
@@ -125,9 +123,13 @@ static int url_endpoints_at(const char *base, const char *what, const char *toke
         snprintf(err, errlen, "the %s is empty", what);
         return URL_ERR_MALFORMED;
     }
-    if (strncasecmp(base, "https://", 8) == 0) { rest = base + 8; ws_scheme = "wss"; }
-    else if (strncasecmp(base, "http://", 7) == 0) { rest = base + 7; ws_scheme = "ws"; }
-    else {
+    if (strncasecmp(base, "https://", 8) == 0) {
+        rest = base + 8;
+        ws_scheme = "wss";
+    } else if (strncasecmp(base, "http://", 7) == 0) {
+        rest = base + 7;
+        ws_scheme = "ws";
+    } else {
         snprintf(err, errlen, "the %s \"%s\" must start with https:// or http://", what, base);
         return URL_ERR_MALFORMED;
     }
@@ -151,9 +153,8 @@ static int url_endpoints_at(const char *base, const char *what, const char *toke
         snprintf(err, errlen, "the %s is too long", what);
         return URL_ERR_MALFORMED;
     }
-    int scheme_len = ws_scheme[2] ? 5 : 4;  /* "https" or "http" */
-    snprintf(out->base, sizeof out->base, "%.*s://%.*s", scheme_len, ws_scheme[2] ? "https" : "http",
-             (int)len, rest);
+    int scheme_len = ws_scheme[2] ? 5 : 4; /* "https" or "http" */
+    snprintf(out->base, sizeof out->base, "%.*s://%.*s", scheme_len, ws_scheme[2] ? "https" : "http", (int)len, rest);
     for (char *p = out->base; *p && *p != ':'; p++) *p = (char)tolower((unsigned char)*p);
     snprintf(out->token_url, sizeof out->token_url, "%s%s", out->base, token_path);
     snprintf(out->websocket_url, sizeof out->websocket_url, "%s://%.*s%s", ws_scheme, (int)len, rest, ws_path);
@@ -184,8 +185,8 @@ int url_regions(const char *text, url_region *out, size_t *n, char *err, size_t 
         }
         for (size_t i = 0; i < nlen; i++) {
             if (!isalnum((unsigned char)p[i]) && p[i] != '-' && p[i] != '_') {
-                snprintf(err, errlen, "the region name \"%.*s\" may hold only letters, digits, '-' and '_'",
-                         (int)nlen, p);
+                snprintf(err, errlen, "the region name \"%.*s\" may hold only letters, digits, '-' and '_'", (int)nlen,
+                         p);
                 return URL_ERR_MALFORMED;
             }
         }

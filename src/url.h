@@ -5,9 +5,9 @@
 #include <stddef.h>
 
 #define URL_OK 0
-#define URL_ERR_MALFORMED (-1)   /* bad %-escape, NUL byte or bad syntax */
-#define URL_ERR_TOO_MANY (-2)    /* more query arguments than allowed */
-#define URL_ERR_TOO_LONG (-3)    /* does not fit the output */
+#define URL_ERR_MALFORMED (-1) /* bad %-escape, NUL byte or bad syntax */
+#define URL_ERR_TOO_MANY (-2)  /* more query arguments than allowed */
+#define URL_ERR_TOO_LONG (-3)  /* does not fit the output */
 
 /* Decodes the %-escapes of a URL path into out (outcap bytes, NUL-terminated).
  * '+' is kept as is. Fails with URL_ERR_MALFORMED on a bad escape or an encoded or raw
@@ -25,8 +25,7 @@ typedef int url_query_fn(void *ud, const char *name, size_t nlen, const char *va
 /* Parses "a=1&b=two+words&c" into decoded pairs ('+' is a space, a missing '=' gives "").
  * scratch must hold URL_QUERY_SCRATCH(qlen) bytes. Returns the number of arguments,
  * URL_ERR_MALFORMED on a bad escape, URL_ERR_TOO_MANY past max_args. */
-int url_parse_query(const char *q, size_t qlen, char *scratch, size_t max_args,
-                    url_query_fn *fn, void *ud);
+int url_parse_query(const char *q, size_t qlen, char *scratch, size_t max_args, url_query_fn *fn, void *ud);
 
 /* A port written in a URL: 1 to 5 digits, 1..65535 (no sign, no spaces). Returns it,
  * or -1. */

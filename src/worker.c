@@ -27,39 +27,39 @@
 #include "url.h"
 #include "worker.h"
 
-#define WORKER_REDIS_CHECK_MS 2000  /* how long the start-up check waits for Redis */
+#define WORKER_REDIS_CHECK_MS 2000 /* how long the start-up check waits for Redis */
 
 struct worker_group {
-    tokend_config cfg;              /* strings owned */
-    int how;                        /* WORKER_GROUP_* */
+    tokend_config cfg; /* strings owned */
+    int how;           /* WORKER_GROUP_* */
     url_endpoints endpoints;
-    url_region regions[URL_REGION_MAX];     /* AssemblyAI's data zones by name */
+    url_region regions[URL_REGION_MAX]; /* AssemblyAI's data zones by name */
     size_t nregions;
-    url_endpoints agents;                   /* the Voice Agent API */
-    envfile *env;                   /* the .env file tokend.env reads, or NULL */
-    policy_buckets *buckets;        /* the rate limiters' buckets */
-    shdict_registry *shared;        /* tokend.shared's dictionaries */
-    pool_registry *pools;           /* tokend.pool's pools */
-    policy_conns *conns;            /* open connections per client address */
+    url_endpoints agents;    /* the Voice Agent API */
+    envfile *env;            /* the .env file tokend.env reads, or NULL */
+    policy_buckets *buckets; /* the rate limiters' buckets */
+    shdict_registry *shared; /* tokend.shared's dictionaries */
+    pool_registry *pools;    /* tokend.pool's pools */
+    policy_conns *conns;     /* open connections per client address */
     netaddr_nets *proxies;
     policy_hosts *hosts;
-    redis_target redis;             /* where Redis is, when cfg.redis_url is set */
-    int redis_answered;             /* to the check at start */
-    devca_tls tls;                  /* HTTPS: the certificate and key (PEM), the dev CA's certificate */
-    devserver_hub *devhub;          /* under dev: the workers' live-reload stations */
+    redis_target redis;    /* where Redis is, when cfg.redis_url is set */
+    int redis_answered;    /* to the check at start */
+    devca_tls tls;         /* HTTPS: the certificate and key (PEM), the dev CA's certificate */
+    devserver_hub *devhub; /* under dev: the workers' live-reload stations */
 };
 
 struct worker {
     worker_group *group;
     loop *lp;
-    fetch *client;                  /* outgoing HTTP: token calls, tokend.http */
+    fetch *client; /* outgoing HTTP: token calls, tokend.http */
     upstream *up;
-    redis_client *redis;            /* NULL without TOKEND_REDIS_URL */
-    http_front *http;               /* NULL when it serves no HTTP */
-    devserver *dev;                 /* under dev: /__tokend/, before the dispatcher */
-    http_dispatch_fn *dispatch;     /* what answers the other requests */
+    redis_client *redis;        /* NULL without TOKEND_REDIS_URL */
+    http_front *http;           /* NULL when it serves no HTTP */
+    devserver *dev;             /* under dev: /__tokend/, before the dispatcher */
+    http_dispatch_fn *dispatch; /* what answers the other requests */
     void *dispatch_ud;
-    relay_hub *relay;               /* its relayed sessions; NULL when it serves no HTTP */
+    relay_hub *relay; /* its relayed sessions; NULL when it serves no HTTP */
     lhost_info info;
     lhost_world world;
 };
@@ -98,7 +98,7 @@ static int worker_group_hosts(worker_group *g, char *err, size_t errlen) {
     o = (size_t)snprintf(spec, cap, "%s", c->allowed_hosts ? c->allowed_hosts : "");
     devca_network_names(names);
     for (size_t i = 0; i < names->n; i++)
-        if (!strchr(names->v[i], ':') && !isdigit((unsigned char)names->v[i][0]))     /* addresses pass anyway */
+        if (!strchr(names->v[i], ':') && !isdigit((unsigned char)names->v[i][0])) /* addresses pass anyway */
             o += (size_t)snprintf(spec + o, cap - o, "%s%s", o ? ", " : "", names->v[i]);
     rc = policy_hosts_parse(spec, c->host, &g->hosts, err, errlen);
 out:
@@ -112,10 +112,10 @@ static int worker_group_share(worker_group *g, char *err, size_t errlen) {
     const tokend_config *c = &g->cfg;
     if (c->env_file) {
         if (envfile_load(c->env_file, &g->env, err, errlen) < 0) return -1;
-        envfile_wipe(g->env, "ASSEMBLYAI_API_KEY");     /* the group holds its own copy */
-        secret_wipe_env(g->env);                        /* and the secrets are the process's */
+        envfile_wipe(g->env, "ASSEMBLYAI_API_KEY"); /* the group holds its own copy */
+        secret_wipe_env(g->env);                    /* and the secrets are the process's */
     }
-    mime_load(NULL);        /* /etc/mime.types, read once */
+    mime_load(NULL); /* /etc/mime.types, read once */
     if (netaddr_nets_parse(c->trusted_proxies, &g->proxies, err, errlen) < 0) return -1;
     if (worker_group_hosts(g, err, errlen) < 0) return -1;
     g->buckets = policy_buckets_create(c->rate_limit_clients);
@@ -224,13 +224,20 @@ static int worker_serve_http(worker *w, const worker_options *o, char *err, size
     unsigned int nworkers = o->workers > 0 ? (unsigned int)o->workers : 1u;
     unsigned int share = g->cfg.max_connections / nworkers;
     http_options ho = {
-        .listen_fd = o->listen_fd, .max_connections = share ? share : 1,
-        .idle_timeout_s = g->cfg.idle_timeout_s, .request_timeout_s = g->cfg.request_timeout_s,
-        .max_header_bytes = g->cfg.max_header_bytes, .max_body_bytes = g->cfg.max_body_bytes,
+        .listen_fd = o->listen_fd,
+        .max_connections = share ? share : 1,
+        .idle_timeout_s = g->cfg.idle_timeout_s,
+        .request_timeout_s = g->cfg.request_timeout_s,
+        .max_header_bytes = g->cfg.max_header_bytes,
+        .max_body_bytes = g->cfg.max_body_bytes,
         .max_query_args = g->cfg.max_query_args,
-        .proxies = g->proxies, .conns = g->conns, .hosts = g->hosts,
-        .listen_tls = o->listen_tls, .tls_listen_fd = o->tls_listen_fd > 0 ? o->tls_listen_fd : -1,
-        .tls_cert_pem = g->tls.cert_pem, .tls_key_pem = g->tls.key_pem,
+        .proxies = g->proxies,
+        .conns = g->conns,
+        .hosts = g->hosts,
+        .listen_tls = o->listen_tls,
+        .tls_listen_fd = o->tls_listen_fd > 0 ? o->tls_listen_fd : -1,
+        .tls_cert_pem = g->tls.cert_pem,
+        .tls_key_pem = g->tls.key_pem,
     };
     if ((o->listen_tls || o->tls_listen_fd > 0) && !g->tls.cert_pem) {
         snprintf(err, errlen, "HTTPS asked for without a certificate");
@@ -254,19 +261,36 @@ static void worker_describe(worker *w, const worker_options *o) {
     const worker_group *g = w->group;
     const tokend_config *c = &g->cfg;
     w->info = (lhost_info){
-        .host = o->listen_fd >= 0 && c->host ? c->host : "", .port = o->port,
-        .script = c->script ? c->script : "", .public_dir = c->public_dir ? c->public_dir : "",
-        .streaming_url = g->endpoints.base, .token_url = g->endpoints.token_url,
-        .websocket_url = g->endpoints.websocket_url, .workers = o->workers > 0 ? o->workers : 1,
-        .worker = o->id + 1, .api_key_configured = c->api_key && *c->api_key, .redis_configured = c->redis_url != NULL,
-        .regions = g->regions, .nregions = g->nregions, .agents = &g->agents,
-        .tls_port = o->tls_port, .dev = c->dev,
+        .host = o->listen_fd >= 0 && c->host ? c->host : "",
+        .port = o->port,
+        .script = c->script ? c->script : "",
+        .public_dir = c->public_dir ? c->public_dir : "",
+        .streaming_url = g->endpoints.base,
+        .token_url = g->endpoints.token_url,
+        .websocket_url = g->endpoints.websocket_url,
+        .workers = o->workers > 0 ? o->workers : 1,
+        .worker = o->id + 1,
+        .api_key_configured = c->api_key && *c->api_key,
+        .redis_configured = c->redis_url != NULL,
+        .regions = g->regions,
+        .nregions = g->nregions,
+        .agents = &g->agents,
+        .tls_port = o->tls_port,
+        .dev = c->dev,
     };
     /* A script being checked loads as a server's would (its timers and pools are made). */
     int serves = o->listen_fd >= 0 || g->how == WORKER_GROUP_CHECK;
-    w->world = (lhost_world){ .serves = serves, .lp = w->lp, .client = w->client, .up = w->up,
-                              .buckets = g->buckets, .shared = g->shared, .pools = g->pools, .env = g->env,
-                              .redis = w->redis, .info = &w->info, .relay = w->relay };
+    w->world = (lhost_world){ .serves = serves,
+                              .lp = w->lp,
+                              .client = w->client,
+                              .up = w->up,
+                              .buckets = g->buckets,
+                              .shared = g->shared,
+                              .pools = g->pools,
+                              .env = g->env,
+                              .redis = w->redis,
+                              .info = &w->info,
+                              .relay = w->relay };
 }
 
 worker *worker_open(worker_group *g, const worker_options *o, char *err, size_t errlen) {
@@ -283,7 +307,9 @@ worker *worker_open(worker_group *g, const worker_options *o, char *err, size_t 
     }
     fetch_options fo = { .ca_file = c->ca_file, .connect_timeout_ms = c->connect_timeout_ms };
     upstream_options uo = {
-        .token_url = g->endpoints.token_url, .api_key = c->api_key, .proxy = c->upstream_proxy,
+        .token_url = g->endpoints.token_url,
+        .api_key = c->api_key,
+        .proxy = c->upstream_proxy,
         .timeout_ms = c->upstream_timeout_ms,
     };
     if (!(w->client = fetch_create(w->lp, &fo, err, errlen))) goto fail;
@@ -293,10 +319,12 @@ worker *worker_open(worker_group *g, const worker_options *o, char *err, size_t 
             snprintf(err, errlen, "out of memory");
             goto fail;
         }
-        if (g->redis_answered) redis_wait_ready(w->redis, WORKER_REDIS_CHECK_MS / 2);  /* serve with it at once */
+        if (g->redis_answered) redis_wait_ready(w->redis, WORKER_REDIS_CHECK_MS / 2); /* serve with it at once */
     }
     if (o->listen_fd >= 0) {
-        relay_settings rs = { .url = g->endpoints.base, .api_key = c->api_key, .proxy = c->upstream_proxy,
+        relay_settings rs = { .url = g->endpoints.base,
+                              .api_key = c->api_key,
+                              .proxy = c->upstream_proxy,
                               .handshake_timeout_ms = c->upstream_timeout_ms };
         if (!(w->relay = relay_hub_create(w->lp, w->client, &rs))) {
             snprintf(err, errlen, "out of memory");
@@ -318,12 +346,12 @@ fail:
 
 void worker_close(worker *w) {
     if (!w) return;
-    relay_hub_free(w->relay);       /* its sessions use the HTTP front and client */
+    relay_hub_free(w->relay); /* its sessions use the HTTP front and client */
     redis_free(w->redis);
     upstream_free(w->up);
     fetch_free(w->client);
-    http_free(w->http);         /* answers what is left 503 */
-    devserver_close(w->dev);    /* its pages' streams ended with the front */
+    http_free(w->http);      /* answers what is left 503 */
+    devserver_close(w->dev); /* its pages' streams ended with the front */
     loop_free(w->lp);
     free(w);
 }
@@ -351,7 +379,10 @@ const lhost_world *worker_world(const worker *w) {
 void worker_host_options(const worker *w, lhost_options *o) {
     const tokend_config *c = &w->group->cfg;
     *o = (lhost_options){
-        .script = c->script, .memory_limit = c->lua_memory_bytes, .instruction_limit = c->lua_instruction_limit,
-        .max_query_args = c->max_query_args, .world = &w->world,
+        .script = c->script,
+        .memory_limit = c->lua_memory_bytes,
+        .instruction_limit = c->lua_instruction_limit,
+        .max_query_args = c->max_query_args,
+        .world = &w->world,
     };
 }

@@ -12,9 +12,9 @@ typedef struct worker_group worker_group;
 typedef struct worker worker;
 
 /* How a group is opened. */
-#define WORKER_GROUP_SERVE 0        /* a server or the Lua module: connects to Redis */
-#define WORKER_GROUP_CHECK 1        /* tokend --check: loads scripts, connects to nothing */
-#define WORKER_GROUP_MINT 2         /* tokend_mint: one upstream call, no script, no Redis */
+#define WORKER_GROUP_SERVE 0 /* a server or the Lua module: connects to Redis */
+#define WORKER_GROUP_CHECK 1 /* tokend --check: loads scripts, connects to nothing */
+#define WORKER_GROUP_MINT 2  /* tokend_mint: one upstream call, no script, no Redis */
 
 /* Opens what the workers of one server (or the Lua module) share: a copy of cfg, the
  * streaming endpoints, the .env file scripts read, the rate limiters' buckets, the shared
@@ -41,15 +41,15 @@ int worker_group_tls(const worker_group *g);
 struct devserver_hub *worker_group_devserver(const worker_group *g);
 
 typedef struct worker_options {
-    int id;                         /* 0-based; scripts see tokend.config.worker = id + 1 */
-    int workers;                    /* how many the server runs (tokend.config.workers) */
-    int port;                       /* the port served, for tokend.config.port */
-    int listen_fd;                  /* a listening socket to serve (taken, also on failure), or -1 */
-    int listen_tls;                 /* 1: listen_fd speaks HTTPS (HTTPS alone) */
-    int tls_listen_fd;              /* a second listening socket, speaking HTTPS beside listen_fd's HTTP
+    int id;                     /* 0-based; scripts see tokend.config.worker = id + 1 */
+    int workers;                /* how many the server runs (tokend.config.workers) */
+    int port;                   /* the port served, for tokend.config.port */
+    int listen_fd;              /* a listening socket to serve (taken, also on failure), or -1 */
+    int listen_tls;             /* 1: listen_fd speaks HTTPS (HTTPS alone) */
+    int tls_listen_fd;          /* a second listening socket, speaking HTTPS beside listen_fd's HTTP
                                        (taken, also on failure); 0 or -1: none */
-    int tls_port;                   /* the port that speaks HTTPS, for tokend.config.tls_port; 0: none */
-    http_dispatch_fn *dispatch;     /* answers the requests of the HTTP front */
+    int tls_port;               /* the port that speaks HTTPS, for tokend.config.tls_port; 0: none */
+    http_dispatch_fn *dispatch; /* answers the requests of the HTTP front */
     void *dispatch_ud;
 } worker_options;
 

@@ -10,34 +10,34 @@
 #include "ws.h"
 
 #define WS_GUID "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
-#define WS_CONTROL_MAX 125          /* payload bytes of a control frame */
-#define WS_DISCARD_CHUNK 4096       /* what a lingering close reads and drops at a time */
-#define WS_MASKS 256                /* random bytes fetched at once for masking keys (a client's) */
-#define WS_HEAD_MAX 14              /* a frame's header, kept to go out with its payload */
-#define WS_COALESCE (16 * 1024)     /* a header and this much payload go out in one write */
+#define WS_CONTROL_MAX 125      /* payload bytes of a control frame */
+#define WS_DISCARD_CHUNK 4096   /* what a lingering close reads and drops at a time */
+#define WS_MASKS 256            /* random bytes fetched at once for masking keys (a client's) */
+#define WS_HEAD_MAX 14          /* a frame's header, kept to go out with its payload */
+#define WS_COALESCE (16 * 1024) /* a header and this much payload go out in one write */
 
 struct ws {
     wslay_event_context_ptr ctx;
     ws_io io;
     ws_handler h;
     void *ud;
-    uint8_t *fed;                   /* bytes read before the connection existed */
+    uint8_t *fed; /* bytes read before the connection existed */
     size_t fed_len, fed_off;
     int paused;
-    int ended;                      /* the transport ended or failed */
+    int ended; /* the transport ended or failed */
     int aborted;
-    int close_asked;                /* ws_close was called */
-    int close_queued;               /* and its frame handed to wslay */
+    int close_asked;  /* ws_close was called */
+    int close_queued; /* and its frame handed to wslay */
     uint16_t close_code;
     uint8_t close_reason[WS_REASON_MAX];
     size_t close_reason_len;
-    int in_close;                   /* the frame being received is a close frame */
-    uint8_t peer_raw[WS_CONTROL_MAX];   /* its payload, as received (wslay drops codes it refuses) */
+    int in_close;                     /* the frame being received is a close frame */
+    uint8_t peer_raw[WS_CONTROL_MAX]; /* its payload, as received (wslay drops codes it refuses) */
     size_t peer_raw_len;
-    int peer_closed;                /* a whole close frame arrived */
-    uint8_t masks[WS_MASKS];        /* random bytes for masking keys; used from masks_used on */
+    int peer_closed;         /* a whole close frame arrived */
+    uint8_t masks[WS_MASKS]; /* random bytes for masking keys; used from masks_used on */
     size_t masks_used;
-    uint8_t head[WS_HEAD_MAX];      /* a header wslay gave to write, held for its payload */
+    uint8_t head[WS_HEAD_MAX]; /* a header wslay gave to write, held for its payload */
     size_t head_len;
     /* What the owner asks after every event, kept as of the last change (ws_refresh). */
     int state;
@@ -166,7 +166,7 @@ static void ws_on_msg(wslay_event_context_ptr ctx, const struct wslay_event_on_m
     (void)ctx;
     /* Pings are answered by wslay; pongs and closes are not messages. */
     if (a->opcode != WSLAY_TEXT_FRAME && a->opcode != WSLAY_BINARY_FRAME) return;
-    if (w->close_asked || w->aborted) return;       /* closing: what still comes is dropped */
+    if (w->close_asked || w->aborted) return; /* closing: what still comes is dropped */
     w->h.on_message(w->ud, a->opcode == WSLAY_BINARY_FRAME, a->msg, a->msg_length);
 }
 
@@ -181,7 +181,7 @@ ws *ws_create(int role, const ws_io *io, const ws_handler *h, void *ud, size_t m
     };
     ws *w = calloc(1, sizeof *w);
     if (!w) return NULL;
-    w->masks_used = WS_MASKS;       /* fetched at the first message */
+    w->masks_used = WS_MASKS; /* fetched at the first message */
     w->io = *io;
     w->h = *h;
     w->ud = ud;
@@ -423,8 +423,7 @@ int ws_new_key(char key[WS_KEY_LEN + 1]) {
     return 0;
 }
 
-int ws_client_request(char *buf, size_t cap, const char *host, const char *target, const char *key,
-                      const char *extra) {
+int ws_client_request(char *buf, size_t cap, const char *host, const char *target, const char *key, const char *extra) {
     int n = snprintf(buf, cap,
                      "GET %s HTTP/1.1\r\nHost: %s\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
                      "Sec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n%s\r\n",
@@ -445,7 +444,7 @@ static int ws_answer_header(const char *p, const char *eol, const char *accept, 
     const char *colon = memchr(p, ':', (size_t)(eol - p));
     if (!colon || colon == p) return -1;
     for (const char *c = p; c < colon; c++)
-        if (*c <= ' ' || *c >= 0x7f) return -1;         /* no spaces or controls in a name */
+        if (*c <= ' ' || *c >= 0x7f) return -1; /* no spaces or controls in a name */
     const char *v = colon + 1, *ve = eol;
     while (v < ve && (*v == ' ' || *v == '\t')) v++;
     while (ve > v && (ve[-1] == ' ' || ve[-1] == '\t')) ve--;
@@ -472,7 +471,7 @@ int ws_client_answer(const char *buf, size_t len, size_t limit, const char *acce
     memset(out, 0, sizeof *out);
     size_t head = ws_head_end(buf, len < limit ? len : limit);
     if (!head) return len >= limit ? -1 : 0;
-    const char *p = buf, *end = buf + head - 2;     /* the last line's CRLF ends the head */
+    const char *p = buf, *end = buf + head - 2; /* the last line's CRLF ends the head */
     const char *eol = memchr(p, '\r', (size_t)(end - p));
     /* "HTTP/1.1 101 Switching Protocols" (the reason may be empty or absent) */
     if (!eol || eol - p < 12 || memcmp(p, "HTTP/1.", 7) != 0 || (p[7] != '0' && p[7] != '1') || p[8] != ' ' ||
@@ -483,7 +482,7 @@ int ws_client_answer(const char *buf, size_t len, size_t limit, const char *acce
     int found = 0, http11 = p[7] == '1';
     for (p = eol + 2; p < end; p = eol + 2) {
         eol = memchr(p, '\r', (size_t)(end - p));
-        if (!eol || eol[1] != '\n' || *p == ' ' || *p == '\t') return -1;     /* bare LF, folded line */
+        if (!eol || eol[1] != '\n' || *p == ' ' || *p == '\t') return -1; /* bare LF, folded line */
         if (ws_answer_header(p, eol, accept, out, &found) < 0) return -1;
     }
     out->upgraded = out->status == 101 && http11 && found == 7;

@@ -30,13 +30,13 @@ typedef struct ws_handler {
     void (*on_frame)(void *ud);
 } ws_handler;
 
-#define WS_SERVER 0         /* the accepting side: reads masked frames, writes unmasked ones */
+#define WS_SERVER 0 /* the accepting side: reads masked frames, writes unmasked ones */
 #define WS_CLIENT 1
 
 /* States. */
-#define WS_OPEN 0           /* messages flow */
-#define WS_CLOSING 1        /* a close was asked for, sent or received; the handshake is not over */
-#define WS_CLOSED 2         /* the close handshake is over, or the transport ended: nothing more to do */
+#define WS_OPEN 0    /* messages flow */
+#define WS_CLOSING 1 /* a close was asked for, sent or received; the handshake is not over */
+#define WS_CLOSED 2  /* the close handshake is over, or the transport ended: nothing more to do */
 
 /* What a connection waits for (ws_wants). */
 #define WS_WANT_READ 1u
@@ -45,14 +45,14 @@ typedef struct ws_handler {
 /* Close codes tokend may send (RFC 6455 7.4; browsers refuse the others). */
 #define WS_CODE_NORMAL 1000
 #define WS_CODE_GOING_AWAY 1001
-#define WS_CODE_NO_STATUS 1005      /* never sent: the peer's close frame had no code */
+#define WS_CODE_NO_STATUS 1005 /* never sent: the peer's close frame had no code */
 #define WS_CODE_POLICY 1008
 #define WS_CODE_INTERNAL 1011
 #define WS_CODE_TRY_AGAIN 1013
 
-#define WS_KEY_LEN 24               /* a Sec-WebSocket-Key: 16 random bytes in base64 */
-#define WS_ACCEPT_LEN 28            /* a Sec-WebSocket-Accept: a SHA-1 in base64 */
-#define WS_REASON_MAX 123           /* bytes of a close frame's reason */
+#define WS_KEY_LEN 24     /* a Sec-WebSocket-Key: 16 random bytes in base64 */
+#define WS_ACCEPT_LEN 28  /* a Sec-WebSocket-Accept: a SHA-1 in base64 */
+#define WS_REASON_MAX 123 /* bytes of a close frame's reason */
 
 /* Creates a connection whose frames go through io (its functions get ud) and whose
  * messages go to h (with ud); messages longer than max_message are refused (1009).
@@ -135,15 +135,14 @@ int ws_new_key(char key[WS_KEY_LEN + 1]);
 /* Writes a client's opening handshake for target ("/v3/ws?x=1") on host, with key and
  * extra header lines (each "Name: value\r\n"; may be NULL) into buf. Returns its length,
  * or -1 when it does not fit. */
-int ws_client_request(char *buf, size_t cap, const char *host, const char *target, const char *key,
-                      const char *extra);
+int ws_client_request(char *buf, size_t cap, const char *host, const char *target, const char *key, const char *extra);
 
 /* The server's answer to a client's opening handshake. */
 typedef struct ws_answer {
-    int status;                 /* its HTTP status */
-    int upgraded;               /* 101 with Upgrade, Connection and the Sec-WebSocket-Accept expected */
-    long retry_after;           /* Retry-After in seconds (1..3600), or 0 */
-    size_t header_len;          /* bytes of the answer's head: what follows is the first frames */
+    int status;        /* its HTTP status */
+    int upgraded;      /* 101 with Upgrade, Connection and the Sec-WebSocket-Accept expected */
+    long retry_after;  /* Retry-After in seconds (1..3600), or 0 */
+    size_t header_len; /* bytes of the answer's head: what follows is the first frames */
 } ws_answer;
 
 /* Reads the head of a server's answer from buf (len bytes so far; accept: the value

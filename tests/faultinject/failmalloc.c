@@ -56,11 +56,14 @@ __attribute__((constructor)) static void failmalloc_init(void) {
 }
 
 __attribute__((destructor)) static void failmalloc_report(void) {
-    if (every > 0) fprintf(stderr, "failmalloc: %lu of %lu allocations failed\n", (unsigned long)failed, (unsigned long)calls);
+    if (every > 0)
+        fprintf(stderr, "failmalloc: %lu of %lu allocations failed\n", (unsigned long)failed, (unsigned long)calls);
 }
 
 /* A place for a debugger's breakpoint: every injected failure passes here. */
-__attribute__((noinline)) void failmalloc_hit(void) { __asm__ volatile(""); }
+__attribute__((noinline)) void failmalloc_hit(void) {
+    __asm__ volatile("");
+}
 
 static int failmalloc_now(void) {
     if (every <= 0) return 0;
@@ -73,6 +76,12 @@ static int failmalloc_now(void) {
     return 1;
 }
 
-void *malloc(size_t n) { return failmalloc_now() ? NULL : __libc_malloc(n); }
-void *calloc(size_t n, size_t m) { return failmalloc_now() ? NULL : __libc_calloc(n, m); }
-void *realloc(void *p, size_t n) { return n && failmalloc_now() ? NULL : __libc_realloc(p, n); }
+void *malloc(size_t n) {
+    return failmalloc_now() ? NULL : __libc_malloc(n);
+}
+void *calloc(size_t n, size_t m) {
+    return failmalloc_now() ? NULL : __libc_calloc(n, m);
+}
+void *realloc(void *p, size_t n) {
+    return n && failmalloc_now() ? NULL : __libc_realloc(p, n);
+}

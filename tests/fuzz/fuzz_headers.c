@@ -38,11 +38,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     }
     netaddr_client(proxies, "127.0.0.1", values, nvalues, client, sizeof client);
     netaddr a;
-    if (netaddr_parse(client, &a) < 0) abort();                                  /* always an address */
+    if (netaddr_parse(client, &a) < 0) abort(); /* always an address */
     int h = policy_host_check(hosts, parts[2]);
     if (h < POLICY_HOST_MALFORMED || h > POLICY_HOST_DENIED) abort();
     if (h == POLICY_HOST_ALLOWED && strstr(parts[2], "attacker") && !strcasestr(parts[2], "localhost") &&
-        !strcasestr(parts[2], "example.")) abort();                              /* never a foreign name */
+        !strcasestr(parts[2], "example."))
+        abort(); /* never a foreign name */
     int v = policy_origin_check(origins, parts[1], parts[2], "http");
     if (v < POLICY_ORIGIN_NONE || v > POLICY_ORIGIN_DENIED) abort();
     netaddr_nets *p = NULL;

@@ -11,7 +11,7 @@
 #define ACCEPT "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
-    char *copy = malloc(size ? size : 1);       /* exactly size bytes: reads past them are caught */
+    char *copy = malloc(size ? size : 1); /* exactly size bytes: reads past them are caught */
     if (!copy) return 0;
     memcpy(copy, data, size);
     ws_answer a;

@@ -11,7 +11,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     if (size < 1) return 0;
     char *value = malloc(size);
     memcpy(value, data + 1, size - 1);
-    value[size - 1] = '\0';         /* headers reach the parsers NUL-terminated */
+    value[size - 1] = '\0'; /* headers reach the parsers NUL-terminated */
     uint64_t first = 0, last = 0, length = (uint64_t)data[0] * 977;
     time_t t;
     switch (data[0] % 4) {
@@ -28,7 +28,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         if (header_date(value, &t) == 0 && t < 0) abort();
         break;
     default: {
-        static const char *const codings[] = { "gzip", "br", "identity", "text/html" };    /* and Accept */
+        static const char *const codings[] = { "gzip", "br", "identity", "text/html" }; /* and Accept */
         for (int i = 0; i < 4; i++) {
             int q = header_accepts(value, codings[i]);
             if (q < 0 || q > 1000) abort();

@@ -15,8 +15,10 @@ int luaopen_tokend(lua_State *L);
 
 /* A public EC P-256 key (its private half thrown away) and an "oct" key, which a key set
  * must never take. */
-#define FUZZ_JWKS "{\"keys\": [{\"kty\": \"EC\", \"crv\": \"P-256\", \"kid\": \"k1\", " \
-    "\"x\": \"rJLaMauhLhfDO2gY-wZhtYenA2IN4kw2qJSHl9D7gmE\", \"y\": \"PqfVogJ1P-agoQyqen4g9Lt6M66I5tgnZFLNRr4hEZ8\"}, " \
+#define FUZZ_JWKS \
+    "{\"keys\": [{\"kty\": \"EC\", \"crv\": \"P-256\", \"kid\": \"k1\", " \
+    "\"x\": \"rJLaMauhLhfDO2gY-wZhtYenA2IN4kw2qJSHl9D7gmE\", \"y\": " \
+    "\"PqfVogJ1P-agoQyqen4g9Lt6M66I5tgnZFLNRr4hEZ8\"}, " \
     "{\"kty\": \"oct\", \"kid\": \"h1\", \"k\": \"c2VjcmV0\"}]}"
 
 /* Each input: its first byte picks what the rest is. A token must get claims, or nil, a
@@ -25,43 +27,43 @@ int luaopen_tokend(lua_State *L);
  * programmer error) but never crash; a token signed with the "oct" key as an HMAC secret
  * is never accepted. */
 static const char fuzz_script[] =
-    "local tokend = require 'tokend'\n"
-    "local JWKS = ...\n"
-    "local SECRET = { secret = 'secret', leeway_seconds = 1e9, require_exp = false }\n"
-    "local KEYS = { keys = JWKS, leeway_seconds = 1e9, require_exp = false, issuer = false, audience = false }\n"
-    "local CHECKED = { secret = 'secret', issuer = 'i', audience = { 'a', 'b' }, leeway_seconds = 0 }\n"
-    "local KINDS = { malformed = 1, bad_algorithm = 1, bad_signature = 1, unknown_key = 1, expired = 1,\n"
-    "                not_yet_valid = 1, bad_issuer = 1, bad_audience = 1, jwks_unavailable = 1 }\n"
-    "local function answer(claims, err, kind)\n"
-    "  assert(type(claims) == 'table' and err == nil and kind == nil or\n"
-    "         claims == nil and type(err) == 'string' and KINDS[kind], 'not claims, nor nil, err, kind')\n"
-    "  return claims\n"
-    "end\n"
-    "return function(kind, input)\n"
-    "  if kind == 0 then\n"
-    "    answer(tokend.jwt.verify(input, SECRET))\n"
-    "    local checked = answer(tokend.jwt.verify(input, CHECKED))\n"
-    "    if checked then\n"
-    "      local aud = type(checked.aud) == 'table' and checked.aud or { checked.aud }\n"
-    "      local met = false\n"
-    "      for _, a in ipairs(aud) do met = met or a == 'a' or a == 'b' end\n"
-    "      assert(checked.iss == 'i' and met, 'passed with another iss or aud')\n"
-    "      assert(math.type(checked.exp) and checked.exp == checked.exp and math.abs(checked.exp) ~= math.huge,\n"
-    "             'passed with an exp that is not a finite number')\n"
-    "    end\n"
-    "    local claims = answer(tokend.jwt.verify(input, KEYS))\n"
-    "    assert(not (claims and input:find('^eyJhbGciOiJIUzI1Ni')), 'an HMAC token passed a public key set')\n"
-    "  elseif kind == 1 then\n"
-    "    local ok, err = pcall(tokend.jwt.verify, 'eyJhbGciOiJFUzI1NiIsImtpZCI6ImsxIn0.e30.c2ln',\n"
-    "                          { keys = input, issuer = false, audience = false })\n"
-    "    assert(ok or type(err) == 'string')\n"
-    "  else\n"
-    "    for _, decode in ipairs { tokend.crypto.base64_decode, tokend.crypto.base64url_decode } do\n"
-    "      local bytes, err = decode(input)\n"
-    "      assert(type(bytes) == 'string' or type(err) == 'string')\n"
-    "    end\n"
-    "  end\n"
-    "end\n";
+        "local tokend = require 'tokend'\n"
+        "local JWKS = ...\n"
+        "local SECRET = { secret = 'secret', leeway_seconds = 1e9, require_exp = false }\n"
+        "local KEYS = { keys = JWKS, leeway_seconds = 1e9, require_exp = false, issuer = false, audience = false }\n"
+        "local CHECKED = { secret = 'secret', issuer = 'i', audience = { 'a', 'b' }, leeway_seconds = 0 }\n"
+        "local KINDS = { malformed = 1, bad_algorithm = 1, bad_signature = 1, unknown_key = 1, expired = 1,\n"
+        "                not_yet_valid = 1, bad_issuer = 1, bad_audience = 1, jwks_unavailable = 1 }\n"
+        "local function answer(claims, err, kind)\n"
+        "  assert(type(claims) == 'table' and err == nil and kind == nil or\n"
+        "         claims == nil and type(err) == 'string' and KINDS[kind], 'not claims, nor nil, err, kind')\n"
+        "  return claims\n"
+        "end\n"
+        "return function(kind, input)\n"
+        "  if kind == 0 then\n"
+        "    answer(tokend.jwt.verify(input, SECRET))\n"
+        "    local checked = answer(tokend.jwt.verify(input, CHECKED))\n"
+        "    if checked then\n"
+        "      local aud = type(checked.aud) == 'table' and checked.aud or { checked.aud }\n"
+        "      local met = false\n"
+        "      for _, a in ipairs(aud) do met = met or a == 'a' or a == 'b' end\n"
+        "      assert(checked.iss == 'i' and met, 'passed with another iss or aud')\n"
+        "      assert(math.type(checked.exp) and checked.exp == checked.exp and math.abs(checked.exp) ~= math.huge,\n"
+        "             'passed with an exp that is not a finite number')\n"
+        "    end\n"
+        "    local claims = answer(tokend.jwt.verify(input, KEYS))\n"
+        "    assert(not (claims and input:find('^eyJhbGciOiJIUzI1Ni')), 'an HMAC token passed a public key set')\n"
+        "  elseif kind == 1 then\n"
+        "    local ok, err = pcall(tokend.jwt.verify, 'eyJhbGciOiJFUzI1NiIsImtpZCI6ImsxIn0.e30.c2ln',\n"
+        "                          { keys = input, issuer = false, audience = false })\n"
+        "    assert(ok or type(err) == 'string')\n"
+        "  else\n"
+        "    for _, decode in ipairs { tokend.crypto.base64_decode, tokend.crypto.base64url_decode } do\n"
+        "      local bytes, err = decode(input)\n"
+        "      assert(type(bytes) == 'string' or type(err) == 'string')\n"
+        "    end\n"
+        "  end\n"
+        "end\n";
 
 static int fuzz_cookie_pair(void *ud, const char *name, size_t nlen, const char *value, size_t vlen) {
     const char *header = ud;

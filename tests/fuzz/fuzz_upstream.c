@@ -21,7 +21,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     json_parse_token_reply(body, len, &reply);
     upstream_result r;
     upstream_classify(CURLE_OK, "", status, body, len, -1, 1000, KEY, &r, token, sizeof token, err, sizeof err);
-    if (!r.token == !r.error) abort();              /* exactly one of token and error */
+    if (!r.token == !r.error) abort(); /* exactly one of token and error */
     if (r.error && (strstr(r.error, KEY) || !r.kind)) abort();
     if (r.token && status != 200) abort();
     return 0;

@@ -58,13 +58,13 @@ static void test_leaves(void) {
         int fits;
     } cases[] = {
         { { "localhost", "127.0.0.1", "::1", "devbox.test" }, 0, 30, 1 },
-        { { "devbox.test", "::1", "localhost", "127.0.0.1" }, 0, 30, 1 },          /* any order */
-        { { "DEVBOX.TEST", "0:0::1", "localhost", "127.0.0.1" }, 0, 30, 1 },       /* case, address spelling */
-        { { "localhost", "127.0.0.1", "::1" }, 0, 30, 0 },                         /* a name less */
-        { { "localhost", "127.0.0.1", "::1", "devbox.test", "192.0.2.7" }, 0, 30, 0 },  /* a new address */
+        { { "devbox.test", "::1", "localhost", "127.0.0.1" }, 0, 30, 1 },              /* any order */
+        { { "DEVBOX.TEST", "0:0::1", "localhost", "127.0.0.1" }, 0, 30, 1 },           /* case, address spelling */
+        { { "localhost", "127.0.0.1", "::1" }, 0, 30, 0 },                             /* a name less */
+        { { "localhost", "127.0.0.1", "::1", "devbox.test", "192.0.2.7" }, 0, 30, 0 }, /* a new address */
         { { "localhost", "127.0.0.1", "::1", "other.test" }, 0, 30, 0 },
-        { { "localhost", "127.0.0.1", "::1", "devbox.test" }, 1, 30, 0 },          /* another CA */
-        { { "localhost", "127.0.0.1", "::1", "devbox.test" }, 0, 400, 0 },         /* too little time left */
+        { { "localhost", "127.0.0.1", "::1", "devbox.test" }, 1, 30, 0 },  /* another CA */
+        { { "localhost", "127.0.0.1", "::1", "devbox.test" }, 0, 400, 0 }, /* too little time left */
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         cert_names want;
@@ -80,7 +80,8 @@ static void test_leaves(void) {
     CHECK(cert_pair_fits("garbage", leaf_key, 0) == 0, "not PEM");
     char fingerprint[96], expires[16];
     CHECK(cert_describe(ca, fingerprint, expires) == 0 && strlen(fingerprint) == 95 && fingerprint[2] == ':' &&
-          strlen(expires) == 10, "describe: %s %s", fingerprint, expires);
+                  strlen(expires) == 10,
+          "describe: %s %s", fingerprint, expires);
     CHECK(cert_describe("garbage", fingerprint, expires) == -1, "describe garbage");
     cert_names none;
     memset(&none, 0, sizeof none);

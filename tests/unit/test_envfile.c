@@ -6,7 +6,12 @@
 #include "envfile.h"
 
 static void test_env_parse(void) {
-    static const struct { const char *text; int ok; const char *name, *value; const char *err; } cases[] = {
+    static const struct {
+        const char *text;
+        int ok;
+        const char *name, *value;
+        const char *err;
+    } cases[] = {
         { "ASSEMBLYAI_API_KEY=abc123\n", 1, "ASSEMBLYAI_API_KEY", "abc123", NULL },
         { "A=1\r\nB=2\r\n", 1, "B", "2", NULL },
         { "# comment\n\n  A = spaced value  \n", 1, "A", "spaced value", NULL },
@@ -18,7 +23,9 @@ static void test_env_parse(void) {
         { "A=pass#word\n", 1, "A", "pass#word", NULL },
         { "A=\n", 1, "A", "", NULL },
         { "A=1\nA=2\n", 1, "A", "2", NULL },
-        { "\xEF\xBB\xBF" "A=bom\n", 1, "A", "bom", NULL },
+        { "\xEF\xBB\xBF"
+          "A=bom\n",
+          1, "A", "bom", NULL },
         { "A=no newline at end", 1, "A", "no newline at end", NULL },
         { "just text\n", 0, NULL, NULL, "line 1: expected NAME=value" },
         { "A=1\n=2\n", 0, NULL, NULL, "line 2: expected NAME=value" },

@@ -8,9 +8,12 @@
 /* SipHash-2-4 with the key 00 01 .. 0f over the messages 00 01 .. (len - 1), from the
  * reference implementation's vectors. */
 static void test_siphash(void) {
-    static const struct { size_t len; uint64_t want; } cases[] = {
-        { 0, 0x726fdb47dd0e0e31ULL }, { 1, 0x74f839c593dc67fdULL }, { 7, 0xab0200f58b01d137ULL },
-        { 8, 0x93f5f5799a932462ULL }, { 9, 0x9e0082df0ba9e4b0ULL }, { 15, 0xa129ca6149be45e5ULL },
+    static const struct {
+        size_t len;
+        uint64_t want;
+    } cases[] = {
+        { 0, 0x726fdb47dd0e0e31ULL },  { 1, 0x74f839c593dc67fdULL },  { 7, 0xab0200f58b01d137ULL },
+        { 8, 0x93f5f5799a932462ULL },  { 9, 0x9e0082df0ba9e4b0ULL },  { 15, 0xa129ca6149be45e5ULL },
         { 16, 0x3f2acc7f57c29bdbULL }, { 63, 0x958a324ceb064572ULL },
     };
     unsigned char key[16], msg[64];

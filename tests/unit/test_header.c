@@ -5,7 +5,12 @@
 #include "header.h"
 
 static void test_range(void) {
-    static const struct { const char *value; unsigned long long size; int rc; unsigned long long first, last; } cases[] = {
+    static const struct {
+        const char *value;
+        unsigned long long size;
+        int rc;
+        unsigned long long first, last;
+    } cases[] = {
         { "bytes=0-99", 1000, HEADER_RANGE_ONE, 0, 99 },
         { "bytes=100-", 1000, HEADER_RANGE_ONE, 100, 999 },
         { "bytes=-100", 1000, HEADER_RANGE_ONE, 900, 999 },
@@ -41,19 +46,16 @@ static void test_range(void) {
 }
 
 static void test_etags(void) {
-    static const struct { const char *list, *etag; int weak, want; } cases[] = {
-        { "\"a-1\"", "\"a-1\"", 0, 1 },
-        { "\"x\", \"a-1\"", "\"a-1\"", 0, 1 },
-        { "W/\"a-1\"", "\"a-1\"", 1, 1 },
-        { "W/\"a-1\"", "\"a-1\"", 0, 0 },
-        { "*", "\"a-1\"", 0, 1 },
-        { " * ", "\"a-1\"", 1, 1 },
-        { "*, \"x\"", "\"a-1\"", 1, 0 },
-        { "\"a-1", "\"a-1\"", 1, 0 },
-        { "a-1", "\"a-1\"", 1, 0 },
-        { "\"a-1\"x", "\"a-1\"", 1, 0 },
-        { "", "\"a-1\"", 1, 0 },
-        { ",,, \"a-1\" ,", "\"a-1\"", 1, 1 },
+    static const struct {
+        const char *list, *etag;
+        int weak, want;
+    } cases[] = {
+        { "\"a-1\"", "\"a-1\"", 0, 1 },   { "\"x\", \"a-1\"", "\"a-1\"", 0, 1 },
+        { "W/\"a-1\"", "\"a-1\"", 1, 1 }, { "W/\"a-1\"", "\"a-1\"", 0, 0 },
+        { "*", "\"a-1\"", 0, 1 },         { " * ", "\"a-1\"", 1, 1 },
+        { "*, \"x\"", "\"a-1\"", 1, 0 },  { "\"a-1", "\"a-1\"", 1, 0 },
+        { "a-1", "\"a-1\"", 1, 0 },       { "\"a-1\"x", "\"a-1\"", 1, 0 },
+        { "", "\"a-1\"", 1, 0 },          { ",,, \"a-1\" ,", "\"a-1\"", 1, 1 },
         { "\"A-1\"", "\"a-1\"", 1, 0 },
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
@@ -62,7 +64,10 @@ static void test_etags(void) {
 }
 
 static void test_dates(void) {
-    static const struct { const char *value; long long t; } cases[] = {
+    static const struct {
+        const char *value;
+        long long t;
+    } cases[] = {
         { "Sun, 06 Nov 1994 08:49:37 GMT", 784111777 },
         { "Sunday, 06-Nov-94 08:49:37 GMT", 784111777 },
         { "Sun Nov  6 08:49:37 1994", 784111777 },
@@ -88,7 +93,10 @@ static void test_dates(void) {
 }
 
 static void test_accepts(void) {
-    static const struct { const char *ae, *coding; int q; } cases[] = {
+    static const struct {
+        const char *ae, *coding;
+        int q;
+    } cases[] = {
         { "gzip, deflate, br", "br", 1000 },
         { "gzip, deflate, br", "gzip", 1000 },
         { "gzip, deflate, br", "identity", 1 },
@@ -114,8 +122,8 @@ static void test_accepts(void) {
         { "br", "gzip", 0 },
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
-        CHECK(header_accepts(cases[i].ae, cases[i].coding) == cases[i].q, "%s for %s: %d", cases[i].ae,
-              cases[i].coding, header_accepts(cases[i].ae, cases[i].coding));
+        CHECK(header_accepts(cases[i].ae, cases[i].coding) == cases[i].q, "%s for %s: %d", cases[i].ae, cases[i].coding,
+              header_accepts(cases[i].ae, cases[i].coding));
     CHECK(header_accepts(NULL, "gzip") == 0 && header_accepts(NULL, "identity") == 1000, "no header: identity only");
 }
 

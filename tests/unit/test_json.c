@@ -10,8 +10,10 @@ static void test_messages(void) {
         int end_of_turn;
         double audio, session, error_code;
     } cases[] = {
-        { "{\"type\":\"Begin\",\"id\":\"de5d9927-73a6\",\"expires_at\":1749745373}", 0, "Begin", "de5d9927-73a6", 0, -1, -1, 0 },
-        { "{\"type\":\"Turn\",\"turn_order\":0,\"end_of_turn\":true,\"transcript\":\"hi\",\"words\":[{\"text\":\"hi\"}]}",
+        { "{\"type\":\"Begin\",\"id\":\"de5d9927-73a6\",\"expires_at\":1749745373}", 0, "Begin", "de5d9927-73a6", 0, -1,
+          -1, 0 },
+        { "{\"type\":\"Turn\",\"turn_order\":0,\"end_of_turn\":true,\"transcript\":\"hi\",\"words\":[{\"text\":\"hi\"}]"
+          "}",
           0, "Turn", "", 1, -1, -1, 0 },
         { "{\"type\":\"Turn\",\"end_of_turn\":false}", 0, "Turn", "", 0, -1, -1, 0 },
         { " {\"audio_duration_seconds\":12.5,\"session_duration_seconds\":13,\"type\":\"Termination\"} ", 0,

@@ -15,66 +15,67 @@
  * pieces that exercise every feature, compares every function, and returns the number of
  * cases and the first difference. */
 static const char differential[] =
-    "local seed, rounds = ...\n"
-    "math.randomseed(seed)\n"
-    "local pieces = { 'a', 'b', '.', '%a', '%d', '%s', '%W', '[ab]', '[^a]', '[a-c]', '[%d)]', '[]]', '%b()',\n"
-    "  '%f[%w]', '%f[%W]', '(', ')', '()', '%1', '%%', '^', '$', '%(', 'x', '[', '%',\n"
-    "  '%c', '%g', '%l', '%p', '%u', '%x', '%w', '%A', '%C', '%D', '%G', '%L', '%P', '%S', '%U', '%X',\n"
-    "  '[%u%p]', '[^%S]', '%@', '%\\200', '%z', '%Z', '[%z]', '[^%z]', '%f[%z]' }\n"
-    "local quants = { '', '', '', '*', '+', '-', '?' }\n"
-    "local alphabet = { 'a', 'b', 'c', '(', ')', '1', ' ', 'x', '%', ']', 'A', 'F', 'G', '\\t', '\\0', '@',\n"
-    "  '\\200', '\\255', '`' }\n"
-    "local function gen_pattern()\n"
-    "  local t = {}\n"
-    "  for _ = 1, math.random(0, 6) do t[#t + 1] = pieces[math.random(#pieces)] .. quants[math.random(#quants)] end\n"
-    "  return table.concat(t)\n"
-    "end\n"
-    "local function gen_subject()\n"
-    "  local t = {}\n"
-    "  for _ = 1, math.random(0, 12) do t[#t + 1] = alphabet[math.random(#alphabet)] end\n"
-    "  return table.concat(t)\n"
-    "end\n"
-    "local function pack(ok, ...) return { ok = ok, n = select('#', ...), ... } end\n"
-    "local function same(a, b)\n"
-    "  if a.ok ~= b.ok then return false end\n"
-    "  if not a.ok then return true end\n"
-    "  if a.n ~= b.n then return false end\n"
-    "  for i = 1, a.n do if a[i] ~= b[i] then return false end end\n"
-    "  return true\n"
-    "end\n"
-    "local function all(gm, s, p, init)\n"
-    "  local out = {}\n"
-    "  for a, b, c in gm(s, p, init) do out[#out + 1] = tostring(a) .. '|' .. tostring(b) .. '|' .. tostring(c)\n"
-    "    if #out > 50 then break end end\n"
-    "  return table.concat(out, ',')\n"
-    "end\n"
-    "local repls = { '<%0>', '%1-%1', '%%', 'z', { a = 'A', ab = false }, function(x) return x and #x end,\n"
-    "  function() return nil end, '%9' }\n"
-    "function string.search(s, p) return string.find(s, p) ~= nil end\n"
-    "local cases = 0\n"
-    "for _ = 1, rounds do\n"
-    "  local s, p = gen_subject(), gen_pattern()\n"
-    "  local init = math.random(-4, 14)\n"
-    "  local repl = repls[math.random(#repls)]\n"
-    "  local maxn = math.random(0, 3) == 0 and 1 or nil\n"
-    "  local checks = {\n"
-    "    { 'find', function(f) return f.find(s, p, init) end },\n"
-    "    { 'find plain', function(f) return f.find(s, p, init, true) end },\n"
-    "    { 'match', function(f) return f.match(s, p, init) end },\n"
-    "    { 'gmatch', function(f) return all(f.gmatch, s, p, init) end },\n"
-    "    { 'gsub', function(f) return f.gsub(s, p, repl, maxn) end },\n"
-    "    { 'search from C', function(f) return f.search(s, p) end },\n"
-    "  }\n"
-    "  for _, c in ipairs(checks) do\n"
-    "    cases = cases + 1\n"
-    "    local a, b = pack(pcall(c[2], string)), pack(pcall(c[2], mine))\n"
-    "    if not same(a, b) then\n"
-    "      return cases, string.format('%s(%q, %q, %s): lua %s %s, tokend %s %s', c[1], s, p, init,\n"
-    "        tostring(a.ok), tostring(a[1]), tostring(b.ok), tostring(b[1]))\n"
-    "    end\n"
-    "  end\n"
-    "end\n"
-    "return cases, nil\n";
+        "local seed, rounds = ...\n"
+        "math.randomseed(seed)\n"
+        "local pieces = { 'a', 'b', '.', '%a', '%d', '%s', '%W', '[ab]', '[^a]', '[a-c]', '[%d)]', '[]]', '%b()',\n"
+        "  '%f[%w]', '%f[%W]', '(', ')', '()', '%1', '%%', '^', '$', '%(', 'x', '[', '%',\n"
+        "  '%c', '%g', '%l', '%p', '%u', '%x', '%w', '%A', '%C', '%D', '%G', '%L', '%P', '%S', '%U', '%X',\n"
+        "  '[%u%p]', '[^%S]', '%@', '%\\200', '%z', '%Z', '[%z]', '[^%z]', '%f[%z]' }\n"
+        "local quants = { '', '', '', '*', '+', '-', '?' }\n"
+        "local alphabet = { 'a', 'b', 'c', '(', ')', '1', ' ', 'x', '%', ']', 'A', 'F', 'G', '\\t', '\\0', '@',\n"
+        "  '\\200', '\\255', '`' }\n"
+        "local function gen_pattern()\n"
+        "  local t = {}\n"
+        "  for _ = 1, math.random(0, 6) do t[#t + 1] = pieces[math.random(#pieces)] .. quants[math.random(#quants)] "
+        "end\n"
+        "  return table.concat(t)\n"
+        "end\n"
+        "local function gen_subject()\n"
+        "  local t = {}\n"
+        "  for _ = 1, math.random(0, 12) do t[#t + 1] = alphabet[math.random(#alphabet)] end\n"
+        "  return table.concat(t)\n"
+        "end\n"
+        "local function pack(ok, ...) return { ok = ok, n = select('#', ...), ... } end\n"
+        "local function same(a, b)\n"
+        "  if a.ok ~= b.ok then return false end\n"
+        "  if not a.ok then return true end\n"
+        "  if a.n ~= b.n then return false end\n"
+        "  for i = 1, a.n do if a[i] ~= b[i] then return false end end\n"
+        "  return true\n"
+        "end\n"
+        "local function all(gm, s, p, init)\n"
+        "  local out = {}\n"
+        "  for a, b, c in gm(s, p, init) do out[#out + 1] = tostring(a) .. '|' .. tostring(b) .. '|' .. tostring(c)\n"
+        "    if #out > 50 then break end end\n"
+        "  return table.concat(out, ',')\n"
+        "end\n"
+        "local repls = { '<%0>', '%1-%1', '%%', 'z', { a = 'A', ab = false }, function(x) return x and #x end,\n"
+        "  function() return nil end, '%9' }\n"
+        "function string.search(s, p) return string.find(s, p) ~= nil end\n"
+        "local cases = 0\n"
+        "for _ = 1, rounds do\n"
+        "  local s, p = gen_subject(), gen_pattern()\n"
+        "  local init = math.random(-4, 14)\n"
+        "  local repl = repls[math.random(#repls)]\n"
+        "  local maxn = math.random(0, 3) == 0 and 1 or nil\n"
+        "  local checks = {\n"
+        "    { 'find', function(f) return f.find(s, p, init) end },\n"
+        "    { 'find plain', function(f) return f.find(s, p, init, true) end },\n"
+        "    { 'match', function(f) return f.match(s, p, init) end },\n"
+        "    { 'gmatch', function(f) return all(f.gmatch, s, p, init) end },\n"
+        "    { 'gsub', function(f) return f.gsub(s, p, repl, maxn) end },\n"
+        "    { 'search from C', function(f) return f.search(s, p) end },\n"
+        "  }\n"
+        "  for _, c in ipairs(checks) do\n"
+        "    cases = cases + 1\n"
+        "    local a, b = pack(pcall(c[2], string)), pack(pcall(c[2], mine))\n"
+        "    if not same(a, b) then\n"
+        "      return cases, string.format('%s(%q, %q, %s): lua %s %s, tokend %s %s', c[1], s, p, init,\n"
+        "        tostring(a.ok), tostring(a[1]), tostring(b.ok), tostring(b[1]))\n"
+        "    end\n"
+        "  end\n"
+        "end\n"
+        "return cases, nil\n";
 
 /* mine.search(s, p): lpattern_search from C, true or false, or an error like Lua's. */
 static int search_from_c(lua_State *L) {
@@ -122,7 +123,9 @@ static void test_known(void) {
         { "return string.find('a\\0b', '%z')", "2 2" },
         { "return string.find('\\0\\0a', '%Z')", "3 3" },
         { "return string.gsub('a\\0b\\0', '[%z]', '.')", "a.b. 2" },
-        { "local t = {} for k, v in string.gmatch('a=1, b=2', '(%w+)=(%w+)') do t[#t+1] = k..v end return table.concat(t, ',')", "a1,b2" },
+        { "local t = {} for k, v in string.gmatch('a=1, b=2', '(%w+)=(%w+)') do t[#t+1] = k..v end return "
+          "table.concat(t, ',')",
+          "a1,b2" },
     };
     lua_State *L = luaL_newstate();
     luaL_openlibs(L);
@@ -166,8 +169,10 @@ static void test_budget(void) {
     lbudget_enter(outer);
     budget = (lbudget){ .limit = 10000000 };
     lbudget_enter(&budget);
-    rc = luaL_dostring(L, "local n = 0 while true do pcall(string.find, string.rep('a', 30000), '.-.-.-.-b') n = n + 1 end");
-    CHECK(rc != LUA_OK && strstr(lua_tostring(L, -1), "instruction limit exceeded"), "pcall loop: %s", lua_tostring(L, -1));
+    rc = luaL_dostring(
+            L, "local n = 0 while true do pcall(string.find, string.rep('a', 30000), '.-.-.-.-b') n = n + 1 end");
+    CHECK(rc != LUA_OK && strstr(lua_tostring(L, -1), "instruction limit exceeded"), "pcall loop: %s",
+          lua_tostring(L, -1));
     lbudget_enter(outer);
     lstate_close(L);
 }

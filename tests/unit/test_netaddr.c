@@ -5,7 +5,11 @@
 #include "netaddr.h"
 
 static void test_parse_and_keys(void) {
-    static const struct { const char *in; int rc; const char *text, *key; } cases[] = {
+    static const struct {
+        const char *in;
+        int rc;
+        const char *text, *key;
+    } cases[] = {
         { "192.0.2.1", 0, "192.0.2.1", "192.0.2.1" },
         { "::ffff:192.0.2.1", 0, "192.0.2.1", "192.0.2.1" },
         { "::FFFF:c000:0201", 0, "192.0.2.1", "192.0.2.1" },
@@ -33,29 +37,32 @@ static void test_parse_and_keys(void) {
 static void test_proxies(void) {
     char err[200];
     netaddr_nets *p = NULL;
-    CHECK(netaddr_nets_parse("127.0.0.1, 10.0.0.0/8 ::1,fd00::/8 ::ffff:172.16.0.0/108", &p, err, sizeof err) == 0, "%s", err);
+    CHECK(netaddr_nets_parse("127.0.0.1, 10.0.0.0/8 ::1,fd00::/8 ::ffff:172.16.0.0/108", &p, err, sizeof err) == 0,
+          "%s", err);
     /* peer, X-Forwarded-For lines joined by '|', client */
-    static const struct { const char *peer, *xff, *client; } cases[] = {
-        { "203.0.113.9", "1.2.3.4", "203.0.113.9" },            /* not a proxy: XFF ignored */
+    static const struct {
+        const char *peer, *xff, *client;
+    } cases[] = {
+        { "203.0.113.9", "1.2.3.4", "203.0.113.9" }, /* not a proxy: XFF ignored */
         { "127.0.0.1", NULL, "127.0.0.1" },
         { "127.0.0.1", "198.51.100.7", "198.51.100.7" },
-        { "127.0.0.1", "6.6.6.6, 198.51.100.7", "198.51.100.7" },   /* right-most untrusted */
-        { "127.0.0.1", "198.51.100.7, 10.1.2.3", "198.51.100.7" },  /* skip trusted hops */
-        { "127.0.0.1", "10.0.0.1, 10.0.0.2", "10.0.0.1" },           /* all trusted: the left-most */
+        { "127.0.0.1", "6.6.6.6, 198.51.100.7", "198.51.100.7" },  /* right-most untrusted */
+        { "127.0.0.1", "198.51.100.7, 10.1.2.3", "198.51.100.7" }, /* skip trusted hops */
+        { "127.0.0.1", "10.0.0.1, 10.0.0.2", "10.0.0.1" },         /* all trusted: the left-most */
         { "127.0.0.1", "garbage, 198.51.100.7", "198.51.100.7" },
-        { "127.0.0.1", "198.51.100.7, garbage", "127.0.0.1" },       /* malformed: untrusted */
-        { "127.0.0.1", "198.51.100.7, ", "127.0.0.1" },              /* empty item: untrusted */
+        { "127.0.0.1", "198.51.100.7, garbage", "127.0.0.1" }, /* malformed: untrusted */
+        { "127.0.0.1", "198.51.100.7, ", "127.0.0.1" },        /* empty item: untrusted */
         { "127.0.0.1", "198.51.100.7,,10.0.0.1", "127.0.0.1" },
         { "127.0.0.1", "", "127.0.0.1" },
         { "127.0.0.1", " 2001:db8::5 ", "2001:db8::5" },
-        { "127.0.0.1", "::ffff:198.51.100.8", "198.51.100.8" },      /* mapped: as IPv4 */
+        { "127.0.0.1", "::ffff:198.51.100.8", "198.51.100.8" }, /* mapped: as IPv4 */
         { "127.0.0.1", "198.51.100.9, ::ffff:10.0.0.7", "198.51.100.9" },
         { "127.0.0.1", "198.51.100.9, 172.16.3.4", "198.51.100.9" }, /* ::ffff:172.16/108 is 172.16/12 */
         { "::1", "fd00::1, 2001:db8::7", "2001:db8::7" },
         { "11.0.0.1", "1.1.1.1", "11.0.0.1" },
-        { "127.0.0.1", "6.6.6.6|198.51.100.7", "198.51.100.7" },     /* two header lines: the last counts */
+        { "127.0.0.1", "6.6.6.6|198.51.100.7", "198.51.100.7" }, /* two header lines: the last counts */
         { "127.0.0.1", "198.51.100.7|10.0.0.3", "198.51.100.7" },
-        { "127.0.0.1", "6.6.6.6|6.6.6.7|198.51.100.7, 10.0.0.1|127.0.0.1", "198.51.100.7" },   /* hops on lines */
+        { "127.0.0.1", "6.6.6.6|6.6.6.7|198.51.100.7, 10.0.0.1|127.0.0.1", "198.51.100.7" }, /* hops on lines */
         { "127.0.0.1", "198.51.100.7|", "127.0.0.1" },
         { "127.0.0.1", "1.2.3.4:5678", "127.0.0.1" },
     };
@@ -87,11 +94,19 @@ static void test_proxies(void) {
     free(big);
     CHECK(netaddr_nets_contain(p, "::ffff:127.0.0.1"), "a mapped peer is the IPv4 proxy");
     netaddr_nets_free(p);
-    static const char *bad[] = { "localhost", "10.0.0.0/33", "1.2.3", "::1/129", "10.0.0.0/", "::ffff:1.2.3.4/64",
-                                 "10.0.0.1, aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa" };
+    static const char *bad[] = {
+        "localhost",
+        "10.0.0.0/33",
+        "1.2.3",
+        "::1/129",
+        "10.0.0.0/",
+        "::ffff:1.2.3.4/64",
+        "10.0.0.1, aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
+    };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         err[0] = '\0';
-        CHECK(netaddr_nets_parse(bad[i], &p, err, sizeof err) < 0 && strstr(err, "not an IP address"), "%s: %s", bad[i], err);
+        CHECK(netaddr_nets_parse(bad[i], &p, err, sizeof err) < 0 && strstr(err, "not an IP address"), "%s: %s", bad[i],
+              err);
     }
     CHECK(netaddr_nets_parse("", &p, err, sizeof err) == 0 && !netaddr_nets_contain(p, "127.0.0.1"), "empty list");
     netaddr_nets_free(p);

@@ -9,7 +9,11 @@
 #include "static.h"
 
 static void test_clean_path(void) {
-    static const struct { const char *in; int rc; const char *out; } cases[] = {
+    static const struct {
+        const char *in;
+        int rc;
+        const char *out;
+    } cases[] = {
         { "/", STATIC_OK, "" },
         { "", STATIC_OK, "" },
         { "/index.html", STATIC_OK, "index.html" },
@@ -25,7 +29,7 @@ static void test_clean_path(void) {
         { "/a/.hidden/b", STATIC_HIDDEN, "" },
         { "/a..b/c", STATIC_OK, "a..b/c" },
         { "/...", STATIC_HIDDEN, "" },
-        { "/%2e%2e", STATIC_OK, "%2e%2e" },     /* already decoded once: a literal name */
+        { "/%2e%2e", STATIC_OK, "%2e%2e" }, /* already decoded once: a literal name */
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         char out[64];
@@ -47,20 +51,40 @@ static void test_mime(void) {
     close(fd);
     CHECK(mime_load(path) > 20, "loaded");
     unlink(path);
-    static const struct { const char *name, *type; } cases[] = {
-        { "a.cst", "text/x-custom; charset=utf-8" }, { "b.foo2", "application/x-foo" }, { "B.FOO", "application/x-foo" },
-        { "index.html", "text/html; charset=utf-8" }, { "app.JS", "text/javascript; charset=utf-8" },
-        { "worklet.mjs", "text/javascript; charset=utf-8" }, { "a.css", "text/css; charset=utf-8" },
-        { "x.png", "image/png" }, { "noext", "application/octet-stream" }, { "a.x", "application/octet-stream" },
-        { "dir.v1/file", "application/octet-stream" }, { "a.wasm", "application/wasm" },
-        { ".hidden", "application/octet-stream" }, { "a.", "application/octet-stream" },
+    static const struct {
+        const char *name, *type;
+    } cases[] = {
+        { "a.cst", "text/x-custom; charset=utf-8" },
+        { "b.foo2", "application/x-foo" },
+        { "B.FOO", "application/x-foo" },
+        { "index.html", "text/html; charset=utf-8" },
+        { "app.JS", "text/javascript; charset=utf-8" },
+        { "worklet.mjs", "text/javascript; charset=utf-8" },
+        { "a.css", "text/css; charset=utf-8" },
+        { "x.png", "image/png" },
+        { "noext", "application/octet-stream" },
+        { "a.x", "application/octet-stream" },
+        { "dir.v1/file", "application/octet-stream" },
+        { "a.wasm", "application/wasm" },
+        { ".hidden", "application/octet-stream" },
+        { "a.", "application/octet-stream" },
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
         CHECK_STR(mime_type(cases[i].name), cases[i].type, cases[i].name);
-    static const struct { const char *type; int yes; } compress[] = {
-        { "text/html; charset=utf-8", 1 }, { "application/json", 1 }, { "image/svg+xml", 1 },
-        { "application/ld+json", 1 }, { "application/atom+xml", 1 }, { "application/wasm", 1 },
-        { "image/png", 0 }, { "font/woff2", 0 }, { "application/gzip", 0 }, { "video/webm", 0 },
+    static const struct {
+        const char *type;
+        int yes;
+    } compress[] = {
+        { "text/html; charset=utf-8", 1 },
+        { "application/json", 1 },
+        { "image/svg+xml", 1 },
+        { "application/ld+json", 1 },
+        { "application/atom+xml", 1 },
+        { "application/wasm", 1 },
+        { "image/png", 0 },
+        { "font/woff2", 0 },
+        { "application/gzip", 0 },
+        { "video/webm", 0 },
     };
     for (size_t i = 0; i < sizeof compress / sizeof compress[0]; i++)
         CHECK(mime_compressible(compress[i].type) == compress[i].yes, "%s", compress[i].type);
@@ -76,17 +100,23 @@ static void test_router(void) {
     CHECK(router_add(r, "DELETE", "/token", 5, NULL, err, sizeof err) == 0, "%s", err);
     CHECK(router_add(r, "GET", "/api/users/:user/rooms/:room", 6, NULL, err, sizeof err) == 0, "%s", err);
     CHECK(router_add(r, "GET", "/hello world", 7, NULL, err, sizeof err) == 0, "%s", err);
-    static const struct { const char *pattern, *method, *err; } bad[] = {
+    static const struct {
+        const char *pattern, *method, *err;
+    } bad[] = {
         { "token", "GET", "must start with /" }, { "/a//b", "GET", "empty segment" },
-        { "/a/:", "GET", "without a name" }, { "/token", "GET", "already defined" },
-        { "/x", "get", "bad HTTP method" }, { "/x", "", "bad HTTP method" },
+        { "/a/:", "GET", "without a name" },     { "/token", "GET", "already defined" },
+        { "/x", "get", "bad HTTP method" },      { "/x", "", "bad HTTP method" },
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         err[0] = '\0';
         CHECK(router_add(r, bad[i].method, bad[i].pattern, 9, NULL, err, sizeof err) < 0 && strstr(err, bad[i].err),
               "%s %s: error \"%s\" should mention \"%s\"", bad[i].method, bad[i].pattern, err, bad[i].err);
     }
-    static const struct { const char *method, *path; int rc, handler; const char *params, *allow; } cases[] = {
+    static const struct {
+        const char *method, *path;
+        int rc, handler;
+        const char *params, *allow;
+    } cases[] = {
         { "GET", "/token", ROUTER_FOUND, 1, "", "" },
         { "HEAD", "/token", ROUTER_FOUND, 1, "", "" },
         { "GET", "/token/", ROUTER_FOUND, 1, "", "" },
@@ -111,20 +141,21 @@ static void test_router(void) {
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         router_result m;
         char allow[64], params[128] = "";
-        memset(&m, 0xA5, sizeof m);     /* whatever the caller's stack held */
+        memset(&m, 0xA5, sizeof m); /* whatever the caller's stack held */
         int rc = router_match(r, cases[i].method, cases[i].path, strcspn(cases[i].path, "?"), &m, allow, sizeof allow);
         CHECK(rc == cases[i].rc, "%s %s: rc %d, want %d", cases[i].method, cases[i].path, rc, cases[i].rc);
         if (rc == ROUTER_FOUND) {
             CHECK(m.handler == cases[i].handler, "%s %s: handler %d", cases[i].method, cases[i].path, m.handler);
             for (size_t p = 0; p < m.nparams; p++) {
                 size_t o = strlen(params);
-                snprintf(params + o, sizeof params - o, "%s=%.*s;", m.params[p].name,
-                         (int)m.params[p].value_len, m.params[p].value);
+                snprintf(params + o, sizeof params - o, "%s=%.*s;", m.params[p].name, (int)m.params[p].value_len,
+                         m.params[p].value);
             }
             CHECK_STR(params, cases[i].params, cases[i].path);
         }
         if (rc == ROUTER_METHOD_NOT_ALLOWED) CHECK_STR(allow, cases[i].allow, cases[i].path);
-        if (rc != ROUTER_FOUND) CHECK(m.nparams == 0, "%s %s: no params when not found", cases[i].method, cases[i].path);
+        if (rc != ROUTER_FOUND)
+            CHECK(m.nparams == 0, "%s %s: no params when not found", cases[i].method, cases[i].path);
     }
     router_free(r, NULL, NULL);
 }

@@ -39,8 +39,8 @@ static void test_buckets(void) {
     policy_stats st;
     CHECK(policy_limiter_stats(b, id, &st) == 0 && st.keys == 3, "three keys, got %zu", st.keys);
     CHECK(policy_take(b, id, "9.9.9.9", t, &retry) == 1, "a new client in a full limiter is not refused");
-    CHECK(policy_limiter_stats(b, id, &st) == 0 && st.keys == 3 && st.evicted == 1, "%zu keys, %llu evicted",
-          st.keys, st.evicted);
+    CHECK(policy_limiter_stats(b, id, &st) == 0 && st.keys == 3 && st.evicted == 1, "%zu keys, %llu evicted", st.keys,
+          st.evicted);
     CHECK(policy_take(b, id, "1.2.3.4", t + 6000, &retry) == 0, "1.2.3.4 (empty) is still known");
     CHECK(policy_limiter_stats(b, id, &st) == 0 && st.keys == 3 && st.evicted == 1, "it was not evicted");
     /* Forgotten, 5.6.7.8 starts with a full burst again (the IPv6 client makes room). */
@@ -91,10 +91,10 @@ static void test_eviction(void) {
     policy_buckets *small = policy_buckets_create(100);
     int id = policy_limiter(small, "x", 1, 1, 2, 3, err, sizeof err);
     policy_take(small, id, "a", t, &retry);
-    policy_take(small, id, "a", t, &retry);     /* a: empty, full again at t + 2000 */
-    policy_take(small, id, "b", t, &retry);     /* b: 1 token left, full again at t + 1000 */
+    policy_take(small, id, "a", t, &retry); /* a: empty, full again at t + 2000 */
+    policy_take(small, id, "b", t, &retry); /* b: 1 token left, full again at t + 1000 */
     policy_take(small, id, "c", t, &retry);
-    policy_take(small, id, "c", t, &retry);     /* c: empty */
+    policy_take(small, id, "c", t, &retry); /* c: empty */
     /* At t + 1500, a is the least recently used but holds 1.5 tokens; b is full: b goes. */
     CHECK(policy_take(small, id, "d", t + 1500, &retry) == 1, "d");
     CHECK(policy_limiter_stats(small, id, &st) == 0 && st.keys == 3 && st.evicted == 0, "a full bucket went (%llu)",
@@ -137,8 +137,11 @@ static void test_hosts(void) {
     char err[200];
     policy_hosts *h = NULL;
     CHECK(policy_hosts_parse("app.example.com, *.example.org", "tokend.lan", &h, err, sizeof err) == 0, "%s", err);
-    static const struct { const char *host; int want; } cases[] = {
-        { NULL, POLICY_HOST_ALLOWED },                  /* HTTP/1.0 without Host */
+    static const struct {
+        const char *host;
+        int want;
+    } cases[] = {
+        { NULL, POLICY_HOST_ALLOWED }, /* HTTP/1.0 without Host */
         { "localhost", POLICY_HOST_ALLOWED },
         { "localhost:8000", POLICY_HOST_ALLOWED },
         { "LOCALHOST:8000", POLICY_HOST_ALLOWED },
@@ -147,7 +150,7 @@ static void test_hosts(void) {
         { "10.1.2.3", POLICY_HOST_ALLOWED },
         { "[::1]:8000", POLICY_HOST_ALLOWED },
         { "[2001:db8::1]", POLICY_HOST_ALLOWED },
-        { "tokend.lan:8000", POLICY_HOST_ALLOWED },     /* the listen host */
+        { "tokend.lan:8000", POLICY_HOST_ALLOWED }, /* the listen host */
         { "app.example.com", POLICY_HOST_ALLOWED },
         { "app.example.com.", POLICY_HOST_ALLOWED },
         { "a.b.example.org:443", POLICY_HOST_ALLOWED },
@@ -165,19 +168,22 @@ static void test_hosts(void) {
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         int got = policy_host_check(h, cases[i].host);
-        CHECK(got == cases[i].want, "host %s: got %d, want %d", cases[i].host ? cases[i].host : "(none)", got, cases[i].want);
+        CHECK(got == cases[i].want, "host %s: got %d, want %d", cases[i].host ? cases[i].host : "(none)", got,
+              cases[i].want);
     }
     policy_hosts_free(h);
     CHECK(policy_hosts_parse(NULL, "0.0.0.0", &h, err, sizeof err) == 0, "%s", err);
     CHECK(policy_host_check(h, "app.example.com") == POLICY_HOST_DENIED, "default: names are refused");
     CHECK(policy_host_check(h, "192.168.1.5:8000") == POLICY_HOST_ALLOWED, "default: addresses pass");
     policy_hosts_free(h);
-    CHECK(policy_hosts_parse("*", "::", &h, err, sizeof err) == 0 && policy_host_check(h, "anything.test") == POLICY_HOST_ALLOWED,
+    CHECK(policy_hosts_parse("*", "::", &h, err, sizeof err) == 0 &&
+                  policy_host_check(h, "anything.test") == POLICY_HOST_ALLOWED,
           "* allows any name");
     policy_hosts_free(h);
     static const char *bad[] = { "a/b", "*.*.x", "x*.com", "http://x" };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
-        CHECK(policy_hosts_parse(bad[i], NULL, &h, err, sizeof err) < 0 && strstr(err, "not a host name"), "%s: %s", bad[i], err);
+        CHECK(policy_hosts_parse(bad[i], NULL, &h, err, sizeof err) < 0 && strstr(err, "not a host name"), "%s: %s",
+              bad[i], err);
 }
 
 static void test_origins(void) {
@@ -185,7 +191,10 @@ static void test_origins(void) {
     const char *pats[] = { "http://localhost:*", "https://app.example.com", "https://*.example.org", "http://[::1]:*" };
     policy_origins *o = NULL;
     CHECK(policy_origins_parse(pats, 4, &o, err, sizeof err) == 0, "%s", err);
-    static const struct { const char *origin, *host; int want; } cases[] = {
+    static const struct {
+        const char *origin, *host;
+        int want;
+    } cases[] = {
         { NULL, "localhost:8000", POLICY_ORIGIN_NONE },
         { "http://localhost:8000", "localhost:8000", POLICY_ORIGIN_SAME },
         { "http://LOCALHOST:8000", "localhost:8000", POLICY_ORIGIN_SAME },
@@ -208,7 +217,8 @@ static void test_origins(void) {
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         int got = policy_origin_check(o, cases[i].origin, cases[i].host, "http");
-        CHECK(got == cases[i].want, "%s (host %s): got %d, want %d", cases[i].origin, cases[i].host, got, cases[i].want);
+        CHECK(got == cases[i].want, "%s (host %s): got %d, want %d", cases[i].origin, cases[i].host, got,
+              cases[i].want);
     }
     policy_origins_free(o);
     const char *star[] = { "*" };

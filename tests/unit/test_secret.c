@@ -30,7 +30,8 @@ static void test_redaction(void) {
         int rc = log_redact_mem(cases[i].in, strlen(cases[i].in), &mem, &len);
         int same = strcmp(cases[i].in, cases[i].out) == 0;
         CHECK(rc == (same ? 0 : 1), "log_redact_mem rc %d for \"%s\"", rc, cases[i].in);
-        if (rc == 1) CHECK(len == strlen(cases[i].out) && memcmp(mem, cases[i].out, len) == 0, "bytes of \"%s\"", cases[i].in);
+        if (rc == 1)
+            CHECK(len == strlen(cases[i].out) && memcmp(mem, cases[i].out, len) == 0, "bytes of \"%s\"", cases[i].in);
         free(mem);
     }
     /* Bytes with NULs: eight NUL bytes are no secret (the hash set's empty value). */

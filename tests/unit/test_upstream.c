@@ -6,10 +6,18 @@
 #include "upstream.h"
 
 static void test_json(void) {
-    static const struct { const char *body; int rc; int has_token; const char *token; long expires; const char *error; } cases[] = {
+    static const struct {
+        const char *body;
+        int rc;
+        int has_token;
+        const char *token;
+        long expires;
+        const char *error;
+    } cases[] = {
         { "{\"token\":\"abc\",\"expires_in_seconds\":60}", 0, 1, "abc", 60, "" },
         { " {\"expires_in_seconds\": 5 , \"token\" : \"a\\/b\\u00e9\"} \n", 0, 1, "a/b\xC3\xA9", 5, "" },
-        { "{\"error\":\"Invalid API key\",\"code\":\"x\",\"details\":{\"a\":[1,2,{\"b\":null}]}}", 0, 0, "", 0, "Invalid API key" },
+        { "{\"error\":\"Invalid API key\",\"code\":\"x\",\"details\":{\"a\":[1,2,{\"b\":null}]}}", 0, 0, "", 0,
+          "Invalid API key" },
         { "{\"token\":\"\"}", 0, 0, "", 0, "" },
         { "{\"token\":5}", 0, 0, "", 0, "" },
         { "{\"token\":\"abc\"", -1, 0, "", 0, "" },
@@ -20,9 +28,11 @@ static void test_json(void) {
         { "{\"a\":01}", -1, 0, "", 0, "" },
         { "{\"a\":\"\\ud800\"}", -1, 0, "", 0, "" },
         { "{\"a\":\"ctl\x01\"}", -1, 0, "", 0, "" },
-        { "{\"a\":[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]}", -1, 0, "", 0, "" },
+        { "{\"a\":[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]}", -1, 0, "", 0,
+          "" },
         { "{\"expires_in_seconds\":1.5,\"token\":\"t\"}", 0, 1, "t", 0, "" },
-        { "{\"a\":-0.5e+3,\"b\":true,\"c\":false,\"d\":null,\"token\":\"\\ud83d\\ude00\"}", 0, 1, "\xF0\x9F\x98\x80", 0, "" },
+        { "{\"a\":-0.5e+3,\"b\":true,\"c\":false,\"d\":null,\"token\":\"\\ud83d\\ude00\"}", 0, 1, "\xF0\x9F\x98\x80", 0,
+          "" },
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         static json_token_reply r;
@@ -30,7 +40,8 @@ static void test_json(void) {
         CHECK(rc == cases[i].rc, "case %zu (%s): rc %d", i, cases[i].body, rc);
         CHECK(r.has_token == cases[i].has_token, "case %zu: has_token %d", i, r.has_token);
         if (r.has_token) CHECK_STR(r.token, cases[i].token, cases[i].body);
-        if (r.has_expires) CHECK(r.expires_in_seconds == cases[i].expires, "case %zu: expires %ld", i, r.expires_in_seconds);
+        if (r.has_expires)
+            CHECK(r.expires_in_seconds == cases[i].expires, "case %zu: expires %ld", i, r.expires_in_seconds);
         else CHECK(cases[i].expires == 0, "case %zu: expires missing", i);
         CHECK_STR(r.error, cases[i].error, cases[i].body);
     }
@@ -42,12 +53,18 @@ static void test_json(void) {
 
 static void test_classify(void) {
     static const struct {
-        int curl; long status; const char *body; long retry; const char *kind; const char *needle;
+        int curl;
+        long status;
+        const char *body;
+        long retry;
+        const char *kind;
+        const char *needle;
     } cases[] = {
         { CURLE_OK, 200, "{\"token\":\"tok\",\"expires_in_seconds\":30}", -1, NULL, NULL },
         { CURLE_OK, 200, "{\"expires_in_seconds\":30}", -1, "bad_response", "without a token" },
         { CURLE_OK, 200, "<html>", -1, "bad_response", "not JSON" },
-        { CURLE_OK, 401, "{\"error\":\"Invalid API key\"}", -1, "unauthorized", "refused the API key (HTTP 401): Invalid API key" },
+        { CURLE_OK, 401, "{\"error\":\"Invalid API key\"}", -1, "unauthorized",
+          "refused the API key (HTTP 401): Invalid API key" },
         { CURLE_OK, 401, "{\"error\":\"Invalid API key: sk-SECRET\"}", -1, "unauthorized", "[redacted]" },
         { CURLE_OK, 403, "", -1, "unauthorized", "HTTP 403" },
         { CURLE_OK, 429, "{\"error\":\"slow down\"}", 7, "rate_limited", "HTTP 429" },
@@ -71,10 +88,12 @@ static void test_classify(void) {
         }
         CHECK(r.token == NULL, "case %zu: no token", i);
         CHECK(r.kind && strcmp(r.kind, cases[i].kind) == 0, "case %zu: kind %s, want %s", i, r.kind, cases[i].kind);
-        CHECK(r.error && strstr(r.error, cases[i].needle), "case %zu: error \"%s\" lacks \"%s\"", i, r.error, cases[i].needle);
+        CHECK(r.error && strstr(r.error, cases[i].needle), "case %zu: error \"%s\" lacks \"%s\"", i, r.error,
+              cases[i].needle);
         CHECK(r.error && !strstr(r.error, "sk-SECRET"), "case %zu: the key leaked: %s", i, r.error);
         CHECK(r.retry_after == cases[i].retry, "case %zu: retry_after %ld", i, r.retry_after);
-        CHECK(r.http_status == (cases[i].curl == CURLE_OK ? cases[i].status : 0), "case %zu: status %d", i, r.http_status);
+        CHECK(r.http_status == (cases[i].curl == CURLE_OK ? cases[i].status : 0), "case %zu: status %d", i,
+              r.http_status);
     }
 }
 

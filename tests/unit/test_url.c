@@ -5,7 +5,11 @@
 #include "url.h"
 
 static void test_decode_path(void) {
-    static const struct { const char *in; int rc; const char *out; } cases[] = {
+    static const struct {
+        const char *in;
+        int rc;
+        const char *out;
+    } cases[] = {
         { "/", URL_OK, "/" },
         { "/a%20b", URL_OK, "/a b" },
         { "/a+b", URL_OK, "/a+b" },
@@ -29,7 +33,9 @@ static void test_decode_path(void) {
     CHECK(url_decode_path("/abcdef", 7, small, sizeof small, NULL) == URL_ERR_TOO_LONG, "too long");
 }
 
-typedef struct seen { char buf[256]; } seen;
+typedef struct seen {
+    char buf[256];
+} seen;
 
 static int collect(void *ud, const char *name, size_t nlen, const char *value, size_t vlen) {
     seen *s = ud;
@@ -39,7 +45,12 @@ static int collect(void *ud, const char *name, size_t nlen, const char *value, s
 }
 
 static void test_query(void) {
-    static const struct { const char *in; size_t max; int rc; const char *out; } cases[] = {
+    static const struct {
+        const char *in;
+        size_t max;
+        int rc;
+        const char *out;
+    } cases[] = {
         { "", 10, 0, "" },
         { "a=1", 10, 1, "[a=1]" },
         { "a=1&b=two+words", 10, 2, "[a=1][b=two words]" },
@@ -63,14 +74,18 @@ static void test_query(void) {
 }
 
 static void test_endpoints(void) {
-    static const struct { const char *base; int rc; const char *token, *ws; } cases[] = {
-        { "https://streaming.assemblyai.com", URL_OK,
-          "https://streaming.assemblyai.com/v3/token", "wss://streaming.assemblyai.com/v3/ws" },
-        { "https://streaming.eu.assemblyai.com/", URL_OK,
-          "https://streaming.eu.assemblyai.com/v3/token", "wss://streaming.eu.assemblyai.com/v3/ws" },
+    static const struct {
+        const char *base;
+        int rc;
+        const char *token, *ws;
+    } cases[] = {
+        { "https://streaming.assemblyai.com", URL_OK, "https://streaming.assemblyai.com/v3/token",
+          "wss://streaming.assemblyai.com/v3/ws" },
+        { "https://streaming.eu.assemblyai.com/", URL_OK, "https://streaming.eu.assemblyai.com/v3/token",
+          "wss://streaming.eu.assemblyai.com/v3/ws" },
         { "http://127.0.0.1:9301", URL_OK, "http://127.0.0.1:9301/v3/token", "ws://127.0.0.1:9301/v3/ws" },
-        { "HTTP://localhost:8080/prefix//", URL_OK,
-          "http://localhost:8080/prefix/v3/token", "ws://localhost:8080/prefix/v3/ws" },
+        { "HTTP://localhost:8080/prefix//", URL_OK, "http://localhost:8080/prefix/v3/token",
+          "ws://localhost:8080/prefix/v3/ws" },
         { "ftp://example.com", URL_ERR_MALFORMED, "", "" },
         { "streaming.assemblyai.com", URL_ERR_MALFORMED, "", "" },
         { "https://", URL_ERR_MALFORMED, "", "" },
@@ -99,7 +114,7 @@ static void test_regions(void) {
         const char *text;
         int rc;
         size_t n;
-        const char *second, *second_token, *second_ws;     /* the second region, when there is one */
+        const char *second, *second_token, *second_ws; /* the second region, when there is one */
     } cases[] = {
         { "us=https://streaming.us.assemblyai.com, eu=https://streaming.eu.assemblyai.com", URL_OK, 2, "eu",
           "https://streaming.eu.assemblyai.com/v3/token", "wss://streaming.eu.assemblyai.com/v3/ws" },
@@ -138,7 +153,8 @@ static void test_regions(void) {
     CHECK_STR(e.token_url, "https://agents.assemblyai.com/v1/token", "the Voice Agent token endpoint");
     CHECK_STR(e.websocket_url, "wss://agents.assemblyai.com/v1/ws", "the Voice Agent socket");
     CHECK(url_agent_endpoints("agents.assemblyai.com", &e, err, sizeof err) == URL_ERR_MALFORMED &&
-          strstr(err, "Voice Agent URL"), "a scheme is needed: %s", err);
+                  strstr(err, "Voice Agent URL"),
+          "a scheme is needed: %s", err);
 }
 
 int main(void) {

@@ -51,18 +51,22 @@ static void test_client_answer(void) {
         const char *in;
         int rc, status, upgraded;
         long retry_after;
-        size_t extra;                   /* bytes after the head */
+        size_t extra; /* bytes after the head */
     } cases[] = {
         { "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-          "Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n\x81\x02hi", 1, 101, 1, 0, 4 },
+          "Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n\x81\x02hi",
+          1, 101, 1, 0, 4 },
         { "HTTP/1.1 101\r\nupgrade:WebSocket\r\nconnection: keep-alive, upgrade\r\n"
-          "sec-websocket-accept:   s3pPLMBiTxaQ9kYGzzhZRbK+xOo=  \r\n\r\n", 1, 101, 1, 0, 0 },
+          "sec-websocket-accept:   s3pPLMBiTxaQ9kYGzzhZRbK+xOo=  \r\n\r\n",
+          1, 101, 1, 0, 0 },
         { "HTTP/1.1 101 OK\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-          "Sec-WebSocket-Accept: wrong=\r\n\r\n", 1, 101, 0, 0, 0 },
-        { "HTTP/1.1 101 OK\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n",
+          "Sec-WebSocket-Accept: wrong=\r\n\r\n",
           1, 101, 0, 0, 0 },
+        { "HTTP/1.1 101 OK\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n", 1,
+          101, 0, 0, 0 },
         { "HTTP/1.0 101 OK\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-          "Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n", 1, 101, 0, 0, 0 },
+          "Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n",
+          1, 101, 0, 0, 0 },
         { "HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\n\r\n", 1, 401, 0, 0, 0 },
         { "HTTP/1.1 429 Too Many\r\nRetry-After: 30\r\n\r\n{}", 1, 429, 0, 30, 2 },
         { "HTTP/1.1 429 Too Many\r\nRetry-After: 99999\r\n\r\n", 1, 429, 0, 3600, 0 },
@@ -101,8 +105,10 @@ static void test_client_answer(void) {
 }
 
 static void test_codes(void) {
-    static const struct { int code, ok; } cases[] = {
-        { 999, 0 }, { 1000, 1 }, { 1003, 1 }, { 1004, 0 }, { 1005, 0 }, { 1006, 0 }, { 1007, 1 }, { 1011, 1 },
+    static const struct {
+        int code, ok;
+    } cases[] = {
+        { 999, 0 },  { 1000, 1 }, { 1003, 1 }, { 1004, 0 }, { 1005, 0 }, { 1006, 0 }, { 1007, 1 }, { 1011, 1 },
         { 1013, 1 }, { 1014, 0 }, { 1015, 0 }, { 2999, 0 }, { 3000, 1 }, { 3007, 1 }, { 4999, 1 }, { 5000, 0 },
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
@@ -119,7 +125,7 @@ typedef struct pipe_buf {
 
 typedef struct end {
     pipe_buf *in, *out;
-    size_t out_room;                /* bytes the transport accepts before it "would block" */
+    size_t out_room; /* bytes the transport accepts before it "would block" */
     char got[8][64];
     int binary[8];
     size_t got_len[8];
@@ -161,7 +167,9 @@ static void mem_message(void *ud, int binary, const uint8_t *data, size_t len) {
     e->binary[e->n++] = binary;
 }
 
-static void mem_frame(void *ud) { ((end *)ud)->frames++; }
+static void mem_frame(void *ud) {
+    ((end *)ud)->frames++;
+}
 
 typedef struct duo {
     pipe_buf a2b, b2a;
@@ -207,7 +215,7 @@ static void test_messages_then_close(int coalesce) {
     CHECK_STR(d->b.got[1], "{\"type\":\"Terminate\"}", "text arrived");
     CHECK(d->b.frames == 2, "two frames counted: %d", d->b.frames);
     /* The server answers, then closes: the close must not overtake the answer. */
-    d->b.out_room = 10;             /* the answer does not fit the transport at once */
+    d->b.out_room = 10; /* the answer does not fit the transport at once */
     ws_send(d->server, 0, "{\"type\":\"Termination\",\"audio_duration_seconds\":1}", 48);
     ws_close(d->server, 3005, "bye", 3);
     CHECK(ws_send(d->server, 0, "late", 4) == -1, "nothing is queued after a close");
@@ -263,7 +271,7 @@ static void test_refused_code_and_limits(void) {
     ws_pump(d->server);
     CHECK(d->b.n == 0 && !(ws_wants(d->server) & WS_WANT_READ), "paused");
     ws_pause(d->server, 0);
-    ws_feed(d->server, "\x81\x83\0\0\0\0two", 9);     /* a masked text frame "two" */
+    ws_feed(d->server, "\x81\x83\0\0\0\0two", 9); /* a masked text frame "two" */
     ws_pump(d->server);
     CHECK(d->b.n == 2 && strcmp(d->b.got[0], "two") == 0 && strcmp(d->b.got[1], "one") == 0, "fed first: %d", d->b.n);
     duo_free(d);
