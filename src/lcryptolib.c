@@ -1,13 +1,23 @@
 /* lcryptolib.c: tokend.crypto: hashes, HMAC, hex and base64, random bytes, constant-time equality. */
 #include "crypto.h"
+#include "lguard.h"
 #include "llib.h"
 
 #define LCRYPTO_MAX_RANDOM (1 << 20) /* random_bytes asks for at most 1 MiB at once */
+#define LCRYPTO_HASH_BYTES 16        /* bytes hashed per instruction of the budget (a copy does 64) */
+
+/* String argument i, its work (len bytes at bytes_per_step each) charged to the budget
+ * first: a loop over hashes of a large string ends at the budget like Lua code does. */
+static const char *lcrypto_arg(lua_State *L, int i, size_t *len, size_t bytes_per_step) {
+    const char *s = luaL_checklstring(L, i, len);
+    lguard_charge(L, *len / bytes_per_step + 1);
+    return s;
+}
 
 /* tokend.crypto.sha256(s) -> 32 raw bytes */
 static int lcrypto_sha256(lua_State *L) {
     size_t len;
-    const char *s = luaL_checklstring(L, 1, &len);
+    const char *s = lcrypto_arg(L, 1, &len, LCRYPTO_HASH_BYTES);
     unsigned char out[CRYPTO_MAX_DIGEST];
     size_t n = crypto_digest("sha256", s, len, out);
     if (!n) return luaL_error(L, "tokend.crypto.sha256: OpenSSL failed");
@@ -18,8 +28,8 @@ static int lcrypto_sha256(lua_State *L) {
 /* tokend.crypto.hmac_sha256(key, s) -> 32 raw bytes */
 static int lcrypto_hmac_sha256(lua_State *L) {
     size_t klen, len;
-    const char *key = luaL_checklstring(L, 1, &klen);
-    const char *s = luaL_checklstring(L, 2, &len);
+    const char *key = lcrypto_arg(L, 1, &klen, LCRYPTO_HASH_BYTES);
+    const char *s = lcrypto_arg(L, 2, &len, LCRYPTO_HASH_BYTES);
     unsigned char out[CRYPTO_MAX_DIGEST];
     size_t n = crypto_hmac("sha256", key, klen, s, len, out);
     if (!n) return luaL_error(L, "tokend.crypto.hmac_sha256: OpenSSL failed");
@@ -30,7 +40,7 @@ static int lcrypto_hmac_sha256(lua_State *L) {
 /* tokend.crypto.hex(s) -> lower-case hexadecimal */
 static int lcrypto_hex(lua_State *L) {
     size_t len;
-    const unsigned char *s = (const unsigned char *)luaL_checklstring(L, 1, &len);
+    const unsigned char *s = (const unsigned char *)lcrypto_arg(L, 1, &len, LGUARD_COPY_BYTES / 2);
     luaL_Buffer b;
     crypto_hex(s, len, luaL_buffinitsize(L, &b, len * 2 + 1));
     luaL_pushresultsize(&b, len * 2);
@@ -39,7 +49,7 @@ static int lcrypto_hex(lua_State *L) {
 
 static int lcrypto_encode(lua_State *L, int url) {
     size_t len;
-    const char *s = luaL_checklstring(L, 1, &len);
+    const char *s = lcrypto_arg(L, 1, &len, LGUARD_COPY_BYTES / 2);
     luaL_Buffer b;
     char *out = luaL_buffinitsize(L, &b, crypto_base64_size(len));
     luaL_pushresultsize(&b, crypto_base64_encode(s, len, out, url));
@@ -48,7 +58,7 @@ static int lcrypto_encode(lua_State *L, int url) {
 
 static int lcrypto_decode(lua_State *L, int url) {
     size_t len, n = 0;
-    const char *s = luaL_checklstring(L, 1, &len);
+    const char *s = lcrypto_arg(L, 1, &len, LGUARD_COPY_BYTES / 2);
     luaL_Buffer b;
     unsigned char *out = (unsigned char *)luaL_buffinitsize(L, &b, len * 3 / 4 + 3);
     if (crypto_base64_decode(s, len, out, &n, url) < 0) return llib_fail(L, url ? "not base64url" : "not base64");
@@ -73,6 +83,7 @@ static int lcrypto_base64url_decode(lua_State *L) {
 static int lcrypto_random_bytes(lua_State *L) {
     lua_Integer n = luaL_checkinteger(L, 1);
     luaL_argcheck(L, n >= 0 && n <= LCRYPTO_MAX_RANDOM, 1, "must be 0..1048576");
+    lguard_charge(L, (size_t)n / LCRYPTO_HASH_BYTES + 1);
     luaL_Buffer b;
     char *out = luaL_buffinitsize(L, &b, (size_t)n);
     if (crypto_random(out, (size_t)n) < 0) return llib_fail(L, "the system's random source failed");
@@ -83,8 +94,8 @@ static int lcrypto_random_bytes(lua_State *L) {
 /* tokend.crypto.equal(a, b) -> whether a == b, in time that does not tell where they differ */
 static int lcrypto_equal(lua_State *L) {
     size_t alen, blen;
-    const char *a = luaL_checklstring(L, 1, &alen);
-    const char *b = luaL_checklstring(L, 2, &blen);
+    const char *a = lcrypto_arg(L, 1, &alen, LGUARD_COPY_BYTES);
+    const char *b = lcrypto_arg(L, 2, &blen, LGUARD_COPY_BYTES);
     lua_pushboolean(L, crypto_equal(a, alen, b, blen));
     return 1;
 }

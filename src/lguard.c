@@ -8,7 +8,6 @@
 #include "lbudget.h"
 #include "lguard.h"
 
-#define LGUARD_COPY_BYTES 64               /* bytes copied by memcpy per instruction of the budget */
 #define LGUARD_RESUME_STEP 128             /* instructions paid for at a resume, and the hook's period then */
 #define LGUARD_HUGE ((lua_Integer)1 << 50) /* more than any budget: work that is refused whatever */
 
@@ -52,6 +51,10 @@ static pthread_mutex_t lguard_lock = PTHREAD_MUTEX_INITIALIZER;
 int lguard_budget_error(lua_State *L) {
     char why[160];
     return luaL_error(L, "%s", lbudget_why(lbudget_current(), why, sizeof why));
+}
+
+void lguard_charge(lua_State *L, size_t steps) {
+    if (lbudget_charge(steps < (size_t)LGUARD_HUGE ? (long)steps : (long)LGUARD_HUGE) < 0) lguard_budget_error(L);
 }
 
 /* Raises the budget's error when the current budget is spent; returns otherwise. */
@@ -259,8 +262,7 @@ static lua_Integer lguard_cost_sort(lua_State *L) {
 /* Charges steps (saturated) to the current budget, then runs Lua's function `which`; past
  * the budget it raises instead. */
 static int lguard_metered(lua_State *L, int which, lua_Integer steps) {
-    if (steps > 0 && lbudget_charge((long)(steps < LGUARD_HUGE ? steps : LGUARD_HUGE)) < 0)
-        return lguard_budget_error(L);
+    if (steps > 0) lguard_charge(L, (size_t)steps);
     return lguard_orig[which](L);
 }
 

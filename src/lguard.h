@@ -21,6 +21,13 @@ typedef struct lua_State lua_State;
  * Raises on a library missing from L (a memory error, or libraries not opened). */
 void lguard_open(lua_State *L);
 
+#define LGUARD_COPY_BYTES 64 /* bytes copied by memcpy per instruction of the budget */
+
+/* Charges steps instructions of C work (a library function's loop over its input) to the
+ * current budget before the work is done; raises the budget's error instead when the
+ * budget is spent or the charge passes it. Does nothing when no budget is current. */
+void lguard_charge(lua_State *L, size_t steps);
+
 /* Raises the error of a spent instruction budget (never returns). */
 int lguard_budget_error(lua_State *L);
 
