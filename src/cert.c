@@ -216,24 +216,30 @@ fail:
     return NULL;
 }
 
-int cert_make_ca(const char *cn, char **cert_pem, char **key_pem, char *err, size_t errlen) {
-    EVP_PKEY *key = EVP_PKEY_Q_keygen(NULL, NULL, "EC", "P-256");
-    X509 *x = key ? cert_new(key, cn, "tokend development CA", CERT_CA_DAYS) : NULL;
-    int rc = -1;
-    *cert_pem = *key_pem = NULL;
-    if (!x || !X509_set_issuer_name(x, X509_get_subject_name(x)) ||
-        cert_add_ext(x, x, NID_basic_constraints, "critical,CA:TRUE,pathlen:0") < 0 ||
-        cert_add_ext(x, x, NID_key_usage, "critical,keyCertSign,cRLSign") < 0 ||
-        cert_add_ext(x, x, NID_subject_key_identifier, "hash") < 0 || !X509_sign(x, key, EVP_sha256())) {
-        snprintf(err, errlen, "cannot make a CA certificate: %s", cert_ssl_error("OpenSSL failed"));
-        goto out;
+/* Hands out x and key as PEM once made says every step of making x worked; otherwise, or
+ * out of memory, writes why into err ("cannot make <what>: ...") and returns -1. */
+static int cert_export(X509 *x, EVP_PKEY *key, int made, const char *what, char **cert_pem, char **key_pem, char *err,
+                       size_t errlen) {
+    if (!made) {
+        snprintf(err, errlen, "cannot make %s: %s", what, cert_ssl_error("OpenSSL failed"));
+        return -1;
     }
     if (cert_to_pem(x, key, cert_pem, key_pem) < 0) {
         snprintf(err, errlen, "out of memory");
-        goto out;
+        return -1;
     }
-    rc = 0;
-out:
+    return 0;
+}
+
+int cert_make_ca(const char *cn, char **cert_pem, char **key_pem, char *err, size_t errlen) {
+    EVP_PKEY *key = EVP_PKEY_Q_keygen(NULL, NULL, "EC", "P-256");
+    X509 *x = key ? cert_new(key, cn, "tokend development CA", CERT_CA_DAYS) : NULL;
+    *cert_pem = *key_pem = NULL;
+    int made = x && X509_set_issuer_name(x, X509_get_subject_name(x)) &&
+            cert_add_ext(x, x, NID_basic_constraints, "critical,CA:TRUE,pathlen:0") == 0 &&
+            cert_add_ext(x, x, NID_key_usage, "critical,keyCertSign,cRLSign") == 0 &&
+            cert_add_ext(x, x, NID_subject_key_identifier, "hash") == 0 && X509_sign(x, key, EVP_sha256());
+    int rc = cert_export(x, key, made, "a CA certificate", cert_pem, key_pem, err, errlen);
     X509_free(x);
     EVP_PKEY_free(key);
     return rc;
@@ -260,30 +266,21 @@ int cert_make_leaf(const char *ca_cert_pem, const char *ca_key_pem, const cert_n
     char *san = cert_san_text(names);
     int rc = -1;
     *cert_pem = *key_pem = NULL;
-    if (!ca || !ca_key || !san || !names->n) {
-        snprintf(err, errlen, "cannot make a certificate: %s",
-                 !san                ? "out of memory"
-                         : !names->n ? "no names"
-                                     : "the CA is unreadable");
+    const char *why = !san ? "out of memory" : !names->n ? "no names" : !ca || !ca_key ? "the CA is unreadable" : NULL;
+    if (why) {
+        snprintf(err, errlen, "cannot make a certificate: %s", why);
         goto out;
     }
     if (days > CERT_LEAF_MAX_DAYS) days = CERT_LEAF_MAX_DAYS;
-    if (!(key = EVP_PKEY_Q_keygen(NULL, NULL, "EC", "P-256")) ||
-        !(x = cert_new(key, names->v[0], "tokend development certificate", days)) ||
-        !X509_set_issuer_name(x, X509_get_subject_name(ca)) ||
-        cert_add_ext(x, ca, NID_basic_constraints, "critical,CA:FALSE") < 0 ||
-        cert_add_ext(x, ca, NID_key_usage, "critical,digitalSignature") < 0 ||
-        cert_add_ext(x, ca, NID_ext_key_usage, "serverAuth") < 0 ||
-        cert_add_ext(x, ca, NID_authority_key_identifier, "keyid") < 0 ||
-        cert_add_ext(x, ca, NID_subject_alt_name, san) < 0 || !X509_sign(x, ca_key, EVP_sha256())) {
-        snprintf(err, errlen, "cannot make a certificate: %s", cert_ssl_error("OpenSSL failed"));
-        goto out;
-    }
-    if (cert_to_pem(x, key, cert_pem, key_pem) < 0) {
-        snprintf(err, errlen, "out of memory");
-        goto out;
-    }
-    rc = 0;
+    int made = (key = EVP_PKEY_Q_keygen(NULL, NULL, "EC", "P-256")) &&
+            (x = cert_new(key, names->v[0], "tokend development certificate", days)) &&
+            X509_set_issuer_name(x, X509_get_subject_name(ca)) &&
+            cert_add_ext(x, ca, NID_basic_constraints, "critical,CA:FALSE") == 0 &&
+            cert_add_ext(x, ca, NID_key_usage, "critical,digitalSignature") == 0 &&
+            cert_add_ext(x, ca, NID_ext_key_usage, "serverAuth") == 0 &&
+            cert_add_ext(x, ca, NID_authority_key_identifier, "keyid") == 0 &&
+            cert_add_ext(x, ca, NID_subject_alt_name, san) == 0 && X509_sign(x, ca_key, EVP_sha256());
+    rc = cert_export(x, key, made, "a certificate", cert_pem, key_pem, err, errlen);
 out:
     free(san);
     X509_free(ca);

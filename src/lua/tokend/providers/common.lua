@@ -235,6 +235,26 @@ function common.call(p, rq, parse)
   return token, info
 end
 
+-- The provider of a vendor whose token is one HTTPS call: its mint(args) checks args
+-- against mint_spec, builds the call with M.request(cfg, args, now), reads a 2xx answer with
+-- M.parse(reply, cfg, args, now), and audits the token; session(cfg, args), when given, is
+-- the session length the token allows (for the audit line). The mint returns token, info,
+-- or nil, err, status, failure.
+function common.vendor_provider(M, cfg, mint_spec, session)
+  local who = "tokend.providers." .. M.name .. ": mint"
+  local p = { name = M.name, timeout_ms = cfg.timeout_ms }
+  function p.mint(a, b)
+    local args = common.check(who, common.args(p, a, b), mint_spec, 2)
+    local now = common.now()
+    local token, info, status, failure = common.call(p, M.request(cfg, args, now), function(reply)
+      return M.parse(reply, cfg, args, now)
+    end)
+    if not token then return nil, info, status, failure end
+    return common.done(p, token, info, session and session(cfg, args))
+  end
+  return p
+end
+
 -- Percent-encodes s for a URL's path or query.
 function common.escape(s)
   return (tostring(s):gsub("[^%w%-%._~]", function(c) return ("%%%02X"):format(c:byte()) end))

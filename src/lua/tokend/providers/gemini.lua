@@ -38,6 +38,7 @@ local MINT = {
 
 -- The request a mint sends (pure: tests read it).
 function M.request(cfg, args, now)
+  now = math.floor(now)
   local setup = {}
   for name, value in pairs(cfg.config or {}) do setup[name] = value end
   setup.model = cfg.model:find("^models/") and cfg.model or "models/" .. cfg.model
@@ -67,16 +68,7 @@ end
 function M.new(options)
   local cfg = common.check("tokend.providers.gemini", options, OPTIONS, 2)
   if cfg.config and cfg.config.model ~= nil then error("tokend.providers.gemini: the model is its own option", 2) end
-  local p = { name = M.name, timeout_ms = cfg.timeout_ms }
-  function p.mint(a, b)
-    local args = common.check("tokend.providers.gemini: mint", common.args(p, a, b), MINT, 2)
-    local token, info, status, failure = common.call(p, M.request(cfg, args, math.floor(common.now())), function(reply)
-      return M.parse(reply, cfg, args)
-    end)
-    if not token then return nil, info, status, failure end
-    return common.done(p, token, info, cfg.session_seconds)
-  end
-  return p
+  return common.vendor_provider(M, cfg, MINT, function(c) return c.session_seconds end)
 end
 
 return M

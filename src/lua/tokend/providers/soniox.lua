@@ -55,17 +55,7 @@ end
 
 function M.new(options)
   local cfg = common.check("tokend.providers.soniox", options, OPTIONS, 2)
-  local p = { name = M.name, timeout_ms = cfg.timeout_ms }
-  function p.mint(a, b)
-    local args = common.check("tokend.providers.soniox: mint", common.args(p, a, b), MINT, 2)
-    local now = common.now()
-    local token, info, status, failure = common.call(p, M.request(cfg, args), function(reply)
-      return M.parse(reply, cfg, args, now)
-    end)
-    if not token then return nil, info, status, failure end
-    return common.done(p, token, info, args.max_session_duration_seconds or cfg.max_session_duration_seconds)
-  end
-  return p
+  return common.vendor_provider(M, cfg, MINT, function(c, args) return args.max_session_duration_seconds or c.max_session_duration_seconds end)
 end
 
 return M

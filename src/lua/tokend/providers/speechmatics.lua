@@ -43,16 +43,7 @@ end
 
 function M.new(options)
   local cfg = common.check("tokend.providers.speechmatics", options, OPTIONS, 2)
-  local p = { name = M.name, timeout_ms = cfg.timeout_ms }
-  function p.mint(a, b)
-    local args = common.check("tokend.providers.speechmatics: mint", common.args(p, a, b), MINT, 2)
-    local token, info, status, failure = common.call(p, M.request(cfg, args), function(reply)
-      return M.parse(reply, cfg, args)
-    end)
-    if not token then return nil, info, status, failure end
-    return common.done(p, token, info)
-  end
-  return p
+  return common.vendor_provider(M, cfg, MINT)
 end
 
 return M
