@@ -368,34 +368,14 @@ void lhost_dispatch(void *ud, http_request *req) {
     lhosttask_resume(t, t->nargs);
 }
 
-int lhost_spawn(lhost *h, int fn_ref, const char *what, lhost_task_done_fn *done, void *ud) {
+/* Makes the task that runs fn_ref (its arguments from push, when given) and starts its
+ * coroutine. NULL when out of memory or when it cannot start (logged, and failed without
+ * telling a caller: the caller hears of it by the NULL). */
+static lhost_task *lhosttask_begin(lhost *h, int fn_ref, const char *what, lhost_push_fn *push, void *push_ud) {
     lhost_task *t = lhosttask_new(h);
     if (!t) {
         log_msg(LOG_ERROR, "%s: out of memory", what);
-        return -1;
-    }
-    t->fn_ref = fn_ref;
-    t->what = what;
-    if (lhost_protected(h->L, lhosttask_start_spawned, t, 0) != LUA_OK) {
-        char why[600];
-        snprintf(why, sizeof why, "cannot start: %s", lhost_error_text(h->L, -1));
-        lua_pop(h->L, 1);
-        t->done = NULL; /* not started: the caller hears of it by the result */
-        lhosttask_fail(t, why);
-        return -1;
-    }
-    t->done = done;
-    t->done_ud = ud;
-    lhosttask_resume(t, t->nargs);
-    return 0;
-}
-
-int lhost_call(lhost *h, int fn_ref, const char *what, lhost_push_fn *push, void *push_ud, lhost_call_done_fn *done,
-               void *ud) {
-    lhost_task *t = lhosttask_new(h);
-    if (!t) {
-        log_msg(LOG_ERROR, "%s: out of memory", what);
-        return -1;
+        return NULL;
     }
     t->fn_ref = fn_ref;
     t->what = what;
@@ -405,9 +385,25 @@ int lhost_call(lhost *h, int fn_ref, const char *what, lhost_push_fn *push, void
         char why[600];
         snprintf(why, sizeof why, "cannot start: %s", lhost_error_text(h->L, -1));
         lua_pop(h->L, 1);
-        lhosttask_fail(t, why); /* not started: the caller hears of it by the result */
-        return -1;
+        lhosttask_fail(t, why);
+        return NULL;
     }
+    return t;
+}
+
+int lhost_spawn(lhost *h, int fn_ref, const char *what, lhost_task_done_fn *done, void *ud) {
+    lhost_task *t = lhosttask_begin(h, fn_ref, what, NULL, NULL);
+    if (!t) return -1;
+    t->done = done;
+    t->done_ud = ud;
+    lhosttask_resume(t, t->nargs);
+    return 0;
+}
+
+int lhost_call(lhost *h, int fn_ref, const char *what, lhost_push_fn *push, void *push_ud, lhost_call_done_fn *done,
+               void *ud) {
+    lhost_task *t = lhosttask_begin(h, fn_ref, what, push, push_ud);
+    if (!t) return -1;
     t->call_done = done;
     t->done_ud = ud;
     lhosttask_resume(t, t->nargs);

@@ -49,6 +49,20 @@ static void ws_refresh(ws *w);
 
 /* ---- wslay's callbacks ---- */
 
+/* What a callback returns to wslay for n, what the transport's recv or send returned:
+ * n bytes; 0 is "would block"; below 0 the stream ended (an error to wslay, which takes
+ * 0 for "would block"). */
+static ssize_t ws_io_result(ws *w, wslay_event_context_ptr ctx, ssize_t n) {
+    if (n > 0) return n;
+    if (n == 0) {
+        wslay_event_set_error(ctx, WSLAY_ERR_WOULDBLOCK);
+        return -1;
+    }
+    w->ended = 1;
+    wslay_event_set_error(ctx, WSLAY_ERR_CALLBACK_FAILURE);
+    return -1;
+}
+
 static ssize_t ws_on_recv(wslay_event_context_ptr ctx, uint8_t *buf, size_t len, int flags, void *ud) {
     ws *w = ud;
     (void)flags;
@@ -67,16 +81,7 @@ static ssize_t ws_on_recv(wslay_event_context_ptr ctx, uint8_t *buf, size_t len,
         wslay_event_set_error(ctx, WSLAY_ERR_WOULDBLOCK);
         return -1;
     }
-    ssize_t n = w->io.recv(w->ud, buf, len);
-    if (n > 0) return n;
-    if (n == 0) {
-        wslay_event_set_error(ctx, WSLAY_ERR_WOULDBLOCK);
-        return -1;
-    }
-    /* The end of the stream is an error to wslay (it takes 0 for "would block"). */
-    w->ended = 1;
-    wslay_event_set_error(ctx, WSLAY_ERR_CALLBACK_FAILURE);
-    return -1;
+    return ws_io_result(w, ctx, w->io.recv(w->ud, buf, len));
 }
 
 /* wslay writes a frame's header, then its payload: the header is held back and goes out
@@ -107,14 +112,7 @@ static ssize_t ws_on_send(wslay_event_context_ptr ctx, const uint8_t *data, size
     } else {
         n = w->io.send(w->ud, data, len, more);
     }
-    if (n > 0) return n;
-    if (n == 0) {
-        wslay_event_set_error(ctx, WSLAY_ERR_WOULDBLOCK);
-        return -1;
-    }
-    w->ended = 1;
-    wslay_event_set_error(ctx, WSLAY_ERR_CALLBACK_FAILURE);
-    return -1;
+    return ws_io_result(w, ctx, n);
 }
 
 /* Masking keys from the system's random source, fetched WS_MASKS bytes at a time (one
