@@ -119,7 +119,8 @@ bench: build
 # The integration suites (all but the timing-bound concurrency and soak runs, and those
 # that do not start tokend themselves) with tokend under valgrind memcheck: any memory
 # error or definite leak makes tokend exit 99, which fails the test that started it.
-VALGRIND_SUITES = test_core test_config test_upstream_faults test_static test_lua_api test_security test_operations
+VALGRIND_SUITES = test_core test_config test_upstream_faults test_static test_lua_api test_security test_operations \
+                  test_relay test_proxy
 test-valgrind: deps-test build
 	cd tests/integration && TOKEND_BIN=$(CURDIR)/$(BUILD)/tokend TOKEND_TEST_TMP=$(CURDIR)/$(BUILD)/test-tmp \
 	  TOKEND_WRAPPER="valgrind -q --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite --show-leak-kinds=definite" \

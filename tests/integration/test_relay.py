@@ -9,7 +9,7 @@ import socket
 import time
 import unittest
 
-from harness import CANARY_KEY, UNLIMITED, TokendTestCase, make_ca, request
+from harness import CANARY_KEY, UNLIMITED, TokendTestCase, make_ca, request, RSS_IS_TOKENDS
 from wsclient import BIN, CLOSE, CONT, PING, TEXT, Closed, WsClient, frame
 
 RELAY = {**UNLIMITED, "RELAY": "true", "RELAY_SESSIONS_PER_CLIENT": 1000}
@@ -643,7 +643,7 @@ class Leaks(RelayCase):
         for _ in range(10):
             self.every_kind_of_session()
         self.settle(fds)
-        if not os.environ.get("ASAN_OPTIONS"):          # AddressSanitizer keeps freed memory aside
+        if RSS_IS_TOKENDS:
             self.assertLess(rss_kib(self.t.proc.pid) - rss, 4096, "RSS flat over 70 more sessions")
         self.assertEqual(self.open_sessions(), 0)
 

@@ -9,7 +9,7 @@ import threading
 import time
 import unittest
 
-from harness import SRC, TokendTestCase, request
+from harness import SRC, TokendTestCase, request, RSS_IS_TOKENDS
 
 SOAK_SECONDS = 15
 FAULTS = ["ok", "500", "ok", "401", "ok", "malformed", "ok", "429", "ok", "reset", "ok"]
@@ -63,7 +63,7 @@ class Soak(TokendTestCase):
         # Memory stays flat: after the first seconds, growth is bounded. Not under the address
         # sanitizer, whose quarantine keeps up to 256 MB of freed memory by design (and fills
         # at the pace of the process's frees); the plain build checks this.
-        if not os.environ.get("ASAN_OPTIONS"):
+        if RSS_IS_TOKENDS:
             warm, end = samples[3], max(samples[3:])
             self.assertLess(end - warm, 16 * 1024, f"RSS grew from {warm} to {end} KiB: {samples}")
 
