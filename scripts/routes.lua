@@ -107,6 +107,21 @@ local function no_store(cors, extra)
   return headers
 end
 
+-- A new session (a token or a relayed one) takes from the client's bucket, then from the
+-- account's: nil, or the refusal to answer (what: what the client asked for too often).
+local function refused_session(req, cors, what)
+  local allowed, retry_after = token_bucket:take(req.client)
+  if not allowed then
+    return 429, { error = "too many " .. what .. "; retry later" }, no_store(cors, { ["Retry-After"] = retry_after })
+  end
+  if not account then return nil end
+  allowed, retry_after = account:take("account")
+  if allowed then return nil end
+  return 503, { error = ("this service may start %d streaming sessions a minute (AssemblyAI's account limit) "
+    .. "and has started them all; retry in %d s"):format(policy.SESSIONS_PER_MINUTE, retry_after) },
+    no_store(cors, { ["Retry-After"] = retry_after })
+end
+
 tokend.route("OPTIONS", "/token", function(req)
   return origins:preflight(req, "GET")
 end)
@@ -118,18 +133,8 @@ tokend.route("GET", "/token", function(req)
   local ws_url
   if region ~= nil then ws_url, parameter, why = options:websocket_url(req.query, region_sockets[region]) end
   if not ws_url then return 400, { error = why, parameter = parameter }, no_store(cors) end
-  local allowed, retry_after = token_bucket:take(req.client)
-  if not allowed then
-    return 429, { error = "too many token requests; retry later" }, no_store(cors, { ["Retry-After"] = retry_after })
-  end
-  if account then
-    allowed, retry_after = account:take("account")
-    if not allowed then
-      return 503, { error = ("this service may start %d streaming sessions a minute (AssemblyAI's account limit) "
-        .. "and has started them all; retry in %d s"):format(policy.SESSIONS_PER_MINUTE, retry_after) },
-        no_store(cors, { ["Retry-After"] = retry_after })
-    end
-  end
+  local status, body, headers = refused_session(req, cors, "token requests")
+  if status then return status, body, headers end
   local token, info, _, failure
   if pool and not region then
     token, info, _, failure = pool:take()
@@ -153,35 +158,19 @@ if policy.RELAY then
   tokend.route("GET", "/v3/ws", function(req)
     local cors, refused = origins:check(req)
     if not cors then return 403, { error = refused }, no_store() end
-    if req.query.region then      -- data zones: the relay streams to the server's own host
-      return 400, { error = "a relayed session streams to this server's region", parameter = "region" }, no_store()
-    end
-    local query, parameter, why = options:query(req.query)
-    if not query then return 400, { error = why, parameter = parameter }, no_store() end
-    local rate = math.tointeger(tonumber(req.query.sample_rate or "16000"))
-    if not rate or rate < 8000 or rate > 48000 then
-      return 400, { error = "sample_rate must be an integer 8000..48000", parameter = "sample_rate" }, no_store()
-    end
-    local allowed, retry_after = token_bucket:take(req.client)
-    if not allowed then
-      return 429, { error = "too many sessions; retry later" }, no_store(nil, { ["Retry-After"] = retry_after })
-    end
-    if account then
-      allowed, retry_after = account:take("account")
-      if not allowed then
-        return 503, { error = "this service has started all the streaming sessions it may this minute" },
-          no_store(nil, { ["Retry-After"] = retry_after })
-      end
-    end
+    local session, parameter, why = options:relay(req.query)
+    if not session then return 400, { error = why, parameter = parameter }, no_store() end
+    local status, body, headers = refused_session(req, nil, "sessions")
+    if status then return status, body, headers end
     local held = open_sessions:incr(req.client, 1, 0, policy.RELAY_MAX_SECONDS + 60)
     if held and held > policy.RELAY_SESSIONS_PER_CLIENT then
       open_sessions:incr(req.client, -1)
       return 429, { error = "too many sessions at once from this address" }, no_store()
     end
-    return tokend.relay{
-      query = query .. "&format_turns=true", sample_rate = rate, max_seconds = policy.RELAY_MAX_SECONDS,
-      on_end = function() open_sessions:incr(req.client, -1) end,
-    }
+    session.query = session.query .. "&format_turns=true"      -- the page shows formatted turns
+    session.max_seconds = policy.RELAY_MAX_SECONDS
+    session.on_end = function() open_sessions:incr(req.client, -1) end
+    return tokend.relay(session)
   end)
 end
 
