@@ -75,13 +75,12 @@ check.equal(all:offer().regions, nil, "no zones, no choice")
 -- A relayed session's options: the upstream's query, the audio's rate and encoding.
 for i, c in ipairs {
   -- options, query, tokend.relay's options (or nil), the parameter at fault, why
-  { all, {}, { query = DEFAULT, sample_rate = 16000, encoding = "pcm_s16le" } },
-  { all, { sample_rate = "8000", encoding = "pcm_mulaw" }, { query = DEFAULT, sample_rate = 8000, encoding = "pcm_mulaw" } },
-  { all, { sample_rate = "48000.0" }, { query = DEFAULT, sample_rate = 48000, encoding = "pcm_s16le" } },
+  { all, {}, { query = DEFAULT, sample_rate = 16000 } },
+  { all, { sample_rate = "8000", encoding = "pcm_mulaw" }, { query = DEFAULT, sample_rate = 8000 } },  -- the policy's encoding
+  { all, { sample_rate = "48000.0" }, { query = DEFAULT, sample_rate = 48000 } },
   { all, { sample_rate = "7999" }, nil, "sample_rate", "sample_rate must be an integer 8000..48000" },
   { all, { sample_rate = "16000.5" }, nil, "sample_rate", "sample_rate must be an integer 8000..48000" },
   { all, { sample_rate = "fast" }, nil, "sample_rate", "sample_rate must be an integer 8000..48000" },
-  { all, { encoding = "opus" }, nil, "encoding", "encoding must be pcm_s16le or pcm_mulaw" },
   { zones, { region = "eu" }, nil, "region", "a relayed session streams to this server's region" },
   { english_only, { speaker_labels = "true" }, nil, "speaker_labels", "speaker_labels is not offered by this server" },
 } do

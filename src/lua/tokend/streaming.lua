@@ -21,7 +21,6 @@ streaming.limits = {
   inactivity_timeout = { 5, 3600 },
   sample_rate = { 8000, 48000 },                    -- the audio's samples a second; 16000 by default
 }
-streaming.encodings = { "pcm_s16le", "pcm_mulaw" }
 
 -- The speech models, those that detect the language, and the languages they know.
 streaming.speech_models = { "universal-streaming-english", "universal-streaming-multilingual", "u3-rt-pro" }
@@ -141,9 +140,10 @@ function Options:region(q)
   return nil, "region", ("region %q is not offered (one of %s)"):format(asked, table.concat(self.regions, ", "))
 end
 
--- The options of a relayed session (tokend.relay's query, sample_rate and encoding) for
--- what q (a request's decoded query) asks, checked against the policy; or nil, the argument
--- at fault and why. A relayed session streams to the server's own host: no region.
+-- The options of a relayed session (tokend.relay's query and sample_rate) for what q (a
+-- request's decoded query) asks, checked against the policy; or nil, the argument at fault
+-- and why. A relayed session streams to the server's own host: no region. The encoding is
+-- the policy's, not the client's (tokend.relay's encoding option; pcm_s16le by default).
 function Options:relay(q)
   q = q or {}
   if q.region ~= nil then return nil, "region", "a relayed session streams to this server's region" end
@@ -154,11 +154,7 @@ function Options:relay(q)
   if not rate or rate < low or rate > high then
     return nil, "sample_rate", ("sample_rate must be an integer %d..%d"):format(low, high)
   end
-  local encoding = q.encoding or streaming.encodings[1]
-  if not listed(streaming.encodings, encoding) then
-    return nil, "encoding", "encoding must be " .. table.concat(streaming.encodings, " or ")
-  end
-  return { query = query, sample_rate = rate, encoding = encoding }
+  return { query = query, sample_rate = rate }
 end
 
 -- What a page may offer: the /config answer.
