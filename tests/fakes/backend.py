@@ -19,10 +19,9 @@ policies, on loopback, serving many requests at once (asyncio in a thread of its
 """
 import asyncio
 import json
-import threading
 import urllib.parse
 
-from httpwire import requests, reset
+from httpwire import ServerThread, requests, reset
 
 
 class Backend:
@@ -34,25 +33,11 @@ class Backend:
         self.slow_max_in_flight = 0
         self.decisions = {}         # Authorization header -> {"allowed": ..., "user": ...}
         self.passwords = {}         # password -> user
-        self.loop = asyncio.new_event_loop()
-        ready = threading.Event()
-
-        def run():
-            asyncio.set_event_loop(self.loop)
-            self.server = self.loop.run_until_complete(
-                asyncio.start_server(self.handle, "127.0.0.1", 0, backlog=1024))
-            self.port = self.server.sockets[0].getsockname()[1]
-            ready.set()
-            self.loop.run_forever()
-
-        self.thread = threading.Thread(target=run, daemon=True)
-        self.thread.start()
-        ready.wait(10)
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.served = ServerThread(self.handle, backlog=1024)
+        self.port, self.url = self.served.port, self.served.url
 
     def stop(self):
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(5)
+        self.served.stop()
 
     async def handle(self, reader, writer):
         self.connections += 1

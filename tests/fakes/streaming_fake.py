@@ -32,12 +32,11 @@ import json
 import os
 import ssl
 import struct
-import sys
 import time
 import urllib.parse
 import uuid
 
-from httpwire import read_request, reset
+from httpwire import read_request, reset, serve_main
 
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 CONT, TEXT, BIN, CLOSE, PING, PONG = 0, 1, 2, 8, 9, 10
@@ -354,7 +353,7 @@ class Fake:
         return True
 
 
-async def main():
+def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--port", type=int, default=0)
     ap.add_argument("--key", required=True)
@@ -363,20 +362,8 @@ async def main():
     ap.add_argument("--ahead-ms", type=float, default=1000)
     args = ap.parse_args()
     fake = Fake(args.key, args.ahead_ms)
-    ctx = None
-    if args.tls_cert:
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        ctx.load_cert_chain(args.tls_cert, args.tls_key)
-        ctx.set_alpn_protocols(["http/1.1"])
-    server = await asyncio.start_server(fake.serve, "127.0.0.1", args.port, ssl=ctx, backlog=4096)
-    port = server.sockets[0].getsockname()[1]
-    print(f"listening {'https' if ctx else 'http'}://127.0.0.1:{port}", flush=True)
-    async with server:
-        await server.serve_forever()
+    serve_main(fake.serve, args.port, args.tls_cert, args.tls_key, alpn=["http/1.1"], backlog=4096)
 
 
 if __name__ == "__main__":
-    try:
-        asyncio.run(main())
-    except KeyboardInterrupt:
-        sys.exit(0)
+    main()

@@ -26,12 +26,11 @@ import hashlib
 import hmac
 import json
 import ssl
-import sys
 import time
 import urllib.parse
 import uuid
 
-from httpwire import requests, reset
+from httpwire import requests, reset, serve_main
 
 
 def b64url(data: bytes) -> str:
@@ -183,7 +182,7 @@ class Fake:
             writer.close()
 
 
-async def main():
+def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--port", type=int, default=0)
     ap.add_argument("--key", default="test-key")
@@ -195,19 +194,8 @@ async def main():
     ap.add_argument("--tls-key")
     args = ap.parse_args()
     fake = Fake(args.key, args.secret, args.fault, args.latency_ms, args.retry_after)
-    ctx = None
-    if args.tls_cert:
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        ctx.load_cert_chain(args.tls_cert, args.tls_key)
-    server = await asyncio.start_server(fake.handle, "127.0.0.1", args.port, ssl=ctx, backlog=4096)
-    port = server.sockets[0].getsockname()[1]
-    print(f"listening {'https' if ctx else 'http'}://127.0.0.1:{port}", flush=True)
-    async with server:
-        await server.serve_forever()
+    serve_main(fake.handle, args.port, args.tls_cert, args.tls_key, backlog=4096)
 
 
 if __name__ == "__main__":
-    try:
-        asyncio.run(main())
-    except KeyboardInterrupt:
-        sys.exit(0)
+    main()

@@ -37,11 +37,10 @@ import base64
 import datetime
 import json
 import secrets
-import threading
 import time
 import urllib.parse
 
-from httpwire import requests, reset
+from httpwire import ServerThread, requests, reset, serve_main
 
 VENDORS = ("openai", "gemini", "deepgram", "soniox", "speechmatics")
 
@@ -80,26 +79,12 @@ class Vendors:
         self.issued = {}                   # vendor -> credentials handed out
         self.connections = 0
         if thread:
-            self.loop = asyncio.new_event_loop()
-            ready = threading.Event()
-
-            def run():
-                asyncio.set_event_loop(self.loop)
-                self.server = self.loop.run_until_complete(asyncio.start_server(self.handle, "127.0.0.1", 0))
-                self.port = self.server.sockets[0].getsockname()[1]
-                ready.set()
-                self.loop.run_forever()
-
-            self.thread = threading.Thread(target=run, daemon=True)
-            self.thread.start()
-            ready.wait(10)
-            self.url = f"http://127.0.0.1:{self.port}"
+            self.served = ServerThread(self.handle)
+            self.port, self.url = self.served.port, self.served.url
 
     def stop(self):
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(5)
-        self.server.close()
-        self.loop.close()
+        self.served.stop()
+        self.served.close()
 
     # ---- the vendors' rules ----
 
@@ -299,21 +284,15 @@ class Vendors:
             writer.close()
 
 
-async def main():
+def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--port", type=int, default=0)
     ap.add_argument("--key", action="append", default=[], help="vendor=key (each vendor's accepted key)")
     ap.add_argument("--fault", default="ok")
     args = ap.parse_args()
     fake = Vendors(dict(k.split("=", 1) for k in args.key), fault=args.fault, thread=False)
-    server = await asyncio.start_server(fake.handle, "127.0.0.1", args.port)
-    print(f"listening http://127.0.0.1:{server.sockets[0].getsockname()[1]}", flush=True)
-    async with server:
-        await server.serve_forever()
+    serve_main(fake.handle, args.port)
 
 
 if __name__ == "__main__":
-    try:
-        asyncio.run(main())
-    except KeyboardInterrupt:
-        pass
+    main()

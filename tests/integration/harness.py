@@ -142,15 +142,19 @@ class Fake:
     """The token endpoint fake, on a free port."""
 
     def __init__(self, fault="ok", latency_ms=0, tls=None, key=CANARY_KEY):
-        cmd = [sys.executable, FAKE, "--port", "0", "--key", key, "--fault", fault,
-               "--latency-ms", str(latency_ms)]
+        self._start("token fake", [FAKE, "--key", key, "--fault", fault, "--latency-ms", str(latency_ms)], tls)
+
+    def _start(self, what, args, tls):
+        """Runs the fake's script with args on a free port (over TLS with tls's certificate
+        and key) and reads the URL it listens on."""
+        cmd = [sys.executable] + args + ["--port", "0"]
         if tls:
             cmd += ["--tls-cert", tls[1], "--tls-key", tls[2]]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
         line = read_line(self.proc, 10)
         if not line or not line.startswith("listening "):
             self.stop()
-            raise RuntimeError(f"token fake did not start: {line!r}")
+            raise RuntimeError(f"{what} did not start: {line!r}")
         self.url = line.split(" ", 1)[1]
         self.port = int(self.url.rsplit(":", 1)[1])
 
@@ -183,16 +187,7 @@ class StreamingFake(Fake):
     the relay connects to. control(mode=...) and stats() as for the token fake."""
 
     def __init__(self, tls=None, key=CANARY_KEY, ahead_ms=1000):
-        cmd = [sys.executable, STREAMING_FAKE, "--port", "0", "--key", key, "--ahead-ms", str(ahead_ms)]
-        if tls:
-            cmd += ["--tls-cert", tls[1], "--tls-key", tls[2]]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-        line = read_line(self.proc, 10)
-        if not line or not line.startswith("listening "):
-            self.stop()
-            raise RuntimeError(f"streaming fake did not start: {line!r}")
-        self.url = line.split(" ", 1)[1]
-        self.port = int(self.url.rsplit(":", 1)[1])
+        self._start("streaming fake", [STREAMING_FAKE, "--key", key, "--ahead-ms", str(ahead_ms)], tls)
 
     def sessions(self):
         return self.stats()["sessions"]
