@@ -300,6 +300,18 @@ static void lhosttask_finish(lhost_task *t, int nres) {
     lhosttask_done(t);
 }
 
+/* Runs start (a task's set-up: its coroutine and arguments) in a protected call. Returns 0,
+ * or -1 after failing t with "<failed>: <the error>" (t is gone then). */
+static int lhosttask_start(lhost_task *t, lua_CFunction start, const char *failed) {
+    lua_State *L = t->h->L;
+    if (lhost_protected(L, start, t, 0) == LUA_OK) return 0;
+    char why[600];
+    snprintf(why, sizeof why, "%s: %s", failed, lhost_error_text(L, -1));
+    lua_pop(L, 1);
+    lhosttask_fail(t, why);
+    return -1;
+}
+
 /* Resumes the task's coroutine with nargs values on its stack. */
 static void lhosttask_resume(lhost_task *t, int nargs) {
     int nres = 0;
@@ -352,13 +364,7 @@ void lhost_dispatch(void *ud, http_request *req) {
     t->handler_ref = runs_handler ? match.handler : LUA_NOREF;
     t->audit = runs_handler && match.opts.audit;
     t->match = match;
-    if (lhost_protected(h->L, lhosttask_start_request, t, 0) != LUA_OK) {
-        char why[600];
-        snprintf(why, sizeof why, "cannot start the handler: %s", lhost_error_text(h->L, -1));
-        lua_pop(h->L, 1);
-        lhosttask_fail(t, why);
-        return;
-    }
+    if (lhosttask_start(t, lhosttask_start_request, "cannot start the handler") < 0) return;
     if (t->bad_query) {
         http_request_fail(req, 400,
                           t->bad_query == URL_ERR_TOO_MANY ? "too many query arguments" : "malformed query string");
@@ -381,14 +387,7 @@ static lhost_task *lhosttask_begin(lhost *h, int fn_ref, const char *what, lhost
     t->what = what;
     t->push = push;
     t->push_ud = push_ud;
-    if (lhost_protected(h->L, lhosttask_start_spawned, t, 0) != LUA_OK) {
-        char why[600];
-        snprintf(why, sizeof why, "cannot start: %s", lhost_error_text(h->L, -1));
-        lua_pop(h->L, 1);
-        lhosttask_fail(t, why);
-        return NULL;
-    }
-    return t;
+    return lhosttask_start(t, lhosttask_start_spawned, "cannot start") < 0 ? NULL : t;
 }
 
 int lhost_spawn(lhost *h, int fn_ref, const char *what, lhost_task_done_fn *done, void *ud) {
